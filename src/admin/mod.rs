@@ -1,0 +1,106 @@
+//! The admin listener: a small RESP server the CLI (and `redis-cli -p <admin port>`) talks to.
+//!
+//! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string). When a token
+//! is configured, every command but `AUTH`/`PING` needs it first. Later issues add `SWITCH`,
+//! `ROLLBACK`, `FINISH`, `VERIFY` here.
+
+pub mod client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use redis_protocol::codec::Resp2;
+use redis_protocol::resp2::types::BytesFrame;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+
+use crate::status::StatusSource;
+
+pub struct AdminServer {
+    pub token: Option<String>,
+    pub status: Arc<dyn StatusSource>,
+}
+
+impl AdminServer {
+    pub async fn listen(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((socket, peer)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let _ = socket.set_nodelay(true);
+                        if let Err(e) = me.serve(Framed::new(socket, Resp2::default())).await {
+                            tracing::debug!(%peer, error = %e, "admin connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        mut conn: Framed<tokio::net::TcpStream, Resp2>,
+    ) -> Result<(), redis_protocol::error::RedisProtocolError> {
+        let mut authed = self.token.is_none();
+        while let Some(frame) = conn.next().await {
+            let args = match frame? {
+                BytesFrame::Array(items) => items
+                    .into_iter()
+                    .map(|f| match f {
+                        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<Bytes>>>()
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let reply = self.handle(&args, &mut authed);
+            conn.send(reply).await?;
+        }
+        Ok(())
+    }
+
+    fn handle(&self, args: &[Bytes], authed: &mut bool) -> BytesFrame {
+        let err = |m: &str| BytesFrame::Error(m.to_string().into());
+        let Some(name) = args.first() else {
+            return err("ERR expected a command as an array of strings");
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+        match name.as_str() {
+            "PING" => BytesFrame::SimpleString(Bytes::from_static(b"PONG")),
+            "AUTH" => {
+                let given = args.last().filter(|_| args.len() >= 2);
+                match (&self.token, given) {
+                    (Some(t), Some(g)) if constant_time_eq(t.as_bytes(), g) => {
+                        *authed = true;
+                        BytesFrame::SimpleString(Bytes::from_static(b"OK"))
+                    }
+                    (None, _) => {
+                        BytesFrame::SimpleString(Bytes::from_static(b"OK"))
+                    }
+                    _ => {
+                        crate::telemetry::error("admin_auth");
+                        err("WRONGPASS invalid admin token")
+                    }
+                }
+            }
+            _ if !*authed => err("NOAUTH this admin listener needs its token: pass --token or --config"),
+            "STATUS" => {
+                let doc = self.status.status();
+                BytesFrame::BulkString(Bytes::from(doc.to_string()))
+            }
+            other => err(&format!("ERR unknown admin command '{other}'; try STATUS")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,233 @@
+//! The command line: flags, environment variables and the config file merged into
+//! [`Settings`]; errors reported with context, one line each.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    self, AdminSettings, ClientAuth, ConfigError, FileConfig, ProxySettings, RedisUrl, Settings,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "cutover", version, about = "Move a live Redis to another Redis without downtime and without losing a write")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (and the admin and metrics listeners).
+    Run(RunArgs),
+    /// Show the state of a running instance (through its admin listener).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// TOML config file; every key can also be given as a flag or environment variable.
+    #[arg(long, env = "CUTOVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// [proxy] listen: where clients connect.
+    #[arg(long = "proxy-listen", env = "CUTOVER_PROXY_LISTEN")]
+    pub proxy_listen: Option<String>,
+    /// [proxy] password clients must AUTH with (not logged).
+    #[arg(long = "proxy-password", env = "CUTOVER_PROXY_PASSWORD", hide_env_values = true)]
+    pub proxy_password: Option<String>,
+    /// [proxy] user: the ACL user name clients AUTH as (default: "default").
+    #[arg(long = "proxy-user", env = "CUTOVER_PROXY_USER")]
+    pub proxy_user: Option<String>,
+    /// [proxy] max_clients (default 10000).
+    #[arg(long = "max-clients", env = "CUTOVER_MAX_CLIENTS")]
+    pub max_clients: Option<usize>,
+    /// [source] url: redis://[user:pass@]host:port[/db].
+    #[arg(long = "source", env = "CUTOVER_SOURCE_URL", hide_env_values = true)]
+    pub source: Option<String>,
+    /// [target] url: redis://[user:pass@]host:port[/db].
+    #[arg(long = "target", env = "CUTOVER_TARGET_URL", hide_env_values = true)]
+    pub target: Option<String>,
+    /// [admin] listen (loopback only unless [admin] allow_remote = true).
+    #[arg(long = "admin-listen", env = "CUTOVER_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// [admin] token required by the admin listener.
+    #[arg(long = "admin-token", env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// [metrics] listen: Prometheus text at http://ADDR/metrics.
+    #[arg(long = "metrics-listen", env = "CUTOVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// How the CLI finds a running instance.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// HOST:PORT of the admin listener.
+    #[arg(long, env = "CUTOVER_ADMIN")]
+    pub admin: Option<String>,
+    /// Admin token.
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read [admin] listen and token from this config file.
+    #[arg(long, env = "CUTOVER_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    fn resolve(&self) -> anyhow::Result<(String, Option<String>)> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let addr = self
+            .admin
+            .clone()
+            .or(file.admin.listen)
+            .unwrap_or_else(|| "127.0.0.1:6401".to_string());
+        Ok((addr, self.token.clone().or(file.admin.token)))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init_logging();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => status(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cutover: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = resolve_settings(&args)?;
+    runtime()?.block_on(crate::runtime::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (addr, token) = args.admin.resolve()?;
+    let reply = runtime()?.block_on(crate::admin::client::request(
+        &addr,
+        token.as_deref(),
+        &["STATUS"],
+        Duration::from_secs(5),
+    ))?;
+    let redis_protocol::resp2::types::BytesFrame::BulkString(body) = reply else {
+        anyhow::bail!("unexpected STATUS reply from {addr}: {reply:?}");
+    };
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).context("the STATUS reply is not JSON")?;
+    if args.json {
+        println!("{doc}");
+    } else {
+        print!("{}", crate::status::render_text(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Merges flags/env (which win) over the config file.
+pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let listen = args
+        .proxy_listen
+        .clone()
+        .or(file.proxy.listen)
+        .unwrap_or_else(|| config::DEFAULT_PROXY_LISTEN.to_string());
+    let source = args
+        .source
+        .clone()
+        .or(file.source.url)
+        .ok_or(ConfigError::Missing("[source] url (--source)"))?;
+    let target = args.target.clone().or(file.target.url);
+    let password = args.proxy_password.clone().or(file.proxy.password);
+    let user = args.proxy_user.clone().or(file.proxy.user);
+    if user.is_some() && password.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "proxy.user",
+            value: user.unwrap_or_default(),
+            reason: "a proxy user needs [proxy] password".into(),
+        });
+    }
+    let admin = match args.admin_listen.clone().or(file.admin.listen) {
+        Some(listen) => {
+            let addr = config::parse_addr("admin.listen", &listen)?;
+            let token = args.admin_token.clone().or(file.admin.token);
+            config::check_admin_addr(addr, file.admin.allow_remote.unwrap_or(false), &token)?;
+            Some(AdminSettings {
+                listen: addr,
+                token,
+            })
+        }
+        None => None,
+    };
+    let metrics = args
+        .metrics_listen
+        .clone()
+        .or(file.metrics.listen)
+        .map(|m| config::parse_addr("metrics.listen", &m))
+        .transpose()?;
+    let buffer_limit = file.proxy.buffer_limit_bytes.unwrap_or(4 * 1024 * 1024);
+    if buffer_limit < 64 * 1024 {
+        return Err(ConfigError::Invalid {
+            key: "proxy.buffer_limit_bytes",
+            value: buffer_limit.to_string(),
+            reason: "must be at least 65536".into(),
+        });
+    }
+    let source = RedisUrl::parse(&source)?;
+    let target = target.map(|t| RedisUrl::parse(&t)).transpose()?;
+    for url in std::iter::once(&source).chain(target.as_ref()) {
+        if url.tls {
+            return Err(ConfigError::Invalid {
+                key: "url",
+                value: url.to_string(),
+                reason: "rediss:// (TLS) is reserved and not supported yet; use redis://".into(),
+            });
+        }
+    }
+    Ok(Settings {
+        proxy: ProxySettings {
+            listen: config::parse_addr("proxy.listen", &listen)?,
+            auth: ClientAuth { user, password },
+            max_clients: args
+                .max_clients
+                .or(file.proxy.max_clients)
+                .unwrap_or(10_000),
+            connect_timeout: Duration::from_millis(
+                file.proxy.connect_timeout_ms.unwrap_or(2_000),
+            ),
+            buffer_limit,
+        },
+        source,
+        target,
+        admin,
+        metrics,
+    })
+}

@@ -1,0 +1,373 @@
+//! Configuration: a TOML file whose every key can be overridden by a flag or an
+//! environment variable (see `cli.rs` for the flag names).
+//!
+//! ```toml
+//! [proxy]
+//! listen = "127.0.0.1:6400"
+//! [source]
+//! url = "redis://127.0.0.1:6379"
+//! [target]
+//! url = "redis://127.0.0.1:6380"
+//! [admin]
+//! listen = "127.0.0.1:6401"
+//! [metrics]
+//! listen = "127.0.0.1:9401"
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything that can go wrong while reading the configuration. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid Redis URL {url:?}: {reason} (expected redis://[user:pass@]host:port[/db])")]
+    Url { url: String, reason: String },
+    #[error("missing setting {0}: set it in the config file, as a flag or as an environment variable")]
+    Missing(&'static str),
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The file as written by the user; every field optional so flags can fill the gaps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub proxy: ProxySection,
+    #[serde(default)]
+    pub source: EndpointSection,
+    #[serde(default)]
+    pub target: EndpointSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    pub listen: Option<String>,
+    pub password: Option<String>,
+    pub user: Option<String>,
+    pub max_clients: Option<usize>,
+    pub connect_timeout_ms: Option<u64>,
+    pub buffer_limit_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+    pub token: Option<String>,
+    pub allow_remote: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// A Redis endpoint parsed from `redis://[user:pass@]host:port[/db]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+    pub tls: bool,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let err = |reason: &str| ConfigError::Url {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| err("missing scheme"))?;
+        let tls = match scheme {
+            "redis" => false,
+            "rediss" => true,
+            _ => return Err(err("scheme must be redis:// or rediss://")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| err("credentials are not valid UTF-8 after percent-decoding"))
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(ui) => match ui.split_once(':') {
+                Some((u, p)) => (
+                    (!u.is_empty()).then(|| decode(u)).transpose()?,
+                    Some(decode(p)?),
+                ),
+                None => (None, Some(decode(ui)?)),
+            },
+        };
+        let (host, port) = if let Some(stripped) = hostport.strip_prefix('[') {
+            let end = stripped
+                .find(']')
+                .ok_or_else(|| err("unclosed [ in IPv6 host"))?;
+            let host = &stripped[..end];
+            let port = stripped[end + 1..].strip_prefix(':').unwrap_or("6379");
+            (host.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p),
+                None => (hostport.to_string(), "6379"),
+            }
+        };
+        if host.is_empty() {
+            return Err(err("missing host"));
+        }
+        let port: u16 = port.parse().map_err(|_| err("port is not a number"))?;
+        let db_str = path.trim_end_matches('/');
+        let db = if db_str.is_empty() {
+            0
+        } else {
+            db_str
+                .parse()
+                .map_err(|_| err("database after / must be a number"))?
+        };
+        Ok(RedisUrl {
+            host,
+            port,
+            username,
+            password,
+            db,
+            tls,
+        })
+    }
+
+    /// `host:port`, for connecting and for messages.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Never print a password: `Debug` and `Display` show the URL with the secret masked.
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://")?;
+        match (&self.username, &self.password) {
+            (Some(u), Some(_)) => write!(f, "{u}:***@")?,
+            (None, Some(_)) => write!(f, "***@")?,
+            (Some(u), None) => write!(f, "{u}@")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.addr(), self.db)
+    }
+}
+
+/// Masks the credentials of a URL that failed to parse, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Who may use the proxy: `[proxy] password` and optional ACL `user`.
+#[derive(Clone, Default)]
+pub struct ClientAuth {
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// The resolved settings the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: SocketAddr,
+    pub auth: ClientAuth,
+    pub max_clients: usize,
+    pub connect_timeout: Duration,
+    /// Bytes buffered per direction per connection before the proxy stops reading (back-pressure).
+    pub buffer_limit: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// The whole resolved configuration of `cutover run`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub source: RedisUrl,
+    pub target: Option<RedisUrl>,
+    pub admin: Option<AdminSettings>,
+    pub metrics: Option<SocketAddr>,
+}
+
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:6400";
+
+pub fn parse_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: "expected HOST:PORT".into(),
+        })
+}
+
+/// Admin is loopback-only unless `allow_remote = true`: it can flip production traffic.
+pub fn check_admin_addr(
+    addr: SocketAddr,
+    allow_remote: bool,
+    token: &Option<String>,
+) -> Result<(), ConfigError> {
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(ConfigError::Invalid {
+            key: "admin.listen",
+            value: addr.to_string(),
+            reason: "the admin listener is loopback-only; set [admin] allow_remote = true (and a token) to expose it".into(),
+        });
+    }
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "admin.listen",
+            value: addr.to_string(),
+            reason: "a non-loopback admin listener needs [admin] token".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_url() {
+        let u = RedisUrl::parse("redis://app:s%40cret@10.0.0.1:7000/3").unwrap();
+        assert_eq!(u.host, "10.0.0.1");
+        assert_eq!(u.port, 7000);
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("s@cret"));
+        assert_eq!(u.db, 3);
+        assert_eq!(u.to_string(), "redis://app:***@10.0.0.1:7000/3");
+    }
+
+    #[test]
+    fn parses_password_only_and_defaults() {
+        let u = RedisUrl::parse("redis://:pw@localhost").unwrap();
+        assert_eq!(u.username, None);
+        assert_eq!(u.password.as_deref(), Some("pw"));
+        assert_eq!(u.port, 6379);
+        assert_eq!(u.db, 0);
+        let v = RedisUrl::parse("rediss://[::1]:6380/").unwrap();
+        assert!(v.tls);
+        assert_eq!(v.addr(), "[::1]:6380");
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_leaking_secrets() {
+        for bad in [
+            "http://h:1",
+            "redis://h:notaport",
+            "redis://h:1/x",
+            "h:1",
+            "redis://:1",
+        ] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
+        }
+        let e = RedisUrl::parse("redis://u:topsecret@h:x").unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn minimal_file_is_accepted() {
+        let text = r#"
+[proxy]
+listen = "127.0.0.1:6400"
+[source]
+url = "redis://127.0.0.1:6379"
+[target]
+url = "redis://127.0.0.1:6380"
+[admin]
+listen = "127.0.0.1:6401"
+[metrics]
+listen = "127.0.0.1:9401"
+"#;
+        let f = FileConfig::parse(text, "test").unwrap();
+        assert_eq!(f.proxy.listen.as_deref(), Some("127.0.0.1:6400"));
+        assert!(FileConfig::parse("[proxy]\nlisten = 1\n", "t").is_err());
+        assert!(FileConfig::parse("[nonsense]\n", "t").is_err());
+    }
+}

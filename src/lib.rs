@@ -1,0 +1,13 @@
+//! `cutover`: move a live Redis deployment to another Redis without downtime.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the map of this crate.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod resp;
+pub mod route;
+pub mod runtime;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,206 @@
+//! What the proxy must know about a command before forwarding it.
+//!
+//! Almost every command is forwarded untouched and answered by exactly one reply. The few
+//! exceptions are listed here: commands the proxy answers itself (`AUTH` when the proxy has its
+//! own password, `QUIT`), commands it refuses (`MONITOR`, replication), commands that change the
+//! per-connection state a session must carry across a route flip (`SELECT`, `HELLO`,
+//! `CLIENT SETNAME`, `MULTI`…), and commands that are answered by more or fewer than one reply
+//! (`SUBSCRIBE a b` → two confirmations, `CLIENT REPLY OFF` → none).
+
+/// Pub/sub families: each has its own subscribe/unsubscribe pair and confirmation words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+impl SubKind {
+    pub const ALL: [SubKind; 3] = [SubKind::Channel, SubKind::Pattern, SubKind::Shard];
+
+    pub fn subscribe_word(self) -> &'static str {
+        match self {
+            SubKind::Channel => "subscribe",
+            SubKind::Pattern => "psubscribe",
+            SubKind::Shard => "ssubscribe",
+        }
+    }
+    pub fn unsubscribe_word(self) -> &'static str {
+        match self {
+            SubKind::Channel => "unsubscribe",
+            SubKind::Pattern => "punsubscribe",
+            SubKind::Shard => "sunsubscribe",
+        }
+    }
+    /// Index into per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The proxy's view of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Forward; one reply; no state change.
+    Plain,
+    Auth,
+    Hello,
+    Quit,
+    /// Refused with this message; never forwarded.
+    Refused(&'static str),
+    Select,
+    ClientSetName,
+    /// `CLIENT REPLY ON|OFF|SKIP`.
+    ClientReply(ReplyMode),
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Reset,
+    Subscribe(SubKind),
+    Unsubscribe(SubKind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    Skip,
+}
+
+/// Classifies a command from its (case-insensitive) name and the next argument.
+pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64) -> Kind {
+    let mut lower = [0u8; 16];
+    if name.len() > lower.len() {
+        return Kind::Plain;
+    }
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    let eq = |a: Option<&[u8]>, w: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()));
+    match &lower[..name.len()] {
+        b"auth" => Kind::Auth,
+        b"hello" => Kind::Hello,
+        b"quit" => Kind::Quit,
+        b"monitor" => Kind::Refused(
+            "ERR MONITOR is not supported through the cutover proxy; connect to the server directly",
+        ),
+        b"sync" | b"psync" | b"replconf" => Kind::Refused(
+            "ERR replication through the cutover proxy is not supported; replicate from the server directly",
+        ),
+        b"select" => Kind::Select,
+        b"client" if eq(arg1, "setname") => Kind::ClientSetName,
+        b"client" if eq(arg1, "reply") && argc == 3 => {
+            if eq(arg2, "on") {
+                Kind::ClientReply(ReplyMode::On)
+            } else if eq(arg2, "off") {
+                Kind::ClientReply(ReplyMode::Off)
+            } else if eq(arg2, "skip") {
+                Kind::ClientReply(ReplyMode::Skip)
+            } else {
+                Kind::Plain
+            }
+        }
+        b"multi" => Kind::Multi,
+        b"exec" => Kind::Exec,
+        b"discard" => Kind::Discard,
+        b"watch" => Kind::Watch,
+        b"unwatch" => Kind::Unwatch,
+        b"reset" => Kind::Reset,
+        b"subscribe" => Kind::Subscribe(SubKind::Channel),
+        b"psubscribe" => Kind::Subscribe(SubKind::Pattern),
+        b"ssubscribe" => Kind::Subscribe(SubKind::Shard),
+        b"unsubscribe" => Kind::Unsubscribe(SubKind::Channel),
+        b"punsubscribe" => Kind::Unsubscribe(SubKind::Pattern),
+        b"sunsubscribe" => Kind::Unsubscribe(SubKind::Shard),
+        _ => Kind::Plain,
+    }
+}
+
+/// Commands known by name, for per-command metrics. Anything else is counted as `other`, so a
+/// client sending garbage names cannot blow up the metric cardinality.
+pub const KNOWN_COMMANDS: &[&str] = &[
+    "acl", "append", "asking", "auth", "bgrewriteaof", "bgsave", "bitcount", "bitfield",
+    "bitfield_ro", "bitop", "bitpos", "blmove", "blmpop", "blpop", "brpop", "brpoplpush",
+    "bzmpop", "bzpopmax", "bzpopmin", "client", "cluster", "command", "config", "copy",
+    "dbsize", "debug", "decr", "decrby", "del", "discard", "dump", "echo", "eval", "eval_ro",
+    "evalsha", "evalsha_ro", "exec", "exists", "expire", "expireat", "expiretime", "failover",
+    "fcall", "fcall_ro", "flushall", "flushdb", "function", "geoadd", "geodist", "geohash",
+    "geopos", "georadius", "georadius_ro", "georadiusbymember", "georadiusbymember_ro",
+    "geosearch", "geosearchstore", "get", "getbit", "getdel", "getex", "getrange", "getset",
+    "hdel", "hello", "hexists", "hexpire", "hexpireat", "hexpiretime", "hget", "hgetall",
+    "hgetdel", "hgetex", "hincrby", "hincrbyfloat", "hkeys", "hlen", "hmget", "hmset",
+    "hpersist", "hpexpire", "hpexpireat", "hpexpiretime", "hpttl", "hrandfield", "hscan",
+    "hset", "hsetex", "hsetnx", "hstrlen", "httl", "hvals", "incr", "incrby", "incrbyfloat",
+    "info", "keys", "lastsave", "latency", "lcs", "lindex", "linsert", "llen", "lmove",
+    "lmpop", "lolwut", "lpop", "lpos", "lpush", "lpushx", "lrange", "lrem", "lset", "ltrim",
+    "memory", "mget", "migrate", "module", "monitor", "move", "mset", "msetnx", "multi",
+    "object", "persist", "pexpire", "pexpireat", "pexpiretime", "pfadd", "pfcount",
+    "pfdebug", "pfmerge", "pfselftest", "ping", "psetex", "psubscribe", "psync", "pttl",
+    "publish", "pubsub", "punsubscribe", "quit", "randomkey", "readonly", "readwrite",
+    "rename", "renamenx", "replconf", "replicaof", "reset", "restore", "restore-asking",
+    "role", "rpop", "rpoplpush", "rpush", "rpushx", "sadd", "save", "scan", "scard",
+    "script", "sdiff", "sdiffstore", "select", "set", "setbit", "setex", "setnx", "setrange",
+    "shutdown", "sinter", "sintercard", "sinterstore", "sismember", "slaveof", "slowlog",
+    "smembers", "smismember", "smove", "sort", "sort_ro", "spop", "spublish", "srandmember",
+    "srem", "sscan", "ssubscribe", "strlen", "subscribe", "substr", "sunion", "sunionstore",
+    "sunsubscribe", "swapdb", "sync", "time", "touch", "ttl", "type", "unlink", "unsubscribe",
+    "unwatch", "wait", "waitaof", "watch", "xack", "xadd", "xautoclaim", "xclaim", "xdel",
+    "xgroup", "xinfo", "xlen", "xpending", "xrange", "xread", "xreadgroup", "xrevrange",
+    "xsetid", "xtrim", "zadd", "zcard", "zcount", "zdiff", "zdiffstore", "zincrby", "zinter",
+    "zintercard", "zinterstore", "zlexcount", "zmpop", "zmscore", "zpopmax", "zpopmin",
+    "zrandmember", "zrange", "zrangebylex", "zrangebyscore", "zrangestore", "zrank", "zrem",
+    "zremrangebylex", "zremrangebyrank", "zremrangebyscore", "zrevrange", "zrevrangebylex",
+    "zrevrangebyscore", "zrevrank", "zscan", "zscore", "zunion", "zunionstore",
+];
+
+/// Index of `name` in [`KNOWN_COMMANDS`], or `KNOWN_COMMANDS.len()` for `other`.
+pub fn command_id(name: &[u8]) -> usize {
+    let mut lower = [0u8; 24];
+    if name.len() > lower.len() {
+        return KNOWN_COMMANDS.len();
+    }
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    let key = &lower[..name.len()];
+    KNOWN_COMMANDS
+        .binary_search_by(|c| c.as_bytes().cmp(key))
+        .unwrap_or(KNOWN_COMMANDS.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        for w in KNOWN_COMMANDS.windows(2) {
+            assert!(w[0] < w[1], "{} >= {}", w[0], w[1]);
+        }
+        assert_eq!(KNOWN_COMMANDS[command_id(b"GeT")], "get");
+        assert_eq!(command_id(b"nonsense"), KNOWN_COMMANDS.len());
+        assert_eq!(command_id(&[b'x'; 100]), KNOWN_COMMANDS.len());
+    }
+
+    #[test]
+    fn classifies_state_changing_commands() {
+        assert_eq!(classify(b"SELECT", Some(b"1"), None, 2), Kind::Select);
+        assert_eq!(
+            classify(b"client", Some(b"SETNAME"), Some(b"x"), 3),
+            Kind::ClientSetName
+        );
+        assert_eq!(
+            classify(b"client", Some(b"reply"), Some(b"Off"), 3),
+            Kind::ClientReply(ReplyMode::Off)
+        );
+        assert_eq!(classify(b"client", Some(b"id"), None, 2), Kind::Plain);
+        assert_eq!(
+            classify(b"PSUBSCRIBE", Some(b"a*"), None, 2),
+            Kind::Subscribe(SubKind::Pattern)
+        );
+        assert!(matches!(classify(b"monitor", None, None, 1), Kind::Refused(_)));
+        assert_eq!(classify(b"get", Some(b"k"), None, 2), Kind::Plain);
+    }
+}

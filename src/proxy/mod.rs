@@ -1,0 +1,74 @@
+//! The transparent RESP proxy: listener → session → route → upstream.
+//!
+//! * [`listen`] accepts client connections (refusing beyond `max_clients` the way Redis does);
+//! * [`session::Session`] serves one client: frames commands, keeps its connection state,
+//!   pairs replies with commands;
+//! * the route table ([`crate::route`]) says which backend is primary, read once per batch;
+//! * [`upstream`] opens and authenticates backend connections, with a shared back-off.
+
+pub mod command;
+pub mod session;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::config::ProxySettings;
+use crate::route::RouteTable;
+
+/// State shared by all sessions and read by the admin listener.
+pub struct ProxyShared {
+    pub settings: ProxySettings,
+    pub route: RouteTable,
+    pub client_conns: AtomicUsize,
+    pub backend_conns: AtomicUsize,
+    pub clients_accepted: AtomicU64,
+}
+
+impl ProxyShared {
+    pub fn new(settings: ProxySettings, route: RouteTable) -> Self {
+        ProxyShared {
+            settings,
+            route,
+            client_conns: AtomicUsize::new(0),
+            backend_conns: AtomicUsize::new(0),
+            clients_accepted: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Accepts clients forever, one task per connection.
+pub async fn listen(listener: TcpListener, shared: Arc<ProxyShared>) {
+    loop {
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and similar: wait instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.client_conns.load(Ordering::Relaxed) >= shared.settings.max_clients {
+            crate::telemetry::error("max_clients");
+            tokio::spawn(async move {
+                let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+            });
+            continue;
+        }
+        shared.client_conns.fetch_add(1, Ordering::Relaxed);
+        shared.clients_accepted.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("cutover_client_connections").increment(1.0);
+        metrics::counter!("cutover_client_connections_total").increment(1);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            session::Session::new(shared.clone(), socket, peer).run().await;
+            shared.client_conns.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("cutover_client_connections").decrement(1.0);
+        });
+    }
+}

@@ -1,0 +1,928 @@
+//! One client connection and the backend connection that serves it.
+//!
+//! Each client gets its own backend connection, so everything Redis keeps per connection
+//! (selected db, RESP version, `MULTI`, `WATCH`, subscriptions, a blocked `BLPOP`) behaves
+//! exactly as it would directly. The session additionally *remembers* that state in
+//! [`ConnState`], learned from the commands and their replies, so it can rebuild it on a new
+//! backend connection: after a reconnect today, after a route flip later.
+//!
+//! The loop is a single task that never blocks on a write: it reads whichever side is
+//! readable, frames what it read ([`RequestParser`], [`ReplyParser`]), appends to the other
+//! side's output buffer and writes as much as the socket takes. Back-pressure is explicit: a
+//! side is not read while the buffer it feeds is over the limit. A client that writes its
+//! whole pipeline before reading cannot deadlock the proxy: requests keep flowing to the
+//! server while replies wait in the kernel and in the server's own output buffer, exactly as
+//! they would without the proxy.
+//!
+//! Replies are paired with commands through the `pending` queue (one entry per command that
+//! will be answered). Replies the proxy makes itself (`-NOAUTH`, `AUTH` with the proxy's
+//! password, `QUIT`) are queued in the same order, so the client sees its replies in order.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use super::ProxyShared;
+use super::command::{self, Kind, ReplyMode, SubKind};
+use super::upstream;
+use crate::resp::request::{CAPTURED_ARGS, encode_command};
+use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
+use crate::route::Backend;
+use crate::telemetry;
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 16 * 1024;
+/// An incomplete frame bigger than this is streamed on instead of being held whole.
+const STREAM_THRESHOLD: usize = 256 * 1024;
+/// Buffers emptier than this but with more capacity are given back to the allocator.
+const TRIM_CAPACITY: usize = 64 * 1024;
+
+/// Per-connection state that Redis keeps and the proxy must be able to recreate.
+#[derive(Debug, Clone)]
+pub struct ConnState {
+    pub db: u32,
+    pub name: Option<Bytes>,
+    pub resp: u8,
+    pub authenticated: bool,
+    /// Inside `MULTI` (tracked when sending: later commands are queued by the server).
+    pub in_multi: bool,
+    pub watching: bool,
+    /// Channels, patterns and shard channels, by [`SubKind::index`].
+    pub subs: [BTreeSet<Bytes>; 3],
+    reply_off: bool,
+    skip_next: bool,
+    /// State changes queued inside `MULTI`, applied when `EXEC` succeeds.
+    multi_effects: Vec<Effect>,
+}
+
+impl ConnState {
+    fn fresh(db: u32, authenticated: bool) -> Self {
+        ConnState {
+            db,
+            name: None,
+            resp: 2,
+            authenticated,
+            in_multi: false,
+            watching: false,
+            subs: Default::default(),
+            reply_off: false,
+            skip_next: false,
+            multi_effects: Vec::new(),
+        }
+    }
+
+    pub fn subscribed(&self) -> bool {
+        self.subs.iter().any(|s| !s.is_empty())
+    }
+}
+
+/// How many replies a forwarded command will get.
+#[derive(Debug)]
+enum Expect {
+    Replies(u32),
+    /// `UNSUBSCRIBE` without arguments: one reply per current subscription of the kind (at
+    /// least one), counted when its first reply arrives.
+    AllSubs(SubKind),
+    /// A reply the proxy makes itself; `close` ends the connection after it.
+    Local { reply: Bytes, close: bool },
+}
+
+#[derive(Debug, Clone)]
+enum Effect {
+    None,
+    Select(u32),
+    SetName(Option<Bytes>),
+    Hello(u8),
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Reset,
+}
+
+#[derive(Debug)]
+struct Pending {
+    cmd: usize,
+    started: Instant,
+    expect: Expect,
+    effect: Effect,
+    /// An internal command (state restore): its reply is not the client's.
+    swallow: bool,
+}
+
+/// The backend side of a session.
+struct Upstream {
+    stream: TcpStream,
+    backend: Arc<Backend>,
+    inbuf: BytesMut,
+    out: BytesMut,
+    reply: ReplyParser,
+}
+
+enum Event {
+    ClientReadable,
+    BackendReadable,
+    Writable,
+    Error(io::Error),
+}
+
+pub struct Session {
+    shared: Arc<ProxyShared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    up: Option<Upstream>,
+    /// Route epoch the upstream belongs to.
+    epoch: u64,
+    client_in: BytesMut,
+    client_out: BytesMut,
+    req: RequestParser,
+    pending: VecDeque<Pending>,
+    conn: ConnState,
+    /// Stop reading the client (after QUIT, a protocol error or EOF).
+    stop_reading: bool,
+    /// Close once everything queued for the client is written.
+    close_after_flush: bool,
+    /// The current request is being streamed to the upstream piecewise.
+    streaming_request: bool,
+    /// The rest of the current (streamed) request is dropped: its upstream died.
+    discard_request: bool,
+}
+
+impl Session {
+    pub fn new(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr) -> Self {
+        let route = shared.route.load();
+        let db = route.primary_backend().url.db;
+        let authenticated = shared.settings.auth.password.is_none();
+        Session {
+            req: RequestParser::default(),
+            epoch: route.epoch,
+            shared,
+            client,
+            peer,
+            up: None,
+            client_in: BytesMut::new(),
+            client_out: BytesMut::new(),
+            pending: VecDeque::new(),
+            conn: ConnState::fresh(db, authenticated),
+            stop_reading: false,
+            close_after_flush: false,
+            streaming_request: false,
+            discard_request: false,
+        }
+    }
+
+    /// Serves the client until it disconnects (or is disconnected after QUIT / bad input).
+    pub async fn run(mut self) {
+        let _ = self.client.set_nodelay(true);
+        tracing::debug!(peer = %self.peer, "client connected");
+        if let Err(e) = self.serve().await {
+            tracing::debug!(peer = %self.peer, error = %e, "client connection ended");
+        }
+        self.drop_upstream();
+    }
+
+    async fn serve(&mut self) -> io::Result<()> {
+        let limit = self.shared.settings.buffer_limit;
+        loop {
+            self.process_requests().await;
+            self.flush_upstream();
+            self.flush_client()?;
+            self.trim();
+            if self.close_after_flush && self.client_out.is_empty() {
+                return Ok(());
+            }
+            if self.stop_reading && self.pending.is_empty() && self.client_out.is_empty() {
+                return Ok(());
+            }
+            let up_out = self.up.as_ref().map_or(0, |u| u.out.len());
+            let read_client = !self.stop_reading && self.client_in.len() < limit && up_out < limit;
+            let read_backend = self.up.is_some() && self.client_out.len() < limit;
+            let write_client = !self.client_out.is_empty();
+            let write_backend = up_out > 0;
+            let up = self.up.as_ref().map(|u| &u.stream);
+            let client = &self.client;
+            let event = tokio::select! {
+                r = client.readable(), if read_client => r.map_or_else(Event::Error, |_| Event::ClientReadable),
+                r = async { up.expect("guarded").readable().await }, if read_backend =>
+                    r.map_or_else(Event::Error, |_| Event::BackendReadable),
+                r = client.writable(), if write_client => r.map_or_else(Event::Error, |_| Event::Writable),
+                r = async { up.expect("guarded").writable().await }, if write_backend =>
+                    r.map_or_else(Event::Error, |_| Event::Writable),
+            };
+            match event {
+                Event::ClientReadable => self.read_client()?,
+                Event::BackendReadable => self.read_upstream(),
+                Event::Writable => {}
+                Event::Error(e) => return Err(e),
+            }
+        }
+    }
+
+    // ----- client side -------------------------------------------------------------------
+
+    fn read_client(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; READ_CHUNK];
+        match self.client.try_read(&mut chunk) {
+            Ok(0) => {
+                // The client closed its side: answer what is in flight, then close.
+                self.stop_reading = true;
+                Ok(())
+            }
+            Ok(n) => {
+                telemetry::hot().bytes_in.increment(n as u64);
+                self.client_in.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush_client(&mut self) -> io::Result<()> {
+        while !self.client_out.is_empty() {
+            match self.client.try_write(&self.client_out) {
+                Ok(n) => {
+                    telemetry::hot().bytes_out.increment(n as u64);
+                    self.client_out.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn trim(&mut self) {
+        for buf in [&mut self.client_in, &mut self.client_out] {
+            if buf.is_empty() && buf.capacity() > TRIM_CAPACITY {
+                *buf = BytesMut::new();
+            }
+        }
+        if let Some(up) = &mut self.up {
+            for buf in [&mut up.inbuf, &mut up.out] {
+                if buf.is_empty() && buf.capacity() > TRIM_CAPACITY {
+                    *buf = BytesMut::new();
+                }
+            }
+        }
+    }
+
+    /// Frames and dispatches every complete command in `client_in`.
+    async fn process_requests(&mut self) {
+        while !self.client_in.is_empty() && !(self.stop_reading && !self.streaming_request) {
+            match self.req.parse(&self.client_in) {
+                Ok(Some(req)) => self.dispatch(req).await,
+                Ok(None) => {
+                    self.stream_partial_request().await;
+                    return;
+                }
+                Err(e) => {
+                    telemetry::error("protocol");
+                    tracing::debug!(peer = %self.peer, error = %e, "malformed request");
+                    let mut reply = BytesMut::new();
+                    push_error(&mut reply, &format!("ERR {e}"));
+                    self.client_in.clear();
+                    self.local(command::KNOWN_COMMANDS.len(), reply.freeze(), true);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, req: Request) {
+        match req {
+            Request::Empty { len } => self.client_in.advance(len),
+            Request::Inline { len, args } => {
+                self.client_in.advance(len);
+                let mut wire = Vec::new();
+                encode_command(&args, &mut wire);
+                let argv: Vec<&[u8]> = args.iter().take(CAPTURED_ARGS).map(|a| &a[..]).collect();
+                self.command(&argv, args.len() as u64, &wire).await;
+            }
+            Request::Array { len, argc, args } => {
+                let frame = self.client_in.split_to(len);
+                if self.streaming_request {
+                    // The tail of a command whose head was already forwarded.
+                    self.streaming_request = false;
+                    if !std::mem::take(&mut self.discard_request) {
+                        if let Some(up) = &mut self.up {
+                            up.out.extend_from_slice(&frame);
+                        }
+                    }
+                    return;
+                }
+                let argv: Vec<&[u8]> = (0..args.len()).filter_map(|i| args.get(&frame, i)).collect();
+                self.command(&argv, argc, &frame).await;
+            }
+        }
+    }
+
+    /// A huge command (a 512 MB value, a million arguments) is forwarded as it arrives instead
+    /// of being buffered whole, once its name is known and it is an ordinary command.
+    async fn stream_partial_request(&mut self) {
+        let scanned = self.req.scanned();
+        if scanned < STREAM_THRESHOLD {
+            return;
+        }
+        if !self.streaming_request {
+            let args = self.req.pending_args();
+            let (Some(name), arg1, arg2) = (
+                args.get(&self.client_in, 0),
+                args.get(&self.client_in, 1),
+                args.get(&self.client_in, 2),
+            ) else {
+                return;
+            };
+            let kind = command::classify(name, arg1, arg2, self.req.pending_argc());
+            if kind != Kind::Plain || !self.conn.authenticated {
+                // Control commands are never this big: keep buffering (bounded by the limit).
+                return;
+            }
+            let cmd = command::command_id(name);
+            telemetry::hot().commands[cmd].increment(1);
+            let head = self.client_in.split_to(scanned);
+            self.req.forwarded(scanned);
+            self.streaming_request = true;
+            self.discard_request = !self.forward(cmd, &head, Expect::Replies(1), Effect::None).await;
+            return;
+        }
+        let chunk = self.client_in.split_to(scanned);
+        self.req.forwarded(scanned);
+        if !self.discard_request {
+            if let Some(up) = &mut self.up {
+                up.out.extend_from_slice(&chunk);
+            }
+        }
+    }
+
+    // ----- commands ----------------------------------------------------------------------
+
+    async fn command(&mut self, argv: &[&[u8]], argc: u64, wire: &[u8]) {
+        let Some(&name) = argv.first() else { return };
+        let cmd = command::command_id(name);
+        telemetry::hot().commands[cmd].increment(1);
+        let kind = command::classify(name, argv.get(1).copied(), argv.get(2).copied(), argc);
+        let proxy_auth = self.shared.settings.auth.password.is_some();
+        if !self.conn.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
+            telemetry::error("auth");
+            return self.local_error(cmd, "NOAUTH Authentication required.");
+        }
+        match kind {
+            Kind::Auth if proxy_auth => {
+                let reply = match argv.len() {
+                    2 => self.check_auth(None, argv[1]),
+                    3 => self.check_auth(Some(argv[1]), argv[2]),
+                    _ => Err("ERR wrong number of arguments for 'auth' command"),
+                };
+                match reply {
+                    Ok(()) => {
+                        self.conn.authenticated = true;
+                        self.local(cmd, Bytes::from_static(b"+OK\r\n"), false)
+                    }
+                    Err(e) => {
+                        telemetry::error("auth");
+                        self.local_error(cmd, e)
+                    }
+                }
+            }
+            Kind::Hello if proxy_auth => self.hello_with_proxy_auth(cmd, argv, argc).await,
+            Kind::Hello => {
+                let effect = hello_effect(argv);
+                self.forward(cmd, wire, Expect::Replies(1), effect).await;
+            }
+            Kind::Quit => self.local(cmd, Bytes::from_static(b"+OK\r\n"), true),
+            Kind::Refused(msg) => {
+                telemetry::error("refused");
+                self.local_error(cmd, msg)
+            }
+            Kind::Select => {
+                let effect = argv
+                    .get(1)
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                    .map_or(Effect::None, Effect::Select);
+                self.forward_stateful(cmd, wire, effect).await;
+            }
+            Kind::ClientSetName => {
+                let name = argv.get(2).filter(|n| !n.is_empty()).map(|n| Bytes::copy_from_slice(n));
+                self.forward_stateful(cmd, wire, Effect::SetName(name)).await;
+            }
+            Kind::ClientReply(mode) => {
+                let expect = match mode {
+                    ReplyMode::On => Expect::Replies(1),
+                    _ => Expect::Replies(0),
+                };
+                self.conn.reply_off = mode == ReplyMode::Off;
+                self.conn.skip_next = mode == ReplyMode::Skip;
+                self.send(cmd, wire, expect, Effect::None, false).await;
+            }
+            Kind::Multi => {
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Multi).await;
+                self.conn.in_multi = true;
+            }
+            Kind::Exec | Kind::Discard => {
+                let effect = if kind == Kind::Exec { Effect::Exec } else { Effect::Discard };
+                self.forward(cmd, wire, Expect::Replies(1), effect).await;
+                self.conn.in_multi = false;
+            }
+            Kind::Watch => {
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Watch).await;
+            }
+            Kind::Unwatch => {
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Unwatch).await;
+            }
+            Kind::Reset => {
+                if self.forward(cmd, wire, Expect::Replies(1), Effect::Reset).await {
+                    // RESET also logs the backend connection out: log the proxy back in,
+                    // before any command the client pipelined after it.
+                    self.conn.in_multi = false;
+                    self.restore_backend_login();
+                }
+            }
+            Kind::Subscribe(_) => {
+                let n = argc.saturating_sub(1).max(1) as u32;
+                self.forward(cmd, wire, Expect::Replies(n), Effect::None).await;
+            }
+            Kind::Unsubscribe(k) => {
+                let expect = if argc <= 1 { Expect::AllSubs(k) } else { Expect::Replies((argc - 1) as u32) };
+                self.forward(cmd, wire, expect, Effect::None).await;
+            }
+            Kind::Auth | Kind::Plain => {
+                self.forward(cmd, wire, Expect::Replies(1), Effect::None).await;
+            }
+        }
+    }
+
+    /// Forwards a command whose state change is deferred to `EXEC` inside a transaction.
+    async fn forward_stateful(&mut self, cmd: usize, wire: &[u8], effect: Effect) {
+        if self.conn.in_multi {
+            self.conn.multi_effects.push(effect);
+            self.forward(cmd, wire, Expect::Replies(1), Effect::None).await;
+        } else {
+            self.forward(cmd, wire, Expect::Replies(1), effect).await;
+        }
+    }
+
+    fn check_auth(&self, user: Option<&[u8]>, pass: &[u8]) -> Result<(), &'static str> {
+        let want = &self.shared.settings.auth;
+        let user_ok = match (&want.user, user) {
+            (Some(w), Some(u)) => constant_time_eq(w.as_bytes(), u),
+            (Some(w), None) => w == "default",
+            (None, Some(u)) => u == b"default",
+            (None, None) => true,
+        };
+        let pass_ok = want
+            .password
+            .as_ref()
+            .is_some_and(|p| constant_time_eq(p.as_bytes(), pass));
+        if user_ok && pass_ok {
+            Ok(())
+        } else {
+            Err("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]` when the proxy has its own password:
+    /// the AUTH part is checked here and never forwarded; the rest goes to the backend.
+    async fn hello_with_proxy_auth(&mut self, cmd: usize, argv: &[&[u8]], argc: u64) {
+        if argc as usize > argv.len() {
+            return self.local_error(cmd, "ERR Syntax error in HELLO option");
+        }
+        let mut forwarded: Vec<&[u8]> = vec![b"HELLO"];
+        let mut auth: Option<(&[u8], &[u8])> = None;
+        let mut i = 1;
+        if let Some(v) = argv.get(1) {
+            forwarded.push(v);
+            i = 2;
+        }
+        while i < argv.len() {
+            let opt = argv[i];
+            if opt.eq_ignore_ascii_case(b"AUTH") && i + 2 < argv.len() {
+                auth = Some((argv[i + 1], argv[i + 2]));
+                i += 3;
+            } else if opt.eq_ignore_ascii_case(b"SETNAME") && i + 1 < argv.len() {
+                forwarded.extend_from_slice(&argv[i..i + 2]);
+                i += 2;
+            } else {
+                let msg = format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(opt)
+                );
+                return self.local_error(cmd, &msg);
+            }
+        }
+        match auth {
+            Some((user, pass)) => match self.check_auth(Some(user), pass) {
+                Ok(()) => self.conn.authenticated = true,
+                Err(e) => {
+                    telemetry::error("auth");
+                    return self.local_error(cmd, e);
+                }
+            },
+            None if !self.conn.authenticated => {
+                telemetry::error("auth");
+                return self.local_error(
+                    cmd,
+                    "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+                );
+            }
+            None => {}
+        }
+        let effect = hello_effect(&forwarded);
+        let mut wire = Vec::new();
+        encode_command(&forwarded, &mut wire);
+        self.forward(cmd, &wire, Expect::Replies(1), effect).await;
+    }
+
+    fn local_error(&mut self, cmd: usize, msg: &str) {
+        let mut reply = BytesMut::new();
+        push_error(&mut reply, msg);
+        self.local(cmd, reply.freeze(), false);
+    }
+
+    /// Queues a reply made by the proxy, in order with the replies still to come.
+    fn local(&mut self, cmd: usize, reply: Bytes, close: bool) {
+        if close {
+            self.stop_reading = true;
+        }
+        if self.silenced() && !close {
+            return;
+        }
+        self.pending.push_back(Pending {
+            cmd,
+            started: Instant::now(),
+            expect: Expect::Local { reply, close },
+            effect: Effect::None,
+            swallow: false,
+        });
+        self.drain_local();
+    }
+
+    /// `CLIENT REPLY OFF|SKIP` in force for this command.
+    fn silenced(&mut self) -> bool {
+        self.conn.reply_off || std::mem::take(&mut self.conn.skip_next)
+    }
+
+    /// Forwards a client command; `false` if no backend could be reached (the client got an
+    /// error reply instead).
+    async fn forward(&mut self, cmd: usize, wire: &[u8], expect: Expect, effect: Effect) -> bool {
+        let expect = if self.silenced() { Expect::Replies(0) } else { expect };
+        self.send(cmd, wire, expect, effect, false).await
+    }
+
+    async fn send(&mut self, cmd: usize, wire: &[u8], expect: Expect, effect: Effect, swallow: bool) -> bool {
+        if let Err(msg) = self.ensure_upstream().await {
+            if !matches!(expect, Expect::Replies(0)) {
+                self.local_error(cmd, &format!("ERR cutover: {msg}"));
+            }
+            return false;
+        }
+        let Some(up) = &mut self.up else { return false };
+        up.out.extend_from_slice(wire);
+        if !matches!(expect, Expect::Replies(0)) {
+            self.pending.push_back(Pending { cmd, started: Instant::now(), expect, effect, swallow });
+        }
+        true
+    }
+
+    /// Queues an internal command whose reply is not the client's.
+    fn send_internal(&mut self, args: &[&[u8]], replies: u32) {
+        let Some(up) = &mut self.up else { return };
+        let mut wire = Vec::new();
+        encode_command(args, &mut wire);
+        up.out.extend_from_slice(&wire);
+        self.pending.push_back(Pending {
+            cmd: command::command_id(args[0]),
+            started: Instant::now(),
+            expect: Expect::Replies(replies),
+            effect: Effect::None,
+            swallow: true,
+        });
+    }
+
+    // ----- upstream ----------------------------------------------------------------------
+
+    /// Makes sure there is a backend connection to the route's primary, re-creating the
+    /// session's state on a new one. Moves to a new primary when the route changed and the
+    /// session is between commands.
+    async fn ensure_upstream(&mut self) -> Result<(), String> {
+        let route = self.shared.route.load();
+        if self.up.is_some() {
+            let idle = self.pending.is_empty() && !self.conn.in_multi && !self.streaming_request;
+            if route.epoch == self.epoch || !idle {
+                return Ok(());
+            }
+            self.drop_upstream();
+        }
+        let backend = route.primary_backend().clone();
+        let epoch = route.epoch;
+        drop(route);
+        let stream = upstream::connect(&backend, self.shared.settings.connect_timeout)
+            .await
+            .map_err(|e| {
+                telemetry::error("backend_unreachable");
+                e.to_string()
+            })?;
+        self.shared.backend_conns.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("cutover_backend_connections").increment(1.0);
+        let url_db = backend.url.db;
+        self.epoch = epoch;
+        self.up = Some(Upstream {
+            stream,
+            backend,
+            inbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            reply: ReplyParser::default(),
+        });
+        self.restore_state(url_db);
+        Ok(())
+    }
+
+    /// Re-creates the client's connection state on a fresh backend connection.
+    fn restore_state(&mut self, url_db: u32) {
+        let conn = self.conn.clone();
+        if conn.resp != 2 {
+            self.send_internal(&[b"HELLO", conn.resp.to_string().as_bytes()], 1);
+        }
+        if conn.db != url_db {
+            self.send_internal(&[b"SELECT", conn.db.to_string().as_bytes()], 1);
+        }
+        if let Some(name) = &conn.name {
+            self.send_internal(&[b"CLIENT", b"SETNAME", name], 1);
+        }
+        for kind in SubKind::ALL {
+            let set = &conn.subs[kind.index()];
+            if !set.is_empty() {
+                let mut args: Vec<&[u8]> = vec![kind.subscribe_word().as_bytes()];
+                args.extend(set.iter().map(|c| &c[..]));
+                self.send_internal(&args, set.len() as u32);
+            }
+        }
+    }
+
+    /// After `RESET` the backend connection is logged out: log in and select again.
+    fn restore_backend_login(&mut self) {
+        let Some(up) = &self.up else { return };
+        let url = up.backend.url.clone();
+        if let Some(pass) = &url.password {
+            match &url.username {
+                Some(u) => self.send_internal(&[b"AUTH", u.as_bytes(), pass.as_bytes()], 1),
+                None => self.send_internal(&[b"AUTH", pass.as_bytes()], 1),
+            }
+        }
+        if url.db != 0 {
+            self.send_internal(&[b"SELECT", url.db.to_string().as_bytes()], 1);
+        }
+    }
+
+    fn drop_upstream(&mut self) {
+        if self.up.take().is_some() {
+            self.shared.backend_conns.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!("cutover_backend_connections").decrement(1.0);
+        }
+    }
+
+    fn flush_upstream(&mut self) {
+        let Some(up) = &mut self.up else { return };
+        while !up.out.is_empty() {
+            match up.stream.try_write(&up.out) {
+                Ok(n) => up.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return self.upstream_lost(&e.to_string()),
+            }
+        }
+    }
+
+    fn read_upstream(&mut self) {
+        let Some(up) = &mut self.up else { return };
+        let mut chunk = [0u8; READ_CHUNK];
+        match up.stream.try_read(&mut chunk) {
+            Ok(0) => return self.upstream_lost("connection closed by the server"),
+            Ok(n) => up.inbuf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => return self.upstream_lost(&e.to_string()),
+        }
+        loop {
+            let Some(up) = &mut self.up else { return };
+            if up.inbuf.is_empty() {
+                return;
+            }
+            up.reply.capture_arrays = self.conn.subscribed()
+                || self.pending.front().is_some_and(|p| p.cmd_is_pubsub());
+            match up.reply.parse(&up.inbuf) {
+                Ok(Some(info)) => {
+                    let bytes = up.inbuf.split_to(info.len);
+                    self.on_reply(info, &bytes);
+                }
+                Ok(None) => {
+                    let scanned = up.reply.scanned();
+                    if scanned >= STREAM_THRESHOLD {
+                        let part = up.inbuf.split_to(scanned);
+                        up.reply.forwarded(scanned);
+                        if !self.pending.front().is_some_and(|p| p.swallow) {
+                            self.client_out.extend_from_slice(&part);
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    telemetry::error("backend_protocol");
+                    return self.upstream_lost(&e.to_string());
+                }
+            }
+        }
+    }
+
+    /// One complete reply from the backend.
+    fn on_reply(&mut self, info: ReplyInfo, bytes: &[u8]) {
+        let confirmation = self.sub_confirmation(&info);
+        let out_of_band = confirmation.is_none()
+            && (info.is_push()
+                || (self.conn.resp == 2
+                    && info.kind == b'*'
+                    && self.conn.subscribed()
+                    && (info.head_is(0, "message") || info.head_is(0, "pmessage") || info.head_is(0, "smessage"))));
+        if out_of_band {
+            self.client_out.extend_from_slice(bytes);
+            return;
+        }
+        if let Some(Pending { expect: Expect::AllSubs(kind), .. }) = self.pending.front() {
+            // Counted now that every earlier command was answered: one per subscription.
+            let n = self.conn.subs[kind.index()].len().max(1) as u32;
+            if let Some(head) = self.pending.front_mut() {
+                head.expect = Expect::Replies(n);
+            }
+        }
+        if let Some((kind, subscribe)) = confirmation {
+            let channel = Bytes::copy_from_slice(info.head.get(1).map_or(&[][..], |c| &c[..]));
+            let set = &mut self.conn.subs[kind.index()];
+            if subscribe {
+                set.insert(channel);
+            } else {
+                set.remove(&channel);
+            }
+        }
+        let Some(head) = self.pending.front_mut() else {
+            tracing::warn!(peer = %self.peer, "reply from the server without a command; passing it on");
+            self.client_out.extend_from_slice(bytes);
+            return;
+        };
+        if !head.swallow {
+            self.client_out.extend_from_slice(bytes);
+        }
+        let done = match &mut head.expect {
+            Expect::Replies(n) if *n > 1 && !info.is_error() => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        };
+        if done {
+            let head = self.pending.pop_front().expect("front exists");
+            telemetry::hot().latency[head.cmd].record(head.started.elapsed().as_secs_f64());
+            if info.is_error() {
+                if !head.swallow {
+                    telemetry::error("reply_error");
+                } else {
+                    tracing::warn!(peer = %self.peer, "restoring connection state failed: {}", String::from_utf8_lossy(bytes).trim_end());
+                }
+            } else {
+                self.apply(head.effect, &info);
+            }
+            self.drain_local();
+        }
+    }
+
+    /// Is this reply a `(p|s)(un)subscribe` confirmation answering the command at the head?
+    fn sub_confirmation(&self, info: &ReplyInfo) -> Option<(SubKind, bool)> {
+        if !(info.is_push() || info.kind == b'*') || info.head.len() < 3 {
+            return None;
+        }
+        let head = self.pending.front()?;
+        if !head.cmd_is_pubsub() {
+            return None;
+        }
+        SubKind::ALL.into_iter().find_map(|k| {
+            if info.head_is(0, k.subscribe_word()) {
+                Some((k, true))
+            } else if info.head_is(0, k.unsubscribe_word()) {
+                Some((k, false))
+            } else {
+                None
+            }
+        })
+    }
+
+    fn apply(&mut self, effect: Effect, info: &ReplyInfo) {
+        match effect {
+            Effect::None => {}
+            Effect::Select(db) => self.conn.db = db,
+            Effect::SetName(name) => self.conn.name = name,
+            Effect::Hello(v) => self.conn.resp = v,
+            Effect::Multi => {}
+            Effect::Exec => {
+                self.conn.watching = false;
+                let queued = std::mem::take(&mut self.conn.multi_effects);
+                if info.kind != b'_' && info.elements >= 0 {
+                    for e in queued {
+                        self.apply(e, info);
+                    }
+                }
+            }
+            Effect::Discard => {
+                self.conn.watching = false;
+                self.conn.multi_effects.clear();
+            }
+            Effect::Watch => self.conn.watching = true,
+            Effect::Unwatch => self.conn.watching = false,
+            Effect::Reset => {
+                let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
+                let authenticated = self.shared.settings.auth.password.is_none();
+                self.conn = ConnState::fresh(db, authenticated);
+            }
+        }
+    }
+
+    /// Emits the proxy's own replies that are now at the head of the queue.
+    fn drain_local(&mut self) {
+        while let Some(Pending { expect: Expect::Local { .. }, .. }) = self.pending.front() {
+            let Some(Pending { expect: Expect::Local { reply, close }, cmd, started, .. }) = self.pending.pop_front() else {
+                unreachable!()
+            };
+            telemetry::hot().latency[cmd].record(started.elapsed().as_secs_f64());
+            self.client_out.extend_from_slice(&reply);
+            if close {
+                self.close_after_flush = true;
+                self.pending.clear();
+                return;
+            }
+        }
+    }
+
+    /// The backend connection broke: every command still waiting for a reply gets an error
+    /// (it may or may not have run), in order with the proxy's own replies; the next command
+    /// reconnects (with back-off) and the session state is re-created there.
+    fn upstream_lost(&mut self, why: &str) {
+        let Some(up) = &self.up else { return };
+        let name = up.backend.describe();
+        tracing::warn!(peer = %self.peer, backend = %name, reason = why, in_flight = self.pending.len(), "backend connection lost");
+        telemetry::error("backend_lost");
+        metrics::counter!("cutover_backend_lost_total", "side" => up.backend.side.as_str()).increment(1);
+        self.drop_upstream();
+        let msg = format!(
+            "ERR cutover: lost the connection to {name} ({why}) before the reply; the command may or may not have been applied"
+        );
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            match p.expect {
+                Expect::Local { reply, close } => {
+                    self.client_out.extend_from_slice(&reply);
+                    if close {
+                        self.close_after_flush = true;
+                        break;
+                    }
+                }
+                Expect::Replies(_) | Expect::AllSubs(_) if !p.swallow => {
+                    push_error(&mut self.client_out, &msg);
+                }
+                _ => {}
+            }
+        }
+        self.conn.in_multi = false;
+        self.conn.watching = false;
+        self.conn.multi_effects.clear();
+        if self.streaming_request {
+            self.discard_request = true;
+        }
+    }
+}
+
+impl Pending {
+    fn cmd_is_pubsub(&self) -> bool {
+        let name = command::KNOWN_COMMANDS.get(self.cmd).copied().unwrap_or("");
+        matches!(
+            name,
+            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe"
+        )
+    }
+}
+
+fn hello_effect(argv: &[&[u8]]) -> Effect {
+    match argv.get(1).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok()) {
+        Some(v @ (2 | 3)) => Effect::Hello(v),
+        _ => Effect::None,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,603 @@
+//! Incremental framing of client requests.
+//!
+//! A client sends either a RESP array of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\nk\r\n`) or an
+//! *inline* command (`GET k\r\n`, what telnet and `redis-cli` in some modes send). The proxy does
+//! not need a decoded frame; it needs to know **where a command ends** and to look at its first
+//! few arguments (the command name, a sub-command, `SELECT`'s db, …).
+//!
+//! [`RequestParser`] keeps its position between calls, so a command that arrives in many pieces
+//! (a 512 MB `SET`, an `RPUSH` with a million arguments) is scanned exactly once: no quadratic
+//! re-parsing. It never allocates in proportion to a length it read from the wire; lengths above
+//! the limits are refused before anything is buffered for them, with the error text Redis uses.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+/// How many leading arguments are remembered per command (name + sub-command + a few values).
+pub const CAPTURED_ARGS: usize = 8;
+/// Redis' `PROTO_INLINE_MAX_SIZE`: the longest inline command or header line.
+pub const MAX_INLINE: usize = 64 * 1024;
+/// Redis' `PROTO_MBULK_BIG_ARG` lines are short; a header line longer than this is garbage.
+const MAX_HEADER_LINE: usize = 64;
+/// Redis' default `proto-max-bulk-len`.
+pub const DEFAULT_MAX_BULK: u64 = 512 * 1024 * 1024;
+/// Redis refuses multibulk counts above `INT_MAX`.
+const MAX_MULTIBULK: u64 = i32::MAX as u64;
+
+/// A malformed request. The text is what Redis itself answers (`-ERR Protocol error: …`), and
+/// after it the connection is closed, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+/// One complete command found at the start of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A RESP array: `len` bytes, `argc` arguments, the first ones at `args` (offsets into the
+    /// buffer as it was when the command started).
+    Array {
+        len: usize,
+        argc: u64,
+        args: CapturedArgs,
+    },
+    /// An inline command, already split into arguments; `len` bytes of the buffer it used.
+    Inline { len: usize, args: Vec<Bytes> },
+    /// Bytes Redis ignores (`*0\r\n`, `*-1\r\n`, an empty inline line).
+    Empty { len: usize },
+}
+
+/// Byte ranges of the first [`CAPTURED_ARGS`] arguments of a command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapturedArgs {
+    ranges: [Range<usize>; CAPTURED_ARGS],
+    count: usize,
+}
+
+impl CapturedArgs {
+    fn push(&mut self, r: Range<usize>) {
+        if self.count < CAPTURED_ARGS {
+            self.ranges[self.count] = r;
+            self.count += 1;
+        }
+    }
+    /// How many arguments were captured (at most [`CAPTURED_ARGS`]).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Argument `i` as bytes of `buf` (the buffer the command was parsed from).
+    pub fn get<'a>(&self, buf: &'a [u8], i: usize) -> Option<&'a [u8]> {
+        (i < self.count).then(|| &buf[self.ranges[i].clone()])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a command.
+    Start,
+    /// Inside an array, expecting `$<len>\r\n` of the next argument.
+    ArgHeader,
+    /// Inside an argument's bytes; `end` is where its trailing CRLF ends.
+    ArgBody { start: usize, end: usize },
+}
+
+/// The resumable scanner. Feed it the same buffer (grown at the end) until it returns a
+/// command, then drop that many bytes from the front and go on.
+#[derive(Debug)]
+pub struct RequestParser {
+    state: State,
+    /// Scan position, relative to the start of the current command.
+    cursor: usize,
+    argc: u64,
+    remaining: u64,
+    args: CapturedArgs,
+    max_bulk: u64,
+    /// Part of the current command was already handed on by [`RequestParser::forwarded`]; all
+    /// offsets are relative to what is still buffered.
+    streaming: bool,
+}
+
+impl Default for RequestParser {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_BULK)
+    }
+}
+
+impl RequestParser {
+    pub fn new(max_bulk: u64) -> Self {
+        RequestParser {
+            state: State::Start,
+            cursor: 0,
+            argc: 0,
+            remaining: 0,
+            args: CapturedArgs::default(),
+            max_bulk,
+            streaming: false,
+        }
+    }
+
+    /// Scans `buf` (which starts at the current command) for the end of the command.
+    /// `Ok(None)` means: more bytes are needed; nothing is scanned twice.
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            match self.state {
+                State::Start => {
+                    let Some(&first) = buf.get(self.cursor) else {
+                        return Ok(None);
+                    };
+                    if first != b'*' {
+                        return self.parse_inline(buf);
+                    }
+                    let Some((n, next)) = read_line(buf, self.cursor + 1, MAX_HEADER_LINE)
+                        .map_err(|_| err("too big mbulk count string"))?
+                    else {
+                        return Ok(None);
+                    };
+                    let count = parse_int(n).ok_or_else(|| err("invalid multibulk length"))?;
+                    if count > MAX_MULTIBULK as i64 {
+                        return Err(err("invalid multibulk length"));
+                    }
+                    self.cursor = next;
+                    if count <= 0 {
+                        return Ok(Some(self.finish_empty()));
+                    }
+                    self.argc = count as u64;
+                    self.remaining = count as u64;
+                    self.state = State::ArgHeader;
+                }
+                State::ArgHeader => {
+                    let Some(&first) = buf.get(self.cursor) else {
+                        return Ok(None);
+                    };
+                    if first != b'$' {
+                        return Err(err(&format!(
+                            "expected '$', got '{}'",
+                            char::from(first).escape_default()
+                        )));
+                    }
+                    let Some((n, next)) = read_line(buf, self.cursor + 1, MAX_HEADER_LINE)
+                        .map_err(|_| err("too big bulk count string"))?
+                    else {
+                        return Ok(None);
+                    };
+                    let len = parse_int(n).ok_or_else(|| err("invalid bulk length"))?;
+                    if len < 0 || len as u64 > self.max_bulk {
+                        return Err(err("invalid bulk length"));
+                    }
+                    let start = next;
+                    self.cursor = next;
+                    self.state = State::ArgBody {
+                        start,
+                        end: start + len as usize + 2,
+                    };
+                }
+                State::ArgBody { start, end } => {
+                    if buf.len() < end {
+                        // Skip what is here; the rest of the argument is still on the wire.
+                        self.cursor = buf.len();
+                        return Ok(None);
+                    }
+                    if &buf[end - 2..end] != b"\r\n" {
+                        return Err(err("bulk string not terminated by CRLF"));
+                    }
+                    if !self.streaming {
+                        self.args.push(start..end - 2);
+                    }
+                    self.cursor = end;
+                    self.remaining -= 1;
+                    if self.remaining == 0 {
+                        return Ok(Some(self.finish_array()));
+                    }
+                    self.state = State::ArgHeader;
+                }
+            }
+        }
+    }
+
+    /// Number of arguments of the command being scanned, once its header was read.
+    pub fn pending_argc(&self) -> u64 {
+        self.argc
+    }
+
+    /// Arguments of the incomplete current command captured so far.
+    pub fn pending_args(&self) -> &CapturedArgs {
+        &self.args
+    }
+
+    /// Bytes of the incomplete current command scanned so far (safe to hand on).
+    pub fn scanned(&self) -> usize {
+        self.cursor
+    }
+
+    /// The caller handed on (and dropped from its buffer) the first `n` scanned bytes of an
+    /// incomplete command: a huge value streams through without being held whole. Captured
+    /// argument ranges are no longer valid afterwards.
+    pub fn forwarded(&mut self, n: usize) {
+        debug_assert!(n <= self.cursor);
+        self.cursor -= n;
+        if let State::ArgBody { start, end } = &mut self.state {
+            *start = start.saturating_sub(n);
+            *end -= n;
+        }
+        self.streaming = true;
+        self.args = CapturedArgs::default();
+    }
+
+    /// Whether part of the current command was already handed on.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
+    }
+
+    fn finish_array(&mut self) -> Request {
+        let req = Request::Array {
+            len: self.cursor,
+            argc: self.argc,
+            args: std::mem::take(&mut self.args),
+        };
+        self.reset();
+        req
+    }
+
+    fn finish_empty(&mut self) -> Request {
+        let req = Request::Empty { len: self.cursor };
+        self.reset();
+        req
+    }
+
+    fn reset(&mut self) {
+        self.state = State::Start;
+        self.cursor = 0;
+        self.argc = 0;
+        self.remaining = 0;
+        self.streaming = false;
+    }
+
+    fn parse_inline(&mut self, buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
+        let Some(nl) = memchr(b'\n', &buf[self.cursor..]) else {
+            if buf.len() > MAX_INLINE {
+                return Err(err("too big inline request"));
+            }
+            return Ok(None);
+        };
+        let end = self.cursor + nl + 1;
+        if end > MAX_INLINE {
+            return Err(err("too big inline request"));
+        }
+        let mut line = &buf[self.cursor..end - 1];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
+        }
+        let args = split_inline(line)?;
+        self.cursor = end;
+        let req = if args.is_empty() {
+            Request::Empty { len: end }
+        } else {
+            Request::Inline { len: end, args }
+        };
+        self.reset();
+        Ok(Some(req))
+    }
+}
+
+fn err(msg: &str) -> ProtocolError {
+    ProtocolError(msg.to_string())
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// Reads a `\r\n`-terminated line starting at `from`; returns its content and the offset after
+/// the CRLF. `Err` when the line is longer than `max` without an end.
+pub(crate) fn read_line(
+    buf: &[u8],
+    from: usize,
+    max: usize,
+) -> Result<Option<(&[u8], usize)>, ()> {
+    let hay = &buf[from.min(buf.len())..];
+    match memchr(b'\r', &hay[..hay.len().min(max + 1)]) {
+        Some(i) => {
+            if hay.len() < i + 2 {
+                return Ok(None);
+            }
+            if hay[i + 1] != b'\n' {
+                return Err(());
+            }
+            Ok(Some((&hay[..i], from + i + 2)))
+        }
+        None if hay.len() > max => Err(()),
+        None => Ok(None),
+    }
+}
+
+/// Parses a signed decimal as Redis' `string2ll` does (no spaces, no `+`, no leading zeros
+/// beyond a lone `0`).
+pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.first()? {
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((d - b'0') as i64)?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Splits an inline command the way Redis' `sdssplitargs` does: spaces separate arguments,
+/// `"…"` supports `\n \r \t \b \a \\ \" \xHH` escapes, `'…'` supports `\'`.
+pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let unbalanced = || err("unbalanced quotes in request");
+    let mut args = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Ok(args);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                if i >= n {
+                    return Err(unbalanced());
+                }
+                let c = line[i];
+                if c == b'\\'
+                    && i + 3 < n
+                    && line[i + 1] == b'x'
+                    && line[i + 2].is_ascii_hexdigit()
+                    && line[i + 3].is_ascii_hexdigit()
+                {
+                    let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                    cur.push(hex(line[i + 2]) * 16 + hex(line[i + 3]));
+                    i += 3;
+                } else if c == b'\\' && i + 1 < n {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(unbalanced());
+                    }
+                    in_dq = false;
+                } else {
+                    cur.push(c);
+                }
+            } else if in_sq {
+                if i >= n {
+                    return Err(unbalanced());
+                }
+                let c = line[i];
+                if c == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(unbalanced());
+                    }
+                    in_sq = false;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                if i >= n {
+                    break;
+                }
+                match line[i] {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => in_dq = true,
+                    b'\'' => in_sq = true,
+                    c => cur.push(c),
+                }
+            }
+            i += 1;
+        }
+        args.push(Bytes::from(cur));
+    }
+}
+
+/// Encodes arguments as a RESP array of bulk strings (how inline commands are forwarded).
+pub fn encode_command(args: &[impl AsRef<[u8]>], out: &mut Vec<u8>) {
+    out.push(b'*');
+    out.extend_from_slice(itoa_buf(args.len() as i64).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        let a = a.as_ref();
+        out.push(b'$');
+        out.extend_from_slice(itoa_buf(a.len() as i64).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn itoa_buf(v: i64) -> String {
+    v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cmd(args: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_command(args, &mut v);
+        v
+    }
+
+    #[test]
+    fn whole_and_split_commands() {
+        let wire = cmd(&[b"SET", b"key", b"value"]);
+        let mut p = RequestParser::default();
+        let Some(Request::Array { len, argc, args }) = p.parse(&wire).unwrap() else {
+            panic!()
+        };
+        assert_eq!((len, argc), (wire.len(), 3));
+        assert_eq!(args.get(&wire, 0), Some(&b"SET"[..]));
+        assert_eq!(args.get(&wire, 2), Some(&b"value"[..]));
+        // Byte by byte: same result, each byte looked at once.
+        let mut p = RequestParser::default();
+        for i in 1..wire.len() {
+            assert_eq!(p.parse(&wire[..i]).unwrap(), None, "at {i}");
+        }
+        assert!(matches!(p.parse(&wire).unwrap(), Some(Request::Array { argc: 3, .. })));
+    }
+
+    #[test]
+    fn inline_commands() {
+        let mut p = RequestParser::default();
+        let r = p.parse(b"PING\r\n").unwrap();
+        assert_eq!(
+            r,
+            Some(Request::Inline {
+                len: 6,
+                args: vec![Bytes::from_static(b"PING")]
+            })
+        );
+        let r = p.parse(b"set k \"a b\\x41\" 'c\\'d'\n").unwrap().unwrap();
+        let Request::Inline { args, .. } = r else {
+            panic!()
+        };
+        assert_eq!(args, vec!["set", "k", "a bA", "c'd"]);
+        assert_eq!(p.parse(b"\r\n").unwrap(), Some(Request::Empty { len: 2 }));
+        assert!(p.parse(b"get \"open\r\n").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_input_with_redis_messages() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"*abc\r\n", "invalid multibulk length"),
+            (b"*99999999999\r\n", "invalid multibulk length"),
+            (b"*1\r\n+x\r\n", "expected '$', got '+'"),
+            (b"*1\r\n$-3\r\n", "invalid bulk length"),
+            (b"*1\r\n$536870913\r\n", "invalid bulk length"),
+            (b"*1\r\n$1\r\nxyz", "bulk string not terminated by CRLF"),
+        ];
+        for (wire, msg) in cases {
+            let e = RequestParser::default().parse(wire).unwrap_err();
+            assert_eq!(e.0, *msg, "{:?}", String::from_utf8_lossy(wire));
+        }
+        let long = vec![b'a'; MAX_INLINE + 10];
+        assert!(RequestParser::default().parse(&long).is_err());
+        let mut long_header = b"*".to_vec();
+        long_header.extend(std::iter::repeat_n(b'1', 100));
+        assert!(RequestParser::default().parse(&long_header).is_err());
+    }
+
+    #[test]
+    fn streaming_a_big_argument() {
+        let big = vec![b'x'; 100_000];
+        let wire = cmd(&[b"SET", b"k", &big]);
+        let mut p = RequestParser::default();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut handed_on = 0;
+        let mut done = None;
+        for chunk in wire.chunks(4096) {
+            buf.extend_from_slice(chunk);
+            match p.parse(&buf).unwrap() {
+                Some(r) => {
+                    done = Some(r);
+                    break;
+                }
+                None => {
+                    if p.pending_args().len() >= 2 || p.is_streaming() {
+                        let n = p.scanned();
+                        handed_on += n;
+                        buf.drain(..n);
+                        p.forwarded(n);
+                    }
+                }
+            }
+        }
+        let Some(Request::Array { len, argc: 3, .. }) = done else {
+            panic!("{done:?}")
+        };
+        assert_eq!(handed_on + len, wire.len());
+        assert!(buf.len() < 5000, "buffered {}", buf.len());
+    }
+
+    #[test]
+    fn many_arguments_are_linear() {
+        let args: Vec<Vec<u8>> = (0..200_000).map(|i| i.to_string().into_bytes()).collect();
+        let wire = cmd(&args);
+        let mut p = RequestParser::default();
+        let mut got = None;
+        // Feed in 1 KiB steps: a quadratic parser would take minutes here.
+        let t = std::time::Instant::now();
+        for end in (1024..wire.len() + 1024).step_by(1024) {
+            if let Some(r) = p.parse(&wire[..end.min(wire.len())]).unwrap() {
+                got = Some(r);
+                break;
+            }
+        }
+        assert!(matches!(got, Some(Request::Array { argc: 200_000, .. })));
+        assert!(t.elapsed().as_secs() < 5);
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_finds_the_same_commands(
+            cmds in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6), 1..8),
+            cuts in proptest::collection::vec(1usize..50, 1..20),
+        ) {
+            let mut wire = Vec::new();
+            for c in &cmds { encode_command(c, &mut wire); }
+            let mut p = RequestParser::default();
+            let mut buf = Vec::new();
+            let mut found = Vec::new();
+            let mut pos = 0;
+            let mut cut = cuts.iter().cycle();
+            while pos < wire.len() {
+                let n = (*cut.next().unwrap()).min(wire.len() - pos);
+                buf.extend_from_slice(&wire[pos..pos + n]);
+                pos += n;
+                while let Some(r) = p.parse(&buf).unwrap() {
+                    let Request::Array { len, argc, args } = r else { panic!() };
+                    let first = args.get(&buf, 0).unwrap().to_vec();
+                    found.push((argc, first));
+                    buf.drain(..len);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            let want: Vec<_> = cmds.iter().map(|c| (c.len() as u64, c[0].clone())).collect();
+            prop_assert_eq!(found, want);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut p = RequestParser::default();
+            let mut buf = data.clone();
+            for _ in 0..50 {
+                match p.parse(&buf) {
+                    Ok(Some(r)) => {
+                        let len = match r { Request::Array { len, .. } | Request::Inline { len, .. } | Request::Empty { len } => len };
+                        prop_assert!(len > 0 && len <= buf.len());
+                        buf.drain(..len);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
