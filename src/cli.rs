@@ -13,7 +13,11 @@ use crate::config::{
 };
 
 #[derive(Parser, Debug)]
-#[command(name = "cutover", version, about = "Move a live Redis to another Redis without downtime and without losing a write")]
+#[command(
+    name = "cutover",
+    version,
+    about = "Move a live Redis to another Redis without downtime and without losing a write"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,7 +40,11 @@ pub struct RunArgs {
     #[arg(long = "proxy-listen", env = "CUTOVER_PROXY_LISTEN")]
     pub proxy_listen: Option<String>,
     /// [proxy] password clients must AUTH with (not logged).
-    #[arg(long = "proxy-password", env = "CUTOVER_PROXY_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "proxy-password",
+        env = "CUTOVER_PROXY_PASSWORD",
+        hide_env_values = true
+    )]
     pub proxy_password: Option<String>,
     /// [proxy] user: the ACL user name clients AUTH as (default: "default").
     #[arg(long = "proxy-user", env = "CUTOVER_PROXY_USER")]
@@ -54,7 +62,11 @@ pub struct RunArgs {
     #[arg(long = "admin-listen", env = "CUTOVER_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// [admin] token required by the admin listener.
-    #[arg(long = "admin-token", env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "admin-token",
+        env = "CUTOVER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
     /// [metrics] listen: Prometheus text at http://ADDR/metrics.
     #[arg(long = "metrics-listen", env = "CUTOVER_METRICS_LISTEN")]
@@ -220,9 +232,7 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
                 .max_clients
                 .or(file.proxy.max_clients)
                 .unwrap_or(10_000),
-            connect_timeout: Duration::from_millis(
-                file.proxy.connect_timeout_ms.unwrap_or(2_000),
-            ),
+            connect_timeout: Duration::from_millis(file.proxy.connect_timeout_ms.unwrap_or(2_000)),
             buffer_limit,
         },
         source,

@@ -33,7 +33,9 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid Redis URL {url:?}: {reason} (expected redis://[user:pass@]host:port[/db])")]
     Url { url: String, reason: String },
-    #[error("missing setting {0}: set it in the config file, as a flag or as an environment variable")]
+    #[error(
+        "missing setting {0}: set it in the config file, as a flag or as an environment variable"
+    )]
     Missing(&'static str),
     #[error("invalid {key} {value:?}: {reason}")]
     Invalid {

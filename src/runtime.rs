@@ -33,7 +33,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     let listener = TcpListener::bind(settings.proxy.listen)
         .await
-        .with_context(|| format!("cannot listen on {} ([proxy] listen)", settings.proxy.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} ([proxy] listen)",
+                settings.proxy.listen
+            )
+        })?;
     tracing::info!(listen = %settings.proxy.listen, source = %settings.source, "proxy ready; forwarding to the source");
     tokio::spawn(proxy::listen(listener, shared.clone()));
 
@@ -61,13 +66,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

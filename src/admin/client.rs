@@ -11,7 +11,9 @@ use tokio_util::codec::Framed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot reach the cutover admin listener at {addr}: {source} (is `cutover run` running? check --admin / [admin] listen)")]
+    #[error(
+        "cannot reach the cutover admin listener at {addr}: {source} (is `cutover run` running? check --admin / [admin] listen)"
+    )]
     Connect {
         addr: String,
         source: std::io::Error,

@@ -82,16 +82,16 @@ impl AdminServer {
                         *authed = true;
                         BytesFrame::SimpleString(Bytes::from_static(b"OK"))
                     }
-                    (None, _) => {
-                        BytesFrame::SimpleString(Bytes::from_static(b"OK"))
-                    }
+                    (None, _) => BytesFrame::SimpleString(Bytes::from_static(b"OK")),
                     _ => {
                         crate::telemetry::error("admin_auth");
                         err("WRONGPASS invalid admin token")
                     }
                 }
             }
-            _ if !*authed => err("NOAUTH this admin listener needs its token: pass --token or --config"),
+            _ if !*authed => {
+                err("NOAUTH this admin listener needs its token: pass --token or --config")
+            }
             "STATUS" => {
                 let doc = self.status.status();
                 BytesFrame::BulkString(Bytes::from(doc.to_string()))

@@ -56,7 +56,9 @@ pub async fn listen(listener: TcpListener, shared: Arc<ProxyShared>) {
         if shared.client_conns.load(Ordering::Relaxed) >= shared.settings.max_clients {
             crate::telemetry::error("max_clients");
             tokio::spawn(async move {
-                let _ = socket.write_all(b"-ERR max number of clients reached\r\n").await;
+                let _ = socket
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
             });
             continue;
         }
@@ -66,7 +68,9 @@ pub async fn listen(listener: TcpListener, shared: Arc<ProxyShared>) {
         metrics::counter!("cutover_client_connections_total").increment(1);
         let shared = shared.clone();
         tokio::spawn(async move {
-            session::Session::new(shared.clone(), socket, peer).run().await;
+            session::Session::new(shared.clone(), socket, peer)
+                .run()
+                .await;
             shared.client_conns.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!("cutover_client_connections").decrement(1.0);
         });

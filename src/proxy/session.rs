@@ -90,7 +90,10 @@ enum Expect {
     /// least one), counted when its first reply arrives.
     AllSubs(SubKind),
     /// A reply the proxy makes itself; `close` ends the connection after it.
-    Local { reply: Bytes, close: bool },
+    Local {
+        reply: Bytes,
+        close: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -276,7 +279,7 @@ impl Session {
 
     /// Frames and dispatches every complete command in `client_in`.
     async fn process_requests(&mut self) {
-        while !self.client_in.is_empty() && !(self.stop_reading && !self.streaming_request) {
+        while !self.client_in.is_empty() && (!self.stop_reading || self.streaming_request) {
             match self.req.parse(&self.client_in) {
                 Ok(Some(req)) => self.dispatch(req).await,
                 Ok(None) => {
@@ -318,7 +321,9 @@ impl Session {
                     }
                     return;
                 }
-                let argv: Vec<&[u8]> = (0..args.len()).filter_map(|i| args.get(&frame, i)).collect();
+                let argv: Vec<&[u8]> = (0..args.len())
+                    .filter_map(|i| args.get(&frame, i))
+                    .collect();
                 self.command(&argv, argc, &frame).await;
             }
         }
@@ -350,7 +355,9 @@ impl Session {
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
             self.streaming_request = true;
-            self.discard_request = !self.forward(cmd, &head, Expect::Replies(1), Effect::None).await;
+            self.discard_request = !self
+                .forward(cmd, &head, Expect::Replies(1), Effect::None)
+                .await;
             return;
         }
         let chunk = self.client_in.split_to(scanned);
@@ -410,8 +417,12 @@ impl Session {
                 self.forward_stateful(cmd, wire, effect).await;
             }
             Kind::ClientSetName => {
-                let name = argv.get(2).filter(|n| !n.is_empty()).map(|n| Bytes::copy_from_slice(n));
-                self.forward_stateful(cmd, wire, Effect::SetName(name)).await;
+                let name = argv
+                    .get(2)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| Bytes::copy_from_slice(n));
+                self.forward_stateful(cmd, wire, Effect::SetName(name))
+                    .await;
             }
             Kind::ClientReply(mode) => {
                 let expect = match mode {
@@ -423,22 +434,32 @@ impl Session {
                 self.send(cmd, wire, expect, Effect::None, false).await;
             }
             Kind::Multi => {
-                self.forward(cmd, wire, Expect::Replies(1), Effect::Multi).await;
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Multi)
+                    .await;
                 self.conn.in_multi = true;
             }
             Kind::Exec | Kind::Discard => {
-                let effect = if kind == Kind::Exec { Effect::Exec } else { Effect::Discard };
+                let effect = if kind == Kind::Exec {
+                    Effect::Exec
+                } else {
+                    Effect::Discard
+                };
                 self.forward(cmd, wire, Expect::Replies(1), effect).await;
                 self.conn.in_multi = false;
             }
             Kind::Watch => {
-                self.forward(cmd, wire, Expect::Replies(1), Effect::Watch).await;
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Watch)
+                    .await;
             }
             Kind::Unwatch => {
-                self.forward(cmd, wire, Expect::Replies(1), Effect::Unwatch).await;
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Unwatch)
+                    .await;
             }
             Kind::Reset => {
-                if self.forward(cmd, wire, Expect::Replies(1), Effect::Reset).await {
+                if self
+                    .forward(cmd, wire, Expect::Replies(1), Effect::Reset)
+                    .await
+                {
                     // RESET also logs the backend connection out: log the proxy back in,
                     // before any command the client pipelined after it.
                     self.conn.in_multi = false;
@@ -447,14 +468,20 @@ impl Session {
             }
             Kind::Subscribe(_) => {
                 let n = argc.saturating_sub(1).max(1) as u32;
-                self.forward(cmd, wire, Expect::Replies(n), Effect::None).await;
+                self.forward(cmd, wire, Expect::Replies(n), Effect::None)
+                    .await;
             }
             Kind::Unsubscribe(k) => {
-                let expect = if argc <= 1 { Expect::AllSubs(k) } else { Expect::Replies((argc - 1) as u32) };
+                let expect = if argc <= 1 {
+                    Expect::AllSubs(k)
+                } else {
+                    Expect::Replies((argc - 1) as u32)
+                };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
             Kind::Auth | Kind::Plain => {
-                self.forward(cmd, wire, Expect::Replies(1), Effect::None).await;
+                self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                    .await;
             }
         }
     }
@@ -463,7 +490,8 @@ impl Session {
     async fn forward_stateful(&mut self, cmd: usize, wire: &[u8], effect: Effect) {
         if self.conn.in_multi {
             self.conn.multi_effects.push(effect);
-            self.forward(cmd, wire, Expect::Replies(1), Effect::None).await;
+            self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                .await;
         } else {
             self.forward(cmd, wire, Expect::Replies(1), effect).await;
         }
@@ -572,11 +600,22 @@ impl Session {
     /// Forwards a client command; `false` if no backend could be reached (the client got an
     /// error reply instead).
     async fn forward(&mut self, cmd: usize, wire: &[u8], expect: Expect, effect: Effect) -> bool {
-        let expect = if self.silenced() { Expect::Replies(0) } else { expect };
+        let expect = if self.silenced() {
+            Expect::Replies(0)
+        } else {
+            expect
+        };
         self.send(cmd, wire, expect, effect, false).await
     }
 
-    async fn send(&mut self, cmd: usize, wire: &[u8], expect: Expect, effect: Effect, swallow: bool) -> bool {
+    async fn send(
+        &mut self,
+        cmd: usize,
+        wire: &[u8],
+        expect: Expect,
+        effect: Effect,
+        swallow: bool,
+    ) -> bool {
         if let Err(msg) = self.ensure_upstream().await {
             if !matches!(expect, Expect::Replies(0)) {
                 self.local_error(cmd, &format!("ERR cutover: {msg}"));
@@ -586,7 +625,13 @@ impl Session {
         let Some(up) = &mut self.up else { return false };
         up.out.extend_from_slice(wire);
         if !matches!(expect, Expect::Replies(0)) {
-            self.pending.push_back(Pending { cmd, started: Instant::now(), expect, effect, swallow });
+            self.pending.push_back(Pending {
+                cmd,
+                started: Instant::now(),
+                expect,
+                effect,
+                swallow,
+            });
         }
         true
     }
@@ -713,8 +758,8 @@ impl Session {
             if up.inbuf.is_empty() {
                 return;
             }
-            up.reply.capture_arrays = self.conn.subscribed()
-                || self.pending.front().is_some_and(|p| p.cmd_is_pubsub());
+            up.reply.capture_arrays =
+                self.conn.subscribed() || self.pending.front().is_some_and(|p| p.cmd_is_pubsub());
             match up.reply.parse(&up.inbuf) {
                 Ok(Some(info)) => {
                     let bytes = up.inbuf.split_to(info.len);
@@ -747,12 +792,18 @@ impl Session {
                 || (self.conn.resp == 2
                     && info.kind == b'*'
                     && self.conn.subscribed()
-                    && (info.head_is(0, "message") || info.head_is(0, "pmessage") || info.head_is(0, "smessage"))));
+                    && (info.head_is(0, "message")
+                        || info.head_is(0, "pmessage")
+                        || info.head_is(0, "smessage"))));
         if out_of_band {
             self.client_out.extend_from_slice(bytes);
             return;
         }
-        if let Some(Pending { expect: Expect::AllSubs(kind), .. }) = self.pending.front() {
+        if let Some(Pending {
+            expect: Expect::AllSubs(kind),
+            ..
+        }) = self.pending.front()
+        {
             // Counted now that every earlier command was answered: one per subscription.
             let n = self.conn.subs[kind.index()].len().max(1) as u32;
             if let Some(head) = self.pending.front_mut() {
@@ -851,8 +902,18 @@ impl Session {
 
     /// Emits the proxy's own replies that are now at the head of the queue.
     fn drain_local(&mut self) {
-        while let Some(Pending { expect: Expect::Local { .. }, .. }) = self.pending.front() {
-            let Some(Pending { expect: Expect::Local { reply, close }, cmd, started, .. }) = self.pending.pop_front() else {
+        while let Some(Pending {
+            expect: Expect::Local { .. },
+            ..
+        }) = self.pending.front()
+        {
+            let Some(Pending {
+                expect: Expect::Local { reply, close },
+                cmd,
+                started,
+                ..
+            }) = self.pending.pop_front()
+            else {
                 unreachable!()
             };
             telemetry::hot().latency[cmd].record(started.elapsed().as_secs_f64());
@@ -873,7 +934,8 @@ impl Session {
         let name = up.backend.describe();
         tracing::warn!(peer = %self.peer, backend = %name, reason = why, in_flight = self.pending.len(), "backend connection lost");
         telemetry::error("backend_lost");
-        metrics::counter!("cutover_backend_lost_total", "side" => up.backend.side.as_str()).increment(1);
+        metrics::counter!("cutover_backend_lost_total", "side" => up.backend.side.as_str())
+            .increment(1);
         self.drop_upstream();
         let msg = format!(
             "ERR cutover: lost the connection to {name} ({why}) before the reply; the command may or may not have been applied"
@@ -908,13 +970,21 @@ impl Pending {
         let name = command::KNOWN_COMMANDS.get(self.cmd).copied().unwrap_or("");
         matches!(
             name,
-            "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe"
+            "subscribe"
+                | "psubscribe"
+                | "ssubscribe"
+                | "unsubscribe"
+                | "punsubscribe"
+                | "sunsubscribe"
         )
     }
 }
 
 fn hello_effect(argv: &[&[u8]]) -> Effect {
-    match argv.get(1).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok()) {
+    match argv
+        .get(1)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok())
+    {
         Some(v @ (2 | 3)) => Effect::Hello(v),
         _ => Effect::None,
     }

@@ -76,7 +76,10 @@ async fn connect_inner(backend: &Backend) -> Result<TcpStream, UpstreamError> {
     let mut steps = Vec::new();
     if let Some(pass) = &url.password {
         match &url.username {
-            Some(user) => encode_command(&[&b"AUTH"[..], user.as_bytes(), pass.as_bytes()], &mut hello),
+            Some(user) => encode_command(
+                &[&b"AUTH"[..], user.as_bytes(), pass.as_bytes()],
+                &mut hello,
+            ),
             None => encode_command(&[&b"AUTH"[..], pass.as_bytes()], &mut hello),
         }
         steps.push(Step::Auth);
@@ -103,7 +106,9 @@ async fn connect_inner(backend: &Backend) -> Result<TcpStream, UpstreamError> {
                 return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
             }
         };
-        let reply = String::from_utf8_lossy(&buf[..info.len]).trim_end().to_string();
+        let reply = String::from_utf8_lossy(&buf[..info.len])
+            .trim_end()
+            .to_string();
         let _ = buf.split_to(info.len);
         if info.is_error() {
             return Err(match step {

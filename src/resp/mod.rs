@@ -15,6 +15,9 @@ pub use request::{ProtocolError, Request, RequestParser};
 /// Appends a RESP simple error line (`-<msg>\r\n`), flattening any CR/LF in `msg`.
 pub fn push_error(out: &mut impl Extend<u8>, msg: &str) {
     out.extend([b'-']);
-    out.extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend(
+        msg.bytes()
+            .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
     out.extend(*b"\r\n");
 }

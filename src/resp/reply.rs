@@ -66,7 +66,11 @@ enum State {
     /// Expecting a type byte.
     Value,
     /// Inside a bulk body ending (with CRLF) at `end`; `capture` when its bytes are wanted.
-    Bulk { start: usize, end: usize, capture: bool },
+    Bulk {
+        start: usize,
+        end: usize,
+        capture: bool,
+    },
 }
 
 /// The resumable scanner; same contract as [`super::RequestParser`].
@@ -177,7 +181,9 @@ impl ReplyParser {
                         }
                         b'*' | b'%' | b'~' | b'>' | b'|' => {
                             if line == b"?" {
-                                return Err(self.err(self.cursor, "streamed aggregates unsupported"));
+                                return Err(
+                                    self.err(self.cursor, "streamed aggregates unsupported")
+                                );
                             }
                             let n = parse_int(line)
                                 .ok_or_else(|| self.err(self.cursor, "invalid aggregate length"))?;
@@ -229,7 +235,12 @@ impl ReplyParser {
     pub fn forwarded(&mut self, n: usize) {
         debug_assert!(n <= self.cursor);
         self.cursor -= n;
-        if let State::Bulk { start, end, capture } = &mut self.state {
+        if let State::Bulk {
+            start,
+            end,
+            capture,
+        } = &mut self.state
+        {
             *start = start.saturating_sub(n);
             *end -= n;
             *capture = false;
@@ -325,7 +336,10 @@ mod tests {
         let r = one(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n");
         assert!(r.is_push() && r.head_is(0, "message") && r.head_is(1, "ch"));
         let r = one(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
-        assert_eq!(r.head, vec![b"subscribe".to_vec(), b"a".to_vec(), b"1".to_vec()]);
+        assert_eq!(
+            r.head,
+            vec![b"subscribe".to_vec(), b"a".to_vec(), b"1".to_vec()]
+        );
     }
 
     #[test]

@@ -292,11 +292,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// Reads a `\r\n`-terminated line starting at `from`; returns its content and the offset after
 /// the CRLF. `Err` when the line is longer than `max` without an end.
-pub(crate) fn read_line(
-    buf: &[u8],
-    from: usize,
-    max: usize,
-) -> Result<Option<(&[u8], usize)>, ()> {
+pub(crate) fn read_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(&[u8], usize)>, ()> {
     let hay = &buf[from.min(buf.len())..];
     match memchr(b'\r', &hay[..hay.len().min(max + 1)]) {
         Some(i) => {
@@ -337,6 +333,8 @@ pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
 /// `"…"` supports `\n \r \t \b \a \\ \" \xHH` escapes, `'…'` supports `\'`.
 pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
     let unbalanced = || err("unbalanced quotes in request");
+    // Redis splits a C string: a NUL byte ends the line.
+    let line = &line[..memchr(0, line).unwrap_or(line.len())];
     let mut args = Vec::new();
     let mut i = 0;
     let n = line.len();
@@ -404,7 +402,7 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -461,7 +459,10 @@ mod tests {
         for i in 1..wire.len() {
             assert_eq!(p.parse(&wire[..i]).unwrap(), None, "at {i}");
         }
-        assert!(matches!(p.parse(&wire).unwrap(), Some(Request::Array { argc: 3, .. })));
+        assert!(matches!(
+            p.parse(&wire).unwrap(),
+            Some(Request::Array { argc: 3, .. })
+        ));
     }
 
     #[test]
@@ -482,6 +483,10 @@ mod tests {
         assert_eq!(args, vec!["set", "k", "a bA", "c'd"]);
         assert_eq!(p.parse(b"\r\n").unwrap(), Some(Request::Empty { len: 2 }));
         assert!(p.parse(b"get \"open\r\n").is_err());
+        let r = p.parse(b"a\0b c\n").unwrap().unwrap();
+        assert!(
+            matches!(r, Request::Inline { len: 6, ref args } if args == &vec![Bytes::from_static(b"a")])
+        );
     }
 
     #[test]
@@ -540,7 +545,8 @@ mod tests {
     #[test]
     fn many_arguments_are_linear() {
         let args: Vec<Vec<u8>> = (0..200_000).map(|i| i.to_string().into_bytes()).collect();
-        let wire = cmd(&args);
+        let mut wire = Vec::new();
+        encode_command(&args, &mut wire);
         let mut p = RequestParser::default();
         let mut got = None;
         // Feed in 1 KiB steps: a quadratic parser would take minutes here.
