@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs the real servers, checks formatting and lints,
+# runs unit, property and integration tests against real servers, then redis-py's own test
+# suite directly and through the proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+bash scripts/install-servers.sh
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy"
+cargo clippy --all-targets -j 2 -- -D warnings
+echo "== cargo test"
+# One build shared by every test binary; tests that start servers run two at a time.
+cargo test --all-targets -j 2 -- --test-threads=2
+echo "== redis-py conformance"
+bash scripts/redis-py-conformance.sh
