@@ -127,8 +127,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The async runtime. `CUTOVER_THREADS` sets the number of worker threads; `1` (the default)
+/// runs everything on one thread, which on small machines beats work-stealing: the proxy's
+/// tasks hand work to each other constantly and cross-thread wake-ups cost more than they
+/// gain when the server and the clients need the other cores.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    let threads: usize = std::env::var("CUTOVER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

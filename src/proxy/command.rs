@@ -118,6 +118,37 @@ pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64
     }
 }
 
+/// Whether an ordinary command (classified [`Kind::Plain`]) must run on the session's own
+/// backend connection rather than the shared one: it blocks the connection (`BLPOP`, `WAIT`…),
+/// reads or changes per-connection state (`CLIENT …`, `READONLY`), or is unknown to the proxy
+/// (a module command might block).
+pub fn needs_own_connection(cmd_id: usize) -> bool {
+    let Some(name) = KNOWN_COMMANDS.get(cmd_id) else {
+        return true;
+    };
+    matches!(
+        *name,
+        "blpop"
+            | "brpop"
+            | "brpoplpush"
+            | "blmove"
+            | "blmpop"
+            | "bzpopmin"
+            | "bzpopmax"
+            | "bzmpop"
+            | "xread"
+            | "xreadgroup"
+            | "wait"
+            | "waitaof"
+            | "client"
+            | "debug"
+            | "readonly"
+            | "readwrite"
+            | "asking"
+            | "auth"
+    )
+}
+
 /// Commands known by name, for per-command metrics. Anything else is counted as `other`, so a
 /// client sending garbage names cannot blow up the metric cardinality.
 pub const KNOWN_COMMANDS: &[&str] = &[
@@ -377,18 +408,53 @@ pub const KNOWN_COMMANDS: &[&str] = &[
 ];
 
 /// Index of `name` in [`KNOWN_COMMANDS`], or `KNOWN_COMMANDS.len()` for `other`.
+///
+/// Runs for every command, so it is a hash-table probe (FNV-1a over the lower-cased name,
+/// open addressing) instead of a binary search of string comparisons.
 pub fn command_id(name: &[u8]) -> usize {
-    let mut lower = [0u8; 24];
-    if name.len() > lower.len() {
-        return KNOWN_COMMANDS.len();
+    let other = KNOWN_COMMANDS.len();
+    if name.len() > 24 {
+        return other;
     }
+    let mut lower = [0u8; 24];
+    let mut h = FNV_OFFSET;
     for (d, s) in lower.iter_mut().zip(name) {
         *d = s.to_ascii_lowercase();
+        h = (h ^ *d as u32).wrapping_mul(FNV_PRIME);
     }
     let key = &lower[..name.len()];
-    KNOWN_COMMANDS
-        .binary_search_by(|c| c.as_bytes().cmp(key))
-        .unwrap_or(KNOWN_COMMANDS.len())
+    let table = id_table();
+    let mut slot = h as usize & (TABLE_SLOTS - 1);
+    loop {
+        match table[slot] {
+            0 => return other,
+            id if KNOWN_COMMANDS[id as usize - 1].as_bytes() == key => return id as usize - 1,
+            _ => slot = (slot + 1) & (TABLE_SLOTS - 1),
+        }
+    }
+}
+
+const TABLE_SLOTS: usize = 1024;
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+const FNV_PRIME: u32 = 0x0100_0193;
+
+/// Slots hold `index + 1` of a known command, 0 when empty.
+fn id_table() -> &'static [u16; TABLE_SLOTS] {
+    static TABLE: std::sync::OnceLock<[u16; TABLE_SLOTS]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [0u16; TABLE_SLOTS];
+        for (i, name) in KNOWN_COMMANDS.iter().enumerate() {
+            let h = name
+                .bytes()
+                .fold(FNV_OFFSET, |h, b| (h ^ b as u32).wrapping_mul(FNV_PRIME));
+            let mut slot = h as usize & (TABLE_SLOTS - 1);
+            while t[slot] != 0 {
+                slot = (slot + 1) & (TABLE_SLOTS - 1);
+            }
+            t[slot] = i as u16 + 1;
+        }
+        t
+    })
 }
 
 #[cfg(test)]
@@ -403,6 +469,9 @@ mod tests {
         assert_eq!(KNOWN_COMMANDS[command_id(b"GeT")], "get");
         assert_eq!(command_id(b"nonsense"), KNOWN_COMMANDS.len());
         assert_eq!(command_id(&[b'x'; 100]), KNOWN_COMMANDS.len());
+        for (i, name) in KNOWN_COMMANDS.iter().enumerate() {
+            assert_eq!(command_id(name.to_uppercase().as_bytes()), i);
+        }
     }
 
     #[test]

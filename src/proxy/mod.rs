@@ -7,6 +7,8 @@
 //! * [`upstream`] opens and authenticates backend connections, with a shared back-off.
 
 pub mod command;
+pub mod io;
+pub mod mux;
 pub mod session;
 pub mod upstream;
 

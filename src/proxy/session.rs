@@ -27,9 +27,12 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::ProxyShared;
 use super::command::{self, Kind, ReplyMode, SubKind};
+use super::io::read_now;
+use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::resp::request::{CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
@@ -42,6 +45,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const STREAM_THRESHOLD: usize = 256 * 1024;
 /// Buffers emptier than this but with more capacity are given back to the allocator.
 const TRIM_CAPACITY: usize = 64 * 1024;
+/// Commands a session may have waiting for replies before it stops reading its client.
+const MAX_PENDING: usize = 64 * 1024;
 
 /// Per-connection state that Redis keeps and the proxy must be able to recreate.
 #[derive(Debug, Clone)]
@@ -118,6 +123,8 @@ struct Pending {
     effect: Effect,
     /// An internal command (state restore): its reply is not the client's.
     swallow: bool,
+    /// Sent on the backend's shared connection.
+    via_mux: bool,
 }
 
 /// The backend side of a session.
@@ -133,6 +140,7 @@ enum Event {
     ClientReadable,
     BackendReadable,
     Writable,
+    Mux(Option<MuxReply>),
     Error(io::Error),
 }
 
@@ -156,6 +164,19 @@ pub struct Session {
     streaming_request: bool,
     /// The rest of the current (streamed) request is dropped: its upstream died.
     discard_request: bool,
+    /// The session has its own backend connection (`up`); until then its commands go to the
+    /// backend's shared connection (see `mux.rs`). Once pinned, a session stays pinned.
+    pinned: bool,
+    /// Commands for the shared connection, collected while framing one read.
+    mux_batch: BytesMut,
+    mux_batch_count: u32,
+    mux_tx: Option<UnboundedSender<MuxReply>>,
+    mux_rx: Option<UnboundedReceiver<MuxReply>>,
+    /// A command that needs the session's own connection, held until every command before it
+    /// (on the shared connection) is answered, so order is kept.
+    held: Option<Request>,
+    /// When the commands now being framed were read (one clock read per batch).
+    batch_started: Instant,
 }
 
 impl Session {
@@ -178,6 +199,13 @@ impl Session {
             close_after_flush: false,
             streaming_request: false,
             discard_request: false,
+            pinned: false,
+            mux_batch: BytesMut::new(),
+            mux_batch_count: 0,
+            mux_tx: None,
+            mux_rx: None,
+            held: None,
+            batch_started: Instant::now(),
         }
     }
 
@@ -205,13 +233,19 @@ impl Session {
                 return Ok(());
             }
             let up_out = self.up.as_ref().map_or(0, |u| u.out.len());
-            let read_client = !self.stop_reading && self.client_in.len() < limit && up_out < limit;
+            let read_client = !self.stop_reading
+                && self.client_in.len() < limit
+                && up_out < limit
+                && self.pending.len() < MAX_PENDING;
             let read_backend = self.up.is_some() && self.client_out.len() < limit;
             let write_client = !self.client_out.is_empty();
             let write_backend = up_out > 0;
             let up = self.up.as_ref().map(|u| &u.stream);
             let client = &self.client;
+            let read_mux = self.mux_rx.is_some() && self.client_out.len() < limit;
+            let mux_rx = self.mux_rx.as_mut();
             let event = tokio::select! {
+                m = async { mux_rx.expect("guarded").recv().await }, if read_mux => Event::Mux(m),
                 r = client.readable(), if read_client => r.map_or_else(Event::Error, |_| Event::ClientReadable),
                 r = async { up.expect("guarded").readable().await }, if read_backend =>
                     r.map_or_else(Event::Error, |_| Event::BackendReadable),
@@ -223,6 +257,8 @@ impl Session {
                 Event::ClientReadable => self.read_client()?,
                 Event::BackendReadable => self.read_upstream(),
                 Event::Writable => {}
+                Event::Mux(Some(reply)) => self.on_mux_reply(reply),
+                Event::Mux(None) => self.mux_rx = None,
                 Event::Error(e) => return Err(e),
             }
         }
@@ -231,21 +267,15 @@ impl Session {
     // ----- client side -------------------------------------------------------------------
 
     fn read_client(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; READ_CHUNK];
-        match self.client.try_read(&mut chunk) {
-            Ok(0) => {
+        match read_now(&mut self.client, &mut self.client_in, READ_CHUNK)? {
+            Some(0) => {
                 // The client closed its side: answer what is in flight, then close.
                 self.stop_reading = true;
-                Ok(())
             }
-            Ok(n) => {
-                telemetry::hot().bytes_in.increment(n as u64);
-                self.client_in.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-            Err(e) => Err(e),
+            Some(n) => telemetry::hot().bytes_in.increment(n as u64),
+            None => {}
         }
+        Ok(())
     }
 
     fn flush_client(&mut self) -> io::Result<()> {
@@ -279,24 +309,88 @@ impl Session {
 
     /// Frames and dispatches every complete command in `client_in`.
     async fn process_requests(&mut self) {
-        while !self.client_in.is_empty() && (!self.stop_reading || self.streaming_request) {
-            match self.req.parse(&self.client_in) {
-                Ok(Some(req)) => self.dispatch(req).await,
-                Ok(None) => {
-                    self.stream_partial_request().await;
-                    return;
-                }
-                Err(e) => {
-                    telemetry::error("protocol");
-                    tracing::debug!(peer = %self.peer, error = %e, "malformed request");
-                    let mut reply = BytesMut::new();
-                    push_error(&mut reply, &format!("ERR {e}"));
-                    self.client_in.clear();
-                    self.local(command::KNOWN_COMMANDS.len(), reply.freeze(), true);
-                    return;
-                }
-            }
+        if self.client_in.is_empty() && self.held.is_none() {
+            return;
         }
+        self.batch_started = Instant::now();
+        self.process_requests_inner().await;
+        self.flush_mux_batch();
+    }
+
+    async fn process_requests_inner(&mut self) {
+        while (!self.client_in.is_empty() || self.held.is_some())
+            && (!self.stop_reading || self.streaming_request)
+        {
+            let req = match self.held.take() {
+                Some(req) => req,
+                None => match self.req.parse(&self.client_in) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => {
+                        self.stream_partial_request().await;
+                        return;
+                    }
+                    Err(e) => {
+                        telemetry::error("protocol");
+                        tracing::debug!(peer = %self.peer, error = %e, "malformed request");
+                        let mut reply = BytesMut::new();
+                        push_error(&mut reply, &format!("ERR {e}"));
+                        self.client_in.clear();
+                        self.local(command::KNOWN_COMMANDS.len(), reply.freeze(), true);
+                        return;
+                    }
+                },
+            };
+            if !self.pinned
+                && !self.streaming_request
+                && self.needs_own_connection(&req)
+                && !self.pin()
+            {
+                self.held = Some(req);
+                return;
+            }
+            self.dispatch(req).await;
+        }
+    }
+
+    /// Would this command, on an unpinned session, have to run on its own connection?
+    fn needs_own_connection(&self, req: &Request) -> bool {
+        let (name, arg1, arg2, argc) = match req {
+            Request::Empty { .. } => return false,
+            Request::Inline { args, .. } => (
+                args.first().map(|a| &a[..]),
+                args.get(1).map(|a| &a[..]),
+                args.get(2).map(|a| &a[..]),
+                args.len() as u64,
+            ),
+            Request::Array { argc, args, .. } => (
+                args.get(&self.client_in, 0),
+                args.get(&self.client_in, 1),
+                args.get(&self.client_in, 2),
+                *argc,
+            ),
+        };
+        let Some(name) = name else { return false };
+        if !self.conn.authenticated {
+            return false;
+        }
+        let proxy_auth = self.shared.settings.auth.password.is_some();
+        match command::classify(name, arg1, arg2, argc) {
+            Kind::Plain => command::needs_own_connection(command::command_id(name)),
+            Kind::Quit | Kind::Refused(_) | Kind::Exec | Kind::Discard | Kind::Unwatch => false,
+            Kind::Auth => !proxy_auth,
+            _ => true,
+        }
+    }
+
+    /// Moves the session to its own backend connection once nothing is in flight on the
+    /// shared one; `false` while it must wait.
+    fn pin(&mut self) -> bool {
+        self.flush_mux_batch();
+        if !self.pending.is_empty() {
+            return false;
+        }
+        self.pinned = true;
+        true
     }
 
     async fn dispatch(&mut self, req: Request) {
@@ -306,25 +400,36 @@ impl Session {
                 self.client_in.advance(len);
                 let mut wire = Vec::new();
                 encode_command(&args, &mut wire);
-                let argv: Vec<&[u8]> = args.iter().take(CAPTURED_ARGS).map(|a| &a[..]).collect();
-                self.command(&argv, args.len() as u64, &wire).await;
+                let mut argv: [&[u8]; CAPTURED_ARGS] = [&[]; CAPTURED_ARGS];
+                for (slot, a) in argv.iter_mut().zip(&args) {
+                    *slot = a;
+                }
+                let n = args.len().min(CAPTURED_ARGS);
+                self.command(&argv[..n], args.len() as u64, &wire).await;
             }
             Request::Array { len, argc, args } => {
-                let frame = self.client_in.split_to(len);
                 if self.streaming_request {
                     // The tail of a command whose head was already forwarded.
                     self.streaming_request = false;
                     if !std::mem::take(&mut self.discard_request) {
                         if let Some(up) = &mut self.up {
-                            up.out.extend_from_slice(&frame);
+                            up.out.extend_from_slice(&self.client_in[..len]);
                         }
                     }
+                    self.client_in.advance(len);
                     return;
                 }
-                let argv: Vec<&[u8]> = (0..args.len())
-                    .filter_map(|i| args.get(&frame, i))
-                    .collect();
-                self.command(&argv, argc, &frame).await;
+                // Borrow the frame in place (no copy, no split): the buffer is lent out
+                // while the command is handled and put back after.
+                let buf = std::mem::take(&mut self.client_in);
+                let frame = &buf[..len];
+                let mut argv: [&[u8]; CAPTURED_ARGS] = [&[]; CAPTURED_ARGS];
+                for (i, slot) in argv.iter_mut().enumerate().take(args.len()) {
+                    *slot = args.get(frame, i).unwrap_or_default();
+                }
+                self.command(&argv[..args.len()], argc, frame).await;
+                self.client_in = buf;
+                self.client_in.advance(len);
             }
         }
     }
@@ -337,6 +442,9 @@ impl Session {
             return;
         }
         if !self.streaming_request {
+            if !self.pinned && !self.pin() {
+                return;
+            }
             let args = self.req.pending_args();
             let (Some(name), arg1, arg2) = (
                 args.get(&self.client_in, 0),
@@ -382,6 +490,9 @@ impl Session {
             return self.local_error(cmd, "NOAUTH Authentication required.");
         }
         match kind {
+            Kind::Plain | Kind::Exec | Kind::Discard | Kind::Unwatch if !self.pinned => {
+                self.mux_push(cmd, wire);
+            }
             Kind::Auth if proxy_auth => {
                 let reply = match argv.len() {
                     2 => self.check_auth(None, argv[1]),
@@ -576,6 +687,8 @@ impl Session {
 
     /// Queues a reply made by the proxy, in order with the replies still to come.
     fn local(&mut self, cmd: usize, reply: Bytes, close: bool) {
+        // Keep order: the commands collected for the shared connection go before this reply.
+        self.flush_mux_batch();
         if close {
             self.stop_reading = true;
         }
@@ -584,10 +697,11 @@ impl Session {
         }
         self.pending.push_back(Pending {
             cmd,
-            started: Instant::now(),
+            started: self.batch_started,
             expect: Expect::Local { reply, close },
             effect: Effect::None,
             swallow: false,
+            via_mux: false,
         });
         self.drain_local();
     }
@@ -627,13 +741,87 @@ impl Session {
         if !matches!(expect, Expect::Replies(0)) {
             self.pending.push_back(Pending {
                 cmd,
-                started: Instant::now(),
+                started: self.batch_started,
                 expect,
                 effect,
                 swallow,
+                via_mux: false,
             });
         }
         true
+    }
+
+    /// Adds a command to the batch for the backend's shared connection.
+    fn mux_push(&mut self, cmd: usize, wire: &[u8]) {
+        self.mux_batch.extend_from_slice(wire);
+        self.mux_batch_count += 1;
+        self.pending.push_back(Pending {
+            cmd,
+            started: self.batch_started,
+            expect: Expect::Replies(1),
+            effect: Effect::None,
+            swallow: false,
+            via_mux: true,
+        });
+    }
+
+    /// Sends the collected batch to the shared connection of the route's primary.
+    fn flush_mux_batch(&mut self) {
+        if self.mux_batch_count == 0 {
+            return;
+        }
+        let count = std::mem::take(&mut self.mux_batch_count);
+        let wire = self.mux_batch.split().freeze();
+        let reply_to = match &self.mux_tx {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = unbounded_channel();
+                self.mux_rx = Some(rx);
+                self.mux_tx = Some(tx.clone());
+                tx
+            }
+        };
+        let settings = &self.shared.settings;
+        let route = self.shared.route.load();
+        let mux = route
+            .primary_backend()
+            .mux(settings.connect_timeout, settings.buffer_limit);
+        if mux
+            .send(MuxRequest {
+                wire,
+                count,
+                reply_to,
+            })
+            .is_err()
+        {
+            self.on_mux_reply(MuxReply::Failed {
+                message: "ERR cutover: the shared backend connection stopped".into(),
+                count,
+            });
+        }
+    }
+
+    /// Replies (or a failure) from the shared connection for this session's oldest commands.
+    fn on_mux_reply(&mut self, reply: MuxReply) {
+        let (completed, failure) = match reply {
+            MuxReply::Data { bytes, completed } => {
+                self.client_out.extend_from_slice(&bytes);
+                (completed, None)
+            }
+            MuxReply::Failed { message, count } => (count, Some(message)),
+        };
+        let now = Instant::now();
+        for _ in 0..completed {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            debug_assert!(p.via_mux);
+            telemetry::hot().latency[p.cmd].record((now - p.started).as_secs_f64());
+            if let Some(msg) = &failure {
+                push_error(&mut self.client_out, msg);
+            }
+        }
+        self.drain_local();
     }
 
     /// Queues an internal command whose reply is not the client's.
@@ -644,10 +832,11 @@ impl Session {
         up.out.extend_from_slice(&wire);
         self.pending.push_back(Pending {
             cmd: command::command_id(args[0]),
-            started: Instant::now(),
+            started: self.batch_started,
             expect: Expect::Replies(replies),
             effect: Effect::None,
             swallow: true,
+            via_mux: false,
         });
     }
 
@@ -746,11 +935,10 @@ impl Session {
 
     fn read_upstream(&mut self) {
         let Some(up) = &mut self.up else { return };
-        let mut chunk = [0u8; READ_CHUNK];
-        match up.stream.try_read(&mut chunk) {
-            Ok(0) => return self.upstream_lost("connection closed by the server"),
-            Ok(n) => up.inbuf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+        match read_now(&mut up.stream, &mut up.inbuf, READ_CHUNK) {
+            Ok(Some(0)) => return self.upstream_lost("connection closed by the server"),
+            Ok(Some(_)) => {}
+            Ok(None) => return,
             Err(e) => return self.upstream_lost(&e.to_string()),
         }
         loop {

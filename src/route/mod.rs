@@ -4,13 +4,14 @@
 //! commands and a switch (a later issue) replaces it in one store. Sessions notice a new
 //! `epoch` between batches and move their connection state to the new primary.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::config::RedisUrl;
+use crate::proxy::mux::MuxHandle;
 
 /// The two sides of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,7 +32,6 @@ impl Side {
 
 /// One upstream endpoint and its shared reconnect back-off (so a dead server is not hammered
 /// by every client session at once).
-#[derive(Debug)]
 pub struct Backend {
     pub side: Side,
     pub url: RedisUrl,
@@ -39,6 +39,8 @@ pub struct Backend {
     down_until_ms: AtomicU64,
     failures: AtomicU32,
     epoch_start: Instant,
+    /// The shared connection for sessions without connection state of their own.
+    mux: OnceLock<MuxHandle>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -52,7 +54,14 @@ impl Backend {
             down_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             epoch_start: Instant::now(),
+            mux: OnceLock::new(),
         }
+    }
+
+    /// The shared connection to this backend, started on first use.
+    pub fn mux(self: &Arc<Self>, connect_timeout: Duration, buffer_limit: usize) -> &MuxHandle {
+        self.mux
+            .get_or_init(|| MuxHandle::spawn(self.clone(), connect_timeout, buffer_limit))
     }
 
     fn now_ms(&self) -> u64 {
@@ -89,7 +98,6 @@ impl Backend {
 }
 
 /// One immutable version of the routing decision.
-#[derive(Debug)]
 pub struct Route {
     /// Incremented by every flip; sessions compare it to notice one.
     pub epoch: u64,

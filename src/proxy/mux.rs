@@ -1,0 +1,235 @@
+//! The shared backend connection: many client sessions' ordinary commands, pipelined on one
+//! server connection.
+//!
+//! Redis spends most of its time at low pipeline depth on system calls: one read and one write
+//! per command per client. Funnelling the commands of all sessions that have no connection
+//! state of their own (db and RESP version as the connection was opened, no transaction, no
+//! subscription, no blocking call) into one connection turns 50 clients at pipeline 1 into one
+//! client at pipeline ~50, which frees the server's CPU for the proxy's own work. A session
+//! that needs state of its own moves to a dedicated connection (see `session.rs`).
+//!
+//! Each [`MuxRequest`] is a run of consecutive commands of one session; replies come back to
+//! that session, in order, as [`MuxReply::Data`] chunks (a huge reply is handed on in pieces
+//! instead of being held whole). If the connection breaks, every request still waiting gets
+//! [`MuxReply::Failed`] with the number of commands that got no reply.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::io::read_now;
+use super::upstream;
+use crate::resp::ReplyParser;
+use crate::route::Backend;
+use crate::telemetry;
+
+/// Commands sent by one session, answered in order.
+pub struct MuxRequest {
+    pub wire: Bytes,
+    pub count: u32,
+    pub reply_to: UnboundedSender<MuxReply>,
+}
+
+/// What a session receives back.
+#[derive(Debug)]
+pub enum MuxReply {
+    /// Reply bytes, in order; `completed` commands got their whole reply with these bytes.
+    Data { bytes: Bytes, completed: u32 },
+    /// The shared connection broke (or could not be opened): `count` commands got no reply.
+    Failed { message: String, count: u32 },
+}
+
+/// Where sessions send their commands.
+#[derive(Clone)]
+pub struct MuxHandle {
+    tx: UnboundedSender<MuxRequest>,
+}
+
+impl MuxHandle {
+    /// Starts the task that owns the shared connection to `backend`.
+    pub fn spawn(backend: Arc<Backend>, connect_timeout: Duration, buffer_limit: usize) -> Self {
+        let (tx, rx) = unbounded_channel();
+        tokio::spawn(run(backend, rx, connect_timeout, buffer_limit));
+        MuxHandle { tx }
+    }
+
+    pub fn send(&self, req: MuxRequest) -> Result<(), MuxRequest> {
+        self.tx.send(req).map_err(|e| e.0)
+    }
+}
+
+struct InFlight {
+    remaining: u32,
+    reply_to: UnboundedSender<MuxReply>,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+const STREAM_THRESHOLD: usize = 256 * 1024;
+
+async fn run(
+    backend: Arc<Backend>,
+    mut rx: UnboundedReceiver<MuxRequest>,
+    connect_timeout: Duration,
+    buffer_limit: usize,
+) {
+    let mut conn: Option<TcpStream> = None;
+    let mut out = BytesMut::new();
+    let mut inbuf = BytesMut::new();
+    let mut parser = ReplyParser::default();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    loop {
+        let Some(stream) = &mut conn else {
+            // Idle and disconnected: open the connection when the next request arrives.
+            let Some(first) = rx.recv().await else { return };
+            match upstream::connect(&backend, connect_timeout).await {
+                Ok(s) => {
+                    conn = Some(s);
+                    accept(first, &mut out, &mut inflight);
+                }
+                Err(e) => {
+                    telemetry::error("backend_unreachable");
+                    let message = format!("ERR cutover: {e}");
+                    fail(first, &message);
+                    while let Ok(req) = rx.try_recv() {
+                        fail(req, &message);
+                    }
+                }
+            }
+            continue;
+        };
+        let event = tokio::select! {
+            req = rx.recv(), if out.len() < buffer_limit => match req {
+                Some(req) => {
+                    accept(req, &mut out, &mut inflight);
+                    // Take everything already queued: one write for all of it.
+                    while out.len() < buffer_limit {
+                        match rx.try_recv() {
+                            Ok(req) => accept(req, &mut out, &mut inflight),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                }
+                None => return,
+            },
+            r = stream.readable(), if !inflight.is_empty() => r,
+            r = stream.writable(), if !out.is_empty() => r,
+        };
+        let stream = &mut *stream;
+        let result = event
+            .and_then(|_| write_some(stream, &mut out))
+            .and_then(|_| read_some(stream, &mut inbuf))
+            .and_then(|_| dispatch(&mut inbuf, &mut parser, &mut inflight));
+        if let Err(e) = result {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                continue;
+            }
+            tracing::warn!(backend = %backend.describe(), error = %e, in_flight = inflight.len(), "shared backend connection lost");
+            telemetry::error("backend_lost");
+            metrics::counter!("cutover_backend_lost_total", "side" => backend.side.as_str())
+                .increment(1);
+            let message = format!(
+                "ERR cutover: lost the connection to {} ({e}) before the reply; the command may or may not have been applied",
+                backend.describe()
+            );
+            for f in inflight.drain(..) {
+                let _ = f.reply_to.send(MuxReply::Failed {
+                    message: message.clone(),
+                    count: f.remaining,
+                });
+            }
+            conn = None;
+            out.clear();
+            inbuf.clear();
+            parser = ReplyParser::default();
+        }
+    }
+}
+
+fn accept(req: MuxRequest, out: &mut BytesMut, inflight: &mut VecDeque<InFlight>) {
+    out.extend_from_slice(&req.wire);
+    inflight.push_back(InFlight {
+        remaining: req.count,
+        reply_to: req.reply_to,
+    });
+}
+
+fn fail(req: MuxRequest, message: &str) {
+    let _ = req.reply_to.send(MuxReply::Failed {
+        message: message.to_string(),
+        count: req.count,
+    });
+}
+
+fn write_some(stream: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+    while !out.is_empty() {
+        match stream.try_write(out) {
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_some(stream: &mut TcpStream, inbuf: &mut BytesMut) -> io::Result<()> {
+    match read_now(stream, inbuf, READ_CHUNK)? {
+        Some(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed by the server",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Hands complete replies (and big partial ones) to the sessions that asked for them.
+fn dispatch(
+    inbuf: &mut BytesMut,
+    parser: &mut ReplyParser,
+    inflight: &mut VecDeque<InFlight>,
+) -> io::Result<()> {
+    let mut span = 0;
+    let mut completed = 0;
+    while let Some(head) = inflight.front_mut() {
+        match parser.parse(&inbuf[span..]) {
+            Ok(Some(info)) => {
+                span += info.len;
+                completed += 1;
+                head.remaining -= 1;
+                if head.remaining == 0 {
+                    let bytes = inbuf.split_to(span).freeze();
+                    let _ = head.reply_to.send(MuxReply::Data { bytes, completed });
+                    inflight.pop_front();
+                    span = 0;
+                    completed = 0;
+                }
+            }
+            Ok(None) => {
+                let partial = parser.scanned();
+                let stream_on = partial >= STREAM_THRESHOLD;
+                let take = span + if stream_on { partial } else { 0 };
+                if take > 0 {
+                    let bytes = inbuf.split_to(take).freeze();
+                    let _ = head.reply_to.send(MuxReply::Data { bytes, completed });
+                    if stream_on {
+                        parser.forwarded(partial);
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+    if !inbuf.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the server sent a reply nobody asked for",
+        ));
+    }
+    Ok(())
+}
