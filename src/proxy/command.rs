@@ -126,27 +126,32 @@ pub fn needs_own_connection(cmd_id: usize) -> bool {
     let Some(name) = KNOWN_COMMANDS.get(cmd_id) else {
         return true;
     };
-    matches!(
-        *name,
-        "blpop"
-            | "brpop"
-            | "brpoplpush"
-            | "blmove"
-            | "blmpop"
-            | "bzpopmin"
-            | "bzpopmax"
-            | "bzmpop"
-            | "xread"
-            | "xreadgroup"
-            | "wait"
-            | "waitaof"
-            | "client"
-            | "debug"
-            | "readonly"
-            | "readwrite"
-            | "asking"
-            | "auth"
-    )
+    may_block(cmd_id)
+        || matches!(
+            *name,
+            "client" | "debug" | "readonly" | "readwrite" | "asking" | "auth"
+        )
+}
+
+/// Commands that may wait on the server for a long time (or forever) before replying.
+pub fn may_block(cmd_id: usize) -> bool {
+    KNOWN_COMMANDS.get(cmd_id).is_some_and(|name| {
+        matches!(
+            *name,
+            "blpop"
+                | "brpop"
+                | "brpoplpush"
+                | "blmove"
+                | "blmpop"
+                | "bzpopmin"
+                | "bzpopmax"
+                | "bzmpop"
+                | "xread"
+                | "xreadgroup"
+                | "wait"
+                | "waitaof"
+        )
+    })
 }
 
 /// Commands known by name, for per-command metrics. Anything else is counted as `other`, so a

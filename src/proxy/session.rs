@@ -269,8 +269,12 @@ impl Session {
     fn read_client(&mut self) -> io::Result<()> {
         match read_now(&mut self.client, &mut self.client_in, READ_CHUNK)? {
             Some(0) => {
-                // The client closed its side: answer what is in flight, then close.
+                // The client closed its side: answer what is in flight, then close; but never
+                // wait for a call that may block forever (Redis drops such a client at once).
                 self.stop_reading = true;
+                if self.pending.iter().any(|p| command::may_block(p.cmd)) {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
             }
             Some(n) => telemetry::hot().bytes_in.increment(n as u64),
             None => {}
