@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod proxy;
+pub mod rdb;
 pub mod resp;
 pub mod route;
 pub mod runtime;

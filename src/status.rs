@@ -36,7 +36,8 @@ impl StatusSource for RunStatus {
             "proxy": {
                 "listen": p.settings.listen.to_string(),
                 "client_connections": p.client_conns.load(Ordering::Relaxed),
-                "backend_connections": p.backend_conns.load(Ordering::Relaxed),
+                "backend_connections": route.source.connections()
+                    + route.target.as_ref().map_or(0, |t| t.connections()),
                 "clients_accepted": p.clients_accepted.load(Ordering::Relaxed),
             },
         })

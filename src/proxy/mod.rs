@@ -27,7 +27,6 @@ pub struct ProxyShared {
     pub settings: ProxySettings,
     pub route: RouteTable,
     pub client_conns: AtomicUsize,
-    pub backend_conns: AtomicUsize,
     pub clients_accepted: AtomicU64,
 }
 
@@ -37,7 +36,6 @@ impl ProxyShared {
             settings,
             route,
             client_conns: AtomicUsize::new(0),
-            backend_conns: AtomicUsize::new(0),
             clients_accepted: AtomicU64::new(0),
         }
     }

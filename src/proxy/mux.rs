@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::io::read_now;
 use super::upstream;
 use crate::resp::ReplyParser;
-use crate::route::Backend;
+use crate::route::{Backend, ConnGuard};
 use crate::telemetry;
 
 /// Commands sent by one session, answered in order.
@@ -61,6 +61,11 @@ impl MuxHandle {
     pub fn send(&self, req: MuxRequest) -> Result<(), MuxRequest> {
         self.tx.send(req).map_err(|e| e.0)
     }
+
+    /// The task behind this handle has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 struct InFlight {
@@ -77,18 +82,18 @@ async fn run(
     connect_timeout: Duration,
     buffer_limit: usize,
 ) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<(TcpStream, ConnGuard)> = None;
     let mut out = BytesMut::new();
     let mut inbuf = BytesMut::new();
     let mut parser = ReplyParser::default();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
-        let Some(stream) = &mut conn else {
+        let Some((stream, _)) = &mut conn else {
             // Idle and disconnected: open the connection when the next request arrives.
             let Some(first) = rx.recv().await else { return };
             match upstream::connect(&backend, connect_timeout).await {
                 Ok(s) => {
-                    conn = Some(s);
+                    conn = Some((s, ConnGuard::new(backend.clone())));
                     accept(first, &mut out, &mut inflight);
                 }
                 Err(e) => {

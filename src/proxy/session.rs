@@ -22,7 +22,6 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -36,7 +35,7 @@ use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::resp::request::{CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
-use crate::route::Backend;
+use crate::route::{Backend, ConnGuard};
 use crate::telemetry;
 
 /// Bytes read per `read` call.
@@ -47,6 +46,11 @@ const STREAM_THRESHOLD: usize = 256 * 1024;
 const TRIM_CAPACITY: usize = 64 * 1024;
 /// Commands a session may have waiting for replies before it stops reading its client.
 const MAX_PENDING: usize = 64 * 1024;
+/// Commands a session may have in flight on the shared connection.
+const MUX_WINDOW: usize = 32;
+/// A reply this big on the shared connection moves the session to its own connection, where
+/// the server holds what the client has not read yet (TCP back-pressure) instead of the proxy.
+const BIG_REPLY: usize = 64 * 1024;
 
 /// Per-connection state that Redis keeps and the proxy must be able to recreate.
 #[derive(Debug, Clone)]
@@ -130,6 +134,7 @@ struct Pending {
 /// The backend side of a session.
 struct Upstream {
     stream: TcpStream,
+    _guard: ConnGuard,
     backend: Arc<Backend>,
     inbuf: BytesMut,
     out: BytesMut,
@@ -156,8 +161,10 @@ pub struct Session {
     req: RequestParser,
     pending: VecDeque<Pending>,
     conn: ConnState,
-    /// Stop reading the client (after QUIT, a protocol error or EOF).
+    /// Stop reading the client and drop what it sent after (QUIT, a protocol error).
     stop_reading: bool,
+    /// The client closed its side; what it sent before is still served.
+    client_eof: bool,
     /// Close once everything queued for the client is written.
     close_after_flush: bool,
     /// The current request is being streamed to the upstream piecewise.
@@ -177,6 +184,10 @@ pub struct Session {
     held: Option<Request>,
     /// When the commands now being framed were read (one clock read per batch).
     batch_started: Instant,
+    /// Commands sent to the shared connection and not yet answered.
+    mux_inflight: usize,
+    /// Big replies seen: move to an own connection at the next opportunity.
+    prefer_own_connection: bool,
 }
 
 impl Session {
@@ -196,6 +207,7 @@ impl Session {
             pending: VecDeque::new(),
             conn: ConnState::fresh(db, authenticated),
             stop_reading: false,
+            client_eof: false,
             close_after_flush: false,
             streaming_request: false,
             discard_request: false,
@@ -206,6 +218,8 @@ impl Session {
             mux_rx: None,
             held: None,
             batch_started: Instant::now(),
+            mux_inflight: 0,
+            prefer_own_connection: false,
         }
     }
 
@@ -229,11 +243,16 @@ impl Session {
             if self.close_after_flush && self.client_out.is_empty() {
                 return Ok(());
             }
-            if self.stop_reading && self.pending.is_empty() && self.client_out.is_empty() {
+            if (self.stop_reading || self.client_eof)
+                && self.pending.is_empty()
+                && self.held.is_none()
+                && self.client_out.is_empty()
+            {
                 return Ok(());
             }
             let up_out = self.up.as_ref().map_or(0, |u| u.out.len());
             let read_client = !self.stop_reading
+                && !self.client_eof
                 && self.client_in.len() < limit
                 && up_out < limit
                 && self.pending.len() < MAX_PENDING;
@@ -269,9 +288,9 @@ impl Session {
     fn read_client(&mut self) -> io::Result<()> {
         match read_now(&mut self.client, &mut self.client_in, READ_CHUNK)? {
             Some(0) => {
-                // The client closed its side: answer what is in flight, then close; but never
-                // wait for a call that may block forever (Redis drops such a client at once).
-                self.stop_reading = true;
+                // The client closed its side: run what it sent and answer it, then close; but
+                // never wait for a call that may block forever (Redis drops such a client).
+                self.client_eof = true;
                 if self.pending.iter().any(|p| command::may_block(p.cmd)) {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -344,13 +363,20 @@ impl Session {
                     }
                 },
             };
-            if !self.pinned
-                && !self.streaming_request
-                && self.needs_own_connection(&req)
-                && !self.pin()
-            {
-                self.held = Some(req);
-                return;
+            if !self.pinned && !self.streaming_request {
+                let hold = if self.needs_own_connection(&req) {
+                    !self.pin()
+                } else {
+                    // Shared connection: at most MUX_WINDOW commands in flight, so a
+                    // client that does not read its replies cannot make the proxy buffer
+                    // an unbounded amount of them.
+                    self.mux_inflight + self.mux_batch_count as usize >= MUX_WINDOW
+                };
+                if hold {
+                    self.flush_mux_batch();
+                    self.held = Some(req);
+                    return;
+                }
             }
             self.dispatch(req).await;
         }
@@ -374,11 +400,17 @@ impl Session {
             ),
         };
         let Some(name) = name else { return false };
+        let kind = command::classify(name, arg1, arg2, argc);
         if !self.conn.authenticated {
-            return false;
+            // Everything else is answered by the proxy itself until the client logs in;
+            // `HELLO … AUTH` logs in and then changes the connection's protocol.
+            return kind == Kind::Hello;
+        }
+        if self.prefer_own_connection {
+            return true;
         }
         let proxy_auth = self.shared.settings.auth.password.is_some();
-        match command::classify(name, arg1, arg2, argc) {
+        match kind {
             Kind::Plain => command::needs_own_connection(command::command_id(name)),
             Kind::Quit | Kind::Refused(_) | Kind::Exec | Kind::Discard | Kind::Unwatch => false,
             Kind::Auth => !proxy_auth,
@@ -775,6 +807,7 @@ impl Session {
             return;
         }
         let count = std::mem::take(&mut self.mux_batch_count);
+        self.mux_inflight += count as usize;
         let wire = self.mux_batch.split().freeze();
         let reply_to = match &self.mux_tx {
             Some(tx) => tx.clone(),
@@ -809,11 +842,15 @@ impl Session {
     fn on_mux_reply(&mut self, reply: MuxReply) {
         let (completed, failure) = match reply {
             MuxReply::Data { bytes, completed } => {
+                if bytes.len() >= BIG_REPLY {
+                    self.prefer_own_connection = true;
+                }
                 self.client_out.extend_from_slice(&bytes);
                 (completed, None)
             }
             MuxReply::Failed { message, count } => (count, Some(message)),
         };
+        self.mux_inflight = self.mux_inflight.saturating_sub(completed as usize);
         let now = Instant::now();
         for _ in 0..completed {
             let Some(p) = self.pending.pop_front() else {
@@ -867,12 +904,12 @@ impl Session {
                 telemetry::error("backend_unreachable");
                 e.to_string()
             })?;
-        self.shared.backend_conns.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("cutover_backend_connections").increment(1.0);
+        let guard = ConnGuard::new(backend.clone());
         let url_db = backend.url.db;
         self.epoch = epoch;
         self.up = Some(Upstream {
             stream,
+            _guard: guard,
             backend,
             inbuf: BytesMut::new(),
             out: BytesMut::new(),
@@ -920,10 +957,7 @@ impl Session {
     }
 
     fn drop_upstream(&mut self) {
-        if self.up.take().is_some() {
-            self.shared.backend_conns.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!("cutover_backend_connections").decrement(1.0);
-        }
+        self.up = None;
     }
 
     fn flush_upstream(&mut self) {

@@ -16,8 +16,12 @@ use crate::route::Backend;
 pub enum UpstreamError {
     #[error("{backend} is unreachable ({reason}); retrying in the background")]
     Unreachable { backend: String, reason: String },
-    #[error("{backend} is down; next connection attempt in {retry_ms} ms")]
-    BackingOff { backend: String, retry_ms: u64 },
+    #[error("{backend} is down ({last_error}); next connection attempt in {retry_ms} ms")]
+    BackingOff {
+        backend: String,
+        last_error: String,
+        retry_ms: u64,
+    },
     #[error(
         "{backend} refused the proxy's credentials ({reply}); fix the user/password in its URL"
     )]
@@ -35,6 +39,9 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, 
     if let Some(wait) = backend.backoff_remaining() {
         return Err(UpstreamError::BackingOff {
             backend: backend.describe(),
+            last_error: backend
+                .last_error()
+                .unwrap_or_else(|| "connection failed".into()),
             retry_ms: wait.as_millis() as u64,
         });
     }
@@ -46,18 +53,19 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, 
             Ok(s)
         }
         Ok(Err(e)) => {
-            let wait = backend.connect_failed();
+            let wait = backend.connect_failed(&e.to_string());
             metrics::counter!("cutover_backend_connect_failures_total", "side" => backend.side.as_str())
                 .increment(1);
             tracing::warn!(backend = %backend.describe(), error = %e, backoff_ms = wait.as_millis() as u64, "backend connect failed");
             Err(e)
         }
         Err(_) => {
-            backend.connect_failed();
-            Err(UpstreamError::Unreachable {
+            let e = UpstreamError::Unreachable {
                 backend: backend.describe(),
                 reason: format!("no answer within {} ms", timeout.as_millis()),
-            })
+            };
+            backend.connect_failed(&e.to_string());
+            Err(e)
         }
     }
 }

@@ -113,7 +113,8 @@ impl ReplyParser {
                     capture,
                 } => {
                     if buf.len() < end {
-                        self.cursor = buf.len();
+                        // Never count the trailing CRLF as scanned before it is checked.
+                        self.cursor = self.cursor.max(buf.len().min(end - 2));
                         return Ok(None);
                     }
                     if &buf[end - 2..end] != b"\r\n" {
@@ -340,6 +341,19 @@ mod tests {
             r.head,
             vec![b"subscribe".to_vec(), b"a".to_vec(), b"1".to_vec()]
         );
+    }
+
+    #[test]
+    fn crlf_split_after_a_forwarded_prefix() {
+        let mut p = ReplyParser::default();
+        let mut buf = b"$4\r\nabcd\r".to_vec();
+        assert_eq!(p.parse(&buf).unwrap(), None);
+        let n = p.scanned();
+        assert_eq!(n, 8, "the CR is not scanned yet");
+        buf.drain(..n);
+        p.forwarded(n);
+        buf.push(b'\n');
+        assert_eq!(p.parse(&buf).unwrap().unwrap().len, 2);
     }
 
     #[test]

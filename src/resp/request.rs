@@ -177,7 +177,9 @@ impl RequestParser {
                 State::ArgBody { start, end } => {
                     if buf.len() < end {
                         // Skip what is here; the rest of the argument is still on the wire.
-                        self.cursor = buf.len();
+                        // The trailing CRLF is never counted as scanned before it is checked,
+                        // so a prefix handed on never cuts into it.
+                        self.cursor = self.cursor.max(buf.len().min(end - 2));
                         return Ok(None);
                     }
                     if &buf[end - 2..end] != b"\r\n" {
@@ -540,6 +542,27 @@ mod tests {
         };
         assert_eq!(handed_on + len, wire.len());
         assert!(buf.len() < 5000, "buffered {}", buf.len());
+    }
+
+    #[test]
+    fn crlf_split_after_a_forwarded_prefix() {
+        // The body ends exactly at a read boundary and the "\r" arrives before the "\n".
+        let mut wire = b"*2\r\n$3\r\nSET\r\n$10\r\n0123456789".to_vec();
+        let mut p = RequestParser::default();
+        assert_eq!(p.parse(&wire).unwrap(), None);
+        let n = p.scanned();
+        wire.drain(..n);
+        p.forwarded(n);
+        wire.push(b'\r');
+        assert_eq!(p.parse(&wire).unwrap(), None);
+        let n = p.scanned();
+        wire.drain(..n);
+        p.forwarded(n);
+        wire.push(b'\n');
+        assert!(matches!(
+            p.parse(&wire).unwrap(),
+            Some(Request::Array { argc: 2, .. })
+        ));
     }
 
     #[test]

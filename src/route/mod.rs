@@ -4,11 +4,12 @@
 //! commands and a switch (a later issue) replaces it in one store. Sessions notice a new
 //! `epoch` between batches and move their connection state to the new primary.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::config::RedisUrl;
 use crate::proxy::mux::MuxHandle;
@@ -40,7 +41,11 @@ pub struct Backend {
     failures: AtomicU32,
     epoch_start: Instant,
     /// The shared connection for sessions without connection state of their own.
-    mux: OnceLock<MuxHandle>,
+    mux: ArcSwapOption<MuxHandle>,
+    /// Open connections to this backend (shared and per-session).
+    connections: AtomicUsize,
+    /// Why the last connection attempt failed, for the messages given during the back-off.
+    last_error: Mutex<Option<String>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -54,14 +59,35 @@ impl Backend {
             down_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             epoch_start: Instant::now(),
-            mux: OnceLock::new(),
+            mux: ArcSwapOption::empty(),
+            connections: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
-    /// The shared connection to this backend, started on first use.
-    pub fn mux(self: &Arc<Self>, connect_timeout: Duration, buffer_limit: usize) -> &MuxHandle {
-        self.mux
-            .get_or_init(|| MuxHandle::spawn(self.clone(), connect_timeout, buffer_limit))
+    /// The shared connection to this backend, started on first use (and again if its task
+    /// ever stopped).
+    pub fn mux(self: &Arc<Self>, connect_timeout: Duration, buffer_limit: usize) -> Arc<MuxHandle> {
+        if let Some(m) = self.mux.load_full().filter(|m| !m.is_closed()) {
+            return m;
+        }
+        let fresh = Arc::new(MuxHandle::spawn(
+            self.clone(),
+            connect_timeout,
+            buffer_limit,
+        ));
+        self.mux.store(Some(fresh.clone()));
+        fresh
+    }
+
+    /// Open connections to this backend.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The reason of the last failed connection attempt.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
     fn now_ms(&self) -> u64 {
@@ -76,7 +102,10 @@ impl Backend {
     }
 
     /// Records a failed connect and starts the exponential back-off.
-    pub fn connect_failed(&self) -> Duration {
+    pub fn connect_failed(&self, reason: &str) -> Duration {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(reason.to_string());
+        }
         let n = self.failures.fetch_add(1, Ordering::Relaxed).min(10);
         let wait = (BACKOFF_MIN * 2u32.pow(n)).min(BACKOFF_MAX);
         self.down_until_ms
@@ -94,6 +123,26 @@ impl Backend {
     /// Human name for messages: `source 127.0.0.1:6379`.
     pub fn describe(&self) -> String {
         format!("{} {}", self.side.as_str(), self.url.addr())
+    }
+}
+
+/// Counts one open connection to a backend for as long as it lives.
+pub struct ConnGuard(Arc<Backend>);
+
+impl ConnGuard {
+    pub fn new(backend: Arc<Backend>) -> Self {
+        backend.connections.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("cutover_backend_connections", "side" => backend.side.as_str())
+            .increment(1.0);
+        ConnGuard(backend)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("cutover_backend_connections", "side" => self.0.side.as_str())
+            .decrement(1.0);
     }
 }
 
