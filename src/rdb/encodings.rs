@@ -71,7 +71,7 @@
 //! reader must reproduce to find the next entry).
 //!
 //! Example: the listpack `["a", 1000]` is
-//! `0c 00 00 00 | 02 00 | 81 61 02 | c3 e8 02 | ff`: 12 bytes, 2 elements, a 1-byte string
+//! `0d 00 00 00 | 02 00 | 81 61 02 | c3 e8 02 | ff`: 13 bytes, 2 elements, a 1-byte string
 //! `"a"` with backlen 2, the 13-bit integer `0x3e8` with backlen 2.
 //!
 //! # Intset
@@ -1156,6 +1156,21 @@ mod tests {
     }
 
     #[test]
+    fn ziplist_long_strings_and_wide_prevlen() {
+        // A string of 2^14 bytes or more takes the 5-byte form `0x80 + u32 BE`.
+        let s = vec![b'L'; 20000];
+        let zl = encode_ziplist([Entry::Bytes(&s), Entry::Int(-1)]).unwrap();
+        assert_eq!(&zl[10..16], &[0x00, 0x80, 0x00, 0x00, 0x4e, 0x20]);
+        assert_eq!(
+            decode_ziplist(&zl).unwrap(),
+            [Entry::Bytes(&s), Entry::Int(-1)]
+        );
+        // Redis may leave a 5-byte prevlen holding a small value after a cascade update.
+        let zl = hex("13 00 00 00 0c 00 00 00 02 00 00 f3 fe 02 00 00 00 f6 ff");
+        assert_eq!(decode_ziplist(&zl).unwrap(), [Entry::Int(2), Entry::Int(5)]);
+    }
+
+    #[test]
     fn ziplist_corruptions() {
         let good = hex("0f 00 00 00 0c 00 00 00 02 00 00 f3 02 f6 ff");
         let mutate = |i: usize, b: u8| {
@@ -1176,7 +1191,7 @@ mod tests {
 
     #[test]
     fn listpack_hand_built() {
-        let lp = hex("0c 00 00 00 02 00 81 61 02 c3 e8 02 ff");
+        let lp = hex("0d 00 00 00 02 00 81 61 02 c3 e8 02 ff");
         assert_eq!(
             decode_listpack(&lp).unwrap(),
             [Entry::Bytes(b"a"), Entry::Int(1000)]
@@ -1246,13 +1261,13 @@ mod tests {
 
     #[test]
     fn listpack_corruptions() {
-        let good = hex("0c 00 00 00 02 00 81 61 02 c3 e8 02 ff");
+        let good = hex("0d 00 00 00 02 00 81 61 02 c3 e8 02 ff");
         let mutate = |i: usize, b: u8| {
             let mut z = good.clone();
             z[i] = b;
             decode_listpack(&z).unwrap_err()
         };
-        assert_eq!(mutate(0, 0x0d).offset(), Some(0)); // total bytes
+        assert_eq!(mutate(0, 0x0c).offset(), Some(0)); // total bytes
         assert_eq!(mutate(4, 0x03).offset(), Some(4)); // count
         assert_eq!(mutate(8, 0x03).offset(), Some(8)); // backlen value
         assert_eq!(mutate(8, 0x82).offset(), Some(8)); // backlen continuation on its first byte

@@ -1050,7 +1050,8 @@ mod tests {
             for compressed in [false, true] {
                 let bytes = written(|w| if compressed { w.write_string_compressed(&s) } else { w.write_string(&s) });
                 let mut r = Reader::new(&bytes);
-                prop_assert_eq!(r.read_string("s").unwrap().to_bytes().as_ref(), &s[..]);
+                let got = r.read_string("s").unwrap().into_bytes();
+                prop_assert_eq!(got.as_ref(), &s[..]);
                 prop_assert!(r.is_empty());
             }
         }
@@ -1061,7 +1062,8 @@ mod tests {
                 let text = v.to_string();
                 let bytes = written(|w| w.write_string(text.as_bytes()));
                 let s = Reader::new(&bytes).read_string("s").unwrap();
-                prop_assert_eq!(s.to_bytes().as_ref(), text.as_bytes());
+                let got = s.to_bytes();
+                prop_assert_eq!(got.as_ref(), text.as_bytes());
                 prop_assert_eq!(s.as_int(), Some(v));
                 prop_assert_eq!(s.len(), text.len());
                 let bytes = written(|w| w.write_int_string(v));
