@@ -11,4 +11,5 @@ pub mod resp;
 pub mod route;
 pub mod runtime;
 pub mod status;
+pub mod sync;
 pub mod telemetry;

@@ -1,0 +1,398 @@
+//! The replica link: `cutover` connects to the source as if it were one of its replicas.
+//!
+//! The handshake (what Redis' own `syncWithMaster` sends):
+//!
+//! ```text
+//! PING                                  → +PONG (or -NOAUTH: AUTH comes next)
+//! AUTH [user] pass                      → +OK
+//! REPLCONF listening-port <port>        → +OK (errors ignored)
+//! REPLCONF capa eof capa psync2         → +OK (errors ignored)
+//! PSYNC <replid> <offset> | PSYNC ? -1  → +FULLRESYNC <replid> <offset> | +CONTINUE [<replid>]
+//! ```
+//!
+//! After `+FULLRESYNC` the snapshot follows, either as `$<len>\r\n<len bytes>` (disk) or as
+//! `$EOF:<40 hex>\r\n<rdb><the same 40 hex>` (diskless), possibly preceded by `\n` keep-alives.
+//! Then the command stream: RESP arrays, each advancing the replication offset by its exact
+//! size in bytes. The master expects `REPLCONF ACK <offset>` about once a second (and at once
+//! after a diskless snapshot, before it sends any command) and answers to `REPLCONF GETACK *`.
+//!
+//! This module only moves bytes and counts offsets; what the bytes mean is the RDB codec's and
+//! the applier's business.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::RedisUrl;
+use crate::resp::request::encode_command;
+use crate::resp::{Request, RequestParser};
+
+/// How often an idle link acknowledges (Redis replicas do it from `replicationCron`, 1/s).
+const ACK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How the master answered `PSYNC`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncStart {
+    /// A snapshot follows; the stream after it starts at `offset`.
+    FullResync { replid: String, offset: u64 },
+    /// The master continues from the offset we asked for (possibly under a new replication id).
+    Continue { replid: Option<String> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("cannot connect to the source {addr} as a replica: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("replication link to {addr} failed: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the source {addr} refused the replica handshake at {step}: {reply} (the user needs ACL rights for psync, replconf and ping)"
+    )]
+    Refused {
+        addr: String,
+        step: &'static str,
+        reply: String,
+    },
+    #[error("the source {addr} sent something unexpected during {step}: {detail}")]
+    Protocol {
+        addr: String,
+        step: &'static str,
+        detail: String,
+    },
+    #[error("the source {addr} sent no data for {secs} s; the replication link is considered dead")]
+    Timeout { addr: String, secs: u64 },
+}
+
+/// One replication connection to a master.
+pub struct ReplicaLink {
+    stream: TcpStream,
+    addr: String,
+    buf: BytesMut,
+    parser: RequestParser,
+    /// Replication offset of the next byte of the command stream.
+    offset: u64,
+    timeout: Duration,
+}
+
+/// One command from the replication stream, with the offset right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCommand {
+    /// The command exactly as the master sent it (a RESP array).
+    pub wire: bytes::Bytes,
+    /// Replication offset after this command.
+    pub end_offset: u64,
+}
+
+impl ReplicaLink {
+    /// Connects, authenticates and sends `PSYNC` (`resume` = last replid and the offset of the
+    /// next byte wanted, or `None` for a full sync).
+    pub async fn connect(
+        url: &RedisUrl,
+        resume: Option<(&str, u64)>,
+        listening_port: u16,
+        timeout: Duration,
+    ) -> Result<(ReplicaLink, SyncStart), ReplicaError> {
+        let addr = url.addr();
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| ReplicaError::Timeout {
+                addr: addr.clone(),
+                secs: timeout.as_secs(),
+            })?
+            .map_err(|source| ReplicaError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let mut link = ReplicaLink {
+            stream,
+            addr,
+            buf: BytesMut::with_capacity(64 * 1024),
+            parser: RequestParser::default(),
+            offset: 0,
+            timeout,
+        };
+        let reply = link.call(&[b"PING"]).await?;
+        if reply.starts_with('-') && !reply.starts_with("-NOAUTH") && !reply.starts_with("-NOPERM")
+        {
+            return Err(link.refused("PING", reply));
+        }
+        if let Some(pass) = &url.password {
+            let reply = match &url.username {
+                Some(u) => link.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()]).await?,
+                None => link.call(&[b"AUTH", pass.as_bytes()]).await?,
+            };
+            if reply.starts_with('-') {
+                return Err(link.refused("AUTH", reply));
+            }
+        }
+        // Errors to REPLCONF are ignored, as Redis' own replicas do.
+        let port = listening_port.to_string();
+        link.call(&[b"REPLCONF", b"listening-port", port.as_bytes()])
+            .await?;
+        link.call(&[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"])
+            .await?;
+        let (replid, offset) = match resume {
+            Some((id, off)) => (id.to_string(), off.to_string()),
+            None => ("?".to_string(), "-1".to_string()),
+        };
+        let reply = link
+            .call(&[b"PSYNC", replid.as_bytes(), offset.as_bytes()])
+            .await?;
+        let start = if let Some(rest) = reply.strip_prefix("+FULLRESYNC ") {
+            let mut parts = rest.split_whitespace();
+            let (Some(id), Some(off)) = (parts.next(), parts.next()) else {
+                return Err(link.protocol("PSYNC", reply.clone()));
+            };
+            let offset = off
+                .parse()
+                .map_err(|_| link.protocol("PSYNC", reply.clone()))?;
+            link.offset = offset;
+            SyncStart::FullResync {
+                replid: id.to_string(),
+                offset,
+            }
+        } else if let Some(rest) = reply.strip_prefix("+CONTINUE") {
+            link.offset = resume.map_or(0, |r| r.1);
+            SyncStart::Continue {
+                replid: rest.split_whitespace().next().map(str::to_string),
+            }
+        } else {
+            return Err(link.refused("PSYNC", reply));
+        };
+        Ok((link, start))
+    }
+
+    /// Replication offset of the next byte of the command stream: everything before it was
+    /// received (and returned by [`ReplicaLink::next_commands`], except `REPLCONF GETACK` and
+    /// keep-alives, which need no applying). A caller that has applied every command it got
+    /// may acknowledge this offset.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Receives the snapshot after `+FULLRESYNC`, handing its bytes to `sink` in pieces as they
+    /// arrive (never holding it whole). Returns its size. Acknowledges at once afterwards (a
+    /// diskless master sends no command before the first ACK).
+    pub async fn receive_snapshot(
+        &mut self,
+        mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<u64, ReplicaError> {
+        let header = loop {
+            // Skip the "\n" keep-alives the master sends while it prepares the snapshot.
+            while self.buf.first() == Some(&b'\n') {
+                self.buf.advance(1);
+            }
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.advance(end + 2);
+                break line;
+            }
+            if self.buf.len() > 1024 {
+                return Err(self.protocol("snapshot header", "line too long".into()));
+            }
+            self.fill().await?;
+        };
+        if header.starts_with('-') {
+            return Err(self.refused("snapshot", header));
+        }
+        let Some(spec) = header.strip_prefix('$') else {
+            return Err(self.protocol("snapshot header", header));
+        };
+        let mut total = 0u64;
+        let mut deliver = |bytes: &[u8], total: &mut u64| -> Result<(), String> {
+            *total += bytes.len() as u64;
+            sink(bytes)
+        };
+        if let Some(mark) = spec.strip_prefix("EOF:") {
+            // Diskless: the RDB ends with the 40-byte mark; keep the last 40 bytes back until
+            // we know they are not the mark.
+            let mark = mark.as_bytes().to_vec();
+            if mark.len() != 40 {
+                return Err(self.protocol("snapshot header", header));
+            }
+            loop {
+                if self.buf.len() >= mark.len() && self.buf.ends_with(&mark) {
+                    let body = self.buf.len() - mark.len();
+                    deliver(&self.buf[..body], &mut total)
+                        .map_err(|e| self.protocol("snapshot", e))?;
+                    self.buf.clear();
+                    break;
+                }
+                if self.buf.len() > mark.len() {
+                    let n = self.buf.len() - mark.len();
+                    deliver(&self.buf[..n], &mut total)
+                        .map_err(|e| self.protocol("snapshot", e))?;
+                    self.buf.advance(n);
+                }
+                self.fill().await?;
+            }
+        } else {
+            let len: u64 = spec
+                .parse()
+                .map_err(|_| self.protocol("snapshot header", header.clone()))?;
+            let mut left = len;
+            while left > 0 {
+                if self.buf.is_empty() {
+                    self.fill().await?;
+                }
+                let n = (self.buf.len() as u64).min(left) as usize;
+                deliver(&self.buf[..n], &mut total).map_err(|e| self.protocol("snapshot", e))?;
+                self.buf.advance(n);
+                left -= n as u64;
+            }
+        }
+        self.ack(self.offset).await?;
+        Ok(total)
+    }
+
+    /// Waits for the next commands of the stream (at least one) and returns every complete one
+    /// that has arrived. `REPLCONF GETACK` is answered with `applied` (the offset the caller
+    /// has made durable) and not returned.
+    pub async fn next_commands(
+        &mut self,
+        applied: u64,
+    ) -> Result<Vec<StreamCommand>, ReplicaError> {
+        loop {
+            let mut out = Vec::new();
+            let mut getack = false;
+            loop {
+                // Keep-alive newlines can precede the stream; they are not counted.
+                while self.buf.first() == Some(&b'\n') && !self.parser.is_streaming() {
+                    self.buf.advance(1);
+                }
+                match self.parser.parse(&self.buf) {
+                    Ok(Some(Request::Array { len, args, .. })) => {
+                        let is_getack = args
+                            .get(&self.buf, 0)
+                            .is_some_and(|a| a.eq_ignore_ascii_case(b"REPLCONF"))
+                            && args
+                                .get(&self.buf, 1)
+                                .is_some_and(|a| a.eq_ignore_ascii_case(b"GETACK"));
+                        let wire = self.buf.split_to(len).freeze();
+                        self.offset += len as u64;
+                        if is_getack {
+                            getack = true;
+                        } else {
+                            out.push(StreamCommand {
+                                wire,
+                                end_offset: self.offset,
+                            });
+                        }
+                    }
+                    Ok(Some(Request::Inline { len, .. } | Request::Empty { len })) => {
+                        self.buf.advance(len);
+                        self.offset += len as u64;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(self.protocol("command stream", e.to_string())),
+                }
+            }
+            if getack {
+                self.ack(applied).await?;
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            self.fill_acking(applied).await?;
+        }
+    }
+
+    /// Waits for data, sending `REPLCONF ACK` once a second meanwhile: the master expects it
+    /// (and a diskless master starts the stream only on an ACK that arrives after it has
+    /// finished the snapshot on its side).
+    async fn fill_acking(&mut self, applied: u64) -> Result<(), ReplicaError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            self.buf.reserve(64 * 1024);
+            let tick = tokio::time::sleep(ACK_INTERVAL);
+            tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => {
+                    return match r {
+                        Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(self.io(e)),
+                    };
+                }
+                _ = tick => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(ReplicaError::Timeout {
+                            addr: self.addr.clone(),
+                            secs: self.timeout.as_secs(),
+                        });
+                    }
+                    self.ack(applied).await?;
+                }
+            }
+        }
+    }
+
+    /// `REPLCONF ACK <offset>`: tells the master how far we have applied.
+    pub async fn ack(&mut self, offset: u64) -> Result<(), ReplicaError> {
+        let mut wire = Vec::new();
+        let off = offset.to_string();
+        encode_command(&[&b"REPLCONF"[..], b"ACK", off.as_bytes()], &mut wire);
+        self.stream.write_all(&wire).await.map_err(|e| self.io(e))
+    }
+
+    async fn call(&mut self, args: &[&[u8]]) -> Result<String, ReplicaError> {
+        let mut wire = Vec::new();
+        encode_command(args, &mut wire);
+        self.stream.write_all(&wire).await.map_err(|e| self.io(e))?;
+        loop {
+            while self.buf.first() == Some(&b'\n') {
+                self.buf.advance(1);
+            }
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.advance(end + 2);
+                return Ok(line);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ReplicaError> {
+        self.buf.reserve(64 * 1024);
+        match tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.buf)).await {
+            Err(_) => Err(ReplicaError::Timeout {
+                addr: self.addr.clone(),
+                secs: self.timeout.as_secs(),
+            }),
+            Ok(Ok(0)) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.io(e)),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> ReplicaError {
+        ReplicaError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn refused(&self, step: &'static str, reply: String) -> ReplicaError {
+        ReplicaError::Refused {
+            addr: self.addr.clone(),
+            step,
+            reply,
+        }
+    }
+
+    fn protocol(&self, step: &'static str, detail: String) -> ReplicaError {
+        ReplicaError::Protocol {
+            addr: self.addr.clone(),
+            step,
+            detail,
+        }
+    }
+}
