@@ -51,6 +51,11 @@
 //! * [`dump`]: split, verify, build and retarget DUMP payloads.
 //! * [`encodings`]: ziplist, listpack, intset and zipmap decoders; listpack, ziplist and intset
 //!   encoders.
+//! * [`types`]: type ids and opcodes per dialect, module type names.
+//! * [`event`]: what the parser reports ([`Event`]) and the records it carries.
+//! * [`value`]: [`ValueDecoder`], the incremental decoder of one value (also for DUMP payloads:
+//!   [`decode_dump`]), and [`Value`], a collected value.
+//! * [`parser`]: [`RdbParser`], the push-style streaming parser of whole files.
 //!
 //! The reference for all of it is `shared/reference/rdb-and-replication.md` (sections 1–4),
 //! collected from the Redis and Valkey sources.
@@ -59,12 +64,20 @@ pub mod crc64;
 pub mod dump;
 pub mod encodings;
 pub mod error;
+pub mod event;
 pub mod lzf;
+pub mod parser;
 pub mod primitives;
+pub mod types;
+pub mod value;
 pub mod version;
 
 pub use dump::{DumpPayload, build_dump};
 pub use encodings::{Entry, Intset, ListpackBuilder, ZiplistBuilder};
 pub use error::RdbError;
+pub use event::{Event, KeyInfo};
+pub use parser::{ParserOptions, RdbParser};
 pub use primitives::{RdbString, Reader, Writer};
+pub use types::{RdbType, ValueKind};
+pub use value::{ChunkLimits, Value, ValueDecoder, decode_dump, decode_value};
 pub use version::{Dialect, RdbVersion};

@@ -1,0 +1,1116 @@
+//! The streaming RDB file parser: bytes in, in pieces of any size, [`Event`]s out.
+//!
+//! ```no_run
+//! # use cutover::rdb::parser::RdbParser;
+//! # fn read_some() -> Option<Vec<u8>> { None }
+//! let mut parser = RdbParser::new();
+//! while let Some(piece) = read_some() {
+//!     parser.feed(&piece);
+//!     while let Some(event) = parser.next_event()? {
+//!         // KeyStart, ListChunk, KeyEnd { raw }, ...
+//!     }
+//! }
+//! parser.finish()?; // the input ended: was the file complete?
+//! # Ok::<(), cutover::rdb::RdbError>(())
+//! ```
+//!
+//! # Memory and resumption
+//!
+//! [`RdbParser::feed`] appends to an internal buffer; [`RdbParser::next_event`] parses from it
+//! and drops what it consumed. The buffer holds at most the current *record* (an opcode with
+//! its payload, a key name, one element, one compact blob, one quicklist or stream node) plus
+//! whatever was fed and not parsed yet: never a whole big key (its elements are emitted in
+//! chunks, see [`ChunkLimits`]) and never the whole file. When a record is incomplete the parser
+//! remembers how many bytes it needs and does not look at it again until they are there, so a
+//! record arriving in many pieces is scanned about once.
+//!
+//! # Raw values
+//!
+//! For every key whose encoded value is at most [`ParserOptions::raw_limit`] bytes,
+//! [`Event::KeyEnd`] carries `raw`: the type byte and the value exactly as in the file, which is
+//! the body of a DUMP payload ([`build_dump`](super::dump::build_dump) adds the footer). A
+//! target that knows the type can `RESTORE` it directly; the decoded events are there for the
+//! others.
+//!
+//! # Checksum
+//!
+//! From RDB 5 on, the 8 bytes after the EOF opcode are the CRC-64 of everything before them.
+//! The parser computes it as it goes and fails with [`RdbError::Checksum`] on a mismatch; a
+//! stored 0 means the writer had checksums off and is not checked.
+//!
+//! After [`Event::Eof`] the parser stops; any bytes fed beyond the trailer are left in
+//! [`RdbParser::trailing`] (on a diskless replication stream, the EOF marker comes next).
+
+use std::collections::VecDeque;
+
+use super::crc64::Crc64;
+use super::error::{RdbError, Result};
+use super::event::{Event, KeyInfo};
+use super::primitives::Reader;
+use super::types::{self as ty, RdbType, module_type_name};
+use super::value::{ChunkLimits, ValueDecoder, read_module_item};
+use super::version::{Dialect, HEADER_LEN, RdbVersion, parse_header};
+
+/// Parser settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserOptions {
+    /// Largest encoded value (type byte included) whose raw bytes are kept for
+    /// [`Event::KeyEnd`]; 0 keeps none.
+    pub raw_limit: usize,
+    /// Chunk sizes of value events.
+    pub chunks: ChunkLimits,
+    /// Verify the CRC-64 trailer (when non-zero).
+    pub verify_checksum: bool,
+}
+
+impl Default for ParserOptions {
+    fn default() -> Self {
+        ParserOptions {
+            raw_limit: 512 * 1024,
+            chunks: ChunkLimits::default(),
+            verify_checksum: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Top {
+    Header,
+    Items,
+    Value,
+    Trailer,
+    Done,
+}
+
+/// Prefix opcodes that apply to the next key.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyPrefix {
+    expire_ms: Option<i64>,
+    idle_s: Option<u64>,
+    freq: Option<u8>,
+}
+
+/// The state that survives between records (separate from the input buffer so one can be
+/// borrowed while the other changes).
+#[derive(Debug)]
+struct Machine {
+    opts: ParserOptions,
+    top: Top,
+    version: RdbVersion,
+    dialect: Dialect,
+    db: u64,
+    prefix: KeyPrefix,
+    value: Option<ValueDecoder>,
+    raw: Option<Vec<u8>>,
+    crc: Crc64,
+}
+
+/// A push-style, resumable RDB parser (see the [module docs](self)).
+#[derive(Debug)]
+pub struct RdbParser {
+    m: Machine,
+    buf: Vec<u8>,
+    /// Start of the unparsed bytes in `buf`.
+    pos: usize,
+    /// Stream offset of `buf[0]`.
+    base: u64,
+    /// Do not parse again before the stream has this many bytes.
+    need: u64,
+    queue: VecDeque<Event>,
+    scratch: Vec<Event>,
+    failed: Option<RdbError>,
+}
+
+impl Default for RdbParser {
+    fn default() -> Self {
+        RdbParser::new()
+    }
+}
+
+impl RdbParser {
+    /// A parser with default options.
+    pub fn new() -> RdbParser {
+        RdbParser::with_options(ParserOptions::default())
+    }
+
+    /// A parser with the given options.
+    pub fn with_options(opts: ParserOptions) -> RdbParser {
+        RdbParser {
+            m: Machine {
+                opts,
+                top: Top::Header,
+                version: RdbVersion(0),
+                dialect: Dialect::Common,
+                db: 0,
+                prefix: KeyPrefix::default(),
+                value: None,
+                raw: None,
+                crc: Crc64::new(),
+            },
+            buf: Vec::new(),
+            pos: 0,
+            base: 0,
+            need: 0,
+            queue: VecDeque::new(),
+            scratch: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// Appends input. Cheap: parsing happens in [`RdbParser::next_event`].
+    pub fn feed(&mut self, input: &[u8]) {
+        if self.pos > 0 && (self.pos == self.buf.len() || self.pos >= self.buf.len() / 2) {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(input);
+    }
+
+    /// The next event, or `Ok(None)` when more input is needed (or the file is complete: see
+    /// [`RdbParser::is_done`]). After an error every call returns the same error.
+    pub fn next_event(&mut self) -> Result<Option<Event>> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Ok(Some(ev));
+            }
+            if let Some(e) = &self.failed {
+                return Err(e.clone());
+            }
+            if self.m.top == Top::Done {
+                return Ok(None);
+            }
+            let end = self.base + self.buf.len() as u64;
+            if end < self.need {
+                return Ok(None);
+            }
+            let avail = &self.buf[self.pos..];
+            let mut r = Reader::with_base(avail, self.base + self.pos as u64);
+            let crc_on = self.m.top != Top::Trailer;
+            let res = self.m.step(&mut r, &mut self.scratch);
+            let used = r.position();
+            if crc_on {
+                self.m.crc.update(&avail[..used]);
+            }
+            self.pos += used;
+            self.queue.extend(self.scratch.drain(..));
+            match res {
+                Ok(()) => self.need = 0,
+                Err(RdbError::Truncated { offset, needed, .. }) => {
+                    self.need = offset.saturating_add(needed).max(end + 1);
+                }
+                Err(e) => {
+                    // Hand out the events before the error first.
+                    self.failed = Some(e);
+                }
+            }
+        }
+    }
+
+    /// Feeds `input` and returns every event it completes.
+    pub fn feed_and_collect(&mut self, input: &[u8]) -> Result<Vec<Event>> {
+        self.feed(input);
+        let mut out = Vec::new();
+        while let Some(ev) = self.next_event()? {
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Call when the input has ended: an error unless the whole file (through the checksum)
+    /// was parsed.
+    pub fn finish(&self) -> Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.m.top == Top::Done {
+            return Ok(());
+        }
+        let at = self.base + self.pos as u64;
+        let have = (self.buf.len() - self.pos) as u64;
+        Err(RdbError::truncated(
+            at,
+            "RDB file",
+            self.need.saturating_sub(at).max(have + 1),
+            have,
+        ))
+    }
+
+    /// True once [`Event::Eof`] has been produced.
+    pub fn is_done(&self) -> bool {
+        self.m.top == Top::Done
+    }
+
+    /// The RDB version (0 before the header was read).
+    pub fn version(&self) -> RdbVersion {
+        self.m.version
+    }
+
+    /// Bytes consumed so far (the stream offset of the next unparsed byte).
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Bytes fed but not part of the file (after the trailer, once done).
+    pub fn trailing(&self) -> &[u8] {
+        if self.is_done() {
+            &self.buf[self.pos..]
+        } else {
+            &[]
+        }
+    }
+
+    /// Bytes currently buffered (for memory accounting).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+}
+
+/// Parses a whole file held in memory.
+pub fn parse_all(data: &[u8], opts: ParserOptions) -> Result<Vec<Event>> {
+    let mut p = RdbParser::with_options(opts);
+    let events = p.feed_and_collect(data)?;
+    p.finish()?;
+    Ok(events)
+}
+
+impl Machine {
+    fn step(&mut self, r: &mut Reader<'_>, out: &mut Vec<Event>) -> Result<()> {
+        match self.top {
+            Top::Header => {
+                let at = r.offset();
+                let mut t = r.clone();
+                let header = t.read_bytes(HEADER_LEN, "RDB header")?;
+                let version = parse_header(header).map_err(|e| e.rebased(at))?;
+                *r = t;
+                self.version = version;
+                self.dialect = version.dialect();
+                self.top = Top::Items;
+                out.push(Event::Header {
+                    version,
+                    dialect: self.dialect,
+                });
+            }
+            Top::Items => self.item(r, out)?,
+            Top::Value => {
+                let Some(dec) = self.value.as_mut() else {
+                    self.top = Top::Items;
+                    return Ok(());
+                };
+                let start = r.position();
+                let res = dec.step(r, out);
+                let bytes = &r.consumed()[start..];
+                if let Some(raw) = &mut self.raw {
+                    if raw.len() + bytes.len() <= self.opts.raw_limit {
+                        raw.extend_from_slice(bytes);
+                    } else {
+                        self.raw = None;
+                    }
+                }
+                if res? {
+                    self.value = None;
+                    self.top = Top::Items;
+                    out.push(Event::KeyEnd {
+                        raw: self.raw.take(),
+                    });
+                }
+            }
+            Top::Trailer => {
+                let (checksum, verified) = if self.version.get() >= 5 {
+                    let at = r.offset();
+                    let stored = r.read_u64_le("RDB checksum")?;
+                    let computed = self.crc.value();
+                    let check = stored != 0 && self.opts.verify_checksum;
+                    if check && stored != computed {
+                        return Err(RdbError::Checksum {
+                            offset: at,
+                            context: "RDB file",
+                            stored,
+                            computed,
+                        });
+                    }
+                    (Some(stored), check)
+                } else {
+                    (None, false)
+                };
+                self.top = Top::Done;
+                out.push(Event::Eof { checksum, verified });
+            }
+            Top::Done => {}
+        }
+        Ok(())
+    }
+
+    /// One opcode with its payload, or a key's type byte and name.
+    fn item(&mut self, r: &mut Reader<'_>, out: &mut Vec<Event>) -> Result<()> {
+        let at = r.offset();
+        let mut t = r.clone();
+        let op = t.read_u8("type or opcode")?;
+        match op {
+            ty::OP_EOF => {
+                *r = t;
+                self.top = Top::Trailer;
+                return Ok(());
+            }
+            ty::OP_SELECTDB => {
+                let db = t.read_len("SELECTDB")?;
+                self.db = db;
+                out.push(Event::SelectDb { db });
+            }
+            ty::OP_EXPIRETIME => {
+                let s = t.read_seconds("EXPIRETIME")?;
+                self.prefix.expire_ms = Some(s as i64 * 1000);
+            }
+            ty::OP_EXPIRETIME_MS => {
+                self.prefix.expire_ms = Some(t.read_millis("EXPIRETIME_MS")?);
+            }
+            ty::OP_RESIZEDB => {
+                let db_size = t.read_len("RESIZEDB")?;
+                let expires_size = t.read_len("RESIZEDB")?;
+                out.push(Event::ResizeDb {
+                    db_size,
+                    expires_size,
+                });
+            }
+            ty::OP_AUX => {
+                let key = t.read_string("AUX key")?.into_bytes().into_owned();
+                let value = t.read_string("AUX value")?.into_bytes().into_owned();
+                out.push(Event::Aux { key, value });
+            }
+            ty::OP_FREQ => self.prefix.freq = Some(t.read_u8("FREQ")?),
+            ty::OP_IDLE => self.prefix.idle_s = Some(t.read_len("IDLE")?),
+            ty::OP_MODULE_AUX => {
+                let start = t.position();
+                let module_id = t.read_len("MODULE_AUX module id")?;
+                let (name, encver) = module_type_name(module_id);
+                let when_op_at = t.offset();
+                let when_op = t.read_len("MODULE_AUX when opcode")?;
+                if when_op != ty::module_op::UINT {
+                    return Err(RdbError::invalid(
+                        when_op_at,
+                        "MODULE_AUX",
+                        format!("module {name}: 'when' has opcode {when_op}, expected 2"),
+                    ));
+                }
+                let when = t.read_len("MODULE_AUX when")?;
+                let mut items = Vec::new();
+                while let Some(item) = read_module_item(&mut t)? {
+                    items.push(item);
+                }
+                let raw = t.consumed()[start..].to_vec();
+                out.push(Event::ModuleAux {
+                    module_id,
+                    name,
+                    encver,
+                    when,
+                    items,
+                    raw,
+                });
+            }
+            ty::OP_FUNCTION_PRE_GA => {
+                return Err(RdbError::invalid(
+                    at,
+                    "FUNCTION",
+                    "functions of Redis 7.0 release candidates (opcode 246) are not supported",
+                ));
+            }
+            ty::OP_FUNCTION2 => {
+                let code = t.read_string("FUNCTION2")?.into_bytes().into_owned();
+                out.push(Event::Function { code });
+            }
+            ty::OP_SLOT_INFO => {
+                let slot = t.read_len("SLOT_INFO")?;
+                let keys = t.read_len("SLOT_INFO")?;
+                let expires = t.read_len("SLOT_INFO")?;
+                out.push(Event::SlotInfo {
+                    slot,
+                    keys,
+                    expires,
+                });
+            }
+            ty::OP_KEY_META_OR_SLOT_IMPORT if self.dialect == Dialect::Valkey => {
+                // Layout from the reference notes (not checked against a server yet).
+                let job_name = t.read_string("SLOT_IMPORT")?.into_bytes().into_owned();
+                let n = t.read_len("SLOT_IMPORT range count")?;
+                let mut ranges = Vec::with_capacity(t.capacity_hint(n, 2));
+                for _ in 0..n {
+                    let start = t.read_len("SLOT_IMPORT range")?;
+                    let end = t.read_len("SLOT_IMPORT range")?;
+                    ranges.push((start, end));
+                }
+                out.push(Event::SlotImport { job_name, ranges });
+            }
+            ty::OP_KEY_META_OR_SLOT_IMPORT if self.dialect == Dialect::Redis => {
+                return Err(RdbError::invalid(
+                    at,
+                    "KEY_META",
+                    "per-key module metadata (Redis 8.6+, opcode 243) is not supported",
+                ));
+            }
+            id => {
+                let Some(rdb_type) = RdbType::from_id(id, self.dialect) else {
+                    return Err(RdbError::invalid(
+                        at,
+                        "type or opcode",
+                        format!("unknown type or opcode {id} in {}", self.version),
+                    ));
+                };
+                let dec =
+                    ValueDecoder::new(rdb_type, self.opts.chunks).map_err(|e| e.rebased(at))?;
+                let key = t.read_string("key")?.into_bytes().into_owned();
+                let prefix = std::mem::take(&mut self.prefix);
+                out.push(Event::KeyStart(KeyInfo {
+                    db: self.db,
+                    key,
+                    rdb_type,
+                    expire_ms: prefix.expire_ms,
+                    idle_s: prefix.idle_s,
+                    freq: prefix.freq,
+                }));
+                self.raw = (self.opts.raw_limit > 0).then(|| vec![id]);
+                self.value = Some(dec);
+                self.top = Top::Value;
+            }
+        }
+        *r = t;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rdb::crc64::crc64;
+    use crate::rdb::encodings::{ListpackBuilder, ZiplistBuilder, encode_intset};
+    use crate::rdb::event::HashField;
+    use crate::rdb::primitives::Writer;
+    use crate::rdb::types::module_type_id;
+    use crate::rdb::value::Value;
+    use proptest::prelude::*;
+
+    /// A test-only file writer.
+    struct File {
+        w: Writer,
+    }
+
+    impl File {
+        fn new(version: u16) -> File {
+            let mut w = Writer::new();
+            w.write_bytes(&RdbVersion(version).header().unwrap());
+            File { w }
+        }
+        fn op(&mut self, op: u8) -> &mut Writer {
+            self.w.write_u8(op);
+            &mut self.w
+        }
+        fn key(&mut self, id: u8, key: &[u8]) -> &mut Writer {
+            self.w.write_u8(id);
+            self.w.write_string(key);
+            &mut self.w
+        }
+        fn finish(mut self, checksum: bool) -> Vec<u8> {
+            self.w.write_u8(ty::OP_EOF);
+            let crc = if checksum {
+                crc64(self.w.as_slice())
+            } else {
+                0
+            };
+            self.w.write_u64_le(crc);
+            self.w.into_inner()
+        }
+    }
+
+    fn listpack(items: &[&[u8]]) -> Vec<u8> {
+        let mut b = ListpackBuilder::new();
+        for i in items {
+            b.push_bytes(i).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    fn ziplist(items: &[&[u8]]) -> Vec<u8> {
+        let mut b = ZiplistBuilder::new();
+        for i in items {
+            b.push_bytes(i).unwrap();
+        }
+        b.finish().unwrap()
+    }
+
+    type ParsedKey = (KeyInfo, Value, Option<Vec<u8>>);
+
+    /// (key info, collected value, raw) per key, plus the other events.
+    fn keys(events: Vec<Event>) -> (Vec<ParsedKey>, Vec<Event>) {
+        let mut out = Vec::new();
+        let mut other = Vec::new();
+        let mut cur: Option<(KeyInfo, Value)> = None;
+        for ev in events {
+            match ev {
+                Event::KeyStart(k) => {
+                    let v = Value::empty(k.rdb_type.kind());
+                    cur = Some((k, v));
+                }
+                Event::KeyEnd { raw } => {
+                    let (k, v) = cur.take().unwrap();
+                    out.push((k, v, raw));
+                }
+                ev if cur.is_some() => assert!(cur.as_mut().unwrap().1.push(ev)),
+                ev => other.push(ev),
+            }
+        }
+        (out, other)
+    }
+
+    fn parse_split(data: &[u8], opts: ParserOptions, splits: &[usize]) -> Result<Vec<Event>> {
+        let mut p = RdbParser::with_options(opts);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &s in splits.iter().chain(std::iter::once(&data.len())) {
+            let s = s.clamp(at, data.len());
+            out.extend(p.feed_and_collect(&data[at..s])?);
+            at = s;
+        }
+        p.finish()?;
+        Ok(out)
+    }
+
+    #[test]
+    fn minimal_file_and_metadata() {
+        let mut f = File::new(11);
+        let w = f.op(ty::OP_AUX);
+        w.write_string(b"redis-ver");
+        w.write_string(b"7.2.4");
+        f.op(ty::OP_FUNCTION2).write_string(b"#!lua name=x\n");
+        f.op(ty::OP_SELECTDB).write_len(2);
+        let w = f.op(ty::OP_RESIZEDB);
+        w.write_len(3);
+        w.write_len(1);
+        f.op(ty::OP_EXPIRETIME_MS).write_millis(1_700_000_000_123);
+        f.op(ty::OP_IDLE).write_len(77);
+        f.key(0, b"k1").write_string(b"v1");
+        f.op(ty::OP_EXPIRETIME).write_seconds(1_700_000_000);
+        f.op(ty::OP_FREQ).write_u8(9);
+        f.key(0, b"k2").write_string(b"12");
+        f.key(0, b"k3").write_string(b"");
+        let data = f.finish(true);
+        let events = parse_all(&data, ParserOptions::default()).unwrap();
+        assert_eq!(
+            events[0],
+            Event::Header {
+                version: RdbVersion(11),
+                dialect: Dialect::Common
+            }
+        );
+        let (keys, other) = keys(events);
+        assert_eq!(keys.len(), 3);
+        assert_eq!(keys[0].0.db, 2);
+        assert_eq!(keys[0].0.expire_ms, Some(1_700_000_000_123));
+        assert_eq!(keys[0].0.idle_s, Some(77));
+        assert_eq!(keys[0].0.freq, None);
+        assert_eq!(keys[0].1, Value::String(b"v1".to_vec()));
+        assert_eq!(keys[0].2.as_deref(), Some(&b"\x00\x02v1"[..]));
+        assert_eq!(keys[1].0.expire_ms, Some(1_700_000_000_000));
+        assert_eq!(keys[1].0.idle_s, None, "prefixes apply to one key only");
+        assert_eq!(keys[1].0.freq, Some(9));
+        assert_eq!(keys[1].1, Value::String(b"12".to_vec()));
+        assert_eq!(keys[2].0.expire_ms, None);
+        assert!(other.contains(&Event::Aux {
+            key: b"redis-ver".to_vec(),
+            value: b"7.2.4".to_vec()
+        }));
+        assert!(other.contains(&Event::Function {
+            code: b"#!lua name=x\n".to_vec()
+        }));
+        assert!(other.contains(&Event::ResizeDb {
+            db_size: 3,
+            expires_size: 1
+        }));
+        assert!(matches!(
+            other.last(),
+            Some(Event::Eof {
+                verified: true,
+                checksum: Some(_)
+            })
+        ));
+        // Byte by byte gives the same events.
+        let splits: Vec<usize> = (0..data.len()).collect();
+        assert_eq!(
+            parse_split(&data, ParserOptions::default(), &splits).unwrap(),
+            parse_all(&data, ParserOptions::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn checksum() {
+        let mut f = File::new(9);
+        f.key(0, b"k").write_string(b"v");
+        let mut data = f.finish(true);
+        let n = data.len();
+        data[n - 3] ^= 1;
+        let e = parse_all(&data, ParserOptions::default()).unwrap_err();
+        assert!(matches!(e, RdbError::Checksum { offset, .. } if offset == n as u64 - 8));
+        let opts = ParserOptions {
+            verify_checksum: false,
+            ..ParserOptions::default()
+        };
+        assert!(parse_all(&data, opts).is_ok());
+        // A stored 0 is not checked.
+        let mut f = File::new(9);
+        f.key(0, b"k").write_string(b"v");
+        let events = parse_all(&f.finish(false), ParserOptions::default()).unwrap();
+        assert_eq!(
+            events.last(),
+            Some(&Event::Eof {
+                checksum: Some(0),
+                verified: false
+            })
+        );
+        // RDB < 5 has no trailer.
+        let mut w = Writer::new();
+        w.write_bytes(b"REDIS0004");
+        w.write_u8(0);
+        w.write_string(b"k");
+        w.write_string(b"v");
+        w.write_u8(ty::OP_EOF);
+        w.write_bytes(b"extra");
+        let mut p = RdbParser::new();
+        let events = p.feed_and_collect(w.as_slice()).unwrap();
+        assert_eq!(
+            events.last(),
+            Some(&Event::Eof {
+                checksum: None,
+                verified: false
+            })
+        );
+        assert_eq!(p.trailing(), b"extra");
+    }
+
+    #[test]
+    fn truncation_waits_then_fails_at_finish() {
+        let mut f = File::new(10);
+        f.key(1, b"list").write_len(3);
+        f.w.write_string(b"a");
+        f.w.write_string(b"b");
+        f.w.write_string(b"c");
+        let data = f.finish(true);
+        for cut in 0..data.len() {
+            let mut p = RdbParser::new();
+            p.feed(&data[..cut]);
+            while p.next_event().unwrap().is_some() {}
+            assert!(p.finish().unwrap_err().is_truncated(), "cut at {cut}");
+            p.feed(&data[cut..]);
+            while p.next_event().unwrap().is_some() {}
+            p.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn big_string_streams_in_pieces() {
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = File::new(11);
+        f.key(0, b"s").write_raw_string(&big);
+        let data = f.finish(true);
+        let opts = ParserOptions {
+            raw_limit: 1000,
+            chunks: ChunkLimits {
+                items: 10,
+                bytes: 4096,
+            },
+            ..ParserOptions::default()
+        };
+        let splits: Vec<usize> = (0..data.len()).step_by(1000).collect();
+        let events = parse_split(&data, opts, &splits).unwrap();
+        let chunks = events
+            .iter()
+            .filter(|e| matches!(e, Event::StringChunk(_)))
+            .count();
+        assert!(chunks >= 25, "{chunks}");
+        let (keys, _) = keys(events);
+        assert_eq!(keys[0].1, Value::String(big));
+        assert_eq!(keys[0].2, None, "over the raw limit");
+    }
+
+    #[test]
+    fn modules() {
+        let id = module_type_id("test-type", 5).unwrap();
+        let mut f = File::new(9);
+        let w = f.op(ty::OP_MODULE_AUX);
+        w.write_len(id);
+        w.write_len(2);
+        w.write_len(1);
+        w.write_len(5);
+        w.write_string(b"aux");
+        w.write_len(0);
+        let w = f.key(7, b"m");
+        w.write_len(id);
+        w.write_len(1);
+        w.write_len((-5i64) as u64);
+        w.write_len(2);
+        w.write_len(7);
+        w.write_len(3);
+        w.write_f32_le(1.5);
+        w.write_len(4);
+        w.write_f64_le(2.25);
+        w.write_len(5);
+        w.write_string(b"hello");
+        w.write_len(0);
+        let data = f.finish(true);
+        let (keys, other) = keys(parse_all(&data, ParserOptions::default()).unwrap());
+        assert!(other.iter().any(|e| matches!(e,
+            Event::ModuleAux { name, encver: 5, when: 1, items, .. }
+                if name == "test-type" && items == &[ModuleItem::String(b"aux".to_vec())])));
+        use crate::rdb::event::ModuleItem;
+        assert_eq!(
+            keys[0].1,
+            Value::Module {
+                module_id: id,
+                items: vec![
+                    ModuleItem::Sint(-5),
+                    ModuleItem::Uint(7),
+                    ModuleItem::Float(1.5),
+                    ModuleItem::Double(2.25),
+                    ModuleItem::String(b"hello".to_vec()),
+                ]
+            }
+        );
+        // Type 6 has no annotations.
+        let mut f = File::new(8);
+        f.key(6, b"m").write_len(id);
+        let e = parse_all(&f.finish(true), ParserOptions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot be parsed without the module"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported() {
+        let mut f = File::new(11);
+        f.key(22, b"x");
+        let e = parse_all(&f.finish(true), ParserOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("unknown type or opcode 22"), "{e}");
+        let mut f = File::new(13);
+        f.op(243);
+        let e = parse_all(&f.finish(true), ParserOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("KEY_META"), "{e}");
+        let mut f = File::new(14);
+        f.key(28, b"x");
+        let e = parse_all(&f.finish(true), ParserOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(parse_all(b"RADIS0011", ParserOptions::default()).is_err());
+    }
+
+    #[test]
+    fn redis_hash_field_ttls() {
+        let mut f = File::new(12);
+        // 24: min expire, then (ttl relative + 1, field, value).
+        let w = f.key(24, b"h24");
+        w.write_millis(1_000_000);
+        w.write_len(2);
+        w.write_len(0);
+        w.write_string(b"a");
+        w.write_string(b"1");
+        w.write_len(501);
+        w.write_string(b"b");
+        w.write_string(b"2");
+        // 22 (pre-GA): absolute.
+        let w = f.key(22, b"h22");
+        w.write_len(1);
+        w.write_len(1_000_777);
+        w.write_string(b"c");
+        w.write_string(b"3");
+        // 25: min expire, listpack of triplets.
+        let lp = listpack(&[b"d", b"4", b"0", b"e", b"5", b"1000999"]);
+        let w = f.key(25, b"h25");
+        w.write_millis(1_000_999);
+        w.write_string(&lp);
+        // 23: listpack without the min expire.
+        let w = f.key(23, b"h23");
+        w.write_string(&listpack(&[b"f", b"6", b"2000000"]));
+        let (keys, _) = keys(parse_all(&f.finish(true), ParserOptions::default()).unwrap());
+        let h = |f: &str, v: &str, e: Option<i64>| HashField {
+            field: f.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            expire_ms: e,
+        };
+        assert_eq!(keys[0].0.rdb_type, RdbType::HashMetadata);
+        assert_eq!(
+            keys[0].1,
+            Value::Hash(vec![h("a", "1", None), h("b", "2", Some(1_000_500))])
+        );
+        assert_eq!(keys[1].1, Value::Hash(vec![h("c", "3", Some(1_000_777))]));
+        assert_eq!(
+            keys[2].1,
+            Value::Hash(vec![h("d", "4", None), h("e", "5", Some(1_000_999))])
+        );
+        assert_eq!(keys[3].1, Value::Hash(vec![h("f", "6", Some(2_000_000))]));
+    }
+
+    #[test]
+    fn old_encodings() {
+        let mut f = File::new(6);
+        // zipmap hash: count 1, "f" -> "v" with one byte of free space.
+        f.key(9, b"zm")
+            .write_string(&[1, 1, b'f', 1, 1, b'v', 0, 0xff]);
+        f.key(10, b"zl").write_string(&ziplist(&[b"x", b"12"]));
+        f.key(12, b"zz")
+            .write_string(&ziplist(&[b"m", b"1.5", b"n", b"3"]));
+        let w = f.key(3, b"z3");
+        w.write_len(1);
+        w.write_string(b"m");
+        w.write_string_double(f64::INFINITY);
+        f.key(13, b"zh").write_string(&ziplist(&[b"f", b"v"]));
+        f.key(11, b"is")
+            .write_string(&encode_intset([5, -3]).unwrap());
+        let (keys, _) = keys(parse_all(&f.finish(true), ParserOptions::default()).unwrap());
+        let b = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(
+            keys[0].1,
+            Value::Hash(vec![HashField {
+                field: b("f"),
+                value: b("v"),
+                expire_ms: None
+            }])
+        );
+        assert_eq!(keys[1].1, Value::List(vec![b("x"), b("12")]));
+        assert_eq!(keys[2].1, Value::Zset(vec![(b("m"), 1.5), (b("n"), 3.0)]));
+        assert_eq!(keys[3].1, Value::Zset(vec![(b("m"), f64::INFINITY)]));
+        assert_eq!(keys[5].1, Value::Set(vec![b("-3"), b("5")]));
+    }
+
+    // ---- property test: a model, encoded in a random encoding, parsed in random pieces ----
+
+    #[derive(Debug, Clone)]
+    enum Model {
+        Str(Vec<u8>),
+        List(Vec<Vec<u8>>),
+        IntSet(Vec<i64>),
+        Set(Vec<Vec<u8>>),
+        Zset(Vec<(Vec<u8>, f64)>),
+        Hash(Vec<(Vec<u8>, Vec<u8>, Option<i64>)>),
+    }
+
+    fn elem() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..24),
+            any::<i32>().prop_map(|i| i.to_string().into_bytes()),
+            Just(vec![b'z'; 300]),
+        ]
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        let list = || proptest::collection::vec(elem(), 0..30);
+        prop_oneof![
+            elem().prop_map(Model::Str),
+            list().prop_map(Model::List),
+            proptest::collection::btree_set(any::<i64>(), 1..20)
+                .prop_map(|s| Model::IntSet(s.into_iter().collect())),
+            list().prop_map(Model::Set),
+            proptest::collection::vec((elem(), -1e6f64..1e6), 0..20).prop_map(Model::Zset),
+            proptest::collection::vec((elem(), elem(), proptest::option::of(1i64..1 << 40)), 0..20)
+                .prop_map(Model::Hash),
+        ]
+    }
+
+    /// Writes `m` under `key` in an encoding chosen by `pick`; returns the expected value.
+    fn write(f: &mut File, key: &[u8], m: &Model, pick: u8, valkey: bool) -> Value {
+        let refs = |v: &[Vec<u8>]| v.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+        match m {
+            Model::Str(s) => {
+                f.key(0, key).write_string_compressed(s);
+                Value::String(s.clone())
+            }
+            Model::List(items) => {
+                let slices: Vec<&[u8]> = items.iter().map(|v| v.as_slice()).collect();
+                match pick % 4 {
+                    0 => {
+                        let w = f.key(1, key);
+                        w.write_len(items.len() as u64);
+                        for i in items {
+                            w.write_string(i);
+                        }
+                    }
+                    1 => {
+                        f.key(10, key).write_string(&ziplist(&slices));
+                    }
+                    2 => {
+                        let w = f.key(14, key);
+                        let nodes: Vec<_> = slices.chunks(7).collect();
+                        w.write_len(nodes.len() as u64);
+                        for n in nodes {
+                            w.write_string_compressed(&ziplist(n));
+                        }
+                    }
+                    _ => {
+                        let w = f.key(18, key);
+                        let nodes: Vec<_> = slices.chunks(5).collect();
+                        w.write_len(nodes.len() as u64);
+                        for n in nodes {
+                            if n.len() == 1 {
+                                w.write_len(1);
+                                w.write_string(n[0]);
+                            } else {
+                                w.write_len(2);
+                                w.write_string_compressed(&listpack(n));
+                            }
+                        }
+                    }
+                }
+                Value::List(refs(items))
+            }
+            Model::IntSet(v) => {
+                f.key(11, key)
+                    .write_string(&encode_intset(v.iter().copied()).unwrap());
+                Value::Set(v.iter().map(|i| i.to_string().into_bytes()).collect())
+            }
+            Model::Set(items) => {
+                if pick % 2 == 0 {
+                    let w = f.key(2, key);
+                    w.write_len(items.len() as u64);
+                    for i in items {
+                        w.write_string(i);
+                    }
+                } else {
+                    let slices: Vec<&[u8]> = items.iter().map(|v| v.as_slice()).collect();
+                    f.key(20, key).write_string(&listpack(&slices));
+                }
+                Value::Set(refs(items))
+            }
+            Model::Zset(items) => {
+                match pick % 4 {
+                    0 | 1 => {
+                        let w = f.key(if pick % 4 == 0 { 3 } else { 5 }, key);
+                        w.write_len(items.len() as u64);
+                        for (m, s) in items {
+                            w.write_string(m);
+                            if pick % 4 == 0 {
+                                w.write_string_double(*s);
+                            } else {
+                                w.write_f64_le(*s);
+                            }
+                        }
+                    }
+                    p => {
+                        let texts: Vec<Vec<u8>> = items
+                            .iter()
+                            .map(|(_, s)| format!("{s:?}").into_bytes())
+                            .collect();
+                        let mut flat: Vec<&[u8]> = Vec::new();
+                        for ((m, _), t) in items.iter().zip(&texts) {
+                            flat.push(m);
+                            flat.push(t);
+                        }
+                        let blob = if p == 2 {
+                            ziplist(&flat)
+                        } else {
+                            listpack(&flat)
+                        };
+                        f.key(if p == 2 { 12 } else { 17 }, key).write_string(&blob);
+                    }
+                }
+                Value::Zset(items.clone())
+            }
+            Model::Hash(items) => {
+                let with_ttl = |ttl: bool| {
+                    Value::Hash(
+                        items
+                            .iter()
+                            .map(|(k, v, e)| HashField {
+                                field: k.clone(),
+                                value: v.clone(),
+                                expire_ms: if ttl { *e } else { None },
+                            })
+                            .collect(),
+                    )
+                };
+                let mut flat: Vec<&[u8]> = Vec::new();
+                for (k, v, _) in items {
+                    flat.push(k);
+                    flat.push(v);
+                }
+                match (valkey, pick % 4) {
+                    (true, 3) => {
+                        let w = f.key(22, key);
+                        w.write_len(items.len() as u64);
+                        for (k, v, e) in items {
+                            w.write_string(k);
+                            w.write_string(v);
+                            w.write_i64_le(e.unwrap_or(-1));
+                        }
+                        return with_ttl(true);
+                    }
+                    (_, 0) => {
+                        let w = f.key(4, key);
+                        w.write_len(items.len() as u64);
+                        for (k, v, _) in items {
+                            w.write_string(k);
+                            w.write_string(v);
+                        }
+                    }
+                    (_, 1) => {
+                        f.key(13, key).write_string(&ziplist(&flat));
+                    }
+                    _ => {
+                        f.key(16, key).write_string(&listpack(&flat));
+                    }
+                }
+                with_ttl(false)
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn round_trip(
+            models in proptest::collection::vec((model(), any::<u8>(), proptest::option::of(any::<i64>())), 0..12),
+            valkey in any::<bool>(),
+            splits in proptest::collection::vec(0usize..20_000, 0..40),
+            items in 1usize..8,
+        ) {
+            let mut f = File::new(if valkey { 80 } else { 11 });
+            let mut expected = Vec::new();
+            for (i, (m, pick, ttl)) in models.iter().enumerate() {
+                if i == 5 {
+                    f.op(ty::OP_SELECTDB).write_len(7);
+                }
+                if let Some(t) = ttl {
+                    f.op(ty::OP_EXPIRETIME_MS).write_millis(*t);
+                }
+                let key = format!("key{i}").into_bytes();
+                expected.push((key.clone(), *ttl, write(&mut f, &key, m, *pick, valkey)));
+            }
+            let data = f.finish(true);
+            let mut splits = splits;
+            splits.sort();
+            let opts = ParserOptions {
+                raw_limit: 256,
+                chunks: ChunkLimits { items, bytes: 200 },
+                ..ParserOptions::default()
+            };
+            let events = parse_split(&data, opts, &splits).unwrap();
+            let (got, _) = keys(events);
+            prop_assert_eq!(got.len(), expected.len());
+            for (i, ((info, value, raw), (key, ttl, want))) in got.iter().zip(&expected).enumerate() {
+                prop_assert_eq!(&info.key, key);
+                prop_assert_eq!(info.db, if i >= 5 { 7 } else { 0 });
+                prop_assert_eq!(info.expire_ms, *ttl);
+                prop_assert_eq!(value, want);
+                if let Some(raw) = raw {
+                    prop_assert!(raw.len() <= 256);
+                    let dialect = if valkey { Dialect::Valkey } else { Dialect::Common };
+                    let (t, evs) = crate::rdb::value::decode_value(raw, dialect, ChunkLimits::UNLIMITED).unwrap();
+                    prop_assert_eq!(&Value::collect(t, evs).unwrap(), want);
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), cut in 0usize..300) {
+            let mut input = b"REDIS0011".to_vec();
+            input.extend_from_slice(&data);
+            let cut = cut.min(input.len());
+            let _ = parse_split(&input, ParserOptions::default(), &[cut]);
+        }
+    }
+}
