@@ -1799,6 +1799,30 @@ fn garbage_from_many_clients_does_not_disturb_others() {
 // ----- backend failures ----------------------------------------------------------------------
 
 #[test]
+fn subscriber_whose_backend_connection_dies_is_disconnected() {
+    // A subscriber has no command in flight to carry an error; messages published while its
+    // link is down would be lost silently. The proxy closes the client connection instead, as
+    // the server itself would have.
+    let server = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&server.url(), &[]);
+    let mut sub = Raw::connect(&proxy.addr());
+    let confirm = sub.cmd(&["SUBSCRIBE", "news"]);
+    assert!(show(&confirm).contains("subscribe"), "{}", show(&confirm));
+    let mut other = Raw::connect(&proxy.addr());
+    assert_eq!(other.cmd(&["PING"]), b"+PONG\r\n");
+    let mut admin = server.conn();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query(&mut admin)
+        .unwrap();
+    assert_eq!(killed, 1);
+    let (rest, closed) = sub.read_until_closed(Duration::from_secs(5));
+    assert!(closed, "still open; got {}", show(&rest));
+    // Everybody else is unaffected.
+    assert_eq!(other.cmd(&["PING"]), b"+PONG\r\n");
+}
+
+#[test]
 fn backend_killed_then_restarted() {
     let mut server = Server::start(Version::Redis70);
     let port = server.port();

@@ -1188,6 +1188,13 @@ impl Session {
         if self.streaming_request {
             self.discard_request = true;
         }
+        if self.conn.subscribed() {
+            // A subscriber has no command in flight to carry an error, and messages published
+            // while the link was down are gone: close, so the client sees a dropped connection
+            // (as it would directly) and resubscribes knowingly.
+            self.stop_reading = true;
+            self.close_after_flush = true;
+        }
     }
 }
 
