@@ -29,6 +29,27 @@ pub enum Command {
     Run(RunArgs),
     /// Show the state of a running instance (through its admin listener).
     Status(StatusArgs),
+    /// Copy the source into the target (snapshot, then the live stream), without the proxy.
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Source: redis://[user:pass@]host:port (all databases are copied).
+    #[arg(long = "source", env = "CUTOVER_SOURCE_URL", hide_env_values = true)]
+    pub source: String,
+    /// Target: redis://[user:pass@]host:port (databases keep their numbers).
+    #[arg(long = "target", env = "CUTOVER_TARGET_URL", hide_env_values = true)]
+    pub target: String,
+    /// Exit once the snapshot and the writes made while it was transferred are applied.
+    #[arg(long)]
+    pub once: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Connection and silence time limit, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Args, Debug, Default)]
@@ -117,6 +138,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => status(args),
+        Command::Sync(args) => sync(args),
     };
     match result {
         Ok(code) => code,
@@ -172,6 +194,55 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         println!("{doc}");
     } else {
         print!("{}", crate::status::render_text(&doc));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let source = RedisUrl::parse(&args.source).context("--source")?;
+    let target = RedisUrl::parse(&args.target).context("--target")?;
+    for url in [&source, &target] {
+        if url.tls {
+            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
+        }
+    }
+    let opts = crate::sync::engine::SyncOptions {
+        source,
+        target,
+        once: args.once,
+        timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        progress: !args.quiet,
+    };
+    let report = crate::sync::engine::run(&opts)?;
+    let s = &report.stats;
+    eprintln!(
+        "cutover sync: done at offset {} into {}: {} keys ({} restored, {} plain, {} expired and skipped, {} not copied), {} functions, {} stream commands applied, {} skipped",
+        report.offset,
+        report.target,
+        s.keys_done(),
+        s.restored,
+        s.plain,
+        s.expired,
+        s.unsupported,
+        s.functions,
+        report.commands,
+        report.commands_skipped
+    );
+    if s.field_ttls_dropped > 0 {
+        eprintln!(
+            "cutover sync: {} hashes lost their field TTLs (the target cannot hold them)",
+            s.field_ttls_dropped
+        );
+    }
+    if s.unsupported > 0 {
+        for p in &s.problems {
+            eprintln!("cutover sync: not copied: {p}");
+        }
+        eprintln!(
+            "cutover sync: {} items were NOT copied; the target is incomplete",
+            s.unsupported
+        );
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,14 @@
 //! The sync engine: replicate the source into the target, live (issue 3).
 //!
-//! Built so far: the replica link ([`replica`]), which speaks the replica side of Redis'
-//! replication protocol. The RDB codec lives in [`crate::rdb`]; the converter and the target
-//! writer come next.
+//! * [`replica`]: the replica link, the replica side of Redis' replication protocol.
+//! * [`target`]: the target writer (pipelined, every reply checked) and the target's version.
+//! * [`convert`]: snapshot events → `RESTORE` or plain commands the target accepts.
+//! * [`engine`]: the two put together: snapshot, then the live command stream
+//!   (`cutover sync`).
+//!
+//! The RDB codec lives in [`crate::rdb`].
 
+pub mod convert;
+pub mod engine;
 pub mod replica;
+pub mod target;

@@ -261,6 +261,16 @@ impl ReplicaLink {
         &mut self,
         applied: u64,
     ) -> Result<Vec<StreamCommand>, ReplicaError> {
+        self.next_commands_with(|| applied).await
+    }
+
+    /// [`ReplicaLink::next_commands`] for a caller that applies commands concurrently:
+    /// `applied` is asked afresh for every acknowledgement (the periodic ones included), so an
+    /// idle link reports the latest applied offset rather than the one at the time of the call.
+    pub async fn next_commands_with(
+        &mut self,
+        applied: impl Fn() -> u64,
+    ) -> Result<Vec<StreamCommand>, ReplicaError> {
         loop {
             let mut out = Vec::new();
             let mut getack = false;
@@ -297,19 +307,19 @@ impl ReplicaLink {
                 }
             }
             if getack {
-                self.ack(applied).await?;
+                self.ack(applied()).await?;
             }
             if !out.is_empty() {
                 return Ok(out);
             }
-            self.fill_acking(applied).await?;
+            self.fill_acking(&applied).await?;
         }
     }
 
     /// Waits for data, sending `REPLCONF ACK` once a second meanwhile: the master expects it
     /// (and a diskless master starts the stream only on an ACK that arrives after it has
     /// finished the snapshot on its side).
-    async fn fill_acking(&mut self, applied: u64) -> Result<(), ReplicaError> {
+    async fn fill_acking(&mut self, applied: &impl Fn() -> u64) -> Result<(), ReplicaError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             self.buf.reserve(64 * 1024);
@@ -329,7 +339,7 @@ impl ReplicaLink {
                             secs: self.timeout.as_secs(),
                         });
                     }
-                    self.ack(applied).await?;
+                    self.ack(applied()).await?;
                 }
             }
         }

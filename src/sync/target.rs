@@ -1,0 +1,625 @@
+//! The target writer: one connection to the target server, commands pipelined with a bounded
+//! number in flight, every reply checked.
+//!
+//! The writer is synchronous (a blocking `std::net::TcpStream`): it is driven by the sync
+//! engine's applier thread, which has nothing else to do while it waits for the target. A
+//! server always reads its clients' input and buffers the replies, so writing a window of
+//! commands before reading their replies cannot deadlock; the window bounds what the target
+//! buffers for us.
+//!
+//! Each command carries a [`Tag`]: the key it writes (for the error message if the target
+//! refuses it) and, for commands of the replication stream, the replication offset right after
+//! it. [`TargetWriter::confirmed_offset`] is the highest offset whose command (and everything
+//! before it) the target has answered: what the engine may acknowledge to the source.
+//!
+//! The target's version comes from `INFO server` (`valkey_version` first: Valkey also reports
+//! a `redis_version` of 7.2.4 for compatibility) and decides the newest RDB version its
+//! `RESTORE` accepts ([`max_rdb_version`]).
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::config::RedisUrl;
+use crate::rdb::RdbVersion;
+use crate::resp::ReplyParser;
+use crate::resp::request::encode_command;
+
+/// Commands in flight before the writer waits for replies.
+pub const DEFAULT_WINDOW: usize = 1024;
+/// Unsent bytes gathered before a write.
+const FLUSH_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot connect to the target {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connection to the target {addr} failed: {source}")]
+    Io {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the target {addr} refused {step}: {reply}")]
+    Refused {
+        addr: String,
+        step: String,
+        reply: String,
+    },
+    #[error("the target {addr} sent an invalid reply: {detail}")]
+    Protocol { addr: String, detail: String },
+    #[error("the target {addr} runs {server} {version}, which cutover cannot write to: {reason}")]
+    Unsupported {
+        addr: String,
+        server: String,
+        version: String,
+        reason: String,
+    },
+}
+
+/// What the target is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// True for Valkey.
+    pub valkey: bool,
+    /// `(major, minor, patch)` of the server (Valkey's own numbering for Valkey).
+    pub version: (u32, u32, u32),
+    /// The newest RDB version its `RESTORE` accepts.
+    pub max_rdb: RdbVersion,
+}
+
+impl TargetInfo {
+    /// Parses the text of `INFO server`.
+    pub fn from_info(info: &str) -> Result<TargetInfo, String> {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        let (valkey, text) = match field("valkey_version") {
+            Some(v) => (true, v),
+            None => (
+                false,
+                field("redis_version").ok_or("INFO server has no redis_version")?,
+            ),
+        };
+        let version = parse_version(&text).ok_or_else(|| format!("unreadable version {text:?}"))?;
+        let max_rdb = max_rdb_version(valkey, version)
+            .ok_or_else(|| format!("version {text} is older than Redis 2.6"))?;
+        Ok(TargetInfo {
+            valkey,
+            version,
+            max_rdb,
+        })
+    }
+
+    /// The server name and version, for messages: "Redis 7.0.15".
+    pub fn describe(&self) -> String {
+        let (a, b, c) = self.version;
+        let name = if self.valkey { "Valkey" } else { "Redis" };
+        format!("{name} {a}.{b}.{c}")
+    }
+
+    /// True if the server has functions (`FUNCTION LOAD`): Redis 7.0+, every Valkey.
+    pub fn has_functions(&self) -> bool {
+        self.valkey || self.version.0 >= 7
+    }
+
+    /// True if `PEXPIREAT` takes `NX|XX|GT|LT` (Redis 7.0+, every Valkey).
+    pub fn has_expire_flags(&self) -> bool {
+        self.valkey || self.version.0 >= 7
+    }
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+    });
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().and_then(Result::ok).unwrap_or(0);
+    let patch = parts.next().and_then(Result::ok).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The newest RDB version a server of this version loads (reference §1.1, §1.2):
+/// Redis 2.6–3.0 → 6 (exactly), 3.2 → 7, 4.0 → 8, 5.0–6.2 → 9, 7.0 → 10, 7.2 → 11,
+/// 7.4–8.4 → 12, 8.6 → 13, 8.8+ → 14; Valkey 7.2–8.1 → 11, 9.x+ → 80.
+pub fn max_rdb_version(valkey: bool, (major, minor, _): (u32, u32, u32)) -> Option<RdbVersion> {
+    let v = if valkey {
+        if major >= 9 { 80 } else { 11 }
+    } else {
+        match (major, minor) {
+            (0..=1, _) | (2, 0..=5) => return None,
+            (2, _) | (3, 0..=1) => 6,
+            (3, _) => 7,
+            (4, _) => 8,
+            (5..=6, _) => 9,
+            (7, 0..=1) => 10,
+            (7, 2..=3) => 11,
+            (7, _) | (8, 0..=5) => 12,
+            (8, 6..=7) => 13,
+            _ => 14,
+        }
+    };
+    Some(RdbVersion(v))
+}
+
+/// What a command in flight was for.
+#[derive(Debug, Clone, Default)]
+pub struct Tag {
+    /// The key it writes, for error messages (empty if none).
+    pub key: Vec<u8>,
+    /// The command name, for error messages.
+    pub what: Cow<'static, str>,
+    /// Replication offset reached once this command is applied.
+    pub offset: Option<u64>,
+    /// An error reply is expected and fine (e.g. a command the target may not know).
+    pub tolerate_error: bool,
+}
+
+impl Tag {
+    pub fn key(what: &'static str, key: &[u8]) -> Tag {
+        Tag {
+            key: key.to_vec(),
+            what: Cow::Borrowed(what),
+            ..Tag::default()
+        }
+    }
+}
+
+/// Printable form of a (binary) key.
+pub fn show_key(key: &[u8]) -> String {
+    let mut s = String::new();
+    for chunk in key.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                s.extend(c.escape_default());
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+/// A blocking connection with one request at a time (`call`) or pipelined writes (`send`).
+pub struct TargetWriter {
+    stream: TcpStream,
+    addr: String,
+    info: TargetInfo,
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    parser: ReplyParser,
+    inflight: VecDeque<Tag>,
+    window: usize,
+    db: u64,
+    confirmed: Option<u64>,
+    sent: u64,
+    answered: u64,
+}
+
+impl TargetWriter {
+    /// Connects, logs in (`AUTH` from the URL), selects the URL's database and reads
+    /// `INFO server`.
+    pub fn connect(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
+        let addr = url.addr();
+        let connect_err = |source| TargetError::Connect {
+            addr: addr.clone(),
+            source,
+        };
+        let mut last = None;
+        let mut stream = None;
+        for sa in std::net::ToSocketAddrs::to_socket_addrs(&addr).map_err(connect_err)? {
+            match TcpStream::connect_timeout(&sa, timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = stream.ok_or_else(|| {
+            connect_err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
+        })?;
+        let _ = stream.set_nodelay(true);
+        // A generous bound: a big RESTORE or a slow FUNCTION LOAD may take a while.
+        let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_secs(60))));
+        let mut w = TargetWriter {
+            stream,
+            addr,
+            info: TargetInfo {
+                valkey: false,
+                version: (0, 0, 0),
+                max_rdb: RdbVersion(0),
+            },
+            out: Vec::new(),
+            inbuf: Vec::with_capacity(64 * 1024),
+            parser: ReplyParser::default(),
+            inflight: VecDeque::new(),
+            window: DEFAULT_WINDOW,
+            db: u64::from(url.db),
+            confirmed: None,
+            sent: 0,
+            answered: 0,
+        };
+        if let Some(pass) = &url.password {
+            let reply = match &url.username {
+                Some(u) => w.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()])?,
+                None => w.call(&[b"AUTH", pass.as_bytes()])?,
+            };
+            w.check("AUTH", reply)?;
+        }
+        if url.db != 0 {
+            let db = url.db.to_string();
+            let reply = w.call(&[b"SELECT", db.as_bytes()])?;
+            w.check("SELECT", reply)?;
+        }
+        let reply = w.call(&[b"INFO", b"server"])?;
+        let text = w.check("INFO server", reply)?;
+        w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {
+            addr: w.addr.clone(),
+            detail,
+        })?;
+        Ok(w)
+    }
+
+    /// What the target is.
+    pub fn info(&self) -> &TargetInfo {
+        &self.info
+    }
+
+    /// The target's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sets the number of commands in flight (at least 1).
+    pub fn set_window(&mut self, window: usize) {
+        self.window = window.max(1);
+    }
+
+    /// The database later commands go to (as far as the writer knows).
+    pub fn db(&self) -> u64 {
+        self.db
+    }
+
+    /// Records a database change made by a command the caller sent itself.
+    pub fn set_db(&mut self, db: u64) {
+        self.db = db;
+    }
+
+    /// Sends `SELECT db` unless it is the current database.
+    pub fn select(&mut self, db: u64) -> Result<(), TargetError> {
+        if db != self.db {
+            let n = db.to_string();
+            self.send(
+                &[&b"SELECT"[..], n.as_bytes()],
+                Tag {
+                    what: Cow::Borrowed("SELECT"),
+                    ..Tag::default()
+                },
+            )?;
+            self.db = db;
+        }
+        Ok(())
+    }
+
+    /// Queues a command (pipelined); waits for replies while the window is full.
+    pub fn send(&mut self, args: &[impl AsRef<[u8]>], tag: Tag) -> Result<(), TargetError> {
+        encode_command(args, &mut self.out);
+        self.queued(tag)
+    }
+
+    /// Queues a command already in RESP form.
+    pub fn send_wire(&mut self, wire: &[u8], tag: Tag) -> Result<(), TargetError> {
+        self.out.extend_from_slice(wire);
+        self.queued(tag)
+    }
+
+    fn queued(&mut self, tag: Tag) -> Result<(), TargetError> {
+        self.inflight.push_back(tag);
+        self.sent += 1;
+        if self.out.len() >= FLUSH_BYTES || self.inflight.len() >= self.window {
+            self.flush()?;
+        }
+        while self.inflight.len() >= self.window {
+            self.read_reply()?;
+        }
+        Ok(())
+    }
+
+    /// Everything up to replication offset `offset` needs no command (it was skipped): it is
+    /// confirmed together with the last command in flight, or at once if there is none.
+    pub fn mark_offset(&mut self, offset: u64) {
+        match self.inflight.back_mut() {
+            Some(t) => t.offset = Some(offset),
+            None => self.confirmed = Some(offset),
+        }
+    }
+
+    /// The replication offset of the last stream command the target has answered.
+    pub fn confirmed_offset(&self) -> Option<u64> {
+        self.confirmed
+    }
+
+    /// Commands sent / answered so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.sent, self.answered)
+    }
+
+    /// Commands not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Writes what is queued.
+    pub fn flush(&mut self) -> Result<(), TargetError> {
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            self.stream.write_all(&out).map_err(|e| self.io(e))?;
+            self.out = out;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads the replies that have already arrived, without waiting.
+    pub fn poll(&mut self) -> Result<(), TargetError> {
+        self.flush()?;
+        self.stream.set_nonblocking(true).map_err(|e| self.io(e))?;
+        let res = (|| {
+            while !self.inflight.is_empty() {
+                if self.take_reply()? {
+                    continue;
+                }
+                match self.fill() {
+                    Ok(()) => {}
+                    Err(TargetError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::WouldBlock =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })();
+        self.stream.set_nonblocking(false).map_err(|e| self.io(e))?;
+        res
+    }
+
+    /// Sends everything and waits until every command is answered.
+    pub fn drain(&mut self) -> Result<(), TargetError> {
+        self.flush()?;
+        while !self.inflight.is_empty() {
+            self.read_reply()?;
+        }
+        Ok(())
+    }
+
+    /// One command, waiting for its reply (after everything in flight). Returns the reply's
+    /// bytes (RESP).
+    pub fn call(&mut self, args: &[&[u8]]) -> Result<Vec<u8>, TargetError> {
+        self.drain()?;
+        encode_command(args, &mut self.out);
+        self.flush()?;
+        loop {
+            if let Some(info) = self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? {
+                let reply = self.inbuf.drain(..info.len).collect();
+                return Ok(reply);
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Turns a `call` reply into text, or an error naming `step`.
+    fn check(&self, step: &str, reply: Vec<u8>) -> Result<String, TargetError> {
+        let text = reply_text(&reply);
+        if reply.first().is_some_and(|b| *b == b'-' || *b == b'!') {
+            return Err(TargetError::Refused {
+                addr: self.addr.clone(),
+                step: step.to_string(),
+                reply: text,
+            });
+        }
+        Ok(text)
+    }
+
+    fn read_reply(&mut self) -> Result<(), TargetError> {
+        loop {
+            if self.take_reply()? {
+                return Ok(());
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Takes one complete reply from the buffer, if there is one.
+    fn take_reply(&mut self) -> Result<bool, TargetError> {
+        let Some(info) = self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? else {
+            return Ok(false);
+        };
+        let reply: Vec<u8> = self.inbuf.drain(..info.len).collect();
+        if info.is_push() {
+            return Ok(true);
+        }
+        let Some(tag) = self.inflight.pop_front() else {
+            return Err(TargetError::Protocol {
+                addr: self.addr.clone(),
+                detail: format!("a reply nobody asked for: {}", reply_text(&reply)),
+            });
+        };
+        self.answered += 1;
+        if info.is_error() && !tag.tolerate_error {
+            let step = if tag.key.is_empty() {
+                tag.what.to_string()
+            } else {
+                format!("{} of key '{}'", tag.what, show_key(&tag.key))
+            };
+            return Err(TargetError::Refused {
+                addr: self.addr.clone(),
+                step,
+                reply: reply_text(&reply),
+            });
+        }
+        if let Some(off) = tag.offset {
+            self.confirmed = Some(off);
+        }
+        Ok(true)
+    }
+
+    fn fill(&mut self) -> Result<(), TargetError> {
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> TargetError {
+        TargetError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn proto(&self, e: crate::resp::ReplyError) -> TargetError {
+        TargetError::Protocol {
+            addr: self.addr.clone(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+/// The text of a simple reply: the line without its type byte, or a bulk string's body.
+pub fn reply_text(reply: &[u8]) -> String {
+    let body = match reply.first() {
+        Some(b'$') | Some(b'=') | Some(b'!') => {
+            let start = reply
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(reply.len(), |p| p + 2);
+            &reply[start..reply.len().saturating_sub(2).max(start)]
+        }
+        Some(_) => reply[1..].strip_suffix(b"\r\n").unwrap_or(&reply[1..]),
+        None => reply,
+    };
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    if text.len() > 300 {
+        let mut cut = 300;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// One request on a fresh connection to `url` (AUTH from the URL first), for small control
+/// queries such as the source's `INFO replication`. Returns the reply's text.
+pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
+    let mut conn = TargetWriter::connect_plain(url, timeout)?;
+    let reply = conn.call(args)?;
+    let step = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
+    conn.check(&step, reply)
+}
+
+impl TargetWriter {
+    /// A connection without the INFO probe (and without SELECT), AUTH only.
+    fn connect_plain(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
+        let mut plain = url.clone();
+        plain.db = 0;
+        let addr = plain.addr();
+        let stream = std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .and_then(|mut it| {
+                let sa = it
+                    .next()
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+                TcpStream::connect_timeout(&sa, timeout)
+            })
+            .map_err(|source| TargetError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let _ = stream.set_read_timeout(Some(timeout));
+        let mut w = TargetWriter {
+            stream,
+            addr,
+            info: TargetInfo {
+                valkey: false,
+                version: (0, 0, 0),
+                max_rdb: RdbVersion(0),
+            },
+            out: Vec::new(),
+            inbuf: Vec::new(),
+            parser: ReplyParser::default(),
+            inflight: VecDeque::new(),
+            window: 1,
+            db: 0,
+            confirmed: None,
+            sent: 0,
+            answered: 0,
+        };
+        if let Some(pass) = &url.password {
+            let reply = match &url.username {
+                Some(u) => w.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()])?,
+                None => w.call(&[b"AUTH", pass.as_bytes()])?,
+            };
+            w.check("AUTH", reply)?;
+        }
+        Ok(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let redis = |s: &str| TargetInfo::from_info(&format!("# Server\r\nredis_version:{s}\r\n"));
+        assert_eq!(redis("6.2.14").unwrap().max_rdb, RdbVersion(9));
+        assert_eq!(redis("7.0.15").unwrap().max_rdb, RdbVersion(10));
+        assert_eq!(redis("7.2.4").unwrap().max_rdb, RdbVersion(11));
+        assert_eq!(redis("7.4.0").unwrap().max_rdb, RdbVersion(12));
+        assert_eq!(redis("8.4.0").unwrap().max_rdb, RdbVersion(12));
+        assert_eq!(redis("8.6.0").unwrap().max_rdb, RdbVersion(13));
+        assert_eq!(redis("8.8.1").unwrap().max_rdb, RdbVersion(14));
+        assert_eq!(redis("3.0.7").unwrap().max_rdb, RdbVersion(6));
+        assert_eq!(redis("4.0.14").unwrap().max_rdb, RdbVersion(8));
+        assert!(redis("2.4.0").is_err());
+        let valkey = TargetInfo::from_info(
+            "redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.0\r\n",
+        )
+        .unwrap();
+        assert!(valkey.valkey);
+        assert_eq!(valkey.max_rdb, RdbVersion(80));
+        assert_eq!(valkey.describe(), "Valkey 9.1.0");
+        let v8 = TargetInfo::from_info("redis_version:7.2.4\r\nvalkey_version:8.1.1\r\n").unwrap();
+        assert_eq!(v8.max_rdb, RdbVersion(11));
+        assert!(!redis("6.2.0").unwrap().has_expire_flags());
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(reply_text(b"-ERR bad\r\n"), "ERR bad");
+        assert_eq!(reply_text(b"$3\r\nabc\r\n"), "abc");
+        assert_eq!(show_key(b"a\xffb\n"), "a\\xffb\\n");
+    }
+}
