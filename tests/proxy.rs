@@ -1823,6 +1823,35 @@ fn subscriber_whose_backend_connection_dies_is_disconnected() {
 }
 
 #[test]
+fn watch_or_multi_whose_backend_connection_dies_is_disconnected() {
+    // WATCH and a transaction being queued cannot be re-created on a new connection: a change
+    // in the gap would go unnoticed, later commands would run outside the transaction.
+    let server = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&server.url(), &[]);
+    let mut admin = server.conn();
+    // Open the shared connection (a stateless client uses it).
+    let mut stateless = Raw::connect(&proxy.addr());
+    assert_eq!(stateless.cmd(&["GET", "warm"]), b"$-1\r\n");
+    for setup in [&["WATCH", "k"][..], &["MULTI"][..]] {
+        let mut c = Raw::connect(&proxy.addr());
+        assert_eq!(c.cmd(&["CLIENT", "SETNAME", "victim"]), b"+OK\r\n");
+        assert_eq!(c.cmd(setup), b"+OK\r\n");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg(&["KILL", "USER", "default", "SKIPME", "yes"])
+            .query(&mut admin)
+            .unwrap();
+        assert!(killed >= 1);
+        let (rest, closed) = c.read_until_closed(Duration::from_secs(5));
+        assert!(closed, "{setup:?}: still open; got {}", show(&rest));
+    }
+    // The idle shared connection was killed too: a new client is served (the proxy noticed and
+    // reconnects), without a misleading "lost the connection" error.
+    let mut fresh = Raw::connect(&proxy.addr());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fresh.cmd(&["GET", "nothing"]), b"$-1\r\n");
+}
+
+#[test]
 fn backend_killed_then_restarted() {
     let mut server = Server::start(Version::Redis70);
     let port = server.port();

@@ -122,7 +122,9 @@ async fn run(
                 }
                 None => return,
             },
-            r = stream.readable(), if !inflight.is_empty() => r,
+            // Also while idle: a connection the server closed (its `timeout`, CLIENT KILL)
+            // is noticed and dropped before a request is written into it.
+            r = stream.readable() => r,
             r = stream.writable(), if !out.is_empty() => r,
         };
         let stream = &mut *stream;

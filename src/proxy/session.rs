@@ -62,6 +62,8 @@ pub struct ConnState {
     /// Inside `MULTI` (tracked when sending: later commands are queued by the server).
     pub in_multi: bool,
     pub watching: bool,
+    /// `CLIENT TRACKING ON` was sent (client-side caching).
+    pub tracking: bool,
     /// Channels, patterns and shard channels, by [`SubKind::index`].
     pub subs: [BTreeSet<Bytes>; 3],
     reply_off: bool,
@@ -79,6 +81,7 @@ impl ConnState {
             authenticated,
             in_multi: false,
             watching: false,
+            tracking: false,
             subs: Default::default(),
             reply_off: false,
             skip_next: false,
@@ -627,6 +630,12 @@ impl Session {
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
             Kind::Auth | Kind::Plain => {
+                if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
+                    && name.eq_ignore_ascii_case(b"client")
+                    && sub.eq_ignore_ascii_case(b"tracking")
+                {
+                    self.conn.tracking = mode.eq_ignore_ascii_case(b"on");
+                }
                 self.forward(cmd, wire, Expect::Replies(1), Effect::None)
                     .await;
             }
@@ -1166,6 +1175,13 @@ impl Session {
         let msg = format!(
             "ERR cutover: lost the connection to {name} ({why}) before the reply; the command may or may not have been applied"
         );
+        // State the proxy cannot re-create on a new connection: subscriptions (messages in the
+        // gap would be lost), WATCH (a change in the gap would go unnoticed), a transaction
+        // being queued (later commands would run outside it), client-side caching.
+        let unrestorable = self.conn.subscribed()
+            || self.conn.watching
+            || self.conn.in_multi
+            || self.conn.tracking;
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
             match p.expect {
@@ -1188,10 +1204,9 @@ impl Session {
         if self.streaming_request {
             self.discard_request = true;
         }
-        if self.conn.subscribed() {
-            // A subscriber has no command in flight to carry an error, and messages published
-            // while the link was down are gone: close, so the client sees a dropped connection
-            // (as it would directly) and resubscribes knowingly.
+        if unrestorable {
+            // Close once the errors are written: the client sees a dropped connection, as it
+            // would directly, and starts over knowingly.
             self.stop_reading = true;
             self.close_after_flush = true;
         }
