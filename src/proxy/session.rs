@@ -191,6 +191,8 @@ pub struct Session {
     mux_inflight: usize,
     /// Big replies seen: move to an own connection at the next opportunity.
     prefer_own_connection: bool,
+    /// Command id and kind of the command about to be dispatched, when already known.
+    classified: Option<(usize, Kind)>,
 }
 
 impl Session {
@@ -223,6 +225,7 @@ impl Session {
             batch_started: Instant::now(),
             mux_inflight: 0,
             prefer_own_connection: false,
+            classified: None,
         }
     }
 
@@ -386,7 +389,7 @@ impl Session {
     }
 
     /// Would this command, on an unpinned session, have to run on its own connection?
-    fn needs_own_connection(&self, req: &Request) -> bool {
+    fn needs_own_connection(&mut self, req: &Request) -> bool {
         let (name, arg1, arg2, argc) = match req {
             Request::Empty { .. } => return false,
             Request::Inline { args, .. } => (
@@ -404,6 +407,9 @@ impl Session {
         };
         let Some(name) = name else { return false };
         let kind = command::classify(name, arg1, arg2, argc);
+        let cmd = command::command_id(name);
+        // Classified once per command: `command` takes it from here.
+        self.classified = Some((cmd, kind.clone()));
         if !self.conn.authenticated {
             // Everything else is answered by the proxy itself until the client logs in;
             // `HELLO … AUTH` logs in and then changes the connection's protocol.
@@ -414,7 +420,7 @@ impl Session {
         }
         let proxy_auth = self.shared.settings.auth.password.is_some();
         match kind {
-            Kind::Plain => command::needs_own_connection(command::command_id(name)),
+            Kind::Plain => command::needs_own_connection(cmd),
             Kind::Quit | Kind::Refused(_) | Kind::Exec | Kind::Discard | Kind::Unwatch => false,
             Kind::Auth => !proxy_auth,
             _ => true,
@@ -520,9 +526,11 @@ impl Session {
 
     async fn command(&mut self, argv: &[&[u8]], argc: u64, wire: &[u8]) {
         let Some(&name) = argv.first() else { return };
-        let cmd = command::command_id(name);
+        let (cmd, kind) = self.classified.take().unwrap_or_else(|| {
+            let kind = command::classify(name, argv.get(1).copied(), argv.get(2).copied(), argc);
+            (command::command_id(name), kind)
+        });
         telemetry::hot().commands[cmd].increment(1);
-        let kind = command::classify(name, argv.get(1).copied(), argv.get(2).copied(), argc);
         let proxy_auth = self.shared.settings.auth.password.is_some();
         if !self.conn.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             telemetry::error("auth");
