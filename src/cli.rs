@@ -30,20 +30,39 @@ pub enum Command {
     /// Show the state of a running instance (through its admin listener).
     Status(StatusArgs),
     /// Copy the source into the target (snapshot, then the live stream), without the proxy.
+    ///
+    /// The replication position is kept on the target, in the key `cutover:position` of db 0
+    /// ("<replid> <offset>", written in the same MULTI/EXEC as the commands it covers), so a
+    /// restart continues where the last one stopped (PSYNC) without applying anything twice. If
+    /// the source cannot continue from there, the target is flushed (FLUSHALL) and copied anew.
+    /// That key is never copied from a source. Ctrl-C / SIGTERM stop cleanly (exit 0).
     Sync(SyncArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
     /// Source: redis://[user:pass@]host:port (all databases are copied).
-    #[arg(long = "source", env = "CUTOVER_SOURCE_URL", hide_env_values = true)]
-    pub source: String,
+    #[arg(
+        long = "source",
+        env = "CUTOVER_SOURCE_URL",
+        hide_env_values = true,
+        required_unless_present = "from_rdb"
+    )]
+    pub source: Option<String>,
+    /// Load this RDB file into the target instead of syncing from a live source (--source is
+    /// not used).
+    #[arg(long = "from-rdb", value_name = "FILE")]
+    pub from_rdb: Option<PathBuf>,
     /// Target: redis://[user:pass@]host:port (databases keep their numbers).
     #[arg(long = "target", env = "CUTOVER_TARGET_URL", hide_env_values = true)]
     pub target: String,
     /// Exit once the snapshot and the writes made while it was transferred are applied.
     #[arg(long)]
     pub once: bool,
+    /// Ignore the replication position stored on the target (key `cutover:position` in db 0)
+    /// and start over with a full sync. The target is flushed if it holds such a position.
+    #[arg(long)]
+    pub fresh: bool,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -199,8 +218,22 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
-    let source = RedisUrl::parse(&args.source).context("--source")?;
     let target = RedisUrl::parse(&args.target).context("--target")?;
+    let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    if let Some(path) = args.from_rdb {
+        if target.tls {
+            anyhow::bail!("{target}: rediss:// (TLS) is not supported yet; use redis://");
+        }
+        let opts = crate::sync::engine::RdbLoadOptions {
+            path,
+            target,
+            timeout,
+            progress: !args.quiet,
+        };
+        return Ok(sync_summary(&crate::sync::engine::load_rdb(&opts)?));
+    }
+    let source = args.source.as_deref().context("--source is required")?;
+    let source = RedisUrl::parse(source).context("--source")?;
     for url in [&source, &target] {
         if url.tls {
             anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
@@ -210,10 +243,16 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         source,
         target,
         once: args.once,
-        timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        timeout,
         progress: !args.quiet,
+        fresh: args.fresh,
     };
     let report = crate::sync::engine::run(&opts)?;
+    Ok(sync_summary(&report))
+}
+
+/// Prints what a finished sync did; exit code 3 if something was not copied.
+fn sync_summary(report: &crate::sync::engine::SyncReport) -> ExitCode {
     let s = &report.stats;
     eprintln!(
         "cutover sync: done at offset {} into {}: {} keys ({} restored, {} plain, {} expired and skipped, {} not copied), {} functions, {} stream commands applied, {} skipped",
@@ -242,9 +281,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             "cutover sync: {} items were NOT copied; the target is incomplete",
             s.unsupported
         );
-        return Ok(ExitCode::from(3));
+        return ExitCode::from(3);
     }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::SUCCESS
 }
 
 /// Merges flags/env (which win) over the config file.

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use common::{Server, Version};
 use redis::Connection;
 
+/// Where `cutover sync` keeps the replication position on the target (db 0).
+const POSITION_KEY: &[u8] = b"cutover:position";
+
 fn cutover() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
 }
@@ -213,8 +216,10 @@ fn assert_same(source: &Server, target: &Server) {
         let keys: BTreeSet<Vec<u8>> = q::<Vec<Vec<u8>>>(&mut src, &[b"KEYS", b"*"])
             .into_iter()
             .collect();
+        // The target also holds cutover's position (db 0), which is not the source's.
         let target_keys: BTreeSet<Vec<u8>> = q::<Vec<Vec<u8>>>(&mut dst, &[b"KEYS", b"*"])
             .into_iter()
+            .filter(|k| !(db == b"0" && k == POSITION_KEY))
             .collect();
         assert_eq!(
             keys,
@@ -425,9 +430,10 @@ fn writes_during_sync() {
     for db in [&b"0"[..], b"1"] {
         let _: () = q(&mut src, &[b"SELECT", db]);
         let _: () = q(&mut dst, &[b"SELECT", db]);
+        let position = i64::from(db == b"0");
         assert_eq!(
             q::<i64>(&mut src, &[b"DBSIZE"]),
-            q::<i64>(&mut dst, &[b"DBSIZE"])
+            q::<i64>(&mut dst, &[b"DBSIZE"]) - position
         );
         let (_, sv, sp) = dump_value(&mut src, b"events");
         let (_, tv, tp) = dump_value(&mut dst, b"events");
@@ -462,5 +468,421 @@ fn streams() {
         stderr.contains("'st'") && stderr.contains("not supported yet"),
         "{stderr}"
     );
+    assert_eq!(q::<String>(&mut old.conn(), &[b"GET", b"k"]), "v");
+}
+
+// ----- --from-rdb ----------------------------------------------------------------------------
+
+/// Runs `cutover sync --from-rdb FILE --target URL`.
+fn load_rdb(file: &std::path::Path, target: &Server) -> Output {
+    let child = cutover()
+        .args(["sync", "--from-rdb"])
+        .arg(file)
+        .args(["--target", &target.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, Duration::from_secs(60))
+}
+
+/// `SAVE`s the server and returns the path of its `dump.rdb`.
+fn save(server: &Server) -> std::path::PathBuf {
+    let mut conn = server.conn();
+    let _: () = q(&mut conn, &[b"SAVE"]);
+    let dir: Vec<String> = q(&mut conn, &[b"CONFIG", b"GET", b"dir"]);
+    std::path::Path::new(&dir[1]).join("dump.rdb")
+}
+
+fn rdb_file_loads(from: Version) {
+    let source = Server::start(from);
+    let mut src = source.conn();
+    populate(&mut src);
+    // cutover's own key in the file is not copied (the source was a sync target itself) …
+    let _: () = q(&mut src, &[b"SET", POSITION_KEY, b"from the file"]);
+    let file = save(&source);
+    let _: () = q(&mut src, &[b"DEL", POSITION_KEY]);
+    let target = Server::start(Version::Redis70);
+    // … and a position the target held no longer applies once a file is loaded into it.
+    let stale = format!("{} 1", "f".repeat(40));
+    let mut dst = target.conn();
+    let _: () = q(&mut dst, &[b"SET", POSITION_KEY, stale.as_bytes()]);
+    let out = load_rdb(&file, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stderr}", out.status);
+    assert!(stderr.contains("done at offset"), "{stderr}");
+    assert_eq!(q::<Option<String>>(&mut dst, &[b"GET", POSITION_KEY]), None);
+    assert_same(&source, &target);
+}
+
+#[test]
+fn rdb_file_from_redis62() {
+    rdb_file_loads(Version::Redis62);
+}
+
+#[test]
+fn rdb_file_from_redis70() {
+    rdb_file_loads(Version::Redis70);
+}
+
+#[test]
+fn rdb_file_from_valkey91() {
+    rdb_file_loads(Version::Valkey91);
+}
+
+/// A missing, a truncated and a corrupt file are clear errors naming the file (and the byte).
+#[test]
+fn rdb_file_errors() {
+    let source = Server::start(Version::Redis70);
+    populate(&mut source.conn());
+    let data = std::fs::read(save(&source)).unwrap();
+    let target = Server::start(Version::Redis70);
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("missing.rdb");
+    let out = load_rdb(&missing, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing.rdb"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let truncated = dir.path().join("truncated.rdb");
+    std::fs::write(&truncated, &data[..data.len() / 2]).unwrap();
+    let out = load_rdb(&truncated, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    eprintln!("{stderr}");
+    assert!(
+        stderr.contains("truncated.rdb") && stderr.contains("at byte"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // The checksum at the end no longer matches.
+    let corrupt = dir.path().join("corrupt.rdb");
+    let mut bad = data.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x5a;
+    std::fs::write(&corrupt, &bad).unwrap();
+    let out = load_rdb(&corrupt, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    eprintln!("{stderr}");
+    assert!(
+        stderr.contains("corrupt.rdb") && stderr.contains("at byte"),
+        "{stderr}"
+    );
+
+    // Garbage from the first byte.
+    let garbage = dir.path().join("garbage.rdb");
+    std::fs::write(&garbage, b"this is not an RDB file at all").unwrap();
+    let out = load_rdb(&garbage, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("garbage.rdb") && stderr.contains("at byte"),
+        "{stderr}"
+    );
+}
+
+// ----- exactly once across restarts ----------------------------------------------------------
+
+/// `cutover sync` (no `--once`) with its stderr going to `log`.
+fn start_sync(source: &Server, target: &Server, log: &std::path::Path, extra: &[&str]) -> Child {
+    cutover()
+        .args(["sync", "--source", &source.url(), "--target", &target.url()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The position stored on the target: (replid, offset).
+fn stored_position(conn: &mut Connection) -> Option<(String, u64)> {
+    let _: () = q(conn, &[b"SELECT", b"0"]);
+    let v: Option<String> = q(conn, &[b"GET", POSITION_KEY]);
+    let v = v?;
+    let (id, off) = v.split_once(' ')?;
+    Some((id.to_string(), off.parse().ok()?))
+}
+
+fn master_repl_offset(conn: &mut Connection) -> u64 {
+    let info: String = q(conn, &[b"INFO", b"replication"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn read_log(log: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
+}
+
+/// SIGKILL of `cutover sync` mid-stream under INCR/RPUSH load (some in MULTI/EXEC), then a
+/// restart: it continues with PSYNC (+CONTINUE) from the position stored on the target, and
+/// counters and lists on the target are exact (nothing lost, nothing applied twice).
+#[test]
+fn restart_resumes_exactly_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let source = Server::start_with(
+        Version::Redis70,
+        &[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    );
+    let target = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = Arc::clone(&stop);
+        let mut conn = source.conn();
+        std::thread::spawn(move || {
+            let (mut incrs, mut pushed) = (0u64, 0u64);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 200_000 {
+                if i % 10 == 0 {
+                    let _: (i64, i64) = redis::pipe()
+                        .atomic()
+                        .cmd("INCR")
+                        .arg("counter")
+                        .cmd("RPUSH")
+                        .arg("events")
+                        .arg(format!("v{i}"))
+                        .query(&mut conn)
+                        .unwrap();
+                } else {
+                    let _: i64 = q(&mut conn, &[b"INCR", b"counter"]);
+                    let _: i64 = q(
+                        &mut conn,
+                        &[b"RPUSH", b"events", format!("v{i}").as_bytes()],
+                    );
+                }
+                incrs += 1;
+                pushed += 1;
+                i += 1;
+            }
+            (incrs, pushed)
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let mut first = start_sync(&source, &target, &log1, &[]);
+    let mut dst = target.conn();
+    // Mid-stream: the snapshot is applied and stream batches have been stored since.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    loop {
+        let counter: Option<i64> = q(&mut dst, &[b"GET", b"counter"]);
+        if stored_position(&mut dst).is_some() && counter.is_some_and(|c| c > seen + 500) {
+            if seen > 0 {
+                break;
+            }
+            seen = counter.unwrap_or(0);
+        }
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "no stream progress; stderr:\n{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let killed_at = stored_position(&mut dst).unwrap();
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&source, &target, &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_log(&log2).contains("+CONTINUE") {
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "no partial resync; stderr:\n{}",
+            read_log(&log2)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (incrs, pushed) = load.join().unwrap();
+    let want = master_repl_offset(&mut src);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, offset) = stored_position(&mut dst).unwrap();
+        // (It may pass `want` if the source sent a PING meanwhile.)
+        if offset >= want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "the target's offset {offset} does not reach {want}; stderr:\n{}",
+            read_log(&log2)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    assert!(!log.contains("FLUSHALL"), "{log}");
+    assert!(
+        killed_at.1 < want,
+        "the restart resumed nothing: {killed_at:?} {want}"
+    );
+    eprintln!("killed at {killed_at:?}, source offset {want}, {incrs} INCRs\n{log}");
+
+    assert_eq!(q::<u64>(&mut src, &[b"GET", b"counter"]), incrs);
+    assert_eq!(q::<u64>(&mut dst, &[b"GET", b"counter"]), incrs);
+    assert_eq!(q::<u64>(&mut src, &[b"LLEN", b"events"]), pushed);
+    assert_eq!(q::<u64>(&mut dst, &[b"LLEN", b"events"]), pushed);
+    let expected: Vec<String> = (0..pushed).map(|i| format!("v{i}")).collect();
+    assert_eq!(
+        q::<Vec<String>>(&mut dst, &[b"LRANGE", b"events", b"0", b"-1"]),
+        expected
+    );
+    assert_eq!(
+        q::<i64>(&mut src, &[b"DBSIZE"]),
+        q::<i64>(&mut dst, &[b"DBSIZE"]) - 1
+    );
+}
+
+/// When the source cannot continue from the stored position (+FULLRESYNC), the target is
+/// flushed first (said on stderr): no stale key remains. `--fresh` does the same on purpose.
+#[test]
+fn full_resync_flushes_the_target() {
+    let source = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let target = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let mut dst = target.conn();
+    let _: () = q(&mut src, &[b"RPUSH", b"l", b"a", b"b"]);
+    let unknown = format!("{} 12345", "f".repeat(40));
+    let _: () = q(&mut dst, &[b"SET", POSITION_KEY, unknown.as_bytes()]);
+    let _: () = q(&mut dst, &[b"RPUSH", b"l", b"a", b"b"]);
+    let _: () = q(&mut dst, &[b"SET", b"stale", b"x"]);
+    let out = sync_once(&source, &target);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("FLUSHALL"), "{stderr}");
+    assert_eq!(q::<Option<String>>(&mut dst, &[b"GET", b"stale"]), None);
+    assert_eq!(
+        q::<Vec<String>>(&mut dst, &[b"LRANGE", b"l", b"0", b"-1"]),
+        ["a", "b"]
+    );
+    let (replid, offset) = stored_position(&mut dst).unwrap();
+    assert_eq!(replid.len(), 40);
+    assert_ne!(replid, "f".repeat(40));
+    assert_eq!(offset, master_repl_offset(&mut src));
+
+    // --fresh: the valid position is not used.
+    let _: () = q(&mut dst, &[b"SET", b"stale", b"x"]);
+    let child = cutover()
+        .args([
+            "sync",
+            "--once",
+            "--fresh",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--fresh") && stderr.contains("FLUSHALL"),
+        "{stderr}"
+    );
+    assert_eq!(q::<Option<String>>(&mut dst, &[b"GET", b"stale"]), None);
+    assert_same_small(&mut src, &mut dst);
+}
+
+fn assert_same_small(src: &mut Connection, dst: &mut Connection) {
+    assert_eq!(
+        q::<Vec<String>>(src, &[b"LRANGE", b"l", b"0", b"-1"]),
+        q::<Vec<String>>(dst, &[b"LRANGE", b"l", b"0", b"-1"])
+    );
+    assert_eq!(q::<i64>(src, &[b"DBSIZE"]), q::<i64>(dst, &[b"DBSIZE"]) - 1);
+}
+
+/// SIGTERM stops `cutover sync` cleanly: exit 0, the position stored; the next start continues.
+#[test]
+fn sigterm_stops_cleanly() {
+    let source = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let target = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let mut dst = target.conn();
+    for i in 0..100 {
+        let _: i64 = q(&mut src, &[b"RPUSH", b"l", i.to_string().as_bytes()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sync.log");
+    let mut child = start_sync(&source, &target, &log, &[]);
+    let wait_caught_up = |dst: &mut Connection, src: &mut Connection, child: &mut Child| {
+        let want = master_repl_offset(src);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while stored_position(dst).is_none_or(|(_, off)| off < want) {
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "not caught up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for i in 100..200 {
+        let _: i64 = q(&mut src, &[b"RPUSH", b"l", i.to_string().as_bytes()]);
+    }
+    wait_caught_up(&mut dst, &mut src, &mut child);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_output(child, Duration::from_secs(10));
+    let stderr = read_log(&log);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped; position"), "{stderr}");
+
+    for i in 200..300 {
+        let _: i64 = q(&mut src, &[b"RPUSH", b"l", i.to_string().as_bytes()]);
+    }
+    let log2 = dir.path().join("sync2.log");
+    let mut child = start_sync(&source, &target, &log2, &[]);
+    wait_caught_up(&mut dst, &mut src, &mut child);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(read_log(&log2).contains("+CONTINUE"), "{}", read_log(&log2));
+    let _: () = q(&mut dst, &[b"SELECT", b"0"]);
+    let expected: Vec<String> = (0..300).map(|i: i32| i.to_string()).collect();
+    assert_eq!(
+        q::<Vec<String>>(&mut dst, &[b"LRANGE", b"l", b"0", b"-1"]),
+        expected
+    );
+}
+
+/// What a file holds that the target cannot (functions on 6.2) is reported: exit code 3.
+#[test]
+fn rdb_file_incomplete_copy_exits_3() {
+    let source = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let code =
+        "#!lua name=mylib\nredis.register_function('myfn', function(keys, args) return 7 end)";
+    let _: String = q(&mut src, &[b"FUNCTION", b"LOAD", code.as_bytes()]);
+    let _: () = q(&mut src, &[b"SET", b"k", b"v"]);
+    let file = save(&source);
+    let old = Server::start(Version::Redis62);
+    let out = load_rdb(&file, &old);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("mylib"), "{stderr}");
     assert_eq!(q::<String>(&mut old.conn(), &[b"GET", b"k"]), "v");
 }

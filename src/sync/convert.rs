@@ -146,7 +146,11 @@ impl Converter {
                 let kind = info.rdb_type.kind();
                 let expired = info.expire_ms.is_some_and(|t| t <= self.now_ms);
                 let restorable = target_knows(info.rdb_type, self.max_rdb);
-                let mode = if expired {
+                let mode = if info.db == 0 && info.key == super::position::POSITION_KEY {
+                    // cutover's own bookkeeping (the source was itself a sync target).
+                    self.stats.keys_seen -= 1;
+                    Mode::Skip
+                } else if expired {
                     self.stats.expired += 1;
                     Mode::Skip
                 } else if !restorable && matches!(kind, ValueKind::Stream | ValueKind::Module) {

@@ -15,18 +15,30 @@
 //! (the source's output buffer for this replica grows meanwhile, as for a slow real replica)
 //! instead of growing our memory.
 //!
+//! Exactly once: every batch of stream commands goes to the target inside one `MULTI … EXEC`
+//! together with the replication position it reaches ([`super::position`]); a transaction of
+//! the source is applied as one such batch (never nested). On start, a stored position is
+//! resumed with `PSYNC <replid> <offset + 1>`; when the source cannot continue from there
+//! (`+FULLRESYNC`), the target is flushed first (it holds an earlier copy), so no stale key and
+//! no doubled list element remains.
+//!
+//! [`load_rdb`] feeds an RDB file through the same parser → converter → writer path.
+//!
 //! With `once`, the engine returns as soon as the snapshot and the stream up to the source's
 //! offset at the moment the snapshot had been received (`master_repl_offset` from
 //! `INFO replication`) are applied and confirmed by the target.
 
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use super::convert::{Converter, Stats};
+use super::position::{self, POSITION_KEY, Stored};
 use super::replica::{ReplicaLink, StreamCommand, SyncStart};
 use super::target::{Tag, TargetInfo, TargetWriter, query, show_key};
 use crate::config::RedisUrl;
@@ -43,7 +55,22 @@ pub struct SyncOptions {
     pub timeout: Duration,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Ignore a position stored on the target: full sync (the target is flushed if it holds
+    /// one, as its data comes from an earlier sync).
+    pub fresh: bool,
 }
+
+/// What to load with [`load_rdb`].
+#[derive(Debug, Clone)]
+pub struct RdbLoadOptions {
+    pub path: PathBuf,
+    pub target: RedisUrl,
+    pub timeout: Duration,
+    pub progress: bool,
+}
+
+/// Stream commands per transaction at most (a source transaction is never split).
+const MAX_TXN_COMMANDS: usize = 1000;
 
 /// What a finished (`once`) sync did.
 #[derive(Debug, Clone, Default)]
@@ -61,9 +88,20 @@ pub struct SyncReport {
 }
 
 enum Msg {
-    Start { offset: u64 },
+    /// Full resync: a snapshot follows.
+    Start {
+        replid: String,
+        offset: u64,
+    },
+    /// Partial resync: the stream continues after `offset`.
+    Resumed {
+        replid: String,
+        offset: u64,
+    },
     Snapshot(Vec<u8>),
-    SnapshotDone { bytes: u64 },
+    SnapshotDone {
+        bytes: u64,
+    },
     Commands(Vec<StreamCommand>),
     Failed(String),
 }
@@ -73,7 +111,31 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
     let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
+    let stored = position::read(&mut writer)?;
+    let resume = match &stored {
+        Stored::At { replid, offset } if !opts.fresh => {
+            eprintln!(
+                "cutover sync: the target holds the position {replid} {offset}; asking the source to continue from there"
+            );
+            Some((replid.clone(), *offset))
+        }
+        Stored::At { replid, offset } => {
+            eprintln!(
+                "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
+            );
+            None
+        }
+        Stored::Unusable(v) => {
+            eprintln!(
+                "cutover sync: the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
+            );
+            None
+        }
+        Stored::None => None,
+    };
 
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(Arc::clone(&stop))?;
     let (tx, rx) = sync_channel::<Msg>(32);
     let applied = Arc::new(AtomicU64::new(0));
     {
@@ -82,7 +144,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         let timeout = opts.timeout;
         std::thread::Builder::new()
             .name("cutover-replica".into())
-            .spawn(move || link_thread(source, tx, applied, timeout))
+            .spawn(move || link_thread(source, resume, tx, applied, timeout))
             .context("cannot start the replica link thread")?;
     }
     Applier {
@@ -91,11 +153,51 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         rx,
         applied,
         report: SyncReport::default(),
+        flush_on_full: stored != Stored::None,
+        stop,
+        replid: String::new(),
+        txn_open: false,
+        in_source_txn: false,
+        txn_commands: 0,
+        last_offset: 0,
     }
     .run(&mut writer)
 }
 
-fn link_thread(source: RedisUrl, tx: SyncSender<Msg>, applied: Arc<AtomicU64>, timeout: Duration) {
+/// Sets `stop` on Ctrl-C (SIGINT) or SIGTERM, from a thread of its own.
+fn watch_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    // Registered here, so that a signal that arrives once `run` has started is never missed.
+    let mut term = {
+        let _guard = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?
+    };
+    std::thread::Builder::new()
+        .name("cutover-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            stop.store(true, Ordering::Release);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+fn link_thread(
+    source: RedisUrl,
+    resume: Option<(String, u64)>,
+    tx: SyncSender<Msg>,
+    applied: Arc<AtomicU64>,
+    timeout: Duration,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,22 +209,34 @@ fn link_thread(source: RedisUrl, tx: SyncSender<Msg>, applied: Arc<AtomicU64>, t
         }
     };
     let res = rt.block_on(async {
-        let (mut link, start) = ReplicaLink::connect(&source, None, 0, timeout).await?;
-        let SyncStart::FullResync { offset, .. } = start else {
-            anyhow::bail!("the source answered PSYNC ? -1 with {start:?}");
-        };
-        applied.store(offset, Ordering::Release);
-        if tx.send(Msg::Start { offset }).is_err() {
-            return Ok(());
-        }
-        let bytes = link
-            .receive_snapshot(|piece| {
-                tx.send(Msg::Snapshot(piece.to_vec()))
-                    .map_err(|_| "the applier stopped".to_string())
-            })
-            .await?;
-        if tx.send(Msg::SnapshotDone { bytes }).is_err() {
-            return Ok(());
+        let wanted = resume.as_ref().map(|(id, off)| (id.as_str(), *off));
+        let (mut link, start) = ReplicaLink::connect(&source, wanted, 0, timeout).await?;
+        match start {
+            SyncStart::FullResync { replid, offset } => {
+                applied.store(offset, Ordering::Release);
+                if tx.send(Msg::Start { replid, offset }).is_err() {
+                    return Ok(());
+                }
+                let bytes = link
+                    .receive_snapshot(|piece| {
+                        tx.send(Msg::Snapshot(piece.to_vec()))
+                            .map_err(|_| "the applier stopped".to_string())
+                    })
+                    .await?;
+                if tx.send(Msg::SnapshotDone { bytes }).is_err() {
+                    return Ok(());
+                }
+            }
+            SyncStart::Continue { replid } => {
+                let Some((old, offset)) = resume else {
+                    anyhow::bail!("the source answered PSYNC ? -1 with +CONTINUE");
+                };
+                applied.store(offset, Ordering::Release);
+                let replid = replid.unwrap_or(old);
+                if tx.send(Msg::Resumed { replid, offset }).is_err() {
+                    return Ok(());
+                }
+            }
         }
         loop {
             let cmds = link
@@ -151,6 +265,19 @@ struct Applier<'a> {
     rx: Receiver<Msg>,
     applied: Arc<AtomicU64>,
     report: SyncReport,
+    /// The target holds data of an earlier sync: a full resync flushes it first.
+    flush_on_full: bool,
+    /// Set by Ctrl-C / SIGTERM.
+    stop: Arc<AtomicBool>,
+    /// The source's replication id (stored with every position).
+    replid: String,
+    /// A `MULTI` was sent and its `EXEC` not yet.
+    txn_open: bool,
+    /// The open transaction is the source's own (its `EXEC` closes ours).
+    in_source_txn: bool,
+    txn_commands: usize,
+    /// Replication offset after the last stream command queued.
+    last_offset: u64,
 }
 
 impl Applier<'_> {
@@ -165,10 +292,39 @@ impl Applier<'_> {
         let mut last_progress = Instant::now();
         let mut last_keys = 0u64;
         loop {
+            if self.stop.load(Ordering::Acquire) {
+                return self.stop_cleanly(w, &phase, conv.stats);
+            }
             match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Msg::Start { offset }) => {
+                Ok(Msg::Start { replid, offset }) => {
                     start_offset = offset;
+                    self.last_offset = offset;
+                    self.replid = replid;
                     phase = Phase::Snapshot;
+                    if self.flush_on_full {
+                        eprintln!(
+                            "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
+                            w.addr()
+                        );
+                        w.send(&[&b"FLUSHALL"[..]], Tag::key("FLUSHALL", b""))?;
+                    }
+                    position::queue_set(w, position::LOADING)?;
+                }
+                Ok(Msg::Resumed { replid, offset }) => {
+                    eprintln!(
+                        "cutover sync: the source continued (+CONTINUE) from offset {offset}: no snapshot needed, streaming"
+                    );
+                    start_offset = offset;
+                    self.last_offset = offset;
+                    self.replid = replid;
+                    w.mark_offset(offset);
+                    phase = Phase::Streaming;
+                    if self.opts.once {
+                        stop_at = Some(self.source_offset().unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the resumed offset");
+                            start_offset
+                        }));
+                    }
                 }
                 Ok(Msg::Snapshot(bytes)) => {
                     self.report.snapshot_bytes += bytes.len() as u64;
@@ -185,6 +341,8 @@ impl Applier<'_> {
                         .finish()
                         .context("the source's snapshot ended early")?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
+                    w.drain()?;
+                    position::queue_set(w, &position::format(&self.replid, start_offset))?;
                     w.drain()?;
                     w.mark_offset(start_offset);
                     phase = Phase::Streaming;
@@ -208,9 +366,7 @@ impl Applier<'_> {
                     }
                 }
                 Ok(Msg::Commands(cmds)) => {
-                    for cmd in cmds {
-                        self.forward(&cmd, w, &mut conv.stats)?;
-                    }
+                    self.apply_batch(cmds, w, &mut conv.stats)?;
                     w.poll()?;
                 }
                 Ok(Msg::Failed(e)) => bail!("{e}"),
@@ -265,6 +421,40 @@ impl Applier<'_> {
         }
     }
 
+    /// Ctrl-C / SIGTERM: the position of everything applied stays stored; a transaction of the
+    /// source that is still incomplete is discarded (it comes again on the next start).
+    fn stop_cleanly(
+        mut self,
+        w: &mut TargetWriter,
+        phase: &Phase,
+        stats: Stats,
+    ) -> anyhow::Result<SyncReport> {
+        if *phase == Phase::Connecting {
+            eprintln!("cutover sync: stopped before the sync started; the target is unchanged");
+            return Ok(self.report);
+        }
+        if *phase != Phase::Streaming {
+            bail!(
+                "stopped before the snapshot was applied: the target is incomplete (the next start does a full sync)"
+            );
+        }
+        if self.txn_open {
+            w.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+        }
+        w.drain()?;
+        self.report.offset = w.confirmed_offset().unwrap_or(0);
+        self.report.stats = stats;
+        eprintln!(
+            "cutover sync: stopped; position {} {} stored on the target ({})",
+            self.replid,
+            self.report.offset,
+            show_key(POSITION_KEY)
+        );
+        Ok(self.report)
+    }
+
     /// The source's `master_repl_offset` now.
     fn source_offset(&self) -> anyhow::Result<u64> {
         let text = query(
@@ -278,45 +468,127 @@ impl Applier<'_> {
             .context("INFO replication has no master_repl_offset")
     }
 
-    /// Forwards one command of the replication stream.
-    fn forward(
+    /// Applies the commands of one read from the link: in transactions that also store the
+    /// position (a source transaction becomes one of them; ours are closed before it).
+    fn apply_batch(
         &mut self,
-        cmd: &StreamCommand,
+        cmds: Vec<StreamCommand>,
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
-        let args = split_args(&cmd.wire).with_context(|| {
-            format!(
-                "unreadable command in the replication stream before offset {}",
-                cmd.end_offset
-            )
-        })?;
-        let name = args
-            .first()
-            .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
-            .unwrap_or_default();
-        let tag = |what: String| Tag {
+        for cmd in cmds {
+            let args = split_args(&cmd.wire).with_context(|| {
+                format!(
+                    "unreadable command in the replication stream before offset {}",
+                    cmd.end_offset
+                )
+            })?;
+            let name = args
+                .first()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+                .unwrap_or_default();
+            match name.as_str() {
+                "MULTI" => {
+                    if self.in_source_txn {
+                        bail!(
+                            "MULTI inside MULTI in the replication stream before offset {}",
+                            cmd.end_offset
+                        );
+                    }
+                    if self.txn_open {
+                        self.close_txn(w)?;
+                    }
+                    w.send_wire(&cmd.wire, Tag::key("MULTI", b""))?;
+                    self.txn_open = true;
+                    self.in_source_txn = true;
+                    self.txn_commands = 0;
+                }
+                "EXEC" if self.in_source_txn => {
+                    self.last_offset = cmd.end_offset;
+                    self.close_txn(w)?;
+                    self.in_source_txn = false;
+                }
+                "EXEC" | "DISCARD" => {
+                    tracing::warn!(
+                        offset = cmd.end_offset,
+                        "{name} outside a transaction in the replication stream: ignored"
+                    );
+                    self.report.commands_skipped += 1;
+                }
+                _ => {
+                    if !self.txn_open {
+                        w.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
+                        self.txn_open = true;
+                        self.txn_commands = 0;
+                    }
+                    self.forward(&cmd, &args, &name, w, stats)?;
+                    self.txn_commands += 1;
+                }
+            }
+            self.last_offset = cmd.end_offset;
+            if self.txn_open && !self.in_source_txn && self.txn_commands >= MAX_TXN_COMMANDS {
+                self.close_txn(w)?;
+            }
+        }
+        if self.txn_open && !self.in_source_txn {
+            self.close_txn(w)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the position reached and sends `EXEC`.
+    fn close_txn(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        position::queue_set(w, &position::format(&self.replid, self.last_offset))?;
+        w.send(
+            &[&b"EXEC"[..]],
+            Tag {
+                what: "EXEC".into(),
+                offset: Some(self.last_offset),
+                exec: true,
+                ..Tag::default()
+            },
+        )?;
+        self.txn_open = false;
+        self.txn_commands = 0;
+        Ok(())
+    }
+
+    /// Forwards one command of the replication stream (inside a transaction).
+    fn forward(
+        &mut self,
+        cmd: &StreamCommand,
+        args: &[&[u8]],
+        name: &str,
+        w: &mut TargetWriter,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        let tag = |what: &str| Tag {
             key: args.get(1).map(|k| k.to_vec()).unwrap_or_default(),
-            what: format!("replicated {what}").into(),
-            offset: Some(cmd.end_offset),
-            tolerate_error: false,
+            what: format!("replicated {what} (before offset {})", cmd.end_offset).into(),
+            ..Tag::default()
         };
-        match name.as_str() {
+        match name {
             "PING" | "PUBLISH" | "SPUBLISH" | "REPLCONF" => {
                 self.report.commands_skipped += 1;
-                w.mark_offset(cmd.end_offset);
             }
             "SELECT" => {
                 let db = args
                     .get(1)
                     .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok())
                     .context("SELECT without a database number in the replication stream")?;
-                w.send_wire(&cmd.wire, tag(name.clone()))?;
+                w.send_wire(&cmd.wire, tag(name))?;
                 w.set_db(db);
                 self.report.commands += 1;
             }
+            _ if w.db() == 0 && args.get(1) == Some(&POSITION_KEY) => {
+                tracing::warn!(
+                    "a write to {} in the replication stream is not applied (the key is cutover's own)",
+                    show_key(POSITION_KEY)
+                );
+                self.report.commands_skipped += 1;
+            }
             "PEXPIREAT" if args.len() > 3 && !self.info.has_expire_flags() => {
-                w.send(&args[..3], tag(name.clone()))?;
+                w.send(&args[..3], tag(name))?;
                 self.report.commands += 1;
             }
             "FUNCTION" if !self.info.has_functions() => {
@@ -326,15 +598,79 @@ impl Applier<'_> {
                     "a FUNCTION command in the replication stream cannot be applied to {} (no functions before Redis 7.0)",
                     self.info.describe()
                 );
-                w.mark_offset(cmd.end_offset);
             }
             _ => {
-                w.send_wire(&cmd.wire, tag(name.clone()))?;
+                w.send_wire(&cmd.wire, tag(name))?;
                 self.report.commands += 1;
             }
         }
         Ok(())
     }
+}
+
+/// Loads an RDB file into the target: the file is read in pieces (never whole) and goes
+/// through the same parser → converter → writer path as a source's snapshot.
+pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
+    let path = opts.path.display().to_string();
+    let mut file = std::fs::File::open(&opts.path)
+        .with_context(|| format!("cannot open the RDB file {path}"))?;
+    let mut w = TargetWriter::connect(&opts.target, opts.timeout)?;
+    let mut report = SyncReport {
+        target: w.info().describe(),
+        ..SyncReport::default()
+    };
+    if position::read(&mut w)? != Stored::None {
+        eprintln!(
+            "cutover sync: the target held the position of an earlier sync; removed (its data now comes from {path})"
+        );
+        position::queue_del(&mut w)?;
+    }
+    let mut parser = RdbParser::new();
+    let mut conv = Converter::new(&w);
+    let mut chunk = vec![0u8; 1024 * 1024];
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let bad =
+        |e: crate::rdb::RdbError| anyhow::anyhow!("the RDB file {path} cannot be loaded: {e}");
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read the RDB file {path} at byte {}",
+                        report.snapshot_bytes
+                    )
+                });
+            }
+        };
+        report.snapshot_bytes += n as u64;
+        parser.feed(&chunk[..n]);
+        while let Some(ev) = parser.next_event().map_err(bad)? {
+            conv.apply(ev, &mut w)?;
+        }
+        if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprintln!(
+                "cutover sync: {path}: {} read, {} keys",
+                human_bytes(report.snapshot_bytes),
+                conv.stats.keys_seen
+            );
+        }
+    }
+    parser.finish().map_err(bad)?;
+    w.drain()?;
+    if opts.progress {
+        eprintln!(
+            "cutover sync: {path} loaded: {} in {:.1} s",
+            human_bytes(report.snapshot_bytes),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    report.stats = conv.stats;
+    Ok(report)
 }
 
 /// The arguments of one complete RESP array command.

@@ -3,6 +3,8 @@
 //! * [`replica`]: the replica link, the replica side of Redis' replication protocol.
 //! * [`target`]: the target writer (pipelined, every reply checked) and the target's version.
 //! * [`convert`]: snapshot events → `RESTORE` or plain commands the target accepts.
+//! * [`position`]: the replication position kept on the target (`cutover:position`), for
+//!   exactly-once restarts.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
 //!
@@ -10,5 +12,6 @@
 
 pub mod convert;
 pub mod engine;
+pub mod position;
 pub mod replica;
 pub mod target;

@@ -92,8 +92,10 @@ pub struct StreamCommand {
 }
 
 impl ReplicaLink {
-    /// Connects, authenticates and sends `PSYNC` (`resume` = last replid and the offset of the
-    /// next byte wanted, or `None` for a full sync).
+    /// Connects, authenticates and sends `PSYNC` (`resume` = last replid and the offset applied
+    /// so far, i.e. [`ReplicaLink::offset`] of the previous link, or `None` for a full sync).
+    /// Like Redis' own replicas, it asks for the byte after it (`PSYNC <replid> <offset + 1>`:
+    /// the master numbers the bytes of its stream from 1).
     pub async fn connect(
         url: &RedisUrl,
         resume: Option<(&str, u64)>,
@@ -141,7 +143,7 @@ impl ReplicaLink {
         link.call(&[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"])
             .await?;
         let (replid, offset) = match resume {
-            Some((id, off)) => (id.to_string(), off.to_string()),
+            Some((id, off)) => (id.to_string(), (off + 1).to_string()),
             None => ("?".to_string(), "-1".to_string()),
         };
         let reply = link

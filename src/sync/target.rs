@@ -162,6 +162,8 @@ pub struct Tag {
     pub offset: Option<u64>,
     /// An error reply is expected and fine (e.g. a command the target may not know).
     pub tolerate_error: bool,
+    /// The `EXEC` of a transaction: an error among the replies of its commands is an error.
+    pub exec: bool,
 }
 
 impl Tag {
@@ -472,6 +474,16 @@ impl TargetWriter {
                 reply: reply_text(&reply),
             });
         }
+        if tag.exec
+            && !tag.tolerate_error
+            && let Some(err) = first_error_in_array(&reply)
+        {
+            return Err(TargetError::Refused {
+                addr: self.addr.clone(),
+                step: format!("{} (a command inside the transaction)", tag.what),
+                reply: err,
+            });
+        }
         if let Some(off) = tag.offset {
             self.confirmed = Some(off);
         }
@@ -529,6 +541,25 @@ pub fn reply_text(reply: &[u8]) -> String {
         text.push('…');
     }
     text
+}
+
+/// The first error among the elements of an array reply (`EXEC`'s), as text.
+pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
+    if reply.first() != Some(&b'*') {
+        return None;
+    }
+    let end = reply.windows(2).position(|w| w == b"\r\n")?;
+    let n: i64 = std::str::from_utf8(&reply[1..end]).ok()?.parse().ok()?;
+    let mut at = end + 2;
+    for _ in 0..n.max(0) {
+        let info = ReplyParser::default().parse(&reply[at..]).ok()??;
+        let element = &reply[at..at + info.len];
+        if info.is_error() {
+            return Some(reply_text(element));
+        }
+        at += info.len;
+    }
+    None
 }
 
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
@@ -621,5 +652,10 @@ mod tests {
         assert_eq!(reply_text(b"-ERR bad\r\n"), "ERR bad");
         assert_eq!(reply_text(b"$3\r\nabc\r\n"), "abc");
         assert_eq!(show_key(b"a\xffb\n"), "a\\xffb\\n");
+        assert_eq!(first_error_in_array(b"*2\r\n+OK\r\n:1\r\n"), None);
+        assert_eq!(
+            first_error_in_array(b"*3\r\n$1\r\nx\r\n*1\r\n:2\r\n-WRONGTYPE no\r\n").as_deref(),
+            Some("WRONGTYPE no")
+        );
     }
 }
