@@ -1853,7 +1853,10 @@ fn watch_or_multi_whose_backend_connection_dies_is_disconnected() {
         if open == serde_json::json!(0) {
             break;
         }
-        assert!(Instant::now() < deadline, "backend connections still open: {open}");
+        assert!(
+            Instant::now() < deadline,
+            "backend connections still open: {open}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut fresh = Raw::connect(&proxy.addr());
