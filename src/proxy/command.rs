@@ -60,6 +60,9 @@ pub enum Kind {
     Reset,
     Subscribe(SubKind),
     Unsubscribe(SubKind),
+    /// `MONITOR`: after its `+OK` the connection is a one-way feed of the server's commands;
+    /// the session becomes a plain byte pipe.
+    Monitor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,9 +86,7 @@ pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64
         b"auth" => Kind::Auth,
         b"hello" => Kind::Hello,
         b"quit" => Kind::Quit,
-        b"monitor" => Kind::Refused(
-            "ERR MONITOR is not supported through the cutover proxy; connect to the server directly",
-        ),
+        b"monitor" => Kind::Monitor,
         b"sync" | b"psync" | b"replconf" => Kind::Refused(
             "ERR replication through the cutover proxy is not supported; replicate from the server directly",
         ),
@@ -495,8 +496,9 @@ mod tests {
             classify(b"PSUBSCRIBE", Some(b"a*"), None, 2),
             Kind::Subscribe(SubKind::Pattern)
         );
+        assert_eq!(classify(b"monitor", None, None, 1), Kind::Monitor);
         assert!(matches!(
-            classify(b"monitor", None, None, 1),
+            classify(b"psync", None, None, 1),
             Kind::Refused(_)
         ));
         assert_eq!(classify(b"get", Some(b"k"), None, 2), Kind::Plain);

@@ -64,6 +64,8 @@ pub struct ConnState {
     pub watching: bool,
     /// `CLIENT TRACKING ON` was sent (client-side caching).
     pub tracking: bool,
+    /// `MONITOR` succeeded: from now on the session is a plain byte pipe in both directions.
+    pub monitoring: bool,
     /// Channels, patterns and shard channels, by [`SubKind::index`].
     pub subs: [BTreeSet<Bytes>; 3],
     reply_off: bool,
@@ -82,6 +84,7 @@ impl ConnState {
             in_multi: false,
             watching: false,
             tracking: false,
+            monitoring: false,
             subs: Default::default(),
             reply_off: false,
             skip_next: false,
@@ -120,6 +123,7 @@ enum Effect {
     Watch,
     Unwatch,
     Reset,
+    Monitor,
 }
 
 #[derive(Debug)]
@@ -339,6 +343,14 @@ impl Session {
     /// Frames and dispatches every complete command in `client_in`.
     async fn process_requests(&mut self) {
         if self.client_in.is_empty() && self.held.is_none() {
+            return;
+        }
+        if self.conn.monitoring {
+            // A monitoring client's commands (QUIT, RESET) go to the server unparsed.
+            if let Some(up) = &mut self.up {
+                up.out.extend_from_slice(&self.client_in);
+            }
+            self.client_in.clear();
             return;
         }
         self.batch_started = Instant::now();
@@ -563,6 +575,10 @@ impl Session {
                 self.forward(cmd, wire, Expect::Replies(1), effect).await;
             }
             Kind::Quit => self.local(cmd, Bytes::from_static(b"+OK\r\n"), true),
+            Kind::Monitor => {
+                self.forward(cmd, wire, Expect::Replies(1), Effect::Monitor)
+                    .await;
+            }
             Kind::Refused(msg) => {
                 telemetry::error("refused");
                 self.local_error(cmd, msg)
@@ -1001,6 +1017,12 @@ impl Session {
             if up.inbuf.is_empty() {
                 return;
             }
+            if self.conn.monitoring {
+                // The monitor feed (and any reply) goes to the client as it comes.
+                self.client_out.extend_from_slice(&up.inbuf);
+                up.inbuf.clear();
+                return;
+            }
             up.reply.capture_arrays =
                 self.conn.subscribed() || self.pending.front().is_some_and(|p| p.cmd_is_pubsub());
             match up.reply.parse(&up.inbuf) {
@@ -1134,6 +1156,7 @@ impl Session {
                 self.conn.multi_effects.clear();
             }
             Effect::Watch => self.conn.watching = true,
+            Effect::Monitor => self.conn.monitoring = true,
             Effect::Unwatch => self.conn.watching = false,
             Effect::Reset => {
                 let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
@@ -1187,6 +1210,7 @@ impl Session {
         // gap would be lost), WATCH (a change in the gap would go unnoticed), a transaction
         // being queued (later commands would run outside it), client-side caching.
         let unrestorable = self.conn.subscribed()
+            || self.conn.monitoring
             || self.conn.watching
             || self.conn.in_multi
             || self.conn.tracking;
