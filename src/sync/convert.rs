@@ -7,24 +7,35 @@
 //!   ([`target_knows`]). The payload is the raw body with the *target's* version in the footer
 //!   (a server refuses versions newer than its own; the body is valid for it because it knows
 //!   the encoding) and a fresh CRC.
-//! * **Plain commands** otherwise (an encoding the target does not know, e.g. listpacks on
-//!   Redis 6.2, set listpacks on 7.0; or a value too big to have been kept raw): `DEL`, then
+//! * **`RESTORE` with a re-encoded payload** when the target is older and does not know the
+//!   value's encoding, but the value fit in one RESTORE (`reencode`): listpack lists, sets,
+//!   zsets and hashes of Redis 7.0+ / Valkey become a quicklist of ziplists, ziplists, intsets or
+//!   the plain encodings for RDB 7–9 (Redis 3.2–6.2), stamped with the target's version; streams
+//!   v2/v3 become stream v1 (`downgrade_stream`). Counted in [`Stats::reencoded`] (a part of
+//!   [`Stats::restored`]).
+//! * **Plain commands** otherwise (a value too big to have been kept raw; a hash with field
+//!   TTLs the target cannot hold; a stream type with no downgrade, e.g. Redis 8.x's): `DEL`, then
 //!   chunked `RPUSH` / `SADD` / `ZADD` / `HSET` from the value events, `SET` + `APPEND` for big
-//!   strings, then `PEXPIREAT`.
+//!   strings, then `PEXPIREAT`. Streams: see `StreamPlain`.
 //!
 //! Until `KeyEnd` tells whether a raw form exists, a key's events are held back (up to
 //! [`HOLD_BYTES`] of decoded data); a key that grows beyond that is written with plain commands
 //! as its chunks arrive.
 //!
-//! Keys already expired are skipped. What cannot be expressed on the target (streams and module
-//! values without a payload form the target loads, functions below 7.0, hash-field TTLs) is
-//! reported by key and counted in [`Stats`], never dropped silently.
+//! Keys already expired are skipped. What cannot be expressed on the target (module values
+//! without a payload form the target loads, functions below 7.0, hash-field TTLs) is reported by
+//! key and counted in [`Stats`], never dropped silently.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::target::{Tag, TargetError, TargetWriter, show_key};
-use crate::rdb::event::HashField;
-use crate::rdb::{Dialect, Event, KeyInfo, RdbType, RdbVersion, ValueKind, build_dump};
+use crate::rdb::encodings::encode_intset;
+use crate::rdb::event::{HashField, PendingEntry, StreamId, StreamMeta};
+use crate::rdb::{
+    Dialect, Event, KeyInfo, RdbType, RdbVersion, Reader, ValueKind, Writer, ZiplistBuilder,
+    build_dump,
+};
 
 /// Decoded bytes held back per key while waiting to learn whether a RESTORE is possible.
 pub const HOLD_BYTES: usize = 4 * 1024 * 1024;
@@ -66,8 +77,10 @@ pub fn target_knows(t: RdbType, max: RdbVersion) -> bool {
 /// Counters of what the converter did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Stats {
-    /// Keys written with RESTORE.
+    /// Keys written with RESTORE (re-encoded ones included).
     pub restored: u64,
+    /// Of those, keys whose payload was re-encoded for an older target.
+    pub reencoded: u64,
     /// Keys written with plain commands.
     pub plain: u64,
     /// Keys skipped because they had already expired.
@@ -115,12 +128,58 @@ struct Current {
     mode: Mode,
     restorable: bool,
     field_ttls: bool,
+    /// State of a stream written with plain commands.
+    stream: Option<StreamPlain>,
+}
+
+/// Name of the consumer group that makes `XGROUP CREATE … MKSTREAM` create the (possibly empty)
+/// stream before its entries are added; destroyed once they are.
+const TMP_GROUP: &[u8] = b"cutover:tmp-group";
+/// Field and value of the placeholder entries (see [`StreamPlain`]).
+const PLACEHOLDER: &[u8] = b"cutover:placeholder";
+
+/// A stream written with plain commands:
+///
+/// ```text
+/// DEL key
+/// XGROUP CREATE key <tmp> 0 MKSTREAM        the stream exists even if it has no entry
+/// XADD key <id> field value …               every live entry, in order (+ placeholders)
+/// XGROUP DESTROY key <tmp>
+/// per group:     XGROUP CREATE key g <last-delivered-id> [ENTRIESREAD n]
+/// per consumer:  XGROUP CREATECONSUMER key g c
+/// per pending:   XCLAIM key g c 0 <id> TIME <ms> RETRYCOUNT <n> FORCE JUSTID
+/// XDEL key <placeholders>
+/// XSETID key <last-id> [ENTRIESADDED n MAXDELETEDID id]   (7.0+ targets)
+/// ```
+///
+/// `XCLAIM … FORCE` only creates a pending entry whose message is in the stream, but a pending
+/// entry may name a message deleted since it was delivered. When the whole stream was held back
+/// (see [`HOLD_BYTES`]), such ids are known before the entries are written: a placeholder entry
+/// is added at the id, claimed, then deleted again. A stream bigger than that is written as it
+/// arrives, and pending entries of deleted messages are lost (the server ignores them).
+#[derive(Debug, Default)]
+struct StreamPlain {
+    /// Ids to add as placeholder entries, in order; those not yet added.
+    placeholders: BTreeSet<StreamId>,
+    /// Placeholders added (deleted at the end).
+    added: Vec<StreamId>,
+    meta: Option<StreamMeta>,
+    /// The current group's name.
+    group: Vec<u8>,
+    /// The current group's pending entries, by id.
+    pel: HashMap<StreamId, PendingEntry>,
+    /// The current consumer's name.
+    consumer: Vec<u8>,
 }
 
 /// Turns snapshot events into target commands.
 pub struct Converter {
     max_rdb: RdbVersion,
     has_functions: bool,
+    /// The target takes `ENTRIESREAD`, `ENTRIESADDED`, `MAXDELETEDID` (Redis 7.0+, Valkey).
+    stream_v2_args: bool,
+    /// The target has `XGROUP CREATECONSUMER` (Redis 6.2+, Valkey).
+    create_consumer: bool,
     key: Option<Current>,
     /// Time used to decide that a key has expired (unix ms), fixed per snapshot.
     now_ms: i64,
@@ -132,6 +191,8 @@ impl Converter {
         Converter {
             max_rdb: target.info().max_rdb,
             has_functions: target.info().has_functions(),
+            stream_v2_args: target.info().valkey || target.info().version >= (7, 0, 0),
+            create_consumer: target.info().valkey || target.info().version >= (6, 2, 0),
             key: None,
             now_ms: now_ms(),
             stats: Stats::default(),
@@ -153,7 +214,7 @@ impl Converter {
                 } else if expired {
                     self.stats.expired += 1;
                     Mode::Skip
-                } else if !restorable && matches!(kind, ValueKind::Stream | ValueKind::Module) {
+                } else if !restorable && kind == ValueKind::Module {
                     self.stats.problem(format!(
                         "key '{}' (db {}): a {} in {} cannot be written to a target that loads RDB {} — not supported yet",
                         show_key(&info.key),
@@ -171,6 +232,7 @@ impl Converter {
                 };
                 self.key = Some(Current {
                     field_ttls: false,
+                    stream: None,
                     info,
                     mode,
                     restorable,
@@ -184,9 +246,17 @@ impl Converter {
                     Mode::Skip => {}
                     Mode::Holding { held, .. } => match raw {
                         Some(raw) if cur.restorable => self.restore(&cur.info, &raw, w)?,
+                        Some(raw)
+                            if !cur.field_ttls
+                                && let Some(value) =
+                                    reencode(&cur.info, &raw, &held, self.max_rdb) =>
+                        {
+                            self.restore(&cur.info, &value, w)?;
+                            self.stats.reencoded += 1;
+                        }
                         _ => {
                             let kind = cur.info.rdb_type.kind();
-                            if matches!(kind, ValueKind::Stream | ValueKind::Module) {
+                            if kind == ValueKind::Module {
                                 self.stats.problem(format!(
                                     "key '{}' (db {}): a {} too big for one RESTORE — not supported yet",
                                     show_key(&cur.info.key),
@@ -194,7 +264,10 @@ impl Converter {
                                     kind.name()
                                 ));
                             } else {
-                                cur.mode = self.start_plain(&cur.info, w)?;
+                                cur.mode = self.start_plain(&mut cur, w)?;
+                                if let Some(st) = &mut cur.stream {
+                                    st.placeholders = orphan_pending_ids(&held);
+                                }
                                 for ev in held {
                                     self.plain_chunk(&mut cur, ev, w)?;
                                 }
@@ -233,7 +306,13 @@ impl Converter {
             | Event::ListChunk(_)
             | Event::SetChunk(_)
             | Event::ZsetChunk(_)
-            | Event::HashChunk(_)) => {
+            | Event::HashChunk(_)
+            | Event::StreamEntries(_)
+            | Event::StreamMeta(_)
+            | Event::StreamGroup(_)
+            | Event::StreamGroupPel(_)
+            | Event::StreamConsumer(_)
+            | Event::StreamConsumerPel(_)) => {
                 let Some(mut cur) = self.key.take() else {
                     return Ok(());
                 };
@@ -249,7 +328,7 @@ impl Converter {
                         held.push(ev);
                         if *bytes > HOLD_BYTES {
                             let held = std::mem::take(held);
-                            cur.mode = self.start_plain(&cur.info, w)?;
+                            cur.mode = self.start_plain(&mut cur, w)?;
                             for ev in held {
                                 self.plain_chunk(&mut cur, ev, w)?;
                             }
@@ -259,7 +338,7 @@ impl Converter {
                 }
                 self.key = Some(cur);
             }
-            // Stream and module value events: only the raw form is used for now.
+            // Module value events: only the raw form is used.
             _ => {}
         }
         Ok(())
@@ -289,10 +368,29 @@ impl Converter {
         Ok(())
     }
 
-    fn start_plain(&mut self, info: &KeyInfo, w: &mut TargetWriter) -> Result<Mode, TargetError> {
+    fn start_plain(
+        &mut self,
+        cur: &mut Current,
+        w: &mut TargetWriter,
+    ) -> Result<Mode, TargetError> {
+        let info = &cur.info;
         w.select(info.db)?;
         if info.rdb_type.kind() != ValueKind::String {
             w.send(&[&b"DEL"[..], &info.key], Tag::key("DEL", &info.key))?;
+        }
+        if info.rdb_type.kind() == ValueKind::Stream {
+            w.send(
+                &[
+                    &b"XGROUP"[..],
+                    b"CREATE",
+                    &info.key,
+                    TMP_GROUP,
+                    b"0",
+                    b"MKSTREAM",
+                ],
+                Tag::key("XGROUP CREATE", &info.key),
+            )?;
+            cur.stream = Some(StreamPlain::default());
         }
         Ok(Mode::Plain {
             string_started: false,
@@ -353,9 +451,142 @@ impl Converter {
                     w.send(&args, Tag::key("HSET", key))?;
                 }
             }
+            ev => {
+                if let Some(st) = &mut cur.stream {
+                    self.stream_event(key, st, ev, w)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn stream_event(
+        &self,
+        key: &[u8],
+        st: &mut StreamPlain,
+        ev: Event,
+        w: &mut TargetWriter,
+    ) -> Result<(), TargetError> {
+        match ev {
+            Event::StreamEntries(entries) => {
+                for entry in entries {
+                    add_placeholders(key, st, Some(entry.id), w)?;
+                    let id = entry.id.to_string();
+                    let mut args: Vec<&[u8]> = vec![b"XADD", key, id.as_bytes()];
+                    for (f, v) in &entry.fields {
+                        args.push(f);
+                        args.push(v);
+                    }
+                    w.send(&args, Tag::key("XADD", key))?;
+                }
+            }
+            Event::StreamMeta(meta) => {
+                add_placeholders(key, st, None, w)?;
+                w.send(
+                    &[&b"XGROUP"[..], b"DESTROY", key, TMP_GROUP],
+                    Tag::key("XGROUP DESTROY", key),
+                )?;
+                st.meta = Some(meta);
+            }
+            Event::StreamGroup(group) => {
+                let id = group.last_id.to_string();
+                let read = group
+                    .entries_read
+                    .filter(|n| self.stream_v2_args && *n != u64::MAX)
+                    .map(|n| n.to_string());
+                let mut args: Vec<&[u8]> = vec![b"XGROUP", b"CREATE", key, &group.name];
+                args.push(id.as_bytes());
+                if let Some(n) = &read {
+                    args.push(b"ENTRIESREAD");
+                    args.push(n.as_bytes());
+                }
+                w.send(&args, Tag::key("XGROUP CREATE", key))?;
+                st.group = group.name;
+                st.pel.clear();
+            }
+            Event::StreamGroupPel(pel) => {
+                st.pel.extend(pel.into_iter().map(|p| (p.id, p)));
+            }
+            Event::StreamConsumer(consumer) => {
+                if self.create_consumer {
+                    w.send(
+                        &[
+                            &b"XGROUP"[..],
+                            b"CREATECONSUMER",
+                            key,
+                            &st.group,
+                            &consumer.name,
+                        ],
+                        Tag::key("XGROUP CREATECONSUMER", key),
+                    )?;
+                }
+                st.consumer = consumer.name;
+            }
+            Event::StreamConsumerPel(ids) => {
+                for id in ids {
+                    // A consumer's pending id is always in its group's PEL; if not (a corrupt
+                    // file), it is claimed as delivered once, now.
+                    let (time, count) = st
+                        .pel
+                        .get(&id)
+                        .map_or((self.now_ms, 1), |p| (p.delivery_time_ms, p.delivery_count));
+                    let (id, time, count) = (id.to_string(), time.to_string(), count.to_string());
+                    w.send(
+                        &[
+                            &b"XCLAIM"[..],
+                            key,
+                            &st.group,
+                            &st.consumer,
+                            b"0",
+                            id.as_bytes(),
+                            b"TIME",
+                            time.as_bytes(),
+                            b"RETRYCOUNT",
+                            count.as_bytes(),
+                            b"FORCE",
+                            b"JUSTID",
+                        ],
+                        Tag::key("XCLAIM", key),
+                    )?;
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The end of a plain stream: placeholders deleted, the last id (and on 7.0+ targets the
+    /// counters) set.
+    fn finish_stream(
+        &self,
+        key: &[u8],
+        st: &mut StreamPlain,
+        w: &mut TargetWriter,
+    ) -> Result<(), TargetError> {
+        for part in st.added.chunks(PLAIN_BATCH) {
+            let ids: Vec<String> = part.iter().map(ToString::to_string).collect();
+            let mut args: Vec<&[u8]> = vec![b"XDEL", key];
+            args.extend(ids.iter().map(String::as_bytes));
+            w.send(&args, Tag::key("XDEL", key))?;
+        }
+        let Some(meta) = &st.meta else {
+            return Ok(());
+        };
+        let last = meta.last_id.to_string();
+        let mut extra = Vec::new();
+        if self.stream_v2_args
+            && let (Some(added), Some(max_deleted)) = (meta.entries_added, meta.max_deleted_id)
+        {
+            extra = vec![
+                "ENTRIESADDED".to_string(),
+                added.to_string(),
+                "MAXDELETEDID".to_string(),
+                max_deleted.to_string(),
+            ];
+        }
+        let mut args: Vec<&[u8]> = vec![b"XSETID", key, last.as_bytes()];
+        args.extend(extra.iter().map(String::as_bytes));
+        w.send(&args, Tag::key("XSETID", key))
     }
 
     fn finish_plain(&mut self, cur: &mut Current, w: &mut TargetWriter) -> Result<(), TargetError> {
@@ -370,6 +601,9 @@ impl Converter {
         {
             // An empty string has no chunk.
             w.send(&[&b"SET"[..], key, b""], Tag::key("SET", key))?;
+        }
+        if let Some(mut st) = cur.stream.take() {
+            self.finish_stream(key, &mut st, w)?;
         }
         if let Some(at) = cur.info.expire_ms {
             let at = at.to_string();
@@ -403,12 +637,303 @@ fn format_score(s: f64) -> String {
     }
 }
 
+/// Compact encodings are used up to Redis 6.2's default limits (`hash-max-ziplist-entries`,
+/// `-value`, `zset-…`, `set-max-intset-entries`, `list-max-ziplist-size -2`), so the value
+/// is stored as the target would have stored it.
+const ZIPLIST_ENTRIES: usize = 128;
+const ZIPLIST_VALUE: usize = 64;
+const INTSET_ENTRIES: usize = 512;
+const QUICKLIST_NODE_BYTES: usize = 8 * 1024;
+
+/// The value of a held-back list, set, zset or hash (type byte + body) in encodings that
+/// targets loading RDB 7–9 (Redis 3.2–6.2) know: a quicklist of ziplists (14), a ziplist hash
+/// (13) or zset (12), an intset (11), or the plain set (2), hash (4) and zset (5); a stream v2/v3
+/// as a stream v1 (15, RDB 9) from its `raw` body ([`downgrade_stream`]). `None` if the target
+/// is older than that or the value cannot be re-encoded.
+fn reencode(info: &KeyInfo, raw: &[u8], held: &[Event], max: RdbVersion) -> Option<Vec<u8>> {
+    if !target_knows(RdbType::ListQuicklist, max) || !target_knows(RdbType::Zset2, max) {
+        return None;
+    }
+    let mut w = Writer::new();
+    match info.rdb_type.kind() {
+        ValueKind::Stream if target_knows(RdbType::StreamListpacks, max) => {
+            return downgrade_stream(info.rdb_type, raw).ok();
+        }
+        ValueKind::List => {
+            let items = held.iter().flat_map(|ev| match ev {
+                Event::ListChunk(v) => v.as_slice(),
+                _ => &[],
+            });
+            let mut nodes = Vec::new();
+            let mut node = ZiplistBuilder::new();
+            let mut bytes = 0;
+            for item in items {
+                if !node.is_empty() && bytes + item.len() + 11 > QUICKLIST_NODE_BYTES {
+                    nodes.push(std::mem::take(&mut node).finish().ok()?);
+                    bytes = 0;
+                }
+                node.push_bytes(item).ok()?;
+                bytes += item.len() + 11;
+            }
+            if !node.is_empty() {
+                nodes.push(node.finish().ok()?);
+            }
+            w.write_u8(RdbType::ListQuicklist.id());
+            w.write_len(nodes.len() as u64);
+            for n in &nodes {
+                w.write_raw_string(n);
+            }
+        }
+        ValueKind::Set => {
+            let items: Vec<&Vec<u8>> = held
+                .iter()
+                .flat_map(|ev| match ev {
+                    Event::SetChunk(v) => v.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            let ints: Option<Vec<i64>> = items.iter().map(|m| canonical_int(m)).collect();
+            match ints {
+                Some(ints) if ints.len() <= INTSET_ENTRIES => {
+                    w.write_u8(RdbType::SetIntset.id());
+                    w.write_raw_string(&encode_intset(ints).ok()?);
+                }
+                _ => {
+                    w.write_u8(RdbType::Set.id());
+                    w.write_len(items.len() as u64);
+                    for m in items {
+                        w.write_string(m);
+                    }
+                }
+            }
+        }
+        ValueKind::Zset => {
+            let items: Vec<&(Vec<u8>, f64)> = held
+                .iter()
+                .flat_map(|ev| match ev {
+                    Event::ZsetChunk(v) => v.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            if items.iter().any(|(_, s)| s.is_nan()) {
+                return None;
+            }
+            if items.len() <= ZIPLIST_ENTRIES && items.iter().all(|(m, _)| m.len() <= ZIPLIST_VALUE)
+            {
+                // Sorted by score, then member, as the server keeps it.
+                let mut sorted = items;
+                sorted.sort_by(|a, b| {
+                    a.1.partial_cmp(&b.1)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then_with(|| a.0.cmp(&b.0))
+                });
+                let mut zl = ZiplistBuilder::new();
+                for (m, s) in sorted {
+                    zl.push_bytes(m).ok()?;
+                    zl.push_bytes(ziplist_score(*s).as_bytes()).ok()?;
+                }
+                w.write_u8(RdbType::ZsetZiplist.id());
+                w.write_raw_string(&zl.finish().ok()?);
+            } else {
+                w.write_u8(RdbType::Zset2.id());
+                w.write_len(items.len() as u64);
+                for (m, s) in items {
+                    w.write_string(m);
+                    w.write_f64_le(*s);
+                }
+            }
+        }
+        ValueKind::Hash => {
+            let fields: Vec<&HashField> = held
+                .iter()
+                .flat_map(|ev| match ev {
+                    Event::HashChunk(v) => v.as_slice(),
+                    _ => &[],
+                })
+                .collect();
+            if fields.len() <= ZIPLIST_ENTRIES
+                && fields
+                    .iter()
+                    .all(|f| f.field.len() <= ZIPLIST_VALUE && f.value.len() <= ZIPLIST_VALUE)
+            {
+                let mut zl = ZiplistBuilder::new();
+                for f in fields {
+                    zl.push_bytes(&f.field).ok()?;
+                    zl.push_bytes(&f.value).ok()?;
+                }
+                w.write_u8(RdbType::HashZiplist.id());
+                w.write_raw_string(&zl.finish().ok()?);
+            } else {
+                w.write_u8(RdbType::Hash.id());
+                w.write_len(fields.len() as u64);
+                for f in fields {
+                    w.write_string(&f.field);
+                    w.write_string(&f.value);
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(w.into_inner())
+}
+
+/// A stream v2 (type 19, Redis 7.0+) or v3 (type 21, Redis 7.2+, Valkey) payload body as a
+/// stream v1 (type 15, Redis 5.0–6.2). The nodes (listpacks) are the same in all three and
+/// are copied as they are; what v1 lacks is left out: the first id, highest deleted id and
+/// entries-added count of the stream, each group's entries-read count, each consumer's
+/// active time.
+fn downgrade_stream(ty: RdbType, raw: &[u8]) -> crate::rdb::error::Result<Vec<u8>> {
+    use crate::rdb::RdbError;
+    const CTX: &str = "stream downgrade";
+    let v3 = match ty {
+        RdbType::StreamListpacks2 => false,
+        RdbType::StreamListpacks3 => true,
+        _ => return Err(RdbError::invalid(0, CTX, "not a stream v2 or v3")),
+    };
+    let mut r = Reader::new(raw);
+    r.read_u8(CTX)?;
+    let mut w = Writer::with_capacity(raw.len());
+    w.write_u8(RdbType::StreamListpacks.id());
+    // Nodes: key and listpack strings, copied.
+    let start = r.position();
+    let nodes = r.read_len(CTX)?;
+    for _ in 0..nodes {
+        r.skip_string(CTX)?;
+        r.skip_string(CTX)?;
+    }
+    w.write_bytes(&raw[start..r.position()]);
+    let length = r.read_len(CTX)?;
+    let (last_ms, last_seq) = (r.read_len(CTX)?, r.read_len(CTX)?);
+    for _ in 0..5 {
+        r.read_len(CTX)?; // first id, max deleted id, entries added
+    }
+    w.write_len(length);
+    w.write_len(last_ms);
+    w.write_len(last_seq);
+    let groups = r.read_len(CTX)?;
+    w.write_len(groups);
+    for _ in 0..groups {
+        // Name, last id.
+        let start = r.position();
+        r.skip_string(CTX)?;
+        r.read_len(CTX)?;
+        r.read_len(CTX)?;
+        w.write_bytes(&raw[start..r.position()]);
+        r.read_len(CTX)?; // entries read
+        // PEL: 16-byte id, delivery time, delivery count.
+        let start = r.position();
+        let pel = r.read_len(CTX)?;
+        for _ in 0..pel {
+            r.skip(16 + 8, CTX)?;
+            r.read_len(CTX)?;
+        }
+        let consumers = r.read_len(CTX)?;
+        w.write_bytes(&raw[start..r.position()]);
+        for _ in 0..consumers {
+            // Name, seen time.
+            let start = r.position();
+            r.skip_string(CTX)?;
+            r.skip(8, CTX)?;
+            w.write_bytes(&raw[start..r.position()]);
+            if v3 {
+                r.skip(8, CTX)?; // active time
+            }
+            let start = r.position();
+            let pel = r.read_len(CTX)?;
+            r.skip(
+                usize::try_from(pel.saturating_mul(16)).unwrap_or(usize::MAX),
+                CTX,
+            )?;
+            w.write_bytes(&raw[start..r.position()]);
+        }
+    }
+    if !r.is_empty() {
+        return Err(r.invalid(CTX, "bytes after the stream"));
+    }
+    Ok(w.into_inner())
+}
+
+/// The integer `s` is the canonical decimal text of, if any (what an intset may hold).
+fn canonical_int(s: &[u8]) -> Option<i64> {
+    let v: i64 = std::str::from_utf8(s).ok()?.parse().ok()?;
+    (v.to_string().as_bytes() == s).then_some(v)
+}
+
+/// A score as a ziplist zset stores it: text `strtod` reads back exactly, short (Redis 6.2
+/// reads it into a 128-byte buffer).
+fn ziplist_score(s: f64) -> String {
+    if s.is_infinite() {
+        if s > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        let text = format!("{s}");
+        if text.len() > 24 {
+            format!("{s:e}")
+        } else {
+            text
+        }
+    }
+}
+
+/// Adds the placeholders below `before` (all of them if `None`).
+fn add_placeholders(
+    key: &[u8],
+    st: &mut StreamPlain,
+    before: Option<StreamId>,
+    w: &mut TargetWriter,
+) -> Result<(), TargetError> {
+    while let Some(&id) = st.placeholders.first() {
+        if before.is_some_and(|b| id >= b) {
+            break;
+        }
+        st.placeholders.pop_first();
+        let text = id.to_string();
+        w.send(
+            &[&b"XADD"[..], key, text.as_bytes(), PLACEHOLDER, PLACEHOLDER],
+            Tag::key("XADD", key),
+        )?;
+        st.added.push(id);
+    }
+    Ok(())
+}
+
+/// Ids of a held-back stream's pending entries whose message is not in the stream any more.
+fn orphan_pending_ids(held: &[Event]) -> BTreeSet<StreamId> {
+    let mut pending = BTreeSet::new();
+    for ev in held {
+        if let Event::StreamGroupPel(pel) = ev {
+            pending.extend(pel.iter().map(|p| p.id));
+        }
+    }
+    for ev in held {
+        if let Event::StreamEntries(entries) = ev {
+            for e in entries {
+                pending.remove(&e.id);
+            }
+        }
+    }
+    pending
+}
+
 fn event_bytes(ev: &Event) -> usize {
     match ev {
         Event::StringChunk(b) => b.len(),
         Event::ListChunk(v) | Event::SetChunk(v) => v.iter().map(|x| x.len() + 16).sum(),
         Event::ZsetChunk(v) => v.iter().map(|x| x.0.len() + 24).sum(),
         Event::HashChunk(v) => v.iter().map(|f| f.field.len() + f.value.len() + 32).sum(),
+        Event::StreamEntries(v) => v
+            .iter()
+            .map(|e| {
+                40 + e
+                    .fields
+                    .iter()
+                    .map(|(f, v)| f.len() + v.len() + 48)
+                    .sum::<usize>()
+            })
+            .sum(),
+        Event::StreamGroupPel(v) => v.len() * 48,
+        Event::StreamConsumerPel(v) => v.len() * 16,
+        Event::StreamGroup(g) => g.name.len() + 64,
+        Event::StreamConsumer(c) => c.name.len() + 64,
         _ => 0,
     }
 }
@@ -458,6 +983,20 @@ mod tests {
         assert_eq!(format_score(-0.1), "-0.1");
         assert_eq!(format_score(f64::INFINITY), "+inf");
         assert_eq!(format_score(1e300).parse::<f64>().unwrap(), 1e300);
+        for s in [1e300, -1.5e-300, 0.1, 1.0 / 3.0, 3.0, -0.0] {
+            let text = ziplist_score(s);
+            assert!(text.len() <= 24, "{text}");
+            assert_eq!(
+                text.parse::<f64>().unwrap().to_bits(),
+                s.to_bits(),
+                "{text}"
+            );
+        }
+        assert_eq!(ziplist_score(f64::NEG_INFINITY), "-inf");
+        assert_eq!(canonical_int(b"-5"), Some(-5));
+        assert_eq!(canonical_int(b"007"), None);
+        assert_eq!(canonical_int(b"+1"), None);
+        assert_eq!(canonical_int(b"x"), None);
         assert_eq!(
             library_name(b"#!lua name=mylib\nredis.register_function..."),
             "mylib"
