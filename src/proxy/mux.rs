@@ -83,7 +83,7 @@ async fn run(
     buffer_limit: usize,
 ) {
     let mut conn: Option<(TcpStream, ConnGuard)> = None;
-    let mut out = BytesMut::new();
+    let mut out = OutQueue::default();
     let mut inbuf = BytesMut::new();
     let mut parser = ReplyParser::default();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
@@ -108,11 +108,11 @@ async fn run(
             continue;
         };
         let event = tokio::select! {
-            req = rx.recv(), if out.len() < buffer_limit => match req {
+            req = rx.recv(), if out.bytes < buffer_limit => match req {
                 Some(req) => {
                     accept(req, &mut out, &mut inflight);
                     // Take everything already queued: one write for all of it.
-                    while out.len() < buffer_limit {
+                    while out.bytes < buffer_limit {
                         match rx.try_recv() {
                             Ok(req) => accept(req, &mut out, &mut inflight),
                             Err(_) => break,
@@ -125,7 +125,7 @@ async fn run(
             // Also while idle: a connection the server closed (its `timeout`, CLIENT KILL)
             // is noticed and dropped before a request is written into it.
             r = stream.readable() => r,
-            r = stream.writable(), if !out.is_empty() => r,
+            r = stream.writable(), if out.bytes > 0 => r,
         };
         let stream = &mut *stream;
         let result = event
@@ -158,8 +158,9 @@ async fn run(
     }
 }
 
-fn accept(req: MuxRequest, out: &mut BytesMut, inflight: &mut VecDeque<InFlight>) {
-    out.extend_from_slice(&req.wire);
+fn accept(req: MuxRequest, out: &mut OutQueue, inflight: &mut VecDeque<InFlight>) {
+    out.bytes += req.wire.len();
+    out.chunks.push_back(req.wire);
     inflight.push_back(InFlight {
         remaining: req.count,
         reply_to: req.reply_to,
@@ -173,10 +174,48 @@ fn fail(req: MuxRequest, message: &str) {
     });
 }
 
-fn write_some(stream: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
-    while !out.is_empty() {
-        match stream.try_write(out) {
-            Ok(n) => out.advance(n),
+/// Requests waiting to be written, kept as the sessions' own buffers and written with one
+/// vectored write (no copy into a staging buffer).
+#[derive(Default)]
+struct OutQueue {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+    }
+}
+
+/// At most this many buffers per `writev` (well under `IOV_MAX`).
+const MAX_IOVECS: usize = 64;
+
+fn write_some(stream: &TcpStream, out: &mut OutQueue) -> io::Result<()> {
+    while out.bytes > 0 {
+        let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+        let mut used = 0;
+        for (slot, chunk) in slices.iter_mut().zip(&out.chunks) {
+            *slot = io::IoSlice::new(chunk);
+            used += 1;
+        }
+        match stream.try_write_vectored(&slices[..used]) {
+            Ok(mut n) => {
+                out.bytes -= n;
+                while n > 0 {
+                    let Some(front) = out.chunks.front_mut() else {
+                        break;
+                    };
+                    if n >= front.len() {
+                        n -= front.len();
+                        out.chunks.pop_front();
+                    } else {
+                        front.advance(n);
+                        n = 0;
+                    }
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }

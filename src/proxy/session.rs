@@ -878,7 +878,16 @@ impl Session {
                 if bytes.len() >= BIG_REPLY {
                     self.prefer_own_connection = true;
                 }
-                self.client_out.extend_from_slice(&bytes);
+                // Nothing queued before these bytes: hand them to the socket directly and keep
+                // only what it did not take (saves a copy per reply batch).
+                let mut rest = &bytes[..];
+                if self.client_out.is_empty()
+                    && let Ok(n) = self.client.try_write(rest)
+                {
+                    telemetry::hot().bytes_out.increment(n as u64);
+                    rest = &rest[n..];
+                }
+                self.client_out.extend_from_slice(rest);
                 (completed, None)
             }
             MuxReply::Failed { message, count } => (count, Some(message)),
