@@ -230,6 +230,12 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Compares a secret without an early exit, so the time taken does not tell how many leading
+/// bytes of a guess were right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Who may use the proxy: `[proxy] password` and optional ACL `user`.
 #[derive(Clone, Default)]
 pub struct ClientAuth {

@@ -16,6 +16,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
+use crate::config::constant_time_eq;
 use crate::status::StatusSource;
 
 pub struct AdminServer {
@@ -99,8 +100,4 @@ impl AdminServer {
             other => err(&format!("ERR unknown admin command '{other}'; try STATUS")),
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -33,6 +33,7 @@ use super::command::{self, Kind, ReplyMode, SubKind};
 use super::io::read_now;
 use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
+use crate::config::constant_time_eq;
 use crate::resp::request::{CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
 use crate::route::{Backend, ConnGuard};
@@ -605,7 +606,7 @@ impl Session {
                 };
                 self.conn.reply_off = mode == ReplyMode::Off;
                 self.conn.skip_next = mode == ReplyMode::Skip;
-                self.send(cmd, wire, expect, Effect::None, false).await;
+                self.send(cmd, wire, expect, Effect::None).await;
             }
             Kind::Multi => {
                 self.forward(cmd, wire, Expect::Replies(1), Effect::Multi)
@@ -788,17 +789,11 @@ impl Session {
         } else {
             expect
         };
-        self.send(cmd, wire, expect, effect, false).await
+        self.send(cmd, wire, expect, effect).await
     }
 
-    async fn send(
-        &mut self,
-        cmd: usize,
-        wire: &[u8],
-        expect: Expect,
-        effect: Effect,
-        swallow: bool,
-    ) -> bool {
+    /// Sends a client command on the session's own connection (opening it if needed).
+    async fn send(&mut self, cmd: usize, wire: &[u8], expect: Expect, effect: Effect) -> bool {
         if let Err(msg) = self.ensure_upstream().await {
             if !matches!(expect, Expect::Replies(0)) {
                 self.local_error(cmd, &format!("ERR cutover: {msg}"));
@@ -813,7 +808,7 @@ impl Session {
                 started: self.batch_started,
                 expect,
                 effect,
-                swallow,
+                swallow: false,
                 via_mux: false,
             });
         }
@@ -1277,11 +1272,4 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
         Some(v @ (2 | 3)) => Effect::Hello(v),
         _ => Effect::None,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
