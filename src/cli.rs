@@ -246,6 +246,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         timeout,
         progress: !args.quiet,
         fresh: args.fresh,
+        shared: None,
     };
     let report = crate::sync::engine::run(&opts)?;
     Ok(sync_summary(&report))

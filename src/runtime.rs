@@ -1,7 +1,8 @@
 //! `cutover run`: wires the listeners together and runs until Ctrl-C / SIGTERM.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -12,6 +13,7 @@ use crate::config::Settings;
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
+use crate::sync::engine::{SyncOptions, SyncProgress};
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics {
@@ -31,6 +33,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.proxy.clone(),
         ArcSwap::from_pointee(route),
     ));
+    let sync = Arc::new(SyncProgress::default());
     let listener = TcpListener::bind(settings.proxy.listen)
         .await
         .with_context(|| {
@@ -50,11 +53,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             token: admin.token.clone(),
             status: Arc::new(RunStatus {
                 proxy: shared.clone(),
+                sync: settings.target.as_ref().map(|_| sync.clone()),
                 started: Instant::now(),
             }),
         });
         tracing::info!(listen = %admin.listen, token = admin.token.is_some(), "admin listener ready");
         tokio::spawn(server.listen(listener));
+    }
+
+    if let Some(target) = &settings.target {
+        let opts = SyncOptions {
+            source: settings.source.clone(),
+            target: target.clone(),
+            once: false,
+            timeout: Duration::from_secs(60),
+            progress: false,
+            fresh: false,
+            shared: Some(sync.clone()),
+        };
+        std::thread::Builder::new()
+            .name("cutover-sync".into())
+            .spawn(move || run_sync(opts))
+            .context("cannot start the sync thread")?;
+        tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }
 
     shutdown_signal().await;
@@ -81,4 +102,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Runs the sync for as long as the process lives. A failure (source or target down, link
+/// dropped) is reported in `status` and retried with back-off; every retry resumes from the
+/// position stored on the target, so nothing is applied twice.
+fn run_sync(opts: SyncOptions) {
+    let Some(progress) = opts.shared.clone() else {
+        return;
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        progress.starts.fetch_add(1, Ordering::Relaxed);
+        match crate::sync::engine::run(&opts) {
+            // Returns Ok only when stopped (Ctrl-C / SIGTERM): the process is ending.
+            Ok(_) => return,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, retry_in_s = backoff.as_secs(), "sync failed; retrying (it resumes from the position stored on the target)");
+                progress.phase.store(3, Ordering::Relaxed);
+                if let Ok(mut last) = progress.last_error.lock() {
+                    *last = Some(msg);
+                }
+                metrics::counter!("cutover_sync_restarts_total").increment(1);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }

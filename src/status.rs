@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::proxy::ProxyShared;
+use crate::sync::engine::SyncProgress;
 
 /// Anything that can describe itself for `STATUS`.
 pub trait StatusSource: Send + Sync {
@@ -17,6 +18,8 @@ pub trait StatusSource: Send + Sync {
 /// The status of a running `cutover run`.
 pub struct RunStatus {
     pub proxy: Arc<ProxyShared>,
+    /// The background sync, when a target is configured.
+    pub sync: Option<Arc<SyncProgress>>,
     pub started: Instant,
 }
 
@@ -24,10 +27,29 @@ impl StatusSource for RunStatus {
     fn status(&self) -> Value {
         let route = self.proxy.route.load();
         let p = &self.proxy;
+        let sync = self.sync.as_ref().map(|s| {
+            json!({
+                "phase": s.phase_name(),
+                "snapshot_bytes": s.snapshot_bytes.load(Ordering::Relaxed),
+                "keys_seen": s.keys_seen.load(Ordering::Relaxed),
+                "keys_done": s.keys_done.load(Ordering::Relaxed),
+                "keys_not_copied": s.keys_not_copied.load(Ordering::Relaxed),
+                "received_offset": s.received_offset.load(Ordering::Relaxed),
+                "applied_offset": s.applied_offset.load(Ordering::Relaxed),
+                "lag_bytes": s.lag_bytes(),
+                "lag_ms": s.lag_ms(),
+                "starts": s.starts.load(Ordering::Relaxed),
+                "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        });
+        // Without a target the proxy only forwards to the source.
+        let phase = self.sync.as_ref().map_or("proxying", |s| s.phase_name());
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            // Until the sync engine runs, the proxy only forwards to the source.
-            "phase": "proxying",
+            "phase": phase,
+            "lag_bytes": self.sync.as_ref().map(|s| s.lag_bytes()),
+            "lag_ms": self.sync.as_ref().map(|s| s.lag_ms()),
+            "sync": sync,
             "primary": route.primary.as_str(),
             "route_epoch": route.epoch,
             "uptime_secs": self.started.elapsed().as_secs(),
@@ -53,7 +75,7 @@ pub fn render_text(doc: &Value) -> String {
     };
     let proxy = &doc["proxy"];
     format!(
-        "phase:     {}\nprimary:   {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nuptime:    {} s\n",
+        "phase:     {}\nprimary:   {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nuptime:    {} s\n",
         s(&doc["phase"]),
         s(&doc["primary"]),
         s(&doc["source"]),
@@ -61,6 +83,28 @@ pub fn render_text(doc: &Value) -> String {
         s(&proxy["listen"]),
         s(&proxy["client_connections"]),
         s(&proxy["backend_connections"]),
+        sync_line(&doc["sync"]),
         s(&doc["uptime_secs"]),
     )
+}
+
+fn sync_line(sync: &Value) -> String {
+    if sync.is_null() {
+        return "- (no target configured)".into();
+    }
+    let n = |k: &str| sync[k].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "{}: {} keys copied ({} not copied), {} snapshot bytes, offset {} applied, lag {} bytes / {} ms",
+        sync["phase"].as_str().unwrap_or("-"),
+        n("keys_done"),
+        n("keys_not_copied"),
+        n("snapshot_bytes"),
+        n("applied_offset"),
+        n("lag_bytes"),
+        n("lag_ms"),
+    );
+    if let Some(e) = sync["last_error"].as_str() {
+        line.push_str(&format!(" (last error: {e})"));
+    }
+    line
 }

@@ -1252,3 +1252,65 @@ fn rdb_file_incomplete_copy_exits_3() {
     assert!(stderr.contains("mylib"), "{stderr}");
     assert_eq!(q::<String>(&mut old.conn(), &[b"GET", b"k"]), "v");
 }
+
+/// `cutover run` with a target syncs in the background as soon as the proxy is up: `status`
+/// goes connecting → syncing → streaming, and writes made through the proxy reach the target.
+#[test]
+fn run_syncs_in_the_background_and_status_shows_it() {
+    use common::Proxy;
+    let source = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let target = Server::start(Version::Redis62);
+    let mut src = source.conn();
+    for i in 0..200 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("before:{i}"))
+            .arg(i)
+            .query(&mut src)
+            .unwrap();
+    }
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = proxy.status_json();
+        if status["phase"] == "streaming" {
+            assert_eq!(status["sync"]["keys_done"], 200, "{status}");
+            assert!(
+                status["lag_bytes"].is_u64() && status["lag_ms"].is_u64(),
+                "{status}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached streaming: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut through = proxy.conn();
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("via-proxy")
+        .query(&mut through)
+        .unwrap();
+    let mut dst = target.conn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<String> = redis::cmd("GET").arg("after").query(&mut dst).unwrap();
+        if v.as_deref() == Some("via-proxy") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the target"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v: Option<String> = redis::cmd("GET").arg("before:7").query(&mut dst).unwrap();
+    assert_eq!(v.as_deref(), Some("7"));
+    let status = proxy.status_json();
+    assert_eq!(status["primary"], "source", "{status}");
+    assert!(
+        proxy.metrics().contains("cutover_sync_applied_offset"),
+        "sync gauges missing from /metrics"
+    );
+}

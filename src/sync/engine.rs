@@ -31,7 +31,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,94 @@ pub struct SyncOptions {
     /// Ignore a position stored on the target: full sync (the target is flushed if it holds
     /// one, as its data comes from an earlier sync).
     pub fresh: bool,
+    /// Where `cutover run` reads the sync's state for `status` (and metrics).
+    pub shared: Option<Arc<SyncProgress>>,
+}
+
+/// The sync's live state, for `cutover status` and Prometheus.
+#[derive(Debug, Default)]
+pub struct SyncProgress {
+    /// 0 connecting, 1 snapshot (`syncing`), 2 streaming, 3 error (retrying).
+    pub phase: AtomicU8,
+    pub snapshot_bytes: AtomicU64,
+    pub keys_seen: AtomicU64,
+    pub keys_done: AtomicU64,
+    pub keys_not_copied: AtomicU64,
+    /// Replication offset received from the source.
+    pub received_offset: AtomicU64,
+    /// Replication offset the target has applied and confirmed.
+    pub applied_offset: AtomicU64,
+    /// Milliseconds since the engine started when the target last had everything received
+    /// applied (for `lag_ms`).
+    pub caught_up_at_ms: AtomicU64,
+    /// Full runs of the engine started (a restart resumes from the stored position).
+    pub starts: AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
+    pub epoch: std::sync::OnceLock<Instant>,
+}
+
+impl SyncProgress {
+    pub fn phase_name(&self) -> &'static str {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => "connecting",
+            1 => "syncing",
+            2 => "streaming",
+            _ => "sync_error",
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    /// Bytes of the replication stream received but not yet applied on the target.
+    pub fn lag_bytes(&self) -> u64 {
+        self.received_offset
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.applied_offset.load(Ordering::Relaxed))
+    }
+
+    /// How long the target has been behind what was received (0 when caught up).
+    pub fn lag_ms(&self) -> u64 {
+        if self.lag_bytes() == 0 {
+            return 0;
+        }
+        self.now_ms()
+            .saturating_sub(self.caught_up_at_ms.load(Ordering::Relaxed))
+    }
+
+    fn update(
+        &self,
+        phase: &Phase,
+        snapshot_bytes: u64,
+        stats: &Stats,
+        received: u64,
+        applied: u64,
+    ) {
+        let p = match phase {
+            Phase::Connecting => 0,
+            Phase::Snapshot => 1,
+            Phase::Streaming => 2,
+        };
+        self.phase.store(p, Ordering::Relaxed);
+        self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
+        self.keys_seen.store(stats.keys_seen, Ordering::Relaxed);
+        self.keys_done.store(stats.keys_done(), Ordering::Relaxed);
+        self.keys_not_copied
+            .store(stats.unsupported, Ordering::Relaxed);
+        self.received_offset.store(received, Ordering::Relaxed);
+        self.applied_offset.store(applied, Ordering::Relaxed);
+        if applied >= received {
+            self.caught_up_at_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+        metrics::gauge!("cutover_sync_phase").set(p as f64);
+        metrics::gauge!("cutover_sync_snapshot_bytes").set(snapshot_bytes as f64);
+        metrics::gauge!("cutover_sync_keys_done").set(stats.keys_done() as f64);
+        metrics::gauge!("cutover_sync_keys_not_copied").set(stats.unsupported as f64);
+        metrics::gauge!("cutover_sync_applied_offset").set(applied as f64);
+        metrics::gauge!("cutover_sync_lag_bytes").set(received.saturating_sub(applied) as f64);
+        metrics::gauge!("cutover_sync_lag_seconds").set(self.lag_ms() as f64 / 1000.0);
+    }
 }
 
 /// What to load with [`load_rdb`].
@@ -135,7 +223,10 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(Arc::clone(&stop))?;
+    if opts.shared.is_none() {
+        // Standalone `cutover sync`; inside `cutover run` the process handles the signals.
+        watch_signals(Arc::clone(&stop))?;
+    }
     let (tx, rx) = sync_channel::<Msg>(32);
     let applied = Arc::new(AtomicU64::new(0));
     {
@@ -395,6 +486,21 @@ impl Applier<'_> {
                     self.report.stats = conv.stats;
                     return Ok(self.report);
                 }
+            }
+            if let Some(shared) = &self.opts.shared {
+                let applied = w.confirmed_offset().unwrap_or(start_offset);
+                let received = if phase == Phase::Streaming {
+                    self.last_offset
+                } else {
+                    applied
+                };
+                shared.update(
+                    &phase,
+                    self.report.snapshot_bytes,
+                    &conv.stats,
+                    received,
+                    applied,
+                );
             }
             if self.opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
                 let secs = last_progress.elapsed().as_secs_f64();
