@@ -191,6 +191,17 @@ impl RedisUrl {
         })
     }
 
+    /// The `AUTH` command (`AUTH pass` or `AUTH user pass`) for the URL's credentials, if any.
+    pub fn auth_command(&self) -> Option<Vec<&[u8]>> {
+        let pass = self.password.as_ref()?;
+        let mut args: Vec<&[u8]> = vec![b"AUTH"];
+        if let Some(user) = &self.username {
+            args.push(user.as_bytes());
+        }
+        args.push(pass.as_bytes());
+        Some(args)
+    }
+
     /// `host:port`, for connecting and for messages.
     pub fn addr(&self) -> String {
         if self.host.contains(':') {
@@ -330,6 +341,20 @@ mod tests {
         assert_eq!(u.password.as_deref(), Some("s@cret"));
         assert_eq!(u.db, 3);
         assert_eq!(u.to_string(), "redis://app:***@10.0.0.1:7000/3");
+    }
+
+    #[test]
+    fn auth_command_from_credentials() {
+        let u = RedisUrl::parse("redis://app:pw@h:1").unwrap();
+        assert_eq!(u.auth_command().unwrap(), vec![&b"AUTH"[..], b"app", b"pw"]);
+        let u = RedisUrl::parse("redis://:pw@h:1").unwrap();
+        assert_eq!(u.auth_command().unwrap(), vec![&b"AUTH"[..], b"pw"]);
+        assert!(
+            RedisUrl::parse("redis://h:1")
+                .unwrap()
+                .auth_command()
+                .is_none()
+        );
     }
 
     #[test]

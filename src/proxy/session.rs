@@ -982,11 +982,8 @@ impl Session {
     fn restore_backend_login(&mut self) {
         let Some(up) = &self.up else { return };
         let url = up.backend.url.clone();
-        if let Some(pass) = &url.password {
-            match &url.username {
-                Some(u) => self.send_internal(&[b"AUTH", u.as_bytes(), pass.as_bytes()], 1),
-                None => self.send_internal(&[b"AUTH", pass.as_bytes()], 1),
-            }
+        if let Some(auth) = url.auth_command() {
+            self.send_internal(&auth, 1);
         }
         if url.db != 0 {
             self.send_internal(&[b"SELECT", url.db.to_string().as_bytes()], 1);

@@ -82,14 +82,8 @@ async fn connect_inner(backend: &Backend) -> Result<TcpStream, UpstreamError> {
     let url = &backend.url;
     let mut hello = Vec::new();
     let mut steps = Vec::new();
-    if let Some(pass) = &url.password {
-        match &url.username {
-            Some(user) => encode_command(
-                &[&b"AUTH"[..], user.as_bytes(), pass.as_bytes()],
-                &mut hello,
-            ),
-            None => encode_command(&[&b"AUTH"[..], pass.as_bytes()], &mut hello),
-        }
+    if let Some(auth) = url.auth_command() {
+        encode_command(&auth, &mut hello);
         steps.push(Step::Auth);
     }
     if url.db != 0 {

@@ -127,11 +127,8 @@ impl ReplicaLink {
         {
             return Err(link.refused("PING", reply));
         }
-        if let Some(pass) = &url.password {
-            let reply = match &url.username {
-                Some(u) => link.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()]).await?,
-                None => link.call(&[b"AUTH", pass.as_bytes()]).await?,
-            };
+        if let Some(auth) = url.auth_command() {
+            let reply = link.call(&auth).await?;
             if reply.starts_with('-') {
                 return Err(link.refused("AUTH", reply));
             }

@@ -254,11 +254,8 @@ impl TargetWriter {
             sent: 0,
             answered: 0,
         };
-        if let Some(pass) = &url.password {
-            let reply = match &url.username {
-                Some(u) => w.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()])?,
-                None => w.call(&[b"AUTH", pass.as_bytes()])?,
-            };
+        if let Some(auth) = url.auth_command() {
+            let reply = w.call(&auth)?;
             w.check("AUTH", reply)?;
         }
         if url.db != 0 {
@@ -607,11 +604,8 @@ impl TargetWriter {
             sent: 0,
             answered: 0,
         };
-        if let Some(pass) = &url.password {
-            let reply = match &url.username {
-                Some(u) => w.call(&[b"AUTH", u.as_bytes(), pass.as_bytes()])?,
-                None => w.call(&[b"AUTH", pass.as_bytes()])?,
-            };
+        if let Some(auth) = url.auth_command() {
+            let reply = w.call(&auth)?;
             w.check("AUTH", reply)?;
         }
         Ok(w)
