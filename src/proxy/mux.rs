@@ -85,7 +85,7 @@ async fn run(
     let mut conn: Option<(TcpStream, ConnGuard)> = None;
     let mut out = OutQueue::default();
     let mut inbuf = BytesMut::new();
-    let mut parser = ReplyParser::default();
+    let mut replies = Replies::default();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
         let Some((stream, _)) = &mut conn else {
@@ -131,7 +131,7 @@ async fn run(
         let result = event
             .and_then(|_| write_some(stream, &mut out))
             .and_then(|_| read_some(stream, &mut inbuf))
-            .and_then(|_| dispatch(&mut inbuf, &mut parser, &mut inflight));
+            .and_then(|_| dispatch(&mut inbuf, &mut replies, &mut inflight));
         if let Err(e) = result {
             if e.kind() == io::ErrorKind::WouldBlock {
                 continue;
@@ -153,7 +153,7 @@ async fn run(
             conn = None;
             out.clear();
             inbuf.clear();
-            parser = ReplyParser::default();
+            replies = Replies::default();
         }
     }
 }
@@ -233,38 +233,45 @@ fn read_some(stream: &mut TcpStream, inbuf: &mut BytesMut) -> io::Result<()> {
     }
 }
 
+/// Reply framing state that lives across reads: the replies already complete for the request
+/// at the head (`span` bytes, `completed` replies) wait for the rest of that request, so a
+/// session gets its batch's replies in one piece and writes them to its client at once.
+#[derive(Default)]
+struct Replies {
+    parser: ReplyParser,
+    span: usize,
+    completed: u32,
+}
+
 /// Hands complete replies (and big partial ones) to the sessions that asked for them.
 fn dispatch(
     inbuf: &mut BytesMut,
-    parser: &mut ReplyParser,
+    r: &mut Replies,
     inflight: &mut VecDeque<InFlight>,
 ) -> io::Result<()> {
-    let mut span = 0;
-    let mut completed = 0;
     while let Some(head) = inflight.front_mut() {
-        match parser.parse(&inbuf[span..]) {
+        match r.parser.parse(&inbuf[r.span..]) {
             Ok(Some(info)) => {
-                span += info.len;
-                completed += 1;
+                r.span += info.len;
+                r.completed += 1;
                 head.remaining -= 1;
                 if head.remaining == 0 {
-                    let bytes = inbuf.split_to(span).freeze();
+                    let bytes = inbuf.split_to(r.span).freeze();
+                    let completed = std::mem::take(&mut r.completed);
+                    r.span = 0;
                     let _ = head.reply_to.send(MuxReply::Data { bytes, completed });
                     inflight.pop_front();
-                    span = 0;
-                    completed = 0;
                 }
             }
             Ok(None) => {
-                let partial = parser.scanned();
-                let stream_on = partial >= STREAM_THRESHOLD;
-                let take = span + if stream_on { partial } else { 0 };
-                if take > 0 {
-                    let bytes = inbuf.split_to(take).freeze();
+                // Only a big backlog (a huge reply, or many big ones) is handed on early.
+                let partial = r.parser.scanned();
+                if r.span + partial >= STREAM_THRESHOLD {
+                    let bytes = inbuf.split_to(r.span + partial).freeze();
+                    let completed = std::mem::take(&mut r.completed);
+                    r.span = 0;
+                    r.parser.forwarded(partial);
                     let _ = head.reply_to.send(MuxReply::Data { bytes, completed });
-                    if stream_on {
-                        parser.forwarded(partial);
-                    }
                 }
                 return Ok(());
             }
