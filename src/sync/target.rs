@@ -214,6 +214,35 @@ impl TargetWriter {
     /// Connects, logs in (`AUTH` from the URL), selects the URL's database and reads
     /// `INFO server`.
     pub fn connect(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
+        // A generous read bound: a big RESTORE or a slow FUNCTION LOAD may take a while.
+        let mut w = Self::open(
+            url,
+            timeout,
+            timeout.max(Duration::from_secs(60)),
+            DEFAULT_WINDOW,
+        )?;
+        if url.db != 0 {
+            let db = url.db.to_string();
+            let reply = w.call(&[b"SELECT", db.as_bytes()])?;
+            w.check("SELECT", reply)?;
+            w.db = u64::from(url.db);
+        }
+        let reply = w.call(&[b"INFO", b"server"])?;
+        let text = w.check("INFO server", reply)?;
+        w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {
+            addr: w.addr.clone(),
+            detail,
+        })?;
+        Ok(w)
+    }
+
+    /// TCP connection (each resolved address in turn) and `AUTH`; db 0, no INFO probe.
+    fn open(
+        url: &RedisUrl,
+        timeout: Duration,
+        read_timeout: Duration,
+        window: usize,
+    ) -> Result<TargetWriter, TargetError> {
         let addr = url.addr();
         let connect_err = |source| TargetError::Connect {
             addr: addr.clone(),
@@ -234,8 +263,7 @@ impl TargetWriter {
             connect_err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
         })?;
         let _ = stream.set_nodelay(true);
-        // A generous bound: a big RESTORE or a slow FUNCTION LOAD may take a while.
-        let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_secs(60))));
+        let _ = stream.set_read_timeout(Some(read_timeout));
         let mut w = TargetWriter {
             stream,
             addr,
@@ -248,8 +276,8 @@ impl TargetWriter {
             inbuf: Vec::with_capacity(64 * 1024),
             parser: ReplyParser::default(),
             inflight: VecDeque::new(),
-            window: DEFAULT_WINDOW,
-            db: u64::from(url.db),
+            window,
+            db: 0,
             confirmed: None,
             sent: 0,
             answered: 0,
@@ -258,17 +286,6 @@ impl TargetWriter {
             let reply = w.call(&auth)?;
             w.check("AUTH", reply)?;
         }
-        if url.db != 0 {
-            let db = url.db.to_string();
-            let reply = w.call(&[b"SELECT", db.as_bytes()])?;
-            w.check("SELECT", reply)?;
-        }
-        let reply = w.call(&[b"INFO", b"server"])?;
-        let text = w.check("INFO server", reply)?;
-        w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {
-            addr: w.addr.clone(),
-            detail,
-        })?;
         Ok(w)
     }
 
@@ -562,54 +579,10 @@ pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
 /// queries such as the source's `INFO replication`. Returns the reply's text.
 pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
-    let mut conn = TargetWriter::connect_plain(url, timeout)?;
+    let mut conn = TargetWriter::open(url, timeout, timeout, 1)?;
     let reply = conn.call(args)?;
     let step = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
     conn.check(&step, reply)
-}
-
-impl TargetWriter {
-    /// A connection without the INFO probe (and without SELECT), AUTH only.
-    fn connect_plain(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
-        let mut plain = url.clone();
-        plain.db = 0;
-        let addr = plain.addr();
-        let stream = std::net::ToSocketAddrs::to_socket_addrs(&addr)
-            .and_then(|mut it| {
-                let sa = it
-                    .next()
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
-                TcpStream::connect_timeout(&sa, timeout)
-            })
-            .map_err(|source| TargetError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let _ = stream.set_read_timeout(Some(timeout));
-        let mut w = TargetWriter {
-            stream,
-            addr,
-            info: TargetInfo {
-                valkey: false,
-                version: (0, 0, 0),
-                max_rdb: RdbVersion(0),
-            },
-            out: Vec::new(),
-            inbuf: Vec::new(),
-            parser: ReplyParser::default(),
-            inflight: VecDeque::new(),
-            window: 1,
-            db: 0,
-            confirmed: None,
-            sent: 0,
-            answered: 0,
-        };
-        if let Some(auth) = url.auth_command() {
-            let reply = w.call(&auth)?;
-            w.check("AUTH", reply)?;
-        }
-        Ok(w)
-    }
 }
 
 #[cfg(test)]
