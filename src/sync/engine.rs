@@ -82,9 +82,38 @@ pub struct SyncProgress {
     pub starts: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
     pub epoch: std::sync::OnceLock<Instant>,
+    /// Set by the cutover barrier: stop streaming as soon as the target has applied (and
+    /// confirmed) this replication offset — never apply a byte past it. Holds offset + 1;
+    /// 0: not set. See [`SyncProgress::request_stop_at`].
+    stop_at: AtomicU64,
+    /// The engine stopped because of `stop_at`; `applied_offset` is where it stopped.
+    pub stopped: AtomicBool,
 }
 
 impl SyncProgress {
+    /// Asks the running engine to stop once the target has applied `offset`: the cutover
+    /// barrier's last step before the route flips (the source gets no client writes then, and
+    /// nothing written to the source later — shadow writes — may reach the target through the
+    /// replication stream).
+    pub fn request_stop_at(&self, offset: u64) {
+        self.stopped.store(false, Ordering::Release);
+        self.stop_at
+            .store(offset.saturating_add(1), Ordering::Release);
+    }
+
+    /// The offset of a pending [`Self::request_stop_at`].
+    pub fn stop_requested(&self) -> Option<u64> {
+        match self.stop_at.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+
+    /// Withdraws [`Self::request_stop_at`] (the barrier was aborted).
+    pub fn cancel_stop(&self) {
+        self.stop_at.store(0, Ordering::Release);
+    }
+
     pub fn phase_name(&self) -> &'static str {
         match self.phase.load(Ordering::Relaxed) {
             0 => "connecting",
@@ -251,6 +280,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         in_source_txn: false,
         txn_commands: 0,
         last_offset: 0,
+        peeked: None,
     }
     .run(&mut writer)
 }
@@ -369,6 +399,8 @@ struct Applier<'a> {
     txn_commands: usize,
     /// Replication offset after the last stream command queued.
     last_offset: u64,
+    /// A message taken from `rx` to see whether more were waiting, handled next.
+    peeked: Option<Msg>,
 }
 
 impl Applier<'_> {
@@ -386,7 +418,33 @@ impl Applier<'_> {
             if self.stop.load(Ordering::Acquire) {
                 return self.stop_cleanly(w, &phase, conv.stats);
             }
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
+            let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
+            if let (Some(limit), Phase::Streaming, Some(shared)) =
+                (barrier, &phase, &self.opts.shared)
+            {
+                if w.in_flight() > 0 {
+                    w.drain()?;
+                }
+                if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
+                    let report = self.stop_cleanly(w, &phase, conv.stats)?;
+                    shared
+                        .applied_offset
+                        .store(report.offset, Ordering::Release);
+                    shared.stopped.store(true, Ordering::Release);
+                    return Ok(report);
+                }
+            }
+            // Waiting for the barrier's offset: poll often (the clients are being held).
+            let wait = if barrier.is_some() {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(100)
+            };
+            let msg = match self.peeked.take() {
+                Some(m) => Ok(m),
+                None => self.rx.recv_timeout(wait),
+            };
+            match msg {
                 Ok(Msg::Start { replid, offset }) => {
                     start_offset = offset;
                     self.last_offset = offset;
@@ -458,7 +516,16 @@ impl Applier<'_> {
                 }
                 Ok(Msg::Commands(cmds)) => {
                     self.apply_batch(cmds, w, &mut conv.stats)?;
-                    w.poll()?;
+                    match self.rx.try_recv() {
+                        Ok(next) => {
+                            self.peeked = Some(next);
+                            w.poll()?;
+                        }
+                        // Nothing else arrived meanwhile: wait for the target's answers, so the
+                        // applied offset (lag, ACKs, the barrier) is current. When commands
+                        // keep coming, batches grow instead and the target stays pipelined.
+                        Err(_) => w.drain()?,
+                    }
                 }
                 Ok(Msg::Failed(e)) => bail!("{e}"),
                 Err(RecvTimeoutError::Timeout) => {
@@ -582,7 +649,16 @@ impl Applier<'_> {
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
+        let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
         for cmd in cmds {
+            if let Some(limit) = limit
+                && self.last_offset >= limit
+                && !self.in_source_txn
+            {
+                // The cutover barrier's offset is reached: what follows (the shadow writes of
+                // the proxy, after the flip) must never reach the target.
+                break;
+            }
             let args = split_args(&cmd.wire).with_context(|| {
                 format!(
                     "unreadable command in the replication stream before offset {}",
