@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod proxy;
 pub mod rdb;
 pub mod resp;

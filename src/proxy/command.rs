@@ -504,3 +504,70 @@ mod tests {
         assert_eq!(classify(b"get", Some(b"k"), None, 2), Kind::Plain);
     }
 }
+
+/// A blocking call, cancelled on the old side by a route flip, sent again with what is left
+/// of its timeout. `None`: the command does not block (no timeout argument, `WAIT`) and must
+/// not be re-sent; `Some(None)`: its time is up (the client gets the nil it was given);
+/// `Some(Some(args))`: the command to send to the new primary.
+///
+/// Timeouts are seconds (a decimal) for the list/zset calls, the last argument except for
+/// `BLMPOP`/`BZMPOP` (the first); milliseconds after `BLOCK` for `XREAD`/`XREADGROUP`.
+/// 0 means "forever" and stays 0.
+pub fn reissue_blocking(
+    args: &[&[u8]],
+    elapsed: std::time::Duration,
+) -> Option<Option<Vec<Vec<u8>>>> {
+    let name = String::from_utf8_lossy(args.first()?).to_ascii_lowercase();
+    let (index, millis) = match name.as_str() {
+        "blpop" | "brpop" | "brpoplpush" | "blmove" | "bzpopmin" | "bzpopmax" => {
+            (args.len().checked_sub(1)?, false)
+        }
+        "blmpop" | "bzmpop" => (1, false),
+        "xread" | "xreadgroup" => {
+            let pos = args
+                .iter()
+                .position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
+            (pos + 1, true)
+        }
+        _ => return None,
+    };
+    let given: f64 = std::str::from_utf8(args.get(index)?).ok()?.parse().ok()?;
+    let given_ms = if millis { given } else { given * 1000.0 };
+    let mut out: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+    if given_ms > 0.0 {
+        let left = given_ms - elapsed.as_secs_f64() * 1000.0;
+        if left < 1.0 {
+            return Some(None);
+        }
+        out[index] = if millis {
+            format!("{}", left.ceil() as u64).into_bytes()
+        } else {
+            format!("{:.3}", left / 1000.0).into_bytes()
+        };
+    }
+    Some(Some(out))
+}
+
+#[cfg(test)]
+mod reissue_tests {
+    use super::reissue_blocking;
+    use std::time::Duration;
+
+    #[test]
+    fn blocking_calls_keep_what_is_left_of_their_timeout() {
+        let args: Vec<&[u8]> = vec![b"BLPOP", b"q", b"10"];
+        let again = reissue_blocking(&args, Duration::from_millis(2500)).unwrap().unwrap();
+        assert_eq!(again[2], b"7.500");
+        let forever: Vec<&[u8]> = vec![b"BLPOP", b"q", b"0"];
+        assert_eq!(reissue_blocking(&forever, Duration::from_secs(99)).unwrap().unwrap()[2], b"0");
+        let xread: Vec<&[u8]> = vec![b"XREAD", b"BLOCK", b"1000", b"STREAMS", b"s", b"$"];
+        assert_eq!(reissue_blocking(&xread, Duration::from_millis(400)).unwrap().unwrap()[2], b"600");
+        assert_eq!(reissue_blocking(&xread, Duration::from_millis(1400)), Some(None));
+        let plain: Vec<&[u8]> = vec![b"XREAD", b"STREAMS", b"s", b"0"];
+        assert_eq!(reissue_blocking(&plain, Duration::ZERO), None);
+        let mpop: Vec<&[u8]> = vec![b"BLMPOP", b"2", b"1", b"q", b"LEFT"];
+        assert_eq!(reissue_blocking(&mpop, Duration::ZERO).unwrap().unwrap()[1], b"2.000");
+        let wait: Vec<&[u8]> = vec![b"WAIT", b"1", b"100"];
+        assert_eq!(reissue_blocking(&wait, Duration::ZERO), None);
+    }
+}

@@ -19,7 +19,11 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
+use arc_swap::ArcSwapOption;
+
 use crate::config::ProxySettings;
+use crate::cutover::gate::Gate;
+use crate::cutover::shadow::ShadowSink;
 use crate::route::RouteTable;
 
 /// State shared by all sessions and read by the admin listener.
@@ -28,6 +32,11 @@ pub struct ProxyShared {
     pub route: RouteTable,
     pub client_conns: AtomicUsize,
     pub clients_accepted: AtomicU64,
+    /// The cutover barrier's gate, consulted by every session before it dispatches.
+    pub gate: Gate,
+    /// Where acknowledged writes are copied while the old side is kept in step (after a
+    /// switch, until `finish`); empty otherwise.
+    pub shadow: ArcSwapOption<ShadowSink>,
 }
 
 impl ProxyShared {
@@ -37,6 +46,8 @@ impl ProxyShared {
             route,
             client_conns: AtomicUsize::new(0),
             clients_accepted: AtomicU64::new(0),
+            gate: Gate::default(),
+            shadow: ArcSwapOption::empty(),
         }
     }
 }

@@ -93,7 +93,8 @@ async fn run(
             let Some(first) = rx.recv().await else { return };
             match upstream::connect(&backend, connect_timeout).await {
                 Ok(s) => {
-                    conn = Some((s, ConnGuard::new(backend.clone())));
+                    let local = s.local_addr().ok();
+                    conn = Some((s, ConnGuard::new(backend.clone(), local)));
                     accept(first, &mut out, &mut inflight);
                 }
                 Err(e) => {

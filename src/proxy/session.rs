@@ -22,7 +22,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -34,6 +34,7 @@ use super::io::read_now;
 use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::config::constant_time_eq;
+use crate::cutover::shadow::{self, ShadowItem, Value};
 use crate::resp::request::{CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
 use crate::route::{Backend, ConnGuard};
@@ -137,6 +138,20 @@ struct Pending {
     swallow: bool,
     /// Sent on the backend's shared connection.
     via_mux: bool,
+    /// A blocking call: its arguments, to send it again on the new primary when a flip
+    /// cancels it on the old one.
+    reissue: Option<Box<Blocking>>,
+    /// Answer the client with a nil instead of the server's reply (`EXEC` after a flip broke
+    /// the client's `WATCH`: the transaction was discarded).
+    nil_reply: bool,
+    /// A write to copy to the old side once its reply is known.
+    shadow: Option<Box<ShadowPlan>>,
+}
+
+/// A blocking call in flight, as sent.
+#[derive(Debug)]
+struct Blocking {
+    args: Vec<Vec<u8>>,
 }
 
 /// The backend side of a session.
@@ -154,6 +169,8 @@ enum Event {
     BackendReadable,
     Writable,
     Mux(Option<MuxReply>),
+    /// The cutover gate resumed or the route flipped.
+    Gate,
     Error(io::Error),
 }
 
@@ -198,6 +215,36 @@ pub struct Session {
     prefer_own_connection: bool,
     /// Command id and kind of the command about to be dispatched, when already known.
     classified: Option<(usize, Kind)>,
+    /// Counted as busy at the cutover gate (commands in flight or a `MULTI` open).
+    busy: bool,
+    /// Waiting at the gate while the cutover barrier holds new commands.
+    gated: bool,
+    /// Resumes and route flips (see [`crate::cutover::gate`]).
+    gate_rx: tokio::sync::watch::Receiver<u64>,
+    /// The route flipped while this client had a `WATCH` on the old side: its next `EXEC`
+    /// fails the way Redis fails it when a watched key changed (a nil reply).
+    watch_broken: bool,
+    /// A blocking call cancelled on the old side by a flip, to be sent again to the new
+    /// primary with what is left of its timeout.
+    reissue: Option<(usize, Vec<u8>)>,
+    /// The command being sent is that `EXEC` (sent as `DISCARD`, answered with a nil).
+    exec_nil: bool,
+    /// The write being dispatched, captured for the shadow (see `cutover::shadow`).
+    next_shadow: Option<Box<ShadowPlan>>,
+    /// Writes queued inside the open `MULTI`, shadowed with the replies in `EXEC`'s array.
+    txn_shadow: Vec<ShadowPlan>,
+    /// Replies from the shared connection are framed one by one (to pair writes with their
+    /// replies for the shadow). Switched on while nothing is in flight there.
+    mux_framing: bool,
+    mux_frames: BytesMut,
+    mux_frame_parser: ReplyParser,
+}
+
+/// A write as the client sent it, kept until its reply tells what to shadow.
+#[derive(Debug)]
+struct ShadowPlan {
+    args: Vec<Vec<u8>>,
+    db: u32,
 }
 
 impl Session {
@@ -205,6 +252,7 @@ impl Session {
         let route = shared.route.load();
         let db = route.primary_backend().url.db;
         let authenticated = shared.settings.auth.password.is_none();
+        let gate_rx = shared.gate.subscribe();
         Session {
             req: RequestParser::default(),
             epoch: route.epoch,
@@ -231,6 +279,17 @@ impl Session {
             mux_inflight: 0,
             prefer_own_connection: false,
             classified: None,
+            busy: false,
+            gated: false,
+            gate_rx,
+            watch_broken: false,
+            reissue: None,
+            exec_nil: false,
+            next_shadow: None,
+            txn_shadow: Vec::new(),
+            mux_framing: false,
+            mux_frames: BytesMut::new(),
+            mux_frame_parser: ReplyParser::default(),
         }
     }
 
@@ -241,6 +300,9 @@ impl Session {
         if let Err(e) = self.serve().await {
             tracing::debug!(peer = %self.peer, error = %e, "client connection ended");
         }
+        let gate = &self.shared.gate;
+        gate.set_busy(&mut self.busy, false);
+        gate.set_held(&mut self.gated, false);
         self.drop_upstream();
     }
 
@@ -261,6 +323,8 @@ impl Session {
             {
                 return Ok(());
             }
+            let in_flight = self.in_flight_for_gate();
+            self.shared.gate.set_busy(&mut self.busy, in_flight);
             let up_out = self.up.as_ref().map_or(0, |u| u.out.len());
             let read_client = !self.stop_reading
                 && !self.client_eof
@@ -273,9 +337,12 @@ impl Session {
             let up = self.up.as_ref().map(|u| &u.stream);
             let client = &self.client;
             let read_mux = self.mux_rx.is_some() && self.client_out.len() < limit;
+            let watch_gate = self.gated || self.flip_sensitive();
             let mux_rx = self.mux_rx.as_mut();
+            let gate_rx = &mut self.gate_rx;
             let event = tokio::select! {
                 m = async { mux_rx.expect("guarded").recv().await }, if read_mux => Event::Mux(m),
+                _ = gate_rx.changed(), if watch_gate => Event::Gate,
                 r = client.readable(), if read_client => r.map_or_else(Event::Error, |_| Event::ClientReadable),
                 r = async { up.expect("guarded").readable().await }, if read_backend =>
                     r.map_or_else(Event::Error, |_| Event::BackendReadable),
@@ -289,7 +356,62 @@ impl Session {
                 Event::Writable => {}
                 Event::Mux(Some(reply)) => self.on_mux_reply(reply),
                 Event::Mux(None) => self.mux_rx = None,
+                Event::Gate => self.on_gate_change().await,
                 Event::Error(e) => return Err(e),
+            }
+        }
+    }
+
+    // ----- the cutover gate and route flips -------------------------------------------
+
+    /// Does this session have work the barrier must wait for? A blocking call alone is not
+    /// (the controller cancels it on the old side and it is sent again to the new one).
+    fn in_flight_for_gate(&self) -> bool {
+        if self.conn.in_multi || self.streaming_request || self.mux_batch_count > 0 {
+            return true;
+        }
+        match self.pending.len() {
+            0 => false,
+            1 => !self.parked(),
+            _ => true,
+        }
+    }
+
+    /// Only a blocking call is waiting for its reply.
+    fn parked(&self) -> bool {
+        self.pending.len() == 1
+            && self
+                .pending
+                .front()
+                .is_some_and(|p| !p.swallow && !p.via_mux && p.reissue.is_some())
+    }
+
+    /// Must this session act on a route flip while it has nothing to send?
+    fn flip_sensitive(&self) -> bool {
+        self.up.is_some() && (self.conn.subscribed() || self.conn.watching || self.parked())
+    }
+
+    /// The gate resumed or the route flipped: subscribers follow the new primary at once
+    /// (messages published meanwhile on the new side would otherwise be missed); a `WATCH`
+    /// is marked broken; held commands are retried by the main loop.
+    async fn on_gate_change(&mut self) {
+        self.gate_rx.borrow_and_update();
+        let epoch = self.shared.route.load().epoch;
+        if epoch == self.epoch || self.up.is_none() || !self.pending.is_empty() {
+            return;
+        }
+        if self.conn.watching {
+            self.watch_broken = true;
+            self.conn.watching = false;
+            self.drop_upstream();
+        }
+        if self.conn.subscribed() {
+            tracing::debug!(peer = %self.peer, "route flipped: subscriptions move to the new primary");
+            self.drop_upstream();
+            if let Err(e) = self.ensure_upstream().await {
+                tracing::warn!(peer = %self.peer, error = %e, "cannot move the subscriptions to the new primary; closing the client");
+                self.stop_reading = true;
+                self.close_after_flush = true;
             }
         }
     }
@@ -343,9 +465,23 @@ impl Session {
 
     /// Frames and dispatches every complete command in `client_in`.
     async fn process_requests(&mut self) {
+        if let Some((cmd, wire)) = self.reissue.take() {
+            self.batch_started = Instant::now();
+            self.send(cmd, &wire, Expect::Replies(1), Effect::None).await;
+        }
         if self.client_in.is_empty() && self.held.is_none() {
             return;
         }
+        // The cutover barrier: mark this session busy, then look whether new commands are
+        // being held (see `cutover::gate`); a transaction in progress goes on to its EXEC.
+        let gate = &self.shared.gate;
+        if !gate.enter(&mut self.busy, self.conn.in_multi || self.streaming_request) {
+            let in_flight = self.in_flight_for_gate();
+            gate.set_busy(&mut self.busy, in_flight);
+            gate.set_held(&mut self.gated, true);
+            return;
+        }
+        gate.set_held(&mut self.gated, false);
         if self.conn.monitoring {
             // A monitoring client's commands (QUIT, RESET) go to the server unparsed.
             if let Some(up) = &mut self.up {
@@ -355,8 +491,80 @@ impl Session {
             return;
         }
         self.batch_started = Instant::now();
+        if !self.mux_framing && self.mux_inflight == 0 && self.shared.shadow.load().is_some() {
+            // Shadowing: from now on replies from the shared connection are split one by
+            // one, which is only possible from a reply boundary (nothing in flight).
+            self.mux_framing = true;
+        }
         self.process_requests_inner().await;
         self.flush_mux_batch();
+    }
+
+    /// Keeps a write's arguments, when writes are being shadowed, to shadow it once its reply
+    /// is known (inside `MULTI`: once `EXEC` answers).
+    fn capture_shadow(&mut self, wire: &[u8]) {
+        if self.shared.shadow.load().is_none() {
+            return;
+        }
+        let Ok(args) = crate::sync::engine::split_args(wire) else {
+            return;
+        };
+        let plan = ShadowPlan {
+            args: args.iter().map(|a| a.to_vec()).collect(),
+            db: self.conn.db,
+        };
+        if self.conn.in_multi {
+            self.txn_shadow.push(plan);
+        } else {
+            self.next_shadow = Some(Box::new(plan));
+        }
+    }
+
+    /// A shadowed write was answered: queue its deterministic form for the old side.
+    fn emit_shadow(&self, plan: &ShadowPlan, reply: &[u8]) {
+        let Some(sink) = self.shared.shadow.load_full() else {
+            return;
+        };
+        let action = match Value::decode(reply, self.conn.resp) {
+            Some(v) => shadow::shadow_form(&plan.args, &v, crate::cutover::unix_ms()),
+            None => shadow::Action::Unsupported("a reply too big or unreadable to interpret".into()),
+        };
+        sink.push(ShadowItem {
+            db: plan.db,
+            action,
+        });
+    }
+
+    /// `EXEC` answered: the queued writes are shadowed with their replies, as one transaction.
+    fn emit_txn_shadow(&mut self, reply: &[u8]) {
+        let plans = std::mem::take(&mut self.txn_shadow);
+        if plans.is_empty() {
+            return;
+        }
+        let Some(sink) = self.shared.shadow.load_full() else {
+            return;
+        };
+        let Some(Value::Array(replies)) = Value::decode(reply, self.conn.resp) else {
+            return; // aborted (nil): nothing ran
+        };
+        let now = crate::cutover::unix_ms();
+        let db = plans[0].db;
+        let mut batch = Vec::new();
+        for (plan, v) in plans.iter().zip(&replies) {
+            match shadow::shadow_form(&plan.args, v, now) {
+                shadow::Action::Apply(cmds) if plan.db == db => batch.extend(cmds),
+                shadow::Action::Skip => {}
+                other => {
+                    if !batch.is_empty() {
+                        sink.push(ShadowItem { db, action: shadow::Action::Apply(std::mem::take(&mut batch)) });
+                    }
+                    sink.push(ShadowItem { db: plan.db, action: other });
+                }
+            }
+        }
+        if !batch.is_empty() {
+            sink.push(ShadowItem { db, action: shadow::Action::Apply(batch) });
+        }
     }
 
     async fn process_requests_inner(&mut self) {
@@ -544,6 +752,10 @@ impl Session {
             (command::command_id(name), kind)
         });
         telemetry::hot().commands[cmd].increment(1);
+        self.next_shadow = None;
+        if shadow::is_write(cmd) && self.conn.authenticated {
+            self.capture_shadow(wire);
+        }
         let proxy_auth = self.shared.settings.auth.password.is_some();
         if !self.conn.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
             telemetry::error("auth");
@@ -613,10 +825,20 @@ impl Session {
                     .await;
                 self.conn.in_multi = true;
             }
+            Kind::Exec if std::mem::take(&mut self.watch_broken) && self.conn.in_multi => {
+                // A flip moved the watched keys to another server: fail the transaction the
+                // way Redis does when a watched key changed.
+                self.exec_nil = true;
+                self.forward(cmd, b"*1\r\n$7\r\nDISCARD\r\n", Expect::Replies(1), Effect::Discard)
+                    .await;
+                self.exec_nil = false;
+                self.conn.in_multi = false;
+            }
             Kind::Exec | Kind::Discard => {
                 let effect = if kind == Kind::Exec {
                     Effect::Exec
                 } else {
+                    self.watch_broken = false;
                     Effect::Discard
                 };
                 self.forward(cmd, wire, Expect::Replies(1), effect).await;
@@ -627,6 +849,7 @@ impl Session {
                     .await;
             }
             Kind::Unwatch => {
+                self.watch_broken = false;
                 self.forward(cmd, wire, Expect::Replies(1), Effect::Unwatch)
                     .await;
             }
@@ -772,6 +995,9 @@ impl Session {
             effect: Effect::None,
             swallow: false,
             via_mux: false,
+            reissue: None,
+            nil_reply: false,
+            shadow: None,
         });
         self.drain_local();
     }
@@ -800,6 +1026,15 @@ impl Session {
             }
             return false;
         }
+        let reissue = (command::may_block(cmd) && !self.conn.in_multi)
+            .then(|| crate::sync::engine::split_args(wire).ok())
+            .flatten()
+            .filter(|args| command::reissue_blocking(args, Duration::ZERO).is_some())
+            .map(|args| {
+                Box::new(Blocking {
+                    args: args.iter().map(|a| a.to_vec()).collect(),
+                })
+            });
         let Some(up) = &mut self.up else { return false };
         up.out.extend_from_slice(wire);
         if !matches!(expect, Expect::Replies(0)) {
@@ -810,6 +1045,9 @@ impl Session {
                 effect,
                 swallow: false,
                 via_mux: false,
+                reissue,
+                nil_reply: std::mem::take(&mut self.exec_nil),
+                shadow: self.next_shadow.take(),
             });
         }
         true
@@ -826,6 +1064,9 @@ impl Session {
             effect: Effect::None,
             swallow: false,
             via_mux: true,
+            reissue: None,
+            nil_reply: false,
+            shadow: self.next_shadow.take(),
         });
     }
 
@@ -873,6 +1114,9 @@ impl Session {
                 if bytes.len() >= BIG_REPLY {
                     self.prefer_own_connection = true;
                 }
+                if self.mux_framing {
+                    self.frame_mux_replies(&bytes, completed);
+                }
                 // Nothing queued before these bytes: hand them to the socket directly and keep
                 // only what it did not take (saves a copy per reply batch).
                 let mut rest = &bytes[..];
@@ -902,6 +1146,37 @@ impl Session {
         self.drain_local();
     }
 
+    /// Splits replies from the shared connection one by one and shadows the writes among the
+    /// `completed` commands now answered (they are the oldest `completed` pending entries).
+    fn frame_mux_replies(&mut self, bytes: &[u8], completed: u32) {
+        self.mux_frames.extend_from_slice(bytes);
+        for i in 0..completed as usize {
+            let info = match self.mux_frame_parser.parse(&self.mux_frames) {
+                Ok(Some(info)) => info,
+                _ => {
+                    // Cannot happen (the shared connection only reports whole replies); never
+                    // guess which reply is whose.
+                    self.mux_frames.clear();
+                    self.mux_frame_parser = ReplyParser::default();
+                    if let Some(sink) = self.shared.shadow.load_full() {
+                        sink.mark_unsafe("a reply on the shared connection could not be framed");
+                    }
+                    return;
+                }
+            };
+            let reply = self.mux_frames.split_to(info.len);
+            if info.is_error() {
+                continue;
+            }
+            if let Some(plan) = self.pending.get(i).and_then(|p| p.shadow.as_deref()) {
+                self.emit_shadow(plan, &reply);
+            }
+        }
+        if self.mux_frames.is_empty() && self.mux_frames.capacity() > TRIM_CAPACITY {
+            self.mux_frames = BytesMut::new();
+        }
+    }
+
     /// Queues an internal command whose reply is not the client's.
     fn send_internal(&mut self, args: &[&[u8]], replies: u32) {
         let Some(up) = &mut self.up else { return };
@@ -915,6 +1190,9 @@ impl Session {
             effect: Effect::None,
             swallow: true,
             via_mux: false,
+            reissue: None,
+            nil_reply: false,
+            shadow: None,
         });
     }
 
@@ -941,7 +1219,7 @@ impl Session {
                 telemetry::error("backend_unreachable");
                 e.to_string()
             })?;
-        let guard = ConnGuard::new(backend.clone());
+        let guard = ConnGuard::new(backend.clone(), stream.local_addr().ok());
         let url_db = backend.url.db;
         self.epoch = epoch;
         self.up = Some(Upstream {
@@ -1085,12 +1363,21 @@ impl Session {
                 set.remove(&channel);
             }
         }
+        if self.cancelled_by_flip(bytes) {
+            return;
+        }
         let Some(head) = self.pending.front_mut() else {
             tracing::warn!(peer = %self.peer, "reply from the server without a command; passing it on");
             self.client_out.extend_from_slice(bytes);
             return;
         };
-        if !head.swallow {
+        if head.nil_reply {
+            self.client_out.extend_from_slice(if self.conn.resp == 3 {
+                b"_\r\n"
+            } else {
+                b"*-1\r\n"
+            });
+        } else if !head.swallow {
             self.client_out.extend_from_slice(bytes);
         }
         let done = match &mut head.expect {
@@ -1103,6 +1390,17 @@ impl Session {
         if done {
             let head = self.pending.pop_front().expect("front exists");
             telemetry::hot().latency[head.cmd].record(head.started.elapsed().as_secs_f64());
+            if !info.is_error() && !head.swallow {
+                if let Some(plan) = &head.shadow {
+                    self.emit_shadow(plan, bytes);
+                }
+                if matches!(head.effect, Effect::Exec) {
+                    self.emit_txn_shadow(bytes);
+                }
+            }
+            if matches!(head.effect, Effect::Exec | Effect::Discard) {
+                self.txn_shadow.clear();
+            }
             if info.is_error() {
                 if !head.swallow {
                     telemetry::error("reply_error");
@@ -1114,6 +1412,33 @@ impl Session {
             }
             self.drain_local();
         }
+    }
+
+    /// A blocking call answered with a nil after the route flipped was cancelled by the
+    /// cutover (`CLIENT UNBLOCK` on the old side): send it again to the new primary with the
+    /// rest of its timeout instead of answering the client. An element that arrived in the
+    /// race is a real reply and reaches the client as usual.
+    fn cancelled_by_flip(&mut self, bytes: &[u8]) -> bool {
+        let Some(head) = self.pending.front() else {
+            return false;
+        };
+        let Some(blocking) = &head.reissue else {
+            return false;
+        };
+        let nil = matches!(bytes, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+        if !nil || self.shared.route.load().epoch == self.epoch {
+            return false;
+        }
+        let args: Vec<&[u8]> = blocking.args.iter().map(|a| &a[..]).collect();
+        let Some(Some(again)) = command::reissue_blocking(&args, head.started.elapsed()) else {
+            return false;
+        };
+        let mut wire = Vec::new();
+        encode_command(&again, &mut wire);
+        let head = self.pending.pop_front().expect("front exists");
+        tracing::debug!(peer = %self.peer, "blocking call cancelled by the flip; sending it to the new primary");
+        self.reissue = Some((head.cmd, wire));
+        true
     }
 
     /// Is this reply a `(p|s)(un)subscribe` confirmation answering the command at the head?

@@ -4,6 +4,8 @@
 //! commands and a switch (a later issue) replaces it in one store. Sessions notice a new
 //! `epoch` between batches and move their connection state to the new primary.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -46,6 +48,9 @@ pub struct Backend {
     connections: AtomicUsize,
     /// Why the last connection attempt failed, for the messages given during the back-off.
     last_error: Mutex<Option<String>>,
+    /// Local addresses of the proxy's open connections to this backend: how the cutover
+    /// tells the proxy's own connections from other clients in the server's `CLIENT LIST`.
+    own_addrs: Mutex<HashSet<SocketAddr>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -62,7 +67,13 @@ impl Backend {
             mux: ArcSwapOption::empty(),
             connections: AtomicUsize::new(0),
             last_error: Mutex::new(None),
+            own_addrs: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Is `addr` (as the server sees its client) one of the proxy's own connections?
+    pub fn is_own(&self, addr: &SocketAddr) -> bool {
+        self.own_addrs.lock().is_ok_and(|s| s.contains(addr))
     }
 
     /// The shared connection to this backend, started on first use (and again if its task
@@ -126,20 +137,27 @@ impl Backend {
     }
 }
 
-/// Counts one open connection to a backend for as long as it lives.
-pub struct ConnGuard(Arc<Backend>);
+/// Counts one open connection to a backend for as long as it lives (and remembers its local
+/// address, see [`Backend::is_own`]).
+pub struct ConnGuard(Arc<Backend>, Option<SocketAddr>);
 
 impl ConnGuard {
-    pub fn new(backend: Arc<Backend>) -> Self {
+    pub fn new(backend: Arc<Backend>, local: Option<SocketAddr>) -> Self {
+        if let (Some(a), Ok(mut own)) = (local, backend.own_addrs.lock()) {
+            own.insert(a);
+        }
         backend.connections.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("cutover_backend_connections", "side" => backend.side.as_str())
             .increment(1.0);
-        ConnGuard(backend)
+        ConnGuard(backend, local)
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        if let (Some(a), Ok(mut own)) = (self.1, self.0.own_addrs.lock()) {
+            own.remove(&a);
+        }
         self.0.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("cutover_backend_connections", "side" => self.0.side.as_str())
             .decrement(1.0);

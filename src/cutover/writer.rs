@@ -1,0 +1,284 @@
+//! The shadow writer: one task that drains the shadow queue into the old side, pipelined and
+//! in queue order, on one connection (so the old side applies the writes in the order the
+//! proxy saw them acknowledged).
+//!
+//! Each batch is written at once and its replies are read back; an error reply means the old
+//! side now differs from the primary, so the rollback is marked unsafe (with the command and
+//! the error). `CopyKeys` items read the keys' current state from the primary (type, value,
+//! TTL, with plain commands that every version understands) and rewrite them on the old side
+//! in one `MULTI … EXEC`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::shadow::{Action, Args, ShadowItem, ShadowSink, Value};
+use crate::proxy::upstream;
+use crate::resp::ReplyParser;
+use crate::resp::request::encode_command;
+use crate::route::Backend;
+
+/// Writes per pipeline round trip at most.
+const BATCH: usize = 512;
+
+/// A plain connection with a reply reader, for control work (shadow writes, barrier queries).
+pub struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+    parser: ReplyParser,
+    /// Database selected on this connection.
+    pub db: u32,
+}
+
+impl Conn {
+    /// Connects and logs in (AUTH and SELECT from the backend's URL).
+    pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, String> {
+        let stream = upstream::connect(backend, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            parser: ReplyParser::default(),
+            db: backend.url.db,
+        })
+    }
+
+    pub async fn write(&mut self, wire: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(wire)
+            .await
+            .map_err(|e| format!("write failed: {e}"))
+    }
+
+    /// Reads one complete reply (its raw bytes).
+    pub async fn read(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            match self.parser.parse(&self.buf) {
+                Ok(Some(info)) => return Ok(self.buf.split_to(info.len).to_vec()),
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) => return Err("connection closed by the server".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// One command, its decoded reply.
+    pub async fn query(&mut self, args: &[&[u8]]) -> Result<Value, String> {
+        let mut wire = Vec::new();
+        encode_command(args, &mut wire);
+        self.write(&wire).await?;
+        let raw = self.read().await?;
+        Value::decode(&raw, 2).ok_or_else(|| "unreadable reply".to_string())
+    }
+}
+
+/// Drains `rx` into `old` until the queue is closed (every sender dropped).
+pub async fn run(
+    sink: Arc<ShadowSink>,
+    mut rx: mpsc::Receiver<ShadowItem>,
+    old: Arc<Backend>,
+    primary: Arc<Backend>,
+    timeout: Duration,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut source_conn: Option<Conn> = None;
+    let mut items = Vec::with_capacity(BATCH);
+    loop {
+        items.clear();
+        if rx.recv_many(&mut items, BATCH).await == 0 {
+            tracing::info!(side = old.side.as_str(), "shadow writer stopped");
+            return;
+        }
+        let n = items.len() as u64;
+        if conn.is_none() {
+            match Conn::open(&old, timeout).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    sink.mark_unsafe(&format!("cannot reach the {}: {e}", old.describe()));
+                    sink.applied(n);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        if let Err(e) = write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
+            sink.mark_unsafe(&format!("shadow writes to the {} failed: {e}", old.describe()));
+            conn = None;
+        }
+        sink.applied(n);
+    }
+}
+
+/// Writes one batch, pipelined, and checks every reply.
+async fn write_batch(
+    c: &mut Conn,
+    primary_conn: &mut Option<Conn>,
+    items: &[ShadowItem],
+    sink: &ShadowSink,
+    primary: &Backend,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut wire = Vec::with_capacity(items.len() * 64);
+    // What each reply answers, to name it when it is an error.
+    let mut expect: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let commands: Vec<Args> = match &item.action {
+            Action::Apply(cmds) => cmds.clone(),
+            Action::CopyKeys(keys) => {
+                if primary_conn.is_none() {
+                    *primary_conn = Some(Conn::open(primary, timeout).await?);
+                }
+                let Some(p) = primary_conn.as_mut() else {
+                    continue;
+                };
+                if p.db != item.db {
+                    p.query(&[b"SELECT", item.db.to_string().as_bytes()])
+                        .await?;
+                    p.db = item.db;
+                }
+                let mut cmds = Vec::new();
+                for key in keys {
+                    cmds.extend(copy_key(p, key).await?);
+                }
+                cmds
+            }
+            Action::Skip | Action::Unsupported(_) => continue,
+        };
+        if commands.is_empty() {
+            continue;
+        }
+        if c.db != item.db {
+            encode_command(&[&b"SELECT"[..], item.db.to_string().as_bytes()], &mut wire);
+            expect.push("SELECT".into());
+            c.db = item.db;
+        }
+        let atomic = commands.len() > 1;
+        if atomic {
+            encode_command(&[&b"MULTI"[..]], &mut wire);
+            expect.push("MULTI".into());
+        }
+        for cmd in &commands {
+            let refs: Vec<&[u8]> = cmd.iter().map(|a| &a[..]).collect();
+            encode_command(&refs, &mut wire);
+            expect.push(String::from_utf8_lossy(&cmd[0]).to_ascii_uppercase());
+        }
+        if atomic {
+            encode_command(&[&b"EXEC"[..]], &mut wire);
+            expect.push("EXEC".into());
+        }
+    }
+    if wire.is_empty() {
+        return Ok(());
+    }
+    c.write(&wire).await?;
+    for what in expect {
+        let raw = c.read().await?;
+        let failed = match Value::decode(&raw, 2) {
+            Some(Value::Error(e)) => Some(e),
+            Some(Value::Array(items)) if what == "EXEC" => items.into_iter().find_map(|v| match v {
+                Value::Error(e) => Some(e),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if let Some(e) = failed {
+            sink.mark_unsafe(&format!(
+                "the {} refused a shadow write ({what}): {e}",
+                sink.side.as_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The commands that make `key` on the old side what it is on the primary now.
+async fn copy_key(p: &mut Conn, key: &[u8]) -> Result<Vec<Args>, String> {
+    let ty = match p.query(&[b"TYPE", key]).await? {
+        Value::Bytes(t) => t,
+        other => return Err(format!("TYPE answered {other:?}")),
+    };
+    let k = key.to_vec();
+    let del = vec![b"DEL".to_vec(), k.clone()];
+    let flat = |v: Value| -> Vec<Vec<u8>> {
+        match v {
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Value::Bytes(b) => Some(b),
+                    Value::Int(n) => Some(n.to_string().into_bytes()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut rebuild: Vec<Args> = vec![del];
+    match ty.as_slice() {
+        b"none" => return Ok(rebuild),
+        b"string" => {
+            if let Value::Bytes(v) = p.query(&[b"GET", key]).await? {
+                rebuild.push(vec![b"SET".to_vec(), k.clone(), v]);
+            }
+        }
+        b"list" => {
+            let items = flat(p.query(&[b"LRANGE", key, b"0", b"-1"]).await?);
+            for chunk in items.chunks(1000) {
+                let mut c = vec![b"RPUSH".to_vec(), k.clone()];
+                c.extend_from_slice(chunk);
+                rebuild.push(c);
+            }
+        }
+        b"set" => {
+            let items = flat(p.query(&[b"SMEMBERS", key]).await?);
+            for chunk in items.chunks(1000) {
+                let mut c = vec![b"SADD".to_vec(), k.clone()];
+                c.extend_from_slice(chunk);
+                rebuild.push(c);
+            }
+        }
+        b"zset" => {
+            let items = flat(p.query(&[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]).await?);
+            for chunk in items.chunks(2000) {
+                let mut c = vec![b"ZADD".to_vec(), k.clone()];
+                for pair in chunk.chunks(2) {
+                    if let [m, s] = pair {
+                        c.push(s.clone());
+                        c.push(m.clone());
+                    }
+                }
+                rebuild.push(c);
+            }
+        }
+        b"hash" => {
+            let items = flat(p.query(&[b"HGETALL", key]).await?);
+            for chunk in items.chunks(2000) {
+                let mut c = vec![b"HSET".to_vec(), k.clone()];
+                c.extend_from_slice(chunk);
+                rebuild.push(c);
+            }
+        }
+        other => {
+            return Err(format!(
+                "cannot copy key {} of type {} to the old side",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(other)
+            ));
+        }
+    }
+    if let Value::Int(ms) = p.query(&[b"PTTL", key]).await?
+        && ms > 0
+    {
+        let at = crate::cutover::unix_ms() + ms as u64;
+        rebuild.push(vec![b"PEXPIREAT".to_vec(), k, at.to_string().into_bytes()]);
+    }
+    Ok(rebuild)
+}
