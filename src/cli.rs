@@ -29,6 +29,13 @@ pub enum Command {
     Run(RunArgs),
     /// Show the state of a running instance (through its admin listener).
     Status(StatusArgs),
+    /// Move the clients to the target: hold commands for a moment, let the target catch up,
+    /// flip the route, release them there. Writes are then shadowed to the source.
+    Switch(MoveArgs),
+    /// Move the clients back to the source (the target is kept in step from then on).
+    Rollback(MoveArgs),
+    /// End the migration: stop shadowing writes; the old side is detached.
+    Finish(FinishArgs),
     /// Copy the source into the target (snapshot, then the live stream), without the proxy.
     ///
     /// The replication position is kept on the target, in the key `cutover:position` of db 0
@@ -122,6 +129,31 @@ pub struct StatusArgs {
     pub admin: AdminArgs,
 }
 
+#[derive(Args, Debug)]
+pub struct MoveArgs {
+    /// Abort (and change nothing) if client commands would be held longer than this
+    /// (default: [cutover] max_pause_ms, 100).
+    #[arg(long = "max-pause-ms")]
+    pub max_pause_ms: Option<u64>,
+    /// Skip the preconditions (sync lag, other writers on the source, rollback safety).
+    #[arg(long)]
+    pub force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FinishArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
 /// How the CLI finds a running instance.
 #[derive(Args, Debug)]
 pub struct AdminArgs {
@@ -157,6 +189,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => status(args),
+        Command::Switch(args) => move_primary("SWITCH", args),
+        Command::Rollback(args) => move_primary("ROLLBACK", args),
+        Command::Finish(args) => finish(args),
         Command::Sync(args) => sync(args),
     };
     match result {
@@ -193,6 +228,55 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = resolve_settings(&args)?;
     runtime()?.block_on(crate::runtime::run(settings))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switch` / `rollback`: one admin command; the reply is the move's report.
+fn move_primary(verb: &str, args: MoveArgs) -> anyhow::Result<ExitCode> {
+    let mut command = vec![verb.to_string()];
+    if let Some(ms) = args.max_pause_ms {
+        command.push("MAXPAUSE".into());
+        command.push(ms.to_string());
+    }
+    if args.force {
+        command.push("FORCE".into());
+    }
+    admin_move(&args.admin, &command, args.json)
+}
+
+fn finish(args: FinishArgs) -> anyhow::Result<ExitCode> {
+    admin_move(&args.admin, &["FINISH".to_string()], args.json)
+}
+
+fn admin_move(admin: &AdminArgs, command: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let (addr, token) = admin.resolve()?;
+    let args: Vec<&str> = command.iter().map(String::as_str).collect();
+    let reply = runtime()?.block_on(crate::admin::client::request(
+        &addr,
+        token.as_deref(),
+        &args,
+        Duration::from_secs(30),
+    ));
+    let reply = match reply {
+        Ok(r) => r,
+        Err(crate::admin::client::AdminError::Refused(msg)) => {
+            // The move did not happen; the reason is the whole message.
+            let msg = msg.strip_prefix("ERR ").unwrap_or(&msg);
+            eprintln!("cutover: {msg}");
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let redis_protocol::resp2::types::BytesFrame::BulkString(body) = reply else {
+        anyhow::bail!("unexpected reply from {addr}: {reply:?}");
+    };
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).context("the admin reply is not JSON")?;
+    if json {
+        println!("{doc}");
+    } else {
+        println!("{}", crate::status::render_step(&doc));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -331,6 +415,23 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         .or(file.metrics.listen)
         .map(|m| config::parse_addr("metrics.listen", &m))
         .transpose()?;
+    let mut cutover = crate::cutover::CutoverSettings::default();
+    if let Some(ms) = file.cutover.max_pause_ms {
+        cutover.max_pause = Duration::from_millis(ms);
+    }
+    if let Some(b) = file.cutover.max_lag_bytes {
+        cutover.max_lag_bytes = b;
+    }
+    if let Some(n) = file.cutover.shadow_queue {
+        if n == 0 {
+            return Err(ConfigError::Invalid {
+                key: "cutover.shadow_queue",
+                value: n.to_string(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        cutover.shadow_queue = n;
+    }
     let buffer_limit = file.proxy.buffer_limit_bytes.unwrap_or(4 * 1024 * 1024);
     if buffer_limit < 64 * 1024 {
         return Err(ConfigError::Invalid {
@@ -365,5 +466,6 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         target,
         admin,
         metrics,
+        cutover,
     })
 }

@@ -59,6 +59,21 @@ pub struct FileConfig {
     pub admin: AdminSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub cutover: CutoverSection,
+}
+
+/// `[cutover]`: the switch barrier and the shadow writes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverSection {
+    /// Longest pause of client commands a move may take before it is aborted (default 100).
+    pub max_pause_ms: Option<u64>,
+    /// The first switch is refused while the sync lags more than this (default 1 MiB).
+    pub max_lag_bytes: Option<u64>,
+    /// Shadow writes that may wait for the old side (default 1,000,000); beyond, a rollback
+    /// is no longer safe.
+    pub shadow_queue: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -288,6 +303,7 @@ pub struct Settings {
     pub target: Option<RedisUrl>,
     pub admin: Option<AdminSettings>,
     pub metrics: Option<SocketAddr>,
+    pub cutover: crate::cutover::CutoverSettings,
 }
 
 pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:6400";

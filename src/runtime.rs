@@ -1,7 +1,7 @@
 //! `cutover run`: wires the listeners together and runs until Ctrl-C / SIGTERM.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::AdminServer;
 use crate::config::Settings;
+use crate::cutover::Controller;
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
@@ -34,6 +35,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ArcSwap::from_pointee(route),
     ));
     let sync = Arc::new(SyncProgress::default());
+    let sync_detached = Arc::new(AtomicBool::new(false));
+    let controller = settings.target.as_ref().map(|_| {
+        Arc::new(Controller::new(
+            shared.clone(),
+            sync.clone(),
+            sync_detached.clone(),
+            settings.cutover.clone(),
+        ))
+    });
     let listener = TcpListener::bind(settings.proxy.listen)
         .await
         .with_context(|| {
@@ -54,8 +64,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             status: Arc::new(RunStatus {
                 proxy: shared.clone(),
                 sync: settings.target.as_ref().map(|_| sync.clone()),
+                cutover: controller.clone(),
                 started: Instant::now(),
             }),
+            cutover: controller.clone(),
         });
         tracing::info!(listen = %admin.listen, token = admin.token.is_some(), "admin listener ready");
         tokio::spawn(server.listen(listener));
@@ -73,7 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         std::thread::Builder::new()
             .name("cutover-sync".into())
-            .spawn(move || run_sync(opts))
+            .spawn(move || run_sync(opts, sync_detached))
             .context("cannot start the sync thread")?;
         tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }
@@ -107,7 +119,7 @@ async fn shutdown_signal() {
 /// Runs the sync for as long as the process lives. A failure (source or target down, link
 /// dropped) is reported in `status` and retried with back-off; every retry resumes from the
 /// position stored on the target, so nothing is applied twice.
-fn run_sync(opts: SyncOptions) {
+fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>) {
     let Some(progress) = opts.shared.clone() else {
         return;
     };
@@ -115,8 +127,19 @@ fn run_sync(opts: SyncOptions) {
     loop {
         progress.starts.fetch_add(1, Ordering::Relaxed);
         match crate::sync::engine::run(&opts) {
-            // Returns Ok only when stopped (Ctrl-C / SIGTERM): the process is ending.
-            Ok(_) => return,
+            // Returns Ok only when the cutover barrier asked it to stop at an offset. Either
+            // the switch went through (the sync is over for good) or it was aborted (go on
+            // streaming from the stored position).
+            Ok(_) => {
+                while progress.stop_requested().is_some() && !detached.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if detached.load(Ordering::Acquire) {
+                    tracing::info!("sync stopped: the target is the primary now");
+                    return;
+                }
+                progress.stopped.store(false, Ordering::Release);
+            }
             Err(e) => {
                 let msg = format!("{e:#}");
                 tracing::error!(error = %msg, retry_in_s = backoff.as_secs(), "sync failed; retrying (it resumes from the position stored on the target)");

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::cutover::Controller;
 use crate::proxy::ProxyShared;
 use crate::sync::engine::SyncProgress;
 
@@ -20,6 +21,8 @@ pub struct RunStatus {
     pub proxy: Arc<ProxyShared>,
     /// The background sync, when a target is configured.
     pub sync: Option<Arc<SyncProgress>>,
+    /// The switch/rollback controller, when a target is configured.
+    pub cutover: Option<Arc<Controller>>,
     pub started: Instant,
 }
 
@@ -42,13 +45,28 @@ impl StatusSource for RunStatus {
                 "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
             })
         });
-        // Without a target the proxy only forwards to the source.
-        let phase = self.sync.as_ref().map_or("proxying", |s| s.phase_name());
+        // Without a target the proxy only forwards to the source; once switched, the
+        // cutover's phase replaces the sync's.
+        let cutover = self.cutover.as_ref().map(|c| c.status());
+        let cutover_phase = cutover
+            .as_ref()
+            .and_then(|c| c["phase"].as_str().map(str::to_string));
+        let phase = cutover_phase.unwrap_or_else(|| {
+            self.sync
+                .as_ref()
+                .map_or("proxying", |s| s.phase_name())
+                .to_string()
+        });
+        let detached = cutover.as_ref().is_some_and(|c| !c["phase"].is_null());
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "phase": phase,
-            "lag_bytes": self.sync.as_ref().map(|s| s.lag_bytes()),
-            "lag_ms": self.sync.as_ref().map(|s| s.lag_ms()),
+            // After the switch the sync is stopped: the target has everything (lag 0).
+            "lag_bytes": self.sync.as_ref().map(|s| if detached { 0 } else { s.lag_bytes() }),
+            "lag_ms": self.sync.as_ref().map(|s| if detached { 0 } else { s.lag_ms() }),
+            "rollback_safe": cutover.as_ref().map_or(false, |c| c["rollback_safe"].as_bool().unwrap_or(false)),
+            "shadow_queue": cutover.as_ref().map_or(0, |c| c["shadow_queue"].as_u64().unwrap_or(0)),
+            "cutover": cutover,
             "sync": sync,
             "primary": route.primary.as_str(),
             "route_epoch": route.epoch,
@@ -75,9 +93,10 @@ pub fn render_text(doc: &Value) -> String {
     };
     let proxy = &doc["proxy"];
     format!(
-        "phase:     {}\nprimary:   {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nuptime:    {} s\n",
+        "phase:     {}\nprimary:   {}\nrollback:  {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nuptime:    {} s\n",
         s(&doc["phase"]),
         s(&doc["primary"]),
+        rollback_line(doc),
         s(&doc["source"]),
         s(&doc["target"]),
         s(&proxy["listen"]),
@@ -107,4 +126,39 @@ fn sync_line(sync: &Value) -> String {
         line.push_str(&format!(" (last error: {e})"));
     }
     line
+}
+
+fn rollback_line(doc: &Value) -> String {
+    let queue = doc["shadow_queue"].as_u64().unwrap_or(0);
+    match (
+        doc["rollback_safe"].as_bool(),
+        doc["cutover"]["rollback_unsafe_reason"].as_str(),
+    ) {
+        (Some(true), _) => format!("safe ({queue} shadow writes queued)"),
+        (_, Some(why)) => format!("NOT safe: {why}"),
+        _ => "-".into(),
+    }
+}
+
+/// The readable form of a `switch`/`rollback`/`finish` report.
+pub fn render_step(doc: &Value) -> String {
+    let action = doc["action"].as_str().unwrap_or("-");
+    let primary = doc["primary"].as_str().unwrap_or("-");
+    match action {
+        "finish" => format!(
+            "finished: the {primary} is the primary; shadowing stopped after {} writes; the other side is detached",
+            doc["shadow_writes"].as_u64().unwrap_or(0)
+        ),
+        _ => format!(
+            "{action}: the {primary} is the primary now; commands were held {:.2} ms ({} sessions waiting, {} blocking calls moved){}",
+            doc["pause_ms"].as_f64().unwrap_or(0.0),
+            doc["held_sessions"].as_u64().unwrap_or(0),
+            doc["unblocked"].as_u64().unwrap_or(0),
+            if doc["forced"].as_bool() == Some(true) {
+                " [forced]"
+            } else {
+                ""
+            }
+        ),
+    }
 }

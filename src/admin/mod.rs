@@ -1,8 +1,9 @@
 //! The admin listener: a small RESP server the CLI (and `redis-cli -p <admin port>`) talks to.
 //!
-//! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string). When a token
-//! is configured, every command but `AUTH`/`PING` needs it first. Later issues add `SWITCH`,
-//! `ROLLBACK`, `FINISH`, `VERIFY` here.
+//! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string),
+//! `SWITCH [MAXPAUSE <ms>] [FORCE]`, `ROLLBACK [MAXPAUSE <ms>] [FORCE]`, `FINISH` (each answers
+//! the move's report as JSON, or an error whose text is the reason nothing changed). When a
+//! token is configured, every command but `AUTH`/`PING` needs it first.
 
 pub mod client;
 
@@ -17,11 +18,14 @@ use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
 use crate::config::constant_time_eq;
+use crate::cutover::Controller;
 use crate::status::StatusSource;
 
 pub struct AdminServer {
     pub token: Option<String>,
     pub status: Arc<dyn StatusSource>,
+    /// The cutover controller, when a target is configured.
+    pub cutover: Option<Arc<Controller>>,
 }
 
 impl AdminServer {
@@ -62,13 +66,13 @@ impl AdminServer {
                     .unwrap_or_default(),
                 _ => Vec::new(),
             };
-            let reply = self.handle(&args, &mut authed);
+            let reply = self.handle(&args, &mut authed).await;
             conn.send(reply).await?;
         }
         Ok(())
     }
 
-    fn handle(&self, args: &[Bytes], authed: &mut bool) -> BytesFrame {
+    async fn handle(&self, args: &[Bytes], authed: &mut bool) -> BytesFrame {
         let err = |m: &str| BytesFrame::Error(m.to_string().into());
         let Some(name) = args.first() else {
             return err("ERR expected a command as an array of strings");
@@ -97,7 +101,61 @@ impl AdminServer {
                 let doc = self.status.status();
                 BytesFrame::BulkString(Bytes::from(doc.to_string()))
             }
-            other => err(&format!("ERR unknown admin command '{other}'; try STATUS")),
+            "SWITCH" | "ROLLBACK" | "FINISH" => {
+                let Some(c) = &self.cutover else {
+                    return err("ERR no [target] is configured: there is nothing to switch to");
+                };
+                let (max_pause, force) = match move_options(&args[1..]) {
+                    Ok(o) => o,
+                    Err(e) => return err(&format!("ERR {e}")),
+                };
+                let result = match name.as_str() {
+                    "SWITCH" => c.switch(max_pause, force).await,
+                    "ROLLBACK" => c.rollback(max_pause, force).await,
+                    _ => c.finish().await,
+                };
+                match result {
+                    Ok(report) => BytesFrame::BulkString(Bytes::from(
+                        serde_json::to_string(&report).unwrap_or_default(),
+                    )),
+                    Err(e) => {
+                        tracing::warn!(command = %name, reason = %e, "cutover move refused");
+                        err(&format!("ERR {e}"))
+                    }
+                }
+            }
+            other => err(&format!(
+                "ERR unknown admin command '{other}'; try STATUS, SWITCH, ROLLBACK, FINISH"
+            )),
         }
     }
+}
+
+/// `[MAXPAUSE <ms>] [FORCE]`.
+fn move_options(args: &[Bytes]) -> Result<(Option<Duration>, bool), String> {
+    let mut max_pause = None;
+    let mut force = false;
+    let mut i = 0;
+    while i < args.len() {
+        let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
+        match opt.as_str() {
+            "FORCE" => force = true,
+            "MAXPAUSE" => {
+                let ms: u64 = args
+                    .get(i + 1)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or("MAXPAUSE needs a number of milliseconds above 0")?;
+                max_pause = Some(Duration::from_millis(ms));
+                i += 1;
+            }
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (expected MAXPAUSE <ms> or FORCE)"
+                ));
+            }
+        }
+        i += 1;
+    }
+    Ok((max_pause, force))
 }

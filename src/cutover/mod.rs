@@ -84,7 +84,9 @@ impl Default for CutoverSettings {
 pub enum CutoverError {
     #[error("{0}")]
     Refused(String),
-    #[error("pause limit reached after {elapsed_ms} ms ({waiting}); not switched, the route stays on the {side} and held commands went there")]
+    #[error(
+        "pause limit reached after {elapsed_ms} ms ({waiting}); not switched, the route stays on the {side} and held commands went there"
+    )]
     Timeout {
         elapsed_ms: u64,
         waiting: String,
@@ -287,7 +289,11 @@ impl Controller {
             shadow_writes: written,
             forced: false,
         };
-        tracing::info!(primary = primary.as_str(), shadow_writes = written, "finished: shadowing stopped, the old side is detached");
+        tracing::info!(
+            primary = primary.as_str(),
+            shadow_writes = written,
+            "finished: shadowing stopped, the old side is detached"
+        );
         self.record(report.clone());
         Ok(report)
     }
@@ -363,7 +369,10 @@ impl Controller {
             }
         };
         if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!("{} sessions still had commands in flight", gate.busy())));
+            return Err(abort(format!(
+                "{} sessions still had commands in flight",
+                gate.busy()
+            )));
         }
         let offset = match source_offset(&mut src).await {
             Ok(o) => o,
@@ -394,7 +403,12 @@ impl Controller {
             forced: force,
         };
         metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
-        tracing::info!(pause_ms = report.pause_ms, offset, unblocked, "switched: the target is the primary; writes are shadowed to the source");
+        tracing::info!(
+            pause_ms = report.pause_ms,
+            offset,
+            unblocked,
+            "switched: the target is the primary; writes are shadowed to the source"
+        );
         self.record(report.clone());
         Ok(report)
     }
@@ -431,12 +445,12 @@ impl Controller {
             Side::Source => (&target, &source),
             Side::Target => (&source, &target),
         };
-        let mut old_conn = Conn::open(old, self.settings.timeout)
-            .await
-            .map_err(|e| CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe())))?;
-        let mut new_conn = Conn::open(new, self.settings.timeout)
-            .await
-            .map_err(|e| CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe())))?;
+        let mut old_conn = Conn::open(old, self.settings.timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
+        })?;
+        let mut new_conn = Conn::open(new, self.settings.timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
+        })?;
         if !matches!(new_conn.query(&[b"PING"]).await, Ok(Value::Bytes(_))) {
             return Err(CutoverError::Refused(format!(
                 "the {} does not answer PING",
@@ -447,7 +461,11 @@ impl Controller {
         let started = Instant::now();
         let deadline = started + max_pause;
         gate.pause();
-        let from = if to == Side::Source { "target" } else { "source" };
+        let from = if to == Side::Source {
+            "target"
+        } else {
+            "source"
+        };
         let abort = |waiting: String| {
             gate.resume();
             metrics::counter!("cutover_barrier_aborts_total").increment(1);
@@ -458,7 +476,10 @@ impl Controller {
             }
         };
         if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!("{} sessions still had commands in flight", gate.busy())));
+            return Err(abort(format!(
+                "{} sessions still had commands in flight",
+                gate.busy()
+            )));
         }
         let drained = wait_until(deadline, || sink.as_ref().is_none_or(|s| s.pending() == 0)).await;
         if !drained {
@@ -489,14 +510,27 @@ impl Controller {
             forced: force,
         };
         metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
-        tracing::info!(action, pause_ms = report.pause_ms, unblocked, "the {} is the primary; writes are shadowed to the {}", to.as_str(), from);
+        tracing::info!(
+            action,
+            pause_ms = report.pause_ms,
+            unblocked,
+            "the {} is the primary; writes are shadowed to the {}",
+            to.as_str(),
+            from
+        );
         self.record(report.clone());
         Ok(report)
     }
 
     /// Swaps the route to `to`, cancels the proxy's blocking calls on the old side, and starts
     /// shadowing into it. Called with the gate paused and nothing in flight.
-    async fn flip(&self, to: Side, old_conn: &mut Conn, old: &Arc<Backend>, new: &Arc<Backend>) -> usize {
+    async fn flip(
+        &self,
+        to: Side,
+        old_conn: &mut Conn,
+        old: &Arc<Backend>,
+        new: &Arc<Backend>,
+    ) -> usize {
         let current = self.proxy.route.load_full();
         self.proxy.route.store(Arc::new(Route {
             epoch: current.epoch + 1,
@@ -505,7 +539,11 @@ impl Controller {
             target: current.target.clone(),
         }));
         metrics::gauge!("cutover_route_epoch").set((current.epoch + 1) as f64);
-        metrics::gauge!("cutover_primary_is_target").set(if to == Side::Target { 1.0 } else { 0.0 });
+        metrics::gauge!("cutover_primary_is_target").set(if to == Side::Target {
+            1.0
+        } else {
+            0.0
+        });
         // Shadow writes of the new epoch go to the old side; the previous sink (drained) is
         // dropped, which ends its writer.
         let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
@@ -516,7 +554,13 @@ impl Controller {
         // them again to the new primary). Before any shadow write can reach the old side and
         // wake them up there.
         let unblocked = unblock_own(old_conn, old).await;
-        tokio::spawn(writer::run(sink, rx, old.clone(), new.clone(), self.settings.timeout));
+        tokio::spawn(writer::run(
+            sink,
+            rx,
+            old.clone(),
+            new.clone(),
+            self.settings.timeout,
+        ));
         self.proxy.gate.announce();
         unblocked
     }

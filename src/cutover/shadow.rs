@@ -158,21 +158,118 @@ pub fn is_write(cmd: usize) -> bool {
 }
 
 const WRITES: &[&str] = &[
-    "append", "bitfield", "bitop", "blmove", "blmpop", "blpop", "brpop", "brpoplpush",
-    "bzmpop", "bzpopmax", "bzpopmin", "copy", "decr", "decrby", "del", "eval", "evalsha",
-    "expire", "expireat", "fcall", "flushall", "flushdb", "function", "geoadd", "georadius",
-    "georadiusbymember", "geosearchstore", "getdel", "getex", "getset", "hdel", "hincrby",
-    "hincrbyfloat", "hmset", "hset", "hsetnx", "incr", "incrby", "incrbyfloat", "linsert",
-    "lmove", "lmpop", "lpop", "lpush", "lpushx", "lrem", "lset", "ltrim", "migrate", "move",
-    "mset", "msetnx", "persist", "pexpire", "pexpireat", "pfadd", "pfmerge", "psetex",
-    "rename", "renamenx", "restore", "rpop", "rpoplpush", "rpush", "rpushx", "sadd",
-    "script", "sdiffstore", "set", "setbit", "setex", "setnx", "setrange", "sinterstore",
-    "smove", "sort", "spop", "srem", "sunionstore", "swapdb", "unlink", "xack", "xadd",
-    "xautoclaim", "xclaim", "xdel", "xgroup", "xreadgroup", "xsetid", "xtrim", "zadd",
-    "zdiffstore", "zincrby", "zinterstore", "zmpop", "zpopmax", "zpopmin", "zrangestore",
-    "zrem", "zremrangebylex", "zremrangebyrank", "zremrangebyscore", "zunionstore",
-    "hexpire", "hpexpire", "hexpireat", "hpexpireat", "hpersist", "hsetex", "hgetex",
-    "hgetdel", "delifeq",
+    "append",
+    "bitfield",
+    "bitop",
+    "blmove",
+    "blmpop",
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "bzmpop",
+    "bzpopmax",
+    "bzpopmin",
+    "copy",
+    "decr",
+    "decrby",
+    "del",
+    "eval",
+    "evalsha",
+    "expire",
+    "expireat",
+    "fcall",
+    "flushall",
+    "flushdb",
+    "function",
+    "geoadd",
+    "georadius",
+    "georadiusbymember",
+    "geosearchstore",
+    "getdel",
+    "getex",
+    "getset",
+    "hdel",
+    "hincrby",
+    "hincrbyfloat",
+    "hmset",
+    "hset",
+    "hsetnx",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "linsert",
+    "lmove",
+    "lmpop",
+    "lpop",
+    "lpush",
+    "lpushx",
+    "lrem",
+    "lset",
+    "ltrim",
+    "migrate",
+    "move",
+    "mset",
+    "msetnx",
+    "persist",
+    "pexpire",
+    "pexpireat",
+    "pfadd",
+    "pfmerge",
+    "psetex",
+    "rename",
+    "renamenx",
+    "restore",
+    "rpop",
+    "rpoplpush",
+    "rpush",
+    "rpushx",
+    "sadd",
+    "script",
+    "sdiffstore",
+    "set",
+    "setbit",
+    "setex",
+    "setnx",
+    "setrange",
+    "sinterstore",
+    "smove",
+    "sort",
+    "spop",
+    "srem",
+    "sunionstore",
+    "swapdb",
+    "unlink",
+    "xack",
+    "xadd",
+    "xautoclaim",
+    "xclaim",
+    "xdel",
+    "xgroup",
+    "xreadgroup",
+    "xsetid",
+    "xtrim",
+    "zadd",
+    "zdiffstore",
+    "zincrby",
+    "zinterstore",
+    "zmpop",
+    "zpopmax",
+    "zpopmin",
+    "zrangestore",
+    "zrem",
+    "zremrangebylex",
+    "zremrangebyrank",
+    "zremrangebyscore",
+    "zunionstore",
+    "hexpire",
+    "hpexpire",
+    "hexpireat",
+    "hpexpireat",
+    "hpersist",
+    "hsetex",
+    "hgetex",
+    "hgetdel",
+    "delifeq",
 ];
 
 fn upper(a: &[u8]) -> Vec<u8> {
@@ -234,7 +331,13 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             };
             let ms = if name == "setex" { t * 1000.0 } else { t };
             let at = (now_ms as f64 + ms) as u64;
-            Action::Apply(vec![cmd(&[b"SET", &key, v, b"PXAT", at.to_string().as_bytes()])])
+            Action::Apply(vec![cmd(&[
+                b"SET",
+                &key,
+                v,
+                b"PXAT",
+                at.to_string().as_bytes(),
+            ])])
         }
         "set" => shadow_set(args, reply, now_ms),
         "getex" => {
@@ -295,9 +398,7 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             _ => Action::Skip,
         },
         "brpoplpush" => match (reply, args.get(2)) {
-            (Value::Bytes(_), Some(dst)) => {
-                Action::Apply(vec![cmd(&[b"RPOPLPUSH", &key, dst])])
-            }
+            (Value::Bytes(_), Some(dst)) => Action::Apply(vec![cmd(&[b"RPOPLPUSH", &key, dst])]),
             _ => Action::Skip,
         },
         "blmove" => match reply {
@@ -354,10 +455,9 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             None => Action::Skip,
         },
         "georadius" | "georadiusbymember" => {
-            match args
-                .iter()
-                .position(|a| a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST"))
-            {
+            match args.iter().position(|a| {
+                a.eq_ignore_ascii_case(b"STORE") || a.eq_ignore_ascii_case(b"STOREDIST")
+            }) {
                 Some(i) => match args.get(i + 1) {
                     Some(dst) => Action::CopyKeys(vec![dst.clone()]),
                     None => Action::Skip,
@@ -464,7 +564,10 @@ impl ShadowSink {
     /// Queues a write; never waits. A full queue makes the rollback unsafe.
     pub fn push(&self, item: ShadowItem) {
         if let Action::Unsupported(why) = &item.action {
-            self.mark_unsafe(&format!("a write cannot be copied to the {}: {why}", self.side.as_str()));
+            self.mark_unsafe(&format!(
+                "a write cannot be copied to the {}: {why}",
+                self.side.as_str()
+            ));
             return;
         }
         if item.action == Action::Skip {
@@ -538,14 +641,28 @@ mod tests {
 
     #[test]
     fn counters_become_their_result() {
-        assert_eq!(shadow_form(&a(&["INCR", "c"]), &Value::Int(7), 0), apply(&["SET", "c", "7", "KEEPTTL"]));
         assert_eq!(
-            shadow_form(&a(&["incrbyfloat", "c", "0.5"]), &Value::Bytes(b"1.5".to_vec()), 0),
+            shadow_form(&a(&["INCR", "c"]), &Value::Int(7), 0),
+            apply(&["SET", "c", "7", "KEEPTTL"])
+        );
+        assert_eq!(
+            shadow_form(
+                &a(&["incrbyfloat", "c", "0.5"]),
+                &Value::Bytes(b"1.5".to_vec()),
+                0
+            ),
             apply(&["SET", "c", "1.5", "KEEPTTL"])
         );
-        assert_eq!(shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(4), 0), apply(&["HSET", "h", "f", "4"]));
         assert_eq!(
-            shadow_form(&a(&["ZINCRBY", "z", "2", "m"]), &Value::Bytes(b"3".to_vec()), 0),
+            shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(4), 0),
+            apply(&["HSET", "h", "f", "4"])
+        );
+        assert_eq!(
+            shadow_form(
+                &a(&["ZINCRBY", "z", "2", "m"]),
+                &Value::Bytes(b"3".to_vec()),
+                0
+            ),
             apply(&["ZADD", "z", "3", "m"])
         );
     }
@@ -553,23 +670,44 @@ mod tests {
     #[test]
     fn relative_expiry_becomes_absolute() {
         let now = 1_000_000;
-        assert_eq!(shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(1), now), apply(&["PEXPIREAT", "k", "1010000"]));
-        assert_eq!(shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(0), now), Action::Skip);
         assert_eq!(
-            shadow_form(&a(&["SETEX", "k", "2", "v"]), &Value::Bytes(b"OK".to_vec()), now),
+            shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(1), now),
+            apply(&["PEXPIREAT", "k", "1010000"])
+        );
+        assert_eq!(
+            shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(0), now),
+            Action::Skip
+        );
+        assert_eq!(
+            shadow_form(
+                &a(&["SETEX", "k", "2", "v"]),
+                &Value::Bytes(b"OK".to_vec()),
+                now
+            ),
             apply(&["SET", "k", "v", "PXAT", "1002000"])
         );
         assert_eq!(
-            shadow_form(&a(&["SET", "k", "v", "NX", "PX", "500"]), &Value::Bytes(b"OK".to_vec()), now),
+            shadow_form(
+                &a(&["SET", "k", "v", "NX", "PX", "500"]),
+                &Value::Bytes(b"OK".to_vec()),
+                now
+            ),
             apply(&["SET", "k", "v", "PXAT", "1000500"])
         );
-        assert_eq!(shadow_form(&a(&["SET", "k", "v", "NX"]), &Value::Nil, now), Action::Skip);
+        assert_eq!(
+            shadow_form(&a(&["SET", "k", "v", "NX"]), &Value::Nil, now),
+            Action::Skip
+        );
         assert_eq!(
             shadow_form(&a(&["SET", "k", "v", "GET"]), &Value::Nil, now),
             apply(&["SET", "k", "v"])
         );
         assert_eq!(
-            shadow_form(&a(&["GETEX", "k", "EX", "1"]), &Value::Bytes(b"v".to_vec()), now),
+            shadow_form(
+                &a(&["GETEX", "k", "EX", "1"]),
+                &Value::Bytes(b"v".to_vec()),
+                now
+            ),
             apply(&["PEXPIREAT", "k", "1001000"])
         );
     }
@@ -577,30 +715,65 @@ mod tests {
     #[test]
     fn random_choices_become_what_was_chosen() {
         assert_eq!(
-            shadow_form(&a(&["SPOP", "s", "2"]), &Value::Array(vec![Value::Bytes(b"x".to_vec()), Value::Bytes(b"y".to_vec())]), 0),
+            shadow_form(
+                &a(&["SPOP", "s", "2"]),
+                &Value::Array(vec![
+                    Value::Bytes(b"x".to_vec()),
+                    Value::Bytes(b"y".to_vec())
+                ]),
+                0
+            ),
             apply(&["SREM", "s", "x", "y"])
         );
         assert_eq!(
-            shadow_form(&a(&["XADD", "s", "*", "f", "v"]), &Value::Bytes(b"5-0".to_vec()), 0),
+            shadow_form(
+                &a(&["XADD", "s", "*", "f", "v"]),
+                &Value::Bytes(b"5-0".to_vec()),
+                0
+            ),
             apply(&["XADD", "s", "5-0", "f", "v"])
         );
         assert_eq!(
-            shadow_form(&a(&["BLPOP", "q", "0"]), &Value::Array(vec![Value::Bytes(b"q".to_vec()), Value::Bytes(b"e".to_vec())]), 0),
+            shadow_form(
+                &a(&["BLPOP", "q", "0"]),
+                &Value::Array(vec![
+                    Value::Bytes(b"q".to_vec()),
+                    Value::Bytes(b"e".to_vec())
+                ]),
+                0
+            ),
             apply(&["LPOP", "q"])
         );
         assert_eq!(
-            shadow_form(&a(&["EVAL", "return 1", "2", "k1", "k2", "x"]), &Value::Int(1), 0),
+            shadow_form(
+                &a(&["EVAL", "return 1", "2", "k1", "k2", "x"]),
+                &Value::Int(1),
+                0
+            ),
             Action::CopyKeys(vec![b"k1".to_vec(), b"k2".to_vec()])
         );
-        assert_eq!(shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Int(1), 0), apply(&["RPUSH", "l", "x"]));
-        assert_eq!(shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Error("WRONGTYPE".into()), 0), Action::Skip);
+        assert_eq!(
+            shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Int(1), 0),
+            apply(&["RPUSH", "l", "x"])
+        );
+        assert_eq!(
+            shadow_form(
+                &a(&["RPUSH", "l", "x"]),
+                &Value::Error("WRONGTYPE".into()),
+                0
+            ),
+            Action::Skip
+        );
     }
 
     #[test]
     fn replies_decode_in_both_protocols() {
         assert_eq!(Value::decode(b":5\r\n", 2), Some(Value::Int(5)));
         assert_eq!(Value::decode(b"*-1\r\n", 2), Some(Value::Nil));
-        assert_eq!(Value::decode(b",1.5\r\n", 3), Some(Value::Bytes(b"1.5".to_vec())));
+        assert_eq!(
+            Value::decode(b",1.5\r\n", 3),
+            Some(Value::Bytes(b"1.5".to_vec()))
+        );
         assert_eq!(Value::decode(b"_\r\n", 3), Some(Value::Nil));
         assert_eq!(
             Value::decode(b"~1\r\n$1\r\na\r\n", 3),

@@ -111,7 +111,10 @@ pub async fn run(
         }
         let Some(c) = conn.as_mut() else { continue };
         if let Err(e) = write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
-            sink.mark_unsafe(&format!("shadow writes to the {} failed: {e}", old.describe()));
+            sink.mark_unsafe(&format!(
+                "shadow writes to the {} failed: {e}",
+                old.describe()
+            ));
             conn = None;
         }
         sink.applied(n);
@@ -184,10 +187,12 @@ async fn write_batch(
         let raw = c.read().await?;
         let failed = match Value::decode(&raw, 2) {
             Some(Value::Error(e)) => Some(e),
-            Some(Value::Array(items)) if what == "EXEC" => items.into_iter().find_map(|v| match v {
-                Value::Error(e) => Some(e),
-                _ => None,
-            }),
+            Some(Value::Array(items)) if what == "EXEC" => {
+                items.into_iter().find_map(|v| match v {
+                    Value::Error(e) => Some(e),
+                    _ => None,
+                })
+            }
             _ => None,
         };
         if let Some(e) = failed {
@@ -246,7 +251,10 @@ async fn copy_key(p: &mut Conn, key: &[u8]) -> Result<Vec<Args>, String> {
             }
         }
         b"zset" => {
-            let items = flat(p.query(&[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"]).await?);
+            let items = flat(
+                p.query(&[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"])
+                    .await?,
+            );
             for chunk in items.chunks(2000) {
                 let mut c = vec![b"ZADD".to_vec(), k.clone()];
                 for pair in chunk.chunks(2) {

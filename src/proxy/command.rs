@@ -524,9 +524,7 @@ pub fn reissue_blocking(
         }
         "blmpop" | "bzmpop" => (1, false),
         "xread" | "xreadgroup" => {
-            let pos = args
-                .iter()
-                .position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
+            let pos = args.iter().position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
             (pos + 1, true)
         }
         _ => return None,
@@ -556,17 +554,35 @@ mod reissue_tests {
     #[test]
     fn blocking_calls_keep_what_is_left_of_their_timeout() {
         let args: Vec<&[u8]> = vec![b"BLPOP", b"q", b"10"];
-        let again = reissue_blocking(&args, Duration::from_millis(2500)).unwrap().unwrap();
+        let again = reissue_blocking(&args, Duration::from_millis(2500))
+            .unwrap()
+            .unwrap();
         assert_eq!(again[2], b"7.500");
         let forever: Vec<&[u8]> = vec![b"BLPOP", b"q", b"0"];
-        assert_eq!(reissue_blocking(&forever, Duration::from_secs(99)).unwrap().unwrap()[2], b"0");
+        assert_eq!(
+            reissue_blocking(&forever, Duration::from_secs(99))
+                .unwrap()
+                .unwrap()[2],
+            b"0"
+        );
         let xread: Vec<&[u8]> = vec![b"XREAD", b"BLOCK", b"1000", b"STREAMS", b"s", b"$"];
-        assert_eq!(reissue_blocking(&xread, Duration::from_millis(400)).unwrap().unwrap()[2], b"600");
-        assert_eq!(reissue_blocking(&xread, Duration::from_millis(1400)), Some(None));
+        assert_eq!(
+            reissue_blocking(&xread, Duration::from_millis(400))
+                .unwrap()
+                .unwrap()[2],
+            b"600"
+        );
+        assert_eq!(
+            reissue_blocking(&xread, Duration::from_millis(1400)),
+            Some(None)
+        );
         let plain: Vec<&[u8]> = vec![b"XREAD", b"STREAMS", b"s", b"0"];
         assert_eq!(reissue_blocking(&plain, Duration::ZERO), None);
         let mpop: Vec<&[u8]> = vec![b"BLMPOP", b"2", b"1", b"q", b"LEFT"];
-        assert_eq!(reissue_blocking(&mpop, Duration::ZERO).unwrap().unwrap()[1], b"2.000");
+        assert_eq!(
+            reissue_blocking(&mpop, Duration::ZERO).unwrap().unwrap()[1],
+            b"2.000"
+        );
         let wait: Vec<&[u8]> = vec![b"WAIT", b"1", b"100"];
         assert_eq!(reissue_blocking(&wait, Duration::ZERO), None);
     }

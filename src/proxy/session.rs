@@ -467,7 +467,8 @@ impl Session {
     async fn process_requests(&mut self) {
         if let Some((cmd, wire)) = self.reissue.take() {
             self.batch_started = Instant::now();
-            self.send(cmd, &wire, Expect::Replies(1), Effect::None).await;
+            self.send(cmd, &wire, Expect::Replies(1), Effect::None)
+                .await;
         }
         if self.client_in.is_empty() && self.held.is_none() {
             return;
@@ -527,7 +528,9 @@ impl Session {
         };
         let action = match Value::decode(reply, self.conn.resp) {
             Some(v) => shadow::shadow_form(&plan.args, &v, crate::cutover::unix_ms()),
-            None => shadow::Action::Unsupported("a reply too big or unreadable to interpret".into()),
+            None => {
+                shadow::Action::Unsupported("a reply too big or unreadable to interpret".into())
+            }
         };
         sink.push(ShadowItem {
             db: plan.db,
@@ -556,14 +559,23 @@ impl Session {
                 shadow::Action::Skip => {}
                 other => {
                     if !batch.is_empty() {
-                        sink.push(ShadowItem { db, action: shadow::Action::Apply(std::mem::take(&mut batch)) });
+                        sink.push(ShadowItem {
+                            db,
+                            action: shadow::Action::Apply(std::mem::take(&mut batch)),
+                        });
                     }
-                    sink.push(ShadowItem { db: plan.db, action: other });
+                    sink.push(ShadowItem {
+                        db: plan.db,
+                        action: other,
+                    });
                 }
             }
         }
         if !batch.is_empty() {
-            sink.push(ShadowItem { db, action: shadow::Action::Apply(batch) });
+            sink.push(ShadowItem {
+                db,
+                action: shadow::Action::Apply(batch),
+            });
         }
     }
 
@@ -829,8 +841,13 @@ impl Session {
                 // A flip moved the watched keys to another server: fail the transaction the
                 // way Redis does when a watched key changed.
                 self.exec_nil = true;
-                self.forward(cmd, b"*1\r\n$7\r\nDISCARD\r\n", Expect::Replies(1), Effect::Discard)
-                    .await;
+                self.forward(
+                    cmd,
+                    b"*1\r\n$7\r\nDISCARD\r\n",
+                    Expect::Replies(1),
+                    Effect::Discard,
+                )
+                .await;
                 self.exec_nil = false;
                 self.conn.in_multi = false;
             }

@@ -80,7 +80,14 @@ pub struct ReplicaLink {
     /// Replication offset of the next byte of the command stream.
     offset: u64,
     timeout: Duration,
+    /// Until the stream's first bytes arrive after a snapshot, acknowledge often: a diskless
+    /// master starts the stream only on an ACK sent after *it* considers the transfer done
+    /// (its child process has exited), which can be well after our last snapshot byte.
+    fast_ack_until: Option<tokio::time::Instant>,
 }
+
+/// ACK interval while waiting for a diskless master to start the stream.
+const FAST_ACK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One command from the replication stream, with the offset right after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +128,7 @@ impl ReplicaLink {
             parser: RequestParser::default(),
             offset: 0,
             timeout,
+            fast_ack_until: None,
         };
         let reply = link.call(&[b"PING"]).await?;
         if reply.starts_with('-') && !reply.starts_with("-NOAUTH") && !reply.starts_with("-NOPERM")
@@ -250,6 +258,7 @@ impl ReplicaLink {
             }
         }
         self.ack(self.offset).await?;
+        self.fast_ack_until = Some(tokio::time::Instant::now() + Duration::from_secs(5));
         Ok(total)
     }
 
@@ -322,12 +331,22 @@ impl ReplicaLink {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             self.buf.reserve(64 * 1024);
-            let tick = tokio::time::sleep(ACK_INTERVAL);
+            let fast = self
+                .fast_ack_until
+                .is_some_and(|t| tokio::time::Instant::now() < t);
+            let tick = tokio::time::sleep(if fast {
+                FAST_ACK_INTERVAL
+            } else {
+                ACK_INTERVAL
+            });
             tokio::select! {
                 r = self.stream.read_buf(&mut self.buf) => {
                     return match r {
                         Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
-                        Ok(_) => Ok(()),
+                        Ok(_) => {
+                            self.fast_ack_until = None;
+                            Ok(())
+                        }
                         Err(e) => Err(self.io(e)),
                     };
                 }

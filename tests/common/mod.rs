@@ -106,7 +106,7 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port found");
 }
 
-fn tail(text: &str, max: usize) -> &str {
+pub fn tail(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
