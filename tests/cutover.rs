@@ -307,3 +307,409 @@ fn state_crosses_the_flip_watch_fails_blpop_moves_subscriptions_follow() {
         common::show(&msg)
     );
 }
+
+// ----- the whole story under load ---------------------------------------------------------
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const WORKERS: usize = 4;
+
+/// What the load's clients saw acknowledged.
+#[derive(Default)]
+struct Acked {
+    counters: [AtomicU64; WORKERS],
+    shared: AtomicU64,
+    hincr: [AtomicU64; WORKERS],
+    script: [AtomicU64; WORKERS],
+    lists: Mutex<Vec<Vec<String>>>,
+    errors: Mutex<Vec<String>>,
+    ops: AtomicU64,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    paused: Arc<AtomicU64>,
+    acked: Arc<Acked>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: &Proxy) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicU64::new(0));
+        let acked = Arc::new(Acked::default());
+        acked.lists.lock().unwrap().resize(WORKERS, Vec::new());
+        let mut threads = Vec::new();
+        for w in 0..WORKERS {
+            let client = proxy.client();
+            let (stop, pause, paused, acked) =
+                (stop.clone(), pause.clone(), paused.clone(), acked.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut c = common::connect(&client);
+                let script =
+                    "redis.call('RPUSH', KEYS[2], ARGV[1]); return redis.call('INCRBY', KEYS[1], 1)";
+                let mut i = 0u64;
+                let started = Instant::now();
+                while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60) {
+                    if pause.load(Ordering::Acquire) {
+                        paused.fetch_add(1, Ordering::AcqRel);
+                        while pause.load(Ordering::Acquire) && !stop.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        paused.fetch_sub(1, Ordering::AcqRel);
+                        continue;
+                    }
+                    i += 1;
+                    let fail = |what: &str, e: redis::RedisError| {
+                        acked.errors.lock().unwrap().push(format!("worker {w} {what}: {e}"));
+                    };
+                    match redis::cmd("INCR").arg(format!("counter:{w}")).query::<i64>(&mut c) {
+                        Ok(_) => {
+                            acked.counters[w].fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => fail("INCR", e),
+                    }
+                    match redis::cmd("INCR").arg("counter:shared").query::<i64>(&mut c) {
+                        Ok(_) => {
+                            acked.shared.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => fail("INCR shared", e),
+                    }
+                    let value = format!("{w}:{i}");
+                    match redis::cmd("RPUSH").arg(format!("list:{w}")).arg(&value).query::<i64>(&mut c) {
+                        Ok(_) => acked.lists.lock().unwrap()[w].push(value),
+                        Err(e) => fail("RPUSH", e),
+                    }
+                    match redis::cmd("HINCRBY").arg("hash").arg(format!("f{w}")).arg(1).query::<i64>(&mut c) {
+                        Ok(_) => {
+                            acked.hincr[w].fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => fail("HINCRBY", e),
+                    }
+                    if let Err(e) = redis::cmd("SETEX")
+                        .arg(format!("ttl:{w}:{}", i % 20))
+                        .arg(300)
+                        .arg(i)
+                        .query::<()>(&mut c)
+                    {
+                        fail("SETEX", e);
+                    }
+                    if i % 5 == 0 {
+                        match redis::cmd("EVAL")
+                            .arg(script)
+                            .arg(2)
+                            .arg(format!("script:{w}"))
+                            .arg(format!("slist:{w}"))
+                            .arg(i)
+                            .query::<i64>(&mut c)
+                        {
+                            Ok(_) => {
+                                acked.script[w].fetch_add(1, Ordering::AcqRel);
+                            }
+                            Err(e) => fail("EVAL", e),
+                        }
+                    }
+                    acked.ops.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        Load {
+            stop,
+            pause,
+            paused,
+            acked,
+            threads,
+        }
+    }
+
+    /// Holds the workers between two iterations (everything they sent is acknowledged).
+    fn hold(&self) {
+        self.pause.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.paused.load(Ordering::Acquire) < WORKERS as u64 {
+            assert!(Instant::now() < deadline, "the load did not pause");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn release(&self) {
+        self.pause.store(false, Ordering::Release);
+    }
+
+    fn finish(mut self) -> Arc<Acked> {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        self.acked.clone()
+    }
+}
+
+/// Every key of db 0 as (type, canonical value, has TTL), `cutover:position` excepted.
+fn snapshot(conn: &mut redis::Connection) -> BTreeMap<String, (String, String, bool)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        if k == "cutover:position" {
+            continue;
+        }
+        let ty: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
+        let value = match ty.as_str() {
+            "string" => format!(
+                "{:?}",
+                redis::cmd("GET")
+                    .arg(&k)
+                    .query::<Option<String>>(conn)
+                    .unwrap()
+            ),
+            "list" => format!(
+                "{:?}",
+                redis::cmd("LRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query::<Vec<String>>(conn)
+                    .unwrap()
+            ),
+            "hash" => format!(
+                "{:?}",
+                redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query::<BTreeMap<String, String>>(conn)
+                    .unwrap()
+            ),
+            "set" => {
+                let mut m: Vec<String> = redis::cmd("SMEMBERS").arg(&k).query(conn).unwrap();
+                m.sort();
+                format!("{m:?}")
+            }
+            "zset" => format!(
+                "{:?}",
+                redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query::<Vec<String>>(conn)
+                    .unwrap()
+            ),
+            "stream" => format!(
+                "{:?}",
+                redis::cmd("XRANGE")
+                    .arg(&k)
+                    .arg("-")
+                    .arg("+")
+                    .query::<redis::Value>(conn)
+                    .unwrap()
+            ),
+            other => other.to_string(),
+        };
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(conn).unwrap();
+        out.insert(k, (ty, value, ttl > 0));
+    }
+    out
+}
+
+fn wait_shadow_drained(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = proxy.status_json();
+        if status["shadow_queue"] == 0 {
+            assert_eq!(status["rollback_safe"], true, "{status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow queue never drained: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// With the load held: the primary has exactly what was acknowledged, and (while shadowing)
+/// the other side holds the same data.
+fn checkpoint(
+    proxy: &Proxy,
+    load: &Load,
+    source: &Server,
+    target: &Server,
+    label: &str,
+    shadowing: bool,
+) {
+    load.hold();
+    let errors = load.acked.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{label}: clients saw errors: {errors:?}");
+    let status = proxy.status_json();
+    let primary = if status["primary"] == "target" {
+        target
+    } else {
+        source
+    };
+    let mut p = primary.conn();
+    for w in 0..WORKERS {
+        let n: Option<u64> = redis::cmd("GET")
+            .arg(format!("counter:{w}"))
+            .query(&mut p)
+            .unwrap();
+        assert_eq!(
+            n.unwrap_or(0),
+            load.acked.counters[w].load(Ordering::Acquire),
+            "{label}: counter:{w}"
+        );
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("list:{w}"))
+            .arg(0)
+            .arg(-1)
+            .query(&mut p)
+            .unwrap();
+        assert_eq!(
+            list,
+            load.acked.lists.lock().unwrap()[w],
+            "{label}: list:{w} holds each acknowledged element once, in order"
+        );
+        let h: Option<u64> = redis::cmd("HGET")
+            .arg("hash")
+            .arg(format!("f{w}"))
+            .query(&mut p)
+            .unwrap();
+        assert_eq!(
+            h.unwrap_or(0),
+            load.acked.hincr[w].load(Ordering::Acquire),
+            "{label}: hash f{w}"
+        );
+        let s: Option<u64> = redis::cmd("GET")
+            .arg(format!("script:{w}"))
+            .query(&mut p)
+            .unwrap();
+        assert_eq!(
+            s.unwrap_or(0),
+            load.acked.script[w].load(Ordering::Acquire),
+            "{label}: script:{w}"
+        );
+    }
+    let shared: Option<u64> = redis::cmd("GET")
+        .arg("counter:shared")
+        .query(&mut p)
+        .unwrap();
+    assert_eq!(
+        shared.unwrap_or(0),
+        load.acked.shared.load(Ordering::Acquire),
+        "{label}: counter:shared"
+    );
+    if shadowing {
+        wait_shadow_drained(proxy);
+        let a = snapshot(&mut source.conn());
+        let b = snapshot(&mut target.conn());
+        let differ: Vec<_> = a
+            .iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: source {v:?} target {:?}", b.get(k)))
+            .chain(
+                b.keys()
+                    .filter(|k| !a.contains_key(*k))
+                    .map(|k| format!("{k}: only on the target")),
+            )
+            .take(5)
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{label}: source and target differ while shadowing: {differ:?}"
+        );
+    }
+    load.release();
+}
+
+fn whole_story_under_load(from: Version, to: Version) {
+    let (source, target) = source_and_target(from, to);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let load = Load::start(&proxy);
+
+    // A subscriber and a BLPOP waiter, through the proxy, for the whole story.
+    let mut sub = common::Raw::connect(&proxy.addr());
+    assert!(sub.cmd_str(&["SUBSCRIBE", "events"]).contains("subscribe"));
+    let waiter = {
+        let addr = proxy.addr();
+        std::thread::spawn(move || {
+            let mut w = common::Raw::connect(&addr);
+            w.send(&common::encode(&["BLPOP", "jobs", "0"]));
+            w.read_reply_within(Duration::from_secs(30))
+        })
+    };
+    let mut c = proxy.conn();
+    let mut publish_and_receive = |label: &str| {
+        let n: i64 = redis::cmd("PUBLISH")
+            .arg("events")
+            .arg(label)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, 1, "{label}: the subscriber is on the primary");
+        let msg = sub
+            .read_reply_within(Duration::from_secs(5))
+            .expect("message");
+        assert!(
+            common::show(&msg).contains(label),
+            "{label}: {}",
+            common::show(&msg)
+        );
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    checkpoint(&proxy, &load, &source, &target, "before", false);
+
+    let mut pauses = Vec::new();
+    for (verb, label) in [
+        ("switch", "switch 1"),
+        ("rollback", "rollback"),
+        ("switch", "switch 2"),
+    ] {
+        let report = step(&proxy, verb);
+        pauses.push(report["pause_ms"].as_f64().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        checkpoint(&proxy, &load, &source, &target, label, true);
+        publish_and_receive(label);
+        if label == "rollback" {
+            // The waiter moved twice by now; give it its element.
+            let mut p = proxy.conn();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg("jobs")
+                .arg("the-job")
+                .query(&mut p)
+                .unwrap();
+        }
+    }
+    let got = waiter
+        .join()
+        .unwrap()
+        .expect("the BLPOP waiter got an answer");
+    assert_eq!(
+        common::show(&got),
+        common::show(b"*2\r\n$4\r\njobs\r\n$7\r\nthe-job\r\n")
+    );
+    step(&proxy, "finish");
+    std::thread::sleep(Duration::from_millis(200));
+    checkpoint(&proxy, &load, &source, &target, "finish", false);
+    let acked = load.finish();
+    assert!(acked.ops.load(Ordering::Relaxed) > 100, "the load ran");
+    assert!(acked.errors.lock().unwrap().is_empty());
+    let status = proxy.status_json();
+    assert_eq!(status["phase"], "finished", "{status}");
+    assert_eq!(
+        status["proxy"]["clients_accepted"].as_u64().unwrap() >= WORKERS as u64,
+        true
+    );
+    eprintln!("pauses (ms): {pauses:?}");
+}
+
+#[test]
+fn the_whole_story_under_load_valkey_9_1_to_redis_7_0() {
+    whole_story_under_load(Version::Valkey91, Version::Redis70);
+}
+
+#[test]
+fn the_whole_story_under_load_redis_7_0_to_redis_6_2() {
+    whole_story_under_load(Version::Redis70, Version::Redis62);
+}

@@ -9,8 +9,10 @@
 //!
 //! | client command                                  | shadow command                        |
 //! |-------------------------------------------------|---------------------------------------|
-//! | `INCR`/`DECR`/`INCRBY`/`DECRBY`/`INCRBYFLOAT`    | `SET key <reply> KEEPTTL`             |
-//! | `HINCRBY`/`HINCRBYFLOAT key field`               | `HSET key field <reply>`              |
+//! | `INCR`/`DECR`/`INCRBY`/`DECRBY`                  | `INCRBY key <delta>` (see below)      |
+//! | `INCRBYFLOAT`                                    | `SET key <reply> KEEPTTL`             |
+//! | `HINCRBY key field n`                            | itself (see below)                    |
+//! | `HINCRBYFLOAT key field`                         | `HSET key field <reply>`              |
 //! | `ZINCRBY key n member`                           | `ZADD key <reply> member`             |
 //! | `EXPIRE`/`PEXPIRE` (reply 1)                     | `PEXPIREAT key <now + ttl>`           |
 //! | `SETEX`/`PSETEX`/`SET … EX/PX/EXAT`              | `SET key value PXAT <absolute>`       |
@@ -21,6 +23,16 @@
 //! | `BLPOP`/`BRPOP`/`BRPOPLPUSH`/`BLMOVE`/`BZPOP*`   | `LPOP`/`RPOP`/`RPOPLPUSH`/`LMOVE`/`ZREM` |
 //! | `EVAL`/`EVALSHA`/`FCALL`, `SORT … STORE`, `RESTORE`, `*MPOP` | copy of the keys' state after it |
 //! | any other write                                  | itself                                 |
+//!
+//! **Order.** One client's writes reach the old side in the order the primary answered them.
+//! Writes of *different* clients are queued in the order the proxy handled their replies,
+//! which can differ from the primary's own order by a few microseconds when two clients write
+//! the same key at the same instant. That is why integer counters are shadowed as their
+//! *delta* rather than their result: increments commute, so a counter incremented by many
+//! clients at once is exact on the old side whatever the interleaving (`SET <result>` could
+//! leave an older result last). Float increments do not commute exactly (rounding), so they
+//! use the result form, as do the other rewrites. `cutover verify` compares both sides before
+//! `finish`.
 //!
 //! Writes the primary refused (error replies) and conditional writes that did nothing (`SET
 //! NX` answered nil, `EXPIRE` answered 0) are not shadowed. Reads are never shadowed.
@@ -133,7 +145,14 @@ pub enum Action {
     CopyKeys(Vec<Vec<u8>>),
     /// Cannot be reproduced on the old side: the rollback is no longer safe.
     Unsupported(String),
+    /// A command that answers 1 once it has done its work and 0 while what it removes is not
+    /// there yet (the element a blocking pop took, whose push is still queued behind it): the
+    /// writer retries it after the writes that follow, for a bounded time.
+    Take(Args),
 }
+
+/// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
+const MOVE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call(ARGV[3], KEYS[2], ARGV[1]) return 1 end return 0";
 
 /// Writes (and the few commands the old side needs to stay in step), by command id.
 fn write_table() -> &'static [bool] {
@@ -294,11 +313,29 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
     let key = args.get(1).cloned().unwrap_or_default();
     let same = || Action::Apply(vec![args.to_vec()]);
     match name.as_str() {
-        "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" => match reply.text() {
+        "incr" | "decr" | "incrby" | "decrby" => {
+            let n = args
+                .get(2)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse::<i64>().ok());
+            let by = match (name.as_str(), n) {
+                ("incr", _) => Some(1),
+                ("decr", _) => Some(-1),
+                ("incrby", n) => n,
+                (_, n) => n.and_then(i64::checked_neg),
+            };
+            match (by, reply.text()) {
+                (Some(by), _) => {
+                    Action::Apply(vec![cmd(&[b"INCRBY", &key, by.to_string().as_bytes()])])
+                }
+                (None, Some(v)) => Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])]),
+                (None, None) => Action::Unsupported(format!("{name} answered {reply:?}")),
+            }
+        }
+        "incrbyfloat" => match reply.text() {
             Some(v) => Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])]),
             None => Action::Unsupported(format!("{name} answered {reply:?}")),
         },
-        "hincrby" | "hincrbyfloat" => match (args.get(2), reply.text()) {
+        "hincrbyfloat" => match (args.get(2), reply.text()) {
             (Some(field), Some(v)) => Action::Apply(vec![cmd(&[b"HSET", &key, field, &v])]),
             _ => Action::Unsupported(format!("{name} answered {reply:?}")),
         },
@@ -387,29 +424,54 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             }
             Action::Apply(vec![c])
         }
+        // A blocking pop is served *because* another client pushed, and the proxy may see the
+        // pop's reply before the push's: remove the very element, and let the writer retry
+        // until the push has reached the old side (see `Action::Take`).
         "blpop" | "brpop" => match reply {
-            Value::Array(kv) if kv.len() == 2 => {
-                let verb: &[u8] = if name == "blpop" { b"LPOP" } else { b"RPOP" };
-                match kv[0].text() {
-                    Some(k) => Action::Apply(vec![cmd(&[verb, &k])]),
-                    None => Action::Skip,
+            Value::Array(kv) if kv.len() == 2 => match (kv[0].text(), kv[1].text()) {
+                (Some(k), Some(e)) => {
+                    let from: &[u8] = if name == "blpop" { b"1" } else { b"-1" };
+                    Action::Take(cmd(&[b"LREM", &k, from, &e]))
                 }
+                _ => Action::Skip,
+            },
+            _ => Action::Skip,
+        },
+        "brpoplpush" | "blmove" => {
+            let (from, to): (&[u8], &[u8]) = if name == "brpoplpush" {
+                (b"-1", b"LPUSH")
+            } else {
+                let side = |a: Option<&Vec<u8>>| a.map(|s| s.eq_ignore_ascii_case(b"LEFT"));
+                (
+                    if side(args.get(3)) == Some(true) {
+                        b"1"
+                    } else {
+                        b"-1"
+                    },
+                    if side(args.get(4)) == Some(true) {
+                        b"LPUSH"
+                    } else {
+                        b"RPUSH"
+                    },
+                )
+            };
+            match (reply, args.get(2)) {
+                (Value::Bytes(e), Some(dst)) => Action::Take(cmd(&[
+                    b"EVAL",
+                    MOVE_SCRIPT.as_bytes(),
+                    b"2",
+                    &key,
+                    dst,
+                    e,
+                    from,
+                    to,
+                ])),
+                _ => Action::Skip,
             }
-            _ => Action::Skip,
-        },
-        "brpoplpush" => match (reply, args.get(2)) {
-            (Value::Bytes(_), Some(dst)) => Action::Apply(vec![cmd(&[b"RPOPLPUSH", &key, dst])]),
-            _ => Action::Skip,
-        },
-        "blmove" => match reply {
-            Value::Bytes(_) if args.len() >= 5 => {
-                Action::Apply(vec![cmd(&[b"LMOVE", &key, &args[2], &args[3], &args[4]])])
-            }
-            _ => Action::Skip,
-        },
+        }
         "bzpopmin" | "bzpopmax" => match reply {
             Value::Array(v) if v.len() >= 2 => match (v[0].text(), v[1].text()) {
-                (Some(k), Some(m)) => Action::Apply(vec![cmd(&[b"ZREM", &k, &m])]),
+                (Some(k), Some(m)) => Action::Take(cmd(&[b"ZREM", &k, &m])),
                 _ => Action::Skip,
             },
             _ => Action::Skip,
@@ -643,7 +705,11 @@ mod tests {
     fn counters_become_their_result() {
         assert_eq!(
             shadow_form(&a(&["INCR", "c"]), &Value::Int(7), 0),
-            apply(&["SET", "c", "7", "KEEPTTL"])
+            apply(&["INCRBY", "c", "1"])
+        );
+        assert_eq!(
+            shadow_form(&a(&["DECRBY", "c", "5"]), &Value::Int(2), 0),
+            apply(&["INCRBY", "c", "-5"])
         );
         assert_eq!(
             shadow_form(
@@ -655,7 +721,15 @@ mod tests {
         );
         assert_eq!(
             shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(4), 0),
-            apply(&["HSET", "h", "f", "4"])
+            apply(&["HINCRBY", "h", "f", "2"])
+        );
+        assert_eq!(
+            shadow_form(
+                &a(&["HINCRBYFLOAT", "h", "f", "0.5"]),
+                &Value::Bytes(b"4.5".to_vec()),
+                0
+            ),
+            apply(&["HSET", "h", "f", "4.5"])
         );
         assert_eq!(
             shadow_form(
@@ -735,6 +809,17 @@ mod tests {
         );
         assert_eq!(
             shadow_form(
+                &a(&["BRPOP", "q", "0"]),
+                &Value::Array(vec![
+                    Value::Bytes(b"q".to_vec()),
+                    Value::Bytes(b"e".to_vec())
+                ]),
+                0
+            ),
+            Action::Take(a(&["LREM", "q", "-1", "e"]))
+        );
+        assert_eq!(
+            shadow_form(
                 &a(&["BLPOP", "q", "0"]),
                 &Value::Array(vec![
                     Value::Bytes(b"q".to_vec()),
@@ -742,7 +827,7 @@ mod tests {
                 ]),
                 0
             ),
-            apply(&["LPOP", "q"])
+            Action::Take(a(&["LREM", "q", "1", "e"]))
         );
         assert_eq!(
             shadow_form(

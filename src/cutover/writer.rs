@@ -24,6 +24,15 @@ use crate::route::Backend;
 
 /// Writes per pipeline round trip at most.
 const BATCH: usize = 512;
+/// How long a `Take` (the shadow of a blocking pop) may wait for its element to arrive.
+const TAKE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A `Take` that found nothing to take yet.
+struct Deferred {
+    db: u32,
+    cmd: Args,
+    since: std::time::Instant,
+}
 
 /// A plain connection with a reply reader, for control work (shadow writes, barrier queries).
 pub struct Conn {
@@ -92,9 +101,27 @@ pub async fn run(
     let mut conn: Option<Conn> = None;
     let mut source_conn: Option<Conn> = None;
     let mut items = Vec::with_capacity(BATCH);
+    let mut deferred: Vec<Deferred> = Vec::new();
     loop {
         items.clear();
-        if rx.recv_many(&mut items, BATCH).await == 0 {
+        let closed = if deferred.is_empty() {
+            rx.recv_many(&mut items, BATCH).await == 0
+        } else {
+            // Retry the waiting takes soon even if nothing else arrives.
+            let wait = rx.recv_many(&mut items, BATCH);
+            matches!(
+                tokio::time::timeout(Duration::from_millis(5), wait).await,
+                Ok(0)
+            )
+        };
+        if closed {
+            for d in deferred.drain(..) {
+                sink.mark_unsafe(&format!(
+                    "a shadowed pop never found its element: {}",
+                    show(&d.cmd)
+                ));
+                sink.applied(1);
+            }
             tracing::info!(side = old.side.as_str(), "shadow writer stopped");
             return;
         }
@@ -110,18 +137,90 @@ pub async fn run(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        if let Err(e) = write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
-            sink.mark_unsafe(&format!(
-                "shadow writes to the {} failed: {e}",
-                old.describe()
-            ));
-            conn = None;
+        let mut waiting = 0;
+        match write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
+            Ok(new) => {
+                waiting = new.len() as u64;
+                deferred.extend(new);
+            }
+            Err(e) => {
+                sink.mark_unsafe(&format!(
+                    "shadow writes to the {} failed: {e}",
+                    old.describe()
+                ));
+                conn = None;
+            }
         }
-        sink.applied(n);
+        sink.applied(n - waiting);
+        if deferred.is_empty() {
+            continue;
+        }
+        if let Some(c) = conn.as_mut() {
+            match retry_takes(c, &mut deferred).await {
+                Ok(done) => sink.applied(done),
+                Err(e) => {
+                    sink.mark_unsafe(&format!(
+                        "shadow writes to the {} failed: {e}",
+                        old.describe()
+                    ));
+                    conn = None;
+                }
+            }
+        }
+        let before = deferred.len();
+        deferred.retain(|d| {
+            let keep = d.since.elapsed() < TAKE_PATIENCE;
+            if !keep {
+                sink.mark_unsafe(&format!(
+                    "a shadowed pop never found its element on the {}: {}",
+                    old.describe(),
+                    show(&d.cmd)
+                ));
+            }
+            keep
+        });
+        sink.applied((before - deferred.len()) as u64);
     }
 }
 
-/// Writes one batch, pipelined, and checks every reply.
+fn show(cmd: &Args) -> String {
+    cmd.iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends every waiting take again; removes (and counts) those that succeeded.
+async fn retry_takes(c: &mut Conn, deferred: &mut Vec<Deferred>) -> Result<u64, String> {
+    let mut wire = Vec::new();
+    let mut selects = Vec::with_capacity(deferred.len());
+    for d in deferred.iter() {
+        let select = c.db != d.db;
+        if select {
+            encode_command(&[&b"SELECT"[..], d.db.to_string().as_bytes()], &mut wire);
+            c.db = d.db;
+        }
+        selects.push(select);
+        let refs: Vec<&[u8]> = d.cmd.iter().map(|a| &a[..]).collect();
+        encode_command(&refs, &mut wire);
+    }
+    c.write(&wire).await?;
+    let mut done = Vec::with_capacity(deferred.len());
+    for select in selects {
+        if select {
+            c.read().await?;
+        }
+        let reply = Value::decode(&c.read().await?, 2);
+        done.push(matches!(reply, Some(Value::Int(n)) if n >= 1));
+    }
+    let before = deferred.len();
+    let mut flags = done.into_iter();
+    deferred.retain(|_| !flags.next().unwrap_or(false));
+    Ok((before - deferred.len()) as u64)
+}
+
+/// Writes one batch, pipelined, and checks every reply; returns the takes that found
+/// nothing to take yet.
 async fn write_batch(
     c: &mut Conn,
     primary_conn: &mut Option<Conn>,
@@ -129,13 +228,14 @@ async fn write_batch(
     sink: &ShadowSink,
     primary: &Backend,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Vec<Deferred>, String> {
     let mut wire = Vec::with_capacity(items.len() * 64);
-    // What each reply answers, to name it when it is an error.
-    let mut expect: Vec<String> = Vec::with_capacity(items.len());
-    for item in items {
+    // What each reply answers, to name it when it is an error; takes by their item.
+    let mut expect: Vec<(String, Option<usize>)> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
         let commands: Vec<Args> = match &item.action {
             Action::Apply(cmds) => cmds.clone(),
+            Action::Take(cmd) => vec![cmd.clone()],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
                     *primary_conn = Some(Conn::open(primary, timeout).await?);
@@ -161,31 +261,44 @@ async fn write_batch(
         }
         if c.db != item.db {
             encode_command(&[&b"SELECT"[..], item.db.to_string().as_bytes()], &mut wire);
-            expect.push("SELECT".into());
+            expect.push(("SELECT".into(), None));
             c.db = item.db;
         }
         let atomic = commands.len() > 1;
         if atomic {
             encode_command(&[&b"MULTI"[..]], &mut wire);
-            expect.push("MULTI".into());
+            expect.push(("MULTI".into(), None));
         }
+        let take = matches!(item.action, Action::Take(_)).then_some(index);
         for cmd in &commands {
             let refs: Vec<&[u8]> = cmd.iter().map(|a| &a[..]).collect();
             encode_command(&refs, &mut wire);
-            expect.push(String::from_utf8_lossy(&cmd[0]).to_ascii_uppercase());
+            expect.push((String::from_utf8_lossy(&cmd[0]).to_ascii_uppercase(), take));
         }
         if atomic {
             encode_command(&[&b"EXEC"[..]], &mut wire);
-            expect.push("EXEC".into());
+            expect.push(("EXEC".into(), None));
         }
     }
+    let mut deferred = Vec::new();
     if wire.is_empty() {
-        return Ok(());
+        return Ok(deferred);
     }
     c.write(&wire).await?;
-    for what in expect {
+    for (what, take) in expect {
         let raw = c.read().await?;
-        let failed = match Value::decode(&raw, 2) {
+        let value = Value::decode(&raw, 2);
+        if let (Some(i), Some(Value::Int(0))) = (take, &value)
+            && let Action::Take(cmd) = &items[i].action
+        {
+            deferred.push(Deferred {
+                db: items[i].db,
+                cmd: cmd.clone(),
+                since: std::time::Instant::now(),
+            });
+            continue;
+        }
+        let failed = match value {
             Some(Value::Error(e)) => Some(e),
             Some(Value::Array(items)) if what == "EXEC" => {
                 items.into_iter().find_map(|v| match v {
@@ -202,7 +315,7 @@ async fn write_batch(
             ));
         }
     }
-    Ok(())
+    Ok(deferred)
 }
 
 /// The commands that make `key` on the old side what it is on the primary now.

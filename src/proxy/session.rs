@@ -467,6 +467,9 @@ impl Session {
     async fn process_requests(&mut self) {
         if let Some((cmd, wire)) = self.reissue.take() {
             self.batch_started = Instant::now();
+            // Shadowed like any write once it pops something on the new primary.
+            self.next_shadow = None;
+            self.capture_shadow(&wire);
             self.send(cmd, &wire, Expect::Replies(1), Effect::None)
                 .await;
         }

@@ -88,6 +88,35 @@ pub struct SyncProgress {
     stop_at: AtomicU64,
     /// The engine stopped because of `stop_at`; `applied_offset` is where it stopped.
     pub stopped: AtomicBool,
+    /// Wakes the applier when it waits for the replica link (so a stop request is seen at
+    /// once, not at the next poll).
+    waker: Waker,
+}
+
+/// A callback into the running engine.
+#[derive(Default)]
+struct Waker(std::sync::Mutex<Option<Box<dyn Fn() + Send>>>);
+
+impl Waker {
+    fn set(&self, f: Box<dyn Fn() + Send>) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = Some(f);
+        }
+    }
+
+    fn wake(&self) {
+        if let Ok(w) = self.0.lock()
+            && let Some(f) = w.as_ref()
+        {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
 }
 
 impl SyncProgress {
@@ -99,6 +128,7 @@ impl SyncProgress {
         self.stopped.store(false, Ordering::Release);
         self.stop_at
             .store(offset.saturating_add(1), Ordering::Release);
+        self.waker.wake();
     }
 
     /// The offset of a pending [`Self::request_stop_at`].
@@ -221,6 +251,8 @@ enum Msg {
     },
     Commands(Vec<StreamCommand>),
     Failed(String),
+    /// Look at the shared state now (the cutover barrier asked to stop at an offset).
+    Wake,
 }
 
 /// Runs the sync on the calling thread (blocking). Returns only with `once` (or on an error).
@@ -257,6 +289,12 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         watch_signals(Arc::clone(&stop))?;
     }
     let (tx, rx) = sync_channel::<Msg>(32);
+    if let Some(shared) = &opts.shared {
+        let wake = tx.clone();
+        shared.waker.set(Box::new(move || {
+            let _ = wake.try_send(Msg::Wake);
+        }));
+    }
     let applied = Arc::new(AtomicU64::new(0));
     {
         let source = opts.source.clone();
@@ -528,6 +566,7 @@ impl Applier<'_> {
                     }
                 }
                 Ok(Msg::Failed(e)) => bail!("{e}"),
+                Ok(Msg::Wake) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     // Nothing new: let the target answer what is in flight.
                     if phase == Phase::Streaming {
