@@ -713,3 +713,78 @@ fn the_whole_story_under_load_valkey_9_1_to_redis_7_0() {
 fn the_whole_story_under_load_redis_7_0_to_redis_6_2() {
     whole_story_under_load(Version::Redis70, Version::Redis62);
 }
+
+#[test]
+fn a_rollback_is_refused_once_the_old_side_missed_writes_unless_forced() {
+    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    // The source stops accepting writes (out of memory): the next shadow write fails there.
+    let mut direct = source.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut direct)
+        .unwrap();
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("SET")
+        .arg("after-switch")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    eventually("rollback marked unsafe", || {
+        proxy.status_json()["rollback_safe"] == false
+    });
+    let status = proxy.status_json();
+    let reason = status["cutover"]["rollback_unsafe_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("OOM") || reason.contains("maxmemory"),
+        "{status}"
+    );
+    // The client never noticed: the primary is the target.
+    assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
+    let (code, _, err) = cli(&proxy, &["rollback"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missed writes"), "{err}");
+    assert_eq!(proxy.status_json()["primary"], "target");
+    assert!(proxy.metrics().contains("cutover_shadow_unsafe_total"));
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut direct)
+        .unwrap();
+    let (code, out, err) = cli(&proxy, &["rollback", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("source is the primary"), "{out}");
+}
+
+#[test]
+fn shadow_writes_keep_the_clients_database() {
+    let (source, target) = source_and_target(Version::Valkey91, Version::Redis62);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let mut c = common::Raw::connect(&proxy.addr());
+    assert_eq!(c.cmd_str(&["SELECT", "5"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["SET", "in5", "x"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["INCRBY", "n5", "7"]), ":7\r\n");
+    assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["INCR", "n5"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd_str(&["RPUSH", "l5", "a", "b"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd_str(&["EXEC"]), "*2\r\n:8\r\n:2\r\n");
+    let mut src = common::Raw::connect(&source.addr());
+    assert_eq!(src.cmd_str(&["SELECT", "5"]), "+OK\r\n");
+    eventually("db 5 writes shadowed to db 5", || {
+        src.cmd_str(&["GET", "in5"]) == "$1\r\nx\r\n"
+            && src.cmd_str(&["GET", "n5"]) == "$1\r\n8\r\n"
+            && src.cmd_str(&["LLEN", "l5"]) == ":2\r\n"
+    });
+    assert_eq!(src.cmd_str(&["SELECT", "0"]), "+OK\r\n");
+    assert_eq!(src.cmd_str(&["EXISTS", "in5"]), ":0\r\n");
+}
