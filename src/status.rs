@@ -30,9 +30,11 @@ impl StatusSource for RunStatus {
     fn status(&self) -> Value {
         let route = self.proxy.route.load();
         let p = &self.proxy;
+        let switched = self.cutover.as_ref().is_some_and(|c| c.phase().is_some());
         let sync = self.sync.as_ref().map(|s| {
             json!({
-                "phase": s.phase_name(),
+                // The first switch stops the sync for good.
+                "phase": if switched { "stopped" } else { s.phase_name() },
                 "snapshot_bytes": s.snapshot_bytes.load(Ordering::Relaxed),
                 "keys_seen": s.keys_seen.load(Ordering::Relaxed),
                 "keys_done": s.keys_done.load(Ordering::Relaxed),
@@ -57,14 +59,13 @@ impl StatusSource for RunStatus {
                 .map_or("proxying", |s| s.phase_name())
                 .to_string()
         });
-        let detached = cutover.as_ref().is_some_and(|c| !c["phase"].is_null());
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "phase": phase,
             // After the switch the sync is stopped: the target has everything (lag 0).
-            "lag_bytes": self.sync.as_ref().map(|s| if detached { 0 } else { s.lag_bytes() }),
-            "lag_ms": self.sync.as_ref().map(|s| if detached { 0 } else { s.lag_ms() }),
-            "rollback_safe": cutover.as_ref().map_or(false, |c| c["rollback_safe"].as_bool().unwrap_or(false)),
+            "lag_bytes": self.sync.as_ref().map(|s| if switched { 0 } else { s.lag_bytes() }),
+            "lag_ms": self.sync.as_ref().map(|s| if switched { 0 } else { s.lag_ms() }),
+            "rollback_safe": cutover.as_ref().is_some_and(|c| c["rollback_safe"].as_bool().unwrap_or(false)),
             "shadow_queue": cutover.as_ref().map_or(0, |c| c["shadow_queue"].as_u64().unwrap_or(0)),
             "cutover": cutover,
             "sync": sync,

@@ -129,7 +129,7 @@ mod tests {
         assert!(!gate.enter(&mut busy, false));
         assert!(gate.enter(&mut busy, true));
         gate.set_busy(&mut busy, false);
-        let mut rx = gate.subscribe();
+        let rx = gate.subscribe();
         gate.resume();
         assert!(rx.has_changed().unwrap());
         assert!(gate.enter(&mut busy, false));
