@@ -29,6 +29,8 @@ pub struct Gate {
     busy: AtomicUsize,
     /// Sessions waiting at the gate right now (for status and metrics).
     held: AtomicUsize,
+    /// Sessions whose only command in flight is a blocking call.
+    parked: AtomicUsize,
     generation: watch::Sender<u64>,
 }
 
@@ -38,6 +40,7 @@ impl Default for Gate {
             paused: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
             generation: watch::Sender::new(0),
         }
     }
@@ -97,6 +100,24 @@ impl Gate {
     pub fn enter(&self, flag: &mut bool, in_txn: bool) -> bool {
         self.set_busy(flag, true);
         in_txn || !self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Sessions whose only command in flight is a blocking call (they do not hold the barrier
+    /// up; the controller cancels that many calls on the old side).
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    /// Session: starts or stops counting as parked.
+    pub fn set_parked(&self, flag: &mut bool, parked: bool) {
+        if *flag != parked {
+            *flag = parked;
+            if parked {
+                self.parked.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.parked.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     /// Session: starts or stops counting as held.

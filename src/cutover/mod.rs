@@ -552,8 +552,25 @@ impl Controller {
         metrics::gauge!("cutover_rollback_safe").set(1.0);
         // Blocking calls still waiting on the old side: cancel them there (the sessions send
         // them again to the new primary). Before any shadow write can reach the old side and
-        // wake them up there.
-        let unblocked = unblock_own(old_conn, old).await;
+        // wake them up there. A call sent just before the pause may not have reached the
+        // server yet: look again until every parked session's call was cancelled (bounded).
+        let parked = self.proxy.gate.parked();
+        let mut unblocked = 0;
+        let deadline = Instant::now() + Duration::from_millis(10);
+        loop {
+            unblocked += unblock_own(old_conn, old).await;
+            if unblocked >= parked || Instant::now() >= deadline {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if unblocked < parked {
+            tracing::warn!(
+                parked,
+                unblocked,
+                "not every blocking call could be cancelled on the old side"
+            );
+        }
         tokio::spawn(writer::run(
             sink,
             rx,

@@ -219,6 +219,8 @@ pub struct Session {
     busy: bool,
     /// Waiting at the gate while the cutover barrier holds new commands.
     gated: bool,
+    /// Counted as parked at the gate (only a blocking call in flight).
+    parked_flag: bool,
     /// Resumes and route flips (see [`crate::cutover::gate`]).
     gate_rx: tokio::sync::watch::Receiver<u64>,
     /// The route flipped while this client had a `WATCH` on the old side: its next `EXEC`
@@ -281,6 +283,7 @@ impl Session {
             classified: None,
             busy: false,
             gated: false,
+            parked_flag: false,
             gate_rx,
             watch_broken: false,
             reissue: None,
@@ -303,6 +306,7 @@ impl Session {
         let gate = &self.shared.gate;
         gate.set_busy(&mut self.busy, false);
         gate.set_held(&mut self.gated, false);
+        gate.set_parked(&mut self.parked_flag, false);
         self.drop_upstream();
     }
 
@@ -316,15 +320,20 @@ impl Session {
             if self.close_after_flush && self.client_out.is_empty() {
                 return Ok(());
             }
+            // A client that closed its side while the gate held its last commands still
+            // gets them run (after the gate opens) and answered.
             if (self.stop_reading || self.client_eof)
                 && self.pending.is_empty()
                 && self.held.is_none()
                 && self.client_out.is_empty()
+                && !(self.gated && !self.stop_reading)
             {
                 return Ok(());
             }
             let in_flight = self.in_flight_for_gate();
             self.shared.gate.set_busy(&mut self.busy, in_flight);
+            let parked = self.parked();
+            self.shared.gate.set_parked(&mut self.parked_flag, parked);
             let up_out = self.up.as_ref().map_or(0, |u| u.out.len());
             let read_client = !self.stop_reading
                 && !self.client_eof
