@@ -85,14 +85,7 @@ impl Gate {
     /// Session: mark (or unmark) this session as having work in flight. `flag` is the
     /// session's own record, so the count stays exact.
     pub fn set_busy(&self, flag: &mut bool, busy: bool) {
-        if *flag != busy {
-            *flag = busy;
-            if busy {
-                self.busy.fetch_add(1, Ordering::SeqCst);
-            } else {
-                self.busy.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+        count(&self.busy, flag, busy);
     }
 
     /// Session: before dispatching. Marks the session busy, then tells whether it may go on.
@@ -110,25 +103,23 @@ impl Gate {
 
     /// Session: starts or stops counting as parked.
     pub fn set_parked(&self, flag: &mut bool, parked: bool) {
-        if *flag != parked {
-            *flag = parked;
-            if parked {
-                self.parked.fetch_add(1, Ordering::SeqCst);
-            } else {
-                self.parked.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
+        count(&self.parked, flag, parked);
     }
 
     /// Session: starts or stops counting as held.
     pub fn set_held(&self, flag: &mut bool, held: bool) {
-        if *flag != held {
-            *flag = held;
-            if held {
-                self.held.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.held.fetch_sub(1, Ordering::Relaxed);
-            }
+        count(&self.held, flag, held);
+    }
+}
+
+/// Keeps `counter` equal to the number of sessions whose `flag` is set.
+fn count(counter: &AtomicUsize, flag: &mut bool, on: bool) {
+    if *flag != on {
+        *flag = on;
+        if on {
+            counter.fetch_add(1, Ordering::SeqCst);
+        } else {
+            counter.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

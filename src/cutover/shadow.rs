@@ -874,4 +874,22 @@ mod tests {
         assert!(!is_write(command_id(b"get")));
         assert!(!is_write(command_id(b"eval_ro")));
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends and a server answers, deriving the shadow form never
+        /// panics, and a refused write is never shadowed.
+        #[test]
+        fn any_command_and_reply_is_handled(
+            name in proptest::sample::select(WRITES),
+            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..8),
+            reply in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            resp in 2u8..=3,
+        ) {
+            let mut full = vec![name.as_bytes().to_vec()];
+            full.extend(args);
+            let value = Value::decode(&reply, resp).unwrap_or(Value::Nil);
+            let _ = shadow_form(&full, &value, 1_700_000_000_000);
+            assert_eq!(shadow_form(&full, &Value::Error("ERR x".into()), 0), Action::Skip);
+        }
+    }
 }
