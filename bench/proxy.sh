@@ -102,7 +102,7 @@ EOF
 twem_pid=$!; pids+=("$twem_pid")
 wait_port "$p_twem" "$twem_pid" nutcracker
 
-RUST_LOG=${RUST_LOG:-warn} "$tmp/cutover" run --source "redis://127.0.0.1:$p_redis" \
+CUTOVER_LOG=${CUTOVER_LOG:-warn} "$tmp/cutover" run --source "redis://127.0.0.1:$p_redis" \
   --proxy-listen "127.0.0.1:$p_cutover" >"$tmp/cutover.log" 2>&1 &
 cutover_pid=$!; pids+=("$cutover_pid")
 wait_port "$p_cutover" "$cutover_pid" cutover

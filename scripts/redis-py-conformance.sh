@@ -180,7 +180,7 @@ start_redis() { # <name> <port>: sets redis_pid
 }
 
 start_proxy() { # <name> <listen port> <redis port>: sets proxy_pid
-  RUST_LOG=${RUST_LOG:-warn} "$cutover" run --source "redis://127.0.0.1:$3" \
+  CUTOVER_LOG=${CUTOVER_LOG:-warn} "$cutover" run --source "redis://127.0.0.1:$3" \
     --proxy-listen "127.0.0.1:$2" >"$out/$1.cutover.log" 2>&1 &
   proxy_pid=$!
   pids+=("$proxy_pid")

@@ -552,25 +552,13 @@ impl Controller {
         metrics::gauge!("cutover_rollback_safe").set(1.0);
         // Blocking calls still waiting on the old side: cancel them there (the sessions send
         // them again to the new primary). Before any shadow write can reach the old side and
-        // wake them up there. A call sent just before the pause may not have reached the
-        // server yet: look again until every parked session's call was cancelled (bounded).
+        // wake them up there.
         let parked = self.proxy.gate.parked();
-        let mut unblocked = 0;
-        let deadline = Instant::now() + Duration::from_millis(10);
-        loop {
-            unblocked += unblock_own(old_conn, old).await;
-            if unblocked >= parked || Instant::now() >= deadline {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        if unblocked < parked {
-            tracing::warn!(
-                parked,
-                unblocked,
-                "not every blocking call could be cancelled on the old side"
-            );
-        }
+        let unblocked = if parked == 0 {
+            0
+        } else {
+            cancel_blocked(parked, old_conn, old).await
+        };
         tokio::spawn(writer::run(
             sink,
             rx,
@@ -654,6 +642,28 @@ async fn foreign_writers(c: &mut Conn, source: &Backend) -> Result<Vec<String>, 
         }
     }
     Ok(out)
+}
+
+/// Cancels the `parked` blocking calls of the proxy's connections on `old`; a call sent just
+/// before the pause may not have reached the server yet, so look again (for 10 ms at most).
+async fn cancel_blocked(parked: usize, c: &mut Conn, old: &Backend) -> usize {
+    let mut unblocked = 0;
+    let deadline = Instant::now() + Duration::from_millis(10);
+    loop {
+        unblocked += unblock_own(c, old).await;
+        if unblocked >= parked || Instant::now() >= deadline {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if unblocked < parked {
+        tracing::warn!(
+            parked,
+            unblocked,
+            "not every blocking call could be cancelled on the old side"
+        );
+    }
+    unblocked
 }
 
 /// `CLIENT UNBLOCK` for every blocked connection of the proxy on `old`.

@@ -141,6 +141,8 @@ pub enum Action {
     Skip,
     /// These commands (in one `MULTI … EXEC` when several).
     Apply(Vec<Args>),
+    /// The command exactly as the client sent it (RESP bytes): most writes.
+    Raw(Vec<u8>),
     /// Copy the current state of these keys from the primary.
     CopyKeys(Vec<Vec<u8>>),
     /// Cannot be reproduced on the old side: the rollback is no longer safe.
@@ -175,6 +177,68 @@ fn write_table() -> &'static [bool] {
 pub fn is_write(cmd: usize) -> bool {
     write_table().get(cmd).copied().unwrap_or(false)
 }
+
+/// Does this write's shadow form depend on its reply (or differ from the command)? The others
+/// are sent to the old side as the client sent them when they succeeded, without decoding
+/// anything.
+pub fn needs_reply(cmd: usize) -> bool {
+    static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = vec![false; KNOWN_COMMANDS.len() + 1];
+        for name in NEEDS_REPLY {
+            let id = command_id(name.as_bytes());
+            if let Some(slot) = t.get_mut(id)
+                && KNOWN_COMMANDS.get(id) == Some(name)
+            {
+                *slot = true;
+            }
+        }
+        t
+    });
+    // Unknown commands are never captured; be safe anyway.
+    table.get(cmd).copied().unwrap_or(true)
+}
+
+/// The writes [`shadow_form`] rewrites (everything else there is "itself").
+const NEEDS_REPLY: &[&str] = &[
+    "incr",
+    "decr",
+    "incrby",
+    "decrby",
+    "incrbyfloat",
+    "hincrbyfloat",
+    "zincrby",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "setex",
+    "psetex",
+    "set",
+    "getex",
+    "getdel",
+    "spop",
+    "xadd",
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "blmove",
+    "bzpopmin",
+    "bzpopmax",
+    "blmpop",
+    "bzmpop",
+    "lmpop",
+    "zmpop",
+    "xreadgroup",
+    "eval",
+    "evalsha",
+    "fcall",
+    "sort",
+    "georadius",
+    "georadiusbymember",
+    "restore",
+    "migrate",
+];
 
 const WRITES: &[&str] = &[
     "append",
@@ -865,6 +929,22 @@ mod tests {
             Some(Value::Array(vec![Value::Bytes(b"a".to_vec())]))
         );
         assert_eq!(Value::decode(b"$3\r\nab", 2), None);
+    }
+
+    #[test]
+    fn writes_that_need_no_reply_are_shadowed_as_they_are() {
+        // The session sends these as the client's bytes without calling `shadow_form`: it
+        // must agree.
+        for name in WRITES.iter().filter(|n| !NEEDS_REPLY.contains(n)) {
+            let args = a(&[name, "k", "1", "2"]);
+            assert_eq!(
+                shadow_form(&args, &Value::Int(1), 0),
+                Action::Apply(vec![args.clone()]),
+                "{name}"
+            );
+            assert!(!needs_reply(command_id(name.as_bytes())), "{name}");
+        }
+        assert!(needs_reply(command_id(b"incr")));
     }
 
     #[test]

@@ -23,9 +23,45 @@ use crate::resp::request::encode_command;
 use crate::route::Backend;
 
 /// Writes per pipeline round trip at most.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
 /// How long a `Take` (the shadow of a blocking pop) may wait for its element to arrive.
 const TAKE_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What a reply in a shadow batch answers.
+enum Answer {
+    /// SELECT, MULTI, EXEC.
+    Control(&'static str),
+    /// Command `n` of item `i` of the batch.
+    Item(usize, usize),
+    /// A command rebuilding a copied key.
+    Copy(String),
+}
+
+impl Answer {
+    /// The command's name, for the message when the old side refused it.
+    fn describe(&self, items: &[ShadowItem]) -> String {
+        let name = |args: &[&[u8]]| {
+            args.first()
+                .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+                .unwrap_or_default()
+        };
+        match self {
+            Answer::Control(c) => (*c).to_string(),
+            Answer::Copy(c) => format!("{c} of a copied key"),
+            Answer::Item(i, n) => match items.get(*i).map(|it| &it.action) {
+                Some(Action::Raw(raw)) => crate::sync::engine::split_args(raw)
+                    .map(|a| name(&a))
+                    .unwrap_or_default(),
+                Some(Action::Apply(cmds)) => cmds
+                    .get(*n)
+                    .map(|c| name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()))
+                    .unwrap_or_default(),
+                Some(Action::Take(c)) => name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()),
+                _ => String::new(),
+            },
+        }
+    }
+}
 
 /// A `Take` that found nothing to take yet.
 struct Deferred {
@@ -66,9 +102,18 @@ impl Conn {
 
     /// Reads one complete reply (its raw bytes).
     pub async fn read(&mut self) -> Result<Vec<u8>, String> {
+        Ok(self.read_if(true).await?.unwrap_or_default())
+    }
+
+    /// Reads one reply; returns its bytes when `want` or when it is an error, else skips it
+    /// without copying.
+    pub async fn read_if(&mut self, want: bool) -> Result<Option<Vec<u8>>, String> {
         loop {
             match self.parser.parse(&self.buf) {
-                Ok(Some(info)) => return Ok(self.buf.split_to(info.len).to_vec()),
+                Ok(Some(info)) => {
+                    let reply = self.buf.split_to(info.len);
+                    return Ok((want || info.is_error()).then(|| reply.to_vec()));
+                }
                 Ok(None) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -230,12 +275,14 @@ async fn write_batch(
     timeout: Duration,
 ) -> Result<Vec<Deferred>, String> {
     let mut wire = Vec::with_capacity(items.len() * 64);
-    // What each reply answers, to name it when it is an error; takes by their item.
-    let mut expect: Vec<(String, Option<usize>)> = Vec::with_capacity(items.len());
+    // What each reply answers (to name it when it is an error), and whether it is a take's.
+    let mut expect: Vec<(Answer, bool)> = Vec::with_capacity(items.len());
+    let mut copied: Vec<Args> = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        let commands: Vec<Args> = match &item.action {
-            Action::Apply(cmds) => cmds.clone(),
-            Action::Take(cmd) => vec![cmd.clone()],
+        let commands: &[Args] = match &item.action {
+            Action::Apply(cmds) => cmds,
+            Action::Take(cmd) => std::slice::from_ref(cmd),
+            Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
                     *primary_conn = Some(Conn::open(primary, timeout).await?);
@@ -248,36 +295,45 @@ async fn write_batch(
                         .await?;
                     p.db = item.db;
                 }
-                let mut cmds = Vec::new();
+                copied.clear();
                 for key in keys {
-                    cmds.extend(copy_key(p, key).await?);
+                    copied.extend(copy_key(p, key).await?);
                 }
-                cmds
+                &copied
             }
             Action::Skip | Action::Unsupported(_) => continue,
         };
-        if commands.is_empty() {
+        if commands.is_empty() && !matches!(item.action, Action::Raw(_)) {
             continue;
         }
         if c.db != item.db {
             encode_command(&[&b"SELECT"[..], item.db.to_string().as_bytes()], &mut wire);
-            expect.push(("SELECT".into(), None));
+            expect.push((Answer::Control("SELECT"), false));
             c.db = item.db;
+        }
+        if let Action::Raw(raw) = &item.action {
+            wire.extend_from_slice(raw);
+            expect.push((Answer::Item(index, 0), false));
+            continue;
         }
         let atomic = commands.len() > 1;
         if atomic {
             encode_command(&[&b"MULTI"[..]], &mut wire);
-            expect.push(("MULTI".into(), None));
+            expect.push((Answer::Control("MULTI"), false));
         }
-        let take = matches!(item.action, Action::Take(_)).then_some(index);
-        for cmd in &commands {
+        let take = matches!(item.action, Action::Take(_));
+        for (i, cmd) in commands.iter().enumerate() {
             let refs: Vec<&[u8]> = cmd.iter().map(|a| &a[..]).collect();
             encode_command(&refs, &mut wire);
-            expect.push((String::from_utf8_lossy(&cmd[0]).to_ascii_uppercase(), take));
+            let answer = match &item.action {
+                Action::CopyKeys(_) => Answer::Copy(String::from_utf8_lossy(&cmd[0]).into_owned()),
+                _ => Answer::Item(index, i),
+            };
+            expect.push((answer, take));
         }
         if atomic {
             encode_command(&[&b"EXEC"[..]], &mut wire);
-            expect.push(("EXEC".into(), None));
+            expect.push((Answer::Control("EXEC"), false));
         }
     }
     let mut deferred = Vec::new();
@@ -285,14 +341,18 @@ async fn write_batch(
         return Ok(deferred);
     }
     c.write(&wire).await?;
-    for (what, take) in expect {
-        let raw = c.read().await?;
+    for (answer, take) in expect {
+        // Only errors, transaction results and takes are looked at; the rest is skipped.
+        let wanted = take || matches!(answer, Answer::Control("EXEC"));
+        let Some(raw) = c.read_if(wanted).await? else {
+            continue;
+        };
         let value = Value::decode(&raw, 2);
-        if let (Some(i), Some(Value::Int(0))) = (take, &value)
-            && let Action::Take(cmd) = &items[i].action
+        if let (true, Answer::Item(i, _), Some(Value::Int(0))) = (take, &answer, &value)
+            && let Action::Take(cmd) = &items[*i].action
         {
             deferred.push(Deferred {
-                db: items[i].db,
+                db: items[*i].db,
                 cmd: cmd.clone(),
                 since: std::time::Instant::now(),
             });
@@ -300,7 +360,7 @@ async fn write_batch(
         }
         let failed = match value {
             Some(Value::Error(e)) => Some(e),
-            Some(Value::Array(items)) if what == "EXEC" => {
+            Some(Value::Array(items)) if matches!(answer, Answer::Control("EXEC")) => {
                 items.into_iter().find_map(|v| match v {
                     Value::Error(e) => Some(e),
                     _ => None,
@@ -310,8 +370,9 @@ async fn write_batch(
         };
         if let Some(e) = failed {
             sink.mark_unsafe(&format!(
-                "the {} refused a shadow write ({what}): {e}",
-                sink.side.as_str()
+                "the {} refused a shadow write ({}): {e}",
+                sink.side.as_str(),
+                answer.describe(items)
             ));
         }
     }

@@ -245,8 +245,20 @@ pub struct Session {
 /// A write as the client sent it, kept until its reply tells what to shadow.
 #[derive(Debug)]
 struct ShadowPlan {
-    args: Vec<Vec<u8>>,
+    /// The command as the client sent it (one copy).
+    wire: Vec<u8>,
     db: u32,
+    /// Its shadow form depends on the reply (see `shadow::needs_reply`); otherwise it is sent
+    /// to the old side as it is, unless it failed.
+    rewrite: bool,
+}
+
+impl ShadowPlan {
+    fn args(&self) -> Vec<Vec<u8>> {
+        crate::sync::engine::split_args(&self.wire)
+            .map(|a| a.iter().map(|x| x.to_vec()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Session {
@@ -478,7 +490,7 @@ impl Session {
             self.batch_started = Instant::now();
             // Shadowed like any write once it pops something on the new primary.
             self.next_shadow = None;
-            self.capture_shadow(&wire);
+            self.capture_shadow(cmd, &wire);
             self.send(cmd, &wire, Expect::Replies(1), Effect::None)
                 .await;
         }
@@ -515,16 +527,14 @@ impl Session {
 
     /// Keeps a write's arguments, when writes are being shadowed, to shadow it once its reply
     /// is known (inside `MULTI`: once `EXEC` answers).
-    fn capture_shadow(&mut self, wire: &[u8]) {
+    fn capture_shadow(&mut self, cmd: usize, wire: &[u8]) {
         if self.shared.shadow.load().is_none() {
             return;
         }
-        let Ok(args) = crate::sync::engine::split_args(wire) else {
-            return;
-        };
         let plan = ShadowPlan {
-            args: args.iter().map(|a| a.to_vec()).collect(),
+            wire: wire.to_vec(),
             db: self.conn.db,
+            rewrite: shadow::needs_reply(cmd),
         };
         if self.conn.in_multi {
             self.txn_shadow.push(plan);
@@ -534,12 +544,20 @@ impl Session {
     }
 
     /// A shadowed write was answered: queue its deterministic form for the old side.
-    fn emit_shadow(&self, plan: &ShadowPlan, reply: &[u8]) {
+    fn emit_shadow(&self, plan: Box<ShadowPlan>, reply: &[u8]) {
         let Some(sink) = self.shared.shadow.load_full() else {
             return;
         };
+        if !plan.rewrite {
+            // The caller checked that the reply is not an error.
+            sink.push(ShadowItem {
+                db: plan.db,
+                action: shadow::Action::Raw(plan.wire),
+            });
+            return;
+        }
         let action = match Value::decode(reply, self.conn.resp) {
-            Some(v) => shadow::shadow_form(&plan.args, &v, crate::cutover::unix_ms()),
+            Some(v) => shadow::shadow_form(&plan.args(), &v, crate::cutover::unix_ms()),
             None => {
                 shadow::Action::Unsupported("a reply too big or unreadable to interpret".into())
             }
@@ -566,7 +584,7 @@ impl Session {
         let db = plans[0].db;
         let mut batch = Vec::new();
         for (plan, v) in plans.iter().zip(&replies) {
-            match shadow::shadow_form(&plan.args, v, now) {
+            match shadow::shadow_form(&plan.args(), v, now) {
                 shadow::Action::Apply(cmds) if plan.db == db => batch.extend(cmds),
                 shadow::Action::Skip => {}
                 other => {
@@ -778,7 +796,7 @@ impl Session {
         telemetry::hot().commands[cmd].increment(1);
         self.next_shadow = None;
         if shadow::is_write(cmd) && self.conn.authenticated {
-            self.capture_shadow(wire);
+            self.capture_shadow(cmd, wire);
         }
         let proxy_auth = self.shared.settings.auth.password.is_some();
         if !self.conn.authenticated && !matches!(kind, Kind::Auth | Kind::Hello | Kind::Quit) {
@@ -1197,7 +1215,7 @@ impl Session {
             if info.is_error() {
                 continue;
             }
-            if let Some(plan) = self.pending.get(i).and_then(|p| p.shadow.as_deref()) {
+            if let Some(plan) = self.pending.get_mut(i).and_then(|p| p.shadow.take()) {
                 self.emit_shadow(plan, &reply);
             }
         }
@@ -1417,10 +1435,10 @@ impl Session {
             _ => true,
         };
         if done {
-            let head = self.pending.pop_front().expect("front exists");
+            let mut head = self.pending.pop_front().expect("front exists");
             telemetry::hot().latency[head.cmd].record(head.started.elapsed().as_secs_f64());
             if !info.is_error() && !head.swallow {
-                if let Some(plan) = &head.shadow {
+                if let Some(plan) = head.shadow.take() {
                     self.emit_shadow(plan, bytes);
                 }
                 if matches!(head.effect, Effect::Exec) {
