@@ -338,7 +338,7 @@ impl Session {
                 && self.pending.is_empty()
                 && self.held.is_none()
                 && self.client_out.is_empty()
-                && !(self.gated && !self.stop_reading)
+                && (!self.gated || self.stop_reading)
             {
                 return Ok(());
             }
@@ -544,7 +544,7 @@ impl Session {
     }
 
     /// A shadowed write was answered: queue its deterministic form for the old side.
-    fn emit_shadow(&self, plan: Box<ShadowPlan>, reply: &[u8]) {
+    fn emit_shadow(&self, plan: ShadowPlan, reply: &[u8]) {
         let Some(sink) = self.shared.shadow.load_full() else {
             return;
         };
@@ -1216,7 +1216,7 @@ impl Session {
                 continue;
             }
             if let Some(plan) = self.pending.get_mut(i).and_then(|p| p.shadow.take()) {
-                self.emit_shadow(plan, &reply);
+                self.emit_shadow(*plan, &reply);
             }
         }
         if self.mux_frames.is_empty() && self.mux_frames.capacity() > TRIM_CAPACITY {
@@ -1439,7 +1439,7 @@ impl Session {
             telemetry::hot().latency[head.cmd].record(head.started.elapsed().as_secs_f64());
             if !info.is_error() && !head.swallow {
                 if let Some(plan) = head.shadow.take() {
-                    self.emit_shadow(plan, bytes);
+                    self.emit_shadow(*plan, bytes);
                 }
                 if matches!(head.effect, Effect::Exec) {
                     self.emit_txn_shadow(bytes);
