@@ -577,8 +577,14 @@ impl Session {
         let Some(sink) = self.shared.shadow.load_full() else {
             return;
         };
-        let Some(Value::Array(replies)) = Value::decode(reply, self.conn.resp) else {
-            return; // aborted (nil): nothing ran
+        let replies = match Value::decode(reply, self.conn.resp) {
+            Some(Value::Array(replies)) => replies,
+            // Aborted (a nil): nothing ran.
+            Some(_) => return,
+            None => {
+                sink.mark_unsafe("a transaction's reply was too big to interpret");
+                return;
+            }
         };
         let now = crate::cutover::unix_ms();
         let db = plans[0].db;
