@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod status;
 pub mod sync;
 pub mod telemetry;
+pub mod verify;

@@ -1,0 +1,452 @@
+//! The two passes of a verify, each on a thread of its own with its own two connections.
+//!
+//! * **Source pass** ([`source_pass`]): `SCAN` the source, and for each page of keys pipeline to
+//!   *both* servers at once `DUMP key` + `PTTL key` per key (mode full; `TYPE` + `PTTL`, then
+//!   the length commands, for the lighter modes). The `SCAN` for the next page rides in the
+//!   same pipeline, so a page costs one round trip to each server, and the two servers work
+//!   on it in parallel. Equal payloads settle a key; different ones are decoded
+//!   (`dump.rs`); only what is still different is compared with commands (`compare.rs`),
+//!   which also writes the detail.
+//! * **Target pass** ([`target_pass`]): `SCAN` the target for keys the source does not have.
+//!   One `EXISTS k1 … kn` on the source answers a whole page when all are there (the usual
+//!   case); only a page with a shortfall is asked key by key.
+//!
+//! Neither pass keeps keys beyond one page, except the differences (at most
+//! [`MAX_CANDIDATES`] per pass; beyond that they are only counted), so memory stays bounded
+//! whatever the size of the dataset.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::client::{Conn, Reply, VerifyError};
+use super::compare::{self, CompareOpts, Diff, DiffKind, Mode, Outcome};
+use super::dump;
+use super::filter::KeyFilter;
+
+/// Differences kept per pass for the re-check rounds; more are counted, not listed.
+pub const MAX_CANDIDATES: usize = 100_000;
+
+/// A difference seen in a pass, before the re-checks.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub source_db: Option<u32>,
+    pub target_db: u32,
+    pub key: Vec<u8>,
+    pub diff: Diff,
+}
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct PassResult {
+    /// Keys compared, by type.
+    pub checked: BTreeMap<String, u64>,
+    pub candidates: Vec<Candidate>,
+    /// Differences beyond [`MAX_CANDIDATES`] (not listed, not re-checked), by kind.
+    pub overflow: BTreeMap<DiffKind, u64>,
+}
+
+impl PassResult {
+    fn count(&mut self, key_type: &str) {
+        match self.checked.get_mut(key_type) {
+            Some(n) => *n += 1,
+            None => {
+                self.checked.insert(key_type.to_string(), 1);
+            }
+        }
+    }
+
+    fn found(&mut self, source_db: Option<u32>, target_db: u32, key: &[u8], diff: Diff) {
+        if self.candidates.len() < MAX_CANDIDATES {
+            self.candidates.push(Candidate {
+                source_db,
+                target_db,
+                key: key.to_vec(),
+                diff,
+            });
+        } else {
+            *self.overflow.entry(diff.kind).or_default() += 1;
+        }
+    }
+}
+
+/// Live counters for the progress line.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub source_keys: AtomicU64,
+    pub target_keys: AtomicU64,
+    /// Set to stop both passes early.
+    pub stop: AtomicBool,
+}
+
+/// Settings of a pass.
+#[derive(Debug, Clone)]
+pub struct PassOpts {
+    pub compare: CompareOpts,
+    pub filter: KeyFilter,
+    /// `SCAN … COUNT`.
+    pub scan_count: usize,
+}
+
+/// One page of `SCAN`: next cursor and keys.
+fn scan_page(conn: &Conn, r: Reply) -> Result<(Vec<u8>, Vec<Reply>), VerifyError> {
+    let mut it = match r {
+        Reply::Array(a) if a.len() == 2 => a.into_iter(),
+        Reply::Error(e) => return Err(conn.refused(&[b"SCAN"], e)),
+        other => return Err(conn.proto(format!("SCAN answered {}", other.show()))),
+    };
+    match (it.next(), it.next()) {
+        (Some(Reply::Bulk(cursor)), Some(Reply::Array(keys))) => Ok((cursor, keys)),
+        _ => Err(conn.proto("malformed SCAN reply".into())),
+    }
+}
+
+fn pttl(conn: &Conn, r: Reply) -> Result<i64, VerifyError> {
+    match r {
+        Reply::Int(i) => Ok(i),
+        Reply::Error(e) => Err(conn.refused(&[b"PTTL"], e)),
+        other => Err(conn.proto(format!("PTTL answered {}", other.show()))),
+    }
+}
+
+/// Compares every wanted key of source db `sdb` with target db `tdb`.
+pub fn source_pass(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    sdb: u32,
+    tdb: u32,
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    src.select(sdb)?;
+    tgt.select(tdb)?;
+    let count = opts.scan_count.to_string();
+    let r = src.call(&[b"SCAN", b"0", b"COUNT", count.as_bytes()])?;
+    let (mut cursor, mut page) = scan_page(src, r)?;
+    let mut slow: Vec<Vec<u8>> = Vec::new();
+    loop {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = page
+            .into_iter()
+            .filter_map(|k| match k {
+                Reply::Bulk(k) if opts.filter.wants(sdb, &k) && opts.filter.wants(tdb, &k) => {
+                    Some(k)
+                }
+                _ => None,
+            })
+            .collect();
+        let first: &[u8] = if opts.compare.mode == Mode::Full {
+            b"DUMP"
+        } else {
+            b"TYPE"
+        };
+        for k in &keys {
+            src.send(&[first, k])?;
+            src.send(&[b"PTTL", k])?;
+        }
+        let more = cursor != b"0";
+        if more {
+            src.send(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])?;
+        }
+        src.flush()?;
+        for k in &keys {
+            tgt.send(&[first, k])?;
+            tgt.send(&[b"PTTL", k])?;
+        }
+        tgt.flush()?;
+        let mut firsts = Vec::with_capacity(keys.len());
+        for _ in &keys {
+            let a = src.recv()?;
+            let at = src.recv()?;
+            let at = pttl(src, at)?;
+            let b = tgt.recv()?;
+            let bt = tgt.recv()?;
+            let bt = pttl(tgt, bt)?;
+            firsts.push((a, at, b, bt));
+        }
+        if more {
+            let r = src.recv()?;
+            (cursor, page) = scan_page(src, r)?;
+        } else {
+            page = Vec::new();
+        }
+        let mut same_type = Vec::new();
+        for (k, (a, at, b, bt)) in keys.iter().zip(firsts) {
+            if opts.compare.mode == Mode::Full {
+                full_fast_path(src, tgt, k, (a, at, b, bt), opts, &mut slow, sdb, tdb, out)?;
+            } else {
+                let (ta, tb) = (type_text(src, a)?, type_text(tgt, b)?);
+                match (ta.as_str(), tb.as_str()) {
+                    ("none", "none") => {}
+                    ("none", _) => slow.push(k.clone()),
+                    (_, "none") => {
+                        out.count(&ta);
+                        out.found(
+                            Some(sdb),
+                            tdb,
+                            k,
+                            Diff::new(DiffKind::Missing, &ta, "not on the target"),
+                        );
+                    }
+                    (x, y) if x != y => {
+                        out.count(x);
+                        out.found(
+                            Some(sdb),
+                            tdb,
+                            k,
+                            Diff::new(
+                                DiffKind::Type,
+                                x,
+                                format!("{x} on the source, {y} on the target"),
+                            ),
+                        );
+                    }
+                    _ if opts.compare.mode == Mode::Keys => out.count(&ta),
+                    _ => same_type.push((k, ta, at, bt)),
+                }
+            }
+        }
+        if !same_type.is_empty() {
+            length_stage(src, tgt, &same_type, opts, sdb, tdb, out)?;
+        }
+        for k in slow.drain(..) {
+            match compare::compare_key(src, tgt, &k, &opts.compare)? {
+                Outcome::Gone => {}
+                Outcome::Equal(t) => out.count(&t),
+                Outcome::Differs(d) if d.kind == DiffKind::Extra => {
+                    // Deleted from the source since the SCAN: the target pass owns extras.
+                }
+                Outcome::Differs(d) => {
+                    out.count(&d.key_type.clone());
+                    out.found(Some(sdb), tdb, &k, d);
+                }
+            }
+        }
+        progress
+            .source_keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+fn type_text(conn: &Conn, r: Reply) -> Result<String, VerifyError> {
+    match r {
+        Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Reply::Error(e) => Err(conn.refused(&[b"TYPE"], e)),
+        other => Err(conn.proto(format!("TYPE answered {}", other.show()))),
+    }
+}
+
+/// Mode full, one key: `DUMP` and `PTTL` of both sides.
+#[allow(clippy::too_many_arguments)]
+fn full_fast_path(
+    src: &Conn,
+    tgt: &Conn,
+    k: &[u8],
+    (a, at, b, bt): (Reply, i64, Reply, i64),
+    opts: &PassOpts,
+    slow: &mut Vec<Vec<u8>>,
+    sdb: u32,
+    tdb: u32,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    if let Reply::Error(e) = a {
+        return Err(src.refused(&[b"DUMP"], e));
+    }
+    if let Reply::Error(e) = b {
+        return Err(tgt.refused(&[b"DUMP"], e));
+    }
+    match (&a, &b) {
+        (Reply::Nil, Reply::Nil) => {}
+        (Reply::Nil, _) => slow.push(k.to_vec()),
+        (Reply::Bulk(x), Reply::Nil) => {
+            let t = dump::dump_type(x);
+            out.count(t);
+            out.found(
+                Some(sdb),
+                tdb,
+                k,
+                Diff::new(DiffKind::Missing, t, "not on the target"),
+            );
+        }
+        (_, Reply::Nil) => slow.push(k.to_vec()),
+        (Reply::Bulk(x), Reply::Bulk(y))
+            if x == y || same_type_value(x, y, opts.compare.ttl_tolerance_ms) =>
+        {
+            // Equal values (decoded-equal hashes also had their field expiries compared).
+            let t = dump::dump_type(x);
+            settle_ttl(t, k, at, bt, opts, sdb, tdb, out);
+        }
+        (Reply::Digest { first, tail, .. }, Reply::Digest { .. }) if a == b => {
+            let t = dump::digest_type(*first, tail);
+            settle_ttl(t, k, at, bt, opts, sdb, tdb, out);
+        }
+        _ => slow.push(k.to_vec()),
+    }
+    Ok(())
+}
+
+/// A key whose value is equal: counts it and compares the TTLs.
+#[allow(clippy::too_many_arguments)]
+fn settle_ttl(
+    t: &str,
+    k: &[u8],
+    at: i64,
+    bt: i64,
+    opts: &PassOpts,
+    sdb: u32,
+    tdb: u32,
+    out: &mut PassResult,
+) {
+    out.count(t);
+    if let Some(d) = compare::ttl_diff(t, at, bt, opts.compare.ttl_tolerance_ms) {
+        out.found(Some(sdb), tdb, k, d);
+    }
+}
+
+fn same_type_value(x: &[u8], y: &[u8], tolerance_ms: i64) -> bool {
+    dump::dump_type(x) == dump::dump_type(y) && dump::same_value(x, y, tolerance_ms)
+}
+
+/// `--mode length`: lengths of the keys whose types agree, pipelined to both sides.
+fn length_stage(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    keys: &[(&Vec<u8>, String, i64, i64)],
+    opts: &PassOpts,
+    sdb: u32,
+    tdb: u32,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    let cmd = |t: &str| -> &'static [u8] {
+        match t {
+            "string" => b"STRLEN",
+            "list" => b"LLEN",
+            "set" => b"SCARD",
+            "zset" => b"ZCARD",
+            "hash" => b"HLEN",
+            "stream" => b"XLEN",
+            _ => b"EXISTS",
+        }
+    };
+    for (k, t, _, _) in keys {
+        src.send(&[cmd(t), k])?;
+        tgt.send(&[cmd(t), k])?;
+    }
+    src.flush()?;
+    tgt.flush()?;
+    for (k, t, at, bt) in keys {
+        let (a, b) = (src.recv()?, tgt.recv()?);
+        out.count(t);
+        let diff = match (&a, &b) {
+            (Reply::Int(x), Reply::Int(y)) if x != y => Some(Diff::new(
+                DiffKind::Value,
+                t,
+                format!("length {x} vs {y}"),
+            )),
+            (Reply::Int(_), Reply::Int(_)) => {
+                compare::ttl_diff(t, *at, *bt, opts.compare.ttl_tolerance_ms)
+            }
+            // WRONGTYPE: the key changed between the two stages; look again.
+            _ => match compare::compare_key(src, tgt, k, &opts.compare)? {
+                Outcome::Differs(d) => Some(d),
+                _ => None,
+            },
+        };
+        if let Some(d) = diff {
+            out.found(Some(sdb), tdb, k, d);
+        }
+    }
+    Ok(())
+}
+
+/// Looks for keys of target db `tdb` that source db `sdb` lacks (`None`: no source db maps
+/// here, so every key is extra).
+pub fn target_pass(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    sdb: Option<u32>,
+    tdb: u32,
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    tgt.select(tdb)?;
+    if let Some(s) = sdb {
+        src.select(s)?;
+    }
+    let count = opts.scan_count.to_string();
+    let mut cursor = b"0".to_vec();
+    loop {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let r = tgt.call(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])?;
+        let (next, page) = scan_page(tgt, r)?;
+        let mut seen = HashSet::new();
+        let keys: Vec<Vec<u8>> = page
+            .into_iter()
+            .filter_map(|k| match k {
+                Reply::Bulk(k)
+                    if opts.filter.wants(tdb, &k)
+                        && sdb.is_none_or(|s| opts.filter.wants(s, &k)) =>
+                {
+                    Some(k)
+                }
+                _ => None,
+            })
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
+        progress
+            .target_keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let absent: Vec<&Vec<u8>> = match sdb {
+            None => keys.iter().collect(),
+            Some(_) if keys.is_empty() => Vec::new(),
+            Some(_) => {
+                let mut args: Vec<&[u8]> = vec![b"EXISTS"];
+                args.extend(keys.iter().map(Vec::as_slice));
+                let n = src.call(&args)?.as_int().unwrap_or(-1);
+                if n == keys.len() as i64 {
+                    Vec::new()
+                } else {
+                    for k in &keys {
+                        src.send(&[b"EXISTS", k])?;
+                    }
+                    let mut absent = Vec::new();
+                    for k in &keys {
+                        if src.recv()? == Reply::Int(0) {
+                            absent.push(k);
+                        }
+                    }
+                    absent
+                }
+            }
+        };
+        for k in &absent {
+            tgt.send(&[b"TYPE", k])?;
+        }
+        for k in absent {
+            let t = tgt.recv()?;
+            let t = type_text(tgt, t)?;
+            if t != "none" {
+                out.count(&t);
+                out.found(
+                    sdb,
+                    tdb,
+                    k,
+                    Diff::new(DiffKind::Extra, &t, "not on the source"),
+                );
+            }
+        }
+        if next == b"0" {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
