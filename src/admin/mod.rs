@@ -1,8 +1,9 @@
 //! The admin listener: a small RESP server the CLI (and `redis-cli -p <admin port>`) talks to.
 //!
-//! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string). When a token
-//! is configured, every command but `AUTH`/`PING` needs it first. Later issues add `SWITCH`,
-//! `ROLLBACK`, `FINISH`, `VERIFY` here.
+//! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string), `VERIFY`
+//! (starts a verify of the source against the target in the background and answers at once;
+//! `STATUS` shows it under `verify`). When a token is configured, every command but
+//! `AUTH`/`PING` needs it first. Later issues add `SWITCH`, `ROLLBACK`, `FINISH` here.
 
 pub mod client;
 
@@ -22,6 +23,8 @@ use crate::status::StatusSource;
 pub struct AdminServer {
     pub token: Option<String>,
     pub status: Arc<dyn StatusSource>,
+    /// Runs `VERIFY` (None: no target configured).
+    pub verify: Option<Arc<crate::verify::VerifyTracker>>,
 }
 
 impl AdminServer {
@@ -97,6 +100,13 @@ impl AdminServer {
                 let doc = self.status.status();
                 BytesFrame::BulkString(Bytes::from(doc.to_string()))
             }
+            "VERIFY" => match &self.verify {
+                None => err("ERR no target configured: nothing to verify"),
+                Some(v) => match v.start() {
+                    Ok(()) => BytesFrame::SimpleString(Bytes::from_static(b"STARTED")),
+                    Err(e) => err(&format!("ERR {e}")),
+                },
+            },
             other => err(&format!("ERR unknown admin command '{other}'; try STATUS")),
         }
     }
