@@ -24,7 +24,7 @@ use std::time::Duration;
 use crate::config::RedisUrl;
 
 /// Bulk replies longer than this are read into a [`Reply::Digest`] instead of memory.
-pub const BIG_BULK: usize = 4 * 1024 * 1024;
+pub const BIG_BULK: usize = 16 * 1024;
 /// Nesting deeper than this is refused (XINFO replies nest 3-4 levels).
 const MAX_DEPTH: usize = 16;
 

@@ -237,22 +237,23 @@ impl Report {
 }
 
 /// The databases that hold keys, from `INFO keyspace` (`db3:keys=10,expires=0,…`), with their
-/// key counts.
-pub fn keyspace(info: &str) -> Vec<(u32, u64)> {
+/// key counts and the number of keys with a TTL.
+pub fn keyspace(info: &str) -> Vec<(u32, u64, u64)> {
     info.lines()
         .filter_map(|l| {
             let (db, rest) = l.trim().strip_prefix("db")?.split_once(':')?;
-            let keys = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("keys="))?
-                .parse()
-                .ok()?;
-            Some((db.parse().ok()?, keys))
+            let field = |name: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((db.parse().ok()?, field("keys")?, field("expires").unwrap_or(u64::MAX)))
         })
         .collect()
 }
 
-fn info_keyspace(conn: &mut Conn) -> Result<Vec<(u32, u64)>, VerifyError> {
+fn info_keyspace(conn: &mut Conn) -> Result<Vec<(u32, u64, u64)>, VerifyError> {
     match conn.call(&[b"INFO", b"keyspace"])? {
         Reply::Bulk(b) => Ok(keyspace(&String::from_utf8_lossy(&b))),
         other => Err(conn.proto(format!("INFO answered {}", other.show()))),
@@ -278,11 +279,14 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
     let mut tgt = connect(&opts.target, "target")?;
     let src_space = info_keyspace(&mut src)?;
     let tgt_space = info_keyspace(&mut tgt)?;
-    let total: u64 = src_space.iter().map(|(_, n)| n).sum();
+    let total: u64 = src_space.iter().map(|(_, n, _)| n).sum();
     let pairs = opts.db_map.pairs(
-        &src_space.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
-        &tgt_space.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        &src_space.iter().map(|(d, _, _)| *d).collect::<Vec<_>>(),
+        &tgt_space.iter().map(|(d, _, _)| *d).collect::<Vec<_>>(),
     )?;
+    let has_ttls = |space: &[(u32, u64, u64)], db: u32| {
+        space.iter().any(|(d, _, e)| *d == db && *e > 0)
+    };
     let pass = PassOpts {
         compare: CompareOpts {
             mode: opts.mode,
@@ -303,8 +307,9 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
             let mut tgt = connect(&opts.target, "target")?;
             for (sdb, tdb) in pairs {
                 if let Some(sdb) = sdb {
+                    let ttls = (has_ttls(&src_space, *sdb), has_ttls(&tgt_space, *tdb));
                     let r = scan::source_pass(
-                        &mut src, &mut tgt, *sdb, *tdb, pass, progress, &mut out,
+                        &mut src, &mut tgt, *sdb, *tdb, ttls, pass, progress, &mut out,
                     );
                     if r.is_err() {
                         progress.stop.store(true, Ordering::Relaxed);
@@ -316,10 +321,9 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
         });
         let target = s.spawn(move || -> Result<PassResult, VerifyError> {
             let mut out = PassResult::default();
-            let mut src = connect(&opts.source, "source")?;
             let mut tgt = connect(&opts.target, "target")?;
             for (sdb, tdb) in pairs {
-                let r = scan::target_pass(&mut src, &mut tgt, *sdb, *tdb, pass, progress, &mut out);
+                let r = scan::target_digest(&mut tgt, *sdb, *tdb, pass, progress, &mut out);
                 if r.is_err() {
                     progress.stop.store(true, Ordering::Relaxed);
                 }
@@ -339,7 +343,17 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
     let join = |r: std::thread::Result<Result<PassResult, VerifyError>>| {
         r.unwrap_or_else(|_| Err(VerifyError::Invalid("a verify thread panicked".into())))
     };
-    let (a, b) = (join(a)?, join(b)?);
+    let (a, mut b) = (join(a)?, join(b)?);
+    // Extra keys: where the target's key set is not the set of keys found on both sides, the
+    // exact check runs (see `scan::KeySetDigest`).
+    for (sdb, tdb) in &pairs {
+        let on_both = a.key_sets.get(tdb).copied().unwrap_or_default();
+        let target = b.key_sets.get(tdb).copied().unwrap_or_default();
+        if target != on_both && !progress.stop.load(Ordering::Relaxed) {
+            tracing::debug!(tdb, ?on_both, ?target, "key sets differ: looking for extra keys");
+            scan::target_pass(&mut src, &mut tgt, *sdb, *tdb, &pass, progress, &mut b)?;
+        }
+    }
     let mut report = Report {
         checked: a.checked,
         source_keys: progress.source_keys.load(Ordering::Relaxed),
@@ -516,7 +530,7 @@ mod tests {
     #[test]
     fn parses_keyspace() {
         let info = "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=0\r\ndb3:keys=4,expires=0,avg_ttl=0,subexpiry=0\r\n";
-        assert_eq!(keyspace(info), vec![(0, 12), (3, 4)]);
+        assert_eq!(keyspace(info), vec![(0, 12, 1), (3, 4, 0)]);
         assert_eq!(keyspace("# Keyspace\r\n"), vec![]);
     }
 

@@ -44,6 +44,31 @@ pub struct PassResult {
     pub candidates: Vec<Candidate>,
     /// Differences beyond [`MAX_CANDIDATES`] (not listed, not re-checked), by kind.
     pub overflow: BTreeMap<DiffKind, u64>,
+    /// Per target db: a [`KeySetDigest`] of the keys seen on both sides (source pass) or of
+    /// the target's keys (target pass's quick scan).
+    pub key_sets: BTreeMap<u32, KeySetDigest>,
+}
+
+/// An order-independent digest of a set of keys: their number and the wrapping sum of a 64-bit
+/// hash of each. The source pass adds every key it found on both sides, the target pass every
+/// key of the target: equal digests mean the target has no key the source lacks (a key only
+/// on the target would add its hash to one side only). Unequal digests (an extra key, a key
+/// deleted meanwhile, a key `SCAN` returned twice) send the target pass through the exact
+/// check, `EXISTS` on the source for every target key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeySetDigest {
+    pub count: u64,
+    pub sum: u64,
+}
+
+impl KeySetDigest {
+    pub fn add(&mut self, key: &[u8]) {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(key);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(h);
+    }
 }
 
 impl PassResult {
@@ -54,6 +79,11 @@ impl PassResult {
                 self.checked.insert(key_type.to_string(), 1);
             }
         }
+    }
+
+    /// `key` exists on both sides (whether equal or not).
+    fn on_both(&mut self, tdb: u32, key: &[u8]) {
+        self.key_sets.entry(tdb).or_default().add(key);
     }
 
     fn found(&mut self, source_db: Option<u32>, target_db: u32, key: &[u8], diff: Diff) {
@@ -109,8 +139,254 @@ fn pttl(conn: &Conn, r: Reply) -> Result<i64, VerifyError> {
     }
 }
 
-/// Compares every wanted key of source db `sdb` with target db `tdb`.
+/// Compares every wanted key of source db `sdb` with target db `tdb`. `ttls` says which side's
+/// db had keys with a TTL when the verify started (`INFO keyspace` `expires=`): a side
+/// without any is not asked `PTTL` for every string (all would answer -1); a key that gets a
+/// TTL during the run is a live write, like any other write after its key was compared.
+#[allow(clippy::too_many_arguments)]
 pub fn source_pass(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    sdb: u32,
+    tdb: u32,
+    ttls: (bool, bool),
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    src.select(sdb)?;
+    tgt.select(tdb)?;
+    if opts.compare.mode == Mode::Full {
+        full_pass(src, tgt, sdb, tdb, ttls, opts, progress, out)
+    } else {
+        light_pass(src, tgt, sdb, tdb, opts, progress, out)
+    }
+}
+
+/// Keys of one `SCAN` page that the filter wants.
+fn wanted(page: Vec<Reply>, opts: &PassOpts, sdb: u32, tdb: u32) -> Vec<Vec<u8>> {
+    page.into_iter()
+        .filter_map(|k| match k {
+            Reply::Bulk(k) if opts.filter.wants(sdb, &k) && opts.filter.wants(tdb, &k) => Some(k),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Keys deferred to the `DUMP` stage before it runs (the pipeline is drained for it).
+const DEFER_BATCH: usize = 1000;
+
+/// Mode full. Per page, both servers get `MGET` of the page and `PTTL` per key (strings, the
+/// common case, cost one command per key and side); the source's pipeline starts with the
+/// `SCAN` for the next page, whose reply comes first, so the next page is sent *before* this
+/// page's replies are read: the servers work on page n+1 while this thread compares page n.
+/// Keys that are not strings on both sides, or differ, are deferred to [`dump_stage`], which
+/// runs when the pipeline is drained (every [`DEFER_BATCH`] keys and at the end).
+#[allow(clippy::too_many_arguments)]
+fn full_pass(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    sdb: u32,
+    tdb: u32,
+    ttls: (bool, bool),
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    let count = opts.scan_count.to_string();
+    let send_page = |src: &mut Conn,
+                     tgt: &mut Conn,
+                     keys: &[Vec<u8>],
+                     cursor: Option<&[u8]>|
+     -> Result<(), VerifyError> {
+        if let Some(c) = cursor {
+            src.send(&[b"SCAN", c, b"COUNT", count.as_bytes()])?;
+        }
+        for (conn, ttl) in [(&mut *src, ttls.0), (&mut *tgt, ttls.1)] {
+            if !keys.is_empty() {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                args.push(b"MGET");
+                args.extend(keys.iter().map(Vec::as_slice));
+                conn.send(&args)?;
+                if ttl {
+                    for k in keys {
+                        conn.send(&[b"PTTL", k])?;
+                    }
+                }
+            }
+            conn.flush()?;
+        }
+        Ok(())
+    };
+    let r = src.call(&[b"SCAN", b"0", b"COUNT", count.as_bytes()])?;
+    let (cursor, page) = scan_page(src, r)?;
+    let keys = wanted(page, opts, sdb, tdb);
+    let more = cursor != b"0";
+    send_page(src, tgt, &keys, more.then_some(cursor.as_slice()))?;
+    // The page in flight: its keys, and whether a SCAN reply precedes its replies.
+    let mut inflight = Some((keys, more));
+    // A page whose SCAN reply was read but which was not sent yet (the stage was due).
+    let mut held: Option<(Vec<Vec<u8>>, Option<Vec<u8>>)> = None;
+    let mut deferred: Vec<Vec<u8>> = Vec::new();
+    while let Some((keys, scan_first)) = inflight.take() {
+        if progress.stop.load(Ordering::Relaxed) {
+            src.discard_pending()?;
+            tgt.discard_pending()?;
+            return Ok(());
+        }
+        if scan_first {
+            let r = src.recv()?;
+            let (cursor, page) = scan_page(src, r)?;
+            let next = wanted(page, opts, sdb, tdb);
+            let more = cursor != b"0";
+            if deferred.len() < DEFER_BATCH {
+                send_page(src, tgt, &next, more.then_some(cursor.as_slice()))?;
+                inflight = Some((next, more));
+            } else {
+                held = Some((next, more.then_some(cursor)));
+            }
+        }
+        read_strings(src, tgt, &keys, ttls, opts, sdb, tdb, &mut deferred, out)?;
+        progress
+            .source_keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        if inflight.is_none() {
+            // Nothing in flight: run the DUMP stage, then send the held page.
+            if !deferred.is_empty() {
+                dump_stage(src, tgt, &std::mem::take(&mut deferred), opts, sdb, tdb, out)?;
+            }
+            if let Some((next, cursor)) = held.take() {
+                send_page(src, tgt, &next, cursor.as_deref())?;
+                inflight = Some((next, cursor.is_some()));
+            }
+        }
+    }
+    if !deferred.is_empty() {
+        dump_stage(src, tgt, &deferred, opts, sdb, tdb, out)?;
+    }
+    Ok(())
+}
+
+/// Reads one page's `MGET` and `PTTL` replies from both sides; settles equal strings and
+/// defers the rest.
+#[allow(clippy::too_many_arguments)]
+fn read_strings(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    keys: &[Vec<u8>],
+    ttls: (bool, bool),
+    opts: &PassOpts,
+    sdb: u32,
+    tdb: u32,
+    deferred: &mut Vec<Vec<u8>>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let values = |conn: &mut Conn| -> Result<Vec<Reply>, VerifyError> {
+        match conn.recv()? {
+            Reply::Array(a) if a.len() == keys.len() => Ok(a),
+            Reply::Error(e) => Err(conn.refused(&[b"MGET"], e)),
+            other => Err(conn.proto(format!("MGET answered {}", other.show()))),
+        }
+    };
+    let a = values(src)?;
+    let mut at = Vec::with_capacity(keys.len());
+    for _ in keys {
+        at.push(if ttls.0 {
+            let r = src.recv()?;
+            pttl(src, r)?
+        } else {
+            -1
+        });
+    }
+    let b = values(tgt)?;
+    for ((k, (x, y)), sp) in keys.iter().zip(a.iter().zip(&b)).zip(at) {
+        let tp = if ttls.1 {
+            let r = tgt.recv()?;
+            pttl(tgt, r)?
+        } else {
+            -1
+        };
+        let string_on_both = !matches!(x, Reply::Nil) && !matches!(y, Reply::Nil);
+        if string_on_both && x == y {
+            settle_ttl("string", k, sp, tp, opts, sdb, tdb, out);
+        } else {
+            deferred.push(k.clone());
+        }
+    }
+    Ok(())
+}
+
+/// `DUMP` + `PTTL` of both sides for `keys`, pipelined; equal (or decoded-equal) payloads
+/// settle a key, the rest is compared with commands ([`compare::compare_key`]).
+fn dump_stage(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    keys: &[Vec<u8>],
+    opts: &PassOpts,
+    sdb: u32,
+    tdb: u32,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    for conn in [&mut *src, &mut *tgt] {
+        for k in keys {
+            conn.send(&[b"DUMP", k])?;
+            conn.send(&[b"PTTL", k])?;
+        }
+        conn.flush()?;
+    }
+    let mut firsts = Vec::with_capacity(keys.len());
+    for _ in keys {
+        let a = src.recv()?;
+        let at = src.recv()?;
+        firsts.push((a, pttl(src, at)?));
+    }
+    let mut slow = Vec::new();
+    for (k, (a, at)) in keys.iter().zip(firsts) {
+        let b = tgt.recv()?;
+        let bt = tgt.recv()?;
+        let bt = pttl(tgt, bt)?;
+        full_fast_path(src, tgt, k, (a, at, b, bt), opts, &mut slow, sdb, tdb, out)?;
+    }
+    slow_keys(src, tgt, slow, opts, sdb, tdb, out)
+}
+
+/// Compares keys one by one with commands.
+fn slow_keys(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    keys: Vec<Vec<u8>>,
+    opts: &PassOpts,
+    sdb: u32,
+    tdb: u32,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    for k in keys {
+        match compare::compare_key(src, tgt, &k, &opts.compare)? {
+            Outcome::Gone => {}
+            Outcome::Equal(t) => {
+                out.count(&t);
+                out.on_both(tdb, &k);
+            }
+            Outcome::Differs(d) if d.kind == DiffKind::Extra => {
+                // Deleted from the source since the SCAN: the target pass owns extras.
+            }
+            Outcome::Differs(d) => {
+                out.count(&d.key_type.clone());
+                if d.kind != DiffKind::Missing {
+                    out.on_both(tdb, &k);
+                }
+                out.found(Some(sdb), tdb, &k, d);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Modes keys and length: `TYPE` + `PTTL` per key on both sides, then the length commands.
+fn light_pass(
     src: &mut Conn,
     tgt: &mut Conn,
     sdb: u32,
@@ -119,8 +395,6 @@ pub fn source_pass(
     progress: &Arc<Progress>,
     out: &mut PassResult,
 ) -> Result<(), VerifyError> {
-    src.select(sdb)?;
-    tgt.select(tdb)?;
     let count = opts.scan_count.to_string();
     let r = src.call(&[b"SCAN", b"0", b"COUNT", count.as_bytes()])?;
     let (mut cursor, mut page) = scan_page(src, r)?;
@@ -129,20 +403,8 @@ pub fn source_pass(
         if progress.stop.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let keys: Vec<Vec<u8>> = page
-            .into_iter()
-            .filter_map(|k| match k {
-                Reply::Bulk(k) if opts.filter.wants(sdb, &k) && opts.filter.wants(tdb, &k) => {
-                    Some(k)
-                }
-                _ => None,
-            })
-            .collect();
-        let first: &[u8] = if opts.compare.mode == Mode::Full {
-            b"DUMP"
-        } else {
-            b"TYPE"
-        };
+        let keys = wanted(std::mem::take(&mut page), opts, sdb, tdb);
+        let first: &[u8] = b"TYPE";
         for k in &keys {
             src.send(&[first, k])?;
             src.send(&[b"PTTL", k])?;
@@ -170,14 +432,10 @@ pub fn source_pass(
         if more {
             let r = src.recv()?;
             (cursor, page) = scan_page(src, r)?;
-        } else {
-            page = Vec::new();
         }
         let mut same_type = Vec::new();
         for (k, (a, at, b, bt)) in keys.iter().zip(firsts) {
-            if opts.compare.mode == Mode::Full {
-                full_fast_path(src, tgt, k, (a, at, b, bt), opts, &mut slow, sdb, tdb, out)?;
-            } else {
+            {
                 let (ta, tb) = (type_text(src, a)?, type_text(tgt, b)?);
                 match (ta.as_str(), tb.as_str()) {
                     ("none", "none") => {}
@@ -193,6 +451,7 @@ pub fn source_pass(
                     }
                     (x, y) if x != y => {
                         out.count(x);
+                        out.on_both(tdb, k);
                         out.found(
                             Some(sdb),
                             tdb,
@@ -204,7 +463,10 @@ pub fn source_pass(
                             ),
                         );
                     }
-                    _ if opts.compare.mode == Mode::Keys => out.count(&ta),
+                    _ if opts.compare.mode == Mode::Keys => {
+                        out.count(&ta);
+                        out.on_both(tdb, k);
+                    }
                     _ => same_type.push((k, ta, at, bt)),
                 }
             }
@@ -212,19 +474,7 @@ pub fn source_pass(
         if !same_type.is_empty() {
             length_stage(src, tgt, &same_type, opts, sdb, tdb, out)?;
         }
-        for k in slow.drain(..) {
-            match compare::compare_key(src, tgt, &k, &opts.compare)? {
-                Outcome::Gone => {}
-                Outcome::Equal(t) => out.count(&t),
-                Outcome::Differs(d) if d.kind == DiffKind::Extra => {
-                    // Deleted from the source since the SCAN: the target pass owns extras.
-                }
-                Outcome::Differs(d) => {
-                    out.count(&d.key_type.clone());
-                    out.found(Some(sdb), tdb, &k, d);
-                }
-            }
-        }
+        slow_keys(src, tgt, std::mem::take(&mut slow), opts, sdb, tdb, out)?;
         progress
             .source_keys
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
@@ -304,6 +554,7 @@ fn settle_ttl(
     out: &mut PassResult,
 ) {
     out.count(t);
+    out.on_both(tdb, k);
     if let Some(d) = compare::ttl_diff(t, at, bt, opts.compare.ttl_tolerance_ms) {
         out.found(Some(sdb), tdb, k, d);
     }
@@ -343,6 +594,7 @@ fn length_stage(
     for (k, t, at, bt) in keys {
         let (a, b) = (src.recv()?, tgt.recv()?);
         out.count(t);
+        out.on_both(tdb, k);
         let diff = match (&a, &b) {
             (Reply::Int(x), Reply::Int(y)) if x != y => Some(Diff::new(
                 DiffKind::Value,
@@ -363,6 +615,45 @@ fn length_stage(
         }
     }
     Ok(())
+}
+
+/// The quick target pass: `SCAN` target db `tdb` and digest its wanted keys (no question to
+/// the source). If the digest equals the source pass's digest of keys found on both sides,
+/// there are no extra keys; otherwise [`target_pass`] looks for them.
+pub fn target_digest(
+    tgt: &mut Conn,
+    sdb: Option<u32>,
+    tdb: u32,
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    tgt.select(tdb)?;
+    let count = opts.scan_count.to_string();
+    let mut digest = KeySetDigest::default();
+    let mut cursor = b"0".to_vec();
+    loop {
+        if progress.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let r = tgt.call(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])?;
+        let (next, page) = scan_page(tgt, r)?;
+        let mut n = 0u64;
+        for k in page {
+            if let Reply::Bulk(k) = k {
+                if opts.filter.wants(tdb, &k) && sdb.is_none_or(|s| opts.filter.wants(s, &k)) {
+                    digest.add(&k);
+                    n += 1;
+                }
+            }
+        }
+        progress.target_keys.fetch_add(n, Ordering::Relaxed);
+        if next == b"0" {
+            out.key_sets.insert(tdb, digest);
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
 
 /// Looks for keys of target db `tdb` that source db `sdb` lacks (`None`: no source db maps
