@@ -345,14 +345,19 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let url = |v: &Option<String>, flag: &str| -> anyhow::Result<RedisUrl> {
-        let text = v.as_deref().with_context(|| format!("{flag} is required"))?;
+        let text = v
+            .as_deref()
+            .with_context(|| format!("{flag} is required"))?;
         let url = RedisUrl::parse(text).with_context(|| flag.to_string())?;
         if url.tls {
             anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
         }
         Ok(url)
     };
-    let mut opts = VerifyOptions::new(url(&args.source, "--source")?, url(&args.target, "--target")?);
+    let mut opts = VerifyOptions::new(
+        url(&args.source, "--source")?,
+        url(&args.target, "--target")?,
+    );
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
         &args.include_prefix,

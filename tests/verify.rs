@@ -53,9 +53,29 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
     both(
         a,
         b,
-        &[s("ZADD"), s("zset:small"), s("1.1"), s("a"), s("2.5"), s("b"), s("inf"), s("c")],
+        &[
+            s("ZADD"),
+            s("zset:small"),
+            s("1.1"),
+            s("a"),
+            s("2.5"),
+            s("b"),
+            s("inf"),
+            s("c"),
+        ],
     );
-    both(a, b, &[s("HSET"), s("hash:small"), s("f1"), s("v1"), s("f2"), s("v2")]);
+    both(
+        a,
+        b,
+        &[
+            s("HSET"),
+            s("hash:small"),
+            s("f1"),
+            s("v1"),
+            s("f2"),
+            s("v2"),
+        ],
+    );
     // Big ones (hashtable/quicklist/skiplist encodings, chunked comparison).
     for chunk in 0..5 {
         let mut hset: Vec<Vec<u8>> = vec![b"HSET".to_vec(), b"hash:big".to_vec()];
@@ -81,7 +101,13 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
         both(
             a,
             b,
-            &[s("XADD"), s("stream:1"), s(&id), s("f"), s(&format!("v{i}"))],
+            &[
+                s("XADD"),
+                s("stream:1"),
+                s(&id),
+                s("f"),
+                s(&format!("v{i}")),
+            ],
         );
         both(a, b, &[s("XADD"), s("stream:2"), s(&id), s("f"), s("v")]);
     }
@@ -90,7 +116,17 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
         both(
             a,
             b,
-            &[s("XREADGROUP"), s("GROUP"), s("g1"), s("c1"), s("COUNT"), s("3"), s("STREAMS"), s(k), s(">")],
+            &[
+                s("XREADGROUP"),
+                s("GROUP"),
+                s("g1"),
+                s("c1"),
+                s("COUNT"),
+                s("3"),
+                s("STREAMS"),
+                s(k),
+                s(">"),
+            ],
         );
     }
     both(a, b, &[s("SELECT"), s("3")]);
@@ -113,28 +149,41 @@ fn run(o: &VerifyOptions) -> Report {
     verify::run(o, &Arc::new(Progress::default())).expect("verify runs")
 }
 
-/// key → kind of every reported difference; panics if a key is reported twice.
-fn kinds(report: &Report) -> BTreeMap<Vec<u8>, String> {
+/// key (escaped) → kind of every reported difference; panics if a key is reported twice.
+fn kinds(report: &Report) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     for c in &report.diffs {
-        let prev = m.insert(c.key.clone(), c.diff.kind.name().to_string());
-        assert!(prev.is_none(), "{:?} reported twice", String::from_utf8_lossy(&c.key));
+        let prev = m.insert(
+            c.key.escape_ascii().to_string(),
+            c.diff.kind.name().to_string(),
+        );
+        assert!(
+            prev.is_none(),
+            "{:?} reported twice",
+            String::from_utf8_lossy(&c.key)
+        );
     }
     m
 }
 
-fn expect(pairs: &[(&[u8], &str)]) -> BTreeMap<Vec<u8>, String> {
-    pairs.iter().map(|(k, v)| (k.to_vec(), v.to_string())).collect()
+fn expect(pairs: &[(&[u8], &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.escape_ascii().to_string(), v.to_string()))
+        .collect()
 }
 
 /// Plants one difference of every kind and type on the target of an identical pair.
-fn plant(src: &mut Connection, tgt: &mut Connection) -> BTreeMap<Vec<u8>, String> {
+fn plant(src: &mut Connection, tgt: &mut Connection) -> BTreeMap<String, String> {
     q(src, &[s("SET"), s("only:source"), s("1")]);
     q(tgt, &[s("SET"), s("only:target"), s("1")]);
     q(src, &[s("SET"), s("wrongtype"), s("1")]);
     q(tgt, &[s("RPUSH"), s("wrongtype"), s("1")]);
     q(tgt, &[s("HSET"), s("hash:small"), s("f2"), s("changed")]);
-    q(tgt, &[s("HSET"), s("hash:big"), s("field:4321"), s("changed")]);
+    q(
+        tgt,
+        &[s("HSET"), s("hash:big"), s("field:4321"), s("changed")],
+    );
     q(tgt, &[s("LSET"), s("list:small"), s("1"), s("B")]);
     q(tgt, &[s("LSET"), s("list:big"), s("3500"), s("changed")]);
     q(tgt, &[s("ZADD"), s("zset:small"), s("2.6"), s("b")]);
@@ -148,20 +197,49 @@ fn plant(src: &mut Connection, tgt: &mut Connection) -> BTreeMap<Vec<u8>, String
     // the target, ids can only grow).
     q(tgt, &[s("DEL"), s("stream:1")]);
     for i in 1..=20 {
-        let v = if i == 7 { "other".to_string() } else { format!("v{i}") };
-        q(tgt, &[s("XADD"), s("stream:1"), s(&format!("{i}-1")), s("f"), s(&v)]);
+        let v = if i == 7 {
+            "other".to_string()
+        } else {
+            format!("v{i}")
+        };
+        q(
+            tgt,
+            &[
+                s("XADD"),
+                s("stream:1"),
+                s(&format!("{i}-1")),
+                s("f"),
+                s(&v),
+            ],
+        );
     }
-    q(tgt, &[s("XGROUP"), s("CREATE"), s("stream:1"), s("g1"), s("0")]);
     q(
         tgt,
-        &[s("XREADGROUP"), s("GROUP"), s("g1"), s("c1"), s("COUNT"), s("3"), s("STREAMS"), s("stream:1"), s(">")],
+        &[s("XGROUP"), s("CREATE"), s("stream:1"), s("g1"), s("0")],
+    );
+    q(
+        tgt,
+        &[
+            s("XREADGROUP"),
+            s("GROUP"),
+            s("g1"),
+            s("c1"),
+            s("COUNT"),
+            s("3"),
+            s("STREAMS"),
+            s("stream:1"),
+            s(">"),
+        ],
     );
     // Stream group: one pending entry fewer on the target.
     q(tgt, &[s("XACK"), s("stream:2"), s("g1"), s("2-1")]);
     // TTLs: 100 s apart (more than the 2 s tolerance), 0.5 s apart (less), one side only.
     q(src, &[s("SET"), s("ttl:more"), s("v"), s("EX"), s("1000")]);
     q(tgt, &[s("SET"), s("ttl:more"), s("v"), s("EX"), s("900")]);
-    q(src, &[s("SET"), s("ttl:less"), s("v"), s("PX"), s("100000")]);
+    q(
+        src,
+        &[s("SET"), s("ttl:less"), s("v"), s("PX"), s("100000")],
+    );
     q(tgt, &[s("SET"), s("ttl:less"), s("v"), s("PX"), s("99500")]);
     q(src, &[s("SET"), s("ttl:one"), s("v"), s("EX"), s("1000")]);
     q(tgt, &[s("SET"), s("ttl:one"), s("v")]);
@@ -190,15 +268,26 @@ fn plant(src: &mut Connection, tgt: &mut Connection) -> BTreeMap<Vec<u8>, String
 
 #[test]
 fn identical_datasets_report_nothing() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     fill_identical(&mut src.conn(), &mut tgt.conn());
     // The sync's bookkeeping key on the target is not an extra key.
-    q(&mut tgt.conn(), &[s("SET"), s("cutover:position"), s("abc 123")]);
+    q(
+        &mut tgt.conn(),
+        &[s("SET"), s("cutover:position"), s("abc 123")],
+    );
     for mode in [Mode::Full, Mode::Length, Mode::Keys] {
         let mut o = opts(&src, &tgt);
         o.mode = mode;
         let r = run(&o);
-        assert!(r.is_equal(), "{mode:?}: {:?}\n{}", kinds(&r), r.summary_table());
+        assert!(
+            r.is_equal(),
+            "{mode:?}: {:?}\n{}",
+            kinds(&r),
+            r.summary_table()
+        );
         assert_eq!(r.checked.get("string"), Some(&206), "{}", r.summary_table());
         assert_eq!(r.checked.get("hash"), Some(&2));
         assert_eq!(r.checked.get("stream"), Some(&2));
@@ -209,7 +298,10 @@ fn identical_datasets_report_nothing() {
 
 #[test]
 fn planted_differences_are_each_found_once() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     fill_identical(&mut a, &mut b);
     let want = plant(&mut a, &mut b);
@@ -225,17 +317,35 @@ fn planted_differences_are_each_found_once() {
             .map(|c| c.diff.detail.clone())
             .unwrap()
     };
-    assert_eq!(detail(b"hash:big"), "field \"field:4321\": \"value:4321\" vs \"changed\"");
+    assert_eq!(
+        detail(b"hash:big"),
+        "field \"field:4321\": \"value:4321\" vs \"changed\""
+    );
     assert_eq!(detail(b"list:small"), "index 1: \"b\" vs \"B\"");
+    assert_eq!(detail(b"string:big"), "values differ from byte 150000 on");
+    assert_eq!(detail(b"zset:small"), "member \"b\": score 2.5 vs 2.6");
+    let one = detail(b"ttl:one");
+    assert!(
+        one.starts_with("ttl 99") && one.ends_with(" ms on the source, none on the target"),
+        "{one}"
+    );
     assert_eq!(detail(b"stream:1"), "entry \"7-1\": fields differ");
-    assert!(detail(b"stream:2").contains("pending"), "{}", detail(b"stream:2"));
+    assert!(
+        detail(b"stream:2").contains("pending"),
+        "{}",
+        detail(b"stream:2")
+    );
 
     // Mode keys sees only existence and types.
     let mut o = opts(&src, &tgt);
     o.mode = Mode::Keys;
     assert_eq!(
         kinds(&run(&o)),
-        expect(&[(b"only:source", "missing"), (b"only:target", "extra"), (b"wrongtype", "type")])
+        expect(&[
+            (b"only:source", "missing"),
+            (b"only:target", "extra"),
+            (b"wrongtype", "type")
+        ])
     );
     // Mode length: lengths and TTLs, not values.
     o.mode = Mode::Length;
@@ -251,16 +361,29 @@ fn planted_differences_are_each_found_once() {
     );
     // Filters apply to both sides.
     let mut o = opts(&src, &tgt);
-    o.filter = verify::filter::KeyFilter::new(&["ttl:".into(), "only:".into()], &["only:target".into()], &[], &[]).unwrap();
+    o.filter = verify::filter::KeyFilter::new(
+        &["ttl:".into(), "only:".into()],
+        &["only:target".into()],
+        &[],
+        &[],
+    )
+    .unwrap();
     assert_eq!(
         kinds(&run(&o)),
-        expect(&[(b"only:source", "missing"), (b"ttl:more", "ttl"), (b"ttl:one", "ttl_one_side")])
+        expect(&[
+            (b"only:source", "missing"),
+            (b"ttl:more", "ttl"),
+            (b"ttl:one", "ttl_one_side")
+        ])
     );
 }
 
 #[test]
 fn a_write_racing_the_first_pass_is_not_reported() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     fill_identical(&mut a, &mut b);
     // In flight: on the source, not yet on the target; another key updated on the source only.
@@ -291,7 +414,10 @@ fn a_write_racing_the_first_pass_is_not_reported() {
 
 #[test]
 fn valkey_91_against_redis_62() {
-    let (src, tgt) = (Server::start(Version::Valkey91), Server::start(Version::Redis62));
+    let (src, tgt) = (
+        Server::start(Version::Valkey91),
+        Server::start(Version::Redis62),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     fill_identical(&mut a, &mut b);
     let r = run(&opts(&src, &tgt));
@@ -304,21 +430,75 @@ fn valkey_91_against_redis_62() {
 
 #[test]
 fn hash_field_ttls_where_both_sides_have_them() {
-    let (src, tgt) = (Server::start(Version::Valkey91), Server::start(Version::Valkey91));
+    let (src, tgt) = (
+        Server::start(Version::Valkey91),
+        Server::start(Version::Valkey91),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
-    both(&mut a, &mut b, &[s("HSET"), s("h:ok"), s("f"), s("v"), s("g"), s("w")]);
-    both(&mut a, &mut b, &[s("HSET"), s("h:ttl"), s("f"), s("v"), s("g"), s("w")]);
-    both(&mut a, &mut b, &[s("HPEXPIRE"), s("h:ok"), s("100000"), s("FIELDS"), s("1"), s("f")]);
-    q(&mut a, &[s("HPEXPIRE"), s("h:ttl"), s("100000"), s("FIELDS"), s("1"), s("g")]);
-    q(&mut b, &[s("HPEXPIRE"), s("h:ttl"), s("50000"), s("FIELDS"), s("1"), s("g")]);
+    both(
+        &mut a,
+        &mut b,
+        &[s("HSET"), s("h:ok"), s("f"), s("v"), s("g"), s("w")],
+    );
+    both(
+        &mut a,
+        &mut b,
+        &[s("HSET"), s("h:ttl"), s("f"), s("v"), s("g"), s("w")],
+    );
+    both(
+        &mut a,
+        &mut b,
+        &[
+            s("HPEXPIRE"),
+            s("h:ok"),
+            s("100000"),
+            s("FIELDS"),
+            s("1"),
+            s("f"),
+        ],
+    );
+    q(
+        &mut a,
+        &[
+            s("HPEXPIRE"),
+            s("h:ttl"),
+            s("100000"),
+            s("FIELDS"),
+            s("1"),
+            s("g"),
+        ],
+    );
+    q(
+        &mut b,
+        &[
+            s("HPEXPIRE"),
+            s("h:ttl"),
+            s("50000"),
+            s("FIELDS"),
+            s("1"),
+            s("g"),
+        ],
+    );
     let r = run(&opts(&src, &tgt));
-    assert_eq!(kinds(&r), expect(&[(b"h:ttl", "ttl")]), "{}", r.summary_table());
-    assert!(r.diffs[0].diff.detail.contains("field \"g\""), "{}", r.diffs[0].diff.detail);
+    assert_eq!(
+        kinds(&r),
+        expect(&[(b"h:ttl", "ttl")]),
+        "{}",
+        r.summary_table()
+    );
+    assert!(
+        r.diffs[0].diff.detail.contains("field \"g\""),
+        "{}",
+        r.diffs[0].diff.detail
+    );
 }
 
 #[test]
 fn db_map_pairs_databases() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     q(&mut a, &[s("SET"), s("k"), s("v")]);
     q(&mut b, &[s("SELECT"), s("2")]);
@@ -348,13 +528,31 @@ fn cutover(args: &[&str]) -> Output {
 
 #[test]
 fn cli_exit_codes_and_json_lines() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     both(&mut a, &mut b, &[s("SET"), s("same"), s("1")]);
     let (su, tu) = (src.url(), tgt.url());
-    let base = ["verify", "--source", &su, "--target", &tu, "--rounds", "1", "--interval", "50ms"];
+    let base = [
+        "verify",
+        "--source",
+        &su,
+        "--target",
+        &tu,
+        "--rounds",
+        "1",
+        "--interval",
+        "50ms",
+    ];
     let out = cutover(&base);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("EQUAL"));
 
@@ -362,7 +560,12 @@ fn cli_exit_codes_and_json_lines() {
     q(&mut a, &[s("HSET"), s("h"), s("f"), s("1")]);
     q(&mut b, &[s("HSET"), s("h"), s("f"), s("2")]);
     let out = cutover(&base);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -398,13 +601,24 @@ fn cli_exit_codes_and_json_lines() {
     let out = cutover(&["verify", "--source", &su, "--target", &dead]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to target"));
-    let out = cutover(&["verify", "--source", &su, "--target", &tu, "--include-regex", "("]);
+    let out = cutover(&[
+        "verify",
+        "--source",
+        &su,
+        "--target",
+        &tu,
+        "--include-regex",
+        "(",
+    ]);
     assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
 fn admin_verify_shows_in_status() {
-    let (src, tgt) = (Server::start(Version::Redis70), Server::start(Version::Redis70));
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
     let (mut a, mut b) = (src.conn(), tgt.conn());
     both(&mut a, &mut b, &[s("SET"), s("same"), s("1")]);
     // No sync here: the proxy gets a target the test fills by hand.
@@ -415,7 +629,12 @@ fn admin_verify_shows_in_status() {
     q(&mut a, &[s("SET"), s("later"), s("1")]);
     q(&mut b, &[s("SET"), s("only:target"), s("1")]);
     let out = cutover(&["verify", "--admin", &proxy.admin_addr()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = wait_for("the verify to finish", Duration::from_secs(30), || {
         let v = proxy.status_json()["verify"].clone();
         (v["state"] == "done").then_some(v)

@@ -363,7 +363,9 @@ impl Conn {
         self.pos += 1;
         match kind {
             b'+' => Ok(Reply::Bulk(self.line()?)),
-            b'-' => Ok(Reply::Error(String::from_utf8_lossy(&self.line()?).into_owned())),
+            b'-' => Ok(Reply::Error(
+                String::from_utf8_lossy(&self.line()?).into_owned(),
+            )),
             b':' => Ok(Reply::Int(self.int_line()?)),
             b'$' => {
                 let n = self.int_line()?;

@@ -8,7 +8,7 @@
 //!
 //! | type | length | values (mode full) |
 //! |---|---|---|
-//! | string | `STRLEN` | `GET`, or `GETRANGE` in 1 MiB pieces above that |
+//! | string | `STRLEN` | `GET`, or `GETRANGE` in 16 KiB pieces above that |
 //! | list | `LLEN` | `LRANGE` in chunks, element by element |
 //! | zset | `ZCARD` | `ZRANGE … WITHSCORES` in chunks (rank order is deterministic); scores compared as numbers, since servers print doubles differently |
 //! | hash | `HLEN` | `HGETALL` when small; else `HSCAN` the source and `HMGET` the target |
@@ -324,7 +324,9 @@ fn compare_value(
     }
 }
 
-const STRING_PIECE: usize = 1024 * 1024;
+/// Piece size for strings: at most a [`super::client::BIG_BULK`], so pieces arrive as bytes
+/// (not digests) and the first differing byte can be named.
+const STRING_PIECE: usize = super::client::BIG_BULK;
 
 fn compare_string(
     src: &mut Conn,
@@ -398,8 +400,8 @@ fn compare_ranges(
                     return Ok(Some(format!(
                         "member {}: score {} vs {}",
                         a.get(i).map_or("?".into(), Reply::show),
-                        x.map_or("(none)".into(), Reply::show),
-                        y.map_or("(none)".into(), Reply::show)
+                        show_score(x),
+                        show_score(y)
                     )));
                 }
             }
@@ -419,6 +421,21 @@ fn same_score(a: Option<&Reply>, b: Option<&Reply>) -> bool {
     match (num(a), num(b)) {
         (Some(x), Some(y)) => x == y || (x.is_nan() && y.is_nan()),
         _ => a == b,
+    }
+}
+
+/// A score as the shortest decimal that reads back as the same double (servers print `2.6`
+/// or `2.6000000000000001`).
+fn show_score(r: Option<&Reply>) -> String {
+    let Some(r) = r else {
+        return "(none)".into();
+    };
+    match r
+        .as_bytes()
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<f64>().ok())
+    {
+        Some(f) => f.to_string(),
+        None => r.show(),
     }
 }
 
@@ -495,12 +512,9 @@ fn first_map_difference(
             }
         }
     }
-    b.keys().find(|k| !a.contains_key(*k)).map(|k| {
-        format!(
-            "{what} {}: only on the target",
-            show_bytes(k, 60)
-        )
-    })
+    b.keys()
+        .find(|k| !a.contains_key(*k))
+        .map(|k| format!("{what} {}: only on the target", show_bytes(k, 60)))
 }
 
 /// Walks a collection of the source with `*SCAN key cursor COUNT n`, handing each page to `f`
@@ -658,7 +672,9 @@ fn compare_stream(
                 .and_then(Reply::as_bytes)
                 .unwrap_or_default()
                 .to_vec();
-            let last = info_field(&g, "last-delivered-id").cloned().unwrap_or(Reply::Nil);
+            let last = info_field(&g, "last-delivered-id")
+                .cloned()
+                .unwrap_or(Reply::Nil);
             let pending = info_field(&g, "pending").cloned().unwrap_or(Reply::Nil);
             out.insert(name, (last, pending));
         }
@@ -744,7 +760,10 @@ mod tests {
     fn ttls() {
         assert_eq!(ttl_diff("string", -1, -1, 2000), None);
         assert_eq!(ttl_diff("string", 5000, 4000, 2000), None);
-        assert_eq!(ttl_diff("string", 5000, 2999, 2000).unwrap().kind, DiffKind::Ttl);
+        assert_eq!(
+            ttl_diff("string", 5000, 2999, 2000).unwrap().kind,
+            DiffKind::Ttl
+        );
         assert_eq!(
             ttl_diff("string", 5000, -1, 2000).unwrap().kind,
             DiffKind::TtlOneSide
@@ -781,7 +800,10 @@ mod tests {
                 .map(|(k, v)| (k.as_bytes().to_vec(), Reply::Bulk(v.as_bytes().to_vec())))
                 .collect::<BTreeMap<_, _>>()
         };
-        assert_eq!(first_map_difference("field", &m(&[("a", "1")]), &m(&[("a", "1")])), None);
+        assert_eq!(
+            first_map_difference("field", &m(&[("a", "1")]), &m(&[("a", "1")])),
+            None
+        );
         assert_eq!(
             first_map_difference("field", &m(&[("a", "1")]), &m(&[("a", "2")])).unwrap(),
             "field \"a\": \"1\" vs \"2\""

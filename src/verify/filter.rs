@@ -44,8 +44,14 @@ impl KeyFilter {
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(KeyFilter {
-            include_prefix: include_prefix.iter().map(|p| p.as_bytes().to_vec()).collect(),
-            exclude_prefix: exclude_prefix.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            include_prefix: include_prefix
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            exclude_prefix: exclude_prefix
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
             include_regex: re(include_regex)?,
             exclude_regex: re(exclude_regex)?,
         })

@@ -248,7 +248,11 @@ pub fn keyspace(info: &str) -> Vec<(u32, u64, u64)> {
                     .parse()
                     .ok()
             };
-            Some((db.parse().ok()?, field("keys")?, field("expires").unwrap_or(u64::MAX)))
+            Some((
+                db.parse().ok()?,
+                field("keys")?,
+                field("expires").unwrap_or(u64::MAX),
+            ))
         })
         .collect()
 }
@@ -284,9 +288,8 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
         &src_space.iter().map(|(d, _, _)| *d).collect::<Vec<_>>(),
         &tgt_space.iter().map(|(d, _, _)| *d).collect::<Vec<_>>(),
     )?;
-    let has_ttls = |space: &[(u32, u64, u64)], db: u32| {
-        space.iter().any(|(d, _, e)| *d == db && *e > 0)
-    };
+    let has_ttls =
+        |space: &[(u32, u64, u64)], db: u32| space.iter().any(|(d, _, e)| *d == db && *e > 0);
     let pass = PassOpts {
         compare: CompareOpts {
             mode: opts.mode,
@@ -350,7 +353,12 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
         let on_both = a.key_sets.get(tdb).copied().unwrap_or_default();
         let target = b.key_sets.get(tdb).copied().unwrap_or_default();
         if target != on_both && !progress.stop.load(Ordering::Relaxed) {
-            tracing::debug!(tdb, ?on_both, ?target, "key sets differ: looking for extra keys");
+            tracing::debug!(
+                tdb,
+                ?on_both,
+                ?target,
+                "key sets differ: looking for extra keys"
+            );
             scan::target_pass(&mut src, &mut tgt, *sdb, *tdb, &pass, progress, &mut b)?;
         }
     }

@@ -253,7 +253,15 @@ fn full_pass(
         if inflight.is_none() {
             // Nothing in flight: run the DUMP stage, then send the held page.
             if !deferred.is_empty() {
-                dump_stage(src, tgt, &std::mem::take(&mut deferred), opts, sdb, tdb, out)?;
+                dump_stage(
+                    src,
+                    tgt,
+                    &std::mem::take(&mut deferred),
+                    opts,
+                    sdb,
+                    tdb,
+                    out,
+                )?;
             }
             if let Some((next, cursor)) = held.take() {
                 send_page(src, tgt, &next, cursor.as_deref())?;
@@ -596,11 +604,9 @@ fn length_stage(
         out.count(t);
         out.on_both(tdb, k);
         let diff = match (&a, &b) {
-            (Reply::Int(x), Reply::Int(y)) if x != y => Some(Diff::new(
-                DiffKind::Value,
-                t,
-                format!("length {x} vs {y}"),
-            )),
+            (Reply::Int(x), Reply::Int(y)) if x != y => {
+                Some(Diff::new(DiffKind::Value, t, format!("length {x} vs {y}")))
+            }
             (Reply::Int(_), Reply::Int(_)) => {
                 compare::ttl_diff(t, *at, *bt, opts.compare.ttl_tolerance_ms)
             }
@@ -739,5 +745,32 @@ pub fn target_pass(
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_set_digests_ignore_order_and_see_one_key_more() {
+        let (mut a, mut b, mut c) = (
+            KeySetDigest::default(),
+            KeySetDigest::default(),
+            KeySetDigest::default(),
+        );
+        for k in [&b"x"[..], b"y", b"\xff"] {
+            a.add(k);
+        }
+        for k in [&b"\xff"[..], b"x", b"y"] {
+            b.add(k);
+        }
+        assert_eq!(a, b);
+        for k in [&b"x"[..], b"y", b"z"] {
+            c.add(k);
+        }
+        assert_ne!(a, c);
+        b.add(b"extra");
+        assert_ne!(a, b);
     }
 }
