@@ -173,6 +173,9 @@ fn wanted(page: Vec<Reply>, opts: &PassOpts, sdb: u32, tdb: u32) -> Vec<Vec<u8>>
         .collect()
 }
 
+/// Keys of a page, and the cursor of the page after it (None: last page).
+type Page = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// Keys deferred to the `DUMP` stage before it runs (the pipeline is drained for it).
 const DEFER_BATCH: usize = 1000;
 
@@ -225,8 +228,9 @@ fn full_pass(
     send_page(src, tgt, &keys, more.then_some(cursor.as_slice()))?;
     // The page in flight: its keys, and whether a SCAN reply precedes its replies.
     let mut inflight = Some((keys, more));
-    // A page whose SCAN reply was read but which was not sent yet (the stage was due).
-    let mut held: Option<(Vec<Vec<u8>>, Option<Vec<u8>>)> = None;
+    // A page whose SCAN reply was read but which was not sent yet (the stage was due): its
+    // keys and the cursor to continue with (None: last page).
+    let mut held: Option<Page> = None;
     let mut deferred: Vec<Vec<u8>> = Vec::new();
     while let Some((keys, scan_first)) = inflight.take() {
         if progress.stop.load(Ordering::Relaxed) {
