@@ -7,12 +7,13 @@
 //! buffer into the few `Vec<u8>` the comparison looks at, which matters at hundreds of
 //! thousands of keys a second.
 //!
-//! **Bounded memory.** A bulk reply longer than [`BIG_BULK`] is not kept: it is read through a
-//! fixed buffer into a [`Reply::Digest`] (length, a 64-bit FNV-1a hash of all bytes, and the
-//! last 16 bytes). The verifier only asks for whole values where a value can be big in one
-//! command (`DUMP`, `GET`), and two digests compare equal exactly when those three agree;
-//! a `DUMP` payload's last 8 bytes are already a CRC-64 of the rest, so together with the hash
-//! that is 128 bits of checksum. Collections are always read in chunks by the caller.
+//! **Bounded memory.** A bulk string longer than [`BIG_BULK`] (16 KiB) is not kept: it is read
+//! through the fixed buffer into a [`Reply::Digest`] (first byte, length, a 64-bit FNV-1a hash
+//! of all bytes, and the last 16 bytes), and two digests compare equal exactly when those
+//! agree; a `DUMP` payload's last 8 bytes are already a CRC-64 of the rest, so together with
+//! the hash that is 128 bits of checksum. A reply of a page of 1000 keys therefore needs at
+//! most ~16 MB however big the values are; collections are always read in chunks by the
+//! caller, and strings that differ are re-read in 16 KiB pieces to name the first difference.
 //!
 //! Every reply is checked against what is expected by the caller; nothing here panics on what a
 //! server sends: malformed input is a [`VerifyError::Protocol`].

@@ -8,9 +8,9 @@
 //! 2. Two passes run in parallel, each on its own thread with its own two connections
 //!    (`scan.rs`): the **source pass** checks every source key against the target (missing,
 //!    type, value, TTL), the **target pass** looks for keys only the target has (extra).
-//!    Both are pipelined a `SCAN` page (1000 keys) at a time; identical `DUMP` payloads settle a
-//!    key without more questions (`dump.rs`), anything else is compared by type, in chunks
-//!    (`compare.rs`).
+//!    Both are pipelined a `SCAN` page (1000 keys) at a time; equal `MGET` values or `DUMP`
+//!    payloads settle a key without more questions (`dump.rs`), anything else is compared by
+//!    type, in chunks (`compare.rs`).
 //! 3. **Re-check rounds.** Data is live: a write that reached the source but not yet the target
 //!    looks like a difference. Every difference is compared again `rounds` times, `interval`
 //!    apart; one that disappears is *transient* (counted, not reported), one that persists is
@@ -24,19 +24,27 @@
 //! * **Blocking sockets on plain threads**, not tokio: each pass is one strictly sequential
 //!   conversation (send a page, read a page), so threads are simpler and the same speed; two
 //!   threads keep both servers busy at once.
-//! * **`DUMP` + `PTTL` as the unit of comparison** in mode full: 2 commands per key and side,
-//!   and the servers do the serialization work, which is cheap next to reading 4 commands'
-//!   worth of replies per key. Payloads that differ are decoded in-process before any further
+//! * **`MGET` first, `DUMP` for the rest** (mode full). Measured on Redis 7.0 (perf): the
+//!   servers' time goes to hash-table lookups and `SCAN` (memory latency), not to command
+//!   parsing, so the number of *lookups per key* is what costs. A page of strings costs one
+//!   `MGET` per side (one lookup per key) plus `PTTL` per key only on a side whose db has
+//!   keys with a TTL (`INFO keyspace` `expires=`); keys that are not strings on both sides, or
+//!   differ, get `DUMP` + `PTTL`. Payloads that differ are decoded in-process before any further
 //!   round trip, so a Valkey 9.1 vs Redis 6.2 verify (where no payload is byte-identical) stays
 //!   pipelined too.
-//! * **Bounded memory**: one page of keys per pass, values up to 4 MiB in memory (bigger
-//!   `DUMP`/`GET` replies become digests, `client.rs`), collections in chunks, at most
+//! * **Extra keys without asking the source about every target key**: the target pass only
+//!   scans and digests the target's key set (`scan::KeySetDigest`); when it equals the digest
+//!   of the keys the source pass found on both sides, there is no extra key. Otherwise (an extra
+//!   key, or live writes) the exact pass asks `EXISTS` on the source, a page at a time.
+//! * **Bounded memory**: one page of keys per pass, bulk strings up to 16 KiB in memory (bigger
+//!   ones become digests, `client.rs`), collections in chunks, at most
 //!   [`scan::MAX_CANDIDATES`] listed differences per pass.
 //! * **One difference per key**, the first in this order: missing/extra, type, value, TTL.
 //!   So a planted difference is reported exactly once.
 //! * `cutover:position` in db 0 (the sync's bookkeeping) is never compared.
-//! * The key count per type counts source keys (and extra keys by their target type); values
-//!   bigger than 4 MiB whose payloads are identical are counted by the type in their payload.
+//! * The key count per type counts source keys (and extra keys by their target type).
+//! * A verify is a check at a point in time: a write to a key after the key was compared is
+//!   not seen (the same holds for a TTL set during the run on a db that had none).
 
 pub mod client;
 pub mod compare;

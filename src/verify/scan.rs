@@ -447,40 +447,38 @@ fn light_pass(
         }
         let mut same_type = Vec::new();
         for (k, (a, at, b, bt)) in keys.iter().zip(firsts) {
-            {
-                let (ta, tb) = (type_text(src, a)?, type_text(tgt, b)?);
-                match (ta.as_str(), tb.as_str()) {
-                    ("none", "none") => {}
-                    ("none", _) => slow.push(k.clone()),
-                    (_, "none") => {
-                        out.count(&ta);
-                        out.found(
-                            Some(sdb),
-                            tdb,
-                            k,
-                            Diff::new(DiffKind::Missing, &ta, "not on the target"),
-                        );
-                    }
-                    (x, y) if x != y => {
-                        out.count(x);
-                        out.on_both(tdb, k);
-                        out.found(
-                            Some(sdb),
-                            tdb,
-                            k,
-                            Diff::new(
-                                DiffKind::Type,
-                                x,
-                                format!("{x} on the source, {y} on the target"),
-                            ),
-                        );
-                    }
-                    _ if opts.compare.mode == Mode::Keys => {
-                        out.count(&ta);
-                        out.on_both(tdb, k);
-                    }
-                    _ => same_type.push((k, ta, at, bt)),
+            let (ta, tb) = (type_text(src, a)?, type_text(tgt, b)?);
+            match (ta.as_str(), tb.as_str()) {
+                ("none", "none") => {}
+                ("none", _) => slow.push(k.clone()),
+                (_, "none") => {
+                    out.count(&ta);
+                    out.found(
+                        Some(sdb),
+                        tdb,
+                        k,
+                        Diff::new(DiffKind::Missing, &ta, "not on the target"),
+                    );
                 }
+                (x, y) if x != y => {
+                    out.count(x);
+                    out.on_both(tdb, k);
+                    out.found(
+                        Some(sdb),
+                        tdb,
+                        k,
+                        Diff::new(
+                            DiffKind::Type,
+                            x,
+                            format!("{x} on the source, {y} on the target"),
+                        ),
+                    );
+                }
+                _ if opts.compare.mode == Mode::Keys => {
+                    out.count(&ta);
+                    out.on_both(tdb, k);
+                }
+                _ => same_type.push((k, ta, at, bt)),
             }
         }
         if !same_type.is_empty() {
