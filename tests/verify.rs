@@ -644,4 +644,8 @@ fn admin_verify_shows_in_status() {
     assert_eq!(v["differences"]["missing"], 0, "{v}");
     assert_eq!(v["equal"], false);
     assert!(v["finished"].as_u64().is_some());
+    let out = cutover(&["status", "--admin", &proxy.admin_addr()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("verify:    DIFFERENT"), "{text}");
+    assert!(text.contains("1 extra"), "{text}");
 }

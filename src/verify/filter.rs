@@ -153,6 +153,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn durations_round_trip(ms in 0u64..10_000_000) {
+            prop_assert_eq!(parse_duration(&format!("{ms}ms")), Ok(Duration::from_millis(ms)));
+        }
+
+        #[test]
+        fn db_maps_round_trip(pairs in proptest::collection::btree_map(0u32..16, 0u32..16, 0..6)) {
+            let text: Vec<String> = pairs.iter().map(|(s, t)| format!("{s}={t}")).collect();
+            let m = DbMap::parse(&text.join(",")).unwrap();
+            for s in 0..16 {
+                prop_assert_eq!(m.target_of(s), pairs.get(&s).copied().unwrap_or(s));
+            }
+        }
+
+        /// Filters never panic on binary keys, and the position key of db 0 is always out.
+        #[test]
+        fn filters_on_binary_keys(key in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let f = KeyFilter::new(&[], &["x".into()], &["^a".into()], &[]).unwrap();
+            prop_assert_eq!(f.wants(1, &key), key.starts_with(b"a"));
+            prop_assert!(!f.wants(0, POSITION_KEY));
+        }
+    }
 
     #[test]
     fn durations() {
