@@ -316,11 +316,20 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
             let mut out = PassResult::default();
             let mut src = connect(&opts.source, "source")?;
             let mut tgt = connect(&opts.target, "target")?;
+            let mut scanner = connect(&opts.source, "source")?;
             for (sdb, tdb) in pairs {
                 if let Some(sdb) = sdb {
                     let ttls = (has_ttls(&src_space, *sdb), has_ttls(&tgt_space, *tdb));
                     let r = scan::source_pass(
-                        &mut src, &mut tgt, *sdb, *tdb, ttls, pass, progress, &mut out,
+                        &mut src,
+                        &mut tgt,
+                        &mut scanner,
+                        *sdb,
+                        *tdb,
+                        ttls,
+                        pass,
+                        progress,
+                        &mut out,
                     );
                     if r.is_err() {
                         progress.stop.store(true, Ordering::Relaxed);

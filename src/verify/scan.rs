@@ -139,7 +139,8 @@ fn pttl(conn: &Conn, r: Reply) -> Result<i64, VerifyError> {
     }
 }
 
-/// Compares every wanted key of source db `sdb` with target db `tdb`. `ttls` says which side's
+/// Compares every wanted key of source db `sdb` with target db `tdb` (`scanner`: a third
+/// connection, to the source, for mode full's `SCAN`). `ttls` says which side's
 /// db had keys with a TTL when the verify started (`INFO keyspace` `expires=`): a side
 /// without any is not asked `PTTL` for every string (all would answer -1); a key that gets a
 /// TTL during the run is a live write, like any other write after its key was compared.
@@ -147,6 +148,7 @@ fn pttl(conn: &Conn, r: Reply) -> Result<i64, VerifyError> {
 pub fn source_pass(
     src: &mut Conn,
     tgt: &mut Conn,
+    scanner: &mut Conn,
     sdb: u32,
     tdb: u32,
     ttls: (bool, bool),
@@ -157,7 +159,7 @@ pub fn source_pass(
     src.select(sdb)?;
     tgt.select(tdb)?;
     if opts.compare.mode == Mode::Full {
-        full_pass(src, tgt, sdb, tdb, ttls, opts, progress, out)
+        full_pass(src, tgt, scanner, sdb, tdb, ttls, opts, progress, out)
     } else {
         light_pass(src, tgt, sdb, tdb, opts, progress, out)
     }
@@ -173,22 +175,26 @@ fn wanted(page: Vec<Reply>, opts: &PassOpts, sdb: u32, tdb: u32) -> Vec<Vec<u8>>
         .collect()
 }
 
-/// Keys of a page, and the cursor of the page after it (None: last page).
-type Page = (Vec<Vec<u8>>, Option<Vec<u8>>);
-
 /// Keys deferred to the `DUMP` stage before it runs (the pipeline is drained for it).
 const DEFER_BATCH: usize = 1000;
+/// Pages in flight on the compare connections.
+const DEPTH: usize = 3;
+/// Pages the scanner may be ahead of the comparison.
+const SCAN_AHEAD: usize = 4;
 
-/// Mode full. Per page, both servers get `MGET` of the page and `PTTL` per key (strings, the
-/// common case, cost one command per key and side); the source's pipeline starts with the
-/// `SCAN` for the next page, whose reply comes first, so the next page is sent *before* this
-/// page's replies are read: the servers work on page n+1 while this thread compares page n.
-/// Keys that are not strings on both sides, or differ, are deferred to [`dump_stage`], which
-/// runs when the pipeline is drained (every [`DEFER_BATCH`] keys and at the end).
+/// Mode full. A scanner thread walks the source with `SCAN` on its own connection and hands
+/// pages over a bounded channel; this thread keeps up to [`DEPTH`] pages in flight on both
+/// servers: per page `MGET` of its keys and `PTTL` per key (strings, the common case, cost one
+/// command per key and side), so the servers always have the next pages queued while this
+/// thread compares the oldest one (on a busy 2-core machine, a server that waits for the
+/// client is a server that does nothing). Keys that are not strings on both sides, or differ,
+/// are deferred to [`dump_stage`], which runs when the pipeline is drained (every
+/// [`DEFER_BATCH`] keys and at the end).
 #[allow(clippy::too_many_arguments)]
 fn full_pass(
     src: &mut Conn,
     tgt: &mut Conn,
+    scanner: &mut Conn,
     sdb: u32,
     tdb: u32,
     ttls: (bool, bool),
@@ -196,66 +202,107 @@ fn full_pass(
     progress: &Arc<Progress>,
     out: &mut PassResult,
 ) -> Result<(), VerifyError> {
-    let count = opts.scan_count.to_string();
-    let send_page = |src: &mut Conn,
-                     tgt: &mut Conn,
-                     keys: &[Vec<u8>],
-                     cursor: Option<&[u8]>|
-     -> Result<(), VerifyError> {
-        if let Some(c) = cursor {
-            src.send(&[b"SCAN", c, b"COUNT", count.as_bytes()])?;
-        }
-        for (conn, ttl) in [(&mut *src, ttls.0), (&mut *tgt, ttls.1)] {
-            if !keys.is_empty() {
-                let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-                args.push(b"MGET");
-                args.extend(keys.iter().map(Vec::as_slice));
-                conn.send(&args)?;
-                if ttl {
-                    for k in keys {
-                        conn.send(&[b"PTTL", k])?;
+    scanner.select(sdb)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u8>>, VerifyError>>(SCAN_AHEAD);
+    std::thread::scope(|s| {
+        let scan = s.spawn(move || {
+            let count = opts.scan_count.to_string();
+            let mut cursor = b"0".to_vec();
+            loop {
+                if progress.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let page = scanner
+                    .call(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])
+                    .and_then(|r| scan_page(scanner, r));
+                match page {
+                    Ok((next, page)) => {
+                        let keys = wanted(page, opts, sdb, tdb);
+                        if !keys.is_empty() && tx.send(Ok(keys)).is_err() {
+                            return;
+                        }
+                        if next == b"0" {
+                            return;
+                        }
+                        cursor = next;
                     }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let result = compare_pages(src, tgt, &rx, sdb, tdb, ttls, opts, progress, out);
+        if result.is_err() {
+            progress.stop.store(true, Ordering::Relaxed);
+        }
+        // Unblock the scanner if it waits on a full channel.
+        drop(rx);
+        let _ = scan.join();
+        result
+    })
+}
+
+/// The comparing half of [`full_pass`].
+#[allow(clippy::too_many_arguments)]
+fn compare_pages(
+    src: &mut Conn,
+    tgt: &mut Conn,
+    pages: &std::sync::mpsc::Receiver<Result<Vec<Vec<u8>>, VerifyError>>,
+    sdb: u32,
+    tdb: u32,
+    ttls: (bool, bool),
+    opts: &PassOpts,
+    progress: &Arc<Progress>,
+    out: &mut PassResult,
+) -> Result<(), VerifyError> {
+    let send_page = |src: &mut Conn, tgt: &mut Conn, keys: &[Vec<u8>]| -> Result<(), VerifyError> {
+        for (conn, ttl) in [(&mut *src, ttls.0), (&mut *tgt, ttls.1)] {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+            args.push(b"MGET");
+            args.extend(keys.iter().map(Vec::as_slice));
+            conn.send(&args)?;
+            if ttl {
+                for k in keys {
+                    conn.send(&[b"PTTL", k])?;
                 }
             }
             conn.flush()?;
         }
         Ok(())
     };
-    let r = src.call(&[b"SCAN", b"0", b"COUNT", count.as_bytes()])?;
-    let (cursor, page) = scan_page(src, r)?;
-    let keys = wanted(page, opts, sdb, tdb);
-    let more = cursor != b"0";
-    send_page(src, tgt, &keys, more.then_some(cursor.as_slice()))?;
-    // The page in flight: its keys, and whether a SCAN reply precedes its replies.
-    let mut inflight = Some((keys, more));
-    // A page whose SCAN reply was read but which was not sent yet (the stage was due): its
-    // keys and the cursor to continue with (None: last page).
-    let mut held: Option<Page> = None;
+    let mut inflight: std::collections::VecDeque<Vec<Vec<u8>>> = Default::default();
     let mut deferred: Vec<Vec<u8>> = Vec::new();
-    while let Some((keys, scan_first)) = inflight.take() {
+    let mut scanned_all = false;
+    loop {
         if progress.stop.load(Ordering::Relaxed) {
             src.discard_pending()?;
             tgt.discard_pending()?;
             return Ok(());
         }
-        if scan_first {
-            let r = src.recv()?;
-            let (cursor, page) = scan_page(src, r)?;
-            let next = wanted(page, opts, sdb, tdb);
-            let more = cursor != b"0";
-            if deferred.len() < DEFER_BATCH {
-                send_page(src, tgt, &next, more.then_some(cursor.as_slice()))?;
-                inflight = Some((next, more));
+        // Top up the pipeline (wait for a page only when nothing is in flight), unless the
+        // DUMP stage is due.
+        while !scanned_all && inflight.len() < DEPTH && deferred.len() < DEFER_BATCH {
+            let next = if inflight.is_empty() {
+                pages.recv().ok()
             } else {
-                held = Some((next, more.then_some(cursor)));
+                match pages.try_recv() {
+                    Ok(p) => Some(p),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+                }
+            };
+            match next {
+                Some(keys) => {
+                    let keys = keys?;
+                    send_page(src, tgt, &keys)?;
+                    inflight.push_back(keys);
+                }
+                None => scanned_all = true,
             }
         }
-        read_strings(src, tgt, &keys, ttls, opts, sdb, tdb, &mut deferred, out)?;
-        progress
-            .source_keys
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
-        if inflight.is_none() {
-            // Nothing in flight: run the DUMP stage, then send the held page.
+        let Some(keys) = inflight.pop_front() else {
             if !deferred.is_empty() {
                 dump_stage(
                     src,
@@ -267,16 +314,16 @@ fn full_pass(
                     out,
                 )?;
             }
-            if let Some((next, cursor)) = held.take() {
-                send_page(src, tgt, &next, cursor.as_deref())?;
-                inflight = Some((next, cursor.is_some()));
+            if scanned_all {
+                return Ok(());
             }
-        }
+            continue;
+        };
+        read_strings(src, tgt, &keys, ttls, opts, sdb, tdb, &mut deferred, out)?;
+        progress
+            .source_keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
     }
-    if !deferred.is_empty() {
-        dump_stage(src, tgt, &deferred, opts, sdb, tdb, out)?;
-    }
-    Ok(())
 }
 
 /// Reads one page's `MGET` and `PTTL` replies from both sides; settles equal strings and
