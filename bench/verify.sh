@@ -83,22 +83,30 @@ done
 [ "$("$bin/redis-cli" -p "$tp" dbsize)" = "$KEYS" ] || die "target did not load the RDB"
 echo "# source :$sp and target :$tp hold $KEYS keys each ($("$bin/redis-cli" -p "$sp" info memory | grep used_memory_human | tr -d '\r'))"
 
+ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+spid=${pids[0]}; tpid=${pids[1]}   # the servers themselves (started with `&`, no wrapper)
 rates=(); hwms=()
 for r in $(seq 1 "$ROUNDS"); do
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  s0=$(ticks "$spid"); t0=$(ticks "$tpid")
   "$tmp/cutover" verify --source "redis://127.0.0.1:$sp" --target "redis://127.0.0.1:$tp" \
     --quiet >"$tmp/out.jsonl" 2>"$tmp/err.txt" &
   pid=$!
-  hwm=0
+  hwm=0; own=0
   while kill -0 "$pid" 2>/dev/null; do
     h=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     [ -n "$h" ] && [ "$h" -gt "$hwm" ] && hwm=$h
+    o=$(ticks "$pid"); [ -n "$o" ] && [ "$o" -gt "$own" ] && own=$o
     sleep 0.2
   done
+  s1=$(ticks "$spid"); t1=$(ticks "$tpid")
   rc=0; wait "$pid" || rc=$?
   [ "$rc" = 0 ] || { cat "$tmp/err.txt"; die "round $r: exit code $rc (expected 0: identical)"; }
   rate=$(grep -o '([0-9]* keys/s)' "$tmp/err.txt" | tr -dc '0-9')
   secs=$(grep -o 'EQUAL in [0-9.]* s' "$tmp/err.txt" | awk '{print $3}')
-  echo "round $r: $rate keys/s ($secs s), peak RSS $((hwm / 1024)) MB"
+  cpu=$(awk -v a=$((s1 - s0)) -v b=$((t1 - t0)) -v c="$own" -v hz="$hz" 'BEGIN {printf "source %.1f s, target %.1f s, cutover %.1f s", a/hz, b/hz, c/hz}')
+  echo "round $r: $rate keys/s ($secs s), peak RSS $((hwm / 1024)) MB; CPU: $cpu; load average at start $load"
   rates+=("$rate"); hwms+=("$hwm")
 done
 
