@@ -50,7 +50,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Source: redis://[user:pass@]host:port.
+    /// Source: redis://[user:pass@]host:port (every database with keys is compared; a /db in
+    /// the URL is ignored, see --db-map).
     #[arg(
         long = "source",
         env = "CUTOVER_SOURCE_URL",
