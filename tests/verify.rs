@@ -649,3 +649,24 @@ fn admin_verify_shows_in_status() {
     assert!(text.contains("verify:    DIFFERENT"), "{text}");
     assert!(text.contains("1 extra"), "{text}");
 }
+
+#[test]
+fn ttl_on_a_target_whose_source_has_no_ttls_at_all() {
+    // The source's db has no key with a TTL, so it is not asked for every key's TTL: the
+    // target's side still is.
+    let (src, tgt) = (
+        Server::start(Version::Redis70),
+        Server::start(Version::Redis70),
+    );
+    let (mut a, mut b) = (src.conn(), tgt.conn());
+    for i in 0..50 {
+        both(&mut a, &mut b, &[s("SET"), s(&format!("k{i}")), s("v")]);
+    }
+    q(&mut b, &[s("EXPIRE"), s("k7"), s("1000")]);
+    let r = run(&opts(&src, &tgt));
+    assert_eq!(kinds(&r), expect(&[(b"k7", "ttl_one_side")]));
+    assert_eq!(
+        r.diffs[0].diff.detail.split(", ").nth(0),
+        Some("ttl none on the source")
+    );
+}
