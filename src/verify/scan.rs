@@ -1,17 +1,21 @@
-//! The two passes of a verify, each on a thread of its own with its own two connections.
+//! The two passes of a verify, each on a thread of its own with its own connections.
 //!
-//! * **Source pass** ([`source_pass`]): `SCAN` the source, and for each page of keys pipeline to
-//!   *both* servers at once `DUMP key` + `PTTL key` per key (mode full; `TYPE` + `PTTL`, then
-//!   the length commands, for the lighter modes). The `SCAN` for the next page rides in the
-//!   same pipeline, so a page costs one round trip to each server, and the two servers work
-//!   on it in parallel. Equal payloads settle a key; different ones are decoded
-//!   (`dump.rs`); only what is still different is compared with commands (`compare.rs`),
-//!   which also writes the detail.
-//! * **Target pass** ([`target_pass`]): `SCAN` the target for keys the source does not have.
-//!   One `EXISTS k1 … kn` on the source answers a whole page when all are there (the usual
-//!   case); only a page with a shortfall is asked key by key.
+//! * **Source pass** ([`source_pass`]), mode full: a scanner thread walks the source with
+//!   `SCAN … COUNT 1000` and hands pages over a bounded channel; the comparing thread keeps up
+//!   to [`DEPTH`] pages in flight on *both* servers: per page one `MGET` of its keys (plus
+//!   `PTTL` per key on a side whose db holds keys with a TTL). Strings equal on both sides are
+//!   settled there; every other key (not a string, missing, different) goes to the `DUMP`
+//!   stage: `DUMP` + `PTTL` on both sides, pipelined; identical payloads, or payloads that
+//!   decode to the same value (`dump.rs`), settle the key; what is left is compared with
+//!   commands (`compare.rs`), which also writes the detail. Modes keys and length: `TYPE` +
+//!   `PTTL` per key, then the length commands, a page at a time.
+//! * **Target pass** ([`target_digest`]): `SCAN` the target and digest its key set
+//!   ([`KeySetDigest`]). When that equals the digest of the keys the source pass found on both
+//!   sides, the target has no extra key. Otherwise [`target_pass`] runs after both passes:
+//!   `SCAN` the target again, one `EXISTS k1 … kn` on the source per page (key by key only for
+//!   a page with a shortfall).
 //!
-//! Neither pass keeps keys beyond one page, except the differences (at most
+//! Neither pass keeps keys beyond the pages in flight, except the differences (at most
 //! [`MAX_CANDIDATES`] per pass; beyond that they are only counted), so memory stays bounded
 //! whatever the size of the dataset.
 
