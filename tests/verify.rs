@@ -27,6 +27,12 @@ fn q(conn: &mut Connection, args: &[&[u8]]) {
         .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(args[0])));
 }
 
+fn all(conns: &mut [&mut Connection], args: &[&[u8]]) {
+    for c in conns.iter_mut() {
+        q(c, args);
+    }
+}
+
 fn both(a: &mut Connection, b: &mut Connection, args: &[&[u8]]) {
     q(a, args);
     q(b, args);
@@ -38,21 +44,26 @@ fn s(v: &str) -> &[u8] {
 
 /// The same dataset on both sides: every type, small and big, TTLs, a stream with a group and
 /// pending entries, binary keys, scores printed differently by different versions, db 3.
-fn fill_identical(a: &mut Connection, b: &mut Connection) {
+fn fill_identical(conns: &mut [&mut Connection]) {
     for i in 0..200 {
         let k = format!("str:{i}");
-        both(a, b, &[s("SET"), s(&k), s(&format!("value-{i}"))]);
+        all(conns, &[s("SET"), s(&k), s(&format!("value-{i}"))]);
     }
-    both(a, b, &[s("SET"), s("int"), s("12345")]);
-    both(a, b, &[s("SET"), s("bin:\x00\u{7f}"), b"\xff\xfe\x00"]);
-    both(a, b, &[s("SET"), b"key\xff\x00bin", s("v")]);
-    both(a, b, &[s("SET"), s("ttl:ok"), s("v"), s("PX"), s("500000")]);
-    both(a, b, &[s("RPUSH"), s("list:small"), s("a"), s("b"), s("c")]);
-    both(a, b, &[s("SADD"), s("set:small"), s("x"), s("y"), s("1")]);
-    both(a, b, &[s("SADD"), s("set:ints"), s("1"), s("2"), s("3")]);
-    both(
-        a,
-        b,
+    all(conns, &[s("SET"), s("int"), s("12345")]);
+    all(conns, &[s("SET"), s("bin:\x00\u{7f}"), b"\xff\xfe\x00"]);
+    all(conns, &[s("SET"), b"key\xff\x00bin", s("v")]);
+    all(
+        conns,
+        &[s("SET"), s("ttl:ok"), s("v"), s("PX"), s("500000")],
+    );
+    all(
+        conns,
+        &[s("RPUSH"), s("list:small"), s("a"), s("b"), s("c")],
+    );
+    all(conns, &[s("SADD"), s("set:small"), s("x"), s("y"), s("1")]);
+    all(conns, &[s("SADD"), s("set:ints"), s("1"), s("2"), s("3")]);
+    all(
+        conns,
         &[
             s("ZADD"),
             s("zset:small"),
@@ -64,9 +75,8 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
             s("c"),
         ],
     );
-    both(
-        a,
-        b,
+    all(
+        conns,
         &[
             s("HSET"),
             s("hash:small"),
@@ -92,15 +102,14 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
         }
         for cmd in [&hset, &rpush, &sadd, &zadd] {
             let args: Vec<&[u8]> = cmd.iter().map(Vec::as_slice).collect();
-            both(a, b, &args);
+            all(conns, &args);
         }
     }
-    both(a, b, &[s("SET"), s("string:big"), &vec![b'x'; 200_000]]);
+    all(conns, &[s("SET"), s("string:big"), &vec![b'x'; 200_000]]);
     for i in 1..=20 {
         let id = format!("{i}-1");
-        both(
-            a,
-            b,
+        all(
+            conns,
             &[
                 s("XADD"),
                 s("stream:1"),
@@ -109,13 +118,12 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
                 s(&format!("v{i}")),
             ],
         );
-        both(a, b, &[s("XADD"), s("stream:2"), s(&id), s("f"), s("v")]);
+        all(conns, &[s("XADD"), s("stream:2"), s(&id), s("f"), s("v")]);
     }
     for k in ["stream:1", "stream:2"] {
-        both(a, b, &[s("XGROUP"), s("CREATE"), s(k), s("g1"), s("0")]);
-        both(
-            a,
-            b,
+        all(conns, &[s("XGROUP"), s("CREATE"), s(k), s("g1"), s("0")]);
+        all(
+            conns,
             &[
                 s("XREADGROUP"),
                 s("GROUP"),
@@ -129,9 +137,9 @@ fn fill_identical(a: &mut Connection, b: &mut Connection) {
             ],
         );
     }
-    both(a, b, &[s("SELECT"), s("3")]);
-    both(a, b, &[s("SET"), s("in-db3"), s("x")]);
-    both(a, b, &[s("SELECT"), s("0")]);
+    all(conns, &[s("SELECT"), s("3")]);
+    all(conns, &[s("SET"), s("in-db3"), s("x")]);
+    all(conns, &[s("SELECT"), s("0")]);
 }
 
 fn opts(src: &Server, tgt: &Server) -> VerifyOptions {
@@ -272,7 +280,7 @@ fn identical_datasets_report_nothing() {
         Server::start(Version::Redis70),
         Server::start(Version::Redis70),
     );
-    fill_identical(&mut src.conn(), &mut tgt.conn());
+    fill_identical(&mut [&mut src.conn(), &mut tgt.conn()]);
     // The sync's bookkeeping key on the target is not an extra key.
     q(
         &mut tgt.conn(),
@@ -303,7 +311,7 @@ fn planted_differences_are_each_found_once() {
         Server::start(Version::Redis70),
     );
     let (mut a, mut b) = (src.conn(), tgt.conn());
-    fill_identical(&mut a, &mut b);
+    fill_identical(&mut [&mut a, &mut b]);
     let want = plant(&mut a, &mut b);
     let r = run(&opts(&src, &tgt));
     assert_eq!(kinds(&r), want, "{}", r.summary_table());
@@ -385,7 +393,7 @@ fn a_write_racing_the_first_pass_is_not_reported() {
         Server::start(Version::Redis70),
     );
     let (mut a, mut b) = (src.conn(), tgt.conn());
-    fill_identical(&mut a, &mut b);
+    fill_identical(&mut [&mut a, &mut b]);
     // In flight: on the source, not yet on the target; another key updated on the source only.
     q(&mut a, &[s("SET"), s("race:new"), s("v")]);
     q(&mut a, &[s("SET"), s("str:5"), s("updated")]);
@@ -419,7 +427,7 @@ fn valkey_91_against_redis_62() {
         Server::start(Version::Redis62),
     );
     let (mut a, mut b) = (src.conn(), tgt.conn());
-    fill_identical(&mut a, &mut b);
+    fill_identical(&mut [&mut a, &mut b]);
     let r = run(&opts(&src, &tgt));
     assert!(r.is_equal(), "{:?}\n{}", kinds(&r), r.summary_table());
     assert_eq!(r.source_keys, 217);
@@ -668,5 +676,43 @@ fn ttl_on_a_target_whose_source_has_no_ttls_at_all() {
     assert_eq!(
         r.diffs[0].diff.detail.split(", ").nth(0),
         Some("ttl none on the source")
+    );
+}
+
+#[test]
+fn a_synced_target_verifies_equal_valkey_91_to_redis_70() {
+    // The real pipeline: `cutover sync --once` copies a Valkey 9.1 source into Redis 7.0, and
+    // verify finds them equal (including the sync's own `cutover:position` key, ignored).
+    let (src, tgt) = (
+        Server::start(Version::Valkey91),
+        Server::start(Version::Redis70),
+    );
+    fill_identical(&mut [&mut src.conn()]);
+    let out = cutover(&[
+        "sync",
+        "--once",
+        "--quiet",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = run(&opts(&src, &tgt));
+    assert!(r.is_equal(), "{:?}\n{}", kinds(&r), r.summary_table());
+    assert_eq!(r.source_keys, 217);
+    // And a change made behind the sync's back is seen.
+    q(
+        &mut tgt.conn(),
+        &[s("LSET"), s("list:big"), s("10"), s("x")],
+    );
+    assert_eq!(
+        kinds(&run(&opts(&src, &tgt))),
+        expect(&[(b"list:big", "value")])
     );
 }
