@@ -716,3 +716,23 @@ fn a_synced_target_verifies_equal_valkey_91_to_redis_70() {
         expect(&[(b"list:big", "value")])
     );
 }
+
+#[test]
+fn a_server_without_info_is_probed_db_by_db() {
+    // Some managed services rename or forbid INFO: an empty keyspace must not mean "equal".
+    let src = Server::start(Version::Redis70);
+    let tgt = Server::start_with(Version::Redis70, &["--rename-command", "INFO", ""]);
+    let (mut a, mut b) = (src.conn(), tgt.conn());
+    both(&mut a, &mut b, &[s("SET"), s("same"), s("1")]);
+    q(&mut a, &[s("SET"), s("only:source"), s("1")]);
+    q(&mut b, &[s("SELECT"), s("5")]);
+    q(&mut b, &[s("SET"), s("only:target:db5"), s("1")]);
+    q(&mut b, &[s("EXPIRE"), s("only:target:db5"), s("100")]);
+    let r = run(&opts(&src, &tgt));
+    assert_eq!(
+        kinds(&r),
+        expect(&[(b"only:source", "missing"), (b"only:target:db5", "extra")]),
+        "{}",
+        r.summary_table()
+    );
+}

@@ -265,11 +265,36 @@ pub fn keyspace(info: &str) -> Vec<(u32, u64, u64)> {
         .collect()
 }
 
+/// The databases holding keys. `INFO keyspace` first; if the server refuses it (renamed or
+/// forbidden on some managed services) or lists nothing, every db is probed with `DBSIZE`, so
+/// a missing `INFO` can never make a verify see an empty server and report "equal".
 fn info_keyspace(conn: &mut Conn) -> Result<Vec<(u32, u64, u64)>, VerifyError> {
-    match conn.call(&[b"INFO", b"keyspace"])? {
-        Reply::Bulk(b) => Ok(keyspace(&String::from_utf8_lossy(&b))),
-        other => Err(conn.proto(format!("INFO answered {}", other.show()))),
+    match conn.call(&[b"INFO", b"keyspace"]) {
+        Ok(Reply::Bulk(b)) => {
+            let space = keyspace(&String::from_utf8_lossy(&b));
+            if !space.is_empty() {
+                return Ok(space);
+            }
+        }
+        Ok(other) => return Err(conn.proto(format!("INFO answered {}", other.show()))),
+        Err(VerifyError::Refused { .. }) => {}
+        Err(e) => return Err(e),
     }
+    let mut space = Vec::new();
+    for db in 0..256u32 {
+        match conn.select(db) {
+            Ok(()) => {}
+            // Past the last database (or a server with one only).
+            Err(VerifyError::Refused { .. }) => break,
+            Err(e) => return Err(e),
+        }
+        if let Some(n) = conn.call(&[b"DBSIZE"])?.as_int().filter(|n| *n > 0) {
+            // Unknown number of keys with a TTL: ask for every key's TTL.
+            space.push((db, n as u64, u64::MAX));
+        }
+    }
+    conn.select(0)?;
+    Ok(space)
 }
 
 /// True if the server knows `HPTTL` (hash field TTLs: Redis 7.4+, Valkey 9+).
