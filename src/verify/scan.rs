@@ -144,7 +144,7 @@ fn pttl(conn: &Conn, r: Reply) -> Result<i64, VerifyError> {
 }
 
 /// Compares every wanted key of source db `sdb` with target db `tdb` (`scanner`: a third
-/// connection, to the source, for mode full's `SCAN`). `ttls` says which side's
+/// connection, to the source, for the `SCAN`). `ttls` says which side's
 /// db had keys with a TTL when the verify started (`INFO keyspace` `expires=`): a side
 /// without any is not asked `PTTL` for every string (all would answer -1); a key that gets a
 /// TTL during the run is a live write, like any other write after its key was compared.
@@ -162,11 +162,7 @@ pub fn source_pass(
 ) -> Result<(), VerifyError> {
     src.select(sdb)?;
     tgt.select(tdb)?;
-    if opts.compare.mode == Mode::Full {
-        full_pass(src, tgt, scanner, sdb, tdb, ttls, opts, progress, out)
-    } else {
-        light_pass(src, tgt, sdb, tdb, opts, progress, out)
-    }
+    pipelined_pass(src, tgt, scanner, sdb, tdb, ttls, opts, progress, out)
 }
 
 /// Keys of one `SCAN` page that the filter wants.
@@ -179,23 +175,57 @@ fn wanted(page: Vec<Reply>, opts: &PassOpts, sdb: u32, tdb: u32) -> Vec<Vec<u8>>
         .collect()
 }
 
-/// Keys deferred to the `DUMP` stage before it runs (the pipeline is drained for it).
+/// Slow keys (compared one by one with commands) gathered before the pipeline is drained for
+/// them.
 const DEFER_BATCH: usize = 1000;
 /// Pages in flight on the compare connections.
 const DEPTH: usize = 3;
 /// Pages the scanner may be ahead of the comparison.
 const SCAN_AHEAD: usize = 4;
 
-/// Mode full. A scanner thread walks the source with `SCAN` on its own connection and hands
-/// pages over a bounded channel; this thread keeps up to [`DEPTH`] pages in flight on both
-/// servers: per page `MGET` of its keys and `PTTL` per key (strings, the common case, cost one
-/// command per key and side), so the servers always have the next pages queued while this
-/// thread compares the oldest one (on a busy 2-core machine, a server that waits for the
-/// client is a server that does nothing). Keys that are not strings on both sides, or differ,
-/// are deferred to [`dump_stage`], which runs when the pipeline is drained (every
-/// [`DEFER_BATCH`] keys and at the end).
+/// One batch of commands in flight on both compare connections, in the order it was sent.
+enum Item {
+    /// Mode full, a page: `MGET` of the keys, `PTTL` per key (where the side has TTLs).
+    Strings(Vec<Vec<u8>>),
+    /// Mode full, the keys of a page not settled by `MGET`: `DUMP` + `PTTL` per key.
+    Dumps(Vec<Vec<u8>>),
+    /// Modes keys and length, a page: `TYPE` per key (+ `PTTL` in mode length).
+    Types(Vec<Vec<u8>>),
+    /// Mode length, the keys of a page whose types agree: the type's length command.
+    Lengths(Vec<(Vec<u8>, String, i64, i64)>),
+}
+
+/// What a pass is comparing: db pair, which sides have TTLs, settings.
+struct Ctx<'a> {
+    opts: &'a PassOpts,
+    sdb: u32,
+    tdb: u32,
+    ttls: (bool, bool),
+}
+
+/// The length command of a type (`EXISTS` for anything else: 1 on both sides).
+fn length_command(t: &str) -> &'static [u8] {
+    match t {
+        "string" => b"STRLEN",
+        "list" => b"LLEN",
+        "set" => b"SCARD",
+        "zset" => b"ZCARD",
+        "hash" => b"HLEN",
+        "stream" => b"XLEN",
+        _ => b"EXISTS",
+    }
+}
+
+/// The source pass of one db pair. A scanner thread walks the source with `SCAN` on its own
+/// connection and hands pages over a bounded channel; this thread keeps up to [`DEPTH`] pages
+/// in flight on both servers, and sends the follow-up batch of a page (`DUMP` for what `MGET`
+/// did not settle, lengths for what `TYPE` did not) as soon as the page is read, behind the
+/// pages already in flight. So the servers always have work queued while this thread compares
+/// (on a busy 2-core machine, a server that waits for the client is a server doing nothing).
+/// Keys that need commands one by one ([`compare::compare_key`]) wait until the pipeline is
+/// drained (every [`DEFER_BATCH`] keys and at the end).
 #[allow(clippy::too_many_arguments)]
-fn full_pass(
+fn pipelined_pass(
     src: &mut Conn,
     tgt: &mut Conn,
     scanner: &mut Conn,
@@ -208,6 +238,12 @@ fn full_pass(
 ) -> Result<(), VerifyError> {
     scanner.select(sdb)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Vec<u8>>, VerifyError>>(SCAN_AHEAD);
+    let ctx = Ctx {
+        opts,
+        sdb,
+        tdb,
+        ttls,
+    };
     std::thread::scope(|s| {
         let scan = s.spawn(move || {
             let count = opts.scan_count.to_string();
@@ -237,7 +273,7 @@ fn full_pass(
                 }
             }
         });
-        let result = compare_pages(src, tgt, &rx, sdb, tdb, ttls, opts, progress, out);
+        let result = compare_pages(src, tgt, &rx, &ctx, progress, out);
         if result.is_err() {
             progress.stop.store(true, Ordering::Relaxed);
         }
@@ -248,36 +284,17 @@ fn full_pass(
     })
 }
 
-/// The comparing half of [`full_pass`].
-#[allow(clippy::too_many_arguments)]
+/// The comparing half of [`pipelined_pass`].
 fn compare_pages(
     src: &mut Conn,
     tgt: &mut Conn,
     pages: &std::sync::mpsc::Receiver<Result<Vec<Vec<u8>>, VerifyError>>,
-    sdb: u32,
-    tdb: u32,
-    ttls: (bool, bool),
-    opts: &PassOpts,
+    ctx: &Ctx<'_>,
     progress: &Arc<Progress>,
     out: &mut PassResult,
 ) -> Result<(), VerifyError> {
-    let send_page = |src: &mut Conn, tgt: &mut Conn, keys: &[Vec<u8>]| -> Result<(), VerifyError> {
-        for (conn, ttl) in [(&mut *src, ttls.0), (&mut *tgt, ttls.1)] {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-            args.push(b"MGET");
-            args.extend(keys.iter().map(Vec::as_slice));
-            conn.send(&args)?;
-            if ttl {
-                for k in keys {
-                    conn.send(&[b"PTTL", k])?;
-                }
-            }
-            conn.flush()?;
-        }
-        Ok(())
-    };
-    let mut inflight: std::collections::VecDeque<Vec<Vec<u8>>> = Default::default();
-    let mut deferred: Vec<Vec<u8>> = Vec::new();
+    let mut inflight: std::collections::VecDeque<Item> = Default::default();
+    let mut slow: Vec<Vec<u8>> = Vec::new();
     let mut scanned_all = false;
     loop {
         if progress.stop.load(Ordering::Relaxed) {
@@ -285,9 +302,9 @@ fn compare_pages(
             tgt.discard_pending()?;
             return Ok(());
         }
-        // Top up the pipeline (wait for a page only when nothing is in flight), unless the
-        // DUMP stage is due.
-        while !scanned_all && inflight.len() < DEPTH && deferred.len() < DEFER_BATCH {
+        // Top up the pipeline (wait for a page only when nothing is in flight), unless slow
+        // keys are due.
+        while !scanned_all && inflight.len() < DEPTH && slow.len() < DEFER_BATCH {
             let next = if inflight.is_empty() {
                 pages.recv().ok()
             } else {
@@ -300,120 +317,217 @@ fn compare_pages(
             match next {
                 Some(keys) => {
                     let keys = keys?;
-                    send_page(src, tgt, &keys)?;
-                    inflight.push_back(keys);
+                    let item = if ctx.opts.compare.mode == Mode::Full {
+                        Item::Strings(keys)
+                    } else {
+                        Item::Types(keys)
+                    };
+                    send_item(src, tgt, &item, ctx)?;
+                    inflight.push_back(item);
                 }
                 None => scanned_all = true,
             }
         }
-        let Some(keys) = inflight.pop_front() else {
-            if !deferred.is_empty() {
-                dump_stage(
-                    src,
-                    tgt,
-                    &std::mem::take(&mut deferred),
-                    opts,
-                    sdb,
-                    tdb,
-                    out,
-                )?;
+        let Some(item) = inflight.pop_front() else {
+            if !slow.is_empty() {
+                let keys = std::mem::take(&mut slow);
+                slow_keys(src, tgt, keys, ctx.opts, ctx.sdb, ctx.tdb, out)?;
             }
             if scanned_all {
                 return Ok(());
             }
             continue;
         };
-        read_strings(src, tgt, &keys, ttls, opts, sdb, tdb, &mut deferred, out)?;
-        progress
-            .source_keys
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let page_keys = match &item {
+            Item::Strings(k) | Item::Types(k) => k.len() as u64,
+            _ => 0,
+        };
+        if let Some(next) = read_item(src, tgt, item, ctx, &mut slow, out)? {
+            send_item(src, tgt, &next, ctx)?;
+            inflight.push_back(next);
+        }
+        progress.source_keys.fetch_add(page_keys, Ordering::Relaxed);
     }
 }
 
-/// Reads one page's `MGET` and `PTTL` replies from both sides; settles equal strings and
-/// defers the rest.
-#[allow(clippy::too_many_arguments)]
-fn read_strings(
+/// Sends an item's commands to both sides.
+fn send_item(
     src: &mut Conn,
     tgt: &mut Conn,
-    keys: &[Vec<u8>],
-    ttls: (bool, bool),
-    opts: &PassOpts,
-    sdb: u32,
-    tdb: u32,
-    deferred: &mut Vec<Vec<u8>>,
-    out: &mut PassResult,
+    item: &Item,
+    ctx: &Ctx<'_>,
 ) -> Result<(), VerifyError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let values = |conn: &mut Conn| -> Result<Vec<Reply>, VerifyError> {
-        match conn.recv()? {
-            Reply::Array(a) if a.len() == keys.len() => Ok(a),
-            Reply::Error(e) => Err(conn.refused(&[b"MGET"], e)),
-            other => Err(conn.proto(format!("MGET answered {}", other.show()))),
+    for (conn, ttl) in [(&mut *src, ctx.ttls.0), (&mut *tgt, ctx.ttls.1)] {
+        match item {
+            Item::Strings(keys) => {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                args.push(b"MGET");
+                args.extend(keys.iter().map(Vec::as_slice));
+                conn.send(&args)?;
+                if ttl {
+                    for k in keys {
+                        conn.send(&[b"PTTL", k])?;
+                    }
+                }
+            }
+            Item::Dumps(keys) => {
+                for k in keys {
+                    conn.send(&[b"DUMP", k])?;
+                    conn.send(&[b"PTTL", k])?;
+                }
+            }
+            Item::Types(keys) => {
+                let length = ctx.opts.compare.mode == Mode::Length;
+                for k in keys {
+                    conn.send(&[b"TYPE", k])?;
+                    if length && ttl {
+                        conn.send(&[b"PTTL", k])?;
+                    }
+                }
+            }
+            Item::Lengths(keys) => {
+                for (k, t, _, _) in keys {
+                    conn.send(&[length_command(t), k])?;
+                }
+            }
         }
-    };
-    let a = values(src)?;
-    let mut at = Vec::with_capacity(keys.len());
-    for _ in keys {
-        at.push(if ttls.0 {
-            let r = src.recv()?;
-            pttl(src, r)?
-        } else {
-            -1
-        });
-    }
-    let b = values(tgt)?;
-    for ((k, (x, y)), sp) in keys.iter().zip(a.iter().zip(&b)).zip(at) {
-        let tp = if ttls.1 {
-            let r = tgt.recv()?;
-            pttl(tgt, r)?
-        } else {
-            -1
-        };
-        let string_on_both = !matches!(x, Reply::Nil) && !matches!(y, Reply::Nil);
-        if string_on_both && x == y {
-            settle_ttl("string", k, sp, tp, opts, sdb, tdb, out);
-        } else {
-            deferred.push(k.clone());
-        }
+        conn.flush()?;
     }
     Ok(())
 }
 
-/// `DUMP` + `PTTL` of both sides for `keys`, pipelined; equal (or decoded-equal) payloads
-/// settle a key, the rest is compared with commands ([`compare::compare_key`]).
-fn dump_stage(
+/// Reads an item's replies from both sides and settles what it can; returns the follow-up
+/// item for the rest, if any.
+fn read_item(
     src: &mut Conn,
     tgt: &mut Conn,
-    keys: &[Vec<u8>],
-    opts: &PassOpts,
-    sdb: u32,
-    tdb: u32,
+    item: Item,
+    ctx: &Ctx<'_>,
+    slow: &mut Vec<Vec<u8>>,
     out: &mut PassResult,
-) -> Result<(), VerifyError> {
-    for conn in [&mut *src, &mut *tgt] {
-        for k in keys {
-            conn.send(&[b"DUMP", k])?;
-            conn.send(&[b"PTTL", k])?;
+) -> Result<Option<Item>, VerifyError> {
+    let (opts, sdb, tdb) = (ctx.opts, ctx.sdb, ctx.tdb);
+    match item {
+        Item::Strings(keys) => {
+            let values = |conn: &mut Conn| -> Result<Vec<Reply>, VerifyError> {
+                match conn.recv()? {
+                    Reply::Array(a) if a.len() == keys.len() => Ok(a),
+                    Reply::Error(e) => Err(conn.refused(&[b"MGET"], e)),
+                    other => Err(conn.proto(format!("MGET answered {}", other.show()))),
+                }
+            };
+            let read_ttls = |conn: &mut Conn, ttl: bool| -> Result<Vec<i64>, VerifyError> {
+                let mut v = Vec::with_capacity(keys.len());
+                for _ in &keys {
+                    v.push(if ttl {
+                        let r = conn.recv()?;
+                        pttl(conn, r)?
+                    } else {
+                        -1
+                    });
+                }
+                Ok(v)
+            };
+            let (a, at) = (values(src)?, read_ttls(src, ctx.ttls.0)?);
+            let (b, bt) = (values(tgt)?, read_ttls(tgt, ctx.ttls.1)?);
+            let mut rest = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                let (x, y) = (&a[i], &b[i]);
+                if !matches!(x, Reply::Nil) && !matches!(y, Reply::Nil) && x == y {
+                    settle_ttl("string", k, at[i], bt[i], opts, sdb, tdb, out);
+                } else {
+                    rest.push(k.clone());
+                }
+            }
+            Ok((!rest.is_empty()).then_some(Item::Dumps(rest)))
         }
-        conn.flush()?;
+        Item::Dumps(keys) => {
+            let mut firsts = Vec::with_capacity(keys.len());
+            for _ in &keys {
+                let a = src.recv()?;
+                let at = src.recv()?;
+                firsts.push((a, pttl(src, at)?));
+            }
+            for (k, (a, at)) in keys.iter().zip(firsts) {
+                let b = tgt.recv()?;
+                let bt = tgt.recv()?;
+                let bt = pttl(tgt, bt)?;
+                full_fast_path(src, tgt, k, (a, at, b, bt), opts, slow, sdb, tdb, out)?;
+            }
+            Ok(None)
+        }
+        Item::Types(keys) => {
+            let length = opts.compare.mode == Mode::Length;
+            let read = |conn: &mut Conn, ttl: bool| -> Result<Vec<(String, i64)>, VerifyError> {
+                let mut v = Vec::with_capacity(keys.len());
+                for _ in &keys {
+                    let t = conn.recv()?;
+                    let t = type_text(conn, t)?;
+                    let ttl = if length && ttl {
+                        let r = conn.recv()?;
+                        pttl(conn, r)?
+                    } else {
+                        -1
+                    };
+                    v.push((t, ttl));
+                }
+                Ok(v)
+            };
+            let (a, b) = (read(src, ctx.ttls.0)?, read(tgt, ctx.ttls.1)?);
+            let mut same_type = Vec::new();
+            for ((k, (ta, at)), (tb, bt)) in keys.into_iter().zip(a).zip(b) {
+                match (ta.as_str(), tb.as_str()) {
+                    ("none", "none") => {}
+                    ("none", _) => slow.push(k),
+                    (_, "none") => {
+                        out.count(&ta);
+                        let d = Diff::new(DiffKind::Missing, &ta, "not on the target");
+                        out.found(Some(sdb), tdb, &k, d);
+                    }
+                    (x, y) if x != y => {
+                        out.count(x);
+                        out.on_both(tdb, &k);
+                        let d = Diff::new(
+                            DiffKind::Type,
+                            x,
+                            format!("{x} on the source, {y} on the target"),
+                        );
+                        out.found(Some(sdb), tdb, &k, d);
+                    }
+                    _ if !length => {
+                        out.count(&ta);
+                        out.on_both(tdb, &k);
+                    }
+                    _ => same_type.push((k, ta, at, bt)),
+                }
+            }
+            Ok((!same_type.is_empty()).then_some(Item::Lengths(same_type)))
+        }
+        Item::Lengths(keys) => {
+            for (k, t, at, bt) in keys {
+                let (a, b) = (src.recv()?, tgt.recv()?);
+                let diff = match (&a, &b) {
+                    (Reply::Int(x), Reply::Int(y)) if x != y => {
+                        Some(Diff::new(DiffKind::Value, &t, format!("length {x} vs {y}")))
+                    }
+                    (Reply::Int(_), Reply::Int(_)) => {
+                        compare::ttl_diff(&t, at, bt, opts.compare.ttl_tolerance_ms)
+                    }
+                    // WRONGTYPE: the key changed meanwhile; compare it again on its own.
+                    _ => {
+                        slow.push(k);
+                        continue;
+                    }
+                };
+                out.count(&t);
+                out.on_both(tdb, &k);
+                if let Some(d) = diff {
+                    out.found(Some(sdb), tdb, &k, d);
+                }
+            }
+            Ok(None)
+        }
     }
-    let mut firsts = Vec::with_capacity(keys.len());
-    for _ in keys {
-        let a = src.recv()?;
-        let at = src.recv()?;
-        firsts.push((a, pttl(src, at)?));
-    }
-    let mut slow = Vec::new();
-    for (k, (a, at)) in keys.iter().zip(firsts) {
-        let b = tgt.recv()?;
-        let bt = tgt.recv()?;
-        let bt = pttl(tgt, bt)?;
-        full_fast_path(src, tgt, k, (a, at, b, bt), opts, &mut slow, sdb, tdb, out)?;
-    }
-    slow_keys(src, tgt, slow, opts, sdb, tdb, out)
 }
 
 /// Compares keys one by one with commands.
@@ -446,103 +560,6 @@ fn slow_keys(
         }
     }
     Ok(())
-}
-
-/// Modes keys and length: `TYPE` + `PTTL` per key on both sides, then the length commands.
-fn light_pass(
-    src: &mut Conn,
-    tgt: &mut Conn,
-    sdb: u32,
-    tdb: u32,
-    opts: &PassOpts,
-    progress: &Arc<Progress>,
-    out: &mut PassResult,
-) -> Result<(), VerifyError> {
-    let count = opts.scan_count.to_string();
-    let r = src.call(&[b"SCAN", b"0", b"COUNT", count.as_bytes()])?;
-    let (mut cursor, mut page) = scan_page(src, r)?;
-    let mut slow: Vec<Vec<u8>> = Vec::new();
-    loop {
-        if progress.stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let keys = wanted(std::mem::take(&mut page), opts, sdb, tdb);
-        let first: &[u8] = b"TYPE";
-        for k in &keys {
-            src.send(&[first, k])?;
-            src.send(&[b"PTTL", k])?;
-        }
-        let more = cursor != b"0";
-        if more {
-            src.send(&[b"SCAN", &cursor, b"COUNT", count.as_bytes()])?;
-        }
-        src.flush()?;
-        for k in &keys {
-            tgt.send(&[first, k])?;
-            tgt.send(&[b"PTTL", k])?;
-        }
-        tgt.flush()?;
-        let mut firsts = Vec::with_capacity(keys.len());
-        for _ in &keys {
-            let a = src.recv()?;
-            let at = src.recv()?;
-            let at = pttl(src, at)?;
-            let b = tgt.recv()?;
-            let bt = tgt.recv()?;
-            let bt = pttl(tgt, bt)?;
-            firsts.push((a, at, b, bt));
-        }
-        if more {
-            let r = src.recv()?;
-            (cursor, page) = scan_page(src, r)?;
-        }
-        let mut same_type = Vec::new();
-        for (k, (a, at, b, bt)) in keys.iter().zip(firsts) {
-            let (ta, tb) = (type_text(src, a)?, type_text(tgt, b)?);
-            match (ta.as_str(), tb.as_str()) {
-                ("none", "none") => {}
-                ("none", _) => slow.push(k.clone()),
-                (_, "none") => {
-                    out.count(&ta);
-                    out.found(
-                        Some(sdb),
-                        tdb,
-                        k,
-                        Diff::new(DiffKind::Missing, &ta, "not on the target"),
-                    );
-                }
-                (x, y) if x != y => {
-                    out.count(x);
-                    out.on_both(tdb, k);
-                    out.found(
-                        Some(sdb),
-                        tdb,
-                        k,
-                        Diff::new(
-                            DiffKind::Type,
-                            x,
-                            format!("{x} on the source, {y} on the target"),
-                        ),
-                    );
-                }
-                _ if opts.compare.mode == Mode::Keys => {
-                    out.count(&ta);
-                    out.on_both(tdb, k);
-                }
-                _ => same_type.push((k, ta, at, bt)),
-            }
-        }
-        if !same_type.is_empty() {
-            length_stage(src, tgt, &same_type, opts, sdb, tdb, out)?;
-        }
-        slow_keys(src, tgt, std::mem::take(&mut slow), opts, sdb, tdb, out)?;
-        progress
-            .source_keys
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
-        if !more {
-            return Ok(());
-        }
-    }
 }
 
 fn type_text(conn: &Conn, r: Reply) -> Result<String, VerifyError> {
@@ -623,57 +640,6 @@ fn settle_ttl(
 
 fn same_type_value(x: &[u8], y: &[u8], tolerance_ms: i64) -> bool {
     dump::dump_type(x) == dump::dump_type(y) && dump::same_value(x, y, tolerance_ms)
-}
-
-/// `--mode length`: lengths of the keys whose types agree, pipelined to both sides.
-fn length_stage(
-    src: &mut Conn,
-    tgt: &mut Conn,
-    keys: &[(&Vec<u8>, String, i64, i64)],
-    opts: &PassOpts,
-    sdb: u32,
-    tdb: u32,
-    out: &mut PassResult,
-) -> Result<(), VerifyError> {
-    let cmd = |t: &str| -> &'static [u8] {
-        match t {
-            "string" => b"STRLEN",
-            "list" => b"LLEN",
-            "set" => b"SCARD",
-            "zset" => b"ZCARD",
-            "hash" => b"HLEN",
-            "stream" => b"XLEN",
-            _ => b"EXISTS",
-        }
-    };
-    for (k, t, _, _) in keys {
-        src.send(&[cmd(t), k])?;
-        tgt.send(&[cmd(t), k])?;
-    }
-    src.flush()?;
-    tgt.flush()?;
-    for (k, t, at, bt) in keys {
-        let (a, b) = (src.recv()?, tgt.recv()?);
-        out.count(t);
-        out.on_both(tdb, k);
-        let diff = match (&a, &b) {
-            (Reply::Int(x), Reply::Int(y)) if x != y => {
-                Some(Diff::new(DiffKind::Value, t, format!("length {x} vs {y}")))
-            }
-            (Reply::Int(_), Reply::Int(_)) => {
-                compare::ttl_diff(t, *at, *bt, opts.compare.ttl_tolerance_ms)
-            }
-            // WRONGTYPE: the key changed between the two stages; look again.
-            _ => match compare::compare_key(src, tgt, k, &opts.compare)? {
-                Outcome::Differs(d) => Some(d),
-                _ => None,
-            },
-        };
-        if let Some(d) = diff {
-            out.found(Some(sdb), tdb, k, d);
-        }
-    }
-    Ok(())
 }
 
 /// The quick target pass: `SCAN` target db `tdb` and digest its wanted keys (no question to
