@@ -674,7 +674,7 @@ fn ttl_on_a_target_whose_source_has_no_ttls_at_all() {
     let r = run(&opts(&src, &tgt));
     assert_eq!(kinds(&r), expect(&[(b"k7", "ttl_one_side")]));
     assert_eq!(
-        r.diffs[0].diff.detail.split(", ").nth(0),
+        r.diffs[0].diff.detail.split(", ").next(),
         Some("ttl none on the source")
     );
 }
