@@ -1,14 +1,15 @@
 //! The two passes of a verify, each on a thread of its own with its own connections.
 //!
-//! * **Source pass** ([`source_pass`]), mode full: a scanner thread walks the source with
+//! * **Source pass** ([`source_pass`]): a scanner thread walks the source with
 //!   `SCAN … COUNT 1000` and hands pages over a bounded channel; the comparing thread keeps up
-//!   to [`DEPTH`] pages in flight on *both* servers: per page one `MGET` of its keys (plus
-//!   `PTTL` per key on a side whose db holds keys with a TTL). Strings equal on both sides are
-//!   settled there; every other key (not a string, missing, different) goes to the `DUMP`
-//!   stage: `DUMP` + `PTTL` on both sides, pipelined; identical payloads, or payloads that
-//!   decode to the same value (`dump.rs`), settle the key; what is left is compared with
-//!   commands (`compare.rs`), which also writes the detail. Modes keys and length: `TYPE` +
-//!   `PTTL` per key, then the length commands, a page at a time.
+//!   to [`DEPTH`] batches in flight on *both* servers. Mode full: per page one `MGET` of its
+//!   keys (plus `PTTL` per key on a side whose db holds keys with a TTL); strings equal on both
+//!   sides are settled there, and the rest of the page (not a string, missing, different) is
+//!   sent at once, behind the pages in flight, as a `DUMP` + `PTTL` batch; identical payloads,
+//!   or payloads that decode to the same value (`dump.rs`), settle a key; what is left is
+//!   compared with commands (`compare.rs`), which also writes the detail. Modes keys and
+//!   length: `TYPE` per key (+ `PTTL`), then a batch of length commands for the keys whose
+//!   types agree, the same way.
 //! * **Target pass** ([`target_digest`]): `SCAN` the target and digest its key set
 //!   ([`KeySetDigest`]). When that equals the digest of the keys the source pass found on both
 //!   sides, the target has no extra key. Otherwise [`target_pass`] runs after both passes:
