@@ -336,13 +336,15 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     use crate::verify::{self, VerifyOptions, compare::Mode, filter};
     if let Some(addr) = &args.admin {
-        let reply = runtime()?.block_on(crate::admin::client::request(
+        runtime()?.block_on(crate::admin::client::request(
             addr,
             args.token.as_deref(),
             &["VERIFY"],
             Duration::from_secs(5),
         ))?;
-        eprintln!("cutover verify: started on {addr} ({reply:?}); see `cutover status`");
+        eprintln!(
+            "cutover verify: started in the instance at {addr}; `cutover status --admin {addr}` shows the result"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let url = |v: &Option<String>, flag: &str| -> anyhow::Result<RedisUrl> {
