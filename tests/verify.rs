@@ -643,6 +643,14 @@ fn admin_verify_shows_in_status() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The extra key keeps it busy with re-check rounds (1 s apart): a second one is refused.
+    let again = cutover(&["verify", "--admin", &proxy.admin_addr()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     let v = wait_for("the verify to finish", Duration::from_secs(30), || {
         let v = proxy.status_json()["verify"].clone();
         (v["state"] == "done").then_some(v)
