@@ -44,6 +44,86 @@ pub enum Command {
     /// the source cannot continue from there, the target is flushed (FLUSHALL) and copied anew.
     /// That key is never copied from a source. Ctrl-C / SIGTERM stop cleanly (exit 0).
     Sync(SyncArgs),
+    /// Compare the source and the target: missing and extra keys, types, values, TTLs.
+    ///
+    /// Differences are re-checked --rounds times, --interval apart, and only those that persist
+    /// are reported (live writes in flight are not differences). Prints a progress line and a
+    /// summary table on stderr, and one JSON object per differing key on stdout (or into
+    /// --json FILE). Exit code 0: equal; 1: differences; 2: error. With --admin, asks a running
+    /// `cutover run` to verify its source and target in the background instead (see `cutover
+    /// status`).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Source: redis://[user:pass@]host:port (every database with keys is compared; a /db in
+    /// the URL is ignored, see --db-map).
+    #[arg(
+        long = "source",
+        env = "CUTOVER_SOURCE_URL",
+        hide_env_values = true,
+        required_unless_present = "admin"
+    )]
+    pub source: Option<String>,
+    /// Target: redis://[user:pass@]host:port.
+    #[arg(
+        long = "target",
+        env = "CUTOVER_TARGET_URL",
+        hide_env_values = true,
+        required_unless_present = "admin"
+    )]
+    pub target: Option<String>,
+    /// Source db to target db, e.g. 0=1,2=2; unlisted dbs compare to the same number.
+    #[arg(long = "db-map", default_value = "")]
+    pub db_map: String,
+    /// TTLs further apart than this differ (2s, 500ms, 1m).
+    #[arg(long = "ttl-tolerance", default_value = "2s", value_parser = parse_duration_arg)]
+    pub ttl_tolerance: Duration,
+    /// Re-check rounds before a difference is reported (0: report what the scan saw).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Pause before each re-check round.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_arg)]
+    pub interval: Duration,
+    /// keys: existence and type; length: + lengths and TTLs; full: + values.
+    #[arg(long, default_value = "full", value_parser = ["full", "length", "keys"])]
+    pub mode: String,
+    /// Write the differing keys as JSON lines into FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Only keys with this prefix (repeatable; any include rule matches).
+    #[arg(long = "include-prefix")]
+    pub include_prefix: Vec<String>,
+    /// Skip keys with this prefix (repeatable).
+    #[arg(long = "exclude-prefix")]
+    pub exclude_prefix: Vec<String>,
+    /// Only keys matching this regex (repeatable).
+    #[arg(long = "include-regex")]
+    pub include_regex: Vec<String>,
+    /// Skip keys matching this regex (repeatable).
+    #[arg(long = "exclude-regex")]
+    pub exclude_regex: Vec<String>,
+    /// Keys per SCAN page (and elements per chunk of big collections).
+    #[arg(long = "scan-count", default_value_t = 1000)]
+    pub scan_count: usize,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Connection and reply time limit, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+    /// HOST:PORT of a running instance's admin listener: start a verify there (its source vs
+    /// its target) and return; `cutover status` shows the result.
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Admin token (with --admin).
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    crate::verify::filter::parse_duration(text)
 }
 
 #[derive(Args, Debug)]
@@ -193,6 +273,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => move_primary("ROLLBACK", args),
         Command::Finish(args) => finish(args),
         Command::Sync(args) => sync(args),
+        Command::Verify(args) => verify(args),
     };
     match result {
         Ok(code) => code,
@@ -334,6 +415,68 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     };
     let report = crate::sync::engine::run(&opts)?;
     Ok(sync_summary(&report))
+}
+
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use crate::verify::{self, VerifyOptions, compare::Mode, filter};
+    if let Some(addr) = &args.admin {
+        runtime()?.block_on(crate::admin::client::request(
+            addr,
+            args.token.as_deref(),
+            &["VERIFY"],
+            Duration::from_secs(5),
+        ))?;
+        eprintln!(
+            "cutover verify: started in the instance at {addr}; `cutover status --admin {addr}` shows the result"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = |v: &Option<String>, flag: &str| -> anyhow::Result<RedisUrl> {
+        let text = v
+            .as_deref()
+            .with_context(|| format!("{flag} is required"))?;
+        let url = RedisUrl::parse(text).with_context(|| flag.to_string())?;
+        if url.tls {
+            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
+        }
+        Ok(url)
+    };
+    let mut opts = VerifyOptions::new(
+        url(&args.source, "--source")?,
+        url(&args.target, "--target")?,
+    );
+    opts.db_map = filter::DbMap::parse(&args.db_map)?;
+    opts.filter = filter::KeyFilter::new(
+        &args.include_prefix,
+        &args.exclude_prefix,
+        &args.include_regex,
+        &args.exclude_regex,
+    )?;
+    opts.mode = Mode::parse(&args.mode).context("--mode")?;
+    opts.ttl_tolerance = args.ttl_tolerance;
+    opts.rounds = args.rounds;
+    opts.interval = args.interval;
+    opts.scan_count = args.scan_count.clamp(10, 100_000);
+    opts.timeout = Duration::from_secs(args.timeout_secs.max(1));
+    opts.progress = !args.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = std::sync::Arc::new(verify::scan::Progress::default());
+    let report = verify::run(&opts, &progress).context("verify failed")?;
+    let mut lines = String::new();
+    for line in report.json_lines() {
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    match &args.json {
+        Some(path) => std::fs::write(path, &lines)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{lines}"),
+    }
+    eprint!("{}", report.summary_table());
+    Ok(if report.is_equal() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Prints what a finished sync did; exit code 3 if something was not copied.

@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod status;
 pub mod sync;
 pub mod telemetry;
+pub mod verify;

@@ -59,6 +59,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let listener = TcpListener::bind(admin.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([admin] listen)", admin.listen))?;
+        let verify = settings.target.as_ref().map(|t| {
+            Arc::new(crate::verify::VerifyTracker::new(
+                crate::verify::VerifyOptions::new(settings.source.clone(), t.clone()),
+            ))
+        });
         let server = Arc::new(AdminServer {
             token: admin.token.clone(),
             status: Arc::new(RunStatus {
@@ -66,8 +71,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 sync: settings.target.as_ref().map(|_| sync.clone()),
                 cutover: controller.clone(),
                 started: Instant::now(),
+                verify: verify.clone(),
             }),
             cutover: controller.clone(),
+            verify,
         });
         tracing::info!(listen = %admin.listen, token = admin.token.is_some(), "admin listener ready");
         tokio::spawn(server.listen(listener));

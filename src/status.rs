@@ -24,6 +24,8 @@ pub struct RunStatus {
     /// The switch/rollback controller, when a target is configured.
     pub cutover: Option<Arc<Controller>>,
     pub started: Instant,
+    /// The last verify started with the admin `VERIFY` command (when a target is configured).
+    pub verify: Option<Arc<crate::verify::VerifyTracker>>,
 }
 
 impl StatusSource for RunStatus {
@@ -69,6 +71,7 @@ impl StatusSource for RunStatus {
             "shadow_queue": cutover.as_ref().map_or(0, |c| c["shadow_queue"].as_u64().unwrap_or(0)),
             "cutover": cutover,
             "sync": sync,
+            "verify": self.verify.as_ref().map(|v| v.status()),
             "primary": route.primary.as_str(),
             "route_epoch": route.epoch,
             "uptime_secs": self.started.elapsed().as_secs(),
@@ -94,7 +97,7 @@ pub fn render_text(doc: &Value) -> String {
     };
     let proxy = &doc["proxy"];
     format!(
-        "phase:     {}\nprimary:   {}\nrollback:  {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nuptime:    {} s\n",
+        "phase:     {}\nprimary:   {}\nrollback:  {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nverify:    {}\nuptime:    {} s\n",
         s(&doc["phase"]),
         s(&doc["primary"]),
         rollback_line(doc),
@@ -104,6 +107,7 @@ pub fn render_text(doc: &Value) -> String {
         s(&proxy["client_connections"]),
         s(&proxy["backend_connections"]),
         sync_line(&doc["sync"]),
+        verify_line(&doc["verify"]),
         s(&doc["uptime_secs"]),
     )
 }
@@ -161,5 +165,40 @@ pub fn render_step(doc: &Value) -> String {
                 ""
             }
         ),
+    }
+}
+
+fn verify_line(v: &Value) -> String {
+    match v["state"].as_str() {
+        None => "- (none run; `cutover verify --admin ADDR` starts one)".into(),
+        Some("done") => {
+            let kinds = v["differences"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                        .map(|(k, n)| format!("{n} {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            format!(
+                "{} ({} source keys, finished at unix {}){}",
+                if v["equal"] == Value::Bool(true) {
+                    "equal"
+                } else {
+                    "DIFFERENT"
+                },
+                v["source_keys"],
+                v["finished"],
+                if kinds.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {kinds}")
+                }
+            )
+        }
+        Some("error") => format!("error: {}", v["error"].as_str().unwrap_or("?")),
+        Some(other) => format!("{other} (since unix {})", v["started"]),
     }
 }

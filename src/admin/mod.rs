@@ -2,8 +2,10 @@
 //!
 //! Commands: `AUTH <token>`, `PING`, `STATUS` (a JSON document as a bulk string),
 //! `SWITCH [MAXPAUSE <ms>] [FORCE]`, `ROLLBACK [MAXPAUSE <ms>] [FORCE]`, `FINISH` (each answers
-//! the move's report as JSON, or an error whose text is the reason nothing changed). When a
-//! token is configured, every command but `AUTH`/`PING` needs it first.
+//! the move's report as JSON, or an error whose text is the reason nothing changed), `VERIFY`
+//! (starts a verify of the source against the target in the background and answers at once;
+//! `STATUS` shows it under `verify`). When a token is configured, every command but
+//! `AUTH`/`PING` needs it first.
 
 pub mod client;
 
@@ -26,6 +28,8 @@ pub struct AdminServer {
     pub status: Arc<dyn StatusSource>,
     /// The cutover controller, when a target is configured.
     pub cutover: Option<Arc<Controller>>,
+    /// Runs `VERIFY` (None: no target configured).
+    pub verify: Option<Arc<crate::verify::VerifyTracker>>,
 }
 
 impl AdminServer {
@@ -124,8 +128,15 @@ impl AdminServer {
                     }
                 }
             }
+            "VERIFY" => match &self.verify {
+                None => err("ERR no target configured: nothing to verify"),
+                Some(v) => match v.start() {
+                    Ok(()) => BytesFrame::SimpleString(Bytes::from_static(b"STARTED")),
+                    Err(e) => err(&format!("ERR {e}")),
+                },
+            },
             other => err(&format!(
-                "ERR unknown admin command '{other}'; try STATUS, SWITCH, ROLLBACK, FINISH"
+                "ERR unknown admin command '{other}'; try STATUS, SWITCH, ROLLBACK, FINISH, VERIFY"
             )),
         }
     }
