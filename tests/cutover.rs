@@ -619,6 +619,25 @@ fn checkpoint(
             differ.is_empty(),
             "{label}: source and target differ while shadowing: {differ:?}"
         );
+        // `cutover verify` agrees (an independent comparison, exact TTLs aside).
+        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "verify",
+                "--source",
+                &source.url(),
+                "--target",
+                &target.url(),
+            ])
+            .args(["--rounds", "0", "--quiet"])
+            .output()
+            .expect("run cutover verify");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: cutover verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     load.release();
 }
