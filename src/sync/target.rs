@@ -59,6 +59,10 @@ pub enum TargetError {
         version: String,
         reason: String,
     },
+    #[error(
+        "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
+    )]
+    CannotHold { what: String },
 }
 
 /// What the target is.
@@ -578,6 +582,15 @@ pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
 
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
 /// queries such as the source's `INFO replication`. Returns the reply's text.
+/// One command on a connection of its own; the reply as RESP bytes (errors included).
+pub fn query_raw(
+    url: &RedisUrl,
+    args: &[&[u8]],
+    timeout: Duration,
+) -> Result<Vec<u8>, TargetError> {
+    TargetWriter::open(url, timeout, timeout, 1)?.call(args)
+}
+
 pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
     let mut conn = TargetWriter::open(url, timeout, timeout, 1)?;
     let reply = conn.call(args)?;
