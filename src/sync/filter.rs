@@ -301,7 +301,9 @@ mod tests {
 
     #[test]
     fn command_key_positions() {
-        let a = |s: &str| s.split(' ').map(str::as_bytes).collect::<Vec<_>>();
+        fn a(s: &str) -> Vec<&[u8]> {
+            s.split(' ').map(str::as_bytes).collect()
+        }
         assert_eq!(command_keys("SET", &a("SET k v")), vec![1]);
         assert_eq!(command_keys("MSET", &a("MSET a 1 b 2")), vec![1, 3]);
         assert_eq!(command_keys("DEL", &a("DEL a b c")), vec![1, 2, 3]);
