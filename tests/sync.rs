@@ -1274,7 +1274,13 @@ fn run_syncs_in_the_background_and_status_shows_it() {
     loop {
         let status = proxy.status_json();
         if status["phase"] == "streaming" {
-            assert_eq!(status["sync"]["keys_done"], 200, "{status}");
+            let sync = &status["sync"];
+            assert_eq!(sync["keys_done"], 200, "{status}");
+            assert_eq!(sync["keys_total"], 200, "{status}");
+            assert_eq!(sync["keys_by_type"]["string"], 200, "{status}");
+            assert_eq!(sync["keys_restored"], 200, "{status}");
+            assert_eq!(sync["reconnects"], 0, "{status}");
+            assert!(sync["snapshot_bytes"].as_u64().unwrap() > 1000, "{status}");
             assert!(
                 status["lag_bytes"].is_u64() && status["lag_ms"].is_u64(),
                 "{status}"
@@ -1310,10 +1316,33 @@ fn run_syncs_in_the_background_and_status_shows_it() {
     assert_eq!(v.as_deref(), Some("7"));
     let status = proxy.status_json();
     assert_eq!(status["primary"], "source", "{status}");
-    assert!(
-        proxy.metrics().contains("cutover_sync_applied_offset"),
-        "sync gauges missing from /metrics"
-    );
+    let metrics = proxy.metrics();
+    for name in [
+        "cutover_sync_applied_offset",
+        "cutover_sync_keys_total",
+        "cutover_sync_keys_by_type{type=\"string\"} 200",
+        "cutover_sync_keys_written{how=\"restored\"} 200",
+        "cutover_sync_snapshot_bytes_total",
+        "cutover_sync_lag_bytes",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    // A dropped link is connected again within the run, and counted.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut src)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.status_json()["sync"]["reconnects"] != 1 {
+        assert!(Instant::now() < deadline, "{}", proxy.status_json());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.status_json()["sync"]["starts"], 1);
 }
 
 // ----- the version matrix ---------------------------------------------------------------------
