@@ -1814,3 +1814,62 @@ fn unsupported_fail_stops() {
         "{stderr}"
     );
 }
+
+/// Stream commands newer than the target: `SET … IFEQ` loses the condition (it held on the
+/// source), `XGROUP … ENTRIESREAD` loses the counter on 6.2, `PEXPIREAT … GT` the flag; hash
+/// field TTL commands of Valkey 9.1 cannot be expressed on 6.2 / 7.0 and are reported by key.
+#[test]
+fn stream_rewrites_for_older_targets() {
+    for to in [Version::Redis62, Version::Redis70] {
+        let source = Server::start_with(Version::Valkey91, &["--repl-diskless-sync-delay", "0"]);
+        let target = Server::start(to);
+        let mut src = source.conn();
+        let _: () = q(&mut src, &[b"SET", b"k", b"v"]);
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sync.log");
+        let mut child = start_sync(&source, &target, &log, &[]);
+        let mut dst = target.conn();
+        wait_caught_up(&mut src, &mut dst, &mut child, &log);
+        let _: () = q(&mut src, &[b"SET", b"k", b"v2", b"IFEQ", b"v"]);
+        let _: () = q(&mut src, &[b"SET", b"k", b"v3", b"IFEQ", b"nope"]);
+        let _: () = q(
+            &mut src,
+            &[
+                b"XGROUP",
+                b"CREATE",
+                b"s",
+                b"g",
+                b"0",
+                b"MKSTREAM",
+                b"ENTRIESREAD",
+                b"0",
+            ],
+        );
+        let _: () = q(
+            &mut src,
+            &[b"XGROUP", b"SETID", b"s", b"g", b"0", b"ENTRIESREAD", b"3"],
+        );
+        let _: i64 = q(&mut src, &[b"PEXPIREAT", b"k", b"99999999999999", b"GT"]);
+        let _: i64 = q(&mut src, &[b"PEXPIREAT", b"k", b"99999999999990", b"LT"]);
+        let _: i64 = q(
+            &mut src,
+            &[b"HSETEX", b"h", b"EX", b"100", b"FIELDS", b"1", b"f", b"v"],
+        );
+        // Only a field TTL change: not expressible, reported.
+        let _: redis::Value = q(&mut src, &[b"HEXPIRE", b"h", b"500", b"FIELDS", b"1", b"f"]);
+        let _: () = q(&mut src, &[b"SET", b"after", b"1"]);
+        wait_caught_up(&mut src, &mut dst, &mut child, &log);
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = read_log(&log);
+        eprintln!("{to:?}: {stderr}");
+        assert_eq!(q::<String>(&mut dst, &[b"GET", b"k"]), "v2");
+        assert!(q::<i64>(&mut dst, &[b"PTTL", b"k"]) > 1_000_000_000);
+        assert_eq!(q::<String>(&mut dst, &[b"GET", b"after"]), "1");
+        let groups: redis::Value = q(&mut dst, &[b"XINFO", b"GROUPS", b"s"]);
+        assert!(text(&groups).contains('g'), "{}", text(&groups));
+        assert!(stderr.contains("applied as HSET"), "{stderr}");
+        assert!(stderr.contains("does not know the command"), "{stderr}");
+        assert_eq!(q::<String>(&mut dst, &[b"HGET", b"h", b"f"]), "v");
+    }
+}

@@ -1358,6 +1358,47 @@ impl Applier<'_> {
                     _ => Rewrite::Same,
                 }
             }
+            // Valkey 9's hash field TTLs: the fields are kept, their TTLs cannot be (as in the
+            // snapshot).
+            "HSETEX" if !self.target_knows(name) => {
+                let fields = args
+                    .iter()
+                    .position(|a| a.eq_ignore_ascii_case(b"FIELDS"))
+                    .filter(|i| *i >= 2);
+                match fields {
+                    Some(i) if i + 2 < args.len() => {
+                        if self.opts.tuning.unsupported == UnsupportedPolicy::Fail {
+                            return Err(TargetError::CannotHold {
+                                what: format!(
+                                    "HSETEX on key '{}' in the replication stream: {} cannot hold hash field TTLs",
+                                    show_key(args[1]),
+                                    self.info.describe()
+                                )
+                                .into(),
+                            }
+                            .into());
+                        }
+                        stats.field_ttls_dropped += 1;
+                        tracing::warn!(
+                            key = %show_key(args[1]),
+                            "HSETEX in the replication stream: applied as HSET; the target cannot hold hash field TTLs"
+                        );
+                        let mut out = vec![b"HSET".to_vec(), args[1].to_vec()];
+                        out.extend(args[i + 2..].iter().map(|a| a.to_vec()));
+                        Rewrite::Args(out)
+                    }
+                    _ => {
+                        self.unsupported(
+                            stats,
+                            format!(
+                                "HSETEX on key '{}' in the replication stream cannot be read",
+                                args.get(1).map(|k| show_key(k)).unwrap_or_default()
+                            ),
+                        )?;
+                        Rewrite::Skip
+                    }
+                }
+            }
             "FUNCTION" if !self.info.has_functions() => {
                 self.unsupported(stats, format!(
                     "a FUNCTION command in the replication stream cannot be applied to {} (no functions before Redis 7.0)",
@@ -1406,7 +1447,9 @@ impl Applier<'_> {
             // An unknown command gives a nil entry; an error (COMMAND not allowed) says
             // nothing, so the command is tried.
             Ok(reply) => {
-                !(reply.starts_with(b"*1\r\n*-1\r\n") || reply.starts_with(b"*1\r\n_\r\n"))
+                !(reply.starts_with(b"*1\r\n$-1\r\n")
+                    || reply.starts_with(b"*1\r\n*-1\r\n")
+                    || reply.starts_with(b"*1\r\n_\r\n"))
             }
             Err(e) => {
                 tracing::warn!(error = %e, command = name, "cannot ask the target about a command; forwarding it");
