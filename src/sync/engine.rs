@@ -1374,7 +1374,7 @@ impl Applier<'_> {
                                     show_key(args[1]),
                                     self.info.describe()
                                 )
-                                .into(),
+                                ,
                             }
                             .into());
                         }
