@@ -146,11 +146,7 @@ pub fn sync_tuning(
             reason: "needs sync.db_map (--db-map), or nothing would be copied".into(),
         });
     }
-    let filter = Filter::new(&spec).map_err(|e| ConfigError::Invalid {
-        key: "sync",
-        value: String::new(),
-        reason: e.to_string(),
-    })?;
+    let filter = Filter::new(&spec).map_err(|e| ConfigError::Sync(e.to_string()))?;
     let unsupported = match flags
         .unsupported
         .clone()

@@ -37,6 +37,8 @@ pub enum ConfigError {
         "missing setting {0}: set it in the config file, as a flag or as an environment variable"
     )]
     Missing(&'static str),
+    #[error("invalid [sync] setting: {0}")]
+    Sync(String),
     #[error("invalid {key} {value:?}: {reason}")]
     Invalid {
         key: &'static str,

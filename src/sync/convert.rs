@@ -135,7 +135,7 @@ impl std::str::FromStr for UnsupportedPolicy {
         match s.to_ascii_lowercase().as_str() {
             "skip" => Ok(UnsupportedPolicy::Skip),
             "fail" => Ok(UnsupportedPolicy::Fail),
-            _ => Err(format!("{s:?}: expected skip or fail")),
+            _ => Err("expected skip or fail".to_string()),
         }
     }
 }

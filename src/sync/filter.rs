@@ -70,7 +70,9 @@ impl Filter {
                 .map(|p| {
                     Regex::new(p).map_err(|e| FilterError::Regex {
                         pattern: p.clone(),
-                        reason: e.to_string(),
+                        reason: e
+                            .syntax_error()
+                            .map_or_else(|| e.to_string(), ToString::to_string),
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
