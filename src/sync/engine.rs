@@ -172,6 +172,9 @@ pub struct SyncProgress {
     /// Milliseconds since the engine started when the target last had everything received
     /// applied (for `lag_ms`).
     pub caught_up_at_ms: AtomicU64,
+    /// When the oldest stream command received but not yet applied was read from the source,
+    /// in ms since `epoch` plus 1 (0: none pending).
+    pub oldest_pending_ms: AtomicU64,
     /// Full runs of the engine started (a restart resumes from the stored position).
     pub starts: AtomicU64,
     /// Times the replication link was re-established within a run (PSYNC continue, or a full
@@ -245,13 +248,26 @@ impl SyncProgress {
             .saturating_sub(self.applied_offset.load(Ordering::Relaxed))
     }
 
-    /// How long the target has been behind what was received (0 when caught up).
+    /// The replication delay: how long ago the oldest stream command that is received but not
+    /// yet applied on the target was read from the source (0 when caught up).
     pub fn lag_ms(&self) -> u64 {
         if self.lag_bytes() == 0 {
             return 0;
         }
-        self.now_ms()
-            .saturating_sub(self.caught_up_at_ms.load(Ordering::Relaxed))
+        match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => self
+                .now_ms()
+                .saturating_sub(self.caught_up_at_ms.load(Ordering::Relaxed)),
+            at => self.now_ms().saturating_sub(at - 1),
+        }
+    }
+
+    fn set_oldest_pending(&self, at: Option<Instant>) {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        let ms = at.map_or(0, |t| {
+            t.saturating_duration_since(epoch).as_millis() as u64 + 1
+        });
+        self.oldest_pending_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The keys-per-type counters by type name.
@@ -424,7 +440,8 @@ enum Msg {
     SnapshotDone {
         bytes: u64,
     },
-    Commands(Vec<StreamCommand>),
+    /// Commands of the stream, and when they were read from the source (for `lag_ms`).
+    Commands(Vec<StreamCommand>, Instant),
     Failed(String),
 }
 
@@ -500,6 +517,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         peeked: None,
         skip_db: false,
         known_commands: std::collections::HashMap::new(),
+        pending_since: std::collections::VecDeque::new(),
         progress,
         bar: Bar::new(opts.progress),
     }
@@ -720,7 +738,7 @@ impl LinkState {
                 if let Some(want) = &mut self.want {
                     want.1 = link.offset();
                 }
-                send(Msg::Commands(cmds))?;
+                send(Msg::Commands(cmds, Instant::now()))?;
             }
         }
         .await;
@@ -764,6 +782,9 @@ struct Applier<'a> {
     skip_db: bool,
     /// Stream commands the target knows or not (`COMMAND INFO`), by name.
     known_commands: std::collections::HashMap<String, bool>,
+    /// (end offset, time read from the source) of each received batch of stream commands
+    /// the target has not confirmed yet, oldest first: `lag_ms` is the age of the first.
+    pending_since: std::collections::VecDeque<(u64, Instant)>,
     /// Live state (shared with `cutover run`'s status, or the engine's own).
     progress: Arc<SyncProgress>,
     bar: Bar,
@@ -923,7 +944,10 @@ impl Applier<'_> {
                         ));
                     }
                 }
-                Ok(Msg::Commands(cmds)) => {
+                Ok(Msg::Commands(cmds, read_at)) => {
+                    if let Some(last) = cmds.last() {
+                        self.pending_since.push_back((last.end_offset, read_at));
+                    }
                     self.apply_batch(cmds, w, &mut conv.stats)?;
                     match self.rx.try_recv() {
                         Ok(next) => {
@@ -950,7 +974,19 @@ impl Applier<'_> {
             {
                 // (A store, not a max: after a full resync the offsets start anew.)
                 self.applied.store(off, Ordering::Release);
+                while self
+                    .pending_since
+                    .front()
+                    .is_some_and(|(end, _)| *end <= off)
+                {
+                    self.pending_since.pop_front();
+                }
             }
+            if phase != Phase::Streaming {
+                self.pending_since.clear();
+            }
+            let oldest = self.pending_since.front().map(|(_, at)| *at);
+            self.progress.set_oldest_pending(oldest);
             if let Some(stop) = stop_at {
                 if w.confirmed_offset().unwrap_or(0) < stop && w.in_flight() > 0 {
                     w.drain()?;
@@ -1756,5 +1792,41 @@ mod tests {
         );
         assert!(split_args(b"*2\r\n$1\r\na\r\n").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn keyspace() {
+        let info =
+            "# Keyspace\r\ndb0:keys=5,expires=1,avg_ttl=0\r\ndb12:keys=7,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace(info), vec![(0, 5), (12, 7)]);
+        assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+    }
+
+    #[test]
+    fn progress_lines() {
+        let p = SyncProgress::default();
+        assert!(render_line(&p, 0.0, 0.0, true).contains("connecting"));
+        p.phase.store(1, Ordering::Relaxed);
+        p.snapshot_bytes.store(512, Ordering::Relaxed);
+        p.snapshot_bytes_total.store(1024, Ordering::Relaxed);
+        p.keys_done.store(10, Ordering::Relaxed);
+        p.keys_total.store(20, Ordering::Relaxed);
+        let line = render_line(&p, 5.0, 256.0, true);
+        assert!(line.contains("[############------------] 50%"), "{line}");
+        assert!(
+            line.contains("512 B/1.0 KiB, 10/20 keys, 5 keys/s, ETA 2 s"),
+            "{line}"
+        );
+        // Diskless: progress by keys.
+        p.snapshot_bytes_total.store(0, Ordering::Relaxed);
+        let line = render_line(&p, 5.0, 256.0, false);
+        assert!(line.contains("snapshot 50% 512 B, 10/20 keys"), "{line}");
+        p.phase.store(2, Ordering::Relaxed);
+        p.received_offset.store(100, Ordering::Relaxed);
+        p.applied_offset.store(90, Ordering::Relaxed);
+        assert!(render_line(&p, 0.0, 0.0, true).contains("lag 10 bytes"));
+        let doc = p.to_json();
+        assert_eq!(doc["snapshot_bytes_total"], serde_json::Value::Null);
+        assert_eq!(doc["keys_by_type"]["hash"], 0);
     }
 }
