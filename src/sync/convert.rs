@@ -13,6 +13,9 @@
 //!   the plain encodings for RDB 7–9 (Redis 3.2–6.2), stamped with the target's version; streams
 //!   v2/v3 become stream v1 (`downgrade_stream`). Counted in [`Stats::reencoded`] (a part of
 //!   [`Stats::restored`]).
+//! * **`MSET`** for strings without a TTL (up to 64 KiB each): up to 256 keys of one database
+//!   per command, which costs the target far less than a `RESTORE` per key (counted as
+//!   [`Stats::plain`]).
 //! * **Plain commands** otherwise (a value too big to have been kept raw; a hash with field
 //!   TTLs the target cannot hold; a stream type with no downgrade, e.g. Redis 8.x's): `DEL`, then
 //!   chunked `RPUSH` / `SADD` / `ZADD` / `HSET` from the value events, `SET` + `APPEND` for big
@@ -238,8 +241,26 @@ pub struct Converter {
     /// Time used to decide that a key has expired (unix ms), fixed per snapshot.
     now_ms: i64,
     opts: ConvertOptions,
+    /// Strings waiting for one `MSET` ([`Converter::batch_string`]).
+    mset: StringBatch,
     pub stats: Stats,
 }
+
+/// Strings of one database queued for `MSET`.
+#[derive(Debug, Default)]
+struct StringBatch {
+    db: u64,
+    /// key, value, key, value…
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Strings (without TTL) up to this size go into batched `MSET`s.
+const MSET_VALUE_BYTES: usize = 64 * 1024;
+/// Keys per `MSET` at most.
+const MSET_KEYS: usize = 256;
+/// Bytes per `MSET` at most.
+const MSET_BYTES: usize = 256 * 1024;
 
 impl Converter {
     pub fn new(target: &TargetWriter) -> Converter {
@@ -254,6 +275,7 @@ impl Converter {
         }
         Converter {
             opts,
+            mset: StringBatch::default(),
             max_rdb: target.info().max_rdb,
             has_functions: target.info().has_functions(),
             stream_v2_args: target.info().valkey || target.info().version >= (7, 0, 0),
@@ -318,6 +340,19 @@ impl Converter {
                 };
                 match std::mem::replace(&mut cur.mode, Mode::Skip) {
                     Mode::Skip => {}
+                    Mode::Holding { held, bytes }
+                        if cur.info.rdb_type.kind() == ValueKind::String
+                            && cur.info.expire_ms.is_none()
+                            && bytes <= MSET_VALUE_BYTES =>
+                    {
+                        let mut value = Vec::with_capacity(bytes);
+                        for ev in held {
+                            if let Event::StringChunk(b) = ev {
+                                value.extend_from_slice(&b);
+                            }
+                        }
+                        self.batch_string(cur.info.db, cur.info.key, value, w)?;
+                    }
                     Mode::Holding { held, .. } => match raw {
                         Some(raw) if cur.restorable => self.restore(&cur.info, &raw, w)?,
                         Some(raw)
@@ -416,6 +451,49 @@ impl Converter {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Queues a string without TTL for the next `MSET` (one command for many keys costs the
+    /// target far less than one `RESTORE` each); sent when full or the database changes.
+    fn batch_string(
+        &mut self,
+        db: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        w: &mut TargetWriter,
+    ) -> Result<(), TargetError> {
+        if self.mset.db != db {
+            self.flush_strings(w)?;
+            self.mset.db = db;
+        }
+        self.mset.bytes += key.len() + value.len();
+        self.mset.args.push(key);
+        self.mset.args.push(value);
+        self.stats.plain += 1;
+        if self.mset.args.len() >= 2 * MSET_KEYS || self.mset.bytes >= MSET_BYTES {
+            self.flush_strings(w)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued `MSET`, if any.
+    fn flush_strings(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+        if self.mset.args.is_empty() {
+            return Ok(());
+        }
+        w.select(self.mset.db)?;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(self.mset.args.len() + 1);
+        args.push(b"MSET");
+        args.extend(self.mset.args.iter().map(Vec::as_slice));
+        w.send(&args, Tag::key("MSET", &self.mset.args[0]))?;
+        self.mset.args.clear();
+        self.mset.bytes = 0;
+        Ok(())
+    }
+
+    /// Sends what is still queued: call at the end of a snapshot, before draining the writer.
+    pub fn finish(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+        self.flush_strings(w)
     }
 
     /// Reports what the target cannot hold; an error under [`UnsupportedPolicy::Fail`].

@@ -916,6 +916,7 @@ impl Applier<'_> {
                     parser
                         .finish()
                         .context("the source's snapshot ended early")?;
+                    conv.finish(w)?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
                     w.drain()?;
                     position::queue_set(w, &position::format(&self.replid, start_offset))?;
@@ -1562,6 +1563,7 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
         }
     }
     parser.finish().map_err(bad)?;
+    conv.finish(&mut w)?;
     w.drain()?;
     if opts.progress {
         eprintln!(
