@@ -76,10 +76,17 @@ impl ReplicaError {
     /// restarting, or killed this replica's connection). A refused handshake or a stream
     /// that cannot be read is not.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            ReplicaError::Connect { .. } | ReplicaError::Io { .. } | ReplicaError::Timeout { .. }
-        )
+        match self {
+            ReplicaError::Connect { .. }
+            | ReplicaError::Io { .. }
+            | ReplicaError::Timeout { .. } => true,
+            // A source restarting answers -LOADING until its data is loaded; -BUSY while a
+            // script runs too long; -MASTERDOWN when it is itself a replica that lost its master.
+            ReplicaError::Refused { reply, .. } => ["-LOADING", "-BUSY", "-MASTERDOWN"]
+                .iter()
+                .any(|p| reply.starts_with(p)),
+            ReplicaError::Protocol { .. } => false,
+        }
     }
 }
 
@@ -428,5 +435,28 @@ impl ReplicaLink {
             step,
             detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors() {
+        let refused = |reply: &str| ReplicaError::Refused {
+            addr: "a".into(),
+            step: "PSYNC",
+            reply: reply.into(),
+        };
+        assert!(refused("-LOADING Redis is loading the dataset in memory").is_transient());
+        assert!(!refused("-NOPERM this user has no permissions").is_transient());
+        assert!(
+            ReplicaError::Timeout {
+                addr: "a".into(),
+                secs: 1
+            }
+            .is_transient()
+        );
     }
 }
