@@ -65,7 +65,7 @@ pub struct SyncArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Connection and silence time limit, in seconds: a replication link silent for longer is
-    /// connected again; a source unreachable for longer fails the sync.
+    /// connected again; a source unreachable for five times longer fails the sync.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
     #[command(flatten)]

@@ -1874,3 +1874,65 @@ fn stream_rewrites_for_older_targets() {
         assert_eq!(q::<String>(&mut dst, &[b"HGET", b"h", b"f"]), "v");
     }
 }
+
+/// A source that stops answering (SIGSTOP) longer than `--timeout-secs`: the silent link is
+/// dropped, connected again once the source is back (SIGCONT), and continues (+CONTINUE).
+#[test]
+fn stalled_link_is_detected_and_continues() {
+    let source = Server::start_with(
+        Version::Redis70,
+        &[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--repl-ping-replica-period",
+            "1",
+        ],
+    );
+    let target = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let _: () = q(&mut src, &[b"SET", b"before", b"1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sync.log");
+    let mut child = start_sync(&source, &target, &log, &["--timeout-secs", "2"]);
+    let mut dst = target.conn();
+    wait_caught_up(&mut src, &mut dst, &mut child, &log);
+    let pid: u64 = {
+        let info: String = q(&mut src, &[b"INFO", b"server"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let signal = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(3500));
+    signal("-CONT");
+    let _: () = q(&mut src, &[b"SET", b"after", b"2"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q::<Option<String>>(&mut dst, &[b"GET", b"after"]).is_none() {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the write after the stall never arrived: {}",
+            read_log(&log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = read_log(&log);
+    assert!(stderr.contains("sent no data for 2 s"), "{stderr}");
+    assert!(
+        stderr.contains("reconnected; the source continued"),
+        "{stderr}"
+    );
+}

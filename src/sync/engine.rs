@@ -55,7 +55,8 @@ pub struct SyncOptions {
     /// Return once the snapshot and the stream up to the snapshot's end are applied.
     pub once: bool,
     /// Connect and silence time limit. A link silent for longer (no data, no PING) is dropped
-    /// and connected again; a source that cannot be reached again for this long fails the sync.
+    /// and connected again; a source that cannot be reached again for five times this long
+    /// fails the sync.
     pub timeout: Duration,
     /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     pub progress: bool,
@@ -598,6 +599,10 @@ fn link_thread(
     }
 }
 
+/// A dropped link is connected again for up to this many times the silence timeout before
+/// the run fails (5 minutes with the default 60 s).
+const RECONNECT_TIMEOUTS: u32 = 5;
+
 /// The link thread's memory across connections.
 struct LinkState {
     /// Where to continue after a drop: the replication id and the offset of the last byte
@@ -624,7 +629,8 @@ impl From<ReplicaError> for Ended {
 impl LinkState {
     /// Runs link sessions until the applier stops: a dropped or silent link (no data and no
     /// PING for `timeout`) is connected again with `PSYNC <replid> <offset + 1>`, after a short
-    /// back-off, for as long as the source can be reached again within `timeout`. The first
+    /// back-off, for as long as the source can be reached again within
+    /// [`RECONNECT_TIMEOUTS`] × `timeout`. The first
     /// connection is not retried (the caller reports it; `cutover run` retries the whole run).
     async fn run(
         &mut self,
@@ -658,10 +664,11 @@ impl LinkState {
                     *down_since.insert(Instant::now())
                 }
             };
-            if since.elapsed() > timeout {
+            let give_up = timeout * RECONNECT_TIMEOUTS;
+            if since.elapsed() > give_up {
                 return Err(format!(
                     "the replication link dropped and the source could not be reached again within {} s: {err}",
-                    timeout.as_secs()
+                    give_up.as_secs()
                 ));
             }
             tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication link down; connecting again");
