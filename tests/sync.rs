@@ -1767,6 +1767,10 @@ fn options_map_and_filter() {
     let _ = child.wait();
     let stderr = read_log(&log);
     assert!(
+        stderr.contains("snapshot applied: 5 keys [5 string]"),
+        "{stderr}"
+    );
+    assert!(
         stderr.contains("does not list the source's databases 2: they are NOT copied"),
         "{stderr}"
     );

@@ -166,6 +166,8 @@ pub struct SyncProgress {
     pub commands_skipped: AtomicU64,
     /// Stream commands rewritten for the target (flags it does not know dropped…).
     pub commands_converted: AtomicU64,
+    /// Stream commands applied although some of their keys are excluded ([`super::filter`]).
+    pub commands_mixed_keys: AtomicU64,
     /// Replication offset received from the source.
     pub received_offset: AtomicU64,
     /// Replication offset the target has applied and confirmed.
@@ -203,6 +205,7 @@ struct Snapshot<'a> {
     commands: u64,
     skipped: u64,
     converted: u64,
+    mixed: u64,
 }
 
 impl SyncProgress {
@@ -306,6 +309,7 @@ impl SyncProgress {
             "commands_applied": n(&self.commands_applied),
             "commands_skipped": n(&self.commands_skipped),
             "commands_converted": n(&self.commands_converted),
+            "commands_mixed_keys": n(&self.commands_mixed_keys),
             "received_offset": n(&self.received_offset),
             "applied_offset": n(&self.applied_offset),
             "lag_bytes": self.lag_bytes(),
@@ -341,6 +345,7 @@ impl SyncProgress {
         set(&self.commands_applied, s.commands);
         set(&self.commands_skipped, s.skipped);
         set(&self.commands_converted, s.converted);
+        set(&self.commands_mixed_keys, s.mixed);
         set(&self.received_offset, s.received);
         set(&self.applied_offset, s.applied);
         if s.applied >= s.received {
@@ -375,6 +380,8 @@ impl SyncProgress {
         metrics::gauge!("cutover_sync_commands_applied").set(n(&self.commands_applied) as f64);
         metrics::gauge!("cutover_sync_commands_skipped").set(n(&self.commands_skipped) as f64);
         metrics::gauge!("cutover_sync_commands_converted").set(n(&self.commands_converted) as f64);
+        metrics::gauge!("cutover_sync_commands_mixed_keys")
+            .set(n(&self.commands_mixed_keys) as f64);
         metrics::gauge!("cutover_sync_applied_offset").set(n(&self.applied_offset) as f64);
         metrics::gauge!("cutover_sync_received_offset").set(n(&self.received_offset) as f64);
         metrics::gauge!("cutover_sync_lag_bytes").set(self.lag_bytes() as f64);
@@ -938,9 +945,16 @@ impl Applier<'_> {
                     }
                     if self.opts.progress {
                         let s = &conv.stats;
+                        let types: Vec<String> = KINDS
+                            .iter()
+                            .zip(s.by_type)
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| format!("{n} {}", k.name()))
+                            .collect();
                         self.bar.say(&format!(
-                            "cutover sync: snapshot applied: {} keys ({} restored of which {} re-encoded, {} plain, {} expired, {} filtered, {} not copied), {} in {:.1} s",
+                            "cutover sync: snapshot applied: {} keys [{}] ({} restored of which {} re-encoded, {} plain, {} expired, {} filtered, {} not copied), {} in {:.1} s",
                             s.keys_done(),
+                            types.join(", "),
                             s.restored,
                             s.reencoded,
                             s.plain,
@@ -1024,6 +1038,7 @@ impl Applier<'_> {
                 commands: self.report.commands,
                 skipped: self.report.commands_skipped,
                 converted: self.report.commands_converted,
+                mixed: self.report.commands_mixed_keys,
             });
             self.bar.tick(&self.progress);
         }
