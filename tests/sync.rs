@@ -1421,6 +1421,10 @@ fn wait_caught_up(
 /// pending entries, TTLs, dbs 0 and 1, binary keys), writes running while the sync starts and
 /// streams, then a key-by-key comparison with an independent client.
 fn matrix(from: Version, to: Version) {
+    matrix_with(from, to, &[]);
+}
+
+fn matrix_with(from: Version, to: Version, sync_args: &[&str]) -> String {
     let source = Server::start_with(from, &["--repl-diskless-sync-delay", "0"]);
     let target = Server::start(to);
     let mut src = source.conn();
@@ -1433,7 +1437,7 @@ fn matrix(from: Version, to: Version) {
     };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sync.log");
-    let mut child = start_sync(&source, &target, &log, &[]);
+    let mut child = start_sync(&source, &target, &log, sync_args);
     writer.join().unwrap();
     let mut dst = target.conn();
     wait_caught_up(&mut src, &mut dst, &mut child, &log);
@@ -1445,6 +1449,37 @@ fn matrix(from: Version, to: Version) {
     let _: () = q(&mut src, &[b"SELECT", b"0"]);
     let _: () = q(&mut dst, &[b"SELECT", b"0"]);
     assert_same_streams(&mut src, &mut dst);
+    stderr
+}
+
+/// Small sizes everywhere (big keys from 1 KiB: chunked plain commands; transactions of 3
+/// stream commands; 2 commands in flight): the copy is just as exact.
+#[test]
+fn tuning_options_keep_the_copy_exact() {
+    let stderr = matrix_with(
+        Version::Redis70,
+        Version::Redis62,
+        &[
+            "--big-key-bytes",
+            "1024",
+            "--batch-size",
+            "3",
+            "--pipeline",
+            "2",
+        ],
+    );
+    // The big lists, sets, zsets, hashes and streams went by plain commands (with the default
+    // 512 KiB only the two huge streams and the strings do: 12).
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("snapshot applied"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let plain: u64 = line
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" plain"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(plain >= 17, "{line}");
 }
 
 #[test]
