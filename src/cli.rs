@@ -512,3 +512,47 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         metrics,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_flags_win_over_the_file() {
+        let file = FileConfig::parse(
+            "[sync]\ndb_map = \"0=1\"\nbatch_size = 50\nunsupported = \"fail\"\nexclude_prefixes = [\"tmp:\"]\n",
+            "test",
+        )
+        .unwrap();
+        let t = sync_tuning(&file.sync, &SyncTuningArgs::default()).unwrap();
+        assert_eq!(t.batch_size, 50);
+        assert_eq!(t.pipeline, crate::sync::target::DEFAULT_WINDOW);
+        assert_eq!(t.unsupported, crate::sync::convert::UnsupportedPolicy::Fail);
+        assert_eq!(t.filter.map_db(0), Some(1));
+        assert!(!t.filter.key_allowed(b"tmp:x"));
+        let flags = SyncTuningArgs {
+            batch_size: Some(7),
+            unsupported: Some("skip".into()),
+            exclude_prefixes: vec!["other:".into()],
+            ..SyncTuningArgs::default()
+        };
+        let t = sync_tuning(&file.sync, &flags).unwrap();
+        assert_eq!(t.batch_size, 7);
+        assert_eq!(t.unsupported, crate::sync::convert::UnsupportedPolicy::Skip);
+        assert!(t.filter.key_allowed(b"tmp:x"));
+        assert!(!t.filter.key_allowed(b"other:x"));
+        for bad in [
+            "[sync]\nbatch_size = 0\n",
+            "[sync]\nbig_key_bytes = 100000000\n",
+            "[sync]\nonly_mapped_dbs = true\n",
+            "[sync]\nexclude_commands = [\"MULTI\"]\n",
+        ] {
+            let file = FileConfig::parse(bad, "test").unwrap();
+            assert!(
+                sync_tuning(&file.sync, &SyncTuningArgs::default()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(FileConfig::parse("[sync]\nunknown = 1\n", "test").is_err());
+    }
+}
