@@ -1895,6 +1895,8 @@ fn stream_rewrites_for_older_targets() {
             &mut src,
             &[b"HSETEX", b"h", b"EX", b"100", b"FIELDS", b"1", b"f", b"v"],
         );
+        let _: () = q(&mut src, &[b"SET", b"gone", b"x"]);
+        let _: i64 = q(&mut src, &[b"DELIFEQ", b"gone", b"x"]);
         // Only a field TTL change: not expressible, reported.
         let _: redis::Value = q(&mut src, &[b"HEXPIRE", b"h", b"500", b"FIELDS", b"1", b"f"]);
         let _: () = q(&mut src, &[b"SET", b"after", b"1"]);
@@ -1906,6 +1908,7 @@ fn stream_rewrites_for_older_targets() {
         assert_eq!(q::<String>(&mut dst, &[b"GET", b"k"]), "v2");
         assert!(q::<i64>(&mut dst, &[b"PTTL", b"k"]) > 1_000_000_000);
         assert_eq!(q::<String>(&mut dst, &[b"GET", b"after"]), "1");
+        assert_eq!(q::<Option<String>>(&mut dst, &[b"GET", b"gone"]), None);
         let groups: redis::Value = q(&mut dst, &[b"XINFO", b"GROUPS", b"s"]);
         assert!(text(&groups).contains('g'), "{}", text(&groups));
         assert!(stderr.contains("applied as HSET"), "{stderr}");

@@ -1417,6 +1417,10 @@ impl Applier<'_> {
                     _ => Rewrite::Same,
                 }
             }
+            // Valkey 9's conditional delete: the condition held on the source.
+            "DELIFEQ" if args.len() == 3 && !self.target_knows(name) => {
+                Rewrite::Args(vec![b"DEL".to_vec(), args[1].to_vec()])
+            }
             // Valkey 9's hash field TTLs: the fields are kept, their TTLs cannot be (as in the
             // snapshot).
             "HSETEX" if !self.target_knows(name) => {
