@@ -6,10 +6,15 @@
 //! * the **link thread** runs the [`ReplicaLink`] on its own single-threaded runtime: it
 //!   connects with `PSYNC ? -1`, hands the snapshot's bytes to the applier as they arrive, then
 //!   the commands of the stream. It acknowledges the offset the applier has published (the
-//!   target's confirmed offset), once a second and on `GETACK`.
+//!   target's confirmed offset), once a second and on `GETACK`. When the link drops or falls
+//!   silent it connects again by itself (`LinkState`), asking to continue right after the
+//!   last byte it received, so the stream goes on seamlessly; if the source answers
+//!   `+FULLRESYNC` (or the snapshot was cut short), the applier is told to start over.
 //! * the **applier** (the calling thread) feeds the snapshot to the [`RdbParser`], turns the
-//!   events into target commands ([`Converter`]), then forwards each stream command as-is to
-//!   the target, pipelined and in order, with a few rewrites for older targets.
+//!   events into target commands ([`Converter`]), then forwards each stream command to the
+//!   target, pipelined and in order: filtered and mapped ([`Filter`]), with a few rewrites for
+//!   older targets (`Applier::rewrite`). It publishes its state in a [`SyncProgress`]
+//!   (status, metrics, the progress bar of `cutover sync`).
 //!
 //! They are joined by a bounded channel, so a slow target slows the reading of the snapshot
 //! (the source's output buffer for this replica grows meanwhile, as for a slow real replica)
