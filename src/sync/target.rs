@@ -212,6 +212,8 @@ pub struct TargetWriter {
     confirmed: Option<u64>,
     sent: u64,
     answered: u64,
+    /// Read buffer reused by `fill`.
+    scratch: Vec<u8>,
 }
 
 impl TargetWriter {
@@ -285,6 +287,7 @@ impl TargetWriter {
             confirmed: None,
             sent: 0,
             answered: 0,
+            scratch: Vec::new(),
         };
         if let Some(auth) = url.auth_command() {
             let reply = w.call(&auth)?;
@@ -509,13 +512,20 @@ impl TargetWriter {
     }
 
     fn fill(&mut self) -> Result<(), TargetError> {
-        let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
+        // A buffer kept across reads: a fresh 64 KiB array each time costs a memset per read,
+        // and the stream makes many small ones.
+        let mut chunk = std::mem::take(&mut self.scratch);
+        if chunk.is_empty() {
+            chunk = vec![0u8; 64 * 1024];
+        }
+        let res = self.stream.read(&mut chunk);
+        if let Ok(n) = res {
+            self.inbuf.extend_from_slice(&chunk[..n]);
+        }
+        self.scratch = chunk;
+        match res {
             Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => {
-                self.inbuf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(self.io(e)),
         }
