@@ -128,21 +128,19 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
-    /// Source: redis://[user:pass@]host:port (all databases are copied).
-    #[arg(
-        long = "source",
-        env = "CUTOVER_SOURCE_URL",
-        hide_env_values = true,
-        required_unless_present = "from_rdb"
-    )]
+    /// TOML config file: [source] url, [target] url and the [sync] section (flags win).
+    #[arg(long, env = "CUTOVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Source: redis://[user:pass@]host:port (all databases are copied unless filtered).
+    #[arg(long = "source", env = "CUTOVER_SOURCE_URL", hide_env_values = true)]
     pub source: Option<String>,
     /// Load this RDB file into the target instead of syncing from a live source (--source is
     /// not used).
     #[arg(long = "from-rdb", value_name = "FILE")]
     pub from_rdb: Option<PathBuf>,
-    /// Target: redis://[user:pass@]host:port (databases keep their numbers).
+    /// Target: redis://[user:pass@]host:port (databases keep their numbers unless --db-map).
     #[arg(long = "target", env = "CUTOVER_TARGET_URL", hide_env_values = true)]
-    pub target: String,
+    pub target: Option<String>,
     /// Exit once the snapshot and the writes made while it was transferred are applied.
     #[arg(long)]
     pub once: bool,
@@ -153,9 +151,138 @@ pub struct SyncArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Connection and silence time limit, in seconds.
+    /// Connection and silence time limit, in seconds: a replication link silent for longer is
+    /// connected again; a source unreachable for five times longer fails the sync.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tuning: SyncTuningArgs,
+}
+
+/// The `[sync]` keys as flags of `cutover sync`.
+#[derive(Args, Debug, Default)]
+pub struct SyncTuningArgs {
+    /// [sync] db_map: SOURCE=TARGET database pairs, e.g. "0=1,3=3". Databases not listed are
+    /// copied under their own number (a warning names them) unless --only-mapped-dbs.
+    #[arg(long = "db-map", value_name = "MAP")]
+    pub db_map: Option<String>,
+    /// [sync] only_mapped_dbs: copy only the databases --db-map lists.
+    #[arg(long = "only-mapped-dbs")]
+    pub only_mapped_dbs: bool,
+    /// [sync] include_prefixes: copy only keys with this prefix (repeatable; with
+    /// --include-regex, a key matching either is copied).
+    #[arg(long = "include-prefix", value_name = "PREFIX")]
+    pub include_prefixes: Vec<String>,
+    /// [sync] exclude_prefixes: never copy keys with this prefix (repeatable).
+    #[arg(long = "exclude-prefix", value_name = "PREFIX")]
+    pub exclude_prefixes: Vec<String>,
+    /// [sync] include_regex: copy only keys matching (unanchored unless ^…$; repeatable).
+    #[arg(long = "include-regex", value_name = "REGEX")]
+    pub include_regex: Vec<String>,
+    /// [sync] exclude_regex: never copy keys matching (repeatable).
+    #[arg(long = "exclude-regex", value_name = "REGEX")]
+    pub exclude_regex: Vec<String>,
+    /// [sync] exclude_commands: stream commands never applied to the target (repeatable,
+    /// e.g. FLUSHALL).
+    #[arg(long = "exclude-command", value_name = "NAME")]
+    pub exclude_commands: Vec<String>,
+    /// [sync] batch_size: stream commands per target transaction (default 1000).
+    #[arg(long = "batch-size")]
+    pub batch_size: Option<usize>,
+    /// [sync] pipeline: commands in flight to the target (default 1024).
+    #[arg(long = "pipeline")]
+    pub pipeline: Option<usize>,
+    /// [sync] big_key_bytes: keys whose encoded value is bigger are written as chunked plain
+    /// commands instead of one RESTORE (default 524288).
+    #[arg(long = "big-key-bytes")]
+    pub big_key_bytes: Option<usize>,
+    /// [sync] unsupported: what to do with what the target cannot hold (hash-field TTLs on an
+    /// old target, functions before 7.0, unknown module types or commands): skip (report by
+    /// key, exit code 3 with --once) or fail (stop at the first).
+    #[arg(long = "unsupported", value_name = "skip|fail")]
+    pub unsupported: Option<String>,
+}
+
+/// Merges `cutover sync` flags (which win) over `[sync]`.
+pub fn sync_tuning(
+    file: &config::SyncSection,
+    flags: &SyncTuningArgs,
+) -> Result<crate::sync::engine::SyncTuning, ConfigError> {
+    use crate::sync::engine::{DEFAULT_BATCH_SIZE, DEFAULT_BIG_KEY_BYTES, SyncTuning};
+    use crate::sync::filter::{Filter, FilterSpec};
+    let list = |flag: &Vec<String>, file: &Option<Vec<String>>| {
+        if flag.is_empty() {
+            file.clone().unwrap_or_default()
+        } else {
+            flag.clone()
+        }
+    };
+    let spec = FilterSpec {
+        db_map: flags.db_map.clone().or_else(|| file.db_map.clone()),
+        only_mapped_dbs: flags.only_mapped_dbs || file.only_mapped_dbs.unwrap_or(false),
+        include_prefixes: list(&flags.include_prefixes, &file.include_prefixes),
+        exclude_prefixes: list(&flags.exclude_prefixes, &file.exclude_prefixes),
+        include_regex: list(&flags.include_regex, &file.include_regex),
+        exclude_regex: list(&flags.exclude_regex, &file.exclude_regex),
+        exclude_commands: list(&flags.exclude_commands, &file.exclude_commands),
+    };
+    if spec.only_mapped_dbs && spec.db_map.is_none() {
+        return Err(ConfigError::Invalid {
+            key: "sync.only_mapped_dbs",
+            value: "true".into(),
+            reason: "needs sync.db_map (--db-map), or nothing would be copied".into(),
+        });
+    }
+    let filter = Filter::new(&spec).map_err(|e| ConfigError::Sync(e.to_string()))?;
+    let unsupported = match flags
+        .unsupported
+        .clone()
+        .or_else(|| file.unsupported.clone())
+    {
+        Some(v) => v.parse().map_err(|reason| ConfigError::Invalid {
+            key: "sync.unsupported",
+            value: v.clone(),
+            reason,
+        })?,
+        None => Default::default(),
+    };
+    let positive = |key: &'static str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(ConfigError::Invalid {
+            key,
+            value: "0".into(),
+            reason: "must be at least 1".into(),
+        }),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let big_key_bytes = positive(
+        "sync.big_key_bytes",
+        flags.big_key_bytes.or(file.big_key_bytes),
+        DEFAULT_BIG_KEY_BYTES,
+    )?;
+    if big_key_bytes > 64 * 1024 * 1024 {
+        return Err(ConfigError::Invalid {
+            key: "sync.big_key_bytes",
+            value: big_key_bytes.to_string(),
+            reason: "at most 67108864 (64 MiB): a key is held in memory whole up to this size"
+                .into(),
+        });
+    }
+    Ok(SyncTuning {
+        filter,
+        unsupported,
+        batch_size: positive(
+            "sync.batch_size",
+            flags.batch_size.or(file.batch_size),
+            DEFAULT_BATCH_SIZE,
+        )?,
+        pipeline: positive(
+            "sync.pipeline",
+            flags.pipeline.or(file.pipeline),
+            crate::sync::target::DEFAULT_WINDOW,
+        )?,
+        big_key_bytes,
+    })
 }
 
 #[derive(Args, Debug, Default)]
@@ -383,8 +510,18 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
-    let target = RedisUrl::parse(&args.target).context("--target")?;
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let target = args
+        .target
+        .clone()
+        .or(file.target.url.clone())
+        .ok_or(ConfigError::Missing("[target] url (--target)"))?;
+    let target = RedisUrl::parse(&target).context("--target")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
         if target.tls {
             anyhow::bail!("{target}: rediss:// (TLS) is not supported yet; use redis://");
@@ -394,24 +531,30 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             target,
             timeout,
             progress: !args.quiet,
+            tuning,
         };
         return Ok(sync_summary(&crate::sync::engine::load_rdb(&opts)?));
     }
-    let source = args.source.as_deref().context("--source is required")?;
-    let source = RedisUrl::parse(source).context("--source")?;
+    let source = args
+        .source
+        .clone()
+        .or(file.source.url.clone())
+        .ok_or(ConfigError::Missing(
+            "[source] url (--source), or --from-rdb FILE",
+        ))?;
+    let source = RedisUrl::parse(&source).context("--source")?;
     for url in [&source, &target] {
         if url.tls {
             anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
         }
     }
     let opts = crate::sync::engine::SyncOptions {
-        source,
-        target,
         once: args.once,
         timeout,
         progress: !args.quiet,
         fresh: args.fresh,
-        shared: None,
+        tuning,
+        ..crate::sync::engine::SyncOptions::new(source, target)
     };
     let report = crate::sync::engine::run(&opts)?;
     Ok(sync_summary(&report))
@@ -594,7 +737,9 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
             });
         }
     }
+    let sync = sync_tuning(&file.sync, &SyncTuningArgs::default())?;
     Ok(Settings {
+        sync,
         proxy: ProxySettings {
             listen: config::parse_addr("proxy.listen", &listen)?,
             auth: ClientAuth { user, password },
@@ -611,4 +756,48 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         metrics,
         cutover,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_flags_win_over_the_file() {
+        let file = FileConfig::parse(
+            "[sync]\ndb_map = \"0=1\"\nbatch_size = 50\nunsupported = \"fail\"\nexclude_prefixes = [\"tmp:\"]\n",
+            "test",
+        )
+        .unwrap();
+        let t = sync_tuning(&file.sync, &SyncTuningArgs::default()).unwrap();
+        assert_eq!(t.batch_size, 50);
+        assert_eq!(t.pipeline, crate::sync::target::DEFAULT_WINDOW);
+        assert_eq!(t.unsupported, crate::sync::convert::UnsupportedPolicy::Fail);
+        assert_eq!(t.filter.map_db(0), Some(1));
+        assert!(!t.filter.key_allowed(b"tmp:x"));
+        let flags = SyncTuningArgs {
+            batch_size: Some(7),
+            unsupported: Some("skip".into()),
+            exclude_prefixes: vec!["other:".into()],
+            ..SyncTuningArgs::default()
+        };
+        let t = sync_tuning(&file.sync, &flags).unwrap();
+        assert_eq!(t.batch_size, 7);
+        assert_eq!(t.unsupported, crate::sync::convert::UnsupportedPolicy::Skip);
+        assert!(t.filter.key_allowed(b"tmp:x"));
+        assert!(!t.filter.key_allowed(b"other:x"));
+        for bad in [
+            "[sync]\nbatch_size = 0\n",
+            "[sync]\nbig_key_bytes = 100000000\n",
+            "[sync]\nonly_mapped_dbs = true\n",
+            "[sync]\nexclude_commands = [\"MULTI\"]\n",
+        ] {
+            let file = FileConfig::parse(bad, "test").unwrap();
+            assert!(
+                sync_tuning(&file.sync, &SyncTuningArgs::default()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(FileConfig::parse("[sync]\nunknown = 1\n", "test").is_err());
+    }
 }

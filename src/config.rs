@@ -37,6 +37,8 @@ pub enum ConfigError {
         "missing setting {0}: set it in the config file, as a flag or as an environment variable"
     )]
     Missing(&'static str),
+    #[error("invalid [sync] setting: {0}")]
+    Sync(String),
     #[error("invalid {key} {value:?}: {reason}")]
     Invalid {
         key: &'static str,
@@ -61,6 +63,33 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub cutover: CutoverSection,
+    #[serde(default)]
+    pub sync: SyncSection,
+}
+
+/// `[sync]`: what the sync copies and how (flags of `cutover sync` override each key).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// `"0=1,3=3"`: source db → target db. Unlisted dbs keep their number unless
+    /// `only_mapped_dbs`.
+    pub db_map: Option<String>,
+    pub only_mapped_dbs: Option<bool>,
+    pub include_prefixes: Option<Vec<String>>,
+    pub exclude_prefixes: Option<Vec<String>>,
+    pub include_regex: Option<Vec<String>>,
+    pub exclude_regex: Option<Vec<String>>,
+    /// Stream commands never applied to the target (e.g. `["FLUSHALL", "FLUSHDB"]`).
+    pub exclude_commands: Option<Vec<String>>,
+    /// Stream commands per target transaction (default 1000).
+    pub batch_size: Option<usize>,
+    /// Commands in flight to the target (default 1024).
+    pub pipeline: Option<usize>,
+    /// Keys whose encoded value is bigger are written as chunked plain commands instead of
+    /// one RESTORE (default 524288).
+    pub big_key_bytes: Option<usize>,
+    /// `skip` (default) or `fail`: what to do with what the target cannot hold.
+    pub unsupported: Option<String>,
 }
 
 /// `[cutover]`: the switch barrier and the shadow writes.
@@ -304,6 +333,8 @@ pub struct Settings {
     pub admin: Option<AdminSettings>,
     pub metrics: Option<SocketAddr>,
     pub cutover: crate::cutover::CutoverSettings,
+    /// `[sync]`, for the background sync (when a target is set).
+    pub sync: crate::sync::engine::SyncTuning,
 }
 
 pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:6400";

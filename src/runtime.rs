@@ -82,13 +82,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     if let Some(target) = &settings.target {
         let opts = SyncOptions {
-            source: settings.source.clone(),
-            target: target.clone(),
-            once: false,
-            timeout: Duration::from_secs(60),
-            progress: false,
-            fresh: false,
             shared: Some(sync.clone()),
+            tuning: settings.sync.clone(),
+            ..SyncOptions::new(settings.source.clone(), target.clone())
         };
         std::thread::Builder::new()
             .name("cutover-sync".into())

@@ -34,20 +34,12 @@ impl StatusSource for RunStatus {
         let p = &self.proxy;
         let switched = self.cutover.as_ref().is_some_and(|c| c.phase().is_some());
         let sync = self.sync.as_ref().map(|s| {
-            json!({
+            let mut doc = s.to_json();
+            if switched {
                 // The first switch stops the sync for good.
-                "phase": if switched { "stopped" } else { s.phase_name() },
-                "snapshot_bytes": s.snapshot_bytes.load(Ordering::Relaxed),
-                "keys_seen": s.keys_seen.load(Ordering::Relaxed),
-                "keys_done": s.keys_done.load(Ordering::Relaxed),
-                "keys_not_copied": s.keys_not_copied.load(Ordering::Relaxed),
-                "received_offset": s.received_offset.load(Ordering::Relaxed),
-                "applied_offset": s.applied_offset.load(Ordering::Relaxed),
-                "lag_bytes": s.lag_bytes(),
-                "lag_ms": s.lag_ms(),
-                "starts": s.starts.load(Ordering::Relaxed),
-                "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
-            })
+                doc["phase"] = json!("stopped");
+            }
+            doc
         });
         // Without a target the proxy only forwards to the source; once switched, the
         // cutover's phase replaces the sync's.
@@ -118,14 +110,16 @@ fn sync_line(sync: &Value) -> String {
     }
     let n = |k: &str| sync[k].as_u64().unwrap_or(0);
     let mut line = format!(
-        "{}: {} keys copied ({} not copied), {} snapshot bytes, offset {} applied, lag {} bytes / {} ms",
+        "{}: {}/{} keys done ({} not copied), {} snapshot bytes, offset {} applied, lag {} bytes / {} ms, {} reconnects",
         sync["phase"].as_str().unwrap_or("-"),
         n("keys_done"),
+        n("keys_total"),
         n("keys_not_copied"),
         n("snapshot_bytes"),
         n("applied_offset"),
         n("lag_bytes"),
         n("lag_ms"),
+        n("reconnects"),
     );
     if let Some(e) = sync["last_error"].as_str() {
         line.push_str(&format!(" (last error: {e})"));

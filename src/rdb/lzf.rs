@@ -116,10 +116,17 @@ pub fn decompress(input: &[u8], expected_len: usize) -> Result<Vec<u8>> {
             if distance >= count {
                 out.extend_from_within(start..start + count);
             } else {
-                // Overlapping copy: each byte may be one this very reference produced.
-                for i in 0..count {
-                    let b = out[start + i];
-                    out.push(b);
+                // Overlapping copy: each byte may be one this very reference produced, so the
+                // output from `start` on repeats with period `distance`. Copy it in doubling
+                // pieces (each a whole number of periods), not byte by byte: runs of one byte
+                // (distance 1, e.g. zero padding) are the common case.
+                let mut left = count;
+                let mut window = distance;
+                while left > 0 {
+                    let piece = left.min(window);
+                    out.extend_from_within(start..start + piece);
+                    left -= piece;
+                    window += piece;
                 }
             }
         }

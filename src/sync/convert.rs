@@ -13,6 +13,9 @@
 //!   the plain encodings for RDB 7–9 (Redis 3.2–6.2), stamped with the target's version; streams
 //!   v2/v3 become stream v1 (`downgrade_stream`). Counted in [`Stats::reencoded`] (a part of
 //!   [`Stats::restored`]).
+//! * **`MSET`** for strings without a TTL (up to 64 KiB each): up to 256 keys of one database
+//!   per command, which costs the target far less than a `RESTORE` per key (counted as
+//!   [`Stats::plain`]).
 //! * **Plain commands** otherwise (a value too big to have been kept raw; a hash with field
 //!   TTLs the target cannot hold; a stream type with no downgrade, e.g. Redis 8.x's): `DEL`, then
 //!   chunked `RPUSH` / `SADD` / `ZADD` / `HSET` from the value events, `SET` + `APPEND` for big
@@ -93,17 +96,71 @@ pub struct Stats {
     pub functions: u64,
     /// Keys the snapshot has shown so far.
     pub keys_seen: u64,
+    /// Keys left out by the filters (key rules, unmapped databases).
+    pub filtered: u64,
+    /// Keys seen per type, indexed by [`kind_index`] (string, list, set, zset, hash, stream,
+    /// module).
+    pub by_type: [u64; 7],
     /// One line per key or function that was not copied (the first 100).
     pub problems: Vec<String>,
 }
 
+/// The types of [`Stats::by_type`], in order.
+pub const KINDS: [ValueKind; 7] = [
+    ValueKind::String,
+    ValueKind::List,
+    ValueKind::Set,
+    ValueKind::Zset,
+    ValueKind::Hash,
+    ValueKind::Stream,
+    ValueKind::Module,
+];
+
+/// The index of `kind` in [`Stats::by_type`].
+pub fn kind_index(kind: ValueKind) -> usize {
+    KINDS.iter().position(|k| *k == kind).unwrap_or(6)
+}
+
+/// What to do with what the target cannot hold (module values without a form it loads,
+/// functions below Redis 7.0, hash-field TTLs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UnsupportedPolicy {
+    /// Report it (by key, counted) and copy the rest.
+    #[default]
+    Skip,
+    /// Stop the sync with an error naming it.
+    Fail,
+}
+
+impl std::str::FromStr for UnsupportedPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "skip" => Ok(UnsupportedPolicy::Skip),
+            "fail" => Ok(UnsupportedPolicy::Fail),
+            _ => Err("expected skip or fail".to_string()),
+        }
+    }
+}
+
+/// How the converter writes (defaults: everything copied as is, big keys from 512 KiB on).
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    pub filter: super::filter::Filter,
+    pub unsupported: UnsupportedPolicy,
+    /// Decoded bytes held back per key while waiting to learn whether one RESTORE is possible;
+    /// 0 = [`HOLD_BYTES`].
+    pub hold_bytes: usize,
+}
+
 impl Stats {
-    /// Keys the snapshot had (written, expired or unsupported).
+    /// Keys the snapshot had (written, expired, unsupported or filtered).
     pub fn keys_done(&self) -> u64 {
-        self.restored + self.plain + self.expired + self.unsupported
+        self.restored + self.plain + self.expired + self.unsupported + self.filtered
     }
 
-    fn problem(&mut self, what: String) {
+    /// Counts and reports (log, and the first 100 in `problems`) an item not copied.
+    pub(crate) fn problem(&mut self, what: String) {
         self.unsupported += 1;
         tracing::warn!("{what}");
         if self.problems.len() < 100 {
@@ -183,12 +240,42 @@ pub struct Converter {
     key: Option<Current>,
     /// Time used to decide that a key has expired (unix ms), fixed per snapshot.
     now_ms: i64,
+    opts: ConvertOptions,
+    /// Strings waiting for one `MSET` ([`Converter::batch_string`]).
+    mset: StringBatch,
     pub stats: Stats,
 }
 
+/// Strings of one database queued for `MSET`.
+#[derive(Debug, Default)]
+struct StringBatch {
+    db: u64,
+    /// key, value, key, value…
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// Strings (without TTL) up to this size go into batched `MSET`s.
+const MSET_VALUE_BYTES: usize = 64 * 1024;
+/// Keys per `MSET` at most.
+const MSET_KEYS: usize = 256;
+/// Bytes per `MSET` at most.
+const MSET_BYTES: usize = 256 * 1024;
+
 impl Converter {
     pub fn new(target: &TargetWriter) -> Converter {
+        Converter::with_options(target, ConvertOptions::default())
+    }
+
+    /// A converter with filters, a policy for what the target cannot hold, and a big-key
+    /// threshold.
+    pub fn with_options(target: &TargetWriter, mut opts: ConvertOptions) -> Converter {
+        if opts.hold_bytes == 0 {
+            opts.hold_bytes = HOLD_BYTES;
+        }
         Converter {
+            opts,
+            mset: StringBatch::default(),
             max_rdb: target.info().max_rdb,
             has_functions: target.info().has_functions(),
             stream_v2_args: target.info().valkey || target.info().version >= (7, 0, 0),
@@ -202,27 +289,33 @@ impl Converter {
     /// Applies one event.
     pub fn apply(&mut self, ev: Event, w: &mut TargetWriter) -> Result<(), TargetError> {
         match ev {
-            Event::KeyStart(info) => {
+            Event::KeyStart(mut info) => {
                 self.stats.keys_seen += 1;
                 let kind = info.rdb_type.kind();
+                self.stats.by_type[kind_index(kind)] += 1;
+                let mapped = self.opts.filter.map_db(info.db);
                 let expired = info.expire_ms.is_some_and(|t| t <= self.now_ms);
                 let restorable = target_knows(info.rdb_type, self.max_rdb);
                 let mode = if info.db == 0 && info.key == super::position::POSITION_KEY {
                     // cutover's own bookkeeping (the source was itself a sync target).
                     self.stats.keys_seen -= 1;
+                    self.stats.by_type[kind_index(kind)] -= 1;
+                    Mode::Skip
+                } else if mapped.is_none() || !self.opts.filter.key_allowed(&info.key) {
+                    self.stats.filtered += 1;
                     Mode::Skip
                 } else if expired {
                     self.stats.expired += 1;
                     Mode::Skip
                 } else if !restorable && kind == ValueKind::Module {
-                    self.stats.problem(format!(
+                    self.problem(format!(
                         "key '{}' (db {}): a {} in {} cannot be written to a target that loads RDB {} — not supported yet",
                         show_key(&info.key),
                         info.db,
                         kind.name(),
                         info.rdb_type,
                         self.max_rdb.get()
-                    ));
+                    ))?;
                     Mode::Skip
                 } else {
                     Mode::Holding {
@@ -230,6 +323,9 @@ impl Converter {
                         bytes: 0,
                     }
                 };
+                if let Some(db) = mapped {
+                    info.db = db;
+                }
                 self.key = Some(Current {
                     field_ttls: false,
                     stream: None,
@@ -244,6 +340,19 @@ impl Converter {
                 };
                 match std::mem::replace(&mut cur.mode, Mode::Skip) {
                     Mode::Skip => {}
+                    Mode::Holding { held, bytes }
+                        if cur.info.rdb_type.kind() == ValueKind::String
+                            && cur.info.expire_ms.is_none()
+                            && bytes <= MSET_VALUE_BYTES =>
+                    {
+                        let mut value = Vec::with_capacity(bytes);
+                        for ev in held {
+                            if let Event::StringChunk(b) = ev {
+                                value.extend_from_slice(&b);
+                            }
+                        }
+                        self.batch_string(cur.info.db, cur.info.key, value, w)?;
+                    }
                     Mode::Holding { held, .. } => match raw {
                         Some(raw) if cur.restorable => self.restore(&cur.info, &raw, w)?,
                         Some(raw)
@@ -257,12 +366,12 @@ impl Converter {
                         _ => {
                             let kind = cur.info.rdb_type.kind();
                             if kind == ValueKind::Module {
-                                self.stats.problem(format!(
+                                self.problem(format!(
                                     "key '{}' (db {}): a {} too big for one RESTORE — not supported yet",
                                     show_key(&cur.info.key),
                                     cur.info.db,
                                     kind.name()
-                                ));
+                                ))?;
                             } else {
                                 cur.mode = self.start_plain(&mut cur, w)?;
                                 if let Some(st) = &mut cur.stream {
@@ -293,10 +402,10 @@ impl Converter {
                     )?;
                     self.stats.functions += 1;
                 } else {
-                    self.stats.problem(format!(
+                    self.problem(format!(
                         "function library '{}': the target has no functions (Redis < 7.0) — not copied",
                         library_name(&code)
-                    ));
+                    ))?;
                 }
             }
             Event::ModuleAux { name, .. } => {
@@ -326,7 +435,7 @@ impl Converter {
                     Mode::Holding { held, bytes } => {
                         *bytes += event_bytes(&ev);
                         held.push(ev);
-                        if *bytes > HOLD_BYTES {
+                        if *bytes > self.opts.hold_bytes {
                             let held = std::mem::take(held);
                             cur.mode = self.start_plain(&mut cur, w)?;
                             for ev in held {
@@ -341,6 +450,58 @@ impl Converter {
             // Module value events: only the raw form is used.
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Queues a string without TTL for the next `MSET` (one command for many keys costs the
+    /// target far less than one `RESTORE` each); sent when full or the database changes.
+    fn batch_string(
+        &mut self,
+        db: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        w: &mut TargetWriter,
+    ) -> Result<(), TargetError> {
+        if self.mset.db != db {
+            self.flush_strings(w)?;
+            self.mset.db = db;
+        }
+        self.mset.bytes += key.len() + value.len();
+        self.mset.args.push(key);
+        self.mset.args.push(value);
+        self.stats.plain += 1;
+        if self.mset.args.len() >= 2 * MSET_KEYS || self.mset.bytes >= MSET_BYTES {
+            self.flush_strings(w)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the queued `MSET`, if any.
+    fn flush_strings(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+        if self.mset.args.is_empty() {
+            return Ok(());
+        }
+        w.select(self.mset.db)?;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(self.mset.args.len() + 1);
+        args.push(b"MSET");
+        args.extend(self.mset.args.iter().map(Vec::as_slice));
+        w.send(&args, Tag::key("MSET", &self.mset.args[0]))?;
+        self.mset.args.clear();
+        self.mset.bytes = 0;
+        Ok(())
+    }
+
+    /// Sends what is still queued: call at the end of a snapshot, before draining the writer.
+    pub fn finish(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+        self.flush_strings(w)
+    }
+
+    /// Reports what the target cannot hold; an error under [`UnsupportedPolicy::Fail`].
+    fn problem(&mut self, what: String) -> Result<(), TargetError> {
+        if self.opts.unsupported == UnsupportedPolicy::Fail {
+            return Err(TargetError::CannotHold { what });
+        }
+        self.stats.problem(what);
         Ok(())
     }
 
@@ -613,6 +774,15 @@ impl Converter {
             )?;
         }
         if cur.field_ttls {
+            if self.opts.unsupported == UnsupportedPolicy::Fail {
+                return Err(TargetError::CannotHold {
+                    what: format!(
+                        "key '{}' (db {}): the target cannot hold hash field TTLs",
+                        show_key(key),
+                        cur.info.db
+                    ),
+                });
+            }
             self.stats.field_ttls_dropped += 1;
             tracing::warn!(
                 key = %show_key(key),

@@ -6,10 +6,15 @@
 //! * the **link thread** runs the [`ReplicaLink`] on its own single-threaded runtime: it
 //!   connects with `PSYNC ? -1`, hands the snapshot's bytes to the applier as they arrive, then
 //!   the commands of the stream. It acknowledges the offset the applier has published (the
-//!   target's confirmed offset), once a second and on `GETACK`.
+//!   target's confirmed offset), once a second and on `GETACK`. When the link drops or falls
+//!   silent it connects again by itself (`LinkState`), asking to continue right after the
+//!   last byte it received, so the stream goes on seamlessly; if the source answers
+//!   `+FULLRESYNC` (or the snapshot was cut short), the applier is told to start over.
 //! * the **applier** (the calling thread) feeds the snapshot to the [`RdbParser`], turns the
-//!   events into target commands ([`Converter`]), then forwards each stream command as-is to
-//!   the target, pipelined and in order, with a few rewrites for older targets.
+//!   events into target commands ([`Converter`]), then forwards each stream command to the
+//!   target, pipelined and in order: filtered and mapped ([`Filter`]), with a few rewrites for
+//!   older targets (`Applier::rewrite`). It publishes its state in a [`SyncProgress`]
+//!   (status, metrics, the progress bar of `cutover sync`).
 //!
 //! They are joined by a bounded channel, so a slow target slows the reading of the snapshot
 //! (the source's output buffer for this replica grows meanwhile, as for a slow real replica)
@@ -37,12 +42,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::convert::{Converter, Stats};
+use super::convert::{ConvertOptions, Converter, HOLD_BYTES, KINDS, Stats, UnsupportedPolicy};
+use super::filter::{Filter, command_keys};
 use super::position::{self, POSITION_KEY, Stored};
-use super::replica::{ReplicaLink, StreamCommand, SyncStart};
-use super::target::{Tag, TargetInfo, TargetWriter, query, show_key};
+use super::replica::{ReplicaError, ReplicaLink, StreamCommand, SyncStart};
+use super::target::{
+    DEFAULT_WINDOW, Tag, TargetError, TargetInfo, TargetWriter, query, query_raw, show_key,
+};
 use crate::config::RedisUrl;
-use crate::rdb::RdbParser;
+use crate::rdb::{ParserOptions, RdbParser};
 
 /// What to sync.
 #[derive(Debug, Clone)]
@@ -51,26 +59,120 @@ pub struct SyncOptions {
     pub target: RedisUrl,
     /// Return once the snapshot and the stream up to the snapshot's end are applied.
     pub once: bool,
-    /// Connect and silence time limit.
+    /// Connect and silence time limit. A link silent for longer (no data, no PING) is dropped
+    /// and connected again; a source that cannot be reached again for five times this long
+    /// fails the sync.
     pub timeout: Duration,
-    /// Print a progress line to stderr every second.
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
     pub progress: bool,
     /// Ignore a position stored on the target: full sync (the target is flushed if it holds
     /// one, as its data comes from an earlier sync).
     pub fresh: bool,
     /// Where `cutover run` reads the sync's state for `status` (and metrics).
     pub shared: Option<Arc<SyncProgress>>,
+    /// Filters, policy and sizes (`[sync]` in the config file, `cutover sync` flags).
+    pub tuning: SyncTuning,
 }
 
-/// The sync's live state, for `cutover status` and Prometheus.
+/// The `[sync]` settings: what to copy and how.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// Databases, keys and stream commands to copy ([`Filter`]).
+    pub filter: Filter,
+    /// What to do with what the target cannot hold.
+    pub unsupported: UnsupportedPolicy,
+    /// Stream commands per target transaction at most (a source transaction is never split).
+    pub batch_size: usize,
+    /// Commands in flight to the target before waiting for replies.
+    pub pipeline: usize,
+    /// Keys whose encoded value is bigger than this are written as chunked plain commands
+    /// (`RPUSH`, `HSET`… 512 elements each) instead of one `RESTORE`.
+    pub big_key_bytes: usize,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        SyncTuning {
+            filter: Filter::default(),
+            unsupported: UnsupportedPolicy::Skip,
+            batch_size: DEFAULT_BATCH_SIZE,
+            pipeline: DEFAULT_WINDOW,
+            big_key_bytes: DEFAULT_BIG_KEY_BYTES,
+        }
+    }
+}
+
+/// Default of [`SyncOptions::batch_size`].
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+/// Default of [`SyncOptions::big_key_bytes`].
+pub const DEFAULT_BIG_KEY_BYTES: usize = 512 * 1024;
+
+impl SyncOptions {
+    /// Everything copied, defaults for the rest.
+    pub fn new(source: RedisUrl, target: RedisUrl) -> SyncOptions {
+        SyncOptions {
+            source,
+            target,
+            once: false,
+            timeout: Duration::from_secs(60),
+            progress: false,
+            fresh: false,
+            shared: None,
+            tuning: SyncTuning::default(),
+        }
+    }
+
+    fn convert_options(&self) -> ConvertOptions {
+        ConvertOptions {
+            filter: self.tuning.filter.clone(),
+            unsupported: self.tuning.unsupported,
+            hold_bytes: (self.tuning.big_key_bytes.saturating_mul(2)).max(HOLD_BYTES),
+        }
+    }
+
+    fn parser(&self) -> RdbParser {
+        RdbParser::with_options(ParserOptions {
+            raw_limit: self.tuning.big_key_bytes,
+            ..ParserOptions::default()
+        })
+    }
+}
+
+/// The sync's live state, for `cutover status`, Prometheus and the progress bar.
 #[derive(Debug, Default)]
 pub struct SyncProgress {
     /// 0 connecting, 1 snapshot (`syncing`), 2 streaming, 3 error (retrying).
     pub phase: AtomicU8,
+    /// Snapshot bytes received (and parsed).
     pub snapshot_bytes: AtomicU64,
+    /// The snapshot's size from its `$<len>` header; 0 when unknown (a diskless snapshot).
+    pub snapshot_bytes_total: AtomicU64,
     pub keys_seen: AtomicU64,
     pub keys_done: AtomicU64,
+    /// Keys of the source when its snapshot started (`INFO keyspace`, summed; an estimate:
+    /// it counts keys that expire before they are saved).
+    pub keys_total: AtomicU64,
+    /// Keys seen per type: string, list, set, zset, hash, stream, module ([`KINDS`]).
+    pub keys_by_type: [AtomicU64; 7],
+    /// Keys written with RESTORE (re-encoded ones included).
+    pub keys_restored: AtomicU64,
+    /// Of those, keys re-encoded for an older target.
+    pub keys_reencoded: AtomicU64,
+    /// Keys written with plain commands.
+    pub keys_plain: AtomicU64,
+    /// Keys skipped because they had expired.
+    pub keys_expired: AtomicU64,
+    /// Keys left out by the filters.
+    pub keys_filtered: AtomicU64,
+    /// Keys and functions the target cannot hold (reported by key).
     pub keys_not_copied: AtomicU64,
+    /// Stream commands applied / skipped (PING, filtered, not expressible on the target).
+    pub commands_applied: AtomicU64,
+    pub commands_skipped: AtomicU64,
+    /// Stream commands rewritten for the target (flags it does not know dropped…).
+    pub commands_converted: AtomicU64,
+    /// Stream commands applied although some of their keys are excluded ([`super::filter`]).
+    pub commands_mixed_keys: AtomicU64,
     /// Replication offset received from the source.
     pub received_offset: AtomicU64,
     /// Replication offset the target has applied and confirmed.
@@ -78,8 +180,16 @@ pub struct SyncProgress {
     /// Milliseconds since the engine started when the target last had everything received
     /// applied (for `lag_ms`).
     pub caught_up_at_ms: AtomicU64,
+    /// When the oldest stream command received but not yet applied was read from the source,
+    /// in ms since `epoch` plus 1 (0: none pending).
+    pub oldest_pending_ms: AtomicU64,
     /// Full runs of the engine started (a restart resumes from the stored position).
     pub starts: AtomicU64,
+    /// Times the replication link was re-established within a run (PSYNC continue, or a full
+    /// resync when the source could not continue).
+    pub reconnects: AtomicU64,
+    /// Of those, full resyncs (the target flushed and loaded again).
+    pub full_resyncs: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
     pub epoch: std::sync::OnceLock<Instant>,
     /// Set by the cutover barrier: stop streaming as soon as the target has applied (and
@@ -117,6 +227,19 @@ impl std::fmt::Debug for Waker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Waker")
     }
+}
+
+/// What the applier publishes into [`SyncProgress`] after each step.
+struct Snapshot<'a> {
+    phase: &'a Phase,
+    stats: &'a Stats,
+    snapshot_bytes: u64,
+    received: u64,
+    applied: u64,
+    commands: u64,
+    skipped: u64,
+    converted: u64,
+    mixed: u64,
 }
 
 impl SyncProgress {
@@ -164,46 +287,142 @@ impl SyncProgress {
             .saturating_sub(self.applied_offset.load(Ordering::Relaxed))
     }
 
-    /// How long the target has been behind what was received (0 when caught up).
+    /// The replication delay: how long ago the oldest stream command that is received but not
+    /// yet applied on the target was read from the source (0 when caught up).
     pub fn lag_ms(&self) -> u64 {
         if self.lag_bytes() == 0 {
             return 0;
         }
-        self.now_ms()
-            .saturating_sub(self.caught_up_at_ms.load(Ordering::Relaxed))
+        match self.oldest_pending_ms.load(Ordering::Relaxed) {
+            0 => self
+                .now_ms()
+                .saturating_sub(self.caught_up_at_ms.load(Ordering::Relaxed)),
+            at => self.now_ms().saturating_sub(at - 1),
+        }
     }
 
-    fn update(
-        &self,
-        phase: &Phase,
-        snapshot_bytes: u64,
-        stats: &Stats,
-        received: u64,
-        applied: u64,
-    ) {
-        let p = match phase {
+    fn set_oldest_pending(&self, at: Option<Instant>) {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        let ms = at.map_or(0, |t| {
+            t.saturating_duration_since(epoch).as_millis() as u64 + 1
+        });
+        self.oldest_pending_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The keys-per-type counters by type name.
+    pub fn keys_by_type(&self) -> Vec<(&'static str, u64)> {
+        KINDS
+            .iter()
+            .zip(&self.keys_by_type)
+            .map(|(k, n)| (k.name(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// The `sync` object of `cutover status --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let total = n(&self.snapshot_bytes_total);
+        let by_type: serde_json::Map<String, serde_json::Value> = self
+            .keys_by_type()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect();
+        serde_json::json!({
+            "phase": self.phase_name(),
+            "snapshot_bytes": n(&self.snapshot_bytes),
+            "snapshot_bytes_total": (total > 0).then_some(total),
+            "keys_seen": n(&self.keys_seen),
+            "keys_done": n(&self.keys_done),
+            "keys_total": n(&self.keys_total),
+            "keys_by_type": by_type,
+            "keys_restored": n(&self.keys_restored),
+            "keys_reencoded": n(&self.keys_reencoded),
+            "keys_plain": n(&self.keys_plain),
+            "keys_expired": n(&self.keys_expired),
+            "keys_filtered": n(&self.keys_filtered),
+            "keys_not_copied": n(&self.keys_not_copied),
+            "commands_applied": n(&self.commands_applied),
+            "commands_skipped": n(&self.commands_skipped),
+            "commands_converted": n(&self.commands_converted),
+            "commands_mixed_keys": n(&self.commands_mixed_keys),
+            "received_offset": n(&self.received_offset),
+            "applied_offset": n(&self.applied_offset),
+            "lag_bytes": self.lag_bytes(),
+            "lag_ms": self.lag_ms(),
+            "starts": n(&self.starts),
+            "reconnects": n(&self.reconnects),
+            "full_resyncs": n(&self.full_resyncs),
+            "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    fn update(&self, s: &Snapshot<'_>) {
+        let p = match s.phase {
             Phase::Connecting => 0,
             Phase::Snapshot => 1,
             Phase::Streaming => 2,
         };
+        let stats = s.stats;
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
         self.phase.store(p, Ordering::Relaxed);
-        self.snapshot_bytes.store(snapshot_bytes, Ordering::Relaxed);
-        self.keys_seen.store(stats.keys_seen, Ordering::Relaxed);
-        self.keys_done.store(stats.keys_done(), Ordering::Relaxed);
-        self.keys_not_copied
-            .store(stats.unsupported, Ordering::Relaxed);
-        self.received_offset.store(received, Ordering::Relaxed);
-        self.applied_offset.store(applied, Ordering::Relaxed);
-        if applied >= received {
+        set(&self.snapshot_bytes, s.snapshot_bytes);
+        set(&self.keys_seen, stats.keys_seen);
+        set(&self.keys_done, stats.keys_done());
+        set(&self.keys_restored, stats.restored);
+        set(&self.keys_reencoded, stats.reencoded);
+        set(&self.keys_plain, stats.plain);
+        set(&self.keys_expired, stats.expired);
+        set(&self.keys_filtered, stats.filtered);
+        set(&self.keys_not_copied, stats.unsupported);
+        for (a, v) in self.keys_by_type.iter().zip(stats.by_type) {
+            set(a, v);
+        }
+        set(&self.commands_applied, s.commands);
+        set(&self.commands_skipped, s.skipped);
+        set(&self.commands_converted, s.converted);
+        set(&self.commands_mixed_keys, s.mixed);
+        set(&self.received_offset, s.received);
+        set(&self.applied_offset, s.applied);
+        if s.applied >= s.received {
             self.caught_up_at_ms.store(self.now_ms(), Ordering::Relaxed);
         }
-        metrics::gauge!("cutover_sync_phase").set(p as f64);
-        metrics::gauge!("cutover_sync_snapshot_bytes").set(snapshot_bytes as f64);
-        metrics::gauge!("cutover_sync_keys_done").set(stats.keys_done() as f64);
-        metrics::gauge!("cutover_sync_keys_not_copied").set(stats.unsupported as f64);
-        metrics::gauge!("cutover_sync_applied_offset").set(applied as f64);
-        metrics::gauge!("cutover_sync_lag_bytes").set(received.saturating_sub(applied) as f64);
+        self.publish_metrics();
+    }
+
+    /// Sets the `cutover_sync_*` gauges and counters from the current state.
+    pub fn publish_metrics(&self) {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metrics::gauge!("cutover_sync_phase").set(self.phase.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("cutover_sync_snapshot_bytes").set(n(&self.snapshot_bytes) as f64);
+        metrics::gauge!("cutover_sync_snapshot_bytes_total")
+            .set(n(&self.snapshot_bytes_total) as f64);
+        metrics::gauge!("cutover_sync_keys_done").set(n(&self.keys_done) as f64);
+        metrics::gauge!("cutover_sync_keys_total").set(n(&self.keys_total) as f64);
+        for (kind, v) in self.keys_by_type() {
+            metrics::gauge!("cutover_sync_keys_by_type", "type" => kind).set(v as f64);
+        }
+        for (how, a) in [
+            ("restored", &self.keys_restored),
+            ("reencoded", &self.keys_reencoded),
+            ("plain", &self.keys_plain),
+            ("expired", &self.keys_expired),
+            ("filtered", &self.keys_filtered),
+            ("not_copied", &self.keys_not_copied),
+        ] {
+            metrics::gauge!("cutover_sync_keys_written", "how" => how).set(n(a) as f64);
+        }
+        metrics::gauge!("cutover_sync_keys_not_copied").set(n(&self.keys_not_copied) as f64);
+        metrics::gauge!("cutover_sync_commands_applied").set(n(&self.commands_applied) as f64);
+        metrics::gauge!("cutover_sync_commands_skipped").set(n(&self.commands_skipped) as f64);
+        metrics::gauge!("cutover_sync_commands_converted").set(n(&self.commands_converted) as f64);
+        metrics::gauge!("cutover_sync_commands_mixed_keys")
+            .set(n(&self.commands_mixed_keys) as f64);
+        metrics::gauge!("cutover_sync_applied_offset").set(n(&self.applied_offset) as f64);
+        metrics::gauge!("cutover_sync_received_offset").set(n(&self.received_offset) as f64);
+        metrics::gauge!("cutover_sync_lag_bytes").set(self.lag_bytes() as f64);
         metrics::gauge!("cutover_sync_lag_seconds").set(self.lag_ms() as f64 / 1000.0);
+        metrics::counter!("cutover_sync_reconnects_total").absolute(n(&self.reconnects));
+        metrics::counter!("cutover_sync_full_resyncs_total").absolute(n(&self.full_resyncs));
     }
 }
 
@@ -214,10 +433,9 @@ pub struct RdbLoadOptions {
     pub target: RedisUrl,
     pub timeout: Duration,
     pub progress: bool,
+    /// Filters, policy and sizes, as for a live source (stream settings unused).
+    pub tuning: SyncTuning,
 }
-
-/// Stream commands per transaction at most (a source transaction is never split).
-const MAX_TXN_COMMANDS: usize = 1000;
 
 /// What a finished (`once`) sync did.
 #[derive(Debug, Clone, Default)]
@@ -226,8 +444,13 @@ pub struct SyncReport {
     pub snapshot_bytes: u64,
     /// Stream commands forwarded to the target.
     pub commands: u64,
-    /// Stream commands skipped (PING, PUBLISH…) or not expressible on the target.
+    /// Stream commands skipped (PING, PUBLISH…, filtered) or not expressible on the target.
     pub commands_skipped: u64,
+    /// Stream commands rewritten for the target (included in `commands`).
+    pub commands_converted: u64,
+    /// Stream commands applied although some of their keys are excluded (see
+    /// [`super::filter`]).
+    pub commands_mixed_keys: u64,
     /// Replication offset applied and confirmed at the end.
     pub offset: u64,
     /// Description of the target ("Redis 7.0.15").
@@ -235,13 +458,24 @@ pub struct SyncReport {
 }
 
 enum Msg {
-    /// Full resync: a snapshot follows.
+    /// Full resync: a snapshot follows (also after a reconnection the source could not
+    /// continue: the applier then starts over).
     Start {
         replid: String,
         offset: u64,
     },
-    /// Partial resync: the stream continues after `offset`.
+    /// The snapshot's size, if its header says (`None`: diskless).
+    SnapshotSize(Option<u64>),
+    /// Partial resync at start: the stream continues after `offset`.
     Resumed {
+        replid: String,
+        offset: u64,
+    },
+    /// The link dropped (the reason); the link thread is connecting again.
+    LinkDown(String),
+    /// Reconnected within the run, and the source continued right after the last byte
+    /// received (the stream goes on seamlessly).
+    Continued {
         replid: String,
         offset: u64,
     },
@@ -249,7 +483,8 @@ enum Msg {
     SnapshotDone {
         bytes: u64,
     },
-    Commands(Vec<StreamCommand>),
+    /// Commands of the stream, and when they were read from the source (for `lag_ms`).
+    Commands(Vec<StreamCommand>, Instant),
     Failed(String),
     /// Look at the shared state now (the cutover barrier asked to stop at an offset).
     Wake,
@@ -258,30 +493,41 @@ enum Msg {
 /// Runs the sync on the calling thread (blocking). Returns only with `once` (or on an error).
 pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
     let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
+    writer.set_window(opts.tuning.pipeline);
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
     let stored = position::read(&mut writer)?;
     let resume = match &stored {
         Stored::At { replid, offset } if !opts.fresh => {
-            eprintln!(
+            say(&format!(
                 "cutover sync: the target holds the position {replid} {offset}; asking the source to continue from there"
-            );
+            ));
             Some((replid.clone(), *offset))
         }
         Stored::At { replid, offset } => {
-            eprintln!(
+            say(&format!(
                 "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
-            );
+            ));
             None
         }
         Stored::Unusable(v) => {
-            eprintln!(
+            say(&format!(
                 "cutover sync: the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
-            );
+            ));
             None
         }
         Stored::None => None,
     };
+    match source_keyspace(opts) {
+        Ok(dbs) => {
+            let numbers: Vec<u64> = dbs.iter().map(|(db, _)| *db).collect();
+            if let Some(warning) = opts.tuning.filter.unlisted_warning(&numbers) {
+                say(&format!("cutover sync: {warning}"));
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     if opts.shared.is_none() {
@@ -305,6 +551,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
             .spawn(move || link_thread(source, resume, tx, applied, timeout))
             .context("cannot start the replica link thread")?;
     }
+    let progress = opts.shared.clone().unwrap_or_default();
     Applier {
         opts,
         info,
@@ -319,8 +566,34 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         txn_commands: 0,
         last_offset: 0,
         peeked: None,
+        skip_db: false,
+        known_commands: std::collections::HashMap::new(),
+        pending_since: std::collections::VecDeque::new(),
+        progress,
+        bar: Bar::new(opts.progress),
     }
     .run(&mut writer)
+}
+
+/// The source's databases and their key counts (`INFO keyspace`).
+fn source_keyspace(opts: &SyncOptions) -> anyhow::Result<Vec<(u64, u64)>> {
+    let text = query(&opts.source, &[b"INFO", b"keyspace"], opts.timeout)?;
+    Ok(parse_keyspace(&text))
+}
+
+/// `db0:keys=5,expires=0,avg_ttl=0` lines → (0, 5).
+fn parse_keyspace(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (db, rest) = l.trim().strip_prefix("db")?.split_once(':')?;
+            let keys = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .parse()
+                .ok()?;
+            Some((db.parse().ok()?, keys))
+        })
+        .collect()
 }
 
 /// Sets `stop` on Ctrl-C (SIGINT) or SIGTERM, from a thread of its own.
@@ -367,47 +640,169 @@ fn link_thread(
             return;
         }
     };
-    let res = rt.block_on(async {
-        let wanted = resume.as_ref().map(|(id, off)| (id.as_str(), *off));
-        let (mut link, start) = ReplicaLink::connect(&source, wanted, 0, timeout).await?;
-        match start {
-            SyncStart::FullResync { replid, offset } => {
-                applied.store(offset, Ordering::Release);
-                if tx.send(Msg::Start { replid, offset }).is_err() {
-                    return Ok(());
-                }
-                let bytes = link
-                    .receive_snapshot(|piece| {
-                        tx.send(Msg::Snapshot(piece.to_vec()))
-                            .map_err(|_| "the applier stopped".to_string())
-                    })
-                    .await?;
-                if tx.send(Msg::SnapshotDone { bytes }).is_err() {
-                    return Ok(());
-                }
-            }
-            SyncStart::Continue { replid } => {
-                let Some((old, offset)) = resume else {
-                    anyhow::bail!("the source answered PSYNC ? -1 with +CONTINUE");
-                };
-                applied.store(offset, Ordering::Release);
-                let replid = replid.unwrap_or(old);
-                if tx.send(Msg::Resumed { replid, offset }).is_err() {
-                    return Ok(());
-                }
-            }
-        }
+    let mut link = LinkState {
+        want: resume,
+        sessions: 0,
+    };
+    if let Err(e) = rt.block_on(link.run(&source, &tx, &applied, timeout)) {
+        let _ = tx.send(Msg::Failed(e));
+    }
+}
+
+/// A dropped link is connected again for up to this many times the silence timeout before
+/// the run fails (5 minutes with the default 60 s).
+const RECONNECT_TIMEOUTS: u32 = 5;
+
+/// The link thread's memory across connections.
+struct LinkState {
+    /// Where to continue after a drop: the replication id and the offset of the last byte
+    /// received (and handed to the applier). `None`: no complete snapshot on this link yet —
+    /// connecting again means a new full sync.
+    want: Option<(String, u64)>,
+    /// Connections that completed the handshake.
+    sessions: u64,
+}
+
+/// Why a link session ended.
+enum Ended {
+    /// The applier is gone (stopped, or failed and says why itself).
+    ApplierGone,
+    Link(ReplicaError),
+}
+
+impl From<ReplicaError> for Ended {
+    fn from(e: ReplicaError) -> Ended {
+        Ended::Link(e)
+    }
+}
+
+impl LinkState {
+    /// Runs link sessions until the applier stops: a dropped or silent link (no data and no
+    /// PING for `timeout`) is connected again with `PSYNC <replid> <offset + 1>`, after a short
+    /// back-off, for as long as the source can be reached again within
+    /// [`RECONNECT_TIMEOUTS`] × `timeout`. The first
+    /// connection is not retried (the caller reports it; `cutover run` retries the whole run).
+    async fn run(
+        &mut self,
+        source: &RedisUrl,
+        tx: &SyncSender<Msg>,
+        applied: &AtomicU64,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let mut down_since: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(100);
         loop {
-            let cmds = link
-                .next_commands_with(|| applied.load(Ordering::Acquire))
-                .await?;
-            if tx.send(Msg::Commands(cmds)).is_err() {
-                return Ok(());
+            let before = self.sessions;
+            let err = match self.session(source, tx, applied, timeout).await {
+                Ended::ApplierGone => return Ok(()),
+                Ended::Link(e) => e,
+            };
+            if !err.is_transient() || self.sessions == 0 {
+                return Err(err.to_string());
+            }
+            if self.sessions > before {
+                // This connection got through its handshake before it dropped: a new outage.
+                down_since = None;
+                backoff = Duration::from_millis(100);
+            }
+            let since = match down_since {
+                Some(t) => t,
+                None => {
+                    if tx.send(Msg::LinkDown(err.to_string())).is_err() {
+                        return Ok(());
+                    }
+                    *down_since.insert(Instant::now())
+                }
+            };
+            let give_up = timeout * RECONNECT_TIMEOUTS;
+            if since.elapsed() > give_up {
+                return Err(format!(
+                    "the replication link dropped and the source could not be reached again within {} s: {err}",
+                    give_up.as_secs()
+                ));
+            }
+            tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication link down; connecting again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn session(
+        &mut self,
+        source: &RedisUrl,
+        tx: &SyncSender<Msg>,
+        applied: &AtomicU64,
+        timeout: Duration,
+    ) -> Ended {
+        let send = |m: Msg| tx.send(m).map_err(|_| Ended::ApplierGone);
+        let res: Result<(), Ended> = async {
+            let wanted = self.want.as_ref().map(|(id, off)| (id.as_str(), *off));
+            let (mut link, start) = ReplicaLink::connect(source, wanted, 0, timeout).await?;
+            self.sessions += 1;
+            let first = self.sessions == 1;
+            match start {
+                SyncStart::FullResync { replid, offset } => {
+                    self.want = None;
+                    applied.store(offset, Ordering::Release);
+                    send(Msg::Start {
+                        replid: replid.clone(),
+                        offset,
+                    })?;
+                    let mut gone = false;
+                    let bytes = link
+                        .receive_snapshot_sized(
+                            |size| {
+                                tx.send(Msg::SnapshotSize(size))
+                                    .map_err(|_| "the applier stopped".to_string())
+                            },
+                            |piece| {
+                                tx.send(Msg::Snapshot(piece.to_vec())).map_err(|_| {
+                                    gone = true;
+                                    "the applier stopped".to_string()
+                                })
+                            },
+                        )
+                        .await;
+                    if gone {
+                        return Err(Ended::ApplierGone);
+                    }
+                    let bytes = bytes?;
+                    send(Msg::SnapshotDone { bytes })?;
+                    self.want = Some((replid, link.offset()));
+                }
+                SyncStart::Continue { replid } => {
+                    let Some((old, offset)) = self.want.take() else {
+                        return Err(Ended::Link(ReplicaError::Protocol {
+                            addr: source.addr(),
+                            step: "PSYNC",
+                            detail: "+CONTINUE to PSYNC ? -1".into(),
+                        }));
+                    };
+                    let replid = replid.unwrap_or(old);
+                    self.want = Some((replid.clone(), offset));
+                    if first {
+                        applied.store(offset, Ordering::Release);
+                        send(Msg::Resumed { replid, offset })?;
+                    } else {
+                        send(Msg::Continued { replid, offset })?;
+                    }
+                }
+            }
+            loop {
+                let cmds = link
+                    .next_commands_with(|| applied.load(Ordering::Acquire))
+                    .await?;
+                if let Some(want) = &mut self.want {
+                    want.1 = link.offset();
+                }
+                send(Msg::Commands(cmds, Instant::now()))?;
             }
         }
-    });
-    if let Err(e) = res {
-        let _ = tx.send(Msg::Failed(format!("{e:#}")));
+        .await;
+        match res {
+            Ok(()) => Ended::ApplierGone,
+            Err(e) => e,
+        }
     }
 }
 
@@ -439,21 +834,31 @@ struct Applier<'a> {
     last_offset: u64,
     /// A message taken from `rx` to see whether more were waiting, handled next.
     peeked: Option<Msg>,
+    /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
+    /// skipped until the next `SELECT`.
+    skip_db: bool,
+    /// Stream commands the target knows or not (`COMMAND INFO`), by name.
+    known_commands: std::collections::HashMap<String, bool>,
+    /// (end offset, time read from the source) of each received batch of stream commands
+    /// the target has not confirmed yet, oldest first: `lag_ms` is the age of the first.
+    pending_since: std::collections::VecDeque<(u64, Instant)>,
+    /// Live state (shared with `cutover run`'s status, or the engine's own).
+    progress: Arc<SyncProgress>,
+    bar: Bar,
 }
 
 impl Applier<'_> {
     fn run(mut self, w: &mut TargetWriter) -> anyhow::Result<SyncReport> {
         self.report.target = self.info.describe();
-        let mut parser = RdbParser::new();
-        let mut conv = Converter::new(w);
+        let mut parser = self.opts.parser();
+        let mut conv = Converter::with_options(w, self.opts.convert_options());
         let mut phase = Phase::Connecting;
         let mut start_offset = 0;
         let mut stop_at: Option<u64> = None;
-        let started = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut last_keys = 0u64;
+        let mut started = Instant::now();
         loop {
             if self.stop.load(Ordering::Acquire) {
+                self.bar.finish();
                 return self.stop_cleanly(w, &phase, conv.stats);
             }
             let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
@@ -484,26 +889,67 @@ impl Applier<'_> {
             };
             match msg {
                 Ok(Msg::Start { replid, offset }) => {
+                    if phase != Phase::Connecting {
+                        // The link dropped and the source could not continue: start over.
+                        self.restart_full(w, &phase)?;
+                        parser = self.opts.parser();
+                        conv = Converter::with_options(w, self.opts.convert_options());
+                        self.report.snapshot_bytes = 0;
+                        stop_at = None;
+                        started = Instant::now();
+                    }
                     start_offset = offset;
                     self.last_offset = offset;
                     self.replid = replid;
                     phase = Phase::Snapshot;
+                    self.progress
+                        .snapshot_bytes_total
+                        .store(0, Ordering::Relaxed);
+                    match source_keyspace(self.opts) {
+                        Ok(dbs) => self
+                            .progress
+                            .keys_total
+                            .store(dbs.iter().map(|(_, n)| n).sum(), Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the source's INFO keyspace (no key total)")
+                        }
+                    }
                     if self.flush_on_full {
-                        eprintln!(
+                        self.bar.say(&format!(
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
                             w.addr()
-                        );
+                        ));
                         w.send(&[&b"FLUSHALL"[..]], Tag::key("FLUSHALL", b""))?;
                     }
+                    // From now on the target holds (part of) this sync's data.
+                    self.flush_on_full = true;
                     position::queue_set(w, position::LOADING)?;
                 }
+                Ok(Msg::SnapshotSize(size)) => {
+                    self.progress
+                        .snapshot_bytes_total
+                        .store(size.unwrap_or(0), Ordering::Relaxed);
+                }
+                Ok(Msg::LinkDown(why)) => {
+                    self.bar.say(&format!(
+                        "cutover sync: the replication link dropped ({why}); connecting again"
+                    ));
+                }
+                Ok(Msg::Continued { replid, offset }) => {
+                    self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.bar.say(&format!(
+                        "cutover sync: reconnected; the source continued (+CONTINUE) after offset {offset}"
+                    ));
+                    self.replid = replid;
+                }
                 Ok(Msg::Resumed { replid, offset }) => {
-                    eprintln!(
+                    self.bar.say(&format!(
                         "cutover sync: the source continued (+CONTINUE) from offset {offset}: no snapshot needed, streaming"
-                    );
+                    ));
                     start_offset = offset;
                     self.last_offset = offset;
                     self.replid = replid;
+                    self.flush_on_full = true;
                     w.mark_offset(offset);
                     phase = Phase::Streaming;
                     if self.opts.once {
@@ -527,6 +973,7 @@ impl Applier<'_> {
                     parser
                         .finish()
                         .context("the source's snapshot ended early")?;
+                    conv.finish(w)?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
                     w.drain()?;
                     position::queue_set(w, &position::format(&self.replid, start_offset))?;
@@ -540,19 +987,32 @@ impl Applier<'_> {
                         }));
                     }
                     if self.opts.progress {
-                        eprintln!(
-                            "cutover sync: snapshot applied: {} keys ({} restored, {} plain, {} expired, {} not copied), {} in {:.1} s",
-                            conv.stats.keys_done(),
-                            conv.stats.restored,
-                            conv.stats.plain,
-                            conv.stats.expired,
-                            conv.stats.unsupported,
+                        let s = &conv.stats;
+                        let types: Vec<String> = KINDS
+                            .iter()
+                            .zip(s.by_type)
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| format!("{n} {}", k.name()))
+                            .collect();
+                        self.bar.say(&format!(
+                            "cutover sync: snapshot applied: {} keys [{}] ({} restored of which {} re-encoded, {} plain, {} expired, {} filtered, {} not copied), {} in {:.1} s",
+                            s.keys_done(),
+                            types.join(", "),
+                            s.restored,
+                            s.reencoded,
+                            s.plain,
+                            s.expired,
+                            s.filtered,
+                            s.unsupported,
                             human_bytes(self.report.snapshot_bytes),
                             started.elapsed().as_secs_f64()
-                        );
+                        ));
                     }
                 }
-                Ok(Msg::Commands(cmds)) => {
+                Ok(Msg::Commands(cmds, read_at)) => {
+                    if let Some(last) = cmds.last() {
+                        self.pending_since.push_back((last.end_offset, read_at));
+                    }
                     self.apply_batch(cmds, w, &mut conv.stats)?;
                     match self.rx.try_recv() {
                         Ok(next) => {
@@ -578,8 +1038,21 @@ impl Applier<'_> {
             if phase == Phase::Streaming
                 && let Some(off) = w.confirmed_offset()
             {
-                self.applied.fetch_max(off, Ordering::AcqRel);
+                // (A store, not a max: after a full resync the offsets start anew.)
+                self.applied.store(off, Ordering::Release);
+                while self
+                    .pending_since
+                    .front()
+                    .is_some_and(|(end, _)| *end <= off)
+                {
+                    self.pending_since.pop_front();
+                }
             }
+            if phase != Phase::Streaming {
+                self.pending_since.clear();
+            }
+            let oldest = self.pending_since.front().map(|(_, at)| *at);
+            self.progress.set_oldest_pending(oldest);
             if let Some(stop) = stop_at {
                 if w.confirmed_offset().unwrap_or(0) < stop && w.in_flight() > 0 {
                     w.drain()?;
@@ -588,49 +1061,58 @@ impl Applier<'_> {
                     && off >= stop
                 {
                     w.drain()?;
+                    self.bar.finish();
                     self.report.offset = w.confirmed_offset().unwrap_or(off);
                     self.report.stats = conv.stats;
                     return Ok(self.report);
                 }
             }
-            if let Some(shared) = &self.opts.shared {
-                let applied = w.confirmed_offset().unwrap_or(start_offset);
-                let received = if phase == Phase::Streaming {
-                    self.last_offset
-                } else {
-                    applied
-                };
-                shared.update(
-                    &phase,
-                    self.report.snapshot_bytes,
-                    &conv.stats,
-                    received,
-                    applied,
-                );
-            }
-            if self.opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-                let secs = last_progress.elapsed().as_secs_f64();
-                last_progress = Instant::now();
-                let keys = conv.stats.keys_seen;
-                match phase {
-                    Phase::Connecting => {
-                        eprintln!("cutover sync: waiting for the source's snapshot")
-                    }
-                    Phase::Snapshot => eprintln!(
-                        "cutover sync: snapshot {} read, {} keys, {:.0} keys/s",
-                        human_bytes(self.report.snapshot_bytes),
-                        keys,
-                        (keys - last_keys) as f64 / secs
-                    ),
-                    Phase::Streaming => eprintln!(
-                        "cutover sync: streaming, offset {} applied, {} commands",
-                        w.confirmed_offset().unwrap_or(0),
-                        self.report.commands
-                    ),
-                }
-                last_keys = keys;
-            }
+            let applied = w.confirmed_offset().unwrap_or(start_offset);
+            let received = if phase == Phase::Streaming {
+                self.last_offset
+            } else {
+                applied
+            };
+            self.progress.update(&Snapshot {
+                phase: &phase,
+                stats: &conv.stats,
+                snapshot_bytes: self.report.snapshot_bytes,
+                received,
+                applied,
+                commands: self.report.commands,
+                skipped: self.report.commands_skipped,
+                converted: self.report.commands_converted,
+                mixed: self.report.commands_mixed_keys,
+            });
+            self.bar.tick(&self.progress);
         }
+    }
+
+    /// A full resync within the run (the link dropped and the source could not continue, or
+    /// dropped during the snapshot): what the target holds is an earlier or partial copy, so
+    /// it is flushed and loaded anew — no stale key, no doubled list element.
+    fn restart_full(&mut self, w: &mut TargetWriter, phase: &Phase) -> anyhow::Result<()> {
+        if self.txn_open {
+            w.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+            self.txn_commands = 0;
+        }
+        w.drain()?;
+        self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.progress.full_resyncs.fetch_add(1, Ordering::Relaxed);
+        let during = if *phase == Phase::Snapshot {
+            "the snapshot did not arrive whole"
+        } else {
+            "the source could not continue the stream (+FULLRESYNC)"
+        };
+        self.bar.say(&format!(
+            "cutover sync: WARNING: reconnected, but {during}: FLUSHALL on the target {} and a new full sync",
+            w.addr()
+        ));
+        self.flush_on_full = true;
+        self.skip_db = false;
+        Ok(())
     }
 
     /// Ctrl-C / SIGTERM: the position of everything applied stays stored; a transaction of the
@@ -642,7 +1124,7 @@ impl Applier<'_> {
         stats: Stats,
     ) -> anyhow::Result<SyncReport> {
         if *phase == Phase::Connecting {
-            eprintln!("cutover sync: stopped before the sync started; the target is unchanged");
+            say("cutover sync: stopped before the sync started; the target is unchanged");
             return Ok(self.report);
         }
         if *phase != Phase::Streaming {
@@ -658,12 +1140,12 @@ impl Applier<'_> {
         w.drain()?;
         self.report.offset = w.confirmed_offset().unwrap_or(0);
         self.report.stats = stats;
-        eprintln!(
+        say(&format!(
             "cutover sync: stopped; position {} {} stored on the target ({})",
             self.replid,
             self.report.offset,
             show_key(POSITION_KEY)
-        );
+        ));
         Ok(self.report)
     }
 
@@ -747,7 +1229,10 @@ impl Applier<'_> {
                 }
             }
             self.last_offset = cmd.end_offset;
-            if self.txn_open && !self.in_source_txn && self.txn_commands >= MAX_TXN_COMMANDS {
+            if self.txn_open
+                && !self.in_source_txn
+                && self.txn_commands >= self.opts.tuning.batch_size.max(1)
+            {
                 self.close_txn(w)?;
             }
         }
@@ -774,7 +1259,10 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Forwards one command of the replication stream (inside a transaction).
+    /// Forwards one command of the replication stream (inside a transaction): filtered
+    /// (excluded commands, keys, databases), databases mapped, and rewritten where the target
+    /// does not know an argument but has an equivalent; what it cannot express is reported
+    /// (and stops the sync under `unsupported = fail`).
     fn forward(
         &mut self,
         cmd: &StreamCommand,
@@ -788,45 +1276,303 @@ impl Applier<'_> {
             what: format!("replicated {what} (before offset {})", cmd.end_offset).into(),
             ..Tag::default()
         };
-        match name {
-            "PING" | "PUBLISH" | "SPUBLISH" | "REPLCONF" => {
+        let filter = &self.opts.tuning.filter;
+        if matches!(name, "PING" | "PUBLISH" | "SPUBLISH" | "REPLCONF") {
+            self.report.commands_skipped += 1;
+            return Ok(());
+        }
+        if name == "SELECT" {
+            let db = args
+                .get(1)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok())
+                .context("SELECT without a database number in the replication stream")?;
+            match filter.map_db(db) {
+                Some(to) if to == db => w.send_wire(&cmd.wire, tag(name))?,
+                Some(to) => {
+                    let n = to.to_string();
+                    w.send(&[&b"SELECT"[..], n.as_bytes()], tag(name))?;
+                }
+                None => {
+                    self.skip_db = true;
+                    self.report.commands_skipped += 1;
+                    return Ok(());
+                }
+            }
+            self.skip_db = false;
+            w.set_db(filter.map_db(db).unwrap_or(db));
+            self.report.commands += 1;
+            return Ok(());
+        }
+        if self.skip_db || filter.command_excluded(name) {
+            self.report.commands_skipped += 1;
+            return Ok(());
+        }
+        let keys = command_keys(name, args);
+        if !keys.is_empty() {
+            let allowed = keys
+                .iter()
+                .filter(|i| filter.key_allowed(args[**i]))
+                .count();
+            if allowed == 0 {
                 self.report.commands_skipped += 1;
+                return Ok(());
             }
-            "SELECT" => {
-                let db = args
-                    .get(1)
-                    .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok())
-                    .context("SELECT without a database number in the replication stream")?;
-                w.send_wire(&cmd.wire, tag(name))?;
-                w.set_db(db);
-                self.report.commands += 1;
-            }
-            _ if w.db() == 0 && args.get(1) == Some(&POSITION_KEY) => {
-                tracing::warn!(
-                    "a write to {} in the replication stream is not applied (the key is cutover's own)",
-                    show_key(POSITION_KEY)
+            if allowed < keys.len() {
+                self.report.commands_mixed_keys += 1;
+                tracing::debug!(
+                    command = name,
+                    "a stream command touches copied and excluded keys; applied"
                 );
-                self.report.commands_skipped += 1;
-            }
-            "PEXPIREAT" if args.len() > 3 && !self.info.has_expire_flags() => {
-                w.send(&args[..3], tag(name))?;
-                self.report.commands += 1;
-            }
-            "FUNCTION" if !self.info.has_functions() => {
-                self.report.commands_skipped += 1;
-                stats.unsupported += 1;
-                tracing::warn!(
-                    "a FUNCTION command in the replication stream cannot be applied to {} (no functions before Redis 7.0)",
-                    self.info.describe()
-                );
-            }
-            _ => {
-                w.send_wire(&cmd.wire, tag(name))?;
-                self.report.commands += 1;
             }
         }
+        if w.db() == 0 && keys.iter().any(|i| args[*i] == POSITION_KEY) {
+            tracing::warn!(
+                "a write to {} in the replication stream is not applied (the key is cutover's own)",
+                show_key(POSITION_KEY)
+            );
+            self.report.commands_skipped += 1;
+            return Ok(());
+        }
+        let rewritten = match self.rewrite(name, args, stats)? {
+            Rewrite::Skip => {
+                self.report.commands_skipped += 1;
+                return Ok(());
+            }
+            Rewrite::Same => None,
+            Rewrite::Args(new) => Some(new),
+        };
+        match rewritten {
+            None => w.send_wire(&cmd.wire, tag(name))?,
+            Some(new) => {
+                w.send(&new, tag(name))?;
+                self.report.commands_converted += 1;
+            }
+        }
+        self.report.commands += 1;
         Ok(())
     }
+
+    /// How a stream command must change for the target (see [`Applier::forward`]).
+    fn rewrite(
+        &mut self,
+        name: &str,
+        args: &[&[u8]],
+        stats: &mut Stats,
+    ) -> anyhow::Result<Rewrite> {
+        let filter = &self.opts.tuning.filter;
+        let old_streams = !(self.info.valkey || self.info.version >= (7, 0, 0));
+        Ok(match name {
+            // A condition that held on the source holds on the target (same data): the flags
+            // only decide whether to apply, and the source did.
+            "PEXPIREAT" if args.len() > 3 && !self.info.has_expire_flags() => {
+                Rewrite::Args(args[..3].iter().map(|a| a.to_vec()).collect())
+            }
+            "SET" if !self.has_set_ifeq() => {
+                match args.iter().position(|a| a.eq_ignore_ascii_case(b"IFEQ")) {
+                    Some(i) if i >= 3 && i + 1 < args.len() => Rewrite::Args(
+                        args.iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i && *j != i + 1)
+                            .map(|(_, a)| a.to_vec())
+                            .collect(),
+                    ),
+                    _ => Rewrite::Same,
+                }
+            }
+            // Stream counters of Redis 7.0 (ENTRIESREAD, ENTRIESADDED, MAXDELETEDID) do not
+            // exist before it; the rest of the command means the same.
+            "XGROUP" | "XSETID" if old_streams => {
+                let mut out = Vec::with_capacity(args.len());
+                let mut i = 0;
+                let mut changed = false;
+                while i < args.len() {
+                    if i >= 2
+                        && ["ENTRIESREAD", "ENTRIESADDED", "MAXDELETEDID"]
+                            .iter()
+                            .any(|f| args[i].eq_ignore_ascii_case(f.as_bytes()))
+                    {
+                        i += 2;
+                        changed = true;
+                        continue;
+                    }
+                    out.push(args[i].to_vec());
+                    i += 1;
+                }
+                if changed {
+                    Rewrite::Args(out)
+                } else {
+                    Rewrite::Same
+                }
+            }
+            "MOVE" => {
+                let db = args
+                    .get(2)
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok());
+                match db.map(|d| (d, filter.map_db(d))) {
+                    Some((d, Some(to))) if to == d => Rewrite::Same,
+                    Some((_, Some(to))) => Rewrite::Args(vec![
+                        b"MOVE".to_vec(),
+                        args[1].to_vec(),
+                        to.to_string().into_bytes(),
+                    ]),
+                    // Moved into a database that is not copied: gone from this one.
+                    Some((_, None)) => Rewrite::Args(vec![b"DEL".to_vec(), args[1].to_vec()]),
+                    None => Rewrite::Same,
+                }
+            }
+            "COPY" => match args.iter().position(|a| a.eq_ignore_ascii_case(b"DB")) {
+                Some(i) if i + 1 < args.len() => {
+                    let db = std::str::from_utf8(args[i + 1])
+                        .ok()
+                        .and_then(|d| d.parse::<u64>().ok());
+                    match db.map(|d| (d, filter.map_db(d))) {
+                        Some((d, Some(to))) if to == d => Rewrite::Same,
+                        Some((_, Some(to))) => {
+                            let mut out: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+                            out[i + 1] = to.to_string().into_bytes();
+                            Rewrite::Args(out)
+                        }
+                        Some((_, None)) => Rewrite::Skip,
+                        None => Rewrite::Same,
+                    }
+                }
+                _ => Rewrite::Same,
+            },
+            "SWAPDB" => {
+                let db = |i: usize| {
+                    args.get(i)
+                        .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok())
+                };
+                match (db(1), db(2)) {
+                    (Some(a), Some(b)) => match (filter.map_db(a), filter.map_db(b)) {
+                        (Some(x), Some(y)) if (x, y) == (a, b) => Rewrite::Same,
+                        (Some(x), Some(y)) => Rewrite::Args(vec![
+                            b"SWAPDB".to_vec(),
+                            x.to_string().into_bytes(),
+                            y.to_string().into_bytes(),
+                        ]),
+                        _ => {
+                            self.unsupported(stats, format!(
+                                "SWAPDB {a} {b} in the replication stream: a database is not copied (db_map), so the swap cannot be applied"
+                            ))?;
+                            Rewrite::Skip
+                        }
+                    },
+                    _ => Rewrite::Same,
+                }
+            }
+            // Valkey 9's conditional delete: the condition held on the source.
+            "DELIFEQ" if args.len() == 3 && !self.target_knows(name) => {
+                Rewrite::Args(vec![b"DEL".to_vec(), args[1].to_vec()])
+            }
+            // Valkey 9's hash field TTLs: the fields are kept, their TTLs cannot be (as in the
+            // snapshot).
+            "HSETEX" if !self.target_knows(name) => {
+                let fields = args
+                    .iter()
+                    .position(|a| a.eq_ignore_ascii_case(b"FIELDS"))
+                    .filter(|i| *i >= 2);
+                match fields {
+                    Some(i) if i + 2 < args.len() => {
+                        if self.opts.tuning.unsupported == UnsupportedPolicy::Fail {
+                            return Err(TargetError::CannotHold {
+                                what: format!(
+                                    "HSETEX on key '{}' in the replication stream: {} cannot hold hash field TTLs",
+                                    show_key(args[1]),
+                                    self.info.describe()
+                                )
+                                ,
+                            }
+                            .into());
+                        }
+                        stats.field_ttls_dropped += 1;
+                        tracing::warn!(
+                            key = %show_key(args[1]),
+                            "HSETEX in the replication stream: applied as HSET; the target cannot hold hash field TTLs"
+                        );
+                        let mut out = vec![b"HSET".to_vec(), args[1].to_vec()];
+                        out.extend(args[i + 2..].iter().map(|a| a.to_vec()));
+                        Rewrite::Args(out)
+                    }
+                    _ => {
+                        self.unsupported(
+                            stats,
+                            format!(
+                                "HSETEX on key '{}' in the replication stream cannot be read",
+                                args.get(1).map(|k| show_key(k)).unwrap_or_default()
+                            ),
+                        )?;
+                        Rewrite::Skip
+                    }
+                }
+            }
+            "FUNCTION" if !self.info.has_functions() => {
+                self.unsupported(stats, format!(
+                    "a FUNCTION command in the replication stream cannot be applied to {} (no functions before Redis 7.0)",
+                    self.info.describe()
+                ))?;
+                Rewrite::Skip
+            }
+            _ if !self.target_knows(name) => {
+                self.unsupported(stats, format!(
+                    "{name} on key '{}' in the replication stream: {} does not know the command",
+                    args.get(1).map(|k| show_key(k)).unwrap_or_default(),
+                    self.info.describe()
+                ))?;
+                Rewrite::Skip
+            }
+            _ => Rewrite::Same,
+        })
+    }
+
+    /// Reports a stream command the target cannot express; an error under
+    /// `unsupported = fail`.
+    fn unsupported(&self, stats: &mut Stats, what: String) -> anyhow::Result<()> {
+        if self.opts.tuning.unsupported == UnsupportedPolicy::Fail {
+            return Err(TargetError::CannotHold { what }.into());
+        }
+        stats.problem(what);
+        Ok(())
+    }
+
+    /// `SET … IFEQ` (Valkey 8.1+).
+    fn has_set_ifeq(&self) -> bool {
+        self.info.valkey && self.info.version >= (8, 1, 0)
+    }
+
+    /// Whether the target has the command `name` (`COMMAND INFO`, asked once per name on a
+    /// connection of its own: the writer's is inside a transaction).
+    fn target_knows(&mut self, name: &str) -> bool {
+        if let Some(known) = self.known_commands.get(name) {
+            return *known;
+        }
+        let known = match query_raw(
+            &self.opts.target,
+            &[b"COMMAND", b"INFO", name.as_bytes()],
+            self.opts.timeout,
+        ) {
+            // An unknown command gives a nil entry; an error (COMMAND not allowed) says
+            // nothing, so the command is tried.
+            Ok(reply) => {
+                !(reply.starts_with(b"*1\r\n$-1\r\n")
+                    || reply.starts_with(b"*1\r\n*-1\r\n")
+                    || reply.starts_with(b"*1\r\n_\r\n"))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, command = name, "cannot ask the target about a command; forwarding it");
+                true
+            }
+        };
+        self.known_commands.insert(name.to_string(), known);
+        known
+    }
+}
+
+/// What [`Applier::rewrite`] decided.
+enum Rewrite {
+    Same,
+    Skip,
+    Args(Vec<Vec<u8>>),
 }
 
 /// Loads an RDB file into the target: the file is read in pieces (never whole) and goes
@@ -836,18 +1582,23 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     let mut file = std::fs::File::open(&opts.path)
         .with_context(|| format!("cannot open the RDB file {path}"))?;
     let mut w = TargetWriter::connect(&opts.target, opts.timeout)?;
+    w.set_window(opts.tuning.pipeline);
     let mut report = SyncReport {
         target: w.info().describe(),
         ..SyncReport::default()
     };
     if position::read(&mut w)? != Stored::None {
-        eprintln!(
+        say(&format!(
             "cutover sync: the target held the position of an earlier sync; removed (its data now comes from {path})"
-        );
+        ));
         position::queue_del(&mut w)?;
     }
-    let mut parser = RdbParser::new();
-    let mut conv = Converter::new(&w);
+    let sync = SyncOptions {
+        tuning: opts.tuning.clone(),
+        ..SyncOptions::new(opts.target.clone(), opts.target.clone())
+    };
+    let mut parser = sync.parser();
+    let mut conv = Converter::with_options(&w, sync.convert_options());
     let mut chunk = vec![0u8; 1024 * 1024];
     let started = Instant::now();
     let mut last_progress = Instant::now();
@@ -882,6 +1633,7 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
         }
     }
     parser.finish().map_err(bad)?;
+    conv.finish(&mut w)?;
     w.drain()?;
     if opts.progress {
         eprintln!(
@@ -892,6 +1644,169 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     }
     report.stats = conv.stats;
     Ok(report)
+}
+
+/// A progress line is on the terminal (cleared before other messages).
+static BAR_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// Prints a message line on stderr (after clearing a progress bar, if one is shown).
+pub fn say(line: &str) {
+    if BAR_SHOWN.swap(false, Ordering::Relaxed) {
+        eprint!("\r\x1b[K");
+    }
+    eprintln!("{line}");
+}
+
+/// The progress display of `cutover sync`: on a terminal, one line redrawn in place (a bar of
+/// the snapshot's bytes or keys, keys/s, ETA; then the streaming lag); otherwise a plain line
+/// every few seconds, for logs.
+struct Bar {
+    enabled: bool,
+    tty: bool,
+    last: Instant,
+    /// Keys and bytes done at `last` and the smoothed rates since.
+    last_keys: u64,
+    last_bytes: u64,
+    keys_rate: f64,
+    bytes_rate: f64,
+}
+
+impl Bar {
+    fn new(enabled: bool) -> Bar {
+        use std::io::IsTerminal;
+        Bar {
+            enabled,
+            tty: std::io::stderr().is_terminal()
+                && std::env::var_os("TERM").is_some_and(|t| t != "dumb"),
+            last: Instant::now(),
+            last_keys: 0,
+            last_bytes: 0,
+            keys_rate: 0.0,
+            bytes_rate: 0.0,
+        }
+    }
+
+    fn say(&self, line: &str) {
+        if self.enabled {
+            say(line);
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+
+    /// Redraws (at most 5 times a second on a terminal, every 5 s otherwise).
+    fn tick(&mut self, p: &SyncProgress) {
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if !self.enabled || self.last.elapsed() < every {
+            return;
+        }
+        let secs = self.last.elapsed().as_secs_f64();
+        self.last = Instant::now();
+        let keys = p.keys_done.load(Ordering::Relaxed);
+        let bytes = p.snapshot_bytes.load(Ordering::Relaxed);
+        let smooth = |old: f64, new: f64| {
+            if old == 0.0 {
+                new
+            } else {
+                0.7 * old + 0.3 * new
+            }
+        };
+        self.keys_rate = smooth(
+            self.keys_rate,
+            keys.saturating_sub(self.last_keys) as f64 / secs,
+        );
+        self.bytes_rate = smooth(
+            self.bytes_rate,
+            bytes.saturating_sub(self.last_bytes) as f64 / secs,
+        );
+        if keys < self.last_keys || bytes < self.last_bytes {
+            // A new snapshot (full resync).
+            self.keys_rate = 0.0;
+            self.bytes_rate = 0.0;
+        }
+        self.last_keys = keys;
+        self.last_bytes = bytes;
+        let line = render_line(p, self.keys_rate, self.bytes_rate, self.tty);
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+            BAR_SHOWN.store(true, Ordering::Relaxed);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Leaves the bar's last state on its own line.
+    fn finish(&mut self) {
+        if BAR_SHOWN.swap(false, Ordering::Relaxed) {
+            eprintln!();
+        }
+    }
+}
+
+/// One progress line (see [`Bar`]).
+fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar: bool) -> String {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    match p.phase.load(Ordering::Relaxed) {
+        0 => "cutover sync: connecting; waiting for the source's snapshot".into(),
+        1 => {
+            let (bytes, total) = (n(&p.snapshot_bytes), n(&p.snapshot_bytes_total));
+            let (keys, keys_total) = (n(&p.keys_done), n(&p.keys_total));
+            // Bytes tell progress exactly when the size is known (disk snapshots); keys
+            // otherwise (estimated from INFO keyspace).
+            let (frac, eta) = if total > 0 {
+                let left = total.saturating_sub(bytes) as f64;
+                (
+                    bytes as f64 / total as f64,
+                    (bytes_rate > 0.0).then(|| left / bytes_rate),
+                )
+            } else if keys_total > 0 {
+                let left = keys_total.saturating_sub(keys) as f64;
+                (
+                    keys as f64 / keys_total as f64,
+                    (keys_rate > 0.0).then(|| left / keys_rate),
+                )
+            } else {
+                (0.0, None)
+            };
+            let frac = frac.clamp(0.0, 1.0);
+            let gauge = if bar {
+                let full = (frac * 24.0) as usize;
+                format!("[{}{}] ", "#".repeat(full), "-".repeat(24 - full))
+            } else {
+                String::new()
+            };
+            let size = if total > 0 {
+                format!("{}/{}", human_bytes(bytes), human_bytes(total))
+            } else {
+                human_bytes(bytes)
+            };
+            let keys_of = if keys_total > 0 {
+                format!("{keys}/{keys_total} keys")
+            } else {
+                format!("{keys} keys")
+            };
+            let eta = eta.map_or_else(|| "?".into(), |s| format!("{:.0} s", s.ceil()));
+            format!(
+                "cutover sync: snapshot {gauge}{:.0}% {size}, {keys_of}, {:.0} keys/s, ETA {eta}",
+                frac * 100.0,
+                keys_rate
+            )
+        }
+        2 => format!(
+            "cutover sync: streaming: offset {} applied, lag {} bytes / {} ms, {} commands ({} skipped), {} reconnects",
+            n(&p.applied_offset),
+            p.lag_bytes(),
+            p.lag_ms(),
+            n(&p.commands_applied),
+            n(&p.commands_skipped),
+            n(&p.reconnects),
+        ),
+        _ => "cutover sync: error; retrying".into(),
+    }
 }
 
 /// The arguments of one complete RESP array command.
@@ -949,5 +1864,41 @@ mod tests {
         );
         assert!(split_args(b"*2\r\n$1\r\na\r\n").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn keyspace() {
+        let info =
+            "# Keyspace\r\ndb0:keys=5,expires=1,avg_ttl=0\r\ndb12:keys=7,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace(info), vec![(0, 5), (12, 7)]);
+        assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+    }
+
+    #[test]
+    fn progress_lines() {
+        let p = SyncProgress::default();
+        assert!(render_line(&p, 0.0, 0.0, true).contains("connecting"));
+        p.phase.store(1, Ordering::Relaxed);
+        p.snapshot_bytes.store(512, Ordering::Relaxed);
+        p.snapshot_bytes_total.store(1024, Ordering::Relaxed);
+        p.keys_done.store(10, Ordering::Relaxed);
+        p.keys_total.store(20, Ordering::Relaxed);
+        let line = render_line(&p, 5.0, 256.0, true);
+        assert!(line.contains("[############------------] 50%"), "{line}");
+        assert!(
+            line.contains("512 B/1.0 KiB, 10/20 keys, 5 keys/s, ETA 2 s"),
+            "{line}"
+        );
+        // Diskless: progress by keys.
+        p.snapshot_bytes_total.store(0, Ordering::Relaxed);
+        let line = render_line(&p, 5.0, 256.0, false);
+        assert!(line.contains("snapshot 50% 512 B, 10/20 keys"), "{line}");
+        p.phase.store(2, Ordering::Relaxed);
+        p.received_offset.store(100, Ordering::Relaxed);
+        p.applied_offset.store(90, Ordering::Relaxed);
+        assert!(render_line(&p, 0.0, 0.0, true).contains("lag 10 bytes"));
+        let doc = p.to_json();
+        assert_eq!(doc["snapshot_bytes_total"], serde_json::Value::Null);
+        assert_eq!(doc["keys_by_type"]["hash"], 0);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod convert;
 pub mod engine;
+pub mod filter;
 pub mod position;
 pub mod replica;
 pub mod target;

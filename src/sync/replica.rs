@@ -71,6 +71,25 @@ pub enum ReplicaError {
     Timeout { addr: String, secs: u64 },
 }
 
+impl ReplicaError {
+    /// A dropped, refused or silent connection: worth connecting again (the source may be
+    /// restarting, or killed this replica's connection). A refused handshake or a stream
+    /// that cannot be read is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicaError::Connect { .. }
+            | ReplicaError::Io { .. }
+            | ReplicaError::Timeout { .. } => true,
+            // A source restarting answers -LOADING until its data is loaded; -BUSY while a
+            // script runs too long; -MASTERDOWN when it is itself a replica that lost its master.
+            ReplicaError::Refused { reply, .. } => ["-LOADING", "-BUSY", "-MASTERDOWN"]
+                .iter()
+                .any(|p| reply.starts_with(p)),
+            ReplicaError::Protocol { .. } => false,
+        }
+    }
+}
+
 /// One replication connection to a master.
 pub struct ReplicaLink {
     stream: TcpStream,
@@ -191,6 +210,17 @@ impl ReplicaLink {
     /// diskless master sends no command before the first ACK).
     pub async fn receive_snapshot(
         &mut self,
+        sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<u64, ReplicaError> {
+        self.receive_snapshot_sized(|_| Ok(()), sink).await
+    }
+
+    /// [`ReplicaLink::receive_snapshot`], telling `size` the snapshot's length first: `Some`
+    /// for a disk-based snapshot (`$<len>`), `None` for a diskless one (`$EOF:<mark>`, whose
+    /// end is only known when the mark arrives).
+    pub async fn receive_snapshot_sized(
+        &mut self,
+        size: impl FnOnce(Option<u64>) -> Result<(), String>,
         mut sink: impl FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<u64, ReplicaError> {
         let header = loop {
@@ -214,6 +244,8 @@ impl ReplicaLink {
         let Some(spec) = header.strip_prefix('$') else {
             return Err(self.protocol("snapshot header", header));
         };
+        let known = spec.parse::<u64>().ok();
+        size(known).map_err(|e| self.protocol("snapshot", e))?;
         let mut total = 0u64;
         let mut deliver = |bytes: &[u8], total: &mut u64| -> Result<(), String> {
             *total += bytes.len() as u64;
@@ -422,5 +454,28 @@ impl ReplicaLink {
             step,
             detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors() {
+        let refused = |reply: &str| ReplicaError::Refused {
+            addr: "a".into(),
+            step: "PSYNC",
+            reply: reply.into(),
+        };
+        assert!(refused("-LOADING Redis is loading the dataset in memory").is_transient());
+        assert!(!refused("-NOPERM this user has no permissions").is_transient());
+        assert!(
+            ReplicaError::Timeout {
+                addr: "a".into(),
+                secs: 1
+            }
+            .is_transient()
+        );
     }
 }

@@ -59,6 +59,10 @@ pub enum TargetError {
         version: String,
         reason: String,
     },
+    #[error(
+        "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
+    )]
+    CannotHold { what: String },
 }
 
 /// What the target is.
@@ -208,6 +212,8 @@ pub struct TargetWriter {
     confirmed: Option<u64>,
     sent: u64,
     answered: u64,
+    /// Read buffer reused by `fill`.
+    scratch: Vec<u8>,
 }
 
 impl TargetWriter {
@@ -281,6 +287,7 @@ impl TargetWriter {
             confirmed: None,
             sent: 0,
             answered: 0,
+            scratch: Vec::new(),
         };
         if let Some(auth) = url.auth_command() {
             let reply = w.call(&auth)?;
@@ -505,13 +512,20 @@ impl TargetWriter {
     }
 
     fn fill(&mut self) -> Result<(), TargetError> {
-        let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
+        // A buffer kept across reads: a fresh 64 KiB array each time costs a memset per read,
+        // and the stream makes many small ones.
+        let mut chunk = std::mem::take(&mut self.scratch);
+        if chunk.is_empty() {
+            chunk = vec![0u8; 64 * 1024];
+        }
+        let res = self.stream.read(&mut chunk);
+        if let Ok(n) = res {
+            self.inbuf.extend_from_slice(&chunk[..n]);
+        }
+        self.scratch = chunk;
+        match res {
             Ok(0) => Err(self.io(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => {
-                self.inbuf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(self.io(e)),
         }
@@ -578,6 +592,15 @@ pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
 
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
 /// queries such as the source's `INFO replication`. Returns the reply's text.
+/// One command on a connection of its own; the reply as RESP bytes (errors included).
+pub fn query_raw(
+    url: &RedisUrl,
+    args: &[&[u8]],
+    timeout: Duration,
+) -> Result<Vec<u8>, TargetError> {
+    TargetWriter::open(url, timeout, timeout, 1)?.call(args)
+}
+
 pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
     let mut conn = TargetWriter::open(url, timeout, timeout, 1)?;
     let reply = conn.call(args)?;
