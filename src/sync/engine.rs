@@ -1140,12 +1140,18 @@ impl Applier<'_> {
         w.drain()?;
         self.report.offset = w.confirmed_offset().unwrap_or(0);
         self.report.stats = stats;
-        say(&format!(
+        let line = format!(
             "cutover sync: stopped; position {} {} stored on the target ({})",
             self.replid,
             self.report.offset,
             show_key(POSITION_KEY)
-        ));
+        );
+        if self.opts.shared.is_some() {
+            // Inside `cutover run` (the switch stopped it): a log line, not terminal output.
+            tracing::info!("{line}");
+        } else {
+            say(&line);
+        }
         Ok(self.report)
     }
 
