@@ -92,27 +92,9 @@ cp "$root/target/release/cutover" "$tmp/cutover"
 cp "$gen" "$tmp/cutover_load"
 cutover="$tmp/cutover"
 
-free_ports() { # <n>
-  python3 - "$1" <<'PY'
-import socket, sys
-socks, ports = [], []
-while len(ports) < int(sys.argv[1]):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-    p = s.getsockname()[1]
-    if p != 6379:
-        ports.append(p)
-print(*ports)
-PY
-}
+# shellcheck source=../scripts/lib/ports.sh
+source "$root/scripts/lib/ports.sh"
 
-wait_port() { # <port> <pid> <what>: up to 10 s for the port to accept a connection
-  for _ in $(seq 1 100); do
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $tmp)"
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "$3 did not listen on $1"
-}
 
 status_field() { # <admin port> <python expression on the status document d>
   "$cutover" status --admin "127.0.0.1:$1" --json 2>/dev/null |

@@ -32,20 +32,8 @@ echo "# cutover proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "# command: ROUNDS=$ROUNDS N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS IDLE_CONNS=$IDLE_CONNS bash bench/proxy.sh${*:+ $*}"
 
 # ---- processes: every one started here is killed on exit ------------------------------------
-pids=()
-tmp=""
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  [ -n "$tmp" ] && rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=../scripts/lib/processes.sh
+source "$root/scripts/lib/processes.sh"
 tmp=$(mktemp -d /tmp/cutover-bench.XXXXXX)
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -61,26 +49,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((2 * IDLE_CONNS + 200)) ] ||
   die "open-file limit $(ulimit -n) is too low for $IDLE_CONNS idle connections"
 
-read -r p_redis p_twem p_twem_stats p_cutover <<<"$(python3 - <<'PY'
-import socket
-socks, ports = [], []
-while len(ports) < 4:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-    p = s.getsockname()[1]
-    if p != 6379:
-        ports.append(p)
-print(*ports)
-PY
-)"
+# shellcheck source=../scripts/lib/ports.sh
+source "$root/scripts/lib/ports.sh"
+read -r p_redis p_twem p_twem_stats p_cutover <<<"$(free_ports 4)"
 
-wait_port() { # <port> <pid> <what>: up to 10 s for the port to accept a connection
-  for _ in $(seq 1 100); do
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start (logs in $tmp)"
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "$3 did not listen on $1"
-}
 
 "$bin/redis-7.0-server" --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no \
   --maxclients $((IDLE_CONNS * 2 + 1000)) --dir "$tmp" --logfile "$tmp/redis.log" &

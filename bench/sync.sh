@@ -38,20 +38,8 @@ echo "# cutover sync benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(cd
 echo "# command: KEYS=$KEYS VALUE=$VALUE ROUNDS=$ROUNDS BIG_MB=$BIG_MB LAG_CLIENTS=$LAG_CLIENTS LAG_SECS=$LAG_SECS PARTS=\"$PARTS\" bash bench/sync.sh"
 echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-pids=()
-tmp=""
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  [ -n "$tmp" ] && rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=../scripts/lib/processes.sh
+source "$root/scripts/lib/processes.sh"
 tmp=$(mktemp -d /tmp/cutover-sync-bench.XXXXXX)
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then

@@ -62,20 +62,8 @@ die() { echo "redis-py-conformance: $*" >&2; exit 2; }
 [ -f "$known" ] || die "$known missing"
 
 # ---- processes: every one started here is killed on exit ------------------------------------
-pids=()
-tmp=""
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  [ -n "$tmp" ] && rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=lib/processes.sh
+source "$root/scripts/lib/processes.sh"
 stop() { # <pid>: stops one process started here
   kill -TERM "$1" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
