@@ -1008,37 +1008,7 @@ fn restart_resumes_exactly_once() {
     let mut src = source.conn();
     let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let stop = Arc::clone(&stop);
-        let mut conn = source.conn();
-        std::thread::spawn(move || {
-            let (mut incrs, mut pushed) = (0u64, 0u64);
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && i < 200_000 {
-                if i % 10 == 0 {
-                    let _: (i64, i64) = redis::pipe()
-                        .atomic()
-                        .cmd("INCR")
-                        .arg("counter")
-                        .cmd("RPUSH")
-                        .arg("events")
-                        .arg(format!("v{i}"))
-                        .query(&mut conn)
-                        .unwrap();
-                } else {
-                    let _: i64 = q(&mut conn, &[b"INCR", b"counter"]);
-                    let _: i64 = q(
-                        &mut conn,
-                        &[b"RPUSH", b"events", format!("v{i}").as_bytes()],
-                    );
-                }
-                incrs += 1;
-                pushed += 1;
-                i += 1;
-            }
-            (incrs, pushed)
-        })
-    };
+    let load = counting_load(source.conn(), Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
     let log1 = dir.path().join("first.log");
     let mut first = start_sync(&source, &target, &log1, &[]);
