@@ -34,6 +34,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.proxy.clone(),
         ArcSwap::from_pointee(route),
     ));
+    if let Some(target) = &settings.target {
+        let check = target.clone();
+        let marker = tokio::task::spawn_blocking(move || {
+            crate::sync::position::switched_marker(&check, Duration::from_secs(5))
+        })
+        .await
+        .context("cannot check the target")?;
+        match marker {
+            Ok(Some(value)) => anyhow::bail!(
+                "the target {target} was switched to by an earlier `cutover run` (key cutover:switched = {value:?} in db 0): it is the primary, and starting again would send the clients back to the source and apply the shadowed writes a second time. Point the applications at the target (or at a proxy without [target]); to migrate into it from scratch, delete that key and its data first"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check whether the target was switched to already; the sync retries and checks again")
+            }
+        }
+    }
     let sync = Arc::new(SyncProgress::default());
     let sync_detached = Arc::new(AtomicBool::new(false));
     let controller = settings.target.as_ref().map(|_| {

@@ -449,12 +449,12 @@ impl Load {
     }
 }
 
-/// Every key of db 0 as (type, canonical value, has TTL), `cutover:position` excepted.
+/// Every key of db 0 as (type, canonical value, has TTL), cutover's own keys excepted.
 fn snapshot(conn: &mut redis::Connection) -> BTreeMap<String, (String, String, bool)> {
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
-        if k == "cutover:position" {
+        if k == "cutover:position" || k == "cutover:switched" {
             continue;
         }
         let ty: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
@@ -803,4 +803,70 @@ fn shadow_writes_keep_the_clients_database() {
     });
     assert_eq!(src.cmd_str(&["SELECT", "0"]), "+OK\r\n");
     assert_eq!(src.cmd_str(&["EXISTS", "in5"]), ":0\r\n");
+}
+
+#[test]
+fn a_new_run_refuses_a_target_that_was_switched_to() {
+    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let mut c = proxy.conn();
+    let n: i64 = redis::cmd("INCR").arg("after").query(&mut c).unwrap();
+    assert_eq!(n, 1);
+    let mut src = source.conn();
+    eventually("the INCR shadowed to the source", || {
+        get(&mut src, "after").as_deref() == Some("1")
+    });
+    drop(proxy);
+    // Restarting with the same configuration would send clients back to the source and
+    // replay the shadowed INCR into the target: refused, with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["run", "--source", &source.url(), "--target", &target.url()])
+        .args([
+            "--proxy-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .output()
+        .expect("run cutover");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("was switched to"), "{err}");
+    // `cutover sync` into it is refused too; the target is untouched.
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "sync",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+            "--once",
+        ])
+        .output()
+        .expect("run cutover sync");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&mut target.conn(), "after").as_deref(), Some("1"));
+    // The marker is cutover's own: verify does not report it as an extra key.
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "verify",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .args(["--rounds", "0", "--quiet"])
+        .output()
+        .expect("run cutover verify");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

@@ -45,6 +45,7 @@ use crate::proxy::ProxyShared;
 use crate::proxy::command::command_id;
 use crate::route::{Backend, Route, Side};
 use crate::sync::engine::SyncProgress;
+use crate::sync::position::SWITCHED_KEY;
 use shadow::{ShadowSink, Value};
 use writer::Conn;
 
@@ -392,6 +393,11 @@ impl Controller {
         gate.resume();
         let pause = started.elapsed();
         self.set_phase(Phase::Switched);
+        // Remember on the target that it is the primary now (after the pause): a later
+        // `cutover run` refuses to sync into it again.
+        if let Err(e) = mark_switched(&mut tgt, offset).await {
+            tracing::error!(error = %e, "cannot mark the target as switched ({}); do not restart `cutover run` with this config", String::from_utf8_lossy(SWITCHED_KEY));
+        }
         let report = StepReport {
             action: "switch",
             primary: "target",
@@ -568,6 +574,19 @@ impl Controller {
         ));
         self.proxy.gate.announce();
         unblocked
+    }
+}
+
+/// `SET cutover:switched "<unix ms> <offset>"` in database 0 of the target.
+async fn mark_switched(c: &mut Conn, offset: u64) -> Result<(), String> {
+    if c.db != 0 {
+        c.query(&[b"SELECT", b"0"]).await?;
+        c.db = 0;
+    }
+    let value = format!("{} {offset}", unix_ms());
+    match c.query(&[b"SET", SWITCHED_KEY, value.as_bytes()]).await? {
+        Value::Error(e) => Err(e),
+        _ => Ok(()),
     }
 }
 

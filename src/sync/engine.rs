@@ -496,6 +496,13 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
     writer.set_window(opts.tuning.pipeline);
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
+    if let Some(value) = position::switched_marker(&opts.target, opts.timeout)? {
+        bail!(
+            "the target {} was switched to by `cutover switch` (key {} = {value:?} in db 0): it is a primary now, and syncing into it again would apply writes a second time; delete that key only if its data may be replaced",
+            opts.target,
+            show_key(position::SWITCHED_KEY)
+        );
+    }
     let stored = position::read(&mut writer)?;
     let resume = match &stored {
         Stored::At { replid, offset } if !opts.fresh => {
@@ -1331,10 +1338,13 @@ impl Applier<'_> {
                 );
             }
         }
-        if w.db() == 0 && keys.iter().any(|i| args[*i] == POSITION_KEY) {
+        if let Some(i) = keys
+            .iter()
+            .find(|i| position::is_own_key(w.db(), args[**i]))
+        {
             tracing::warn!(
                 "a write to {} in the replication stream is not applied (the key is cutover's own)",
-                show_key(POSITION_KEY)
+                show_key(args[*i])
             );
             self.report.commands_skipped += 1;
             return Ok(());

@@ -13,10 +13,23 @@
 //!
 //! The key is never copied from the source (neither from its snapshot nor from its stream).
 
+use std::time::Duration;
+
 use super::target::{TargetError, TargetWriter, reply_text};
+use crate::config::RedisUrl;
 
 /// The key that holds the position (database 0 of the target).
 pub const POSITION_KEY: &[u8] = b"cutover:position";
+
+/// Set in database 0 of the target by the first `cutover switch` (`"<unix ms> <offset>"`):
+/// the target has been the primary since, so a new `cutover run` must not sync into it again
+/// (it would route clients back to the source and apply the shadowed writes a second time).
+pub const SWITCHED_KEY: &[u8] = b"cutover:switched";
+
+/// cutover's own bookkeeping keys (database 0): never copied from a source, never compared.
+pub fn is_own_key(db: u64, key: &[u8]) -> bool {
+    db == 0 && (key == POSITION_KEY || key == SWITCHED_KEY)
+}
 /// The key's value while a snapshot is loading.
 pub const LOADING: &str = "snapshot-loading";
 
@@ -88,6 +101,30 @@ pub fn queue_del(w: &mut TargetWriter) -> Result<(), TargetError> {
         super::target::Tag::key("DEL", POSITION_KEY),
     )?;
     w.select(db)
+}
+
+/// The value of [`SWITCHED_KEY`] on the target, when an earlier `cutover run` switched to it
+/// (`Ok(None)`: it did not). A new sync into such a target would apply writes a second time
+/// (the source's stream holds the writes shadowed to it), and a new proxy would send the
+/// clients back to the source.
+pub fn switched_marker(
+    target: &RedisUrl,
+    timeout: Duration,
+) -> Result<Option<String>, TargetError> {
+    let mut db0 = target.clone();
+    db0.db = 0;
+    let raw = super::target::query_raw(&db0, &[b"GET", SWITCHED_KEY], timeout)?;
+    Ok(raw
+        .strip_prefix(b"$")
+        .filter(|r| !r.starts_with(b"-"))
+        .and_then(|r| {
+            let nl = r.iter().position(|b| *b == b'\n')?;
+            Some(
+                String::from_utf8_lossy(r.get(nl + 1..)?)
+                    .trim_end()
+                    .to_string(),
+            )
+        }))
 }
 
 #[cfg(test)]
