@@ -63,6 +63,21 @@ fn get(conn: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(conn).unwrap()
 }
 
+/// `cutover verify --rounds 0` between the two servers (exit 0: equal).
+fn verify(source: &Server, target: &Server) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args([
+            "verify",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .args(["--rounds", "0", "--quiet"])
+        .output()
+        .expect("run cutover verify")
+}
+
 /// Waits until `f` holds on a fresh look (shadow writes arrive asynchronously).
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -620,17 +635,7 @@ fn checkpoint(
             "{label}: source and target differ while shadowing: {differ:?}"
         );
         // `cutover verify` agrees (an independent comparison, exact TTLs aside).
-        let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .args([
-                "verify",
-                "--source",
-                &source.url(),
-                "--target",
-                &target.url(),
-            ])
-            .args(["--rounds", "0", "--quiet"])
-            .output()
-            .expect("run cutover verify");
+        let out = verify(source, target);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -852,17 +857,7 @@ fn a_new_run_refuses_a_target_that_was_switched_to() {
     );
     assert_eq!(get(&mut target.conn(), "after").as_deref(), Some("1"));
     // The marker is cutover's own: verify does not report it as an extra key.
-    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args([
-            "verify",
-            "--source",
-            &source.url(),
-            "--target",
-            &target.url(),
-        ])
-        .args(["--rounds", "0", "--quiet"])
-        .output()
-        .expect("run cutover verify");
+    let out = verify(&source, &target);
     assert_eq!(
         out.status.code(),
         Some(0),

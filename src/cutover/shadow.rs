@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::proxy::command::{KNOWN_COMMANDS, command_id};
+use crate::proxy::command::flags_for;
 use crate::route::Side;
 
 /// A reply, decoded enough to derive a shadow command from it (RESP2 and RESP3 alike).
@@ -159,18 +159,7 @@ const MOVE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1
 /// Writes (and the few commands the old side needs to stay in step), by command id.
 fn write_table() -> &'static [bool] {
     static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = vec![false; KNOWN_COMMANDS.len() + 1];
-        for name in WRITES {
-            let id = command_id(name.as_bytes());
-            if let Some(slot) = t.get_mut(id)
-                && KNOWN_COMMANDS.get(id) == Some(name)
-            {
-                *slot = true;
-            }
-        }
-        t
-    })
+    TABLE.get_or_init(|| flags_for(WRITES))
 }
 
 /// Must the proxy capture this command to shadow it? (By the id of `command::command_id`.)
@@ -183,18 +172,7 @@ pub fn is_write(cmd: usize) -> bool {
 /// anything.
 pub fn needs_reply(cmd: usize) -> bool {
     static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = vec![false; KNOWN_COMMANDS.len() + 1];
-        for name in NEEDS_REPLY {
-            let id = command_id(name.as_bytes());
-            if let Some(slot) = t.get_mut(id)
-                && KNOWN_COMMANDS.get(id) == Some(name)
-            {
-                *slot = true;
-            }
-        }
-        t
-    });
+    let table = TABLE.get_or_init(|| flags_for(NEEDS_REPLY));
     // Unknown commands are never captured; be safe anyway.
     table.get(cmd).copied().unwrap_or(true)
 }
@@ -756,6 +734,7 @@ impl ShadowSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::command::command_id;
 
     fn a(parts: &[&str]) -> Args {
         parts.iter().map(|p| p.as_bytes().to_vec()).collect()

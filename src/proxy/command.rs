@@ -155,6 +155,21 @@ pub fn may_block(cmd_id: usize) -> bool {
     })
 }
 
+/// A table indexed by command id ([`command_id`]) that is true for the named commands (names
+/// not in [`KNOWN_COMMANDS`] are ignored), for lookups on the data path.
+pub fn flags_for(names: &[&str]) -> Vec<bool> {
+    let mut table = vec![false; KNOWN_COMMANDS.len() + 1];
+    for name in names {
+        let id = command_id(name.as_bytes());
+        if let Some(slot) = table.get_mut(id)
+            && KNOWN_COMMANDS.get(id) == Some(name)
+        {
+            *slot = true;
+        }
+    }
+    table
+}
+
 /// Commands known by name, for per-command metrics. Anything else is counted as `other`, so a
 /// client sending garbage names cannot blow up the metric cardinality.
 pub const KNOWN_COMMANDS: &[&str] = &[
