@@ -124,35 +124,67 @@ pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64
 /// reads or changes per-connection state (`CLIENT …`, `READONLY`), or is unknown to the proxy
 /// (a module command might block).
 pub fn needs_own_connection(cmd_id: usize) -> bool {
-    let Some(name) = KNOWN_COMMANDS.get(cmd_id) else {
-        return true;
-    };
-    may_block(cmd_id)
-        || matches!(
-            *name,
-            "client" | "debug" | "readonly" | "readwrite" | "asking" | "auth"
-        )
+    flags(cmd_id) & OWN_CONNECTION != 0
 }
 
 /// Commands that may wait on the server for a long time (or forever) before replying.
 pub fn may_block(cmd_id: usize) -> bool {
-    KNOWN_COMMANDS.get(cmd_id).is_some_and(|name| {
-        matches!(
-            *name,
-            "blpop"
-                | "brpop"
-                | "brpoplpush"
-                | "blmove"
-                | "blmpop"
-                | "bzpopmin"
-                | "bzpopmax"
-                | "bzmpop"
-                | "xread"
-                | "xreadgroup"
-                | "wait"
-                | "waitaof"
-        )
-    })
+    flags(cmd_id) & MAY_BLOCK != 0
+}
+
+/// Whether [`classify`] can say anything but [`Kind::Plain`] for this command: the data path
+/// skips the name comparisons for every other command.
+pub fn has_own_kind(cmd_id: usize) -> bool {
+    flags(cmd_id) & OWN_KIND != 0
+}
+
+const BLOCKING: &[&str] = &[
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "blmove",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+    "bzmpop",
+    "xread",
+    "xreadgroup",
+    "wait",
+    "waitaof",
+];
+/// Ordinary commands that read or change the connection's own state.
+const CONNECTION_STATE: &[&str] = &["client", "debug", "readonly", "readwrite", "asking", "auth"];
+
+const MAY_BLOCK: u8 = 1;
+const OWN_CONNECTION: u8 = 2;
+const OWN_KIND: u8 = 4;
+
+/// Per-command flags, indexed by command id (the last slot is `other`: an unknown command
+/// might be a blocking module command, so it gets its own connection).
+fn flags(cmd_id: usize) -> u8 {
+    static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t: Vec<u8> = KNOWN_COMMANDS
+            .iter()
+            .map(|name| {
+                let mut f = 0;
+                if BLOCKING.contains(name) {
+                    f |= MAY_BLOCK | OWN_CONNECTION;
+                }
+                if CONNECTION_STATE.contains(name) {
+                    f |= OWN_CONNECTION;
+                }
+                // CLIENT's kind depends on its subcommand.
+                if *name == "client" || classify(name.as_bytes(), None, None, 0) != Kind::Plain {
+                    f |= OWN_KIND;
+                }
+                f
+            })
+            .collect();
+        t.push(OWN_CONNECTION);
+        t
+    });
+    table.get(cmd_id).copied().unwrap_or(OWN_CONNECTION)
 }
 
 /// A table indexed by command id ([`command_id`]) that is true for the named commands (names
@@ -481,6 +513,55 @@ fn id_table() -> &'static [u16; TABLE_SLOTS] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_command_with_a_kind_of_its_own_is_flagged() {
+        // The data path calls `classify` only for flagged commands: every name it treats
+        // specially must be a known command with the flag.
+        let special = [
+            "auth",
+            "hello",
+            "quit",
+            "monitor",
+            "sync",
+            "psync",
+            "replconf",
+            "select",
+            "client",
+            "multi",
+            "exec",
+            "discard",
+            "watch",
+            "unwatch",
+            "reset",
+            "subscribe",
+            "psubscribe",
+            "ssubscribe",
+            "unsubscribe",
+            "punsubscribe",
+            "sunsubscribe",
+        ];
+        for name in special {
+            let id = command_id(name.as_bytes());
+            assert!(id < KNOWN_COMMANDS.len(), "{name} is not a known command");
+            assert!(has_own_kind(id), "{name} is not flagged");
+        }
+        let get = command_id(b"get");
+        assert!(!has_own_kind(get) && !needs_own_connection(get) && !may_block(get));
+        let blpop = command_id(b"blpop");
+        assert!(may_block(blpop) && needs_own_connection(blpop));
+        assert!(needs_own_connection(command_id(b"readonly")));
+        let other = command_id(b"module.cmd");
+        assert!(needs_own_connection(other) && !may_block(other) && !has_own_kind(other));
+        // Anything `classify` does not recognise is Plain, whatever its arguments.
+        for name in KNOWN_COMMANDS.iter().filter(|n| !special.contains(n)) {
+            assert_eq!(
+                classify(name.as_bytes(), Some(b"setname"), Some(b"on"), 3),
+                Kind::Plain,
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn table_is_sorted_and_unique() {

@@ -653,8 +653,36 @@ impl Session {
                     return;
                 }
             }
-            self.dispatch(req).await;
+            if !self.mux_fast_path(&req) {
+                self.dispatch(req).await;
+            }
         }
+    }
+
+    /// The common case without the async machinery of [`Session::dispatch`]: an ordinary
+    /// command of a logged-in session without its own connection joins the batch for the
+    /// shared connection. `false` leaves the command to `dispatch`.
+    fn mux_fast_path(&mut self, req: &Request) -> bool {
+        let &Request::Array { len, .. } = req else {
+            return false;
+        };
+        let Some((cmd, Kind::Plain)) = self.classified else {
+            return false;
+        };
+        if self.pinned
+            || self.streaming_request
+            || !self.conn.authenticated
+            || (shadow::is_write(cmd) && self.shared.shadow.load().is_some())
+        {
+            return false;
+        }
+        self.classified = None;
+        telemetry::hot().commands[cmd].increment(1);
+        self.next_shadow = None;
+        self.mux_batch.extend_from_slice(&self.client_in[..len]);
+        self.client_in.advance(len);
+        self.mux_pending(cmd);
+        true
     }
 
     /// Would this command, on an unpinned session, have to run on its own connection?
@@ -675,8 +703,12 @@ impl Session {
             ),
         };
         let Some(name) = name else { return false };
-        let kind = command::classify(name, arg1, arg2, argc);
         let cmd = command::command_id(name);
+        let kind = if command::has_own_kind(cmd) {
+            command::classify(name, arg1, arg2, argc)
+        } else {
+            Kind::Plain
+        };
         // Classified once per command: `command` takes it from here.
         self.classified = Some((cmd, kind.clone()));
         if !self.conn.authenticated {
@@ -1109,6 +1141,11 @@ impl Session {
     /// Adds a command to the batch for the backend's shared connection.
     fn mux_push(&mut self, cmd: usize, wire: &[u8]) {
         self.mux_batch.extend_from_slice(wire);
+        self.mux_pending(cmd);
+    }
+
+    /// Records a command just added to the shared connection's batch.
+    fn mux_pending(&mut self, cmd: usize) {
         self.mux_batch_count += 1;
         self.pending.push_back(Pending {
             cmd,

@@ -17,7 +17,7 @@
 //! follows them). Streamed RESP3 strings (`$?`) are never sent by Redis or Valkey and are
 //! refused as a protocol error.
 
-use super::request::{parse_int, read_line};
+use super::request::{parse_int, read_line, short_header_number};
 
 /// Longest element copied for inspection.
 const CAPTURE_MAX: usize = 128;
@@ -105,6 +105,20 @@ impl Default for ReplyParser {
 impl ReplyParser {
     /// Scans `buf` (starting at the current reply) for the end of the reply.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ReplyError> {
+        if self.cursor == 0
+            && matches!(self.state, State::Value)
+            && self.stack.is_empty()
+            && !self.top_started
+            && !self.in_attribute
+        {
+            if let Some(len) = whole_scalar(buf) {
+                return Ok(Some(ReplyInfo {
+                    len,
+                    kind: buf[0],
+                    ..ReplyInfo::default()
+                }));
+            }
+        }
         loop {
             match self.state {
                 State::Bulk {
@@ -276,6 +290,28 @@ impl ReplyParser {
             offset,
             reason: reason.to_string(),
         }
+    }
+}
+
+/// The common replies in one pass: a whole scalar (`+OK`, `:1`, `$-1`, `$3 abc`, an error)
+/// with a short header already in `buf`; its length. `None` for anything else (aggregates,
+/// incomplete or long lines, malformed input), which the general path handles.
+#[inline]
+fn whole_scalar(buf: &[u8]) -> Option<usize> {
+    match *buf.first()? {
+        b'+' | b'-' | b':' | b'_' | b',' | b'#' | b'(' => {
+            let cr = buf.iter().take(256).position(|&b| b == b'\r')?;
+            (buf.get(cr + 1) == Some(&b'\n')).then_some(cr + 2)
+        }
+        b'$' => {
+            if buf.get(1..5) == Some(b"-1\r\n") {
+                return Some(5);
+            }
+            let (len, body) = short_header_number(buf, 1)?;
+            let end = body + len as usize + 2;
+            (buf.len() >= end && buf[end - 2] == b'\r' && buf[end - 1] == b'\n').then_some(end)
+        }
+        _ => None,
     }
 }
 

@@ -48,29 +48,43 @@ pub enum Request {
 }
 
 /// Byte ranges of the first [`CAPTURED_ARGS`] arguments of a command.
+///
+/// Offsets are kept as `u32` so a parsed [`Request`] stays small (it is moved for every
+/// command). A command is at most a few GB long only in theory (Redis refuses a query buffer
+/// over 1 GB); an argument ending past 4 GiB, and every one after it, is not captured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapturedArgs {
-    ranges: [Range<usize>; CAPTURED_ARGS],
-    count: usize,
+    ranges: [(u32, u32); CAPTURED_ARGS],
+    count: u8,
+    full: bool,
 }
 
 impl CapturedArgs {
     fn push(&mut self, r: Range<usize>) {
-        if self.count < CAPTURED_ARGS {
-            self.ranges[self.count] = r;
-            self.count += 1;
+        if self.full || usize::from(self.count) == CAPTURED_ARGS {
+            return;
+        }
+        match (u32::try_from(r.start), u32::try_from(r.end)) {
+            (Ok(start), Ok(end)) => {
+                self.ranges[usize::from(self.count)] = (start, end);
+                self.count += 1;
+            }
+            _ => self.full = true,
         }
     }
     /// How many arguments were captured (at most [`CAPTURED_ARGS`]).
     pub fn len(&self) -> usize {
-        self.count
+        usize::from(self.count)
     }
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
     /// Argument `i` as bytes of `buf` (the buffer the command was parsed from).
     pub fn get<'a>(&self, buf: &'a [u8], i: usize) -> Option<&'a [u8]> {
-        (i < self.count).then(|| &buf[self.ranges[i].clone()])
+        (i < self.len()).then(|| {
+            let (start, end) = self.ranges[i];
+            &buf[start as usize..end as usize]
+        })
     }
 }
 
@@ -122,6 +136,11 @@ impl RequestParser {
     /// Scans `buf` (which starts at the current command) for the end of the command.
     /// `Ok(None)` means: more bytes are needed; nothing is scanned twice.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
+        if self.cursor == 0 && self.state == State::Start {
+            if let Some(req) = self.parse_whole(buf) {
+                return Ok(Some(req));
+            }
+        }
         loop {
             match self.state {
                 State::Start => {
@@ -197,6 +216,42 @@ impl RequestParser {
                 }
             }
         }
+    }
+
+    /// The common case in one pass, without the resumable state machine: a whole command
+    /// already in `buf`, with short headers. `None` (nothing changed) for anything else:
+    /// incomplete, inline, long or malformed input goes the general way, which resumes
+    /// where it stops and reports errors.
+    #[inline]
+    fn parse_whole(&self, buf: &[u8]) -> Option<Request> {
+        if buf.first() != Some(&b'*') {
+            return None;
+        }
+        let (argc, mut at) = short_header_number(buf, 1)?;
+        if argc == 0 || argc > WHOLE_MAX_ARGS {
+            return None;
+        }
+        let mut args = CapturedArgs::default();
+        for _ in 0..argc {
+            if buf.get(at) != Some(&b'$') {
+                return None;
+            }
+            let (len, body) = short_header_number(buf, at + 1)?;
+            if len > self.max_bulk {
+                return None;
+            }
+            let end = body + len as usize + 2;
+            if buf.len() < end || buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
+                return None;
+            }
+            args.push(body..end - 2);
+            at = end;
+        }
+        Some(Request::Array {
+            len: at,
+            argc,
+            args,
+        })
     }
 
     /// Number of arguments of the command being scanned, once its header was read.
@@ -290,6 +345,33 @@ fn err(msg: &str) -> ProtocolError {
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
+}
+
+/// Commands with more arguments than this always take the resumable path (a huge command
+/// arriving in pieces is then never scanned from its start more than twice).
+const WHOLE_MAX_ARGS: u64 = 256;
+
+/// A short decimal header (`*3`, `$16`: at most 9 digits, no sign, no leading zero) ending in
+/// CRLF at `buf[at..]`: its value and the offset after the CRLF. `None` for anything else,
+/// which the general path handles.
+#[inline]
+pub(crate) fn short_header_number(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    let rest = buf.get(at..)?;
+    let mut v: u64 = 0;
+    // Up to 9 digits and the CR.
+    for (i, &b) in rest.iter().enumerate().take(10) {
+        match b {
+            b'0'..=b'9' => v = v * 10 + u64::from(b - b'0'),
+            b'\r' if i > 0 => {
+                if rest.get(i + 1) != Some(&b'\n') || (i > 1 && rest[0] == b'0') {
+                    return None;
+                }
+                return Some((v, at + i + 2));
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Reads a `\r\n`-terminated line starting at `from`; returns its content and the offset after
