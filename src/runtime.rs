@@ -18,7 +18,7 @@ use crate::sync::engine::{SyncOptions, SyncProgress};
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics {
-        crate::telemetry::install_exporter(addr)?;
+        crate::telemetry::install_exporter(addr).await?;
         tracing::info!(%addr, "metrics listener ready (Prometheus text at /metrics)");
     }
     let route = Route {

@@ -1,47 +1,99 @@
 //! Prometheus metrics and logging set-up.
 //!
-//! Metric handles for the hot path (per-command counters and latency histograms) are created
-//! once into a table indexed by command id, so counting a command is one atomic add instead of
-//! a registry lookup.
+//! Most metrics go through the `metrics` facade into `metrics-exporter-prometheus`. The two
+//! that move with every command (commands by name and the per-command latency histogram) are
+//! kept in a table of our own, [`CommandStats`], indexed by command id: counting a command is
+//! one relaxed atomic add, recording a latency three, with no registry, no sample queue and no
+//! background draining. The scrape endpoint renders both into one Prometheus text page.
 
+use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use bytes::Bytes;
+use metrics::Counter;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::proxy::command::KNOWN_COMMANDS;
 
 pub const COMMAND_LATENCY: &str = "cutover_command_duration_seconds";
 
-/// Starts the Prometheus exporter's HTTP listener on `addr`.
-pub fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(
-            Matcher::Full(COMMAND_LATENCY.to_string()),
-            &[
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                1.0, 5.0,
-            ],
-        )?
-        .install()
+/// Upper bounds (seconds) of the per-command latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Installs the Prometheus recorder and serves the metrics page on `addr` (any path; the
+/// usual one is `/metrics`).
+pub async fn install_exporter(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
         .map_err(|e| anyhow::anyhow!("cannot start the metrics listener on {addr}: {e}"))?;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Histograms recorded through the facade are drained into their buckets here.
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    tokio::spawn(serve(listener, handle));
     Ok(())
 }
 
+async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+    use hyper::server::conn::http1;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let page = render(&handle);
+                async move {
+                    let mut response =
+                        hyper::Response::new(http_body_util::Full::new(Bytes::from(page)));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+/// The whole metrics page: the facade's metrics, then the per-command table.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut page = handle.render();
+    commands().render(&mut page);
+    page
+}
+
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "cutover_commands_total",
-        "Commands received from clients, by command name"
-    );
-    describe_histogram!(
-        COMMAND_LATENCY,
-        metrics::Unit::Seconds,
-        "Time from a command being read from the client until its reply is ready"
-    );
+    use metrics::{describe_counter, describe_gauge};
     describe_counter!(
         "cutover_errors_total",
         "Errors by kind (protocol, backend_lost, backend_unreachable, auth, refused, reply_error)"
@@ -64,10 +116,8 @@ fn describe() {
     );
 }
 
-/// Handles used on the data path.
+/// Handles used on the data path (counted once per read or write, not per command).
 pub struct Hot {
-    pub commands: Vec<Counter>,
-    pub latency: Vec<Histogram>,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
 }
@@ -76,21 +126,107 @@ static HOT: OnceLock<Hot> = OnceLock::new();
 
 /// The hot-path handles; created on first use (after the exporter, if any, is installed).
 pub fn hot() -> &'static Hot {
-    HOT.get_or_init(|| {
-        let names = KNOWN_COMMANDS.iter().copied().chain(["other"]);
-        let mut commands = Vec::new();
-        let mut latency = Vec::new();
-        for name in names {
-            commands.push(metrics::counter!("cutover_commands_total", "command" => name));
-            latency.push(metrics::histogram!(COMMAND_LATENCY, "command" => name));
-        }
-        Hot {
-            commands,
-            latency,
-            bytes_in: metrics::counter!("cutover_client_bytes_in_total"),
-            bytes_out: metrics::counter!("cutover_client_bytes_out_total"),
-        }
+    HOT.get_or_init(|| Hot {
+        bytes_in: metrics::counter!("cutover_client_bytes_in_total"),
+        bytes_out: metrics::counter!("cutover_client_bytes_out_total"),
     })
+}
+
+/// Per-command counts and latency histograms, indexed by command id (the last slot is
+/// `other`: unknown names, so garbage cannot blow up the metric cardinality).
+pub struct CommandStats {
+    rows: Vec<CommandRow>,
+}
+
+#[derive(Default)]
+struct CommandRow {
+    received: AtomicU64,
+    /// Total time of the replies timed, in nanoseconds, and how many fell in each bucket
+    /// (not cumulative; the last slot is above the highest bound).
+    total_ns: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+}
+
+/// The per-command table (always there: counting costs the same with or without a scraper).
+pub fn commands() -> &'static CommandStats {
+    static STATS: OnceLock<CommandStats> = OnceLock::new();
+    STATS.get_or_init(|| CommandStats {
+        rows: (0..=KNOWN_COMMANDS.len())
+            .map(|_| CommandRow::default())
+            .collect(),
+    })
+}
+
+impl CommandStats {
+    /// `n` commands `cmd` were received.
+    #[inline]
+    pub fn received(&self, cmd: usize, n: u64) {
+        if let Some(row) = self.rows.get(cmd) {
+            row.received.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// `n` commands `cmd` were answered after `latency` each.
+    #[inline]
+    pub fn answered(&self, cmd: usize, n: u64, latency: Duration) {
+        let Some(row) = self.rows.get(cmd) else {
+            return;
+        };
+        let secs = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        row.total_ns
+            .fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
+        row.buckets[bucket].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Appends the table in the Prometheus text format (commands never seen are left out).
+    pub fn render(&self, out: &mut String) {
+        let names = KNOWN_COMMANDS.iter().copied().chain(["other"]);
+        let seen: Vec<(&str, &CommandRow)> = names
+            .zip(&self.rows)
+            .filter(|(_, r)| r.received.load(Ordering::Relaxed) > 0)
+            .collect();
+        out.push_str("# HELP cutover_commands_total Commands received from clients, by command name\n# TYPE cutover_commands_total counter\n");
+        for (name, row) in &seen {
+            let _ = writeln!(
+                out,
+                "cutover_commands_total{{command=\"{name}\"}} {}",
+                row.received.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {COMMAND_LATENCY} Time from a command being read from the client until its reply is ready\n# TYPE {COMMAND_LATENCY} histogram"
+        );
+        for (name, row) in &seen {
+            let mut cumulative = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += row.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "{COMMAND_LATENCY}_bucket{{command=\"{name}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            cumulative += row.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{COMMAND_LATENCY}_bucket{{command=\"{name}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "{COMMAND_LATENCY}_sum{{command=\"{name}\"}} {}",
+                row.total_ns.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(
+                out,
+                "{COMMAND_LATENCY}_count{{command=\"{name}\"}} {cumulative}"
+            );
+        }
+    }
 }
 
 /// Counts an error of `kind` (a fixed, small set of label values).
@@ -107,4 +243,40 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_table_renders_cumulative_buckets() {
+        let stats = CommandStats {
+            rows: (0..=KNOWN_COMMANDS.len())
+                .map(|_| CommandRow::default())
+                .collect(),
+        };
+        let get = crate::proxy::command::command_id(b"get");
+        stats.received(get, 5);
+        stats.answered(get, 3, Duration::from_micros(50));
+        stats.answered(get, 1, Duration::from_millis(2));
+        stats.answered(get, 1, Duration::from_secs(10));
+        stats.received(usize::MAX, 1); // out of range: ignored, never panics
+        let mut page = String::new();
+        stats.render(&mut page);
+        for line in [
+            "cutover_commands_total{command=\"get\"} 5",
+            "cutover_command_duration_seconds_bucket{command=\"get\",le=\"0.0001\"} 3",
+            "cutover_command_duration_seconds_bucket{command=\"get\",le=\"0.001\"} 3",
+            "cutover_command_duration_seconds_bucket{command=\"get\",le=\"0.0025\"} 4",
+            "cutover_command_duration_seconds_bucket{command=\"get\",le=\"5\"} 4",
+            "cutover_command_duration_seconds_bucket{command=\"get\",le=\"+Inf\"} 5",
+            "cutover_command_duration_seconds_count{command=\"get\"} 5",
+            "cutover_command_duration_seconds_sum{command=\"get\"} 10.00215",
+        ] {
+            assert!(page.contains(line), "missing {line} in\n{page}");
+        }
+        // Commands never received are left out.
+        assert!(!page.contains("command=\"set\""), "{page}");
+    }
 }

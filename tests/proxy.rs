@@ -2193,8 +2193,20 @@ fn metrics_count_commands_and_connections() {
     let conns = metric(&after, "cutover_client_connections")
         .unwrap_or_else(|| panic!("no cutover_client_connections in:\n{after}"));
     assert!(conns >= 1.0, "{conns}");
+    // Every GET answered was timed: the histogram's count and its +Inf bucket agree.
+    let timed = metric(
+        &after,
+        "cutover_command_duration_seconds_count{command=\"get\"}",
+    )
+    .unwrap_or_else(|| panic!("no GET latency histogram in:\n{after}"));
+    let inf = metric(
+        &after,
+        "cutover_command_duration_seconds_bucket{command=\"get\",le=\"+Inf\"}",
+    )
+    .unwrap_or_else(|| panic!("no +Inf bucket in:\n{after}"));
+    assert!(timed >= 8.0 && timed == inf, "count {timed}, +Inf {inf}");
     assert!(
-        after.contains("cutover_command_duration_seconds"),
+        after.contains("# TYPE cutover_command_duration_seconds histogram"),
         "{after}"
     );
     drop(raw);

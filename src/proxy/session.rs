@@ -677,7 +677,7 @@ impl Session {
             return false;
         }
         self.classified = None;
-        telemetry::hot().commands[cmd].increment(1);
+        telemetry::commands().received(cmd, 1);
         self.next_shadow = None;
         self.mux_batch.extend_from_slice(&self.client_in[..len]);
         self.client_in.advance(len);
@@ -805,7 +805,7 @@ impl Session {
                 return;
             }
             let cmd = command::command_id(name);
-            telemetry::hot().commands[cmd].increment(1);
+            telemetry::commands().received(cmd, 1);
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
             self.streaming_request = true;
@@ -831,7 +831,7 @@ impl Session {
             let kind = command::classify(name, argv.get(1).copied(), argv.get(2).copied(), argc);
             (command::command_id(name), kind)
         });
-        telemetry::hot().commands[cmd].increment(1);
+        telemetry::commands().received(cmd, 1);
         self.next_shadow = None;
         if shadow::is_write(cmd) && self.conn.authenticated {
             self.capture_shadow(cmd, wire);
@@ -1223,15 +1223,28 @@ impl Session {
         };
         self.mux_inflight = self.mux_inflight.saturating_sub(completed as usize);
         let now = Instant::now();
+        // Timed in runs of the same command sent at the same time (a pipeline of GETs is one
+        // record).
+        let mut run: Option<(usize, Instant, u64)> = None;
         for _ in 0..completed {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
             debug_assert!(p.via_mux);
-            telemetry::hot().latency[p.cmd].record((now - p.started).as_secs_f64());
+            match &mut run {
+                Some((cmd, started, n)) if *cmd == p.cmd && *started == p.started => *n += 1,
+                _ => {
+                    if let Some((cmd, started, n)) = run.replace((p.cmd, p.started, 1)) {
+                        telemetry::commands().answered(cmd, n, now - started);
+                    }
+                }
+            }
             if let Some(msg) = &failure {
                 push_error(&mut self.client_out, msg);
             }
+        }
+        if let Some((cmd, started, n)) = run {
+            telemetry::commands().answered(cmd, n, now - started);
         }
         self.drain_local();
     }
@@ -1479,7 +1492,7 @@ impl Session {
         };
         if done {
             let mut head = self.pending.pop_front().expect("front exists");
-            telemetry::hot().latency[head.cmd].record(head.started.elapsed().as_secs_f64());
+            telemetry::commands().answered(head.cmd, 1, head.started.elapsed());
             if !info.is_error() && !head.swallow {
                 if let Some(plan) = head.shadow.take() {
                     self.emit_shadow(*plan, bytes);
@@ -1598,7 +1611,7 @@ impl Session {
             else {
                 unreachable!()
             };
-            telemetry::hot().latency[cmd].record(started.elapsed().as_secs_f64());
+            telemetry::commands().answered(cmd, 1, started.elapsed());
             self.client_out.extend_from_slice(&reply);
             if close {
                 self.close_after_flush = true;
