@@ -391,6 +391,7 @@ fn parse_file(data: &[u8], seed: u64, max_piece: u64) -> ParsedFile {
             bytes: 64 * 1024,
         },
         verify_checksum: true,
+        raw_strings_without_expiry: true,
     });
     let mut rng = Rng(seed);
     let mut out = ParsedFile {

@@ -15,7 +15,7 @@ fn push(events: &mut Vec<Event>, ev: Event) {
     events.push(ev);
 }
 
-fn run(data: &[u8], piece: usize) -> (Vec<Event>, bool) {
+fn run(data: &[u8], piece: usize, raw_strings: bool) -> (Vec<Event>, bool) {
     let mut p = RdbParser::with_options(ParserOptions {
         raw_limit: 4096,
         chunks: ChunkLimits {
@@ -23,6 +23,7 @@ fn run(data: &[u8], piece: usize) -> (Vec<Event>, bool) {
             bytes: 64,
         },
         verify_checksum: false,
+        raw_strings_without_expiry: raw_strings,
     });
     let mut events = Vec::new();
     for chunk in data.chunks(piece.max(1)) {
@@ -49,8 +50,9 @@ fuzz_target!(|data: &[u8]| {
         b"VALKEY080".to_vec()
     };
     input.extend_from_slice(rest);
-    let whole = run(&input, input.len());
-    let pieces = run(&input, (piece & 0x1f) as usize + 1);
+    let raw_strings = piece & 0x40 == 0;
+    let whole = run(&input, input.len(), raw_strings);
+    let pieces = run(&input, (piece & 0x1f) as usize + 1, raw_strings);
     // Compared as text: a NaN score is not equal to itself.
     assert_eq!(format!("{whole:?}"), format!("{pieces:?}"));
     // Raw value bodies must decode with the value decoder alone.

@@ -61,6 +61,10 @@ pub struct ParserOptions {
     pub chunks: ChunkLimits,
     /// Verify the CRC-64 trailer (when non-zero).
     pub verify_checksum: bool,
+    /// Keep `raw` for strings without an expiry too. A consumer that writes such strings
+    /// with plain commands (the sync's batched `MSET`) turns this off and saves a copy of
+    /// every one.
+    pub raw_strings_without_expiry: bool,
 }
 
 impl Default for ParserOptions {
@@ -69,9 +73,14 @@ impl Default for ParserOptions {
             raw_limit: 512 * 1024,
             chunks: ChunkLimits::default(),
             verify_checksum: true,
+            raw_strings_without_expiry: true,
         }
     }
 }
+
+/// Room reserved for a key's raw value up front (most values are small; growing from one
+/// byte would reallocate several times per key).
+const RAW_START_CAPACITY: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Top {
@@ -459,6 +468,15 @@ impl Machine {
                     ValueDecoder::new(rdb_type, self.opts.chunks).map_err(|e| e.rebased(at))?;
                 let key = t.read_string("key")?.into_bytes().into_owned();
                 let prefix = std::mem::take(&mut self.prefix);
+                let keep_raw = self.opts.raw_limit > 0
+                    && (self.opts.raw_strings_without_expiry
+                        || prefix.expire_ms.is_some()
+                        || rdb_type.kind() != ty::ValueKind::String);
+                self.raw = keep_raw.then(|| {
+                    let mut raw = Vec::with_capacity(RAW_START_CAPACITY);
+                    raw.push(id);
+                    raw
+                });
                 out.push(Event::KeyStart(KeyInfo {
                     db: self.db,
                     key,
@@ -467,7 +485,6 @@ impl Machine {
                     idle_s: prefix.idle_s,
                     freq: prefix.freq,
                 }));
-                self.raw = (self.opts.raw_limit > 0).then(|| vec![id]);
                 self.value = Some(dec);
                 self.top = Top::Value;
             }
@@ -727,6 +744,42 @@ mod tests {
         let (keys, _) = keys(events);
         assert_eq!(keys[0].1, Value::String(big));
         assert_eq!(keys[0].2, None, "over the raw limit");
+    }
+
+    #[test]
+    fn raw_of_strings_without_expiry_can_be_left_out() {
+        let mut f = File::new(11);
+        f.key(0, b"plain").write_raw_string(b"v1");
+        f.op(ty::OP_EXPIRETIME_MS).write_u64_le(4_000_000_000_000);
+        f.key(0, b"ttl").write_raw_string(b"v2");
+        f.key(2, b"set").write_len(1);
+        f.w.write_raw_string(b"m");
+        let data = f.finish(true);
+        let raws = |raw_strings_without_expiry| {
+            let opts = ParserOptions {
+                raw_strings_without_expiry,
+                ..ParserOptions::default()
+            };
+            let (keys, _) = keys(parse_split(&data, opts, &[]).unwrap());
+            keys.into_iter()
+                .map(|(k, v, raw)| (k.key, v, raw.is_some()))
+                .collect::<Vec<_>>()
+        };
+        let all = raws(true);
+        let some = raws(false);
+        assert_eq!(
+            all.iter().map(|k| k.2).collect::<Vec<_>>(),
+            [true, true, true]
+        );
+        assert_eq!(
+            some.iter().map(|k| k.2).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        // The values themselves are the same either way.
+        let values =
+            |v: &[(Vec<u8>, Value, bool)]| v.iter().map(|k| k.1.clone()).collect::<Vec<_>>();
+        assert_eq!(values(&all), values(&some));
+        assert_eq!(some[0].1, Value::String(b"v1".to_vec()));
     }
 
     #[test]

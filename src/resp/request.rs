@@ -500,21 +500,33 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
 
 /// Encodes arguments as a RESP array of bulk strings (how inline commands are forwarded).
 pub fn encode_command(args: &[impl AsRef<[u8]>], out: &mut Vec<u8>) {
-    out.push(b'*');
-    out.extend_from_slice(itoa_buf(args.len() as i64).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let body: usize = args.iter().map(|a| a.as_ref().len() + 16).sum();
+    out.reserve(body + 16);
+    push_header(out, b'*', args.len());
     for a in args {
         let a = a.as_ref();
-        out.push(b'$');
-        out.extend_from_slice(itoa_buf(a.len() as i64).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_header(out, b'$', a.len());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
 }
 
-fn itoa_buf(v: i64) -> String {
-    v.to_string()
+/// Appends `<kind><n>\r\n` (decimal digits written in place, no allocation).
+fn push_header(out: &mut Vec<u8>, kind: u8, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.push(kind);
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -345,10 +345,16 @@ impl Converter {
                             && cur.info.expire_ms.is_none()
                             && bytes <= MSET_VALUE_BYTES =>
                     {
-                        let mut value = Vec::with_capacity(bytes);
+                        let mut value = Vec::new();
                         for ev in held {
                             if let Event::StringChunk(b) = ev {
-                                value.extend_from_slice(&b);
+                                if value.is_empty() {
+                                    // One chunk (the usual case) is taken as it is.
+                                    value = b;
+                                } else {
+                                    value.reserve(bytes - value.len());
+                                    value.extend_from_slice(&b);
+                                }
                             }
                         }
                         self.batch_string(cur.info.db, cur.info.key, value, w)?;

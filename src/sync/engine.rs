@@ -133,6 +133,8 @@ impl SyncOptions {
     fn parser(&self) -> RdbParser {
         RdbParser::with_options(ParserOptions {
             raw_limit: self.tuning.big_key_bytes,
+            // Such strings go out in batched MSETs (see `convert`), never as RESTORE.
+            raw_strings_without_expiry: false,
             ..ParserOptions::default()
         })
     }
