@@ -864,5 +864,18 @@ mod tests {
             first_error_in_array(b"*3\r\n$1\r\nx\r\n*1\r\n:2\r\n-WRONGTYPE no\r\n").as_deref(),
             Some("WRONGTYPE no")
         );
+        assert_eq!(
+            array_errors(b"*4\r\n-ERR a\r\n+OK\r\n*-1\r\n-WRONGTYPE b\r\n"),
+            vec![(0, "ERR a".to_string()), (3, "WRONGTYPE b".to_string())]
+        );
+        assert!(array_errors(b"*3\r\n+OK\r\n").is_empty());
+        let r = |e: &str| Refusal {
+            tag: Tag::default(),
+            error: e.into(),
+        };
+        assert!(r("ERR unknown command `MSETEX`").is_command_error());
+        assert!(r("WRONGTYPE Operation against a key").is_command_error());
+        assert!(!r("OOM command not allowed").is_command_error());
+        assert!(!r("NOPERM this user has no permissions").is_command_error());
     }
 }
