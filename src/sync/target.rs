@@ -486,6 +486,8 @@ impl TargetWriter {
     /// `DISCARD`s the open transaction (if any) and sends it again without the commands at
     /// `drop` (indexes from [`Self::txn_refused`]); the transaction stays open.
     pub fn resend_txn_without(&mut self, drop: &[usize]) -> Result<(), TargetError> {
+        // The database the transaction's `SELECT`s lead to (sent again as bytes below).
+        let db_after = self.db;
         let Some(txn) = self.discard_txn()? else {
             return Ok(());
         };
@@ -501,6 +503,7 @@ impl TargetWriter {
             tag.in_txn = false;
             self.send_wire(wire, tag)?;
         }
+        self.db = db_after;
         Ok(())
     }
 
