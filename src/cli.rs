@@ -152,7 +152,8 @@ pub struct SyncArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Connection and silence time limit, in seconds: a replication link silent for longer is
-    /// connected again; a source unreachable for five times longer fails the sync.
+    /// connected again; a source or target unreachable for five times longer fails the sync
+    /// (until then it is retried with back-off, resuming from the stored position).
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
     #[command(flatten)]
@@ -556,7 +557,15 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         tuning,
         ..crate::sync::engine::SyncOptions::new(source, target)
     };
-    let report = crate::sync::engine::run(&opts)?;
+    // A target (or source) that goes away is waited for: the sync runs again with back-off
+    // and resumes from the position stored on the target; what waiting cannot cure, or an
+    // outage longer than five times --timeout-secs, ends it (exit code 2).
+    let ctx = crate::sync::engine::RunContext::new(&opts, true)?;
+    let policy = crate::sync::retry::RetryPolicy {
+        give_up_after: Some(timeout * crate::sync::engine::RECONNECT_TIMEOUTS),
+        retry_permanent: false,
+    };
+    let report = crate::sync::retry::run_retrying(&opts, policy, &ctx)?;
     Ok(sync_summary(&report))
 }
 

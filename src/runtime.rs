@@ -14,7 +14,8 @@ use crate::cutover::Controller;
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
-use crate::sync::engine::{SyncOptions, SyncProgress};
+use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
+use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics {
@@ -137,16 +138,24 @@ async fn shutdown_signal() {
 }
 
 /// Runs the sync for as long as the process lives. A failure (source or target down, link
-/// dropped) is reported in `status` and retried with back-off; every retry resumes from the
-/// position stored on the target, so nothing is applied twice.
+/// dropped) is reported in `status` and retried with back-off ([`crate::sync::retry`]; one
+/// that waiting cannot cure at the longest back-off); every retry resumes from the position
+/// stored on the target, so nothing is applied twice.
 fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>) {
     let Some(progress) = opts.shared.clone() else {
         return;
     };
-    let mut backoff = Duration::from_secs(1);
+    let ctx = RunContext {
+        progress: progress.clone(),
+        // The process handles the signals; the sync just ends with it.
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let policy = RetryPolicy {
+        give_up_after: None,
+        retry_permanent: true,
+    };
     loop {
-        progress.starts.fetch_add(1, Ordering::Relaxed);
-        match crate::sync::engine::run(&opts) {
+        match run_retrying(&opts, policy, &ctx) {
             // Returns Ok only when the cutover barrier asked it to stop at an offset. Either
             // the switch went through (the sync is over for good) or it was aborted (go on
             // streaming from the stored position).
@@ -160,16 +169,10 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>) {
                 }
                 progress.stopped.store(false, Ordering::Release);
             }
+            // (Not reached: every failure is retried.)
             Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(error = %msg, retry_in_s = backoff.as_secs(), "sync failed; retrying (it resumes from the position stored on the target)");
-                progress.phase.store(3, Ordering::Relaxed);
-                if let Ok(mut last) = progress.last_error.lock() {
-                    *last = Some(msg);
-                }
-                metrics::counter!("cutover_sync_restarts_total").increment(1);
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tracing::error!(error = %format!("{e:#}"), "sync failed");
+                std::thread::sleep(MAX_BACKOFF);
             }
         }
     }

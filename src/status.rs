@@ -124,6 +124,9 @@ fn sync_line(sync: &Value) -> String {
     if let Some(e) = sync["last_error"].as_str() {
         line.push_str(&format!(" (last error: {e})"));
     }
+    if let Some(s) = sync["retry_in_s"].as_u64() {
+        line.push_str(&format!("; retrying in {s} s"));
+    }
     line
 }
 

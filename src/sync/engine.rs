@@ -52,6 +52,15 @@ use super::target::{
 use crate::config::RedisUrl;
 use crate::rdb::{ParserOptions, RdbParser};
 
+/// Failures of the engine itself (the target writer has [`TargetError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The replica link to the source failed for good (`transient`: the source could not be
+    /// connected to on the link's first attempt, so a later run may succeed).
+    #[error("{message}")]
+    SourceLink { message: String, transient: bool },
+}
+
 /// What to sync.
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
@@ -193,6 +202,13 @@ pub struct SyncProgress {
     /// Of those, full resyncs (the target flushed and loaded again).
     pub full_resyncs: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
+    /// Runs that got going (the target answered and the source started a sync or continued
+    /// one): a failure after that is a new outage, worth retrying ([`super::retry`]).
+    pub established: AtomicU64,
+    /// Seconds until the next run of the engine after a failure (0: not waiting).
+    pub retry_in_s: AtomicU64,
+    /// What the last run counted, for a next run that continues its stream.
+    carried: std::sync::Mutex<Option<Carried>>,
     pub epoch: std::sync::OnceLock<Instant>,
     /// Set by the cutover barrier: stop streaming as soon as the target has applied (and
     /// confirmed) this replication offset — never apply a byte past it. Holds offset + 1;
@@ -203,6 +219,15 @@ pub struct SyncProgress {
     /// Wakes the applier when it waits for the replica link (so a stop request is seen at
     /// once, not at the next poll).
     waker: Waker,
+}
+
+/// The counters of a run, carried into the next one when it continues the same stream (so
+/// the report of `cutover sync --once`, and its exit code, include what an earlier run
+/// reported before a failure).
+#[derive(Debug, Clone)]
+struct Carried {
+    stats: Stats,
+    report: SyncReport,
 }
 
 /// A callback into the running engine.
@@ -267,6 +292,20 @@ impl SyncProgress {
     /// Withdraws [`Self::request_stop_at`] (the barrier was aborted).
     pub fn cancel_stop(&self) {
         self.stop_at.store(0, Ordering::Release);
+    }
+
+    /// The counts of the last run (its report so far), for a stop between runs.
+    pub fn carried_report(&self) -> SyncReport {
+        self.carried
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .map(|c| SyncReport {
+                stats: c.stats,
+                offset: self.applied_offset.load(Ordering::Relaxed),
+                ..c.report
+            })
+            .unwrap_or_default()
     }
 
     pub fn phase_name(&self) -> &'static str {
@@ -355,6 +394,7 @@ impl SyncProgress {
             "reconnects": n(&self.reconnects),
             "full_resyncs": n(&self.full_resyncs),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
+            "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
         })
     }
 
@@ -487,13 +527,45 @@ enum Msg {
     },
     /// Commands of the stream, and when they were read from the source (for `lag_ms`).
     Commands(Vec<StreamCommand>, Instant),
-    Failed(String),
+    /// The link failed for good (the reason; whether a wait may cure it).
+    Failed(String, bool),
     /// Look at the shared state now (the cutover barrier asked to stop at an offset).
     Wake,
 }
 
-/// Runs the sync on the calling thread (blocking). Returns only with `once` (or on an error).
+/// What a run of the engine shares with the caller and with the runs before and after it.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Live state (`cutover run`'s [`SyncOptions::shared`], or one of its own).
+    pub progress: Arc<SyncProgress>,
+    /// Set by Ctrl-C / SIGTERM (headless `cutover sync`): stop cleanly.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunContext {
+    /// The context of `opts`: its shared progress (or a new one) and a stop flag nothing
+    /// sets; with `signals`, Ctrl-C / SIGTERM set it.
+    pub fn new(opts: &SyncOptions, signals: bool) -> anyhow::Result<RunContext> {
+        let stop = Arc::new(AtomicBool::new(false));
+        if signals {
+            watch_signals(Arc::clone(&stop))?;
+        }
+        Ok(RunContext {
+            progress: opts.shared.clone().unwrap_or_default(),
+            stop,
+        })
+    }
+}
+
+/// One run of the sync on the calling thread (blocking), with Ctrl-C / SIGTERM handled
+/// unless it runs inside `cutover run`. Returns only with `once`, on a stop (or on an error).
+/// [`super::retry::run_retrying`] runs it again after a failure.
 pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
+    run_with(opts, &RunContext::new(opts, opts.shared.is_none())?)
+}
+
+/// One run of the sync with the caller's [`RunContext`].
+pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncReport> {
     let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
     writer.set_window(opts.tuning.pipeline);
     let info = writer.info().clone();
@@ -538,11 +610,6 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    if opts.shared.is_none() {
-        // Standalone `cutover sync`; inside `cutover run` the process handles the signals.
-        watch_signals(Arc::clone(&stop))?;
-    }
     let (tx, rx) = sync_channel::<Msg>(32);
     if let Some(shared) = &opts.shared {
         let wake = tx.clone();
@@ -560,7 +627,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
             .spawn(move || link_thread(source, resume, tx, applied, timeout))
             .context("cannot start the replica link thread")?;
     }
-    let progress = opts.shared.clone().unwrap_or_default();
+    let progress = Arc::clone(&ctx.progress);
     Applier {
         opts,
         info,
@@ -568,7 +635,7 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
         applied,
         report: SyncReport::default(),
         flush_on_full: stored != Stored::None,
-        stop,
+        stop: Arc::clone(&ctx.stop),
         replid: String::new(),
         txn_open: false,
         in_source_txn: false,
@@ -645,7 +712,7 @@ fn link_thread(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = tx.send(Msg::Failed(format!("cannot start a runtime: {e}")));
+            let _ = tx.send(Msg::Failed(format!("cannot start a runtime: {e}"), false));
             return;
         }
     };
@@ -653,14 +720,14 @@ fn link_thread(
         want: resume,
         sessions: 0,
     };
-    if let Err(e) = rt.block_on(link.run(&source, &tx, &applied, timeout)) {
-        let _ = tx.send(Msg::Failed(e));
+    if let Err((e, transient)) = rt.block_on(link.run(&source, &tx, &applied, timeout)) {
+        let _ = tx.send(Msg::Failed(e, transient));
     }
 }
 
 /// A dropped link is connected again for up to this many times the silence timeout before
 /// the run fails (5 minutes with the default 60 s).
-const RECONNECT_TIMEOUTS: u32 = 5;
+pub const RECONNECT_TIMEOUTS: u32 = 5;
 
 /// The link thread's memory across connections.
 struct LinkState {
@@ -697,7 +764,7 @@ impl LinkState {
         tx: &SyncSender<Msg>,
         applied: &AtomicU64,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), (String, bool)> {
         let mut down_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -707,7 +774,9 @@ impl LinkState {
                 Ended::Link(e) => e,
             };
             if !err.is_transient() || self.sessions == 0 {
-                return Err(err.to_string());
+                // (A first connection refused may be a source that is restarting, or a wrong
+                // address: the caller decides.)
+                return Err((err.to_string(), err.is_transient()));
             }
             if self.sessions > before {
                 // This connection got through its handshake before it dropped: a new outage.
@@ -725,9 +794,12 @@ impl LinkState {
             };
             let give_up = timeout * RECONNECT_TIMEOUTS;
             if since.elapsed() > give_up {
-                return Err(format!(
-                    "the replication link dropped and the source could not be reached again within {} s: {err}",
-                    give_up.as_secs()
+                return Err((
+                    format!(
+                        "the replication link dropped and the source could not be reached again within {} s: {err}",
+                        give_up.as_secs()
+                    ),
+                    false,
                 ));
             }
             tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication link down; connecting again");
@@ -859,8 +931,25 @@ struct Applier<'a> {
 impl Applier<'_> {
     fn run(mut self, w: &mut TargetWriter) -> anyhow::Result<SyncReport> {
         self.report.target = self.info.describe();
-        let mut parser = self.opts.parser();
         let mut conv = Converter::with_options(w, self.opts.convert_options());
+        let res = self.run_loop(w, &mut conv);
+        // Whatever happened, a next run that continues this stream goes on counting from
+        // here (a full sync starts the counts anew).
+        if let Ok(mut carried) = self.progress.carried.lock() {
+            *carried = Some(Carried {
+                stats: conv.stats.clone(),
+                report: self.report.clone(),
+            });
+        }
+        res
+    }
+
+    fn run_loop(
+        &mut self,
+        w: &mut TargetWriter,
+        conv: &mut Converter,
+    ) -> anyhow::Result<SyncReport> {
+        let mut parser = self.opts.parser();
         let mut phase = Phase::Connecting;
         let mut start_offset = 0;
         let mut stop_at: Option<u64> = None;
@@ -868,7 +957,7 @@ impl Applier<'_> {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 self.bar.finish();
-                return self.stop_cleanly(w, &phase, conv.stats);
+                return self.stop_cleanly(w, &phase, &mut conv.stats);
             }
             let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
             if let (Some(limit), Phase::Streaming, Some(shared)) =
@@ -878,7 +967,7 @@ impl Applier<'_> {
                     w.drain()?;
                 }
                 if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
-                    let report = self.stop_cleanly(w, &phase, conv.stats)?;
+                    let report = self.stop_cleanly(w, &phase, &mut conv.stats)?;
                     shared
                         .applied_offset
                         .store(report.offset, Ordering::Release);
@@ -902,7 +991,7 @@ impl Applier<'_> {
                         // The link dropped and the source could not continue: start over.
                         self.restart_full(w, &phase)?;
                         parser = self.opts.parser();
-                        conv = Converter::with_options(w, self.opts.convert_options());
+                        *conv = Converter::with_options(w, self.opts.convert_options());
                         self.report.snapshot_bytes = 0;
                         stop_at = None;
                         started = Instant::now();
@@ -911,6 +1000,11 @@ impl Applier<'_> {
                     self.last_offset = offset;
                     self.replid = replid;
                     phase = Phase::Snapshot;
+                    self.progress.established.fetch_add(1, Ordering::Relaxed);
+                    // A new copy: the counts of an earlier run do not apply to it.
+                    if let Ok(mut carried) = self.progress.carried.lock() {
+                        *carried = None;
+                    }
                     self.progress
                         .snapshot_bytes_total
                         .store(0, Ordering::Relaxed);
@@ -961,6 +1055,17 @@ impl Applier<'_> {
                     self.flush_on_full = true;
                     w.mark_offset(offset);
                     phase = Phase::Streaming;
+                    self.progress.established.fetch_add(1, Ordering::Relaxed);
+                    // The stream of an earlier run of this process goes on: so do its counts.
+                    let carried = self.progress.carried.lock().ok().and_then(|mut c| c.take());
+                    if let Some(c) = carried {
+                        conv.stats = c.stats;
+                        self.report.commands = c.report.commands;
+                        self.report.commands_skipped = c.report.commands_skipped;
+                        self.report.commands_converted = c.report.commands_converted;
+                        self.report.commands_mixed_keys = c.report.commands_mixed_keys;
+                        self.report.snapshot_bytes = c.report.snapshot_bytes;
+                    }
                     if self.opts.once {
                         stop_at = Some(self.source_offset().unwrap_or_else(|e| {
                             tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the resumed offset");
@@ -1034,7 +1139,9 @@ impl Applier<'_> {
                         Err(_) => w.drain()?,
                     }
                 }
-                Ok(Msg::Failed(e)) => bail!("{e}"),
+                Ok(Msg::Failed(message, transient)) => {
+                    return Err(EngineError::SourceLink { message, transient }.into());
+                }
                 Ok(Msg::Wake) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     // Nothing new: let the target answer what is in flight.
@@ -1044,6 +1151,7 @@ impl Applier<'_> {
                 }
                 Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
             }
+            self.report_exec_errors(w, &mut conv.stats)?;
             if phase == Phase::Streaming
                 && let Some(off) = w.confirmed_offset()
             {
@@ -1070,10 +1178,11 @@ impl Applier<'_> {
                     && off >= stop
                 {
                     w.drain()?;
+                    self.report_exec_errors(w, &mut conv.stats)?;
                     self.bar.finish();
                     self.report.offset = w.confirmed_offset().unwrap_or(off);
-                    self.report.stats = conv.stats;
-                    return Ok(self.report);
+                    self.report.stats = conv.stats.clone();
+                    return Ok(self.report.clone());
                 }
             }
             let applied = w.confirmed_offset().unwrap_or(start_offset);
@@ -1102,7 +1211,7 @@ impl Applier<'_> {
     /// it is flushed and loaded anew — no stale key, no doubled list element.
     fn restart_full(&mut self, w: &mut TargetWriter, phase: &Phase) -> anyhow::Result<()> {
         if self.txn_open {
-            w.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
+            w.discard()?;
             self.txn_open = false;
             self.in_source_txn = false;
             self.txn_commands = 0;
@@ -1127,14 +1236,14 @@ impl Applier<'_> {
     /// Ctrl-C / SIGTERM: the position of everything applied stays stored; a transaction of the
     /// source that is still incomplete is discarded (it comes again on the next start).
     fn stop_cleanly(
-        mut self,
+        &mut self,
         w: &mut TargetWriter,
         phase: &Phase,
-        stats: Stats,
+        stats: &mut Stats,
     ) -> anyhow::Result<SyncReport> {
         if *phase == Phase::Connecting {
             say("cutover sync: stopped before the sync started; the target is unchanged");
-            return Ok(self.report);
+            return Ok(self.report.clone());
         }
         if *phase != Phase::Streaming {
             bail!(
@@ -1142,13 +1251,14 @@ impl Applier<'_> {
             );
         }
         if self.txn_open {
-            w.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
+            w.discard()?;
             self.txn_open = false;
             self.in_source_txn = false;
         }
         w.drain()?;
+        self.report_exec_errors(w, stats)?;
         self.report.offset = w.confirmed_offset().unwrap_or(0);
-        self.report.stats = stats;
+        self.report.stats = stats.clone();
         let line = format!(
             "cutover sync: stopped; position {} {} stored on the target ({})",
             self.replid,
@@ -1161,7 +1271,7 @@ impl Applier<'_> {
         } else {
             say(&line);
         }
-        Ok(self.report)
+        Ok(self.report.clone())
     }
 
     /// The source's `master_repl_offset` now.
@@ -1214,16 +1324,16 @@ impl Applier<'_> {
                         );
                     }
                     if self.txn_open {
-                        self.close_txn(w)?;
+                        self.close_txn(w, stats)?;
                     }
-                    w.send_wire(&cmd.wire, Tag::key("MULTI", b""))?;
+                    w.begin_txn()?;
                     self.txn_open = true;
                     self.in_source_txn = true;
                     self.txn_commands = 0;
                 }
                 "EXEC" if self.in_source_txn => {
                     self.last_offset = cmd.end_offset;
-                    self.close_txn(w)?;
+                    self.close_txn(w, stats)?;
                     self.in_source_txn = false;
                 }
                 "EXEC" | "DISCARD" => {
@@ -1235,7 +1345,7 @@ impl Applier<'_> {
                 }
                 _ => {
                     if !self.txn_open {
-                        w.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
+                        w.begin_txn()?;
                         self.txn_open = true;
                         self.txn_commands = 0;
                     }
@@ -1248,29 +1358,92 @@ impl Applier<'_> {
                 && !self.in_source_txn
                 && self.txn_commands >= self.opts.tuning.batch_size.max(1)
             {
-                self.close_txn(w)?;
+                self.close_txn(w, stats)?;
             }
         }
         if self.txn_open && !self.in_source_txn {
-            self.close_txn(w)?;
+            self.close_txn(w, stats)?;
         }
         Ok(())
     }
 
-    /// Stores the position reached and sends `EXEC`.
-    fn close_txn(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    /// Stores the position reached and sends `EXEC` — once the target has queued every
+    /// command of the transaction. A stream command it refuses while queueing (an argument
+    /// or a command it does not know: `-ERR` instead of `+QUEUED`, and `EXEC` would then
+    /// apply nothing) is reported and left out, and the transaction is sent again without it,
+    /// together with the position: the rest applies exactly once, in order (nothing behind
+    /// the transaction is sent before its `EXEC`).
+    fn close_txn(&mut self, w: &mut TargetWriter, stats: &mut Stats) -> anyhow::Result<()> {
         position::queue_set(w, &position::format(&self.replid, self.last_offset))?;
-        w.send(
-            &[&b"EXEC"[..]],
-            Tag {
-                what: "EXEC".into(),
-                offset: Some(self.last_offset),
-                exec: true,
-                ..Tag::default()
-            },
-        )?;
+        loop {
+            let refused = w.txn_refused()?;
+            if refused.is_empty() {
+                break;
+            }
+            let mut drop = Vec::with_capacity(refused.len());
+            for (i, r) in refused {
+                if !r.tag.replicated || !r.is_command_error() {
+                    // Our own command, or the target refuses writes as a whole (OOM,
+                    // NOPERM, READONLY…): stop; the position stored is still the last one
+                    // applied.
+                    bail!(TargetError::Refused {
+                        addr: w.addr().to_string(),
+                        step: describe_tag(&r.tag),
+                        reply: r.error,
+                    });
+                }
+                self.unsupported(
+                    stats,
+                    format!(
+                        "{}: {} refused it ({}); left out, the rest of the stream is applied",
+                        describe_tag(&r.tag),
+                        self.info.describe(),
+                        r.error
+                    ),
+                )?;
+                self.report.commands = self.report.commands.saturating_sub(1);
+                self.report.commands_skipped += 1;
+                drop.push(i);
+            }
+            w.resend_txn_without(&drop)?;
+        }
+        w.exec_txn(Tag {
+            what: "EXEC".into(),
+            offset: Some(self.last_offset),
+            ..Tag::default()
+        })?;
         self.txn_open = false;
         self.txn_commands = 0;
+        Ok(())
+    }
+
+    /// Reports the stream commands that failed inside an `EXEC` (`WRONGTYPE`…: the target's
+    /// data differs from the source's, or a `RESTORE` payload it cannot read). A replica of
+    /// Redis ignores such errors too; the rest of the transaction was applied, so the sync
+    /// goes on (under `unsupported = fail` it stops).
+    fn report_exec_errors(
+        &mut self,
+        w: &mut TargetWriter,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        for r in w.take_exec_errors() {
+            if !r.tag.replicated {
+                bail!(TargetError::Refused {
+                    addr: w.addr().to_string(),
+                    step: format!("{} (inside a transaction)", describe_tag(&r.tag)),
+                    reply: r.error,
+                });
+            }
+            self.unsupported(
+                stats,
+                format!(
+                    "{}: failed on {} ({}); not applied, the rest of the stream is",
+                    describe_tag(&r.tag),
+                    self.info.describe(),
+                    r.error
+                ),
+            )?;
+        }
         Ok(())
     }
 
@@ -1286,9 +1459,12 @@ impl Applier<'_> {
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
+        let keys = command_keys(name, args);
+        let first_key = keys.first().copied().unwrap_or(1);
         let tag = |what: &str| Tag {
-            key: args.get(1).map(|k| k.to_vec()).unwrap_or_default(),
-            what: format!("replicated {what} (before offset {})", cmd.end_offset).into(),
+            key: args.get(first_key).map(|k| k.to_vec()).unwrap_or_default(),
+            what: format!("{what} (stream offset {})", cmd.end_offset).into(),
+            replicated: true,
             ..Tag::default()
         };
         let filter = &self.opts.tuning.filter;
@@ -1322,7 +1498,6 @@ impl Applier<'_> {
             self.report.commands_skipped += 1;
             return Ok(());
         }
-        let keys = command_keys(name, args);
         if !keys.is_empty() {
             let allowed = keys
                 .iter()
@@ -1351,18 +1526,22 @@ impl Applier<'_> {
             self.report.commands_skipped += 1;
             return Ok(());
         }
-        let rewritten = match self.rewrite(name, args, stats)? {
+        match self.rewrite(name, args, stats)? {
             Rewrite::Skip => {
                 self.report.commands_skipped += 1;
                 return Ok(());
             }
-            Rewrite::Same => None,
-            Rewrite::Args(new) => Some(new),
-        };
-        match rewritten {
-            None => w.send_wire(&cmd.wire, tag(name))?,
-            Some(new) => {
+            Rewrite::Same => w.send_wire(&cmd.wire, tag(name))?,
+            Rewrite::Args(new) => {
                 w.send(&new, tag(name))?;
+                self.report.commands_converted += 1;
+            }
+            Rewrite::Many(cmds) => {
+                for new in &cmds {
+                    let mut t = tag(name);
+                    t.key = new.get(1).cloned().unwrap_or_default();
+                    w.send(new, t)?;
+                }
                 self.report.commands_converted += 1;
             }
         }
@@ -1382,8 +1561,44 @@ impl Applier<'_> {
         Ok(match name {
             // A condition that held on the source holds on the target (same data): the flags
             // only decide whether to apply, and the source did.
-            "PEXPIREAT" if args.len() > 3 && !self.info.has_expire_flags() => {
+            // (Redis 7.0 and Valkey propagate every EXPIRE as PEXPIREAT, flag included; other
+            // sources may send the original command.)
+            "PEXPIREAT" | "EXPIREAT" | "PEXPIRE" | "EXPIRE"
+                if args.len() > 3 && !self.info.has_expire_flags() =>
+            {
                 Rewrite::Args(args[..3].iter().map(|a| a.to_vec()).collect())
+            }
+            // Valkey 9.1's MSETEX: one SET per key in the same transaction (atomic too), with
+            // the expiry as PEXPIREAT (every target version has it). NX/XX held on the source.
+            "MSETEX" if !self.target_knows(name) => match msetex_as_sets(args) {
+                Some(cmds) => Rewrite::Many(cmds),
+                None => {
+                    self.unsupported(
+                        stats,
+                        format!(
+                            "MSETEX on key '{}' in the replication stream cannot be read",
+                            args.get(2).map(|k| show_key(k)).unwrap_or_default()
+                        ),
+                    )?;
+                    Rewrite::Skip
+                }
+            },
+            // Hash field TTLs (Valkey 9, Redis 7.4+) on a target without them: a field without
+            // a TTL there stays without one (HPERSIST changes nothing); a TTL set cannot be
+            // held (as for HSETEX and the snapshot's hashes).
+            "HPERSIST" if !self.target_knows(name) => Rewrite::Skip,
+            "HPEXPIREAT" | "HEXPIREAT" | "HPEXPIRE" | "HEXPIRE" if !self.target_knows(name) => {
+                let what = format!(
+                    "{name} on key '{}' in the replication stream: {} cannot hold hash field TTLs",
+                    args.get(1).map(|k| show_key(k)).unwrap_or_default(),
+                    self.info.describe()
+                );
+                if self.opts.tuning.unsupported == UnsupportedPolicy::Fail {
+                    return Err(TargetError::CannotHold { what }.into());
+                }
+                stats.field_ttls_dropped += 1;
+                tracing::warn!("{what}; the fields stay without a TTL");
+                Rewrite::Skip
             }
             "SET" if !self.has_set_ifeq() => {
                 match args.iter().position(|a| a.eq_ignore_ascii_case(b"IFEQ")) {
@@ -1591,6 +1806,49 @@ enum Rewrite {
     Same,
     Skip,
     Args(Vec<Vec<u8>>),
+    /// Several commands (inside the batch's transaction, so as atomic as the original).
+    Many(Vec<Vec<Vec<u8>>>),
+}
+
+/// `MSETEX numkeys key value … [NX|XX] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]` as `SET key value
+/// [KEEPTTL]` per key, each followed by the expiry (`PEXPIREAT`/`PEXPIRE`). `None` when it
+/// cannot be read.
+fn msetex_as_sets(args: &[&[u8]]) -> Option<Vec<Vec<Vec<u8>>>> {
+    let n: usize = std::str::from_utf8(args.get(1)?).ok()?.parse().ok()?;
+    let pairs = args.get(2..2 + n.checked_mul(2)?)?;
+    let mut keepttl = false;
+    let mut expiry: Option<Vec<Vec<u8>>> = None;
+    let mut rest = args[2 + 2 * n..].iter();
+    while let Some(opt) = rest.next() {
+        let upper = opt.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"NX" | b"XX" => {}
+            b"KEEPTTL" => keepttl = true,
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                let v: u64 = std::str::from_utf8(rest.next()?).ok()?.parse().ok()?;
+                let (cmd, v) = match upper.as_slice() {
+                    b"EX" => ("PEXPIRE", v.checked_mul(1000)?),
+                    b"PX" => ("PEXPIRE", v),
+                    b"EXAT" => ("PEXPIREAT", v.checked_mul(1000)?),
+                    _ => ("PEXPIREAT", v),
+                };
+                expiry = Some(vec![cmd.as_bytes().to_vec(), v.to_string().into_bytes()]);
+            }
+            _ => return None,
+        }
+    }
+    let mut out = Vec::with_capacity(n * 2);
+    for kv in pairs.chunks(2) {
+        let mut set = vec![b"SET".to_vec(), kv[0].to_vec(), kv[1].to_vec()];
+        if keepttl {
+            set.push(b"KEEPTTL".to_vec());
+        }
+        out.push(set);
+        if let Some(e) = &expiry {
+            out.push(vec![e[0].clone(), kv[0].to_vec(), e[1].clone()]);
+        }
+    }
+    Some(out)
 }
 
 /// Loads an RDB file into the target: the file is read in pieces (never whole) and goes
@@ -1815,15 +2073,36 @@ fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar: bool) -> 
             )
         }
         2 => format!(
-            "cutover sync: streaming: offset {} applied, lag {} bytes / {} ms, {} commands ({} skipped), {} reconnects",
+            "cutover sync: streaming: offset {} applied, lag {} bytes / {} ms, {} commands ({} skipped), {} reconnects{}",
             n(&p.applied_offset),
             p.lag_bytes(),
             p.lag_ms(),
             n(&p.commands_applied),
             n(&p.commands_skipped),
             n(&p.reconnects),
+            match n(&p.starts) {
+                0 | 1 => String::new(),
+                s => format!(", {} restarts", s - 1),
+            },
         ),
-        _ => "cutover sync: error; retrying".into(),
+        _ => format!(
+            "cutover sync: failed ({}); retrying in {} s",
+            p.last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .unwrap_or_default(),
+            n(&p.retry_in_s)
+        ),
+    }
+}
+
+/// "SET (stream offset 77) on key 'k'": a stream command, for messages.
+fn describe_tag(tag: &Tag) -> String {
+    if tag.key.is_empty() {
+        tag.what.to_string()
+    } else {
+        format!("{} on key '{}'", tag.what, show_key(&tag.key))
     }
 }
 
@@ -1882,6 +2161,40 @@ mod tests {
         );
         assert!(split_args(b"*2\r\n$1\r\na\r\n").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn msetex() {
+        let a = |v: &[&str]| -> Vec<Vec<u8>> { v.iter().map(|s| s.as_bytes().to_vec()).collect() };
+        let args: Vec<&[u8]> = ["MSETEX", "2", "a", "1", "b", "2", "NX", "PXAT", "99"]
+            .iter()
+            .map(|s| s.as_bytes())
+            .collect();
+        assert_eq!(
+            msetex_as_sets(&args).unwrap(),
+            vec![
+                a(&["SET", "a", "1"]),
+                a(&["PEXPIREAT", "a", "99"]),
+                a(&["SET", "b", "2"]),
+                a(&["PEXPIREAT", "b", "99"]),
+            ]
+        );
+        let args: Vec<&[u8]> = ["msetex", "1", "a", "1", "KEEPTTL"]
+            .iter()
+            .map(|s| s.as_bytes())
+            .collect();
+        assert_eq!(
+            msetex_as_sets(&args).unwrap(),
+            vec![a(&["SET", "a", "1", "KEEPTTL"])]
+        );
+        for bad in [
+            &["MSETEX", "2", "a", "1"][..],
+            &["MSETEX", "1", "a", "1", "EX"],
+            &["MSETEX", "1", "a", "1", "WAT"],
+        ] {
+            let args: Vec<&[u8]> = bad.iter().map(|s| s.as_bytes()).collect();
+            assert!(msetex_as_sets(&args).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

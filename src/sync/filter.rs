@@ -227,6 +227,11 @@ pub fn command_keys(name: &str, args: &[&[u8]]) -> Vec<usize> {
             let k = num(1).unwrap_or(0);
             (2..(2 + k).min(n)).collect()
         }
+        // MSETEX numkeys key value … (Valkey 9.1).
+        "MSETEX" => {
+            let k = num(1).unwrap_or(0);
+            (2..(2 + 2 * k).min(n)).step_by(2).collect()
+        }
         _ if n > 1 => vec![1],
         _ => Vec::new(),
     }

@@ -7,6 +7,8 @@
 //!   exactly-once restarts.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
+//! * [`retry`]: runs the engine again after a failure (target restarted…), from the stored
+//!   position.
 //!
 //! The RDB codec lives in [`crate::rdb`].
 
@@ -15,4 +17,5 @@ pub mod engine;
 pub mod filter;
 pub mod position;
 pub mod replica;
+pub mod retry;
 pub mod target;

@@ -168,6 +168,13 @@ pub struct Tag {
     pub tolerate_error: bool,
     /// The `EXEC` of a transaction: an error among the replies of its commands is an error.
     pub exec: bool,
+    /// A command of the replication stream (a refusal of it is reported and the command left
+    /// out, see [`TargetWriter::txn_refused`]; our own commands must never be refused).
+    pub replicated: bool,
+    /// Queued inside the writer's transaction (set by the writer).
+    pub(crate) in_txn: bool,
+    /// The `EXEC` of the writer's transaction (set by the writer).
+    pub(crate) txn_exec: bool,
 }
 
 impl Tag {
@@ -198,6 +205,41 @@ pub fn show_key(key: &[u8]) -> String {
     s
 }
 
+/// A command the target did not take: inside `MULTI` when it was queued, or inside `EXEC`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The command's tag (what it was, its key).
+    pub tag: Tag,
+    /// The target's error reply, as text.
+    pub error: String,
+}
+
+impl Refusal {
+    /// An error of this command in particular (`ERR unknown command`, `ERR wrong number of
+    /// arguments`, `ERR syntax error`, `WRONGTYPE`…): leaving the command out lets the rest
+    /// apply. Other errors (`OOM`, `NOPERM`, `READONLY`, `MISCONF`, `LOADING`…) are about the
+    /// target as a whole, and stop the run.
+    pub fn is_command_error(&self) -> bool {
+        let code = self.error.split(' ').next().unwrap_or("");
+        matches!(code, "ERR" | "WRONGTYPE")
+    }
+}
+
+/// The transaction being queued: `MULTI` sent, `EXEC` not yet.
+#[derive(Debug, Default)]
+struct Txn {
+    /// The database before `MULTI` (the `SELECT`s inside take effect only with `EXEC`).
+    db_before: u64,
+    /// The commands queued since `MULTI`, as sent (for a re-send without refused ones).
+    wire: Vec<u8>,
+    /// Where each command ends in `wire`.
+    ends: Vec<usize>,
+    /// The tags of the commands answered so far, in order.
+    tags: Vec<Tag>,
+    /// Queue-time refusals: (index of the command, error).
+    refused: Vec<(usize, String)>,
+}
+
 /// A blocking connection with one request at a time (`call`) or pipelined writes (`send`).
 pub struct TargetWriter {
     stream: TcpStream,
@@ -214,6 +256,13 @@ pub struct TargetWriter {
     answered: u64,
     /// Read buffer reused by `fill`.
     scratch: Vec<u8>,
+    /// The transaction being queued ([`TargetWriter::begin_txn`]).
+    txn: Option<Txn>,
+    /// The command tags of each transaction whose `EXEC` is in flight, oldest first (to name
+    /// a command that fails inside `EXEC`).
+    execs: VecDeque<Vec<Tag>>,
+    /// Commands that failed inside an `EXEC`, for the caller to report.
+    exec_errors: Vec<Refusal>,
 }
 
 impl TargetWriter {
@@ -288,6 +337,9 @@ impl TargetWriter {
             sent: 0,
             answered: 0,
             scratch: Vec::new(),
+            txn: None,
+            execs: VecDeque::new(),
+            exec_errors: Vec::new(),
         };
         if let Some(auth) = url.auth_command() {
             let reply = w.call(&auth)?;
@@ -339,17 +391,24 @@ impl TargetWriter {
 
     /// Queues a command (pipelined); waits for replies while the window is full.
     pub fn send(&mut self, args: &[impl AsRef<[u8]>], tag: Tag) -> Result<(), TargetError> {
+        let start = self.out.len();
         encode_command(args, &mut self.out);
-        self.queued(tag)
+        self.queued(tag, start)
     }
 
     /// Queues a command already in RESP form.
     pub fn send_wire(&mut self, wire: &[u8], tag: Tag) -> Result<(), TargetError> {
+        let start = self.out.len();
         self.out.extend_from_slice(wire);
-        self.queued(tag)
+        self.queued(tag, start)
     }
 
-    fn queued(&mut self, tag: Tag) -> Result<(), TargetError> {
+    fn queued(&mut self, mut tag: Tag, start: usize) -> Result<(), TargetError> {
+        if let Some(txn) = &mut self.txn {
+            txn.wire.extend_from_slice(&self.out[start..]);
+            txn.ends.push(txn.wire.len());
+            tag.in_txn = true;
+        }
         self.inflight.push_back(tag);
         self.sent += 1;
         if self.out.len() >= FLUSH_BYTES || self.inflight.len() >= self.window {
@@ -359,6 +418,114 @@ impl TargetWriter {
             self.read_reply()?;
         }
         Ok(())
+    }
+
+    /// Sends `MULTI` and records what is queued after it, until [`Self::exec_txn`] or
+    /// [`Self::discard_txn`]: a command the target refuses while queueing (`-ERR` instead of
+    /// `+QUEUED`, after which `EXEC` would apply nothing) is collected instead of failing,
+    /// so that the transaction can be sent again without it ([`Self::resend_txn_without`]).
+    pub fn begin_txn(&mut self) -> Result<(), TargetError> {
+        if self.txn.is_some() {
+            return Err(TargetError::Protocol {
+                addr: self.addr.clone(),
+                detail: "MULTI inside MULTI (a bug in cutover)".into(),
+            });
+        }
+        self.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
+        self.txn = Some(Txn {
+            db_before: self.db,
+            ..Txn::default()
+        });
+        Ok(())
+    }
+
+    /// True while a transaction is open.
+    pub fn in_txn(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Waits until the target has answered every command queued in the open transaction and
+    /// returns those it refused, with their index in the transaction (empty: `EXEC` applies
+    /// everything). Nothing sent after `MULTI` has been applied yet, and nothing else is in
+    /// flight behind it, so leaving commands out keeps the order of the rest.
+    pub fn txn_refused(&mut self) -> Result<Vec<(usize, Refusal)>, TargetError> {
+        self.drain()?;
+        let Some(txn) = &self.txn else {
+            return Ok(Vec::new());
+        };
+        Ok(txn
+            .refused
+            .iter()
+            .map(|(i, error)| {
+                (
+                    *i,
+                    Refusal {
+                        tag: txn.tags.get(*i).cloned().unwrap_or_default(),
+                        error: error.clone(),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Sends `EXEC` for the open transaction (after [`Self::txn_refused`] found nothing). A
+    /// command failing inside it (`WRONGTYPE`…) does not fail the writer: it is kept for
+    /// [`Self::take_exec_errors`].
+    pub fn exec_txn(&mut self, tag: Tag) -> Result<(), TargetError> {
+        let txn = self.txn.take().unwrap_or_default();
+        self.execs.push_back(txn.tags);
+        self.send(
+            &[&b"EXEC"[..]],
+            Tag {
+                txn_exec: true,
+                ..tag
+            },
+        )
+    }
+
+    /// `DISCARD`s the open transaction (if any) and sends it again without the commands at
+    /// `drop` (indexes from [`Self::txn_refused`]); the transaction stays open.
+    pub fn resend_txn_without(&mut self, drop: &[usize]) -> Result<(), TargetError> {
+        // The database the transaction's `SELECT`s lead to (sent again as bytes below).
+        let db_after = self.db;
+        let Some(txn) = self.discard_txn()? else {
+            return Ok(());
+        };
+        self.begin_txn()?;
+        let mut start = 0;
+        for (i, end) in txn.ends.iter().enumerate() {
+            let wire = &txn.wire[start..*end];
+            start = *end;
+            if drop.contains(&i) {
+                continue;
+            }
+            let mut tag = txn.tags.get(i).cloned().unwrap_or_default();
+            tag.in_txn = false;
+            self.send_wire(wire, tag)?;
+        }
+        self.db = db_after;
+        Ok(())
+    }
+
+    /// `DISCARD`s the open transaction, if any (its `SELECT`s never took effect: the database
+    /// is the one before `MULTI` again).
+    fn discard_txn(&mut self) -> Result<Option<Txn>, TargetError> {
+        let Some(txn) = self.txn.take() else {
+            return Ok(None);
+        };
+        self.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
+        self.db = txn.db_before;
+        Ok(Some(txn))
+    }
+
+    /// `DISCARD`s the open transaction, if any.
+    pub fn discard(&mut self) -> Result<(), TargetError> {
+        self.discard_txn().map(|_| ())
+    }
+
+    /// Commands that failed inside an `EXEC` since the last call.
+    pub fn take_exec_errors(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.exec_errors)
     }
 
     /// Everything up to replication offset `offset` needs no command (it was skipped): it is
@@ -483,6 +650,39 @@ impl TargetWriter {
             });
         };
         self.answered += 1;
+        if tag.in_txn
+            && let Some(txn) = &mut self.txn
+        {
+            if info.is_error() {
+                txn.refused.push((txn.tags.len(), reply_text(&reply)));
+            }
+            txn.tags.push(tag);
+            return Ok(true);
+        }
+        if tag.txn_exec {
+            let tags = self.execs.pop_front().unwrap_or_default();
+            if reply.first() == Some(&b'*') && !reply.starts_with(b"*-1") {
+                for (i, error) in array_errors(&reply) {
+                    self.exec_errors.push(Refusal {
+                        tag: tags.get(i).cloned().unwrap_or_default(),
+                        error,
+                    });
+                }
+                if let Some(off) = tag.offset {
+                    self.confirmed = Some(off);
+                }
+                return Ok(true);
+            }
+            return Err(TargetError::Refused {
+                addr: self.addr.clone(),
+                step: tag.what.to_string(),
+                reply: if info.is_error() {
+                    reply_text(&reply)
+                } else {
+                    format!("unexpected reply {}", reply_text(&reply))
+                },
+            });
+        }
         if info.is_error() && !tag.tolerate_error {
             let step = if tag.key.is_empty() {
                 tag.what.to_string()
@@ -573,21 +773,41 @@ pub fn reply_text(reply: &[u8]) -> String {
 
 /// The first error among the elements of an array reply (`EXEC`'s), as text.
 pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
+    array_errors(reply).into_iter().next().map(|(_, e)| e)
+}
+
+/// The errors among the elements of an array reply (`EXEC`'s): (index, text).
+pub fn array_errors(reply: &[u8]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
     if reply.first() != Some(&b'*') {
-        return None;
+        return out;
     }
-    let end = reply.windows(2).position(|w| w == b"\r\n")?;
-    let n: i64 = std::str::from_utf8(&reply[1..end]).ok()?.parse().ok()?;
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return out;
+    };
+    let Some(n) = std::str::from_utf8(&reply[1..end])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+    else {
+        return out;
+    };
     let mut at = end + 2;
-    for _ in 0..n.max(0) {
-        let info = ReplyParser::default().parse(&reply[at..]).ok()??;
-        let element = &reply[at..at + info.len];
+    for i in 0..n.max(0) as usize {
+        let Some(info) = reply
+            .get(at..)
+            .and_then(|rest| ReplyParser::default().parse(rest).ok().flatten())
+        else {
+            break;
+        };
+        let Some(element) = reply.get(at..at + info.len) else {
+            break;
+        };
         if info.is_error() {
-            return Some(reply_text(element));
+            out.push((i, reply_text(element)));
         }
         at += info.len;
     }
-    None
+    out
 }
 
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
@@ -647,5 +867,18 @@ mod tests {
             first_error_in_array(b"*3\r\n$1\r\nx\r\n*1\r\n:2\r\n-WRONGTYPE no\r\n").as_deref(),
             Some("WRONGTYPE no")
         );
+        assert_eq!(
+            array_errors(b"*4\r\n-ERR a\r\n+OK\r\n*-1\r\n-WRONGTYPE b\r\n"),
+            vec![(0, "ERR a".to_string()), (3, "WRONGTYPE b".to_string())]
+        );
+        assert!(array_errors(b"*3\r\n+OK\r\n").is_empty());
+        let r = |e: &str| Refusal {
+            tag: Tag::default(),
+            error: e.into(),
+        };
+        assert!(r("ERR unknown command `MSETEX`").is_command_error());
+        assert!(r("WRONGTYPE Operation against a key").is_command_error());
+        assert!(!r("OOM command not allowed").is_command_error());
+        assert!(!r("NOPERM this user has no permissions").is_command_error());
     }
 }

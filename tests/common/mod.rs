@@ -318,6 +318,58 @@ impl Server {
         }
     }
 
+    /// SIGKILL, then the same server again on the same port, in the same directory and with
+    /// the same arguments: what it persisted (with `--appendonly yes`) is loaded again. Returns
+    /// once it answers PING with something other than `-LOADING`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = tool(self.version.binary());
+        let addr = self.addr();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let stderr = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(self.dir.path().join("stderr.log"))
+                .expect("stderr file");
+            let child = Command::new(&bin)
+                .args(&self.args)
+                .current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+            self.child = Some(child);
+            loop {
+                if !self.is_running() {
+                    // (The port may still be held for a moment after the kill.)
+                    self.child = None;
+                    break;
+                }
+                match ping_once(&addr) {
+                    Some(r) if r.starts_with("-LOADING") => {}
+                    Some(_) => return,
+                    None => {}
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not come back on {addr}; log:\n{}",
+                    self.version.binary(),
+                    tail(&self.log(), 4000)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} cannot restart on {addr}; log:\n{}",
+                self.version.binary(),
+                tail(&self.log(), 4000)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
