@@ -8,7 +8,8 @@
 #
 # Environment: ROUNDS (default 5), N_P1 / N_P16 (requests per test per run; defaults 300000 /
 # 3000000, each test ~1.5-4 s on a 2-core machine), CLIENTS (default 50), IDLE_CONNS (1000),
-# SKIP_BUILD=1 (use target/release/cutover as it is).
+# SKIP_BUILD=1 (use target/release/cutover as it is), METRICS=0 (no metrics listener; it is on
+# by default, as deployed).
 # Needs scripts/install-servers.sh to have run. Everything listens on 127.0.0.1 (free ports).
 set -euo pipefail
 
@@ -29,7 +30,7 @@ done
 
 t_begin=$(date +%s)
 echo "# cutover proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "# command: ROUNDS=$ROUNDS N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS IDLE_CONNS=$IDLE_CONNS bash bench/proxy.sh${*:+ $*}"
+echo "# command: ROUNDS=$ROUNDS N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS IDLE_CONNS=$IDLE_CONNS METRICS=${METRICS:-1} bash bench/proxy.sh${*:+ $*}"
 
 # ---- processes: every one started here is killed on exit ------------------------------------
 # shellcheck source=../scripts/lib/processes.sh
@@ -51,7 +52,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # shellcheck source=../scripts/lib/ports.sh
 source "$root/scripts/lib/ports.sh"
-read -r p_redis p_twem p_twem_stats p_cutover <<<"$(free_ports 4)"
+read -r p_redis p_twem p_twem_stats p_cutover p_metrics <<<"$(free_ports 5)"
 
 
 "$bin/redis-7.0-server" --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no \
@@ -74,8 +75,12 @@ EOF
 twem_pid=$!; pids+=("$twem_pid")
 wait_port "$p_twem" "$twem_pid" nutcracker
 
+# Metrics on by default (as deployed: every command is counted and timed); METRICS=0 turns
+# the listener off.
+METRICS_FLAG=()
+[ "${METRICS:-1}" = 0 ] || METRICS_FLAG=(--metrics-listen "127.0.0.1:$p_metrics")
 CUTOVER_LOG=${CUTOVER_LOG:-warn} "$tmp/cutover" run --source "redis://127.0.0.1:$p_redis" \
-  --proxy-listen "127.0.0.1:$p_cutover" >"$tmp/cutover.log" 2>&1 &
+  --proxy-listen "127.0.0.1:$p_cutover" ${METRICS_FLAG[@]+"${METRICS_FLAG[@]}"} >"$tmp/cutover.log" 2>&1 &
 cutover_pid=$!; pids+=("$cutover_pid")
 wait_port "$p_cutover" "$cutover_pid" cutover
 [ "$("$bin/redis-cli" -h 127.0.0.1 -p "$p_cutover" ping)" = PONG ] || die "no PONG through cutover"
