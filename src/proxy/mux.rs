@@ -109,8 +109,6 @@ async fn run(
             continue;
         };
         let event = tokio::select! {
-            // A fixed order (no random draw per wake-up); every branch's work is bounded.
-            biased;
             req = rx.recv(), if out.bytes < buffer_limit => match req {
                 Some(req) => {
                     accept(req, &mut out, &mut inflight);

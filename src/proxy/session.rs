@@ -362,8 +362,6 @@ impl Session {
             let mux_rx = self.mux_rx.as_mut();
             let gate_rx = &mut self.gate_rx;
             let event = tokio::select! {
-                // A fixed order (no random draw per wake-up); every branch's work is bounded.
-                biased;
                 m = async { mux_rx.expect("guarded").recv().await }, if read_mux => Event::Mux(m),
                 _ = gate_rx.changed(), if watch_gate => Event::Gate,
                 r = client.readable(), if read_client => r.map_or_else(Event::Error, |_| Event::ClientReadable),
