@@ -644,6 +644,7 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         peeked: None,
         skip_db: false,
         known_commands: std::collections::HashMap::new(),
+        txn_uncertain: false,
         pending_since: std::collections::VecDeque::new(),
         progress,
         bar: Bar::new(opts.progress),
@@ -919,7 +920,12 @@ struct Applier<'a> {
     /// skipped until the next `SELECT`.
     skip_db: bool,
     /// Stream commands the target knows or not (`COMMAND INFO`), by name.
-    known_commands: std::collections::HashMap<String, bool>,
+    /// What `COMMAND INFO` says of each command name asked about (upper case).
+    known_commands: std::collections::HashMap<String, CommandShape>,
+    /// The open batch has a command the target might refuse while queueing (one it does
+    /// not know, with an argument count outside its arity, or that could not be asked
+    /// about): its `EXEC` waits for every `+QUEUED` (see [`Applier::close_txn`]).
+    txn_uncertain: bool,
     /// (end offset, time read from the source) of each received batch of stream commands
     /// the target has not confirmed yet, oldest first: `lag_ms` is the age of the first.
     pending_since: std::collections::VecDeque<(u64, Instant)>,
@@ -1375,7 +1381,12 @@ impl Applier<'_> {
     /// the transaction is sent before its `EXEC`).
     fn close_txn(&mut self, w: &mut TargetWriter, stats: &mut Stats) -> anyhow::Result<()> {
         position::queue_set(w, &position::format(&self.replid, self.last_offset))?;
-        loop {
+        // Only a command the target does not know, or one with an argument count outside
+        // its arity, is refused while queueing (target-wide refusals such as OOM or READONLY
+        // hit the position write of every batch alike). Without such a command the `EXEC`
+        // follows at once and batches stay pipelined.
+        let uncertain = std::mem::take(&mut self.txn_uncertain);
+        while uncertain {
             let refused = w.txn_refused()?;
             if refused.is_empty() {
                 break;
@@ -1531,13 +1542,18 @@ impl Applier<'_> {
                 self.report.commands_skipped += 1;
                 return Ok(());
             }
-            Rewrite::Same => w.send_wire(&cmd.wire, tag(name))?,
+            Rewrite::Same => {
+                self.check_queueable(args);
+                w.send_wire(&cmd.wire, tag(name))?
+            }
             Rewrite::Args(new) => {
+                self.check_queueable(&new);
                 w.send(&new, tag(name))?;
                 self.report.commands_converted += 1;
             }
             Rewrite::Many(cmds) => {
                 for new in &cmds {
+                    self.check_queueable(new);
                     let mut t = tag(name);
                     t.key = new.get(1).cloned().unwrap_or_default();
                     w.send(new, t)?;
@@ -1776,29 +1792,77 @@ impl Applier<'_> {
     /// Whether the target has the command `name` (`COMMAND INFO`, asked once per name on a
     /// connection of its own: the writer's is inside a transaction).
     fn target_knows(&mut self, name: &str) -> bool {
-        if let Some(known) = self.known_commands.get(name) {
-            return *known;
+        self.command_shape(name).known
+    }
+
+    /// Notes a command about to be queued: may the target refuse it while queueing?
+    fn check_queueable(&mut self, args: &[impl AsRef<[u8]>]) {
+        let Some(name) = args.first() else { return };
+        let name = String::from_utf8_lossy(name.as_ref()).to_ascii_uppercase();
+        let shape = self.command_shape(&name);
+        let argc = args.len() as i64;
+        let fits = match shape.arity {
+            Some(a) if a >= 0 => argc == a,
+            Some(a) => argc >= -a,
+            None => false,
+        };
+        if !(shape.known && fits) {
+            self.txn_uncertain = true;
         }
-        let known = match query_raw(
+    }
+
+    /// `COMMAND INFO` of `name`, asked once.
+    fn command_shape(&mut self, name: &str) -> CommandShape {
+        if let Some(shape) = self.known_commands.get(name) {
+            return *shape;
+        }
+        let shape = match query_raw(
             &self.opts.target,
             &[b"COMMAND", b"INFO", name.as_bytes()],
             self.opts.timeout,
         ) {
             // An unknown command gives a nil entry; an error (COMMAND not allowed) says
             // nothing, so the command is tried.
-            Ok(reply) => {
-                !(reply.starts_with(b"*1\r\n$-1\r\n")
+            Ok(reply) => CommandShape {
+                known: !(reply.starts_with(b"*1\r\n$-1\r\n")
                     || reply.starts_with(b"*1\r\n*-1\r\n")
-                    || reply.starts_with(b"*1\r\n_\r\n"))
-            }
+                    || reply.starts_with(b"*1\r\n_\r\n")),
+                arity: command_info_arity(&reply),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, command = name, "cannot ask the target about a command; forwarding it");
-                true
+                CommandShape {
+                    known: true,
+                    arity: None,
+                }
             }
         };
-        self.known_commands.insert(name.to_string(), known);
-        known
+        self.known_commands.insert(name.to_string(), shape);
+        shape
     }
+}
+
+/// What the target's `COMMAND INFO` says of a command.
+#[derive(Debug, Clone, Copy)]
+struct CommandShape {
+    /// The target has it (also assumed when it could not be asked).
+    known: bool,
+    /// Its arity (`n`: exactly n arguments with the name; `-n`: at least n), when known.
+    arity: Option<i64>,
+}
+
+/// The arity in a `COMMAND INFO name` reply: `*1 *N $len name :arity …`.
+fn command_info_arity(reply: &[u8]) -> Option<i64> {
+    let rest = reply.strip_prefix(b"*1\r\n*")?;
+    let mut lines = rest.split(|b| *b == b'\n').skip(1);
+    let len_line = lines.next()?;
+    if len_line.first() != Some(&b'$') {
+        return None;
+    }
+    let _name = lines.next()?;
+    let arity = lines.next()?.strip_prefix(b":")?;
+    let arity = arity.strip_suffix(b"\r").unwrap_or(arity);
+    std::str::from_utf8(arity).ok()?.parse().ok()
 }
 
 /// What [`Applier::rewrite`] decided.
@@ -2151,6 +2215,18 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arity_from_command_info() {
+        // As Redis 7.0 and 6.2 answer `COMMAND INFO get` / `COMMAND INFO set`.
+        let get = b"*1\r\n*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n";
+        let set = b"*1\r\n*7\r\n$3\r\nset\r\n:-3\r\n*2\r\n+write\r\n+denyoom\r\n";
+        assert_eq!(command_info_arity(get), Some(2));
+        assert_eq!(command_info_arity(set), Some(-3));
+        assert_eq!(command_info_arity(b"*1\r\n*-1\r\n"), None);
+        assert_eq!(command_info_arity(b"-ERR unknown command\r\n"), None);
+        assert_eq!(command_info_arity(b"*1\r\n*7\r\n$3\r\nset\r\n:x\r\n"), None);
+    }
 
     #[test]
     fn args() {

@@ -175,6 +175,8 @@ pub struct Tag {
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
     pub(crate) txn_exec: bool,
+    /// Which of the writer's transactions it was queued in (set by the writer).
+    pub(crate) txn_seq: u64,
 }
 
 impl Tag {
@@ -228,6 +230,9 @@ impl Refusal {
 /// The transaction being queued: `MULTI` sent, `EXEC` not yet.
 #[derive(Debug, Default)]
 struct Txn {
+    /// Numbers the writer's transactions (replies of one may still arrive after the next
+    /// began, when `EXEC` was sent without waiting for them).
+    seq: u64,
     /// The database before `MULTI` (the `SELECT`s inside take effect only with `EXEC`).
     db_before: u64,
     /// The commands queued since `MULTI`, as sent (for a re-send without refused ones).
@@ -260,7 +265,9 @@ pub struct TargetWriter {
     txn: Option<Txn>,
     /// The command tags of each transaction whose `EXEC` is in flight, oldest first (to name
     /// a command that fails inside `EXEC`).
-    execs: VecDeque<Vec<Tag>>,
+    execs: VecDeque<(u64, Vec<Tag>)>,
+    /// Transactions begun so far.
+    txn_seq: u64,
     /// Commands that failed inside an `EXEC`, for the caller to report.
     exec_errors: Vec<Refusal>,
 }
@@ -339,6 +346,7 @@ impl TargetWriter {
             scratch: Vec::new(),
             txn: None,
             execs: VecDeque::new(),
+            txn_seq: 0,
             exec_errors: Vec::new(),
         };
         if let Some(auth) = url.auth_command() {
@@ -408,6 +416,7 @@ impl TargetWriter {
             txn.wire.extend_from_slice(&self.out[start..]);
             txn.ends.push(txn.wire.len());
             tag.in_txn = true;
+            tag.txn_seq = txn.seq;
         }
         self.inflight.push_back(tag);
         self.sent += 1;
@@ -432,7 +441,9 @@ impl TargetWriter {
             });
         }
         self.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
+        self.txn_seq += 1;
         self.txn = Some(Txn {
+            seq: self.txn_seq,
             db_before: self.db,
             ..Txn::default()
         });
@@ -468,12 +479,14 @@ impl TargetWriter {
             .collect())
     }
 
-    /// Sends `EXEC` for the open transaction (after [`Self::txn_refused`] found nothing). A
+    /// Sends `EXEC` for the open transaction: after [`Self::txn_refused`] found nothing, or
+    /// at once when no command in it can be refused while queueing (their replies are then
+    /// matched to the transaction as they come; a refusal is an error). A
     /// command failing inside it (`WRONGTYPE`…) does not fail the writer: it is kept for
     /// [`Self::take_exec_errors`].
     pub fn exec_txn(&mut self, tag: Tag) -> Result<(), TargetError> {
         let txn = self.txn.take().unwrap_or_default();
-        self.execs.push_back(txn.tags);
+        self.execs.push_back((txn.seq, txn.tags));
         self.send(
             &[&b"EXEC"[..]],
             Tag {
@@ -652,6 +665,7 @@ impl TargetWriter {
         self.answered += 1;
         if tag.in_txn
             && let Some(txn) = &mut self.txn
+            && txn.seq == tag.txn_seq
         {
             if info.is_error() {
                 txn.refused.push((txn.tags.len(), reply_text(&reply)));
@@ -659,8 +673,25 @@ impl TargetWriter {
             txn.tags.push(tag);
             return Ok(true);
         }
+        if tag.in_txn
+            && let Some((_, tags)) = self.execs.iter_mut().find(|(seq, _)| *seq == tag.txn_seq)
+        {
+            // A transaction whose `EXEC` was sent without waiting for its `+QUEUED`s.
+            if info.is_error() {
+                return Err(TargetError::Refused {
+                    addr: self.addr.clone(),
+                    step: tag.what.to_string(),
+                    reply: format!(
+                        "{} — refused while queueing, after the batches behind it were sent: the target may miss this batch while later ones were applied; copy again from scratch (`cutover sync --fresh`)",
+                        reply_text(&reply)
+                    ),
+                });
+            }
+            tags.push(tag);
+            return Ok(true);
+        }
         if tag.txn_exec {
-            let tags = self.execs.pop_front().unwrap_or_default();
+            let (_, tags) = self.execs.pop_front().unwrap_or_default();
             if reply.first() == Some(&b'*') && !reply.starts_with(b"*-1") {
                 for (i, error) in array_errors(&reply) {
                     self.exec_errors.push(Refusal {
