@@ -1386,37 +1386,39 @@ impl Applier<'_> {
         // hit the position write of every batch alike). Without such a command the `EXEC`
         // follows at once and batches stay pipelined.
         let uncertain = std::mem::take(&mut self.txn_uncertain);
-        while uncertain {
-            let refused = w.txn_refused()?;
-            if refused.is_empty() {
-                break;
-            }
-            let mut drop = Vec::with_capacity(refused.len());
-            for (i, r) in refused {
-                if !r.tag.replicated || !r.is_command_error() {
-                    // Our own command, or the target refuses writes as a whole (OOM,
-                    // NOPERM, READONLY…): stop; the position stored is still the last one
-                    // applied.
-                    bail!(TargetError::Refused {
-                        addr: w.addr().to_string(),
-                        step: describe_tag(&r.tag),
-                        reply: r.error,
-                    });
+        if uncertain {
+            loop {
+                let refused = w.txn_refused()?;
+                if refused.is_empty() {
+                    break;
                 }
-                self.unsupported(
-                    stats,
-                    format!(
-                        "{}: {} refused it ({}); left out, the rest of the stream is applied",
-                        describe_tag(&r.tag),
-                        self.info.describe(),
-                        r.error
-                    ),
-                )?;
-                self.report.commands = self.report.commands.saturating_sub(1);
-                self.report.commands_skipped += 1;
-                drop.push(i);
+                let mut drop = Vec::with_capacity(refused.len());
+                for (i, r) in refused {
+                    if !r.tag.replicated || !r.is_command_error() {
+                        // Our own command, or the target refuses writes as a whole (OOM,
+                        // NOPERM, READONLY…): stop; the position stored is still the last one
+                        // applied.
+                        bail!(TargetError::Refused {
+                            addr: w.addr().to_string(),
+                            step: describe_tag(&r.tag),
+                            reply: r.error,
+                        });
+                    }
+                    self.unsupported(
+                        stats,
+                        format!(
+                            "{}: {} refused it ({}); left out, the rest of the stream is applied",
+                            describe_tag(&r.tag),
+                            self.info.describe(),
+                            r.error
+                        ),
+                    )?;
+                    self.report.commands = self.report.commands.saturating_sub(1);
+                    self.report.commands_skipped += 1;
+                    drop.push(i);
+                }
+                w.resend_txn_without(&drop)?;
             }
-            w.resend_txn_without(&drop)?;
         }
         w.exec_txn(Tag {
             what: "EXEC".into(),
