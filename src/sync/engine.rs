@@ -1373,8 +1373,9 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Stores the position reached and sends `EXEC` — once the target has queued every
-    /// command of the transaction. A stream command it refuses while queueing (an argument
+    /// Stores the position reached and sends `EXEC` — at once, or, when the batch holds a
+    /// command the target might refuse while queueing ([`Applier::check_queueable`]), once
+    /// the target has queued every command of the transaction. A stream command it refuses while queueing (an argument
     /// or a command it does not know: `-ERR` instead of `+QUEUED`, and `EXEC` would then
     /// apply nothing) is reported and left out, and the transaction is sent again without it,
     /// together with the position: the rest applies exactly once, in order (nothing behind
