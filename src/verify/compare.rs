@@ -203,8 +203,8 @@ fn both(src: &mut Conn, tgt: &mut Conn, args: &[&[u8]]) -> Result<(Reply, Reply)
     Ok((a, b))
 }
 
-/// The length command of a type.
-fn length_command(key_type: &str) -> Option<&'static [u8]> {
+/// The length command of a type (`None` for a type without one).
+pub(super) fn length_command(key_type: &str) -> Option<&'static [u8]> {
     Some(match key_type {
         "string" => b"STRLEN",
         "list" => b"LLEN",

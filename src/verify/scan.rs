@@ -204,19 +204,6 @@ struct Ctx<'a> {
     ttls: (bool, bool),
 }
 
-/// The length command of a type (`EXISTS` for anything else: 1 on both sides).
-fn length_command(t: &str) -> &'static [u8] {
-    match t {
-        "string" => b"STRLEN",
-        "list" => b"LLEN",
-        "set" => b"SCARD",
-        "zset" => b"ZCARD",
-        "hash" => b"HLEN",
-        "stream" => b"XLEN",
-        _ => b"EXISTS",
-    }
-}
-
 /// The source pass of one db pair. A scanner thread walks the source with `SCAN` on its own
 /// connection and hands pages over a bounded channel; this thread keeps up to [`DEPTH`] pages
 /// in flight on both servers, and sends the follow-up batch of a page (`DUMP` for what `MGET`
@@ -388,7 +375,8 @@ fn send_item(
             }
             Item::Lengths(keys) => {
                 for (k, t, _, _) in keys {
-                    conn.send(&[length_command(t), k])?;
+                    // `EXISTS` for any other type: 1 on both sides.
+                    conn.send(&[compare::length_command(t).unwrap_or(b"EXISTS"), k])?;
                 }
             }
         }
