@@ -1546,17 +1546,17 @@ impl Applier<'_> {
                 return Ok(());
             }
             Rewrite::Same => {
-                self.check_queueable(args);
+                self.check_queueable(name, args.len());
                 w.send_wire(&cmd.wire, tag(name))?
             }
             Rewrite::Args(new) => {
-                self.check_queueable(&new);
+                self.check_rewritten(&new);
                 w.send(&new, tag(name))?;
                 self.report.commands_converted += 1;
             }
             Rewrite::Many(cmds) => {
                 for new in &cmds {
-                    self.check_queueable(new);
+                    self.check_rewritten(new);
                     let mut t = tag(name);
                     t.key = new.get(1).cloned().unwrap_or_default();
                     w.send(new, t)?;
@@ -1798,12 +1798,11 @@ impl Applier<'_> {
         self.command_shape(name).known
     }
 
-    /// Notes a command about to be queued: may the target refuse it while queueing?
-    fn check_queueable(&mut self, args: &[impl AsRef<[u8]>]) {
-        let Some(name) = args.first() else { return };
-        let name = String::from_utf8_lossy(name.as_ref()).to_ascii_uppercase();
-        let shape = self.command_shape(&name);
-        let argc = args.len() as i64;
+    /// Notes a command `name` (upper case) with `argc` arguments (its name included) about
+    /// to be queued: may the target refuse it while queueing?
+    fn check_queueable(&mut self, name: &str, argc: usize) {
+        let shape = self.command_shape(name);
+        let argc = argc as i64;
         let fits = match shape.arity {
             Some(a) if a >= 0 => argc == a,
             Some(a) => argc >= -a,
@@ -1812,6 +1811,15 @@ impl Applier<'_> {
         if !(shape.known && fits) {
             self.txn_uncertain = true;
         }
+    }
+
+    /// [`Applier::check_queueable`] for a command the applier wrote itself.
+    fn check_rewritten(&mut self, args: &[Vec<u8>]) {
+        let name = args
+            .first()
+            .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+            .unwrap_or_default();
+        self.check_queueable(&name, args.len());
     }
 
     /// `COMMAND INFO` of `name`, asked once.
