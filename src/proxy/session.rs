@@ -35,7 +35,7 @@ use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::config::constant_time_eq;
 use crate::cutover::shadow::{self, ShadowItem, Value};
-use crate::resp::request::{CAPTURED_ARGS, encode_command};
+use crate::resp::request::{self, CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
 use crate::route::{Backend, ConnGuard};
 use crate::telemetry;
@@ -148,6 +148,23 @@ struct Pending {
     shadow: Option<Box<ShadowPlan>>,
 }
 
+impl Pending {
+    /// An ordinary command sent on the shared connection: one reply, no side effects.
+    fn via_mux(cmd: usize, started: Instant, shadow: Option<Box<ShadowPlan>>) -> Self {
+        Pending {
+            cmd,
+            started,
+            expect: Expect::Replies(1),
+            effect: Effect::None,
+            swallow: false,
+            via_mux: true,
+            reissue: None,
+            nil_reply: false,
+            shadow,
+        }
+    }
+}
+
 /// A blocking call in flight, as sent.
 #[derive(Debug)]
 struct Blocking {
@@ -240,6 +257,19 @@ pub struct Session {
     mux_framing: bool,
     mux_frames: BytesMut,
     mux_frame_parser: ReplyParser,
+    /// The command name [`Session::take_plain_run`] looked up last.
+    last_name: LastName,
+}
+
+/// The last command name looked up on the hot path and whether it is an ordinary command
+/// for the shared connection. Pipelines repeat one command, so all but the first skip the
+/// table lookup.
+#[derive(Default)]
+struct LastName {
+    bytes: [u8; 16],
+    len: usize,
+    cmd: usize,
+    plain: bool,
 }
 
 /// A write as the client sent it, kept until its reply tells what to shadow.
@@ -305,6 +335,7 @@ impl Session {
             mux_framing: false,
             mux_frames: BytesMut::new(),
             mux_frame_parser: ReplyParser::default(),
+            last_name: LastName::default(),
         }
     }
 
@@ -619,6 +650,9 @@ impl Session {
         while (!self.client_in.is_empty() || self.held.is_some())
             && (!self.stop_reading || self.streaming_request)
         {
+            if self.take_plain_run() {
+                continue;
+            }
             let req = match self.held.take() {
                 Some(req) => req,
                 None => match self.req.parse(&self.client_in) {
@@ -657,6 +691,77 @@ impl Session {
                 self.dispatch(req).await;
             }
         }
+    }
+
+    /// The hot path: the run of complete ordinary commands at the front of `client_in` joins
+    /// the shared connection's batch in one piece. One pass frames each command and looks at
+    /// its name only ([`request::frame_whole`]); the bytes are copied once for the whole run.
+    /// Stops at the first command that needs more thought (anything [`Session::dispatch`]
+    /// treats specially, a write while writes are shadowed, an incomplete or huge command, the
+    /// in-flight window) and leaves it to the general path. `false`: it took nothing.
+    fn take_plain_run(&mut self) -> bool {
+        if self.pinned
+            || self.streaming_request
+            || self.held.is_some()
+            || self.prefer_own_connection
+            || !self.conn.authenticated
+            || !self.req.at_start()
+        {
+            return false;
+        }
+        let shadowing = self.shared.shadow.load().is_some();
+        let room = MUX_WINDOW.saturating_sub(self.mux_inflight + self.mux_batch_count as usize);
+        let buf = &self.client_in[..];
+        let mut at = 0;
+        let mut taken = 0;
+        let mut run: Option<(usize, u64)> = None;
+        while taken < room {
+            let Some((name, len)) = request::frame_whole(&buf[at..], request::DEFAULT_MAX_BULK)
+            else {
+                break;
+            };
+            let name = &buf[at + name.start..at + name.end];
+            let last = &mut self.last_name;
+            if name.len() > last.bytes.len() {
+                break;
+            }
+            // Byte by byte: names are short, and a `memcmp` call costs more than the loop.
+            if name.len() != last.len || name.iter().zip(&last.bytes).any(|(a, b)| a != b) {
+                let cmd = command::command_id(name);
+                last.bytes[..name.len()].copy_from_slice(name);
+                last.len = name.len();
+                last.cmd = cmd;
+                last.plain = !command::has_own_kind(cmd) && !command::needs_own_connection(cmd);
+            }
+            let cmd = last.cmd;
+            if !last.plain || (shadowing && shadow::is_write(cmd)) {
+                break;
+            }
+            match &mut run {
+                Some((c, n)) if *c == cmd => *n += 1,
+                _ => {
+                    if let Some((c, n)) = run.replace((cmd, 1)) {
+                        telemetry::commands().received(c, n);
+                    }
+                }
+            }
+            self.mux_batch_count += 1;
+            self.pending
+                .push_back(Pending::via_mux(cmd, self.batch_started, None));
+            at += len;
+            taken += 1;
+        }
+        if let Some((c, n)) = run {
+            telemetry::commands().received(c, n);
+        }
+        if taken == 0 {
+            return false;
+        }
+        self.mux_batch.extend_from_slice(&buf[..at]);
+        self.client_in.advance(at);
+        self.next_shadow = None;
+        self.classified = None;
+        true
     }
 
     /// The common case without the async machinery of [`Session::dispatch`]: an ordinary
@@ -1147,17 +1252,9 @@ impl Session {
     /// Records a command just added to the shared connection's batch.
     fn mux_pending(&mut self, cmd: usize) {
         self.mux_batch_count += 1;
-        self.pending.push_back(Pending {
-            cmd,
-            started: self.batch_started,
-            expect: Expect::Replies(1),
-            effect: Effect::None,
-            swallow: false,
-            via_mux: true,
-            reissue: None,
-            nil_reply: false,
-            shadow: self.next_shadow.take(),
-        });
+        let shadow = self.next_shadow.take();
+        self.pending
+            .push_back(Pending::via_mux(cmd, self.batch_started, shadow));
     }
 
     /// Sends the collected batch to the shared connection of the route's primary.
