@@ -304,9 +304,14 @@ fn dispatch(
     writes: &mut Writes,
 ) -> io::Result<()> {
     while let Some(head) = inflight.front_mut() {
-        match r.parser.parse(&inbuf[r.span..]) {
-            Ok(Some(info)) => {
-                r.span += info.len;
+        let rest = &inbuf[r.span..];
+        let framed = match r.parser.whole_scalar(rest) {
+            Some(len) => Ok(Some(len)),
+            None => r.parser.parse(rest).map(|info| info.map(|i| i.len)),
+        };
+        match framed {
+            Ok(Some(len)) => {
+                r.span += len;
                 r.completed += 1;
                 head.remaining -= 1;
                 if head.remaining == 0 {

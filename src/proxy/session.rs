@@ -108,7 +108,8 @@ enum Expect {
     AllSubs(SubKind),
     /// A reply the proxy makes itself; `close` ends the connection after it.
     Local {
-        reply: Bytes,
+        // Boxed: every `Pending` is as big as its largest variant, and local replies are rare.
+        reply: Box<Bytes>,
         close: bool,
     },
 }
@@ -117,7 +118,7 @@ enum Expect {
 enum Effect {
     None,
     Select(u32),
-    SetName(Option<Bytes>),
+    SetName(Option<Box<Bytes>>),
     Hello(u8),
     Multi,
     Exec,
@@ -130,6 +131,7 @@ enum Effect {
 
 #[derive(Debug)]
 struct Pending {
+    // Kept small (one is queued and dropped per command): rare payloads are boxed.
     cmd: usize,
     started: Instant,
     expect: Expect,
@@ -992,7 +994,7 @@ impl Session {
                 let name = argv
                     .get(2)
                     .filter(|n| !n.is_empty())
-                    .map(|n| Bytes::copy_from_slice(n));
+                    .map(|n| Box::new(Bytes::copy_from_slice(n)));
                 self.forward_stateful(cmd, wire, Effect::SetName(name))
                     .await;
             }
@@ -1181,7 +1183,10 @@ impl Session {
         self.pending.push_back(Pending {
             cmd,
             started: self.batch_started,
-            expect: Expect::Local { reply, close },
+            expect: Expect::Local {
+                reply: Box::new(reply),
+                close,
+            },
             effect: Effect::None,
             swallow: false,
             via_mux: false,
@@ -1665,7 +1670,7 @@ impl Session {
         match effect {
             Effect::None => {}
             Effect::Select(db) => self.conn.db = db,
-            Effect::SetName(name) => self.conn.name = name,
+            Effect::SetName(name) => self.conn.name = name.map(|n| *n),
             Effect::Hello(v) => self.conn.resp = v,
             Effect::Multi => {}
             Effect::Exec => {

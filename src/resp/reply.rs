@@ -104,20 +104,30 @@ impl Default for ReplyParser {
 
 impl ReplyParser {
     /// Scans `buf` (starting at the current reply) for the end of the reply.
-    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ReplyError> {
+    /// The length of a complete scalar reply (`+OK`, `:1`, `$3 foo`, `-ERR …`, …) at the start
+    /// of `buf`, when nothing of a reply has been scanned yet: the hot path of framing replies
+    /// that only need their length. `None`: use [`ReplyParser::parse`].
+    #[inline]
+    pub fn whole_scalar(&self, buf: &[u8]) -> Option<usize> {
         if self.cursor == 0
             && matches!(self.state, State::Value)
             && self.stack.is_empty()
             && !self.top_started
             && !self.in_attribute
         {
-            if let Some(len) = whole_scalar(buf) {
-                return Ok(Some(ReplyInfo {
-                    len,
-                    kind: buf[0],
-                    ..ReplyInfo::default()
-                }));
-            }
+            whole_scalar(buf)
+        } else {
+            None
+        }
+    }
+
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ReplyError> {
+        if let Some(len) = self.whole_scalar(buf) {
+            return Ok(Some(ReplyInfo {
+                len,
+                kind: buf[0],
+                ..ReplyInfo::default()
+            }));
         }
         loop {
             match self.state {
