@@ -133,9 +133,15 @@ async fn run(
         let result = event
             .and_then(|_| write_some(stream, &mut out, &mut writes))
             .and_then(|_| read_some(stream, &mut inbuf))
-            .and_then(|_| dispatch(&mut inbuf, &mut replies, &mut inflight, &mut writes))
-            // The replies just read may have ended the write in flight.
-            .and_then(|_| write_some(stream, &mut out, &mut writes));
+            .and_then(|_| dispatch(&mut inbuf, &mut replies, &mut inflight, &mut writes));
+        if result.is_ok() && writes.may_write(&out) {
+            // The replies just handed on ended the write in flight, and commands are waiting.
+            // Let the sessions those replies woke run first: they answer their clients and
+            // queue what the clients sent meanwhile, so the next write carries all of it. The
+            // next turn of this loop writes.
+            tokio::task::yield_now().await;
+            continue;
+        }
         if let Err(e) = result {
             if e.kind() == io::ErrorKind::WouldBlock {
                 continue;
