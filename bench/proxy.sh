@@ -3,10 +3,10 @@
 # twemproxy (nutcracker) and through cutover, alternating the targets in every round, plus
 # cutover's resident memory with 1,000 idle client connections and after the load.
 #
-#   bash bench/proxy.sh                # 5 rounds
+#   bash bench/proxy.sh                # 7 rounds
 #   ROUNDS=3 bash bench/proxy.sh
 #
-# Environment: ROUNDS (default 5), N_P1 / N_P16 (requests per test per run; defaults 300000 /
+# Environment: ROUNDS (default 7), N_P1 / N_P16 (requests per test per run; defaults 600000 /
 # 3000000, each test ~1.5-4 s on a 2-core machine), CLIENTS (default 50), IDLE_CONNS (1000),
 # SKIP_BUILD=1 (use target/release/cutover as it is), METRICS=0 (no metrics listener; it is on
 # by default, as deployed).
@@ -15,8 +15,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/.servers/bin"
-ROUNDS=${ROUNDS:-5}
-N_P1=${N_P1:-300000}
+ROUNDS=${ROUNDS:-7}
+N_P1=${N_P1:-600000}
 N_P16=${N_P16:-3000000}
 CLIENTS=${CLIENTS:-50}
 IDLE_CONNS=${IDLE_CONNS:-1000}
