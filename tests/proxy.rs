@@ -534,6 +534,65 @@ fn pipeline_of_10k_commands_written_before_reading() {
     eprintln!("10k small commands: {:?}", started.elapsed());
 }
 
+/// Many clients pipelining at once share the backend connection, whose writes are coalesced
+/// while one is in flight: every client must get exactly its own replies, in order. Command
+/// names vary in case (the session caches the last name's lookup by its exact bytes), and a
+/// stateful command midway moves one client to its own connection under load.
+#[test]
+fn many_pipelining_clients_get_their_own_replies_in_order() {
+    let (server, proxy) = setup(Version::Redis70);
+    const CLIENTS: usize = 40;
+    const ROUNDS: usize = 60;
+    const DEPTH: usize = 16;
+    let addr = proxy.addr();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut raw = Raw::connect(&addr);
+                let mut count = 0u64;
+                for round in 0..ROUNDS {
+                    let mut pipeline = Vec::new();
+                    let mut expected = Vec::new();
+                    if c == 0 && round == ROUNDS / 2 {
+                        // Stateful: this client moves to its own connection mid-load.
+                        encode_into(&["CLIENT", "SETNAME", "mover"], &mut pipeline);
+                        expected.extend_from_slice(b"+OK\r\n");
+                    }
+                    for i in 0..DEPTH {
+                        let key = format!("c{c}");
+                        match (round + i) % 4 {
+                            0 => encode_into(&["INCR", &key], &mut pipeline),
+                            1 => encode_into(&["incr", &key], &mut pipeline),
+                            2 => encode_into(&["IncrBy", &key, "1"], &mut pipeline),
+                            _ => encode_into(&["incrby", &key, "1"], &mut pipeline),
+                        }
+                        count += 1;
+                        expected.extend_from_slice(format!(":{count}\r\n").as_bytes());
+                    }
+                    raw.send(&pipeline);
+                    let got = raw.read_exact_within(expected.len(), TIMEOUT).unwrap();
+                    assert!(
+                        got == expected,
+                        "client {c} round {round}: got {}",
+                        show(&got[..got.len().min(200)])
+                    );
+                }
+                raw.expect_silence(Duration::from_millis(50));
+                count
+            })
+        })
+        .collect();
+    for (c, t) in threads.into_iter().enumerate() {
+        let count = t.join().expect("client thread");
+        let mut direct = Raw::connect(&server.addr());
+        assert_eq!(
+            direct.cmd_str(&["GET", &format!("c{c}")]),
+            format!("${}\r\n{count}\r\n", count.to_string().len())
+        );
+    }
+}
+
 #[test]
 fn pipeline_of_10k_large_replies_written_before_reading() {
     let (server, proxy) = setup(Version::Redis70);
