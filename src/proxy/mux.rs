@@ -188,8 +188,9 @@ const HOLD_BELOW: usize = 16 * 1024;
 /// delayed that the server could have started; a lone client never waits (nothing is in
 /// flight when its command arrives). When the replies arrive, the sessions they wake run
 /// before the next write (see `run`), so that write also carries what their clients sent in
-/// reply. Measured in alternating A/B rounds (bench/RESULTS.md): pipeline 1 from 0.80–0.97×
-/// to 0.99–1.11× direct, pipeline 16 GET from 0.70–0.76× to 0.81–0.82×.
+/// reply. Measured (bench/RESULTS.md, 2 cores): in alternating A/B rounds pipeline 1 went
+/// from 0.80× to 0.99–1.13× direct and pipeline 16 GET from 0.70–0.76× to 0.81–0.82×; full
+/// benchmark runs now give 0.94–1.03× at pipeline 1 and 0.82–0.84× at pipeline 16.
 #[derive(Default)]
 struct Writes {
     /// For each write not yet fully answered: the number of requests completely written when
