@@ -254,6 +254,23 @@ impl RedisUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// A blocking TCP connection to this server (for the threads that talk to it
+    /// synchronously): each address the host resolves to in turn, each tried for at most
+    /// `timeout`; `TCP_NODELAY` is set. The error is the last address's.
+    pub fn connect_blocking(&self, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
+        let mut last = None;
+        for sa in std::net::ToSocketAddrs::to_socket_addrs(&self.addr())? {
+            match std::net::TcpStream::connect_timeout(&sa, timeout) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
+    }
 }
 
 /// Never print a password: `Debug` and `Display` show the URL with the secret masked.

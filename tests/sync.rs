@@ -993,22 +993,10 @@ fn read_log(log: &std::path::Path) -> String {
 /// counters and lists on the target are exact (nothing lost, nothing applied twice).
 #[test]
 fn restart_resumes_exactly_once() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let source = Server::start_with(
-        Version::Redis70,
-        &[
-            "--repl-diskless-sync-delay",
-            "0",
-            "--repl-backlog-size",
-            "64mb",
-        ],
-    );
+    use std::sync::atomic::Ordering;
+    let (source, stop, load) = source_under_load();
     let target = Server::start(Version::Redis70);
     let mut src = source.conn();
-    let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = counting_load(source.conn(), Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
     let log1 = dir.path().join("first.log");
     let mut first = start_sync(&source, &target, &log1, &[]);
@@ -1499,6 +1487,29 @@ fn matrix_valkey91_to_valkey91() {
 
 // ----- reconnects within a run ----------------------------------------------------------------
 
+/// A Redis 7.0 source whose backlog outlives the reconnects of these tests, holding 20,000
+/// keys, with [`counting_load`] running against it until the returned flag is set.
+fn source_under_load() -> (
+    Server,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(u64, u64)>,
+) {
+    let source = Server::start_with(
+        Version::Redis70,
+        &[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    );
+    let mut src = source.conn();
+    let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = counting_load(source.conn(), std::sync::Arc::clone(&stop));
+    (source, stop, load)
+}
+
 /// INCR/RPUSH load (every tenth pair in MULTI/EXEC) until `stop`; returns (INCRs, RPUSHes).
 fn counting_load(
     mut conn: Connection,
@@ -1568,22 +1579,10 @@ fn assert_exact_counts(src: &mut Connection, dst: &mut Connection, (incrs, pushe
 /// (+CONTINUE) right after the last byte received, and counters and lists are exact.
 #[test]
 fn link_killed_mid_stream_continues_exactly() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let source = Server::start_with(
-        Version::Redis70,
-        &[
-            "--repl-diskless-sync-delay",
-            "0",
-            "--repl-backlog-size",
-            "64mb",
-        ],
-    );
+    use std::sync::atomic::Ordering;
+    let (source, stop, load) = source_under_load();
     let target = Server::start(Version::Redis62);
     let mut src = source.conn();
-    let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = counting_load(source.conn(), Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sync.log");
     let mut child = start_sync(&source, &target, &log, &[]);
@@ -1971,25 +1970,13 @@ fn wait_log(log: &std::path::Path, text: &str, n: usize, child: &mut Child) {
 /// no FLUSHALL), and counters and lists end exact — nothing lost, nothing applied twice.
 #[test]
 fn target_killed_or_disconnected_resumes_exactly() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let source = Server::start_with(
-        Version::Redis70,
-        &[
-            "--repl-diskless-sync-delay",
-            "0",
-            "--repl-backlog-size",
-            "64mb",
-        ],
-    );
+    use std::sync::atomic::Ordering;
+    let (source, stop, load) = source_under_load();
     let mut target = Server::start_with(
         Version::Redis62,
         &["--appendonly", "yes", "--appendfsync", "always"],
     );
     let mut src = source.conn();
-    let _: () = q(&mut src, &[b"DEBUG", b"POPULATE", b"20000", b"pop", b"50"]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = counting_load(source.conn(), Arc::clone(&stop));
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sync.log");
     let mut child = start_sync(&source, &target, &log, &[]);

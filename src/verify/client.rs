@@ -169,21 +169,7 @@ impl Conn {
             addr: addr.clone(),
             source,
         };
-        let mut last = None;
-        let mut stream = None;
-        for sa in std::net::ToSocketAddrs::to_socket_addrs(&addr).map_err(connect_err)? {
-            match TcpStream::connect_timeout(&sa, timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let stream = stream.ok_or_else(|| {
-            connect_err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
-        })?;
-        let _ = stream.set_nodelay(true);
+        let stream = url.connect_blocking(timeout).map_err(connect_err)?;
         let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
         let _ = stream.set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
         let mut conn = Conn {
