@@ -103,7 +103,6 @@ impl Default for ReplyParser {
 }
 
 impl ReplyParser {
-    /// Scans `buf` (starting at the current reply) for the end of the reply.
     /// The length of a complete scalar reply (`+OK`, `:1`, `$3 foo`, `-ERR …`, …) at the start
     /// of `buf`, when nothing of a reply has been scanned yet: the hot path of framing replies
     /// that only need their length. `None`: use [`ReplyParser::parse`].
@@ -121,6 +120,7 @@ impl ReplyParser {
         }
     }
 
+    /// Scans `buf` (starting at the current reply) for the end of the reply.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ReplyError> {
         if let Some(len) = self.whole_scalar(buf) {
             return Ok(Some(ReplyInfo {
