@@ -150,14 +150,19 @@ struct CommandRow {
 /// The per-command table (always there: counting costs the same with or without a scraper).
 pub fn commands() -> &'static CommandStats {
     static STATS: OnceLock<CommandStats> = OnceLock::new();
-    STATS.get_or_init(|| CommandStats {
-        rows: (0..=KNOWN_COMMANDS.len())
-            .map(|_| CommandRow::default())
-            .collect(),
-    })
+    STATS.get_or_init(CommandStats::new)
 }
 
 impl CommandStats {
+    /// Empty rows for every known command and `other`.
+    fn new() -> Self {
+        CommandStats {
+            rows: (0..=KNOWN_COMMANDS.len())
+                .map(|_| CommandRow::default())
+                .collect(),
+        }
+    }
+
     /// `n` commands `cmd` were received.
     #[inline]
     pub fn received(&self, cmd: usize, n: u64) {
@@ -251,11 +256,7 @@ mod tests {
 
     #[test]
     fn command_table_renders_cumulative_buckets() {
-        let stats = CommandStats {
-            rows: (0..=KNOWN_COMMANDS.len())
-                .map(|_| CommandRow::default())
-                .collect(),
-        };
+        let stats = CommandStats::new();
         let get = crate::proxy::command::command_id(b"get");
         stats.received(get, 5);
         stats.answered(get, 3, Duration::from_micros(50));

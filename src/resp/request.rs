@@ -224,34 +224,9 @@ impl RequestParser {
     /// where it stops and reports errors.
     #[inline]
     fn parse_whole(&self, buf: &[u8]) -> Option<Request> {
-        if buf.first() != Some(&b'*') {
-            return None;
-        }
-        let (argc, mut at) = short_header_number(buf, 1)?;
-        if argc == 0 || argc > WHOLE_MAX_ARGS {
-            return None;
-        }
         let mut args = CapturedArgs::default();
-        for _ in 0..argc {
-            if buf.get(at) != Some(&b'$') {
-                return None;
-            }
-            let (len, body) = short_header_number(buf, at + 1)?;
-            if len > self.max_bulk {
-                return None;
-            }
-            let end = body + len as usize + 2;
-            if buf.len() < end || buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
-                return None;
-            }
-            args.push(body..end - 2);
-            at = end;
-        }
-        Some(Request::Array {
-            len: at,
-            argc,
-            args,
-        })
+        let (argc, len) = walk_whole(buf, self.max_bulk, |_, arg| args.push(arg))?;
+        Some(Request::Array { len, argc, args })
     }
 
     /// Nothing of a command has been scanned yet (the next byte starts a new command), so
@@ -367,6 +342,25 @@ const WHOLE_MAX_ARGS: u64 = 256;
 /// whenever it returns something, `parse` would have found the same command.
 #[inline]
 pub fn frame_whole(buf: &[u8], max_bulk: u64) -> Option<(Range<usize>, usize)> {
+    let mut name = 0..0;
+    let (_, len) = walk_whole(buf, max_bulk, |i, arg| {
+        if i == 0 {
+            name = arg;
+        }
+    })?;
+    Some((name, len))
+}
+
+/// The one-pass walk behind [`frame_whole`] and [`RequestParser::parse`]'s fast path: checks
+/// a whole command with short headers at the start of `buf` and hands each argument's byte
+/// range (with its index) to `on_arg`. Returns (argument count, the command's length); `None`
+/// for anything it does not take (see [`frame_whole`]).
+#[inline(always)]
+fn walk_whole(
+    buf: &[u8],
+    max_bulk: u64,
+    mut on_arg: impl FnMut(u64, Range<usize>),
+) -> Option<(u64, usize)> {
     if buf.first() != Some(&b'*') {
         return None;
     }
@@ -374,7 +368,6 @@ pub fn frame_whole(buf: &[u8], max_bulk: u64) -> Option<(Range<usize>, usize)> {
     if argc == 0 || argc > WHOLE_MAX_ARGS {
         return None;
     }
-    let mut name = 0..0;
     for i in 0..argc {
         if buf.get(at) != Some(&b'$') {
             return None;
@@ -387,12 +380,10 @@ pub fn frame_whole(buf: &[u8], max_bulk: u64) -> Option<(Range<usize>, usize)> {
         if buf.len() < end || buf[end - 2] != b'\r' || buf[end - 1] != b'\n' {
             return None;
         }
-        if i == 0 {
-            name = body..end - 2;
-        }
+        on_arg(i, body..end - 2);
         at = end;
     }
-    Some((name, at))
+    Some((argc, at))
 }
 
 /// A short decimal header (`*3`, `$16`: at most 9 digits, no sign, no leading zero) ending in

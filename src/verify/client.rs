@@ -23,6 +23,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::config::RedisUrl;
+use crate::resp::request::encode_command;
 
 /// Bulk replies longer than this are read into a [`Reply::Digest`] instead of memory.
 pub const BIG_BULK: usize = 16 * 1024;
@@ -214,7 +215,7 @@ impl Conn {
 
     /// Queues one command (written on [`flush`](Self::flush) or when the buffer is large).
     pub fn send(&mut self, args: &[&[u8]]) -> Result<(), VerifyError> {
-        encode(args, &mut self.out);
+        encode_command(args, &mut self.out);
         self.pending += 1;
         if self.out.len() >= 256 * 1024 {
             self.flush()?;
@@ -441,38 +442,6 @@ fn parse_i64(b: &[u8]) -> Option<i64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Appends one command as a RESP array of bulk strings.
-pub fn encode(args: &[&[u8]], out: &mut Vec<u8>) {
-    let mut num = itoa_buf();
-    out.push(b'*');
-    out.extend_from_slice(fmt_usize(args.len(), &mut num));
-    out.extend_from_slice(b"\r\n");
-    for a in args {
-        out.push(b'$');
-        out.extend_from_slice(fmt_usize(a.len(), &mut num));
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-fn fmt_usize(mut v: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,11 +449,14 @@ mod tests {
     #[test]
     fn encodes_commands() {
         let mut out = Vec::new();
-        encode(&[b"GET", b"k\r\n"], &mut out);
+        encode_command(&[b"GET", b"k\r\n"], &mut out);
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$3\r\nk\r\n\r\n");
-        let mut b = itoa_buf();
-        assert_eq!(fmt_usize(0, &mut b), b"0");
-        assert_eq!(fmt_usize(1234567, &mut b), b"1234567");
+        // Lengths of 0 and of several digits.
+        out.clear();
+        let big = vec![b'x'; 1234567];
+        encode_command(&[&b""[..], &big], &mut out);
+        assert!(out.starts_with(b"*2\r\n$0\r\n\r\n$1234567\r\nxxx"));
+        assert_eq!(out.len(), 4 + 6 + 10 + 1234567 + 2);
     }
 
     #[test]
