@@ -196,8 +196,6 @@ struct Writes {
     /// For each write not yet fully answered: the number of requests completely written when
     /// it ended (requests are numbered in the order they were accepted).
     marks: VecDeque<u64>,
-    /// The last write ended inside a request: its rest goes out whatever the rule above.
-    partial: bool,
     /// Requests completely written / completely answered.
     written: u64,
     answered: u64,
@@ -205,7 +203,8 @@ struct Writes {
 
 impl Writes {
     fn may_write(&self, out: &OutQueue) -> bool {
-        out.bytes > 0 && (self.partial || self.marks.is_empty() || out.bytes >= HOLD_BELOW)
+        // A write that ended inside a request: its rest goes out whatever the rule above.
+        out.bytes > 0 && (out.front_started || self.marks.is_empty() || out.bytes >= HOLD_BELOW)
     }
 }
 
@@ -281,7 +280,6 @@ fn write_some(stream: &TcpStream, out: &mut OutQueue, writes: &mut Writes) -> io
             Err(e) => return Err(e),
         }
     }
-    writes.partial = out.front_started;
     if writes.written > before {
         writes.marks.push_back(writes.written);
     }
@@ -316,12 +314,7 @@ fn dispatch(
     writes: &mut Writes,
 ) -> io::Result<()> {
     while let Some(head) = inflight.front_mut() {
-        let rest = &inbuf[r.span..];
-        let framed = match r.parser.whole_scalar(rest) {
-            Some(len) => Ok(Some(len)),
-            None => r.parser.parse(rest).map(|info| info.map(|i| i.len)),
-        };
-        match framed {
+        match r.parser.parse_len(&inbuf[r.span..]) {
             Ok(Some(len)) => {
                 r.span += len;
                 r.completed += 1;

@@ -103,11 +103,11 @@ impl Default for ReplyParser {
 }
 
 impl ReplyParser {
-    /// The length of a complete scalar reply (`+OK`, `:1`, `$3 foo`, `-ERR …`, …) at the start
-    /// of `buf`, when nothing of a reply has been scanned yet: the hot path of framing replies
-    /// that only need their length. `None`: use [`ReplyParser::parse`].
+    /// The fast path of [`ReplyParser::parse`] and [`ReplyParser::parse_len`]: the length of
+    /// a complete scalar reply (`+OK`, `:1`, `$3 foo`, `-ERR …`, …) at the start of `buf`,
+    /// when nothing of a reply has been scanned yet.
     #[inline]
-    pub fn whole_scalar(&self, buf: &[u8]) -> Option<usize> {
+    fn whole_scalar(&self, buf: &[u8]) -> Option<usize> {
         if self.cursor == 0
             && matches!(self.state, State::Value)
             && self.stack.is_empty()
@@ -129,6 +129,20 @@ impl ReplyParser {
                 ..ReplyInfo::default()
             }));
         }
+        self.parse_general(buf)
+    }
+
+    /// [`ReplyParser::parse`] for a caller that needs only the reply's length: a scalar
+    /// costs no [`ReplyInfo`].
+    pub fn parse_len(&mut self, buf: &[u8]) -> Result<Option<usize>, ReplyError> {
+        match self.whole_scalar(buf) {
+            Some(len) => Ok(Some(len)),
+            None => Ok(self.parse_general(buf)?.map(|info| info.len)),
+        }
+    }
+
+    /// The resumable state machine behind [`ReplyParser::parse`] (after its fast path).
+    fn parse_general(&mut self, buf: &[u8]) -> Result<Option<ReplyInfo>, ReplyError> {
         loop {
             match self.state {
                 State::Bulk {
