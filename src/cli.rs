@@ -326,6 +326,10 @@ pub struct RunArgs {
     /// [metrics] listen: Prometheus text at http://ADDR/metrics.
     #[arg(long = "metrics-listen", env = "CUTOVER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// [cutover] overlap: auto (default), replica or shadow — how the old side is kept an
+    /// exact copy of the new primary after a switch.
+    #[arg(long = "overlap", env = "CUTOVER_OVERLAP")]
+    pub overlap: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -726,6 +730,14 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
             });
         }
         cutover.shadow_queue = n;
+    }
+    if let Some(mode) = args.overlap.clone().or(file.cutover.overlap) {
+        cutover.overlap =
+            crate::cutover::overlap::OverlapMode::parse(&mode).ok_or(ConfigError::Invalid {
+                key: "cutover.overlap",
+                value: mode.clone(),
+                reason: "must be \"auto\", \"replica\" or \"shadow\"".into(),
+            })?;
     }
     let buffer_limit = file.proxy.buffer_limit_bytes.unwrap_or(4 * 1024 * 1024);
     if buffer_limit < 64 * 1024 {

@@ -103,6 +103,9 @@ pub struct CutoverSection {
     /// Shadow writes that may wait for the old side (default 1,000,000); beyond, a rollback
     /// is no longer safe.
     pub shadow_queue: Option<usize>,
+    /// `auto` (default), `replica` or `shadow`: how the old side is kept in step after a
+    /// switch ([`crate::cutover::overlap`]).
+    pub overlap: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

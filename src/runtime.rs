@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::admin::AdminServer;
 use crate::config::Settings;
 use crate::cutover::Controller;
+use crate::cutover::overlap::{Links, OverlapMode};
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
@@ -52,7 +53,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
-    let sync = Arc::new(SyncProgress::default());
+    let links = match (&settings.target, settings.cutover.overlap) {
+        (None, _) | (_, OverlapMode::Shadow) => None,
+        (Some(_), mode) if !settings.sync.filter.is_identity() => {
+            if mode == OverlapMode::Replica {
+                anyhow::bail!(
+                    "[cutover] overlap = \"replica\" needs the whole source copied as it is: with [sync] filters or a db_map the old side could not be an exact replica of the target; remove them or set overlap = \"shadow\""
+                );
+            }
+            tracing::warn!(
+                "[sync] filters or a db_map are set: the overlap after the switch uses shadow writes (a replica overlap needs the whole source copied as it is)"
+            );
+            None
+        }
+        (Some(_), _) => Some(Arc::new(Links::new())),
+    };
+    let sync = links
+        .as_ref()
+        .map_or_else(|| Arc::new(SyncProgress::default()), |l| l.forward.clone());
     let sync_detached = Arc::new(AtomicBool::new(false));
     let controller = settings.target.as_ref().map(|_| {
         Arc::new(Controller::new(
@@ -60,6 +78,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             sync.clone(),
             sync_detached.clone(),
             settings.cutover.clone(),
+            links.clone(),
         ))
     });
     let listener = TcpListener::bind(settings.proxy.listen)
@@ -99,6 +118,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     if let Some(target) = &settings.target {
+        let forward_stop = links.as_ref().map_or_else(
+            || Arc::new(AtomicBool::new(false)),
+            |l| l.forward_stop.clone(),
+        );
+        if let Some(links) = &links {
+            start_reverse_link(links, &settings, target).await?;
+        }
         let opts = SyncOptions {
             shared: Some(sync.clone()),
             tuning: settings.sync.clone(),
@@ -106,7 +132,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         };
         std::thread::Builder::new()
             .name("cutover-sync".into())
-            .spawn(move || run_sync(opts, sync_detached))
+            .spawn(move || run_sync(opts, sync_detached, forward_stop))
             .context("cannot start the sync thread")?;
         tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }
@@ -137,25 +163,100 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Starts the reverse link of a replica overlap (a replica of the target that writes into
+/// the source, following until the first switch), before the forward sync: connected while
+/// the target is still empty, its one snapshot costs nothing. Waits (bounded) until it
+/// streams. A target that does not offer `PSYNC` (renamed or disabled, as managed services
+/// do) has no reverse link: the overlap falls back to shadow writes (`auto`), or the switch
+/// says why it is refused (`replica`).
+async fn start_reverse_link(
+    links: &Arc<Links>,
+    settings: &Settings,
+    target: &crate::config::RedisUrl,
+) -> anyhow::Result<()> {
+    let probe_url = target.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        crate::sync::target::query_raw(
+            &probe_url,
+            &[b"COMMAND", b"INFO", b"PSYNC"],
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .context("cannot probe the target")?;
+    match probe {
+        Ok(raw) if raw.starts_with(b"*1\r\n*-1") || raw.starts_with(b"*1\r\n_") => {
+            let why = format!(
+                "the target {target} does not offer PSYNC (renamed or disabled, as managed services do)"
+            );
+            tracing::warn!(
+                "{why}: the overlap after the switch uses shadow writes (overlap = {})",
+                settings.cutover.overlap.as_str()
+            );
+            links.set_unavailable(why);
+            links.reverse.handoff.end_overlap();
+            return Ok(());
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the target whether it offers PSYNC; starting the reverse link anyway")
+        }
+    }
+    let mut tuning = settings.sync.clone();
+    tuning.filter = crate::sync::filter::Filter::default();
+    let opts = SyncOptions {
+        shared: Some(links.reverse.clone()),
+        tuning,
+        ..SyncOptions::new(target.clone(), settings.source.clone())
+    };
+    let stop = links.reverse_stop.clone();
+    std::thread::Builder::new()
+        .name("cutover-reverse".into())
+        .spawn(move || run_sync(opts, Arc::new(AtomicBool::new(false)), stop))
+        .context("cannot start the reverse link thread")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links.reverse.phase_name() != "streaming" && Instant::now() < deadline {
+        if links.reverse.last_error.lock().is_ok_and(|e| e.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!(
+        phase = links.reverse.phase_name(),
+        "reverse link started (a replica of the target; it follows until the first switch)"
+    );
+    Ok(())
+}
+
 /// Runs the sync for as long as the process lives. A failure (source or target down, link
 /// dropped) is reported in `status` and retried with back-off ([`crate::sync::retry`]; one
 /// that waiting cannot cure at the longest back-off); every retry resumes from the position
 /// stored on the target, so nothing is applied twice.
-fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>) {
+fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>) {
     let Some(progress) = opts.shared.clone() else {
         return;
     };
     let ctx = RunContext {
         progress: progress.clone(),
-        // The process handles the signals; the sync just ends with it.
-        stop: Arc::new(AtomicBool::new(false)),
+        // The process handles the signals; the sync ends with it, or at `finish` (a link of
+        // a replica overlap).
+        stop,
     };
     let policy = RetryPolicy {
         give_up_after: None,
         retry_permanent: true,
     };
     loop {
-        match run_retrying(&opts, policy, &ctx) {
+        let result = run_retrying(&opts, policy, &ctx);
+        if ctx.stop.load(Ordering::Acquire) {
+            tracing::info!(
+                direction = progress.direction(),
+                "link stopped: the migration is finished"
+            );
+            progress.ended.store(true, Ordering::Release);
+            return;
+        }
+        match result {
             // Returns Ok only when the cutover barrier asked it to stop at an offset. Either
             // the switch went through (the sync is over for good) or it was aborted (go on
             // streaming from the stored position).

@@ -33,10 +33,13 @@ impl StatusSource for RunStatus {
         let route = self.proxy.route.load();
         let p = &self.proxy;
         let switched = self.cutover.as_ref().is_some_and(|c| c.phase().is_some());
+        // In a replica overlap both links run until `finish`; the lag is the applying one's.
+        let overlap_lag = self.cutover.as_ref().and_then(|c| c.overlap_lag());
         let sync = self.sync.as_ref().map(|s| {
             let mut doc = s.to_json();
-            if switched {
-                // The first switch stops the sync for good.
+            if switched && overlap_lag.is_none() {
+                // The first switch stops the sync for good (shadow overlap), and so does
+                // `finish`.
                 doc["phase"] = json!("stopped");
             }
             doc
@@ -57,8 +60,16 @@ impl StatusSource for RunStatus {
             "version": env!("CARGO_PKG_VERSION"),
             "phase": phase,
             // After the switch the sync is stopped: the target has everything (lag 0).
-            "lag_bytes": self.sync.as_ref().map(|s| if switched { 0 } else { s.lag_bytes() }),
-            "lag_ms": self.sync.as_ref().map(|s| if switched { 0 } else { s.lag_ms() }),
+            "lag_bytes": self.sync.as_ref().map(|s| match overlap_lag {
+                Some((bytes, _)) => bytes,
+                None if switched => 0,
+                None => s.lag_bytes(),
+            }),
+            "lag_ms": self.sync.as_ref().map(|s| match overlap_lag {
+                Some((_, ms)) => ms,
+                None if switched => 0,
+                None => s.lag_ms(),
+            }),
             "rollback_safe": cutover.as_ref().is_some_and(|c| c["rollback_safe"].as_bool().unwrap_or(false)),
             "shadow_queue": cutover.as_ref().map_or(0, |c| c["shadow_queue"].as_u64().unwrap_or(0)),
             "cutover": cutover,
@@ -89,10 +100,11 @@ pub fn render_text(doc: &Value) -> String {
     };
     let proxy = &doc["proxy"];
     format!(
-        "phase:     {}\nprimary:   {}\nrollback:  {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nverify:    {}\nuptime:    {} s\n",
+        "phase:     {}\nprimary:   {}\nrollback:  {}\noverlap:   {}\nsource:    {}\ntarget:    {}\nproxy:     {} ({} clients, {} backend connections)\nsync:      {}\nverify:    {}\nuptime:    {} s\n",
         s(&doc["phase"]),
         s(&doc["primary"]),
         rollback_line(doc),
+        overlap_line(&doc["cutover"]),
         s(&doc["source"]),
         s(&doc["target"]),
         s(&proxy["listen"]),
@@ -128,6 +140,34 @@ fn sync_line(sync: &Value) -> String {
         line.push_str(&format!("; retrying in {s} s"));
     }
     line
+}
+
+/// The overlap mode and, in a replica overlap, both links: role, offsets, lag.
+fn overlap_line(cutover: &Value) -> String {
+    let mode = cutover["overlap"].as_str().unwrap_or("-").to_string();
+    let Some(links) = cutover["links"].as_array() else {
+        return mode;
+    };
+    let mut out = mode;
+    for l in links {
+        let n = |k: &str| l[k].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "\n           {} link {} ({}): offset {} received, {} applied, lag {} bytes / {} ms, {} reconnects, {} full resyncs",
+            l["direction"].as_str().unwrap_or("-"),
+            l["role"].as_str().unwrap_or("-"),
+            l["phase"].as_str().unwrap_or("-"),
+            n("received_offset"),
+            n("applied_offset"),
+            n("lag_bytes"),
+            n("lag_ms"),
+            n("reconnects"),
+            n("full_resyncs"),
+        ));
+        if let Some(e) = l["last_error"].as_str() {
+            out.push_str(&format!(" (last error: {e})"));
+        }
+    }
+    out
 }
 
 fn rollback_line(doc: &Value) -> String {

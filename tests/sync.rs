@@ -1279,8 +1279,8 @@ fn run_syncs_in_the_background_and_status_shows_it() {
     for name in [
         "cutover_sync_applied_offset",
         "cutover_sync_keys_total",
-        "cutover_sync_keys_by_type{type=\"string\"} 200",
-        "cutover_sync_keys_written{how=\"plain\"} 200",
+        "cutover_sync_keys_by_type{direction=\"forward\",type=\"string\"} 200",
+        "cutover_sync_keys_written{direction=\"forward\",how=\"plain\"} 200",
         "cutover_sync_snapshot_bytes_total",
         "cutover_sync_lag_bytes",
     ] {

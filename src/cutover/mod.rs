@@ -31,6 +31,7 @@
 //! reason. Client connections never drop.
 
 pub mod gate;
+pub mod overlap;
 pub mod shadow;
 pub mod writer;
 
@@ -46,6 +47,7 @@ use crate::proxy::command::command_id;
 use crate::route::{Backend, Route, Side};
 use crate::sync::engine::SyncProgress;
 use crate::sync::position::SWITCHED_KEY;
+use overlap::{Links, OverlapMode};
 use shadow::{ShadowSink, Value};
 use writer::Conn;
 
@@ -67,6 +69,8 @@ pub struct CutoverSettings {
     pub shadow_queue: usize,
     /// Time limit for control connections (preconditions, shadow writer).
     pub timeout: Duration,
+    /// How the old side is kept in step during the overlap ([`overlap`]).
+    pub overlap: OverlapMode,
 }
 
 impl Default for CutoverSettings {
@@ -76,6 +80,7 @@ impl Default for CutoverSettings {
             max_lag_bytes: 1024 * 1024,
             shadow_queue: 1_000_000,
             timeout: Duration::from_secs(5),
+            overlap: OverlapMode::Auto,
         }
     }
 }
@@ -141,6 +146,10 @@ pub struct Controller {
     /// One move at a time.
     busy: tokio::sync::Mutex<()>,
     history: Mutex<Vec<StepReport>>,
+    /// The two links of a replica overlap (`None`: shadow overlap only).
+    links: Option<Arc<Links>>,
+    /// The overlap the first switch chose.
+    overlap_chosen: Mutex<Option<OverlapMode>>,
 }
 
 impl Controller {
@@ -149,6 +158,7 @@ impl Controller {
         sync: Arc<SyncProgress>,
         sync_detached: Arc<AtomicBool>,
         settings: CutoverSettings,
+        links: Option<Arc<Links>>,
     ) -> Self {
         Controller {
             proxy,
@@ -158,7 +168,35 @@ impl Controller {
             phase: Mutex::new(None),
             busy: tokio::sync::Mutex::new(()),
             history: Mutex::new(Vec::new()),
+            links,
+            overlap_chosen: Mutex::new(None),
         }
+    }
+
+    /// The overlap the first switch chose (`None` before it).
+    pub fn overlap_chosen(&self) -> Option<OverlapMode> {
+        self.overlap_chosen.lock().ok().and_then(|m| *m)
+    }
+
+    fn set_overlap_chosen(&self, m: OverlapMode) {
+        if let Ok(mut g) = self.overlap_chosen.lock() {
+            *g = Some(m);
+        }
+    }
+
+    /// In a replica overlap that is not finished: the lag (bytes, ms) of the link applying
+    /// to the old side.
+    pub fn overlap_lag(&self) -> Option<(u64, u64)> {
+        let links = self.links.as_ref()?;
+        if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
+            return None;
+        }
+        let (applying, _) = links.roles(self.proxy.route.load().primary);
+        Some((applying.lag_bytes(), applying.lag_ms()))
+    }
+
+    fn replica_overlap(&self) -> bool {
+        self.overlap_chosen() == Some(OverlapMode::Replica)
     }
 
     pub fn phase(&self) -> Option<Phase> {
@@ -191,17 +229,49 @@ impl Controller {
     pub fn status(&self) -> Json {
         let sink = self.proxy.shadow.load_full();
         let history = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let primary = self.proxy.route.load().primary;
+        let replica_unsafe = self.replica_unsafe_reason(primary);
         let rollback_safe = match (self.phase(), &sink) {
             (Some(Phase::Finished), _) => false,
+            (Some(_), _) if self.replica_overlap() => replica_unsafe.is_none(),
             (Some(_), Some(s)) => s.is_safe(),
             (Some(_), None) => false,
             // Before the first switch there is nothing to roll back.
             (None, _) => true,
         };
+        let unsafe_reason = if self.replica_overlap() {
+            replica_unsafe
+        } else {
+            sink.as_ref().and_then(|s| s.reason())
+        };
+        metrics::gauge!("cutover_rollback_safe").set(if rollback_safe { 1.0 } else { 0.0 });
+        let overlap = self.overlap_chosen().map_or_else(
+            || match &self.links {
+                Some(l) if self.settings.overlap != OverlapMode::Shadow => {
+                    match l.reverse_ready() {
+                        Ok(()) => "replica (at the first switch)".to_string(),
+                        Err(why) => {
+                            format!("{} (not ready: {why})", self.settings.overlap.as_str())
+                        }
+                    }
+                }
+                _ => "shadow (at the first switch)".to_string(),
+            },
+            |m| m.as_str().to_string(),
+        );
+        let links = self.links.as_ref().map(|l| {
+            l.publish_metrics();
+            json!([
+                Links::link_json(&l.forward, primary),
+                Links::link_json(&l.reverse, primary)
+            ])
+        });
         json!({
             "phase": self.phase().map(Phase::as_str),
+            "overlap": overlap,
+            "links": links,
             "rollback_safe": rollback_safe,
-            "rollback_unsafe_reason": sink.as_ref().and_then(|s| s.reason()),
+            "rollback_unsafe_reason": unsafe_reason,
             "shadow_queue": sink.as_ref().map_or(0, |s| s.pending()),
             "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
@@ -220,7 +290,32 @@ impl Controller {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
         match self.phase() {
-            None => self.first_switch(max_pause, force).await,
+            None => match self.choose_overlap()? {
+                OverlapMode::Replica => self.replica_move(Side::Target, max_pause, force).await,
+                _ => {
+                    if let Some(links) = &self.links {
+                        // Shadow overlap: the forward sync stops at the switch as a plain sync
+                        // does; the reverse link is not needed.
+                        if let Some(why) = links.reverse_ready().err() {
+                            tracing::warn!("shadow overlap: {why}");
+                        }
+                        links.forward.handoff.end_overlap();
+                        links.stop_reverse();
+                    }
+                    if self.links.is_some() {
+                        // (Chosen for good: the reverse link is stopped.)
+                        self.set_overlap_chosen(OverlapMode::Shadow);
+                    }
+                    let r = self.first_switch(max_pause, force).await;
+                    if r.is_ok() {
+                        self.set_overlap_chosen(OverlapMode::Shadow);
+                    }
+                    r
+                }
+            },
+            Some(Phase::RolledBack) if self.replica_overlap() => {
+                self.replica_move(Side::Target, max_pause, force).await
+            }
             Some(Phase::RolledBack) => self.flip_with_shadow(Side::Target, max_pause, force).await,
             Some(Phase::Switched) => Err(CutoverError::Refused(
                 "already switched: the target is the primary".into(),
@@ -240,6 +335,9 @@ impl Controller {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
         match self.phase() {
+            Some(Phase::Switched) if self.replica_overlap() => {
+                self.replica_move(Side::Source, max_pause, force).await
+            }
             Some(Phase::Switched) => self.flip_with_shadow(Side::Source, max_pause, force).await,
             Some(Phase::RolledBack) => Err(CutoverError::Refused(
                 "already rolled back: the source is the primary".into(),
@@ -269,6 +367,26 @@ impl Controller {
                 ));
             }
         };
+        if self.replica_overlap() {
+            let applied = self.finish_replica(primary).await;
+            self.set_phase(Phase::Finished);
+            let report = StepReport {
+                action: "finish",
+                primary: primary.as_str(),
+                pause_ms: 0.0,
+                held_sessions: 0,
+                unblocked: 0,
+                offset: None,
+                shadow_writes: applied,
+                forced: false,
+            };
+            tracing::info!(
+                primary = primary.as_str(),
+                "finished: both links stopped, cutover's keys removed; the old side is detached"
+            );
+            self.record(report.clone());
+            return Ok(report);
+        }
         let sink = self.proxy.shadow.swap(None);
         let written = sink.as_ref().map_or(0, |s| s.enqueued());
         // Let the writer finish what is queued (bounded), so the old side is left as complete
@@ -388,7 +506,9 @@ impl Controller {
             )));
         }
         self.sync_detached.store(true, Ordering::Release);
-        let unblocked = self.flip(Side::Target, &mut src, &source, &target).await;
+        let unblocked = self
+            .flip(Side::Target, &mut src, &source, &target, true)
+            .await;
         let held = gate.held();
         gate.resume();
         let pause = started.elapsed();
@@ -496,7 +616,7 @@ impl Controller {
             )));
         }
         let written = sink.as_ref().map_or(0, |s| s.enqueued());
-        let unblocked = self.flip(to, &mut old_conn, old, new).await;
+        let unblocked = self.flip(to, &mut old_conn, old, new, true).await;
         let held = gate.held();
         gate.resume();
         let pause = started.elapsed();
@@ -528,14 +648,15 @@ impl Controller {
         Ok(report)
     }
 
-    /// Swaps the route to `to`, cancels the proxy's blocking calls on the old side, and starts
-    /// shadowing into it. Called with the gate paused and nothing in flight.
+    /// Swaps the route to `to`, cancels the proxy's blocking calls on the old side, and (with
+    /// `shadow`) starts shadowing into it. Called with the gate paused and nothing in flight.
     async fn flip(
         &self,
         to: Side,
         old_conn: &mut Conn,
         old: &Arc<Backend>,
         new: &Arc<Backend>,
+        shadow: bool,
     ) -> usize {
         let current = self.proxy.route.load_full();
         self.proxy.route.store(Arc::new(Route {
@@ -550,12 +671,17 @@ impl Controller {
         } else {
             0.0
         });
-        // Shadow writes of the new epoch go to the old side; the previous sink (drained) is
-        // dropped, which ends its writer.
-        let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
-        let sink = Arc::new(sink);
-        self.proxy.shadow.store(Some(sink.clone()));
-        metrics::gauge!("cutover_rollback_safe").set(1.0);
+        let shadowing = if shadow {
+            // Shadow writes of the new epoch go to the old side; the previous sink (drained)
+            // is dropped, which ends its writer.
+            let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
+            let sink = Arc::new(sink);
+            self.proxy.shadow.store(Some(sink.clone()));
+            metrics::gauge!("cutover_rollback_safe").set(1.0);
+            Some((sink, rx))
+        } else {
+            None
+        };
         // Blocking calls still waiting on the old side: cancel them there (the sessions send
         // them again to the new primary). Before any shadow write can reach the old side and
         // wake them up there.
@@ -565,16 +691,70 @@ impl Controller {
         } else {
             cancel_blocked(parked, old_conn, old).await
         };
-        tokio::spawn(writer::run(
-            sink,
-            rx,
-            old.clone(),
-            new.clone(),
-            self.settings.timeout,
-        ));
+        if let Some((sink, rx)) = shadowing {
+            tokio::spawn(writer::run(
+                sink,
+                rx,
+                old.clone(),
+                new.clone(),
+                self.settings.timeout,
+            ));
+        }
         self.proxy.gate.announce();
         unblocked
     }
+}
+
+impl Controller {
+    /// Why a move back to the old side is not safe now in replica overlap (`None`: safe):
+    /// the link keeping the old side in step must be applying, streaming, and lag less than
+    /// `max_lag_bytes`.
+    fn replica_unsafe_reason(&self, primary: Side) -> Option<String> {
+        let links = self.links.as_ref()?;
+        if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
+            return None;
+        }
+        let (applying, _) = links.roles(primary);
+        let phase = applying.phase_name();
+        if applying.handoff.is_following() {
+            return Some(format!("the {} link is not applying", applying.direction()));
+        }
+        if phase != "streaming" {
+            return Some(format!(
+                "the {} link is {phase} (it lost its place in the stream and re-reads a snapshot, or cannot reach its server)",
+                applying.direction()
+            ));
+        }
+        let lag = applying.lag_bytes();
+        if lag > self.settings.max_lag_bytes {
+            return Some(format!(
+                "the {} link lags {} behind",
+                applying.direction(),
+                human_bytes(lag)
+            ));
+        }
+        None
+    }
+}
+
+/// Removes cutover's own keys (`cutover:position`, `cutover:switched`, db 0) from a side.
+async fn remove_own_keys(b: &Backend, timeout: Duration) -> Result<(), String> {
+    let mut c = Conn::open(b, timeout).await?;
+    let work = async {
+        if c.db != 0 {
+            c.query(&[b"SELECT", b"0"]).await?;
+        }
+        match c
+            .query(&[b"DEL", crate::sync::position::POSITION_KEY, SWITCHED_KEY])
+            .await?
+        {
+            Value::Error(e) => Err(e),
+            _ => Ok(()),
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
 
 /// `SET cutover:switched "<unix ms> <offset>"` in database 0 of the target.
@@ -639,17 +819,23 @@ async fn foreign_writers(c: &mut Conn, source: &Backend) -> Result<Vec<String>, 
         .map_err(|e| CutoverError::Refused(format!("cannot list the source's clients: {e}")))?;
     let mut out = Vec::new();
     for line in list.lines() {
-        let (mut id, mut addr, mut flags, mut cmd) = ("", "", "", "");
+        let (mut id, mut addr, mut flags, mut cmd, mut name) = ("", "", "", "", "");
         for (k, v) in client_fields(line) {
             match k {
                 "id" => id = v,
                 "addr" => addr = v,
                 "flags" => flags = v,
                 "cmd" => cmd = v,
+                "name" => name = v,
                 _ => {}
             }
         }
-        if id == me || flags.contains('S') || flags.contains('M') {
+        // Ourselves, replicas, a master link, and the sync's own writer connections.
+        if id == me
+            || flags.contains('S')
+            || flags.contains('M')
+            || name == crate::sync::target::CLIENT_NAME
+        {
             continue;
         }
         if addr.parse().is_ok_and(|a| source.is_own(&a)) {

@@ -44,6 +44,7 @@ use anyhow::{Context, bail};
 
 use super::convert::{ConvertOptions, Converter, HOLD_BYTES, KINDS, Stats, UnsupportedPolicy};
 use super::filter::{Filter, command_keys};
+use super::handoff::Handoff;
 use super::position::{self, POSITION_KEY, Stored};
 use super::replica::{ReplicaError, ReplicaLink, StreamCommand, SyncStart};
 use super::target::{
@@ -219,6 +220,13 @@ pub struct SyncProgress {
     /// Wakes the applier when it waits for the replica link (so a stop request is seen at
     /// once, not at the next poll).
     waker: Waker,
+    /// Which way this engine copies (`""` or `"forward"`: source → target; `"reverse"`:
+    /// target → source, the old side's link of a replica overlap). A metrics label.
+    pub direction: &'static str,
+    /// Applying or following, and the cutover's handoff requests ([`super::handoff`]).
+    pub handoff: Handoff,
+    /// The engine's runner (`cutover run`) has ended for good (`finish`).
+    pub ended: AtomicBool,
 }
 
 /// The counters of a run, carried into the next one when it continues the same stream (so
@@ -270,6 +278,14 @@ struct Snapshot<'a> {
 }
 
 impl SyncProgress {
+    /// A fresh state for a link copying in `direction` (`forward` or `reverse`).
+    pub fn with_direction(direction: &'static str) -> SyncProgress {
+        SyncProgress {
+            direction,
+            ..SyncProgress::default()
+        }
+    }
+
     /// Asks the running engine to stop once the target has applied `offset`: the cutover
     /// barrier's last step before the route flips (the source gets no client writes then, and
     /// nothing written to the source later — shadow writes — may reach the target through the
@@ -289,9 +305,25 @@ impl SyncProgress {
         }
     }
 
-    /// Withdraws [`Self::request_stop_at`] (the barrier was aborted).
+    /// Withdraws [`Self::request_stop_at`] (the barrier was aborted, or the parked link of a
+    /// replica overlap now follows).
     pub fn cancel_stop(&self) {
         self.stop_at.store(0, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Wakes the applier (it looks at the handoff requests at once).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// The direction label (`forward` or `reverse`).
+    pub fn direction(&self) -> &'static str {
+        if self.direction.is_empty() {
+            "forward"
+        } else {
+            self.direction
+        }
     }
 
     /// The counts of the last run (its report so far), for a stop between runs.
@@ -431,17 +463,24 @@ impl SyncProgress {
         self.publish_metrics();
     }
 
-    /// Sets the `cutover_sync_*` gauges and counters from the current state.
+    /// Sets the `cutover_sync_*{direction}` gauges and counters from the current state.
     pub fn publish_metrics(&self) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        metrics::gauge!("cutover_sync_phase").set(self.phase.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("cutover_sync_snapshot_bytes").set(n(&self.snapshot_bytes) as f64);
-        metrics::gauge!("cutover_sync_snapshot_bytes_total")
+        // Every series carries the link's direction (`forward`, `reverse`); a later shard
+        // label joins it.
+        let d = self.direction();
+        metrics::gauge!("cutover_sync_phase", "direction" => d)
+            .set(self.phase.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("cutover_sync_snapshot_bytes", "direction" => d)
+            .set(n(&self.snapshot_bytes) as f64);
+        metrics::gauge!("cutover_sync_snapshot_bytes_total", "direction" => d)
             .set(n(&self.snapshot_bytes_total) as f64);
-        metrics::gauge!("cutover_sync_keys_done").set(n(&self.keys_done) as f64);
-        metrics::gauge!("cutover_sync_keys_total").set(n(&self.keys_total) as f64);
+        metrics::gauge!("cutover_sync_keys_done", "direction" => d).set(n(&self.keys_done) as f64);
+        metrics::gauge!("cutover_sync_keys_total", "direction" => d)
+            .set(n(&self.keys_total) as f64);
         for (kind, v) in self.keys_by_type() {
-            metrics::gauge!("cutover_sync_keys_by_type", "type" => kind).set(v as f64);
+            metrics::gauge!("cutover_sync_keys_by_type", "direction" => d, "type" => kind)
+                .set(v as f64);
         }
         for (how, a) in [
             ("restored", &self.keys_restored),
@@ -451,20 +490,30 @@ impl SyncProgress {
             ("filtered", &self.keys_filtered),
             ("not_copied", &self.keys_not_copied),
         ] {
-            metrics::gauge!("cutover_sync_keys_written", "how" => how).set(n(a) as f64);
+            metrics::gauge!("cutover_sync_keys_written", "direction" => d, "how" => how)
+                .set(n(a) as f64);
         }
-        metrics::gauge!("cutover_sync_keys_not_copied").set(n(&self.keys_not_copied) as f64);
-        metrics::gauge!("cutover_sync_commands_applied").set(n(&self.commands_applied) as f64);
-        metrics::gauge!("cutover_sync_commands_skipped").set(n(&self.commands_skipped) as f64);
-        metrics::gauge!("cutover_sync_commands_converted").set(n(&self.commands_converted) as f64);
-        metrics::gauge!("cutover_sync_commands_mixed_keys")
+        metrics::gauge!("cutover_sync_keys_not_copied", "direction" => d)
+            .set(n(&self.keys_not_copied) as f64);
+        metrics::gauge!("cutover_sync_commands_applied", "direction" => d)
+            .set(n(&self.commands_applied) as f64);
+        metrics::gauge!("cutover_sync_commands_skipped", "direction" => d)
+            .set(n(&self.commands_skipped) as f64);
+        metrics::gauge!("cutover_sync_commands_converted", "direction" => d)
+            .set(n(&self.commands_converted) as f64);
+        metrics::gauge!("cutover_sync_commands_mixed_keys", "direction" => d)
             .set(n(&self.commands_mixed_keys) as f64);
-        metrics::gauge!("cutover_sync_applied_offset").set(n(&self.applied_offset) as f64);
-        metrics::gauge!("cutover_sync_received_offset").set(n(&self.received_offset) as f64);
-        metrics::gauge!("cutover_sync_lag_bytes").set(self.lag_bytes() as f64);
-        metrics::gauge!("cutover_sync_lag_seconds").set(self.lag_ms() as f64 / 1000.0);
-        metrics::counter!("cutover_sync_reconnects_total").absolute(n(&self.reconnects));
-        metrics::counter!("cutover_sync_full_resyncs_total").absolute(n(&self.full_resyncs));
+        metrics::gauge!("cutover_sync_applied_offset", "direction" => d)
+            .set(n(&self.applied_offset) as f64);
+        metrics::gauge!("cutover_sync_received_offset", "direction" => d)
+            .set(n(&self.received_offset) as f64);
+        metrics::gauge!("cutover_sync_lag_bytes", "direction" => d).set(self.lag_bytes() as f64);
+        metrics::gauge!("cutover_sync_lag_seconds", "direction" => d)
+            .set(self.lag_ms() as f64 / 1000.0);
+        metrics::counter!("cutover_sync_reconnects_total", "direction" => d)
+            .absolute(n(&self.reconnects));
+        metrics::counter!("cutover_sync_full_resyncs_total", "direction" => d)
+            .absolute(n(&self.full_resyncs));
     }
 }
 
@@ -570,7 +619,11 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
     writer.set_window(opts.tuning.pipeline);
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
-    if let Some(value) = position::switched_marker(&opts.target, opts.timeout)? {
+    let handoff = &ctx.progress.handoff;
+    // (A link of a replica overlap writes into a side that was switched to by design.)
+    if !handoff.is_overlap()
+        && let Some(value) = position::switched_marker(&opts.target, opts.timeout)?
+    {
         bail!(
             "the target {} was switched to by `cutover switch` (key {} = {value:?} in db 0): it is a primary now, and syncing into it again would apply writes a second time; delete that key only if its data may be replaced",
             opts.target,
@@ -579,6 +632,9 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
     }
     let stored = position::read(&mut writer)?;
     let resume = match &stored {
+        // A following link continues where it stopped reading (what it skipped is on its
+        // side already); without such a place, it reads a new snapshot, which it skips too.
+        _ if handoff.is_following() => handoff.position(),
         Stored::At { replid, offset } if !opts.fresh => {
             say(&format!(
                 "cutover sync: the target holds the position {replid} {offset}; asking the source to continue from there"
@@ -642,6 +698,8 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         txn_commands: 0,
         last_offset: 0,
         peeked: None,
+        held_back: None,
+        follow_db: 0,
         skip_db: false,
         known_commands: std::collections::HashMap::new(),
         txn_uncertain: false,
@@ -916,6 +974,11 @@ struct Applier<'a> {
     last_offset: u64,
     /// A message taken from `rx` to see whether more were waiting, handled next.
     peeked: Option<Msg>,
+    /// Stream commands after the barrier's offset, kept (before `peeked`) for whatever the
+    /// link does next: apply them (the move was aborted) or skip them (it follows now).
+    held_back: Option<Msg>,
+    /// The stream's current database while following (the applier uses the writer's).
+    follow_db: u64,
     /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
     /// skipped until the next `SELECT`.
     skip_db: bool,
@@ -963,7 +1026,16 @@ impl Applier<'_> {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 self.bar.finish();
+                if self.progress.handoff.is_following() {
+                    // A follower wrote nothing: nothing to store.
+                    self.report.offset = self.last_offset;
+                    return Ok(self.report.clone());
+                }
                 return self.stop_cleanly(w, &phase, &mut conv.stats);
+            }
+            if self.progress.handoff.is_following() {
+                self.follow_step(w, &mut phase)?;
+                continue;
             }
             let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
             if let (Some(limit), Phase::Streaming, Some(shared)) =
@@ -973,6 +1045,10 @@ impl Applier<'_> {
                     w.drain()?;
                 }
                 if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
+                    if self.progress.handoff.is_overlap() {
+                        self.park(w, limit)?;
+                        continue;
+                    }
                     let report = self.stop_cleanly(w, &phase, &mut conv.stats)?;
                     shared
                         .applied_offset
@@ -987,10 +1063,7 @@ impl Applier<'_> {
             } else {
                 Duration::from_millis(100)
             };
-            let msg = match self.peeked.take() {
-                Some(m) => Ok(m),
-                None => self.rx.recv_timeout(wait),
-            };
+            let msg = self.next_msg(wait);
             match msg {
                 Ok(Msg::Start { replid, offset }) => {
                     if phase != Phase::Connecting {
@@ -1212,6 +1285,211 @@ impl Applier<'_> {
         }
     }
 
+    /// The next message: commands held back at the barrier first, then one peeked at, then
+    /// the link's channel (waiting up to `wait`).
+    fn next_msg(&mut self, wait: Duration) -> Result<Msg, RecvTimeoutError> {
+        match self.held_back.take().or_else(|| self.peeked.take()) {
+            Some(m) => Ok(m),
+            None => self.rx.recv_timeout(wait),
+        }
+    }
+
+    /// The applying link of a replica overlap reached the barrier's offset `limit` (and the
+    /// target confirmed it): it waits there, taking nothing more from its stream, until the
+    /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
+    /// (the move was aborted: it applies on).
+    fn park(&mut self, w: &mut TargetWriter, limit: u64) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
+        let confirmed = w.confirmed_offset().unwrap_or(limit);
+        self.applied.store(confirmed, Ordering::Release);
+        p.applied_offset.store(confirmed, Ordering::Release);
+        p.stopped.store(true, Ordering::Release);
+        // (The controller decides within its pause limit; the bound here only keeps a lost
+        // controller from parking the link for good.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while p.stop_requested().is_some()
+            && !p.handoff.is_following()
+            && !self.stop.load(Ordering::Acquire)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        p.stopped.store(false, Ordering::Release);
+        if p.handoff.is_following() {
+            self.follow_db = w.db();
+            self.pending_since.clear();
+            tracing::info!(
+                direction = p.direction(),
+                offset = confirmed,
+                "the link applied up to the barrier and follows now (reads without applying)"
+            );
+        } else if p.stop_requested().is_some() {
+            bail!("the cutover controller never decided what this link does after the barrier");
+        }
+        Ok(())
+    }
+
+    /// One step of a following link ([`super::handoff`]): it reads its stream and skips it
+    /// (the other side has it already), keeping track of the offset and the stream's
+    /// database, and acknowledges what it read. Asked to apply from an offset, it skips up to
+    /// there and starts applying exactly there; asked to hold, it takes nothing.
+    fn follow_step(&mut self, w: &mut TargetWriter, phase: &mut Phase) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
+        let h = &p.handoff;
+        let request = h.apply_request().filter(|_| *phase == Phase::Streaming);
+        if let Some((replid, from)) = &request
+            && self.last_offset >= *from
+        {
+            return self.start_applying(w, replid, *from);
+        }
+        if h.hold_requested() {
+            h.set_held(true);
+            std::thread::sleep(Duration::from_micros(100));
+            return Ok(());
+        }
+        h.set_held(false);
+        let wait = if request.is_some() {
+            Duration::from_micros(200)
+        } else {
+            Duration::from_millis(100)
+        };
+        match self.next_msg(wait) {
+            Ok(Msg::Start { replid, offset }) => {
+                if *phase != Phase::Connecting {
+                    p.reconnects.fetch_add(1, Ordering::Relaxed);
+                    p.full_resyncs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        direction = p.direction(),
+                        "the following link could not continue its stream (+FULLRESYNC): it reads a new snapshot and skips it (the other side has that data); a move to its side waits until it is streaming again"
+                    );
+                }
+                self.replid = replid;
+                self.last_offset = offset;
+                self.follow_db = 0;
+                self.report.snapshot_bytes = 0;
+                p.snapshot_bytes_total.store(0, Ordering::Relaxed);
+                p.established.fetch_add(1, Ordering::Relaxed);
+                *phase = Phase::Snapshot;
+            }
+            Ok(Msg::SnapshotSize(size)) => {
+                p.snapshot_bytes_total
+                    .store(size.unwrap_or(0), Ordering::Relaxed);
+            }
+            Ok(Msg::Snapshot(bytes)) => self.report.snapshot_bytes += bytes.len() as u64,
+            Ok(Msg::SnapshotDone { .. }) => *phase = Phase::Streaming,
+            Ok(Msg::Resumed { replid, offset }) => {
+                self.replid = replid;
+                self.last_offset = offset;
+                p.established.fetch_add(1, Ordering::Relaxed);
+                *phase = Phase::Streaming;
+            }
+            Ok(Msg::Continued { replid, .. }) => {
+                p.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.replid = replid;
+            }
+            Ok(Msg::LinkDown(why)) => {
+                tracing::warn!(
+                    direction = p.direction(),
+                    "the following link dropped ({why}); connecting again"
+                );
+            }
+            Ok(Msg::Commands(cmds, read_at)) => {
+                let mut cmds = cmds.into_iter();
+                while let Some(cmd) = cmds.next() {
+                    if let Some((_, from)) = &request
+                        && self.last_offset >= *from
+                    {
+                        // The rest is applied, from the next step on.
+                        let mut rest = vec![cmd];
+                        rest.extend(cmds);
+                        self.held_back = Some(Msg::Commands(rest, read_at));
+                        break;
+                    }
+                    if let Some(db) = select_db(&cmd.wire) {
+                        self.follow_db = db;
+                    }
+                    self.last_offset = cmd.end_offset;
+                }
+            }
+            Ok(Msg::Failed(message, transient)) => {
+                return Err(EngineError::SourceLink { message, transient }.into());
+            }
+            Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
+        }
+        if *phase == Phase::Streaming {
+            self.applied.store(self.last_offset, Ordering::Release);
+            h.set_position(&self.replid, self.last_offset);
+        }
+        self.progress.set_oldest_pending(None);
+        let offset = if *phase == Phase::Streaming {
+            self.last_offset
+        } else {
+            0
+        };
+        self.progress.update(&Snapshot {
+            phase,
+            stats: &Stats::default(),
+            snapshot_bytes: self.report.snapshot_bytes,
+            received: offset,
+            applied: offset,
+            commands: self.report.commands,
+            skipped: self.report.commands_skipped,
+            converted: self.report.commands_converted,
+            mixed: self.report.commands_mixed_keys,
+        });
+        Ok(())
+    }
+
+    /// The follower reached the offset it was asked to apply from: from here on it applies.
+    /// The position is stored on its side at once, so a restart of this engine continues
+    /// from exactly here.
+    fn start_applying(
+        &mut self,
+        w: &mut TargetWriter,
+        replid: &str,
+        from: u64,
+    ) -> anyhow::Result<()> {
+        let h = &self.progress.handoff;
+        if replid != self.replid {
+            h.refuse(format!(
+                "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
+                self.replid
+            ));
+            return Ok(());
+        }
+        if self.last_offset != from {
+            h.refuse(format!(
+                "it had read up to offset {} already, past {from}",
+                self.last_offset
+            ));
+            return Ok(());
+        }
+        let db = self
+            .opts
+            .tuning
+            .filter
+            .map_db(self.follow_db)
+            .unwrap_or(self.follow_db);
+        w.select(db)?;
+        w.mark_offset(from);
+        position::queue_set(w, &position::format(&self.replid, from))?;
+        w.drain()?;
+        self.flush_on_full = true;
+        self.skip_db = false;
+        self.pending_since.clear();
+        self.applied.store(from, Ordering::Release);
+        self.progress.applied_offset.store(from, Ordering::Release);
+        h.started_applying();
+        tracing::info!(
+            direction = self.progress.direction(),
+            replid,
+            offset = from,
+            "the link applies from here on"
+        );
+        Ok(())
+    }
+
     /// A full resync within the run (the link dropped and the source could not continue, or
     /// dropped during the snapshot): what the target holds is an earlier or partial copy, so
     /// it is flushed and loaded anew — no stale key, no doubled list element.
@@ -1302,13 +1580,21 @@ impl Applier<'_> {
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
-        for cmd in cmds {
+        let mut cmds = cmds.into_iter();
+        while let Some(cmd) = cmds.next() {
             if let Some(limit) = limit
                 && self.last_offset >= limit
                 && !self.in_source_txn
             {
                 // The cutover barrier's offset is reached: what follows (the shadow writes of
-                // the proxy, after the flip) must never reach the target.
+                // the proxy, after the flip) must never reach the target. A link of a replica
+                // overlap keeps it for what it does next (apply it after an aborted move, or
+                // skip it as the follower).
+                if self.progress.handoff.is_overlap() {
+                    let mut rest = vec![cmd];
+                    rest.extend(cmds);
+                    self.held_back = Some(Msg::Commands(rest, Instant::now()));
+                }
                 break;
             }
             let args = split_args(&cmd.wire).with_context(|| {
@@ -2182,6 +2468,17 @@ fn describe_tag(tag: &Tag) -> String {
 }
 
 /// The arguments of one complete RESP array command.
+/// The database of a `SELECT` in the replication stream (as Redis writes it: `*2`, `$6`),
+/// `None` for any other command.
+fn select_db(wire: &[u8]) -> Option<u64> {
+    let rest = wire.strip_prefix(b"*2\r\n$6\r\n")?;
+    if !rest.get(..6)?.eq_ignore_ascii_case(b"SELECT") {
+        return None;
+    }
+    let args = split_args(wire).ok()?;
+    std::str::from_utf8(args.get(1)?).ok()?.parse().ok()
+}
+
 pub fn split_args(wire: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
     fn line(wire: &[u8], at: usize) -> anyhow::Result<(&[u8], usize)> {
         let end = wire[at..]
@@ -2237,6 +2534,18 @@ mod tests {
         assert_eq!(command_info_arity(b"*1\r\n*-1\r\n"), None);
         assert_eq!(command_info_arity(b"-ERR unknown command\r\n"), None);
         assert_eq!(command_info_arity(b"*1\r\n*7\r\n$3\r\nset\r\n:x\r\n"), None);
+    }
+
+    #[test]
+    fn select_in_the_stream() {
+        assert_eq!(select_db(b"*2\r\n$6\r\nSELECT\r\n$2\r\n12\r\n"), Some(12));
+        assert_eq!(select_db(b"*2\r\n$6\r\nselect\r\n$1\r\n0\r\n"), Some(0));
+        assert_eq!(select_db(b"*2\r\n$6\r\nDELETE\r\n$1\r\n0\r\n"), None);
+        assert_eq!(
+            select_db(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\nb\r\n"),
+            None
+        );
+        assert_eq!(select_db(b"*2\r\n$6\r\nSELECT\r\n$1\r\nx\r\n"), None);
     }
 
     #[test]

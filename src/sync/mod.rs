@@ -7,6 +7,8 @@
 //!   exactly-once restarts.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
+//! * [`handoff`]: the applying or following role of a link, and how the cutover hands it
+//!   from one link to the other during a replica overlap.
 //! * [`retry`]: runs the engine again after a failure (target restarted…), from the stored
 //!   position.
 //!
@@ -15,6 +17,7 @@
 pub mod convert;
 pub mod engine;
 pub mod filter;
+pub mod handoff;
 pub mod position;
 pub mod replica;
 pub mod retry;

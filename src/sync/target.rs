@@ -272,6 +272,9 @@ pub struct TargetWriter {
     exec_errors: Vec<Refusal>,
 }
 
+/// The client name of the sync's connections to the side it writes into.
+pub const CLIENT_NAME: &str = "cutover-sync";
+
 impl TargetWriter {
     /// Connects, logs in (`AUTH` from the URL), selects the URL's database and reads
     /// `INFO server`.
@@ -289,6 +292,9 @@ impl TargetWriter {
             w.check("SELECT", reply)?;
             w.db = u64::from(url.db);
         }
+        // Named, so that the cutover tells this connection from a client writing directly
+        // (`CLIENT LIST`); a server that refuses the name is fine.
+        let _ = w.call(&[b"CLIENT", b"SETNAME", CLIENT_NAME.as_bytes()])?;
         let reply = w.call(&[b"INFO", b"server"])?;
         let text = w.check("INFO server", reply)?;
         w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {

@@ -1,0 +1,497 @@
+//! The overlap: how the old side is kept an exact copy of the new primary between the first
+//! `cutover switch` and `cutover finish`, so that a rollback hands the applications exactly
+//! the data they saw.
+//!
+//! * **Replica overlap** (the default when the target accepts `PSYNC`): what Redis' own
+//!   `FAILOVER` does, across versions. Two links of the sync engine run for the whole
+//!   overlap — the forward one a replica of the source writing into the target, the reverse
+//!   one a replica of the target writing into the source — and exactly one of them applies:
+//!   the one reading the primary ([`crate::sync::handoff`]). The old side therefore receives
+//!   everything the primary executes, in the primary's own order: every client's writes
+//!   (also of clients that bypass the proxy), script and function effects, expirations,
+//!   evictions, `FLUSHALL`. The proxy's data path does no shadow work.
+//! * **Shadow overlap** ([`super::shadow`]), the fallback for a new primary that refuses
+//!   replication (managed services rename or forbid `PSYNC`/`SYNC`): the proxy sends a
+//!   deterministic form of each acknowledged write to the old side. It cannot see writes
+//!   that bypass the proxy, nor evictions.
+//!
+//! A move in replica overlap ([`super::Controller`]'s barrier, steps in order; past the pause
+//! limit every step is undone and nothing changed):
+//!
+//! 1. hold new client commands, wait until every command sent is answered;
+//! 2. read the primary's `master_repl_offset`; the applying link applies up to it and parks;
+//! 3. hold the following link (it takes nothing more from its stream);
+//! 4. read the new primary's `master_replid` and `master_repl_offset`; the following link
+//!    skips up to there and applies from there on (its position is stored on the old side);
+//! 5. the parked link becomes the follower; the route flips; the proxy's blocked calls on the
+//!    old side are cancelled (their sessions send them again to the new primary);
+//! 6. release the held commands.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::writer::Conn;
+use super::{
+    Controller, CutoverError, Phase, StepReport, foreign_writers, human_bytes, wait_until,
+};
+use crate::route::{Backend, Side};
+use crate::sync::engine::SyncProgress;
+
+/// `[cutover] overlap`: how the old side is kept in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverlapMode {
+    /// Replica overlap when the target accepts the reverse link's `PSYNC`, shadow otherwise
+    /// (decided at the first switch, before anything is held).
+    #[default]
+    Auto,
+    Replica,
+    Shadow,
+}
+
+impl OverlapMode {
+    pub fn parse(s: &str) -> Option<OverlapMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(OverlapMode::Auto),
+            "replica" => Some(OverlapMode::Replica),
+            "shadow" => Some(OverlapMode::Shadow),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlapMode::Auto => "auto",
+            OverlapMode::Replica => "replica",
+            OverlapMode::Shadow => "shadow",
+        }
+    }
+}
+
+/// The two links of a replica overlap (`cutover run` starts them; the controller moves the
+/// applying role between them and stops them at `finish`).
+#[derive(Debug)]
+pub struct Links {
+    /// Replica of the source, writing into the target.
+    pub forward: Arc<SyncProgress>,
+    /// Replica of the target, writing into the source.
+    pub reverse: Arc<SyncProgress>,
+    /// Ends the forward engine for good.
+    pub forward_stop: Arc<AtomicBool>,
+    /// Ends the reverse engine for good.
+    pub reverse_stop: Arc<AtomicBool>,
+    /// Why the reverse link cannot run at all (the target refuses `PSYNC`), when known.
+    pub unavailable: Mutex<Option<String>>,
+}
+
+impl Links {
+    pub fn new() -> Links {
+        let forward = SyncProgress::with_direction("forward");
+        let reverse = SyncProgress::with_direction("reverse");
+        forward.handoff.init_overlap(false);
+        reverse.handoff.init_overlap(true);
+        Links {
+            forward: Arc::new(forward),
+            reverse: Arc::new(reverse),
+            forward_stop: Arc::new(AtomicBool::new(false)),
+            reverse_stop: Arc::new(AtomicBool::new(false)),
+            unavailable: Mutex::new(None),
+        }
+    }
+
+    pub fn unavailable(&self) -> Option<String> {
+        self.unavailable.lock().ok().and_then(|u| u.clone())
+    }
+
+    pub fn set_unavailable(&self, why: String) {
+        if let Ok(mut u) = self.unavailable.lock() {
+            *u = Some(why);
+        }
+    }
+
+    /// (applying, following) when `primary` is the primary.
+    pub fn roles(&self, primary: Side) -> (&Arc<SyncProgress>, &Arc<SyncProgress>) {
+        match primary {
+            Side::Source => (&self.forward, &self.reverse),
+            Side::Target => (&self.reverse, &self.forward),
+        }
+    }
+
+    /// Stops both engines (`finish`, or a fall-back to shadow overlap for the reverse one).
+    pub fn stop_reverse(&self) {
+        self.reverse_stop.store(true, Ordering::Release);
+        self.reverse.wake();
+    }
+
+    pub fn stop_all(&self) {
+        self.stop_reverse();
+        self.forward_stop.store(true, Ordering::Release);
+        self.forward.wake();
+    }
+
+    /// Whether the reverse link is ready to take part in the first switch: streaming, or the
+    /// reason it is not.
+    pub fn reverse_ready(&self) -> Result<(), String> {
+        if let Some(why) = self.unavailable() {
+            return Err(why);
+        }
+        let phase = self.reverse.phase_name();
+        if phase == "streaming" {
+            Ok(())
+        } else {
+            let err = self
+                .reverse
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone())
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            Err(format!("the reverse link is {phase}{err}"))
+        }
+    }
+
+    /// The status of one link.
+    pub fn link_json(p: &SyncProgress, primary: Side) -> serde_json::Value {
+        let applying = !p.handoff.is_following();
+        let reads = if p.direction() == "reverse" {
+            "target"
+        } else {
+            "source"
+        };
+        let _ = primary;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "direction": if reads == "source" { "source_to_target" } else { "target_to_source" },
+            "role": if applying { "applying" } else { "following" },
+            "phase": p.phase_name(),
+            "received_offset": n(&p.received_offset),
+            "applied_offset": n(&p.applied_offset),
+            "lag_bytes": p.lag_bytes(),
+            "lag_ms": p.lag_ms(),
+            "reconnects": n(&p.reconnects),
+            "full_resyncs": n(&p.full_resyncs),
+            "commands_applied": n(&p.commands_applied),
+            "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    /// Publishes the role gauges of both links.
+    pub fn publish_metrics(&self) {
+        for p in [&self.forward, &self.reverse] {
+            metrics::gauge!("cutover_link_applying", "direction" => p.direction())
+                .set(if p.handoff.is_following() { 0.0 } else { 1.0 });
+        }
+    }
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Links::new()
+    }
+}
+
+/// `(master_replid, master_repl_offset)` of a server, from `INFO replication`.
+async fn replication_position(c: &mut Conn) -> Result<(String, u64), String> {
+    match c.query(&[b"INFO", b"replication"]).await? {
+        super::shadow::Value::Bytes(text) => {
+            let text = String::from_utf8_lossy(&text);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+            };
+            let replid = field("master_replid:").ok_or("INFO replication has no master_replid")?;
+            let offset = field("master_repl_offset:")
+                .and_then(|v| v.parse().ok())
+                .ok_or("INFO replication has no master_repl_offset")?;
+            Ok((replid, offset))
+        }
+        other => Err(format!("INFO answered {other:?}")),
+    }
+}
+
+impl Controller {
+    /// Whether this migration uses (or, before the first switch, would use) the replica
+    /// overlap; `Err` with the reason when a switch must be refused now.
+    pub(super) fn choose_overlap(&self) -> Result<OverlapMode, CutoverError> {
+        if let Some(m) = self.overlap_chosen() {
+            return Ok(m);
+        }
+        let Some(links) = &self.links else {
+            return Ok(OverlapMode::Shadow);
+        };
+        match (self.settings.overlap, links.reverse_ready()) {
+            (OverlapMode::Shadow, _) => Ok(OverlapMode::Shadow),
+            (_, Ok(())) => Ok(OverlapMode::Replica),
+            (OverlapMode::Replica, Err(why)) => Err(CutoverError::Refused(format!(
+                "[cutover] overlap = \"replica\", but {why}; not switching (wait until `cutover status` shows the reverse link streaming, or set overlap = \"shadow\")"
+            ))),
+            (_, Err(why)) => match links.unavailable() {
+                Some(_) => Ok(OverlapMode::Shadow),
+                None if refused_by_target(&links.reverse) => Ok(OverlapMode::Shadow),
+                None => Err(CutoverError::Refused(format!(
+                    "{why}: not switching yet (the reverse link keeps the source an exact copy after the switch; wait until `cutover status` shows it streaming)"
+                ))),
+            },
+        }
+    }
+
+    /// A switch or rollback in replica overlap (see the module doc).
+    pub(super) async fn replica_move(
+        &self,
+        to: Side,
+        max_pause: Duration,
+        force: bool,
+    ) -> Result<StepReport, CutoverError> {
+        let links = self
+            .links
+            .as_ref()
+            .ok_or_else(|| CutoverError::Refused("no replica links are running".into()))?;
+        let (source, target) = self.backends()?;
+        let from = match to {
+            Side::Source => Side::Target,
+            Side::Target => Side::Source,
+        };
+        let (old, new): (&Arc<Backend>, &Arc<Backend>) = match to {
+            Side::Target => (&source, &target),
+            Side::Source => (&target, &source),
+        };
+        let (applying, following) = links.roles(from);
+        let timeout = self.settings.timeout;
+        let mut old_conn = Conn::open(old, timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
+        })?;
+        let mut new_conn = Conn::open(new, timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
+        })?;
+        let ping = tokio::time::timeout(timeout, new_conn.query(&[b"PING"])).await;
+        if !matches!(ping, Ok(Ok(super::shadow::Value::Bytes(_)))) {
+            return Err(CutoverError::Refused(format!(
+                "the {} does not answer PING",
+                new.describe()
+            )));
+        }
+        // The link that will keep the old side in step must be streaming: a link that lost
+        // its place reads a new snapshot first (reported in status), and even --force
+        // cannot move before that.
+        let follower_phase = following.phase_name();
+        if follower_phase != "streaming" || !following.handoff.is_following() {
+            return Err(CutoverError::Refused(format!(
+                "the {} link, which would keep the {} in step after the move, is {follower_phase}{}; not moving (it must be streaming; see `cutover status`)",
+                following.direction(),
+                from.as_str(),
+                last_error_suffix(following)
+            )));
+        }
+        let applying_phase = applying.phase_name();
+        if applying_phase != "streaming" {
+            return Err(CutoverError::Refused(format!(
+                "the {} link is {applying_phase}{}; even --force cannot move before it applies the stream",
+                applying.direction(),
+                last_error_suffix(applying)
+            )));
+        }
+        if !force {
+            let lag = applying.lag_bytes();
+            if lag > self.settings.max_lag_bytes {
+                return Err(CutoverError::Refused(format!(
+                    "the {} lags {} behind the {}; not moving (use --force to move anyway)",
+                    to.as_str(),
+                    human_bytes(lag),
+                    from.as_str()
+                )));
+            }
+            let writers = foreign_writers(&mut old_conn, old).await?;
+            if !writers.is_empty() {
+                return Err(CutoverError::Refused(format!(
+                    "other clients write to the {} directly (their writes would be lost after the move): {}; repoint them to the proxy or use --force",
+                    from.as_str(),
+                    writers.join(", ")
+                )));
+            }
+        }
+
+        let gate = &self.proxy.gate;
+        let started = Instant::now();
+        let deadline = started + max_pause;
+        gate.pause();
+        let abort = |waiting: String| {
+            following.handoff.abort_apply();
+            following.wake();
+            applying.cancel_stop();
+            gate.resume();
+            metrics::counter!("cutover_barrier_aborts_total").increment(1);
+            CutoverError::Timeout {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                waiting,
+                side: from.as_str(),
+            }
+        };
+        let in_time = |d: Instant| tokio::time::Instant::from_std(d);
+        if !wait_until(deadline, || gate.busy() == 0).await {
+            return Err(abort(format!(
+                "{} sessions still had commands in flight",
+                gate.busy()
+            )));
+        }
+        // 2. The applying link applies up to the old primary's offset and parks.
+        let old_pos =
+            tokio::time::timeout_at(in_time(deadline), replication_position(&mut old_conn)).await;
+        let (_, old_offset) = match old_pos {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(abort(format!(
+                    "cannot read the {}'s offset: {e}",
+                    from.as_str()
+                )));
+            }
+            Err(_) => {
+                return Err(abort(format!(
+                    "the {} did not say its offset",
+                    from.as_str()
+                )));
+            }
+        };
+        applying.request_stop_at(old_offset);
+        if !wait_until(deadline, || applying.stopped.load(Ordering::Acquire)).await {
+            return Err(abort(format!(
+                "the {} had applied offset {} of {old_offset}",
+                to.as_str(),
+                applying.applied_offset.load(Ordering::Relaxed)
+            )));
+        }
+        // 3. The following link takes nothing more, so it cannot skip what it must apply.
+        following.handoff.hold();
+        following.wake();
+        if !wait_until(deadline, || following.handoff.is_held()).await {
+            return Err(abort(format!(
+                "the {} link did not pause",
+                following.direction()
+            )));
+        }
+        // 4. From the new primary's offset on, the following link applies.
+        let new_pos =
+            tokio::time::timeout_at(in_time(deadline), replication_position(&mut new_conn)).await;
+        let (replid, new_offset) = match new_pos {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(abort(format!(
+                    "cannot read the {}'s offset: {e}",
+                    to.as_str()
+                )));
+            }
+            Err(_) => return Err(abort(format!("the {} did not say its offset", to.as_str()))),
+        };
+        following.handoff.apply_from(&replid, new_offset);
+        following.wake();
+        let took_over = wait_until(deadline, || {
+            !following.handoff.is_following() || following.handoff.refused().is_some()
+        })
+        .await;
+        if let Some(why) = following.handoff.refused() {
+            return Err(abort(format!(
+                "the {} link cannot apply from offset {new_offset}: {why}",
+                following.direction()
+            )));
+        }
+        if !took_over {
+            return Err(abort(format!(
+                "the {} link had read up to offset {} of {new_offset}",
+                following.direction(),
+                following.received_offset.load(Ordering::Relaxed)
+            )));
+        }
+        // 5. Commit: the parked link follows; the route flips.
+        applying.handoff.follow();
+        applying.cancel_stop();
+        links.publish_metrics();
+        let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
+        let held = gate.held();
+        gate.resume();
+        let pause = started.elapsed();
+        let (action, phase) = match to {
+            Side::Source => ("rollback", Phase::RolledBack),
+            Side::Target => ("switch", Phase::Switched),
+        };
+        let first = self.phase().is_none();
+        self.set_phase(phase);
+        self.set_overlap_chosen(OverlapMode::Replica);
+        if first && let Err(e) = super::mark_switched(&mut new_conn, old_offset).await {
+            tracing::error!(error = %e, "cannot mark the target as switched; do not restart `cutover run` with this config");
+        }
+        let report = StepReport {
+            action,
+            primary: to.as_str(),
+            pause_ms: pause.as_secs_f64() * 1000.0,
+            held_sessions: held,
+            unblocked,
+            offset: Some(new_offset),
+            shadow_writes: 0,
+            forced: force,
+        };
+        metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
+        tracing::info!(
+            action,
+            pause_ms = report.pause_ms,
+            old_offset,
+            new_offset,
+            unblocked,
+            "the {} is the primary; the {} link keeps the {} an exact replica",
+            to.as_str(),
+            following.direction(),
+            from.as_str()
+        );
+        self.record(report.clone());
+        Ok(report)
+    }
+
+    /// `finish` in replica overlap: both links stop (the applying one after what it
+    /// received is applied, bounded), and cutover's own keys are removed from both sides.
+    pub(super) async fn finish_replica(&self, primary: Side) -> u64 {
+        let Some(links) = &self.links else {
+            return 0;
+        };
+        let (applying, _) = links.roles(primary);
+        let deadline = Instant::now() + self.settings.timeout;
+        while applying.lag_bytes() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let applied = applying.commands_applied.load(Ordering::Relaxed);
+        links.stop_all();
+        // Wait (bounded) until both engines noticed, so nothing of ours is written after the
+        // keys are removed.
+        let stopped = |p: &SyncProgress| p.ended.load(Ordering::Acquire);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !(stopped(&links.forward) && stopped(&links.reverse)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if let Ok((source, target)) = self.backends() {
+            for b in [&source, &target] {
+                if let Err(e) = super::remove_own_keys(b, self.settings.timeout).await {
+                    tracing::warn!(error = %e, "cannot remove cutover's keys from the {}", b.describe());
+                }
+            }
+        }
+        applied
+    }
+}
+
+fn last_error_suffix(p: &SyncProgress) -> String {
+    p.last_error
+        .lock()
+        .ok()
+        .and_then(|e| e.clone())
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default()
+}
+
+/// The reverse link's failure says the target refuses replication (not that it is down).
+fn refused_by_target(p: &SyncProgress) -> bool {
+    let err = p.last_error.lock().ok().and_then(|e| e.clone());
+    p.established.load(Ordering::Relaxed) == 0
+        && err.is_some_and(|e| {
+            let e = e.to_ascii_lowercase();
+            e.contains("unknown command") || e.contains("noperm") || e.contains("not allowed")
+        })
+}
