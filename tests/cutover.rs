@@ -8,35 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Proxy, Server, Version};
 
-/// Runs the CLI against the proxy's admin listener: (exit code, stdout, stderr).
-fn cli(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(args)
-        .args(["--admin", &proxy.admin_addr()])
-        .env_remove("CUTOVER_ADMIN_TOKEN")
-        .env_remove("CUTOVER_CONFIG")
-        .env_remove("CUTOVER_ADMIN")
-        .output()
-        .expect("run cutover");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// `cutover <verb> --json`, which must succeed; the report.
-fn step(proxy: &Proxy, verb: &str) -> serde_json::Value {
-    let (code, out, err) = cli(proxy, &[verb, "--json"]);
-    assert_eq!(
-        code,
-        0,
-        "cutover {verb} failed: {err}\nproxy log:\n{}",
-        common::tail(&proxy.log(), 3000)
-    );
-    serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("{verb} printed no JSON ({e}): {out}"))
-}
+use common::{cli, step};
 
 fn wait_streaming(proxy: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -325,7 +297,6 @@ fn state_crosses_the_flip_watch_fails_blpop_moves_subscriptions_follow() {
 
 // ----- the whole story under load ---------------------------------------------------------
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -464,71 +435,6 @@ impl Load {
     }
 }
 
-/// Every key of db 0 as (type, canonical value, has TTL), cutover's own keys excepted.
-fn snapshot(conn: &mut redis::Connection) -> BTreeMap<String, (String, String, bool)> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
-    let mut out = BTreeMap::new();
-    for k in keys {
-        if k == "cutover:position" || k == "cutover:switched" {
-            continue;
-        }
-        let ty: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
-        let value = match ty.as_str() {
-            "string" => format!(
-                "{:?}",
-                redis::cmd("GET")
-                    .arg(&k)
-                    .query::<Option<String>>(conn)
-                    .unwrap()
-            ),
-            "list" => format!(
-                "{:?}",
-                redis::cmd("LRANGE")
-                    .arg(&k)
-                    .arg(0)
-                    .arg(-1)
-                    .query::<Vec<String>>(conn)
-                    .unwrap()
-            ),
-            "hash" => format!(
-                "{:?}",
-                redis::cmd("HGETALL")
-                    .arg(&k)
-                    .query::<BTreeMap<String, String>>(conn)
-                    .unwrap()
-            ),
-            "set" => {
-                let mut m: Vec<String> = redis::cmd("SMEMBERS").arg(&k).query(conn).unwrap();
-                m.sort();
-                format!("{m:?}")
-            }
-            "zset" => format!(
-                "{:?}",
-                redis::cmd("ZRANGE")
-                    .arg(&k)
-                    .arg(0)
-                    .arg(-1)
-                    .arg("WITHSCORES")
-                    .query::<Vec<String>>(conn)
-                    .unwrap()
-            ),
-            "stream" => format!(
-                "{:?}",
-                redis::cmd("XRANGE")
-                    .arg(&k)
-                    .arg("-")
-                    .arg("+")
-                    .query::<redis::Value>(conn)
-                    .unwrap()
-            ),
-            other => other.to_string(),
-        };
-        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(conn).unwrap();
-        out.insert(k, (ty, value, ttl > 0));
-    }
-    out
-}
-
 fn wait_shadow_drained(proxy: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -617,19 +523,9 @@ fn checkpoint(
     );
     if shadowing {
         wait_shadow_drained(proxy);
-        let a = snapshot(&mut source.conn());
-        let b = snapshot(&mut target.conn());
-        let differ: Vec<_> = a
-            .iter()
-            .filter(|(k, v)| b.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k}: source {v:?} target {:?}", b.get(k)))
-            .chain(
-                b.keys()
-                    .filter(|k| !a.contains_key(*k))
-                    .map(|k| format!("{k}: only on the target")),
-            )
-            .take(5)
-            .collect();
+        let a = common::snapshot(&mut source.conn());
+        let b = common::snapshot(&mut target.conn());
+        let differ = common::differences(&a, &b, 5);
         assert!(
             differ.is_empty(),
             "{label}: source and target differ while shadowing: {differ:?}"
@@ -738,7 +634,10 @@ fn the_whole_story_under_load_redis_7_0_to_redis_6_2() {
 #[test]
 fn a_rollback_is_refused_once_the_old_side_missed_writes_unless_forced() {
     let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
     wait_streaming(&proxy);
     step(&proxy, "switch");
     // The source stops accepting writes (out of memory): the next shadow write fails there.
@@ -786,9 +685,72 @@ fn a_rollback_is_refused_once_the_old_side_missed_writes_unless_forced() {
 }
 
 #[test]
+fn in_replica_overlap_a_rollback_waits_until_the_old_side_took_every_write() {
+    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    assert_eq!(proxy.status_json()["cutover"]["overlap"], "replica");
+    // The source stops accepting writes (out of memory): the reverse link cannot apply.
+    let mut direct = source.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query(&mut direct)
+        .unwrap();
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("SET")
+        .arg("after-switch")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    eventually("rollback marked unsafe", || {
+        proxy.status_json()["rollback_safe"] == false
+    });
+    let status = proxy.status_json();
+    let reason = status["cutover"]["rollback_unsafe_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("OOM"), "{status}");
+    // The client never noticed: the primary is the target.
+    assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
+    for args in [&["rollback"][..], &["rollback", "--force"]] {
+        let (code, _, err) = cli(&proxy, args);
+        assert_eq!(code, 1, "{args:?} must be refused: {err}");
+        assert!(err.contains("reverse link"), "{err}");
+    }
+    assert_eq!(proxy.status_json()["primary"], "target");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut direct)
+        .unwrap();
+    // The link resumes from the position it stored on the source, and catches up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.status_json()["rollback_safe"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "never safe again: {}",
+            proxy.status_json()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&mut direct, "after-switch").as_deref(), Some("v"));
+    let report = step(&proxy, "rollback");
+    assert_eq!(report["primary"], "source", "{report}");
+    assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
+}
+
+#[test]
 fn shadow_writes_keep_the_clients_database() {
     let (source, target) = source_and_target(Version::Valkey91, Version::Redis62);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
     wait_streaming(&proxy);
     step(&proxy, "switch");
     let mut c = common::Raw::connect(&proxy.addr());

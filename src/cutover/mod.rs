@@ -721,8 +721,9 @@ impl Controller {
         }
         if phase != "streaming" {
             return Some(format!(
-                "the {} link is {phase} (it lost its place in the stream and re-reads a snapshot, or cannot reach its server)",
-                applying.direction()
+                "the {} link is {phase}{}",
+                applying.direction(),
+                overlap::last_error_suffix(applying)
             ));
         }
         let lag = applying.lag_bytes();

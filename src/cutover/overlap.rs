@@ -477,7 +477,7 @@ impl Controller {
     }
 }
 
-fn last_error_suffix(p: &SyncProgress) -> String {
+pub(super) fn last_error_suffix(p: &SyncProgress) -> String {
     p.last_error
         .lock()
         .ok()

@@ -11,7 +11,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -210,6 +210,9 @@ impl Server {
             dir.path().display().to_string(),
             "--logfile".into(),
             log.display().to_string(),
+            // A replica (cutover's links) gets its snapshot at once, not after 5 s.
+            "--repl-diskless-sync-delay".into(),
+            "0".into(),
         ];
         if version.debug_flag() {
             args.extend(["--enable-debug-command".into(), "local".into()]);
@@ -1151,4 +1154,119 @@ impl Drop for FakeServer {
             let _ = t.join();
         }
     }
+}
+
+// --- the cutover CLI and whole-keyspace comparisons ---
+
+/// Runs the CLI against the proxy's admin listener: (exit code, stdout, stderr).
+pub fn cli(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .args(["--admin", &proxy.admin_addr()])
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .env_remove("CUTOVER_ADMIN")
+        .output()
+        .expect("run cutover");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cutover <verb> --json`, which must succeed; the report.
+pub fn step(proxy: &Proxy, verb: &str) -> serde_json::Value {
+    let (code, out, err) = cli(proxy, &[verb, "--json"]);
+    assert_eq!(
+        code,
+        0,
+        "cutover {verb} failed: {err}\nproxy log:\n{}",
+        tail(&proxy.log(), 3000)
+    );
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("{verb} printed no JSON ({e}): {out}"))
+}
+
+/// Every key of db 0 as (type, canonical value, has TTL), cutover's own keys excepted.
+pub fn snapshot(conn: &mut redis::Connection) -> BTreeMap<String, (String, String, bool)> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(conn).unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        if k == "cutover:position" || k == "cutover:switched" {
+            continue;
+        }
+        let ty: String = redis::cmd("TYPE").arg(&k).query(conn).unwrap();
+        let value = match ty.as_str() {
+            "string" => format!(
+                "{:?}",
+                redis::cmd("GET")
+                    .arg(&k)
+                    .query::<Option<String>>(conn)
+                    .unwrap()
+            ),
+            "list" => format!(
+                "{:?}",
+                redis::cmd("LRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query::<Vec<String>>(conn)
+                    .unwrap()
+            ),
+            "hash" => format!(
+                "{:?}",
+                redis::cmd("HGETALL")
+                    .arg(&k)
+                    .query::<BTreeMap<String, String>>(conn)
+                    .unwrap()
+            ),
+            "set" => {
+                let mut m: Vec<String> = redis::cmd("SMEMBERS").arg(&k).query(conn).unwrap();
+                m.sort();
+                format!("{m:?}")
+            }
+            "zset" => format!(
+                "{:?}",
+                redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query::<Vec<String>>(conn)
+                    .unwrap()
+            ),
+            "stream" => format!(
+                "{:?}",
+                redis::cmd("XRANGE")
+                    .arg(&k)
+                    .arg("-")
+                    .arg("+")
+                    .query::<redis::Value>(conn)
+                    .unwrap()
+            ),
+            other => other.to_string(),
+        };
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(conn).unwrap();
+        out.insert(k, (ty, value, ttl > 0));
+    }
+    out
+}
+
+/// Up to `max` differences between two [`snapshot`]s, described.
+pub fn differences(
+    a: &BTreeMap<String, (String, String, bool)>,
+    b: &BTreeMap<String, (String, String, bool)>,
+    max: usize,
+) -> Vec<String> {
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: source {v:?} target {:?}", b.get(k)))
+        .chain(
+            b.keys()
+                .filter(|k| !a.contains_key(*k))
+                .map(|k| format!("{k}: only on the target {:?}", b.get(k))),
+        )
+        .take(max)
+        .collect()
 }

@@ -1,0 +1,421 @@
+//! The overlap after a switch against real servers: eight clients write the **same** keys
+//! (half on their own backend connection, half on the shared one) with strings, appends,
+//! lists, hashes, sorted sets, sets, counters, floats, expiries, `SPOP`, `XADD *`, scripts,
+//! transactions, blocking pops and keys that expire during the run, plus one client that
+//! writes to the primary directly; through `switch` → `rollback` → `switch` → `finish`, the
+//! old side must equal the primary key by key after every move (compared with an
+//! independent client), and every acknowledged `INCR` must be on the primary exactly once.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Proxy, Server, Version, cli, differences, snapshot, step};
+
+const WORKERS: usize = 8;
+
+/// What the workers share with the test.
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    paused: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    ops: AtomicU64,
+    /// `INCR s:ctr` (alone or in a transaction) acknowledged.
+    incr_acked: AtomicU64,
+    /// Where the direct writer writes (`None`: it waits, its connection closed).
+    direct_to: Mutex<Option<String>>,
+    direct_acked: AtomicU64,
+}
+
+struct Load {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: &Proxy, primary: &Server) -> Load {
+        let shared = Arc::new(Shared::default());
+        *shared.direct_to.lock().unwrap() = Some(primary.url());
+        let mut threads = Vec::new();
+        for w in 0..WORKERS {
+            let url = proxy.url();
+            let shared = shared.clone();
+            threads.push(std::thread::spawn(move || worker(w, &url, &shared)));
+        }
+        let s = shared.clone();
+        threads.push(std::thread::spawn(move || direct_writer(&s)));
+        Load { shared, threads }
+    }
+
+    /// Holds every client between two commands (everything sent is answered).
+    fn hold(&self) {
+        self.shared.pause.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.shared.paused.load(Ordering::Acquire) < WORKERS as u64 + 1 {
+            assert!(Instant::now() < deadline, "the load did not pause");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn release(&self) {
+        self.shared.pause.store(false, Ordering::Release);
+    }
+
+    /// Points the direct writer at `url` (`None`: it stops writing and disconnects).
+    fn direct_to(&self, url: Option<String>) {
+        *self.shared.direct_to.lock().unwrap() = url;
+    }
+
+    fn finish(mut self) -> Arc<Shared> {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.pause.store(false, Ordering::Release);
+        for t in self.threads.drain(..) {
+            t.join().expect("load thread");
+        }
+        self.shared.clone()
+    }
+}
+
+/// Waits here while the test holds the load.
+fn pause_point(shared: &Shared) {
+    if shared.pause.load(Ordering::Acquire) {
+        shared.paused.fetch_add(1, Ordering::AcqRel);
+        while shared.pause.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.paused.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn worker(w: usize, url: &str, shared: &Shared) {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = common::connect(&client);
+    let pinned = w % 2 == 0;
+    if pinned {
+        // `CLIENT …` gives this client its own backend connection for good.
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("worker-{w}"))
+            .query(&mut c)
+            .unwrap();
+    }
+    let script = "redis.call('INCR', KEYS[1]); redis.call('RPUSH', KEYS[2], ARGV[1]); return 1";
+    let started = Instant::now();
+    let mut i: u64 = 0;
+    while !shared.stop.load(Ordering::Acquire)
+        && i < 200_000
+        && started.elapsed() < Duration::from_secs(180)
+    {
+        pause_point(shared);
+        i += 1;
+        let tag = format!("{w}:{i}");
+        let mut cmd = match i % 16 {
+            0 => redis::cmd("SET").arg("s:str").arg(&tag).clone(),
+            1 => redis::cmd("APPEND")
+                .arg("s:app")
+                .arg(format!("{tag},"))
+                .clone(),
+            2 => redis::cmd("RPUSH").arg("s:list").arg(&tag).clone(),
+            3 => redis::cmd("LPOP").arg("s:list").clone(),
+            4 => redis::cmd("HSET")
+                .arg("s:hash")
+                .arg(format!("f{}", i % 10))
+                .arg(&tag)
+                .clone(),
+            5 => redis::cmd("ZADD")
+                .arg("s:zset")
+                .arg((i % 50) as f64 / 2.0)
+                .arg(format!("m{w}"))
+                .clone(),
+            6 => redis::cmd("SADD")
+                .arg("s:set")
+                .arg(format!("m{}", i % 20))
+                .clone(),
+            7 => redis::cmd("SREM")
+                .arg("s:set")
+                .arg(format!("m{}", (i + 7) % 20))
+                .clone(),
+            8 => redis::cmd("INCR").arg("s:ctr").clone(),
+            9 => redis::cmd("INCRBYFLOAT").arg("s:flt").arg("0.5").clone(),
+            10 => redis::cmd("EXPIRE").arg("s:hash").arg(1000).clone(),
+            11 => redis::cmd("SPOP").arg("s:set").clone(),
+            12 => redis::cmd("XADD")
+                .arg("s:stream")
+                .arg("*")
+                .arg("f")
+                .arg(&tag)
+                .clone(),
+            13 => redis::cmd("EVAL")
+                .arg(script)
+                .arg(2)
+                .arg("s:ectr")
+                .arg("s:elist")
+                .arg(&tag)
+                .clone(),
+            14 => redis::cmd("SET")
+                .arg(format!("exp:{w}:{}", i % 50))
+                .arg(&tag)
+                .arg("PX")
+                .arg(50 + (i % 5) * 50)
+                .clone(),
+            _ if pinned && i % 32 == 15 => {
+                // A transaction on the shared counter and list.
+                let r: redis::RedisResult<(i64, i64)> = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg("s:ctr")
+                    .cmd("RPUSH")
+                    .arg("s:list")
+                    .arg(format!("tx:{tag}"))
+                    .query(&mut c);
+                match r {
+                    Ok(_) => {
+                        shared.incr_acked.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(e) => shared
+                        .errors
+                        .lock()
+                        .unwrap()
+                        .push(format!("worker {w} MULTI: {e}")),
+                }
+                shared.ops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            _ if pinned => redis::cmd("BLPOP").arg("s:list").arg("0.01").clone(),
+            _ => redis::cmd("GET").arg("s:str").clone(),
+        };
+        match cmd.query::<redis::Value>(&mut c) {
+            Ok(_) => {
+                if i % 16 == 8 {
+                    shared.incr_acked.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            Err(e) => shared
+                .errors
+                .lock()
+                .unwrap()
+                .push(format!("worker {w} op {}: {e}", i % 16)),
+        }
+        shared.ops.fetch_add(1, Ordering::Relaxed);
+        let _ = &mut cmd;
+    }
+}
+
+/// A client of the application that was never repointed to the proxy: it writes to the
+/// primary directly (the test moves it along with each move).
+fn direct_writer(shared: &Shared) {
+    let mut conn: Option<(String, redis::Connection)> = None;
+    let started = Instant::now();
+    while !shared.stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(180) {
+        pause_point(shared);
+        let want = shared.direct_to.lock().unwrap().clone();
+        let Some(url) = want else {
+            conn = None;
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        if conn.as_ref().is_none_or(|(u, _)| *u != url) {
+            conn = Some((
+                url.clone(),
+                common::connect(&redis::Client::open(url.as_str()).unwrap()),
+            ));
+        }
+        let (_, c) = conn.as_mut().unwrap();
+        match redis::cmd("INCR").arg("d:ctr").query::<i64>(c) {
+            Ok(_) => {
+                shared.direct_acked.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(e) => shared
+                .errors
+                .lock()
+                .unwrap()
+                .push(format!("direct writer: {e}")),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn wait_streaming(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = proxy.status_json();
+        if status["phase"] == "streaming" && status["lag_bytes"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached streaming: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn int(conn: &mut redis::Connection, key: &str) -> u64 {
+    redis::cmd("GET")
+        .arg(key)
+        .query::<Option<u64>>(conn)
+        .unwrap()
+        .unwrap_or(0)
+}
+
+/// With the load held: the primary has every acknowledged `INCR` exactly once, and the old
+/// side (while overlapping) converges to a key-by-key copy of it.
+fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, label: &str) {
+    load.hold();
+    let errors = load.shared.errors.lock().unwrap().clone();
+    assert!(errors.is_empty(), "{label}: clients saw errors: {errors:?}");
+    let status = proxy.status_json();
+    let primary = if status["primary"] == "target" {
+        target
+    } else {
+        source
+    };
+    let mut p = primary.conn();
+    assert_eq!(
+        int(&mut p, "s:ctr"),
+        load.shared.incr_acked.load(Ordering::Acquire),
+        "{label}: s:ctr holds every acknowledged INCR once"
+    );
+    assert_eq!(
+        int(&mut p, "d:ctr"),
+        load.shared.direct_acked.load(Ordering::Acquire),
+        "{label}: d:ctr (the direct writer's) holds every acknowledged INCR once"
+    );
+    // Keys written with a short expiry are gone on both sides by now.
+    std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = snapshot(&mut source.conn());
+        let b = snapshot(&mut target.conn());
+        let differ = differences(&a, &b, 5);
+        if differ.is_empty() {
+            assert!(a.len() >= 10, "{label}: the shared keys exist: {a:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: source and target differ: {differ:?}\nstatus: {}",
+            proxy.status_json()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    load.release();
+}
+
+fn the_overlap_keeps_the_old_side_an_exact_copy(from: Version, to: Version) {
+    let source = Server::start(from);
+    let target = Server::start(to);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let status = proxy.status_json();
+    assert_eq!(
+        status["cutover"]["overlap"], "replica (at the first switch)",
+        "{status}"
+    );
+    let load = Load::start(&proxy, &source);
+    std::thread::sleep(Duration::from_millis(500));
+    checkpoint(&proxy, &load, &source, &target, "before");
+    let mut pauses = Vec::new();
+    for (verb, new_primary) in [
+        ("switch", &target),
+        ("rollback", &source),
+        ("switch", &target),
+    ] {
+        // The direct writer is repointed with the applications (the move would otherwise be
+        // refused: its writes to the old primary would be lost).
+        load.direct_to(None);
+        std::thread::sleep(Duration::from_millis(20));
+        let report = step(&proxy, verb);
+        load.direct_to(Some(new_primary.url()));
+        pauses.push(report["pause_ms"].as_f64().unwrap());
+        let status = proxy.status_json();
+        assert_eq!(status["cutover"]["overlap"], "replica", "{status}");
+        assert_eq!(status["cutover"]["shadow_queue"], 0, "{status}");
+        std::thread::sleep(Duration::from_millis(700));
+        checkpoint(&proxy, &load, &source, &target, verb);
+        let status = proxy.status_json();
+        assert_eq!(status["rollback_safe"], true, "{verb}: {status}");
+        let links = status["cutover"]["links"].as_array().unwrap().clone();
+        let applying: Vec<_> = links.iter().filter(|l| l["role"] == "applying").collect();
+        assert_eq!(applying.len(), 1, "exactly one link applies: {links:?}");
+        let want = if new_primary.port() == target.port() {
+            "target_to_source"
+        } else {
+            "source_to_target"
+        };
+        assert_eq!(applying[0]["direction"], want, "{links:?}");
+        for l in &links {
+            assert_eq!(l["full_resyncs"], 0, "no link needed a new snapshot: {l}");
+        }
+    }
+    load.hold();
+    load.direct_to(None);
+    let report = step(&proxy, "finish");
+    assert_eq!(report["action"], "finish", "{report}");
+    load.release();
+    load.hold();
+    // After `finish`: equal, and no key of cutover's left on either side.
+    let a = snapshot(&mut source.conn());
+    let b = snapshot(&mut target.conn());
+    let differ = differences(&a, &b, 5);
+    assert!(differ.is_empty(), "after finish: {differ:?}");
+    for server in [&source, &target] {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg("cutover:position")
+            .arg("cutover:switched")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(n, 0, "cutover's keys are removed from {}", server.port());
+    }
+    let shared = load.finish();
+    assert!(shared.errors.lock().unwrap().is_empty());
+    assert!(shared.ops.load(Ordering::Relaxed) > 1000, "the load ran");
+    let status = proxy.status_json();
+    assert_eq!(status["phase"], "finished", "{status}");
+    eprintln!(
+        "pauses (ms): {pauses:?}; {} operations",
+        shared.ops.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn replica_overlap_redis_7_0_to_redis_7_0() {
+    the_overlap_keeps_the_old_side_an_exact_copy(Version::Redis70, Version::Redis70);
+}
+
+#[test]
+fn replica_overlap_valkey_9_1_to_redis_6_2() {
+    the_overlap_keeps_the_old_side_an_exact_copy(Version::Valkey91, Version::Redis62);
+}
+
+#[test]
+fn replica_overlap_redis_7_0_to_redis_6_2() {
+    the_overlap_keeps_the_old_side_an_exact_copy(Version::Redis70, Version::Redis62);
+}
+
+#[test]
+fn replica_overlap_redis_6_2_to_valkey_9_1() {
+    the_overlap_keeps_the_old_side_an_exact_copy(Version::Redis62, Version::Valkey91);
+}
+
+#[test]
+fn a_switch_refuses_while_a_direct_writer_uses_the_old_primary() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let mut direct = source.conn();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut direct)
+        .unwrap();
+    let (code, _, err) = cli(&proxy, &["switch"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("directly"), "{err}");
+    assert_eq!(proxy.status_json()["primary"], "source");
+}
