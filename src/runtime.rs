@@ -12,6 +12,8 @@ use crate::admin::AdminServer;
 use crate::config::Settings;
 use crate::cutover::Controller;
 use crate::cutover::overlap::{Links, OverlapMode};
+use crate::cutover::shadow::Value;
+use crate::cutover::writer::Conn;
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
@@ -134,6 +136,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .name("cutover-sync".into())
             .spawn(move || run_sync(opts, sync_detached, forward_stop))
             .context("cannot start the sync thread")?;
+        let route = shared.route.load_full();
+        tokio::spawn(poll_offsets(route.source.clone(), sync.clone()));
+        if let (Some(links), Some(t)) = (&links, &route.target)
+            && links.unavailable().is_none()
+        {
+            tokio::spawn(poll_offsets(t.clone(), links.reverse.clone()));
+        }
         tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }
 
@@ -228,6 +237,38 @@ async fn start_reverse_link(
     Ok(())
 }
 
+/// Reads `server`'s `master_repl_offset` every half second into the link's progress, so
+/// that its lag counts what the server has and the link has not yet read (a link that stops
+/// reading — a frozen target behind it — would otherwise look caught up). Ends with the link.
+async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
+    let timeout = Duration::from_secs(2);
+    let mut conn = None;
+    while !link.ended.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if conn.is_none() {
+            conn = tokio::time::timeout(timeout, Conn::open(&server, timeout))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = conn.as_mut() else {
+            continue;
+        };
+        match tokio::time::timeout(timeout, c.query(&[b"INFO", b"replication"])).await {
+            Ok(Ok(Value::Bytes(text))) => {
+                if let Some(off) = String::from_utf8_lossy(&text)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    link.set_server_offset(off);
+                }
+            }
+            _ => conn = None,
+        }
+    }
+}
+
 /// Runs the sync for as long as the process lives. A failure (source or target down, link
 /// dropped) is reported in `status` and retried with back-off ([`crate::sync::retry`]; one
 /// that waiting cannot cure at the longest back-off); every retry resumes from the position
@@ -266,6 +307,7 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>)
                 }
                 if detached.load(Ordering::Acquire) {
                     tracing::info!("sync stopped: the target is the primary now");
+                    progress.ended.store(true, Ordering::Release);
                     return;
                 }
                 progress.stopped.store(false, Ordering::Release);

@@ -419,3 +419,201 @@ fn a_switch_refuses_while_a_direct_writer_uses_the_old_primary() {
     assert!(err.contains("directly"), "{err}");
     assert_eq!(proxy.status_json()["primary"], "source");
 }
+
+/// `[cutover] max_lag_bytes` in a config file of its own (the directory lives as long as the
+/// returned guard).
+fn config_with_max_lag(bytes: u64) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, format!("[cutover]\nmax_lag_bytes = {bytes}\n")).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+fn reverse_link(proxy: &Proxy) -> serde_json::Value {
+    let status = proxy.status_json();
+    status["cutover"]["links"]
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|l| l["direction"] == "target_to_source")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no reverse link in {status}"))
+}
+
+fn wait_rollback_safe(proxy: &Proxy, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while proxy.status_json()["rollback_safe"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the rollback never became safe: {}",
+            proxy.status_json()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_equal(source: &Server, target: &Server, label: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let differ = differences(
+            &snapshot(&mut source.conn()),
+            &snapshot(&mut target.conn()),
+            5,
+        );
+        if differ.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{label}: {differ:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_reverse_link_continues_and_a_lagging_one_blocks_the_rollback() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, config) = config_with_max_lag(10_000);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let mut c = proxy.conn();
+    let mut t = target.conn();
+    for i in 0..100 {
+        let _: i64 = redis::cmd("RPUSH").arg("l").arg(i).query(&mut c).unwrap();
+    }
+    // The link is cut on the primary, mid-overlap: it connects again and continues.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut t)
+        .unwrap();
+    assert_eq!(killed, 1, "the reverse link is the target's one replica");
+    for i in 100..200 {
+        let _: i64 = redis::cmd("RPUSH").arg("l").arg(i).query(&mut c).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reverse_link(&proxy)["reconnects"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "{}", reverse_link(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_rollback_safe(&proxy, Duration::from_secs(10));
+    assert_equal(&source, &target, "after the link was cut");
+    assert_eq!(reverse_link(&proxy)["full_resyncs"], 0, "PSYNC continued");
+
+    // The source is frozen: the link cannot apply and lags (counted up to the target's own
+    // offset, although the link stops reading), and the rollback is refused until it has
+    // caught up.
+    source.signal("STOP");
+    let value = "x".repeat(4096);
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("big:{i}"))
+            .arg(&value)
+            .query(&mut c)
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.status_json()["rollback_safe"] != false {
+        assert!(Instant::now() < deadline, "{}", proxy.status_json());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (code, _, err) = cli(&proxy, &["rollback"]);
+    assert_eq!(code, 1, "a rollback while the link lags is refused: {err}");
+    assert!(err.contains("lags"), "{err}");
+    let (code, _, err) = cli(&proxy, &["rollback", "--force"]);
+    assert_eq!(
+        code, 1,
+        "a forced rollback to a frozen source is refused: {err}"
+    );
+    assert!(err.contains("does not answer"), "{err}");
+    assert_eq!(proxy.status_json()["primary"], "target");
+    source.signal("CONT");
+    wait_rollback_safe(&proxy, Duration::from_secs(10));
+    let report = step(&proxy, "rollback");
+    assert_eq!(report["primary"], "source", "{report}");
+    assert_equal(&source, &target, "after the rollback");
+    let l: Vec<i64> = redis::cmd("LRANGE")
+        .arg("l")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(l, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_reverse_link_that_lost_its_backlog_resyncs_and_says_so() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start_with(Version::Redis70, &["--repl-backlog-size", "16384"]);
+    // Enough data that the new snapshot takes a moment to load into the source.
+    let mut s = source.conn();
+    for chunk in 0..20 {
+        let mut p = redis::pipe();
+        for i in 0..5000 {
+            p.cmd("SET").arg(format!("k:{chunk}:{i}")).arg(i).ignore();
+        }
+        let _: () = p.query(&mut s).unwrap();
+    }
+    drop(s);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("SET")
+        .arg("before-cut")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    wait_rollback_safe(&proxy, Duration::from_secs(10));
+    // Cut the link and write more than the backlog holds before it can come back.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut target.conn())
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("burst")
+        .arg("y".repeat(256 * 1024))
+        .query(&mut c)
+        .unwrap();
+    let mut saw_unsafe = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = proxy.status_json();
+        if status["rollback_safe"] == false && saw_unsafe.is_none() {
+            saw_unsafe = status["cutover"]["rollback_unsafe_reason"]
+                .as_str()
+                .map(str::to_string);
+        }
+        if reverse_link(&proxy)["full_resyncs"].as_u64().unwrap_or(0) >= 1
+            && status["rollback_safe"] == true
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resynced: {status}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reason = saw_unsafe.expect("the rollback was reported unsafe while the link resynced");
+    assert!(reason.contains("reverse link"), "{reason}");
+    assert!(
+        proxy.log().contains("FLUSHALL") || proxy.log().contains("full resync"),
+        "the resync is in the log"
+    );
+    assert_equal(&source, &target, "after the resync");
+    let report = step(&proxy, "rollback");
+    assert_eq!(report["primary"], "source", "{report}");
+    assert_eq!(
+        redis::cmd("STRLEN")
+            .arg("burst")
+            .query::<i64>(&mut c)
+            .unwrap(),
+        256 * 1024
+    );
+}

@@ -258,20 +258,6 @@ impl Controller {
             Side::Source => (&target, &source),
         };
         let (applying, following) = links.roles(from);
-        let timeout = self.settings.timeout;
-        let mut old_conn = Conn::open(old, timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
-        })?;
-        let mut new_conn = Conn::open(new, timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
-        })?;
-        let ping = tokio::time::timeout(timeout, new_conn.query(&[b"PING"])).await;
-        if !matches!(ping, Ok(Ok(super::shadow::Value::Bytes(_)))) {
-            return Err(CutoverError::Refused(format!(
-                "the {} does not answer PING",
-                new.describe()
-            )));
-        }
         // The link that will keep the old side in step must be streaming: a link that lost
         // its place reads a new snapshot first (reported in status), and even --force
         // cannot move before that.
@@ -302,7 +288,30 @@ impl Controller {
                     from.as_str()
                 )));
             }
-            let writers = foreign_writers(&mut old_conn, old).await?;
+        }
+        let timeout = self.settings.timeout;
+        let mut old_conn = Conn::open(old, timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
+        })?;
+        let mut new_conn = Conn::open(new, timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
+        })?;
+        let ping = tokio::time::timeout(timeout, new_conn.query(&[b"PING"])).await;
+        if !matches!(ping, Ok(Ok(super::shadow::Value::Bytes(_)))) {
+            return Err(CutoverError::Refused(format!(
+                "the {} does not answer PING",
+                new.describe()
+            )));
+        }
+        if !force {
+            let writers = tokio::time::timeout(timeout, foreign_writers(&mut old_conn, old))
+                .await
+                .map_err(|_| {
+                    CutoverError::Refused(format!(
+                        "the {} did not list its clients in time",
+                        old.describe()
+                    ))
+                })??;
             if !writers.is_empty() {
                 return Err(CutoverError::Refused(format!(
                     "other clients write to the {} directly (their writes would be lost after the move): {}; repoint them to the proxy or use --force",

@@ -192,6 +192,9 @@ pub struct SyncProgress {
     /// Milliseconds since the engine started when the target last had everything received
     /// applied (for `lag_ms`).
     pub caught_up_at_ms: AtomicU64,
+    /// The source's own `master_repl_offset`, read every half second by `cutover run` (0:
+    /// unknown): the lag counts up to it, not only up to what the link received.
+    pub server_offset: AtomicU64,
     /// When the oldest stream command received but not yet applied was read from the source,
     /// in ms since `epoch` plus 1 (0: none pending).
     pub oldest_pending_ms: AtomicU64,
@@ -353,11 +356,19 @@ impl SyncProgress {
         self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 
-    /// Bytes of the replication stream received but not yet applied on the target.
+    /// Bytes of the replication stream not yet applied on the target: up to the source's own
+    /// offset when it is known ([`Self::set_server_offset`]), so that a link that stopped
+    /// reading (a frozen target, a full channel) still shows how far behind it is.
     pub fn lag_bytes(&self) -> u64 {
         self.received_offset
             .load(Ordering::Relaxed)
+            .max(self.server_offset.load(Ordering::Relaxed))
             .saturating_sub(self.applied_offset.load(Ordering::Relaxed))
+    }
+
+    /// The source's `master_repl_offset` as last read (by `cutover run`'s poller).
+    pub fn set_server_offset(&self, offset: u64) {
+        self.server_offset.store(offset, Ordering::Relaxed);
     }
 
     /// The replication delay: how long ago the oldest stream command that is received but not
@@ -457,7 +468,7 @@ impl SyncProgress {
         set(&self.commands_mixed_keys, s.mixed);
         set(&self.received_offset, s.received);
         set(&self.applied_offset, s.applied);
-        if s.applied >= s.received {
+        if s.applied >= s.received.max(self.server_offset.load(Ordering::Relaxed)) {
             self.caught_up_at_ms.store(self.now_ms(), Ordering::Relaxed);
         }
         self.publish_metrics();

@@ -314,6 +314,17 @@ impl Server {
     }
 
     /// SIGKILL, like a crash: open connections see a reset/EOF at once.
+    /// Sends `signal` (`"STOP"`, `"CONT"`…) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
