@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Cutover benchmark (issue 4): what clients see while `cutover switch` / `rollback` / `switch`
-# run under a paced 20,000 ops/s load through the proxy, and the proxy's throughput while it
-# shadows every write to the old side against proxy-only and direct Redis, in the same run.
+# Cutover benchmark (issues 4 and 11): what clients see while `cutover switch` / `rollback` /
+# `switch` run under a paced 20,000 ops/s load through the proxy, the proxy's throughput while
+# the old side is kept in step (the overlap: OVERLAP=replica, the default, or shadow) against
+# proxy-only and direct Redis in the same run, and the overlap's replication lag at LAG_RATE
+# writes/s.
 #
 #   bash bench/cutover.sh                  # 5 rounds, Redis 7.0 -> 7.0 and Valkey 9.1 -> Redis 7.0
 #   ROUNDS=3 PAIRS=redis-7.0:redis-7.0 bash bench/cutover.sh
@@ -17,14 +19,20 @@
 #      `cutover switch`, `rollback`, `switch` WARMUP, then every GAP seconds; per move the
 #      p99/max latency of the ops in flight while the CLI ran, the barrier's pause_ms, errors;
 #      then it checks that source and target both hold what the clients were last told;
-#   4. throughput while shadowing (target primary, every write copied to the source), then
-#      direct again; `cutover finish`; throughput through the proxy after finish (nothing
-#      shadowed, no sync: the proxy alone).
-# Then medians over the rounds, the ratios, and a verdict per target (pause <= 10 ms, 0 errors).
+#   4. throughput while overlapping (target primary; the reverse link replicates it into the
+#      source, or every write is shadowed there), then direct again;
+#   5. overlap lag: cutover_load --moves none --mix writes paces LAG_RATE writes/s (SET/INCR)
+#      through the proxy for LAG_SECS while a probe writes a key every 2 ms and times how long
+#      it takes to appear on the old side (p50/p99/max);
+#   6. `cutover finish`; throughput through the proxy after finish (no overlap, no sync: the
+#      proxy alone).
+# Then medians over the rounds, the ratios, and a verdict per target (pause <= 10 ms, 0 errors,
+# overlap/proxy throughput >= 0.95, overlap lag p99 <= 5 ms).
 #
 # Environment: ROUNDS (5), PAIRS ("redis-7.0:redis-7.0 valkey-9.1:redis-7.0"), RATE (20000),
 # CONNS (32), WARMUP (2), GAP (2), N_P1 (100000 requests per test), N_P16 (1000000; 0 = skip
-# P16), CLIENTS (50), PAUSE_TARGET_MS (10), SKIP_BUILD=1 (use the built binaries as they are).
+# P16), CLIENTS (50), PAUSE_TARGET_MS (10), OVERLAP (replica), LAG_RATE (50000), LAG_SECS (5;
+# 0 = skip), SKIP_BUILD=1 (use the built binaries as they are).
 # Needs scripts/install-servers.sh to have run. Everything listens on 127.0.0.1 (free ports),
 # every load is bounded in count and time, and every process started here is stopped on exit.
 set -euo pipefail
@@ -41,6 +49,9 @@ N_P1=${N_P1:-100000}
 N_P16=${N_P16:-1000000}
 CLIENTS=${CLIENTS:-50}
 PAUSE_TARGET_MS=${PAUSE_TARGET_MS:-10}
+OVERLAP=${OVERLAP:-replica}
+LAG_RATE=${LAG_RATE:-50000}
+LAG_SECS=${LAG_SECS:-5}
 
 die() { echo "bench/cutover.sh: $*" >&2; exit 2; }
 for b in redis-7.0-server redis-cli redis-benchmark; do
@@ -55,7 +66,7 @@ done
 
 t_begin=$(date +%s)
 echo "# cutover switch/rollback benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "# command: ROUNDS=$ROUNDS PAIRS=\"$PAIRS\" RATE=$RATE CONNS=$CONNS WARMUP=$WARMUP GAP=$GAP N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS bash bench/cutover.sh${*:+ $*}"
+echo "# command: ROUNDS=$ROUNDS PAIRS=\"$PAIRS\" RATE=$RATE CONNS=$CONNS WARMUP=$WARMUP GAP=$GAP N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS OVERLAP=$OVERLAP LAG_RATE=$LAG_RATE LAG_SECS=$LAG_SECS bash bench/cutover.sh${*:+ $*}"
 
 # ---- processes: every one started here is killed on exit ------------------------------------
 round_pids=()
@@ -160,7 +171,7 @@ for round in $(seq 1 "$ROUNDS"); do
     CUTOVER_LOG=${CUTOVER_LOG:-info} "$cutover" run --source "redis://127.0.0.1:$p_src" \
       --target "redis://127.0.0.1:$p_tgt" --proxy-listen "127.0.0.1:$p_proxy" \
       --admin-listen "127.0.0.1:$p_admin" --metrics-listen "127.0.0.1:$p_metrics" \
-      >"$dir/cutover.log" 2>&1 &
+      --overlap "$OVERLAP" >"$dir/cutover.log" 2>&1 &
     round_pids+=($!)
     wait_port "$p_proxy" "${round_pids[3]}" cutover
     wait_port "$p_admin" "${round_pids[3]}" "cutover admin"
@@ -191,18 +202,32 @@ for round in $(seq 1 "$ROUNDS"); do
     rec "$pair" "$round" load_rc "$load_rc"
 
     if [ "$(status_field "$p_admin" 'd["primary"]')" = target ]; then
-      # Shadowing: the target is the primary, every write is copied to the source.
-      wait_status "$p_admin" 'd["shadow_queue"]==0' "shadow queue drained"
+      # Overlapping: the target is the primary, the source is kept in step.
+      caught_up='d["shadow_queue"]==0 and d["lag_bytes"]==0'
+      wait_status "$p_admin" "$caught_up" "the old side caught up"
+      rec "$pair" "$round" overlap_mode "$(status_field "$p_admin" 'd["cutover"]["overlap"]')"
       if [ $((round % 2)) = 1 ]; then
-        bench_tput "$pair" "$round" shadow "$p_proxy"; bench_tput "$pair" "$round" direct2 "$p_ref"
+        bench_tput "$pair" "$round" overlap "$p_proxy"; bench_tput "$pair" "$round" direct2 "$p_ref"
       else
-        bench_tput "$pair" "$round" direct2 "$p_ref"; bench_tput "$pair" "$round" shadow "$p_proxy"
+        bench_tput "$pair" "$round" direct2 "$p_ref"; bench_tput "$pair" "$round" overlap "$p_proxy"
       fi
-      rec "$pair" "$round" "shadow_queue_after" "$(status_field "$p_admin" 'd["shadow_queue"]')"
       rec "$pair" "$round" "rollback_safe_after" "$(status_field "$p_admin" 'd["rollback_safe"]')"
-      wait_status "$p_admin" 'd["shadow_queue"]==0' "shadow queue drained after the throughput run"
+      wait_status "$p_admin" "$caught_up" "the old side caught up after the throughput run"
+      if [ "$LAG_SECS" != 0 ]; then
+        lag_rc=0
+        "$tmp/cutover_load" --proxy "127.0.0.1:$p_proxy" --admin "127.0.0.1:$p_admin" \
+          --cutover "$cutover" --source "127.0.0.1:$p_src" --target "127.0.0.1:$p_tgt" \
+          --conns "$CONNS" --rate "$LAG_RATE" --mix writes --moves none --warmup 1 --gap "$LAG_SECS" --key-prefix cl \
+          --lag-probe "127.0.0.1:$p_src" --label "$pair round $round, overlap lag" \
+          --out "$dir/lag.tsv" 2>"$dir/lag.err" | tee "$dir/lag.out" | grep -E '^(cutover_load|overlap lag|consistency)' | sed 's/^/  /' || lag_rc=$?
+        [ -s "$dir/lag.err" ] && sed 's/^/  /' "$dir/lag.err" | head -n 5
+        [ "$lag_rc" = 0 ] || { failures=$((failures + 1)); echo "  !! the lag run failed (exit $lag_rc)"; }
+        [ -s "$dir/lag.tsv" ] && grep -E '^(lag|summary)' "$dir/lag.tsv" | while IFS= read -r line; do
+          printf '%s\t%s\tlagrun\t%s\n' "$pair" "$round" "$line" >>"$results"
+        done
+      fi
     else
-      echo "  !! the target is not the primary after the moves; no shadowing throughput this round"
+      echo "  !! the target is not the primary after the moves; no overlap throughput this round"
       failures=$((failures + 1))
     fi
     if "$cutover" finish --admin "127.0.0.1:$p_admin" --json >"$dir/finish.json" 2>"$dir/finish.err"; then
@@ -221,7 +246,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 echo
 
-python3 - "$results" "$PAUSE_TARGET_MS" "$N_P16" "$PAIRS" <<'PY'
+python3 - "$results" "$PAUSE_TARGET_MS" "$N_P16" "$PAIRS" "$LAG_RATE" <<'PY'
 import statistics, sys
 path, target_ms, n_p16, pairs = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split()
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
@@ -280,9 +305,17 @@ for pair in pairs:
     ach = [float(s["achieved"]) for s in summ]
     print("load achieved %s ops/s (median); errors %d, failed moves %d, keys differing between source and target %d, non-zero exits %d"
           % ("%.0f" % med(ach) if ach else "?", errors, failed, divergent, sum(1 for c in rcs if c != "0")))
-    sq = [r[3] for r in R if r[2] == "shadow_queue_after"]
+    om = sorted({r[3] for r in R if r[2] == "overlap_mode"})
     rs = [r[3] for r in R if r[2] == "rollback_safe_after"]
-    print("after the shadowing throughput runs: shadow_queue %s, rollback_safe %s" % (" ".join(sq), " ".join(rs)))
+    print("overlap: %s; rollback_safe after the overlap throughput runs: %s" % (", ".join(om) or "?", " ".join(rs)))
+    lags = [r[3:] for r in R if r[2] == "lagrun" and r[3] == "lag"]
+    lag_p99 = med([float(l[3]) for l in lags]) if lags else float("nan")
+    if lags:
+        lag_ach = [dict(kv.split("=", 1) for kv in r[4:]) for r in R if r[2] == "lagrun" and r[3] == "summary"]
+        print("overlap lag at %s writes/s paced (achieved median %s): p50 %.3f ms, p99 %.3f ms (median over rounds; per round %s), max %s ms"
+              % (sys.argv[5], "%.0f" % med([float(a["achieved"]) for a in lag_ach]) if lag_ach else "?",
+                 med([float(l[2]) for l in lags]), lag_p99, " ".join("%.2f" % float(l[3]) for l in lags),
+                 " ".join("%.2f" % float(l[4]) for l in lags)))
     # ---- throughput
     tp = {}
     for r in R:
@@ -292,29 +325,32 @@ for pair in pairs:
             tp.setdefault((test, P, mode), []).append(float(r[3]))
     print()
     print("throughput, requests/s, median over rounds (direct: a separate Redis 7.0, measured before and after the switch)")
-    print("%-9s %10s %10s %10s %10s   %13s %13s %13s %13s" % ("test", "direct", "proxy", "shadowing", "finished",
-          "shadow/proxy", "shadow/finish", "proxy/direct", "shadow/direct"))
+    print("%-9s %10s %10s %10s %10s   %13s %13s %13s %13s" % ("test", "direct", "proxy", "overlap", "finished",
+          "overlap/proxy", "overlap/fin", "proxy/direct", "overlap/dir"))
     ratios = []
     for P in ("P1", "P16"):
         for test in ("SET", "INCR"):
             if (test, P, "proxy") not in tp:
                 continue
             d, p = med(tp[(test, P, "direct")]), med(tp[(test, P, "proxy")])
-            s = med(tp.get((test, P, "shadow"), [float("nan")]))
+            s = med(tp.get((test, P, "overlap"), [float("nan")]))
             f = med(tp.get((test, P, "finished"), [float("nan")]))
             ratios.append((f"{test} {P}", s / p))
             print("%-9s %10.0f %10.0f %10.0f %10.0f   %13.2f %13.2f %13.2f %13.2f" % (f"{test} {P}", d, p, s, f, s / p, s / f, p / d, s / d))
     print("all runs: " + "; ".join("%s %s %s: %s" % (t, P, mo, " ".join("%.0f" % v for v in vs))
                                    for (t, P, mo), vs in sorted(tp.items())))
     pause_ok = med_max <= target_ms and med_p99 <= target_ms
-    verdicts.append((pair, med_p99, med_max, worst_max, worst_pause, errors + failed + divergent, pause_ok, ratios))
+    verdicts.append((pair, med_p99, med_max, worst_max, worst_pause, errors + failed + divergent, pause_ok, ratios, lag_p99))
     print()
 print("verdicts (target: commands held by the barrier see <= %.0f ms, zero errors)" % target_ms)
-for pair, p99, mx, wmax, wpause, errs, ok, ratios in verdicts:
+for pair, p99, mx, wmax, wpause, errs, ok, ratios, lag_p99 in verdicts:
     print("  %-22s pause p99/max <= %.0f ms: %s (median over rounds of the worst move: p99 %.2f ms, max %.2f ms; worst single round max %.2f ms, barrier pause_ms up to %.2f)"
           % (pair.replace(":", " -> "), target_ms, "met" if ok else "MISSED", p99, mx, wmax, wpause))
     print("  %-22s errors: %d (%s)" % ("", errs, "met" if errs == 0 else "MISSED"))
-    print("  %-22s throughput shadowing/proxy-only: %s" % ("", ", ".join("%s %.2f" % r for r in ratios)))
+    print("  %-22s throughput overlap/proxy-only >= 0.95: %s (%s)" % ("", "met" if ratios and all(r[1] >= 0.95 for r in ratios) else "MISSED",
+          ", ".join("%s %.2f" % r for r in ratios)))
+    if lag_p99 == lag_p99:
+        print("  %-22s overlap lag p99 <= 5 ms: %s (%.2f ms)" % ("", "met" if lag_p99 <= 5 else "MISSED", lag_p99))
 PY
 echo "# total $(( $(date +%s) - t_begin ))s"
 [ "$failures" = 0 ] || { echo "bench/cutover.sh: $failures failures (see above)" >&2; exit 1; }

@@ -16,6 +16,12 @@
 //!   in flight at any moment of that window (the commands the barrier held, and their
 //!   neighbours) give the move's p99 and max; the other ops give the baseline.
 //!
+//! * With `--moves none --lag-probe HOST:PORT` it measures the replication lag of the
+//!   overlap instead: while the paced load runs (`--mix writes`: SET/INCR only), a probe
+//!   connection writes `cb:probe <n>` through the proxy every 2 ms and polls the old side
+//!   (HOST:PORT, directly) until it holds that value; lag = seen there − acknowledged by the
+//!   primary (p50/p99/max).
+//!
 //! Any `-ERR` reply, socket error, time-out or wrong value is an error: the table says so and
 //! the exit code is 1. Machine-readable results go to `--out` (tab-separated).
 //!
@@ -62,6 +68,12 @@ struct Opts {
     max_pause_ms: Option<u64>,
     out: Option<String>,
     label: String,
+    /// SET/INCR only (no GET).
+    writes_only: bool,
+    /// Key prefix (`cb`): a second run against the same servers uses another one.
+    prefix: String,
+    /// The old side's address, to measure the overlap's replication lag.
+    lag_probe: Option<String>,
 }
 
 const SLOTS: usize = 64;
@@ -91,6 +103,9 @@ fn parse_opts() -> Opts {
         max_pause_ms: None,
         out: None,
         label: String::new(),
+        writes_only: false,
+        lag_probe: None,
+        prefix: "cb".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -109,7 +124,17 @@ fn parse_opts() -> Opts {
             "--rate" => o.rate = v.parse().unwrap_or_else(|_| usage()),
             "--warmup" => o.warmup = v.parse().unwrap_or_else(|_| usage()),
             "--gap" => o.gap = v.parse().unwrap_or_else(|_| usage()),
+            "--moves" if v == "none" => o.moves = Vec::new(),
             "--moves" => o.moves = v.split(',').map(str::to_string).collect(),
+            "--mix" => {
+                o.writes_only = match v.as_str() {
+                    "writes" => true,
+                    "default" => false,
+                    _ => usage(),
+                }
+            }
+            "--lag-probe" => o.lag_probe = Some(v),
+            "--key-prefix" => o.prefix = v,
             "--max-pause-ms" => o.max_pause_ms = Some(v.parse().unwrap_or_else(|_| usage())),
             "--out" => o.out = Some(v),
             "--label" => o.label = v,
@@ -225,15 +250,27 @@ fn connect(addr: &str) -> Result<TcpStream, String> {
 
 // ---- one client connection ------------------------------------------------------------------
 
-fn client(
-    id: usize,
+/// What one connection does (besides its schedule).
+#[derive(Clone)]
+struct ConnPlan {
     addr: String,
     t0: Instant,
     interval: Duration,
-    phase: Duration,
     capacity: usize,
-    stop: Arc<AtomicBool>,
-) -> ConnResult {
+    /// SET/INCR only.
+    writes_only: bool,
+    prefix: String,
+}
+
+fn client(id: usize, plan: ConnPlan, phase: Duration, stop: Arc<AtomicBool>) -> ConnResult {
+    let ConnPlan {
+        addr,
+        t0,
+        interval,
+        capacity,
+        writes_only,
+        prefix,
+    } = plan;
     let mut res = ConnResult {
         samples: Vec::with_capacity(capacity),
         errors: 0,
@@ -254,8 +291,8 @@ fn client(
             return res;
         }
     };
-    let counter_key = format!("cb:n:{id}");
-    let slot_keys: Vec<String> = (0..SLOTS).map(|s| format!("cb:k:{id}:{s}")).collect();
+    let counter_key = format!("{prefix}:n:{id}");
+    let slot_keys: Vec<String> = (0..SLOTS).map(|s| format!("{prefix}:k:{id}:{s}")).collect();
     let mut req = Vec::with_capacity(128);
     let mut buf = Vec::with_capacity(4096);
     let mut i: u64 = 0;
@@ -266,7 +303,11 @@ fn client(
             std::thread::sleep(slot_time - now);
         }
         // Which op: 0,1 SET; 2 INCR; 3,4 GET (40/20/40), rotated by connection.
-        let kind = (i as usize + id) % 5;
+        let mut kind = (i as usize + id) % 5;
+        if writes_only && kind >= 3 {
+            // SET/INCR only (4 SET for 1 INCR).
+            kind -= 3;
+        }
         let slot = (i as usize * 7 + id) % SLOTS;
         let value = i + 1;
         let value_text = format!("v{value:015}");
@@ -444,16 +485,51 @@ fn sleep_until(t: Instant) {
     }
 }
 
+// ---- overlap lag ----------------------------------------------------------------------------
+
+/// Every 2 ms until `stop`: `SET cb:probe <n>` through the proxy, then `GET cb:probe` on the
+/// old side until it holds `<n>`; the time from the acknowledgment to that, ns, per probe.
+fn lag_probe(proxy: &str, old: &str, stop: &AtomicBool) -> Result<Vec<u64>, String> {
+    let mut p = connect(proxy)?;
+    let mut o = connect(old)?;
+    let (mut req, mut buf, mut get) = (Vec::new(), Vec::new(), Vec::new());
+    encode(&mut get, &[b"GET", b"cb:probe"]);
+    let mut lags = Vec::new();
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) && lags.len() < 1_000_000 {
+        n += 1;
+        let value = format!("p{n}");
+        encode(&mut req, &[b"SET", b"cb:probe", value.as_bytes()]);
+        match roundtrip(&mut p, &req, &mut buf)? {
+            Reply::Simple(_) => {}
+            other => return Err(format!("SET cb:probe answered {other:?}")),
+        }
+        let acked = Instant::now();
+        loop {
+            match roundtrip(&mut o, &get, &mut buf)? {
+                Reply::Bulk(Some(v)) if v == value.as_bytes() => break,
+                _ if acked.elapsed() > Duration::from_secs(5) => {
+                    return Err(format!("{value} not on the old side after 5 s"));
+                }
+                _ => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        lags.push(acked.elapsed().as_nanos() as u64);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(lags)
+}
+
 // ---- consistency check ----------------------------------------------------------------------
 
 /// After the load: every key the clients wrote holds, on `addr`, what they were last told.
-fn check_side(addr: &str, results: &[ConnResult]) -> Result<usize, String> {
+fn check_side(addr: &str, results: &[ConnResult], prefix: &str) -> Result<usize, String> {
     let mut s = connect(addr)?;
     let mut req = Vec::new();
     let mut buf = Vec::new();
     let mut wrong = 0;
     for (id, r) in results.iter().enumerate() {
-        encode(&mut req, &[b"GET", format!("cb:n:{id}").as_bytes()]);
+        encode(&mut req, &[b"GET", format!("{prefix}:n:{id}").as_bytes()]);
         let want = (r.counter > 0).then(|| r.counter.to_string().into_bytes());
         match roundtrip(&mut s, &req, &mut buf)? {
             Reply::Bulk(v) if v == want => {}
@@ -461,14 +537,17 @@ fn check_side(addr: &str, results: &[ConnResult]) -> Result<usize, String> {
                 wrong += 1;
                 if wrong <= 3 {
                     eprintln!(
-                        "  {addr}: cb:n:{id} = {other:?}, clients last saw {:?}",
+                        "  {addr}: {prefix}:n:{id} = {other:?}, clients last saw {:?}",
                         r.counter
                     );
                 }
             }
         }
         for (slot, val) in r.slots.iter().enumerate() {
-            encode(&mut req, &[b"GET", format!("cb:k:{id}:{slot}").as_bytes()]);
+            encode(
+                &mut req,
+                &[b"GET", format!("{prefix}:k:{id}:{slot}").as_bytes()],
+            );
             let want = val.map(|x| format!("v{x:015}").into_bytes());
             match roundtrip(&mut s, &req, &mut buf)? {
                 Reply::Bulk(v) if v == want => {}
@@ -476,7 +555,7 @@ fn check_side(addr: &str, results: &[ConnResult]) -> Result<usize, String> {
                     wrong += 1;
                     if wrong <= 3 {
                         eprintln!(
-                            "  {addr}: cb:k:{id}:{slot} = {other:?}, clients last SET {val:?}"
+                            "  {addr}: {prefix}:k:{id}:{slot} = {other:?}, clients last SET {val:?}"
                         );
                     }
                 }
@@ -498,7 +577,7 @@ fn main() {
         return;
     }
     let o = parse_opts();
-    let planned = o.warmup + o.gap * o.moves.len() as f64;
+    let planned = o.warmup + o.gap * o.moves.len().max(1) as f64;
     // Bounded in time and memory: every connection stops after `planned + 30 s` worth of ops.
     let per_conn_rate = o.rate / o.conns as f64;
     let capacity = ((planned + 30.0) * per_conn_rate).ceil() as usize + 16;
@@ -515,13 +594,30 @@ fn main() {
             std::thread::Builder::new()
                 .name(format!("conn{id}"))
                 .stack_size(256 * 1024)
-                .spawn(move || client(id, addr, t0, interval, phase, capacity, stop))
+                .spawn({
+                    let plan = ConnPlan {
+                        addr,
+                        t0,
+                        interval,
+                        capacity,
+                        writes_only: o.writes_only,
+                        prefix: o.prefix.clone(),
+                    };
+                    move || client(id, plan, phase, stop)
+                })
                 .expect("spawn"),
         );
     }
     let ns = |t: Instant| t.saturating_duration_since(t0).as_nanos() as u64;
 
     sleep_until(t0 + Duration::from_secs_f64(o.warmup));
+    let probe = o.lag_probe.clone().map(|old| {
+        let (proxy, stop) = (o.proxy.clone(), stop.clone());
+        std::thread::spawn(move || lag_probe(&proxy, &old, &stop))
+    });
+    if o.moves.is_empty() {
+        std::thread::sleep(Duration::from_secs_f64(o.gap));
+    }
     let mut moves = Vec::new();
     for verb in &o.moves {
         let begin = Instant::now();
@@ -540,6 +636,7 @@ fn main() {
     }
     stop.store(true, Ordering::Relaxed);
     let t_stop = ns(Instant::now());
+    let lag = probe.map(|h| h.join().expect("probe thread"));
     let results: Vec<ConnResult> = handles
         .into_iter()
         .map(|h| h.join().expect("client thread"))
@@ -635,31 +732,63 @@ fn main() {
          \x20max+late: the same plus how late the op was sent against its slot, i.e. what an open-loop client sees)"
     );
 
-    // ---- consistency: the old side gets the shadow writes; wait until it has them all.
+    let mut probe_failed = false;
+    if let Some(lag) = &lag {
+        match lag {
+            Ok(v) => {
+                let st = stats(v.clone());
+                println!(
+                    "overlap lag (primary acknowledged -> visible on the old side), ms: n {} p50 {:.3} p99 {:.3} max {:.3}",
+                    st.n, st.p50, st.p99, st.max
+                );
+                tsv += &format!(
+                    "lag\t{}\t{:.4}\t{:.4}\t{:.4}\n",
+                    st.n, st.p50, st.p99, st.max
+                );
+            }
+            Err(e) => {
+                eprintln!("lag probe failed: {e}");
+                probe_failed = true;
+            }
+        }
+    }
+
+    // ---- consistency: the old side gets the writes (shadowed, or through the reverse
+    // link); wait until it has them all.
     let mut divergent: Option<usize> = None;
     if let (Some(src), Some(tgt)) = (&o.source, &o.target) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let st = status(&o);
             let q = st.as_ref().and_then(|s| s["shadow_queue"].as_u64());
-            if q == Some(0) || Instant::now() > deadline {
-                if q != Some(0) {
-                    eprintln!("shadow queue not drained after 10 s: {st:?}");
+            let lag = st.as_ref().and_then(|s| s["lag_bytes"].as_u64());
+            let done = q == Some(0) && lag.is_none_or(|l| l == 0);
+            if done || Instant::now() > deadline {
+                if !done {
+                    eprintln!("the old side did not catch up within 10 s: {st:?}");
                 }
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut wrong = 0;
-        for addr in [src, tgt] {
-            match check_side(addr, &results) {
-                Ok(n) => wrong += n,
-                Err(e) => {
-                    eprintln!("consistency check on {addr} failed: {e}");
-                    wrong += 1;
+        // (The last writes may still be on their way to the old side: look again, briefly.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let wrong = loop {
+            let mut wrong = 0;
+            for addr in [src, tgt] {
+                match check_side(addr, &results, &o.prefix) {
+                    Ok(n) => wrong += n,
+                    Err(e) => {
+                        eprintln!("consistency check on {addr} failed: {e}");
+                        wrong += 1;
+                    }
                 }
             }
-        }
+            if wrong == 0 || Instant::now() > deadline {
+                break wrong;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         println!(
             "consistency: {} keys checked on source and target, {} differ from what the clients were last told",
             2 * results.len() * (SLOTS + 1),
@@ -682,7 +811,7 @@ fn main() {
     if full {
         eprintln!("warning: a connection filled its sample buffer and stopped early");
     }
-    if errors > 0 || failed_moves > 0 || divergent.unwrap_or(0) > 0 {
+    if errors > 0 || failed_moves > 0 || divergent.unwrap_or(0) > 0 || probe_failed {
         eprintln!(
             "cutover_load: FAILED ({errors} errors, {failed_moves} failed moves, divergent keys: {divergent:?})"
         );

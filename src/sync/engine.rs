@@ -195,6 +195,8 @@ pub struct SyncProgress {
     /// The source's own `master_repl_offset`, read every half second by `cutover run` (0:
     /// unknown): the lag counts up to it, not only up to what the link received.
     pub server_offset: AtomicU64,
+    /// When the gauges were last published (ms since `epoch`; 0: never).
+    published_ms: AtomicU64,
     /// When the oldest stream command received but not yet applied was read from the source,
     /// in ms since `epoch` plus 1 (0: none pending).
     pub oldest_pending_ms: AtomicU64,
@@ -468,10 +470,17 @@ impl SyncProgress {
         set(&self.commands_mixed_keys, s.mixed);
         set(&self.received_offset, s.received);
         set(&self.applied_offset, s.applied);
+        let now = self.now_ms();
         if s.applied >= s.received.max(self.server_offset.load(Ordering::Relaxed)) {
-            self.caught_up_at_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.caught_up_at_ms.store(now, Ordering::Relaxed);
         }
-        self.publish_metrics();
+        // The gauges at most ten times a second (each is a registry lookup; the applier
+        // updates its state after every batch, and comes by at least every 100 ms).
+        let last = self.published_ms.load(Ordering::Relaxed);
+        if now >= last + 100 || last == 0 {
+            self.published_ms.store(now.max(1), Ordering::Relaxed);
+            self.publish_metrics();
+        }
     }
 
     /// Sets the `cutover_sync_*{direction}` gauges and counters from the current state.
