@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole story on one machine, with real servers, in about a minute:
 #   a Valkey 9.1 "source" with sample data, a Redis 7.0 "target" (an older server: Valkey's
-#   payloads are refused by it and get converted), the cutover proxy in front, a small client
-#   load through the proxy that counts what it saw acknowledged, then
-#   full sync -> switch -> rollback -> switch -> verify -> finish,
+#   payloads are refused by it and get converted), the cutover proxy in front, four clients
+#   writing the same keys through the proxy (counting what they saw acknowledged), then
+#   full sync -> switch -> rollback -> switch -> verify -> finish, with the overlap's reverse
+#   link (the old side replicates the new primary) shown after every move,
 # printing a timeline with the pause of every move, and at the end the acknowledged writes
 # against what the final primary holds.
 # Installs the servers and builds cutover itself. Everything runs on 127.0.0.1 (free ports) and
@@ -32,7 +33,10 @@ wait_port() { for _ in $(seq 100); do "$bin/redis-cli" -p "$1" ping >/dev/null 2
 src_port=$(free_port); dst_port=$(free_port); proxy_port=$(free_port); admin_port=$(free_port); metrics_port=$(free_port)
 "$bin/valkey-9.1-server" --port "$src_port" --save '' --appendonly no --repl-diskless-sync-delay 0 \
   --enable-debug-command local --dir "$work" --logfile "$work/source.log" & pids+=($!)
-"$bin/redis-7.0-server" --port "$dst_port" --save '' --appendonly no --dir "$work" --logfile "$work/target.log" & pids+=($!)
+# (repl-diskless-sync-delay 0: cutover's reverse link, a replica of the target, gets its first
+# snapshot at once instead of after Redis' default 5 s.)
+"$bin/redis-7.0-server" --port "$dst_port" --save '' --appendonly no --repl-diskless-sync-delay 0 \
+  --dir "$work" --logfile "$work/target.log" & pids+=($!)
 wait_port "$src_port"; wait_port "$dst_port"
 src() { "$bin/redis-cli" -p "$src_port" "$@"; }
 dst() { "$bin/redis-cli" -p "$dst_port" "$@"; }
@@ -59,35 +63,51 @@ CUTOVER_LOG=warn "$cutover" run --config "$work/cutover.toml" & pids+=($!)
 wait_port "$proxy_port"
 say "cutover proxy on $proxy_port (admin $admin_port, metrics $metrics_port); applications talk to it from now on"
 
-# The client load: INCR a counter and RPUSH unique values through the proxy, ~2,000 writes/s,
+# The client load: four clients write the SAME keys through the proxy (INCR a shared counter,
+# RPUSH unique values to a shared list, APPEND to a shared log, an EVAL that does both), two
+# of them on their own backend connection (after CLIENT SETNAME) and two on the shared one,
 # counting what the proxy acknowledged. Stops when $work/stop appears (or after 120 s).
 cat > "$work/load.py" <<'PY'
-import os, socket, sys, time
+import os, socket, sys, threading, time
 port, stopfile, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
-def cmd(*args):
-    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args)))
-    line = f.readline()
-    if line.startswith(b"-"):
-        raise RuntimeError(line.decode().strip())
-    if line.startswith(b"$") and line[1:2] != b"-":
-        f.read(int(line[1:]) + 2)
-    return line
-incr = pushed = errors = 0
-start = time.time()
-while not os.path.exists(stopfile) and time.time() - start < 120:
-    try:
-        cmd("INCR", "demo:counter"); incr += 1
-        cmd("RPUSH", "demo:list", str(pushed)); pushed += 1
-        cmd("SETEX", "demo:session", "300", str(incr))
-    except Exception as e:
-        errors += 1
-        print("load: error:", e, file=sys.stderr)
-    time.sleep(0.001)
-open(out, "w").write(f"{incr} {pushed} {errors}\n")
+lock = threading.Lock()
+totals = {"incr": 0, "pushed": 0, "errors": 0}
+def client(n):
+    s = socket.create_connection(("127.0.0.1", port)); f = s.makefile("rb")
+    def cmd(*args):
+        s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in (x.encode() for x in args)))
+        line = f.readline()
+        if line.startswith(b"-"):
+            raise RuntimeError(line.decode().strip())
+        if line.startswith(b"$") and line[1:2] != b"-":
+            f.read(int(line[1:]) + 2)
+        return line
+    if n % 2 == 0:
+        cmd("CLIENT", "SETNAME", "demo-%d" % n)
+    incr = pushed = errors = i = 0
+    start = time.time()
+    while not os.path.exists(stopfile) and time.time() - start < 120:
+        i += 1
+        try:
+            cmd("INCR", "demo:counter"); incr += 1
+            cmd("RPUSH", "demo:list", "%d:%d" % (n, i)); pushed += 1
+            cmd("APPEND", "demo:log", "%d:%d," % (n, i))
+            cmd("EVAL", "redis.call('INCR', KEYS[1]); return redis.call('RPUSH', KEYS[2], ARGV[1])", "2", "demo:counter", "demo:list", "s%d:%d" % (n, i))
+            incr += 1; pushed += 1
+            cmd("SETEX", "demo:session:%d" % n, "300", str(i))
+        except Exception as e:
+            errors += 1
+            print("load: error:", e, file=sys.stderr)
+        time.sleep(0.002)
+    with lock:
+        totals["incr"] += incr; totals["pushed"] += pushed; totals["errors"] += errors
+threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+open(out, "w").write("%d %d %d\n" % (totals["incr"], totals["pushed"], totals["errors"]))
 PY
 python3 "$work/load.py" "$proxy_port" "$work/stop" "$work/load.out" & load_pid=$!
-say "client load started (INCR demo:counter, RPUSH demo:list, SETEX demo:session through the proxy)"
+say "client load started: 4 clients on the same keys (INCR demo:counter, RPUSH demo:list, APPEND demo:log, EVAL, SETEX) through the proxy"
 
 status_field() { "$cutover" status --config "$work/cutover.toml" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(d$1)"; }
 for _ in $(seq 600); do
@@ -101,16 +121,26 @@ move() {
   if ! out=$("$cutover" "$1" --config "$work/cutover.toml" --json); then
     say "cutover $1 FAILED"; exit 1
   fi
-  say "cutover $1: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("the %s stays the primary; shadowing stopped after %d writes, the other side is detached" % (d["primary"], d["shadow_writes"]) if d["action"] == "finish" else "the %s is the primary now; commands were held %.2f ms" % (d["primary"], d["pause_ms"]))')"
+  say "cutover $1: $(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("the %s stays the primary; the overlap stopped, the other side is detached and cutover'"'"'s keys are removed" % d["primary"] if d["action"] == "finish" else "the %s is the primary now; commands were held %.2f ms" % (d["primary"], d["pause_ms"]))')"
+}
+links() { # the overlap's two links, one line each
+  "$cutover" status --config "$work/cutover.toml" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print("overlap: %s; rollback safe: %s" % (d["cutover"]["overlap"], d["rollback_safe"]))
+for l in d["cutover"]["links"] or []:
+    print("    %s link %-9s offset %d applied, lag %d bytes / %d ms" % (l["direction"], l["role"], l["applied_offset"], l["lag_bytes"], l["lag_ms"]))'
 }
 sleep 1
 move switch
 sleep 1
-say "while shadowing: demo:counter source (shadow)=$(src GET demo:counter) target (primary)=$(dst GET demo:counter) (shadow queue $(status_field "['shadow_queue']"), rollback safe: $(status_field "['rollback_safe']"))"
+say "while overlapping: demo:counter on the source (a replica now)=$(src GET demo:counter), a moment later on the target (the primary)=$(dst GET demo:counter); $(links)"
 move rollback
 sleep 1
+say "after the rollback: $(links)"
 move switch
 sleep 1
+say "after the second switch: $(links)"
 if "$cutover" verify --help >/dev/null 2>&1; then
   touch "$work/stop"; wait "$load_pid" || true
   sleep 0.5

@@ -306,17 +306,42 @@ fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, labe
     load.release();
 }
 
+/// A target as managed services offer it: replication commands renamed away.
+const NO_REPLICATION: &[&str] = &[
+    "--rename-command",
+    "PSYNC",
+    "",
+    "--rename-command",
+    "SYNC",
+    "",
+];
+
 fn the_overlap_keeps_the_old_side_an_exact_copy(from: Version, to: Version) {
+    overlap_story(from, to, &[]);
+}
+
+/// The story under load; with `target_args` that forbid replication, `auto` must choose the
+/// shadow overlap (and the direct writer, whose writes shadow mode cannot see, stays out).
+fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
+    let shadow = !target_args.is_empty();
     let source = Server::start(from);
-    let target = Server::start(to);
+    let target = Server::start_with(to, target_args);
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     wait_streaming(&proxy);
     let status = proxy.status_json();
-    assert_eq!(
-        status["cutover"]["overlap"], "replica (at the first switch)",
-        "{status}"
-    );
+    let overlap = status["cutover"]["overlap"].as_str().unwrap_or_default();
+    if shadow {
+        assert!(
+            overlap.starts_with("auto (not ready:") && overlap.contains("PSYNC"),
+            "{status}"
+        );
+    } else {
+        assert_eq!(overlap, "replica (at the first switch)", "{status}");
+    }
     let load = Load::start(&proxy, &source);
+    if shadow {
+        load.direct_to(None);
+    }
     std::thread::sleep(Duration::from_millis(500));
     checkpoint(&proxy, &load, &source, &target, "before");
     let mut pauses = Vec::new();
@@ -330,15 +355,26 @@ fn the_overlap_keeps_the_old_side_an_exact_copy(from: Version, to: Version) {
         load.direct_to(None);
         std::thread::sleep(Duration::from_millis(20));
         let report = step(&proxy, verb);
-        load.direct_to(Some(new_primary.url()));
+        if !shadow {
+            load.direct_to(Some(new_primary.url()));
+        }
         pauses.push(report["pause_ms"].as_f64().unwrap());
         let status = proxy.status_json();
-        assert_eq!(status["cutover"]["overlap"], "replica", "{status}");
-        assert_eq!(status["cutover"]["shadow_queue"], 0, "{status}");
         std::thread::sleep(Duration::from_millis(700));
         checkpoint(&proxy, &load, &source, &target, verb);
-        let status = proxy.status_json();
-        assert_eq!(status["rollback_safe"], true, "{verb}: {status}");
+        let status_after = proxy.status_json();
+        assert_eq!(
+            status_after["rollback_safe"], true,
+            "{verb}: {status_after}"
+        );
+        if shadow {
+            assert_eq!(status["cutover"]["overlap"], "shadow", "{status}");
+            assert!(status["cutover"]["links"].is_null(), "{status}");
+            continue;
+        }
+        assert_eq!(status["cutover"]["overlap"], "replica", "{status}");
+        assert_eq!(status["cutover"]["shadow_queue"], 0, "{status}");
+        let status = status_after;
         let links = status["cutover"]["links"].as_array().unwrap().clone();
         let applying: Vec<_> = links.iter().filter(|l| l["role"] == "applying").collect();
         assert_eq!(applying.len(), 1, "exactly one link applies: {links:?}");
@@ -400,6 +436,11 @@ fn replica_overlap_redis_7_0_to_redis_6_2() {
 #[test]
 fn replica_overlap_redis_6_2_to_valkey_9_1() {
     the_overlap_keeps_the_old_side_an_exact_copy(Version::Redis62, Version::Valkey91);
+}
+
+#[test]
+fn auto_overlap_falls_back_to_shadow_writes_when_the_target_forbids_replication() {
+    overlap_story(Version::Redis70, Version::Redis70, NO_REPLICATION);
 }
 
 #[test]

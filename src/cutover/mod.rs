@@ -259,13 +259,22 @@ impl Controller {
             },
             |m| m.as_str().to_string(),
         );
-        let links = self.links.as_ref().map(|l| {
-            l.publish_metrics();
-            json!([
-                Links::link_json(&l.forward, primary),
-                Links::link_json(&l.reverse, primary)
-            ])
-        });
+        // (The links are shown while a replica overlap is, or may be, in use.)
+        let links = self
+            .links
+            .as_ref()
+            .filter(|l| {
+                self.overlap_chosen() != Some(OverlapMode::Shadow)
+                    && self.settings.overlap != OverlapMode::Shadow
+                    && l.unavailable().is_none()
+            })
+            .map(|l| {
+                l.publish_metrics();
+                json!([
+                    Links::link_json(&l.forward, primary),
+                    Links::link_json(&l.reverse, primary)
+                ])
+            });
         json!({
             "phase": self.phase().map(Phase::as_str),
             "overlap": overlap,

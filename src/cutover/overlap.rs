@@ -164,7 +164,7 @@ impl Links {
         serde_json::json!({
             "direction": if reads == "source" { "source_to_target" } else { "target_to_source" },
             "role": if applying { "applying" } else { "following" },
-            "phase": p.phase_name(),
+            "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
             "received_offset": n(&p.received_offset),
             "applied_offset": n(&p.applied_offset),
             "lag_bytes": p.lag_bytes(),

@@ -483,6 +483,26 @@ impl SyncProgress {
         }
     }
 
+    /// What a following link publishes: its phase and where it has read to (it applies
+    /// nothing, so the counts of what it applied before stay).
+    fn update_following(&self, phase: &Phase, offset: u64) {
+        let p = match phase {
+            Phase::Connecting => 0,
+            Phase::Snapshot => 1,
+            Phase::Streaming => 2,
+        };
+        self.phase.store(p, Ordering::Relaxed);
+        self.received_offset.store(offset, Ordering::Relaxed);
+        self.applied_offset.store(offset, Ordering::Relaxed);
+        let now = self.now_ms();
+        self.caught_up_at_ms.store(now, Ordering::Relaxed);
+        let last = self.published_ms.load(Ordering::Relaxed);
+        if now >= last + 100 || last == 0 {
+            self.published_ms.store(now.max(1), Ordering::Relaxed);
+            self.publish_metrics();
+        }
+    }
+
     /// Sets the `cutover_sync_*{direction}` gauges and counters from the current state.
     pub fn publish_metrics(&self) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -1447,17 +1467,8 @@ impl Applier<'_> {
         } else {
             0
         };
-        self.progress.update(&Snapshot {
-            phase,
-            stats: &Stats::default(),
-            snapshot_bytes: self.report.snapshot_bytes,
-            received: offset,
-            applied: offset,
-            commands: self.report.commands,
-            skipped: self.report.commands_skipped,
-            converted: self.report.commands_converted,
-            mixed: self.report.commands_mixed_keys,
-        });
+        // (The counts of what this link applied before stay as they are.)
+        self.progress.update_following(phase, offset);
         Ok(())
     }
 
@@ -1839,10 +1850,18 @@ impl Applier<'_> {
             .iter()
             .find(|i| position::is_own_key(w.db(), args[**i]))
         {
-            tracing::warn!(
-                "a write to {} in the replication stream is not applied (the key is cutover's own)",
-                show_key(args[*i])
-            );
+            if self.progress.handoff.is_overlap() {
+                // (The other side's own bookkeeping, e.g. the switch marker: expected.)
+                tracing::debug!(
+                    "a write to {} in the replication stream is not applied (the key is cutover's own)",
+                    show_key(args[*i])
+                );
+            } else {
+                tracing::warn!(
+                    "a write to {} in the replication stream is not applied (the key is cutover's own)",
+                    show_key(args[*i])
+                );
+            }
             self.report.commands_skipped += 1;
             return Ok(());
         }
