@@ -31,6 +31,7 @@
 //! reason. Client connections never drop.
 
 pub mod gate;
+pub mod order;
 pub mod overlap;
 pub mod shadow;
 pub mod writer;

@@ -1,0 +1,221 @@
+//! Per-key order of the writes in a shadow overlap.
+//!
+//! Shadow writes ([`super::shadow`]) are queued for the old side in the order in which the
+//! proxy handled their replies. For two writes to the same key that order is the primary's
+//! own order only if the second was sent after the first was answered: two sessions (or the
+//! shared connection, whose replies reach their sessions in an order the scheduler picks) with
+//! writes to one key in flight at once could see their replies handled the other way round,
+//! and the old side would apply `APPEND`s, `RPUSH`es or `SET`s in another order than the
+//! primary did.
+//!
+//! So while writes are shadowed the proxy never has two writes to the same key in flight to
+//! the primary: a write takes the keys it touches here ([`KeyOrder::try_acquire`]) before it is
+//! sent, and gives them back ([`KeyGuard`]'s drop) once its reply was handled and its shadow
+//! queued. A write whose keys are taken waits (its session sends nothing after it meanwhile,
+//! so each client's own order holds too). A write whose keys cannot be known (`FLUSHALL`,
+//! `SWAPDB`, an unknown command…) takes every key: it waits until no write is in flight, and
+//! every write waits for it.
+//!
+//! Keys are held as 64-bit hashes of (database, key): a collision only makes a write wait
+//! for an unrelated one. The cost is one mutex per write and, for writes to one hot key, one
+//! round trip per write instead of a pipeline (measured in `bench/RESULTS.md`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
+
+/// What a write touches, for ordering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderKeys {
+    /// These keys (hashed with their database).
+    Keys(Vec<u64>),
+    /// Unknown: it is ordered against every write.
+    All,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Writes in flight per key hash.
+    keys: HashMap<u64, u32>,
+    /// Writes in flight that take every key.
+    all: u32,
+    /// Writes in flight.
+    writes: u32,
+}
+
+/// The keys with a shadowed write in flight to the primary (one per proxy).
+#[derive(Debug, Default)]
+pub struct KeyOrder {
+    state: Mutex<State>,
+    released: tokio::sync::Notify,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl KeyOrder {
+    /// The hash of `key` in database `db`.
+    pub fn key(&self, db: u32, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u32(db);
+        h.write(key);
+        h.finish()
+    }
+
+    /// Takes `keys` for a write about to be sent, unless one of them (or every key) is taken;
+    /// `None`: wait for [`Self::released`] and try again.
+    pub fn try_acquire(self: &Arc<Self>, keys: OrderKeys) -> Option<KeyGuard> {
+        let mut s = self.state.lock().ok()?;
+        let free = s.all == 0
+            && match &keys {
+                OrderKeys::All => s.writes == 0,
+                OrderKeys::Keys(k) => k.iter().all(|h| !s.keys.contains_key(h)),
+            };
+        if !free {
+            return None;
+        }
+        match &keys {
+            OrderKeys::All => s.all += 1,
+            OrderKeys::Keys(k) => {
+                for h in k {
+                    *s.keys.entry(*h).or_insert(0) += 1;
+                }
+            }
+        }
+        s.writes += 1;
+        Some(KeyGuard {
+            order: Arc::clone(self),
+            keys,
+        })
+    }
+
+    /// Resolves when some write gave its keys back (register before trying, so that a
+    /// release in between is not missed: `let n = order.released(); … n.await`).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
+    /// Writes in flight (for tests and status).
+    pub fn in_flight(&self) -> u32 {
+        self.state.lock().map_or(0, |s| s.writes)
+    }
+
+    fn release(&self, keys: &OrderKeys) {
+        if let Ok(mut s) = self.state.lock() {
+            match keys {
+                OrderKeys::All => s.all = s.all.saturating_sub(1),
+                OrderKeys::Keys(k) => {
+                    for h in k {
+                        if let Some(n) = s.keys.get_mut(h) {
+                            *n -= 1;
+                            if *n == 0 {
+                                s.keys.remove(h);
+                            }
+                        }
+                    }
+                }
+            }
+            s.writes = s.writes.saturating_sub(1);
+        }
+        self.released.notify_waiters();
+    }
+}
+
+/// The keys one write holds; given back when dropped (after its shadow was queued, or when
+/// the write is abandoned: a lost connection, a session that ends).
+#[derive(Debug)]
+pub struct KeyGuard {
+    order: Arc<KeyOrder>,
+    keys: OrderKeys,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.order.release(&self.keys);
+    }
+}
+
+/// The keys a write touches, for ordering: the key positions of the command (scripts and
+/// functions: their declared keys), or [`OrderKeys::All`] when they cannot be known.
+pub fn write_keys(order: &KeyOrder, db: u32, args: &[&[u8]]) -> OrderKeys {
+    let Some(name) = args.first() else {
+        return OrderKeys::All;
+    };
+    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+    let positions: Vec<usize> = match name.as_str() {
+        // No keys, or keys the table below cannot find: ordered against everything.
+        "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "MOVE" | "FUNCTION" | "SCRIPT" | "SORT" | "SORT_RO"
+        | "GEORADIUS" | "GEORADIUSBYMEMBER" | "MIGRATE" | "BLMPOP" | "BZMPOP" | "XREADGROUP"
+        | "XREAD" | "OBJECT" | "MEMORY" | "DEBUG" | "RESTORE-ASKING" | "XAUTOCLAIM"
+        | "XCLAIM" => return OrderKeys::All,
+        _ => crate::sync::filter::command_keys(&name, args),
+    };
+    if positions.is_empty() {
+        return OrderKeys::All;
+    }
+    OrderKeys::Keys(
+        positions
+            .into_iter()
+            .filter_map(|i| args.get(i))
+            .map(|k| order.key(db, k))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(o: &KeyOrder, names: &[&str]) -> OrderKeys {
+        OrderKeys::Keys(names.iter().map(|k| o.key(0, k.as_bytes())).collect())
+    }
+
+    #[test]
+    fn one_write_per_key_in_flight() {
+        let o = Arc::new(KeyOrder::default());
+        let a = o.try_acquire(keys(&o, &["a"])).expect("free");
+        assert!(o.try_acquire(keys(&o, &["a"])).is_none(), "a is taken");
+        assert!(o.try_acquire(keys(&o, &["b", "a"])).is_none(), "a is taken");
+        let b = o.try_acquire(keys(&o, &["b"])).expect("b is free");
+        assert_eq!(o.in_flight(), 2);
+        assert!(o.try_acquire(OrderKeys::All).is_none(), "writes in flight");
+        drop(a);
+        assert!(o.try_acquire(keys(&o, &["a"])).is_some(), "a was given back");
+        drop(b);
+        assert_eq!(o.in_flight(), 0);
+        let all = o.try_acquire(OrderKeys::All).expect("nothing in flight");
+        assert!(o.try_acquire(keys(&o, &["z"])).is_none(), "everything waits");
+        drop(all);
+        assert!(o.try_acquire(keys(&o, &["z"])).is_some());
+    }
+
+    #[test]
+    fn the_same_key_in_two_databases_is_two_keys() {
+        let o = Arc::new(KeyOrder::default());
+        let _a = o
+            .try_acquire(OrderKeys::Keys(vec![o.key(0, b"k")]))
+            .unwrap();
+        assert!(
+            o.try_acquire(OrderKeys::Keys(vec![o.key(1, b"k")]))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn keys_of_writes() {
+        let o = KeyOrder::default();
+        let k = |ks: &[&str]| OrderKeys::Keys(ks.iter().map(|k| o.key(0, k.as_bytes())).collect());
+        let w = |a: &[&str]| {
+            let a: Vec<&[u8]> = a.iter().map(|s| s.as_bytes()).collect();
+            write_keys(&o, 0, &a)
+        };
+        assert_eq!(w(&["SET", "a", "1"]), k(&["a"]));
+        assert_eq!(w(&["mset", "a", "1", "b", "2"]), k(&["a", "b"]));
+        assert_eq!(
+            w(&["EVAL", "return 1", "2", "x", "y", "arg"]),
+            k(&["x", "y"])
+        );
+        assert_eq!(w(&["RENAME", "a", "b"]), k(&["a", "b"]));
+        assert_eq!(w(&["FLUSHALL"]), OrderKeys::All);
+        assert_eq!(w(&["SORT", "a", "STORE", "b"]), OrderKeys::All);
+        assert_eq!(w(&["EVAL", "return 1", "0"]), OrderKeys::All);
+    }
+}
