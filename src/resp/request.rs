@@ -423,7 +423,7 @@ pub(crate) fn short_header_number(buf: &[u8], at: usize) -> Option<(u64, usize)>
 /// the CRLF. `Err` when the line is longer than `max` without an end.
 pub(crate) fn read_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(&[u8], usize)>, ()> {
     let hay = &buf[from.min(buf.len())..];
-    match memchr(b'\r', &hay[..hay.len().min(max + 1)]) {
+    match memchr(b'\r', &hay[..hay.len().min(max.saturating_add(1))]) {
         Some(i) => {
             if hay.len() < i + 2 {
                 return Ok(None);
