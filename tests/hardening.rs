@@ -99,3 +99,156 @@ fn admin_refuses_deeply_nested_frame_before_auth() {
     assert_eq!(admin.cmd_str(&["AUTH", "tok"]), "+OK\r\n");
     assert!(admin.cmd_str(&["STATUS"]).starts_with('$'));
 }
+
+// ----- 2: big requests before a backend connection / before AUTH -------------------------------
+
+/// A command whose last argument is `size` bytes, written from a thread (the proxy may stop
+/// reading); returns the connection for reading.
+fn send_big(addr: &str, head: &[&str], size: usize) -> (Raw, std::thread::JoinHandle<()>) {
+    let raw = Raw::connect(addr);
+    let mut wire = format!("*{}\r\n", head.len() + 1).into_bytes();
+    for a in head {
+        wire.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+    }
+    wire.extend_from_slice(format!("${size}\r\n").as_bytes());
+    wire.resize(wire.len() + size, b'v');
+    wire.extend_from_slice(b"\r\n");
+    let mut w = raw.stream.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&wire);
+    });
+    (raw, writer)
+}
+
+fn max_clients_are_all_usable(proxy: &mut Proxy, password: Option<&str>) {
+    // Every slot was released: as many well-behaved clients as --max-clients get served.
+    let mut clients: Vec<Raw> = (0..5).map(|_| Raw::connect(&proxy.addr())).collect();
+    for c in &mut clients {
+        if let Some(p) = password {
+            assert_eq!(c.cmd_str(&["AUTH", p]), "+OK\r\n");
+        }
+        assert_eq!(c.cmd_str(&["PING"]), "+PONG\r\n");
+    }
+    drop(clients);
+    assert!(proxy.is_running());
+    assert!(
+        !proxy.log().contains("panicked at"),
+        "{}",
+        tail(&proxy.log(), 3000)
+    );
+}
+
+#[test]
+fn unauthenticated_big_bulk_is_refused_and_slots_are_released() {
+    let server = Server::start(Version::Redis70);
+    let mut proxy = Proxy::start(
+        &server.url(),
+        &["--proxy-password", "pw", "--max-clients", "5"],
+    );
+    for head in [&["AUTH"][..], &["SET", "k"], &["CLIENT", "SETNAME"]] {
+        let mut bad = Vec::new();
+        for _ in 0..5 {
+            bad.push(send_big(&proxy.addr(), head, 10_000_000));
+        }
+        for (mut raw, writer) in bad {
+            let (reply, closed) = raw.read_until_closed(Duration::from_secs(10));
+            assert_eq!(
+                String::from_utf8_lossy(&reply),
+                "-ERR Protocol error: unauthenticated bulk length\r\n",
+                "{head:?}"
+            );
+            assert!(closed, "{head:?}: the connection stays open");
+            drop(raw);
+            writer.join().unwrap();
+        }
+    }
+    // Too many arguments before AUTH, as Redis.
+    let many: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+    let (reply, closed) = blast(&proxy.addr(), &encode(&many), Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    assert!(closed);
+    wait_for("client slots released", Duration::from_secs(5), || {
+        let mut c = Raw::connect(&proxy.addr());
+        (c.cmd_str(&["AUTH", "pw"]) == "+OK\r\n").then_some(())
+    });
+    max_clients_are_all_usable(&mut proxy, Some("pw"));
+}
+
+#[test]
+fn huge_control_commands_are_refused_without_stalling() {
+    let server = Server::start(Version::Redis70);
+    let mut proxy = Proxy::start(&server.url(), &["--max-clients", "5"]);
+    let heads: [&[&str]; 5] = [
+        &["CLIENT", "SETNAME"],
+        &["SUBSCRIBE"],
+        &["AUTH"],
+        &["HELLO", "3", "SETNAME"],
+        &["SELECT"],
+    ];
+    let mut bad = Vec::new();
+    for head in heads {
+        bad.push((head, send_big(&proxy.addr(), head, 10_000_000)));
+    }
+    for (head, (mut raw, writer)) in bad {
+        let reply = raw
+            .read_reply_within(Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("{head:?}: {e}"));
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            text.starts_with("-ERR cutover: ") && text.contains("buffer limit"),
+            "{head:?}: {text}"
+        );
+        writer.join().unwrap();
+        // The rest of the refused command was dropped; the connection goes on.
+        assert_eq!(raw.cmd_str(&["PING"]), "+PONG\r\n", "{head:?}");
+        assert_eq!(raw.cmd_str(&["SET", "k", "v"]), "+OK\r\n", "{head:?}");
+    }
+    // The name was never set on the server.
+    let mut direct = Raw::connect(&server.addr());
+    let list = direct.cmd_str(&["CLIENT", "LIST"]);
+    assert!(
+        !list.contains("vvvvvvvv"),
+        "a refused name reached the server"
+    );
+    max_clients_are_all_usable(&mut proxy, None);
+}
+
+// ----- 3: a client that leaves in the middle of a streamed command ----------------------------
+
+fn connected_clients(server: &Server) -> i64 {
+    let mut direct = Raw::connect(&server.addr());
+    let info = String::from_utf8_lossy(&direct.cmd(&["INFO", "clients"])).into_owned();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("connected_clients")
+}
+
+#[test]
+fn client_leaving_mid_command_frees_its_backend_connection() {
+    let server = Server::start(Version::Redis70);
+    let mut proxy = Proxy::start(&server.url(), &[]);
+    let baseline = connected_clients(&server);
+    for _ in 0..3 {
+        let mut raw = Raw::connect(&proxy.addr());
+        let mut wire = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$10000000\r\n".to_vec();
+        wire.resize(wire.len() + 5_000_000, b'x');
+        raw.send(&wire);
+        // The head was forwarded on the session's own connection.
+        wait_for(
+            "the streamed command's connection",
+            Duration::from_secs(10),
+            || (connected_clients(&server) > baseline).then_some(()),
+        );
+        drop(raw);
+    }
+    wait_for(
+        "the backend connections of the departed clients to close",
+        Duration::from_secs(5),
+        || (connected_clients(&server) <= baseline).then_some(()),
+    );
+    assert_serving(&mut proxy);
+}

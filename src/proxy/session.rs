@@ -191,6 +191,8 @@ enum Event {
     /// The cutover gate resumed or the route flipped.
     Gate,
     Error(io::Error),
+    /// Nothing could wake the session any more (no branch of its wait is enabled).
+    Stalled,
 }
 
 pub struct Session {
@@ -403,6 +405,7 @@ impl Session {
                 r = client.writable(), if write_client => r.map_or_else(Event::Error, |_| Event::Writable),
                 r = async { up.expect("guarded").writable().await }, if write_backend =>
                     r.map_or_else(Event::Error, |_| Event::Writable),
+                else => Event::Stalled,
             };
             match event {
                 Event::ClientReadable => self.read_client()?,
@@ -412,8 +415,28 @@ impl Session {
                 Event::Mux(None) => self.mux_rx = None,
                 Event::Gate => self.on_gate_change().await,
                 Event::Error(e) => return Err(e),
+                Event::Stalled => return Err(self.stalled()),
             }
         }
+    }
+
+    /// The session can make no progress (a state no event can end): tell the client, best
+    /// effort, and end the session so its slot and connections are released.
+    fn stalled(&mut self) -> io::Error {
+        telemetry::error("stalled");
+        tracing::warn!(
+            peer = %self.peer,
+            buffered = self.client_in.len(),
+            pending = self.pending.len(),
+            "session cannot make progress; closing the client"
+        );
+        let mut msg = BytesMut::new();
+        push_error(
+            &mut msg,
+            "ERR cutover: this connection cannot make progress (a request the proxy cannot forward filled its buffer); closing it",
+        );
+        let _ = self.client.try_write(&msg);
+        io::Error::other("session stalled")
     }
 
     // ----- the cutover gate and route flips -------------------------------------------
@@ -480,6 +503,15 @@ impl Session {
                 self.client_eof = true;
                 if self.pending.iter().any(|p| command::may_block(p.cmd)) {
                     return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if self.streaming_request {
+                    // The client left in the middle of a command whose head was already
+                    // forwarded: it can never be completed. Like Redis, free the client now
+                    // (and with it the backend connection holding the partial command).
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed in the middle of a command",
+                    ));
                 }
             }
             Some(n) => telemetry::hot().bytes_in.increment(n as u64),
@@ -657,7 +689,7 @@ impl Session {
             }
             let req = match self.held.take() {
                 Some(req) => req,
-                None => match self.req.parse(&self.client_in) {
+                None => match self.parse_request() {
                     Ok(Some(req)) => req,
                     Ok(None) => {
                         self.stream_partial_request().await;
@@ -693,6 +725,13 @@ impl Session {
                 self.dispatch(req).await;
             }
         }
+    }
+
+    /// Frames the next command of `client_in`, with Redis' limits for a client that has not
+    /// logged in yet (`[proxy] password`).
+    fn parse_request(&mut self) -> Result<Option<Request>, crate::resp::ProtocolError> {
+        self.req.set_unauthenticated(!self.conn.authenticated);
+        self.req.parse(&self.client_in)
     }
 
     /// The hot path: the run of complete ordinary commands at the front of `client_in` joins
@@ -895,23 +934,30 @@ impl Session {
             return;
         }
         if !self.streaming_request {
+            let args = self.req.pending_args();
+            let name = args.get(&self.client_in, 0);
+            let streamable = name.is_some_and(|name| {
+                let kind = command::classify(
+                    name,
+                    args.get(&self.client_in, 1),
+                    args.get(&self.client_in, 2),
+                    self.req.pending_argc(),
+                );
+                kind == Kind::Plain && self.conn.authenticated
+            });
+            if !streamable {
+                // Control commands are never this big: they are buffered whole, up to the
+                // buffer limit; beyond it they are refused (a full buffer could never drain).
+                if self.client_in.len() >= self.shared.settings.buffer_limit {
+                    self.refuse_partial_request();
+                }
+                return;
+            }
             if !self.pinned && !self.pin() {
                 return;
             }
-            let args = self.req.pending_args();
-            let (Some(name), arg1, arg2) = (
-                args.get(&self.client_in, 0),
-                args.get(&self.client_in, 1),
-                args.get(&self.client_in, 2),
-            ) else {
-                return;
-            };
-            let kind = command::classify(name, arg1, arg2, self.req.pending_argc());
-            if kind != Kind::Plain || !self.conn.authenticated {
-                // Control commands are never this big: keep buffering (bounded by the limit).
-                return;
-            }
-            let cmd = command::command_id(name);
+            let name = self.req.pending_args().get(&self.client_in, 0);
+            let cmd = command::command_id(name.unwrap_or_default());
             telemetry::commands().received(cmd, 1);
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
@@ -928,6 +974,30 @@ impl Session {
                 up.out.extend_from_slice(&chunk);
             }
         }
+    }
+
+    /// A command that cannot be streamed (connection state, not logged in, name unknown yet)
+    /// filled the client buffer: it is answered with an error and the rest of it is read and
+    /// dropped, so the session neither stalls nor holds more than the limit.
+    fn refuse_partial_request(&mut self) {
+        let name = self.req.pending_args().get(&self.client_in, 0);
+        let cmd = name.map_or(command::KNOWN_COMMANDS.len(), command::command_id);
+        let shown = name.map_or_else(
+            || "a command whose name".to_string(),
+            |n| String::from_utf8_lossy(&n[..n.len().min(32)]).to_uppercase(),
+        );
+        let limit = self.shared.settings.buffer_limit;
+        telemetry::error("request_too_big");
+        tracing::debug!(peer = %self.peer, command = %shown, limit, "request too big to buffer; refused");
+        let scanned = self.req.scanned();
+        self.client_in.advance(scanned);
+        self.req.forwarded(scanned);
+        self.streaming_request = true;
+        self.discard_request = true;
+        let msg = format!(
+            "ERR cutover: {shown} is longer than the proxy's buffer limit ({limit} bytes); only ordinary data commands are streamed through. Send a shorter command (or raise [proxy] buffer_limit_bytes)"
+        );
+        self.local_error(cmd, &msg);
     }
 
     // ----- commands ----------------------------------------------------------------------
