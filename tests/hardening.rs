@@ -252,3 +252,121 @@ fn client_leaving_mid_command_frees_its_backend_connection() {
     );
     assert_serving(&mut proxy);
 }
+
+// ----- 6: a legal, deeply nested reply on the shared connection --------------------------------
+
+/// Length of a whole RESP2 reply at the start of `buf`, without recursion (the rig's
+/// `frame_len` recurses, and this reply is ~8,000 levels deep); `None` while incomplete.
+fn deep_frame_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    let mut open: Vec<i64> = Vec::new();
+    loop {
+        let kind = *buf.get(at)?;
+        let rest = buf.get(at + 1..)?;
+        let cr = rest.windows(2).position(|w| w == b"\r\n")?;
+        let n: i64 = std::str::from_utf8(&rest[..cr]).ok()?.parse().unwrap_or(0);
+        at += 1 + cr + 2;
+        match kind {
+            b'*' if n > 0 => {
+                open.push(n);
+                continue;
+            }
+            b'$' if n >= 0 => {
+                at += n as usize + 2;
+                if buf.len() < at {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        loop {
+            match open.last_mut() {
+                None => return Some(at),
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    open.pop();
+                }
+            }
+        }
+    }
+}
+
+fn read_deep_reply(raw: &mut Raw) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(len) = deep_frame_len(&buf) {
+            assert_eq!(len, buf.len(), "more than one reply arrived");
+            return buf;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no whole reply within {TIMEOUT:?}: {}",
+            show(&buf)
+        );
+        raw.stream.set_read_timeout(Some(left)).expect("timeout");
+        let mut chunk = [0u8; 64 * 1024];
+        match raw.stream.read(&mut chunk) {
+            Ok(0) => panic!("EOF in the deep reply; got {}", show(&buf)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("reading the deep reply: {e}; got {}", show(&buf)),
+        }
+    }
+}
+
+fn deep_eval_reply_passes_through(version: Version) {
+    let server = Server::start(version);
+    let mut proxy = Proxy::start(&server.url(), &[]);
+    let script = "local a={}; local b={a}; a[1]=b; return a";
+    let eval = encode(&["EVAL", script, "0"]);
+    let mut direct = Raw::connect(&server.addr());
+    direct.send(&eval);
+    let want = read_deep_reply(&mut direct);
+    let depth = want.chunks(4).take_while(|c| *c == b"*1\r\n").count();
+    assert!(
+        depth > 1000,
+        "{version:?}: only {depth} levels: {}",
+        show(&want)
+    );
+    // Another client keeps the shared connection busy meanwhile: its commands are queued
+    // behind the deep reply and must all be answered.
+    let addr = proxy.addr();
+    let other = std::thread::spawn(move || {
+        let mut raw = Raw::connect(&addr);
+        for i in 0..300 {
+            let r = raw.cmd_str(&["SET", &format!("k{i}"), "v"]);
+            assert_eq!(r, "+OK\r\n", "SET {i} behind the deep reply");
+        }
+    });
+    for _ in 0..5 {
+        let mut raw = Raw::connect(&proxy.addr());
+        raw.send(&eval);
+        let got = read_deep_reply(&mut raw);
+        assert!(
+            got == want,
+            "{version:?}: the reply (depth {depth}) differs"
+        );
+        assert_eq!(raw.cmd_str(&["PING"]), "+PONG\r\n");
+    }
+    other.join().expect("the concurrent client");
+    assert!(
+        !proxy.log().contains("backend connection lost"),
+        "{}",
+        tail(&proxy.log(), 3000)
+    );
+    assert_serving(&mut proxy);
+}
+
+#[test]
+fn deep_eval_reply_passes_through_redis70() {
+    deep_eval_reply_passes_through(Version::Redis70)
+}
+
+#[test]
+fn deep_eval_reply_passes_through_valkey91() {
+    deep_eval_reply_passes_through(Version::Valkey91)
+}
