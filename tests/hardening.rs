@@ -370,3 +370,36 @@ fn deep_eval_reply_passes_through_redis70() {
 fn deep_eval_reply_passes_through_valkey91() {
     deep_eval_reply_passes_through(Version::Valkey91)
 }
+
+// ----- 7: SCRIPT DEBUG takes a connection of its own -------------------------------------------
+
+#[test]
+fn script_debug_does_not_take_over_the_shared_connection() {
+    let server = Server::start(Version::Redis70);
+    let mut proxy = Proxy::start(&server.url(), &[]);
+    // What the debugger answers directly.
+    let mut direct = Raw::connect(&server.addr());
+    assert_eq!(direct.cmd_str(&["SCRIPT", "DEBUG", "YES"]), "+OK\r\n");
+    let debugged = direct.cmd(&["EVAL", "return 2", "0"]);
+    drop(direct);
+    assert!(debugged.starts_with(b"*"), "{}", show(&debugged));
+
+    let mut a = Raw::connect(&proxy.addr());
+    let mut b = Raw::connect(&proxy.addr());
+    // Both on the shared connection first.
+    assert_eq!(a.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
+    assert_eq!(b.cmd_str(&["GET", "k"]), "$1\r\nv\r\n");
+    assert_eq!(a.cmd_str(&["SCRIPT", "DEBUG", "YES"]), "+OK\r\n");
+    // Another client's scripts are not debugged.
+    for _ in 0..3 {
+        assert_eq!(b.cmd_str(&["EVAL", "return 1", "0"]), ":1\r\n");
+        assert_eq!(b.cmd_str(&["GET", "k"]), "$1\r\nv\r\n");
+    }
+    // The debugging client is, as directly.
+    let got = a.cmd(&["EVAL", "return 2", "0"]);
+    assert_eq!(show(&got), show(&debugged));
+    drop(a);
+    let mut c = Raw::connect(&proxy.addr());
+    assert_eq!(c.cmd_str(&["EVAL", "return 3", "0"]), ":3\r\n");
+    assert_serving(&mut proxy);
+}

@@ -1139,7 +1139,7 @@ impl Session {
                 };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
-            Kind::Auth | Kind::Plain => {
+            Kind::Auth | Kind::Plain | Kind::OwnConnection => {
                 if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
                     && name.eq_ignore_ascii_case(b"client")
                     && sub.eq_ignore_ascii_case(b"tracking")
