@@ -403,3 +403,47 @@ fn script_debug_does_not_take_over_the_shared_connection() {
     assert_eq!(c.cmd_str(&["EVAL", "return 3", "0"]), ":3\r\n");
     assert_serving(&mut proxy);
 }
+
+// ----- 4: no password in a URL parse error -----------------------------------------------------
+
+#[test]
+fn url_parse_errors_never_print_the_password() {
+    for (sub, flag) in [
+        ("verify", "--source"),
+        ("verify", "--target"),
+        ("sync", "--source"),
+        ("run", "--source"),
+    ] {
+        for bad in [
+            "default:S3cretPw@127.0.0.1:6379",
+            "redis:/default:S3cretPw@127.0.0.1:6379",
+            "redis:default:S3cretPw@127.0.0.1:6379",
+            "http://default:S3cretPw@127.0.0.1:6379",
+        ] {
+            let mut args = vec![sub, "--source", "redis://127.0.0.1:1"];
+            if sub != "run" {
+                args.extend(["--target", "redis://127.0.0.1:1"]);
+            }
+            let at = args.iter().position(|a| *a == flag).unwrap() + 1;
+            args[at] = bad;
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args(&args)
+                .env_remove("CUTOVER_SOURCE")
+                .env_remove("CUTOVER_TARGET")
+                .env_remove("CUTOVER_CONFIG")
+                .output()
+                .expect("run cutover");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "{args:?}");
+            assert!(text.contains("invalid Redis URL"), "{args:?}: {text}");
+            assert!(
+                !text.contains("S3cretPw"),
+                "{args:?} printed the password: {text}"
+            );
+        }
+    }
+}
