@@ -447,3 +447,60 @@ fn url_parse_errors_never_print_the_password() {
         }
     }
 }
+
+// ----- 5: HELLO with an unsupported version and the right password ----------------------------
+
+fn hello_bad_version_leaves_the_client_logged_out(version: Version) {
+    let server = Server::start_with(version, &["--requirepass", "pw"]);
+    let proxy = Proxy::start(&server.url(), &["--proxy-password", "pw"]);
+    let conversations: [&[&[&str]]; 4] = [
+        &[&["HELLO", "4", "AUTH", "default", "pw"], &["GET", "k"]],
+        &[&["HELLO", "x", "AUTH", "default", "pw"], &["GET", "k"]],
+        &[
+            &["HELLO", "1", "AUTH", "default", "pw", "SETNAME", "n"],
+            &["GET", "k"],
+        ],
+        &[
+            &["HELLO", "4"],
+            &["HELLO", "2", "AUTH", "default", "pw"],
+            &["GET", "k"],
+        ],
+    ];
+    for steps in conversations {
+        let mut direct = Raw::connect(&server.addr());
+        let mut proxied = Raw::connect(&proxy.addr());
+        for (i, args) in steps.iter().enumerate() {
+            let want = direct.cmd(args);
+            let got = proxied.cmd(args);
+            if args[0] == "HELLO" && want.starts_with(b"*") {
+                // The server's HELLO map (ids differ): both succeeded.
+                assert!(
+                    got.starts_with(b"*"),
+                    "{version:?} {args:?}: {}",
+                    show(&got)
+                );
+                continue;
+            }
+            assert_eq!(
+                show(&got),
+                show(&want),
+                "{version:?} step {i} {args:?} of {steps:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hello_bad_version_leaves_the_client_logged_out_redis70() {
+    hello_bad_version_leaves_the_client_logged_out(Version::Redis70)
+}
+
+#[test]
+fn hello_bad_version_leaves_the_client_logged_out_redis62() {
+    hello_bad_version_leaves_the_client_logged_out(Version::Redis62)
+}
+
+#[test]
+fn hello_bad_version_leaves_the_client_logged_out_valkey91() {
+    hello_bad_version_leaves_the_client_logged_out(Version::Valkey91)
+}

@@ -1188,6 +1188,20 @@ impl Session {
         if argc as usize > argv.len() {
             return self.local_error(cmd, "ERR Syntax error in HELLO option");
         }
+        // Redis checks the protocol version before the credentials: `HELLO 4 AUTH <right>`
+        // fails with NOPROTO and leaves the client logged out.
+        if let Some(v) = argv.get(1) {
+            match request::parse_int(v) {
+                Some(2 | 3) => {}
+                Some(_) => return self.local_error(cmd, "NOPROTO unsupported protocol version"),
+                None => {
+                    return self.local_error(
+                        cmd,
+                        "ERR Protocol version is not an integer or out of range",
+                    );
+                }
+            }
+        }
         let mut forwarded: Vec<&[u8]> = vec![b"HELLO"];
         let mut auth: Option<(&[u8], &[u8])> = None;
         let mut i = 1;
