@@ -504,3 +504,86 @@ fn hello_bad_version_leaves_the_client_logged_out_redis62() {
 fn hello_bad_version_leaves_the_client_logged_out_valkey91() {
     hello_bad_version_leaves_the_client_logged_out(Version::Valkey91)
 }
+
+// ----- 8: the backend's passwords are not handed out -------------------------------------------
+
+fn config_get_masks_backend_passwords(version: Version) {
+    let server = Server::start_with(
+        version,
+        &[
+            "--requirepass",
+            "Backend5ecret",
+            "--masterauth",
+            "Master5ecret",
+        ],
+    );
+    let proxy = Proxy::start(&server.url(), &["--proxy-password", "pw"]);
+    let mut raw = Raw::connect(&proxy.addr());
+    assert_eq!(raw.cmd_str(&["AUTH", "pw"]), "+OK\r\n");
+    let leaks = |r: &str| r.contains("5ecret");
+    let r = raw.cmd_str(&["CONFIG", "GET", "requirepass"]);
+    assert_eq!(
+        r, "*2\r\n$11\r\nrequirepass\r\n$3\r\n***\r\n",
+        "{version:?}"
+    );
+    for pattern in ["masterauth", "*pass*", "*auth*", "*"] {
+        let r = raw.cmd_str(&["CONFIG", "GET", pattern]);
+        assert!(
+            r.starts_with('*') && !leaks(&r),
+            "{version:?} {pattern}: {r}"
+        );
+    }
+    // Several parameters at once (Redis 7+).
+    if version != Version::Redis62 {
+        let r = raw.cmd_str(&["CONFIG", "GET", "maxmemory", "masterauth", "requirepass"]);
+        assert!(r.contains("maxmemory") && !leaks(&r), "{version:?}: {r}");
+    }
+    // Inside a transaction, and pipelined behind other commands.
+    raw.send(
+        &[
+            encode(&["MULTI"]),
+            encode(&["SET", "k", "requirepass"]),
+            encode(&["CONFIG", "GET", "requirepass"]),
+            encode(&["GET", "k"]),
+            encode(&["EXEC"]),
+        ]
+        .concat(),
+    );
+    let replies = raw.read_replies(5);
+    let exec = String::from_utf8_lossy(&replies[4]).into_owned();
+    assert_eq!(
+        exec, "*3\r\n+OK\r\n*2\r\n$11\r\nrequirepass\r\n$3\r\n***\r\n$11\r\nrequirepass\r\n",
+        "{version:?}"
+    );
+    // RESP3: a map.
+    assert!(raw.cmd(&["HELLO", "3"]).starts_with(b"%"));
+    let r = raw.cmd_str(&["CONFIG", "GET", "masterauth"]);
+    assert_eq!(r, "%1\r\n$10\r\nmasterauth\r\n$3\r\n***\r\n", "{version:?}");
+    // Other parameters pass unchanged.
+    let mut direct = Raw::connect(&server.addr());
+    assert_eq!(direct.cmd_str(&["AUTH", "Backend5ecret"]), "+OK\r\n");
+    let mut proxied = Raw::connect(&proxy.addr());
+    assert_eq!(proxied.cmd_str(&["AUTH", "pw"]), "+OK\r\n");
+    for p in ["maxmemory", "port", "save"] {
+        assert_eq!(
+            proxied.cmd_str(&["CONFIG", "GET", p]),
+            direct.cmd_str(&["CONFIG", "GET", p]),
+            "{version:?} {p}"
+        );
+    }
+}
+
+#[test]
+fn config_get_masks_backend_passwords_redis70() {
+    config_get_masks_backend_passwords(Version::Redis70)
+}
+
+#[test]
+fn config_get_masks_backend_passwords_redis62() {
+    config_get_masks_backend_passwords(Version::Redis62)
+}
+
+#[test]
+fn config_get_masks_backend_passwords_valkey91() {
+    config_get_masks_backend_passwords(Version::Valkey91)
+}

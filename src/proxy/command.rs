@@ -67,6 +67,9 @@ pub enum Kind {
     /// runs on (`SCRIPT DEBUG YES|SYNC`: every later `EVAL` on it is debugged): forwarded as it
     /// is, but never on the shared connection.
     OwnConnection,
+    /// `CONFIG GET`: through a proxy with its own password, the backend's passwords in the
+    /// reply are masked (see `resp::mask`).
+    ConfigGet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +117,7 @@ pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64
         b"unwatch" => Kind::Unwatch,
         b"reset" => Kind::Reset,
         b"script" if eq(arg1, "debug") && !eq(arg2, "no") => Kind::OwnConnection,
+        b"config" if eq(arg1, "get") => Kind::ConfigGet,
         b"subscribe" => Kind::Subscribe(SubKind::Channel),
         b"psubscribe" => Kind::Subscribe(SubKind::Pattern),
         b"ssubscribe" => Kind::Subscribe(SubKind::Shard),
@@ -180,7 +184,7 @@ fn flags(cmd_id: usize) -> u8 {
                     f |= OWN_CONNECTION;
                 }
                 // CLIENT's and SCRIPT's kinds depend on their subcommands.
-                if matches!(*name, "client" | "script")
+                if matches!(*name, "client" | "script" | "config")
                     || classify(name.as_bytes(), None, None, 0) != Kind::Plain
                 {
                     f |= OWN_KIND;
@@ -548,6 +552,7 @@ mod tests {
             "punsubscribe",
             "sunsubscribe",
             "script",
+            "config",
         ];
         for name in special {
             let id = command_id(name.as_bytes());

@@ -146,6 +146,9 @@ struct Pending {
     /// Answer the client with a nil instead of the server's reply (`EXEC` after a flip broke
     /// the client's `WATCH`: the transaction was discarded).
     nil_reply: bool,
+    /// Mask the backend's passwords in the reply (`CONFIG GET`, or an `EXEC` that ran one,
+    /// through a proxy with its own password).
+    mask_secrets: bool,
     /// A write to copy to the old side once its reply is known.
     shadow: Option<Box<ShadowPlan>>,
 }
@@ -162,6 +165,7 @@ impl Pending {
             via_mux: true,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow,
         }
     }
@@ -252,6 +256,10 @@ pub struct Session {
     reissue: Option<(usize, Vec<u8>)>,
     /// The command being sent is that `EXEC` (sent as `DISCARD`, answered with a nil).
     exec_nil: bool,
+    /// The command being sent gets its reply's secrets masked ([`Pending::mask_secrets`]).
+    mask_next: bool,
+    /// The open transaction queued a `CONFIG GET` whose secrets must be masked in `EXEC`'s reply.
+    txn_masks: bool,
     /// The write being dispatched, captured for the shadow (see `cutover::shadow`).
     next_shadow: Option<Box<ShadowPlan>>,
     /// Writes queued inside the open `MULTI`, shadowed with the replies in `EXEC`'s array.
@@ -334,6 +342,8 @@ impl Session {
             watch_broken: false,
             reissue: None,
             exec_nil: false,
+            mask_next: false,
+            txn_masks: false,
             next_shadow: None,
             txn_shadow: Vec::new(),
             mux_framing: false,
@@ -870,6 +880,8 @@ impl Session {
             Kind::Plain => command::needs_own_connection(cmd),
             Kind::Quit | Kind::Refused(_) | Kind::Exec | Kind::Discard | Kind::Unwatch => false,
             Kind::Auth => !proxy_auth,
+            // Masked replies are rewritten one by one: only on the session's own connection.
+            Kind::ConfigGet => proxy_auth,
             _ => true,
         }
     }
@@ -1022,6 +1034,18 @@ impl Session {
             Kind::Plain | Kind::Exec | Kind::Discard | Kind::Unwatch if !self.pinned => {
                 self.mux_push(cmd, wire);
             }
+            Kind::ConfigGet if !proxy_auth && !self.pinned => self.mux_push(cmd, wire),
+            Kind::ConfigGet => {
+                // A proxy with its own password does not hand out the backend's.
+                if self.conn.in_multi {
+                    self.txn_masks |= proxy_auth;
+                } else {
+                    self.mask_next = proxy_auth;
+                }
+                self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                    .await;
+                self.mask_next = false;
+            }
             Kind::Auth if proxy_auth => {
                 let reply = match argv.len() {
                     2 => self.check_auth(None, argv[1]),
@@ -1097,13 +1121,16 @@ impl Session {
                 self.conn.in_multi = false;
             }
             Kind::Exec | Kind::Discard => {
+                let masks = std::mem::take(&mut self.txn_masks);
                 let effect = if kind == Kind::Exec {
+                    self.mask_next = masks;
                     Effect::Exec
                 } else {
                     self.watch_broken = false;
                     Effect::Discard
                 };
                 self.forward(cmd, wire, Expect::Replies(1), effect).await;
+                self.mask_next = false;
                 self.conn.in_multi = false;
             }
             Kind::Watch => {
@@ -1276,6 +1303,7 @@ impl Session {
             via_mux: false,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow: None,
         });
         self.drain_local();
@@ -1326,6 +1354,7 @@ impl Session {
                 via_mux: false,
                 reissue,
                 nil_reply: std::mem::take(&mut self.exec_nil),
+                mask_secrets: std::mem::take(&mut self.mask_next),
                 shadow: self.next_shadow.take(),
             });
         }
@@ -1481,6 +1510,7 @@ impl Session {
             via_mux: false,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow: None,
         });
     }
@@ -1600,7 +1630,9 @@ impl Session {
                 }
                 Ok(None) => {
                     let scanned = up.reply.scanned();
-                    if scanned >= STREAM_THRESHOLD {
+                    // A reply to be masked is held whole (a CONFIG GET reply is small).
+                    let masked = self.pending.front().is_some_and(|p| p.mask_secrets);
+                    if scanned >= STREAM_THRESHOLD && !masked {
                         let part = up.inbuf.split_to(scanned);
                         up.reply.forwarded(scanned);
                         if !self.pending.front().is_some_and(|p| p.swallow) {
@@ -1666,6 +1698,14 @@ impl Session {
             } else {
                 b"*-1\r\n"
             });
+        } else if head.mask_secrets && !head.swallow {
+            match crate::resp::mask::mask_values_after(bytes, crate::resp::mask::SECRET_CONFIGS) {
+                Some(masked) => self.client_out.extend_from_slice(&masked),
+                None => push_error(
+                    &mut self.client_out,
+                    "ERR cutover: a reply that may hold the backend's passwords could not be checked, so it is withheld",
+                ),
+            }
         } else if !head.swallow {
             self.client_out.extend_from_slice(bytes);
         }
@@ -1848,6 +1888,7 @@ impl Session {
         self.conn.in_multi = false;
         self.conn.watching = false;
         self.conn.multi_effects.clear();
+        self.txn_masks = false;
         if self.streaming_request {
             self.discard_request = true;
         }

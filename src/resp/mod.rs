@@ -7,6 +7,7 @@
 //! full decoder instead, where frames are small and convenience matters more than copies.
 
 pub mod bounded;
+pub mod mask;
 pub mod reply;
 pub mod request;
 
