@@ -587,3 +587,129 @@ fn config_get_masks_backend_passwords_redis62() {
 fn config_get_masks_backend_passwords_valkey91() {
     config_get_masks_backend_passwords(Version::Valkey91)
 }
+
+// ----- property test: arbitrary client bytes against a real server -----------------------------
+
+/// Pieces a hostile or broken client might send: whole commands (safe ones: nothing that
+/// stops or empties the server), fragments of the framing, and raw bytes.
+fn client_piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let commands: Vec<Vec<u8>> = [
+        &["GET", "k"][..],
+        &["SET", "k", "v"],
+        &["SUBSCRIBE", "c"],
+        &["UNSUBSCRIBE"],
+        &["PSUBSCRIBE", "p*"],
+        &["MULTI"],
+        &["EXEC"],
+        &["DISCARD"],
+        &["WATCH", "k"],
+        &["HELLO", "3"],
+        &["HELLO", "2"],
+        &["CLIENT", "REPLY", "OFF"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["CLIENT", "SETNAME", "fuzz"],
+        &["SELECT", "1"],
+        &["BLPOP", "q", "0.01"],
+        &["RESET"],
+        &["QUIT"],
+        &["AUTH", "x"],
+        &["AUTH", "pw"],
+        &["HELLO", "3", "AUTH", "default", "pw"],
+        &["CONFIG", "GET", "maxmemory"],
+        &["EVAL", "return {1,{2,{3}}}", "0"],
+        &["PING"],
+        &["MONITOR"],
+    ]
+    .iter()
+    .map(|c| encode(c))
+    .collect();
+    let fragments: Vec<Vec<u8>> = [
+        &b"*1\r\n"[..],
+        b"*3\r\n",
+        b"$5\r\n",
+        b"$-1\r\n",
+        b"*-1\r\n",
+        b"$99999999\r\n",
+        b"*2147483648\r\n",
+        b"\r\n",
+        b"PING\r\n",
+        b"\"unbalanced\r\n",
+        b"$1\r\nx",
+    ]
+    .iter()
+    .map(|f| f.to_vec())
+    .collect();
+    prop_oneof![
+        3 => proptest::sample::select(commands),
+        2 => proptest::sample::select(fragments),
+        2 => proptest::collection::vec(any::<u8>(), 0..48),
+        1 => (1usize..3000).prop_map(|n| b"*1\r\n".repeat(n)),
+    ]
+}
+
+#[test]
+fn arbitrary_client_bytes_never_break_the_proxy() {
+    arbitrary_client_bytes(None, 20261206)
+}
+
+#[test]
+fn arbitrary_client_bytes_never_break_a_proxy_with_a_password() {
+    arbitrary_client_bytes(Some("pw"), 612)
+}
+
+fn arbitrary_client_bytes(password: Option<&str>, seed: u64) {
+    use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+    let server = Server::start(Version::Redis70);
+    let extra: Vec<&str> = password.map_or(vec![], |p| vec!["--proxy-password", p]);
+    let mut proxy = Proxy::start(&server.url(), &extra);
+    let mut good = Raw::connect(&proxy.addr());
+    if let Some(p) = password {
+        assert_eq!(good.cmd_str(&["AUTH", p]), "+OK\r\n");
+    }
+    let good = std::cell::RefCell::new(good);
+    let mut runner = TestRunner::new(Config {
+        cases: 1000,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        // Each shrinking step of a failure may wait out a timeout.
+        max_shrink_iters: 64,
+        ..Config::default()
+    });
+    let started = Instant::now();
+    let case = std::cell::Cell::new(0u32);
+    let strategy = proptest::collection::vec(client_piece(), 1..12);
+    let result = runner.run(&strategy, |pieces| {
+        case.set(case.get() + 1);
+        let wire = pieces.concat();
+        let mut raw = Raw::connect(&proxy.addr());
+        let _ = raw.stream.write_all(&wire);
+        raw.shutdown_write();
+        // Whatever it answers, the proxy closes the connection by itself (the client has
+        // gone) — or the client may hang up first: both are fine, neither may take long.
+        let (_, closed) = raw.read_until_closed(Duration::from_secs(2));
+        if !closed {
+            return Err(TestCaseError::fail(format!(
+                "the proxy kept a departed client's connection open: {}",
+                show(&wire)
+            )));
+        }
+        // The well-behaved client on the shared connection is served, in order.
+        let value = format!("v{}", case.get());
+        let mut good = good.borrow_mut();
+        let set = good.cmd_str(&["SET", "good", &value]);
+        let get = good.cmd_str(&["GET", "good"]);
+        if set != "+OK\r\n" || get != format!("${}\r\n{value}\r\n", value.len()) {
+            return Err(TestCaseError::fail(format!(
+                "after {}: SET {set:?}, GET {get:?}",
+                show(&wire)
+            )));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\nproxy log:\n{}", tail(&proxy.log(), 3000));
+    }
+    assert_serving(&mut proxy);
+    eprintln!("{} cases in {:?}", case.get(), started.elapsed());
+}

@@ -377,6 +377,12 @@ impl Session {
             if self.close_after_flush && self.client_out.is_empty() {
                 return Ok(());
             }
+            if self.client_eof && self.conn.monitoring {
+                // A monitoring client that closed its side: its feed has no end and its replies
+                // are not paired with commands, so nothing is left to wait for (Redis frees
+                // such a client at once).
+                return Ok(());
+            }
             // A client that closed its side while the gate held its last commands still
             // gets them run (after the gate opens) and answered.
             if (self.stop_reading || self.client_eof)
@@ -1811,7 +1817,22 @@ impl Session {
                 self.conn.multi_effects.clear();
             }
             Effect::Watch => self.conn.watching = true,
-            Effect::Monitor => self.conn.monitoring = true,
+            Effect::Monitor => {
+                self.conn.monitoring = true;
+                // From now on the server's bytes pass through as they come, unpaired: the
+                // commands pipelined behind MONITOR are answered in that stream, so they are
+                // no longer waited for (a session would otherwise wait for them forever). The
+                // proxy's own replies among them are written now.
+                for p in std::mem::take(&mut self.pending) {
+                    if let Expect::Local { reply, close } = p.expect {
+                        self.client_out.extend_from_slice(&reply);
+                        if close {
+                            self.close_after_flush = true;
+                            break;
+                        }
+                    }
+                }
+            }
             Effect::Unwatch => self.conn.watching = false,
             Effect::Reset => {
                 let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
