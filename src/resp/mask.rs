@@ -89,10 +89,11 @@ pub fn mask_values_after(reply: &[u8], names: &[&str]) -> Option<Vec<u8>> {
                     top.2 = false;
                 }
                 if kind == b'|' {
-                    // An attribute annotates the value after it: one more element to read.
+                    // An attribute annotates the value after it: it counts as one more element
+                    // of its level (at the top, the reply is the attribute and its value).
                     match stack.last_mut() {
                         Some(top) => top.0 += 1,
-                        None => stack.push((1, 0, false)),
+                        None => stack.push((2, 0, false)),
                     }
                 }
                 if count > 0 {
@@ -128,6 +129,47 @@ pub fn mask_values_after(reply: &[u8], names: &[&str]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 1024,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(8),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        /// What `fuzz/fuzz_targets/reply_mask.rs` checks, on stable.
+        #[test]
+        fn arbitrary_replies(
+            pairs in proptest::collection::vec((
+                proptest::sample::select(vec!["requirepass", "MASTERAUTH", "maxmemory", "x"]),
+                proptest::collection::vec(any::<u8>(), 0..6),
+            ), 0..4),
+            garble in proptest::option::of((0usize..120, any::<u8>())),
+        ) {
+            let mut wire = format!("*{}\r\n", pairs.len() * 2).into_bytes();
+            for (name, value) in &pairs {
+                wire.extend_from_slice(format!("${}\r\n{name}\r\n${}\r\n", name.len(), value.len()).as_bytes());
+                wire.extend_from_slice(value);
+                wire.extend_from_slice(b"\r\n");
+            }
+            if let Some((at, b)) = garble && at < wire.len() {
+                wire[at] = b;
+            }
+            if let Some(masked) = mask_values_after(&wire, SECRET_CONFIGS) {
+                let info = crate::resp::ReplyParser::default().parse(&masked).unwrap().unwrap();
+                prop_assert_eq!(info.len, masked.len());
+                prop_assert_eq!(mask_values_after(&masked, SECRET_CONFIGS), Some(masked.clone()));
+                if garble.is_none() {
+                    for (name, value) in &pairs {
+                        if name != &"x" && name != &"maxmemory" && !value.is_empty() {
+                            prop_assert!(masked.windows(value.len()).all(|w| w != &value[..]) || value.len() < 3 || *value == b"***");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     fn mask(r: &[u8]) -> String {
         String::from_utf8(mask_values_after(r, SECRET_CONFIGS).expect("valid")).unwrap()
@@ -153,6 +195,13 @@ mod tests {
             mask(b"*4\r\n$3\r\nfoo\r\n$11\r\nrequirepass\r\n$3\r\nbar\r\n$1\r\nx\r\n"),
             "*4\r\n$3\r\nfoo\r\n$11\r\nrequirepass\r\n$3\r\nbar\r\n$1\r\nx\r\n"
         );
+        // Attributes (RESP3) around and inside.
+        assert_eq!(
+            mask(b"|1\r\n+a\r\n:1\r\n*2\r\n+requirepass\r\n+pw\r\n"),
+            "|1\r\n+a\r\n:1\r\n*2\r\n+requirepass\r\n+***\r\n"
+        );
+        assert_eq!(mask(b"|0\r\n+OK\r\n"), "|0\r\n+OK\r\n");
+        assert_eq!(mask_values_after(b"|0\r\n", SECRET_CONFIGS), None);
         for plain in [
             &b"+OK\r\n"[..],
             b"-ERR x\r\n",
