@@ -15,5 +15,8 @@ fuzz_target!(|data: &[u8]| {
         .expect("a masked reply is complete");
     assert_eq!(info.len, masked.len());
     // Masking is idempotent.
-    assert_eq!(mask_values_after(&masked, SECRET_CONFIGS).as_deref(), Some(&masked[..]));
+    assert_eq!(
+        mask_values_after(&masked, SECRET_CONFIGS).as_deref(),
+        Some(&masked[..])
+    );
 });

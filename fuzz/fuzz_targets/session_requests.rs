@@ -64,7 +64,10 @@ fuzz_target!(|data: &[u8]| {
                     // Stream the head of a big command on, as the session does.
                     let scanned = p.scanned();
                     if scanned >= STREAM_THRESHOLD {
-                        assert!(!unauthenticated || handed_on + scanned <= 11 * (UNAUTH_MAX_BULK as usize + 32));
+                        assert!(
+                            !unauthenticated
+                                || handed_on + scanned <= 11 * (UNAUTH_MAX_BULK as usize + 32)
+                        );
                         buf.drain(..scanned);
                         p.forwarded(scanned);
                         handed_on += scanned;
