@@ -297,12 +297,31 @@ impl fmt::Display for RedisUrl {
     }
 }
 
-/// Masks the credentials of a URL that failed to parse, for error messages.
+/// Masks the credentials of a URL that failed to parse, for error messages: everything before
+/// the last `@` except a recognisable scheme (`redis://`, and the malformed `redis:/`,
+/// `redis:`), so a URL without `://` (`user:secret@host:6379`) or with a broken scheme does
+/// not print its password either.
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
-        _ => url.to_string(),
-    }
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let keep = match url.find("://") {
+        Some(s) if s < at => s + 3,
+        _ => {
+            let lower = url[..at].to_ascii_lowercase();
+            ["rediss:", "redis:"]
+                .iter()
+                .find(|scheme| lower.starts_with(**scheme))
+                .map_or(0, |scheme| {
+                    scheme.len()
+                        + url[scheme.len()..at]
+                            .bytes()
+                            .take_while(|&b| b == b'/')
+                            .count()
+                })
+        }
+    };
+    format!("{}***{}", &url[..keep], &url[at..])
 }
 
 /// Compares a secret without an early exit, so the time taken does not tell how many leading
@@ -447,8 +466,26 @@ mod tests {
         ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
-        let e = RedisUrl::parse("redis://u:topsecret@h:x").unwrap_err();
-        assert!(!e.to_string().contains("topsecret"), "{e}");
+        for bad in [
+            "redis://u:topsecret@h:x",
+            "default:topsecret@127.0.0.1:6379",
+            "redis:/default:topsecret@127.0.0.1:6379",
+            "redis:default:topsecret@h",
+            "REDIS:/:topsecret@h",
+            "http://u:topsecret@h:1",
+            "redis//u:topsecret@h",
+            "u:top@secret@h",
+            ":topsecret@",
+        ] {
+            let e = RedisUrl::parse(bad).unwrap_err().to_string();
+            assert!(
+                !e.contains("topsecret") && !e.contains("secret@"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("***@"), "{bad}: {e}");
+        }
+        let e = RedisUrl::parse("redis:/u:pw@h:1").unwrap_err().to_string();
+        assert!(e.contains("\"redis:/***@h:1\""), "{e}");
     }
 
     #[test]

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use redis_protocol::codec::Resp2;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
+
+use super::codec::{BoundedResp2, REPLIES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -40,7 +41,7 @@ pub async fn request(
                 addr: addr.to_string(),
                 source,
             })?;
-        let mut conn = Framed::new(socket, Resp2::default());
+        let mut conn = Framed::new(socket, BoundedResp2::new(REPLIES));
         if let Some(t) = token {
             let reply = roundtrip(&mut conn, &["AUTH", t]).await?;
             if let BytesFrame::Error(e) = reply {
@@ -61,7 +62,7 @@ pub async fn request(
 }
 
 async fn roundtrip(
-    conn: &mut Framed<TcpStream, Resp2>,
+    conn: &mut Framed<TcpStream, BoundedResp2>,
     args: &[&str],
 ) -> Result<BytesFrame, AdminError> {
     let frame = BytesFrame::Array(

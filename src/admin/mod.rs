@@ -8,17 +8,18 @@
 //! `AUTH`/`PING` needs it first.
 
 pub mod client;
+pub mod codec;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use redis_protocol::codec::Resp2;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
+use self::codec::BoundedResp2;
 use crate::config::constant_time_eq;
 use crate::cutover::Controller;
 use crate::status::StatusSource;
@@ -40,7 +41,12 @@ impl AdminServer {
                     let me = self.clone();
                     tokio::spawn(async move {
                         let _ = socket.set_nodelay(true);
-                        if let Err(e) = me.serve(Framed::new(socket, Resp2::default())).await {
+                        let codec = BoundedResp2::new(if me.token.is_some() {
+                            codec::BEFORE_AUTH
+                        } else {
+                            codec::AFTER_AUTH
+                        });
+                        if let Err(e) = me.serve(Framed::new(socket, codec)).await {
                             tracing::debug!(%peer, error = %e, "admin connection ended");
                         }
                     });
@@ -55,11 +61,28 @@ impl AdminServer {
 
     async fn serve(
         &self,
-        mut conn: Framed<tokio::net::TcpStream, Resp2>,
+        mut conn: Framed<tokio::net::TcpStream, BoundedResp2>,
     ) -> Result<(), redis_protocol::error::RedisProtocolError> {
         let mut authed = self.token.is_none();
         while let Some(frame) = conn.next().await {
-            let args = match frame? {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    // Malformed, too deep or too big: say why and close, as Redis does with a
+                    // protocol error (bounded: a peer that does not read cannot hold us).
+                    crate::telemetry::error("admin_protocol");
+                    let reply = BytesFrame::Error(
+                        format!(
+                            "ERR Protocol error: {}; closing the connection",
+                            e.details()
+                        )
+                        .into(),
+                    );
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.send(reply)).await;
+                    return Err(e);
+                }
+            };
+            let args = match frame {
                 BytesFrame::Array(items) => items
                     .into_iter()
                     .map(|f| match f {
@@ -71,6 +94,9 @@ impl AdminServer {
                 _ => Vec::new(),
             };
             let reply = self.handle(&args, &mut authed).await;
+            if authed {
+                conn.codec_mut().limits = codec::AFTER_AUTH;
+            }
             conn.send(reply).await?;
         }
         Ok(())

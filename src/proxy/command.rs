@@ -63,6 +63,13 @@ pub enum Kind {
     /// `MONITOR`: after its `+OK` the connection is a one-way feed of the server's commands;
     /// the session becomes a plain byte pipe.
     Monitor,
+    /// An ordinary command that, with these arguments, changes the state of the connection it
+    /// runs on (`SCRIPT DEBUG YES|SYNC`: every later `EVAL` on it is debugged): forwarded as it
+    /// is, but never on the shared connection.
+    OwnConnection,
+    /// `CONFIG GET`: through a proxy with its own password, the backend's passwords in the
+    /// reply are masked (see `resp::mask`).
+    ConfigGet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +116,8 @@ pub fn classify(name: &[u8], arg1: Option<&[u8]>, arg2: Option<&[u8]>, argc: u64
         b"watch" => Kind::Watch,
         b"unwatch" => Kind::Unwatch,
         b"reset" => Kind::Reset,
+        b"script" if eq(arg1, "debug") && !eq(arg2, "no") => Kind::OwnConnection,
+        b"config" if eq(arg1, "get") => Kind::ConfigGet,
         b"subscribe" => Kind::Subscribe(SubKind::Channel),
         b"psubscribe" => Kind::Subscribe(SubKind::Pattern),
         b"ssubscribe" => Kind::Subscribe(SubKind::Shard),
@@ -174,8 +183,10 @@ fn flags(cmd_id: usize) -> u8 {
                 if CONNECTION_STATE.contains(name) {
                     f |= OWN_CONNECTION;
                 }
-                // CLIENT's kind depends on its subcommand.
-                if *name == "client" || classify(name.as_bytes(), None, None, 0) != Kind::Plain {
+                // CLIENT's and SCRIPT's kinds depend on their subcommands.
+                if matches!(*name, "client" | "script" | "config")
+                    || classify(name.as_bytes(), None, None, 0) != Kind::Plain
+                {
                     f |= OWN_KIND;
                 }
                 f
@@ -540,6 +551,8 @@ mod tests {
             "unsubscribe",
             "punsubscribe",
             "sunsubscribe",
+            "script",
+            "config",
         ];
         for name in special {
             let id = command_id(name.as_bytes());
@@ -598,6 +611,32 @@ mod tests {
             Kind::Refused(_)
         ));
         assert_eq!(classify(b"get", Some(b"k"), None, 2), Kind::Plain);
+        for mode in [&b"YES"[..], b"sync"] {
+            assert_eq!(
+                classify(b"SCRIPT", Some(b"debug"), Some(mode), 3),
+                Kind::OwnConnection
+            );
+        }
+        assert_eq!(
+            classify(b"script", Some(b"debug"), Some(b"no"), 3),
+            Kind::Plain
+        );
+        assert_eq!(
+            classify(b"script", Some(b"load"), Some(b"return 1"), 3),
+            Kind::Plain
+        );
+        // Commands that change their connection's state run on the session's own one.
+        for name in [
+            "client",
+            "readonly",
+            "readwrite",
+            "asking",
+            "debug",
+            "wait",
+            "waitaof",
+        ] {
+            assert!(needs_own_connection(command_id(name.as_bytes())), "{name}");
+        }
     }
 }
 

@@ -146,6 +146,9 @@ struct Pending {
     /// Answer the client with a nil instead of the server's reply (`EXEC` after a flip broke
     /// the client's `WATCH`: the transaction was discarded).
     nil_reply: bool,
+    /// Mask the backend's passwords in the reply (`CONFIG GET`, or an `EXEC` that ran one,
+    /// through a proxy with its own password).
+    mask_secrets: bool,
     /// A write to copy to the old side once its reply is known.
     shadow: Option<Box<ShadowPlan>>,
 }
@@ -162,6 +165,7 @@ impl Pending {
             via_mux: true,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow,
         }
     }
@@ -191,6 +195,8 @@ enum Event {
     /// The cutover gate resumed or the route flipped.
     Gate,
     Error(io::Error),
+    /// Nothing could wake the session any more (no branch of its wait is enabled).
+    Stalled,
 }
 
 pub struct Session {
@@ -250,6 +256,10 @@ pub struct Session {
     reissue: Option<(usize, Vec<u8>)>,
     /// The command being sent is that `EXEC` (sent as `DISCARD`, answered with a nil).
     exec_nil: bool,
+    /// The command being sent gets its reply's secrets masked ([`Pending::mask_secrets`]).
+    mask_next: bool,
+    /// The open transaction queued a `CONFIG GET` whose secrets must be masked in `EXEC`'s reply.
+    txn_masks: bool,
     /// The write being dispatched, captured for the shadow (see `cutover::shadow`).
     next_shadow: Option<Box<ShadowPlan>>,
     /// Writes queued inside the open `MULTI`, shadowed with the replies in `EXEC`'s array.
@@ -332,6 +342,8 @@ impl Session {
             watch_broken: false,
             reissue: None,
             exec_nil: false,
+            mask_next: false,
+            txn_masks: false,
             next_shadow: None,
             txn_shadow: Vec::new(),
             mux_framing: false,
@@ -363,6 +375,12 @@ impl Session {
             self.flush_client()?;
             self.trim();
             if self.close_after_flush && self.client_out.is_empty() {
+                return Ok(());
+            }
+            if self.client_eof && self.conn.monitoring {
+                // A monitoring client that closed its side: its feed has no end and its replies
+                // are not paired with commands, so nothing is left to wait for (Redis frees
+                // such a client at once).
                 return Ok(());
             }
             // A client that closed its side while the gate held its last commands still
@@ -403,6 +421,7 @@ impl Session {
                 r = client.writable(), if write_client => r.map_or_else(Event::Error, |_| Event::Writable),
                 r = async { up.expect("guarded").writable().await }, if write_backend =>
                     r.map_or_else(Event::Error, |_| Event::Writable),
+                else => Event::Stalled,
             };
             match event {
                 Event::ClientReadable => self.read_client()?,
@@ -412,8 +431,28 @@ impl Session {
                 Event::Mux(None) => self.mux_rx = None,
                 Event::Gate => self.on_gate_change().await,
                 Event::Error(e) => return Err(e),
+                Event::Stalled => return Err(self.stalled()),
             }
         }
+    }
+
+    /// The session can make no progress (a state no event can end): tell the client, best
+    /// effort, and end the session so its slot and connections are released.
+    fn stalled(&mut self) -> io::Error {
+        telemetry::error("stalled");
+        tracing::warn!(
+            peer = %self.peer,
+            buffered = self.client_in.len(),
+            pending = self.pending.len(),
+            "session cannot make progress; closing the client"
+        );
+        let mut msg = BytesMut::new();
+        push_error(
+            &mut msg,
+            "ERR cutover: this connection cannot make progress (a request the proxy cannot forward filled its buffer); closing it",
+        );
+        let _ = self.client.try_write(&msg);
+        io::Error::other("session stalled")
     }
 
     // ----- the cutover gate and route flips -------------------------------------------
@@ -480,6 +519,15 @@ impl Session {
                 self.client_eof = true;
                 if self.pending.iter().any(|p| command::may_block(p.cmd)) {
                     return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                if self.streaming_request {
+                    // The client left in the middle of a command whose head was already
+                    // forwarded: it can never be completed. Like Redis, free the client now
+                    // (and with it the backend connection holding the partial command).
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed in the middle of a command",
+                    ));
                 }
             }
             Some(n) => telemetry::hot().bytes_in.increment(n as u64),
@@ -657,7 +705,7 @@ impl Session {
             }
             let req = match self.held.take() {
                 Some(req) => req,
-                None => match self.req.parse(&self.client_in) {
+                None => match self.parse_request() {
                     Ok(Some(req)) => req,
                     Ok(None) => {
                         self.stream_partial_request().await;
@@ -693,6 +741,13 @@ impl Session {
                 self.dispatch(req).await;
             }
         }
+    }
+
+    /// Frames the next command of `client_in`, with Redis' limits for a client that has not
+    /// logged in yet (`[proxy] password`).
+    fn parse_request(&mut self) -> Result<Option<Request>, crate::resp::ProtocolError> {
+        self.req.set_unauthenticated(!self.conn.authenticated);
+        self.req.parse(&self.client_in)
     }
 
     /// The hot path: the run of complete ordinary commands at the front of `client_in` joins
@@ -831,6 +886,8 @@ impl Session {
             Kind::Plain => command::needs_own_connection(cmd),
             Kind::Quit | Kind::Refused(_) | Kind::Exec | Kind::Discard | Kind::Unwatch => false,
             Kind::Auth => !proxy_auth,
+            // Masked replies are rewritten one by one: only on the session's own connection.
+            Kind::ConfigGet => proxy_auth,
             _ => true,
         }
     }
@@ -895,23 +952,30 @@ impl Session {
             return;
         }
         if !self.streaming_request {
+            let args = self.req.pending_args();
+            let name = args.get(&self.client_in, 0);
+            let streamable = name.is_some_and(|name| {
+                let kind = command::classify(
+                    name,
+                    args.get(&self.client_in, 1),
+                    args.get(&self.client_in, 2),
+                    self.req.pending_argc(),
+                );
+                kind == Kind::Plain && self.conn.authenticated
+            });
+            if !streamable {
+                // Control commands are never this big: they are buffered whole, up to the
+                // buffer limit; beyond it they are refused (a full buffer could never drain).
+                if self.client_in.len() >= self.shared.settings.buffer_limit {
+                    self.refuse_partial_request();
+                }
+                return;
+            }
             if !self.pinned && !self.pin() {
                 return;
             }
-            let args = self.req.pending_args();
-            let (Some(name), arg1, arg2) = (
-                args.get(&self.client_in, 0),
-                args.get(&self.client_in, 1),
-                args.get(&self.client_in, 2),
-            ) else {
-                return;
-            };
-            let kind = command::classify(name, arg1, arg2, self.req.pending_argc());
-            if kind != Kind::Plain || !self.conn.authenticated {
-                // Control commands are never this big: keep buffering (bounded by the limit).
-                return;
-            }
-            let cmd = command::command_id(name);
+            let name = self.req.pending_args().get(&self.client_in, 0);
+            let cmd = command::command_id(name.unwrap_or_default());
             telemetry::commands().received(cmd, 1);
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
@@ -928,6 +992,30 @@ impl Session {
                 up.out.extend_from_slice(&chunk);
             }
         }
+    }
+
+    /// A command that cannot be streamed (connection state, not logged in, name unknown yet)
+    /// filled the client buffer: it is answered with an error and the rest of it is read and
+    /// dropped, so the session neither stalls nor holds more than the limit.
+    fn refuse_partial_request(&mut self) {
+        let name = self.req.pending_args().get(&self.client_in, 0);
+        let cmd = name.map_or(command::KNOWN_COMMANDS.len(), command::command_id);
+        let shown = name.map_or_else(
+            || "a command whose name".to_string(),
+            |n| String::from_utf8_lossy(&n[..n.len().min(32)]).to_uppercase(),
+        );
+        let limit = self.shared.settings.buffer_limit;
+        telemetry::error("request_too_big");
+        tracing::debug!(peer = %self.peer, command = %shown, limit, "request too big to buffer; refused");
+        let scanned = self.req.scanned();
+        self.client_in.advance(scanned);
+        self.req.forwarded(scanned);
+        self.streaming_request = true;
+        self.discard_request = true;
+        let msg = format!(
+            "ERR cutover: {shown} is longer than the proxy's buffer limit ({limit} bytes); only ordinary data commands are streamed through. Send a shorter command (or raise [proxy] buffer_limit_bytes)"
+        );
+        self.local_error(cmd, &msg);
     }
 
     // ----- commands ----------------------------------------------------------------------
@@ -951,6 +1039,18 @@ impl Session {
         match kind {
             Kind::Plain | Kind::Exec | Kind::Discard | Kind::Unwatch if !self.pinned => {
                 self.mux_push(cmd, wire);
+            }
+            Kind::ConfigGet if !proxy_auth && !self.pinned => self.mux_push(cmd, wire),
+            Kind::ConfigGet => {
+                // A proxy with its own password does not hand out the backend's.
+                if self.conn.in_multi {
+                    self.txn_masks |= proxy_auth;
+                } else {
+                    self.mask_next = proxy_auth;
+                }
+                self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                    .await;
+                self.mask_next = false;
             }
             Kind::Auth if proxy_auth => {
                 let reply = match argv.len() {
@@ -1027,13 +1127,16 @@ impl Session {
                 self.conn.in_multi = false;
             }
             Kind::Exec | Kind::Discard => {
+                let masks = std::mem::take(&mut self.txn_masks);
                 let effect = if kind == Kind::Exec {
+                    self.mask_next = masks;
                     Effect::Exec
                 } else {
                     self.watch_broken = false;
                     Effect::Discard
                 };
                 self.forward(cmd, wire, Expect::Replies(1), effect).await;
+                self.mask_next = false;
                 self.conn.in_multi = false;
             }
             Kind::Watch => {
@@ -1069,7 +1172,7 @@ impl Session {
                 };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
-            Kind::Auth | Kind::Plain => {
+            Kind::Auth | Kind::Plain | Kind::OwnConnection => {
                 if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
                     && name.eq_ignore_ascii_case(b"client")
                     && sub.eq_ignore_ascii_case(b"tracking")
@@ -1117,6 +1220,20 @@ impl Session {
     async fn hello_with_proxy_auth(&mut self, cmd: usize, argv: &[&[u8]], argc: u64) {
         if argc as usize > argv.len() {
             return self.local_error(cmd, "ERR Syntax error in HELLO option");
+        }
+        // Redis checks the protocol version before the credentials: `HELLO 4 AUTH <right>`
+        // fails with NOPROTO and leaves the client logged out.
+        if let Some(v) = argv.get(1) {
+            match request::parse_int(v) {
+                Some(2 | 3) => {}
+                Some(_) => return self.local_error(cmd, "NOPROTO unsupported protocol version"),
+                None => {
+                    return self.local_error(
+                        cmd,
+                        "ERR Protocol version is not an integer or out of range",
+                    );
+                }
+            }
         }
         let mut forwarded: Vec<&[u8]> = vec![b"HELLO"];
         let mut auth: Option<(&[u8], &[u8])> = None;
@@ -1192,6 +1309,7 @@ impl Session {
             via_mux: false,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow: None,
         });
         self.drain_local();
@@ -1242,6 +1360,7 @@ impl Session {
                 via_mux: false,
                 reissue,
                 nil_reply: std::mem::take(&mut self.exec_nil),
+                mask_secrets: std::mem::take(&mut self.mask_next),
                 shadow: self.next_shadow.take(),
             });
         }
@@ -1397,6 +1516,7 @@ impl Session {
             via_mux: false,
             reissue: None,
             nil_reply: false,
+            mask_secrets: false,
             shadow: None,
         });
     }
@@ -1516,7 +1636,9 @@ impl Session {
                 }
                 Ok(None) => {
                     let scanned = up.reply.scanned();
-                    if scanned >= STREAM_THRESHOLD {
+                    // A reply to be masked is held whole (a CONFIG GET reply is small).
+                    let masked = self.pending.front().is_some_and(|p| p.mask_secrets);
+                    if scanned >= STREAM_THRESHOLD && !masked {
                         let part = up.inbuf.split_to(scanned);
                         up.reply.forwarded(scanned);
                         if !self.pending.front().is_some_and(|p| p.swallow) {
@@ -1582,6 +1704,14 @@ impl Session {
             } else {
                 b"*-1\r\n"
             });
+        } else if head.mask_secrets && !head.swallow {
+            match crate::resp::mask::mask_values_after(bytes, crate::resp::mask::SECRET_CONFIGS) {
+                Some(masked) => self.client_out.extend_from_slice(&masked),
+                None => push_error(
+                    &mut self.client_out,
+                    "ERR cutover: a reply that may hold the backend's passwords could not be checked, so it is withheld",
+                ),
+            }
         } else if !head.swallow {
             self.client_out.extend_from_slice(bytes);
         }
@@ -1687,7 +1817,22 @@ impl Session {
                 self.conn.multi_effects.clear();
             }
             Effect::Watch => self.conn.watching = true,
-            Effect::Monitor => self.conn.monitoring = true,
+            Effect::Monitor => {
+                self.conn.monitoring = true;
+                // From now on the server's bytes pass through as they come, unpaired: the
+                // commands pipelined behind MONITOR are answered in that stream, so they are
+                // no longer waited for (a session would otherwise wait for them forever). The
+                // proxy's own replies among them are written now.
+                for p in std::mem::take(&mut self.pending) {
+                    if let Expect::Local { reply, close } = p.expect {
+                        self.client_out.extend_from_slice(&reply);
+                        if close {
+                            self.close_after_flush = true;
+                            break;
+                        }
+                    }
+                }
+            }
             Effect::Unwatch => self.conn.watching = false,
             Effect::Reset => {
                 let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
@@ -1764,6 +1909,7 @@ impl Session {
         self.conn.in_multi = false;
         self.conn.watching = false;
         self.conn.multi_effects.clear();
+        self.txn_masks = false;
         if self.streaming_request {
             self.discard_request = true;
         }

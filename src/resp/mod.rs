@@ -6,6 +6,8 @@
 //! wrote it. The control plane (admin listener, handshakes) uses the `redis-protocol` crate's
 //! full decoder instead, where frames are small and convenience matters more than copies.
 
+pub mod bounded;
+pub mod mask;
 pub mod reply;
 pub mod request;
 

@@ -21,8 +21,11 @@ use super::request::{parse_int, read_line, short_header_number};
 
 /// Longest element copied for inspection.
 const CAPTURE_MAX: usize = 128;
-/// Nesting deeper than this is refused (Redis never nests more than a few levels).
-const MAX_DEPTH: usize = 128;
+/// Nesting deeper than this is refused. Server replies are trusted framing and may be legally
+/// deep (a Lua table that contains itself comes back ~8,000 levels deep from `EVAL`), so the
+/// cap is far above anything a server emits; it only bounds the parser's own stack (a `Vec`
+/// on the heap, 8 bytes a level: no recursion, so no stack overflow at any depth).
+const MAX_DEPTH: usize = 1 << 20;
 /// A reply line (`+OK`, `-ERR …`, `:1`) longer than this without CRLF is garbage.
 const MAX_LINE: usize = 1024 * 1024;
 
@@ -414,6 +417,24 @@ mod tests {
         p.forwarded(n);
         buf.push(b'\n');
         assert_eq!(p.parse(&buf).unwrap().unwrap().len, 2);
+    }
+
+    #[test]
+    fn deep_replies_are_framed_without_recursion() {
+        let mut wire = b"*1\r\n".repeat(200_000);
+        wire.extend_from_slice(b"*0\r\n");
+        let r = one(&wire);
+        assert_eq!((r.kind, r.elements), (b'*', 1));
+        // In pieces, as it arrives from a socket.
+        let mut p = ReplyParser::default();
+        let mut got = None;
+        for end in (0..=wire.len()).step_by(4096).chain([wire.len()]) {
+            if let Some(r) = p.parse(&wire[..end]).unwrap() {
+                got = Some(r);
+                break;
+            }
+        }
+        assert_eq!(got.unwrap().len, wire.len());
     }
 
     #[test]

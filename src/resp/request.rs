@@ -24,6 +24,11 @@ const MAX_HEADER_LINE: usize = 64;
 pub const DEFAULT_MAX_BULK: u64 = 512 * 1024 * 1024;
 /// Redis refuses multibulk counts above `INT_MAX`.
 const MAX_MULTIBULK: u64 = i32::MAX as u64;
+/// What Redis accepts from a client that has not authenticated yet (when a password is
+/// required): at most this many arguments…
+pub const UNAUTH_MAX_ARGS: i64 = 10;
+/// …of at most this many bytes each.
+pub const UNAUTH_MAX_BULK: i64 = 16 * 1024;
 
 /// A malformed request. The text is what Redis itself answers (`-ERR Protocol error: …`), and
 /// after it the connection is closed, as Redis does.
@@ -112,6 +117,10 @@ pub struct RequestParser {
     /// Part of the current command was already handed on by [`RequestParser::forwarded`]; all
     /// offsets are relative to what is still buffered.
     streaming: bool,
+    /// The client has not authenticated yet: commands are limited as Redis limits them
+    /// ([`UNAUTH_MAX_ARGS`], [`UNAUTH_MAX_BULK`]), so an anonymous client cannot make the
+    /// proxy buffer much for it.
+    unauthenticated: bool,
 }
 
 impl Default for RequestParser {
@@ -130,13 +139,19 @@ impl RequestParser {
             args: CapturedArgs::default(),
             max_bulk,
             streaming: false,
+            unauthenticated: false,
         }
+    }
+
+    /// Applies (or lifts) the limits for a client that has not authenticated yet.
+    pub fn set_unauthenticated(&mut self, on: bool) {
+        self.unauthenticated = on;
     }
 
     /// Scans `buf` (which starts at the current command) for the end of the command.
     /// `Ok(None)` means: more bytes are needed; nothing is scanned twice.
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Request>, ProtocolError> {
-        if self.cursor == 0 && self.state == State::Start {
+        if self.cursor == 0 && self.state == State::Start && !self.unauthenticated {
             if let Some(req) = self.parse_whole(buf) {
                 return Ok(Some(req));
             }
@@ -158,6 +173,9 @@ impl RequestParser {
                     let count = parse_int(n).ok_or_else(|| err("invalid multibulk length"))?;
                     if count > MAX_MULTIBULK as i64 {
                         return Err(err("invalid multibulk length"));
+                    }
+                    if self.unauthenticated && count > UNAUTH_MAX_ARGS {
+                        return Err(err("unauthenticated multibulk length"));
                     }
                     self.cursor = next;
                     if count <= 0 {
@@ -185,6 +203,9 @@ impl RequestParser {
                     let len = parse_int(n).ok_or_else(|| err("invalid bulk length"))?;
                     if len < 0 || len as u64 > self.max_bulk {
                         return Err(err("invalid bulk length"));
+                    }
+                    if self.unauthenticated && len > UNAUTH_MAX_BULK {
+                        return Err(err("unauthenticated bulk length"));
                     }
                     let start = next;
                     self.cursor = next;
@@ -423,7 +444,7 @@ pub(crate) fn short_header_number(buf: &[u8], at: usize) -> Option<(u64, usize)>
 /// the CRLF. `Err` when the line is longer than `max` without an end.
 pub(crate) fn read_line(buf: &[u8], from: usize, max: usize) -> Result<Option<(&[u8], usize)>, ()> {
     let hay = &buf[from.min(buf.len())..];
-    match memchr(b'\r', &hay[..hay.len().min(max + 1)]) {
+    match memchr(b'\r', &hay[..hay.len().min(max.saturating_add(1))]) {
         Some(i) => {
             if hay.len() < i + 2 {
                 return Ok(None);
@@ -649,6 +670,36 @@ mod tests {
         let mut long_header = b"*".to_vec();
         long_header.extend(std::iter::repeat_n(b'1', 100));
         assert!(RequestParser::default().parse(&long_header).is_err());
+    }
+
+    #[test]
+    fn unauthenticated_clients_are_limited_like_redis() {
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        let big = cmd(&[&b"AUTH"[..], &[b'x'; 16 * 1024 + 1]]);
+        assert_eq!(
+            p.parse(&big[..40]).unwrap_err().0,
+            "unauthenticated bulk length"
+        );
+        let many: Vec<&[u8]> = vec![b"x"; 11];
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        assert_eq!(
+            p.parse(&cmd(&many)).unwrap_err().0,
+            "unauthenticated multibulk length"
+        );
+        let ok = cmd(&[&b"AUTH"[..], &[b'x'; 16 * 1024]]);
+        let mut p = RequestParser::default();
+        p.set_unauthenticated(true);
+        assert!(matches!(
+            p.parse(&ok),
+            Ok(Some(Request::Array { argc: 2, .. }))
+        ));
+        p.set_unauthenticated(false);
+        assert!(matches!(
+            p.parse(&big),
+            Ok(Some(Request::Array { argc: 2, .. }))
+        ));
     }
 
     #[test]
