@@ -407,6 +407,13 @@ impl Controller {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
+        if let Ok((source, target)) = self.backends() {
+            for b in [&source, &target] {
+                if let Err(e) = remove_own_keys(b, self.settings.timeout).await {
+                    tracing::warn!(error = %e, "cannot remove cutover's keys from the {}", b.describe());
+                }
+            }
+        }
         self.set_phase(Phase::Finished);
         let report = StepReport {
             action: "finish",

@@ -144,8 +144,9 @@ pub fn write_keys(order: &KeyOrder, db: u32, args: &[&[u8]]) -> OrderKeys {
         // No keys, or keys the table below cannot find: ordered against everything.
         "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "MOVE" | "FUNCTION" | "SCRIPT" | "SORT" | "SORT_RO"
         | "GEORADIUS" | "GEORADIUSBYMEMBER" | "MIGRATE" | "BLMPOP" | "BZMPOP" | "XREADGROUP"
-        | "XREAD" | "OBJECT" | "MEMORY" | "DEBUG" | "RESTORE-ASKING" | "XAUTOCLAIM"
-        | "XCLAIM" => return OrderKeys::All,
+        | "XREAD" | "OBJECT" | "MEMORY" | "DEBUG" | "RESTORE-ASKING" | "XAUTOCLAIM" | "XCLAIM" => {
+            return OrderKeys::All;
+        }
         _ => crate::sync::filter::command_keys(&name, args),
     };
     if positions.is_empty() {
@@ -178,11 +179,17 @@ mod tests {
         assert_eq!(o.in_flight(), 2);
         assert!(o.try_acquire(OrderKeys::All).is_none(), "writes in flight");
         drop(a);
-        assert!(o.try_acquire(keys(&o, &["a"])).is_some(), "a was given back");
+        assert!(
+            o.try_acquire(keys(&o, &["a"])).is_some(),
+            "a was given back"
+        );
         drop(b);
         assert_eq!(o.in_flight(), 0);
         let all = o.try_acquire(OrderKeys::All).expect("nothing in flight");
-        assert!(o.try_acquire(keys(&o, &["z"])).is_none(), "everything waits");
+        assert!(
+            o.try_acquire(keys(&o, &["z"])).is_none(),
+            "everything waits"
+        );
         drop(all);
         assert!(o.try_acquire(keys(&o, &["z"])).is_some());
     }

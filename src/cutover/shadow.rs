@@ -63,8 +63,17 @@ pub enum Value {
 }
 
 impl Value {
-    /// Decodes one reply as sent to a client speaking RESP `resp` (2 or 3).
+    /// Decodes one reply as sent to a client speaking RESP `resp` (2 or 3); `None` for one
+    /// that cannot be read or is nested too deeply to decode on the stack (the decoder
+    /// descends one call per level; a server may send thousands).
     pub fn decode(bytes: &[u8], resp: u8) -> Option<Value> {
+        if !shallow(bytes) {
+            return None;
+        }
+        Self::decode_unchecked(bytes, resp)
+    }
+
+    fn decode_unchecked(bytes: &[u8], resp: u8) -> Option<Value> {
         if resp == 3 {
             use redis_protocol::resp3::types::OwnedFrame as F;
             fn conv(f: F) -> Value {
@@ -134,6 +143,35 @@ fn format_double(d: f64) -> String {
 /// One command as argument vectors.
 pub type Args = Vec<Vec<u8>>;
 
+/// Whether a captured command (RESP bytes) runs a script or function.
+pub fn is_script(wire: &[u8]) -> bool {
+    crate::sync::engine::split_args(wire)
+        .ok()
+        .and_then(|a| a.first().map(|n| n.to_ascii_lowercase()))
+        .is_some_and(|n| matches!(n.as_slice(), b"eval" | b"evalsha" | b"fcall"))
+}
+
+/// Aggregates a decoded reply may hold at most (and so its depth).
+const MAX_AGGREGATES: usize = 64;
+
+/// Whether `bytes` holds at most [`MAX_AGGREGATES`] aggregate headers (a bound on its
+/// nesting): each line that starts with an aggregate type counts, also inside bulk strings,
+/// which only errs on the safe side.
+fn shallow(bytes: &[u8]) -> bool {
+    let mut n = 0;
+    let mut at_line_start = true;
+    for &b in bytes {
+        if at_line_start && matches!(b, b'*' | b'%' | b'~' | b'>' | b'|') {
+            n += 1;
+            if n > MAX_AGGREGATES {
+                return false;
+            }
+        }
+        at_line_start = b == b'\n';
+    }
+    true
+}
+
 /// What to do on the old side for one acknowledged write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -151,6 +189,11 @@ pub enum Action {
     /// there yet (the element a blocking pop took, whose push is still queued behind it): the
     /// writer retries it after the writes that follow, for a bounded time.
     Take(Args),
+    /// A script or function run again on the old side, with the reply the primary gave. Its
+    /// declared keys are ordered like any write's ([`super::order`]), so it meets the same
+    /// state there; the writer compares the replies, and a difference (a script that is not
+    /// deterministic, or that writes keys it did not declare) makes the rollback unsafe.
+    Replay(Args, Option<Value>),
 }
 
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
@@ -197,6 +240,10 @@ const NEEDS_REPLY: &[&str] = &[
     "getdel",
     "spop",
     "xadd",
+    "lpop",
+    "rpop",
+    "rpoplpush",
+    "lmove",
     "blpop",
     "brpop",
     "brpoplpush",
@@ -479,8 +526,28 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             },
             _ => Action::Skip,
         },
-        "brpoplpush" | "blmove" => {
-            let (from, to): (&[u8], &[u8]) = if name == "brpoplpush" {
+        // A pop removes the very elements it returned, not "the head": a blocking pop served
+        // just before it may not have reached the old side yet (its element is still there).
+        "lpop" | "rpop" => {
+            let from: &[u8] = if name == "lpop" { b"1" } else { b"-1" };
+            let elems: Vec<Vec<u8>> = match reply {
+                Value::Bytes(e) => vec![e.clone()],
+                Value::Array(v) => v.iter().filter_map(Value::text).collect(),
+                _ => Vec::new(),
+            };
+            if elems.is_empty() {
+                return Action::Skip;
+            }
+            Action::Apply(
+                elems
+                    .iter()
+                    .map(|e| cmd(&[b"LREM", &key, from, e]))
+                    .collect(),
+            )
+        }
+        "brpoplpush" | "blmove" | "rpoplpush" | "lmove" => {
+            let (from, to): (&[u8], &[u8]) = if matches!(name.as_str(), "brpoplpush" | "rpoplpush")
+            {
                 (b"-1", b"LPUSH")
             } else {
                 let side = |a: Option<&Vec<u8>>| a.map(|s| s.eq_ignore_ascii_case(b"LEFT"));
@@ -542,15 +609,9 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
             }
             Action::Apply(vec![c])
         }
-        "eval" | "evalsha" | "fcall" => {
-            let n = args.get(2).and_then(|a| num(a)).unwrap_or(0.0) as usize;
-            let keys: Vec<Vec<u8>> = args.iter().skip(3).take(n).cloned().collect();
-            if keys.is_empty() {
-                Action::Skip
-            } else {
-                Action::CopyKeys(keys)
-            }
-        }
+        // Run again on the old side (not a copy of the keys it touched: that costs the size
+        // of the keys on every call, quadratic for a growing list).
+        "eval" | "evalsha" | "fcall" => Action::Replay(args.to_vec(), Some(reply.clone())),
         "sort" => match args.iter().position(|a| a.eq_ignore_ascii_case(b"STORE")) {
             Some(i) => match args.get(i + 1) {
                 Some(dst) => Action::CopyKeys(vec![dst.clone()]),
@@ -571,7 +632,7 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
         }
         "restore" => Action::CopyKeys(vec![key]),
         "migrate" => Action::Unsupported("MIGRATE moved keys away from the primary".into()),
-        "lpop" | "rpop" | "zpopmin" | "zpopmax" if *reply == Value::Nil => Action::Skip,
+        "zpopmin" | "zpopmax" if *reply == Value::Nil => Action::Skip,
         _ => same(),
     }
 }
@@ -745,6 +806,20 @@ mod tests {
     }
 
     #[test]
+    fn deep_replies_are_not_decoded() {
+        let deep = b"*1\r\n".repeat(10_000);
+        assert_eq!(Value::decode(&deep, 2), None);
+        assert_eq!(Value::decode(&deep, 3), None);
+        assert_eq!(
+            Value::decode(b"*2\r\n:1\r\n$1\r\nx\r\n", 2),
+            Some(Value::Array(vec![
+                Value::Int(1),
+                Value::Bytes(b"x".to_vec())
+            ]))
+        );
+    }
+
+    #[test]
     fn counters_become_their_result() {
         assert_eq!(
             shadow_form(&a(&["INCR", "c"]), &Value::Int(7), 0),
@@ -878,7 +953,10 @@ mod tests {
                 &Value::Int(1),
                 0
             ),
-            Action::CopyKeys(vec![b"k1".to_vec(), b"k2".to_vec()])
+            Action::Replay(
+                a(&["EVAL", "return 1", "2", "k1", "k2", "x"]),
+                Some(Value::Int(1))
+            )
         );
         assert_eq!(
             shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Int(1), 0),

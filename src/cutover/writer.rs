@@ -56,7 +56,9 @@ impl Answer {
                     .get(*n)
                     .map(|c| name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()))
                     .unwrap_or_default(),
-                Some(Action::Take(c)) => name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()),
+                Some(Action::Take(c) | Action::Replay(c, _)) => {
+                    name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>())
+                }
                 _ => String::new(),
             },
         }
@@ -281,7 +283,7 @@ async fn write_batch(
     for (index, item) in items.iter().enumerate() {
         let commands: &[Args] = match &item.action {
             Action::Apply(cmds) => cmds,
-            Action::Take(cmd) => std::slice::from_ref(cmd),
+            Action::Take(cmd) | Action::Replay(cmd, _) => std::slice::from_ref(cmd),
             Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
@@ -342,8 +344,16 @@ async fn write_batch(
     }
     c.write(&wire).await?;
     for (answer, take) in expect {
-        // Only errors, transaction results and takes are looked at; the rest is skipped.
-        let wanted = take || matches!(answer, Answer::Control("EXEC"));
+        // Only errors, transaction results, takes and replays are looked at; the rest is
+        // skipped.
+        let replay = match &answer {
+            Answer::Item(i, _) => match &items[*i].action {
+                Action::Replay(_, Some(expected)) => Some(expected),
+                _ => None,
+            },
+            _ => None,
+        };
+        let wanted = take || replay.is_some() || matches!(answer, Answer::Control("EXEC"));
         let Some(raw) = c.read_if(wanted).await? else {
             continue;
         };
@@ -357,6 +367,16 @@ async fn write_batch(
                 since: std::time::Instant::now(),
             });
             continue;
+        }
+        if let (Some(expected), Some(got)) = (replay, &value)
+            && !matches!(got, Value::Error(_))
+            && !same_reply(expected, got)
+        {
+            sink.mark_unsafe(&format!(
+                "{} gave another result on the {} than on the primary (a script that is not deterministic, or that writes keys it does not declare): {got:?} instead of {expected:?}",
+                answer.describe(items),
+                sink.side.as_str()
+            ));
         }
         let failed = match value {
             Some(Value::Error(e)) => Some(e),
@@ -377,6 +397,25 @@ async fn write_batch(
         }
     }
     Ok(deferred)
+}
+
+/// Whether a replayed script answered the old side as it answered the primary (the
+/// primary's reply may have been decoded from RESP3, where Lua's `false` is a boolean, and
+/// RESP2's is a nil).
+fn same_reply(primary: &Value, old: &Value) -> bool {
+    // (Iterative: both were decoded, so they are shallow, but no recursion is needed.)
+    let mut todo = vec![(primary, old)];
+    while let Some(pair) = todo.pop() {
+        match pair {
+            (Value::Int(0), Value::Nil) | (Value::Nil, Value::Int(0)) => {}
+            (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+                todo.extend(a.iter().zip(b))
+            }
+            (a, b) if a == b => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The commands that make `key` on the old side what it is on the primary now.

@@ -37,6 +37,9 @@ pub struct ProxyShared {
     /// Where acknowledged writes are copied while the old side is kept in step (after a
     /// switch, until `finish`); empty otherwise.
     pub shadow: ArcSwapOption<ShadowSink>,
+    /// While writes are shadowed: the keys with a write in flight to the primary, so that
+    /// no two writes to one key are in flight at once ([`crate::cutover::order`]).
+    pub key_order: Arc<crate::cutover::order::KeyOrder>,
 }
 
 impl ProxyShared {
@@ -48,6 +51,7 @@ impl ProxyShared {
             clients_accepted: AtomicU64::new(0),
             gate: Gate::default(),
             shadow: ArcSwapOption::empty(),
+            key_order: Arc::default(),
         }
     }
 }

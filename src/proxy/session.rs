@@ -34,6 +34,7 @@ use super::io::read_now;
 use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::config::constant_time_eq;
+use crate::cutover::order::{self, KeyGuard, OrderKeys};
 use crate::cutover::shadow::{self, ShadowItem, Value};
 use crate::resp::request::{self, CAPTURED_ARGS, encode_command};
 use crate::resp::{ReplyInfo, ReplyParser, Request, RequestParser, push_error};
@@ -194,6 +195,8 @@ enum Event {
     Mux(Option<MuxReply>),
     /// The cutover gate resumed or the route flipped.
     Gate,
+    /// A write gave its keys back (a held command may take them now).
+    Keys,
     Error(io::Error),
     /// Nothing could wake the session any more (no branch of its wait is enabled).
     Stalled,
@@ -264,6 +267,13 @@ pub struct Session {
     next_shadow: Option<Box<ShadowPlan>>,
     /// Writes queued inside the open `MULTI`, shadowed with the replies in `EXEC`'s array.
     txn_shadow: Vec<ShadowPlan>,
+    /// The keys the write being dispatched took ([`crate::cutover::order`]); they go with its
+    /// shadow plan and are given back once its shadow is queued.
+    next_guard: Option<KeyGuard>,
+    /// The keys the `EXEC` in flight took (every key its transaction writes).
+    txn_guard: Option<KeyGuard>,
+    /// The held command waits for keys another write has in flight.
+    key_wait: bool,
     /// Replies from the shared connection are framed one by one (to pair writes with their
     /// replies for the shadow). Switched on while nothing is in flight there.
     mux_framing: bool,
@@ -293,6 +303,9 @@ struct ShadowPlan {
     /// Its shadow form depends on the reply (see `shadow::needs_reply`); otherwise it is sent
     /// to the old side as it is, unless it failed.
     rewrite: bool,
+    /// The keys it holds in the per-key order (given back when the plan is dropped, after
+    /// its shadow was queued).
+    _guard: Option<KeyGuard>,
 }
 
 impl ShadowPlan {
@@ -346,6 +359,9 @@ impl Session {
             txn_masks: false,
             next_shadow: None,
             txn_shadow: Vec::new(),
+            next_guard: None,
+            txn_guard: None,
+            key_wait: false,
             mux_framing: false,
             mux_frames: BytesMut::new(),
             mux_frame_parser: ReplyParser::default(),
@@ -412,7 +428,17 @@ impl Session {
             let watch_gate = self.gated || self.flip_sensitive();
             let mux_rx = self.mux_rx.as_mut();
             let gate_rx = &mut self.gate_rx;
+            // A command waiting for keys another write has in flight: try again when some
+            // write gives its keys back (or after 1 ms, in case that happened just before).
+            let key_order = self.key_wait.then(|| Arc::clone(&self.shared.key_order));
             let event = tokio::select! {
+                _ = async {
+                    let order = key_order.as_ref().expect("guarded");
+                    tokio::select! {
+                        _ = order.released() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    }
+                }, if key_order.is_some() => Event::Keys,
                 m = async { mux_rx.expect("guarded").recv().await }, if read_mux => Event::Mux(m),
                 _ = gate_rx.changed(), if watch_gate => Event::Gate,
                 r = client.readable(), if read_client => r.map_or_else(Event::Error, |_| Event::ClientReadable),
@@ -430,6 +456,7 @@ impl Session {
                 Event::Mux(Some(reply)) => self.on_mux_reply(reply),
                 Event::Mux(None) => self.mux_rx = None,
                 Event::Gate => self.on_gate_change().await,
+                Event::Keys => {}
                 Event::Error(e) => return Err(e),
                 Event::Stalled => return Err(self.stalled()),
             }
@@ -616,6 +643,11 @@ impl Session {
             wire: wire.to_vec(),
             db: self.conn.db,
             rewrite: shadow::needs_reply(cmd),
+            _guard: if self.conn.in_multi {
+                None
+            } else {
+                self.next_guard.take()
+            },
         };
         if self.conn.in_multi {
             self.txn_shadow.push(plan);
@@ -639,6 +671,8 @@ impl Session {
         }
         let action = match Value::decode(reply, self.conn.resp) {
             Some(v) => shadow::shadow_form(&plan.args(), &v, crate::cutover::unix_ms()),
+            // A script's reply is only compared; one too deep to decode is not.
+            None if shadow::is_script(&plan.wire) => shadow::Action::Replay(plan.args(), None),
             None => {
                 shadow::Action::Unsupported("a reply too big or unreadable to interpret".into())
             }
@@ -694,6 +728,8 @@ impl Session {
                 action: shadow::Action::Apply(batch),
             });
         }
+        // The transaction's shadow is queued: its keys are free again.
+        self.txn_guard = None;
     }
 
     async fn process_requests_inner(&mut self) {
@@ -737,9 +773,87 @@ impl Session {
                     return;
                 }
             }
+            if self.waits_for_keys(&req) {
+                self.flush_mux_batch();
+                self.held = Some(req);
+                self.key_wait = true;
+                return;
+            }
+            self.key_wait = false;
             if !self.mux_fast_path(&req) {
                 self.dispatch(req).await;
             }
+            // (A write answered by the proxy itself never took its keys to the server.)
+            self.next_guard = None;
+        }
+    }
+
+    /// While writes are shadowed: takes the keys of a write about to be sent (an `EXEC`:
+    /// every key its transaction writes) in the per-key order; `true` when another write to
+    /// one of them is in flight, and this one must wait ([`crate::cutover::order`]).
+    /// Blocking calls take nothing (they would hold their key while they wait for a push).
+    fn waits_for_keys(&mut self, req: &Request) -> bool {
+        self.next_guard = None;
+        if self.streaming_request || !self.conn.authenticated || self.shared.shadow.load().is_none()
+        {
+            return false;
+        }
+        let order = Arc::clone(&self.shared.key_order);
+        let keys = {
+            let args: Vec<&[u8]> = match req {
+                Request::Empty { .. } => return false,
+                Request::Inline { args, .. } => args.iter().map(|a| &a[..]).collect(),
+                Request::Array { len, .. } => {
+                    match crate::sync::engine::split_args(&self.client_in[..*len]) {
+                        Ok(a) => a,
+                        Err(_) => return false,
+                    }
+                }
+            };
+            let Some(name) = args.first() else {
+                return false;
+            };
+            if name.eq_ignore_ascii_case(b"EXEC") {
+                if !self.conn.in_multi || self.txn_shadow.is_empty() {
+                    return false;
+                }
+                let mut all = Vec::new();
+                let mut every = false;
+                for plan in &self.txn_shadow {
+                    let plan_args = plan.args();
+                    let refs: Vec<&[u8]> = plan_args.iter().map(|a| &a[..]).collect();
+                    match order::write_keys(&order, plan.db, &refs) {
+                        OrderKeys::All => every = true,
+                        OrderKeys::Keys(k) => all.extend(k),
+                    }
+                }
+                all.sort_unstable();
+                all.dedup();
+                let keys = if every {
+                    OrderKeys::All
+                } else {
+                    OrderKeys::Keys(all)
+                };
+                return match order.try_acquire(keys) {
+                    Some(g) => {
+                        self.txn_guard = Some(g);
+                        false
+                    }
+                    None => true,
+                };
+            }
+            let cmd = command::command_id(name);
+            if self.conn.in_multi || !shadow::is_write(cmd) || command::may_block(cmd) {
+                return false;
+            }
+            order::write_keys(&order, self.conn.db, &args)
+        };
+        match order.try_acquire(keys) {
+            Some(g) => {
+                self.next_guard = Some(g);
+                false
+            }
+            None => true,
         }
     }
 
@@ -1735,6 +1849,7 @@ impl Session {
             }
             if matches!(head.effect, Effect::Exec | Effect::Discard) {
                 self.txn_shadow.clear();
+                self.txn_guard = None;
             }
             if info.is_error() {
                 if !head.swallow {

@@ -317,6 +317,15 @@ impl SyncProgress {
         self.waker.wake();
     }
 
+    /// A run got going (the source started or continued a sync): an error of an earlier
+    /// run is over.
+    fn mark_established(&self) {
+        self.established.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
     /// Wakes the applier (it looks at the handoff requests at once).
     pub fn wake(&self) {
         self.waker.wake();
@@ -1119,7 +1128,7 @@ impl Applier<'_> {
                     self.last_offset = offset;
                     self.replid = replid;
                     phase = Phase::Snapshot;
-                    self.progress.established.fetch_add(1, Ordering::Relaxed);
+                    self.progress.mark_established();
                     // A new copy: the counts of an earlier run do not apply to it.
                     if let Ok(mut carried) = self.progress.carried.lock() {
                         *carried = None;
@@ -1174,7 +1183,7 @@ impl Applier<'_> {
                     self.flush_on_full = true;
                     w.mark_offset(offset);
                     phase = Phase::Streaming;
-                    self.progress.established.fetch_add(1, Ordering::Relaxed);
+                    self.progress.mark_established();
                     // The stream of an earlier run of this process goes on: so do its counts.
                     let carried = self.progress.carried.lock().ok().and_then(|mut c| c.take());
                     if let Some(c) = carried {
@@ -1408,7 +1417,7 @@ impl Applier<'_> {
                 self.follow_db = 0;
                 self.report.snapshot_bytes = 0;
                 p.snapshot_bytes_total.store(0, Ordering::Relaxed);
-                p.established.fetch_add(1, Ordering::Relaxed);
+                p.mark_established();
                 *phase = Phase::Snapshot;
             }
             Ok(Msg::SnapshotSize(size)) => {
@@ -1420,7 +1429,7 @@ impl Applier<'_> {
             Ok(Msg::Resumed { replid, offset }) => {
                 self.replid = replid;
                 self.last_offset = offset;
-                p.established.fetch_add(1, Ordering::Relaxed);
+                p.mark_established();
                 *phase = Phase::Streaming;
             }
             Ok(Msg::Continued { replid, .. }) => {

@@ -100,8 +100,10 @@ pub struct RetryPolicy {
     /// Give up once runs keep failing for this long without one getting going (`None`:
     /// never).
     pub give_up_after: Option<Duration>,
-    /// Retry permanent failures too (at the longest back-off): `cutover run` keeps its sync
-    /// going for as long as the process lives, and shows the error in `status`.
+    /// Retry permanent failures too (with the same back-off, 1 s doubling to 30 s): `cutover
+    /// run` keeps its links going for as long as the process lives (a link of the overlap
+    /// whose side refused writes — out of memory — must come back soon after it is cured),
+    /// and shows the error in `status`.
     pub retry_permanent: bool,
 }
 
@@ -145,9 +147,6 @@ pub fn run_retrying(
         progress.phase.store(3, Ordering::Relaxed);
         if !retry && !policy.retry_permanent {
             return Err(e);
-        }
-        if !retry {
-            backoff = MAX_BACKOFF;
         }
         let since = *failing_since.get_or_insert_with(Instant::now);
         if let Some(limit) = policy.give_up_after

@@ -670,13 +670,32 @@ impl TargetWriter {
         {
             // A transaction whose `EXEC` was sent without waiting for its `+QUEUED`s.
             if info.is_error() {
+                let text = reply_text(&reply);
+                // A refusal of every write (out of memory, a failing disk…) refuses the later
+                // batches' position writes too: nothing past the stored position was applied,
+                // and a new run resumes exactly from there.
+                let target_wide = [
+                    "OOM",
+                    "MISCONF",
+                    "LOADING",
+                    "BUSY",
+                    "MASTERDOWN",
+                    "READONLY",
+                ]
+                .iter()
+                .any(|p| text.starts_with(p));
                 return Err(TargetError::Refused {
                     addr: self.addr.clone(),
                     step: tag.what.to_string(),
-                    reply: format!(
-                        "{} — refused while queueing, after the batches behind it were sent: the target may miss this batch while later ones were applied; copy again from scratch (`cutover sync --fresh`)",
-                        reply_text(&reply)
-                    ),
+                    reply: if target_wide {
+                        format!(
+                            "{text} — the target refuses every write now; nothing past the stored position was applied"
+                        )
+                    } else {
+                        format!(
+                            "{text} — refused while queueing, after the batches behind it were sent: the target may miss this batch while later ones were applied; copy again from scratch (`cutover sync --fresh`)"
+                        )
+                    },
                 });
             }
             tags.push(tag);
