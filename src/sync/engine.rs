@@ -1115,6 +1115,8 @@ impl Applier<'_> {
             let msg = self.next_msg(wait);
             match msg {
                 Ok(Msg::Start { replid, offset }) => {
+                    // Seen at once (status, `rollback_safe`), not after the flush below.
+                    self.progress.phase.store(1, Ordering::Relaxed);
                     if phase != Phase::Connecting {
                         // The link dropped and the source could not continue: start over.
                         self.restart_full(w, &phase)?;
