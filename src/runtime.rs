@@ -73,6 +73,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let sync = links
         .as_ref()
         .map_or_else(|| Arc::new(SyncProgress::default()), |l| l.forward.clone());
+    if settings.target.is_some() {
+        let progress = sync.clone();
+        crate::telemetry::on_scrape(move || progress.publish_metrics());
+        if let Some(l) = &links {
+            let l = l.clone();
+            crate::telemetry::on_scrape(move || {
+                l.reverse.publish_metrics();
+                l.publish_metrics();
+            });
+        }
+    }
     let sync_detached = Arc::new(AtomicBool::new(false));
     let controller = settings.target.as_ref().map(|_| {
         Arc::new(Controller::new(

@@ -86,7 +86,29 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
 }
 
 /// The whole metrics page: the facade's metrics, then the per-command table.
+/// Called before every scrape: state kept in atomics elsewhere (the sync links) is published
+/// as gauges then, so a scrape never shows older figures than `cutover status`.
+type ScrapeHook = Box<dyn Fn() + Send + Sync>;
+
+fn scrape_hooks() -> &'static std::sync::Mutex<Vec<ScrapeHook>> {
+    static HOOKS: std::sync::OnceLock<std::sync::Mutex<Vec<ScrapeHook>>> =
+        std::sync::OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
+/// Runs `f` before every scrape of the metrics page.
+pub fn on_scrape(f: impl Fn() + Send + Sync + 'static) {
+    if let Ok(mut hooks) = scrape_hooks().lock() {
+        hooks.push(Box::new(f));
+    }
+}
+
 pub fn render(handle: &PrometheusHandle) -> String {
+    if let Ok(hooks) = scrape_hooks().lock() {
+        for hook in hooks.iter() {
+            hook();
+        }
+    }
     let mut page = handle.render();
     commands().render(&mut page);
     page

@@ -827,3 +827,48 @@ fn a_new_run_refuses_a_target_that_was_switched_to() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A move refused (or aborted) because a server did not answer must not happen later, once
+/// the server answers again; and the CLI hears so well before its own 30 s limit.
+fn a_frozen_target_refuses_the_switch_for_good(overlap: &str) {
+    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", overlap],
+    );
+    wait_streaming(&proxy);
+    target.signal("STOP");
+    let started = Instant::now();
+    let (code, _, err) = cli(&proxy, &["switch", "--max-pause-ms", "100"]);
+    let took = started.elapsed();
+    target.signal("CONT");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        took < Duration::from_secs(15),
+        "answered after {took:?}: {err}"
+    );
+    assert!(
+        err.contains("target") && (err.contains("answer") || err.contains("time")),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let status = proxy.status_json();
+    assert_eq!(status["primary"], "source", "{status}");
+    assert!(
+        status["cutover"]["history"].as_array().unwrap().is_empty(),
+        "{status}"
+    );
+    // And the target still works for a real switch afterwards.
+    wait_streaming(&proxy);
+    assert_eq!(step(&proxy, "switch")["primary"], "target");
+}
+
+#[test]
+fn a_frozen_target_refuses_the_switch_for_good_in_replica_overlap() {
+    a_frozen_target_refuses_the_switch_for_good("replica");
+}
+
+#[test]
+fn a_frozen_target_refuses_the_switch_for_good_in_shadow_overlap() {
+    a_frozen_target_refuses_the_switch_for_good("shadow");
+}

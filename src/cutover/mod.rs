@@ -493,6 +493,8 @@ impl Controller {
         let gate = &self.proxy.gate;
         let started = Instant::now();
         let deadline = started + max_pause;
+        // Every step that talks to a server while commands are held ends by the deadline.
+        src.set_deadline(Some(deadline));
         gate.pause();
         let abort = |waiting: String| {
             self.sync.cancel_stop();
@@ -528,6 +530,7 @@ impl Controller {
             .await;
         let held = gate.held();
         gate.resume();
+        src.set_deadline(None);
         let pause = started.elapsed();
         self.set_phase(Phase::Switched);
         // Remember on the target that it is the primary now (after the pause): a later
@@ -603,6 +606,7 @@ impl Controller {
         let gate = &self.proxy.gate;
         let started = Instant::now();
         let deadline = started + max_pause;
+        old_conn.set_deadline(Some(deadline));
         gate.pause();
         let from = if to == Side::Source {
             "target"

@@ -324,6 +324,9 @@ impl Controller {
         let gate = &self.proxy.gate;
         let started = Instant::now();
         let deadline = started + max_pause;
+        // Every step that talks to a server while commands are held ends by the deadline.
+        old_conn.set_deadline(Some(deadline));
+        new_conn.set_deadline(Some(deadline));
         gate.pause();
         let abort = |waiting: String| {
             following.handoff.abort_apply();
@@ -418,6 +421,7 @@ impl Controller {
         let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
         let held = gate.held();
         gate.resume();
+        new_conn.set_deadline(None);
         let pause = started.elapsed();
         let (action, phase) = match to {
             Side::Source => ("rollback", Phase::RolledBack),

@@ -79,20 +79,37 @@ pub struct Conn {
     parser: ReplyParser,
     /// Database selected on this connection.
     pub db: u32,
+    /// Every [`Conn::query`] is answered within this time (the connection's time limit)…
+    limit: Duration,
+    /// … and before this instant, when set (a move's pause deadline).
+    deadline: Option<tokio::time::Instant>,
+    /// A query timed out: a late reply could be taken for the next one's, so the connection
+    /// is not used again.
+    broken: bool,
 }
 
 impl Conn {
-    /// Connects and logs in (AUTH and SELECT from the backend's URL).
+    /// Connects and logs in (AUTH and SELECT from the backend's URL), within `timeout`; each
+    /// [`Conn::query`] is bounded by `timeout` too.
     pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, String> {
-        let stream = upstream::connect(backend, timeout)
+        let stream = tokio::time::timeout(timeout, upstream::connect(backend, timeout))
             .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
             .map_err(|e| e.to_string())?;
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             parser: ReplyParser::default(),
             db: backend.url.db,
+            limit: timeout,
+            deadline: None,
+            broken: false,
         })
+    }
+
+    /// Bounds every later [`Conn::query`] by `deadline` as well (`None`: the time limit only).
+    pub fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
+        self.deadline = deadline.map(tokio::time::Instant::from_std);
     }
 
     pub async fn write(&mut self, wire: &[u8]) -> Result<(), String> {
@@ -127,12 +144,32 @@ impl Conn {
         }
     }
 
-    /// One command, its decoded reply.
+    /// One command, its decoded reply, within the connection's time limit (and deadline).
     pub async fn query(&mut self, args: &[&[u8]]) -> Result<Value, String> {
+        if self.broken {
+            return Err("an earlier command on this connection timed out".into());
+        }
         let mut wire = Vec::new();
         encode_command(args, &mut wire);
-        self.write(&wire).await?;
-        let raw = self.read().await?;
+        let mut until = tokio::time::Instant::now() + self.limit;
+        if let Some(d) = self.deadline {
+            until = until.min(d);
+        }
+        let exchange = async {
+            self.write(&wire).await?;
+            self.read().await
+        };
+        let raw = match tokio::time::timeout_at(until, exchange).await {
+            Ok(r) => r?,
+            Err(_) => {
+                self.broken = true;
+                let name = args
+                    .first()
+                    .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+                    .unwrap_or_default();
+                return Err(format!("{name} was not answered in time"));
+            }
+        };
         Value::decode(&raw, 2).ok_or_else(|| "unreadable reply".to_string())
     }
 }
