@@ -713,3 +713,98 @@ fn arbitrary_client_bytes(password: Option<&str>, seed: u64) {
     assert_serving(&mut proxy);
     eprintln!("{} cases in {:?}", case.get(), started.elapsed());
 }
+
+// ----- 9: memory after a storm of connections --------------------------------------------------
+
+/// Opens `n` connections through the proxy, each running a few commands (so every session
+/// allocates its buffers and some take a bigger value), then closes them all; the proxy's RSS
+/// while they were all open.
+fn storm(proxy: &Proxy, n: usize, big: &[u8]) -> u64 {
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = TcpStream::connect(proxy.addr()).expect("connect");
+        let mut wire = encode(&["SET", &format!("storm{}", i % 64), "v"]);
+        if i % 16 == 0 {
+            wire.extend(encode::<&[u8]>(&[b"SET", b"stormbig", big]));
+            wire.extend(encode(&["GET", "stormbig"]));
+        }
+        wire.extend(encode(&["PING"]));
+        (&s).write_all(&wire).expect("write");
+        conns.push((s, i % 16 == 0));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    for (s, with_big) in &mut conns {
+        // Read every reply: "+OK" (+ "+OK" and the big value) + "+PONG".
+        let want = 5 + if *with_big { 5 + big.len() + 16 } else { 0 } + 7;
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut got = 0;
+        while got < want {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("the proxy closed a storm connection"),
+                Ok(n) => {
+                    got += n;
+                    if buf[..n].ends_with(b"+PONG\r\n") {
+                        break;
+                    }
+                }
+                Err(e) => panic!("storm read: {e}"),
+            }
+        }
+    }
+    let peak = proxy.rss_bytes();
+    drop(conns);
+    peak
+}
+
+#[test]
+fn memory_returns_after_connection_storms() {
+    let server = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&server.url(), &[]);
+    let clients = |p: &Proxy| {
+        p.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("cutover_client_connections "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let big = vec![b'x'; 100_000];
+    storm(&proxy, 50, &big);
+    wait_for("clients gone", Duration::from_secs(10), || {
+        (clients(&proxy) == 0.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = proxy.rss_bytes();
+    let started = Instant::now();
+    let mut rounds = Vec::new();
+    let mb = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
+    for _ in 0..3 {
+        let peak = storm(&proxy, 1000, &big);
+        wait_for("clients gone", Duration::from_secs(10), || {
+            (clients(&proxy) == 0.0).then_some(())
+        });
+        // Most of what the storm took must be given back, shortly after the clients left (a
+        // bounded wait): at least 3/4 of the growth, and never more than 2x the idle RSS.
+        let goal = (baseline + peak.saturating_sub(baseline) / 4).min(baseline * 2);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let rss = loop {
+            let rss = proxy.rss_bytes();
+            if rss <= goal || Instant::now() > deadline {
+                break rss;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        rounds.push((mb(peak), mb(rss)));
+        assert!(
+            rss <= goal,
+            "RSS {} MB after the storm's clients left (peak {} MB, idle {} MB): not given back",
+            mb(rss),
+            mb(peak),
+            mb(baseline)
+        );
+    }
+    eprintln!(
+        "RSS idle {} MB; (peak, after) per storm of 1000 clients: {rounds:?} MB ({:?})",
+        mb(baseline),
+        started.elapsed()
+    );
+}

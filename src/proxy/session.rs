@@ -381,6 +381,10 @@ impl Session {
         gate.set_held(&mut self.gated, false);
         gate.set_parked(&mut self.parked_flag, false);
         self.drop_upstream();
+        let shared = self.shared.clone();
+        // Everything this session held is freed before the heap is looked at.
+        drop(self);
+        heap::session_ended(shared);
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -577,18 +581,33 @@ impl Session {
         Ok(())
     }
 
+    /// Gives back buffer memory: a buffer emptier than [`TRIM_CAPACITY`] with more capacity
+    /// always; and every empty buffer of an idle session (nothing waiting for a reply, nothing
+    /// buffered), so thousands of idle connections do not each keep a 16 KiB read
+    /// reservation. The price is one allocation per read for a client at pipeline depth 1.
     fn trim(&mut self) {
-        for buf in [&mut self.client_in, &mut self.client_out] {
-            if buf.is_empty() && buf.capacity() > TRIM_CAPACITY {
+        let idle = self.pending.is_empty() && self.held.is_none() && self.mux_batch.is_empty();
+        let keep = |buf: &BytesMut| {
+            !buf.is_empty() || buf.capacity() == 0 || (!idle && buf.capacity() <= TRIM_CAPACITY)
+        };
+        for buf in [
+            &mut self.client_in,
+            &mut self.client_out,
+            &mut self.mux_batch,
+        ] {
+            if !keep(buf) {
                 *buf = BytesMut::new();
             }
         }
         if let Some(up) = &mut self.up {
             for buf in [&mut up.inbuf, &mut up.out] {
-                if buf.is_empty() && buf.capacity() > TRIM_CAPACITY {
+                if !keep(buf) {
                     *buf = BytesMut::new();
                 }
             }
+        }
+        if idle && self.pending.capacity() > 64 {
+            self.pending = VecDeque::new();
         }
     }
 
@@ -2059,5 +2078,74 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
     {
         Some(v @ (2 | 3)) => Effect::Hello(v),
         _ => Effect::None,
+    }
+}
+
+/// Giving memory back after a storm of connections.
+///
+/// Each session's buffers (16 KiB read reservations, reply buffers) come from the C heap. When
+/// thousands of clients leave at once, their memory is free but glibc returns only the top of
+/// the heap to the system: blocks still in use higher up (the I/O driver's registration pages,
+/// queues that grew during the storm) pin it, so the process' RSS stayed at its peak and crept
+/// up with each storm (measured: 11 MB idle, 63 → 92 MB after five storms of 2,000 clients;
+/// `malloc_trim(0)` from a debugger brought it back to 11 MB, so none of it was live). After
+/// the number of open clients has halved from its peak (and at least [`heap::MIN_PEAK`] / 2 have
+/// left), the proxy asks the allocator once, on a blocking thread, half a second later, to
+/// release free pages (`malloc_trim`, glibc only; elsewhere nothing happens).
+mod heap {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::ProxyShared;
+
+    /// Fewer clients than this at the peak: not worth a trim (after a trim, half of it must
+    /// have left again for the next one).
+    pub const MIN_PEAK: usize = 256;
+    const DELAY: Duration = Duration::from_millis(500);
+
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+    static SCHEDULED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn session_ended(shared: Arc<ProxyShared>) {
+        // This session is still counted (`proxy::listen` counts it down after `run`).
+        let open = shared
+            .client_conns
+            .load(Ordering::Relaxed)
+            .saturating_sub(1);
+        let peak = PEAK.fetch_max(open + 1, Ordering::Relaxed).max(open + 1);
+        if peak - open < MIN_PEAK / 2 || open > peak / 2 {
+            return;
+        }
+        if SCHEDULED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(DELAY).await;
+            PEAK.store(
+                shared.client_conns.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            SCHEDULED.store(false, Ordering::Release);
+            let released = tokio::task::spawn_blocking(release).await;
+            tracing::debug!(?released, "gave free heap memory back after clients left");
+        });
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn release() -> bool {
+        unsafe extern "C" {
+            /// glibc: releases free memory at the top of the heap and whole free pages inside
+            /// it (`madvise(MADV_DONTNEED)`); returns 1 if any memory was released.
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: `malloc_trim` takes no pointers and only works on the allocator's own state
+        // under its own locks; any thread may call it at any time.
+        unsafe { malloc_trim(0) == 1 }
+    }
+
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    fn release() -> bool {
+        false
     }
 }
