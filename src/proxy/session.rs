@@ -47,6 +47,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const STREAM_THRESHOLD: usize = 256 * 1024;
 /// Buffers emptier than this but with more capacity are given back to the allocator.
 const TRIM_CAPACITY: usize = 64 * 1024;
+/// Above this many connected clients, idle sessions drop their empty buffers ([`Session::trim`]).
+const IDLE_TRIM_CLIENTS: usize = 256;
 /// Commands a session may have waiting for replies before it stops reading its client.
 const MAX_PENDING: usize = 64 * 1024;
 /// Commands a session may have in flight on the shared connection.
@@ -582,11 +584,18 @@ impl Session {
     }
 
     /// Gives back buffer memory: a buffer emptier than [`TRIM_CAPACITY`] with more capacity
-    /// always; and every empty buffer of an idle session (nothing waiting for a reply, nothing
-    /// buffered), so thousands of idle connections do not each keep a 16 KiB read
-    /// reservation. The price is one allocation per read for a client at pipeline depth 1.
+    /// always; and, while more than [`IDLE_TRIM_CLIENTS`] clients are connected, every empty
+    /// buffer of an idle session (nothing waiting for a reply, nothing buffered), so thousands
+    /// of idle connections do not each keep a 16 KiB read reservation. The price is one
+    /// allocation per read for such a client at pipeline depth 1.
     fn trim(&mut self) {
-        let idle = self.pending.is_empty() && self.held.is_none() && self.mux_batch.is_empty();
+        // (Only while many clients are connected: a busy proxy with a few hundred clients
+        // keeps its read buffers rather than allocating one per request.)
+        let idle = self.pending.is_empty()
+            && self.held.is_none()
+            && self.mux_batch.is_empty()
+            && self.shared.client_conns.load(std::sync::atomic::Ordering::Relaxed)
+                > IDLE_TRIM_CLIENTS;
         let keep = |buf: &BytesMut| {
             !buf.is_empty() || buf.capacity() == 0 || (!idle && buf.capacity() <= TRIM_CAPACITY)
         };
