@@ -940,6 +940,12 @@ fn rdb_file_errors() {
         "{stderr}"
     );
 
+    // Neither was loaded in part: the file is read to its end (checksum included) before
+    // the target is written to.
+    let keys: i64 = q(&mut target.conn(), &[b"DBSIZE"]);
+    assert_eq!(keys, 0, "a bad file left keys on the target");
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+
     // Garbage from the first byte.
     let garbage = dir.path().join("garbage.rdb");
     std::fs::write(&garbage, b"this is not an RDB file at all").unwrap();
@@ -950,6 +956,68 @@ fn rdb_file_errors() {
         stderr.contains("garbage.rdb") && stderr.contains("at byte"),
         "{stderr}"
     );
+}
+
+/// A source database the target does not have (db 20 of a 32-db source, into 16 dbs) is
+/// refused before anything is written, with the `db_map` that would fix it — never written
+/// into db 0 — from a file and from a live source alike.
+#[test]
+fn a_database_the_target_lacks_is_refused_before_writing() {
+    let source = Server::start_with(Version::Redis70, &["--databases", "32"]);
+    let mut src = source.conn();
+    let _: () = q(&mut src, &[b"SET", b"k", b"from-db0"]);
+    let _: () = q(&mut src, &[b"SELECT", b"20"]);
+    let _: () = q(&mut src, &[b"SET", b"k", b"from-db20"]);
+    let file = save(&source);
+    let target = Server::start(Version::Redis70);
+    let mut dst = target.conn();
+    let _: () = q(&mut dst, &[b"SET", b"k", b"target's own"]);
+    let check = |out: Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("20") && stderr.contains("db_map") && stderr.contains("16 databases"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("nothing was written"), "{stderr}");
+        assert_eq!(
+            q::<String>(&mut target.conn(), &[b"GET", b"k"]),
+            "target's own",
+            "db 0 of the target is untouched"
+        );
+    };
+    check(load_rdb(&file, &target));
+    let child = cutover()
+        .args([
+            "sync",
+            "--once",
+            "--source",
+            &source.url(),
+            "--target",
+            &target.url(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check(wait_output(child, Duration::from_secs(60)));
+    // With the suggested map, it is copied.
+    let child = cutover()
+        .args(["sync", "--once", "--db-map", "20=1", "--fresh"])
+        .args(["--source", &source.url(), "--target", &target.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut db1 = target.conn();
+    let _: () = q(&mut db1, &[b"SELECT", b"1"]);
+    assert_eq!(q::<String>(&mut db1, &[b"GET", b"k"]), "from-db20");
 }
 
 // ----- exactly once across restarts ----------------------------------------------------------

@@ -594,7 +594,10 @@ impl Session {
         let idle = self.pending.is_empty()
             && self.held.is_none()
             && self.mux_batch.is_empty()
-            && self.shared.client_conns.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .shared
+                .client_conns
+                .load(std::sync::atomic::Ordering::Relaxed)
                 > IDLE_TRIM_CLIENTS;
         let keep = |buf: &BytesMut| {
             !buf.is_empty() || buf.capacity() == 0 || (!idle && buf.capacity() <= TRIM_CAPACITY)

@@ -33,7 +33,7 @@
 //! offset at the moment the snapshot had been received (`master_repl_offset` from
 //! `INFO replication`) are applied and confirmed by the target.
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -711,6 +711,8 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
                 say(&format!("cutover sync: {warning}"));
                 tracing::warn!("{warning}");
             }
+            // Before anything is written: every database with keys must exist on the target.
+            check_databases(&writer, &opts.tuning.filter, &numbers)?;
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
     }
@@ -757,6 +759,48 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         bar: Bar::new(opts.progress),
     }
     .run(&mut writer)
+}
+
+/// Refuses (before anything is written) source databases that the target does not have
+/// once mapped: names them and a `db_map` that would fix it (the target's lowest databases
+/// that nothing else is mapped to).
+fn check_databases(w: &TargetWriter, filter: &Filter, source_dbs: &[u64]) -> anyhow::Result<()> {
+    let Some(n) = w.databases() else {
+        return Ok(());
+    };
+    let mapped: Vec<(u64, u64)> = source_dbs
+        .iter()
+        .filter_map(|db| filter.map_db(*db).map(|to| (*db, to)))
+        .collect();
+    let missing: Vec<u64> = mapped
+        .iter()
+        .filter(|(_, to)| *to >= n)
+        .map(|(db, _)| *db)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let used: std::collections::BTreeSet<u64> = mapped
+        .iter()
+        .filter(|(_, to)| *to < n)
+        .map(|(_, to)| *to)
+        .collect();
+    let mut free = (0..n).filter(|d| !used.contains(d));
+    let fix: Vec<String> = missing
+        .iter()
+        .map_while(|db| free.next().map(|to| format!("{db}={to}")))
+        .collect();
+    bail!(
+        "the source has keys in database(s) {} but the target {} has only {n} databases (0-{}); nothing was written. Map them to databases the target has, e.g. [sync] db_map = \"{}\" (--db-map), or leave them out with only_mapped_dbs",
+        missing
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        w.addr(),
+        n - 1,
+        fix.join(",")
+    )
 }
 
 /// The source's databases and their key counts (`INFO keyspace`).
@@ -1208,7 +1252,7 @@ impl Applier<'_> {
                     parser.feed(&bytes);
                     while let Some(ev) = parser
                         .next_event()
-                        .context("the source's snapshot cannot be read")?
+                        .context("the source's snapshot cannot be read; the target holds a partial copy (cutover:position = snapshot-loading): the next run flushes it and copies again")?
                     {
                         conv.apply(ev, w)?;
                     }
@@ -1216,7 +1260,7 @@ impl Applier<'_> {
                 Ok(Msg::SnapshotDone { bytes }) => {
                     parser
                         .finish()
-                        .context("the source's snapshot ended early")?;
+                        .context("the source's snapshot ended early; the target holds a partial copy (cutover:position = snapshot-loading): the next run flushes it and copies again")?;
                     conv.finish(w)?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
                     w.drain()?;
@@ -1819,6 +1863,10 @@ impl Applier<'_> {
                 .get(1)
                 .and_then(|a| std::str::from_utf8(a).ok()?.parse::<u64>().ok())
                 .context("SELECT without a database number in the replication stream")?;
+            if let Some(to) = filter.map_db(db) {
+                // A database the target lacks stops the sync here: never into another one.
+                w.check_db(to)?;
+            }
             match filter.map_db(db) {
                 Some(to) if to == db => w.send_wire(&cmd.wire, tag(name))?,
                 Some(to) => {
@@ -2284,13 +2332,23 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
         tuning: opts.tuning.clone(),
         ..SyncOptions::new(opts.target.clone(), opts.target.clone())
     };
+    // A first pass reads the whole file without writing anything: a corrupt or truncated
+    // file (its checksum is at the end) and a database the target lacks are refused before
+    // the target is touched, instead of leaving a partial copy there.
+    let dbs = prescan_rdb(&mut file, &sync, &path)?;
+    check_databases(&w, &opts.tuning.filter, &dbs)?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .with_context(|| format!("cannot read the RDB file {path} again"))?;
     let mut parser = sync.parser();
     let mut conv = Converter::with_options(&w, sync.convert_options());
     let mut chunk = vec![0u8; 1024 * 1024];
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    let bad =
-        |e: crate::rdb::RdbError| anyhow::anyhow!("the RDB file {path} cannot be loaded: {e}");
+    let bad = |e: crate::rdb::RdbError| {
+        anyhow::anyhow!(
+            "the RDB file {path} cannot be loaded: {e} (it changed after it was checked; the target holds part of it: flush it before loading again)"
+        )
+    };
     loop {
         let n = match file.read(&mut chunk) {
             Ok(0) => break,
@@ -2331,6 +2389,45 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     }
     report.stats = conv.stats;
     Ok(report)
+}
+
+/// Reads an RDB file to its end (checksum included) without writing anything; the databases
+/// that hold keys.
+fn prescan_rdb(
+    file: &mut std::fs::File,
+    sync: &SyncOptions,
+    path: &str,
+) -> anyhow::Result<Vec<u64>> {
+    let mut parser = sync.parser();
+    let mut chunk = vec![0u8; 1024 * 1024];
+    let mut dbs = std::collections::BTreeSet::new();
+    let mut read = 0u64;
+    let bad = |e: crate::rdb::RdbError| {
+        anyhow::anyhow!(
+            "the RDB file {path} cannot be loaded: {e}; nothing was written to the target"
+        )
+    };
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read the RDB file {path} at byte {read}; nothing was written to the target")
+                });
+            }
+        };
+        read += n as u64;
+        parser.feed(&chunk[..n]);
+        while let Some(ev) = parser.next_event().map_err(bad)? {
+            if let crate::rdb::Event::SelectDb { db } = ev {
+                dbs.insert(db);
+            }
+        }
+    }
+    parser.finish().map_err(bad)?;
+    Ok(dbs.into_iter().collect())
 }
 
 /// A progress line is on the terminal (cleared before other messages).

@@ -50,7 +50,8 @@ pub fn classify(e: &anyhow::Error) -> Class {
                 TargetError::Refused { .. }
                 | TargetError::Protocol { .. }
                 | TargetError::Unsupported { .. }
-                | TargetError::CannotHold { .. } => Class::Permanent,
+                | TargetError::CannotHold { .. }
+                | TargetError::NoSuchDb { .. } => Class::Permanent,
             };
         }
         if let Some(EngineError::SourceLink { transient, .. }) = cause.downcast_ref() {

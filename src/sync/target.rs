@@ -63,6 +63,15 @@ pub enum TargetError {
         "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
     )]
     CannotHold { what: String },
+    #[error(
+        "database {db} cannot be written to the target {addr}: it has {databases} databases (0-{last}); nothing was written to another database. Map it to one the target has with [sync] db_map (--db-map \"{db}=N\"), or leave it out with only_mapped_dbs",
+        last = databases.saturating_sub(1)
+    )]
+    NoSuchDb {
+        addr: String,
+        db: u64,
+        databases: u64,
+    },
 }
 
 /// What the target is.
@@ -245,6 +254,29 @@ struct Txn {
     refused: Vec<(usize, String)>,
 }
 
+/// The bulk strings of a flat array reply (`*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n`), or
+/// of a RESP3 map; anything else gives none.
+fn array_bulks(reply: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut lines = reply
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Some(head) = lines.next() else {
+        return out;
+    };
+    if !matches!(head.first(), Some(b'*' | b'%')) {
+        return out;
+    }
+    while let Some(l) = lines.next() {
+        if l.first() == Some(&b'$') {
+            if let Some(v) = lines.next() {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// A blocking connection with one request at a time (`call`) or pipelined writes (`send`).
 pub struct TargetWriter {
     stream: TcpStream,
@@ -256,6 +288,8 @@ pub struct TargetWriter {
     inflight: VecDeque<Tag>,
     window: usize,
     db: u64,
+    /// How many databases the target has (`CONFIG GET databases`; `None`: it would not say).
+    databases: Option<u64>,
     confirmed: Option<u64>,
     sent: u64,
     answered: u64,
@@ -295,6 +329,12 @@ impl TargetWriter {
         // Named, so that the cutover tells this connection from a client writing directly
         // (`CLIENT LIST`); a server that refuses the name is fine.
         let _ = w.call(&[b"CLIENT", b"SETNAME", CLIENT_NAME.as_bytes()])?;
+        // (A managed service may refuse CONFIG: then a missing database shows as an error
+        // of its SELECT.)
+        let reply = w.call(&[b"CONFIG", b"GET", b"databases"])?;
+        w.databases = array_bulks(&reply)
+            .get(1)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
         let reply = w.call(&[b"INFO", b"server"])?;
         let text = w.check("INFO server", reply)?;
         w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {
@@ -332,6 +372,7 @@ impl TargetWriter {
             inflight: VecDeque::new(),
             window,
             db: 0,
+            databases: None,
             confirmed: None,
             sent: 0,
             answered: 0,
@@ -373,8 +414,27 @@ impl TargetWriter {
         self.db = db;
     }
 
+    /// How many databases the target has, when it says (`CONFIG GET databases`).
+    pub fn databases(&self) -> Option<u64> {
+        self.databases
+    }
+
+    /// Refuses a database the target does not have (a `SELECT` of it would fail, and the
+    /// writes pipelined behind it would land in the current database).
+    pub fn check_db(&self, db: u64) -> Result<(), TargetError> {
+        match self.databases {
+            Some(n) if db >= n => Err(TargetError::NoSuchDb {
+                addr: self.addr.clone(),
+                db,
+                databases: n,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends `SELECT db` unless it is the current database.
     pub fn select(&mut self, db: u64) -> Result<(), TargetError> {
+        self.check_db(db)?;
         if db != self.db {
             let n = db.to_string();
             self.send(
