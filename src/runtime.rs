@@ -105,15 +105,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(listen = %settings.proxy.listen, source = %settings.source, "proxy ready; forwarding to the source");
     tokio::spawn(proxy::listen(listener, shared.clone()));
 
+    let verify = settings.target.as_ref().map(|t| {
+        Arc::new(crate::verify::VerifyTracker::new(
+            crate::verify::VerifyOptions::new(settings.source.clone(), t.clone()),
+        ))
+    });
+    if settings.metrics.is_some() {
+        crate::telemetry::preregister(settings.target.is_some(), settings.proxy.max_clients);
+        tokio::spawn(status_gauges(controller.clone(), verify.clone()));
+    }
+
     if let Some(admin) = &settings.admin {
         let listener = TcpListener::bind(admin.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([admin] listen)", admin.listen))?;
-        let verify = settings.target.as_ref().map(|t| {
-            Arc::new(crate::verify::VerifyTracker::new(
-                crate::verify::VerifyOptions::new(settings.source.clone(), t.clone()),
-            ))
-        });
         let server = Arc::new(AdminServer {
             token: admin.token.clone(),
             status: Arc::new(RunStatus {
@@ -246,6 +251,26 @@ async fn start_reverse_link(
         "reverse link started (a replica of the target; it follows until the first switch)"
     );
     Ok(())
+}
+
+/// Keeps the gauges that are derived from the status document fresh without anyone asking
+/// for `STATUS`: `cutover_rollback_safe` (computed by the controller's status) and the last
+/// verify's result (`cutover_verify_*`), once a second.
+async fn status_gauges(
+    controller: Option<Arc<Controller>>,
+    verify: Option<Arc<crate::verify::VerifyTracker>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(c) = &controller {
+            let _ = c.status();
+        }
+        if let Some(v) = &verify {
+            crate::telemetry::publish_verify(&v.status());
+        }
+    }
 }
 
 /// Reads `server`'s `master_repl_offset` every half second into the link's progress, so

@@ -138,6 +138,94 @@ fn describe() {
     );
 }
 
+/// Error kinds counted by [`error`] (created at 0 by [`preregister`]).
+pub const ERROR_KINDS: [&str; 9] = [
+    "protocol",
+    "auth",
+    "admin_auth",
+    "refused",
+    "reply_error",
+    "backend_lost",
+    "backend_unreachable",
+    "backend_protocol",
+    "max_clients",
+];
+
+/// Creates, at 0, the series that dashboards and alert rules query but that would otherwise
+/// appear only with their first event (an error, an aborted switch, a lost backend), so that
+/// `increase()` sees the first one and a query for them is never empty; and publishes the
+/// configured `max_clients` (`cutover_proxy_max_clients`).
+pub fn preregister(has_target: bool, max_clients: usize) {
+    metrics::describe_gauge!(
+        "cutover_proxy_max_clients",
+        "[proxy] max_clients: client connections beyond it are refused"
+    );
+    metrics::gauge!("cutover_proxy_max_clients").set(max_clients as f64);
+    for kind in ERROR_KINDS {
+        metrics::counter!("cutover_errors_total", "kind" => kind).increment(0);
+    }
+    metrics::gauge!("cutover_client_connections").increment(0.0);
+    metrics::counter!("cutover_client_connections_total").increment(0);
+    let sides: &[&'static str] = if has_target {
+        &["source", "target"]
+    } else {
+        &["source"]
+    };
+    for &side in sides {
+        metrics::gauge!("cutover_backend_connections", "side" => side).increment(0.0);
+        metrics::counter!("cutover_backend_connects_total", "side" => side).increment(0);
+        metrics::counter!("cutover_backend_connect_failures_total", "side" => side).increment(0);
+        metrics::counter!("cutover_backend_lost_total", "side" => side).increment(0);
+    }
+    if has_target {
+        for name in [
+            "cutover_barrier_aborts_total",
+            "cutover_shadow_writes_total",
+            "cutover_shadow_unsafe_total",
+            "cutover_sync_restarts_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
+        metrics::gauge!("cutover_shadow_queue").increment(0.0);
+        // (A summary with no sample yet: count 0, so the first move counts as an increase.)
+        let _ = metrics::histogram!("cutover_pause_seconds");
+        metrics::gauge!("cutover_route_epoch").increment(0.0);
+        metrics::gauge!("cutover_primary_is_target").increment(0.0);
+        metrics::gauge!("cutover_verify_state").increment(0.0);
+    }
+}
+
+/// Publishes the last verify started through the admin listener (the `verify` section of
+/// `STATUS`) as gauges: `cutover_verify_state` (0 none yet, 1 running, 2 done, 3 error) and,
+/// once one is done, `cutover_verify_equal` (1/0), `cutover_verify_differences{kind}`,
+/// `cutover_verify_source_keys`, `cutover_verify_duration_seconds` and
+/// `cutover_verify_finished_timestamp_seconds`.
+pub fn publish_verify(v: &serde_json::Value) {
+    let state = match v["state"].as_str() {
+        Some("running") => 1.0,
+        Some("done") => 2.0,
+        Some("error") => 3.0,
+        _ => 0.0,
+    };
+    metrics::gauge!("cutover_verify_state").set(state);
+    if state != 2.0 {
+        return;
+    }
+    let equal = v["equal"].as_bool().unwrap_or(false);
+    metrics::gauge!("cutover_verify_equal").set(if equal { 1.0 } else { 0.0 });
+    if let Some(kinds) = v["differences"].as_object() {
+        // The kinds are verify's own fixed set (`DiffKind`), so the cardinality is bounded.
+        for (kind, n) in kinds {
+            metrics::gauge!("cutover_verify_differences", "kind" => kind.clone())
+                .set(n.as_u64().unwrap_or(0) as f64);
+        }
+    }
+    let num = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    metrics::gauge!("cutover_verify_source_keys").set(num("source_keys"));
+    metrics::gauge!("cutover_verify_duration_seconds").set(num("elapsed_secs"));
+    metrics::gauge!("cutover_verify_finished_timestamp_seconds").set(num("finished"));
+}
+
 /// Handles used on the data path (counted once per read or write, not per command).
 pub struct Hot {
     pub bytes_in: Counter,
