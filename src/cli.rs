@@ -337,6 +337,15 @@ pub struct StatusArgs {
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     pub json: bool,
+    /// Redraw the status every second (on a terminal: clear the screen, show the snapshot's
+    /// progress bar and the lag, like `watch`; otherwise one status per second, separated by
+    /// lines; with --json one object per line). Ctrl-C ends it; so does an admin listener that
+    /// stops answering (exit 2, with the error).
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch: stop after this many redraws.
+    #[arg(long, requires = "watch")]
+    pub count: Option<u64>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -494,6 +503,9 @@ fn admin_move(admin: &AdminArgs, command: &[String], json: bool) -> anyhow::Resu
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    if args.watch {
+        return watch_status(args);
+    }
     let (addr, token) = args.admin.resolve()?;
     let reply = runtime()?.block_on(crate::admin::client::request(
         &addr,
@@ -512,6 +524,75 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         print!("{}", crate::status::render_text(&doc));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One `STATUS` request, parsed.
+async fn fetch_status(addr: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let reply =
+        crate::admin::client::request(addr, token, &["STATUS"], Duration::from_secs(5)).await?;
+    let redis_protocol::resp2::types::BytesFrame::BulkString(body) = reply else {
+        anyhow::bail!("unexpected STATUS reply from {addr}: {reply:?}");
+    };
+    serde_json::from_slice(&body).context("the STATUS reply is not JSON")
+}
+
+/// `cutover status --watch`: a status every second until Ctrl-C, `--count` redraws, or an
+/// error (the admin listener gone: exit 2 with the error).
+fn watch_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let (addr, token) = args.admin.resolve()?;
+    let tty = std::io::stdout().is_terminal();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+        // (keys done, when) of the previous redraw, for the snapshot's rate and ETA.
+        let mut prev: Option<(u64, std::time::Instant)> = None;
+        let mut drawn = 0u64;
+        loop {
+            // (The error names the admin listener and says what to check.)
+            let doc = fetch_status(&addr, token.as_deref()).await?;
+            let now = std::time::Instant::now();
+            let done = doc["sync"]["keys_done"].as_u64().unwrap_or(0);
+            let rate = prev.and_then(|(d, t)| {
+                let secs = now.duration_since(t).as_secs_f64();
+                (secs > 0.0 && done >= d).then(|| (done - d) as f64 / secs)
+            });
+            prev = Some((done, now));
+            let mut out = std::io::stdout().lock();
+            let text = if args.json {
+                format!("{doc}\n")
+            } else {
+                crate::status::render_watch(&doc, rate, 40)
+            };
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let written = if args.json {
+                write!(out, "{text}")
+            } else if tty {
+                // Cursor home, clear the screen, then the view (as `watch` does).
+                write!(
+                    out,
+                    "\x1b[H\x1b[2JEvery 1.0 s: cutover status --admin {addr}   (unix {stamp}; Ctrl-C ends)\n\n{text}"
+                )
+            } else {
+                write!(out, "--- {addr} at unix {stamp} ---\n{text}")
+            };
+            // A closed pipe (`| head`) ends the watch quietly.
+            if written.and_then(|_| out.flush()).is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            drop(out);
+            drawn += 1;
+            if args.count.is_some_and(|c| drawn >= c) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    })
 }
 
 fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
