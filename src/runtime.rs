@@ -276,9 +276,13 @@ async fn status_gauges(
 /// Reads `server`'s `master_repl_offset` every half second into the link's progress, so
 /// that its lag counts what the server has and the link has not yet read (a link that stops
 /// reading — a frozen target behind it — would otherwise look caught up). Ends with the link.
+///
+/// Also sets `cutover_sync_server_up{direction}`: 1 while that server answers, 0 while it
+/// does not (the link itself keeps reconnecting for minutes before its phase says so).
 async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
     let timeout = Duration::from_secs(2);
     let mut conn = None;
+    let up = metrics::gauge!("cutover_sync_server_up", "direction" => link.direction());
     while !link.ended.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if conn.is_none() {
@@ -288,10 +292,12 @@ async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
                 .and_then(Result::ok);
         }
         let Some(c) = conn.as_mut() else {
+            up.set(0.0);
             continue;
         };
         match tokio::time::timeout(timeout, c.query(&[b"INFO", b"replication"])).await {
             Ok(Ok(Value::Bytes(text))) => {
+                up.set(1.0);
                 if let Some(off) = String::from_utf8_lossy(&text)
                     .lines()
                     .find_map(|l| l.strip_prefix("master_repl_offset:"))
@@ -300,7 +306,10 @@ async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
                     link.set_server_offset(off);
                 }
             }
-            _ => conn = None,
+            _ => {
+                up.set(0.0);
+                conn = None;
+            }
         }
     }
 }

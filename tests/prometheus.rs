@@ -641,14 +641,19 @@ fn every_panel_and_rule_returns_data_and_alerts_fire() {
     assert_eq!(fast, shipped_exprs);
     let healthy = started.elapsed();
 
-    // Forced: the target (the primary now) dies while clients write through the proxy.
+    // Forced: the target (the primary now) dies while clients write through the proxy. The
+    // proxy cannot connect to it, and the reverse link's server is gone.
     let before = ok.load(Ordering::Relaxed);
     assert!(before > 0, "no traffic went through the proxy");
     target.kill();
+    let expected = [
+        ("CutoverBackendUnreachable", "side", "target"),
+        ("CutoverSyncServerDown", "direction", "reverse"),
+    ];
     let deadline = Instant::now() + Duration::from_secs(25);
-    let fired = loop {
+    let states = loop {
         let rules = prom.api("/api/v1/rules").expect("rules");
-        let state = |group: &str, alert: &str| -> String {
+        let rule = |group: &str, alert: &str| -> Value {
             rules["groups"]
                 .as_array()
                 .into_iter()
@@ -656,32 +661,53 @@ fn every_panel_and_rule_returns_data_and_alerts_fire() {
                 .filter(|g| g["name"] == group)
                 .flat_map(|g| g["rules"].as_array().into_iter().flatten())
                 .find(|r| r["name"] == alert)
-                .and_then(|r| r["state"].as_str())
-                .unwrap_or("missing")
-                .to_string()
+                .cloned()
+                .unwrap_or(Value::Null)
         };
-        let unreachable = state("cutover-fast", "CutoverBackendUnreachable");
-        if unreachable == "pending" || unreachable == "firing" {
-            break (unreachable, state("cutover", "CutoverBackendUnreachable"));
+        // Pending or firing, with an alert for the expected label (the fast copy: for 1 s).
+        let active = |alert: &str, label: &str, value: &str| {
+            let r = rule("cutover-fast", alert);
+            matches!(r["state"].as_str(), Some("pending" | "firing"))
+                && r["alerts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a["labels"][label] == value)
+        };
+        if expected.iter().all(|(a, l, v)| active(a, l, v)) {
+            break expected
+                .iter()
+                .map(|(a, _, _)| {
+                    format!(
+                        "{a}: {} (shipped rule: {})",
+                        rule("cutover-fast", a)["state"],
+                        rule("cutover", a)["state"]
+                    )
+                })
+                .collect::<Vec<_>>();
         }
         assert!(
             Instant::now() < deadline,
-            "CutoverBackendUnreachable stayed {unreachable} 25 s after the target was killed; alerts: {:?}; failures: {:?}",
-            prom.api("/api/v1/alerts"),
-            prom.query("cutover_backend_connect_failures_total")
+            "25 s after the target was killed, not all of {expected:?} are pending or firing: {:?}",
+            expected
+                .iter()
+                .map(|(a, _, _)| rule("cutover-fast", a))
+                .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(250));
     };
-    // The shipped rule (for: 1m) goes pending at the same evaluation or one later.
+    // /api/v1/alerts lists them too.
     let alerts = prom.api("/api/v1/alerts").expect("alerts");
-    let listed = alerts["alerts"].as_array().into_iter().flatten().any(|a| {
-        a["labels"]["alertname"] == "CutoverBackendUnreachable" && a["labels"]["side"] == "target"
-    });
-    assert!(listed, "{alerts}");
+    for (alert, label, value) in expected {
+        let listed = alerts["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["labels"]["alertname"] == alert && a["labels"][label] == value);
+        assert!(listed, "{alert} not in {alerts}");
+    }
     eprintln!(
-        "healthy part {healthy:?}; fast rule {}, shipped rule {}; total {:?}",
-        fired.0,
-        fired.1,
+        "healthy part {healthy:?}; {states:?}; total {:?}",
         started.elapsed()
     );
 }
