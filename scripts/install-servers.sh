@@ -51,7 +51,10 @@ deb_binaries() { # <package> <binary>...
   if ! (cd "$dl" && apt-get download -qq "$pkg" >/dev/null 2>&1); then
     # The package lists may be missing or stale on a fresh machine.
     $SUDO apt-get update -qq >/dev/null
-    (cd "$dl" && apt-get download -qq "$pkg" >/dev/null 2>&1)
+    if ! (cd "$dl" && apt-get download -qq "$pkg" >/dev/null); then
+      echo "install-servers: cannot download the Debian package $pkg" >&2
+      exit 1
+    fi
   fi
   dpkg-deb -x "$dl"/"${pkg}"_*.deb "$dl/root"
   for b in "$@"; do

@@ -415,6 +415,24 @@ fn promtool_accepts_the_shipped_rules_and_config() {
         .filter_map(|v| v["name"].as_str())
         .collect();
     assert_eq!(vars, ["datasource", "instance"]);
+    // Every panel queries the data source chosen in the variable.
+    fn datasources(panels: &Value, out: &mut Vec<String>) {
+        for p in panels.as_array().into_iter().flatten() {
+            if p["type"] != "row" {
+                out.push(format!("{}: {}", p["title"], p["datasource"]["uid"]));
+                for t in p["targets"].as_array().into_iter().flatten() {
+                    out.push(format!("{} target: {}", p["title"], t["datasource"]["uid"]));
+                }
+            }
+            datasources(&p["panels"], out);
+        }
+    }
+    let mut ds = Vec::new();
+    datasources(&dash["panels"], &mut ds);
+    assert!(ds.len() > 30, "{ds:?}");
+    for d in ds {
+        assert!(d.ends_with(": \"${datasource}\""), "{d}");
+    }
     for q in dashboard_queries(&dash) {
         assert!(
             q.expr.contains("instance=~\"$instance\""),
