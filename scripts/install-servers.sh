@@ -61,7 +61,7 @@ deb_binaries() { # <package> <binary>...
     install -m 0755 "$dl/root/usr/bin/$b" "$bin/$b.tmp"
     mv -f "$bin/$b.tmp" "$bin/$b"
   done
-  rm -rf "$dl/root"
+  rm -rf "$dl"
 }
 deb_binaries prometheus prometheus promtool
 
