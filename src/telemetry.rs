@@ -181,7 +181,6 @@ pub fn preregister(has_target: bool, max_clients: usize) {
         for name in [
             "cutover_barrier_aborts_total",
             "cutover_shadow_writes_total",
-            "cutover_shadow_unsafe_total",
             "cutover_sync_restarts_total",
         ] {
             metrics::counter!(name).increment(0);
