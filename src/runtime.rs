@@ -112,7 +112,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     if settings.metrics.is_some() {
         crate::telemetry::preregister(settings.target.is_some(), settings.proxy.max_clients);
-        tokio::spawn(status_gauges(controller.clone(), verify.clone()));
+        // The gauges derived from the status document, fresh at every scrape without anyone
+        // asking for `STATUS`: `cutover_rollback_safe` (computed by the controller's status)
+        // and the last verify's result (`cutover_verify_*`).
+        let (c, v) = (controller.clone(), verify.clone());
+        crate::telemetry::on_scrape(move || {
+            if let Some(c) = &c {
+                let _ = c.status();
+            }
+            if let Some(v) = &v {
+                crate::telemetry::publish_verify(&v.status());
+            }
+        });
     }
 
     if let Some(admin) = &settings.admin {
@@ -251,26 +262,6 @@ async fn start_reverse_link(
         "reverse link started (a replica of the target; it follows until the first switch)"
     );
     Ok(())
-}
-
-/// Keeps the gauges that are derived from the status document fresh without anyone asking
-/// for `STATUS`: `cutover_rollback_safe` (computed by the controller's status) and the last
-/// verify's result (`cutover_verify_*`), once a second.
-async fn status_gauges(
-    controller: Option<Arc<Controller>>,
-    verify: Option<Arc<crate::verify::VerifyTracker>>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Some(c) = &controller {
-            let _ = c.status();
-        }
-        if let Some(v) = &verify {
-            crate::telemetry::publish_verify(&v.status());
-        }
-    }
 }
 
 /// Reads `server`'s `master_repl_offset` every half second into the link's progress, so
