@@ -747,6 +747,12 @@ impl Controller {
                 overlap::last_error_suffix(applying)
             ));
         }
+        if applying.link_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Some(format!(
+                "the {} link lost its connection and is connecting again",
+                applying.direction()
+            ));
+        }
         let lag = applying.lag_bytes();
         if lag > self.settings.max_lag_bytes {
             return Some(format!(

@@ -170,6 +170,7 @@ impl Links {
             "lag_bytes": p.lag_bytes(),
             "lag_ms": p.lag_ms(),
             "reconnects": n(&p.reconnects),
+            "link_up": !p.link_down.load(Ordering::Relaxed),
             "full_resyncs": n(&p.full_resyncs),
             "commands_applied": n(&p.commands_applied),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
@@ -269,6 +270,15 @@ impl Controller {
                 from.as_str(),
                 last_error_suffix(following)
             )));
+        }
+        for link in [following, applying] {
+            if link.link_down.load(Ordering::Relaxed) {
+                return Err(CutoverError::Refused(format!(
+                    "the {} link lost its connection and is connecting again{}; not moving",
+                    link.direction(),
+                    last_error_suffix(link)
+                )));
+            }
         }
         let applying_phase = applying.phase_name();
         if applying_phase != "streaming" {

@@ -230,6 +230,8 @@ pub struct SyncProgress {
     pub direction: &'static str,
     /// Applying or following, and the cutover's handoff requests ([`super::handoff`]).
     pub handoff: Handoff,
+    /// The replication link dropped and is being connected again (within the run).
+    pub link_down: AtomicBool,
     /// The engine's runner (`cutover run`) has ended for good (`finish`).
     pub ended: AtomicBool,
 }
@@ -321,6 +323,7 @@ impl SyncProgress {
     /// run is over.
     fn mark_established(&self) {
         self.established.fetch_add(1, Ordering::Relaxed);
+        self.link_down.store(false, Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = None;
         }
@@ -446,6 +449,7 @@ impl SyncProgress {
             "lag_ms": self.lag_ms(),
             "starts": n(&self.starts),
             "reconnects": n(&self.reconnects),
+            "link_up": !self.link_down.load(Ordering::Relaxed),
             "full_resyncs": n(&self.full_resyncs),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
@@ -559,6 +563,13 @@ impl SyncProgress {
         metrics::gauge!("cutover_sync_lag_bytes", "direction" => d).set(self.lag_bytes() as f64);
         metrics::gauge!("cutover_sync_lag_seconds", "direction" => d)
             .set(self.lag_ms() as f64 / 1000.0);
+        metrics::gauge!("cutover_sync_link_up", "direction" => d).set(
+            if self.link_down.load(Ordering::Relaxed) {
+                0.0
+            } else {
+                1.0
+            },
+        );
         metrics::counter!("cutover_sync_reconnects_total", "direction" => d)
             .absolute(n(&self.reconnects));
         metrics::counter!("cutover_sync_full_resyncs_total", "direction" => d)
@@ -1208,11 +1219,13 @@ impl Applier<'_> {
                         .store(size.unwrap_or(0), Ordering::Relaxed);
                 }
                 Ok(Msg::LinkDown(why)) => {
+                    self.progress.link_down.store(true, Ordering::Relaxed);
                     self.bar.say(&format!(
                         "cutover sync: the replication link dropped ({why}); connecting again"
                     ));
                 }
                 Ok(Msg::Continued { replid, offset }) => {
+                    self.progress.link_down.store(false, Ordering::Relaxed);
                     self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.bar.say(&format!(
                         "cutover sync: reconnected; the source continued (+CONTINUE) after offset {offset}"
@@ -1479,10 +1492,12 @@ impl Applier<'_> {
                 *phase = Phase::Streaming;
             }
             Ok(Msg::Continued { replid, .. }) => {
+                p.link_down.store(false, Ordering::Relaxed);
                 p.reconnects.fetch_add(1, Ordering::Relaxed);
                 self.replid = replid;
             }
             Ok(Msg::LinkDown(why)) => {
+                p.link_down.store(true, Ordering::Relaxed);
                 tracing::warn!(
                     direction = p.direction(),
                     "the following link dropped ({why}); connecting again"
