@@ -747,7 +747,10 @@ impl Controller {
                 overlap::last_error_suffix(applying)
             ));
         }
-        if applying.link_down.load(std::sync::atomic::Ordering::Relaxed) {
+        if applying
+            .link_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Some(format!(
                 "the {} link lost its connection and is connecting again",
                 applying.direction()

@@ -33,10 +33,18 @@ pub enum OrderKeys {
     All,
 }
 
+/// Writes in flight on one key: how many, and of which commuting class (0: an ordinary
+/// write, alone on its key).
+#[derive(Debug, Clone, Copy)]
+struct Holders {
+    count: u32,
+    class: u8,
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Writes in flight per key hash.
-    keys: HashMap<u64, u32>,
+    keys: HashMap<u64, Holders>,
     /// Writes in flight that take every key.
     all: u32,
     /// Writes in flight.
@@ -61,13 +69,17 @@ impl KeyOrder {
     }
 
     /// Takes `keys` for a write about to be sent, unless one of them (or every key) is taken;
-    /// `None`: wait for [`Self::released`] and try again.
-    pub fn try_acquire(self: &Arc<Self>, keys: OrderKeys) -> Option<KeyGuard> {
+    /// `None`: wait for [`Self::released`] and try again. Writes of the same non-zero
+    /// `class` ([`commuting_class`]) may share a key: their shadows commute (counters'
+    /// deltas), so the order in which their replies are handled does not matter.
+    pub fn try_acquire(self: &Arc<Self>, keys: OrderKeys, class: u8) -> Option<KeyGuard> {
         let mut s = self.state.lock().ok()?;
         let free = s.all == 0
             && match &keys {
                 OrderKeys::All => s.writes == 0,
-                OrderKeys::Keys(k) => k.iter().all(|h| !s.keys.contains_key(h)),
+                OrderKeys::Keys(k) => k
+                    .iter()
+                    .all(|h| s.keys.get(h).is_none_or(|w| class != 0 && w.class == class)),
             };
         if !free {
             return None;
@@ -76,7 +88,10 @@ impl KeyOrder {
             OrderKeys::All => s.all += 1,
             OrderKeys::Keys(k) => {
                 for h in k {
-                    *s.keys.entry(*h).or_insert(0) += 1;
+                    s.keys
+                        .entry(*h)
+                        .or_insert(Holders { count: 0, class })
+                        .count += 1;
                 }
             }
         }
@@ -104,9 +119,9 @@ impl KeyOrder {
                 OrderKeys::All => s.all = s.all.saturating_sub(1),
                 OrderKeys::Keys(k) => {
                     for h in k {
-                        if let Some(n) = s.keys.get_mut(h) {
-                            *n -= 1;
-                            if *n == 0 {
+                        if let Some(w) = s.keys.get_mut(h) {
+                            w.count -= 1;
+                            if w.count == 0 {
                                 s.keys.remove(h);
                             }
                         }
@@ -130,6 +145,17 @@ pub struct KeyGuard {
 impl Drop for KeyGuard {
     fn drop(&mut self) {
         self.order.release(&self.keys);
+    }
+}
+
+/// Writes whose shadows commute with each other on the same key (0: none). Counters are
+/// shadowed as deltas (`INCRBY <delta>`), so increments of one key may be in flight together;
+/// any other write to that key still waits for them all.
+pub fn commuting_class(args: &[&[u8]]) -> u8 {
+    match args.first().map(|n| n.to_ascii_uppercase()).as_deref() {
+        Some(b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY") => 1,
+        Some(b"HINCRBY") => 2,
+        _ => 0,
     }
 }
 
@@ -198,10 +224,10 @@ mod tests {
     fn the_same_key_in_two_databases_is_two_keys() {
         let o = Arc::new(KeyOrder::default());
         let _a = o
-            .try_acquire(OrderKeys::Keys(vec![o.key(0, b"k")]))
+            .try_acquire(OrderKeys::Keys(vec![o.key(0, b"k")]), 0)
             .unwrap();
         assert!(
-            o.try_acquire(OrderKeys::Keys(vec![o.key(1, b"k")]))
+            o.try_acquire(OrderKeys::Keys(vec![o.key(1, b"k")]), 0)
                 .is_some()
         );
     }

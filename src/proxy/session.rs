@@ -865,7 +865,7 @@ impl Session {
                 } else {
                     OrderKeys::Keys(all)
                 };
-                return match order.try_acquire(keys) {
+                return match order.try_acquire(keys, 0) {
                     Some(g) => {
                         self.txn_guard = Some(g);
                         false
@@ -877,9 +877,13 @@ impl Session {
             if self.conn.in_multi || !shadow::is_write(cmd) || command::may_block(cmd) {
                 return false;
             }
-            order::write_keys(&order, self.conn.db, &args)
+            (
+                order::write_keys(&order, self.conn.db, &args),
+                order::commuting_class(&args),
+            )
         };
-        match order.try_acquire(keys) {
+        let (keys, class) = keys;
+        match order.try_acquire(keys, class) {
             Some(g) => {
                 self.next_guard = Some(g);
                 false

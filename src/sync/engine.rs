@@ -768,6 +768,7 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         pending_since: std::collections::VecDeque::new(),
         progress,
         bar: Bar::new(opts.progress),
+        offset_polled: None,
     }
     .run(&mut writer)
 }
@@ -1099,6 +1100,8 @@ struct Applier<'a> {
     /// Live state (shared with `cutover run`'s status, or the engine's own).
     progress: Arc<SyncProgress>,
     bar: Bar,
+    /// When headless `cutover sync` last read the source's offset (for the lag).
+    offset_polled: Option<Instant>,
 }
 
 impl Applier<'_> {
@@ -1389,6 +1392,7 @@ impl Applier<'_> {
                 converted: self.report.commands_converted,
                 mixed: self.report.commands_mixed_keys,
             });
+            self.poll_source_offset(&phase);
             self.bar.tick(&self.progress);
         }
     }
@@ -1657,6 +1661,35 @@ impl Applier<'_> {
             say(&line);
         }
         Ok(self.report.clone())
+    }
+
+    /// Headless `cutover sync` (no `cutover run` poller): once a second while streaming,
+    /// reads the source's own offset, so that the lag counts what the link has not read yet
+    /// (a frozen target stops the link reading). One short connection; a source that does
+    /// not answer within a second is just not polled this time.
+    fn poll_source_offset(&mut self, phase: &Phase) {
+        if self.opts.shared.is_some() || *phase != Phase::Streaming {
+            return;
+        }
+        if self
+            .offset_polled
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.offset_polled = Some(Instant::now());
+        let text = query(
+            &self.opts.source,
+            &[b"INFO", b"replication"],
+            Duration::from_secs(1),
+        );
+        if let Some(off) = text.ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("master_repl_offset:"))
+                .and_then(|v| v.trim().parse().ok())
+        }) {
+            self.progress.set_server_offset(off);
+        }
     }
 
     /// The source's `master_repl_offset` now.
