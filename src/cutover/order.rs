@@ -198,26 +198,58 @@ mod tests {
     #[test]
     fn one_write_per_key_in_flight() {
         let o = Arc::new(KeyOrder::default());
-        let a = o.try_acquire(keys(&o, &["a"])).expect("free");
-        assert!(o.try_acquire(keys(&o, &["a"])).is_none(), "a is taken");
-        assert!(o.try_acquire(keys(&o, &["b", "a"])).is_none(), "a is taken");
-        let b = o.try_acquire(keys(&o, &["b"])).expect("b is free");
+        let a = o.try_acquire(keys(&o, &["a"]), 0).expect("free");
+        assert!(o.try_acquire(keys(&o, &["a"]), 0).is_none(), "a is taken");
+        assert!(
+            o.try_acquire(keys(&o, &["b", "a"]), 0).is_none(),
+            "a is taken"
+        );
+        let b = o.try_acquire(keys(&o, &["b"]), 0).expect("b is free");
         assert_eq!(o.in_flight(), 2);
-        assert!(o.try_acquire(OrderKeys::All).is_none(), "writes in flight");
+        assert!(
+            o.try_acquire(OrderKeys::All, 0).is_none(),
+            "writes in flight"
+        );
         drop(a);
         assert!(
-            o.try_acquire(keys(&o, &["a"])).is_some(),
+            o.try_acquire(keys(&o, &["a"]), 0).is_some(),
             "a was given back"
         );
         drop(b);
         assert_eq!(o.in_flight(), 0);
-        let all = o.try_acquire(OrderKeys::All).expect("nothing in flight");
+        let all = o.try_acquire(OrderKeys::All, 0).expect("nothing in flight");
         assert!(
-            o.try_acquire(keys(&o, &["z"])).is_none(),
+            o.try_acquire(keys(&o, &["z"]), 0).is_none(),
             "everything waits"
         );
         drop(all);
-        assert!(o.try_acquire(keys(&o, &["z"])).is_some());
+        assert!(o.try_acquire(keys(&o, &["z"]), 0).is_some());
+    }
+
+    #[test]
+    fn increments_of_one_key_may_be_in_flight_together() {
+        let o = Arc::new(KeyOrder::default());
+        let i1 = o.try_acquire(keys(&o, &["n"]), 1).expect("free");
+        let i2 = o
+            .try_acquire(keys(&o, &["n"]), 1)
+            .expect("increments commute");
+        assert!(
+            o.try_acquire(keys(&o, &["n"]), 0).is_none(),
+            "a SET waits for them"
+        );
+        assert!(
+            o.try_acquire(keys(&o, &["n"]), 2).is_none(),
+            "another class waits"
+        );
+        drop(i1);
+        assert!(
+            o.try_acquire(keys(&o, &["n"]), 0).is_none(),
+            "one is still in flight"
+        );
+        drop(i2);
+        assert!(o.try_acquire(keys(&o, &["n"]), 0).is_some());
+        assert_eq!(commuting_class(&[b"incrby", b"n", b"2"]), 1);
+        assert_eq!(commuting_class(&[b"SET", b"n", b"2"]), 0);
     }
 
     #[test]
