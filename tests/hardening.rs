@@ -719,18 +719,21 @@ fn arbitrary_client_bytes(password: Option<&str>, seed: u64) {
 /// Opens `n` connections through the proxy, each running a few commands (so every session
 /// allocates its buffers and some take a bigger value), then closes them all; the proxy's RSS
 /// while they were all open.
+/// `n` clients at once, each with a few commands (1 in 16 — 1 in 1,000 above 1,000 clients —
+/// also sends and reads a big value); the proxy's RSS with all of them connected.
 fn storm(proxy: &Proxy, n: usize, big: &[u8]) -> u64 {
+    let every = if n > 1000 { 1000 } else { 16 };
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         let s = TcpStream::connect(proxy.addr()).expect("connect");
         let mut wire = encode(&["SET", &format!("storm{}", i % 64), "v"]);
-        if i % 16 == 0 {
+        if i % every == 0 {
             wire.extend(encode::<&[u8]>(&[b"SET", b"stormbig", big]));
             wire.extend(encode(&["GET", "stormbig"]));
         }
         wire.extend(encode(&["PING"]));
         (&s).write_all(&wire).expect("write");
-        conns.push((s, i % 16 == 0));
+        conns.push((s, i % every == 0));
     }
     let mut buf = vec![0u8; 64 * 1024];
     for (s, with_big) in &mut conns {
@@ -756,6 +759,18 @@ fn storm(proxy: &Proxy, n: usize, big: &[u8]) -> u64 {
     peak
 }
 
+/// The soft limit on open files of this process (`/proc/self/limits`).
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
 #[test]
 fn memory_returns_after_connection_storms() {
     let server = Server::start(Version::Redis70);
@@ -777,8 +792,12 @@ fn memory_returns_after_connection_storms() {
     let started = Instant::now();
     let mut rounds = Vec::new();
     let mb = |b: u64| (b as f64 / 1048576.0 * 10.0).round() / 10.0;
-    for _ in 0..3 {
-        let peak = storm(&proxy, 1000, &big);
+    // Three storms of 1,000 clients, then one of 10,000 (as many as the open-file limit of
+    // this process allows: the proxy needs as many on its side).
+    let limit = open_file_limit();
+    let storms = [1000, 1000, 1000, 10_000.min(limit.saturating_sub(500) / 2)];
+    for n in storms {
+        let peak = storm(&proxy, n, &big);
         wait_for("clients gone", Duration::from_secs(10), || {
             (clients(&proxy) == 0.0).then_some(())
         });
@@ -803,7 +822,7 @@ fn memory_returns_after_connection_storms() {
         );
     }
     eprintln!(
-        "RSS idle {} MB; (peak, after) per storm of 1000 clients: {rounds:?} MB ({:?})",
+        "RSS idle {} MB; (peak, after) per storm of {storms:?} clients: {rounds:?} MB ({:?})",
         mb(baseline),
         started.elapsed()
     );
