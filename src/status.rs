@@ -149,6 +149,9 @@ fn overlap_line(cutover: &Value) -> String {
         return mode;
     };
     let mut out = mode;
+    if let Some(cost) = cutover["overlap_cost"].as_str() {
+        out.push_str(&format!("\n           cost: {cost}"));
+    }
     for l in links {
         let n = |k: &str| l[k].as_u64().unwrap_or(0);
         out.push_str(&format!(

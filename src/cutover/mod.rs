@@ -276,9 +276,28 @@ impl Controller {
                     Links::link_json(&l.reverse, primary)
                 ])
             });
+        // What keeping the old side in step costs, in words (status and README).
+        let overlap_cost = match (self.overlap_chosen(), &self.links) {
+            (Some(OverlapMode::Replica), Some(l)) if self.phase() != Some(Phase::Finished) => {
+                let (applying, following) = l.roles(primary);
+                Some(format!(
+                    "no work on the proxy's data path; the {} link reads the primary's replication stream and has applied {} commands to the old side, the {} link reads the old side's stream without applying",
+                    applying.direction(),
+                    applying
+                        .commands_applied
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    following.direction()
+                ))
+            }
+            (Some(OverlapMode::Shadow), _) if self.phase() != Some(Phase::Finished) => Some(
+                "the proxy captures every write, keeps one write per key in flight to the primary, and the shadow writer sends their deterministic forms to the old side".to_string(),
+            ),
+            _ => None,
+        };
         json!({
             "phase": self.phase().map(Phase::as_str),
             "overlap": overlap,
+            "overlap_cost": overlap_cost,
             "links": links,
             "rollback_safe": rollback_safe,
             "rollback_unsafe_reason": unsafe_reason,
