@@ -136,3 +136,29 @@ async fn wrong_password_is_a_clear_error() {
     };
     assert!(err.contains("AUTH") && err.contains("WRONGPASS"), "{err}");
 }
+
+/// A peer that answers the handshake with an endless line (no CRLF) is refused once the line
+/// passes the limit, instead of being buffered for as long as it sends.
+#[tokio::test]
+async fn an_endless_handshake_line_is_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, _) = listener.accept().unwrap();
+        let chunk = vec![b'+'; 16 * 1024];
+        // Far more than the limit, never a line end; stops when the link hangs up.
+        for _ in 0..64 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let url = RedisUrl::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+    let err = match ReplicaLink::connect(&url, None, 1, Duration::from_secs(5)).await {
+        Ok(_) => panic!("an endless line was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("line end"), "{err}");
+    peer.join().unwrap();
+}

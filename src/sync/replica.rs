@@ -117,6 +117,9 @@ pub struct StreamCommand {
     pub end_offset: u64,
 }
 
+/// The longest handshake reply line accepted from a source.
+const MAX_HANDSHAKE_LINE: usize = 64 * 1024;
+
 impl ReplicaLink {
     /// Connects, authenticates and sends `PSYNC` (`resume` = last replid and the offset applied
     /// so far, i.e. [`ReplicaLink::offset`] of the previous link, or `None` for a full sync).
@@ -415,6 +418,16 @@ impl ReplicaLink {
                 let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
                 self.buf.advance(end + 2);
                 return Ok(line);
+            }
+            // A handshake reply is one short line (`+OK`, `+FULLRESYNC <id> <offset>`, an
+            // error): a peer that sends more without a line end is not a Redis.
+            if self.buf.len() > MAX_HANDSHAKE_LINE {
+                let step =
+                    String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
+                return Err(self.protocol(
+                    "handshake",
+                    format!("the reply to {step} is longer than {MAX_HANDSHAKE_LINE} bytes without a line end"),
+                ));
             }
             self.fill().await?;
         }
