@@ -827,3 +827,26 @@ fn memory_returns_after_connection_storms() {
         started.elapsed()
     );
 }
+
+/// Before `AUTH`, an idle or half-sent admin connection is closed after a few seconds
+/// instead of being kept for as long as the peer likes.
+#[test]
+fn admin_connections_without_auth_do_not_stay() {
+    let server = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&server.url(), &["--admin-token", "t0ken"]);
+    let mut half = Raw::connect(&proxy.admin_addr());
+    half.send(b"*1\r\n$4\r\nPI");
+    let started = Instant::now();
+    let (_, closed) = half.read_until_closed(Duration::from_secs(20));
+    assert!(closed, "the half-sent admin connection was kept");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // With the token, a connection may be idle (status --watch, scripts).
+    let mut ok = Raw::connect(&proxy.admin_addr());
+    assert_eq!(ok.cmd_str(&["AUTH", "t0ken"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(ok.cmd_str(&["PING"]), "+PONG\r\n");
+}

@@ -24,6 +24,9 @@ use crate::config::constant_time_eq;
 use crate::cutover::Controller;
 use crate::status::StatusSource;
 
+/// How long a peer that has not sent `AUTH` yet may take to send its next command.
+const PRE_AUTH_IDLE: Duration = Duration::from_secs(10);
+
 pub struct AdminServer {
     pub token: Option<String>,
     pub status: Arc<dyn StatusSource>,
@@ -64,7 +67,21 @@ impl AdminServer {
         mut conn: Framed<tokio::net::TcpStream, BoundedResp2>,
     ) -> Result<(), redis_protocol::error::RedisProtocolError> {
         let mut authed = self.token.is_none();
-        while let Some(frame) = conn.next().await {
+        loop {
+            // Before AUTH a peer gets a few seconds per command: an idle or half-sent
+            // connection of somebody without the token is closed, not kept.
+            let next = if authed {
+                conn.next().await
+            } else {
+                match tokio::time::timeout(PRE_AUTH_IDLE, conn.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        crate::telemetry::error("admin_idle");
+                        return Ok(());
+                    }
+                }
+            };
+            let Some(frame) = next else { break };
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {
@@ -97,7 +114,11 @@ impl AdminServer {
             if authed {
                 conn.codec_mut().limits = codec::AFTER_AUTH;
             }
-            conn.send(reply).await?;
+            // (A peer that does not read its replies cannot hold the task forever.)
+            match tokio::time::timeout(Duration::from_secs(30), conn.send(reply)).await {
+                Ok(sent) => sent?,
+                Err(_) => return Ok(()),
+            }
         }
         Ok(())
     }
