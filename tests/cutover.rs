@@ -8,22 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Proxy, Server, Version};
 
-use common::{cli, step};
-
-fn wait_streaming(proxy: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = proxy.status_json();
-        if status["phase"] == "streaming" && status["lag_bytes"] == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never reached streaming: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::{cli, step, wait_streaming};
 
 fn source_and_target(from: Version, to: Version) -> (Server, Server) {
     let source = Server::start_with(from, &["--repl-diskless-sync-delay", "0"]);
@@ -631,67 +616,27 @@ fn the_whole_story_under_load_redis_7_0_to_redis_6_2() {
     whole_story_under_load(Version::Redis70, Version::Redis62);
 }
 
-#[test]
-fn a_rollback_is_refused_once_the_old_side_missed_writes_unless_forced() {
+/// After a switch (in `overlap`), the source stops accepting writes (out of memory) and a
+/// write goes to the target: the rollback turns unsafe. The servers, the proxy, a direct
+/// connection to the source, a connection through the proxy and the reason given.
+fn old_side_out_of_memory(
+    overlap: &str,
+) -> (
+    Server,
+    Server,
+    Proxy,
+    redis::Connection,
+    redis::Connection,
+    String,
+) {
     let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
     let proxy = Proxy::start(
         &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
+        &["--target", &target.url(), "--overlap", overlap],
     );
     wait_streaming(&proxy);
     step(&proxy, "switch");
-    // The source stops accepting writes (out of memory): the next shadow write fails there.
-    let mut direct = source.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query(&mut direct)
-        .unwrap();
-    let mut c = proxy.conn();
-    let _: () = redis::cmd("SET")
-        .arg("after-switch")
-        .arg("v")
-        .query(&mut c)
-        .unwrap();
-    eventually("rollback marked unsafe", || {
-        proxy.status_json()["rollback_safe"] == false
-    });
-    let status = proxy.status_json();
-    let reason = status["cutover"]["rollback_unsafe_reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        reason.contains("OOM") || reason.contains("maxmemory"),
-        "{status}"
-    );
-    // The client never noticed: the primary is the target.
-    assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
-    let (code, _, err) = cli(&proxy, &["rollback"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("missed writes"), "{err}");
-    assert_eq!(proxy.status_json()["primary"], "target");
-    assert!(proxy.metrics().contains("cutover_shadow_unsafe_total"));
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query(&mut direct)
-        .unwrap();
-    let (code, out, err) = cli(&proxy, &["rollback", "--force"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("source is the primary"), "{out}");
-}
-
-#[test]
-fn in_replica_overlap_a_rollback_waits_until_the_old_side_took_every_write() {
-    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
-    wait_streaming(&proxy);
-    step(&proxy, "switch");
-    assert_eq!(proxy.status_json()["cutover"]["overlap"], "replica");
-    // The source stops accepting writes (out of memory): the reverse link cannot apply.
+    assert_eq!(proxy.status_json()["cutover"]["overlap"], overlap);
     let mut direct = source.conn();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -714,6 +659,35 @@ fn in_replica_overlap_a_rollback_waits_until_the_old_side_took_every_write() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.contains("OOM"), "{status}");
+    (source, target, proxy, direct, c, reason)
+}
+
+#[test]
+fn a_rollback_is_refused_once_the_old_side_missed_writes_unless_forced() {
+    // The next shadow write fails on the source.
+    let (_source, _target, proxy, mut direct, mut c, _) = old_side_out_of_memory("shadow");
+    // The client never noticed: the primary is the target.
+    assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
+    let (code, _, err) = cli(&proxy, &["rollback"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("missed writes"), "{err}");
+    assert_eq!(proxy.status_json()["primary"], "target");
+    assert!(proxy.metrics().contains("cutover_shadow_unsafe_total"));
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut direct)
+        .unwrap();
+    let (code, out, err) = cli(&proxy, &["rollback", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("source is the primary"), "{out}");
+}
+
+#[test]
+fn in_replica_overlap_a_rollback_waits_until_the_old_side_took_every_write() {
+    // The reverse link cannot apply.
+    let (_source, _target, proxy, mut direct, mut c, _) = old_side_out_of_memory("replica");
     // The client never noticed: the primary is the target.
     assert_eq!(get(&mut c, "after-switch").as_deref(), Some("v"));
     for args in [&["rollback"][..], &["rollback", "--force"]] {

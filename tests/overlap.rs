@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proxy, Server, Version, cli, differences, snapshot, step};
+use common::{Proxy, Server, Version, cli, differences, snapshot, step, wait_streaming};
 
 const WORKERS: usize = 8;
 
@@ -236,21 +236,6 @@ fn direct_writer(shared: &Shared) {
                 .push(format!("direct writer: {e}")),
         }
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn wait_streaming(proxy: &Proxy) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = proxy.status_json();
-        if status["phase"] == "streaming" && status["lag_bytes"] == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never reached streaming: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -396,36 +396,22 @@ impl Controller {
                 ));
             }
         };
-        if self.replica_overlap() {
-            let applied = self.finish_replica(primary).await;
-            self.set_phase(Phase::Finished);
-            let report = StepReport {
-                action: "finish",
-                primary: primary.as_str(),
-                pause_ms: 0.0,
-                held_sessions: 0,
-                unblocked: 0,
-                offset: None,
-                shadow_writes: applied,
-                forced: false,
-            };
-            tracing::info!(
-                primary = primary.as_str(),
-                "finished: both links stopped, cutover's keys removed; the old side is detached"
-            );
-            self.record(report.clone());
-            return Ok(report);
-        }
-        let sink = self.proxy.shadow.swap(None);
-        let written = sink.as_ref().map_or(0, |s| s.enqueued());
-        // Let the writer finish what is queued (bounded), so the old side is left as complete
-        // as it can be.
-        if let Some(s) = &sink {
-            let deadline = Instant::now() + self.settings.timeout;
-            while s.pending() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+        let replica = self.replica_overlap();
+        let written = if replica {
+            self.finish_replica(primary).await
+        } else {
+            let sink = self.proxy.shadow.swap(None);
+            // Let the writer finish what is queued (bounded), so the old side is left as
+            // complete as it can be.
+            if let Some(s) = &sink {
+                let deadline = Instant::now() + self.settings.timeout;
+                while s.pending() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
-        }
+            sink.as_ref().map_or(0, |s| s.enqueued())
+        };
+        // Nothing of cutover's stays on the data.
         if let Ok((source, target)) = self.backends() {
             for b in [&source, &target] {
                 if let Err(e) = remove_own_keys(b, self.settings.timeout).await {
@@ -446,8 +432,13 @@ impl Controller {
         };
         tracing::info!(
             primary = primary.as_str(),
-            shadow_writes = written,
-            "finished: shadowing stopped, the old side is detached"
+            writes = written,
+            "finished: the overlap stopped ({}), cutover's keys removed; the old side is detached",
+            if replica {
+                "both links"
+            } else {
+                "shadow writes"
+            }
         );
         self.record(report.clone());
         Ok(report)

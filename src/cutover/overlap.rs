@@ -470,7 +470,8 @@ impl Controller {
     }
 
     /// `finish` in replica overlap: both links stop (the applying one after what it
-    /// received is applied, bounded), and cutover's own keys are removed from both sides.
+    /// received is applied, bounded); the commands it applied. (The caller then removes
+    /// cutover's own keys from both sides.)
     pub(super) async fn finish_replica(&self, primary: Side) -> u64 {
         let Some(links) = &self.links else {
             return 0;
@@ -488,13 +489,6 @@ impl Controller {
         let deadline = Instant::now() + Duration::from_secs(2);
         while !(stopped(&links.forward) && stopped(&links.reverse)) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if let Ok((source, target)) = self.backends() {
-            for b in [&source, &target] {
-                if let Err(e) = super::remove_own_keys(b, self.settings.timeout).await {
-                    tracing::warn!(error = %e, "cannot remove cutover's keys from the {}", b.describe());
-                }
-            }
         }
         applied
     }

@@ -2387,45 +2387,31 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     check_databases(&w, &opts.tuning.filter, &dbs)?;
     file.seek(std::io::SeekFrom::Start(0))
         .with_context(|| format!("cannot read the RDB file {path} again"))?;
-    let mut parser = sync.parser();
     let mut conv = Converter::with_options(&w, sync.convert_options());
-    let mut chunk = vec![0u8; 1024 * 1024];
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    let bad = |e: crate::rdb::RdbError| {
-        anyhow::anyhow!(
-            "the RDB file {path} cannot be loaded: {e} (it changed after it was checked; the target holds part of it: flush it before loading again)"
-        )
-    };
-    loop {
-        let n = match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot read the RDB file {path} at byte {}",
-                        report.snapshot_bytes
-                    )
-                });
+    report.snapshot_bytes = read_rdb_file(
+        &mut file,
+        &sync,
+        &path,
+        "it changed after it was checked; the target holds part of it: flush it before loading again",
+        |step| {
+            match step {
+                RdbStep::Event(ev) => conv.apply(ev, &mut w)?,
+                RdbStep::Read(bytes) => {
+                    if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                        last_progress = Instant::now();
+                        eprintln!(
+                            "cutover sync: {path}: {} read, {} keys",
+                            human_bytes(bytes),
+                            conv.stats.keys_seen
+                        );
+                    }
+                }
             }
-        };
-        report.snapshot_bytes += n as u64;
-        parser.feed(&chunk[..n]);
-        while let Some(ev) = parser.next_event().map_err(bad)? {
-            conv.apply(ev, &mut w)?;
-        }
-        if opts.progress && last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            eprintln!(
-                "cutover sync: {path}: {} read, {} keys",
-                human_bytes(report.snapshot_bytes),
-                conv.stats.keys_seen
-            );
-        }
-    }
-    parser.finish().map_err(bad)?;
+            Ok(())
+        },
+    )?;
     conv.finish(&mut w)?;
     w.drain()?;
     if opts.progress {
@@ -2446,14 +2432,43 @@ fn prescan_rdb(
     sync: &SyncOptions,
     path: &str,
 ) -> anyhow::Result<Vec<u64>> {
+    let mut dbs = std::collections::BTreeSet::new();
+    read_rdb_file(
+        file,
+        sync,
+        path,
+        "nothing was written to the target",
+        |step| {
+            if let RdbStep::Event(crate::rdb::Event::SelectDb { db }) = step {
+                dbs.insert(db);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(dbs.into_iter().collect())
+}
+
+/// What [`read_rdb_file`] hands on: an event of the file, or how many bytes it has read.
+enum RdbStep {
+    Event(crate::rdb::Event),
+    Read(u64),
+}
+
+/// Reads an RDB file from where it stands to its end through the parser (checksum included),
+/// handing every event and, after each chunk, the bytes read so far to `step`; the bytes
+/// read. Errors name the file and the byte, followed by `state` (what the target holds then).
+fn read_rdb_file(
+    file: &mut std::fs::File,
+    sync: &SyncOptions,
+    path: &str,
+    state: &str,
+    mut step: impl FnMut(RdbStep) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     let mut parser = sync.parser();
     let mut chunk = vec![0u8; 1024 * 1024];
-    let mut dbs = std::collections::BTreeSet::new();
     let mut read = 0u64;
     let bad = |e: crate::rdb::RdbError| {
-        anyhow::anyhow!(
-            "the RDB file {path} cannot be loaded: {e}; nothing was written to the target"
-        )
+        anyhow::anyhow!("the RDB file {path} cannot be loaded: {e}; {state}")
     };
     loop {
         let n = match file.read(&mut chunk) {
@@ -2462,20 +2477,19 @@ fn prescan_rdb(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(e).with_context(|| {
-                    format!("cannot read the RDB file {path} at byte {read}; nothing was written to the target")
+                    format!("cannot read the RDB file {path} at byte {read}; {state}")
                 });
             }
         };
         read += n as u64;
         parser.feed(&chunk[..n]);
         while let Some(ev) = parser.next_event().map_err(bad)? {
-            if let crate::rdb::Event::SelectDb { db } = ev {
-                dbs.insert(db);
-            }
+            step(RdbStep::Event(ev))?;
         }
+        step(RdbStep::Read(read))?;
     }
     parser.finish().map_err(bad)?;
-    Ok(dbs.into_iter().collect())
+    Ok(read)
 }
 
 /// A progress line is on the terminal (cleared before other messages).

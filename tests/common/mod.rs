@@ -1169,6 +1169,22 @@ impl Drop for FakeServer {
 
 // --- the cutover CLI and whole-keyspace comparisons ---
 
+/// Waits (30 s at most) until the proxy's sync streams with no lag.
+pub fn wait_streaming(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = proxy.status_json();
+        if status["phase"] == "streaming" && status["lag_bytes"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached streaming: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs the CLI against the proxy's admin listener: (exit code, stdout, stderr).
 pub fn cli(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
