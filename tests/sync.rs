@@ -987,20 +987,7 @@ fn a_database_the_target_lacks_is_refused_before_writing() {
         );
     };
     check(load_rdb(&file, &target));
-    let child = cutover()
-        .args([
-            "sync",
-            "--once",
-            "--source",
-            &source.url(),
-            "--target",
-            &target.url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check(wait_output(child, Duration::from_secs(60)));
+    check(sync_once(&source, &target));
     // With the suggested map, it is copied.
     let child = cutover()
         .args(["sync", "--once", "--db-map", "20=1", "--fresh"])
