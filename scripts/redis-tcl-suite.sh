@@ -109,43 +109,35 @@ wait_pong() { # <port> <pid>: up to 10 s for PING -> PONG
   return 1
 }
 
-# ---- servers: (re)started when one is found dead before a unit ------------------------------
+# ---- servers: fresh ones for every unit (as runtest does without --host) ------------------
+# A unit that leaves a setting behind (a failed test does not restore its CONFIG SET, e.g.
+# rdb-key-save-delay) must not change the next unit's results, and each unit sees a proxy
+# that starts afresh.
 read -r p_direct p_backend p_proxy <<<"$(free_ports 3)"
-declare -A redis_pid=()
-proxy_pid=""
-start_redis() { # <name> <port>
-  mkdir -p "$tmp/$1"
-  "$bin/redis-7.0-server" --port "$2" --bind 127.0.0.1 --save '' --appendonly no \
+started=()
+start_redis() { # <port> <log>
+  mkdir -p "$tmp/data-$1"
+  rm -f "$tmp/data-$1"/*
+  "$bin/redis-7.0-server" --port "$1" --bind 127.0.0.1 --save '' --appendonly no \
     --enable-debug-command yes --enable-protected-configs yes --enable-module-command yes \
-    --dir "$tmp/$1" --logfile "$out/$1.redis.log" --daemonize no &
-  redis_pid[$1]=$!
-  pids+=("$!")
-  wait_pong "$2" "$!" || die "redis on port $2 did not start (see $out/$1.redis.log)"
+    --dir "$tmp/data-$1" --logfile "$2" --daemonize no &
+  pids+=("$!"); started+=("$!")
+  wait_pong "$1" "$!" || die "redis on port $1 did not start (see $2)"
 }
-start_proxy() {
+start_proxy() { # <log>
   CUTOVER_LOG=${CUTOVER_LOG:-warn} "$cutover" run --source "redis://127.0.0.1:$p_backend" \
-    --proxy-listen "127.0.0.1:$p_proxy" >>"$out/proxy.cutover.log" 2>&1 &
-  proxy_pid=$!
-  pids+=("$proxy_pid")
-  wait_pong "$p_proxy" "$proxy_pid" || die "cutover on port $p_proxy did not start (see $out/proxy.cutover.log)"
+    --proxy-listen "127.0.0.1:$p_proxy" >"$1" 2>&1 &
+  pids+=("$!"); started+=("$!")
+  wait_pong "$p_proxy" "$!" || die "cutover on port $p_proxy did not start (see $1)"
 }
-alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-ensure_up() { # <mode> <unit log>: (re)starts what is not running (a restart is noted in the log)
-  if [ "$1" = direct ]; then
-    if ! alive "${redis_pid[direct]:-}"; then
-      [ -z "${redis_pid[direct]:-}" ] || echo "# redis restarted before this unit" >>"$2"
-      start_redis direct "$p_direct"
-    fi
-  else
-    if ! alive "${redis_pid[backend]:-}"; then
-      [ -z "${redis_pid[backend]:-}" ] || echo "# redis restarted before this unit" >>"$2"
-      start_redis backend "$p_backend"
-    fi
-    if ! alive "$proxy_pid"; then
-      [ -z "$proxy_pid" ] || echo "# cutover restarted before this unit" >>"$2"
-      start_proxy
-    fi
-  fi
+stop_started() { # stops what the last unit started; notes in <log> what had died meanwhile
+  local p
+  for p in "${started[@]}"; do
+    # (an exited child stays a zombie until waited for: state Z)
+    [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && kill -0 "$p" 2>/dev/null || echo "# process $p had exited before the end of the unit" >>"$1"
+    stop "$p"
+  done
+  started=()
 }
 
 run_unit() { # <mode> <unit> <log> [extra runtest args]: one runtest, bounded by UNIT_TIMEOUT;
@@ -154,7 +146,12 @@ run_unit() { # <mode> <unit> <log> [extra runtest args]: one runtest, bounded by
   local port=$p_direct rc=0 t0
   [ "$mode" = proxy ] && port=$p_proxy
   : >"$logf"
-  ensure_up "$mode" "$logf"
+  if [ "$mode" = direct ]; then
+    start_redis "$p_direct" "${logf%.log}.redis.log"
+  else
+    start_redis "$p_backend" "${logf%.log}.redis.log"
+    start_proxy "${logf%.log}.cutover.log"
+  fi
   t0=$(date +%s)
   # exec'd in the background and waited for: the pid is timeout's (it passes a TERM on to
   # runtest), and a signal to this script stops the run at once. runtest starts its own test
@@ -167,6 +164,7 @@ run_unit() { # <mode> <unit> <log> [extra runtest args]: one runtest, bounded by
   pids+=("$child")
   wait "$child" || rc=$?
   unit_secs=$(( $(date +%s) - t0 ))
+  stop_started "$logf"
   echo "# exit $rc in ${unit_secs}s" >>"$logf"
 }
 
