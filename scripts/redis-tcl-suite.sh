@@ -116,8 +116,7 @@ wait_pong() { # <port> <pid>: up to 10 s for PING -> PONG
 read -r p_direct p_backend p_proxy <<<"$(free_ports 3)"
 started=()
 start_redis() { # <port> <log>
-  mkdir -p "$tmp/data-$1"
-  rm -f "$tmp/data-$1"/*
+  rm -rf "$tmp/data-$1"; mkdir -p "$tmp/data-$1"
   "$bin/redis-7.0-server" --port "$1" --bind 127.0.0.1 --save '' --appendonly no \
     --enable-debug-command yes --enable-protected-configs yes --enable-module-command yes \
     --dir "$tmp/data-$1" --logfile "$2" --daemonize no &
