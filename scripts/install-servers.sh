@@ -10,6 +10,8 @@
 #   .servers/bin/prometheus, promtool   from Debian's `prometheus` package (downloaded with
 #                                   `apt-get download` and unpacked: no root, nothing started)
 #   .servers/redis-py/              redis-py's source distribution (its own test suite)
+#   .servers/redis-tests/           Redis' own Tcl test suite (runtest, tests/) from Debian's source
+#                                   package `redis`, the version of the installed redis-server
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest="$root/.servers"
@@ -23,6 +25,8 @@ need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || need_apt+=(nutcracker)
+command -v tclsh8.6 >/dev/null 2>&1 || need_apt+=(tcl8.6)   # Redis' test suite (runtest)
+command -v patch >/dev/null 2>&1 || need_apt+=(patch)       # Debian's patches to that suite
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-servers: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -96,6 +100,57 @@ if [ ! -d "$dest/redis-py/tests" ]; then
   rm -rf "$dest/redis-py"; mkdir -p "$dest/redis-py"
   tar -xzf "$dest/downloads/redis-py"/redis-*.tar.gz -C "$dest/redis-py" --strip-components=1
 fi
+
+# Redis' own Tcl test suite (used by scripts/redis-tcl-suite.sh): `runtest` and `tests/` from
+# Debian's source package `redis`, the exact version of the installed redis-server (Debian's
+# security patches change tests too), patches applied. `apt-get source` runs with a private apt
+# state (a deb-src copy of the machine's apt sources, lists and cache in a temporary folder):
+# no root needed, nothing under /etc or /var touched. Only runtest and tests/ are kept.
+install_redis_tests() {
+  local version stamp="$dest/redis-tests/.debian-version" work d f
+  version=$(dpkg-query -W -f '${source:Version}' redis-server 2>/dev/null) \
+    || { echo "install-servers: redis-server is not a Debian package: cannot pick the test suite's version" >&2; return 1; }
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$version" ] && [ -x "$dest/redis-tests/runtest" ]; then return 0; fi
+  echo "install-servers: apt-get source redis=$version (Redis' Tcl test suite)"
+  work=$(mktemp -d /tmp/install-redis-tests.XXXXXX)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$work'" RETURN
+  mkdir -p "$work/parts" "$work/lists/partial" "$work/cache/archives/partial" "$work/src" "$work/x"
+  # deb822 sources (`Types: deb`) and one-line ones (`deb URI ...`), turned into deb-src.
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && sed -E 's/^Types:.*/Types: deb-src/' "$f" >"$work/parts/$(basename "$f")"
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] && sed -nE 's/^[[:space:]]*deb([[:space:]])/deb-src\1/p' "$f" >"$work/parts/$(basename "$f").list"
+  done
+  local apt=(apt-get -q -o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/parts"
+    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache")
+  # A repository without source packages makes `update` fail; only `source` below decides.
+  "${apt[@]}" update >"$work/update.log" 2>&1 || true
+  if ! (cd "$work/src" && "${apt[@]}" source --download-only "redis=$version") >"$work/source.log" 2>&1; then
+    echo "install-servers: apt-get source redis=$version failed:" >&2
+    cat "$work/update.log" "$work/source.log" >&2
+    return 1
+  fi
+  mkdir -p "$dest/downloads/redis-source"
+  cp "$work/src"/* "$dest/downloads/redis-source/"
+  tar -xzf "$work/src"/redis_*.orig.tar.gz -C "$work/x"
+  d=$(echo "$work/x"/redis-*)
+  tar -xJf "$work/src"/redis_*.debian.tar.xz -C "$d"
+  if [ -f "$d/debian/patches/series" ]; then
+    grep -vE '^[[:space:]]*(#|$)' "$d/debian/patches/series" | while read -r f _; do
+      patch -d "$d" -p1 -s -N -i "debian/patches/$f" >>"$work/patch.log" 2>&1 \
+        || { echo "install-servers: Debian patch $f does not apply:" >&2; cat "$work/patch.log" >&2; exit 1; }
+    done || return 1
+  fi
+  rm -rf "$dest/redis-tests.new"
+  mkdir -p "$dest/redis-tests.new"
+  cp -a "$d/runtest" "$d/tests" "$dest/redis-tests.new/"
+  echo "$version" >"$dest/redis-tests.new/.debian-version"
+  rm -rf "$dest/redis-tests"
+  mv "$dest/redis-tests.new" "$dest/redis-tests"
+}
+install_redis_tests
 
 for b in redis-7.0-server redis-6.2-server valkey-9.1-server prometheus; do
   printf 'install-servers: %-18s %s\n' "$b" "$("$bin/$b" --version 2>&1 | head -n1)"

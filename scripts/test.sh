@@ -15,3 +15,5 @@ echo "== cargo test"
 cargo test --all-targets -j 2 -- --test-threads=2
 echo "== redis-py conformance"
 bash scripts/redis-py-conformance.sh
+echo "== Redis' own test suite (CI subset)"
+bash scripts/redis-tcl-suite.sh
