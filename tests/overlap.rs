@@ -327,7 +327,12 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
     if shadow {
         load.direct_to(None);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Every worker has been through all its kinds of writes (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.shared.ops.load(Ordering::Relaxed) < 40 * WORKERS as u64 {
+        assert!(Instant::now() < deadline, "the load does not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     checkpoint(&proxy, &load, &source, &target, "before");
     let mut pauses = Vec::new();
     for (verb, new_primary) in [

@@ -271,10 +271,7 @@ impl Controller {
             })
             .map(|l| {
                 l.publish_metrics();
-                json!([
-                    Links::link_json(&l.forward, primary),
-                    Links::link_json(&l.reverse, primary)
-                ])
+                json!([Links::link_json(&l.forward), Links::link_json(&l.reverse)])
             });
         // What keeping the old side in step costs, in words (status and README).
         let overlap_cost = match (self.overlap_chosen(), &self.links) {

@@ -117,12 +117,13 @@ impl Links {
         }
     }
 
-    /// Stops both engines (`finish`, or a fall-back to shadow overlap for the reverse one).
+    /// Stops the reverse engine for good (a fall-back to the shadow overlap).
     pub fn stop_reverse(&self) {
         self.reverse_stop.store(true, Ordering::Release);
         self.reverse.wake();
     }
 
+    /// Stops both engines for good (`finish`).
     pub fn stop_all(&self) {
         self.stop_reverse();
         self.forward_stop.store(true, Ordering::Release);
@@ -152,17 +153,11 @@ impl Links {
     }
 
     /// The status of one link.
-    pub fn link_json(p: &SyncProgress, primary: Side) -> serde_json::Value {
+    pub fn link_json(p: &SyncProgress) -> serde_json::Value {
         let applying = !p.handoff.is_following();
-        let reads = if p.direction() == "reverse" {
-            "target"
-        } else {
-            "source"
-        };
-        let _ = primary;
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
-            "direction": if reads == "source" { "source_to_target" } else { "target_to_source" },
+            "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
             "role": if applying { "applying" } else { "following" },
             "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
             "received_offset": n(&p.received_offset),

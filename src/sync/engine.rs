@@ -762,6 +762,7 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         peeked: None,
         held_back: None,
         follow_db: 0,
+        following_now: false,
         skip_db: false,
         known_commands: std::collections::HashMap::new(),
         txn_uncertain: false,
@@ -1084,6 +1085,8 @@ struct Applier<'a> {
     held_back: Option<Msg>,
     /// The stream's current database while following (the applier uses the writer's).
     follow_db: u64,
+    /// The last step ran as the follower.
+    following_now: bool,
     /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
     /// skipped until the next `SELECT`.
     skip_db: bool,
@@ -1141,9 +1144,13 @@ impl Applier<'_> {
                 return self.stop_cleanly(w, &phase, &mut conv.stats);
             }
             if self.progress.handoff.is_following() {
+                if !self.following_now {
+                    self.enter_following(w)?;
+                }
                 self.follow_step(w, &mut phase)?;
                 continue;
             }
+            self.following_now = false;
             let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
             if let (Some(limit), Phase::Streaming, Some(shared)) =
                 (barrier, &phase, &self.opts.shared)
@@ -1428,8 +1435,6 @@ impl Applier<'_> {
         }
         p.stopped.store(false, Ordering::Release);
         if p.handoff.is_following() {
-            self.follow_db = w.db();
-            self.pending_since.clear();
             tracing::info!(
                 direction = p.direction(),
                 offset = confirmed,
@@ -1438,6 +1443,23 @@ impl Applier<'_> {
         } else if p.stop_requested().is_some() {
             bail!("the cutover controller never decided what this link does after the barrier");
         }
+        Ok(())
+    }
+
+    /// The link follows from now on (a move made it the follower, or undid its taking
+    /// over): a transaction it had open is discarded, and the stream's database is the
+    /// writer's.
+    fn enter_following(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        if self.txn_open {
+            w.discard()?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+            self.txn_commands = 0;
+        }
+        w.drain()?;
+        self.follow_db = w.db();
+        self.pending_since.clear();
+        self.following_now = true;
         Ok(())
     }
 
