@@ -278,7 +278,8 @@ fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, labe
         let b = snapshot(&mut target.conn());
         let differ = differences(&a, &b, 5);
         if differ.is_empty() {
-            assert!(a.len() >= 10, "{label}: the shared keys exist: {a:?}");
+            // (Lists and sets may be empty at any moment: pops take what pushes add.)
+            assert!(a.len() >= 6, "{label}: the shared keys exist: {a:?}");
             break;
         }
         assert!(
