@@ -289,10 +289,8 @@ async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
         match tokio::time::timeout(timeout, c.query(&[b"INFO", b"replication"])).await {
             Ok(Ok(Value::Bytes(text))) => {
                 up.set(1.0);
-                if let Some(off) = String::from_utf8_lossy(&text)
-                    .lines()
-                    .find_map(|l| l.strip_prefix("master_repl_offset:"))
-                    .and_then(|v| v.trim().parse().ok())
+                if let Some(off) =
+                    crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
                 {
                     link.set_server_offset(off);
                 }

@@ -824,11 +824,10 @@ async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
 
 async fn source_offset(c: &mut Conn) -> Result<u64, String> {
     match c.query(&[b"INFO", b"replication"]).await? {
-        Value::Bytes(text) => String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| "INFO replication has no master_repl_offset".to_string()),
+        Value::Bytes(text) => {
+            crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
+                .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
+        }
         other => Err(format!("INFO answered {other:?}")),
     }
 }

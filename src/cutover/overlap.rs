@@ -37,6 +37,7 @@ use super::{
 };
 use crate::route::{Backend, Side};
 use crate::sync::engine::SyncProgress;
+use crate::sync::replica::{info_field, master_repl_offset};
 
 /// `[cutover] overlap`: how the old side is kept in step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,16 +193,11 @@ async fn replication_position(c: &mut Conn) -> Result<(String, u64), String> {
     match c.query(&[b"INFO", b"replication"]).await? {
         super::shadow::Value::Bytes(text) => {
             let text = String::from_utf8_lossy(&text);
-            let field = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-            };
-            let replid = field("master_replid:").ok_or("INFO replication has no master_replid")?;
-            let offset = field("master_repl_offset:")
-                .and_then(|v| v.parse().ok())
-                .ok_or("INFO replication has no master_repl_offset")?;
-            Ok((replid, offset))
+            let replid = info_field(&text, "master_replid")
+                .ok_or("INFO replication has no master_replid")?;
+            let offset =
+                master_repl_offset(&text).ok_or("INFO replication has no master_repl_offset")?;
+            Ok((replid.to_string(), offset))
         }
         other => Err(format!("INFO answered {other:?}")),
     }

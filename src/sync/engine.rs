@@ -457,11 +457,7 @@ impl SyncProgress {
     }
 
     fn update(&self, s: &Snapshot<'_>) {
-        let p = match s.phase {
-            Phase::Connecting => 0,
-            Phase::Snapshot => 1,
-            Phase::Streaming => 2,
-        };
+        let p = s.phase.code();
         let stats = s.stats;
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
         self.phase.store(p, Ordering::Relaxed);
@@ -487,8 +483,13 @@ impl SyncProgress {
         if s.applied >= s.received.max(self.server_offset.load(Ordering::Relaxed)) {
             self.caught_up_at_ms.store(now, Ordering::Relaxed);
         }
-        // The gauges at most ten times a second (each is a registry lookup; the applier
-        // updates its state after every batch, and comes by at least every 100 ms).
+        self.publish_at_most_every_100ms(now);
+    }
+
+    /// The gauges at most ten times a second (each is a registry lookup; the applier updates
+    /// its state after every batch, and comes by at least every 100 ms; a scrape publishes
+    /// them anyway).
+    fn publish_at_most_every_100ms(&self, now: u64) {
         let last = self.published_ms.load(Ordering::Relaxed);
         if now >= last + 100 || last == 0 {
             self.published_ms.store(now.max(1), Ordering::Relaxed);
@@ -499,21 +500,12 @@ impl SyncProgress {
     /// What a following link publishes: its phase and where it has read to (it applies
     /// nothing, so the counts of what it applied before stay).
     fn update_following(&self, phase: &Phase, offset: u64) {
-        let p = match phase {
-            Phase::Connecting => 0,
-            Phase::Snapshot => 1,
-            Phase::Streaming => 2,
-        };
-        self.phase.store(p, Ordering::Relaxed);
+        self.phase.store(phase.code(), Ordering::Relaxed);
         self.received_offset.store(offset, Ordering::Relaxed);
         self.applied_offset.store(offset, Ordering::Relaxed);
         let now = self.now_ms();
         self.caught_up_at_ms.store(now, Ordering::Relaxed);
-        let last = self.published_ms.load(Ordering::Relaxed);
-        if now >= last + 100 || last == 0 {
-            self.published_ms.store(now.max(1), Ordering::Relaxed);
-            self.publish_metrics();
-        }
+        self.publish_at_most_every_100ms(now);
     }
 
     /// Sets the `cutover_sync_*{direction}` gauges and counters from the current state.
@@ -1057,6 +1049,17 @@ enum Phase {
     Connecting,
     Snapshot,
     Streaming,
+}
+
+impl Phase {
+    /// Its number in [`SyncProgress::phase`] (3, an error, is set by the retry loop).
+    fn code(&self) -> u8 {
+        match self {
+            Phase::Connecting => 0,
+            Phase::Snapshot => 1,
+            Phase::Streaming => 2,
+        }
+    }
 }
 
 struct Applier<'a> {
@@ -1700,30 +1703,20 @@ impl Applier<'_> {
             return;
         }
         self.offset_polled = Some(Instant::now());
-        let text = query(
-            &self.opts.source,
-            &[b"INFO", b"replication"],
-            Duration::from_secs(1),
-        );
-        if let Some(off) = text.ok().and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("master_repl_offset:"))
-                .and_then(|v| v.trim().parse().ok())
-        }) {
+        if let Ok(off) = self.source_offset_within(Duration::from_secs(1)) {
             self.progress.set_server_offset(off);
         }
     }
 
     /// The source's `master_repl_offset` now.
     fn source_offset(&self) -> anyhow::Result<u64> {
-        let text = query(
-            &self.opts.source,
-            &[b"INFO", b"replication"],
-            self.opts.timeout,
-        )?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .and_then(|v| v.trim().parse().ok())
+        self.source_offset_within(self.opts.timeout)
+    }
+
+    /// The source's `master_repl_offset`, asked on a connection of its own within `timeout`.
+    fn source_offset_within(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let text = query(&self.opts.source, &[b"INFO", b"replication"], timeout)?;
+        super::replica::master_repl_offset(&text)
             .context("INFO replication has no master_repl_offset")
     }
 
