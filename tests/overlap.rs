@@ -437,24 +437,6 @@ fn auto_overlap_falls_back_to_shadow_writes_when_the_target_forbids_replication(
     overlap_story(Version::Redis70, Version::Redis70, NO_REPLICATION);
 }
 
-#[test]
-fn a_switch_refuses_while_a_direct_writer_uses_the_old_primary() {
-    let source = Server::start(Version::Redis70);
-    let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
-    wait_streaming(&proxy);
-    let mut direct = source.conn();
-    let _: () = redis::cmd("SET")
-        .arg("k")
-        .arg("v")
-        .query(&mut direct)
-        .unwrap();
-    let (code, _, err) = cli(&proxy, &["switch"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("directly"), "{err}");
-    assert_eq!(proxy.status_json()["primary"], "source");
-}
-
 /// `[cutover] max_lag_bytes` in a config file of its own (the directory lives as long as the
 /// returned guard).
 fn config_with_max_lag(bytes: u64) -> (tempfile::TempDir, String) {
