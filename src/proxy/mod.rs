@@ -40,6 +40,8 @@ pub struct ProxyShared {
     /// While writes are shadowed: the keys with a write in flight to the primary, so that
     /// no two writes to one key are in flight at once ([`crate::cutover::order`]).
     pub key_order: Arc<crate::cutover::order::KeyOrder>,
+    /// The shared backend connections, one per side ([`mux::SharedLinks`]).
+    pub links: mux::SharedLinks,
 }
 
 impl ProxyShared {
@@ -52,6 +54,7 @@ impl ProxyShared {
             gate: Gate::default(),
             shadow: ArcSwapOption::empty(),
             key_order: Arc::default(),
+            links: mux::SharedLinks::default(),
         }
     }
 }

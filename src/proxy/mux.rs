@@ -21,6 +21,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -28,7 +29,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::io::read_now;
 use super::upstream;
 use crate::resp::ReplyParser;
-use crate::route::{Backend, ConnGuard};
+use crate::route::{Backend, ConnGuard, Side};
 use crate::telemetry;
 
 /// Commands sent by one session, answered in order.
@@ -51,14 +52,16 @@ pub enum MuxReply {
 #[derive(Clone)]
 pub struct MuxHandle {
     tx: UnboundedSender<MuxRequest>,
+    /// The backend its task connects to.
+    backend: Arc<Backend>,
 }
 
 impl MuxHandle {
     /// Starts the task that owns the shared connection to `backend`.
     pub fn spawn(backend: Arc<Backend>, connect_timeout: Duration, buffer_limit: usize) -> Self {
         let (tx, rx) = unbounded_channel();
-        tokio::spawn(run(backend, rx, connect_timeout, buffer_limit));
-        MuxHandle { tx }
+        tokio::spawn(run(backend.clone(), rx, connect_timeout, buffer_limit));
+        MuxHandle { tx, backend }
     }
 
     pub fn send(&self, req: MuxRequest) -> Result<(), MuxRequest> {
@@ -68,6 +71,42 @@ impl MuxHandle {
     /// The task behind this handle has stopped.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+}
+
+/// The shared connections of the proxy, one per side of the route (the route table itself
+/// owns no connection).
+#[derive(Default)]
+pub struct SharedLinks {
+    slots: [ArcSwapOption<MuxHandle>; 2],
+}
+
+impl SharedLinks {
+    /// The shared connection to `backend`, started on first use (and again if its task ever
+    /// stopped, or if the route now names another backend for that side).
+    pub fn get(
+        &self,
+        backend: &Arc<Backend>,
+        connect_timeout: Duration,
+        buffer_limit: usize,
+    ) -> Arc<MuxHandle> {
+        let slot = &self.slots[match backend.side {
+            Side::Source => 0,
+            Side::Target => 1,
+        }];
+        if let Some(m) = slot
+            .load_full()
+            .filter(|m| !m.is_closed() && Arc::ptr_eq(&m.backend, backend))
+        {
+            return m;
+        }
+        let fresh = Arc::new(MuxHandle::spawn(
+            backend.clone(),
+            connect_timeout,
+            buffer_limit,
+        ));
+        slot.store(Some(fresh.clone()));
+        fresh
     }
 }
 

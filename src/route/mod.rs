@@ -3,6 +3,10 @@
 //! It lives in an [`ArcSwap`] so every session reads it with one atomic load per batch of
 //! commands and a switch (a later issue) replaces it in one store. Sessions notice a new
 //! `epoch` between batches and move their connection state to the new primary.
+//!
+//! The table is pure data: it names the backends and their shared back-off, and owns no
+//! connection. The proxy's shared connections live in the proxy (`proxy::mux::SharedLinks`,
+//! one per side), so `route` imports nothing from `proxy`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -11,10 +15,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 
 use crate::config::RedisUrl;
-use crate::proxy::mux::MuxHandle;
 
 /// The two sides of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,8 +45,6 @@ pub struct Backend {
     down_until_ms: AtomicU64,
     failures: AtomicU32,
     epoch_start: Instant,
-    /// The shared connection for sessions without connection state of their own.
-    mux: ArcSwapOption<MuxHandle>,
     /// Open connections to this backend (shared and per-session).
     connections: AtomicUsize,
     /// Why the last connection attempt failed, for the messages given during the back-off.
@@ -64,7 +65,6 @@ impl Backend {
             down_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
             epoch_start: Instant::now(),
-            mux: ArcSwapOption::empty(),
             connections: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             own_addrs: Mutex::new(HashSet::new()),
@@ -74,21 +74,6 @@ impl Backend {
     /// Is `addr` (as the server sees its client) one of the proxy's own connections?
     pub fn is_own(&self, addr: &SocketAddr) -> bool {
         self.own_addrs.lock().is_ok_and(|s| s.contains(addr))
-    }
-
-    /// The shared connection to this backend, started on first use (and again if its task
-    /// ever stopped).
-    pub fn mux(self: &Arc<Self>, connect_timeout: Duration, buffer_limit: usize) -> Arc<MuxHandle> {
-        if let Some(m) = self.mux.load_full().filter(|m| !m.is_closed()) {
-            return m;
-        }
-        let fresh = Arc::new(MuxHandle::spawn(
-            self.clone(),
-            connect_timeout,
-            buffer_limit,
-        ));
-        self.mux.store(Some(fresh.clone()));
-        fresh
     }
 
     /// Open connections to this backend.

@@ -202,9 +202,11 @@ impl Session {
         };
         let settings = &self.shared.settings;
         let route = self.shared.route.load();
-        let mux = route
-            .primary_backend()
-            .mux(settings.connect_timeout, settings.buffer_limit);
+        let mux = self.shared.links.get(
+            route.primary_backend(),
+            settings.connect_timeout,
+            settings.buffer_limit,
+        );
         if mux
             .send(MuxRequest {
                 wire,
