@@ -1,18 +1,197 @@
-//! Non-blocking socket reads that keep tokio's readiness exact.
+//! The proxy's data-path stream ([`Conn`]): plain TCP or TLS, read and written without
+//! blocking, with readiness that never misses a wakeup.
 //!
+//! # Plain TCP
 //! `TcpStream::try_read` leaves the socket marked readable after a short read, so the next
 //! wait returns at once and the next read fails with `WouldBlock`: one wasted system call per
 //! read. Reading through `AsyncRead::poll_read` instead lets tokio clear the readiness on a
 //! short read (the kernel had no more), which saves that call on every request and reply.
+//! Writes are `try_write`: tokio clears the write readiness on `WouldBlock`.
+//!
+//! # TLS
+//! rustls sits between the socket and the plaintext, and holds bytes the socket's readiness
+//! does not show:
+//! * **decrypted plaintext** not yet taken: a read stops when the caller's buffer is full,
+//!   which may leave plaintext (or whole records) in rustls while the socket has nothing
+//!   more. So a read that stopped before the socket said `WouldBlock` sets [`Conn::more`],
+//!   and [`Conn::readable`] returns at once while it is set. A read that ends in the
+//!   socket's `WouldBlock` leaves rustls without plaintext (every complete record was
+//!   decrypted, only a partial record waits for more bytes) and the socket's readiness
+//!   cleared: waiting on the socket is then exact.
+//! * **ciphertext not yet sent**: a write encrypts into rustls' send buffer and writes
+//!   that to the socket; what the socket did not take stays there, and a read may queue
+//!   records too (alerts, key updates). [`Conn::wants_flush`] says so; callers wait for
+//!   writability while it holds and call [`Conn::flush_now`] (or any write) when writable.
+//!
+//! The handshake is done before a `Conn` is made (by the listener for clients, by the
+//! connector for backends), with real wakers and a deadline.
 
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
+use rustls::ConnectionCommon;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Reads what is available now into `buf` (reserving `chunk` bytes first).
+/// The transport of one proxied connection (client side or backend side).
+pub enum Stream {
+    Plain(TcpStream),
+    /// A client that connected to the proxy's TLS listener.
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A connection the proxy opened to a TLS backend.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A [`Stream`] and what the socket's readiness cannot tell about it.
+pub struct Conn {
+    stream: Stream,
+    /// TLS only: the last read stopped before the socket ran dry (rustls may hold plaintext).
+    more: bool,
+}
+
+impl From<TcpStream> for Conn {
+    fn from(s: TcpStream) -> Self {
+        Conn::new(Stream::Plain(s))
+    }
+}
+
+impl From<tokio_rustls::server::TlsStream<TcpStream>> for Conn {
+    fn from(s: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+        Conn::new(Stream::TlsServer(Box::new(s)))
+    }
+}
+
+impl From<tokio_rustls::client::TlsStream<TcpStream>> for Conn {
+    fn from(s: tokio_rustls::client::TlsStream<TcpStream>) -> Self {
+        Conn::new(Stream::TlsClient(Box::new(s)))
+    }
+}
+
+impl Conn {
+    pub fn new(stream: Stream) -> Self {
+        Conn {
+            stream,
+            more: false,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.stream, Stream::Plain(_))
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::TlsServer(s) => s.get_ref().0,
+            Stream::TlsClient(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp().set_nodelay(on)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    /// Waits until a read may return something (at once while TLS plaintext may be buffered).
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.more {
+            return Ok(());
+        }
+        self.tcp().readable().await
+    }
+
+    /// Waits until the socket takes more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp().writable().await
+    }
+
+    /// TLS records are waiting to be written to the socket (always `false` for plain TCP).
+    #[inline]
+    pub fn wants_flush(&self) -> bool {
+        match &self.stream {
+            Stream::Plain(_) => false,
+            Stream::TlsServer(s) => s.get_ref().1.wants_write(),
+            Stream::TlsClient(s) => s.get_ref().1.wants_write(),
+        }
+    }
+
+    /// Reads what is available now into `buf` (reserving `chunk` bytes first).
+    /// `Ok(None)`: nothing to read yet; `Ok(Some(0))`: the peer closed its side.
+    #[inline]
+    pub fn read_now(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<Option<usize>> {
+        match &mut self.stream {
+            Stream::Plain(s) => read_now(s, buf, chunk),
+            Stream::TlsServer(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_read(tcp, conn, buf, chunk, &mut self.more)
+            }
+            Stream::TlsClient(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_read(tcp, conn, buf, chunk, &mut self.more)
+            }
+        }
+    }
+
+    /// Writes what the socket takes now (`WouldBlock` when it takes nothing).
+    #[inline]
+    pub fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.try_write(data),
+            Stream::TlsServer(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_write(tcp, conn, &[IoSlice::new(data)])
+            }
+            Stream::TlsClient(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_write(tcp, conn, &[IoSlice::new(data)])
+            }
+        }
+    }
+
+    /// [`Conn::write_now`] for several buffers at once (one `writev` on plain TCP).
+    #[inline]
+    pub fn write_vectored_now(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Plain(s) => s.try_write_vectored(bufs),
+            Stream::TlsServer(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_write(tcp, conn, bufs)
+            }
+            Stream::TlsClient(s) => {
+                let (tcp, conn) = s.get_mut();
+                tls_write(tcp, conn, bufs)
+            }
+        }
+    }
+
+    /// Writes the TLS records rustls holds; `Ok(())` also when the socket is full (then
+    /// [`Conn::wants_flush`] stays true and the caller waits for writability).
+    pub fn flush_now(&mut self) -> io::Result<()> {
+        let r = match &mut self.stream {
+            Stream::Plain(_) => return Ok(()),
+            Stream::TlsServer(s) => {
+                let (tcp, conn) = s.get_mut();
+                flush_tls(tcp, conn)
+            }
+            Stream::TlsClient(s) => {
+                let (tcp, conn) = s.get_mut();
+                flush_tls(tcp, conn)
+            }
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            r => r,
+        }
+    }
+}
+
+/// Plain TCP: reads what is available now into `buf` (reserving `chunk` bytes first).
 /// `Ok(None)`: nothing to read yet; `Ok(Some(0))`: the peer closed its side.
 pub fn read_now(
     stream: &mut TcpStream,
@@ -25,5 +204,144 @@ pub fn read_now(
         Poll::Ready(Ok(n)) => Ok(Some(n)),
         Poll::Ready(Err(e)) => Err(e),
         Poll::Pending => Ok(None),
+    }
+}
+
+/// The socket as rustls' `Read`: `poll_read` with a no-op waker, so tokio clears the read
+/// readiness on a short read (see the module doc); `Pending` is `WouldBlock`.
+struct SockRead<'a>(&'a mut TcpStream);
+
+impl Read for SockRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.0).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+/// The socket as rustls' `Write`.
+struct SockWrite<'a>(&'a TcpStream);
+
+impl Write for SockWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Takes decrypted plaintext into `buf`, reading and decrypting records from the socket
+/// until `chunk` bytes were taken or the socket has no more (see the module doc for `more`).
+fn tls_read<D>(
+    tcp: &mut TcpStream,
+    conn: &mut ConnectionCommon<D>,
+    buf: &mut BytesMut,
+    chunk: usize,
+    more: &mut bool,
+) -> io::Result<Option<usize>> {
+    let mut taken = 0;
+    loop {
+        if taken >= chunk {
+            // Stopped with the socket (or rustls) maybe holding more: read again first.
+            *more = true;
+            return Ok(Some(taken));
+        }
+        match conn.reader().into_first_chunk() {
+            // The peer sent `close_notify`, and every byte before it was taken.
+            Ok([]) => {
+                *more = false;
+                return Ok(Some(taken));
+            }
+            Ok(plain) => {
+                let n = plain.len().min(chunk - taken);
+                buf.extend_from_slice(&plain[..n]);
+                std::io::BufRead::consume(&mut conn.reader(), n);
+                taken += n;
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // A TCP close without `close_notify` (most Redis clients): an end like any other.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                *more = false;
+                return Ok(Some(taken));
+            }
+            Err(e) => return Err(e),
+        }
+        // No plaintext left: decrypt what the socket has.
+        match conn.read_tls(&mut SockRead(tcp)) {
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    // Tell the peer why (best effort), then fail the connection.
+                    let _ = conn.write_tls(&mut SockWrite(tcp));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *more = false;
+                return Ok((taken > 0).then_some(taken));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes rustls' pending records to the socket; `WouldBlock` when some are left.
+fn flush_tls<D>(tcp: &TcpStream, conn: &mut ConnectionCommon<D>) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(&mut SockWrite(tcp))?;
+    }
+    Ok(())
+}
+
+/// Encrypts as much of `bufs` as the socket takes now. Pending records are written first, so
+/// rustls' send buffer never holds more than one round of them.
+fn tls_write<D>(
+    tcp: &TcpStream,
+    conn: &mut ConnectionCommon<D>,
+    bufs: &[IoSlice<'_>],
+) -> io::Result<usize> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut written = 0;
+    loop {
+        match flush_tls(tcp, conn) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && written > 0 => return Ok(written),
+            Err(e) => return Err(e),
+        }
+        if written == total {
+            return Ok(written);
+        }
+        let n = if written == 0 {
+            conn.writer().write_vectored(bufs)?
+        } else {
+            // Rare (more than rustls' 64 KiB send buffer at once): the rest, one buffer at a time.
+            let mut skip = written;
+            let mut rest = &[][..];
+            for b in bufs {
+                if skip < b.len() {
+                    rest = &b[skip..];
+                    break;
+                }
+                skip -= b.len();
+            }
+            conn.writer().write(rest)?
+        };
+        if n == 0 {
+            // Cannot happen with the send buffer just emptied; never spin.
+            return if written > 0 {
+                Ok(written)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        written += n;
     }
 }

@@ -86,7 +86,7 @@ pub async fn listen(listener: TcpListener, shared: Arc<ProxyShared>) {
         metrics::counter!("cutover_client_connections_total").increment(1);
         let shared = shared.clone();
         tokio::spawn(async move {
-            session::Session::new(shared.clone(), socket, peer)
+            session::Session::new(shared.clone(), io::Conn::from(socket), peer)
                 .run()
                 .await;
             shared.client_conns.fetch_sub(1, Ordering::Relaxed);

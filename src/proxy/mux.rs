@@ -23,10 +23,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use super::io::read_now;
+use super::io::Conn;
 use super::upstream;
 use crate::resp::ReplyParser;
 use crate::route::{Backend, ConnGuard, Side};
@@ -124,7 +123,7 @@ async fn run(
     connect_timeout: Duration,
     buffer_limit: usize,
 ) {
-    let mut conn: Option<(TcpStream, ConnGuard)> = None;
+    let mut conn: Option<(Conn, ConnGuard)> = None;
     let mut out = OutQueue::default();
     let mut inbuf = BytesMut::new();
     let mut replies = Replies::default();
@@ -134,7 +133,7 @@ async fn run(
         let Some((stream, _)) = &mut conn else {
             // Idle and disconnected: open the connection when the next request arrives.
             let Some(first) = rx.recv().await else { return };
-            match upstream::connect(&backend, connect_timeout).await {
+            match upstream::open(&backend, connect_timeout).await {
                 Ok(s) => {
                     let local = s.local_addr().ok();
                     conn = Some((s, ConnGuard::new(backend.clone(), local)));
@@ -169,7 +168,7 @@ async fn run(
             // Also while idle: a connection the server closed (its `timeout`, CLIENT KILL)
             // is noticed and dropped before a request is written into it.
             r = stream.readable() => r,
-            r = stream.writable(), if writes.may_write(&out) => r,
+            r = stream.writable(), if writes.may_write(&out) || stream.wants_flush() => r,
         };
         let stream = &mut *stream;
         let result = event
@@ -284,7 +283,11 @@ impl OutQueue {
 /// At most this many buffers per `writev` (well under `IOV_MAX`).
 const MAX_IOVECS: usize = 64;
 
-fn write_some(stream: &TcpStream, out: &mut OutQueue, writes: &mut Writes) -> io::Result<()> {
+fn write_some(stream: &mut Conn, out: &mut OutQueue, writes: &mut Writes) -> io::Result<()> {
+    if stream.wants_flush() {
+        // TLS records from an earlier write the socket did not take (see `proxy::io`).
+        stream.flush_now()?;
+    }
     if !writes.may_write(out) {
         return Ok(());
     }
@@ -296,7 +299,7 @@ fn write_some(stream: &TcpStream, out: &mut OutQueue, writes: &mut Writes) -> io
             *slot = io::IoSlice::new(chunk);
             used += 1;
         }
-        match stream.try_write_vectored(&slices[..used]) {
+        match stream.write_vectored_now(&slices[..used]) {
             Ok(mut n) => {
                 out.bytes -= n;
                 while n > 0 {
@@ -325,8 +328,8 @@ fn write_some(stream: &TcpStream, out: &mut OutQueue, writes: &mut Writes) -> io
     Ok(())
 }
 
-fn read_some(stream: &mut TcpStream, inbuf: &mut BytesMut) -> io::Result<()> {
-    match read_now(stream, inbuf, READ_CHUNK)? {
+fn read_some(stream: &mut Conn, inbuf: &mut BytesMut) -> io::Result<()> {
+    match stream.read_now(inbuf, READ_CHUNK)? {
         Some(0) => Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "connection closed by the server",

@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::io::Conn;
 use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 use crate::route::Backend;
@@ -32,6 +33,12 @@ pub enum UpstreamError {
         db: u32,
         reply: String,
     },
+}
+
+/// Opens a connection for the proxy's data path (a session's own connection, the shared
+/// one): [`connect`], as the data path's stream type.
+pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, UpstreamError> {
+    connect(backend, timeout).await.map(Conn::from)
 }
 
 /// Connects and authenticates. The returned stream is ready for client commands.

@@ -6,7 +6,7 @@ use super::*;
 
 impl Session {
     pub(super) fn read_client(&mut self) -> io::Result<()> {
-        match read_now(&mut self.client, &mut self.client_in, READ_CHUNK)? {
+        match self.client.read_now(&mut self.client_in, READ_CHUNK)? {
             Some(0) => {
                 // The client closed its side: run what it sent and answer it, then close; but
                 // never wait for a call that may block forever (Redis drops such a client).
@@ -32,7 +32,7 @@ impl Session {
 
     pub(super) fn flush_client(&mut self) -> io::Result<()> {
         while !self.client_out.is_empty() {
-            match self.client.try_write(&self.client_out) {
+            match self.client.write_now(&self.client_out) {
                 Ok(n) => {
                     telemetry::hot().bytes_out.increment(n as u64);
                     self.client_out.advance(n);
@@ -40,6 +40,10 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
+        }
+        if self.client.wants_flush() {
+            // TLS records left from a write or queued by a read (see `proxy::io`).
+            self.client.flush_now()?;
         }
         Ok(())
     }

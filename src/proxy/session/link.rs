@@ -236,7 +236,7 @@ impl Session {
                 // only what it did not take (saves a copy per reply batch).
                 let mut rest = &bytes[..];
                 if self.client_out.is_empty()
-                    && let Ok(n) = self.client.try_write(rest)
+                    && let Ok(n) = self.client.write_now(rest)
                 {
                     telemetry::hot().bytes_out.increment(n as u64);
                     rest = &rest[n..];

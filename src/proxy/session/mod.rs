@@ -35,12 +35,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::ProxyShared;
 use super::command::{self, Kind, ReplyMode, SubKind};
-use super::io::read_now;
+use super::io::Conn;
 use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::config::constant_time_eq;
@@ -192,7 +191,7 @@ struct Blocking {
 
 /// The backend side of a session.
 struct Upstream {
-    stream: TcpStream,
+    stream: Conn,
     _guard: ConnGuard,
     backend: Arc<Backend>,
     inbuf: BytesMut,
@@ -216,7 +215,7 @@ enum Event {
 
 pub struct Session {
     shared: Arc<ProxyShared>,
-    client: TcpStream,
+    client: Conn,
     peer: SocketAddr,
     up: Option<Upstream>,
     /// Route epoch the upstream belongs to.
@@ -296,7 +295,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(shared: Arc<ProxyShared>, client: TcpStream, peer: SocketAddr) -> Self {
+    pub fn new(shared: Arc<ProxyShared>, client: Conn, peer: SocketAddr) -> Self {
         let route = shared.route.load();
         let db = route.primary_backend().url.db;
         let authenticated = shared.settings.auth.password.is_none();
@@ -403,8 +402,10 @@ impl Session {
                 && up_out < limit
                 && self.pending.len() < MAX_PENDING;
             let read_backend = self.up.is_some() && self.client_out.len() < limit;
-            let write_client = !self.client_out.is_empty();
-            let write_backend = up_out > 0;
+            // (TLS: records rustls could not write yet also wait for writability.)
+            let write_client = !self.client_out.is_empty() || self.client.wants_flush();
+            let write_backend =
+                up_out > 0 || self.up.as_ref().is_some_and(|u| u.stream.wants_flush());
             let up = self.up.as_ref().map(|u| &u.stream);
             let client = &self.client;
             let read_mux = self.mux_rx.is_some() && self.client_out.len() < limit;
@@ -461,7 +462,7 @@ impl Session {
             &mut msg,
             "ERR cutover: this connection cannot make progress (a request the proxy cannot forward filled its buffer); closing it",
         );
-        let _ = self.client.try_write(&msg);
+        let _ = self.client.write_now(&msg);
         io::Error::other("session stalled")
     }
 }

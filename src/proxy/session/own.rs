@@ -40,7 +40,7 @@ impl Session {
         let backend = route.primary_backend().clone();
         let epoch = route.epoch;
         drop(route);
-        let stream = upstream::connect(&backend, self.shared.settings.connect_timeout)
+        let stream = upstream::open(&backend, self.shared.settings.connect_timeout)
             .await
             .map_err(|e| {
                 telemetry::error("backend_unreachable");
@@ -102,17 +102,22 @@ impl Session {
     pub(super) fn flush_upstream(&mut self) {
         let Some(up) = &mut self.up else { return };
         while !up.out.is_empty() {
-            match up.stream.try_write(&up.out) {
+            match up.stream.write_now(&up.out) {
                 Ok(n) => up.out.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => return self.upstream_lost(&e.to_string()),
             }
         }
+        if up.stream.wants_flush()
+            && let Err(e) = up.stream.flush_now()
+        {
+            self.upstream_lost(&e.to_string());
+        }
     }
 
     pub(super) fn read_upstream(&mut self) {
         let Some(up) = &mut self.up else { return };
-        match read_now(&mut up.stream, &mut up.inbuf, READ_CHUNK) {
+        match up.stream.read_now(&mut up.inbuf, READ_CHUNK) {
             Ok(Some(0)) => return self.upstream_lost("connection closed by the server"),
             Ok(Some(_)) => {}
             Ok(None) => return,
