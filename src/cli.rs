@@ -330,6 +330,24 @@ pub struct RunArgs {
     /// exact copy of the new primary after a switch.
     #[arg(long = "overlap", env = "CUTOVER_OVERLAP")]
     pub overlap: Option<String>,
+    /// [proxy] tls_listen: a TLS listener next to the plain one.
+    #[arg(long = "proxy-tls-listen", env = "CUTOVER_PROXY_TLS_LISTEN")]
+    pub proxy_tls_listen: Option<String>,
+    /// [proxy] tls_cert_file: PEM certificate chain of the TLS listener.
+    #[arg(long = "proxy-tls-cert", env = "CUTOVER_PROXY_TLS_CERT")]
+    pub proxy_tls_cert: Option<String>,
+    /// [proxy] tls_key_file: PEM private key of the TLS listener.
+    #[arg(long = "proxy-tls-key", env = "CUTOVER_PROXY_TLS_KEY")]
+    pub proxy_tls_key: Option<String>,
+    /// [proxy] tls_client_ca_file: require client certificates signed by these CAs.
+    #[arg(long = "proxy-tls-client-ca", env = "CUTOVER_PROXY_TLS_CLIENT_CA")]
+    pub proxy_tls_client_ca: Option<String>,
+    /// [admin] tls_cert_file: the admin listener speaks TLS (with --admin-tls-key).
+    #[arg(long = "admin-tls-cert", env = "CUTOVER_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<String>,
+    /// [admin] tls_key_file.
+    #[arg(long = "admin-tls-key", env = "CUTOVER_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -387,6 +405,9 @@ pub struct AdminArgs {
     /// Read [admin] listen and token from this config file.
     #[arg(long, env = "CUTOVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The admin listener speaks TLS ([admin] tls_cert_file): trust the CAs in this PEM file.
+    #[arg(long = "admin-tls-ca", env = "CUTOVER_ADMIN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl AdminArgs {
@@ -473,8 +494,9 @@ fn finish(args: FinishArgs) -> anyhow::Result<ExitCode> {
 fn admin_move(admin: &AdminArgs, command: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let (addr, token) = admin.resolve()?;
     let args: Vec<&str> = command.iter().map(String::as_str).collect();
-    let reply = runtime()?.block_on(crate::admin::client::request(
+    let reply = runtime()?.block_on(crate::admin::client::request_tls(
         &addr,
+        admin.tls_ca.as_deref(),
         token.as_deref(),
         &args,
         Duration::from_secs(30),
@@ -507,8 +529,9 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return watch_status(args);
     }
     let (addr, token) = args.admin.resolve()?;
-    let reply = runtime()?.block_on(crate::admin::client::request(
+    let reply = runtime()?.block_on(crate::admin::client::request_tls(
         &addr,
+        args.admin.tls_ca.as_deref(),
         token.as_deref(),
         &["STATUS"],
         Duration::from_secs(5),
@@ -527,9 +550,14 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One `STATUS` request, parsed.
-async fn fetch_status(addr: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+async fn fetch_status(
+    addr: &str,
+    tls_ca: Option<&std::path::Path>,
+    token: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
     let reply =
-        crate::admin::client::request(addr, token, &["STATUS"], Duration::from_secs(5)).await?;
+        crate::admin::client::request_tls(addr, tls_ca, token, &["STATUS"], Duration::from_secs(5))
+            .await?;
     let redis_protocol::resp2::types::BytesFrame::BulkString(body) = reply else {
         anyhow::bail!("unexpected STATUS reply from {addr}: {reply:?}");
     };
@@ -550,7 +578,7 @@ fn watch_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut drawn = 0u64;
         loop {
             // (The error names the admin listener and says what to check.)
-            let doc = fetch_status(&addr, token.as_deref()).await?;
+            let doc = fetch_status(&addr, args.admin.tls_ca.as_deref(), token.as_deref()).await?;
             let now = std::time::Instant::now();
             let done = doc["sync"]["keys_done"].as_u64().unwrap_or(0);
             let rate = prev.and_then(|(d, t)| {
@@ -757,6 +785,7 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    let proxy_tls = proxy_tls(args, &file)?;
     let listen = args
         .proxy_listen
         .clone()
@@ -782,9 +811,16 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
             let addr = config::parse_addr("admin.listen", &listen)?;
             let token = args.admin_token.clone().or(file.admin.token);
             config::check_admin_addr(addr, file.admin.allow_remote.unwrap_or(false), &token)?;
+            let tls = config::ServerTlsFiles::from_pair(
+                "admin.tls_cert_file",
+                args.admin_tls_cert.clone().or(file.admin.tls_cert_file),
+                args.admin_tls_key.clone().or(file.admin.tls_key_file),
+                None,
+            )?;
             Some(AdminSettings {
                 listen: addr,
                 token,
+                tls,
             })
         }
         None => None,
@@ -851,6 +887,7 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
                 .unwrap_or(10_000),
             connect_timeout: Duration::from_millis(file.proxy.connect_timeout_ms.unwrap_or(2_000)),
             buffer_limit,
+            tls: proxy_tls,
         },
         source,
         target,
@@ -858,6 +895,38 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         metrics,
         cutover,
     })
+}
+
+/// `[proxy] tls_listen` and its files (flags win): all of listen, cert and key, or none.
+fn proxy_tls(args: &RunArgs, file: &FileConfig) -> Result<Option<config::ProxyTls>, ConfigError> {
+    let p = &file.proxy;
+    let files = config::ServerTlsFiles::from_pair(
+        "proxy.tls_cert_file",
+        args.proxy_tls_cert.clone().or(p.tls_cert_file.clone()),
+        args.proxy_tls_key.clone().or(p.tls_key_file.clone()),
+        args.proxy_tls_client_ca
+            .clone()
+            .or(p.tls_client_ca_file.clone()),
+    )?;
+    let listen = args.proxy_tls_listen.clone().or(p.tls_listen.clone());
+    match (listen, files) {
+        (None, None) => Ok(None),
+        (Some(l), Some(files)) => Ok(Some(config::ProxyTls {
+            listen: config::parse_addr("proxy.tls_listen", &l)?,
+            files,
+            handshake_timeout: Duration::from_millis(p.tls_handshake_timeout_ms.unwrap_or(5_000)),
+        })),
+        (Some(l), None) => Err(ConfigError::Invalid {
+            key: "proxy.tls_listen",
+            value: l,
+            reason: "a TLS listener needs [proxy] tls_cert_file and tls_key_file".into(),
+        }),
+        (None, Some(f)) => Err(ConfigError::Invalid {
+            key: "proxy.tls_cert_file",
+            value: f.cert_file.display().to_string(),
+            reason: "set [proxy] tls_listen (HOST:PORT) for the TLS listener".into(),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -117,6 +117,16 @@ pub struct ProxySection {
     pub max_clients: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
     pub buffer_limit_bytes: Option<usize>,
+    /// A second, TLS listener next to `listen` (like Redis' `tls-port` next to `port`).
+    pub tls_listen: Option<String>,
+    /// PEM certificate chain and private key of the TLS listener.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    /// PEM CA certificates: when set, clients of the TLS listener must present a certificate
+    /// signed by one of them.
+    pub tls_client_ca_file: Option<String>,
+    /// How long a client may take to finish the TLS handshake (default 5000).
+    pub tls_handshake_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +141,9 @@ pub struct AdminSection {
     pub listen: Option<String>,
     pub token: Option<String>,
     pub allow_remote: Option<bool>,
+    /// When both are set, the admin listener speaks TLS only.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,12 +368,67 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Bytes buffered per direction per connection before the proxy stops reading (back-pressure).
     pub buffer_limit: usize,
+    /// The TLS listener next to the plain one (`[proxy] tls_listen`).
+    pub tls: Option<ProxyTls>,
+}
+
+/// `[proxy] tls_listen` and its certificate.
+#[derive(Debug, Clone)]
+pub struct ProxyTls {
+    pub listen: SocketAddr,
+    pub files: ServerTlsFiles,
+    /// A client that has not finished its handshake by then is dropped.
+    pub handshake_timeout: Duration,
+}
+
+/// What a TLS listener presents, and whom it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Clients must present a certificate signed by one of these CAs.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ServerTlsFiles {
+    /// Reads `<prefix>.tls_cert_file`/`tls_key_file` (both or neither).
+    pub fn from_pair(
+        key: &'static str,
+        cert: Option<String>,
+        private_key: Option<String>,
+        client_ca: Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        match (cert, private_key) {
+            (None, None) => {
+                if let Some(ca) = client_ca {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        value: ca,
+                        reason: "a client CA needs tls_cert_file and tls_key_file too".into(),
+                    });
+                }
+                Ok(None)
+            }
+            (Some(c), Some(k)) => Ok(Some(ServerTlsFiles {
+                cert_file: c.into(),
+                key_file: k.into(),
+                client_ca_file: client_ca.map(PathBuf::from),
+            })),
+            (Some(v), None) | (None, Some(v)) => Err(ConfigError::Invalid {
+                key,
+                value: v,
+                reason: "tls_cert_file and tls_key_file go together: set both".into(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// `[admin] tls_cert_file`/`tls_key_file`: the admin listener speaks TLS.
+    pub tls: Option<ServerTlsFiles>,
 }
 
 /// The whole resolved configuration of `cutover run`.

@@ -104,6 +104,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })?;
     tracing::info!(listen = %settings.proxy.listen, source = %settings.source, "proxy ready; forwarding to the source");
     tokio::spawn(proxy::listen(listener, shared.clone()));
+    if let Some(tls) = &settings.proxy.tls {
+        let acceptor = proxy::tls::acceptor(&tls.files).context("[proxy] TLS listener")?;
+        let listener = TcpListener::bind(tls.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} ([proxy] tls_listen)", tls.listen))?;
+        tracing::info!(listen = %tls.listen, client_certificates = tls.files.client_ca_file.is_some(), "proxy TLS listener ready");
+        tokio::spawn(proxy::listen_tls(
+            listener,
+            shared.clone(),
+            acceptor,
+            tls.handshake_timeout,
+        ));
+    }
 
     let verify = settings.target.as_ref().map(|t| {
         Arc::new(crate::verify::VerifyTracker::new(
@@ -142,8 +155,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             cutover: controller.clone(),
             verify,
         });
-        tracing::info!(listen = %admin.listen, token = admin.token.is_some(), "admin listener ready");
-        tokio::spawn(server.listen(listener));
+        let acceptor = admin
+            .tls
+            .as_ref()
+            .map(proxy::tls::acceptor)
+            .transpose()
+            .context("[admin] TLS")?;
+        tracing::info!(listen = %admin.listen, token = admin.token.is_some(), tls = acceptor.is_some(), "admin listener ready");
+        tokio::spawn(server.listen(listener, acceptor));
     }
 
     if let Some(target) = &settings.target {

@@ -1,11 +1,16 @@
 //! The CLI side of the admin protocol.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use redis_protocol::resp2::types::BytesFrame;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 use super::codec::{BoundedResp2, REPLIES};
@@ -25,6 +30,8 @@ pub enum AdminError {
     Protocol(String),
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Sends one admin command (after `AUTH <token>` when a token is given) and returns the reply.
@@ -34,6 +41,19 @@ pub async fn request(
     command: &[&str],
     timeout: Duration,
 ) -> Result<BytesFrame, AdminError> {
+    request_tls(addr, None, token, command, timeout).await
+}
+
+/// [`request`] to an admin listener that speaks TLS when `tls_ca` is given: its certificate
+/// must be signed by a CA in that PEM file and name the host of `addr`.
+pub async fn request_tls(
+    addr: &str,
+    tls_ca: Option<&Path>,
+    token: Option<&str>,
+    command: &[&str],
+    timeout: Duration,
+) -> Result<BytesFrame, AdminError> {
+    let connector = tls_ca.map(|ca| connector(addr, ca)).transpose()?;
     let work = async {
         let socket = TcpStream::connect(addr)
             .await
@@ -41,16 +61,28 @@ pub async fn request(
                 addr: addr.to_string(),
                 source,
             })?;
-        let mut conn = Framed::new(socket, BoundedResp2::new(REPLIES));
-        if let Some(t) = token {
-            let reply = roundtrip(&mut conn, &["AUTH", t]).await?;
-            if let BytesFrame::Error(e) = reply {
-                return Err(AdminError::Refused(e.to_string()));
+        match connector {
+            None => {
+                exchange(
+                    Framed::new(socket, BoundedResp2::new(REPLIES)),
+                    token,
+                    command,
+                )
+                .await
             }
-        }
-        match roundtrip(&mut conn, command).await? {
-            BytesFrame::Error(e) => Err(AdminError::Refused(e.to_string())),
-            other => Ok(other),
+            Some((connector, name)) => {
+                let stream = connector.connect(name, socket).await.map_err(|e| {
+                    AdminError::Tls(format!(
+                        "the TLS handshake with the admin listener at {addr} failed: {e} (is it a TLS listener, and is its certificate signed by --admin-tls-ca?)"
+                    ))
+                })?;
+                exchange(
+                    Framed::new(stream, BoundedResp2::new(REPLIES)),
+                    token,
+                    command,
+                )
+                .await
+            }
         }
     };
     tokio::time::timeout(timeout, work)
@@ -61,8 +93,49 @@ pub async fn request(
         })?
 }
 
-async fn roundtrip(
-    conn: &mut Framed<TcpStream, BoundedResp2>,
+/// A TLS connector trusting the CAs in `ca`, and the name `addr`'s host must have.
+fn connector(addr: &str, ca: &Path) -> Result<(TlsConnector, ServerName<'static>), AdminError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = crate::proxy::tls::load_certs("admin CA", ca)
+        .map_err(|e| AdminError::Tls(e.to_string()))?;
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| AdminError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::proxy::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AdminError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| AdminError::Tls(format!("{host} is not a valid TLS server name: {e}")))?;
+    Ok((TlsConnector::from(Arc::new(config)), name))
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: Framed<S, BoundedResp2>,
+    token: Option<&str>,
+    command: &[&str],
+) -> Result<BytesFrame, AdminError> {
+    {
+        if let Some(t) = token {
+            let reply = roundtrip(&mut conn, &["AUTH", t]).await?;
+            if let BytesFrame::Error(e) = reply {
+                return Err(AdminError::Refused(e.to_string()));
+            }
+        }
+        match roundtrip(&mut conn, command).await? {
+            BytesFrame::Error(e) => Err(AdminError::Refused(e.to_string())),
+            other => Ok(other),
+        }
+    }
+}
+
+async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Framed<S, BoundedResp2>,
     args: &[&str],
 ) -> Result<BytesFrame, AdminError> {
     let frame = BytesFrame::Array(

@@ -16,7 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use redis_protocol::resp2::types::BytesFrame;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
 
 use self::codec::BoundedResp2;
@@ -37,11 +39,14 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub async fn listen(self: Arc<Self>, listener: TcpListener) {
+    /// Serves admin clients; with `tls`, each connection is a TLS one (handshaken within
+    /// [`PRE_AUTH_IDLE`]).
+    pub async fn listen(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             match listener.accept().await {
                 Ok((socket, peer)) => {
                     let me = self.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let _ = socket.set_nodelay(true);
                         let codec = BoundedResp2::new(if me.token.is_some() {
@@ -49,7 +54,23 @@ impl AdminServer {
                         } else {
                             codec::AFTER_AUTH
                         });
-                        if let Err(e) = me.serve(Framed::new(socket, codec)).await {
+                        let ended = match tls {
+                            None => me.serve(Framed::new(socket, codec)).await,
+                            Some(acceptor) => {
+                                let handshake = crate::proxy::tls::handshake(
+                                    "admin",
+                                    &acceptor,
+                                    socket,
+                                    peer,
+                                    PRE_AUTH_IDLE,
+                                );
+                                match handshake.await {
+                                    Some(stream) => me.serve(Framed::new(stream, codec)).await,
+                                    None => Ok(()),
+                                }
+                            }
+                        };
+                        if let Err(e) = ended {
                             tracing::debug!(%peer, error = %e, "admin connection ended");
                         }
                     });
@@ -62,9 +83,9 @@ impl AdminServer {
         }
     }
 
-    async fn serve(
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
-        mut conn: Framed<tokio::net::TcpStream, BoundedResp2>,
+        mut conn: Framed<S, BoundedResp2>,
     ) -> Result<(), redis_protocol::error::RedisProtocolError> {
         let mut authed = self.token.is_none();
         loop {
