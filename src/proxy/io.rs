@@ -24,7 +24,9 @@
 //!   writability while it holds and call [`Conn::flush_now`] (or any write) when writable.
 //!
 //! The handshake is done before a `Conn` is made (by the listener for clients, by the
-//! connector for backends), with real wakers and a deadline.
+//! connector for backends), with real wakers and a deadline. It may have read more than the
+//! handshake (a TLS 1.3 client's first command travels with its `Finished`), so a new TLS
+//! `Conn` starts with `more` set.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
@@ -72,10 +74,11 @@ impl From<tokio_rustls::client::TlsStream<TcpStream>> for Conn {
 
 impl Conn {
     pub fn new(stream: Stream) -> Self {
-        Conn {
-            stream,
-            more: false,
-        }
+        // A fresh TLS stream may already hold application data: a TLS 1.3 client sends its
+        // first command right behind its `Finished`, and the handshake read both from the
+        // socket. So the first wait must not be on the socket, or that command is never read.
+        let more = !matches!(stream, Stream::Plain(_));
+        Conn { stream, more }
     }
 
     pub fn is_tls(&self) -> bool {

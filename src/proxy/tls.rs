@@ -22,7 +22,7 @@ use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -165,9 +165,16 @@ pub async fn handshake(
         match socket.peek(&mut first).await {
             Ok(0) => return Err(("eof", "closed before the handshake".to_string())),
             Ok(_) if first[0] != TLS_HANDSHAKE_RECORD => {
+                // Take what it sent first: closing a socket with unread bytes resets the
+                // connection, and the reset can destroy the reply before the client reads it.
+                let mut sink = [0u8; 4096];
+                let _ = socket.try_read(&mut sink);
                 let _ = socket
                     .write_all(b"-ERR cutover: this port expects TLS; connect with TLS (redis-cli --tls, rediss://) or use the plain port\r\n")
                     .await;
+                let _ = socket.shutdown().await;
+                // Until the client closes too (bounded by the deadline around this).
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
                 return Err((
                     "not_tls",
                     "a client without TLS on the TLS port".to_string(),
