@@ -41,7 +41,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(target) = &settings.target {
         let check = target.clone();
         let marker = tokio::task::spawn_blocking(move || {
-            crate::sync::position::switched_marker(&check, Duration::from_secs(5))
+            crate::sync::batch::switched_marker(&check, Duration::from_secs(5))
         })
         .await
         .context("cannot check the target")?;

@@ -46,8 +46,8 @@ use serde_json::{Value as Json, json};
 use crate::proxy::ProxyShared;
 use crate::proxy::command::command_id;
 use crate::route::{Backend, Route, Side};
+use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
-use crate::sync::position::SWITCHED_KEY;
 use overlap::{Links, OverlapMode};
 use shadow::{ShadowSink, Value};
 use writer::Conn;
@@ -783,7 +783,7 @@ async fn remove_own_keys(b: &Backend, timeout: Duration) -> Result<(), String> {
             c.query(&[b"SELECT", b"0"]).await?;
         }
         match c
-            .query(&[b"DEL", crate::sync::position::POSITION_KEY, SWITCHED_KEY])
+            .query(&[b"DEL", crate::sync::batch::POSITION_KEY, SWITCHED_KEY])
             .await?
         {
             Value::Error(e) => Err(e),

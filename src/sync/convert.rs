@@ -296,7 +296,7 @@ impl Converter {
                 let mapped = self.opts.filter.map_db(info.db);
                 let expired = info.expire_ms.is_some_and(|t| t <= self.now_ms);
                 let restorable = target_knows(info.rdb_type, self.max_rdb);
-                let mode = if super::position::is_own_key(info.db, &info.key) {
+                let mode = if super::batch::is_own_key(info.db, &info.key) {
                     // cutover's own bookkeeping (the source was itself a sync target).
                     self.stats.keys_seen -= 1;
                     self.stats.by_type[kind_index(kind)] -= 1;

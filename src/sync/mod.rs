@@ -3,8 +3,8 @@
 //! * [`replica`]: the replica link, the replica side of Redis' replication protocol.
 //! * [`target`]: the target writer (pipelined, every reply checked) and the target's version.
 //! * [`convert`]: snapshot events → `RESTORE` or plain commands the target accepts.
-//! * [`position`]: the replication position kept on the target (`cutover:position`), for
-//!   exactly-once restarts.
+//! * [`batch`]: exactly once — each batch of stream commands and the replication position
+//!   it reaches (`cutover:position`, kept on the target) in one `MULTI … EXEC`.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
 //! * [`handoff`]: the applying or following role of a link, and how the cutover hands it
@@ -14,11 +14,11 @@
 //!
 //! The RDB codec lives in [`crate::rdb`].
 
+pub mod batch;
 pub mod convert;
 pub mod engine;
 pub mod filter;
 pub mod handoff;
-pub mod position;
 pub mod replica;
 pub mod retry;
 pub mod target;
