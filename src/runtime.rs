@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::admin::AdminServer;
-use crate::config::Settings;
+use crate::config::{AdminSettings, ProxySettings, RedisUrl};
 use crate::cutover::Controller;
 use crate::cutover::overlap::{Links, OverlapMode};
 use crate::cutover::shadow::Value;
@@ -19,6 +19,21 @@ use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
 use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
 use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
+
+/// The whole resolved configuration of `cutover run` (built by `cli::resolve_settings`).
+/// It lives here, not in [`crate::config`], so that `config` stays a leaf: the settings of
+/// the cutover and of the sync are those modules' own types.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub source: RedisUrl,
+    pub target: Option<RedisUrl>,
+    pub admin: Option<AdminSettings>,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub cutover: crate::cutover::CutoverSettings,
+    /// `[sync]`, for the background sync (when a target is set).
+    pub sync: crate::sync::engine::SyncTuning,
+}
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics {

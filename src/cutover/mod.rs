@@ -43,14 +43,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value as Json, json};
 
-use crate::proxy::ProxyShared;
 use crate::proxy::command::command_id;
-use crate::route::{Backend, Route, Side};
+use crate::route::{Backend, Route, RouteTable, Side};
 use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
 use overlap::{Links, OverlapMode};
 use shadow::{ShadowSink, Value};
 use writer::Conn;
+
+/// What the controller needs from the proxy it switches, and nothing more: the route table
+/// it flips, the gate that holds the sessions (and lists their parked blocking calls), and
+/// the slot of the shadow sink the sessions copy acknowledged writes into. The proxy
+/// implements it (`proxy::ProxyShared`); the controller never sees the proxy's other state.
+pub trait ProxyHandle: Send + Sync {
+    /// The route every session reads once per batch; only the controller stores into it.
+    fn route(&self) -> &RouteTable;
+    /// The barrier's gate ([`gate`]).
+    fn gate(&self) -> &gate::Gate;
+    /// Where sessions copy acknowledged writes while the old side is kept in step.
+    fn shadow(&self) -> &arc_swap::ArcSwapOption<ShadowSink>;
+}
 
 /// Milliseconds since the Unix epoch (for absolute expiry times).
 pub fn unix_ms() -> u64 {
@@ -138,7 +150,7 @@ pub struct StepReport {
 }
 
 pub struct Controller {
-    proxy: Arc<ProxyShared>,
+    proxy: Arc<dyn ProxyHandle>,
     sync: Arc<SyncProgress>,
     /// Set once the sync engine is stopped for good (after the first switch).
     sync_detached: Arc<AtomicBool>,
@@ -155,7 +167,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(
-        proxy: Arc<ProxyShared>,
+        proxy: Arc<dyn ProxyHandle>,
         sync: Arc<SyncProgress>,
         sync_detached: Arc<AtomicBool>,
         settings: CutoverSettings,
@@ -192,7 +204,7 @@ impl Controller {
         if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
             return None;
         }
-        let (applying, _) = links.roles(self.proxy.route.load().primary);
+        let (applying, _) = links.roles(self.proxy.route().load().primary);
         Some((applying.lag_bytes(), applying.lag_ms()))
     }
 
@@ -217,7 +229,7 @@ impl Controller {
     }
 
     fn backends(&self) -> Result<(Arc<Backend>, Arc<Backend>), CutoverError> {
-        let route = self.proxy.route.load();
+        let route = self.proxy.route().load();
         match &route.target {
             Some(t) => Ok((route.source.clone(), t.clone())),
             None => Err(CutoverError::Refused(
@@ -228,9 +240,9 @@ impl Controller {
 
     /// The status fields of the cutover (merged into `STATUS`).
     pub fn status(&self) -> Json {
-        let sink = self.proxy.shadow.load_full();
+        let sink = self.proxy.shadow().load_full();
         let history = self.history.lock().map(|h| h.clone()).unwrap_or_default();
-        let primary = self.proxy.route.load().primary;
+        let primary = self.proxy.route().load().primary;
         let replica_unsafe = self.replica_unsafe_reason(primary);
         let rollback_safe = match (self.phase(), &sink) {
             (Some(Phase::Finished), _) => false,
@@ -301,7 +313,7 @@ impl Controller {
             "shadow_queue": sink.as_ref().map_or(0, |s| s.pending()),
             "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
-            "held_sessions": self.proxy.gate.held(),
+            "held_sessions": self.proxy.gate().held(),
             "last": history.last(),
             "history": history,
         })
@@ -397,7 +409,7 @@ impl Controller {
         let written = if replica {
             self.finish_replica(primary).await
         } else {
-            let sink = self.proxy.shadow.swap(None);
+            let sink = self.proxy.shadow().swap(None);
             // Let the writer finish what is queued (bounded), so the old side is left as
             // complete as it can be.
             if let Some(s) = &sink {
@@ -497,7 +509,7 @@ impl Controller {
             )));
         }
 
-        let gate = &self.proxy.gate;
+        let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
         // Every step that talks to a server while commands are held ends by the deadline.
@@ -575,7 +587,7 @@ impl Controller {
         force: bool,
     ) -> Result<StepReport, CutoverError> {
         let (source, target) = self.backends()?;
-        let sink = self.proxy.shadow.load_full();
+        let sink = self.proxy.shadow().load_full();
         if !force {
             match &sink {
                 Some(s) if !s.is_safe() => {
@@ -610,7 +622,7 @@ impl Controller {
                 new.describe()
             )));
         }
-        let gate = &self.proxy.gate;
+        let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
         old_conn.set_deadline(Some(deadline));
@@ -686,8 +698,8 @@ impl Controller {
         new: &Arc<Backend>,
         shadow: bool,
     ) -> usize {
-        let current = self.proxy.route.load_full();
-        self.proxy.route.store(Arc::new(Route {
+        let current = self.proxy.route().load_full();
+        self.proxy.route().store(Arc::new(Route {
             epoch: current.epoch + 1,
             primary: to,
             source: current.source.clone(),
@@ -704,7 +716,7 @@ impl Controller {
             // is dropped, which ends its writer.
             let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
             let sink = Arc::new(sink);
-            self.proxy.shadow.store(Some(sink.clone()));
+            self.proxy.shadow().store(Some(sink.clone()));
             metrics::gauge!("cutover_rollback_safe").set(1.0);
             Some((sink, rx))
         } else {
@@ -713,7 +725,7 @@ impl Controller {
         // Blocking calls still waiting on the old side: cancel them there (the sessions send
         // them again to the new primary). Before any shadow write can reach the old side and
         // wake them up there.
-        let parked = self.proxy.gate.parked();
+        let parked = self.proxy.gate().parked();
         let unblocked = if parked == 0 {
             0
         } else {
@@ -728,7 +740,7 @@ impl Controller {
                 self.settings.timeout,
             ));
         }
-        self.proxy.gate.announce();
+        self.proxy.gate().announce();
         unblocked
     }
 }

@@ -322,7 +322,7 @@ impl Controller {
             }
         }
 
-        let gate = &self.proxy.gate;
+        let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
         // Every step that talks to a server while commands are held ends by the deadline.

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::rdb::crc64::crc64;
 use crate::rdb::encodings::{ListpackBuilder, ZiplistBuilder, encode_intset};
