@@ -18,6 +18,7 @@ use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
 use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
+use crate::sync::phase::SyncPhase;
 use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
 
 /// The whole resolved configuration of `cutover run` (built by `cli::resolve_settings`).
@@ -266,7 +267,7 @@ async fn start_reverse_link(
         .spawn(move || run_sync(opts, Arc::new(AtomicBool::new(false)), stop))
         .context("cannot start the reverse link thread")?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while links.reverse.phase_name() != "streaming" && Instant::now() < deadline {
+    while links.reverse.phase() != SyncPhase::Streaming && Instant::now() < deadline {
         if links.reverse.last_error.lock().is_ok_and(|e| e.is_some()) {
             break;
         }

@@ -33,6 +33,7 @@
 pub mod gate;
 pub mod order;
 pub mod overlap;
+pub mod phase;
 pub mod shadow;
 pub mod writer;
 
@@ -47,7 +48,9 @@ use crate::proxy::command::command_id;
 use crate::route::{Backend, Route, RouteTable, Side};
 use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
+use crate::sync::phase::SyncPhase;
 use overlap::{Links, OverlapMode};
+pub use phase::{Move, Phase};
 use shadow::{ShadowSink, Value};
 use writer::Conn;
 
@@ -111,24 +114,6 @@ pub enum CutoverError {
         waiting: String,
         side: &'static str,
     },
-}
-
-/// Where the migration stands (after the sync phases, which the sync engine reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Switched,
-    RolledBack,
-    Finished,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Switched => "switched",
-            Phase::RolledBack => "rolled_back",
-            Phase::Finished => "finished",
-        }
-    }
 }
 
 /// What one move did.
@@ -218,14 +203,13 @@ impl Controller {
 
     fn set_phase(&self, p: Phase) {
         if let Ok(mut g) = self.phase.lock() {
+            if !Phase::allows(*g, p) {
+                debug_assert!(false, "cutover phase {:?} → {p:?} is not a move", *g);
+                tracing::warn!(from = ?*g, to = ?p, "unexpected cutover phase move");
+            }
             *g = Some(p);
         }
-        let n = match p {
-            Phase::Switched => 4.0,
-            Phase::RolledBack => 5.0,
-            Phase::Finished => 6.0,
-        };
-        metrics::gauge!("cutover_phase").set(n);
+        metrics::gauge!("cutover_phase").set(p.gauge());
     }
 
     fn backends(&self) -> Result<(Arc<Backend>, Arc<Backend>), CutoverError> {
@@ -327,7 +311,9 @@ impl Controller {
     ) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
-        match self.phase() {
+        let from = self.phase();
+        Phase::after(from, Move::Switch).map_err(|why| CutoverError::Refused(why.into()))?;
+        match from {
             None => match self.choose_overlap()? {
                 OverlapMode::Replica => self.replica_move(Side::Target, max_pause, force).await,
                 _ => {
@@ -354,13 +340,8 @@ impl Controller {
             Some(Phase::RolledBack) if self.replica_overlap() => {
                 self.replica_move(Side::Target, max_pause, force).await
             }
-            Some(Phase::RolledBack) => self.flip_with_shadow(Side::Target, max_pause, force).await,
-            Some(Phase::Switched) => Err(CutoverError::Refused(
-                "already switched: the target is the primary".into(),
-            )),
-            Some(Phase::Finished) => Err(CutoverError::Refused(
-                "the migration is finished; nothing to switch".into(),
-            )),
+            // (`Phase::after` refused the others.)
+            Some(_) => self.flip_with_shadow(Side::Target, max_pause, force).await,
         }
     }
 
@@ -372,38 +353,26 @@ impl Controller {
     ) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
-        match self.phase() {
-            Some(Phase::Switched) if self.replica_overlap() => {
-                self.replica_move(Side::Source, max_pause, force).await
-            }
-            Some(Phase::Switched) => self.flip_with_shadow(Side::Source, max_pause, force).await,
-            Some(Phase::RolledBack) => Err(CutoverError::Refused(
-                "already rolled back: the source is the primary".into(),
-            )),
-            Some(Phase::Finished) => Err(CutoverError::Refused(
-                "the migration is finished; the source is detached and cannot be rolled back to"
-                    .into(),
-            )),
-            None => Err(CutoverError::Refused(
-                "not switched yet: the source is the primary".into(),
-            )),
+        // Only from `switched` (`Phase::after` refused the others).
+        Phase::after(self.phase(), Move::Rollback)
+            .map_err(|why| CutoverError::Refused(why.into()))?;
+        if self.replica_overlap() {
+            self.replica_move(Side::Source, max_pause, force).await
+        } else {
+            self.flip_with_shadow(Side::Source, max_pause, force).await
         }
     }
 
     /// `cutover finish`: stop shadowing; the old side is detached.
     pub async fn finish(&self) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
-        let primary = match self.phase() {
-            Some(Phase::Switched) => Side::Target,
-            Some(Phase::RolledBack) => Side::Source,
-            Some(Phase::Finished) => {
-                return Err(CutoverError::Refused("already finished".into()));
-            }
-            None => {
-                return Err(CutoverError::Refused(
-                    "not switched yet: run `cutover switch` first".into(),
-                ));
-            }
+        let from = self.phase();
+        Phase::after(from, Move::Finish).map_err(|why| CutoverError::Refused(why.into()))?;
+        // (`Phase::after` refused the others: switched or rolled back.)
+        let primary = if from == Some(Phase::RolledBack) {
+            Side::Source
+        } else {
+            Side::Target
         };
         let replica = self.replica_overlap();
         let written = if replica {
@@ -482,9 +451,10 @@ impl Controller {
                 )));
             }
         }
-        let phase = self.sync.phase_name();
+        let phase = self.sync.phase();
+        let streaming = phase == SyncPhase::Streaming;
         if !force {
-            if phase != "streaming" {
+            if !streaming {
                 return Err(CutoverError::Refused(format!(
                     "the sync is {phase}, not streaming yet; not switching (wait for `phase: streaming` in `cutover status`)"
                 )));
@@ -503,7 +473,7 @@ impl Controller {
                     writers.join(", ")
                 )));
             }
-        } else if phase != "streaming" {
+        } else if !streaming {
             return Err(CutoverError::Refused(format!(
                 "the sync is {phase}; even --force cannot switch before the snapshot is applied"
             )));
@@ -755,11 +725,11 @@ impl Controller {
             return None;
         }
         let (applying, _) = links.roles(primary);
-        let phase = applying.phase_name();
+        let phase = applying.phase();
         if applying.handoff.is_following() {
             return Some(format!("the {} link is not applying", applying.direction()));
         }
-        if phase != "streaming" {
+        if phase != SyncPhase::Streaming {
             return Some(format!(
                 "the {} link is {phase}{}",
                 applying.direction(),

@@ -7,6 +7,7 @@
 //!   it reaches (`cutover:position`, kept on the target) in one `MULTI … EXEC`.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
+//! * [`phase`]: the sync's phases (status names, gauge numbers, the moves between them).
 //! * [`handoff`]: the applying or following role of a link, and how the cutover hands it
 //!   from one link to the other during a replica overlap.
 //! * [`retry`]: runs the engine again after a failure (target restarted…), from the stored
@@ -19,6 +20,7 @@ pub mod convert;
 pub mod engine;
 pub mod filter;
 pub mod handoff;
+pub mod phase;
 pub mod replica;
 pub mod retry;
 pub mod target;

@@ -145,7 +145,7 @@ pub fn run_retrying(
         if let Ok(mut last) = progress.last_error.lock() {
             *last = Some(msg.clone());
         }
-        progress.phase.store(3, Ordering::Relaxed);
+        progress.set_phase(super::phase::SyncPhase::Error);
         if !retry && !policy.retry_permanent {
             return Err(e);
         }

@@ -1,7 +1,7 @@
 //! The applier: the engine's calling thread, which turns what the link thread hands on into
 //! writes on the target.
 //!
-//! It runs in phases ([`Phase`]): *connecting* until the link reports how the source answered
+//! It runs in phases ([`SyncPhase`]): *connecting* until the link reports how the source answered
 //! `PSYNC`; *snapshot* while the RDB bytes arrive (they go through the [`crate::rdb::RdbParser`]
 //! and the [`Converter`]; the target's position holds `snapshot-loading` meanwhile); then
 //! *streaming*, where each read of stream commands becomes one or more batches
@@ -28,24 +28,7 @@ use crate::sync::convert::{Converter, KINDS, Stats};
 use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
 
 use super::*;
-
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Phase {
-    Connecting,
-    Snapshot,
-    Streaming,
-}
-
-impl Phase {
-    /// Its number in [`SyncProgress::phase`] (3, an error, is set by the retry loop).
-    pub(super) fn code(&self) -> u8 {
-        match self {
-            Phase::Connecting => 0,
-            Phase::Snapshot => 1,
-            Phase::Streaming => 2,
-        }
-    }
-}
+use crate::sync::phase::SyncPhase;
 
 pub(in crate::sync) struct Applier<'a> {
     pub(in crate::sync) opts: &'a SyncOptions,
@@ -117,7 +100,7 @@ impl Applier<'_> {
         conv: &mut Converter,
     ) -> anyhow::Result<SyncReport> {
         let mut parser = self.opts.parser();
-        let mut phase = Phase::Connecting;
+        let mut phase = SyncPhase::Connecting;
         let mut start_offset = 0;
         let mut stop_at: Option<u64> = None;
         let mut started = Instant::now();
@@ -140,7 +123,7 @@ impl Applier<'_> {
             }
             self.following_now = false;
             let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
-            if let (Some(limit), Phase::Streaming, Some(shared)) =
+            if let (Some(limit), SyncPhase::Streaming, Some(shared)) =
                 (barrier, &phase, &self.opts.shared)
             {
                 if w.in_flight() > 0 {
@@ -169,8 +152,8 @@ impl Applier<'_> {
             match msg {
                 Ok(Msg::Start { replid, offset }) => {
                     // Seen at once (status, `rollback_safe`), not after the flush below.
-                    self.progress.phase.store(1, Ordering::Relaxed);
-                    if phase != Phase::Connecting {
+                    self.progress.set_phase(SyncPhase::Snapshot);
+                    if phase != SyncPhase::Connecting {
                         // The link dropped and the source could not continue: start over.
                         self.restart_full(w, &phase)?;
                         parser = self.opts.parser();
@@ -182,7 +165,7 @@ impl Applier<'_> {
                     start_offset = offset;
                     self.last_offset = offset;
                     self.replid = replid;
-                    phase = Phase::Snapshot;
+                    phase = phase.move_to(SyncPhase::Snapshot);
                     self.progress.mark_established();
                     // A new copy: the counts of an earlier run do not apply to it.
                     if let Ok(mut carried) = self.progress.carried.lock() {
@@ -239,7 +222,7 @@ impl Applier<'_> {
                     self.replid = replid;
                     self.flush_on_full = true;
                     w.mark_offset(offset);
-                    phase = Phase::Streaming;
+                    phase = phase.move_to(SyncPhase::Streaming);
                     self.progress.mark_established();
                     // The stream of an earlier run of this process goes on: so do its counts.
                     let carried = self.progress.carried.lock().ok().and_then(|mut c| c.take());
@@ -278,7 +261,7 @@ impl Applier<'_> {
                     batch::queue_set(w, &batch::format(&self.replid, start_offset))?;
                     w.drain()?;
                     w.mark_offset(start_offset);
-                    phase = Phase::Streaming;
+                    phase = phase.move_to(SyncPhase::Streaming);
                     if self.opts.once {
                         stop_at = Some(self.source_offset().unwrap_or_else(|e| {
                             tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the snapshot's offset");
@@ -330,14 +313,14 @@ impl Applier<'_> {
                 Ok(Msg::Wake) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     // Nothing new: let the target answer what is in flight.
-                    if phase == Phase::Streaming {
+                    if phase == SyncPhase::Streaming {
                         w.drain()?;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
             }
             self.report_exec_errors(w, &mut conv.stats)?;
-            if phase == Phase::Streaming
+            if phase == SyncPhase::Streaming
                 && let Some(off) = w.confirmed_offset()
             {
                 // (A store, not a max: after a full resync the offsets start anew.)
@@ -350,7 +333,7 @@ impl Applier<'_> {
                     self.pending_since.pop_front();
                 }
             }
-            if phase != Phase::Streaming {
+            if phase != SyncPhase::Streaming {
                 self.pending_since.clear();
             }
             let oldest = self.pending_since.front().map(|(_, at)| *at);
@@ -371,7 +354,7 @@ impl Applier<'_> {
                 }
             }
             let applied = w.confirmed_offset().unwrap_or(start_offset);
-            let received = if phase == Phase::Streaming {
+            let received = if phase == SyncPhase::Streaming {
                 self.last_offset
             } else {
                 applied
@@ -455,10 +438,10 @@ impl Applier<'_> {
     /// (the other side has it already), keeping track of the offset and the stream's
     /// database, and acknowledges what it read. Asked to apply from an offset, it skips up to
     /// there and starts applying exactly there; asked to hold, it takes nothing.
-    fn follow_step(&mut self, w: &mut TargetWriter, phase: &mut Phase) -> anyhow::Result<()> {
+    fn follow_step(&mut self, w: &mut TargetWriter, phase: &mut SyncPhase) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let h = &p.handoff;
-        let request = h.apply_request().filter(|_| *phase == Phase::Streaming);
+        let request = h.apply_request().filter(|_| *phase == SyncPhase::Streaming);
         if let Some((replid, from)) = &request
             && self.last_offset >= *from
         {
@@ -477,7 +460,7 @@ impl Applier<'_> {
         };
         match self.next_msg(wait) {
             Ok(Msg::Start { replid, offset }) => {
-                if *phase != Phase::Connecting {
+                if *phase != SyncPhase::Connecting {
                     p.reconnects.fetch_add(1, Ordering::Relaxed);
                     p.full_resyncs.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
@@ -491,19 +474,19 @@ impl Applier<'_> {
                 self.report.snapshot_bytes = 0;
                 p.snapshot_bytes_total.store(0, Ordering::Relaxed);
                 p.mark_established();
-                *phase = Phase::Snapshot;
+                *phase = (*phase).move_to(SyncPhase::Snapshot);
             }
             Ok(Msg::SnapshotSize(size)) => {
                 p.snapshot_bytes_total
                     .store(size.unwrap_or(0), Ordering::Relaxed);
             }
             Ok(Msg::Snapshot(bytes)) => self.report.snapshot_bytes += bytes.len() as u64,
-            Ok(Msg::SnapshotDone { .. }) => *phase = Phase::Streaming,
+            Ok(Msg::SnapshotDone { .. }) => *phase = phase.move_to(SyncPhase::Streaming),
             Ok(Msg::Resumed { replid, offset }) => {
                 self.replid = replid;
                 self.last_offset = offset;
                 p.mark_established();
-                *phase = Phase::Streaming;
+                *phase = (*phase).move_to(SyncPhase::Streaming);
             }
             Ok(Msg::Continued { replid, .. }) => {
                 p.link_down.store(false, Ordering::Relaxed);
@@ -541,12 +524,12 @@ impl Applier<'_> {
             Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
         }
-        if *phase == Phase::Streaming {
+        if *phase == SyncPhase::Streaming {
             self.applied.store(self.last_offset, Ordering::Release);
             h.set_position(&self.replid, self.last_offset);
         }
         self.progress.set_oldest_pending(None);
-        let offset = if *phase == Phase::Streaming {
+        let offset = if *phase == SyncPhase::Streaming {
             self.last_offset
         } else {
             0
@@ -608,7 +591,7 @@ impl Applier<'_> {
     /// A full resync within the run (the link dropped and the source could not continue, or
     /// dropped during the snapshot): what the target holds is an earlier or partial copy, so
     /// it is flushed and loaded anew — no stale key, no doubled list element.
-    fn restart_full(&mut self, w: &mut TargetWriter, phase: &Phase) -> anyhow::Result<()> {
+    fn restart_full(&mut self, w: &mut TargetWriter, phase: &SyncPhase) -> anyhow::Result<()> {
         if self.txn_open {
             w.discard()?;
             self.txn_open = false;
@@ -618,7 +601,7 @@ impl Applier<'_> {
         w.drain()?;
         self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
         self.progress.full_resyncs.fetch_add(1, Ordering::Relaxed);
-        let during = if *phase == Phase::Snapshot {
+        let during = if *phase == SyncPhase::Snapshot {
             "the snapshot did not arrive whole"
         } else {
             "the source could not continue the stream (+FULLRESYNC)"
@@ -637,14 +620,14 @@ impl Applier<'_> {
     fn stop_cleanly(
         &mut self,
         w: &mut TargetWriter,
-        phase: &Phase,
+        phase: &SyncPhase,
         stats: &mut Stats,
     ) -> anyhow::Result<SyncReport> {
-        if *phase == Phase::Connecting {
+        if *phase == SyncPhase::Connecting {
             say("cutover sync: stopped before the sync started; the target is unchanged");
             return Ok(self.report.clone());
         }
-        if *phase != Phase::Streaming {
+        if *phase != SyncPhase::Streaming {
             bail!(
                 "stopped before the snapshot was applied: the target is incomplete (the next start does a full sync)"
             );
@@ -677,8 +660,8 @@ impl Applier<'_> {
     /// reads the source's own offset, so that the lag counts what the link has not read yet
     /// (a frozen target stops the link reading). One short connection; a source that does
     /// not answer within a second is just not polled this time.
-    fn poll_source_offset(&mut self, phase: &Phase) {
-        if self.opts.shared.is_some() || *phase != Phase::Streaming {
+    fn poll_source_offset(&mut self, phase: &SyncPhase) {
+        if self.opts.shared.is_some() || *phase != SyncPhase::Streaming {
             return;
         }
         if self

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::sync::phase::SyncPhase;
 
 /// A progress line is on the terminal (cleared before other messages).
 static BAR_SHOWN: AtomicBool = AtomicBool::new(false);
@@ -111,9 +112,11 @@ impl Bar {
 /// One progress line (see [`Bar`]).
 pub(super) fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar: bool) -> String {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    match p.phase.load(Ordering::Relaxed) {
-        0 => "cutover sync: connecting; waiting for the source's snapshot".into(),
-        1 => {
+    match p.phase() {
+        SyncPhase::Connecting => {
+            "cutover sync: connecting; waiting for the source's snapshot".into()
+        }
+        SyncPhase::Snapshot => {
             let (bytes, total) = (n(&p.snapshot_bytes), n(&p.snapshot_bytes_total));
             let (keys, keys_total) = (n(&p.keys_done), n(&p.keys_total));
             // Bytes tell progress exactly when the size is known (disk snapshots); keys
@@ -157,7 +160,7 @@ pub(super) fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar
                 keys_rate
             )
         }
-        2 => format!(
+        SyncPhase::Streaming => format!(
             "cutover sync: streaming: offset {} applied, lag {} bytes / {} ms, {} commands ({} skipped), {} reconnects{}",
             n(&p.applied_offset),
             p.lag_bytes(),
@@ -170,7 +173,7 @@ pub(super) fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar
                 s => format!(", {} restarts", s - 1),
             },
         ),
-        _ => format!(
+        SyncPhase::Error => format!(
             "cutover sync: failed ({}); retrying in {} s",
             p.last_error
                 .lock()
@@ -206,7 +209,7 @@ mod tests {
     fn progress_lines() {
         let p = SyncProgress::default();
         assert!(render_line(&p, 0.0, 0.0, true).contains("connecting"));
-        p.phase.store(1, Ordering::Relaxed);
+        p.set_phase(SyncPhase::Snapshot);
         p.snapshot_bytes.store(512, Ordering::Relaxed);
         p.snapshot_bytes_total.store(1024, Ordering::Relaxed);
         p.keys_done.store(10, Ordering::Relaxed);
@@ -221,7 +224,7 @@ mod tests {
         p.snapshot_bytes_total.store(0, Ordering::Relaxed);
         let line = render_line(&p, 5.0, 256.0, false);
         assert!(line.contains("snapshot 50% 512 B, 10/20 keys"), "{line}");
-        p.phase.store(2, Ordering::Relaxed);
+        p.set_phase(SyncPhase::Streaming);
         p.received_offset.store(100, Ordering::Relaxed);
         p.applied_offset.store(90, Ordering::Relaxed);
         assert!(render_line(&p, 0.0, 0.0, true).contains("lag 10 bytes"));

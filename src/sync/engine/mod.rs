@@ -58,7 +58,6 @@ pub use link::RECONNECT_TIMEOUTS;
 pub use progress::SyncProgress;
 
 pub(in crate::sync) use applier::Applier;
-use applier::Phase;
 use bar::{Bar, human_bytes};
 use link::link_thread;
 use progress::{Carried, Snapshot};

@@ -11,12 +11,14 @@ use crate::sync::convert::{KINDS, Stats};
 use crate::sync::handoff::Handoff;
 
 use super::*;
+use crate::sync::phase::SyncPhase;
 
 /// The sync's live state, for `cutover status`, Prometheus and the progress bar.
 #[derive(Debug, Default)]
 pub struct SyncProgress {
-    /// 0 connecting, 1 snapshot (`syncing`), 2 streaming, 3 error (retrying).
-    pub phase: AtomicU8,
+    /// The [`SyncPhase`], as its number (read and set with [`Self::phase`] and
+    /// [`Self::set_phase`]).
+    phase: AtomicU8,
     /// Snapshot bytes received (and parsed).
     pub snapshot_bytes: AtomicU64,
     /// The snapshot's size from its `$<len>` header; 0 when unknown (a diskless snapshot).
@@ -135,7 +137,7 @@ impl std::fmt::Debug for Waker {
 
 /// What the applier publishes into [`SyncProgress`] after each step.
 pub(super) struct Snapshot<'a> {
-    pub(super) phase: &'a Phase,
+    pub(super) phase: &'a SyncPhase,
     pub(super) stats: &'a Stats,
     pub(super) snapshot_bytes: u64,
     pub(super) received: u64,
@@ -219,13 +221,20 @@ impl SyncProgress {
             .unwrap_or_default()
     }
 
+    /// Where the sync stands.
+    pub fn phase(&self) -> SyncPhase {
+        SyncPhase::from_code(self.phase.load(Ordering::Relaxed))
+    }
+
+    /// Publishes the phase the engine is in (the applier after each step; the retry loop
+    /// sets [`SyncPhase::Error`]).
+    pub fn set_phase(&self, phase: SyncPhase) {
+        self.phase.store(phase.code(), Ordering::Relaxed);
+    }
+
+    /// The phase's name in `cutover status` ([`SyncPhase::as_str`]).
     pub fn phase_name(&self) -> &'static str {
-        match self.phase.load(Ordering::Relaxed) {
-            0 => "connecting",
-            1 => "syncing",
-            2 => "streaming",
-            _ => "sync_error",
-        }
+        self.phase().as_str()
     }
 
     pub(super) fn now_ms(&self) -> u64 {
@@ -319,10 +328,9 @@ impl SyncProgress {
     }
 
     pub(super) fn update(&self, s: &Snapshot<'_>) {
-        let p = s.phase.code();
         let stats = s.stats;
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        self.phase.store(p, Ordering::Relaxed);
+        self.set_phase(*s.phase);
         set(&self.snapshot_bytes, s.snapshot_bytes);
         set(&self.keys_seen, stats.keys_seen);
         set(&self.keys_done, stats.keys_done());
@@ -361,8 +369,8 @@ impl SyncProgress {
 
     /// What a following link publishes: its phase and where it has read to (it applies
     /// nothing, so the counts of what it applied before stay).
-    pub(super) fn update_following(&self, phase: &Phase, offset: u64) {
-        self.phase.store(phase.code(), Ordering::Relaxed);
+    pub(super) fn update_following(&self, phase: &SyncPhase, offset: u64) {
+        self.set_phase(*phase);
         self.received_offset.store(offset, Ordering::Relaxed);
         self.applied_offset.store(offset, Ordering::Relaxed);
         let now = self.now_ms();
@@ -376,8 +384,7 @@ impl SyncProgress {
         // Every series carries the link's direction (`forward`, `reverse`); a later shard
         // label joins it.
         let d = self.direction();
-        metrics::gauge!("cutover_sync_phase", "direction" => d)
-            .set(self.phase.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("cutover_sync_phase", "direction" => d).set(self.phase().gauge());
         metrics::gauge!("cutover_sync_snapshot_bytes", "direction" => d)
             .set(n(&self.snapshot_bytes) as f64);
         metrics::gauge!("cutover_sync_snapshot_bytes_total", "direction" => d)
