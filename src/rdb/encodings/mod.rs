@@ -26,6 +26,18 @@ use std::borrow::Cow;
 use super::error::{RdbError, Result};
 use super::primitives::parse_i64;
 
+pub mod intset;
+pub mod listpack;
+pub mod ziplist;
+pub mod zipmap;
+pub use intset::*;
+pub use listpack::*;
+pub use ziplist::*;
+pub use zipmap::*;
+
+#[cfg(test)]
+mod tests;
+
 /// One element of a ziplist or listpack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Entry<'a> {
@@ -117,15 +129,3 @@ fn check_count(declared: u16, found: usize, at: usize, context: &'static str) ->
     }
     Ok(())
 }
-
-pub mod intset;
-pub mod listpack;
-pub mod ziplist;
-pub mod zipmap;
-pub use intset::*;
-pub use listpack::*;
-pub use ziplist::*;
-pub use zipmap::*;
-
-#[cfg(test)]
-mod tests;

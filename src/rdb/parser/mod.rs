@@ -51,6 +51,9 @@ use super::types::{self as ty, RdbType, module_type_name};
 use super::value::{ChunkLimits, ValueDecoder, read_module_item};
 use super::version::{Dialect, HEADER_LEN, RdbVersion, parse_header};
 
+#[cfg(test)]
+mod tests;
+
 /// Parser settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParserOptions {
@@ -493,6 +496,3 @@ impl Machine {
         Ok(())
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -61,6 +61,14 @@ use std::borrow::Cow;
 use super::error::{RdbError, Result};
 use super::lzf;
 
+mod reader;
+mod writer;
+pub use reader::*;
+pub use writer::*;
+
+#[cfg(test)]
+mod tests;
+
 /// First byte `0x80`: a 32-bit big-endian length follows.
 const LEN_32BIT: u8 = 0x80;
 /// First byte `0x81`: a 64-bit big-endian length follows (RDB ≥ 8).
@@ -204,11 +212,3 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
         i64::try_from(v).ok()
     }
 }
-
-mod reader;
-mod writer;
-pub use reader::*;
-pub use writer::*;
-
-#[cfg(test)]
-mod tests;

@@ -27,6 +27,12 @@ use super::primitives::{Length, Reader};
 use super::types::{RdbType, module_op, module_type_name};
 use super::version::{Dialect, RdbVersion};
 
+mod collect;
+mod records;
+pub use collect::*;
+pub use records::*;
+use records::{item_size, read_raw_id, read_stream_id_lens};
+
 /// How big a chunk of elements may grow before it is emitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLimits {
@@ -803,9 +809,3 @@ impl ValueDecoder {
 fn v_len_plus(v: &[u8]) -> usize {
     v.len() + 8
 }
-
-mod collect;
-mod records;
-pub use collect::*;
-pub use records::*;
-use records::{item_size, read_raw_id, read_stream_id_lens};
