@@ -25,10 +25,13 @@ use anyhow::{Context, bail};
 
 use crate::sync::batch::{self, POSITION_KEY};
 use crate::sync::convert::{Converter, KINDS, Stats};
+use crate::sync::phase::SyncPhase;
 use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
 
+use super::bar::human_bytes;
+use super::progress::{Carried, Snapshot};
+use super::rewrite::CommandShape;
 use super::*;
-use crate::sync::phase::SyncPhase;
 
 pub(in crate::sync) struct Applier<'a> {
     pub(in crate::sync) opts: &'a SyncOptions,

@@ -5,8 +5,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::*;
 use crate::sync::phase::SyncPhase;
+
+use super::*;
 
 /// A progress line is on the terminal (cleared before other messages).
 static BAR_SHOWN: AtomicBool = AtomicBool::new(false);

@@ -16,6 +16,7 @@ use crate::sync::batch::{self, Stored};
 use crate::sync::convert::Converter;
 use crate::sync::target::TargetWriter;
 
+use super::bar::human_bytes;
 use super::*;
 
 /// Loads an RDB file into the target: the file is read in pieces (never whole) and goes

@@ -58,10 +58,8 @@ pub use link::RECONNECT_TIMEOUTS;
 pub use progress::SyncProgress;
 
 pub(in crate::sync) use applier::Applier;
-use bar::{Bar, human_bytes};
+use bar::Bar;
 use link::link_thread;
-use progress::{Carried, Snapshot};
-use rewrite::CommandShape;
 
 use std::path::PathBuf;
 use std::sync::Arc;

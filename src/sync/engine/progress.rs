@@ -10,8 +10,9 @@ use std::time::Instant;
 use crate::sync::convert::{KINDS, Stats};
 use crate::sync::handoff::Handoff;
 
-use super::*;
 use crate::sync::phase::SyncPhase;
+
+use super::*;
 
 /// The sync's live state, for `cutover status`, Prometheus and the progress bar.
 #[derive(Debug, Default)]

@@ -15,7 +15,7 @@
 
 use anyhow::Context;
 
-use crate::sync::batch::{self};
+use crate::sync::batch;
 use crate::sync::convert::{Stats, UnsupportedPolicy};
 use crate::sync::filter::command_keys;
 use crate::sync::replica::StreamCommand;
