@@ -22,7 +22,7 @@
 //! reported in order, once per key occurrence (a key given twice is reported twice, as
 //! `GETKEYS` does).
 
-use super::{Begin, Command, Find, KF_NOT_KEY, KeySpec};
+use super::{Begin, Command, F_NO_MANDATORY_KEYS, Find, KF_NOT_KEY, KeySpec};
 
 /// Why a command's keys cannot be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -57,7 +57,7 @@ pub fn for_each_key(
         if spec.flags & KF_NOT_KEY != 0 {
             continue;
         }
-        spec_keys(spec, argv, &mut f)?;
+        spec_keys(spec, cmd.any_flags & F_NO_MANDATORY_KEYS != 0, argv, &mut f)?;
     }
     Ok(())
 }
@@ -81,6 +81,7 @@ fn parse_count(a: &[u8]) -> Option<i64> {
 
 fn spec_keys(
     spec: &KeySpec,
+    no_mandatory_keys: bool,
     argv: &[&[u8]],
     f: &mut impl FnMut(usize, u16),
 ) -> Result<(), KeyError> {
@@ -125,7 +126,11 @@ fn spec_keys(
             };
             (first, last, i64::from(step))
         }
-        Find::Keynum { index, first: fk, step } => {
+        Find::Keynum {
+            index,
+            first: fk,
+            step,
+        } => {
             let at = first + i64::from(index);
             if at >= argc || at < 0 {
                 return Err(KeyError::Invalid);
@@ -133,6 +138,10 @@ fn spec_keys(
             let n = parse_count(argv[at as usize]).ok_or(KeyError::Invalid)?;
             if n < 0 {
                 return Err(KeyError::Invalid);
+            }
+            if n == 0 && no_mandatory_keys {
+                // `EVAL script 0`: the server's own key finder accepts it, without keys.
+                return Ok(());
             }
             let first = first + i64::from(fk);
             (first, first.saturating_add(n) - 1, i64::from(step))
@@ -216,16 +225,12 @@ fn sort_keys(
 }
 
 /// `MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw] [AUTH2 user pw]
-/// [KEYS k…]`: the key at 3, or (when it is empty) every argument after `KEYS` (the server's
+/// [KEYS k…]`: every argument after `KEYS`, or else the key at 3 (the server's
 /// `migrateGetKeys`; the `AUTH`/`AUTH2` operands are skipped while looking for `KEYS`).
 fn migrate_keys(argv: &[&[u8]], f: &mut impl FnMut(usize, u16)) -> Result<(), KeyError> {
     const FLAGS: u16 = super::KF_RW | super::KF_ACCESS | super::KF_DELETE;
     if argv.len() < 6 {
         return Err(KeyError::Invalid);
-    }
-    if !argv[3].is_empty() {
-        f(3, FLAGS);
-        return Ok(());
     }
     let mut i = 6;
     while i < argv.len() {
@@ -235,6 +240,10 @@ fn migrate_keys(argv: &[&[u8]], f: &mut impl FnMut(usize, u16)) -> Result<(), Ke
         } else if a.eq_ignore_ascii_case(b"auth2") {
             i += 2;
         } else if a.eq_ignore_ascii_case(b"keys") {
+            if !argv[3].is_empty() {
+                // The server refuses `KEYS` unless the key argument is empty.
+                return Err(KeyError::Invalid);
+            }
             for k in i + 1..argv.len() {
                 f(k, FLAGS);
             }
@@ -242,6 +251,8 @@ fn migrate_keys(argv: &[&[u8]], f: &mut impl FnMut(usize, u16)) -> Result<(), Ke
         }
         i += 1;
     }
+    // The obvious form: the key at 3 (even empty, as the server reports it).
+    f(3, FLAGS);
     Ok(())
 }
 
@@ -260,14 +271,12 @@ mod tests {
         assert_eq!(keys("MSET a 1 b 2"), Ok(vec![1, 3]));
         assert_eq!(keys("DEL a b c"), Ok(vec![1, 2, 3]));
         assert_eq!(keys("EVAL s 2 a b x"), Ok(vec![3, 4]));
-        assert_eq!(keys("EVAL s 0 x"), Err(KeyError::Invalid));
+        assert_eq!(keys("EVAL s 0 x"), Ok(vec![]));
+        assert_eq!(keys("ZUNIONSTORE d 0 x"), Err(KeyError::Invalid));
         assert_eq!(keys("EVAL s x"), Err(KeyError::Invalid));
         assert_eq!(keys("FCALL f 1 k"), Ok(vec![3]));
         assert_eq!(keys("XREAD COUNT 2 STREAMS a b 0 0"), Ok(vec![4, 5]));
-        assert_eq!(
-            keys("XREADGROUP GROUP g c STREAMS s >"),
-            Ok(vec![5])
-        );
+        assert_eq!(keys("XREADGROUP GROUP g c STREAMS s >"), Ok(vec![5]));
         assert_eq!(keys("ZUNIONSTORE d 2 a b WEIGHTS 1 2"), Ok(vec![1, 3, 4]));
         assert_eq!(keys("ZINTER 2 a b"), Ok(vec![2, 3]));
         assert_eq!(keys("LMPOP 2 a b LEFT"), Ok(vec![2, 3]));
@@ -283,7 +292,10 @@ mod tests {
             Ok(vec![10, 11])
         );
         assert_eq!(keys("GEORADIUS g 0 0 1 km STORE d"), Ok(vec![1, 7]));
-        assert_eq!(keys("GEORADIUSBYMEMBER g m 1 km STOREDIST d"), Ok(vec![1, 6]));
+        assert_eq!(
+            keys("GEORADIUSBYMEMBER g m 1 km STOREDIST d"),
+            Ok(vec![1, 6])
+        );
         assert_eq!(keys("OBJECT ENCODING k"), Ok(vec![2]));
         assert_eq!(keys("MEMORY USAGE k SAMPLES 5"), Ok(vec![2]));
         assert_eq!(keys("XGROUP CREATE s g $"), Ok(vec![2]));

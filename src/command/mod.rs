@@ -152,10 +152,18 @@ pub enum Find {
     /// Keys from the start to `last` (relative; negative: from the end of argv), every
     /// `step`; with `limit` > 1 and `last == -1`, only the first 1/limit of what is left
     /// (`XREAD … STREAMS k1 k2 id1 id2`).
-    Range { last: i16, step: i16, limit: i16 },
+    Range {
+        last: i16,
+        step: i16,
+        limit: i16,
+    },
     /// The argument at `index` (relative) is a count; keys start at `first` (relative),
     /// every `step` (`EVAL script numkeys k…`).
-    Keynum { index: i16, first: i16, step: i16 },
+    Keynum {
+        index: i16,
+        first: i16,
+        step: i16,
+    },
     Unknown,
 }
 
@@ -222,9 +230,12 @@ impl Command {
     /// The subcommand `sub` (case-insensitive), if this is a container that has it.
     pub fn subcommand(&self, sub: &[u8]) -> Option<&'static Command> {
         let skip = self.name.len() + 1;
-        self.subcommands
-            .iter()
-            .find(|s| s.name.as_bytes().get(skip..).is_some_and(|n| n.eq_ignore_ascii_case(sub)))
+        self.subcommands.iter().find(|s| {
+            s.name
+                .as_bytes()
+                .get(skip..)
+                .is_some_and(|n| n.eq_ignore_ascii_case(sub))
+        })
     }
 
     /// Whether argc is allowed by the arity.
@@ -242,12 +253,10 @@ impl Command {
         if self.servers & server == 0 {
             return None;
         }
-        Some(
-            match self.variants.iter().find(|v| v.server == server) {
-                Some(v) => (v.arity, v.flags, v.legacy, v.key_specs),
-                None => (self.arity, self.flags, self.legacy, self.key_specs),
-            },
-        )
+        Some(match self.variants.iter().find(|v| v.server == server) {
+            Some(v) => (v.arity, v.flags, v.legacy, v.key_specs),
+            None => (self.arity, self.flags, self.legacy, self.key_specs),
+        })
     }
 }
 
@@ -337,7 +346,10 @@ mod tests {
         assert_eq!(obj.name, "object|encoding");
         assert_eq!(obj.arity, 3);
         let client = lookup(b"client").unwrap();
-        assert_eq!(client.subcommand(b"setname").unwrap().name, "client|setname");
+        assert_eq!(
+            client.subcommand(b"setname").unwrap().name,
+            "client|setname"
+        );
         assert!(client.subcommand(b"nope").is_none());
         assert!(lookup(b"set").unwrap().has_flag(F_WRITE));
         assert!(!lookup(b"get").unwrap().has_flag(F_WRITE));
@@ -348,7 +360,10 @@ mod tests {
         assert!(!lookup(b"get").unwrap().arity_ok(3));
         assert_eq!(lookup(b"lmpop").unwrap().since, "7.0.0");
         // Every command is on at least one server, and a variant differs from the main view.
-        for c in COMMANDS.iter().chain(COMMANDS.iter().flat_map(|c| c.subcommands)) {
+        for c in COMMANDS
+            .iter()
+            .chain(COMMANDS.iter().flat_map(|c| c.subcommands))
+        {
             assert!(c.servers != 0, "{}", c.name);
             assert_eq!(c.flags & !c.any_flags, 0, "{}", c.name);
         }

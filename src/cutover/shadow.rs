@@ -110,8 +110,8 @@ fn is_write_command(c: &crate::command::Command) -> bool {
     if c.name == "cluster" {
         return false;
     }
-    let scripting = c.in_category("scripting")
-        || c.subcommands.iter().any(|s| s.in_category("scripting"));
+    let scripting =
+        c.in_category("scripting") || c.subcommands.iter().any(|s| s.in_category("scripting"));
     c.has_flag(F_WRITE) || (scripting && !c.has_flag(F_READONLY))
 }
 
@@ -174,7 +174,6 @@ const NEEDS_REPLY: &[&str] = &[
     "restore",
     "migrate",
 ];
-
 
 fn upper(a: &[u8]) -> Vec<u8> {
     a.to_ascii_uppercase()

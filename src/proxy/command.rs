@@ -252,8 +252,18 @@ mod tests {
         }
         // The blocking commands the proxy knew before the table, and the table's own.
         for name in [
-            "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax",
-            "bzmpop", "xread", "xreadgroup", "wait", "waitaof",
+            "blpop",
+            "brpop",
+            "brpoplpush",
+            "blmove",
+            "blmpop",
+            "bzpopmin",
+            "bzpopmax",
+            "bzmpop",
+            "xread",
+            "xreadgroup",
+            "wait",
+            "waitaof",
         ] {
             assert!(may_block(command_id(name.as_bytes())), "{name}");
         }

@@ -310,6 +310,9 @@ mod tests {
         );
         assert_eq!(command_keys("SORT", &a("SORT k STORE d")), vec![1, 3]);
         assert_eq!(command_keys("MODULE.CMD", &a("module.cmd k")), vec![1]);
-        assert_eq!(command_keys("PUBLISH", &a("PUBLISH c m")), Vec::<usize>::new());
+        assert_eq!(
+            command_keys("PUBLISH", &a("PUBLISH c m")),
+            Vec::<usize>::new()
+        );
     }
 }

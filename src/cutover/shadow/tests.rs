@@ -32,7 +32,15 @@ fn the_table_knows_every_write_of_the_old_hand_kept_list() {
     for name in old.split_whitespace() {
         assert!(is_write(command_id(name.as_bytes())), "{name}");
     }
-    for name in ["get", "eval_ro", "fcall_ro", "evalsha_ro", "cluster", "publish", "pfcount"] {
+    for name in [
+        "get",
+        "eval_ro",
+        "fcall_ro",
+        "evalsha_ro",
+        "cluster",
+        "publish",
+        "pfcount",
+    ] {
         assert!(!is_write(command_id(name.as_bytes())), "{name}");
     }
     for name in NEEDS_REPLY {

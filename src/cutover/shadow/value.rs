@@ -109,4 +109,3 @@ fn shallow(bytes: &[u8]) -> bool {
     }
     true
 }
-
