@@ -183,10 +183,11 @@ fn spec_of(v: &Value) -> KeySpec {
 fn check_entry(entry: &Value, table: &command::Command, server: u8, errors: &mut Vec<String>) {
     let e = items(entry);
     let name = text(&e[0]).to_ascii_lowercase();
-    let Some((arity, flags, legacy, specs)) = table.on_server(server) else {
+    let Some(view) = table.on_server(server) else {
         errors.push(format!("{name}: the table says the server lacks it"));
         return;
     };
+    let (arity, flags, legacy, specs) = (view.arity, view.flags, view.legacy, view.key_specs);
     let got_flags: Vec<String> = items(&e[2])
         .iter()
         .map(|f| text(f).replace('-', "_"))

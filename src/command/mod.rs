@@ -248,15 +248,25 @@ impl Command {
         }
     }
 
-    /// The view of server bit `server`: (arity, flags, legacy, key specs).
-    pub fn on_server(&self, server: u8) -> Option<(i16, u32, (i8, i8, i8), &'static [KeySpec])> {
+    /// What server bit `server` says of it (arity, flags, first/last/step, key specs), or
+    /// `None` when that server does not have it.
+    pub fn on_server(&self, server: u8) -> Option<Variant> {
         if self.servers & server == 0 {
             return None;
         }
-        Some(match self.variants.iter().find(|v| v.server == server) {
-            Some(v) => (v.arity, v.flags, v.legacy, v.key_specs),
-            None => (self.arity, self.flags, self.legacy, self.key_specs),
-        })
+        Some(
+            self.variants
+                .iter()
+                .find(|v| v.server == server)
+                .copied()
+                .unwrap_or(Variant {
+                    server,
+                    arity: self.arity,
+                    flags: self.flags,
+                    legacy: self.legacy,
+                    key_specs: self.key_specs,
+                }),
+        )
     }
 }
 
@@ -279,22 +289,21 @@ pub fn id(name: &[u8]) -> Id {
     if name.len() > MAX_NAME {
         return OTHER;
     }
+    // Lower-case into a stack buffer while hashing, then one plain comparison per probe.
+    let mut lower = [0u8; MAX_NAME];
     let mut h = FNV_OFFSET;
-    for b in name {
-        h = (h ^ b.to_ascii_lowercase() as u32).wrapping_mul(FNV_PRIME);
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+        h = (h ^ *d as u32).wrapping_mul(FNV_PRIME);
     }
+    let key = &lower[..name.len()];
     let slots = &table::SLOTS;
     let mask = slots.len() - 1;
     let mut slot = h as usize & mask;
     loop {
         match slots[slot] {
             0 => return OTHER,
-            i if table::NAMES[i as usize - 1]
-                .as_bytes()
-                .eq_ignore_ascii_case(name) =>
-            {
-                return i as usize - 1;
-            }
+            i if table::NAMES[i as usize - 1].as_bytes() == key => return i as usize - 1,
             _ => slot = (slot + 1) & mask,
         }
     }
