@@ -518,7 +518,11 @@ fn key_extraction_matches_redis_6_2_getkeys() {
     }
     eprintln!("redis-6.2: {tally:?}");
     assert!(tally.mismatches.is_empty(), "{:#?}", tally.mismatches);
-    assert!(tally.agreed_keys > 30, "only {} compared", tally.agreed_keys);
+    assert!(
+        tally.agreed_keys > 30,
+        "only {} compared",
+        tally.agreed_keys
+    );
 }
 
 /// As [`compare`], but the keys in any order (6.2 lists `ZUNIONSTORE`'s destination last).
