@@ -53,7 +53,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value as Json, json};
 
-use crate::proxy::command::command_id;
+use crate::command::id as command_id;
 use crate::route::{Backend, Route, RouteTable, Side};
 use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
