@@ -3,7 +3,7 @@
 //!
 //! Two threads:
 //!
-//! * the **link thread** runs the [`ReplicaLink`] on its own single-threaded runtime: it
+//! * the **link thread** runs the [`ReplicaLink`](crate::sync::replica::ReplicaLink) on its own single-threaded runtime: it
 //!   connects with `PSYNC ? -1`, hands the snapshot's bytes to the applier as they arrive, then
 //!   the commands of the stream. It acknowledges the offset the applier has published (the
 //!   target's confirmed offset), once a second and on `GETACK`. When the link drops or falls
@@ -11,7 +11,7 @@
 //!   last byte it received, so the stream goes on seamlessly; if the source answers
 //!   `+FULLRESYNC` (or the snapshot was cut short), the applier is told to start over.
 //! * the **applier** (the calling thread) feeds the snapshot to the [`RdbParser`], turns the
-//!   events into target commands ([`Converter`]), then forwards each stream command to the
+//!   events into target commands ([`Converter`](crate::sync::convert::Converter)), then forwards each stream command to the
 //!   target, pipelined and in order: filtered and mapped ([`Filter`]), with a few rewrites for
 //!   older targets (`Applier::rewrite`). It publishes its state in a [`SyncProgress`]
 //!   (status, metrics, the progress bar of `cutover sync`).
@@ -35,15 +35,15 @@
 //!
 //! The parts, one file each:
 //!
-//! * [`link`]: the link thread (reading the replication stream, acknowledging, reconnecting);
-//! * [`applier`]: the applier's loop (snapshot, then stream), and the handoff role of a
+//! * `link.rs`: the link thread (reading the replication stream, acknowledging, reconnecting);
+//! * `applier.rs`: the applier's loop (snapshot, then stream), and the handoff role of a
 //!   replica overlap (apply, follow, park);
 //! * [`super::batch`]: the exactly-once batch protocol (a batch and its position in one
 //!   `MULTI … EXEC`);
-//! * [`rewrite`]: the stream commands filtered, mapped and rewritten for the target;
-//! * [`progress`]: [`SyncProgress`], the live state for status, metrics and the bar;
-//! * [`bar`]: the progress bar of headless `cutover sync`;
-//! * [`from_rdb`]: `--from-rdb FILE`.
+//! * `rewrite.rs`: the stream commands filtered, mapped and rewritten for the target;
+//! * `progress.rs`: [`SyncProgress`], the live state for status, metrics and the bar;
+//! * `bar.rs`: the progress bar of headless `cutover sync`;
+//! * `from_rdb.rs`: `--from-rdb FILE`.
 
 mod applier;
 mod bar;
@@ -77,7 +77,7 @@ use crate::sync::filter::Filter;
 use crate::sync::replica::StreamCommand;
 use crate::sync::target::{DEFAULT_WINDOW, TargetWriter, query, show_key};
 
-/// Failures of the engine itself (the target writer has [`TargetError`]).
+/// Failures of the engine itself (the target writer has [`TargetError`](crate::sync::target::TargetError)).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The replica link to the source failed for good (`transient`: the source could not be
@@ -136,9 +136,9 @@ impl Default for SyncTuning {
     }
 }
 
-/// Default of [`SyncOptions::batch_size`].
+/// Default of [`SyncTuning::batch_size`].
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
-/// Default of [`SyncOptions::big_key_bytes`].
+/// Default of [`SyncTuning::big_key_bytes`].
 pub const DEFAULT_BIG_KEY_BYTES: usize = 512 * 1024;
 
 impl SyncOptions {

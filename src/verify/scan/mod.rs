@@ -2,7 +2,7 @@
 //!
 //! * **Source pass** ([`source_pass`]): a scanner thread walks the source with
 //!   `SCAN … COUNT 1000` and hands pages over a bounded channel; the comparing thread keeps up
-//!   to [`DEPTH`] batches in flight on *both* servers. Mode full: per page one `MGET` of its
+//!   to `DEPTH` (3) batches in flight on *both* servers. Mode full: per page one `MGET` of its
 //!   keys (plus `PTTL` per key on a side whose db holds keys with a TTL); strings equal on both
 //!   sides are settled there, and the rest of the page (not a string, missing, different) is
 //!   sent at once, behind the pages in flight, as a `DUMP` + `PTTL` batch; identical payloads,
