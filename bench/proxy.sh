@@ -9,7 +9,13 @@
 # Environment: ROUNDS (default 7), N_P1 / N_P16 (requests per test per run; defaults 600000 /
 # 3000000, each test ~1.5-4 s on a 2-core machine), CLIENTS (default 50), IDLE_CONNS (1000),
 # SKIP_BUILD=1 (use target/release/cutover as it is), METRICS=0 (no metrics listener; it is on
-# by default, as deployed).
+# by default, as deployed), TLS=0 (skip the TLS run), TLS_ONLY=1 (only the TLS run),
+# TLS_ROUNDS (default ROUNDS).
+#
+# The TLS run (issue 14): redis-benchmark --tls straight to a TLS-only Redis 7.0 vs through
+# cutover with TLS on both hops (its TLS listener, rediss:// to the server), alternating in
+# every round; certificates made with openssl in the temporary folder. Target: >= 0.85x direct
+# TLS at P16.
 # Needs scripts/install-servers.sh to have run. Everything listens on 127.0.0.1 (free ports).
 set -euo pipefail
 
@@ -23,6 +29,10 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 RSS_TARGET_MB=64
 
 die() { echo "bench/proxy.sh: $*" >&2; exit 2; }
+TLS=${TLS:-1}
+TLS_ONLY=${TLS_ONLY:-0}
+[ "$TLS_ONLY" = 1 ] && TLS=1
+TLS_ROUNDS=${TLS_ROUNDS:-$ROUNDS}
 for b in redis-7.0-server redis-cli redis-benchmark nutcracker; do
   [ -x "$bin/$b" ] || die "$bin/$b missing: run scripts/install-servers.sh first"
 done
@@ -30,7 +40,7 @@ done
 
 t_begin=$(date +%s)
 echo "# cutover proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-echo "# command: ROUNDS=$ROUNDS N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS IDLE_CONNS=$IDLE_CONNS METRICS=${METRICS:-1} bash bench/proxy.sh${*:+ $*}"
+echo "# command: ROUNDS=$ROUNDS N_P1=$N_P1 N_P16=$N_P16 CLIENTS=$CLIENTS IDLE_CONNS=$IDLE_CONNS METRICS=${METRICS:-1} TLS=$TLS TLS_ONLY=$TLS_ONLY TLS_ROUNDS=$TLS_ROUNDS bash bench/proxy.sh${*:+ $*}"
 
 # ---- processes: every one started here is killed on exit ------------------------------------
 # shellcheck source=../scripts/lib/processes.sh
@@ -141,6 +151,7 @@ print(r, backends)
 PY
 }
 
+if [ "$TLS_ONLY" != 1 ]; then
 rss_fresh=$(rss_kb "$cutover_pid")
 read -r rss_idle backend_idle <<<"$(idle_rss "$p_cutover" "$cutover_pid")"
 read -r twem_idle _ <<<"$(idle_rss "$p_twem" "$twem_pid")"
@@ -210,4 +221,82 @@ printf '  %-44s %9s   (%s the %d MB target; server connections added: %s)\n' \
 printf '  %-44s %9s   (peak VmHWM %s)\n' "after the benchmark load, no clients:" "$(mb "$rss_after")" "$(mb "$hwm_after")"
 printf '  %-44s %9s\n' "$IDLE_CONNS idle clients, after the load:" "$(mb "$rss_idle_after")"
 printf '  %-44s %9s\n' "(twemproxy, $IDLE_CONNS idle clients:" "$(mb "$twem_idle"))"
+fi # TLS_ONLY
+
+# ---- TLS: direct TLS vs cutover with TLS on both hops ----------------------------------------
+if [ "$TLS" = 1 ]; then
+  command -v openssl >/dev/null || die "openssl is needed for the TLS run's certificates (or TLS=0)"
+  (
+    cd "$tmp"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=cutover bench CA" \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile san.ext -out server.pem 2>/dev/null
+  ) || die "openssl could not make the certificates"
+  read -r p_tls_redis p_tls_cutover p_tls_plain <<<"$(free_ports 3)"
+  "$bin/redis-7.0-server" --port 0 --tls-port "$p_tls_redis" --bind 127.0.0.1 --save '' \
+    --appendonly no --tls-cert-file "$tmp/server.pem" --tls-key-file "$tmp/server.key" \
+    --tls-ca-cert-file "$tmp/ca.pem" --tls-auth-clients no --dir "$tmp" --logfile "$tmp/redis-tls.log" &
+  tls_redis_pid=$!; pids+=("$tls_redis_pid")
+  wait_port "$p_tls_redis" "$tls_redis_pid" "redis (TLS)"
+  CUTOVER_LOG=${CUTOVER_LOG:-warn} "$tmp/cutover" run \
+    --source "rediss://127.0.0.1:$p_tls_redis" --source-tls-ca-file "$tmp/ca.pem" \
+    --proxy-listen "127.0.0.1:$p_tls_plain" --proxy-tls-listen "127.0.0.1:$p_tls_cutover" \
+    --proxy-tls-cert "$tmp/server.pem" --proxy-tls-key "$tmp/server.key" \
+    >"$tmp/cutover-tls.log" 2>&1 &
+  tls_cutover_pid=$!; pids+=("$tls_cutover_pid")
+  wait_port "$p_tls_cutover" "$tls_cutover_pid" "cutover (TLS)"
+  tls_cli=("$bin/redis-cli" --tls --cacert "$tmp/ca.pem" -h 127.0.0.1)
+  [ "$("${tls_cli[@]}" -p "$p_tls_cutover" ping 2>&1)" = PONG ] ||
+    die "no PONG through cutover over TLS (both hops): $(tail -n 5 "$tmp/cutover-tls.log")"
+  echo
+  echo "# TLS: redis $p_tls_redis (tls-port only), cutover TLS listener $p_tls_cutover -> rediss://127.0.0.1:$p_tls_redis"
+  echo "# per run: redis-benchmark --tls --cacert ca.pem -h 127.0.0.1 -p PORT -t set,get -c $CLIENTS -n N -P P --csv; $TLS_ROUNDS rounds"
+  tls_results="$tmp/results-tls.tsv"
+  : >"$tls_results"
+  declare -A tls_port=([direct]=$p_tls_redis [cutover]=$p_tls_cutover)
+  tls_targets=(direct cutover)
+  t0=$(date +%s)
+  for round in $(seq 1 "$TLS_ROUNDS"); do
+    for P in 1 16; do
+      n=$N_P1; [ "$P" = 16 ] && n=$N_P16
+      for i in 0 1; do
+        t=${tls_targets[$(( (i + round - 1) % 2 ))]}
+        csv=$(timeout 300 "$bin/redis-benchmark" --tls --cacert "$tmp/ca.pem" -h 127.0.0.1 \
+                -p "${tls_port[$t]}" -t set,get -c "$CLIENTS" -n "$n" -P "$P" --csv 2>/dev/null) ||
+          die "redis-benchmark --tls against $t failed"
+        for test in SET GET; do
+          rps=$(awk -F'"' -v t="$test" '$2 == t {print $4}' <<<"$csv")
+          [ -n "$rps" ] || die "no $test result from redis-benchmark --tls against $t: $csv"
+          printf '%s\t%s P%s\t%s\t%s\n' "$round" "$test" "$P" "$t" "$rps" >>"$tls_results"
+        done
+      done
+    done
+    printf '# TLS round %d/%d done (%ds)\n' "$round" "$TLS_ROUNDS" $(( $(date +%s) - t0 ))
+  done
+  echo
+  python3 - "$tls_results" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+data = {}
+for _round, test, target, rps in rows:
+    data.setdefault((test, target), []).append(float(rps))
+med = {k: statistics.median(v) for k, v in data.items()}
+print("TLS, median requests/s over %d rounds (direct TLS vs cutover with TLS on both hops)"
+      % len(next(iter(data.values()))))
+hdr = "%-8s %12s %12s   %10s" % ("test", "direct TLS", "cutover TLS", "cut/direct")
+print(hdr)
+print("-" * len(hdr))
+for t in ["SET P1", "GET P1", "SET P16", "GET P16"]:
+    d, c = med[(t, "direct")], med[(t, "cutover")]
+    print("%-8s %12.0f %12.0f   %10.2f" % (t, d, c, c / d))
+print("(target: >= 0.85 at P16)")
+print("all runs, requests/s in round order")
+for t in ["SET P1", "GET P1", "SET P16", "GET P16"]:
+    for x in ("direct", "cutover"):
+        print("  %-8s %-8s %s" % (t, x, " ".join("%9.0f" % v for v in data[(t, x)])))
+PY
+fi
 echo "# total $(( $(date +%s) - t_begin ))s"
