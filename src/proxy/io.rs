@@ -23,6 +23,15 @@
 //!   records too (alerts, key updates). [`Conn::wants_flush`] says so; callers wait for
 //!   writability while it holds and call [`Conn::flush_now`] (or any write) when writable.
 //!
+//! # Waiting: through `tokio::select!`
+//! Reads with a no-op waker have one trap: under tokio's cooperative budget, once a task has
+//! spent it, `poll_read` answers `Pending` without reading and without clearing the
+//! readiness, while `readable()` (which does not consume budget) keeps answering at once. A
+//! loop of `readable().await` and a read would spin forever without yielding. `select!`
+//! returns `Pending` when the budget is spent, so the task yields and gets a new one: every
+//! wait on a `Conn` goes through `select!` (the session's and the shared connection's loops
+//! do).
+//!
 //! The handshake is done before a `Conn` is made (by the listener for clients, by the
 //! connector for backends), with real wakers and a deadline. It may have read more than the
 //! handshake (a TLS 1.3 client's first command travels with its `Finished`), so a new TLS
@@ -346,5 +355,120 @@ fn tls_write<D>(
             };
         }
         written += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS server `Conn` and a tokio-rustls client over loopback.
+    async fn pair() -> (Conn, tokio_rustls::client::TlsStream<TcpStream>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = crate::proxy::tls::provider();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(s)
+                .await
+                .unwrap()
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let c = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        (Conn::from(accept.await.unwrap()), c)
+    }
+
+    /// Reads `want` bytes the way the session does: wait for readiness, then read what is
+    /// there, in small chunks (so rustls keeps plaintext between reads). A missed wakeup is a
+    /// timeout here.
+    async fn read_all(conn: &mut Conn, want: usize, chunk: usize) -> BytesMut {
+        let mut buf = BytesMut::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while buf.len() < want {
+                // Through `select!`, as the session waits (see the module doc on the budget).
+                tokio::select! { r = conn.readable() => r.unwrap() }
+                match conn.read_now(&mut buf, chunk).unwrap() {
+                    Some(0) => panic!("EOF after {} bytes", buf.len()),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("a TLS read missed its wakeup");
+        buf
+    }
+
+    #[tokio::test]
+    async fn tls_reads_in_small_chunks_see_every_byte() {
+        let (mut server, mut client) = pair().await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                // Also a first write right behind the handshake (it may be read with it).
+                client.write_all(&data).await.unwrap();
+                client.flush().await.unwrap();
+                client
+            })
+        };
+        let got = read_all(&mut server, data.len(), 1000).await;
+        assert!(got[..] == data[..]);
+        let mut client = writer.await.unwrap();
+
+        // The other way: writes bigger than rustls' send buffer, flushed on writability.
+        let reply: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+        let reader = tokio::spawn(async move {
+            let mut back = vec![0u8; 2_000_000];
+            client.read_exact(&mut back).await.unwrap();
+            back
+        });
+        let mut at = 0;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while at < reply.len() || server.wants_flush() {
+                match server.write_now(&reply[at..]) {
+                    Ok(n) => at += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                if at == reply.len() {
+                    server.flush_now().unwrap();
+                }
+                if at < reply.len() || server.wants_flush() {
+                    tokio::select! { r = server.writable() => r.unwrap() }
+                }
+            }
+        })
+        .await
+        .expect("a TLS write missed its wakeup");
+        assert!(reader.await.unwrap() == reply);
     }
 }
