@@ -416,9 +416,8 @@ mod tests {
             while buf.len() < want {
                 // Through `select!`, as the session waits (see the module doc on the budget).
                 tokio::select! { r = conn.readable() => r.unwrap() }
-                match conn.read_now(&mut buf, chunk).unwrap() {
-                    Some(0) => panic!("EOF after {} bytes", buf.len()),
-                    _ => {}
+                if let Some(0) = conn.read_now(&mut buf, chunk).unwrap() {
+                    panic!("EOF after {} bytes", buf.len());
                 }
             }
         })
