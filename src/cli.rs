@@ -120,7 +120,51 @@ pub struct VerifyArgs {
     /// Admin token (with --admin).
     #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
 }
+
+/// The TLS flags of one side (`--source-tls-*`, `--target-tls-*`), over `[source.tls]` /
+/// `[target.tls]`; any of them turns TLS on for that side.
+macro_rules! tls_args {
+    ($name:ident, $side:literal, $env:literal) => {
+        #[derive(Args, Debug, Default, Clone)]
+        pub struct $name {
+            #[doc = concat!("[", $side, ".tls] ca_file: PEM CA(s) that sign the ", $side, "'s certificate (default: system roots).")]
+            #[arg(long = concat!($side, "-tls-ca-file"), env = concat!("CUTOVER_", $env, "_TLS_CA_FILE"), value_name = "PEM")]
+            pub ca_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] cert_file: PEM client certificate for mutual TLS (with the key file).")]
+            #[arg(long = concat!($side, "-tls-cert-file"), env = concat!("CUTOVER_", $env, "_TLS_CERT_FILE"), value_name = "PEM")]
+            pub cert_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] key_file: PEM private key of the client certificate.")]
+            #[arg(long = concat!($side, "-tls-key-file"), env = concat!("CUTOVER_", $env, "_TLS_KEY_FILE"), value_name = "PEM")]
+            pub key_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] server_name: SNI and the name verified in the certificate (default: the URL's host).")]
+            #[arg(long = concat!($side, "-tls-server-name"), env = concat!("CUTOVER_", $env, "_TLS_SERVER_NAME"), value_name = "NAME")]
+            pub server_name: Option<String>,
+            #[doc = concat!("[", $side, ".tls] insecure: do not verify the ", $side, "'s certificate (logged, shown in status).")]
+            #[arg(long = concat!($side, "-tls-insecure"), env = concat!("CUTOVER_", $env, "_TLS_INSECURE"))]
+            pub insecure: bool,
+        }
+
+        impl $name {
+            /// These flags over the file's section.
+            pub fn over(&self, file: &config::TlsOptions) -> config::TlsOptions {
+                file.overlaid(&config::TlsOptions {
+                    ca_file: self.ca_file.clone(),
+                    cert_file: self.cert_file.clone(),
+                    key_file: self.key_file.clone(),
+                    server_name: self.server_name.clone(),
+                    insecure: self.insecure,
+                })
+            }
+        }
+    };
+}
+tls_args!(SourceTlsArgs, "source", "SOURCE");
+tls_args!(TargetTlsArgs, "target", "TARGET");
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     crate::verify::filter::parse_duration(text)
@@ -158,6 +202,10 @@ pub struct SyncArgs {
     pub timeout_secs: u64,
     #[command(flatten)]
     pub tuning: SyncTuningArgs,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
 }
 
 /// The `[sync]` keys as flags of `cutover sync`.
@@ -330,6 +378,10 @@ pub struct RunArgs {
     /// exact copy of the new primary after a switch.
     #[arg(long = "overlap", env = "CUTOVER_OVERLAP")]
     pub overlap: Option<String>,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -605,13 +657,11 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(file.target.url.clone())
         .ok_or(ConfigError::Missing("[target] url (--target)"))?;
-    let target = RedisUrl::parse(&target).context("--target")?;
+    let target = RedisUrl::parse_with_tls(&target, &args.target_tls.over(&file.target.tls))
+        .context("--target")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
-        if target.tls {
-            anyhow::bail!("{target}: rediss:// (TLS) is not supported yet; use redis://");
-        }
         let opts = crate::sync::engine::RdbLoadOptions {
             path,
             target,
@@ -628,12 +678,8 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .ok_or(ConfigError::Missing(
             "[source] url (--source), or --from-rdb FILE",
         ))?;
-    let source = RedisUrl::parse(&source).context("--source")?;
-    for url in [&source, &target] {
-        if url.tls {
-            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
-        }
-    }
+    let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
+        .context("--source")?;
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,
@@ -668,19 +714,16 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let url = |v: &Option<String>, flag: &str| -> anyhow::Result<RedisUrl> {
+    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<RedisUrl> {
         let text = v
             .as_deref()
             .with_context(|| format!("{flag} is required"))?;
-        let url = RedisUrl::parse(text).with_context(|| flag.to_string())?;
-        if url.tls {
-            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
-        }
-        Ok(url)
+        Ok(RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?)
     };
+    let none = config::TlsOptions::default();
     let mut opts = VerifyOptions::new(
-        url(&args.source, "--source")?,
-        url(&args.target, "--target")?,
+        url(&args.source, "--source", args.source_tls.over(&none))?,
+        url(&args.target, "--target", args.target_tls.over(&none))?,
     );
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
@@ -828,17 +871,11 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
             reason: "must be at least 65536".into(),
         });
     }
-    let source = RedisUrl::parse(&source)?;
-    let target = target.map(|t| RedisUrl::parse(&t)).transpose()?;
-    for url in std::iter::once(&source).chain(target.as_ref()) {
-        if url.tls {
-            return Err(ConfigError::Invalid {
-                key: "url",
-                value: url.to_string(),
-                reason: "rediss:// (TLS) is reserved and not supported yet; use redis://".into(),
-            });
-        }
-    }
+    let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))?;
+    let target_tls = args.target_tls.over(&file.target.tls);
+    let target = target
+        .map(|t| RedisUrl::parse_with_tls(&t, &target_tls))
+        .transpose()?;
     let sync = sync_tuning(&file.sync, &SyncTuningArgs::default())?;
     Ok(Settings {
         sync,
