@@ -133,19 +133,19 @@ macro_rules! tls_args {
         #[derive(Args, Debug, Default, Clone)]
         pub struct $name {
             #[doc = concat!("[", $side, ".tls] ca_file: PEM CA(s) that sign the ", $side, "'s certificate (default: system roots).")]
-            #[arg(long = concat!($side, "-tls-ca-file"), env = concat!("CUTOVER_", $env, "_TLS_CA_FILE"), value_name = "PEM")]
+            #[arg(id = concat!($side, "_tls_ca_file"), long = concat!($side, "-tls-ca-file"), env = concat!("CUTOVER_", $env, "_TLS_CA_FILE"), value_name = "PEM")]
             pub ca_file: Option<String>,
             #[doc = concat!("[", $side, ".tls] cert_file: PEM client certificate for mutual TLS (with the key file).")]
-            #[arg(long = concat!($side, "-tls-cert-file"), env = concat!("CUTOVER_", $env, "_TLS_CERT_FILE"), value_name = "PEM")]
+            #[arg(id = concat!($side, "_tls_cert_file"), long = concat!($side, "-tls-cert-file"), env = concat!("CUTOVER_", $env, "_TLS_CERT_FILE"), value_name = "PEM")]
             pub cert_file: Option<String>,
             #[doc = concat!("[", $side, ".tls] key_file: PEM private key of the client certificate.")]
-            #[arg(long = concat!($side, "-tls-key-file"), env = concat!("CUTOVER_", $env, "_TLS_KEY_FILE"), value_name = "PEM")]
+            #[arg(id = concat!($side, "_tls_key_file"), long = concat!($side, "-tls-key-file"), env = concat!("CUTOVER_", $env, "_TLS_KEY_FILE"), value_name = "PEM")]
             pub key_file: Option<String>,
             #[doc = concat!("[", $side, ".tls] server_name: SNI and the name verified in the certificate (default: the URL's host).")]
-            #[arg(long = concat!($side, "-tls-server-name"), env = concat!("CUTOVER_", $env, "_TLS_SERVER_NAME"), value_name = "NAME")]
+            #[arg(id = concat!($side, "_tls_server_name"), long = concat!($side, "-tls-server-name"), env = concat!("CUTOVER_", $env, "_TLS_SERVER_NAME"), value_name = "NAME")]
             pub server_name: Option<String>,
             #[doc = concat!("[", $side, ".tls] insecure: do not verify the ", $side, "'s certificate (logged, shown in status).")]
-            #[arg(long = concat!($side, "-tls-insecure"), env = concat!("CUTOVER_", $env, "_TLS_INSECURE"))]
+            #[arg(id = concat!($side, "_tls_insecure"), long = concat!($side, "-tls-insecure"), env = concat!("CUTOVER_", $env, "_TLS_INSECURE"))]
             pub insecure: bool,
         }
 
