@@ -166,6 +166,19 @@ macro_rules! tls_args {
 tls_args!(SourceTlsArgs, "source", "SOURCE");
 tls_args!(TargetTlsArgs, "target", "TARGET");
 
+/// Builds the TLS configuration of a side now, so a missing or broken `ca_file`/`cert_file`
+/// is reported at start (and `insecure` warned about once), not at the first connection.
+fn check_tls(url: &RedisUrl, key: &'static str) -> Result<(), ConfigError> {
+    if url.tls.is_some() {
+        crate::client::Endpoint::new(url).map_err(|e| ConfigError::Invalid {
+            key,
+            value: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     crate::verify::filter::parse_duration(text)
 }
@@ -659,6 +672,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .ok_or(ConfigError::Missing("[target] url (--target)"))?;
     let target = RedisUrl::parse_with_tls(&target, &args.target_tls.over(&file.target.tls))
         .context("--target")?;
+    check_tls(&target, "target.tls")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
@@ -680,6 +694,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         ))?;
     let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
         .context("--source")?;
+    check_tls(&source, "source.tls")?;
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,
@@ -718,7 +733,9 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         let text = v
             .as_deref()
             .with_context(|| format!("{flag} is required"))?;
-        Ok(RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?)
+        let url = RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?;
+        check_tls(&url, "tls")?;
+        Ok(url)
     };
     let none = config::TlsOptions::default();
     let mut opts = VerifyOptions::new(
@@ -876,6 +893,10 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
     let target = target
         .map(|t| RedisUrl::parse_with_tls(&t, &target_tls))
         .transpose()?;
+    check_tls(&source, "source.tls")?;
+    if let Some(t) = &target {
+        check_tls(t, "target.tls")?;
+    }
     let sync = sync_tuning(&file.sync, &SyncTuningArgs::default())?;
     Ok(Settings {
         sync,
