@@ -34,7 +34,7 @@ const MAX_DEPTH: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Connecting or logging in failed (the connection layer's error names the endpoint).
-    #[error("cannot reach the {side}: {source}")]
+    #[error("cannot connect to {side}: {source}")]
     Connect {
         side: &'static str,
         source: ClientError,
