@@ -319,6 +319,7 @@ fn blocking_error(ep: &Endpoint) -> String {
     };
     assert!(started.elapsed() < Duration::from_secs(4), "too slow");
     let text = blocking.to_string();
+    eprintln!("{text}");
     assert!(text.contains("127.0.0.1"), "the host is named: {text}");
     text
 }

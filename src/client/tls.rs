@@ -188,13 +188,30 @@ pub fn explain(endpoint: &Endpoint, e: &rustls::Error) -> String {
                     .map_or("the system's roots".to_string(), |f| format!("ca_file {f}"))
             ),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                let holds = match c {
+                    CertificateError::NotValidForNameContext { presented, .. }
+                        if !presented.is_empty() =>
+                    {
+                        // rustls shows them as `DnsName("a.b")` / `IpAddress(1.2.3.4)`.
+                        let names: Vec<&str> = presented
+                            .iter()
+                            .map(|p| {
+                                p.trim_start_matches("DnsName(\"")
+                                    .trim_start_matches("IpAddress(")
+                                    .trim_end_matches(['"', ')'])
+                            })
+                            .collect();
+                        format!(" (it holds {})", names.join(", "))
+                    }
+                    _ => String::new(),
+                };
                 if endpoint.has_server_name() {
                     format!(
-                        "name mismatch: the server's certificate is not valid for server_name {name:?}: set server_name to a name the certificate holds"
+                        "name mismatch: the server's certificate is not valid for server_name {name:?}{holds}: set server_name to a name the certificate holds"
                     )
                 } else {
                     format!(
-                        "name mismatch: the server's certificate is not valid for {name:?}: set server_name to the name in the certificate (clouds often reach nodes by IP)"
+                        "name mismatch: the server's certificate is not valid for {name:?}{holds}: set server_name to the name in the certificate (clouds often reach nodes by IP)"
                     )
                 }
             }
