@@ -497,3 +497,39 @@ fn cutover_run_over_tls() {
     let v: Option<String> = redis::cmd("GET").arg("counter").query(&mut dst).unwrap();
     assert_eq!(v.as_deref(), Some("3"));
 }
+
+/// `cutover run` with a target whose certificate it cannot verify: the proxy keeps serving
+/// the source, `status` shows the reason, and the target sees a handful of handshakes (the
+/// links' and the poller's back-off), not a storm; nothing panics.
+#[test]
+fn cutover_run_with_a_wrong_ca_backs_off() {
+    let pki = Pki::new();
+    let source = Server::start(Version::Redis70);
+    let target = TlsServer::start(&pki, "server", false);
+    let proxy = common::Proxy::start(
+        &source.url(),
+        &[
+            "--target",
+            &target.url(),
+            "--target-tls-ca-file",
+            &pki.path("other-ca.pem"),
+        ],
+    );
+    let mut c = proxy.conn();
+    let _: () = redis::cmd("SET").arg("a").arg("1").query(&mut c).unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let v: String = redis::cmd("GET").arg("a").query(&mut c).unwrap();
+    assert_eq!(v, "1", "the proxy still serves the source");
+    let status = proxy.status_json();
+    assert!(
+        status.to_string().contains("unknown CA"),
+        "status names the reason: {status}"
+    );
+    let handshakes = target.server.log().matches("unknown ca").count();
+    eprintln!("{handshakes} failed handshakes in 6 s");
+    assert!(
+        (1..=40).contains(&handshakes),
+        "{handshakes} failed handshakes in 6 s"
+    );
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+}

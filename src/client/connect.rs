@@ -245,3 +245,44 @@ fn tcp_blocking(
         source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedisUrl;
+
+    fn endpoint(url: &str) -> Endpoint {
+        Endpoint::new(&RedisUrl::parse(url).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn login_sends_what_is_needed() {
+        let names = |url: &str, ping: bool| {
+            let (wire, cmds) = login_commands(&endpoint(url), ping);
+            let first: Vec<String> = cmds
+                .iter()
+                .map(|c| String::from_utf8_lossy(&c[0]).into_owned())
+                .collect();
+            (String::from_utf8_lossy(&wire).into_owned(), first)
+        };
+        assert_eq!(names("redis://h:1", false).1, Vec::<String>::new());
+        assert_eq!(names("redis://h:1", true).1, ["PING"]);
+        let (wire, cmds) = names("redis://app:pw@h:1/3", false);
+        assert_eq!(cmds, ["AUTH", "SELECT"]);
+        assert!(wire.contains("$3\r\napp\r\n$2\r\npw\r\n"), "{wire}");
+        // Over TLS a PING always follows, so a missing client certificate shows at login.
+        assert_eq!(names("rediss://h:1/#insecure", false).1, ["PING"]);
+    }
+
+    #[test]
+    fn endpoints_never_print_the_password() {
+        let e = endpoint("rediss://app:topsecret@h:1/2#insecure");
+        assert!(e.is_tls() && e.is_insecure());
+        for text in [e.to_string(), format!("{e:?}")] {
+            assert!(!text.contains("topsecret"), "{text}");
+            assert!(text.contains("app:***@h:1"), "{text}");
+        }
+        let err = timeout_error(&e, "the login", Duration::from_secs(1));
+        assert!(!err.to_string().contains("topsecret"));
+    }
+}
