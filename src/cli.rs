@@ -923,6 +923,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[source]\nurl = \"redis://127.0.0.1:1\"\n[source.tls]\ninsecure = true\nserver_name = \"a.test\"\n[target]\nurl = \"redis://127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let mut args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let s = resolve_settings(&args).unwrap();
+        let tls = s.source.tls.as_ref().expect("[source.tls] turns TLS on");
+        assert!(tls.insecure);
+        assert_eq!(tls.server_name.as_deref(), Some("a.test"));
+        assert!(
+            s.target.as_ref().unwrap().tls.is_none(),
+            "off unless configured"
+        );
+        // A flag overrides the file's server_name; a missing CA file stops the start.
+        args.source_tls.server_name = Some("b.test".into());
+        args.target_tls.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = resolve_settings(&args).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        args.target_tls.ca_file = None;
+        let s = resolve_settings(&args).unwrap();
+        assert_eq!(s.source.tls.unwrap().server_name.as_deref(), Some("b.test"));
+    }
+
+    #[test]
     fn sync_flags_win_over_the_file() {
         let file = FileConfig::parse(
             "[sync]\ndb_map = \"0=1\"\nbatch_size = 50\nunsupported = \"fail\"\nexclude_prefixes = [\"tmp:\"]\n",
