@@ -67,7 +67,7 @@ pub(super) fn io_error(
     };
     ClientError::Io {
         endpoint: endpoint.to_string(),
-        source: e,
+        cause: e,
         hint,
     }
 }

@@ -105,10 +105,10 @@ async fn tcp_async(
     let addrs: Vec<SocketAddr> =
         match tokio::time::timeout(timeout, tokio::net::lookup_host(endpoint.addr())).await {
             Err(_) => return Err(timeout_error(endpoint, "name resolution", timeout)),
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(ClientError::Resolve {
                     endpoint: endpoint.to_string(),
-                    source,
+                    cause,
                 });
             }
             Ok(Ok(a)) => a.collect(),
@@ -126,7 +126,7 @@ async fn tcp_async(
     }
     Err(ClientError::Connect {
         endpoint: endpoint.to_string(),
-        source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+        cause: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
     })
 }
 
@@ -202,9 +202,9 @@ pub fn connect_blocking(
     client.write(&wire)?;
     for c in &cmds {
         let reply = match client.read_reply() {
-            Err(ClientError::Io { source, .. })
+            Err(ClientError::Io { cause, .. })
                 if matches!(
-                    source.kind(),
+                    cause.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
@@ -224,10 +224,10 @@ fn tcp_blocking(
     endpoint: &Endpoint,
     timeout: Duration,
 ) -> Result<std::net::TcpStream, ClientError> {
-    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&endpoint.addr()).map_err(|source| {
+    let addrs = std::net::ToSocketAddrs::to_socket_addrs(&endpoint.addr()).map_err(|cause| {
         ClientError::Resolve {
             endpoint: endpoint.to_string(),
-            source,
+            cause,
         }
     })?;
     let mut last = None;
@@ -242,7 +242,7 @@ fn tcp_blocking(
     }
     Err(ClientError::Connect {
         endpoint: endpoint.to_string(),
-        source: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
+        cause: last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()),
     })
 }
 

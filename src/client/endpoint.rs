@@ -29,14 +29,12 @@ impl Endpoint {
     pub fn new(url: &RedisUrl) -> Result<Endpoint, ClientError> {
         let tls = match &url.tls {
             None => None,
-            Some(options) => {
-                Some(
-                    tls::client_config(options).map_err(|reason| ClientError::TlsSetup {
-                        endpoint: url.to_string(),
-                        reason,
-                    })?,
-                )
-            }
+            Some(options) => Some(tls::client_config(options, &url.to_string()).map_err(
+                |reason| ClientError::TlsSetup {
+                    endpoint: url.to_string(),
+                    reason,
+                },
+            )?),
         };
         Ok(Endpoint {
             url: url.clone(),

@@ -1,18 +1,19 @@
 //! [`ClientError`]: every way reaching a server can fail, each naming the endpoint (password
 //! masked) and saying what to do.
 
-/// A failure to reach, log in to, or talk to a server.
+/// A failure to reach, log in to, or talk to a server. The message includes the underlying
+/// error, so it is not chained as a `source` too (`{:#}` would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot resolve {endpoint}: {source}")]
+    #[error("cannot resolve {endpoint}: {cause}")]
     Resolve {
         endpoint: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}: {cause}")]
     Connect {
         endpoint: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{endpoint} did not answer {what} within {ms} ms{hint}")]
     Timeout {
@@ -26,10 +27,10 @@ pub enum ClientError {
     Tls { endpoint: String, reason: String },
     #[error("TLS settings of {endpoint} are not usable: {reason}")]
     TlsSetup { endpoint: String, reason: String },
-    #[error("connection to {endpoint} failed: {source}{hint}")]
+    #[error("connection to {endpoint} failed: {cause}{hint}")]
     Io {
         endpoint: String,
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: String,
     },
     #[error("{endpoint} refused {command}: {reply}")]
@@ -88,7 +89,7 @@ mod tests {
         assert!(tls.to_string().contains("rediss://h:1/0"));
         let io = ClientError::Io {
             endpoint: "redis://***@h:1/0".into(),
-            source: std::io::ErrorKind::ConnectionReset.into(),
+            cause: std::io::ErrorKind::ConnectionReset.into(),
             hint: String::new(),
         };
         assert!(io.retryable());

@@ -34,9 +34,9 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The shared client configuration for `options` (built on first use). The error says which
-/// file is wrong and how.
-pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
+/// The shared client configuration for `options` (built on first use; `endpoint` names the
+/// server in the warning of `insecure`). The error says which file is wrong and how.
+pub fn client_config(options: &TlsOptions, endpoint: &str) -> Result<Arc<ClientConfig>, String> {
     let mut configs = CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, c)) = configs.iter().find(|(o, _)| o == options) {
         return Ok(c.clone());
@@ -44,6 +44,7 @@ pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, String> 
     let config = Arc::new(build(options)?);
     if options.insecure {
         tracing::warn!(
+            %endpoint,
             "TLS certificate verification is OFF (insecure = true): the connection is encrypted but the server is not authenticated"
         );
     }

@@ -45,7 +45,7 @@ pub enum SyncStart {
 pub enum ReplicaError {
     /// Connecting, TLS or `AUTH` failed (the connection layer's error names the endpoint).
     #[error("cannot connect to the source as a replica: {0}")]
-    Connect(#[from] ClientError),
+    Connect(ClientError),
     #[error("replication link to {addr} failed: {source}")]
     Io {
         addr: String,
@@ -86,6 +86,13 @@ impl ReplicaError {
                 .any(|p| reply.starts_with(p)),
             ReplicaError::Protocol { .. } => false,
         }
+    }
+}
+
+/// (Not `#[from]`: that would chain the error as a source, printed twice by `{:#}`.)
+impl From<ClientError> for ReplicaError {
+    fn from(e: ClientError) -> Self {
+        ReplicaError::Connect(e)
     }
 }
 

@@ -37,7 +37,7 @@ const FLUSH_BYTES: usize = 256 * 1024;
 pub enum TargetError {
     /// Connecting or logging in failed (the connection layer's error names the endpoint).
     #[error("the target: {0}")]
-    Client(#[from] ClientError),
+    Client(ClientError),
     #[error("cannot connect to the target {addr}: {source}")]
     Connect {
         addr: String,
@@ -76,6 +76,13 @@ pub enum TargetError {
         db: u64,
         databases: u64,
     },
+}
+
+/// (Not `#[from]`: that would chain the error as a source, printed twice by `{:#}`.)
+impl From<ClientError> for TargetError {
+    fn from(e: ClientError) -> Self {
+        TargetError::Client(e)
+    }
 }
 
 /// What the target is.

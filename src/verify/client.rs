@@ -34,10 +34,10 @@ const MAX_DEPTH: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// Connecting or logging in failed (the connection layer's error names the endpoint).
-    #[error("cannot connect to {side}: {source}")]
+    #[error("cannot connect to {side}: {cause}")]
     Connect {
         side: &'static str,
-        source: ClientError,
+        cause: ClientError,
     },
     #[error("connection to {side} {addr} failed: {source}")]
     Io {
@@ -166,7 +166,7 @@ impl Conn {
         timeout: Duration,
     ) -> Result<Conn, VerifyError> {
         let addr = url.addr();
-        let connect_err = |source| VerifyError::Connect { side, source };
+        let connect_err = |cause| VerifyError::Connect { side, cause };
         let db0 = RedisUrl {
             db: 0,
             ..url.clone()
