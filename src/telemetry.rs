@@ -17,7 +17,8 @@ use bytes::Bytes;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::proxy::command::KNOWN_COMMANDS;
+// Metric labels are the command table's names (bounded: anything else is `other`).
+use crate::command::NAMES as KNOWN_COMMANDS;
 
 pub const COMMAND_LATENCY: &str = "cutover_command_duration_seconds";
 

@@ -159,32 +159,28 @@ pub fn commuting_class(args: &[&[u8]]) -> u8 {
     }
 }
 
-/// The keys a write touches, for ordering: the key positions of the command (scripts and
-/// functions: their declared keys), or [`OrderKeys::All`] when they cannot be known.
+/// The keys a write touches, for ordering: the key positions the command table gives
+/// ([`crate::command::keys`]; scripts and functions: their declared keys), or
+/// [`OrderKeys::All`] when they cannot be known: an unknown command, a command without keys
+/// (`FLUSHALL`, `SWAPDB`, `FUNCTION`…), arguments that do not say where the keys are, and the
+/// writes that reach keys of another database (`MOVE`, `COPY … DB n`).
 pub fn write_keys(order: &KeyOrder, db: u32, args: &[&[u8]]) -> OrderKeys {
-    let Some(name) = args.first() else {
+    let Some(cmd) = crate::command::lookup_argv(args) else {
         return OrderKeys::All;
     };
-    let name = String::from_utf8_lossy(name).to_ascii_uppercase();
-    let positions: Vec<usize> = match name.as_str() {
-        // No keys, or keys the table below cannot find: ordered against everything.
-        "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "MOVE" | "FUNCTION" | "SCRIPT" | "SORT" | "SORT_RO"
-        | "GEORADIUS" | "GEORADIUSBYMEMBER" | "MIGRATE" | "BLMPOP" | "BZMPOP" | "XREADGROUP"
-        | "XREAD" | "OBJECT" | "MEMORY" | "DEBUG" | "RESTORE-ASKING" | "XAUTOCLAIM" | "XCLAIM" => {
-            return OrderKeys::All;
-        }
-        _ => crate::sync::filter::command_keys(&name, args),
+    let other_db = match cmd.name {
+        "move" => true,
+        "copy" => args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"DB")),
+        _ => false,
     };
-    if positions.is_empty() {
+    if other_db {
         return OrderKeys::All;
     }
-    OrderKeys::Keys(
-        positions
-            .into_iter()
-            .filter_map(|i| args.get(i))
-            .map(|k| order.key(db, k))
-            .collect(),
-    )
+    let mut keys = Vec::new();
+    match crate::command::for_each_key(cmd, args, |i, _| keys.push(order.key(db, args[i]))) {
+        Ok(()) if !keys.is_empty() => OrderKeys::Keys(keys),
+        _ => OrderKeys::All,
+    }
 }
 
 #[cfg(test)]
@@ -280,7 +276,18 @@ mod tests {
         );
         assert_eq!(w(&["RENAME", "a", "b"]), k(&["a", "b"]));
         assert_eq!(w(&["FLUSHALL"]), OrderKeys::All);
-        assert_eq!(w(&["SORT", "a", "STORE", "b"]), OrderKeys::All);
+        assert_eq!(w(&["SORT", "a", "STORE", "b"]), k(&["a", "b"]));
         assert_eq!(w(&["EVAL", "return 1", "0"]), OrderKeys::All);
+        assert_eq!(w(&["MOVE", "a", "1"]), OrderKeys::All);
+        assert_eq!(w(&["COPY", "a", "b", "DB", "1"]), OrderKeys::All);
+        assert_eq!(w(&["COPY", "a", "b"]), k(&["a", "b"]));
+        assert_eq!(w(&["XGROUP", "CREATE", "s", "g", "$"]), k(&["s"]));
+        assert_eq!(w(&["module.write", "a"]), OrderKeys::All);
+        // Keys past the eighth argument count too.
+        let many: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+        let mut del = vec!["DEL"];
+        del.extend(many.iter().map(String::as_str));
+        let all: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(w(&del), k(&all));
     }
 }

@@ -48,97 +48,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::proxy::command::flags_for;
 use crate::route::Side;
 
-/// A reply, decoded enough to derive a shadow command from it (RESP2 and RESP3 alike).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Nil,
-    Int(i64),
-    /// Bulk, simple and verbatim strings; doubles and big numbers as their text.
-    Bytes(Vec<u8>),
-    Array(Vec<Value>),
-    Error(String),
-}
+mod value;
+pub use value::Value;
 
-impl Value {
-    /// Decodes one reply as sent to a client speaking RESP `resp` (2 or 3); `None` for one
-    /// that cannot be read or is nested too deeply to decode on the stack (the decoder
-    /// descends one call per level; a server may send thousands).
-    pub fn decode(bytes: &[u8], resp: u8) -> Option<Value> {
-        if !shallow(bytes) {
-            return None;
-        }
-        Self::decode_unchecked(bytes, resp)
-    }
-
-    fn decode_unchecked(bytes: &[u8], resp: u8) -> Option<Value> {
-        if resp == 3 {
-            use redis_protocol::resp3::types::OwnedFrame as F;
-            fn conv(f: F) -> Value {
-                match f {
-                    F::BlobString { data, .. }
-                    | F::SimpleString { data, .. }
-                    | F::BigNumber { data, .. }
-                    | F::VerbatimString { data, .. }
-                    | F::ChunkedString(data) => Value::Bytes(data),
-                    F::BlobError { data, .. } => {
-                        Value::Error(String::from_utf8_lossy(&data).into_owned())
-                    }
-                    F::SimpleError { data, .. } => Value::Error(data),
-                    F::Boolean { data, .. } => Value::Int(data as i64),
-                    F::Null => Value::Nil,
-                    F::Number { data, .. } => Value::Int(data),
-                    F::Double { data, .. } => Value::Bytes(format_double(data).into_bytes()),
-                    F::Array { data, .. } | F::Push { data, .. } => {
-                        Value::Array(data.into_iter().map(conv).collect())
-                    }
-                    F::Set { data, .. } => Value::Array(data.into_iter().map(conv).collect()),
-                    F::Map { data, .. } => Value::Array(
-                        data.into_iter()
-                            .flat_map(|(k, v)| [conv(k), conv(v)])
-                            .collect(),
-                    ),
-                    F::Hello { .. } => Value::Nil,
-                }
-            }
-            let (frame, _) = redis_protocol::resp3::decode::complete::decode(bytes).ok()??;
-            Some(conv(frame))
-        } else {
-            use redis_protocol::resp2::types::OwnedFrame as F;
-            fn conv(f: F) -> Value {
-                match f {
-                    F::SimpleString(b) | F::BulkString(b) => Value::Bytes(b),
-                    F::Error(e) => Value::Error(e),
-                    F::Integer(i) => Value::Int(i),
-                    F::Array(a) => Value::Array(a.into_iter().map(conv).collect()),
-                    F::Null => Value::Nil,
-                }
-            }
-            let (frame, _) = redis_protocol::resp2::decode::decode(bytes).ok()??;
-            Some(conv(frame))
-        }
-    }
-
-    fn text(&self) -> Option<Vec<u8>> {
-        match self {
-            Value::Int(i) => Some(i.to_string().into_bytes()),
-            Value::Bytes(b) => Some(b.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// The shortest text that reads back as the same double (what Redis prints, give or take
-/// the exponent form).
-fn format_double(d: f64) -> String {
-    if d.is_infinite() {
-        if d > 0.0 { "inf".into() } else { "-inf".into() }
-    } else {
-        format!("{d}")
-    }
-}
+use crate::proxy::command::flags_where;
 
 /// One command as argument vectors.
 pub type Args = Vec<Vec<u8>>;
@@ -149,27 +64,6 @@ pub fn is_script(wire: &[u8]) -> bool {
         .ok()
         .and_then(|a| a.first().map(|n| n.to_ascii_lowercase()))
         .is_some_and(|n| matches!(n.as_slice(), b"eval" | b"evalsha" | b"fcall"))
-}
-
-/// Aggregates a decoded reply may hold at most (and so its depth).
-const MAX_AGGREGATES: usize = 64;
-
-/// Whether `bytes` holds at most [`MAX_AGGREGATES`] aggregate headers (a bound on its
-/// nesting): each line that starts with an aggregate type counts, also inside bulk strings,
-/// which only errs on the safe side.
-fn shallow(bytes: &[u8]) -> bool {
-    let mut n = 0;
-    let mut at_line_start = true;
-    for &b in bytes {
-        if at_line_start && matches!(b, b'*' | b'%' | b'~' | b'>' | b'|') {
-            n += 1;
-            if n > MAX_AGGREGATES {
-                return false;
-            }
-        }
-        at_line_start = b == b'\n';
-    }
-    true
 }
 
 /// What to do on the old side for one acknowledged write.
@@ -199,10 +93,26 @@ pub enum Action {
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
 const MOVE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call(ARGV[3], KEYS[2], ARGV[1]) return 1 end return 0";
 
-/// Writes (and the few commands the old side needs to stay in step), by command id.
+/// Writes (and the few commands the old side needs to stay in step), by command id, from the
+/// command table ([`crate::command`]): every command a server flags `write` (a container
+/// such as `XGROUP` when one of its subcommands is), and the scripting commands that are not
+/// read-only (`EVAL`, `EVALSHA`, `FCALL`, `SCRIPT`, `FUNCTION`: the old side needs the same
+/// scripts, and their writes are not flagged on the command). Never `CLUSTER` (Valkey 9.1's
+/// `CLUSTER FLUSHSLOT` is a write, but the container is mostly reads about the cluster the
+/// proxy talks to, not data for the old side).
 fn write_table() -> &'static [bool] {
     static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    TABLE.get_or_init(|| flags_for(WRITES))
+    TABLE.get_or_init(|| flags_where(is_write_command))
+}
+
+fn is_write_command(c: &crate::command::Command) -> bool {
+    use crate::command::{F_READONLY, F_WRITE};
+    if c.name == "cluster" {
+        return false;
+    }
+    let scripting =
+        c.in_category("scripting") || c.subcommands.iter().any(|s| s.in_category("scripting"));
+    c.has_flag(F_WRITE) || (scripting && !c.has_flag(F_READONLY))
 }
 
 /// Must the proxy capture this command to shadow it? (By the id of `command::command_id`.)
@@ -215,7 +125,7 @@ pub fn is_write(cmd: usize) -> bool {
 /// anything.
 pub fn needs_reply(cmd: usize) -> bool {
     static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| flags_for(NEEDS_REPLY));
+    let table = TABLE.get_or_init(|| flags_where(|c| NEEDS_REPLY.contains(&c.name)));
     // Unknown commands are never captured; be safe anyway.
     table.get(cmd).copied().unwrap_or(true)
 }
@@ -263,121 +173,6 @@ const NEEDS_REPLY: &[&str] = &[
     "georadiusbymember",
     "restore",
     "migrate",
-];
-
-const WRITES: &[&str] = &[
-    "append",
-    "bitfield",
-    "bitop",
-    "blmove",
-    "blmpop",
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "bzmpop",
-    "bzpopmax",
-    "bzpopmin",
-    "copy",
-    "decr",
-    "decrby",
-    "del",
-    "eval",
-    "evalsha",
-    "expire",
-    "expireat",
-    "fcall",
-    "flushall",
-    "flushdb",
-    "function",
-    "geoadd",
-    "georadius",
-    "georadiusbymember",
-    "geosearchstore",
-    "getdel",
-    "getex",
-    "getset",
-    "hdel",
-    "hincrby",
-    "hincrbyfloat",
-    "hmset",
-    "hset",
-    "hsetnx",
-    "incr",
-    "incrby",
-    "incrbyfloat",
-    "linsert",
-    "lmove",
-    "lmpop",
-    "lpop",
-    "lpush",
-    "lpushx",
-    "lrem",
-    "lset",
-    "ltrim",
-    "migrate",
-    "move",
-    "mset",
-    "msetnx",
-    "persist",
-    "pexpire",
-    "pexpireat",
-    "pfadd",
-    "pfmerge",
-    "psetex",
-    "rename",
-    "renamenx",
-    "restore",
-    "rpop",
-    "rpoplpush",
-    "rpush",
-    "rpushx",
-    "sadd",
-    "script",
-    "sdiffstore",
-    "set",
-    "setbit",
-    "setex",
-    "setnx",
-    "setrange",
-    "sinterstore",
-    "smove",
-    "sort",
-    "spop",
-    "srem",
-    "sunionstore",
-    "swapdb",
-    "unlink",
-    "xack",
-    "xadd",
-    "xautoclaim",
-    "xclaim",
-    "xdel",
-    "xgroup",
-    "xreadgroup",
-    "xsetid",
-    "xtrim",
-    "zadd",
-    "zdiffstore",
-    "zincrby",
-    "zinterstore",
-    "zmpop",
-    "zpopmax",
-    "zpopmin",
-    "zrangestore",
-    "zrem",
-    "zremrangebylex",
-    "zremrangebyrank",
-    "zremrangebyscore",
-    "zunionstore",
-    "hexpire",
-    "hpexpire",
-    "hexpireat",
-    "hpexpireat",
-    "hpersist",
-    "hsetex",
-    "hgetex",
-    "hgetdel",
-    "delifeq",
 ];
 
 fn upper(a: &[u8]) -> Vec<u8> {
@@ -793,240 +588,4 @@ impl ShadowSink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proxy::command::command_id;
-
-    fn a(parts: &[&str]) -> Args {
-        parts.iter().map(|p| p.as_bytes().to_vec()).collect()
-    }
-
-    fn apply(parts: &[&str]) -> Action {
-        Action::Apply(vec![a(parts)])
-    }
-
-    #[test]
-    fn deep_replies_are_not_decoded() {
-        let deep = b"*1\r\n".repeat(10_000);
-        assert_eq!(Value::decode(&deep, 2), None);
-        assert_eq!(Value::decode(&deep, 3), None);
-        assert_eq!(
-            Value::decode(b"*2\r\n:1\r\n$1\r\nx\r\n", 2),
-            Some(Value::Array(vec![
-                Value::Int(1),
-                Value::Bytes(b"x".to_vec())
-            ]))
-        );
-    }
-
-    #[test]
-    fn counters_become_their_result() {
-        assert_eq!(
-            shadow_form(&a(&["INCR", "c"]), &Value::Int(7), 0),
-            apply(&["INCRBY", "c", "1"])
-        );
-        assert_eq!(
-            shadow_form(&a(&["DECRBY", "c", "5"]), &Value::Int(2), 0),
-            apply(&["INCRBY", "c", "-5"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["incrbyfloat", "c", "0.5"]),
-                &Value::Bytes(b"1.5".to_vec()),
-                0
-            ),
-            apply(&["SET", "c", "1.5", "KEEPTTL"])
-        );
-        assert_eq!(
-            shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(4), 0),
-            apply(&["HINCRBY", "h", "f", "2"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["HINCRBYFLOAT", "h", "f", "0.5"]),
-                &Value::Bytes(b"4.5".to_vec()),
-                0
-            ),
-            apply(&["HSET", "h", "f", "4.5"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["ZINCRBY", "z", "2", "m"]),
-                &Value::Bytes(b"3".to_vec()),
-                0
-            ),
-            apply(&["ZADD", "z", "3", "m"])
-        );
-    }
-
-    #[test]
-    fn relative_expiry_becomes_absolute() {
-        let now = 1_000_000;
-        assert_eq!(
-            shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(1), now),
-            apply(&["PEXPIREAT", "k", "1010000"])
-        );
-        assert_eq!(
-            shadow_form(&a(&["EXPIRE", "k", "10"]), &Value::Int(0), now),
-            Action::Skip
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["SETEX", "k", "2", "v"]),
-                &Value::Bytes(b"OK".to_vec()),
-                now
-            ),
-            apply(&["SET", "k", "v", "PXAT", "1002000"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["SET", "k", "v", "NX", "PX", "500"]),
-                &Value::Bytes(b"OK".to_vec()),
-                now
-            ),
-            apply(&["SET", "k", "v", "PXAT", "1000500"])
-        );
-        assert_eq!(
-            shadow_form(&a(&["SET", "k", "v", "NX"]), &Value::Nil, now),
-            Action::Skip
-        );
-        assert_eq!(
-            shadow_form(&a(&["SET", "k", "v", "GET"]), &Value::Nil, now),
-            apply(&["SET", "k", "v"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["GETEX", "k", "EX", "1"]),
-                &Value::Bytes(b"v".to_vec()),
-                now
-            ),
-            apply(&["PEXPIREAT", "k", "1001000"])
-        );
-    }
-
-    #[test]
-    fn random_choices_become_what_was_chosen() {
-        assert_eq!(
-            shadow_form(
-                &a(&["SPOP", "s", "2"]),
-                &Value::Array(vec![
-                    Value::Bytes(b"x".to_vec()),
-                    Value::Bytes(b"y".to_vec())
-                ]),
-                0
-            ),
-            apply(&["SREM", "s", "x", "y"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["XADD", "s", "*", "f", "v"]),
-                &Value::Bytes(b"5-0".to_vec()),
-                0
-            ),
-            apply(&["XADD", "s", "5-0", "f", "v"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["BRPOP", "q", "0"]),
-                &Value::Array(vec![
-                    Value::Bytes(b"q".to_vec()),
-                    Value::Bytes(b"e".to_vec())
-                ]),
-                0
-            ),
-            Action::Take(a(&["LREM", "q", "-1", "e"]))
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["BLPOP", "q", "0"]),
-                &Value::Array(vec![
-                    Value::Bytes(b"q".to_vec()),
-                    Value::Bytes(b"e".to_vec())
-                ]),
-                0
-            ),
-            Action::Take(a(&["LREM", "q", "1", "e"]))
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["EVAL", "return 1", "2", "k1", "k2", "x"]),
-                &Value::Int(1),
-                0
-            ),
-            Action::Replay(
-                a(&["EVAL", "return 1", "2", "k1", "k2", "x"]),
-                Some(Value::Int(1))
-            )
-        );
-        assert_eq!(
-            shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Int(1), 0),
-            apply(&["RPUSH", "l", "x"])
-        );
-        assert_eq!(
-            shadow_form(
-                &a(&["RPUSH", "l", "x"]),
-                &Value::Error("WRONGTYPE".into()),
-                0
-            ),
-            Action::Skip
-        );
-    }
-
-    #[test]
-    fn replies_decode_in_both_protocols() {
-        assert_eq!(Value::decode(b":5\r\n", 2), Some(Value::Int(5)));
-        assert_eq!(Value::decode(b"*-1\r\n", 2), Some(Value::Nil));
-        assert_eq!(
-            Value::decode(b",1.5\r\n", 3),
-            Some(Value::Bytes(b"1.5".to_vec()))
-        );
-        assert_eq!(Value::decode(b"_\r\n", 3), Some(Value::Nil));
-        assert_eq!(
-            Value::decode(b"~1\r\n$1\r\na\r\n", 3),
-            Some(Value::Array(vec![Value::Bytes(b"a".to_vec())]))
-        );
-        assert_eq!(Value::decode(b"$3\r\nab", 2), None);
-    }
-
-    #[test]
-    fn writes_that_need_no_reply_are_shadowed_as_they_are() {
-        // The session sends these as the client's bytes without calling `shadow_form`: it
-        // must agree.
-        for name in WRITES.iter().filter(|n| !NEEDS_REPLY.contains(n)) {
-            let args = a(&[name, "k", "1", "2"]);
-            assert_eq!(
-                shadow_form(&args, &Value::Int(1), 0),
-                Action::Apply(vec![args.clone()]),
-                "{name}"
-            );
-            assert!(!needs_reply(command_id(name.as_bytes())), "{name}");
-        }
-        assert!(needs_reply(command_id(b"incr")));
-    }
-
-    #[test]
-    fn the_write_table_knows_writes_and_not_reads() {
-        assert!(is_write(command_id(b"incr")));
-        assert!(is_write(command_id(b"SET")));
-        assert!(!is_write(command_id(b"get")));
-        assert!(!is_write(command_id(b"eval_ro")));
-    }
-
-    proptest::proptest! {
-        /// Whatever a client sends and a server answers, deriving the shadow form never
-        /// panics, and a refused write is never shadowed.
-        #[test]
-        fn any_command_and_reply_is_handled(
-            name in proptest::sample::select(WRITES),
-            args in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..8),
-            reply in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
-            resp in 2u8..=3,
-        ) {
-            let mut full = vec![name.as_bytes().to_vec()];
-            full.extend(args);
-            let value = Value::decode(&reply, resp).unwrap_or(Value::Nil);
-            let _ = shadow_form(&full, &value, 1_700_000_000_000);
-            assert_eq!(shadow_form(&full, &Value::Error("ERR x".into()), 0), Action::Skip);
-        }
-    }
-}
+mod tests;

@@ -136,7 +136,8 @@ pub fn needs_own_connection(cmd_id: usize) -> bool {
     flags(cmd_id) & OWN_CONNECTION != 0
 }
 
-/// Commands that may wait on the server for a long time (or forever) before replying.
+/// Commands that may wait on the server for a long time (or forever) before replying: those
+/// the command table flags `blocking` on any server ([`crate::command::F_BLOCKING`]).
 pub fn may_block(cmd_id: usize) -> bool {
     flags(cmd_id) & MAY_BLOCK != 0
 }
@@ -147,21 +148,8 @@ pub fn has_own_kind(cmd_id: usize) -> bool {
     flags(cmd_id) & OWN_KIND != 0
 }
 
-const BLOCKING: &[&str] = &[
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "blmove",
-    "blmpop",
-    "bzpopmin",
-    "bzpopmax",
-    "bzmpop",
-    "xread",
-    "xreadgroup",
-    "wait",
-    "waitaof",
-];
-/// Ordinary commands that read or change the connection's own state.
+/// Ordinary commands that read or change the connection's own state (the proxy's policy:
+/// the command table has no flag for it; a test checks each is in the table).
 const CONNECTION_STATE: &[&str] = &["client", "debug", "readonly", "readwrite", "asking", "auth"];
 
 const MAY_BLOCK: u8 = 1;
@@ -169,23 +157,24 @@ const OWN_CONNECTION: u8 = 2;
 const OWN_KIND: u8 = 4;
 
 /// Per-command flags, indexed by command id (the last slot is `other`: an unknown command
-/// might be a blocking module command, so it gets its own connection).
+/// might be a blocking module command, so it gets its own connection). Built once from the
+/// command table.
 fn flags(cmd_id: usize) -> u8 {
     static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
-        let mut t: Vec<u8> = KNOWN_COMMANDS
+        let mut t: Vec<u8> = crate::command::COMMANDS
             .iter()
-            .map(|name| {
+            .map(|c| {
                 let mut f = 0;
-                if BLOCKING.contains(name) {
+                if c.has_flag(crate::command::F_BLOCKING) {
                     f |= MAY_BLOCK | OWN_CONNECTION;
                 }
-                if CONNECTION_STATE.contains(name) {
+                if CONNECTION_STATE.contains(&c.name) {
                     f |= OWN_CONNECTION;
                 }
                 // CLIENT's and SCRIPT's kinds depend on their subcommands.
-                if matches!(*name, "client" | "script" | "config")
-                    || classify(name.as_bytes(), None, None, 0) != Kind::Plain
+                if matches!(c.name, "client" | "script" | "config")
+                    || classify(c.name.as_bytes(), None, None, 0) != Kind::Plain
                 {
                     f |= OWN_KIND;
                 }
@@ -198,327 +187,24 @@ fn flags(cmd_id: usize) -> u8 {
     table.get(cmd_id).copied().unwrap_or(OWN_CONNECTION)
 }
 
-/// A table indexed by command id ([`command_id`]) that is true for the named commands (names
-/// not in [`KNOWN_COMMANDS`] are ignored), for lookups on the data path.
-pub fn flags_for(names: &[&str]) -> Vec<bool> {
-    let mut table = vec![false; KNOWN_COMMANDS.len() + 1];
-    for name in names {
-        let id = command_id(name.as_bytes());
-        if let Some(slot) = table.get_mut(id)
-            && KNOWN_COMMANDS.get(id) == Some(name)
-        {
-            *slot = true;
-        }
-    }
+/// A table indexed by command id ([`command_id`]) that is true for the commands `pick`
+/// chooses, for lookups on the data path (the `other` slot is false).
+pub fn flags_where(pick: impl Fn(&crate::command::Command) -> bool) -> Vec<bool> {
+    let mut table: Vec<bool> = crate::command::COMMANDS.iter().map(pick).collect();
+    table.push(false);
     table
 }
 
-/// Commands known by name, for per-command metrics. Anything else is counted as `other`, so a
-/// client sending garbage names cannot blow up the metric cardinality.
-pub const KNOWN_COMMANDS: &[&str] = &[
-    "acl",
-    "append",
-    "asking",
-    "auth",
-    "bgrewriteaof",
-    "bgsave",
-    "bitcount",
-    "bitfield",
-    "bitfield_ro",
-    "bitop",
-    "bitpos",
-    "blmove",
-    "blmpop",
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "bzmpop",
-    "bzpopmax",
-    "bzpopmin",
-    "client",
-    "cluster",
-    "command",
-    "config",
-    "copy",
-    "dbsize",
-    "debug",
-    "decr",
-    "decrby",
-    "del",
-    "discard",
-    "dump",
-    "echo",
-    "eval",
-    "eval_ro",
-    "evalsha",
-    "evalsha_ro",
-    "exec",
-    "exists",
-    "expire",
-    "expireat",
-    "expiretime",
-    "failover",
-    "fcall",
-    "fcall_ro",
-    "flushall",
-    "flushdb",
-    "function",
-    "geoadd",
-    "geodist",
-    "geohash",
-    "geopos",
-    "georadius",
-    "georadius_ro",
-    "georadiusbymember",
-    "georadiusbymember_ro",
-    "geosearch",
-    "geosearchstore",
-    "get",
-    "getbit",
-    "getdel",
-    "getex",
-    "getrange",
-    "getset",
-    "hdel",
-    "hello",
-    "hexists",
-    "hexpire",
-    "hexpireat",
-    "hexpiretime",
-    "hget",
-    "hgetall",
-    "hgetdel",
-    "hgetex",
-    "hincrby",
-    "hincrbyfloat",
-    "hkeys",
-    "hlen",
-    "hmget",
-    "hmset",
-    "hpersist",
-    "hpexpire",
-    "hpexpireat",
-    "hpexpiretime",
-    "hpttl",
-    "hrandfield",
-    "hscan",
-    "hset",
-    "hsetex",
-    "hsetnx",
-    "hstrlen",
-    "httl",
-    "hvals",
-    "incr",
-    "incrby",
-    "incrbyfloat",
-    "info",
-    "keys",
-    "lastsave",
-    "latency",
-    "lcs",
-    "lindex",
-    "linsert",
-    "llen",
-    "lmove",
-    "lmpop",
-    "lolwut",
-    "lpop",
-    "lpos",
-    "lpush",
-    "lpushx",
-    "lrange",
-    "lrem",
-    "lset",
-    "ltrim",
-    "memory",
-    "mget",
-    "migrate",
-    "module",
-    "monitor",
-    "move",
-    "mset",
-    "msetnx",
-    "multi",
-    "object",
-    "persist",
-    "pexpire",
-    "pexpireat",
-    "pexpiretime",
-    "pfadd",
-    "pfcount",
-    "pfdebug",
-    "pfmerge",
-    "pfselftest",
-    "ping",
-    "psetex",
-    "psubscribe",
-    "psync",
-    "pttl",
-    "publish",
-    "pubsub",
-    "punsubscribe",
-    "quit",
-    "randomkey",
-    "readonly",
-    "readwrite",
-    "rename",
-    "renamenx",
-    "replconf",
-    "replicaof",
-    "reset",
-    "restore",
-    "restore-asking",
-    "role",
-    "rpop",
-    "rpoplpush",
-    "rpush",
-    "rpushx",
-    "sadd",
-    "save",
-    "scan",
-    "scard",
-    "script",
-    "sdiff",
-    "sdiffstore",
-    "select",
-    "set",
-    "setbit",
-    "setex",
-    "setnx",
-    "setrange",
-    "shutdown",
-    "sinter",
-    "sintercard",
-    "sinterstore",
-    "sismember",
-    "slaveof",
-    "slowlog",
-    "smembers",
-    "smismember",
-    "smove",
-    "sort",
-    "sort_ro",
-    "spop",
-    "spublish",
-    "srandmember",
-    "srem",
-    "sscan",
-    "ssubscribe",
-    "strlen",
-    "subscribe",
-    "substr",
-    "sunion",
-    "sunionstore",
-    "sunsubscribe",
-    "swapdb",
-    "sync",
-    "time",
-    "touch",
-    "ttl",
-    "type",
-    "unlink",
-    "unsubscribe",
-    "unwatch",
-    "wait",
-    "waitaof",
-    "watch",
-    "xack",
-    "xadd",
-    "xautoclaim",
-    "xclaim",
-    "xdel",
-    "xgroup",
-    "xinfo",
-    "xlen",
-    "xpending",
-    "xrange",
-    "xread",
-    "xreadgroup",
-    "xrevrange",
-    "xsetid",
-    "xtrim",
-    "zadd",
-    "zcard",
-    "zcount",
-    "zdiff",
-    "zdiffstore",
-    "zincrby",
-    "zinter",
-    "zintercard",
-    "zinterstore",
-    "zlexcount",
-    "zmpop",
-    "zmscore",
-    "zpopmax",
-    "zpopmin",
-    "zrandmember",
-    "zrange",
-    "zrangebylex",
-    "zrangebyscore",
-    "zrangestore",
-    "zrank",
-    "zrem",
-    "zremrangebylex",
-    "zremrangebyrank",
-    "zremrangebyscore",
-    "zrevrange",
-    "zrevrangebylex",
-    "zrevrangebyscore",
-    "zrevrank",
-    "zscan",
-    "zscore",
-    "zunion",
-    "zunionstore",
-];
+/// Commands known by name, for per-command metrics: every top-level command of the command
+/// table ([`crate::command::NAMES`]). Anything else is counted as `other`, so a client
+/// sending garbage names cannot blow up the metric cardinality.
+pub use crate::command::NAMES as KNOWN_COMMANDS;
 
-/// Index of `name` in [`KNOWN_COMMANDS`], or `KNOWN_COMMANDS.len()` for `other`.
-///
-/// Runs for every command, so it is a hash-table probe (FNV-1a over the lower-cased name,
-/// open addressing) instead of a binary search of string comparisons.
+/// Index of `name` in [`KNOWN_COMMANDS`], or `KNOWN_COMMANDS.len()` for `other`: the command
+/// table's id ([`crate::command::id`], one hash probe, no allocation).
+#[inline]
 pub fn command_id(name: &[u8]) -> usize {
-    let other = KNOWN_COMMANDS.len();
-    if name.len() > 24 {
-        return other;
-    }
-    let mut lower = [0u8; 24];
-    let mut h = FNV_OFFSET;
-    for (d, s) in lower.iter_mut().zip(name) {
-        *d = s.to_ascii_lowercase();
-        h = (h ^ *d as u32).wrapping_mul(FNV_PRIME);
-    }
-    let key = &lower[..name.len()];
-    let table = id_table();
-    let mut slot = h as usize & (TABLE_SLOTS - 1);
-    loop {
-        match table[slot] {
-            0 => return other,
-            id if KNOWN_COMMANDS[id as usize - 1].as_bytes() == key => return id as usize - 1,
-            _ => slot = (slot + 1) & (TABLE_SLOTS - 1),
-        }
-    }
-}
-
-const TABLE_SLOTS: usize = 1024;
-const FNV_OFFSET: u32 = 0x811c_9dc5;
-const FNV_PRIME: u32 = 0x0100_0193;
-
-/// Slots hold `index + 1` of a known command, 0 when empty.
-fn id_table() -> &'static [u16; TABLE_SLOTS] {
-    static TABLE: std::sync::OnceLock<[u16; TABLE_SLOTS]> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = [0u16; TABLE_SLOTS];
-        for (i, name) in KNOWN_COMMANDS.iter().enumerate() {
-            let h = name
-                .bytes()
-                .fold(FNV_OFFSET, |h, b| (h ^ b as u32).wrapping_mul(FNV_PRIME));
-            let mut slot = h as usize & (TABLE_SLOTS - 1);
-            while t[slot] != 0 {
-                slot = (slot + 1) & (TABLE_SLOTS - 1);
-            }
-            t[slot] = i as u16 + 1;
-        }
-        t
-    })
+    crate::command::id(name)
 }
 
 #[cfg(test)]
@@ -561,6 +247,26 @@ mod tests {
         }
         let get = command_id(b"get");
         assert!(!has_own_kind(get) && !needs_own_connection(get) && !may_block(get));
+        for name in CONNECTION_STATE {
+            assert!(crate::command::lookup(name.as_bytes()).is_some(), "{name}");
+        }
+        // The blocking commands the proxy knew before the table, and the table's own.
+        for name in [
+            "blpop",
+            "brpop",
+            "brpoplpush",
+            "blmove",
+            "blmpop",
+            "bzpopmin",
+            "bzpopmax",
+            "bzmpop",
+            "xread",
+            "xreadgroup",
+            "wait",
+            "waitaof",
+        ] {
+            assert!(may_block(command_id(name.as_bytes())), "{name}");
+        }
         let blpop = command_id(b"blpop");
         assert!(may_block(blpop) && needs_own_connection(blpop));
         assert!(needs_own_connection(command_id(b"readonly")));

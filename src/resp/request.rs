@@ -15,6 +15,12 @@ use std::ops::Range;
 use bytes::Bytes;
 
 /// How many leading arguments are remembered per command (name + sub-command + a few values).
+///
+/// That is all the proxy's classification reads (`proxy::command`: the name, a subcommand, one
+/// more argument; `HELLO`/`AUTH` check `argc` against it). Whatever needs a command's *keys* —
+/// the shadow's per-key order, the shadow capture, a blocking call's re-issue — parses the
+/// whole frame (`crate::command::keys` on the full argv), and only while it is needed, so the
+/// plain forwarding path never pays for long commands.
 pub const CAPTURED_ARGS: usize = 8;
 /// Redis' `PROTO_INLINE_MAX_SIZE`: the longest inline command or header line.
 pub const MAX_INLINE: usize = 64 * 1024;

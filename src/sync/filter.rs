@@ -198,42 +198,18 @@ pub fn parse_db_map(text: &str) -> Result<BTreeMap<u64, u64>, FilterError> {
 }
 
 /// The key arguments of a write command from the replication stream (by index in `args`,
-/// `args[0]` being the name, upper case in `name`). Unknown commands are taken to have their
-/// key first, as nearly all do; commands without keys give none.
-pub fn command_keys(name: &str, args: &[&[u8]]) -> Vec<usize> {
-    let n = args.len();
-    let num = |i: usize| {
-        args.get(i)
-            .and_then(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
+/// `args[0]` being the name; `name` is unused and kept for the callers), from the command
+/// table's key specs ([`crate::command::keys`]). Unknown commands (a module's) are taken to
+/// have their key first, as nearly all do; commands without keys, and arguments that do not
+/// say where the keys are, give none.
+pub fn command_keys(_name: &str, args: &[&[u8]]) -> Vec<usize> {
+    let Some(cmd) = crate::command::lookup_argv(args) else {
+        return if args.len() > 1 { vec![1] } else { Vec::new() };
     };
-    match name {
-        "SELECT" | "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "FUNCTION" | "SCRIPT" | "MULTI" | "EXEC"
-        | "DISCARD" | "PING" | "PUBLISH" | "SPUBLISH" | "REPLCONF" => Vec::new(),
-        "DEL" | "UNLINK" | "TOUCH" | "EXISTS" | "MGET" | "SINTERSTORE" | "SUNIONSTORE"
-        | "SDIFFSTORE" | "PFMERGE" | "PFCOUNT" => (1..n).collect(),
-        "MSET" | "MSETNX" => (1..n).step_by(2).collect(),
-        "RENAME" | "RENAMENX" | "RPOPLPUSH" | "LMOVE" | "BLMOVE" | "SMOVE" | "COPY"
-        | "GEOSEARCHSTORE" | "ZRANGESTORE" => (1..n.min(3)).collect(),
-        "BITOP" => (2..n).collect(),
-        "ZUNIONSTORE" | "ZINTERSTORE" | "ZDIFFSTORE" => {
-            let k = num(2).unwrap_or(0);
-            std::iter::once(1).chain(3..(3 + k).min(n)).collect()
-        }
-        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO" => {
-            let k = num(2).unwrap_or(0);
-            (3..(3 + k).min(n)).collect()
-        }
-        "LMPOP" | "ZMPOP" | "SINTERCARD" => {
-            let k = num(1).unwrap_or(0);
-            (2..(2 + k).min(n)).collect()
-        }
-        // MSETEX numkeys key value … (Valkey 9.1).
-        "MSETEX" => {
-            let k = num(1).unwrap_or(0);
-            (2..(2 + 2 * k).min(n)).step_by(2).collect()
-        }
-        _ if n > 1 => vec![1],
-        _ => Vec::new(),
+    let mut keys = Vec::new();
+    match crate::command::for_each_key(cmd, args, |i, _| keys.push(i)) {
+        Ok(()) => keys,
+        Err(_) => Vec::new(),
     }
 }
 
@@ -325,5 +301,18 @@ mod tests {
             Vec::<usize>::new()
         );
         assert_eq!(command_keys("BITOP", &a("BITOP AND d a b")), vec![2, 3, 4]);
+        // Subcommands and keyword-started keys (the hand-kept list this replaced took the
+        // first argument).
+        assert_eq!(command_keys("XGROUP", &a("XGROUP CREATE s g $")), vec![2]);
+        assert_eq!(
+            command_keys("GEORADIUS", &a("GEORADIUS g 0 0 1 km STORE d")),
+            vec![1, 7]
+        );
+        assert_eq!(command_keys("SORT", &a("SORT k STORE d")), vec![1, 3]);
+        assert_eq!(command_keys("MODULE.CMD", &a("module.cmd k")), vec![1]);
+        assert_eq!(
+            command_keys("PUBLISH", &a("PUBLISH c m")),
+            Vec::<usize>::new()
+        );
     }
 }
