@@ -9,8 +9,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    self, AdminSettings, ClientAuth, ConfigError, FileConfig, ProxySettings, RedisUrl, Settings,
+    self, AdminSettings, ClientAuth, ConfigError, FileConfig, ProxySettings, RedisUrl,
 };
+use crate::runtime::Settings;
 
 #[derive(Parser, Debug)]
 #[command(

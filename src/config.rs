@@ -104,7 +104,7 @@ pub struct CutoverSection {
     /// is no longer safe.
     pub shadow_queue: Option<usize>,
     /// `auto` (default), `replica` or `shadow`: how the old side is kept in step after a
-    /// switch ([`crate::cutover::overlap`]).
+    /// switch (`cutover::overlap`).
     pub overlap: Option<String>,
 }
 
@@ -431,19 +431,6 @@ pub struct ProxySettings {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Option<String>,
-}
-
-/// The whole resolved configuration of `cutover run`.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub proxy: ProxySettings,
-    pub source: RedisUrl,
-    pub target: Option<RedisUrl>,
-    pub admin: Option<AdminSettings>,
-    pub metrics: Option<SocketAddr>,
-    pub cutover: crate::cutover::CutoverSettings,
-    /// `[sync]`, for the background sync (when a target is set).
-    pub sync: crate::sync::engine::SyncTuning,
 }
 
 pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:6400";

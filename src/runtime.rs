@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::admin::AdminServer;
-use crate::config::Settings;
+use crate::config::{AdminSettings, ProxySettings, RedisUrl};
 use crate::cutover::Controller;
 use crate::cutover::overlap::{Links, OverlapMode};
 use crate::cutover::shadow::Value;
@@ -18,7 +18,23 @@ use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
 use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
+use crate::sync::phase::SyncPhase;
 use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
+
+/// The whole resolved configuration of `cutover run` (built by `cli::resolve_settings`).
+/// It lives here, not in [`crate::config`], so that `config` stays a leaf: the settings of
+/// the cutover and of the sync are those modules' own types.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub proxy: ProxySettings,
+    pub source: RedisUrl,
+    pub target: Option<RedisUrl>,
+    pub admin: Option<AdminSettings>,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub cutover: crate::cutover::CutoverSettings,
+    /// `[sync]`, for the background sync (when a target is set).
+    pub sync: crate::sync::engine::SyncTuning,
+}
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(addr) = settings.metrics {
@@ -41,7 +57,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(target) = &settings.target {
         let check = target.clone();
         let marker = tokio::task::spawn_blocking(move || {
-            crate::sync::position::switched_marker(&check, Duration::from_secs(5))
+            crate::sync::batch::switched_marker(&check, Duration::from_secs(5))
         })
         .await
         .context("cannot check the target")?;
@@ -251,7 +267,7 @@ async fn start_reverse_link(
         .spawn(move || run_sync(opts, Arc::new(AtomicBool::new(false)), stop))
         .context("cannot start the reverse link thread")?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while links.reverse.phase_name() != "streaming" && Instant::now() < deadline {
+    while links.reverse.phase() != SyncPhase::Streaming && Instant::now() < deadline {
         if links.reverse.last_error.lock().is_ok_and(|e| e.is_some()) {
             break;
         }

@@ -277,6 +277,14 @@ pub type Id = usize;
 /// The id given to every unknown command (one past the last known one).
 pub const OTHER: Id = table::NAMES.len();
 
+/// A table indexed by command id ([`id`]) that is true for the commands `pick` chooses, for
+/// lookups on the data path (the [`OTHER`] slot, for unknown commands, is false).
+pub fn flags_where(pick: impl Fn(&Command) -> bool) -> Vec<bool> {
+    let mut table: Vec<bool> = COMMANDS.iter().map(pick).collect();
+    table.push(false);
+    table
+}
+
 const FNV_OFFSET: u32 = 0x811c_9dc5;
 const FNV_PRIME: u32 = 0x0100_0193;
 /// No known command name is longer (checked by a test).

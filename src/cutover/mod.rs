@@ -4,7 +4,13 @@
 //! * [`gate`]: how the sessions are held and how the controller knows nothing is in flight;
 //! * [`shadow`]: the deterministic form of each acknowledged write, for the old side;
 //! * [`writer`]: the task that applies those shadow writes to the old side;
-//! * this module: the [`Controller`] behind the admin commands `SWITCH`, `ROLLBACK`, `FINISH`.
+//! * [`order`]: one shadowed write per key in flight at a time;
+//! * [`overlap`]: the overlap modes, the two links of a replica overlap and their move;
+//! * [`phase`]: where the migration stands and which move is allowed from there;
+//! * this module: the [`Controller`] behind the admin commands `SWITCH`, `ROLLBACK`, `FINISH`
+//!   (which move runs from which phase), and [`ProxyHandle`], all it needs from the proxy;
+//!   `preconditions` (step 1 below), `flip` (steps 2–5: the move), `status` (what
+//!   `cutover status` says about it).
 //!
 //! ## The barrier (the same for every move)
 //!
@@ -30,10 +36,14 @@
 //! it was, the held commands are released to it, the sync continues, and the caller gets the
 //! reason. Client connections never drop.
 
+mod flip;
 pub mod gate;
 pub mod order;
 pub mod overlap;
+pub mod phase;
+mod preconditions;
 pub mod shadow;
+mod status;
 pub mod writer;
 
 use std::sync::Arc;
@@ -43,14 +53,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value as Json, json};
 
-use crate::proxy::ProxyShared;
-use crate::proxy::command::command_id;
-use crate::route::{Backend, Route, Side};
+use crate::command::id as command_id;
+use crate::route::{Backend, Route, RouteTable, Side};
+use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
-use crate::sync::position::SWITCHED_KEY;
+use crate::sync::phase::SyncPhase;
+use flip::{mark_switched, wait_until};
 use overlap::{Links, OverlapMode};
+pub use phase::{Move, Phase};
+use preconditions::{client_fields, client_list, foreign_writers};
 use shadow::{ShadowSink, Value};
 use writer::Conn;
+
+/// What the controller needs from the proxy it switches, and nothing more: the route table
+/// it flips, the gate that holds the sessions (and lists their parked blocking calls), and
+/// the slot of the shadow sink the sessions copy acknowledged writes into. The proxy
+/// implements it (`proxy::ProxyShared`); the controller never sees the proxy's other state.
+pub trait ProxyHandle: Send + Sync {
+    /// The route every session reads once per batch; only the controller stores into it.
+    fn route(&self) -> &RouteTable;
+    /// The barrier's gate ([`gate`]).
+    fn gate(&self) -> &gate::Gate;
+    /// Where sessions copy acknowledged writes while the old side is kept in step.
+    fn shadow(&self) -> &arc_swap::ArcSwapOption<ShadowSink>;
+}
 
 /// Milliseconds since the Unix epoch (for absolute expiry times).
 pub fn unix_ms() -> u64 {
@@ -101,24 +127,6 @@ pub enum CutoverError {
     },
 }
 
-/// Where the migration stands (after the sync phases, which the sync engine reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Switched,
-    RolledBack,
-    Finished,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Switched => "switched",
-            Phase::RolledBack => "rolled_back",
-            Phase::Finished => "finished",
-        }
-    }
-}
-
 /// What one move did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
@@ -138,7 +146,7 @@ pub struct StepReport {
 }
 
 pub struct Controller {
-    proxy: Arc<ProxyShared>,
+    proxy: Arc<dyn ProxyHandle>,
     sync: Arc<SyncProgress>,
     /// Set once the sync engine is stopped for good (after the first switch).
     sync_detached: Arc<AtomicBool>,
@@ -155,7 +163,7 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(
-        proxy: Arc<ProxyShared>,
+        proxy: Arc<dyn ProxyHandle>,
         sync: Arc<SyncProgress>,
         sync_detached: Arc<AtomicBool>,
         settings: CutoverSettings,
@@ -192,7 +200,7 @@ impl Controller {
         if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
             return None;
         }
-        let (applying, _) = links.roles(self.proxy.route.load().primary);
+        let (applying, _) = links.roles(self.proxy.route().load().primary);
         Some((applying.lag_bytes(), applying.lag_ms()))
     }
 
@@ -206,105 +214,23 @@ impl Controller {
 
     fn set_phase(&self, p: Phase) {
         if let Ok(mut g) = self.phase.lock() {
+            if !Phase::allows(*g, p) {
+                debug_assert!(false, "cutover phase {:?} → {p:?} is not a move", *g);
+                tracing::warn!(from = ?*g, to = ?p, "unexpected cutover phase move");
+            }
             *g = Some(p);
         }
-        let n = match p {
-            Phase::Switched => 4.0,
-            Phase::RolledBack => 5.0,
-            Phase::Finished => 6.0,
-        };
-        metrics::gauge!("cutover_phase").set(n);
+        metrics::gauge!("cutover_phase").set(p.gauge());
     }
 
     fn backends(&self) -> Result<(Arc<Backend>, Arc<Backend>), CutoverError> {
-        let route = self.proxy.route.load();
+        let route = self.proxy.route().load();
         match &route.target {
             Some(t) => Ok((route.source.clone(), t.clone())),
             None => Err(CutoverError::Refused(
                 "no [target] is configured; nothing to switch to".into(),
             )),
         }
-    }
-
-    /// The status fields of the cutover (merged into `STATUS`).
-    pub fn status(&self) -> Json {
-        let sink = self.proxy.shadow.load_full();
-        let history = self.history.lock().map(|h| h.clone()).unwrap_or_default();
-        let primary = self.proxy.route.load().primary;
-        let replica_unsafe = self.replica_unsafe_reason(primary);
-        let rollback_safe = match (self.phase(), &sink) {
-            (Some(Phase::Finished), _) => false,
-            (Some(_), _) if self.replica_overlap() => replica_unsafe.is_none(),
-            (Some(_), Some(s)) => s.is_safe(),
-            (Some(_), None) => false,
-            // Before the first switch there is nothing to roll back.
-            (None, _) => true,
-        };
-        let unsafe_reason = if self.replica_overlap() {
-            replica_unsafe
-        } else {
-            sink.as_ref().and_then(|s| s.reason())
-        };
-        metrics::gauge!("cutover_rollback_safe").set(if rollback_safe { 1.0 } else { 0.0 });
-        let overlap = self.overlap_chosen().map_or_else(
-            || match &self.links {
-                Some(l) if self.settings.overlap != OverlapMode::Shadow => {
-                    match l.reverse_ready() {
-                        Ok(()) => "replica (at the first switch)".to_string(),
-                        Err(why) => {
-                            format!("{} (not ready: {why})", self.settings.overlap.as_str())
-                        }
-                    }
-                }
-                _ => "shadow (at the first switch)".to_string(),
-            },
-            |m| m.as_str().to_string(),
-        );
-        // (The links are shown while a replica overlap is, or may be, in use.)
-        let links = self
-            .links
-            .as_ref()
-            .filter(|l| {
-                self.overlap_chosen() != Some(OverlapMode::Shadow)
-                    && self.settings.overlap != OverlapMode::Shadow
-                    && l.unavailable().is_none()
-            })
-            .map(|l| {
-                l.publish_metrics();
-                json!([Links::link_json(&l.forward), Links::link_json(&l.reverse)])
-            });
-        // What keeping the old side in step costs, in words (status and README).
-        let overlap_cost = match (self.overlap_chosen(), &self.links) {
-            (Some(OverlapMode::Replica), Some(l)) if self.phase() != Some(Phase::Finished) => {
-                let (applying, following) = l.roles(primary);
-                Some(format!(
-                    "no work on the proxy's data path; the {} link reads the primary's replication stream and has applied {} commands to the old side, the {} link reads the old side's stream without applying",
-                    applying.direction(),
-                    applying
-                        .commands_applied
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                    following.direction()
-                ))
-            }
-            (Some(OverlapMode::Shadow), _) if self.phase() != Some(Phase::Finished) => Some(
-                "the proxy captures every write, keeps one write per key in flight to the primary, and the shadow writer sends their deterministic forms to the old side".to_string(),
-            ),
-            _ => None,
-        };
-        json!({
-            "phase": self.phase().map(Phase::as_str),
-            "overlap": overlap,
-            "overlap_cost": overlap_cost,
-            "links": links,
-            "rollback_safe": rollback_safe,
-            "rollback_unsafe_reason": unsafe_reason,
-            "shadow_queue": sink.as_ref().map_or(0, |s| s.pending()),
-            "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
-            "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
-            "held_sessions": self.proxy.gate.held(),
-            "last": history.last(),
-            "history": history,
-        })
     }
 
     /// `cutover switch`: source → target (or back to the target after a rollback).
@@ -315,7 +241,9 @@ impl Controller {
     ) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
-        match self.phase() {
+        let from = self.phase();
+        Phase::after(from, Move::Switch).map_err(|why| CutoverError::Refused(why.into()))?;
+        match from {
             None => match self.choose_overlap()? {
                 OverlapMode::Replica => self.replica_move(Side::Target, max_pause, force).await,
                 _ => {
@@ -342,13 +270,8 @@ impl Controller {
             Some(Phase::RolledBack) if self.replica_overlap() => {
                 self.replica_move(Side::Target, max_pause, force).await
             }
-            Some(Phase::RolledBack) => self.flip_with_shadow(Side::Target, max_pause, force).await,
-            Some(Phase::Switched) => Err(CutoverError::Refused(
-                "already switched: the target is the primary".into(),
-            )),
-            Some(Phase::Finished) => Err(CutoverError::Refused(
-                "the migration is finished; nothing to switch".into(),
-            )),
+            // (`Phase::after` refused the others.)
+            Some(_) => self.flip_with_shadow(Side::Target, max_pause, force).await,
         }
     }
 
@@ -360,44 +283,32 @@ impl Controller {
     ) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
-        match self.phase() {
-            Some(Phase::Switched) if self.replica_overlap() => {
-                self.replica_move(Side::Source, max_pause, force).await
-            }
-            Some(Phase::Switched) => self.flip_with_shadow(Side::Source, max_pause, force).await,
-            Some(Phase::RolledBack) => Err(CutoverError::Refused(
-                "already rolled back: the source is the primary".into(),
-            )),
-            Some(Phase::Finished) => Err(CutoverError::Refused(
-                "the migration is finished; the source is detached and cannot be rolled back to"
-                    .into(),
-            )),
-            None => Err(CutoverError::Refused(
-                "not switched yet: the source is the primary".into(),
-            )),
+        // Only from `switched` (`Phase::after` refused the others).
+        Phase::after(self.phase(), Move::Rollback)
+            .map_err(|why| CutoverError::Refused(why.into()))?;
+        if self.replica_overlap() {
+            self.replica_move(Side::Source, max_pause, force).await
+        } else {
+            self.flip_with_shadow(Side::Source, max_pause, force).await
         }
     }
 
     /// `cutover finish`: stop shadowing; the old side is detached.
     pub async fn finish(&self) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
-        let primary = match self.phase() {
-            Some(Phase::Switched) => Side::Target,
-            Some(Phase::RolledBack) => Side::Source,
-            Some(Phase::Finished) => {
-                return Err(CutoverError::Refused("already finished".into()));
-            }
-            None => {
-                return Err(CutoverError::Refused(
-                    "not switched yet: run `cutover switch` first".into(),
-                ));
-            }
+        let from = self.phase();
+        Phase::after(from, Move::Finish).map_err(|why| CutoverError::Refused(why.into()))?;
+        // (`Phase::after` refused the others: switched or rolled back.)
+        let primary = if from == Some(Phase::RolledBack) {
+            Side::Source
+        } else {
+            Side::Target
         };
         let replica = self.replica_overlap();
         let written = if replica {
             self.finish_replica(primary).await
         } else {
-            let sink = self.proxy.shadow.swap(None);
+            let sink = self.proxy.shadow().swap(None);
             // Let the writer finish what is queued (bounded), so the old side is left as
             // complete as it can be.
             if let Some(s) = &sink {
@@ -446,333 +357,6 @@ impl Controller {
             h.push(r);
         }
     }
-
-    /// The first switch: the sync engine brings the target to the source's offset.
-    async fn first_switch(
-        &self,
-        max_pause: Duration,
-        force: bool,
-    ) -> Result<StepReport, CutoverError> {
-        let (source, target) = self.backends()?;
-        let timeout = self.settings.timeout;
-        // Control connections opened before the pause.
-        let mut src = Conn::open(&source, timeout)
-            .await
-            .map_err(|e| CutoverError::Refused(format!("the source is not reachable: {e}")))?;
-        let mut tgt = Conn::open(&target, timeout)
-            .await
-            .map_err(|e| CutoverError::Refused(format!("the target is not reachable: {e}")))?;
-        match tgt.query(&[b"PING"]).await {
-            Ok(Value::Bytes(_)) => {}
-            other => {
-                return Err(CutoverError::Refused(format!(
-                    "the target does not answer PING: {other:?}"
-                )));
-            }
-        }
-        let phase = self.sync.phase_name();
-        if !force {
-            if phase != "streaming" {
-                return Err(CutoverError::Refused(format!(
-                    "the sync is {phase}, not streaming yet; not switching (wait for `phase: streaming` in `cutover status`)"
-                )));
-            }
-            let lag = self.sync.lag_bytes();
-            if lag > self.settings.max_lag_bytes {
-                return Err(CutoverError::Refused(format!(
-                    "target lags {} behind; not switching",
-                    human_bytes(lag)
-                )));
-            }
-            let writers = foreign_writers(&mut src, &source).await?;
-            if !writers.is_empty() {
-                return Err(CutoverError::Refused(format!(
-                    "other clients write to the source directly (their writes would be lost after the switch): {}; repoint them to the proxy or use --force",
-                    writers.join(", ")
-                )));
-            }
-        } else if phase != "streaming" {
-            return Err(CutoverError::Refused(format!(
-                "the sync is {phase}; even --force cannot switch before the snapshot is applied"
-            )));
-        }
-
-        let gate = &self.proxy.gate;
-        let started = Instant::now();
-        let deadline = started + max_pause;
-        // Every step that talks to a server while commands are held ends by the deadline.
-        src.set_deadline(Some(deadline));
-        gate.pause();
-        let abort = |waiting: String| {
-            self.sync.cancel_stop();
-            gate.resume();
-            metrics::counter!("cutover_barrier_aborts_total").increment(1);
-            CutoverError::Timeout {
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                waiting,
-                side: "source",
-            }
-        };
-        if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!(
-                "{} sessions still had commands in flight",
-                gate.busy()
-            )));
-        }
-        let offset = match source_offset(&mut src).await {
-            Ok(o) => o,
-            Err(e) => return Err(abort(format!("cannot read the source's offset: {e}"))),
-        };
-        self.sync.request_stop_at(offset);
-        let stopped = wait_until(deadline, || self.sync.stopped.load(Ordering::Acquire)).await;
-        if !stopped {
-            return Err(abort(format!(
-                "the target had applied offset {} of {offset}",
-                self.sync.applied_offset.load(Ordering::Relaxed)
-            )));
-        }
-        self.sync_detached.store(true, Ordering::Release);
-        let unblocked = self
-            .flip(Side::Target, &mut src, &source, &target, true)
-            .await;
-        let held = gate.held();
-        gate.resume();
-        src.set_deadline(None);
-        let pause = started.elapsed();
-        self.set_phase(Phase::Switched);
-        // Remember on the target that it is the primary now (after the pause): a later
-        // `cutover run` refuses to sync into it again.
-        if let Err(e) = mark_switched(&mut tgt, offset).await {
-            tracing::error!(error = %e, "cannot mark the target as switched ({}); do not restart `cutover run` with this config", String::from_utf8_lossy(SWITCHED_KEY));
-        }
-        let report = StepReport {
-            action: "switch",
-            primary: "target",
-            pause_ms: pause.as_secs_f64() * 1000.0,
-            held_sessions: held,
-            unblocked,
-            offset: Some(offset),
-            shadow_writes: 0,
-            forced: force,
-        };
-        metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
-        tracing::info!(
-            pause_ms = report.pause_ms,
-            offset,
-            unblocked,
-            "switched: the target is the primary; writes are shadowed to the source"
-        );
-        self.record(report.clone());
-        Ok(report)
-    }
-
-    /// Rollback, or a switch after a rollback: the shadow queue brings the new primary up to
-    /// date.
-    async fn flip_with_shadow(
-        &self,
-        to: Side,
-        max_pause: Duration,
-        force: bool,
-    ) -> Result<StepReport, CutoverError> {
-        let (source, target) = self.backends()?;
-        let sink = self.proxy.shadow.load_full();
-        if !force {
-            match &sink {
-                Some(s) if !s.is_safe() => {
-                    return Err(CutoverError::Refused(format!(
-                        "the {} missed writes ({}); not moving there (use --force to move anyway)",
-                        to.as_str(),
-                        s.reason().unwrap_or_default()
-                    )));
-                }
-                None => {
-                    return Err(CutoverError::Refused(format!(
-                        "the {} is not kept in step; not moving there",
-                        to.as_str()
-                    )));
-                }
-                _ => {}
-            }
-        }
-        let (old, new) = match to {
-            Side::Source => (&target, &source),
-            Side::Target => (&source, &target),
-        };
-        let mut old_conn = Conn::open(old, self.settings.timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
-        })?;
-        let mut new_conn = Conn::open(new, self.settings.timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
-        })?;
-        if !matches!(new_conn.query(&[b"PING"]).await, Ok(Value::Bytes(_))) {
-            return Err(CutoverError::Refused(format!(
-                "the {} does not answer PING",
-                new.describe()
-            )));
-        }
-        let gate = &self.proxy.gate;
-        let started = Instant::now();
-        let deadline = started + max_pause;
-        old_conn.set_deadline(Some(deadline));
-        gate.pause();
-        let from = if to == Side::Source {
-            "target"
-        } else {
-            "source"
-        };
-        let abort = |waiting: String| {
-            gate.resume();
-            metrics::counter!("cutover_barrier_aborts_total").increment(1);
-            CutoverError::Timeout {
-                elapsed_ms: started.elapsed().as_millis() as u64,
-                waiting,
-                side: from,
-            }
-        };
-        if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!(
-                "{} sessions still had commands in flight",
-                gate.busy()
-            )));
-        }
-        let drained = wait_until(deadline, || sink.as_ref().is_none_or(|s| s.pending() == 0)).await;
-        if !drained {
-            return Err(abort(format!(
-                "{} shadow writes were not yet on the {}",
-                sink.as_ref().map_or(0, |s| s.pending()),
-                to.as_str()
-            )));
-        }
-        let written = sink.as_ref().map_or(0, |s| s.enqueued());
-        let unblocked = self.flip(to, &mut old_conn, old, new, true).await;
-        let held = gate.held();
-        gate.resume();
-        let pause = started.elapsed();
-        let (action, phase) = match to {
-            Side::Source => ("rollback", Phase::RolledBack),
-            Side::Target => ("switch", Phase::Switched),
-        };
-        self.set_phase(phase);
-        let report = StepReport {
-            action,
-            primary: to.as_str(),
-            pause_ms: pause.as_secs_f64() * 1000.0,
-            held_sessions: held,
-            unblocked,
-            offset: None,
-            shadow_writes: written,
-            forced: force,
-        };
-        metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
-        tracing::info!(
-            action,
-            pause_ms = report.pause_ms,
-            unblocked,
-            "the {} is the primary; writes are shadowed to the {}",
-            to.as_str(),
-            from
-        );
-        self.record(report.clone());
-        Ok(report)
-    }
-
-    /// Swaps the route to `to`, cancels the proxy's blocking calls on the old side, and (with
-    /// `shadow`) starts shadowing into it. Called with the gate paused and nothing in flight.
-    async fn flip(
-        &self,
-        to: Side,
-        old_conn: &mut Conn,
-        old: &Arc<Backend>,
-        new: &Arc<Backend>,
-        shadow: bool,
-    ) -> usize {
-        let current = self.proxy.route.load_full();
-        self.proxy.route.store(Arc::new(Route {
-            epoch: current.epoch + 1,
-            primary: to,
-            source: current.source.clone(),
-            target: current.target.clone(),
-        }));
-        metrics::gauge!("cutover_route_epoch").set((current.epoch + 1) as f64);
-        metrics::gauge!("cutover_primary_is_target").set(if to == Side::Target {
-            1.0
-        } else {
-            0.0
-        });
-        let shadowing = if shadow {
-            // Shadow writes of the new epoch go to the old side; the previous sink (drained)
-            // is dropped, which ends its writer.
-            let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
-            let sink = Arc::new(sink);
-            self.proxy.shadow.store(Some(sink.clone()));
-            metrics::gauge!("cutover_rollback_safe").set(1.0);
-            Some((sink, rx))
-        } else {
-            None
-        };
-        // Blocking calls still waiting on the old side: cancel them there (the sessions send
-        // them again to the new primary). Before any shadow write can reach the old side and
-        // wake them up there.
-        let parked = self.proxy.gate.parked();
-        let unblocked = if parked == 0 {
-            0
-        } else {
-            cancel_blocked(parked, old_conn, old).await
-        };
-        if let Some((sink, rx)) = shadowing {
-            tokio::spawn(writer::run(
-                sink,
-                rx,
-                old.clone(),
-                new.clone(),
-                self.settings.timeout,
-            ));
-        }
-        self.proxy.gate.announce();
-        unblocked
-    }
-}
-
-impl Controller {
-    /// Why a move back to the old side is not safe now in replica overlap (`None`: safe):
-    /// the link keeping the old side in step must be applying, streaming, and lag less than
-    /// `max_lag_bytes`.
-    fn replica_unsafe_reason(&self, primary: Side) -> Option<String> {
-        let links = self.links.as_ref()?;
-        if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
-            return None;
-        }
-        let (applying, _) = links.roles(primary);
-        let phase = applying.phase_name();
-        if applying.handoff.is_following() {
-            return Some(format!("the {} link is not applying", applying.direction()));
-        }
-        if phase != "streaming" {
-            return Some(format!(
-                "the {} link is {phase}{}",
-                applying.direction(),
-                overlap::last_error_suffix(applying)
-            ));
-        }
-        if applying
-            .link_down
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Some(format!(
-                "the {} link lost its connection and is connecting again",
-                applying.direction()
-            ));
-        }
-        let lag = applying.lag_bytes();
-        if lag > self.settings.max_lag_bytes {
-            return Some(format!(
-                "the {} link lags {} behind",
-                applying.direction(),
-                human_bytes(lag)
-            ));
-        }
-        None
-    }
 }
 
 /// Removes cutover's own keys (`cutover:position`, `cutover:switched`, db 0) from a side.
@@ -783,7 +367,7 @@ async fn remove_own_keys(b: &Backend, timeout: Duration) -> Result<(), String> {
             c.query(&[b"SELECT", b"0"]).await?;
         }
         match c
-            .query(&[b"DEL", crate::sync::position::POSITION_KEY, SWITCHED_KEY])
+            .query(&[b"DEL", crate::sync::batch::POSITION_KEY, SWITCHED_KEY])
             .await?
         {
             Value::Error(e) => Err(e),
@@ -793,150 +377,6 @@ async fn remove_own_keys(b: &Backend, timeout: Duration) -> Result<(), String> {
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| "timed out".to_string())?
-}
-
-/// `SET cutover:switched "<unix ms> <offset>"` in database 0 of the target.
-async fn mark_switched(c: &mut Conn, offset: u64) -> Result<(), String> {
-    if c.db != 0 {
-        c.query(&[b"SELECT", b"0"]).await?;
-        c.db = 0;
-    }
-    let value = format!("{} {offset}", unix_ms());
-    match c.query(&[b"SET", SWITCHED_KEY, value.as_bytes()]).await? {
-        Value::Error(e) => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// Polls `done` until it holds or `deadline` passes (a tight loop: this runs while client
-/// commands are held, for a few milliseconds).
-async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-async fn source_offset(c: &mut Conn) -> Result<u64, String> {
-    match c.query(&[b"INFO", b"replication"]).await? {
-        Value::Bytes(text) => {
-            crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
-                .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
-        }
-        other => Err(format!("INFO answered {other:?}")),
-    }
-}
-
-/// One `CLIENT LIST` line as `field=value` pairs.
-fn client_fields(line: &str) -> impl Iterator<Item = (&str, &str)> {
-    line.split(' ').filter_map(|kv| kv.split_once('='))
-}
-
-async fn client_list(c: &mut Conn) -> Result<String, String> {
-    match c.query(&[b"CLIENT", b"LIST"]).await? {
-        Value::Bytes(text) => Ok(String::from_utf8_lossy(&text).into_owned()),
-        other => Err(format!("CLIENT LIST answered {other:?}")),
-    }
-}
-
-/// Clients of the source that are not the proxy's, not replicas, and whose last command was
-/// a write.
-async fn foreign_writers(c: &mut Conn, source: &Backend) -> Result<Vec<String>, CutoverError> {
-    let me = match c.query(&[b"CLIENT", b"ID"]).await {
-        Ok(Value::Int(id)) => id.to_string(),
-        _ => String::new(),
-    };
-    let list = client_list(c)
-        .await
-        .map_err(|e| CutoverError::Refused(format!("cannot list the source's clients: {e}")))?;
-    let mut out = Vec::new();
-    for line in list.lines() {
-        let (mut id, mut addr, mut flags, mut cmd, mut name) = ("", "", "", "", "");
-        for (k, v) in client_fields(line) {
-            match k {
-                "id" => id = v,
-                "addr" => addr = v,
-                "flags" => flags = v,
-                "cmd" => cmd = v,
-                "name" => name = v,
-                _ => {}
-            }
-        }
-        // Ourselves, replicas, a master link, and the sync's own writer connections.
-        if id == me
-            || flags.contains('S')
-            || flags.contains('M')
-            || name == crate::sync::target::CLIENT_NAME
-        {
-            continue;
-        }
-        if addr.parse().is_ok_and(|a| source.is_own(&a)) {
-            continue;
-        }
-        let name = cmd.split('|').next().unwrap_or("");
-        if shadow::is_write(command_id(name.as_bytes())) {
-            out.push(format!("{addr} (last command {cmd})"));
-        }
-    }
-    Ok(out)
-}
-
-/// Cancels the `parked` blocking calls of the proxy's connections on `old`; a call sent just
-/// before the pause may not have reached the server yet, so look again (for 10 ms at most).
-async fn cancel_blocked(parked: usize, c: &mut Conn, old: &Backend) -> usize {
-    let mut unblocked = 0;
-    let deadline = Instant::now() + Duration::from_millis(10);
-    loop {
-        unblocked += unblock_own(c, old).await;
-        if unblocked >= parked || Instant::now() >= deadline {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    if unblocked < parked {
-        tracing::warn!(
-            parked,
-            unblocked,
-            "not every blocking call could be cancelled on the old side"
-        );
-    }
-    unblocked
-}
-
-/// `CLIENT UNBLOCK` for every blocked connection of the proxy on `old`.
-async fn unblock_own(c: &mut Conn, old: &Backend) -> usize {
-    let list = match client_list(c).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the old side's clients to cancel blocking calls");
-            return 0;
-        }
-    };
-    let mut n = 0;
-    for line in list.lines() {
-        let (mut id, mut addr, mut flags) = ("", "", "");
-        for (k, v) in client_fields(line) {
-            match k {
-                "id" => id = v,
-                "addr" => addr = v,
-                "flags" => flags = v,
-                _ => {}
-            }
-        }
-        if flags.contains('b') && addr.parse().is_ok_and(|a| old.is_own(&a)) {
-            match c.query(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await {
-                Ok(Value::Int(1)) => n += 1,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "CLIENT UNBLOCK failed"),
-            }
-        }
-    }
-    n
 }
 
 fn human_bytes(n: u64) -> String {

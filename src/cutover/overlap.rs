@@ -37,6 +37,7 @@ use super::{
 };
 use crate::route::{Backend, Side};
 use crate::sync::engine::SyncProgress;
+use crate::sync::phase::SyncPhase;
 use crate::sync::replica::{info_field, master_repl_offset};
 
 /// `[cutover] overlap`: how the old side is kept in step.
@@ -137,8 +138,8 @@ impl Links {
         if let Some(why) = self.unavailable() {
             return Err(why);
         }
-        let phase = self.reverse.phase_name();
-        if phase == "streaming" {
+        let phase = self.reverse.phase();
+        if phase == SyncPhase::Streaming {
             Ok(())
         } else {
             let err = self
@@ -253,8 +254,8 @@ impl Controller {
         // The link that will keep the old side in step must be streaming: a link that lost
         // its place reads a new snapshot first (reported in status), and even --force
         // cannot move before that.
-        let follower_phase = following.phase_name();
-        if follower_phase != "streaming" || !following.handoff.is_following() {
+        let follower_phase = following.phase();
+        if follower_phase != SyncPhase::Streaming || !following.handoff.is_following() {
             return Err(CutoverError::Refused(format!(
                 "the {} link, which would keep the {} in step after the move, is {follower_phase}{}; not moving (it must be streaming; see `cutover status`)",
                 following.direction(),
@@ -271,8 +272,8 @@ impl Controller {
                 )));
             }
         }
-        let applying_phase = applying.phase_name();
-        if applying_phase != "streaming" {
+        let applying_phase = applying.phase();
+        if applying_phase != SyncPhase::Streaming {
             return Err(CutoverError::Refused(format!(
                 "the {} link is {applying_phase}{}; even --force cannot move before it applies the stream",
                 applying.direction(),
@@ -322,7 +323,7 @@ impl Controller {
             }
         }
 
-        let gate = &self.proxy.gate;
+        let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
         // Every step that talks to a server while commands are held ends by the deadline.

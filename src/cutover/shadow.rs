@@ -53,7 +53,7 @@ use crate::route::Side;
 mod value;
 pub use value::Value;
 
-use crate::proxy::command::flags_where;
+use crate::command::flags_where;
 
 /// One command as argument vectors.
 pub type Args = Vec<Vec<u8>>;

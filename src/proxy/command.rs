@@ -187,13 +187,7 @@ fn flags(cmd_id: usize) -> u8 {
     table.get(cmd_id).copied().unwrap_or(OWN_CONNECTION)
 }
 
-/// A table indexed by command id ([`command_id`]) that is true for the commands `pick`
-/// chooses, for lookups on the data path (the `other` slot is false).
-pub fn flags_where(pick: impl Fn(&crate::command::Command) -> bool) -> Vec<bool> {
-    let mut table: Vec<bool> = crate::command::COMMANDS.iter().map(pick).collect();
-    table.push(false);
-    table
-}
+pub use crate::command::flags_where;
 
 /// Commands known by name, for per-command metrics: every top-level command of the command
 /// table ([`crate::command::NAMES`]). Anything else is counted as `other`, so a client

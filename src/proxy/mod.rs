@@ -56,6 +56,18 @@ impl ProxyShared {
     }
 }
 
+impl crate::cutover::ProxyHandle for ProxyShared {
+    fn route(&self) -> &RouteTable {
+        &self.route
+    }
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+    fn shadow(&self) -> &ArcSwapOption<ShadowSink> {
+        &self.shadow
+    }
+}
+
 /// Accepts clients forever, one task per connection.
 pub async fn listen(listener: TcpListener, shared: Arc<ProxyShared>) {
     loop {

@@ -56,6 +56,8 @@
 //! * [`value`]: [`ValueDecoder`], the incremental decoder of one value (also for DUMP payloads:
 //!   [`decode_dump`]), and [`Value`], a collected value.
 //! * [`parser`]: [`RdbParser`], the push-style streaming parser of whole files.
+//! * [`reencode`]: a value re-encoded for an older server (listpacks → ziplists/intsets,
+//!   stream v2/v3 → v1), and which type ids a server of a given version loads.
 //!
 //! The reference for all of it is `shared/reference/rdb-and-replication.md` (sections 1–4),
 //! collected from the Redis and Valkey sources.
@@ -68,6 +70,7 @@ pub mod event;
 pub mod lzf;
 pub mod parser;
 pub mod primitives;
+pub mod reencode;
 pub mod types;
 pub mod value;
 pub mod version;

@@ -3,10 +3,11 @@
 //! * [`replica`]: the replica link, the replica side of Redis' replication protocol.
 //! * [`target`]: the target writer (pipelined, every reply checked) and the target's version.
 //! * [`convert`]: snapshot events → `RESTORE` or plain commands the target accepts.
-//! * [`position`]: the replication position kept on the target (`cutover:position`), for
-//!   exactly-once restarts.
+//! * [`batch`]: exactly once — each batch of stream commands and the replication position
+//!   it reaches (`cutover:position`, kept on the target) in one `MULTI … EXEC`.
 //! * [`engine`]: the two put together: snapshot, then the live command stream
 //!   (`cutover sync`).
+//! * [`phase`]: the sync's phases (status names, gauge numbers, the moves between them).
 //! * [`handoff`]: the applying or following role of a link, and how the cutover hands it
 //!   from one link to the other during a replica overlap.
 //! * [`retry`]: runs the engine again after a failure (target restarted…), from the stored
@@ -14,11 +15,12 @@
 //!
 //! The RDB codec lives in [`crate::rdb`].
 
+pub mod batch;
 pub mod convert;
 pub mod engine;
 pub mod filter;
 pub mod handoff;
-pub mod position;
+pub mod phase;
 pub mod replica;
 pub mod retry;
 pub mod target;

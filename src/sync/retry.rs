@@ -4,7 +4,7 @@
 //! A run of the engine fails when the target goes away (restart, dropped connection,
 //! timeout, `-LOADING` while it reloads its data) or when the source cannot be reached for
 //! long (the replica link reconnects by itself within a run). The next run resumes from the
-//! position stored on the target ([`super::position`]): a batch is applied together with its
+//! position stored on the target ([`super::batch`]): a batch is applied together with its
 //! position or not at all, so nothing is lost and nothing applied twice. If the target lost
 //! its data (and the position with it), the next run is a full sync (the target is flushed
 //! and loaded anew), which is exact too.
@@ -153,7 +153,7 @@ pub fn run_retrying(
         if let Ok(mut last) = progress.last_error.lock() {
             *last = Some(msg.clone());
         }
-        progress.phase.store(3, Ordering::Relaxed);
+        progress.set_phase(super::phase::SyncPhase::Error);
         if !retry && !policy.retry_permanent {
             return Err(e);
         }

@@ -59,7 +59,7 @@ impl KeyFilter {
 
     /// True when `key` of database `db` (on either side) is to be compared.
     pub fn wants(&self, db: u32, key: &[u8]) -> bool {
-        if crate::sync::position::is_own_key(u64::from(db), key) {
+        if crate::sync::batch::is_own_key(u64::from(db), key) {
             return false;
         }
         let included = (self.include_prefix.is_empty() && self.include_regex.is_empty())

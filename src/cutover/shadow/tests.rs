@@ -1,6 +1,6 @@
 //! Tests of the shadow forms.
 use super::*;
-use crate::proxy::command::command_id;
+use crate::command::id as command_id;
 
 fn a(parts: &[&str]) -> Args {
     parts.iter().map(|p| p.as_bytes().to_vec()).collect()

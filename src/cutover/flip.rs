@@ -1,0 +1,361 @@
+//! The move itself — steps 2 to 5 of the barrier (see the module above): pause, catch up,
+//! flip, release; aborted, with nothing changed, past `max_pause`.
+//!
+//! * [`Controller::first_switch`]: the sync engine brings the target to the source's
+//!   `master_repl_offset` (read while every client command is held) and stops there; the
+//!   target is then marked as switched (`cutover:switched`), so a later `cutover run` refuses
+//!   to sync into it again.
+//! * [`Controller::flip_with_shadow`]: a rollback, or a switch after it, in a shadow overlap:
+//!   the shadow queue into the new primary must be empty before the flip.
+//! * [`Controller::flip`]: the route swap (a new epoch), the `CLIENT UNBLOCK` of the proxy's
+//!   blocked calls on the old side, and the start of shadowing towards it.
+//!
+//! A replica overlap moves with `overlap::replica_move` instead (the links hand the applying
+//! role over), and reuses [`Controller::flip`].
+
+use super::*;
+
+impl Controller {
+    /// The first switch: the sync engine brings the target to the source's offset.
+    pub(super) async fn first_switch(
+        &self,
+        max_pause: Duration,
+        force: bool,
+    ) -> Result<StepReport, CutoverError> {
+        let (source, target) = self.backends()?;
+        let timeout = self.settings.timeout;
+        // Control connections opened before the pause.
+        let mut src = Conn::open(&source, timeout)
+            .await
+            .map_err(|e| CutoverError::Refused(format!("the source is not reachable: {e}")))?;
+        let mut tgt = Conn::open(&target, timeout)
+            .await
+            .map_err(|e| CutoverError::Refused(format!("the target is not reachable: {e}")))?;
+        self.first_switch_preconditions(&mut src, &mut tgt, &source, force)
+            .await?;
+
+        let gate = self.proxy.gate();
+        let started = Instant::now();
+        let deadline = started + max_pause;
+        // Every step that talks to a server while commands are held ends by the deadline.
+        src.set_deadline(Some(deadline));
+        gate.pause();
+        let abort = |waiting: String| {
+            self.sync.cancel_stop();
+            gate.resume();
+            metrics::counter!("cutover_barrier_aborts_total").increment(1);
+            CutoverError::Timeout {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                waiting,
+                side: "source",
+            }
+        };
+        if !wait_until(deadline, || gate.busy() == 0).await {
+            return Err(abort(format!(
+                "{} sessions still had commands in flight",
+                gate.busy()
+            )));
+        }
+        let offset = match source_offset(&mut src).await {
+            Ok(o) => o,
+            Err(e) => return Err(abort(format!("cannot read the source's offset: {e}"))),
+        };
+        self.sync.request_stop_at(offset);
+        let stopped = wait_until(deadline, || self.sync.stopped.load(Ordering::Acquire)).await;
+        if !stopped {
+            return Err(abort(format!(
+                "the target had applied offset {} of {offset}",
+                self.sync.applied_offset.load(Ordering::Relaxed)
+            )));
+        }
+        self.sync_detached.store(true, Ordering::Release);
+        let unblocked = self
+            .flip(Side::Target, &mut src, &source, &target, true)
+            .await;
+        let held = gate.held();
+        gate.resume();
+        src.set_deadline(None);
+        let pause = started.elapsed();
+        self.set_phase(Phase::Switched);
+        // Remember on the target that it is the primary now (after the pause): a later
+        // `cutover run` refuses to sync into it again.
+        if let Err(e) = mark_switched(&mut tgt, offset).await {
+            tracing::error!(error = %e, "cannot mark the target as switched ({}); do not restart `cutover run` with this config", String::from_utf8_lossy(SWITCHED_KEY));
+        }
+        let report = StepReport {
+            action: "switch",
+            primary: "target",
+            pause_ms: pause.as_secs_f64() * 1000.0,
+            held_sessions: held,
+            unblocked,
+            offset: Some(offset),
+            shadow_writes: 0,
+            forced: force,
+        };
+        metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
+        tracing::info!(
+            pause_ms = report.pause_ms,
+            offset,
+            unblocked,
+            "switched: the target is the primary; writes are shadowed to the source"
+        );
+        self.record(report.clone());
+        Ok(report)
+    }
+
+    /// Rollback, or a switch after a rollback: the shadow queue brings the new primary up to
+    /// date.
+    pub(super) async fn flip_with_shadow(
+        &self,
+        to: Side,
+        max_pause: Duration,
+        force: bool,
+    ) -> Result<StepReport, CutoverError> {
+        let (source, target) = self.backends()?;
+        let sink = self.proxy.shadow().load_full();
+        if !force {
+            match &sink {
+                Some(s) if !s.is_safe() => {
+                    return Err(CutoverError::Refused(format!(
+                        "the {} missed writes ({}); not moving there (use --force to move anyway)",
+                        to.as_str(),
+                        s.reason().unwrap_or_default()
+                    )));
+                }
+                None => {
+                    return Err(CutoverError::Refused(format!(
+                        "the {} is not kept in step; not moving there",
+                        to.as_str()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let (old, new) = match to {
+            Side::Source => (&target, &source),
+            Side::Target => (&source, &target),
+        };
+        let mut old_conn = Conn::open(old, self.settings.timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
+        })?;
+        let mut new_conn = Conn::open(new, self.settings.timeout).await.map_err(|e| {
+            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
+        })?;
+        if !matches!(new_conn.query(&[b"PING"]).await, Ok(Value::Bytes(_))) {
+            return Err(CutoverError::Refused(format!(
+                "the {} does not answer PING",
+                new.describe()
+            )));
+        }
+        let gate = self.proxy.gate();
+        let started = Instant::now();
+        let deadline = started + max_pause;
+        old_conn.set_deadline(Some(deadline));
+        gate.pause();
+        let from = if to == Side::Source {
+            "target"
+        } else {
+            "source"
+        };
+        let abort = |waiting: String| {
+            gate.resume();
+            metrics::counter!("cutover_barrier_aborts_total").increment(1);
+            CutoverError::Timeout {
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                waiting,
+                side: from,
+            }
+        };
+        if !wait_until(deadline, || gate.busy() == 0).await {
+            return Err(abort(format!(
+                "{} sessions still had commands in flight",
+                gate.busy()
+            )));
+        }
+        let drained = wait_until(deadline, || sink.as_ref().is_none_or(|s| s.pending() == 0)).await;
+        if !drained {
+            return Err(abort(format!(
+                "{} shadow writes were not yet on the {}",
+                sink.as_ref().map_or(0, |s| s.pending()),
+                to.as_str()
+            )));
+        }
+        let written = sink.as_ref().map_or(0, |s| s.enqueued());
+        let unblocked = self.flip(to, &mut old_conn, old, new, true).await;
+        let held = gate.held();
+        gate.resume();
+        let pause = started.elapsed();
+        let (action, phase) = match to {
+            Side::Source => ("rollback", Phase::RolledBack),
+            Side::Target => ("switch", Phase::Switched),
+        };
+        self.set_phase(phase);
+        let report = StepReport {
+            action,
+            primary: to.as_str(),
+            pause_ms: pause.as_secs_f64() * 1000.0,
+            held_sessions: held,
+            unblocked,
+            offset: None,
+            shadow_writes: written,
+            forced: force,
+        };
+        metrics::histogram!("cutover_pause_seconds").record(pause.as_secs_f64());
+        tracing::info!(
+            action,
+            pause_ms = report.pause_ms,
+            unblocked,
+            "the {} is the primary; writes are shadowed to the {}",
+            to.as_str(),
+            from
+        );
+        self.record(report.clone());
+        Ok(report)
+    }
+
+    /// Swaps the route to `to`, cancels the proxy's blocking calls on the old side, and (with
+    /// `shadow`) starts shadowing into it. Called with the gate paused and nothing in flight.
+    pub(super) async fn flip(
+        &self,
+        to: Side,
+        old_conn: &mut Conn,
+        old: &Arc<Backend>,
+        new: &Arc<Backend>,
+        shadow: bool,
+    ) -> usize {
+        let current = self.proxy.route().load_full();
+        self.proxy.route().store(Arc::new(Route {
+            epoch: current.epoch + 1,
+            primary: to,
+            source: current.source.clone(),
+            target: current.target.clone(),
+        }));
+        metrics::gauge!("cutover_route_epoch").set((current.epoch + 1) as f64);
+        metrics::gauge!("cutover_primary_is_target").set(if to == Side::Target {
+            1.0
+        } else {
+            0.0
+        });
+        let shadowing = if shadow {
+            // Shadow writes of the new epoch go to the old side; the previous sink (drained)
+            // is dropped, which ends its writer.
+            let (sink, rx) = ShadowSink::new(old.side, self.settings.shadow_queue);
+            let sink = Arc::new(sink);
+            self.proxy.shadow().store(Some(sink.clone()));
+            metrics::gauge!("cutover_rollback_safe").set(1.0);
+            Some((sink, rx))
+        } else {
+            None
+        };
+        // Blocking calls still waiting on the old side: cancel them there (the sessions send
+        // them again to the new primary). Before any shadow write can reach the old side and
+        // wake them up there.
+        let parked = self.proxy.gate().parked();
+        let unblocked = if parked == 0 {
+            0
+        } else {
+            cancel_blocked(parked, old_conn, old).await
+        };
+        if let Some((sink, rx)) = shadowing {
+            tokio::spawn(writer::run(
+                sink,
+                rx,
+                old.clone(),
+                new.clone(),
+                self.settings.timeout,
+            ));
+        }
+        self.proxy.gate().announce();
+        unblocked
+    }
+}
+
+/// `SET cutover:switched "<unix ms> <offset>"` in database 0 of the target.
+pub(super) async fn mark_switched(c: &mut Conn, offset: u64) -> Result<(), String> {
+    if c.db != 0 {
+        c.query(&[b"SELECT", b"0"]).await?;
+        c.db = 0;
+    }
+    let value = format!("{} {offset}", unix_ms());
+    match c.query(&[b"SET", SWITCHED_KEY, value.as_bytes()]).await? {
+        Value::Error(e) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Polls `done` until it holds or `deadline` passes (a tight loop: this runs while client
+/// commands are held, for a few milliseconds).
+pub(super) async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+pub(super) async fn source_offset(c: &mut Conn) -> Result<u64, String> {
+    match c.query(&[b"INFO", b"replication"]).await? {
+        Value::Bytes(text) => {
+            crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
+                .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
+        }
+        other => Err(format!("INFO answered {other:?}")),
+    }
+}
+
+/// Cancels the `parked` blocking calls of the proxy's connections on `old`; a call sent just
+/// before the pause may not have reached the server yet, so look again (for 10 ms at most).
+pub(super) async fn cancel_blocked(parked: usize, c: &mut Conn, old: &Backend) -> usize {
+    let mut unblocked = 0;
+    let deadline = Instant::now() + Duration::from_millis(10);
+    loop {
+        unblocked += unblock_own(c, old).await;
+        if unblocked >= parked || Instant::now() >= deadline {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if unblocked < parked {
+        tracing::warn!(
+            parked,
+            unblocked,
+            "not every blocking call could be cancelled on the old side"
+        );
+    }
+    unblocked
+}
+
+/// `CLIENT UNBLOCK` for every blocked connection of the proxy on `old`.
+pub(super) async fn unblock_own(c: &mut Conn, old: &Backend) -> usize {
+    let list = match client_list(c).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the old side's clients to cancel blocking calls");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for line in list.lines() {
+        let (mut id, mut addr, mut flags) = ("", "", "");
+        for (k, v) in client_fields(line) {
+            match k {
+                "id" => id = v,
+                "addr" => addr = v,
+                "flags" => flags = v,
+                _ => {}
+            }
+        }
+        if flags.contains('b') && addr.parse().is_ok_and(|a| old.is_own(&a)) {
+            match c.query(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await {
+                Ok(Value::Int(1)) => n += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "CLIENT UNBLOCK failed"),
+            }
+        }
+    }
+    n
+}

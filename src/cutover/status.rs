@@ -1,0 +1,130 @@
+//! What `cutover status` says about the cutover: the phase, whether a move back is safe
+//! (`rollback_safe`, and why not), the overlap and its links, the held sessions and the
+//! history of moves. In a shadow overlap a move back is safe while the shadow queue has lost
+//! nothing; in a replica overlap while the link keeping the old side in step applies, streams
+//! and lags less than `max_lag_bytes` ([`Controller::replica_unsafe_reason`]).
+
+use super::*;
+
+impl Controller {
+    /// The status fields of the cutover (merged into `STATUS`).
+    pub fn status(&self) -> Json {
+        let sink = self.proxy.shadow().load_full();
+        let history = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let primary = self.proxy.route().load().primary;
+        let replica_unsafe = self.replica_unsafe_reason(primary);
+        let rollback_safe = match (self.phase(), &sink) {
+            (Some(Phase::Finished), _) => false,
+            (Some(_), _) if self.replica_overlap() => replica_unsafe.is_none(),
+            (Some(_), Some(s)) => s.is_safe(),
+            (Some(_), None) => false,
+            // Before the first switch there is nothing to roll back.
+            (None, _) => true,
+        };
+        let unsafe_reason = if self.replica_overlap() {
+            replica_unsafe
+        } else {
+            sink.as_ref().and_then(|s| s.reason())
+        };
+        metrics::gauge!("cutover_rollback_safe").set(if rollback_safe { 1.0 } else { 0.0 });
+        let overlap = self.overlap_chosen().map_or_else(
+            || match &self.links {
+                Some(l) if self.settings.overlap != OverlapMode::Shadow => {
+                    match l.reverse_ready() {
+                        Ok(()) => "replica (at the first switch)".to_string(),
+                        Err(why) => {
+                            format!("{} (not ready: {why})", self.settings.overlap.as_str())
+                        }
+                    }
+                }
+                _ => "shadow (at the first switch)".to_string(),
+            },
+            |m| m.as_str().to_string(),
+        );
+        // (The links are shown while a replica overlap is, or may be, in use.)
+        let links = self
+            .links
+            .as_ref()
+            .filter(|l| {
+                self.overlap_chosen() != Some(OverlapMode::Shadow)
+                    && self.settings.overlap != OverlapMode::Shadow
+                    && l.unavailable().is_none()
+            })
+            .map(|l| {
+                l.publish_metrics();
+                json!([Links::link_json(&l.forward), Links::link_json(&l.reverse)])
+            });
+        // What keeping the old side in step costs, in words (status and README).
+        let overlap_cost = match (self.overlap_chosen(), &self.links) {
+            (Some(OverlapMode::Replica), Some(l)) if self.phase() != Some(Phase::Finished) => {
+                let (applying, following) = l.roles(primary);
+                Some(format!(
+                    "no work on the proxy's data path; the {} link reads the primary's replication stream and has applied {} commands to the old side, the {} link reads the old side's stream without applying",
+                    applying.direction(),
+                    applying
+                        .commands_applied
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    following.direction()
+                ))
+            }
+            (Some(OverlapMode::Shadow), _) if self.phase() != Some(Phase::Finished) => Some(
+                "the proxy captures every write, keeps one write per key in flight to the primary, and the shadow writer sends their deterministic forms to the old side".to_string(),
+            ),
+            _ => None,
+        };
+        json!({
+            "phase": self.phase().map(Phase::as_str),
+            "overlap": overlap,
+            "overlap_cost": overlap_cost,
+            "links": links,
+            "rollback_safe": rollback_safe,
+            "rollback_unsafe_reason": unsafe_reason,
+            "shadow_queue": sink.as_ref().map_or(0, |s| s.pending()),
+            "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
+            "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
+            "held_sessions": self.proxy.gate().held(),
+            "last": history.last(),
+            "history": history,
+        })
+    }
+
+    /// Why a move back to the old side is not safe now in replica overlap (`None`: safe):
+    /// the link keeping the old side in step must be applying, streaming, and lag less than
+    /// `max_lag_bytes`.
+    pub(super) fn replica_unsafe_reason(&self, primary: Side) -> Option<String> {
+        let links = self.links.as_ref()?;
+        if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
+            return None;
+        }
+        let (applying, _) = links.roles(primary);
+        let phase = applying.phase();
+        if applying.handoff.is_following() {
+            return Some(format!("the {} link is not applying", applying.direction()));
+        }
+        if phase != SyncPhase::Streaming {
+            return Some(format!(
+                "the {} link is {phase}{}",
+                applying.direction(),
+                overlap::last_error_suffix(applying)
+            ));
+        }
+        if applying
+            .link_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Some(format!(
+                "the {} link lost its connection and is connecting again",
+                applying.direction()
+            ));
+        }
+        let lag = applying.lag_bytes();
+        if lag > self.settings.max_lag_bytes {
+            return Some(format!(
+                "the {} link lags {} behind",
+                applying.direction(),
+                human_bytes(lag)
+            ));
+        }
+        None
+    }
+}

@@ -1,0 +1,356 @@
+//! The exactly-once batch protocol: every batch of stream commands goes to the target in one
+//! `MULTI … EXEC` together with the replication position it reaches.
+//!
+//! **The position.** The key [`POSITION_KEY`] (`cutover:position`, in database 0 of the
+//! target) holds `"<replid> <offset>"`: the source's replication id and the replication offset
+//! up to which the target holds the source's writes (the offset `INFO replication` calls
+//! `master_repl_offset`, i.e. the number of stream bytes applied). Every batch of stream
+//! commands is applied inside one `MULTI … EXEC` that also sets the key (with `SELECT 0`
+//! before and `SELECT <current db>` after it), so the key and the data always agree: after a
+//! crash, `PSYNC <replid> <offset + 1>` continues exactly after the last applied batch.
+//!
+//! While a snapshot is being loaded the key holds [`LOADING`]: a restart then knows the target
+//! holds an incomplete copy and starts over with `FLUSHALL`.
+//!
+//! The key is never copied from the source (neither from its snapshot nor from its stream).
+//!
+//! **The batches** (`Applier::apply_batch`): the commands of one read from the link are cut
+//! into transactions of at most `batch_size` commands; a transaction of the source becomes
+//! exactly one of ours (never nested, never split: ours is closed before its `MULTI`). Closing
+//! a batch (`Applier::close_txn`) queues the position and sends `EXEC`. A batch holding a
+//! command the target might refuse while queueing waits for every `+QUEUED` first; a command
+//! answered with `-ERR` is reported, the batch is `DISCARD`ed and sent again without it
+//! (the target writer keeps the batch's commands for that: `TargetWriter::begin_txn`,
+//! `txn_refused`, `resend_txn_without`, `exec_txn` in [`super::target`]). Nothing behind a
+//! batch is sent before its `EXEC`, so order and exactly-once hold. Errors inside `EXEC`'s
+//! array are mapped back to their commands and reported (`Applier::report_exec_errors`).
+//!
+//! **The barrier.** When the cutover asks the engine to stop at an offset, no command past it
+//! is queued (a link of a replica overlap keeps them for what it does next).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::convert::Stats;
+use super::engine::{Applier, Msg, split_args};
+use super::replica::StreamCommand;
+use super::target::{Tag, TargetError, TargetWriter, reply_text, show_key};
+use crate::config::RedisUrl;
+
+/// The key that holds the position (database 0 of the target).
+pub const POSITION_KEY: &[u8] = b"cutover:position";
+
+/// Set in database 0 of the target by the first `cutover switch` (`"<unix ms> <offset>"`):
+/// the target has been the primary since, so a new `cutover run` must not sync into it again
+/// (it would route clients back to the source and apply the shadowed writes a second time).
+pub const SWITCHED_KEY: &[u8] = b"cutover:switched";
+
+/// cutover's own bookkeeping keys (database 0): never copied from a source, never compared.
+pub fn is_own_key(db: u64, key: &[u8]) -> bool {
+    db == 0 && (key == POSITION_KEY || key == SWITCHED_KEY)
+}
+/// The key's value while a snapshot is loading.
+pub const LOADING: &str = "snapshot-loading";
+
+/// What the target says about an earlier sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// No position: the target was never synced into (by this tool).
+    None,
+    /// An earlier sync stopped here.
+    At { replid: String, offset: u64 },
+    /// An earlier sync left something that cannot be resumed (a snapshot that did not finish).
+    Unusable(String),
+}
+
+impl Stored {
+    pub fn parse(value: &str) -> Stored {
+        let mut parts = value.split_whitespace();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), Some(off), None) if id.len() == 40 => match off.parse() {
+                Ok(offset) => Stored::At {
+                    replid: id.to_string(),
+                    offset,
+                },
+                Err(_) => Stored::Unusable(value.to_string()),
+            },
+            _ => Stored::Unusable(value.to_string()),
+        }
+    }
+}
+
+/// The value stored for a position.
+pub fn format(replid: &str, offset: u64) -> String {
+    format!("{replid} {offset}")
+}
+
+/// Reads the stored position (the writer's database is kept).
+pub fn read(w: &mut TargetWriter) -> Result<Stored, TargetError> {
+    let db = w.db().to_string();
+    w.call(&[b"SELECT", b"0"])?;
+    let reply = w.call(&[b"GET", POSITION_KEY])?;
+    w.call(&[b"SELECT", db.as_bytes()])?;
+    if reply.starts_with(b"$-1") || reply.starts_with(b"_") {
+        return Ok(Stored::None);
+    }
+    if reply.first() != Some(&b'$') {
+        return Ok(Stored::Unusable(reply_text(&reply)));
+    }
+    Ok(Stored::parse(&reply_text(&reply)))
+}
+
+/// Queues `SET <position key> <value>` in database 0 (the writer's database is restored after
+/// it): inside a `MULTI` these are part of the transaction.
+pub fn queue_set(w: &mut TargetWriter, value: &str) -> Result<(), TargetError> {
+    let db = w.db();
+    w.select(0)?;
+    w.send(
+        &[&b"SET"[..], POSITION_KEY, value.as_bytes()],
+        super::target::Tag::key("SET", POSITION_KEY),
+    )?;
+    w.select(db)
+}
+
+/// Queues `DEL <position key>` in database 0.
+pub fn queue_del(w: &mut TargetWriter) -> Result<(), TargetError> {
+    let db = w.db();
+    w.select(0)?;
+    w.send(
+        &[&b"DEL"[..], POSITION_KEY],
+        super::target::Tag::key("DEL", POSITION_KEY),
+    )?;
+    w.select(db)
+}
+
+/// The value of [`SWITCHED_KEY`] on the target, when an earlier `cutover run` switched to it
+/// (`Ok(None)`: it did not). A new sync into such a target would apply writes a second time
+/// (the source's stream holds the writes shadowed to it), and a new proxy would send the
+/// clients back to the source.
+pub fn switched_marker(
+    target: &RedisUrl,
+    timeout: Duration,
+) -> Result<Option<String>, TargetError> {
+    let mut db0 = target.clone();
+    db0.db = 0;
+    let raw = super::target::query_raw(&db0, &[b"GET", SWITCHED_KEY], timeout)?;
+    Ok(raw
+        .strip_prefix(b"$")
+        .filter(|r| !r.starts_with(b"-"))
+        .and_then(|r| {
+            let nl = r.iter().position(|b| *b == b'\n')?;
+            Some(
+                String::from_utf8_lossy(r.get(nl + 1..)?)
+                    .trim_end()
+                    .to_string(),
+            )
+        }))
+}
+
+impl Applier<'_> {
+    /// Applies the commands of one read from the link: in transactions that also store the
+    /// position (a source transaction becomes one of them; ours are closed before it).
+    pub(in crate::sync) fn apply_batch(
+        &mut self,
+        cmds: Vec<StreamCommand>,
+        w: &mut TargetWriter,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
+        let mut cmds = cmds.into_iter();
+        while let Some(cmd) = cmds.next() {
+            if let Some(limit) = limit
+                && self.last_offset >= limit
+                && !self.in_source_txn
+            {
+                // The cutover barrier's offset is reached: what follows (the shadow writes of
+                // the proxy, after the flip) must never reach the target. A link of a replica
+                // overlap keeps it for what it does next (apply it after an aborted move, or
+                // skip it as the follower).
+                if self.progress.handoff.is_overlap() {
+                    let mut rest = vec![cmd];
+                    rest.extend(cmds);
+                    self.held_back = Some(Msg::Commands(rest, Instant::now()));
+                }
+                break;
+            }
+            let args = split_args(&cmd.wire).with_context(|| {
+                format!(
+                    "unreadable command in the replication stream before offset {}",
+                    cmd.end_offset
+                )
+            })?;
+            let name = args
+                .first()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+                .unwrap_or_default();
+            match name.as_str() {
+                "MULTI" => {
+                    if self.in_source_txn {
+                        bail!(
+                            "MULTI inside MULTI in the replication stream before offset {}",
+                            cmd.end_offset
+                        );
+                    }
+                    if self.txn_open {
+                        self.close_txn(w, stats)?;
+                    }
+                    w.begin_txn()?;
+                    self.txn_open = true;
+                    self.in_source_txn = true;
+                    self.txn_commands = 0;
+                }
+                "EXEC" if self.in_source_txn => {
+                    self.last_offset = cmd.end_offset;
+                    self.close_txn(w, stats)?;
+                    self.in_source_txn = false;
+                }
+                "EXEC" | "DISCARD" => {
+                    tracing::warn!(
+                        offset = cmd.end_offset,
+                        "{name} outside a transaction in the replication stream: ignored"
+                    );
+                    self.report.commands_skipped += 1;
+                }
+                _ => {
+                    if !self.txn_open {
+                        w.begin_txn()?;
+                        self.txn_open = true;
+                        self.txn_commands = 0;
+                    }
+                    self.forward(&cmd, &args, &name, w, stats)?;
+                    self.txn_commands += 1;
+                }
+            }
+            self.last_offset = cmd.end_offset;
+            if self.txn_open
+                && !self.in_source_txn
+                && self.txn_commands >= self.opts.tuning.batch_size.max(1)
+            {
+                self.close_txn(w, stats)?;
+            }
+        }
+        if self.txn_open && !self.in_source_txn {
+            self.close_txn(w, stats)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the position reached and sends `EXEC` — at once, or, when the batch holds a
+    /// command the target might refuse while queueing ([`Applier::check_queueable`]), once
+    /// the target has queued every command of the transaction. A stream command it refuses while queueing (an argument
+    /// or a command it does not know: `-ERR` instead of `+QUEUED`, and `EXEC` would then
+    /// apply nothing) is reported and left out, and the transaction is sent again without it,
+    /// together with the position: the rest applies exactly once, in order (nothing behind
+    /// the transaction is sent before its `EXEC`).
+    fn close_txn(&mut self, w: &mut TargetWriter, stats: &mut Stats) -> anyhow::Result<()> {
+        queue_set(w, &format(&self.replid, self.last_offset))?;
+        // Only a command the target does not know, or one with an argument count outside
+        // its arity, is refused while queueing (target-wide refusals such as OOM or READONLY
+        // hit the position write of every batch alike). Without such a command the `EXEC`
+        // follows at once and batches stay pipelined.
+        let uncertain = std::mem::take(&mut self.txn_uncertain);
+        if uncertain {
+            loop {
+                let refused = w.txn_refused()?;
+                if refused.is_empty() {
+                    break;
+                }
+                let mut drop = Vec::with_capacity(refused.len());
+                for (i, r) in refused {
+                    if !r.tag.replicated || !r.is_command_error() {
+                        // Our own command, or the target refuses writes as a whole (OOM,
+                        // NOPERM, READONLY…): stop; the position stored is still the last one
+                        // applied.
+                        bail!(TargetError::Refused {
+                            addr: w.addr().to_string(),
+                            step: describe_tag(&r.tag),
+                            reply: r.error,
+                        });
+                    }
+                    self.unsupported(
+                        stats,
+                        format!(
+                            "{}: {} refused it ({}); left out, the rest of the stream is applied",
+                            describe_tag(&r.tag),
+                            self.info.describe(),
+                            r.error
+                        ),
+                    )?;
+                    self.report.commands = self.report.commands.saturating_sub(1);
+                    self.report.commands_skipped += 1;
+                    drop.push(i);
+                }
+                w.resend_txn_without(&drop)?;
+            }
+        }
+        w.exec_txn(Tag {
+            what: "EXEC".into(),
+            offset: Some(self.last_offset),
+            ..Tag::default()
+        })?;
+        self.txn_open = false;
+        self.txn_commands = 0;
+        Ok(())
+    }
+
+    /// Reports the stream commands that failed inside an `EXEC` (`WRONGTYPE`…: the target's
+    /// data differs from the source's, or a `RESTORE` payload it cannot read). A replica of
+    /// Redis ignores such errors too; the rest of the transaction was applied, so the sync
+    /// goes on (under `unsupported = fail` it stops).
+    pub(in crate::sync) fn report_exec_errors(
+        &mut self,
+        w: &mut TargetWriter,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        for r in w.take_exec_errors() {
+            if !r.tag.replicated {
+                bail!(TargetError::Refused {
+                    addr: w.addr().to_string(),
+                    step: format!("{} (inside a transaction)", describe_tag(&r.tag)),
+                    reply: r.error,
+                });
+            }
+            self.unsupported(
+                stats,
+                format!(
+                    "{}: failed on {} ({}); not applied, the rest of the stream is",
+                    describe_tag(&r.tag),
+                    self.info.describe(),
+                    r.error
+                ),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_tag(tag: &Tag) -> String {
+    if tag.key.is_empty() {
+        tag.what.to_string()
+    } else {
+        format!("{} on key '{}'", tag.what, show_key(&tag.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse() {
+        let id = "a".repeat(40);
+        assert_eq!(
+            Stored::parse(&format(&id, 77)),
+            Stored::At {
+                replid: id.clone(),
+                offset: 77
+            }
+        );
+        assert!(matches!(Stored::parse(LOADING), Stored::Unusable(_)));
+        assert!(matches!(
+            Stored::parse(&format!("{id} x")),
+            Stored::Unusable(_)
+        ));
+    }
+}

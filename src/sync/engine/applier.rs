@@ -1,0 +1,721 @@
+//! The applier: the engine's calling thread, which turns what the link thread hands on into
+//! writes on the target.
+//!
+//! It runs in phases ([`SyncPhase`]): *connecting* until the link reports how the source answered
+//! `PSYNC`; *snapshot* while the RDB bytes arrive (they go through the [`crate::rdb::RdbParser`]
+//! and the [`Converter`]; the target's position holds `snapshot-loading` meanwhile); then
+//! *streaming*, where each read of stream commands becomes one or more batches
+//! ([`crate::sync::batch`]). After a full resync within the run (the link dropped and the
+//! source could not continue) the target is flushed and the snapshot loaded again.
+//!
+//! During a replica overlap the applier also plays the **handoff role**
+//! ([`crate::sync::handoff`]): while *applying* it writes; when the cutover barrier asks it to
+//! stop at an offset it **parks** there (taking nothing more from its stream) until the
+//! controller either makes it the follower or withdraws the stop; while *following* it reads
+//! and acknowledges its stream, tracks offset and database, and writes nothing, until it is
+//! told the offset to apply from — then it stores that position on its side at once and
+//! applies from there.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::sync::batch::{self, POSITION_KEY};
+use crate::sync::convert::{Converter, KINDS, Stats};
+use crate::sync::phase::SyncPhase;
+use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
+
+use super::bar::human_bytes;
+use super::progress::{Carried, Snapshot};
+use super::rewrite::CommandShape;
+use super::*;
+
+pub(in crate::sync) struct Applier<'a> {
+    pub(in crate::sync) opts: &'a SyncOptions,
+    pub(in crate::sync) info: TargetInfo,
+    pub(in crate::sync) rx: Receiver<Msg>,
+    pub(in crate::sync) applied: Arc<AtomicU64>,
+    pub(in crate::sync) report: SyncReport,
+    /// The target holds data of an earlier sync: a full resync flushes it first.
+    pub(in crate::sync) flush_on_full: bool,
+    /// Set by Ctrl-C / SIGTERM.
+    pub(in crate::sync) stop: Arc<AtomicBool>,
+    /// The source's replication id (stored with every position).
+    pub(in crate::sync) replid: String,
+    /// A `MULTI` was sent and its `EXEC` not yet.
+    pub(in crate::sync) txn_open: bool,
+    /// The open transaction is the source's own (its `EXEC` closes ours).
+    pub(in crate::sync) in_source_txn: bool,
+    pub(in crate::sync) txn_commands: usize,
+    /// Replication offset after the last stream command queued.
+    pub(in crate::sync) last_offset: u64,
+    /// A message taken from `rx` to see whether more were waiting, handled next.
+    pub(in crate::sync) peeked: Option<Msg>,
+    /// Stream commands after the barrier's offset, kept (before `peeked`) for whatever the
+    /// link does next: apply them (the move was aborted) or skip them (it follows now).
+    pub(in crate::sync) held_back: Option<Msg>,
+    /// The stream's current database while following (the applier uses the writer's).
+    pub(in crate::sync) follow_db: u64,
+    /// The last step ran as the follower.
+    pub(in crate::sync) following_now: bool,
+    /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
+    /// skipped until the next `SELECT`.
+    pub(in crate::sync) skip_db: bool,
+    /// Stream commands the target knows or not (`COMMAND INFO`), by name.
+    /// What `COMMAND INFO` says of each command name asked about (upper case).
+    pub(super) known_commands: std::collections::HashMap<String, CommandShape>,
+    /// The open batch has a command the target might refuse while queueing (one it does
+    /// not know, with an argument count outside its arity, or that could not be asked
+    /// about): its `EXEC` waits for every `+QUEUED` (see [`Applier::close_txn`]).
+    pub(in crate::sync) txn_uncertain: bool,
+    /// (end offset, time read from the source) of each received batch of stream commands
+    /// the target has not confirmed yet, oldest first: `lag_ms` is the age of the first.
+    pub(in crate::sync) pending_since: std::collections::VecDeque<(u64, Instant)>,
+    /// Live state (shared with `cutover run`'s status, or the engine's own).
+    pub(in crate::sync) progress: Arc<SyncProgress>,
+    pub(super) bar: Bar,
+    /// When headless `cutover sync` last read the source's offset (for the lag).
+    pub(in crate::sync) offset_polled: Option<Instant>,
+}
+
+impl Applier<'_> {
+    pub(super) fn run(mut self, w: &mut TargetWriter) -> anyhow::Result<SyncReport> {
+        self.report.target = self.info.describe();
+        let mut conv = Converter::with_options(w, self.opts.convert_options());
+        let res = self.run_loop(w, &mut conv);
+        // Whatever happened, a next run that continues this stream goes on counting from
+        // here (a full sync starts the counts anew).
+        if let Ok(mut carried) = self.progress.carried.lock() {
+            *carried = Some(Carried {
+                stats: conv.stats.clone(),
+                report: self.report.clone(),
+            });
+        }
+        res
+    }
+
+    fn run_loop(
+        &mut self,
+        w: &mut TargetWriter,
+        conv: &mut Converter,
+    ) -> anyhow::Result<SyncReport> {
+        let mut parser = self.opts.parser();
+        let mut phase = SyncPhase::Connecting;
+        let mut start_offset = 0;
+        let mut stop_at: Option<u64> = None;
+        let mut started = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                self.bar.finish();
+                if self.progress.handoff.is_following() {
+                    // A follower wrote nothing: nothing to store.
+                    self.report.offset = self.last_offset;
+                    return Ok(self.report.clone());
+                }
+                return self.stop_cleanly(w, &phase, &mut conv.stats);
+            }
+            if self.progress.handoff.is_following() {
+                if !self.following_now {
+                    self.enter_following(w)?;
+                }
+                self.follow_step(w, &mut phase)?;
+                continue;
+            }
+            self.following_now = false;
+            let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
+            if let (Some(limit), SyncPhase::Streaming, Some(shared)) =
+                (barrier, &phase, &self.opts.shared)
+            {
+                if w.in_flight() > 0 {
+                    w.drain()?;
+                }
+                if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
+                    if self.progress.handoff.is_overlap() {
+                        self.park(w, limit)?;
+                        continue;
+                    }
+                    let report = self.stop_cleanly(w, &phase, &mut conv.stats)?;
+                    shared
+                        .applied_offset
+                        .store(report.offset, Ordering::Release);
+                    shared.stopped.store(true, Ordering::Release);
+                    return Ok(report);
+                }
+            }
+            // Waiting for the barrier's offset: poll often (the clients are being held).
+            let wait = if barrier.is_some() {
+                Duration::from_micros(200)
+            } else {
+                Duration::from_millis(100)
+            };
+            let msg = self.next_msg(wait);
+            match msg {
+                Ok(Msg::Start { replid, offset }) => {
+                    // Seen at once (status, `rollback_safe`), not after the flush below.
+                    self.progress.set_phase(SyncPhase::Snapshot);
+                    if phase != SyncPhase::Connecting {
+                        // The link dropped and the source could not continue: start over.
+                        self.restart_full(w, &phase)?;
+                        parser = self.opts.parser();
+                        *conv = Converter::with_options(w, self.opts.convert_options());
+                        self.report.snapshot_bytes = 0;
+                        stop_at = None;
+                        started = Instant::now();
+                    }
+                    start_offset = offset;
+                    self.last_offset = offset;
+                    self.replid = replid;
+                    phase = phase.move_to(SyncPhase::Snapshot);
+                    self.progress.mark_established();
+                    // A new copy: the counts of an earlier run do not apply to it.
+                    if let Ok(mut carried) = self.progress.carried.lock() {
+                        *carried = None;
+                    }
+                    self.progress
+                        .snapshot_bytes_total
+                        .store(0, Ordering::Relaxed);
+                    match source_keyspace(self.opts) {
+                        Ok(dbs) => self
+                            .progress
+                            .keys_total
+                            .store(dbs.iter().map(|(_, n)| n).sum(), Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the source's INFO keyspace (no key total)")
+                        }
+                    }
+                    if self.flush_on_full {
+                        self.bar.say(&format!(
+                            "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
+                            w.addr()
+                        ));
+                        w.send(&[&b"FLUSHALL"[..]], Tag::key("FLUSHALL", b""))?;
+                    }
+                    // From now on the target holds (part of) this sync's data.
+                    self.flush_on_full = true;
+                    batch::queue_set(w, batch::LOADING)?;
+                }
+                Ok(Msg::SnapshotSize(size)) => {
+                    self.progress
+                        .snapshot_bytes_total
+                        .store(size.unwrap_or(0), Ordering::Relaxed);
+                }
+                Ok(Msg::LinkDown(why)) => {
+                    self.progress.link_down.store(true, Ordering::Relaxed);
+                    self.bar.say(&format!(
+                        "cutover sync: the replication link dropped ({why}); connecting again"
+                    ));
+                }
+                Ok(Msg::Continued { replid, offset }) => {
+                    self.progress.link_down.store(false, Ordering::Relaxed);
+                    self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.bar.say(&format!(
+                        "cutover sync: reconnected; the source continued (+CONTINUE) after offset {offset}"
+                    ));
+                    self.replid = replid;
+                }
+                Ok(Msg::Resumed { replid, offset }) => {
+                    self.bar.say(&format!(
+                        "cutover sync: the source continued (+CONTINUE) from offset {offset}: no snapshot needed, streaming"
+                    ));
+                    start_offset = offset;
+                    self.last_offset = offset;
+                    self.replid = replid;
+                    self.flush_on_full = true;
+                    w.mark_offset(offset);
+                    phase = phase.move_to(SyncPhase::Streaming);
+                    self.progress.mark_established();
+                    // The stream of an earlier run of this process goes on: so do its counts.
+                    let carried = self.progress.carried.lock().ok().and_then(|mut c| c.take());
+                    if let Some(c) = carried {
+                        conv.stats = c.stats;
+                        self.report.commands = c.report.commands;
+                        self.report.commands_skipped = c.report.commands_skipped;
+                        self.report.commands_converted = c.report.commands_converted;
+                        self.report.commands_mixed_keys = c.report.commands_mixed_keys;
+                        self.report.snapshot_bytes = c.report.snapshot_bytes;
+                    }
+                    if self.opts.once {
+                        stop_at = Some(self.source_offset().unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the resumed offset");
+                            start_offset
+                        }));
+                    }
+                }
+                Ok(Msg::Snapshot(bytes)) => {
+                    self.report.snapshot_bytes += bytes.len() as u64;
+                    parser.feed(&bytes);
+                    while let Some(ev) = parser
+                        .next_event()
+                        .context("the source's snapshot cannot be read; the target holds a partial copy (cutover:position = snapshot-loading): the next run flushes it and copies again")?
+                    {
+                        conv.apply(ev, w)?;
+                    }
+                }
+                Ok(Msg::SnapshotDone { bytes }) => {
+                    parser
+                        .finish()
+                        .context("the source's snapshot ended early; the target holds a partial copy (cutover:position = snapshot-loading): the next run flushes it and copies again")?;
+                    conv.finish(w)?;
+                    debug_assert_eq!(bytes, self.report.snapshot_bytes);
+                    w.drain()?;
+                    batch::queue_set(w, &batch::format(&self.replid, start_offset))?;
+                    w.drain()?;
+                    w.mark_offset(start_offset);
+                    phase = phase.move_to(SyncPhase::Streaming);
+                    if self.opts.once {
+                        stop_at = Some(self.source_offset().unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the snapshot's offset");
+                            start_offset
+                        }));
+                    }
+                    if self.opts.progress {
+                        let s = &conv.stats;
+                        let types: Vec<String> = KINDS
+                            .iter()
+                            .zip(s.by_type)
+                            .filter(|(_, n)| *n > 0)
+                            .map(|(k, n)| format!("{n} {}", k.name()))
+                            .collect();
+                        self.bar.say(&format!(
+                            "cutover sync: snapshot applied: {} keys [{}] ({} restored of which {} re-encoded, {} plain, {} expired, {} filtered, {} not copied), {} in {:.1} s",
+                            s.keys_done(),
+                            types.join(", "),
+                            s.restored,
+                            s.reencoded,
+                            s.plain,
+                            s.expired,
+                            s.filtered,
+                            s.unsupported,
+                            human_bytes(self.report.snapshot_bytes),
+                            started.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+                Ok(Msg::Commands(cmds, read_at)) => {
+                    if let Some(last) = cmds.last() {
+                        self.pending_since.push_back((last.end_offset, read_at));
+                    }
+                    self.apply_batch(cmds, w, &mut conv.stats)?;
+                    match self.rx.try_recv() {
+                        Ok(next) => {
+                            self.peeked = Some(next);
+                            w.poll()?;
+                        }
+                        // Nothing else arrived meanwhile: wait for the target's answers, so the
+                        // applied offset (lag, ACKs, the barrier) is current. When commands
+                        // keep coming, batches grow instead and the target stays pipelined.
+                        Err(_) => w.drain()?,
+                    }
+                }
+                Ok(Msg::Failed(message, transient)) => {
+                    return Err(EngineError::SourceLink { message, transient }.into());
+                }
+                Ok(Msg::Wake) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Nothing new: let the target answer what is in flight.
+                    if phase == SyncPhase::Streaming {
+                        w.drain()?;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
+            }
+            self.report_exec_errors(w, &mut conv.stats)?;
+            if phase == SyncPhase::Streaming
+                && let Some(off) = w.confirmed_offset()
+            {
+                // (A store, not a max: after a full resync the offsets start anew.)
+                self.applied.store(off, Ordering::Release);
+                while self
+                    .pending_since
+                    .front()
+                    .is_some_and(|(end, _)| *end <= off)
+                {
+                    self.pending_since.pop_front();
+                }
+            }
+            if phase != SyncPhase::Streaming {
+                self.pending_since.clear();
+            }
+            let oldest = self.pending_since.front().map(|(_, at)| *at);
+            self.progress.set_oldest_pending(oldest);
+            if let Some(stop) = stop_at {
+                if w.confirmed_offset().unwrap_or(0) < stop && w.in_flight() > 0 {
+                    w.drain()?;
+                }
+                if let Some(off) = w.confirmed_offset()
+                    && off >= stop
+                {
+                    w.drain()?;
+                    self.report_exec_errors(w, &mut conv.stats)?;
+                    self.bar.finish();
+                    self.report.offset = w.confirmed_offset().unwrap_or(off);
+                    self.report.stats = conv.stats.clone();
+                    return Ok(self.report.clone());
+                }
+            }
+            let applied = w.confirmed_offset().unwrap_or(start_offset);
+            let received = if phase == SyncPhase::Streaming {
+                self.last_offset
+            } else {
+                applied
+            };
+            self.progress.update(&Snapshot {
+                phase: &phase,
+                stats: &conv.stats,
+                snapshot_bytes: self.report.snapshot_bytes,
+                received,
+                applied,
+                commands: self.report.commands,
+                skipped: self.report.commands_skipped,
+                converted: self.report.commands_converted,
+                mixed: self.report.commands_mixed_keys,
+            });
+            self.poll_source_offset(&phase);
+            self.bar.tick(&self.progress);
+        }
+    }
+
+    /// The next message: commands held back at the barrier first, then one peeked at, then
+    /// the link's channel (waiting up to `wait`).
+    fn next_msg(&mut self, wait: Duration) -> Result<Msg, RecvTimeoutError> {
+        match self.held_back.take().or_else(|| self.peeked.take()) {
+            Some(m) => Ok(m),
+            None => self.rx.recv_timeout(wait),
+        }
+    }
+
+    /// The applying link of a replica overlap reached the barrier's offset `limit` (and the
+    /// target confirmed it): it waits there, taking nothing more from its stream, until the
+    /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
+    /// (the move was aborted: it applies on).
+    fn park(&mut self, w: &mut TargetWriter, limit: u64) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
+        let confirmed = w.confirmed_offset().unwrap_or(limit);
+        self.applied.store(confirmed, Ordering::Release);
+        p.applied_offset.store(confirmed, Ordering::Release);
+        p.stopped.store(true, Ordering::Release);
+        // (The controller decides within its pause limit; the bound here only keeps a lost
+        // controller from parking the link for good.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while p.stop_requested().is_some()
+            && !p.handoff.is_following()
+            && !self.stop.load(Ordering::Acquire)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        p.stopped.store(false, Ordering::Release);
+        if p.handoff.is_following() {
+            tracing::info!(
+                direction = p.direction(),
+                offset = confirmed,
+                "the link applied up to the barrier and follows now (reads without applying)"
+            );
+        } else if p.stop_requested().is_some() {
+            bail!("the cutover controller never decided what this link does after the barrier");
+        }
+        Ok(())
+    }
+
+    /// The link follows from now on (a move made it the follower, or undid its taking
+    /// over): a transaction it had open is discarded, and the stream's database is the
+    /// writer's.
+    fn enter_following(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        if self.txn_open {
+            w.discard()?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+            self.txn_commands = 0;
+        }
+        w.drain()?;
+        self.follow_db = w.db();
+        self.pending_since.clear();
+        self.following_now = true;
+        Ok(())
+    }
+
+    /// One step of a following link ([`crate::sync::handoff`]): it reads its stream and skips it
+    /// (the other side has it already), keeping track of the offset and the stream's
+    /// database, and acknowledges what it read. Asked to apply from an offset, it skips up to
+    /// there and starts applying exactly there; asked to hold, it takes nothing.
+    fn follow_step(&mut self, w: &mut TargetWriter, phase: &mut SyncPhase) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
+        let h = &p.handoff;
+        let request = h.apply_request().filter(|_| *phase == SyncPhase::Streaming);
+        if let Some((replid, from)) = &request
+            && self.last_offset >= *from
+        {
+            return self.start_applying(w, replid, *from);
+        }
+        if h.hold_requested() {
+            h.set_held(true);
+            std::thread::sleep(Duration::from_micros(100));
+            return Ok(());
+        }
+        h.set_held(false);
+        let wait = if request.is_some() {
+            Duration::from_micros(200)
+        } else {
+            Duration::from_millis(100)
+        };
+        match self.next_msg(wait) {
+            Ok(Msg::Start { replid, offset }) => {
+                if *phase != SyncPhase::Connecting {
+                    p.reconnects.fetch_add(1, Ordering::Relaxed);
+                    p.full_resyncs.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        direction = p.direction(),
+                        "the following link could not continue its stream (+FULLRESYNC): it reads a new snapshot and skips it (the other side has that data); a move to its side waits until it is streaming again"
+                    );
+                }
+                self.replid = replid;
+                self.last_offset = offset;
+                self.follow_db = 0;
+                self.report.snapshot_bytes = 0;
+                p.snapshot_bytes_total.store(0, Ordering::Relaxed);
+                p.mark_established();
+                *phase = (*phase).move_to(SyncPhase::Snapshot);
+            }
+            Ok(Msg::SnapshotSize(size)) => {
+                p.snapshot_bytes_total
+                    .store(size.unwrap_or(0), Ordering::Relaxed);
+            }
+            Ok(Msg::Snapshot(bytes)) => self.report.snapshot_bytes += bytes.len() as u64,
+            Ok(Msg::SnapshotDone { .. }) => *phase = phase.move_to(SyncPhase::Streaming),
+            Ok(Msg::Resumed { replid, offset }) => {
+                self.replid = replid;
+                self.last_offset = offset;
+                p.mark_established();
+                *phase = (*phase).move_to(SyncPhase::Streaming);
+            }
+            Ok(Msg::Continued { replid, .. }) => {
+                p.link_down.store(false, Ordering::Relaxed);
+                p.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.replid = replid;
+            }
+            Ok(Msg::LinkDown(why)) => {
+                p.link_down.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    direction = p.direction(),
+                    "the following link dropped ({why}); connecting again"
+                );
+            }
+            Ok(Msg::Commands(cmds, read_at)) => {
+                let mut cmds = cmds.into_iter();
+                while let Some(cmd) = cmds.next() {
+                    if let Some((_, from)) = &request
+                        && self.last_offset >= *from
+                    {
+                        // The rest is applied, from the next step on.
+                        let mut rest = vec![cmd];
+                        rest.extend(cmds);
+                        self.held_back = Some(Msg::Commands(rest, read_at));
+                        break;
+                    }
+                    if let Some(db) = select_db(&cmd.wire) {
+                        self.follow_db = db;
+                    }
+                    self.last_offset = cmd.end_offset;
+                }
+            }
+            Ok(Msg::Failed(message, transient)) => {
+                return Err(EngineError::SourceLink { message, transient }.into());
+            }
+            Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
+        }
+        if *phase == SyncPhase::Streaming {
+            self.applied.store(self.last_offset, Ordering::Release);
+            h.set_position(&self.replid, self.last_offset);
+        }
+        self.progress.set_oldest_pending(None);
+        let offset = if *phase == SyncPhase::Streaming {
+            self.last_offset
+        } else {
+            0
+        };
+        // (The counts of what this link applied before stay as they are.)
+        self.progress.update_following(phase, offset);
+        Ok(())
+    }
+
+    /// The follower reached the offset it was asked to apply from: from here on it applies.
+    /// The position is stored on its side at once, so a restart of this engine continues
+    /// from exactly here.
+    fn start_applying(
+        &mut self,
+        w: &mut TargetWriter,
+        replid: &str,
+        from: u64,
+    ) -> anyhow::Result<()> {
+        let h = &self.progress.handoff;
+        if replid != self.replid {
+            h.refuse(format!(
+                "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
+                self.replid
+            ));
+            return Ok(());
+        }
+        if self.last_offset != from {
+            h.refuse(format!(
+                "it had read up to offset {} already, past {from}",
+                self.last_offset
+            ));
+            return Ok(());
+        }
+        let db = self
+            .opts
+            .tuning
+            .filter
+            .map_db(self.follow_db)
+            .unwrap_or(self.follow_db);
+        w.select(db)?;
+        w.mark_offset(from);
+        batch::queue_set(w, &batch::format(&self.replid, from))?;
+        w.drain()?;
+        self.flush_on_full = true;
+        self.skip_db = false;
+        self.pending_since.clear();
+        self.applied.store(from, Ordering::Release);
+        self.progress.applied_offset.store(from, Ordering::Release);
+        h.started_applying();
+        tracing::info!(
+            direction = self.progress.direction(),
+            replid,
+            offset = from,
+            "the link applies from here on"
+        );
+        Ok(())
+    }
+
+    /// A full resync within the run (the link dropped and the source could not continue, or
+    /// dropped during the snapshot): what the target holds is an earlier or partial copy, so
+    /// it is flushed and loaded anew — no stale key, no doubled list element.
+    fn restart_full(&mut self, w: &mut TargetWriter, phase: &SyncPhase) -> anyhow::Result<()> {
+        if self.txn_open {
+            w.discard()?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+            self.txn_commands = 0;
+        }
+        w.drain()?;
+        self.progress.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.progress.full_resyncs.fetch_add(1, Ordering::Relaxed);
+        let during = if *phase == SyncPhase::Snapshot {
+            "the snapshot did not arrive whole"
+        } else {
+            "the source could not continue the stream (+FULLRESYNC)"
+        };
+        self.bar.say(&format!(
+            "cutover sync: WARNING: reconnected, but {during}: FLUSHALL on the target {} and a new full sync",
+            w.addr()
+        ));
+        self.flush_on_full = true;
+        self.skip_db = false;
+        Ok(())
+    }
+
+    /// Ctrl-C / SIGTERM: the position of everything applied stays stored; a transaction of the
+    /// source that is still incomplete is discarded (it comes again on the next start).
+    fn stop_cleanly(
+        &mut self,
+        w: &mut TargetWriter,
+        phase: &SyncPhase,
+        stats: &mut Stats,
+    ) -> anyhow::Result<SyncReport> {
+        if *phase == SyncPhase::Connecting {
+            say("cutover sync: stopped before the sync started; the target is unchanged");
+            return Ok(self.report.clone());
+        }
+        if *phase != SyncPhase::Streaming {
+            bail!(
+                "stopped before the snapshot was applied: the target is incomplete (the next start does a full sync)"
+            );
+        }
+        if self.txn_open {
+            w.discard()?;
+            self.txn_open = false;
+            self.in_source_txn = false;
+        }
+        w.drain()?;
+        self.report_exec_errors(w, stats)?;
+        self.report.offset = w.confirmed_offset().unwrap_or(0);
+        self.report.stats = stats.clone();
+        let line = format!(
+            "cutover sync: stopped; position {} {} stored on the target ({})",
+            self.replid,
+            self.report.offset,
+            show_key(POSITION_KEY)
+        );
+        if self.opts.shared.is_some() {
+            // Inside `cutover run` (the switch stopped it): a log line, not terminal output.
+            tracing::info!("{line}");
+        } else {
+            say(&line);
+        }
+        Ok(self.report.clone())
+    }
+
+    /// Headless `cutover sync` (no `cutover run` poller): once a second while streaming,
+    /// reads the source's own offset, so that the lag counts what the link has not read yet
+    /// (a frozen target stops the link reading). One short connection; a source that does
+    /// not answer within a second is just not polled this time.
+    fn poll_source_offset(&mut self, phase: &SyncPhase) {
+        if self.opts.shared.is_some() || *phase != SyncPhase::Streaming {
+            return;
+        }
+        if self
+            .offset_polled
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.offset_polled = Some(Instant::now());
+        if let Ok(off) = self.source_offset_within(Duration::from_secs(1)) {
+            self.progress.set_server_offset(off);
+        }
+    }
+
+    /// The source's `master_repl_offset` now.
+    fn source_offset(&self) -> anyhow::Result<u64> {
+        self.source_offset_within(self.opts.timeout)
+    }
+
+    /// The source's `master_repl_offset`, asked on a connection of its own within `timeout`.
+    fn source_offset_within(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let text = query(&self.opts.source, &[b"INFO", b"replication"], timeout)?;
+        crate::sync::replica::master_repl_offset(&text)
+            .context("INFO replication has no master_repl_offset")
+    }
+}
+
+/// The database of a `SELECT` in the replication stream (as Redis writes it: `*2`, `$6`),
+/// `None` for any other command.
+fn select_db(wire: &[u8]) -> Option<u64> {
+    let rest = wire.strip_prefix(b"*2\r\n$6\r\n")?;
+    if !rest.get(..6)?.eq_ignore_ascii_case(b"SELECT") {
+        return None;
+    }
+    let args = split_args(wire).ok()?;
+    std::str::from_utf8(args.get(1)?).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_in_the_stream() {
+        assert_eq!(select_db(b"*2\r\n$6\r\nSELECT\r\n$2\r\n12\r\n"), Some(12));
+        assert_eq!(select_db(b"*2\r\n$6\r\nselect\r\n$1\r\n0\r\n"), Some(0));
+        assert_eq!(select_db(b"*2\r\n$6\r\nDELETE\r\n$1\r\n0\r\n"), None);
+        assert_eq!(
+            select_db(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\nb\r\n"),
+            None
+        );
+        assert_eq!(select_db(b"*2\r\n$6\r\nSELECT\r\n$1\r\nx\r\n"), None);
+    }
+}

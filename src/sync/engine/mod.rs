@@ -1,0 +1,514 @@
+//! The sync engine: source → replica link → RDB parser → converter → target writer, then the
+//! live command stream.
+//!
+//! Two threads:
+//!
+//! * the **link thread** runs the [`ReplicaLink`](crate::sync::replica::ReplicaLink) on its own single-threaded runtime: it
+//!   connects with `PSYNC ? -1`, hands the snapshot's bytes to the applier as they arrive, then
+//!   the commands of the stream. It acknowledges the offset the applier has published (the
+//!   target's confirmed offset), once a second and on `GETACK`. When the link drops or falls
+//!   silent it connects again by itself (`LinkState`), asking to continue right after the
+//!   last byte it received, so the stream goes on seamlessly; if the source answers
+//!   `+FULLRESYNC` (or the snapshot was cut short), the applier is told to start over.
+//! * the **applier** (the calling thread) feeds the snapshot to the [`RdbParser`], turns the
+//!   events into target commands ([`Converter`](crate::sync::convert::Converter)), then forwards each stream command to the
+//!   target, pipelined and in order: filtered and mapped ([`Filter`]), with a few rewrites for
+//!   older targets (`Applier::rewrite`). It publishes its state in a [`SyncProgress`]
+//!   (status, metrics, the progress bar of `cutover sync`).
+//!
+//! They are joined by a bounded channel, so a slow target slows the reading of the snapshot
+//! (the source's output buffer for this replica grows meanwhile, as for a slow real replica)
+//! instead of growing our memory.
+//!
+//! Exactly once: every batch of stream commands goes to the target inside one `MULTI … EXEC`
+//! together with the replication position it reaches ([`super::batch`]); a transaction of
+//! the source is applied as one such batch (never nested). On start, a stored position is
+//! resumed with `PSYNC <replid> <offset + 1>`; when the source cannot continue from there
+//! (`+FULLRESYNC`), the target is flushed first (it holds an earlier copy), so no stale key and
+//! no doubled list element remains.
+//!
+//! [`load_rdb`] feeds an RDB file through the same parser → converter → writer path.
+//!
+//! With `once`, the engine returns as soon as the snapshot and the stream up to the source's
+//! offset at the moment the snapshot had been received (`master_repl_offset` from
+//! `INFO replication`) are applied and confirmed by the target.
+//!
+//! The parts, one file each:
+//!
+//! * `link.rs`: the link thread (reading the replication stream, acknowledging, reconnecting);
+//! * `applier.rs`: the applier's loop (snapshot, then stream), and the handoff role of a
+//!   replica overlap (apply, follow, park);
+//! * [`super::batch`]: the exactly-once batch protocol (a batch and its position in one
+//!   `MULTI … EXEC`);
+//! * `rewrite.rs`: the stream commands filtered, mapped and rewritten for the target;
+//! * `progress.rs`: [`SyncProgress`], the live state for status, metrics and the bar;
+//! * `bar.rs`: the progress bar of headless `cutover sync`;
+//! * `from_rdb.rs`: `--from-rdb FILE`.
+
+mod applier;
+mod bar;
+mod from_rdb;
+mod link;
+mod progress;
+mod rewrite;
+
+pub use bar::say;
+pub use from_rdb::load_rdb;
+pub use link::RECONNECT_TIMEOUTS;
+pub use progress::SyncProgress;
+
+pub(in crate::sync) use applier::Applier;
+use bar::Bar;
+use link::link_thread;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::config::RedisUrl;
+use crate::rdb::{ParserOptions, RdbParser};
+use crate::sync::batch::{self, Stored};
+use crate::sync::convert::{ConvertOptions, HOLD_BYTES, Stats, UnsupportedPolicy};
+use crate::sync::filter::Filter;
+use crate::sync::replica::StreamCommand;
+use crate::sync::target::{DEFAULT_WINDOW, TargetWriter, query, show_key};
+
+/// Failures of the engine itself (the target writer has [`TargetError`](crate::sync::target::TargetError)).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The replica link to the source failed for good (`transient`: the source could not be
+    /// connected to on the link's first attempt, so a later run may succeed).
+    #[error("{message}")]
+    SourceLink { message: String, transient: bool },
+}
+
+/// What to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub source: RedisUrl,
+    pub target: RedisUrl,
+    /// Return once the snapshot and the stream up to the snapshot's end are applied.
+    pub once: bool,
+    /// Connect and silence time limit. A link silent for longer (no data, no PING) is dropped
+    /// and connected again; a source that cannot be reached again for five times this long
+    /// fails the sync.
+    pub timeout: Duration,
+    /// Show progress on stderr (a bar on a terminal, a line every few seconds otherwise).
+    pub progress: bool,
+    /// Ignore a position stored on the target: full sync (the target is flushed if it holds
+    /// one, as its data comes from an earlier sync).
+    pub fresh: bool,
+    /// Where `cutover run` reads the sync's state for `status` (and metrics).
+    pub shared: Option<Arc<SyncProgress>>,
+    /// Filters, policy and sizes (`[sync]` in the config file, `cutover sync` flags).
+    pub tuning: SyncTuning,
+}
+
+/// The `[sync]` settings: what to copy and how.
+#[derive(Debug, Clone)]
+pub struct SyncTuning {
+    /// Databases, keys and stream commands to copy ([`Filter`]).
+    pub filter: Filter,
+    /// What to do with what the target cannot hold.
+    pub unsupported: UnsupportedPolicy,
+    /// Stream commands per target transaction at most (a source transaction is never split).
+    pub batch_size: usize,
+    /// Commands in flight to the target before waiting for replies.
+    pub pipeline: usize,
+    /// Keys whose encoded value is bigger than this are written as chunked plain commands
+    /// (`RPUSH`, `HSET`… 512 elements each) instead of one `RESTORE`.
+    pub big_key_bytes: usize,
+}
+
+impl Default for SyncTuning {
+    fn default() -> Self {
+        SyncTuning {
+            filter: Filter::default(),
+            unsupported: UnsupportedPolicy::Skip,
+            batch_size: DEFAULT_BATCH_SIZE,
+            pipeline: DEFAULT_WINDOW,
+            big_key_bytes: DEFAULT_BIG_KEY_BYTES,
+        }
+    }
+}
+
+/// Default of [`SyncTuning::batch_size`].
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+/// Default of [`SyncTuning::big_key_bytes`].
+pub const DEFAULT_BIG_KEY_BYTES: usize = 512 * 1024;
+
+impl SyncOptions {
+    /// Everything copied, defaults for the rest.
+    pub fn new(source: RedisUrl, target: RedisUrl) -> SyncOptions {
+        SyncOptions {
+            source,
+            target,
+            once: false,
+            timeout: Duration::from_secs(60),
+            progress: false,
+            fresh: false,
+            shared: None,
+            tuning: SyncTuning::default(),
+        }
+    }
+
+    fn convert_options(&self) -> ConvertOptions {
+        ConvertOptions {
+            filter: self.tuning.filter.clone(),
+            unsupported: self.tuning.unsupported,
+            hold_bytes: (self.tuning.big_key_bytes.saturating_mul(2)).max(HOLD_BYTES),
+        }
+    }
+
+    fn parser(&self) -> RdbParser {
+        RdbParser::with_options(ParserOptions {
+            raw_limit: self.tuning.big_key_bytes,
+            // Such strings go out in batched MSETs (see `convert`), never as RESTORE.
+            raw_strings_without_expiry: false,
+            ..ParserOptions::default()
+        })
+    }
+}
+
+/// What to load with [`load_rdb`].
+#[derive(Debug, Clone)]
+pub struct RdbLoadOptions {
+    pub path: PathBuf,
+    pub target: RedisUrl,
+    pub timeout: Duration,
+    pub progress: bool,
+    /// Filters, policy and sizes, as for a live source (stream settings unused).
+    pub tuning: SyncTuning,
+}
+
+/// What a finished (`once`) sync did.
+#[derive(Debug, Clone, Default)]
+pub struct SyncReport {
+    pub stats: Stats,
+    pub snapshot_bytes: u64,
+    /// Stream commands forwarded to the target.
+    pub commands: u64,
+    /// Stream commands skipped (PING, PUBLISH…, filtered) or not expressible on the target.
+    pub commands_skipped: u64,
+    /// Stream commands rewritten for the target (included in `commands`).
+    pub commands_converted: u64,
+    /// Stream commands applied although some of their keys are excluded (see
+    /// [`super::filter`]).
+    pub commands_mixed_keys: u64,
+    /// Replication offset applied and confirmed at the end.
+    pub offset: u64,
+    /// Description of the target ("Redis 7.0.15").
+    pub target: String,
+}
+
+/// What the link thread hands the applier.
+pub(in crate::sync) enum Msg {
+    /// Full resync: a snapshot follows (also after a reconnection the source could not
+    /// continue: the applier then starts over).
+    Start {
+        replid: String,
+        offset: u64,
+    },
+    /// The snapshot's size, if its header says (`None`: diskless).
+    SnapshotSize(Option<u64>),
+    /// Partial resync at start: the stream continues after `offset`.
+    Resumed {
+        replid: String,
+        offset: u64,
+    },
+    /// The link dropped (the reason); the link thread is connecting again.
+    LinkDown(String),
+    /// Reconnected within the run, and the source continued right after the last byte
+    /// received (the stream goes on seamlessly).
+    Continued {
+        replid: String,
+        offset: u64,
+    },
+    Snapshot(Vec<u8>),
+    SnapshotDone {
+        bytes: u64,
+    },
+    /// Commands of the stream, and when they were read from the source (for `lag_ms`).
+    Commands(Vec<StreamCommand>, Instant),
+    /// The link failed for good (the reason; whether a wait may cure it).
+    Failed(String, bool),
+    /// Look at the shared state now (the cutover barrier asked to stop at an offset).
+    Wake,
+}
+
+/// What a run of the engine shares with the caller and with the runs before and after it.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Live state (`cutover run`'s [`SyncOptions::shared`], or one of its own).
+    pub progress: Arc<SyncProgress>,
+    /// Set by Ctrl-C / SIGTERM (headless `cutover sync`): stop cleanly.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl RunContext {
+    /// The context of `opts`: its shared progress (or a new one) and a stop flag nothing
+    /// sets; with `signals`, Ctrl-C / SIGTERM set it.
+    pub fn new(opts: &SyncOptions, signals: bool) -> anyhow::Result<RunContext> {
+        let stop = Arc::new(AtomicBool::new(false));
+        if signals {
+            watch_signals(Arc::clone(&stop))?;
+        }
+        Ok(RunContext {
+            progress: opts.shared.clone().unwrap_or_default(),
+            stop,
+        })
+    }
+}
+
+/// One run of the sync on the calling thread (blocking), with Ctrl-C / SIGTERM handled
+/// unless it runs inside `cutover run`. Returns only with `once`, on a stop (or on an error).
+/// [`super::retry::run_retrying`] runs it again after a failure.
+pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
+    run_with(opts, &RunContext::new(opts, opts.shared.is_none())?)
+}
+
+/// One run of the sync with the caller's [`RunContext`].
+pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncReport> {
+    let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
+    writer.set_window(opts.tuning.pipeline);
+    let info = writer.info().clone();
+    tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
+    let handoff = &ctx.progress.handoff;
+    // (A link of a replica overlap writes into a side that was switched to by design.)
+    if !handoff.is_overlap()
+        && let Some(value) = batch::switched_marker(&opts.target, opts.timeout)?
+    {
+        bail!(
+            "the target {} was switched to by `cutover switch` (key {} = {value:?} in db 0): it is a primary now, and syncing into it again would apply writes a second time; delete that key only if its data may be replaced",
+            opts.target,
+            show_key(batch::SWITCHED_KEY)
+        );
+    }
+    let stored = batch::read(&mut writer)?;
+    let resume = match &stored {
+        // A following link continues where it stopped reading (what it skipped is on its
+        // side already); without such a place, it reads a new snapshot, which it skips too.
+        _ if handoff.is_following() => handoff.position(),
+        Stored::At { replid, offset } if !opts.fresh => {
+            say(&format!(
+                "cutover sync: the target holds the position {replid} {offset}; asking the source to continue from there"
+            ));
+            Some((replid.clone(), *offset))
+        }
+        Stored::At { replid, offset } => {
+            say(&format!(
+                "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
+            ));
+            None
+        }
+        Stored::Unusable(v) => {
+            say(&format!(
+                "cutover sync: the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
+            ));
+            None
+        }
+        Stored::None => None,
+    };
+    match source_keyspace(opts) {
+        Ok(dbs) => {
+            let numbers: Vec<u64> = dbs.iter().map(|(db, _)| *db).collect();
+            if let Some(warning) = opts.tuning.filter.unlisted_warning(&numbers) {
+                say(&format!("cutover sync: {warning}"));
+                tracing::warn!("{warning}");
+            }
+            // Before anything is written: every database with keys must exist on the target.
+            check_databases(&writer, &opts.tuning.filter, &numbers)?;
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
+    }
+
+    let (tx, rx) = sync_channel::<Msg>(32);
+    if let Some(shared) = &opts.shared {
+        let wake = tx.clone();
+        shared.waker.set(Box::new(move || {
+            let _ = wake.try_send(Msg::Wake);
+        }));
+    }
+    let applied = Arc::new(AtomicU64::new(0));
+    {
+        let source = opts.source.clone();
+        let applied = Arc::clone(&applied);
+        let timeout = opts.timeout;
+        std::thread::Builder::new()
+            .name("cutover-replica".into())
+            .spawn(move || link_thread(source, resume, tx, applied, timeout))
+            .context("cannot start the replica link thread")?;
+    }
+    let progress = Arc::clone(&ctx.progress);
+    Applier {
+        opts,
+        info,
+        rx,
+        applied,
+        report: SyncReport::default(),
+        flush_on_full: stored != Stored::None,
+        stop: Arc::clone(&ctx.stop),
+        replid: String::new(),
+        txn_open: false,
+        in_source_txn: false,
+        txn_commands: 0,
+        last_offset: 0,
+        peeked: None,
+        held_back: None,
+        follow_db: 0,
+        following_now: false,
+        skip_db: false,
+        known_commands: std::collections::HashMap::new(),
+        txn_uncertain: false,
+        pending_since: std::collections::VecDeque::new(),
+        progress,
+        bar: Bar::new(opts.progress),
+        offset_polled: None,
+    }
+    .run(&mut writer)
+}
+
+/// Refuses (before anything is written) source databases that the target does not have
+/// once mapped: names them and a `db_map` that would fix it (the target's lowest databases
+/// that nothing else is mapped to).
+fn check_databases(w: &TargetWriter, filter: &Filter, source_dbs: &[u64]) -> anyhow::Result<()> {
+    let Some(n) = w.databases() else {
+        return Ok(());
+    };
+    let mapped: Vec<(u64, u64)> = source_dbs
+        .iter()
+        .filter_map(|db| filter.map_db(*db).map(|to| (*db, to)))
+        .collect();
+    let missing: Vec<u64> = mapped
+        .iter()
+        .filter(|(_, to)| *to >= n)
+        .map(|(db, _)| *db)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let used: std::collections::BTreeSet<u64> = mapped
+        .iter()
+        .filter(|(_, to)| *to < n)
+        .map(|(_, to)| *to)
+        .collect();
+    let mut free = (0..n).filter(|d| !used.contains(d));
+    let fix: Vec<String> = missing
+        .iter()
+        .map_while(|db| free.next().map(|to| format!("{db}={to}")))
+        .collect();
+    bail!(
+        "the source has keys in database(s) {} but the target {} has only {n} databases (0-{}); nothing was written. Map them to databases the target has, e.g. [sync] db_map = \"{}\" (--db-map), or leave them out with only_mapped_dbs",
+        missing
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        w.addr(),
+        n - 1,
+        fix.join(",")
+    )
+}
+
+/// The source's databases and their key counts (`INFO keyspace`).
+fn source_keyspace(opts: &SyncOptions) -> anyhow::Result<Vec<(u64, u64)>> {
+    let text = query(&opts.source, &[b"INFO", b"keyspace"], opts.timeout)?;
+    Ok(parse_keyspace(&text))
+}
+
+/// `db0:keys=5,expires=0,avg_ttl=0` lines → (0, 5).
+fn parse_keyspace(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (db, rest) = l.trim().strip_prefix("db")?.split_once(':')?;
+            let keys = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .parse()
+                .ok()?;
+            Some((db.parse().ok()?, keys))
+        })
+        .collect()
+}
+
+/// Sets `stop` on Ctrl-C (SIGINT) or SIGTERM, from a thread of its own.
+fn watch_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    // Registered here, so that a signal that arrives once `run` has started is never missed.
+    let mut term = {
+        let _guard = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch SIGTERM")?
+    };
+    std::thread::Builder::new()
+        .name("cutover-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            stop.store(true, Ordering::Release);
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// The arguments of one complete RESP array command.
+pub fn split_args(wire: &[u8]) -> anyhow::Result<Vec<&[u8]>> {
+    fn line(wire: &[u8], at: usize) -> anyhow::Result<(&[u8], usize)> {
+        let end = wire[at..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("no CRLF")?;
+        Ok((&wire[at..at + end], at + end + 2))
+    }
+    fn num(b: &[u8]) -> anyhow::Result<usize> {
+        std::str::from_utf8(b)?
+            .parse()
+            .with_context(|| format!("bad length {}", show_key(b)))
+    }
+    let (head, mut at) = line(wire, 0)?;
+    let n = num(head.strip_prefix(b"*").context("not an array")?)?;
+    let mut args = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let (h, next) = line(wire, at)?;
+        let len = num(h.strip_prefix(b"$").context("not a bulk string")?)?;
+        let end = next.checked_add(len).context("length overflow")?;
+        args.push(wire.get(next..end).context("truncated argument")?);
+        at = end + 2;
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar::human_bytes;
+    use super::*;
+    #[test]
+    fn args() {
+        let wire = b"*3\r\n$9\r\nPEXPIREAT\r\n$1\r\nk\r\n$0\r\n\r\n";
+        assert_eq!(
+            split_args(wire).unwrap(),
+            vec![&b"PEXPIREAT"[..], b"k", b""]
+        );
+        assert!(split_args(b"*2\r\n$1\r\na\r\n").is_err());
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn keyspace() {
+        let info =
+            "# Keyspace\r\ndb0:keys=5,expires=1,avg_ttl=0\r\ndb12:keys=7,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace(info), vec![(0, 5), (12, 7)]);
+        assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+    }
+}
