@@ -121,6 +121,63 @@ pub struct VerifyArgs {
     /// Admin token (with --admin).
     #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
+}
+
+/// The TLS flags of one side (`--source-tls-*`, `--target-tls-*`), over `[source.tls]` /
+/// `[target.tls]`; any of them turns TLS on for that side.
+macro_rules! tls_args {
+    ($name:ident, $side:literal, $env:literal) => {
+        #[derive(Args, Debug, Default, Clone)]
+        pub struct $name {
+            #[doc = concat!("[", $side, ".tls] ca_file: PEM CA(s) that sign the ", $side, "'s certificate (default: system roots).")]
+            #[arg(id = concat!($side, "_tls_ca_file"), long = concat!($side, "-tls-ca-file"), env = concat!("CUTOVER_", $env, "_TLS_CA_FILE"), value_name = "PEM")]
+            pub ca_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] cert_file: PEM client certificate for mutual TLS (with the key file).")]
+            #[arg(id = concat!($side, "_tls_cert_file"), long = concat!($side, "-tls-cert-file"), env = concat!("CUTOVER_", $env, "_TLS_CERT_FILE"), value_name = "PEM")]
+            pub cert_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] key_file: PEM private key of the client certificate.")]
+            #[arg(id = concat!($side, "_tls_key_file"), long = concat!($side, "-tls-key-file"), env = concat!("CUTOVER_", $env, "_TLS_KEY_FILE"), value_name = "PEM")]
+            pub key_file: Option<String>,
+            #[doc = concat!("[", $side, ".tls] server_name: SNI and the name verified in the certificate (default: the URL's host).")]
+            #[arg(id = concat!($side, "_tls_server_name"), long = concat!($side, "-tls-server-name"), env = concat!("CUTOVER_", $env, "_TLS_SERVER_NAME"), value_name = "NAME")]
+            pub server_name: Option<String>,
+            #[doc = concat!("[", $side, ".tls] insecure: do not verify the ", $side, "'s certificate (logged, shown in status).")]
+            #[arg(id = concat!($side, "_tls_insecure"), long = concat!($side, "-tls-insecure"), env = concat!("CUTOVER_", $env, "_TLS_INSECURE"))]
+            pub insecure: bool,
+        }
+
+        impl $name {
+            /// These flags over the file's section.
+            pub fn over(&self, file: &config::TlsOptions) -> config::TlsOptions {
+                file.overlaid(&config::TlsOptions {
+                    ca_file: self.ca_file.clone(),
+                    cert_file: self.cert_file.clone(),
+                    key_file: self.key_file.clone(),
+                    server_name: self.server_name.clone(),
+                    insecure: self.insecure,
+                })
+            }
+        }
+    };
+}
+tls_args!(SourceTlsArgs, "source", "SOURCE");
+tls_args!(TargetTlsArgs, "target", "TARGET");
+
+/// Builds the TLS configuration of a side now, so a missing or broken `ca_file`/`cert_file`
+/// is reported at start (and `insecure` warned about once), not at the first connection.
+fn check_tls(url: &RedisUrl, key: &'static str) -> Result<(), ConfigError> {
+    if url.tls.is_some() {
+        crate::client::Endpoint::new(url).map_err(|e| ConfigError::Invalid {
+            key,
+            value: url.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -159,6 +216,10 @@ pub struct SyncArgs {
     pub timeout_secs: u64,
     #[command(flatten)]
     pub tuning: SyncTuningArgs,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
 }
 
 /// The `[sync]` keys as flags of `cutover sync`.
@@ -349,6 +410,10 @@ pub struct RunArgs {
     /// [admin] tls_key_file.
     #[arg(long = "admin-tls-key", env = "CUTOVER_ADMIN_TLS_KEY")]
     pub admin_tls_key: Option<String>,
+    #[command(flatten)]
+    pub source_tls: SourceTlsArgs,
+    #[command(flatten)]
+    pub target_tls: TargetTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -634,13 +699,12 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(file.target.url.clone())
         .ok_or(ConfigError::Missing("[target] url (--target)"))?;
-    let target = RedisUrl::parse(&target).context("--target")?;
+    let target = RedisUrl::parse_with_tls(&target, &args.target_tls.over(&file.target.tls))
+        .context("--target")?;
+    check_tls(&target, "target.tls")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
-        if target.tls {
-            anyhow::bail!("{target}: rediss:// (TLS) is not supported yet; use redis://");
-        }
         let opts = crate::sync::engine::RdbLoadOptions {
             path,
             target,
@@ -657,12 +721,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .ok_or(ConfigError::Missing(
             "[source] url (--source), or --from-rdb FILE",
         ))?;
-    let source = RedisUrl::parse(&source).context("--source")?;
-    for url in [&source, &target] {
-        if url.tls {
-            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
-        }
-    }
+    let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
+        .context("--source")?;
+    check_tls(&source, "source.tls")?;
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,
@@ -697,19 +758,18 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let url = |v: &Option<String>, flag: &str| -> anyhow::Result<RedisUrl> {
+    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<RedisUrl> {
         let text = v
             .as_deref()
             .with_context(|| format!("{flag} is required"))?;
-        let url = RedisUrl::parse(text).with_context(|| flag.to_string())?;
-        if url.tls {
-            anyhow::bail!("{url}: rediss:// (TLS) is not supported yet; use redis://");
-        }
+        let url = RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?;
+        check_tls(&url, "tls")?;
         Ok(url)
     };
+    let none = config::TlsOptions::default();
     let mut opts = VerifyOptions::new(
-        url(&args.source, "--source")?,
-        url(&args.target, "--target")?,
+        url(&args.source, "--source", args.source_tls.over(&none))?,
+        url(&args.target, "--target", args.target_tls.over(&none))?,
     );
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
@@ -865,16 +925,14 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
             reason: "must be at least 65536".into(),
         });
     }
-    let source = RedisUrl::parse(&source)?;
-    let target = target.map(|t| RedisUrl::parse(&t)).transpose()?;
-    for url in std::iter::once(&source).chain(target.as_ref()) {
-        if url.tls {
-            return Err(ConfigError::Invalid {
-                key: "url",
-                value: url.to_string(),
-                reason: "rediss:// (TLS) is reserved and not supported yet; use redis://".into(),
-            });
-        }
+    let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))?;
+    let target_tls = args.target_tls.over(&file.target.tls);
+    let target = target
+        .map(|t| RedisUrl::parse_with_tls(&t, &target_tls))
+        .transpose()?;
+    check_tls(&source, "source.tls")?;
+    if let Some(t) = &target {
+        check_tls(t, "target.tls")?;
     }
     let sync = sync_tuning(&file.sync, &SyncTuningArgs::default())?;
     Ok(Settings {
@@ -933,6 +991,37 @@ fn proxy_tls(args: &RunArgs, file: &FileConfig) -> Result<Option<config::ProxyTl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[source]\nurl = \"redis://127.0.0.1:1\"\n[source.tls]\ninsecure = true\nserver_name = \"a.test\"\n[target]\nurl = \"redis://127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let mut args = RunArgs {
+            config: Some(path),
+            ..RunArgs::default()
+        };
+        let s = resolve_settings(&args).unwrap();
+        let tls = s.source.tls.as_ref().expect("[source.tls] turns TLS on");
+        assert!(tls.insecure);
+        assert_eq!(tls.server_name.as_deref(), Some("a.test"));
+        assert!(
+            s.target.as_ref().unwrap().tls.is_none(),
+            "off unless configured"
+        );
+        // A flag overrides the file's server_name; a missing CA file stops the start.
+        args.source_tls.server_name = Some("b.test".into());
+        args.target_tls.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = resolve_settings(&args).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        args.target_tls.ca_file = None;
+        let s = resolve_settings(&args).unwrap();
+        assert_eq!(s.source.tls.unwrap().server_name.as_deref(), Some("b.test"));
+    }
 
     #[test]
     fn sync_flags_win_over_the_file() {

@@ -133,6 +133,51 @@ pub struct ProxySection {
 #[serde(deny_unknown_fields)]
 pub struct EndpointSection {
     pub url: Option<String>,
+    /// `[source.tls]` / `[target.tls]`: TLS to this side (any setting turns TLS on, as
+    /// `rediss://` does).
+    #[serde(default)]
+    pub tls: TlsOptions,
+}
+
+/// TLS to one side (`[source.tls]`, `[target.tls]`, the `--source-tls-*` flags). Plain data:
+/// [`crate::client`] turns it into a rustls configuration, once per distinct set of options.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    /// PEM file of the CA(s) that sign the server's certificate (default: the system's roots).
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain, for servers that require one (`tls-auth-clients yes`).
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
+    /// The name sent as SNI and checked in the server's certificate (default: the URL's host;
+    /// set it when a node is reached by IP but its certificate names a host).
+    pub server_name: Option<String>,
+    /// Skips certificate verification (logged as a warning and shown in status).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl TlsOptions {
+    /// True when any option is set (which turns TLS on).
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.server_name.is_some()
+            || self.insecure
+    }
+
+    /// `self` with every option of `over` that is set (flags over the file).
+    pub fn overlaid(&self, over: &TlsOptions) -> TlsOptions {
+        TlsOptions {
+            ca_file: over.ca_file.clone().or(self.ca_file.clone()),
+            cert_file: over.cert_file.clone().or(self.cert_file.clone()),
+            key_file: over.key_file.clone().or(self.key_file.clone()),
+            server_name: over.server_name.clone().or(self.server_name.clone()),
+            insecure: over.insecure || self.insecure,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +214,7 @@ impl FileConfig {
     }
 }
 
-/// A Redis endpoint parsed from `redis://[user:pass@]host:port[/db]`.
+/// A Redis endpoint parsed from `redis[s]://[user:pass@]host:port[/db][#insecure]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     pub host: String,
@@ -177,7 +222,8 @@ pub struct RedisUrl {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
-    pub tls: bool,
+    /// TLS to this server (`rediss://`, or options from `[side.tls]` / flags); `None`: plain.
+    pub tls: Option<TlsOptions>,
 }
 
 impl RedisUrl {
@@ -191,6 +237,13 @@ impl RedisUrl {
             "redis" => false,
             "rediss" => true,
             _ => return Err(err("scheme must be redis:// or rediss://")),
+        };
+        // redis-rs' `rediss://host/#insecure`: TLS without certificate verification.
+        let (rest, insecure) = match rest.split_once('#') {
+            None => (rest, false),
+            Some((r, "insecure")) if tls => (r, true),
+            Some((_, "insecure")) => return Err(err("#insecure needs rediss://")),
+            Some(_) => return Err(err("the only fragment understood is #insecure")),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i + 1..]),
@@ -247,8 +300,34 @@ impl RedisUrl {
             username,
             password,
             db,
-            tls,
+            tls: tls.then(|| TlsOptions {
+                insecure,
+                ..TlsOptions::default()
+            }),
         })
+    }
+
+    /// Parses `url` and applies the side's TLS options (`[side.tls]` overlaid by flags): any
+    /// option set turns TLS on even for a `redis://` URL.
+    pub fn parse_with_tls(url: &str, options: &TlsOptions) -> Result<Self, ConfigError> {
+        let mut u = Self::parse(url)?;
+        if options.is_set() || u.tls.is_some() {
+            u.tls = Some(u.tls.unwrap_or_default().overlaid(options));
+        }
+        let tls = u.tls.as_ref();
+        if tls.is_some_and(|t| t.cert_file.is_some() != t.key_file.is_some()) {
+            return Err(ConfigError::Invalid {
+                key: "tls",
+                value: u.to_string(),
+                reason: "cert_file and key_file go together (mutual TLS needs both)".into(),
+            });
+        }
+        Ok(u)
+    }
+
+    /// True when the server's certificate is not verified (`insecure`).
+    pub fn tls_insecure(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.insecure)
     }
 
     /// The `AUTH` command (`AUTH pass` or `AUTH user pass`) for the URL's credentials, if any.
@@ -270,23 +349,6 @@ impl RedisUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
-
-    /// A blocking TCP connection to this server (for the threads that talk to it
-    /// synchronously): each address the host resolves to in turn, each tried for at most
-    /// `timeout`; `TCP_NODELAY` is set. The error is the last address's.
-    pub fn connect_blocking(&self, timeout: Duration) -> std::io::Result<std::net::TcpStream> {
-        let mut last = None;
-        for sa in std::net::ToSocketAddrs::to_socket_addrs(&self.addr())? {
-            match std::net::TcpStream::connect_timeout(&sa, timeout) {
-                Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
-    }
 }
 
 /// Never print a password: `Debug` and `Display` show the URL with the secret masked.
@@ -298,7 +360,11 @@ impl fmt::Debug for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         write!(f, "{scheme}://")?;
         match (&self.username, &self.password) {
             (Some(u), Some(_)) => write!(f, "{u}:***@")?,
@@ -306,7 +372,11 @@ impl fmt::Display for RedisUrl {
             (Some(u), None) => write!(f, "{u}@")?,
             (None, None) => {}
         }
-        write!(f, "{}/{}", self.addr(), self.db)
+        write!(f, "{}/{}", self.addr(), self.db)?;
+        if self.tls_insecure() {
+            write!(f, "#insecure")?;
+        }
+        Ok(())
     }
 }
 
@@ -506,8 +576,41 @@ mod tests {
         assert_eq!(u.port, 6379);
         assert_eq!(u.db, 0);
         let v = RedisUrl::parse("rediss://[::1]:6380/").unwrap();
-        assert!(v.tls);
+        assert_eq!(v.tls, Some(TlsOptions::default()));
         assert_eq!(v.addr(), "[::1]:6380");
+    }
+
+    #[test]
+    fn tls_urls_and_options() {
+        let u = RedisUrl::parse("rediss://:pw@h:1/2#insecure").unwrap();
+        assert!(u.tls_insecure());
+        assert_eq!(u.db, 2);
+        assert_eq!(u.to_string(), "rediss://***@h:1/2#insecure");
+        assert!(RedisUrl::parse("redis://h:1/#insecure").is_err());
+        assert!(RedisUrl::parse("rediss://h:1/#other").is_err());
+        assert!(RedisUrl::parse("redis://h:1").unwrap().tls.is_none());
+        let ca = TlsOptions {
+            ca_file: Some("ca.pem".into()),
+            ..TlsOptions::default()
+        };
+        // Options turn TLS on for redis:// too; none keep it off.
+        let u = RedisUrl::parse_with_tls("redis://h:1", &ca).unwrap();
+        assert_eq!(u.tls.as_ref().unwrap().ca_file.as_deref(), Some("ca.pem"));
+        let u = RedisUrl::parse_with_tls("redis://h:1", &TlsOptions::default()).unwrap();
+        assert!(u.tls.is_none());
+        let u = RedisUrl::parse_with_tls("rediss://h:1/#insecure", &ca).unwrap();
+        assert!(u.tls_insecure());
+        let half = TlsOptions {
+            cert_file: Some("c.pem".into()),
+            ..TlsOptions::default()
+        };
+        assert!(RedisUrl::parse_with_tls("rediss://h:1", &half).is_err());
+        let f = FileConfig::parse(
+            "[source]\nurl = \"redis://h:1\"\n[source.tls]\nca_file = \"ca.pem\"\nserver_name = \"redis.test\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(f.source.tls.server_name.as_deref(), Some("redis.test"));
     }
 
     #[test]

@@ -80,6 +80,10 @@ impl StatusSource for RunStatus {
             "uptime_secs": self.started.elapsed().as_secs(),
             "source": route.source.url.to_string(),
             "target": route.target.as_ref().map(|t| t.url.to_string()),
+            "tls": {
+                "source": tls_json(&route.source.url),
+                "target": route.target.as_ref().map(|t| tls_json(&t.url)),
+            },
             "proxy": {
                 "listen": p.settings.listen.to_string(),
                 "client_connections": p.client_conns.load(Ordering::Relaxed),
@@ -88,6 +92,23 @@ impl StatusSource for RunStatus {
                 "clients_accepted": p.clients_accepted.load(Ordering::Relaxed),
             },
         })
+    }
+}
+
+/// Whether a side is reached over TLS and whether its certificate is verified.
+fn tls_json(url: &crate::config::RedisUrl) -> Value {
+    serde_json::json!({
+        "enabled": url.tls.is_some(),
+        "verify": url.tls.is_some() && !url.tls_insecure(),
+    })
+}
+
+/// ` (TLS)`, ` (TLS, certificate NOT verified)` or nothing, after a side's URL.
+fn tls_note(tls: &Value) -> &'static str {
+    match (tls["enabled"].as_bool(), tls["verify"].as_bool()) {
+        (Some(true), Some(true)) => " (TLS)",
+        (Some(true), _) => " (TLS, certificate NOT verified: insecure)",
+        _ => "",
     }
 }
 
@@ -105,8 +126,8 @@ pub fn render_text(doc: &Value) -> String {
         s(&doc["primary"]),
         rollback_line(doc),
         overlap_line(&doc["cutover"]),
-        s(&doc["source"]),
-        s(&doc["target"]),
+        s(&doc["source"]) + tls_note(&doc["tls"]["source"]),
+        s(&doc["target"]) + tls_note(&doc["tls"]["target"]),
         s(&proxy["listen"]),
         s(&proxy["client_connections"]),
         s(&proxy["backend_connections"]),

@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::shadow::{Action, Args, ShadowItem, ShadowSink, Value};
-use crate::proxy::upstream;
+use crate::client::{self, Endpoint, Stream};
 use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 use crate::route::Backend;
@@ -72,9 +71,10 @@ struct Deferred {
     since: std::time::Instant,
 }
 
-/// A plain connection with a reply reader, for control work (shadow writes, barrier queries).
+/// A connection with a reply reader, for control work (shadow writes, barrier queries);
+/// plain or TLS as the backend's URL says ([`client::connect`]).
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     parser: ReplyParser,
     /// Database selected on this connection.
@@ -91,11 +91,44 @@ pub struct Conn {
 impl Conn {
     /// Connects and logs in (AUTH and SELECT from the backend's URL), within `timeout`; each
     /// [`Conn::query`] is bounded by `timeout` too.
+    ///
+    /// A backend in back-off (its last connection failed moments ago) is not tried again
+    /// before the back-off ends; a failure here starts or lengthens it, as the proxy's own
+    /// connections do.
     pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, String> {
-        let stream = tokio::time::timeout(timeout, upstream::connect(backend, timeout))
-            .await
-            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
-            .map_err(|e| e.to_string())?;
+        if let Some(wait) = backend.backoff_remaining() {
+            return Err(format!(
+                "{} is down ({}); next connection attempt in {} ms",
+                backend.describe(),
+                backend
+                    .last_error()
+                    .unwrap_or_else(|| "connection failed".into()),
+                wait.as_millis()
+            ));
+        }
+        let connect = async {
+            let endpoint = Endpoint::new(&backend.url)?;
+            client::connect(&endpoint, timeout).await
+        };
+        let stream = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(s)) => {
+                backend.connect_succeeded();
+                s
+            }
+            Ok(Err(e)) => {
+                backend.connect_failed(&e.to_string());
+                return Err(e.to_string());
+            }
+            Err(_) => {
+                let e = format!(
+                    "{} did not answer within {} ms",
+                    backend.describe(),
+                    timeout.as_millis()
+                );
+                backend.connect_failed(&e);
+                return Err(e);
+            }
+        };
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::client::{self, ClientError, Endpoint, Stream};
 use crate::config::RedisUrl;
 use crate::resp::request::encode_command;
 use crate::resp::{Request, RequestParser};
@@ -43,11 +43,9 @@ pub enum SyncStart {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
-    #[error("cannot connect to the source {addr} as a replica: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
+    /// Connecting, TLS or `AUTH` failed (the connection layer's error names the endpoint).
+    #[error("cannot connect to the source as a replica: {0}")]
+    Connect(ClientError),
     #[error("replication link to {addr} failed: {source}")]
     Io {
         addr: String,
@@ -77,9 +75,10 @@ impl ReplicaError {
     /// that cannot be read is not.
     pub fn is_transient(&self) -> bool {
         match self {
-            ReplicaError::Connect { .. }
-            | ReplicaError::Io { .. }
-            | ReplicaError::Timeout { .. } => true,
+            // A refused AUTH keeps its old answer ("the user needs ACL rights…" is for
+            // refusals after it); a wrong certificate or setting stays wrong.
+            ReplicaError::Connect(e) => e.retryable(),
+            ReplicaError::Io { .. } | ReplicaError::Timeout { .. } => true,
             // A source restarting answers -LOADING until its data is loaded; -BUSY while a
             // script runs too long; -MASTERDOWN when it is itself a replica that lost its master.
             ReplicaError::Refused { reply, .. } => ["-LOADING", "-BUSY", "-MASTERDOWN"]
@@ -90,9 +89,16 @@ impl ReplicaError {
     }
 }
 
-/// One replication connection to a master.
+/// (Not `#[from]`: that would chain the error as a source, printed twice by `{:#}`.)
+impl From<ClientError> for ReplicaError {
+    fn from(e: ClientError) -> Self {
+        ReplicaError::Connect(e)
+    }
+}
+
+/// One replication connection to a master (plain or TLS, opened by [`client::connect`]).
 pub struct ReplicaLink {
-    stream: TcpStream,
+    stream: Stream,
     addr: String,
     buf: BytesMut,
     parser: RequestParser,
@@ -143,17 +149,12 @@ impl ReplicaLink {
         timeout: Duration,
     ) -> Result<(ReplicaLink, SyncStart), ReplicaError> {
         let addr = url.addr();
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| ReplicaError::Timeout {
-                addr: addr.clone(),
-                secs: timeout.as_secs(),
-            })?
-            .map_err(|source| ReplicaError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        // The link reads every database's stream: no SELECT at login.
+        let endpoint = Endpoint::new(&RedisUrl {
+            db: 0,
+            ..url.clone()
+        })?;
+        let stream = client::connect(&endpoint, timeout).await?;
         let mut link = ReplicaLink {
             stream,
             addr,
@@ -163,16 +164,12 @@ impl ReplicaLink {
             timeout,
             fast_ack_until: None,
         };
+        // AUTH was sent by the connection layer; PING as Redis' replicas do (-NOPERM is
+        // fine: a user with only the replication rights).
         let reply = link.call(&[b"PING"]).await?;
         if reply.starts_with('-') && !reply.starts_with("-NOAUTH") && !reply.starts_with("-NOPERM")
         {
             return Err(link.refused("PING", reply));
-        }
-        if let Some(auth) = url.auth_command() {
-            let reply = link.call(&auth).await?;
-            if reply.starts_with('-') {
-                return Err(link.refused("AUTH", reply));
-            }
         }
         // Errors to REPLCONF are ignored, as Redis' own replicas do.
         let port = listening_port.to_string();

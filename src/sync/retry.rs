@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::engine::{EngineError, RunContext, SyncOptions, SyncReport, run_with, say};
 use super::target::TargetError;
+use crate::client::ClientError;
 
 /// Back-off before the first retry.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -45,6 +46,13 @@ pub fn classify(e: &anyhow::Error) -> Class {
         if let Some(t) = cause.downcast_ref::<TargetError>() {
             return match t {
                 TargetError::Connect { .. } => Class::Connect,
+                TargetError::Client(c) => match c {
+                    ClientError::Resolve { .. }
+                    | ClientError::Connect { .. }
+                    | ClientError::Timeout { .. } => Class::Connect,
+                    c if c.retryable() => Class::Retry,
+                    _ => Class::Permanent,
+                },
                 TargetError::Io { .. } => Class::Retry,
                 TargetError::Refused { reply, .. } if transient_reply(reply) => Class::Retry,
                 TargetError::Refused { .. }

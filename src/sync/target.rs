@@ -1,7 +1,8 @@
 //! The target writer: one connection to the target server, commands pipelined with a bounded
 //! number in flight, every reply checked.
 //!
-//! The writer is synchronous (a blocking `std::net::TcpStream`): it is driven by the sync
+//! The writer is synchronous (a blocking [`crate::client::BlockingStream`], plain or TLS,
+//! opened by [`crate::client::connect_blocking`]): it is driven by the sync
 //! engine's applier thread, which has nothing else to do while it waits for the target. A
 //! server always reads its clients' input and buffers the replies, so writing a window of
 //! commands before reading their replies cannot deadlock; the window bounds what the target
@@ -19,9 +20,9 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::client::{self, BlockingStream, ClientError, Endpoint};
 use crate::config::RedisUrl;
 use crate::rdb::RdbVersion;
 use crate::resp::ReplyParser;
@@ -34,6 +35,9 @@ const FLUSH_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
+    /// Connecting or logging in failed (the connection layer's error names the endpoint).
+    #[error("the target: {0}")]
+    Client(ClientError),
     #[error("cannot connect to the target {addr}: {source}")]
     Connect {
         addr: String,
@@ -72,6 +76,13 @@ pub enum TargetError {
         db: u64,
         databases: u64,
     },
+}
+
+/// (Not `#[from]`: that would chain the error as a source, printed twice by `{:#}`.)
+impl From<ClientError> for TargetError {
+    fn from(e: ClientError) -> Self {
+        TargetError::Client(e)
+    }
 }
 
 /// What the target is.
@@ -279,7 +290,7 @@ fn array_bulks(reply: &[u8]) -> Vec<&[u8]> {
 
 /// A blocking connection with one request at a time (`call`) or pipelined writes (`send`).
 pub struct TargetWriter {
-    stream: TcpStream,
+    stream: BlockingStream,
     addr: String,
     info: TargetInfo,
     out: Vec<u8>,
@@ -310,8 +321,7 @@ pub struct TargetWriter {
 pub const CLIENT_NAME: &str = "cutover-sync";
 
 impl TargetWriter {
-    /// Connects, logs in (`AUTH` from the URL), selects the URL's database and reads
-    /// `INFO server`.
+    /// Connects, logs in (`AUTH` and `SELECT` from the URL) and reads `INFO server`.
     pub fn connect(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
         // A generous read bound: a big RESTORE or a slow FUNCTION LOAD may take a while.
         let mut w = Self::open(
@@ -320,12 +330,6 @@ impl TargetWriter {
             timeout.max(Duration::from_secs(60)),
             DEFAULT_WINDOW,
         )?;
-        if url.db != 0 {
-            let db = url.db.to_string();
-            let reply = w.call(&[b"SELECT", db.as_bytes()])?;
-            w.check("SELECT", reply)?;
-            w.db = u64::from(url.db);
-        }
         // Named, so that the cutover tells this connection from a client writing directly
         // (`CLIENT LIST`); a server that refuses the name is fine.
         let _ = w.call(&[b"CLIENT", b"SETNAME", CLIENT_NAME.as_bytes()])?;
@@ -344,23 +348,20 @@ impl TargetWriter {
         Ok(w)
     }
 
-    /// TCP connection (each resolved address in turn) and `AUTH`; db 0, no INFO probe.
+    /// A connection through [`client::connect_blocking`] (TCP or TLS, `AUTH`, `SELECT` of the
+    /// URL's database); no INFO probe.
     fn open(
         url: &RedisUrl,
         timeout: Duration,
         read_timeout: Duration,
         window: usize,
     ) -> Result<TargetWriter, TargetError> {
-        let addr = url.addr();
-        let connect_err = |source| TargetError::Connect {
-            addr: addr.clone(),
-            source,
-        };
-        let stream = url.connect_blocking(timeout).map_err(connect_err)?;
+        let endpoint = Endpoint::new(url)?;
+        let (stream, _) = client::connect_blocking(&endpoint, timeout)?.into_parts();
         let _ = stream.set_read_timeout(Some(read_timeout));
-        let mut w = TargetWriter {
+        Ok(TargetWriter {
             stream,
-            addr,
+            addr: url.addr(),
             info: TargetInfo {
                 valkey: false,
                 version: (0, 0, 0),
@@ -371,7 +372,7 @@ impl TargetWriter {
             parser: ReplyParser::default(),
             inflight: VecDeque::new(),
             window,
-            db: 0,
+            db: u64::from(url.db),
             databases: None,
             confirmed: None,
             sent: 0,
@@ -381,12 +382,7 @@ impl TargetWriter {
             execs: VecDeque::new(),
             txn_seq: 0,
             exec_errors: Vec::new(),
-        };
-        if let Some(auth) = url.auth_command() {
-            let reply = w.call(&auth)?;
-            w.check("AUTH", reply)?;
-        }
-        Ok(w)
+        })
     }
 
     /// What the target is.

@@ -19,9 +19,9 @@
 //! server sends: malformed input is a [`VerifyError::Protocol`].
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::client::{self, BlockingStream, ClientError, Endpoint};
 use crate::config::RedisUrl;
 use crate::resp::request::encode_command;
 
@@ -33,11 +33,11 @@ const MAX_DEPTH: usize = 16;
 /// Errors of the verifier (connection, protocol, refused commands, bad arguments).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot connect to {side} {addr}: {source}")]
+    /// Connecting or logging in failed (the connection layer's error names the endpoint).
+    #[error("cannot connect to {side}: {cause}")]
     Connect {
         side: &'static str,
-        addr: String,
-        source: std::io::Error,
+        cause: ClientError,
     },
     #[error("connection to {side} {addr} failed: {source}")]
     Io {
@@ -140,9 +140,10 @@ pub fn show_bytes(b: &[u8], max: usize) -> String {
     s
 }
 
-/// A blocking connection to one server.
+/// A blocking connection to one server (plain or TLS, opened by
+/// [`client::connect_blocking`]).
 pub struct Conn {
-    stream: TcpStream,
+    stream: BlockingStream,
     /// "source" or "target", for messages.
     side: &'static str,
     addr: String,
@@ -158,22 +159,25 @@ pub struct Conn {
 
 impl Conn {
     /// Connects and logs in (`AUTH` from the URL); the URL's db is *not* selected (the caller
-    /// selects each db it walks).
+    /// selects each db it walks, starting from db 0).
     pub fn connect(
         url: &RedisUrl,
         side: &'static str,
         timeout: Duration,
     ) -> Result<Conn, VerifyError> {
         let addr = url.addr();
-        let connect_err = |source| VerifyError::Connect {
-            side,
-            addr: addr.clone(),
-            source,
+        let connect_err = |cause| VerifyError::Connect { side, cause };
+        let db0 = RedisUrl {
+            db: 0,
+            ..url.clone()
         };
-        let stream = url.connect_blocking(timeout).map_err(connect_err)?;
+        let endpoint = Endpoint::new(&db0).map_err(connect_err)?;
+        let (stream, _) = client::connect_blocking(&endpoint, timeout)
+            .map_err(connect_err)?
+            .into_parts();
         let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
         let _ = stream.set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
-        let mut conn = Conn {
+        Ok(Conn {
             stream,
             side,
             addr,
@@ -183,11 +187,7 @@ impl Conn {
             end: 0,
             pending: 0,
             db: 0,
-        };
-        if let Some(auth) = url.auth_command() {
-            conn.call_ok(&auth)?;
-        }
-        Ok(conn)
+        })
     }
 
     pub fn side(&self) -> &'static str {
