@@ -484,3 +484,126 @@ fn admin_listener_over_tls_with_cutover_status() {
     assert!(err.contains("TLS handshake"), "{err}");
     assert_no_panic(&proxy);
 }
+
+// ----- TLS on both hops ---------------------------------------------------------------------------
+
+/// A Redis 7.0 with a TLS port (next to its plain one, which the rig uses to see it is up);
+/// returns it and the TLS port.
+fn tls_server(certs: &Certs) -> (Server, u16) {
+    let tls_port = free_port();
+    let server = Server::start_with(
+        Version::Redis70,
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &certs.arg("server.pem"),
+            "--tls-key-file",
+            &certs.arg("server.key"),
+            "--tls-ca-cert-file",
+            &certs.arg("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    (server, tls_port)
+}
+
+#[test]
+fn tls_on_both_hops() {
+    let certs = Certs::new();
+    let (server, tls_port) = tls_server(&certs);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (cert, key, ca) = (
+        certs.arg("server.pem"),
+        certs.arg("server.key"),
+        certs.arg("ca.pem"),
+    );
+    let proxy = Proxy::start(
+        &format!("rediss://127.0.0.1:{tls_port}"),
+        &[
+            "--source-tls-ca-file",
+            &ca,
+            "--proxy-tls-listen",
+            &listen,
+            "--proxy-tls-cert",
+            &cert,
+            "--proxy-tls-key",
+            &key,
+        ],
+    );
+    let mut c = tls_conn(&certs, port);
+    let mut direct = server.conn();
+
+    // Pipelines on the shared connection (TLS to the server too).
+    let mut pipe = redis::pipe();
+    for i in 0..2_000 {
+        pipe.cmd("SET").arg(format!("p:{i}")).arg(i).ignore();
+    }
+    for i in 0..2_000 {
+        pipe.cmd("GET").arg(format!("p:{i}"));
+    }
+    let got: Vec<i64> = pipe.query(&mut c).expect("pipeline over TLS on both hops");
+    assert_eq!(got, (0..2_000).collect::<Vec<i64>>());
+    assert_eq!(direct.get::<_, i64>("p:1999").unwrap(), 1999);
+
+    // 4 MB both ways, several pipelined.
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 249) as u8).collect();
+    let _: () = c.set("big", &big).expect("SET 4 MB");
+    let mut pipe = redis::pipe();
+    for _ in 0..3 {
+        pipe.cmd("GET").arg("big");
+    }
+    let many: Vec<Vec<u8>> = pipe.query(&mut c).expect("pipelined 4 MB GETs");
+    assert!(many.iter().all(|b| *b == big));
+    assert!(direct.get::<_, Vec<u8>>("big").unwrap() == big);
+
+    // The session's own connection (TLS to the server): MULTI, BLPOP, pub/sub.
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("ctr")
+        .cmd("INCRBY")
+        .arg("ctr")
+        .arg(10)
+        .query(&mut c)
+        .expect("MULTI/EXEC");
+    assert_eq!((a, b), (1, 11));
+    let pusher = std::thread::spawn({
+        let url = server.url();
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut d = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let _: () = d.rpush("q", "item").unwrap();
+        }
+    });
+    let popped: (String, String) = redis::cmd("BLPOP")
+        .arg("q")
+        .arg(5)
+        .query(&mut c)
+        .expect("BLPOP");
+    assert_eq!(popped.1, "item");
+    pusher.join().unwrap();
+    let _: () = c.set("own", &big).expect("SET 4 MB on the own connection");
+    assert!(c.get::<_, Vec<u8>>("own").unwrap() == big);
+
+    let mut sub_conn = tls_conn(&certs, port);
+    let mut sub = sub_conn.as_pubsub();
+    sub.set_read_timeout(Some(TIMEOUT)).unwrap();
+    sub.subscribe("news").unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while direct.publish::<_, _, i64>("news", "hello").unwrap() != 1 {
+        assert!(Instant::now() < deadline, "the subscription never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        sub.get_message().unwrap().get_payload::<String>().unwrap(),
+        "hello"
+    );
+    drop(sub);
+
+    // The plain listener to the TLS backend too.
+    assert_eq!(proxy.conn().get::<_, i64>("ctr").unwrap(), 11);
+    assert_no_panic(&proxy);
+}

@@ -1,16 +1,12 @@
-//! Opening a connection to a backend: TCP connect with a time limit, then the proxy's own
-//! `AUTH` (from the backend URL, never the client's) and `SELECT` of the URL's database.
-//! A failure starts the backend's shared back-off so a dead server is not hammered.
+//! Opening a connection to a backend for the proxy's data path: [`crate::client::connect`]
+//! (resolve, TCP with a time limit, TLS for a `rediss://` side, the proxy's own `AUTH` from
+//! the backend URL — never the client's — and `SELECT` of the URL's database), behind the
+//! backend's shared back-off so a dead server is not hammered by every session at once.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use super::io::Conn;
-use crate::resp::ReplyParser;
-use crate::resp::request::encode_command;
+use super::io::{Conn, Stream};
+use crate::client::{self, ClientError, Endpoint};
 use crate::route::Backend;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,22 +23,26 @@ pub enum UpstreamError {
         "{backend} refused the proxy's credentials ({reply}); fix the user/password in its URL"
     )]
     Auth { backend: String, reply: String },
-    #[error("{backend} refused SELECT {db} ({reply})")]
-    Select {
-        backend: String,
-        db: u32,
-        reply: String,
-    },
+    #[error("{backend} refused SELECT ({reply})")]
+    Select { backend: String, reply: String },
+    /// Anything else the connection layer reports (it names the endpoint and what to change:
+    /// credentials, CA, server name, scheme).
+    #[error("{0}")]
+    Client(#[from] ClientError),
+}
+
+impl From<client::Stream> for Conn {
+    fn from(s: client::Stream) -> Conn {
+        match s {
+            client::Stream::Plain(tcp) => Conn::from(tcp),
+            client::Stream::Tls(tls) => Conn::new(Stream::TlsClient(tls)),
+        }
+    }
 }
 
 /// Opens a connection for the proxy's data path (a session's own connection, the shared
-/// one): [`connect`], as the data path's stream type.
+/// one), ready for client commands.
 pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, UpstreamError> {
-    connect(backend, timeout).await.map(Conn::from)
-}
-
-/// Connects and authenticates. The returned stream is ready for client commands.
-pub async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, UpstreamError> {
     if let Some(wait) = backend.backoff_remaining() {
         return Err(UpstreamError::BackingOff {
             backend: backend.describe(),
@@ -52,19 +52,38 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, 
             retry_ms: wait.as_millis() as u64,
         });
     }
-    match tokio::time::timeout(timeout, connect_inner(backend)).await {
+    let connect = async {
+        let endpoint = Endpoint::new(&backend.url)?;
+        client::connect(&endpoint, timeout).await
+    };
+    // (client::connect bounds each step by `timeout`; this bounds the whole.)
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => {
             backend.connect_succeeded();
             metrics::counter!("cutover_backend_connects_total", "side" => backend.side.as_str())
                 .increment(1);
-            Ok(s)
+            Ok(Conn::from(s))
         }
         Ok(Err(e)) => {
             let wait = backend.connect_failed(&e.to_string());
             metrics::counter!("cutover_backend_connect_failures_total", "side" => backend.side.as_str())
                 .increment(1);
             tracing::warn!(backend = %backend.describe(), error = %e, backoff_ms = wait.as_millis() as u64, "backend connect failed");
-            Err(e)
+            Err(match e {
+                ClientError::Refused { command, reply, .. } if command == "AUTH" => {
+                    UpstreamError::Auth {
+                        backend: backend.describe(),
+                        reply,
+                    }
+                }
+                ClientError::Refused { command, reply, .. } if command == "SELECT" => {
+                    UpstreamError::Select {
+                        backend: backend.describe(),
+                        reply,
+                    }
+                }
+                other => other.into(),
+            })
         }
         Err(_) => {
             let e = UpstreamError::Unreachable {
@@ -75,68 +94,4 @@ pub async fn connect(backend: &Backend, timeout: Duration) -> Result<TcpStream, 
             Err(e)
         }
     }
-}
-
-async fn connect_inner(backend: &Backend) -> Result<TcpStream, UpstreamError> {
-    let unreachable = |e: std::io::Error| UpstreamError::Unreachable {
-        backend: backend.describe(),
-        reason: e.to_string(),
-    };
-    let mut stream = TcpStream::connect(backend.url.addr())
-        .await
-        .map_err(unreachable)?;
-    stream.set_nodelay(true).map_err(unreachable)?;
-    let url = &backend.url;
-    let mut hello = Vec::new();
-    let mut steps = Vec::new();
-    if let Some(auth) = url.auth_command() {
-        encode_command(&auth, &mut hello);
-        steps.push(Step::Auth);
-    }
-    if url.db != 0 {
-        encode_command(&[&b"SELECT"[..], url.db.to_string().as_bytes()], &mut hello);
-        steps.push(Step::Select);
-    }
-    if steps.is_empty() {
-        return Ok(stream);
-    }
-    stream.write_all(&hello).await.map_err(unreachable)?;
-    let mut buf = BytesMut::with_capacity(256);
-    let mut parser = ReplyParser::default();
-    for step in steps {
-        let info = loop {
-            if let Some(info) = parser.parse(&buf).map_err(|e| UpstreamError::Unreachable {
-                backend: backend.describe(),
-                reason: e.to_string(),
-            })? {
-                break info;
-            }
-            if stream.read_buf(&mut buf).await.map_err(unreachable)? == 0 {
-                return Err(unreachable(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-        };
-        let reply = String::from_utf8_lossy(&buf[..info.len])
-            .trim_end()
-            .to_string();
-        let _ = buf.split_to(info.len);
-        if info.is_error() {
-            return Err(match step {
-                Step::Auth => UpstreamError::Auth {
-                    backend: backend.describe(),
-                    reply,
-                },
-                Step::Select => UpstreamError::Select {
-                    backend: backend.describe(),
-                    db: url.db,
-                    reply,
-                },
-            });
-        }
-    }
-    Ok(stream)
-}
-
-enum Step {
-    Auth,
-    Select,
 }
