@@ -430,17 +430,18 @@ fn tls_failures_are_clear() {
     }
 }
 
-/// `cutover run` with TLS on the source and the target: full sync, stream, switch, rollback
-/// and finish; the data checked with an independent TLS client. (The proxy's own listener
-/// stays plain here.)
+/// `cutover run` with TLS everywhere: on the source, the target and the proxy's own listener
+/// (the application talks TLS to the proxy). Full sync, stream, switch, rollback, switch and
+/// finish; the data checked with an independent TLS client on both sides.
 #[test]
-#[ignore = "the proxy's data path to a TLS backend is the proxy helper's (proxy/upstream.rs over client::connect); un-ignore when it lands"]
 fn cutover_run_over_tls() {
     let pki = Pki::new();
     let source = TlsServer::start(&pki, "server", false);
     let target = TlsServer::start(&pki, "server", false);
     // A direct writer still connected would (rightly) block the switch: this one is closed.
     populate(&mut source.conn(&pki), 50);
+    let tls_port = common::free_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
     let proxy = common::Proxy::start(
         &source.url(),
         &[
@@ -450,13 +451,28 @@ fn cutover_run_over_tls() {
             &target.url(),
             "--target-tls-ca-file",
             &pki.ca(),
+            "--proxy-tls-listen",
+            &tls_listen,
+            "--proxy-tls-cert",
+            &pki.path("server.pem"),
+            "--proxy-tls-key",
+            &pki.path("server.key"),
         ],
     );
     common::wait_streaming(&proxy);
     let status = proxy.status_json();
     assert_eq!(status["tls"]["source"]["enabled"], true, "{status}");
     assert_eq!(status["tls"]["target"]["verify"], true, "{status}");
-    let mut c = proxy.conn();
+    // The application's connection: TLS to the proxy's TLS listener.
+    let app = redis::Client::build_with_tls(
+        format!("rediss://127.0.0.1:{tls_port}"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(pki.ca()).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut c = common::connect(&app);
     let _: () = redis::cmd("SET")
         .arg("during")
         .arg("1")
@@ -490,12 +506,26 @@ fn cutover_run_over_tls() {
     assert_eq!(n, 2, "the source had the target's writes");
     let report = common::step(&proxy, "switch");
     assert_eq!(report["primary"], "target", "{report}");
+    // Both sides equal during the overlap, key by key, read by an independent TLS client
+    // (the old side follows the new primary through the reverse link, so allow it a moment).
+    let mut src = source.conn(&pki);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (a, b) = (common::snapshot(&mut src), common::snapshot(&mut dst));
+        let diff = common::differences(&a, &b, 5);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sides differ: {diff:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let report = common::step(&proxy, "finish");
     assert_eq!(report["action"], "finish", "{report}");
     let n: i64 = redis::cmd("INCR").arg("counter").query(&mut c).unwrap();
     assert_eq!(n, 3);
     let v: Option<String> = redis::cmd("GET").arg("counter").query(&mut dst).unwrap();
     assert_eq!(v.as_deref(), Some("3"));
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
 }
 
 /// `cutover run` with a target whose certificate it cannot verify: the proxy keeps serving
