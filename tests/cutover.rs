@@ -846,3 +846,60 @@ fn a_frozen_target_refuses_the_switch_for_good_in_replica_overlap() {
 fn a_frozen_target_refuses_the_switch_for_good_in_shadow_overlap() {
     a_frozen_target_refuses_the_switch_for_good("shadow");
 }
+
+/// In shadow overlap a big write (past the size from which the proxy streams requests) is
+/// still shadowed: it is kept whole up to `proxy.buffer_limit_bytes`, so a rollback returns
+/// it. A write bigger than that limit is forwarded, and the rollback says it is no longer safe.
+#[test]
+fn big_writes_are_shadowed_or_make_the_rollback_unsafe() {
+    let (source, target) = source_and_target(Version::Redis70, Version::Redis70);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
+    wait_streaming(&proxy);
+    assert_eq!(step(&proxy, "switch")["primary"], "target");
+    let mut c = proxy.conn();
+    let big = "x".repeat(1024 * 1024);
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("APPEND")
+        .arg("big")
+        .arg("!")
+        .query(&mut c)
+        .unwrap();
+    let mut src = source.conn();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: usize = redis::cmd("STRLEN").arg("big").query(&mut src).unwrap();
+        if n == big.len() + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 1 MB write never reached the old side ({n} bytes)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(proxy.status_json()["rollback_safe"], true);
+    // Bigger than the buffer limit: served, but the rollback is no longer exact.
+    let huge = "y".repeat(5 * 1024 * 1024); // the default limit is 4 MiB
+    let _: () = redis::cmd("SET")
+        .arg("huge")
+        .arg(&huge)
+        .query(&mut c)
+        .unwrap();
+    let n: usize = redis::cmd("STRLEN").arg("huge").query(&mut c).unwrap();
+    assert_eq!(n, huge.len());
+    let status = proxy.status_json();
+    assert_eq!(status["rollback_safe"], false, "{status}");
+    assert!(
+        status.to_string().contains("buffer_limit_bytes"),
+        "{status}"
+    );
+    let (code, _, err) = cli(&proxy, &["rollback"]);
+    assert_ne!(code, 0, "the rollback is refused: {err}");
+}

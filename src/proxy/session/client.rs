@@ -252,13 +252,33 @@ impl Session {
                 );
                 kind == Kind::Plain && self.conn.authenticated
             });
+            let limit = self.shared.settings.buffer_limit;
             if !streamable {
                 // Control commands are never this big: they are buffered whole, up to the
                 // buffer limit; beyond it they are refused (a full buffer could never drain).
-                if self.client_in.len() >= self.shared.settings.buffer_limit {
+                if self.client_in.len() >= limit {
                     self.refuse_partial_request();
                 }
                 return;
+            }
+            // While writes are shadowed, a write is kept whole (up to the buffer limit) so
+            // that its shadow and its place in the per-key order are known. One bigger than
+            // the limit is still forwarded, but the old side cannot be kept equal for it: the
+            // rollback becomes unsafe and says why.
+            let cmd = command::command_id(name.unwrap_or_default());
+            if shadow::is_write(cmd)
+                && let Some(sink) = self.shared.shadow.load_full()
+            {
+                if self.client_in.len() < limit {
+                    return;
+                }
+                let shown = name.map_or_else(String::new, |n| {
+                    String::from_utf8_lossy(&n[..n.len().min(32)]).to_uppercase()
+                });
+                sink.mark_unsafe(&format!(
+                    "a {shown} write of more than {limit} bytes (proxy.buffer_limit_bytes) went \
+                     to the primary without a shadow"
+                ));
             }
             if !self.pinned && !self.pin() {
                 return;
