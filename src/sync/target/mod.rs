@@ -28,6 +28,12 @@ use crate::rdb::RdbVersion;
 use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 
+mod info;
+mod txn;
+
+pub use info::{TargetInfo, max_rdb_version};
+use txn::Txn;
+
 /// Commands in flight before the writer waits for replies.
 pub const DEFAULT_WINDOW: usize = 1024;
 /// Unsent bytes gathered before a write.
@@ -83,96 +89,6 @@ impl From<ClientError> for TargetError {
     fn from(e: ClientError) -> Self {
         TargetError::Client(e)
     }
-}
-
-/// What the target is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetInfo {
-    /// True for Valkey.
-    pub valkey: bool,
-    /// `(major, minor, patch)` of the server (Valkey's own numbering for Valkey).
-    pub version: (u32, u32, u32),
-    /// The newest RDB version its `RESTORE` accepts.
-    pub max_rdb: RdbVersion,
-}
-
-impl TargetInfo {
-    /// Parses the text of `INFO server`.
-    pub fn from_info(info: &str) -> Result<TargetInfo, String> {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        };
-        let (valkey, text) = match field("valkey_version") {
-            Some(v) => (true, v),
-            None => (
-                false,
-                field("redis_version").ok_or("INFO server has no redis_version")?,
-            ),
-        };
-        let version = parse_version(&text).ok_or_else(|| format!("unreadable version {text:?}"))?;
-        let max_rdb = max_rdb_version(valkey, version)
-            .ok_or_else(|| format!("version {text} is older than Redis 2.6"))?;
-        Ok(TargetInfo {
-            valkey,
-            version,
-            max_rdb,
-        })
-    }
-
-    /// The server name and version, for messages: "Redis 7.0.15".
-    pub fn describe(&self) -> String {
-        let (a, b, c) = self.version;
-        let name = if self.valkey { "Valkey" } else { "Redis" };
-        format!("{name} {a}.{b}.{c}")
-    }
-
-    /// True if the server has functions (`FUNCTION LOAD`): Redis 7.0+, every Valkey.
-    pub fn has_functions(&self) -> bool {
-        self.valkey || self.version.0 >= 7
-    }
-
-    /// True if `PEXPIREAT` takes `NX|XX|GT|LT` (Redis 7.0+, every Valkey).
-    pub fn has_expire_flags(&self) -> bool {
-        self.valkey || self.version.0 >= 7
-    }
-}
-
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let mut parts = text.split('.').map(|p| {
-        p.chars()
-            .take_while(char::is_ascii_digit)
-            .collect::<String>()
-            .parse::<u32>()
-    });
-    let major = parts.next()?.ok()?;
-    let minor = parts.next().and_then(Result::ok).unwrap_or(0);
-    let patch = parts.next().and_then(Result::ok).unwrap_or(0);
-    Some((major, minor, patch))
-}
-
-/// The newest RDB version a server of this version loads (reference §1.1, §1.2):
-/// Redis 2.6–3.0 → 6 (exactly), 3.2 → 7, 4.0 → 8, 5.0–6.2 → 9, 7.0 → 10, 7.2 → 11,
-/// 7.4–8.4 → 12, 8.6 → 13, 8.8+ → 14; Valkey 7.2–8.1 → 11, 9.x+ → 80.
-pub fn max_rdb_version(valkey: bool, (major, minor, _): (u32, u32, u32)) -> Option<RdbVersion> {
-    let v = if valkey {
-        if major >= 9 { 80 } else { 11 }
-    } else {
-        match (major, minor) {
-            (0..=1, _) | (2, 0..=5) => return None,
-            (2, _) | (3, 0..=1) => 6,
-            (3, _) => 7,
-            (4, _) => 8,
-            (5..=6, _) => 9,
-            (7, 0..=1) => 10,
-            (7, 2..=3) => 11,
-            (7, _) | (8, 0..=5) => 12,
-            (8, 6..=7) => 13,
-            _ => 14,
-        }
-    };
-    Some(RdbVersion(v))
 }
 
 /// What a command in flight was for.
@@ -245,24 +161,6 @@ impl Refusal {
         let code = self.error.split(' ').next().unwrap_or("");
         matches!(code, "ERR" | "WRONGTYPE")
     }
-}
-
-/// The transaction being queued: `MULTI` sent, `EXEC` not yet.
-#[derive(Debug, Default)]
-struct Txn {
-    /// Numbers the writer's transactions (replies of one may still arrive after the next
-    /// began, when `EXEC` was sent without waiting for them).
-    seq: u64,
-    /// The database before `MULTI` (the `SELECT`s inside take effect only with `EXEC`).
-    db_before: u64,
-    /// The commands queued since `MULTI`, as sent (for a re-send without refused ones).
-    wire: Vec<u8>,
-    /// Where each command ends in `wire`.
-    ends: Vec<usize>,
-    /// The tags of the commands answered so far, in order.
-    tags: Vec<Tag>,
-    /// Queue-time refusals: (index of the command, error).
-    refused: Vec<(usize, String)>,
 }
 
 /// The bulk strings of a flat array reply (`*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n`), or
@@ -475,118 +373,6 @@ impl TargetWriter {
             self.read_reply()?;
         }
         Ok(())
-    }
-
-    /// Sends `MULTI` and records what is queued after it, until [`Self::exec_txn`] or
-    /// [`Self::discard_txn`]: a command the target refuses while queueing (`-ERR` instead of
-    /// `+QUEUED`, after which `EXEC` would apply nothing) is collected instead of failing,
-    /// so that the transaction can be sent again without it ([`Self::resend_txn_without`]).
-    pub fn begin_txn(&mut self) -> Result<(), TargetError> {
-        if self.txn.is_some() {
-            return Err(TargetError::Protocol {
-                addr: self.addr.clone(),
-                detail: "MULTI inside MULTI (a bug in cutover)".into(),
-            });
-        }
-        self.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
-        self.txn_seq += 1;
-        self.txn = Some(Txn {
-            seq: self.txn_seq,
-            db_before: self.db,
-            ..Txn::default()
-        });
-        Ok(())
-    }
-
-    /// True while a transaction is open.
-    pub fn in_txn(&self) -> bool {
-        self.txn.is_some()
-    }
-
-    /// Waits until the target has answered every command queued in the open transaction and
-    /// returns those it refused, with their index in the transaction (empty: `EXEC` applies
-    /// everything). Nothing sent after `MULTI` has been applied yet, and nothing else is in
-    /// flight behind it, so leaving commands out keeps the order of the rest.
-    pub fn txn_refused(&mut self) -> Result<Vec<(usize, Refusal)>, TargetError> {
-        self.drain()?;
-        let Some(txn) = &self.txn else {
-            return Ok(Vec::new());
-        };
-        Ok(txn
-            .refused
-            .iter()
-            .map(|(i, error)| {
-                (
-                    *i,
-                    Refusal {
-                        tag: txn.tags.get(*i).cloned().unwrap_or_default(),
-                        error: error.clone(),
-                    },
-                )
-            })
-            .collect())
-    }
-
-    /// Sends `EXEC` for the open transaction: after [`Self::txn_refused`] found nothing, or
-    /// at once when no command in it can be refused while queueing (their replies are then
-    /// matched to the transaction as they come; a refusal is an error). A
-    /// command failing inside it (`WRONGTYPE`…) does not fail the writer: it is kept for
-    /// [`Self::take_exec_errors`].
-    pub fn exec_txn(&mut self, tag: Tag) -> Result<(), TargetError> {
-        let txn = self.txn.take().unwrap_or_default();
-        self.execs.push_back((txn.seq, txn.tags));
-        self.send(
-            &[&b"EXEC"[..]],
-            Tag {
-                txn_exec: true,
-                ..tag
-            },
-        )
-    }
-
-    /// `DISCARD`s the open transaction (if any) and sends it again without the commands at
-    /// `drop` (indexes from [`Self::txn_refused`]); the transaction stays open.
-    pub fn resend_txn_without(&mut self, drop: &[usize]) -> Result<(), TargetError> {
-        // The database the transaction's `SELECT`s lead to (sent again as bytes below).
-        let db_after = self.db;
-        let Some(txn) = self.discard_txn()? else {
-            return Ok(());
-        };
-        self.begin_txn()?;
-        let mut start = 0;
-        for (i, end) in txn.ends.iter().enumerate() {
-            let wire = &txn.wire[start..*end];
-            start = *end;
-            if drop.contains(&i) {
-                continue;
-            }
-            let mut tag = txn.tags.get(i).cloned().unwrap_or_default();
-            tag.in_txn = false;
-            self.send_wire(wire, tag)?;
-        }
-        self.db = db_after;
-        Ok(())
-    }
-
-    /// `DISCARD`s the open transaction, if any (its `SELECT`s never took effect: the database
-    /// is the one before `MULTI` again).
-    fn discard_txn(&mut self) -> Result<Option<Txn>, TargetError> {
-        let Some(txn) = self.txn.take() else {
-            return Ok(None);
-        };
-        self.send(&[&b"DISCARD"[..]], Tag::key("DISCARD", b""))?;
-        self.db = txn.db_before;
-        Ok(Some(txn))
-    }
-
-    /// `DISCARD`s the open transaction, if any.
-    pub fn discard(&mut self) -> Result<(), TargetError> {
-        self.discard_txn().map(|_| ())
-    }
-
-    /// Commands that failed inside an `EXEC` since the last call.
-    pub fn take_exec_errors(&mut self) -> Vec<Refusal> {
-        std::mem::take(&mut self.exec_errors)
     }
 
     /// Everything up to replication offset `offset` needs no command (it was skipped): it is
@@ -929,31 +715,6 @@ pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions() {
-        let redis = |s: &str| TargetInfo::from_info(&format!("# Server\r\nredis_version:{s}\r\n"));
-        assert_eq!(redis("6.2.14").unwrap().max_rdb, RdbVersion(9));
-        assert_eq!(redis("7.0.15").unwrap().max_rdb, RdbVersion(10));
-        assert_eq!(redis("7.2.4").unwrap().max_rdb, RdbVersion(11));
-        assert_eq!(redis("7.4.0").unwrap().max_rdb, RdbVersion(12));
-        assert_eq!(redis("8.4.0").unwrap().max_rdb, RdbVersion(12));
-        assert_eq!(redis("8.6.0").unwrap().max_rdb, RdbVersion(13));
-        assert_eq!(redis("8.8.1").unwrap().max_rdb, RdbVersion(14));
-        assert_eq!(redis("3.0.7").unwrap().max_rdb, RdbVersion(6));
-        assert_eq!(redis("4.0.14").unwrap().max_rdb, RdbVersion(8));
-        assert!(redis("2.4.0").is_err());
-        let valkey = TargetInfo::from_info(
-            "redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.0\r\n",
-        )
-        .unwrap();
-        assert!(valkey.valkey);
-        assert_eq!(valkey.max_rdb, RdbVersion(80));
-        assert_eq!(valkey.describe(), "Valkey 9.1.0");
-        let v8 = TargetInfo::from_info("redis_version:7.2.4\r\nvalkey_version:8.1.1\r\n").unwrap();
-        assert_eq!(v8.max_rdb, RdbVersion(11));
-        assert!(!redis("6.2.0").unwrap().has_expire_flags());
-    }
 
     #[test]
     fn texts() {
