@@ -482,6 +482,19 @@ fn admin_listener_over_tls_with_cutover_status() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("TLS handshake"), "{err}");
+
+    // `cutover verify --admin` reaches it over TLS too: the listener's own answer (this
+    // instance has no target) comes back through the TLS connection.
+    let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["verify", "--admin", &proxy.admin_addr()])
+        .args(["--admin-tls-ca", &certs.arg("ca.pem")])
+        .env_remove("CUTOVER_ADMIN_TOKEN")
+        .env_remove("CUTOVER_CONFIG")
+        .output()
+        .expect("run cutover verify");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no target configured"), "{err}");
     assert_no_panic(&proxy);
 }
 

@@ -67,6 +67,13 @@ pub struct VerifyArgs {
     /// Admin token (with --admin).
     #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// With --admin, when that admin listener speaks TLS: trust the CAs in this PEM file.
+    #[arg(
+        long = "admin-tls-ca",
+        env = "CUTOVER_ADMIN_TLS_CA",
+        requires = "admin"
+    )]
+    pub admin_tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub source_tls: SourceTlsArgs,
     #[command(flatten)]

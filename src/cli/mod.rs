@@ -323,8 +323,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
 fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     use crate::verify::{self, VerifyOptions, compare::Mode, filter};
     if let Some(addr) = &args.admin {
-        runtime()?.block_on(crate::admin::client::request(
+        runtime()?.block_on(crate::admin::client::request_tls(
             addr,
+            args.admin_tls_ca.as_deref(),
             args.token.as_deref(),
             &["VERIFY"],
             Duration::from_secs(5),
