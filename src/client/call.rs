@@ -72,6 +72,29 @@ pub(super) fn io_error(
     }
 }
 
+/// `reply` unless it is an error reply to `args` (shared by both flavours).
+fn check_reply(
+    endpoint: &super::Endpoint,
+    args: &[&[u8]],
+    reply: Vec<u8>,
+) -> Result<Vec<u8>, ClientError> {
+    if matches!(reply.first(), Some(b'-' | b'!')) {
+        return Err(ClientError::Refused {
+            endpoint: endpoint.to_string(),
+            command: command_name(args),
+            reply: reply_text(&reply),
+        });
+    }
+    Ok(reply)
+}
+
+fn protocol_error(endpoint: &super::Endpoint, detail: String) -> ClientError {
+    ClientError::Protocol {
+        endpoint: endpoint.to_string(),
+        detail,
+    }
+}
+
 /// An async connection that sends commands and reads their replies.
 pub struct Client {
     stream: Stream,
@@ -145,21 +168,11 @@ impl Client {
 
     /// `reply` unless it is an error reply to `args`.
     pub fn check(&self, args: &[&[u8]], reply: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        if matches!(reply.first(), Some(b'-' | b'!')) {
-            return Err(ClientError::Refused {
-                endpoint: self.endpoint.to_string(),
-                command: command_name(args),
-                reply: reply_text(&reply),
-            });
-        }
-        Ok(reply)
+        check_reply(&self.endpoint, args, reply)
     }
 
     fn protocol(&self, detail: String) -> ClientError {
-        ClientError::Protocol {
-            endpoint: self.endpoint.to_string(),
-            detail,
-        }
+        protocol_error(&self.endpoint, detail)
     }
 
     /// The stream and the bytes read past the last reply.
@@ -244,21 +257,11 @@ impl BlockingClient {
 
     /// `reply` unless it is an error reply to `args`.
     pub fn check(&self, args: &[&[u8]], reply: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        if matches!(reply.first(), Some(b'-' | b'!')) {
-            return Err(ClientError::Refused {
-                endpoint: self.endpoint.to_string(),
-                command: command_name(args),
-                reply: reply_text(&reply),
-            });
-        }
-        Ok(reply)
+        check_reply(&self.endpoint, args, reply)
     }
 
     fn protocol(&self, detail: String) -> ClientError {
-        ClientError::Protocol {
-            endpoint: self.endpoint.to_string(),
-            detail,
-        }
+        protocol_error(&self.endpoint, detail)
     }
 
     /// The stream (to set its time limits).
