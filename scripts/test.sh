@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets -j 2 -- -D warnings
+echo "== module graph (no import cycles between top-level modules)"
+python3 scripts/module-graph.py
 echo "== cargo test"
 # One build shared by every test binary; tests that start servers run two at a time.
 cargo test --all-targets -j 2 -- --test-threads=2
