@@ -86,6 +86,8 @@ impl StatusSource for RunStatus {
             },
             "proxy": {
                 "listen": p.settings.listen.to_string(),
+                "tls_listen": p.settings.tls.as_ref().map(|t| t.listen.to_string()),
+                "tls_client_certificates": p.settings.tls.as_ref().map(|t| t.files.client_ca_file.is_some()),
                 "client_connections": p.client_conns.load(Ordering::Relaxed),
                 "backend_connections": route.source.connections()
                     + route.target.as_ref().map_or(0, |t| t.connections()),
@@ -112,6 +114,18 @@ fn tls_note(tls: &Value) -> &'static str {
     }
 }
 
+/// `, TLS on 127.0.0.1:6401` (with `, client certificates required`) after the proxy's
+/// plain listener, when it has a TLS listener too.
+fn proxy_tls_note(proxy: &Value) -> String {
+    match proxy["tls_listen"].as_str() {
+        Some(addr) if proxy["tls_client_certificates"] == true => {
+            format!(", TLS on {addr}, client certificates required")
+        }
+        Some(addr) => format!(", TLS on {addr}"),
+        None => String::new(),
+    }
+}
+
 /// The readable summary `cutover status` prints without `--json`.
 pub fn render_text(doc: &Value) -> String {
     let s = |v: &Value| match v {
@@ -128,7 +142,7 @@ pub fn render_text(doc: &Value) -> String {
         overlap_line(&doc["cutover"]),
         s(&doc["source"]) + tls_note(&doc["tls"]["source"]),
         s(&doc["target"]) + tls_note(&doc["tls"]["target"]),
-        s(&proxy["listen"]),
+        s(&proxy["listen"]) + &proxy_tls_note(proxy),
         s(&proxy["client_connections"]),
         s(&proxy["backend_connections"]),
         sync_line(&doc["sync"]),

@@ -125,6 +125,16 @@ fn redis_crate_through_the_tls_listener() {
     let server = Server::start(Version::Redis70);
     let certs = Certs::new();
     let (proxy, port) = tls_proxy(&server, &certs, &[]);
+    let status = proxy.status_json();
+    assert_eq!(
+        status["proxy"]["tls_listen"],
+        format!("127.0.0.1:{port}"),
+        "{status}"
+    );
+    assert_eq!(
+        status["proxy"]["tls_client_certificates"], false,
+        "{status}"
+    );
     let mut c = tls_conn(&certs, port);
     let mut direct = server.conn();
 
@@ -341,6 +351,10 @@ fn client_certificates_required() {
     let certs = Certs::new();
     let ca = certs.arg("ca.pem");
     let (proxy, port) = tls_proxy(&server, &certs, &["--proxy-tls-client-ca", &ca]);
+    assert_eq!(
+        proxy.status_json()["proxy"]["tls_client_certificates"],
+        true
+    );
 
     // Without a certificate: refused (TLS 1.3 reports it at the first read).
     let refused = tls_client(&certs, port, false)
