@@ -102,6 +102,65 @@ fn tls_conn(certs: &Certs, port: u16) -> redis::Connection {
     connect(&tls_client(certs, port, false))
 }
 
+/// Through the TLS listener on `port` (client `c`): a transaction, a `BLPOP` answered by a
+/// push made directly on `server`, and a message published on `direct` reaching a TLS
+/// subscriber. All three need the session's own backend connection.
+fn transaction_blocking_pop_and_pubsub(
+    c: &mut redis::Connection,
+    server: &Server,
+    direct: &mut redis::Connection,
+    certs: &Certs,
+    port: u16,
+) {
+    // MULTI/EXEC.
+    let (a, b): (i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg("ctr")
+        .cmd("INCRBY")
+        .arg("ctr")
+        .arg(10)
+        .query(c)
+        .expect("MULTI/EXEC through TLS");
+    assert_eq!((a, b), (1, 11));
+
+    // BLPOP answered by a push from another client.
+    let pusher = std::thread::spawn({
+        let url = server.url();
+        move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut d = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let _: () = d.rpush("q", "item").unwrap();
+        }
+    });
+    let popped: (String, String) = redis::cmd("BLPOP")
+        .arg("q")
+        .arg(5)
+        .query(c)
+        .expect("BLPOP through TLS");
+    assert_eq!(popped, ("q".to_string(), "item".to_string()));
+    pusher.join().unwrap();
+
+    // Pub/sub: a message published directly reaches the TLS subscriber.
+    let mut sub_conn = tls_conn(certs, port);
+    let mut sub = sub_conn.as_pubsub();
+    sub.set_read_timeout(Some(TIMEOUT)).unwrap();
+    sub.subscribe("news").expect("SUBSCRIBE through TLS");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let n: i64 = direct.publish("news", "hello").unwrap();
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscription never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let msg = sub.get_message().expect("message through TLS");
+    assert_eq!(msg.get_channel_name(), "news");
+    assert_eq!(msg.get_payload::<String>().unwrap(), "hello");
+    drop(sub);
+}
+
 fn counter(metrics: &str, name: &str, label: &str) -> u64 {
     metrics
         .lines()
@@ -168,53 +227,8 @@ fn redis_crate_through_the_tls_listener() {
     let many: Vec<Vec<u8>> = pipe.query(&mut c).expect("pipelined big GETs");
     assert!(many.iter().all(|b| *b == big));
 
-    // MULTI/EXEC.
-    let (a, b): (i64, i64) = redis::pipe()
-        .atomic()
-        .cmd("INCR")
-        .arg("ctr")
-        .cmd("INCRBY")
-        .arg("ctr")
-        .arg(10)
-        .query(&mut c)
-        .expect("MULTI/EXEC through TLS");
-    assert_eq!((a, b), (1, 11));
-
-    // BLPOP answered by a push from another client.
-    let pusher = std::thread::spawn({
-        let url = server.url();
-        move || {
-            std::thread::sleep(Duration::from_millis(200));
-            let mut d = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let _: () = d.rpush("q", "item").unwrap();
-        }
-    });
-    let popped: (String, String) = redis::cmd("BLPOP")
-        .arg("q")
-        .arg(5)
-        .query(&mut c)
-        .expect("BLPOP through TLS");
-    assert_eq!(popped, ("q".to_string(), "item".to_string()));
-    pusher.join().unwrap();
-
-    // Pub/sub: a message published directly reaches the TLS subscriber.
-    let mut sub_conn = tls_conn(&certs, port);
-    let mut sub = sub_conn.as_pubsub();
-    sub.set_read_timeout(Some(TIMEOUT)).unwrap();
-    sub.subscribe("news").expect("SUBSCRIBE through TLS");
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let n: i64 = direct.publish("news", "hello").unwrap();
-        if n == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the subscription never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let msg = sub.get_message().expect("message through TLS");
-    assert_eq!(msg.get_channel_name(), "news");
-    assert_eq!(msg.get_payload::<String>().unwrap(), "hello");
-    drop(sub);
+    // MULTI/EXEC, BLPOP and pub/sub on the session's own connection.
+    transaction_blocking_pop_and_pubsub(&mut c, &server, &mut direct, &certs, port);
 
     // The plain listener still serves, side by side.
     let mut plain = proxy.conn();
@@ -587,48 +601,9 @@ fn tls_on_both_hops() {
     assert!(direct.get::<_, Vec<u8>>("big").unwrap() == big);
 
     // The session's own connection (TLS to the server): MULTI, BLPOP, pub/sub.
-    let (a, b): (i64, i64) = redis::pipe()
-        .atomic()
-        .cmd("INCR")
-        .arg("ctr")
-        .cmd("INCRBY")
-        .arg("ctr")
-        .arg(10)
-        .query(&mut c)
-        .expect("MULTI/EXEC");
-    assert_eq!((a, b), (1, 11));
-    let pusher = std::thread::spawn({
-        let url = server.url();
-        move || {
-            std::thread::sleep(Duration::from_millis(200));
-            let mut d = redis::Client::open(url).unwrap().get_connection().unwrap();
-            let _: () = d.rpush("q", "item").unwrap();
-        }
-    });
-    let popped: (String, String) = redis::cmd("BLPOP")
-        .arg("q")
-        .arg(5)
-        .query(&mut c)
-        .expect("BLPOP");
-    assert_eq!(popped.1, "item");
-    pusher.join().unwrap();
+    transaction_blocking_pop_and_pubsub(&mut c, &server, &mut direct, &certs, port);
     let _: () = c.set("own", &big).expect("SET 4 MB on the own connection");
     assert!(c.get::<_, Vec<u8>>("own").unwrap() == big);
-
-    let mut sub_conn = tls_conn(&certs, port);
-    let mut sub = sub_conn.as_pubsub();
-    sub.set_read_timeout(Some(TIMEOUT)).unwrap();
-    sub.subscribe("news").unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while direct.publish::<_, _, i64>("news", "hello").unwrap() != 1 {
-        assert!(Instant::now() < deadline, "the subscription never arrived");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        sub.get_message().unwrap().get_payload::<String>().unwrap(),
-        "hello"
-    );
-    drop(sub);
 
     // The plain listener to the TLS backend too.
     assert_eq!(proxy.conn().get::<_, i64>("ctr").unwrap(), 11);
