@@ -106,6 +106,13 @@ pub struct CutoverSection {
     /// `auto` (default), `replica` or `shadow`: how the old side is kept in step after a
     /// switch (`cutover::overlap`).
     pub overlap: Option<String>,
+    /// At a move, disconnect a client stalled this long (not reading its replies, a `MULTI`
+    /// open, a blocked call with commands behind it); 0: never (default 10000).
+    pub stalled_client_disconnect_ms: Option<u64>,
+    /// Bounds of the proxy's script registry, loaded into each new primary (defaults 10000
+    /// scripts, 64 MiB).
+    pub script_cache_scripts: Option<usize>,
+    pub script_cache_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -54,6 +54,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.proxy.clone(),
         ArcSwap::from_pointee(route),
     ));
+    shared.scripts.set_limits(
+        settings.cutover.script_cache_scripts,
+        settings.cutover.script_cache_bytes,
+    );
     if let Some(target) = &settings.target {
         let check = target.clone();
         let marker = tokio::task::spawn_blocking(move || {

@@ -75,6 +75,8 @@ impl StatusSource for RunStatus {
             "cutover": cutover,
             "sync": sync,
             "verify": self.verify.as_ref().map(|v| v.status()),
+            // The scripts the proxy loads into each new primary (`cutover::scripts`).
+            "scripts": p.scripts.status(),
             "primary": route.primary.as_str(),
             "route_epoch": route.epoch,
             "uptime_secs": self.started.elapsed().as_secs(),
@@ -148,7 +150,47 @@ pub fn render_text(doc: &Value) -> String {
         sync_line(&doc["sync"]),
         verify_line(&doc["verify"]),
         s(&doc["uptime_secs"]),
-    )
+    ) + &scripts_line(&doc["scripts"])
+        + &holders_lines(&doc["cutover"])
+}
+
+/// `scripts:   3 kept (1.2 KB) of 10000 / 64.0 MB, 0 dropped …`.
+fn scripts_line(s: &Value) -> String {
+    if s.is_null() {
+        return String::new();
+    }
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "scripts:   {} kept ({}) of {} / {}, {} dropped by the bound, {} loaded into new primaries",
+        n("scripts"),
+        human_bytes(n("bytes")),
+        n("max_scripts"),
+        human_bytes(n("max_bytes")),
+        n("dropped"),
+        n("loaded_by_moves"),
+    );
+    if let Some(u) = s["unknown_on_source"].as_u64().filter(|u| *u > 0) {
+        line.push_str(&format!(
+            "; {u} scripts cached on the source were not loaded through the proxy (their EVALSHA may fail with NOSCRIPT after the switch)"
+        ));
+    }
+    line + "\n"
+}
+
+/// The sessions that would hold a move now, one per line.
+fn holders_lines(cutover: &Value) -> String {
+    let Some(list) = cutover["would_hold_move"].as_array().filter(|l| !l.is_empty()) else {
+        return String::new();
+    };
+    let mut out = format!("stalled:   {} sessions would hold a move now\n", list.len());
+    for h in list {
+        out.push_str(&format!(
+            "           {} — {}\n",
+            h["text"].as_str().unwrap_or("-"),
+            h["at_move"].as_str().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 fn sync_line(sync: &Value) -> String {

@@ -72,6 +72,15 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
         }
         cutover.shadow_queue = n;
     }
+    if let Some(ms) = file.cutover.stalled_client_disconnect_ms {
+        cutover.stalled_disconnect = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(n) = file.cutover.script_cache_scripts {
+        cutover.script_cache_scripts = n;
+    }
+    if let Some(n) = file.cutover.script_cache_bytes {
+        cutover.script_cache_bytes = n;
+    }
     if let Some(mode) = args.overlap.clone().or(file.cutover.overlap) {
         cutover.overlap =
             crate::cutover::overlap::OverlapMode::parse(&mode).ok_or(ConfigError::Invalid {

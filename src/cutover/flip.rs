@@ -33,6 +33,7 @@ impl Controller {
             .map_err(|e| CutoverError::Refused(format!("the target is not reachable: {e}")))?;
         self.first_switch_preconditions(&mut src, &mut tgt, &source, force)
             .await?;
+        let scripts = self.scripts_before_pause(&mut src, &mut tgt).await?;
 
         let gate = self.proxy.gate();
         let started = Instant::now();
@@ -50,11 +51,8 @@ impl Controller {
                 side: "source",
             }
         };
-        if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!(
-                "{} sessions still had commands in flight",
-                gate.busy()
-            )));
+        if let Err(why) = self.wait_for_sessions(started, deadline, force).await {
+            return Err(abort(why));
         }
         let offset = match source_offset(&mut src).await {
             Ok(o) => o,
@@ -67,6 +65,9 @@ impl Controller {
                 "the target had applied offset {} of {offset}",
                 self.sync.applied_offset.load(Ordering::Relaxed)
             )));
+        }
+        if let Err(e) = self.scripts_in_pause(&mut tgt, scripts, deadline).await {
+            return Err(abort(e));
         }
         self.sync_detached.store(true, Ordering::Release);
         let unblocked = self
@@ -147,6 +148,7 @@ impl Controller {
                 new.describe()
             )));
         }
+        let scripts = self.scripts_before_pause(&mut old_conn, &mut new_conn).await?;
         let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
@@ -166,11 +168,8 @@ impl Controller {
                 side: from,
             }
         };
-        if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!(
-                "{} sessions still had commands in flight",
-                gate.busy()
-            )));
+        if let Err(why) = self.wait_for_sessions(started, deadline, force).await {
+            return Err(abort(why));
         }
         let drained = wait_until(deadline, || sink.as_ref().is_none_or(|s| s.pending() == 0)).await;
         if !drained {
@@ -179,6 +178,9 @@ impl Controller {
                 sink.as_ref().map_or(0, |s| s.pending()),
                 to.as_str()
             )));
+        }
+        if let Err(e) = self.scripts_in_pause(&mut new_conn, scripts, deadline).await {
+            return Err(abort(e));
         }
         let written = sink.as_ref().map_or(0, |s| s.enqueued());
         let unblocked = self.flip(to, &mut old_conn, old, new, true).await;

@@ -38,10 +38,12 @@
 
 mod flip;
 pub mod gate;
+pub mod holders;
 pub mod order;
 pub mod overlap;
 pub mod phase;
 mod preconditions;
+pub mod scripts;
 pub mod shadow;
 mod status;
 pub mod writer;
@@ -76,6 +78,10 @@ pub trait ProxyHandle: Send + Sync {
     fn gate(&self) -> &gate::Gate;
     /// Where sessions copy acknowledged writes while the old side is kept in step.
     fn shadow(&self) -> &arc_swap::ArcSwapOption<ShadowSink>;
+    /// The scripts the clients loaded through the proxy ([`scripts`]), for the new primary.
+    fn scripts(&self) -> &scripts::Scripts;
+    /// What each client session would hold a move up with ([`holders`]).
+    fn clients(&self) -> &holders::Clients;
 }
 
 /// Milliseconds since the Unix epoch (for absolute expiry times).
@@ -98,6 +104,13 @@ pub struct CutoverSettings {
     pub timeout: Duration,
     /// How the old side is kept in step during the overlap ([`overlap`]).
     pub overlap: OverlapMode,
+    /// `[cutover] stalled_client_disconnect_ms`: at a move, a client stalled this long (not
+    /// reading its replies, a `MULTI` open, a blocked call with commands behind it) is
+    /// disconnected ([`holders`]); `None` (0 in the file): never.
+    pub stalled_disconnect: Option<Duration>,
+    /// Bounds of the script registry ([`scripts`]).
+    pub script_cache_scripts: usize,
+    pub script_cache_bytes: usize,
 }
 
 impl Default for CutoverSettings {
@@ -108,6 +121,9 @@ impl Default for CutoverSettings {
             shadow_queue: 1_000_000,
             timeout: Duration::from_secs(5),
             overlap: OverlapMode::Auto,
+            stalled_disconnect: Some(Duration::from_secs(10)),
+            script_cache_scripts: scripts::DEFAULT_MAX_SCRIPTS,
+            script_cache_bytes: scripts::DEFAULT_MAX_BYTES,
         }
     }
 }

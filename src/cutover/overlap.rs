@@ -323,6 +323,8 @@ impl Controller {
             }
         }
 
+        // (The scripts the proxy knows go into the new primary: `super::scripts`.)
+        let scripts = self.scripts_before_pause(&mut old_conn, &mut new_conn).await?;
         let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
@@ -343,11 +345,8 @@ impl Controller {
             }
         };
         let in_time = |d: Instant| tokio::time::Instant::from_std(d);
-        if !wait_until(deadline, || gate.busy() == 0).await {
-            return Err(abort(format!(
-                "{} sessions still had commands in flight",
-                gate.busy()
-            )));
+        if let Err(why) = self.wait_for_sessions(started, deadline, force).await {
+            return Err(abort(why));
         }
         // 2. The applying link applies up to the old primary's offset and parks.
         let old_pos =
@@ -415,6 +414,9 @@ impl Controller {
                 following.direction(),
                 following.received_offset.load(Ordering::Relaxed)
             )));
+        }
+        if let Err(e) = self.scripts_in_pause(&mut new_conn, scripts, deadline).await {
+            return Err(abort(e));
         }
         // 5. Commit: the parked link follows; the route flips.
         applying.handoff.follow();

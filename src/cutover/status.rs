@@ -83,6 +83,13 @@ impl Controller {
             "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
             "held_sessions": self.proxy.gate().held(),
+            // Sessions that would hold a move now (stalled longer than the pause limit), and
+            // what the move would do with each ([`holders`]).
+            "would_hold_move": holders::holders_json(
+                &self.proxy.clients().holders(self.settings.max_pause),
+                self.settings.stalled_disconnect,
+            ),
+            "stalled_client_disconnect_ms": self.settings.stalled_disconnect.map(|d| d.as_millis() as u64),
             "last": history.last(),
             "history": history,
         })

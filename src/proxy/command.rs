@@ -155,6 +155,15 @@ const CONNECTION_STATE: &[&str] = &["client", "debug", "readonly", "readwrite", 
 const MAY_BLOCK: u8 = 1;
 const OWN_CONNECTION: u8 = 2;
 const OWN_KIND: u8 = 4;
+const LEARNS_SCRIPT: u8 = 8;
+
+/// `EVAL`, `EVAL_RO` and `SCRIPT`: the proxy keeps the script bodies they carry
+/// ([`crate::cutover::scripts`]), so they leave the hot path for [`Session`]'s `command`.
+///
+/// [`Session`]: super::session::Session
+pub fn learns_script(cmd_id: usize) -> bool {
+    flags(cmd_id) & LEARNS_SCRIPT != 0
+}
 
 /// Per-command flags, indexed by command id (the last slot is `other`: an unknown command
 /// might be a blocking module command, so it gets its own connection). Built once from the
@@ -171,6 +180,9 @@ fn flags(cmd_id: usize) -> u8 {
                 }
                 if CONNECTION_STATE.contains(&c.name) {
                     f |= OWN_CONNECTION;
+                }
+                if matches!(c.name, "eval" | "eval_ro" | "script") {
+                    f |= LEARNS_SCRIPT;
                 }
                 // CLIENT's and SCRIPT's kinds depend on their subcommands.
                 if matches!(c.name, "client" | "script" | "config")

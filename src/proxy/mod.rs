@@ -46,6 +46,11 @@ pub struct ProxyShared {
     pub key_order: Arc<crate::cutover::order::KeyOrder>,
     /// The shared backend connections, one per side ([`mux::SharedLinks`]).
     pub links: mux::SharedLinks,
+    /// The scripts clients loaded (`SCRIPT LOAD`, `EVAL` bodies), loaded into the new
+    /// primary by each move ([`crate::cutover::scripts`]).
+    pub scripts: crate::cutover::scripts::Scripts,
+    /// What each session would hold a move up with ([`crate::cutover::holders`]).
+    pub clients: crate::cutover::holders::Clients,
 }
 
 impl ProxyShared {
@@ -59,6 +64,8 @@ impl ProxyShared {
             shadow: ArcSwapOption::empty(),
             key_order: Arc::default(),
             links: mux::SharedLinks::default(),
+            scripts: Default::default(),
+            clients: Default::default(),
         }
     }
 }
@@ -72,6 +79,12 @@ impl crate::cutover::ProxyHandle for ProxyShared {
     }
     fn shadow(&self) -> &ArcSwapOption<ShadowSink> {
         &self.shadow
+    }
+    fn scripts(&self) -> &crate::cutover::scripts::Scripts {
+        &self.scripts
+    }
+    fn clients(&self) -> &crate::cutover::holders::Clients {
+        &self.clients
     }
 }
 

@@ -36,6 +36,11 @@ impl Session {
                 Ok(n) => {
                     telemetry::hot().bytes_out.increment(n as u64);
                     self.client_out.advance(n);
+                    if self.info_busy && n > 0 {
+                        // The client reads: it does not hold a move for that.
+                        let at = self.shared.clients.ms(Instant::now());
+                        self.info.progressed(at);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),

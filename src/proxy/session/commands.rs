@@ -12,6 +12,9 @@ impl Session {
         });
         telemetry::commands().received(cmd, 1);
         self.next_shadow = None;
+        if command::learns_script(cmd) && self.conn.authenticated {
+            self.learn_script(argv);
+        }
         if shadow::is_write(cmd) && self.conn.authenticated {
             self.capture_shadow(cmd, wire);
         }
@@ -361,5 +364,22 @@ impl Session {
             });
         }
         true
+    }
+
+    /// Keeps the script body of an `EVAL`/`EVAL_RO` or a `SCRIPT LOAD` for the next move
+    /// (`cutover::scripts`); a `SCRIPT FLUSH` empties the registry.
+    fn learn_script(&self, argv: &[&[u8]]) {
+        use crate::cutover::scripts::Origin;
+        let scripts = &self.shared.scripts;
+        match argv {
+            [name, body, ..] if !name.eq_ignore_ascii_case(b"script") => {
+                scripts.learn(body, Origin::Eval)
+            }
+            [_, sub, body, ..] if sub.eq_ignore_ascii_case(b"load") => {
+                scripts.learn(body, Origin::Load)
+            }
+            [_, sub, ..] if sub.eq_ignore_ascii_case(b"flush") => scripts.forget_all(),
+            _ => {}
+        }
     }
 }

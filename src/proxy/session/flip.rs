@@ -82,4 +82,27 @@ impl Session {
         self.reissue = Some((head.cmd, wire));
         true
     }
+
+    /// Tells the cutover what this session would hold a move up with (only while busy, and
+    /// on the edges: a few relaxed stores, no clock read but the batch's).
+    pub(super) fn publish_info(&mut self, in_flight: bool) {
+        let clients = &self.shared.clients;
+        if in_flight != self.info_busy {
+            self.info_busy = in_flight;
+            self.info.set_busy(in_flight, clients.ms(self.batch_started));
+        }
+        if self.conn.in_multi != self.info_multi {
+            self.info_multi = self.conn.in_multi;
+            self.info
+                .set_multi(self.info_multi.then(|| clients.ms(self.batch_started)));
+        }
+        if in_flight {
+            let blocked = self
+                .pending
+                .front()
+                .is_some_and(|p| !p.swallow && p.reissue.is_some());
+            self.info
+                .set_pending(self.pending.len(), self.client_out.len(), blocked);
+        }
+    }
 }

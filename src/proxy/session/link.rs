@@ -54,7 +54,9 @@ impl Session {
                 last.bytes[..name.len()].copy_from_slice(name);
                 last.len = name.len();
                 last.cmd = cmd;
-                last.plain = !command::has_own_kind(cmd) && !command::needs_own_connection(cmd);
+                last.plain = !command::has_own_kind(cmd)
+                    && !command::needs_own_connection(cmd)
+                    && !command::learns_script(cmd);
             }
             let cmd = last.cmd;
             if !last.plain || (shadowing && shadow::is_write(cmd)) {
@@ -101,6 +103,7 @@ impl Session {
             || self.streaming_request
             || !self.conn.authenticated
             || (shadow::is_write(cmd) && self.shared.shadow.load().is_some())
+            || command::learns_script(cmd)
         {
             return false;
         }

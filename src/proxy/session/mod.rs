@@ -43,6 +43,7 @@ use super::io::Conn;
 use super::mux::{MuxReply, MuxRequest};
 use super::upstream;
 use crate::config::constant_time_eq;
+use crate::cutover::holders::ClientInfo;
 use crate::cutover::order::{self, KeyGuard, OrderKeys};
 use crate::cutover::shadow::{self, ShadowItem, Value};
 use crate::resp::request::{self, CAPTURED_ARGS, encode_command};
@@ -211,6 +212,8 @@ enum Event {
     Error(io::Error),
     /// Nothing could wake the session any more (no branch of its wait is enabled).
     Stalled,
+    /// The cutover disconnects this client: it held a move ([`crate::cutover::holders`]).
+    Kicked,
 }
 
 pub struct Session {
@@ -292,6 +295,11 @@ pub struct Session {
     mux_frame_parser: ReplyParser,
     /// The command name [`Session::take_plain_run`] looked up last.
     last_name: LastName,
+    /// What this session would hold a move up with ([`crate::cutover::holders`]).
+    info: Arc<ClientInfo>,
+    /// `info` says busy / inside `MULTI`.
+    info_busy: bool,
+    info_multi: bool,
 }
 
 impl Session {
@@ -300,6 +308,7 @@ impl Session {
         let db = route.primary_backend().url.db;
         let authenticated = shared.settings.auth.password.is_none();
         let gate_rx = shared.gate.subscribe();
+        let info = shared.clients.register(peer);
         Session {
             req: RequestParser::default(),
             epoch: route.epoch,
@@ -344,6 +353,9 @@ impl Session {
             mux_frames: BytesMut::new(),
             mux_frame_parser: ReplyParser::default(),
             last_name: LastName::default(),
+            info,
+            info_busy: false,
+            info_multi: false,
         }
     }
 
@@ -358,6 +370,7 @@ impl Session {
         gate.set_busy(&mut self.busy, false);
         gate.set_held(&mut self.gated, false);
         gate.set_parked(&mut self.parked_flag, false);
+        self.shared.clients.unregister(self.info.id);
         self.drop_upstream();
         let shared = self.shared.clone();
         // Everything this session held is freed before the heap is looked at.
@@ -392,6 +405,7 @@ impl Session {
                 return Ok(());
             }
             let in_flight = self.in_flight_for_gate();
+            self.publish_info(in_flight);
             self.shared.gate.set_busy(&mut self.busy, in_flight);
             let parked = self.parked();
             self.shared.gate.set_parked(&mut self.parked_flag, parked);
@@ -415,7 +429,9 @@ impl Session {
             // A command waiting for keys another write has in flight: try again when some
             // write gives its keys back (or after 1 ms, in case that happened just before).
             let key_order = self.key_wait.then(|| Arc::clone(&self.shared.key_order));
+            let info = &self.info;
             let event = tokio::select! {
+                _ = info.kicked() => Event::Kicked,
                 _ = async {
                     let order = key_order.as_ref().expect("guarded");
                     tokio::select! {
@@ -443,6 +459,9 @@ impl Session {
                 Event::Keys => {}
                 Event::Error(e) => return Err(e),
                 Event::Stalled => return Err(self.stalled()),
+                Event::Kicked => {
+                    return Err(io::Error::other("disconnected: it held a cutover move"));
+                }
             }
         }
     }

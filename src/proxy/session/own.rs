@@ -281,7 +281,10 @@ impl Session {
         match effect {
             Effect::None => {}
             Effect::Select(db) => self.conn.db = db,
-            Effect::SetName(name) => self.conn.name = name.map(|n| *n),
+            Effect::SetName(name) => {
+                self.info.set_name(name.as_deref().map(|n| &n[..]));
+                self.conn.name = name.map(|n| *n);
+            }
             Effect::Hello(v) => self.conn.resp = v,
             Effect::Multi => {}
             Effect::Exec => {
