@@ -1,0 +1,200 @@
+//! Scripts across moves (issue 18): since Redis 7.0 `SCRIPT LOAD` is not replicated, so the
+//! new primary never had the scripts the applications call by SHA. The proxy keeps every
+//! script it sees (`SCRIPT LOAD`, `EVAL` bodies) and loads them into the new primary inside
+//! each move. Here: `SCRIPT LOAD` + `EVALSHA` across switch → rollback → switch → finish,
+//! on a session of the shared connection and on a pinned one, with a script first seen as
+//! an `EVAL` body and scripts loaded between moves; after each move every `EVALSHA` works
+//! on the first try, the new primary has every script (`SCRIPT EXISTS`, asked directly),
+//! both sides are equal, and every `EVALSHA`'s increment is on the primary exactly once.
+
+mod common;
+
+use common::moves::assert_sides_equal;
+use common::{Proxy, Server, Version, step, wait_streaming};
+
+/// (body, key it increments): each script adds 1 to its own counter.
+const SCRIPTS: [&str; 5] = [
+    "return redis.call('INCR', KEYS[1])",
+    "return redis.call('INCRBY', KEYS[1], 1)",
+    "local v = redis.call('INCR', KEYS[1]) return v",
+    "redis.call('INCR', KEYS[1]) return 'ok'",
+    "return redis.call('HINCRBY', KEYS[1], 'n', 1)",
+];
+
+fn sha(c: &mut redis::Connection, body: &str) -> String {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(body)
+        .query(c)
+        .unwrap()
+}
+
+/// Runs script `i` by SHA once and counts it; an error (NOSCRIPT) fails the test.
+fn evalsha(c: &mut redis::Connection, shas: &[String], i: usize, counts: &mut [i64], label: &str) {
+    let r: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA")
+        .arg(&shas[i])
+        .arg(1)
+        .arg(format!("{{s}}:ctr:{i}"))
+        .query(c);
+    if let Err(e) = r {
+        panic!("{label}: EVALSHA of script {i} failed: {e}");
+    }
+    counts[i] += 1;
+}
+
+fn counter(c: &mut redis::Connection, i: usize) -> i64 {
+    let key = format!("{{s}}:ctr:{i}");
+    if i == 4 {
+        redis::cmd("HGET")
+            .arg(&key)
+            .arg("n")
+            .query::<Option<i64>>(c)
+            .unwrap()
+            .unwrap_or(0)
+    } else {
+        redis::cmd("GET")
+            .arg(&key)
+            .query::<Option<i64>>(c)
+            .unwrap()
+            .unwrap_or(0)
+    }
+}
+
+/// Every known script is on `primary` (asked directly), and every counter there is what
+/// the acknowledged `EVALSHA`s make it.
+fn check_primary(primary: &Server, shas: &[String], known: usize, counts: &[i64], label: &str) {
+    let mut c = primary.conn();
+    let mut exists = redis::cmd("SCRIPT");
+    exists.arg("EXISTS");
+    for s in &shas[..known] {
+        exists.arg(s);
+    }
+    let have: Vec<i64> = exists.query(&mut c).unwrap();
+    assert_eq!(have, vec![1; known], "{label}: scripts on the new primary");
+    for (i, want) in counts.iter().enumerate() {
+        assert_eq!(counter(&mut c, i), *want, "{label}: counter {i} on the primary");
+    }
+}
+
+fn scripts_survive_every_move(from: Version, to: Version) {
+    let source = Server::start(from);
+    let target = Server::start(to);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    // A session of the shared connection, and one pinned to its own (CLIENT SETNAME).
+    let mut shared = proxy.conn();
+    let mut pinned = proxy.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("pinned-app")
+        .query(&mut pinned)
+        .unwrap();
+    let mut counts = [0i64; 5];
+    let mut shas: Vec<String> = Vec::new();
+    // Script 0: SCRIPT LOAD on the shared connection. Script 1: first seen as an EVAL body
+    // (on the pinned session), then called by SHA.
+    shas.push(sha(&mut shared, SCRIPTS[0]));
+    let _: i64 = redis::cmd("EVAL")
+        .arg(SCRIPTS[1])
+        .arg(1)
+        .arg("{s}:ctr:1")
+        .query(&mut pinned)
+        .unwrap();
+    counts[1] += 1;
+    shas.push(common::moves::sha1_of(SCRIPTS[1]));
+    let all = |c: &mut redis::Connection, shas: &[String], counts: &mut [i64], label: &str| {
+        for i in 0..shas.len() {
+            evalsha(c, shas, i, counts, label);
+        }
+    };
+    all(&mut shared, &shas, &mut counts, "before the switch (shared)");
+    all(&mut pinned, &shas, &mut counts, "before the switch (pinned)");
+
+    let moves = [
+        ("switch", &target, 2usize),
+        ("rollback", &source, 3),
+        ("switch", &target, 4),
+    ];
+    for (n, (verb, primary, _)) in moves.iter().enumerate() {
+        step(&proxy, verb);
+        let label = format!("after move {n} ({verb})");
+        // No EVALSHA fails because of the move, on either kind of session.
+        all(&mut shared, &shas, &mut counts, &format!("{label}, shared"));
+        all(&mut pinned, &shas, &mut counts, &format!("{label}, pinned"));
+        check_primary(primary, &shas, shas.len(), &counts, &label);
+        assert_sides_equal(&source, &target, &label);
+        // A script loaded between moves: by SCRIPT LOAD on the pinned session after the
+        // first move, as an EVAL body on the shared connection after the second, by SCRIPT
+        // LOAD on the shared one after the third.
+        let body = SCRIPTS[shas.len()];
+        let i = shas.len();
+        match n {
+            1 => {
+                let _: redis::Value = redis::cmd("EVAL")
+                    .arg(body)
+                    .arg(1)
+                    .arg(format!("{{s}}:ctr:{i}"))
+                    .query(&mut shared)
+                    .unwrap();
+                counts[i] += 1;
+                shas.push(common::moves::sha1_of(body));
+            }
+            0 => shas.push(sha(&mut pinned, body)),
+            _ => shas.push(sha(&mut shared, body)),
+        }
+        all(&mut shared, &shas, &mut counts, &format!("{label}, new script"));
+    }
+    step(&proxy, "finish");
+    all(&mut shared, &shas, &mut counts, "after finish (shared)");
+    all(&mut pinned, &shas, &mut counts, "after finish (pinned)");
+    check_primary(&target, &shas, shas.len(), &counts, "after finish");
+    let status = proxy.status_json();
+    let scripts = &status["scripts"];
+    assert_eq!(scripts["scripts"], 5, "{status}");
+    assert_eq!(scripts["dropped"], 0, "{status}");
+    assert!(scripts["max_scripts"].as_u64().unwrap() > 0, "{status}");
+    assert!(scripts["loaded_by_moves"].as_u64().unwrap() >= 2 + 3 + 4, "{status}");
+}
+
+#[test]
+fn scripts_cross_moves_redis_7_0_to_redis_7_0() {
+    scripts_survive_every_move(Version::Redis70, Version::Redis70);
+}
+
+#[test]
+fn scripts_cross_moves_redis_7_0_to_valkey_9_1() {
+    scripts_survive_every_move(Version::Redis70, Version::Valkey91);
+}
+
+#[test]
+fn scripts_cross_moves_redis_6_2_to_redis_7_0() {
+    scripts_survive_every_move(Version::Redis62, Version::Redis70);
+}
+
+#[test]
+fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
+    scripts_survive_every_move(Version::Valkey91, Version::Redis62);
+}
+
+/// A script loaded directly on the source (not through the proxy) cannot be copied (no
+/// command lists the script cache): the first switch reports it (status: the source's count
+/// of cached scripts beyond what the proxy knows).
+#[test]
+fn a_script_loaded_directly_on_the_source_is_reported() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let _ = sha(&mut proxy.conn(), SCRIPTS[0]);
+    let _ = sha(&mut source.conn(), SCRIPTS[1]);
+    step(&proxy, "switch");
+    let status = proxy.status_json();
+    assert_eq!(status["scripts"]["source_cached_at_switch"], 2, "{status}");
+    assert_eq!(status["scripts"]["unknown_on_source"], 1, "{status}");
+    let (code, text, _) = common::cli(&proxy, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("1 scripts cached on the source were not loaded through the proxy"),
+        "{text}"
+    );
+}
