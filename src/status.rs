@@ -179,7 +179,10 @@ fn scripts_line(s: &Value) -> String {
 
 /// The sessions that would hold a move now, one per line.
 fn holders_lines(cutover: &Value) -> String {
-    let Some(list) = cutover["would_hold_move"].as_array().filter(|l| !l.is_empty()) else {
+    let Some(list) = cutover["would_hold_move"]
+        .as_array()
+        .filter(|l| !l.is_empty())
+    else {
         return String::new();
     };
     let mut out = format!("stalled:   {} sessions would hold a move now\n", list.len());

@@ -22,11 +22,7 @@ const SCRIPTS: [&str; 5] = [
 ];
 
 fn sha(c: &mut redis::Connection, body: &str) -> String {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(body)
-        .query(c)
-        .unwrap()
+    redis::cmd("SCRIPT").arg("LOAD").arg(body).query(c).unwrap()
 }
 
 /// Runs script `i` by SHA once and counts it; an error (NOSCRIPT) fails the test.
@@ -72,7 +68,11 @@ fn check_primary(primary: &Server, shas: &[String], known: usize, counts: &[i64]
     let have: Vec<i64> = exists.query(&mut c).unwrap();
     assert_eq!(have, vec![1; known], "{label}: scripts on the new primary");
     for (i, want) in counts.iter().enumerate() {
-        assert_eq!(counter(&mut c, i), *want, "{label}: counter {i} on the primary");
+        assert_eq!(
+            counter(&mut c, i),
+            *want,
+            "{label}: counter {i} on the primary"
+        );
     }
 }
 
@@ -107,8 +107,18 @@ fn scripts_survive_every_move(from: Version, to: Version) {
             evalsha(c, shas, i, counts, label);
         }
     };
-    all(&mut shared, &shas, &mut counts, "before the switch (shared)");
-    all(&mut pinned, &shas, &mut counts, "before the switch (pinned)");
+    all(
+        &mut shared,
+        &shas,
+        &mut counts,
+        "before the switch (shared)",
+    );
+    all(
+        &mut pinned,
+        &shas,
+        &mut counts,
+        "before the switch (pinned)",
+    );
 
     let moves = [
         ("switch", &target, 2usize),
@@ -142,7 +152,12 @@ fn scripts_survive_every_move(from: Version, to: Version) {
             0 => shas.push(sha(&mut pinned, body)),
             _ => shas.push(sha(&mut shared, body)),
         }
-        all(&mut shared, &shas, &mut counts, &format!("{label}, new script"));
+        all(
+            &mut shared,
+            &shas,
+            &mut counts,
+            &format!("{label}, new script"),
+        );
     }
     step(&proxy, "finish");
     all(&mut shared, &shas, &mut counts, "after finish (shared)");
@@ -153,7 +168,10 @@ fn scripts_survive_every_move(from: Version, to: Version) {
     assert_eq!(scripts["scripts"], 5, "{status}");
     assert_eq!(scripts["dropped"], 0, "{status}");
     assert!(scripts["max_scripts"].as_u64().unwrap() > 0, "{status}");
-    assert!(scripts["loaded_by_moves"].as_u64().unwrap() >= 2 + 3 + 4, "{status}");
+    assert!(
+        scripts["loaded_by_moves"].as_u64().unwrap() >= 2 + 3 + 4,
+        "{status}"
+    );
 }
 
 #[test]

@@ -148,7 +148,9 @@ impl Controller {
                 new.describe()
             )));
         }
-        let scripts = self.scripts_before_pause(&mut old_conn, &mut new_conn).await?;
+        let scripts = self
+            .scripts_before_pause(&mut old_conn, &mut new_conn)
+            .await?;
         let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
@@ -179,7 +181,10 @@ impl Controller {
                 to.as_str()
             )));
         }
-        if let Err(e) = self.scripts_in_pause(&mut new_conn, scripts, deadline).await {
+        if let Err(e) = self
+            .scripts_in_pause(&mut new_conn, scripts, deadline)
+            .await
+        {
             return Err(abort(e));
         }
         let written = sink.as_ref().map_or(0, |s| s.enqueued());

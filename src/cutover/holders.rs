@@ -17,8 +17,9 @@
 //!   `cutover_clients_disconnected_at_move_total{reason}` counts it), and the move proceeds.
 //!   What such a client was told succeeded ran where the route pointed when it was sent
 //!   (before the flip); a transaction left open is discarded by the server; commands queued
-//!   behind a blocked call never ran. `--force` disconnects every session still holding the
-//!   move at half the pause limit (reason `force`).
+//!   behind a blocked call never ran. `--force` covers them explicitly (reason `force`): at
+//!   the start of the pause it disconnects every session stalled longer than the pause
+//!   limit, and at half the pause limit every session still holding the move.
 //!
 //! A session waiting for the server itself (a slow command: nothing to read yet, no `MULTI`)
 //! is named but never disconnected: its command runs on the old primary either way.
@@ -296,7 +297,9 @@ pub fn holders_json(holders: &[Holder], disconnect_after: Option<Duration>) -> J
             .map(|h| {
                 let mut v = serde_json::to_value(h).unwrap_or(Json::Null);
                 let at_move = match disconnect_after {
-                    Some(d) if h.reason != Reason::Server && h.stalled_ms >= d.as_millis() as u64 => {
+                    Some(d)
+                        if h.reason != Reason::Server && h.stalled_ms >= d.as_millis() as u64 =>
+                    {
                         "disconnected at the move (stalled_client_disconnect_ms)"
                     }
                     _ => "holds the move",
@@ -312,7 +315,8 @@ pub fn holders_json(holders: &[Holder], disconnect_after: Option<Duration>) -> J
 impl super::Controller {
     /// Step 2 of the barrier, with the gate paused: waits until no session has a command in
     /// flight. Sessions stalled past `stalled_client_disconnect_ms` are disconnected first;
-    /// with `force`, whatever still holds the move at half the pause limit is disconnected.
+    /// with `force`, so are those stalled longer than the pause limit, and whatever still
+    /// holds the move at half the pause limit.
     /// `Err`: what still held the move at the deadline, naming each session.
     pub(super) async fn wait_for_sessions(
         &self,
@@ -322,6 +326,7 @@ impl super::Controller {
     ) -> Result<(), String> {
         let gate = self.proxy.gate();
         let clients = self.proxy.clients();
+        let max_pause = deadline.saturating_duration_since(started);
         if let Some(limit) = self.settings.stalled_disconnect {
             let stalled: Vec<Holder> = clients
                 .holders(limit)
@@ -330,8 +335,18 @@ impl super::Controller {
                 .collect();
             clients.disconnect(&stalled, "stalled_client_disconnect_ms");
         }
+        if force {
+            // Stalled longer than the whole pause limit already: it would hold the move past
+            // it; disconnected at once, so the move keeps its time for its own steps.
+            let stalled: Vec<Holder> = clients
+                .holders(max_pause)
+                .into_iter()
+                .filter(|h| h.reason != Reason::Server)
+                .collect();
+            clients.disconnect(&stalled, "force");
+        }
         let first = if force {
-            started + deadline.saturating_duration_since(started) / 2
+            started + max_pause / 2
         } else {
             deadline
         };
@@ -356,7 +371,7 @@ impl super::Controller {
             let shown: Vec<String> = holders.iter().take(10).map(Holder::describe).collect();
             let more = holders.len().saturating_sub(10);
             format!(
-                ": {}{}",
+                ": {}{} (set [cutover] stalled_client_disconnect_ms, or move with --force, to disconnect stalled clients at the move)",
                 shown.join("; "),
                 if more > 0 {
                     format!("; and {more} more")

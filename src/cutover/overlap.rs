@@ -324,7 +324,9 @@ impl Controller {
         }
 
         // (The scripts the proxy knows go into the new primary: `super::scripts`.)
-        let scripts = self.scripts_before_pause(&mut old_conn, &mut new_conn).await?;
+        let scripts = self
+            .scripts_before_pause(&mut old_conn, &mut new_conn)
+            .await?;
         let gate = self.proxy.gate();
         let started = Instant::now();
         let deadline = started + max_pause;
@@ -415,7 +417,10 @@ impl Controller {
                 following.received_offset.load(Ordering::Relaxed)
             )));
         }
-        if let Err(e) = self.scripts_in_pause(&mut new_conn, scripts, deadline).await {
+        if let Err(e) = self
+            .scripts_in_pause(&mut new_conn, scripts, deadline)
+            .await
+        {
             return Err(abort(e));
         }
         // 5. Commit: the parked link follows; the route flips.

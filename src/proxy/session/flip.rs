@@ -89,7 +89,8 @@ impl Session {
         let clients = &self.shared.clients;
         if in_flight != self.info_busy {
             self.info_busy = in_flight;
-            self.info.set_busy(in_flight, clients.ms(self.batch_started));
+            self.info
+                .set_busy(in_flight, clients.ms(self.batch_started));
         }
         if self.conn.in_multi != self.info_multi {
             self.info_multi = self.conn.in_multi;
