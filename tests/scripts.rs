@@ -10,7 +10,49 @@
 mod common;
 
 use common::moves::assert_sides_equal;
-use common::{Proxy, Server, Version, step, wait_streaming};
+use common::{Proxy, Raw, Server, Version, show, step, wait_streaming};
+
+/// A client of the proxy: a raw connection that sends nothing but the test's commands (so it
+/// stays on the proxy's shared connection), or one pinned to its own backend connection by
+/// `CLIENT SETNAME` (redis-rs also sends `CLIENT SETINFO` at connect, which pins it too).
+enum App {
+    Shared(Raw),
+    Pinned(redis::Connection),
+}
+
+impl App {
+    /// One command; its reply, or the error the server answered.
+    fn run(&mut self, args: &[String]) -> Result<String, String> {
+        match self {
+            App::Shared(raw) => {
+                let reply = raw.cmd(args);
+                match reply.first() {
+                    Some(b'-') => Err(show(&reply)),
+                    _ => Ok(String::from_utf8_lossy(&reply).into_owned()),
+                }
+            }
+            App::Pinned(c) => {
+                let mut cmd = redis::cmd(&args[0]);
+                for a in &args[1..] {
+                    cmd.arg(a);
+                }
+                cmd.query::<redis::Value>(c)
+                    .map(|v| format!("{v:?}"))
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// `SCRIPT LOAD body`: the SHA the server answered.
+    fn load(&mut self, body: &str) -> String {
+        let reply = self
+            .run(&["SCRIPT".into(), "LOAD".into(), body.into()])
+            .expect("SCRIPT LOAD");
+        let sha = common::moves::sha1_of(body);
+        assert!(reply.contains(&sha), "SCRIPT LOAD answered {reply}");
+        sha
+    }
+}
 
 /// (body, key it increments): each script adds 1 to its own counter.
 const SCRIPTS: [&str; 5] = [
@@ -21,17 +63,27 @@ const SCRIPTS: [&str; 5] = [
     "return redis.call('HINCRBY', KEYS[1], 'n', 1)",
 ];
 
-fn sha(c: &mut redis::Connection, body: &str) -> String {
-    redis::cmd("SCRIPT").arg("LOAD").arg(body).query(c).unwrap()
+/// `EVAL body 1 {s}:ctr:<i>` (the script is first seen as an EVAL body), counted.
+fn eval(c: &mut App, body: &str, i: usize, counts: &mut [i64]) -> String {
+    c.run(&[
+        "EVAL".into(),
+        body.into(),
+        "1".into(),
+        format!("{{s}}:ctr:{i}"),
+    ])
+    .expect("EVAL");
+    counts[i] += 1;
+    common::moves::sha1_of(body)
 }
 
 /// Runs script `i` by SHA once and counts it; an error (NOSCRIPT) fails the test.
-fn evalsha(c: &mut redis::Connection, shas: &[String], i: usize, counts: &mut [i64], label: &str) {
-    let r: redis::RedisResult<redis::Value> = redis::cmd("EVALSHA")
-        .arg(&shas[i])
-        .arg(1)
-        .arg(format!("{{s}}:ctr:{i}"))
-        .query(c);
+fn evalsha(c: &mut App, shas: &[String], i: usize, counts: &mut [i64], label: &str) {
+    let r = c.run(&[
+        "EVALSHA".into(),
+        shas[i].clone(),
+        "1".into(),
+        format!("{{s}}:ctr:{i}"),
+    ]);
     if let Err(e) = r {
         panic!("{label}: EVALSHA of script {i} failed: {e}");
     }
@@ -82,27 +134,23 @@ fn scripts_survive_every_move(from: Version, to: Version) {
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     wait_streaming(&proxy);
     // A session of the shared connection, and one pinned to its own (CLIENT SETNAME).
-    let mut shared = proxy.conn();
-    let mut pinned = proxy.conn();
-    let _: () = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg("pinned-app")
-        .query(&mut pinned)
-        .unwrap();
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    let mut pinned = {
+        let mut c = proxy.conn();
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("pinned-app")
+            .query(&mut c)
+            .unwrap();
+        App::Pinned(c)
+    };
     let mut counts = [0i64; 5];
     let mut shas: Vec<String> = Vec::new();
     // Script 0: SCRIPT LOAD on the shared connection. Script 1: first seen as an EVAL body
     // (on the pinned session), then called by SHA.
-    shas.push(sha(&mut shared, SCRIPTS[0]));
-    let _: i64 = redis::cmd("EVAL")
-        .arg(SCRIPTS[1])
-        .arg(1)
-        .arg("{s}:ctr:1")
-        .query(&mut pinned)
-        .unwrap();
-    counts[1] += 1;
-    shas.push(common::moves::sha1_of(SCRIPTS[1]));
-    let all = |c: &mut redis::Connection, shas: &[String], counts: &mut [i64], label: &str| {
+    shas.push(shared.load(SCRIPTS[0]));
+    shas.push(eval(&mut pinned, SCRIPTS[1], 1, &mut counts));
+    let all = |c: &mut App, shas: &[String], counts: &mut [i64], label: &str| {
         for i in 0..shas.len() {
             evalsha(c, shas, i, counts, label);
         }
@@ -139,18 +187,9 @@ fn scripts_survive_every_move(from: Version, to: Version) {
         let body = SCRIPTS[shas.len()];
         let i = shas.len();
         match n {
-            1 => {
-                let _: redis::Value = redis::cmd("EVAL")
-                    .arg(body)
-                    .arg(1)
-                    .arg(format!("{{s}}:ctr:{i}"))
-                    .query(&mut shared)
-                    .unwrap();
-                counts[i] += 1;
-                shas.push(common::moves::sha1_of(body));
-            }
-            0 => shas.push(sha(&mut pinned, body)),
-            _ => shas.push(sha(&mut shared, body)),
+            0 => shas.push(pinned.load(body)),
+            1 => shas.push(eval(&mut shared, body, i, &mut counts)),
+            _ => shas.push(shared.load(body)),
         }
         all(
             &mut shared,
@@ -203,8 +242,8 @@ fn a_script_loaded_directly_on_the_source_is_reported() {
     let target = Server::start(Version::Redis70);
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     wait_streaming(&proxy);
-    let _ = sha(&mut proxy.conn(), SCRIPTS[0]);
-    let _ = sha(&mut source.conn(), SCRIPTS[1]);
+    App::Shared(Raw::connect(&proxy.addr())).load(SCRIPTS[0]);
+    App::Pinned(source.conn()).load(SCRIPTS[1]);
     step(&proxy, "switch");
     let status = proxy.status_json();
     assert_eq!(status["scripts"]["source_cached_at_switch"], 2, "{status}");
