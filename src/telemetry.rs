@@ -192,7 +192,14 @@ pub fn preregister(has_target: bool, max_clients: usize) {
         metrics::gauge!("cutover_route_epoch").increment(0.0);
         metrics::gauge!("cutover_primary_is_target").increment(0.0);
         metrics::gauge!("cutover_verify_state").increment(0.0);
+        // Clients a move disconnected (`cutover::holders`), by reason.
+        for reason in ["not_reading", "multi", "blocked", "force"] {
+            metrics::counter!("cutover_clients_disconnected_at_move_total", "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!("cutover_scripts_loaded_total").increment(0);
     }
+    metrics::counter!("cutover_scripts_dropped_total").increment(0);
 }
 
 /// Publishes the last verify started through the admin listener (the `verify` section of

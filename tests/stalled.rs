@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::moves::{assert_sides_equal, config_file};
+use common::moves::{assert_sides_equal, config_file, metric_value};
 use common::{Proxy, Raw, Server, Version, cli, encode, step, tail, wait_streaming};
 
 const WRITERS: usize = 4;
@@ -175,15 +175,16 @@ fn move_past(proxy: &Proxy, verb: &str, how: Stall, name: &str) {
     assert!(err.contains(what), "{err}");
     // Past the limit: the move disconnects it and goes on.
     listed(proxy, &addr, LIMIT_MS + 100);
+    let series = format!("cutover_clients_disconnected_at_move_total{{reason=\"{reason}\"}}");
+    let before = metric_value(&proxy.metrics(), &series);
     step(proxy, verb);
     let (_, closed) = raw.read_until_closed(Duration::from_secs(10));
     assert!(closed, "the stalled client was not disconnected");
     let metrics = proxy.metrics();
-    assert!(
-        metrics.contains(&format!(
-            "cutover_clients_disconnected_at_move_total{{reason=\"{reason}\"}}"
-        )),
-        "{}",
+    assert_eq!(
+        metric_value(&metrics, &series),
+        before + 1.0,
+        "{series}: {}",
         tail(&metrics, 3000)
     );
     assert!(
@@ -268,10 +269,12 @@ fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
     );
     let (_, closed) = raw.read_until_closed(Duration::from_secs(10));
     assert!(closed, "--force did not disconnect the stalled client");
-    assert!(
-        proxy
-            .metrics()
-            .contains("cutover_clients_disconnected_at_move_total{reason=\"force\"}")
+    assert_eq!(
+        metric_value(
+            &proxy.metrics(),
+            "cutover_clients_disconnected_at_move_total{reason=\"force\"}"
+        ),
+        1.0
     );
     load.finish(&target);
     assert_sides_equal(&source, &target, "after the forced switch");

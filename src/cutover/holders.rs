@@ -264,7 +264,7 @@ impl Clients {
                 })
             })
             .collect();
-        out.sort_by(|a, b| b.stalled_ms.cmp(&a.stalled_ms));
+        out.sort_by_key(|h| std::cmp::Reverse(h.stalled_ms));
         out
     }
 

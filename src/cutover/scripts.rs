@@ -48,6 +48,9 @@ pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// A SHA1, as Redis names scripts (40 lowercase hex digits).
 pub type Sha = [u8; 40];
 
+/// A script by its SHA.
+pub type Script = (Sha, Arc<[u8]>);
+
 /// How a script became known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -184,7 +187,7 @@ impl Scripts {
     }
 
     /// The scripts learned after `seq` (0: all), and the sequence number to ask from next.
-    pub fn since(&self, seq: u64) -> (Vec<(Sha, Arc<[u8]>)>, u64) {
+    pub fn since(&self, seq: u64) -> (Vec<Script>, u64) {
         let Ok(g) = self.inner.lock() else {
             return (Vec::new(), seq);
         };
@@ -264,7 +267,7 @@ impl Scripts {
 pub async fn load_into(
     registry: &Scripts,
     c: &mut Conn,
-    scripts: &[(Sha, Arc<[u8]>)],
+    scripts: &[Script],
     until: Instant,
 ) -> Result<usize, String> {
     if scripts.is_empty() {

@@ -54,3 +54,12 @@ pub fn sha1_of(body: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// The value of one series (`name{labels}` exactly as exposed) on a metrics page; 0 when absent.
+pub fn metric_value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .next()
+        .unwrap_or(0.0)
+}
