@@ -386,3 +386,66 @@ impl super::Controller {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_say_what_they_wait_for_and_since_when() {
+        let clients = Clients::default();
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let now = || clients.ms(Instant::now());
+        let idle = clients.register(addr);
+        let reader = clients.register(addr);
+        let multi = clients.register(addr);
+        let blocked = clients.register(addr);
+        let slow = clients.register(addr);
+        // Stalled since the registry's start (ms 0), 30 ms ago.
+        std::thread::sleep(Duration::from_millis(30));
+        let past = 0;
+        reader.set_busy(true, past);
+        reader.set_pending(46, 4 << 20, false);
+        reader.set_name(Some(b"worker-7"));
+        multi.set_busy(true, past);
+        multi.set_multi(Some(past));
+        blocked.set_busy(true, past);
+        blocked.set_pending(3, 0, true);
+        slow.set_busy(true, now());
+        slow.set_pending(1, 0, false);
+        let all = clients.holders(Duration::from_millis(20));
+        let reasons: Vec<(u64, Reason)> = all.iter().map(|h| (h.id, h.reason)).collect();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(reasons.contains(&(reader.id, Reason::NotReading)));
+        assert!(reasons.contains(&(multi.id, Reason::Multi)));
+        assert!(reasons.contains(&(blocked.id, Reason::Blocked)));
+        assert!(
+            !reasons
+                .iter()
+                .any(|(id, _)| *id == idle.id || *id == slow.id)
+        );
+        let text = all.iter().find(|h| h.id == reader.id).unwrap().describe();
+        assert!(
+            text.starts_with("127.0.0.1:5000 (name worker-7, connected"),
+            "{text}"
+        );
+        assert!(text.contains("46 replies / 4.0 MB unread"), "{text}");
+        // The slow one is listed with no minimum, as waiting for the server.
+        let slow_one = clients.holders(Duration::ZERO);
+        assert!(
+            slow_one
+                .iter()
+                .any(|h| h.id == slow.id && h.reason == Reason::Server)
+        );
+        // The transaction ends, the session leaves: no longer listed.
+        multi.set_multi(None);
+        multi.set_busy(false, now());
+        clients.unregister(reader.id);
+        let left: Vec<u64> = clients
+            .holders(Duration::from_millis(20))
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(left, vec![blocked.id]);
+    }
+}
