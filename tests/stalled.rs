@@ -1,6 +1,7 @@
 //! One client that stalls must not block every move (issue 18). A client that pipelines 50
 //! `GET`s of a 1 MB value and reads nothing, and one that leaves a `MULTI` open, each during
-//! a switch and a rollback while other clients (shared and pinned sessions) keep writing:
+//! a switch and a rollback (and a nameless one that started on the shared connection) while
+//! other clients (shared and pinned sessions) keep writing:
 //! `cutover status` lists the stalled client before the move; a move while it has been
 //! stalled for less than `[cutover] stalled_client_disconnect_ms` is refused, naming it
 //! (address, name, what is pending); once it has been stalled longer, the move disconnects
@@ -36,21 +37,35 @@ impl Load {
         let threads = (0..WRITERS)
             .map(|w| {
                 let (stop, acked, client) = (stop.clone(), acked.clone(), proxy.client());
+                let addr = proxy.addr();
                 std::thread::spawn(move || {
-                    let mut c = client.get_connection().map_err(|e| e.to_string())?;
+                    // Even writers: raw clients that send only INCR (the proxy's shared
+                    // connection); odd ones: redis-rs with a name (pinned to their own).
+                    let mut raw = (w % 2 == 0).then(|| Raw::connect(&addr));
+                    let mut named = None;
                     if w % 2 == 1 {
+                        let mut c = client.get_connection().map_err(|e| e.to_string())?;
                         let _: () = redis::cmd("CLIENT")
                             .arg("SETNAME")
                             .arg(format!("writer-{w}"))
                             .query(&mut c)
                             .map_err(|e| e.to_string())?;
+                        named = Some(c);
                     }
+                    let key = format!("{{w}}:ctr:{w}");
                     let deadline = Instant::now() + Duration::from_secs(120);
                     while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
-                        let _: i64 = redis::cmd("INCR")
-                            .arg(format!("{{w}}:ctr:{w}"))
-                            .query(&mut c)
-                            .map_err(|e| format!("writer {w}: {e}"))?;
+                        if let Some(raw) = &mut raw {
+                            let reply = raw.cmd(&["INCR", &key]);
+                            if reply.first() != Some(&b':') {
+                                return Err(format!("writer {w}: INCR answered {reply:?}"));
+                            }
+                        } else if let Some(c) = &mut named {
+                            let _: i64 = redis::cmd("INCR")
+                                .arg(&key)
+                                .query(c)
+                                .map_err(|e| format!("writer {w}: {e}"))?;
+                        }
                         acked[w].fetch_add(1, Ordering::Relaxed);
                         std::thread::sleep(Duration::from_micros(200));
                     }
@@ -96,10 +111,15 @@ enum Stall {
     OpenMulti,
 }
 
-/// A client of the proxy that stalls the given way, named `name`; its address.
+/// A client of the proxy that stalls the given way, named `name` (`""`: no name, so it starts
+/// on the shared connection); its address.
 fn stalled_client(proxy: &Proxy, how: Stall, name: &str) -> (Raw, String) {
     let mut raw = Raw::connect(&proxy.addr());
-    assert_eq!(raw.cmd_str(&["CLIENT", "SETNAME", name]), "+OK\r\n");
+    if !name.is_empty() {
+        // (Pins the session to its own backend connection; without, it starts on the
+        // shared one.)
+        assert_eq!(raw.cmd_str(&["CLIENT", "SETNAME", name]), "+OK\r\n");
+    }
     match how {
         Stall::NotReading => {
             let mut pipeline = Vec::new();
@@ -150,7 +170,11 @@ fn move_past(proxy: &Proxy, verb: &str, how: Stall, name: &str) {
         Stall::OpenMulti => "multi",
     };
     assert_eq!(entry["reason"], reason, "{entry}");
-    assert_eq!(entry["name"], name, "{entry}");
+    if name.is_empty() {
+        assert_eq!(entry["name"], serde_json::Value::Null, "{entry}");
+    } else {
+        assert_eq!(entry["name"], name, "{entry}");
+    }
     if let Stall::NotReading = how {
         assert!(entry["unread_bytes"].as_u64().unwrap() > 0, "{entry}");
     }
@@ -219,7 +243,9 @@ fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
     move_past(&proxy, "rollback", Stall::OpenMulti, "open-multi-1");
     move_past(&proxy, "switch", Stall::OpenMulti, "open-multi-2");
     move_past(&proxy, "rollback", Stall::NotReading, "stuck-reader-2");
-    load.finish(&source);
+    // A client without a name, which started on the proxy's shared connection.
+    move_past(&proxy, "switch", Stall::NotReading, "");
+    load.finish(&target);
     // The transactions left open never ran.
     for side in [&source, &target] {
         let never: Option<i64> = redis::cmd("GET")
