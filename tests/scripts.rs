@@ -129,9 +129,16 @@ fn check_primary(primary: &Server, shas: &[String], known: usize, counts: &[i64]
 }
 
 fn scripts_survive_every_move(from: Version, to: Version) {
+    scripts_survive_every_move_in(from, to, "auto");
+}
+
+fn scripts_survive_every_move_in(from: Version, to: Version, overlap: &str) {
     let source = Server::start(from);
     let target = Server::start(to);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", overlap],
+    );
     wait_streaming(&proxy);
     // A session of the shared connection, and one pinned to its own (CLIENT SETNAME).
     let mut shared = App::Shared(Raw::connect(&proxy.addr()));
@@ -226,6 +233,13 @@ fn scripts_cross_moves_redis_7_0_to_valkey_9_1() {
 #[test]
 fn scripts_cross_moves_redis_6_2_to_redis_7_0() {
     scripts_survive_every_move(Version::Redis62, Version::Redis70);
+}
+
+/// The same in the shadow overlap (the proxy copies each write, scripts run again on the old
+/// side): the moves there (first switch, later flips) load the scripts too.
+#[test]
+fn scripts_cross_moves_in_shadow_overlap_redis_7_0_to_redis_7_0() {
+    scripts_survive_every_move_in(Version::Redis70, Version::Redis70, "shadow");
 }
 
 #[test]
