@@ -322,6 +322,7 @@ impl Session {
                 let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
                 let authenticated = self.shared.settings.auth.password.is_none();
                 self.conn = ConnState::fresh(db, authenticated);
+                self.info.set_name(None);
             }
         }
     }
