@@ -305,3 +305,56 @@ fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
     load.finish(&target);
     assert_sides_equal(&source, &target, "after the forced switch");
 }
+
+/// A client disconnected at a move while writes of its pipeline have not run yet on the old
+/// primary (held there by `CLIENT PAUSE WRITE`): the move waits for them (dropping their
+/// replies) before it reads the old primary's offset, so whatever ran there reaches the new
+/// primary too. (Without the wait the session ended at once and the writes never ran; had
+/// the server run them after the offset was read, the old side would differ.)
+#[test]
+fn a_disconnected_client_s_writes_in_flight_reach_the_new_primary() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, config) = config_file(&format!(
+        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\n"
+    ));
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    let big = "v".repeat(1024 * 1024);
+    let _: () = redis::cmd("SET")
+        .arg("{w}:big")
+        .arg(&big)
+        .query(&mut proxy.conn())
+        .unwrap();
+    wait_streaming(&proxy);
+    let (mut raw, addr) = stalled_client(&proxy, Stall::NotReading, "stuck-writer");
+    listed(&proxy, &addr, LIMIT_MS + 100);
+    // Its next writes are held by the old primary for a while (CLIENT PAUSE … WRITE): when
+    // the move disconnects the client they have not run yet.
+    let paused: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .query(&mut source.conn())
+        .unwrap();
+    assert_eq!(paused, "OK");
+    let mut writes = Vec::new();
+    for _ in 0..5 {
+        writes.extend(encode(&["INCR", "{w}:late"]));
+    }
+    raw.send(&writes);
+    std::thread::sleep(Duration::from_millis(100));
+    // (The move waits for them: up to the end of that pause.)
+    let (code, _, err) = cli(&proxy, &["switch", "--max-pause-ms", "5000", "--json"]);
+    assert_eq!(code, 0, "{err}\n{}", tail(&proxy.log(), 3000));
+    let (_, closed) = raw.read_until_closed(Duration::from_secs(10));
+    assert!(closed, "the stalled client was not disconnected");
+    let late: Option<i64> = redis::cmd("GET")
+        .arg("{w}:late")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(late, Some(5), "its writes are on the new primary");
+    assert_sides_equal(&source, &target, "after the switch");
+}

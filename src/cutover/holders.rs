@@ -17,7 +17,9 @@
 //!   `cutover_clients_disconnected_at_move_total{reason}` counts it), and the move proceeds.
 //!   What such a client was told succeeded ran where the route pointed when it was sent
 //!   (before the flip); a transaction left open is discarded by the server; commands queued
-//!   behind a blocked call never ran. `--force` covers them explicitly (reason `force`): at
+//!   behind a blocked call never ran. Writes it sent that the server may still run are waited
+//!   for (their replies dropped) before the session stops counting as busy, so the move reads
+//!   the old primary's offset after them (the session's `leave_kicked`). `--force` covers them explicitly (reason `force`): at
 //!   the start of the pause it disconnects every session stalled longer than the pause
 //!   limit, and at half the pause limit every session still holding the move.
 //!

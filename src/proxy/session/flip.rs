@@ -106,4 +106,36 @@ impl Session {
                 .set_pending(self.pending.len(), self.client_out.len(), blocked);
         }
     }
+
+    /// A move disconnects this client (`cutover::holders`): nothing more of it is sent, and
+    /// nothing more is written to it; `true` once the session may end. Before, every write
+    /// it already sent that the server may still execute is waited for (its reply dropped),
+    /// so that the move, which goes on once this session stops counting as busy, reads the
+    /// old primary's offset after everything this client sent there ran: the gate's
+    /// guarantee ("every command dispatched was answered") holds for it too. Nothing is
+    /// waited for when nothing can run any more once the connection closes: an open `MULTI`
+    /// (the server discards it), a command streamed only in part, or commands queued behind a
+    /// blocking call (the server runs a client's commands in order).
+    pub(super) fn leave_kicked(&mut self) -> bool {
+        self.stop_reading = true;
+        self.client_in.clear();
+        self.client_out.clear();
+        self.held = None;
+        self.reissue = None;
+        // Reads cannot change what the move hands over, and the proxy's own replies are
+        // not the server's: neither is waited for (a client that does not read its 50
+        // pipelined GETs goes at once). Unknown (module) commands count as writes.
+        let may_write = |p: &Pending| {
+            !matches!(p.expect, Expect::Local { .. })
+                && (shadow::is_write(p.cmd) || p.cmd >= command::KNOWN_COMMANDS.len())
+        };
+        !self.pending.iter().any(may_write)
+            || self.conn.in_multi
+            || self.streaming_request
+            || self
+                .pending
+                .front()
+                .is_some_and(|p| p.reissue.is_some() && !p.via_mux)
+            || (self.up.is_none() && self.mux_rx.is_none())
+    }
 }

@@ -300,6 +300,9 @@ pub struct Session {
     /// `info` says busy / inside `MULTI`.
     info_busy: bool,
     info_multi: bool,
+    /// A move disconnects this client: what it already sent to the server is waited for
+    /// (replies dropped), nothing more is sent ([`Session::leave_kicked`]).
+    kicked: bool,
 }
 
 impl Session {
@@ -356,6 +359,7 @@ impl Session {
             info,
             info_busy: false,
             info_multi: false,
+            kicked: false,
         }
     }
 
@@ -381,6 +385,9 @@ impl Session {
     async fn serve(&mut self) -> io::Result<()> {
         let limit = self.shared.settings.buffer_limit;
         loop {
+            if self.kicked && self.leave_kicked() {
+                return Err(io::Error::other("disconnected: it held a cutover move"));
+            }
             self.process_requests().await;
             self.flush_upstream();
             self.flush_client()?;
@@ -430,8 +437,9 @@ impl Session {
             // write gives its keys back (or after 1 ms, in case that happened just before).
             let key_order = self.key_wait.then(|| Arc::clone(&self.shared.key_order));
             let info = &self.info;
+            let kicked = self.kicked;
             let event = tokio::select! {
-                _ = info.kicked() => Event::Kicked,
+                _ = info.kicked(), if !kicked => Event::Kicked,
                 _ = async {
                     let order = key_order.as_ref().expect("guarded");
                     tokio::select! {
@@ -459,9 +467,7 @@ impl Session {
                 Event::Keys => {}
                 Event::Error(e) => return Err(e),
                 Event::Stalled => return Err(self.stalled()),
-                Event::Kicked => {
-                    return Err(io::Error::other("disconnected: it held a cutover move"));
-                }
+                Event::Kicked => self.kicked = true,
             }
         }
     }
