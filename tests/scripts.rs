@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::moves::assert_sides_equal;
+use common::moves::{assert_sides_equal, config_file};
 use common::{Proxy, Raw, Server, Version, show, step, wait_streaming};
 
 /// A client of the proxy: a raw connection that sends nothing but the test's commands (so it
@@ -135,9 +135,19 @@ fn scripts_survive_every_move(from: Version, to: Version) {
 fn scripts_survive_every_move_in(from: Version, to: Version, overlap: &str) {
     let source = Server::start(from);
     let target = Server::start(to);
+    // (A pause limit above the default: a loaded test machine must not refuse a move for
+    // its own steps' time; this test is about scripts.)
+    let (_dir, config) = config_file("[cutover]\nmax_pause_ms = 1000\n");
     let proxy = Proxy::start(
         &source.url(),
-        &["--target", &target.url(), "--overlap", overlap],
+        &[
+            "--target",
+            &target.url(),
+            "--overlap",
+            overlap,
+            "--config",
+            &config,
+        ],
     );
     wait_streaming(&proxy);
     // A session of the shared connection, and one pinned to its own (CLIENT SETNAME).

@@ -19,7 +19,10 @@ use common::{Proxy, Raw, Server, Version, cli, encode, step, tail, wait_streamin
 
 const WRITERS: usize = 4;
 /// The policy's limit in these tests.
-const LIMIT_MS: u64 = 1500;
+const LIMIT_MS: u64 = 3000;
+/// The pause limit in these tests (above the default, so that a loaded test machine does not
+/// refuse a move for its own steps' time).
+const MAX_PAUSE_MS: u64 = 500;
 
 /// Clients that keep writing through the proxy: `INCR {w}:ctr:<i>`, counting what was
 /// acknowledged (half on the shared connection, half pinned by `CLIENT SETNAME`).
@@ -164,7 +167,7 @@ fn listed(proxy: &Proxy, addr: &str, min_stalled_ms: u64) -> serde_json::Value {
 /// limit) done, the client disconnected.
 fn move_past(proxy: &Proxy, verb: &str, how: Stall, name: &str) {
     let (mut raw, addr) = stalled_client(proxy, how, name);
-    let entry = listed(proxy, &addr, 100);
+    let entry = listed(proxy, &addr, MAX_PAUSE_MS);
     let reason = match how {
         Stall::NotReading => "not_reading",
         Stall::OpenMulti => "multi",
@@ -225,7 +228,7 @@ fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
     let (_dir, config) = config_file(&format!(
-        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\n"
+        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\nmax_pause_ms = {MAX_PAUSE_MS}\n"
     ));
     let proxy = Proxy::start(
         &source.url(),
@@ -263,7 +266,9 @@ fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
 fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let (_dir, config) = config_file("[cutover]\nstalled_client_disconnect_ms = 0\n");
+    let (_dir, config) = config_file(&format!(
+        "[cutover]\nstalled_client_disconnect_ms = 0\nmax_pause_ms = {MAX_PAUSE_MS}\n"
+    ));
     let proxy = Proxy::start(
         &source.url(),
         &["--target", &target.url(), "--config", &config],
@@ -277,7 +282,7 @@ fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
     wait_streaming(&proxy);
     let load = Load::start(&proxy);
     let (mut raw, addr) = stalled_client(&proxy, Stall::NotReading, "stuck");
-    let entry = listed(&proxy, &addr, LIMIT_MS + 100);
+    let entry = listed(&proxy, &addr, MAX_PAUSE_MS + 100);
     assert_eq!(entry["at_move"], "holds the move", "{entry}");
     for _ in 0..2 {
         let (code, _, err) = cli(&proxy, &["switch", "--json"]);
@@ -316,7 +321,7 @@ fn a_disconnected_client_s_writes_in_flight_reach_the_new_primary() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
     let (_dir, config) = config_file(&format!(
-        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\n"
+        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\nmax_pause_ms = {MAX_PAUSE_MS}\n"
     ));
     let proxy = Proxy::start(
         &source.url(),
