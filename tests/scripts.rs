@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::moves::{assert_sides_equal, config_file};
+use common::sides::{assert_sides_equal, config_file};
 use common::{Proxy, Raw, Server, Version, show, step, wait_streaming};
 
 /// A client of the proxy: a raw connection that sends nothing but the test's commands (so it
@@ -48,7 +48,7 @@ impl App {
         let reply = self
             .run(&["SCRIPT".into(), "LOAD".into(), body.into()])
             .expect("SCRIPT LOAD");
-        let sha = common::moves::sha1_of(body);
+        let sha = common::sides::sha1_of(body);
         assert!(reply.contains(&sha), "SCRIPT LOAD answered {reply}");
         sha
     }
@@ -73,7 +73,7 @@ fn eval(c: &mut App, body: &str, i: usize, counts: &mut [i64]) -> String {
     ])
     .expect("EVAL");
     counts[i] += 1;
-    common::moves::sha1_of(body)
+    common::sides::sha1_of(body)
 }
 
 /// Runs script `i` by SHA once and counts it; an error (NOSCRIPT) fails the test.

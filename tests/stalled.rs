@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::moves::{assert_sides_equal, config_file, metric_value};
+use common::sides::{assert_sides_equal, config_file, metric_value};
 use common::{Proxy, Raw, Server, Version, cli, encode, step, tail, wait_streaming};
 
 const WRITERS: usize = 4;
