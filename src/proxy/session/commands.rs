@@ -344,8 +344,10 @@ impl Session {
                     args: args.iter().map(|a| a.to_vec()).collect(),
                 })
             });
-        let Some(up) = &mut self.up else { return false };
-        up.out.extend_from_slice(wire);
+        let Some(out) = self.backend_out() else {
+            return false;
+        };
+        out.extend_from_slice(wire);
         if !matches!(expect, Expect::Replies(0)) {
             self.pending.push_back(Pending {
                 cmd,

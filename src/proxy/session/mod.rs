@@ -21,12 +21,14 @@
 mod capture;
 mod client;
 mod commands;
+mod dest;
 mod flip;
 mod heap;
 mod link;
 mod own;
 
 use capture::ShadowPlan;
+use dest::Dest;
 use link::LastName;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
@@ -192,6 +194,9 @@ struct Blocking {
 /// The backend side of a session.
 struct Upstream {
     stream: Conn,
+    /// The route epoch this connection was opened for (see `dest.rs`: nothing is written to
+    /// a connection of an older epoch).
+    epoch: u64,
     _guard: ConnGuard,
     backend: Arc<Backend>,
     inbuf: BytesMut,
@@ -218,8 +223,11 @@ pub struct Session {
     client: Conn,
     peer: SocketAddr,
     up: Option<Upstream>,
-    /// Route epoch the upstream belongs to.
+    /// The route epoch read at the gate for the batch being handled (`dest.rs`:
+    /// [`Session::read_route`], the one read of the route on the data path).
     epoch: u64,
+    /// The primary of that epoch.
+    primary: Arc<Backend>,
     client_in: BytesMut,
     client_out: BytesMut,
     req: RequestParser,
@@ -303,6 +311,7 @@ impl Session {
         Session {
             req: RequestParser::default(),
             epoch: route.epoch,
+            primary: Arc::clone(route.primary_backend()),
             shared,
             client,
             peer,
