@@ -335,3 +335,335 @@ fn every_first_write_after_a_move_lands_on_the_primary_shadow_overlap() {
     matrix(true);
     eprintln!("shadow overlap matrix: {:?}", started.elapsed());
 }
+
+// ----- property test: random sessions interleaved with moves ---------------------------------
+
+/// One step of a session in the property test.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A `SET` of this size, in this form.
+    Write(usize, Form),
+    /// A `BLPOP` that times out (a blocking call on the session's own connection).
+    Blocking,
+    /// A `BLPOP` in flight across a move (cancelled on the old side, re-issued on the new
+    /// primary), then answered by a push through another client.
+    BlockedAcrossMove,
+    /// A move (switch or rollback, whichever the phase allows).
+    Move,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    // Around the streaming size (262 144 bytes), and one past several reads.
+    let size = proptest::sample::select(vec![
+        10usize, 200_000, 262_000, 262_144, 262_200, 300_000, 1_000_000,
+    ]);
+    let form = prop_oneof![Just(Form::Alone), Just(Form::PipelineHead), Just(Form::InMulti)];
+    prop_oneof![
+        5 => (size, form).prop_map(|(s, f)| Op::Write(s, f)),
+        1 => Just(Op::Blocking),
+        1 => Just(Op::BlockedAcrossMove),
+        3 => Just(Op::Move),
+    ]
+}
+
+/// The next move from the proxy's phase: `switch` while the source is primary, else
+/// `rollback`.
+fn next_move(proxy: &Proxy) -> &'static str {
+    if proxy.status_json()["primary"] == "target" {
+        "rollback"
+    } else {
+        "switch"
+    }
+}
+
+#[test]
+fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
+    use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
+    let cases: u32 = std::env::var("CUTOVER_MOVES_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        rng_seed: RngSeed::Fixed(18),
+        failure_persistence: None,
+        // Every step runs against real servers (a move takes a few hundred ms).
+        max_shrink_iters: 16,
+        ..Config::default()
+    });
+    let started = Instant::now();
+    let n = std::cell::Cell::new(0u32);
+    let moves = std::cell::Cell::new(0u32);
+    let strategy = (
+        proptest::sample::select(vec![None, Some("select"), Some("setname")]),
+        proptest::collection::vec(op(), 2..10),
+    );
+    let result = runner.run(&strategy, |(pin, ops)| {
+        n.set(n.get() + 1);
+        let tag = format!("p{}", n.get());
+        let mut c = warm_client(&proxy, pin, &tag);
+        let mut keys = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            let key = format!("{tag}:{i}");
+            match op {
+                Op::Write(size, form) => {
+                    let w = write("SET", &key, *size, &mut |_| Vec::new());
+                    send_first(&mut c, &w, *form).map_err(TestCaseError::fail)?;
+                    let (primary, _) = sides(&proxy, &source, &target);
+                    if !holds(primary, &w, *form) {
+                        return Err(TestCaseError::fail(format!(
+                            "{key} ({size} bytes, {form:?}, {pin:?}) is not on the primary after {ops:?}"
+                        )));
+                    }
+                    keys.push(key.clone());
+                    keys.push(format!("{key}:n"));
+                }
+                Op::Blocking => {
+                    let got = c.cmd(&["BLPOP", &format!("{key}:q"), "0.01"]);
+                    if got != b"*-1\r\n" {
+                        return Err(TestCaseError::fail(format!("BLPOP: {}", show(&got))));
+                    }
+                }
+                Op::BlockedAcrossMove => {
+                    let q = format!("{key}:q");
+                    c.send(&encode(&["BLPOP", q.as_str(), "10"]));
+                    std::thread::sleep(Duration::from_millis(30));
+                    step(&proxy, next_move(&proxy));
+                    moves.set(moves.get() + 1);
+                    let mut other = Raw::connect(&proxy.addr());
+                    assert_eq!(other.cmd_str(&["RPUSH", &q, "job"]), ":1\r\n");
+                    let got = c
+                        .read_reply_within(Duration::from_secs(5))
+                        .map_err(TestCaseError::fail)?;
+                    let want = format!("*2\r\n${}\r\n{q}\r\n$3\r\njob\r\n", q.len());
+                    if got != want.as_bytes() {
+                        return Err(TestCaseError::fail(format!(
+                            "the BLPOP across the move got {}",
+                            show(&got)
+                        )));
+                    }
+                }
+                Op::Move => {
+                    step(&proxy, next_move(&proxy));
+                    moves.set(moves.get() + 1);
+                }
+            }
+        }
+        // Both sides equal with an independent client, then the case's keys go.
+        wait_equal(&source, &target, &[], Duration::from_secs(10))
+            .map_err(|d| TestCaseError::fail(format!("the sides differ after {ops:?}: {d:?}")))?;
+        let mut del = vec!["DEL".to_string()];
+        del.extend(keys);
+        if del.len() > 1 {
+            let d: Vec<&str> = del.iter().map(|s| s.as_str()).collect();
+            c.cmd(&d);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}\nproxy log:\n{}", common::tail(&proxy.log(), 3000));
+    }
+    eprintln!(
+        "{} cases, {} moves in {:?}",
+        n.get(),
+        moves.get(),
+        started.elapsed()
+    );
+}
+
+// ----- continuous mixed load -------------------------------------------------------------------
+
+const LOAD_CLIENTS: usize = 6;
+
+/// What one load client saw acknowledged.
+#[derive(Default, Debug)]
+struct Acked {
+    incr: u64,
+    pushed: u64,
+    errors: Vec<String>,
+}
+
+/// One client of the mixed load: its own counter, list and values (10 B to 300 KB), sent
+/// plain, pipelined or in `MULTI`, in random order. An `INCR` reply is checked against the
+/// count acknowledged so far: a write that went to the wrong side answers another number.
+fn load_client(w: usize, addr: String, stop: &std::sync::atomic::AtomicBool) -> Acked {
+    use std::sync::atomic::Ordering;
+    let mut c = Raw::connect(&addr);
+    if w % 2 == 0 {
+        assert_eq!(
+            c.cmd_str(&["CLIENT", "SETNAME", &format!("load-{w}")]),
+            "+OK\r\n"
+        );
+    }
+    let (ctr, list) = (format!("ml:{w}:ctr"), format!("ml:{w}:list"));
+    let mut acked = Acked::default();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ (w as u64 + 1);
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let started = Instant::now();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(120) {
+        i += 1;
+        let size = [10, 1000, 100 * KB, 200 * KB, 300 * KB][rnd(5) as usize];
+        let vkey = format!("ml:{w}:v{}", rnd(8));
+        let v = value(&format!("{w}:{i}"), size);
+        let set = encode(&[b"SET".to_vec(), vkey.clone().into_bytes(), v]);
+        let incr = encode(&["INCR", ctr.as_str()]);
+        let item = format!("{i}");
+        let push = encode(&["RPUSH", list.as_str(), item.as_str()]);
+        let form = rnd(3);
+        let mut wire = Vec::new();
+        match form {
+            0 => match rnd(3) {
+                0 => wire.extend(&set),
+                1 => wire.extend(&incr),
+                _ => wire.extend(&push),
+            },
+            1 => {
+                wire.extend(&set);
+                wire.extend(&incr);
+                wire.extend(&push);
+            }
+            _ => {
+                wire.extend(encode(&["MULTI"]));
+                wire.extend(&incr);
+                wire.extend(&set);
+                wire.extend(&push);
+                wire.extend(encode(&["EXEC"]));
+            }
+        }
+        c.send(&wire);
+        let replies = match form {
+            0 => 1,
+            1 => 3,
+            _ => 5,
+        };
+        let mut got = Vec::new();
+        for _ in 0..replies {
+            match c.read_reply_within(Duration::from_secs(20)) {
+                Ok(r) => got.push(r),
+                Err(e) => {
+                    acked.errors.push(format!("client {w} op {i}: {e}"));
+                    return acked;
+                }
+            }
+        }
+        let text: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+        let incr_want = format!(":{}\r\n", acked.incr + 1);
+        let push_want = format!(":{}\r\n", acked.pushed + 1);
+        let ok = match (form, wire.len()) {
+            (0, _) if wire == set => text[0] == "+OK\r\n",
+            (0, _) if wire == incr => text[0] == incr_want,
+            (0, _) => text[0] == push_want,
+            (1, _) => text[0] == "+OK\r\n" && text[1] == incr_want && text[2] == push_want,
+            _ => {
+                text[0] == "+OK\r\n"
+                    && text[1..4].iter().all(|t| t == "+QUEUED\r\n")
+                    && text[4] == format!("*3\r\n{incr_want}+OK\r\n{push_want}")
+            }
+        };
+        if !ok {
+            acked.errors.push(format!(
+                "client {w} op {i} (form {form}): replies {text:?} (acknowledged so far: {} INCR, {} RPUSH)",
+                acked.incr, acked.pushed
+            ));
+            return acked;
+        }
+        if form != 0 || wire == incr {
+            acked.incr += 1;
+        }
+        if form != 0 || wire == push {
+            acked.pushed += 1;
+        }
+    }
+    acked
+}
+
+/// Tries a move a few times (under load the pause limit or the lag check may refuse one).
+fn move_under_load(proxy: &Proxy, verb: &str) -> bool {
+    for _ in 0..5 {
+        let (code, _, _) = cli(proxy, &[verb, "--json", "--max-pause-ms", "500"]);
+        if code == 0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The workload is 10 moves 1.5 s apart (CUTOVER_MOVES_FULL=1); by default fewer.
+    let full = std::env::var("CUTOVER_MOVES_FULL").is_ok_and(|v| v == "1");
+    let (moves, gap) = if full {
+        (10, Duration::from_millis(1500))
+    } else {
+        (6, Duration::from_millis(1000))
+    };
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..LOAD_CLIENTS)
+        .map(|w| {
+            let (addr, stop) = (proxy.addr(), stop.clone());
+            std::thread::spawn(move || load_client(w, addr, &stop))
+        })
+        .collect();
+    let mut done = 0;
+    for m in 0..moves {
+        std::thread::sleep(gap);
+        let verb = if m % 2 == 0 { "switch" } else { "rollback" };
+        if move_under_load(&proxy, verb) {
+            done += 1;
+        } else {
+            // (The next move in the same direction would be refused: stop here.)
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Release);
+    let acked: Vec<Acked> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let errors: Vec<&String> = acked.iter().flat_map(|a| &a.errors).collect();
+    assert!(
+        errors.is_empty(),
+        "clients saw wrong replies: {errors:?}\nproxy log:\n{}",
+        common::tail(&proxy.log(), 2000)
+    );
+    assert!(done >= moves / 2, "only {done} of {moves} moves succeeded");
+    let (primary, _) = sides(&proxy, &source, &target);
+    let mut p = primary.conn();
+    for (w, a) in acked.iter().enumerate() {
+        assert!(a.incr > 0, "client {w} ran");
+        let ctr: u64 = redis::cmd("GET")
+            .arg(format!("ml:{w}:ctr"))
+            .query::<Option<u64>>(&mut p)
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(ctr, a.incr, "client {w}: every acknowledged INCR once on the primary");
+        let len: u64 = redis::cmd("LLEN")
+            .arg(format!("ml:{w}:list"))
+            .query(&mut p)
+            .unwrap();
+        assert_eq!(len, a.pushed, "client {w}: every acknowledged RPUSH once on the primary");
+    }
+    if let Err(d) = wait_equal(&source, &target, &[], Duration::from_secs(20)) {
+        panic!("the sides differ at the end: {d:?}\nstatus: {}", proxy.status_json());
+    }
+    eprintln!(
+        "{done} moves; acknowledged INCRs: {:?}",
+        acked.iter().map(|a| a.incr).collect::<Vec<_>>()
+    );
+}

@@ -48,7 +48,11 @@ pub fn wait_equal(source: &Server, target: &Server, ignore: &[String], limit: Du
             a.remove(k);
             b.remove(k);
         }
-        let differ = differences(&a, &b, 5);
+        // (Values may be megabytes long: each difference is shown cut short.)
+        let differ: Vec<String> = differences(&a, &b, 5)
+            .into_iter()
+            .map(|d| d.chars().take(300).collect())
+            .collect();
         if differ.is_empty() {
             return Ok(());
         }
