@@ -668,3 +668,113 @@ fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
         acked.iter().map(|a| a.incr).collect::<Vec<_>>()
     );
 }
+
+// ----- connection state decided once per connection, across a move ---------------------------
+
+/// What a connection set up before a move still holds after it, when its first command after
+/// the move is a big (streamed) write: the database, the RESP version, the name; `CLIENT REPLY
+/// OFF` stays off; a `WATCH` fails the transaction; a client-side cache and a monitor, which
+/// cannot follow, are disconnected rather than left silently stale.
+#[test]
+fn connection_state_follows_a_move() {
+    use std::io::Write as _;
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let big = value("state", 300 * KB);
+    let big_set = |key: &str| encode(&[b"SET".to_vec(), b(key), big.clone()]);
+
+    // db 3, RESP3 and a name, then a big write first after the move.
+    let mut state = Raw::connect(&proxy.addr());
+    assert_eq!(state.cmd_str(&["SELECT", "3"]), "+OK\r\n");
+    assert!(state.cmd_str(&["HELLO", "3"]).starts_with('%'));
+    assert_eq!(state.cmd_str(&["CLIENT", "SETNAME", "keeper"]), "+OK\r\n");
+    // CLIENT REPLY OFF: nothing answered until ON.
+    let mut quiet = Raw::connect(&proxy.addr());
+    quiet.send(&encode(&["CLIENT", "REPLY", "OFF"]));
+    quiet.send(&encode(&["SET", "quiet:1", "1"]));
+    // WATCH before the move.
+    let mut watcher = Raw::connect(&proxy.addr());
+    assert_eq!(watcher.cmd_str(&["WATCH", "w"]), "+OK\r\n");
+    // A client-side cache (RESP3 tracking) that cached `t`.
+    let mut cache = Raw::connect(&proxy.addr());
+    assert!(cache.cmd_str(&["HELLO", "3"]).starts_with('%'));
+    assert_eq!(cache.cmd_str(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
+    cache.cmd(&["GET", "t"]);
+    // A monitor.
+    let mut monitor = Raw::connect(&proxy.addr());
+    assert_eq!(monitor.cmd_str(&["MONITOR"]), "+OK\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+
+    step(&proxy, "switch");
+    // Every check is made (and all failures listed at the end).
+    let mut fails: Vec<String> = Vec::new();
+    let mut check = |ok: bool, what: &str| {
+        if !ok {
+            fails.push(what.to_string());
+        }
+    };
+
+    state.send(&big_set("in3"));
+    check(state.read_reply() == b"+OK\r\n", "the big write is answered +OK");
+    let mut t3 = redis::Client::open(format!("{}/3", target.url()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let got: Option<Vec<u8>> = redis::cmd("GET").arg("in3").query(&mut t3).unwrap();
+    check(
+        got.as_ref() == Some(&big),
+        "the big write is in db 3 on the new primary",
+    );
+    check(
+        state.cmd_str(&["HSET", "h3", "f", "v"]) == ":1\r\n"
+            && state.cmd_str(&["HGETALL", "h3"]).starts_with("%1"),
+        "RESP3 (a map reply) after the move",
+    );
+    check(
+        state.cmd_str(&["CLIENT", "GETNAME"]) == "$6\r\nkeeper\r\n",
+        "the name after the move",
+    );
+
+    quiet.send(&big_set("quiet:2"));
+    check(
+        quiet.cmd_str(&["CLIENT", "REPLY", "ON"]) == "+OK\r\n"
+            && quiet.cmd_str(&["EXISTS", "quiet:1", "quiet:2"]) == ":2\r\n"
+            && quiet.read_reply_within(Duration::from_millis(200)).is_err(),
+        "CLIENT REPLY OFF stays off across the move (no stray replies)",
+    );
+    let on_primary: i64 = redis::cmd("EXISTS")
+        .arg("quiet:2")
+        .query(&mut target.conn())
+        .unwrap();
+    check(on_primary == 1, "the silenced big write is on the new primary");
+
+    watcher.send(&encode(&["MULTI"]));
+    watcher.send(&big_set("w"));
+    watcher.send(&encode(&["EXEC"]));
+    check(
+        watcher.read_replies(3)
+            == vec![b"+OK\r\n".to_vec(), b"+QUEUED\r\n".to_vec(), b"*-1\r\n".to_vec()],
+        "a WATCH from before the move fails the transaction",
+    );
+
+    // The cache re-reads `t` (through the proxy) and `t` changes: it must hear of it, or be
+    // disconnected (then it drops its cache). Silence would leave it stale for good.
+    let _ = cache.stream.write_all(&encode(&["GET", "t"]));
+    std::thread::sleep(Duration::from_millis(100));
+    let mut other = Raw::connect(&proxy.addr());
+    assert_eq!(other.cmd_str(&["SET", "t", "new"]), "+OK\r\n");
+    let (seen, closed) = cache.read_until_closed(Duration::from_secs(3));
+    let seen = String::from_utf8_lossy(&seen);
+    check(
+        closed || seen.contains("invalidate"),
+        "a tracking client is invalidated or disconnected after the move",
+    );
+    let (_, closed) = monitor.read_until_closed(Duration::from_secs(3));
+    check(closed, "a monitor of the old primary is disconnected at the move");
+    let mut p = proxy.conn();
+    let pong: String = redis::cmd("PING").query(&mut p).unwrap();
+    assert_eq!(pong, "PONG");
+    assert!(fails.is_empty(), "after the move: {fails:#?}");
+}
