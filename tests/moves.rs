@@ -280,7 +280,10 @@ fn matrix(shadow: bool) {
                 } else {
                     "nowhere"
                 };
-                misses.push(format!("{verb}: {} missed the primary ({where_})", case.label));
+                misses.push(format!(
+                    "{verb}: {} missed the primary ({where_})",
+                    case.label
+                ));
             }
             if shadow && case.write.size > limit {
                 unshadowed.push(case.write.key.clone());
@@ -310,7 +313,9 @@ fn matrix(shadow: bool) {
             c.cmd(&["DEL", case.write.key.as_str(), n.as_str()]);
         }
         if let Err(differ) = wait_equal(&source, &target, &[], Duration::from_secs(20)) {
-            misses.push(format!("{verb}: after the clean-up the sides differ: {differ:?}"));
+            misses.push(format!(
+                "{verb}: after the clean-up the sides differ: {differ:?}"
+            ));
         }
     }
     assert!(
@@ -358,7 +363,11 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     let size = proptest::sample::select(vec![
         10usize, 200_000, 262_000, 262_144, 262_200, 300_000, 300_000, 1_000_000, 1_000_000,
     ]);
-    let form = prop_oneof![Just(Form::Alone), Just(Form::PipelineHead), Just(Form::InMulti)];
+    let form = prop_oneof![
+        Just(Form::Alone),
+        Just(Form::PipelineHead),
+        Just(Form::InMulti)
+    ];
     prop_oneof![
         5 => (size, form).prop_map(|(s, f)| Op::Write(s, f)),
         1 => Just(Op::Blocking),
@@ -558,7 +567,10 @@ fn load_client(w: usize, addr: String, stop: &std::sync::atomic::AtomicBool) -> 
                 }
             }
         }
-        let text: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect();
+        let text: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
         let incr_want = format!(":{}\r\n", acked.incr + 1);
         let push_want = format!(":{}\r\n", acked.pushed + 1);
         let ok = match (form, wire.len()) {
@@ -653,15 +665,24 @@ fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
             .query::<Option<u64>>(&mut p)
             .unwrap()
             .unwrap_or(0);
-        assert_eq!(ctr, a.incr, "client {w}: every acknowledged INCR once on the primary");
+        assert_eq!(
+            ctr, a.incr,
+            "client {w}: every acknowledged INCR once on the primary"
+        );
         let len: u64 = redis::cmd("LLEN")
             .arg(format!("ml:{w}:list"))
             .query(&mut p)
             .unwrap();
-        assert_eq!(len, a.pushed, "client {w}: every acknowledged RPUSH once on the primary");
+        assert_eq!(
+            len, a.pushed,
+            "client {w}: every acknowledged RPUSH once on the primary"
+        );
     }
     if let Err(d) = wait_equal(&source, &target, &[], Duration::from_secs(20)) {
-        panic!("the sides differ at the end: {d:?}\nstatus: {}", proxy.status_json());
+        panic!(
+            "the sides differ at the end: {d:?}\nstatus: {}",
+            proxy.status_json()
+        );
     }
     eprintln!(
         "{done} moves; acknowledged INCRs: {:?}",
@@ -717,7 +738,10 @@ fn connection_state_follows_a_move() {
     };
 
     state.send(&big_set("in3"));
-    check(state.read_reply() == b"+OK\r\n", "the big write is answered +OK");
+    check(
+        state.read_reply() == b"+OK\r\n",
+        "the big write is answered +OK",
+    );
     let mut t3 = redis::Client::open(format!("{}/3", target.url()))
         .unwrap()
         .get_connection()
@@ -748,14 +772,21 @@ fn connection_state_follows_a_move() {
         .arg("quiet:2")
         .query(&mut target.conn())
         .unwrap();
-    check(on_primary == 1, "the silenced big write is on the new primary");
+    check(
+        on_primary == 1,
+        "the silenced big write is on the new primary",
+    );
 
     watcher.send(&encode(&["MULTI"]));
     watcher.send(&big_set("w"));
     watcher.send(&encode(&["EXEC"]));
     check(
         watcher.read_replies(3)
-            == vec![b"+OK\r\n".to_vec(), b"+QUEUED\r\n".to_vec(), b"*-1\r\n".to_vec()],
+            == vec![
+                b"+OK\r\n".to_vec(),
+                b"+QUEUED\r\n".to_vec(),
+                b"*-1\r\n".to_vec(),
+            ],
         "a WATCH from before the move fails the transaction",
     );
 
@@ -772,7 +803,10 @@ fn connection_state_follows_a_move() {
         "a tracking client is invalidated or disconnected after the move",
     );
     let (_, closed) = monitor.read_until_closed(Duration::from_secs(3));
-    check(closed, "a monitor of the old primary is disconnected at the move");
+    check(
+        closed,
+        "a monitor of the old primary is disconnected at the move",
+    );
     let mut p = proxy.conn();
     let pong: String = redis::cmd("PING").query(&mut p).unwrap();
     assert_eq!(pong, "PONG");

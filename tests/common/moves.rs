@@ -28,7 +28,11 @@ pub fn value(seed: &str, len: usize) -> Vec<u8> {
 }
 
 /// The primary and the other side, as the proxy's status names them now.
-pub fn sides<'a>(proxy: &Proxy, source: &'a Server, target: &'a Server) -> (&'a Server, &'a Server) {
+pub fn sides<'a>(
+    proxy: &Proxy,
+    source: &'a Server,
+    target: &'a Server,
+) -> (&'a Server, &'a Server) {
     let status = proxy.status_json();
     if status["primary"] == "target" {
         (target, source)
@@ -39,7 +43,12 @@ pub fn sides<'a>(proxy: &Proxy, source: &'a Server, target: &'a Server) -> (&'a 
 
 /// Waits (with a deadline) until both sides hold the same keys and values, `ignore`d keys
 /// excepted; the differences otherwise.
-pub fn wait_equal(source: &Server, target: &Server, ignore: &[String], limit: Duration) -> Result<(), Vec<String>> {
+pub fn wait_equal(
+    source: &Server,
+    target: &Server,
+    ignore: &[String],
+    limit: Duration,
+) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + limit;
     loop {
         let mut a = snapshot(&mut source.conn());

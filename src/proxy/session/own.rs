@@ -9,7 +9,9 @@ impl Session {
     pub(super) fn send_internal(&mut self, args: &[&[u8]], replies: u32) {
         let mut wire = Vec::new();
         encode_command(args, &mut wire);
-        let Some(out) = self.backend_out() else { return };
+        let Some(out) = self.backend_out() else {
+            return;
+        };
         out.extend_from_slice(&wire);
         if replies == 0 {
             return;
