@@ -15,6 +15,17 @@ use common::moves::{sides, value, wait_equal, warm_client};
 use common::{Proxy, Raw, Server, Version, cli, encode, show, step, wait_streaming};
 
 const KB: usize = 1000;
+
+/// The proxy (a debug build in tests) asserts that no write reaches a connection of an older
+/// route epoch; a session that broke it panicked, and its panic is in the log.
+fn no_assertion_failed(proxy: &Proxy) {
+    let log = proxy.log();
+    assert!(
+        !log.contains("panicked"),
+        "a session panicked:\n{}",
+        common::tail(&log, 3000)
+    );
+}
 const MB: usize = 1000 * 1000;
 
 #[derive(Clone, Copy, Debug)]
@@ -325,6 +336,7 @@ fn matrix(shadow: bool) {
         misses.join("\n"),
         common::tail(&proxy.log(), 2000)
     );
+    no_assertion_failed(&proxy);
 }
 
 #[test]
@@ -445,6 +457,11 @@ fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
                     std::thread::sleep(Duration::from_millis(30));
                     step(&proxy, next_move(&proxy));
                     moves.set(moves.get() + 1);
+                    // A big write pipelined behind the blocked call: it runs once the call
+                    // is served, on the new primary.
+                    let w = write("SET", &key, 300 * KB, &mut |_| Vec::new());
+                    c.send(&encode(&w.args));
+                    std::thread::sleep(Duration::from_millis(30));
                     let mut other = Raw::connect(&proxy.addr());
                     assert_eq!(other.cmd_str(&["RPUSH", &q, "job"]), ":1\r\n");
                     let got = c
@@ -457,6 +474,18 @@ fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
                             show(&got)
                         )));
                     }
+                    let got = c
+                        .read_reply_within(Duration::from_secs(5))
+                        .map_err(TestCaseError::fail)?;
+                    let (primary, _) = sides(&proxy, &source, &target);
+                    if got != b"+OK\r\n" || !holds(primary, &w, Form::Alone) {
+                        return Err(TestCaseError::fail(format!(
+                            "the write behind the re-issued BLPOP: {} (on the primary: {})",
+                            show(&got),
+                            holds(primary, &w, Form::Alone)
+                        )));
+                    }
+                    keys.push(key.clone());
                 }
                 Op::Move => {
                     step(&proxy, next_move(&proxy));
@@ -478,6 +507,7 @@ fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
     if let Err(e) = result {
         panic!("{e}\nproxy log:\n{}", common::tail(&proxy.log(), 3000));
     }
+    no_assertion_failed(&proxy);
     eprintln!(
         "{} cases, {} moves in {:?}",
         n.get(),
@@ -684,6 +714,7 @@ fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
             proxy.status_json()
         );
     }
+    no_assertion_failed(&proxy);
     eprintln!(
         "{done} moves; acknowledged INCRs: {:?}",
         acked.iter().map(|a| a.incr).collect::<Vec<_>>()
@@ -811,4 +842,5 @@ fn connection_state_follows_a_move() {
     let pong: String = redis::cmd("PING").query(&mut p).unwrap();
     assert_eq!(pong, "PONG");
     assert!(fails.is_empty(), "after the move: {fails:#?}");
+    no_assertion_failed(&proxy);
 }
