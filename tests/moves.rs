@@ -754,6 +754,17 @@ fn connection_state_follows_a_move() {
     assert!(cache.cmd_str(&["HELLO", "3"]).starts_with('%'));
     assert_eq!(cache.cmd_str(&["CLIENT", "TRACKING", "ON"]), "+OK\r\n");
     cache.cmd(&["GET", "t"]);
+    // A client logged in as a user of its own (the proxy has no password): the same user on
+    // both servers (ACLs are not replicated).
+    for server in [&source, &target] {
+        let _: () = redis::cmd("ACL")
+            .arg(&["SETUSER", "alice", "on", ">pw", "~*", "+@all"])
+            .query(&mut server.conn())
+            .unwrap();
+    }
+    let mut alice = Raw::connect(&proxy.addr());
+    assert_eq!(alice.cmd_str(&["AUTH", "alice", "pw"]), "+OK\r\n");
+    assert_eq!(alice.cmd_str(&["ACL", "WHOAMI"]), "$5\r\nalice\r\n");
     // A monitor.
     let mut monitor = Raw::connect(&proxy.addr());
     assert_eq!(monitor.cmd_str(&["MONITOR"]), "+OK\r\n");
@@ -832,6 +843,13 @@ fn connection_state_follows_a_move() {
     check(
         closed || seen.contains("invalidate"),
         "a tracking client is invalidated or disconnected after the move",
+    );
+    // Alice is still alice after the move, or told to reconnect: never silently another user.
+    let _ = alice.stream.write_all(&encode(&["ACL", "WHOAMI"]));
+    let (seen, closed) = alice.read_until_closed(Duration::from_secs(3));
+    check(
+        closed && !String::from_utf8_lossy(&seen).contains("default"),
+        "a client logged in as its own user is disconnected at the move (not run as the proxy's user)",
     );
     let (_, closed) = monitor.read_until_closed(Duration::from_secs(3));
     check(

@@ -156,7 +156,8 @@ impl Session {
                 };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
-            Kind::Auth | Kind::Plain | Kind::OwnConnection => {
+            Kind::Auth => self.forward_stateful(cmd, wire, Effect::Login).await,
+            Kind::Plain | Kind::OwnConnection => {
                 if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
                     && name.eq_ignore_ascii_case(b"client")
                     && sub.eq_ignore_ascii_case(b"tracking")

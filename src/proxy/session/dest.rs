@@ -92,15 +92,17 @@ impl Session {
             self.watch_broken = true;
             self.conn.watching = false;
         }
-        if self.conn.tracking || self.conn.monitoring {
+        if self.conn.tracking || self.conn.monitoring || self.conn.own_login {
             // Client-side caching: the invalidations the client relies on come from the old
             // server's tracking table, which the new primary does not have (and a REDIRECT
-            // names a client of the old server). MONITOR watches the old server. Closing is
-            // what the client understands: it drops its cache (or monitor) and reconnects.
+            // names a client of the old server). MONITOR watches the old server. A client
+            // logged in as its own user would run as the proxy's user on a new connection.
+            // Closing is what the client understands: it drops its cache (or monitor), and
+            // reconnects and logs in again.
             self.stop_reading = true;
             self.close_after_flush = true;
             return Err(
-                "the primary moved; this connection used client-side caching (CLIENT TRACKING) or MONITOR, which cannot follow it: reconnect"
+                "the primary moved; this connection used client-side caching (CLIENT TRACKING), MONITOR or its own AUTH, which cannot follow it: reconnect"
                     .into(),
             );
         }

@@ -80,6 +80,10 @@ pub struct ConnState {
     pub watching: bool,
     /// `CLIENT TRACKING ON` was sent (client-side caching).
     pub tracking: bool,
+    /// The client logged in as a user of its own on the backend connection (`AUTH` or
+    /// `HELLO … AUTH` forwarded, the proxy having no password of its own): a new connection
+    /// would run as the proxy's configured user instead, so it cannot follow a move.
+    pub own_login: bool,
     /// `MONITOR` succeeded: from now on the session is a plain byte pipe in both directions.
     pub monitoring: bool,
     /// Channels, patterns and shard channels, by [`SubKind::index`].
@@ -100,6 +104,7 @@ impl ConnState {
             in_multi: false,
             watching: false,
             tracking: false,
+            own_login: false,
             monitoring: false,
             subs: Default::default(),
             reply_off: false,
@@ -133,7 +138,10 @@ enum Effect {
     None,
     Select(u32),
     SetName(Option<Box<Bytes>>),
-    Hello(u8),
+    /// `HELLO` with this protocol version; `true`: with an `AUTH` option.
+    Hello(u8, bool),
+    /// A successful `AUTH` forwarded to the backend.
+    Login,
     Multi,
     Exec,
     Discard,
@@ -496,7 +504,10 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
         .get(1)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok())
     {
-        Some(v @ (2 | 3)) => Effect::Hello(v),
+        Some(v @ (2 | 3)) => Effect::Hello(
+            v,
+            argv.iter().skip(2).any(|a| a.eq_ignore_ascii_case(b"AUTH")),
+        ),
         _ => Effect::None,
     }
 }

@@ -298,7 +298,11 @@ impl Session {
             Effect::None => {}
             Effect::Select(db) => self.conn.db = db,
             Effect::SetName(name) => self.conn.name = name.map(|n| *n),
-            Effect::Hello(v) => self.conn.resp = v,
+            Effect::Hello(v, login) => {
+                self.conn.resp = v;
+                self.conn.own_login |= login;
+            }
+            Effect::Login => self.conn.own_login = true,
             Effect::Multi => {}
             Effect::Exec => {
                 self.conn.watching = false;
@@ -386,7 +390,8 @@ impl Session {
             || self.conn.monitoring
             || self.conn.watching
             || self.conn.in_multi
-            || self.conn.tracking;
+            || self.conn.tracking
+            || self.conn.own_login;
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
             match p.expect {
