@@ -661,6 +661,16 @@ fn move_under_load(proxy: &Proxy, verb: &str) -> bool {
 
 #[test]
 fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
+    mixed_load(false);
+}
+
+/// The same in the shadow overlap (values up to 300 KB are kept whole and shadowed there).
+#[test]
+fn continuous_mixed_load_through_moves_in_shadow_overlap() {
+    mixed_load(true);
+}
+
+fn mixed_load(shadow: bool) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     // The workload is 10 moves 1.5 s apart (CUTOVER_MOVES_FULL=1); by default fewer.
@@ -672,7 +682,12 @@ fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
     };
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let mut args = vec!["--target".to_string(), target.url()];
+    if shadow {
+        args.extend(["--overlap".to_string(), "shadow".to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let proxy = Proxy::start(&source.url(), &args);
     wait_streaming(&proxy);
     let stop = Arc::new(AtomicBool::new(false));
     let threads: Vec<_> = (0..LOAD_CLIENTS)
@@ -730,6 +745,8 @@ fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
             proxy.status_json()
         );
     }
+    let status = proxy.status_json();
+    assert_eq!(status["rollback_safe"], true, "{status}");
     no_assertion_failed(&proxy);
     eprintln!(
         "{done} moves; acknowledged INCRs: {:?}",
