@@ -267,15 +267,9 @@ fn matrix(shadow: bool) {
     for verb in ["switch", "rollback"] {
         let tag = format!("{}{verb}", if shadow { "s" } else { "r" });
         let mut cases = cases(&proxy, &tag, &mut dumper(&scratch));
-        let report = if verb == "rollback" && shadow {
-            // The switch's writes over the buffer limit made the rollback unsafe (checked
-            // below); it is forced.
-            let (code, out, err) = cli(&proxy, &[verb, "--json", "--force"]);
-            assert_eq!(code, 0, "{verb} --force: {err}");
-            serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
-        } else {
-            step(&proxy, verb)
-        };
+        // (In the shadow overlap the switch's writes over the buffer limit made the rollback
+        // unsafe, checked below: it is forced.)
+        let report = move_retrying(&proxy, verb, verb == "rollback" && shadow);
         assert_eq!(report["action"], verb, "{report}");
         let (primary, old) = sides(&proxy, &source, &target);
         for case in &mut cases {
@@ -389,19 +383,30 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 }
 
 /// The next move from the proxy's phase (`switch` while the source is primary, else
-/// `rollback`), tried again for a few seconds: with other tests' big writes on the machine,
-/// a link may lag for a moment and the move's preconditions refuse it.
+/// `rollback`).
 fn next_move(proxy: &Proxy) {
     let verb = if proxy.status_json()["primary"] == "target" {
         "rollback"
     } else {
         "switch"
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    move_retrying(proxy, verb, false);
+}
+
+/// `cutover <verb> --json` (with `--force`), tried again for a few seconds: with other tests'
+/// big writes on this small machine, a link may lag or a server answer `INFO` late for a
+/// moment, and the move is refused (changing nothing). The report.
+fn move_retrying(proxy: &Proxy, verb: &str, force: bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut args = vec![verb, "--json"];
+    if force {
+        args.push("--force");
+    }
     loop {
-        let (code, _, err) = cli(proxy, &[verb, "--json"]);
+        let (code, out, err) = cli(proxy, &args);
         if code == 0 {
-            return;
+            return serde_json::from_str(out.trim())
+                .unwrap_or_else(|e| panic!("{verb} printed no JSON ({e}): {out}"));
         }
         assert!(
             Instant::now() < deadline,
