@@ -473,9 +473,25 @@ fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
                 Op::BlockedAcrossMove => {
                     let q = format!("{key}:q");
                     c.send(&encode(&["BLPOP", q.as_str(), "10"]));
-                    // (Blocked on the server before the move looks for it: the controller
-                    // looks for the proxy's blocked calls for 10 ms only.)
-                    std::thread::sleep(Duration::from_millis(100));
+                    // Blocked on the server before the move looks for it: the controller
+                    // looks for the proxy's blocked calls for 10 ms only, and a call that
+                    // reaches the old side later stays blocked there (seen on a loaded
+                    // machine; the controller's part, not the session's).
+                    let (primary, _) = sides(&proxy, &source, &target);
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    loop {
+                        let info: String = redis::cmd("INFO")
+                            .arg("clients")
+                            .query(&mut primary.conn())
+                            .unwrap();
+                        if !info.contains("blocked_clients:0") {
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(TestCaseError::fail("the BLPOP never blocked"));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     next_move(&proxy);
                     moves.set(moves.get() + 1);
                     // A big write pipelined behind the blocked call: it runs once the call
