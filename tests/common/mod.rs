@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod moves;
 pub mod sides;
 
 use std::collections::{BTreeMap, HashSet};

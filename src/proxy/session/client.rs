@@ -95,15 +95,7 @@ impl Session {
 
     /// Frames and dispatches every complete command in `client_in`.
     pub(super) async fn process_requests(&mut self) {
-        if let Some((cmd, wire)) = self.reissue.take() {
-            self.batch_started = Instant::now();
-            // Shadowed like any write once it pops something on the new primary.
-            self.next_shadow = None;
-            self.capture_shadow(cmd, &wire);
-            self.send(cmd, &wire, Expect::Replies(1), Effect::None)
-                .await;
-        }
-        if self.client_in.is_empty() && self.held.is_none() {
+        if self.client_in.is_empty() && self.held.is_none() && self.reissue.is_none() {
             return;
         }
         // The cutover barrier: mark this session busy, then look whether new commands are
@@ -116,15 +108,35 @@ impl Session {
             return;
         }
         gate.set_held(&mut self.gated, false);
+        // Busy from here on: the route read now stays the route for this whole batch.
+        self.read_route();
+        self.batch_started = Instant::now();
+        if let Some((cmd, wire)) = self.reissue.take() {
+            // A blocking call the move cancelled on the old side, to the new primary (under
+            // the gate like every command, so a second move cannot slip in between).
+            // Shadowed like any write once it pops something on the new primary.
+            self.next_shadow = None;
+            self.capture_shadow(cmd, &wire);
+            self.send(cmd, &wire, Expect::Replies(1), Effect::None)
+                .await;
+        }
         if self.conn.monitoring {
             // A monitoring client's commands (QUIT, RESET) go to the server unparsed.
-            if let Some(up) = &mut self.up {
-                up.out.extend_from_slice(&self.client_in);
+            if self.up.as_ref().is_some_and(|u| u.epoch != self.epoch) {
+                let _ = self.leave_old_connection();
+            } else {
+                let buf = std::mem::take(&mut self.client_in);
+                if let Some(out) = self.backend_out() {
+                    out.extend_from_slice(&buf);
+                }
+                self.client_in = buf;
             }
             self.client_in.clear();
             return;
         }
-        self.batch_started = Instant::now();
+        if self.client_in.is_empty() && self.held.is_none() {
+            return;
+        }
         if !self.mux_framing && self.mux_inflight == 0 && self.shared.shadow.load().is_some() {
             // Shadowing: from now on replies from the shared connection are split one by
             // one, which is only possible from a reply boundary (nothing in flight).
@@ -160,16 +172,10 @@ impl Session {
                     }
                 },
             };
-            if !self.pinned && !self.streaming_request {
-                let hold = if self.needs_own_connection(&req) {
-                    !self.pin()
-                } else {
-                    // Shared connection: at most MUX_WINDOW commands in flight, so a
-                    // client that does not read its replies cannot make the proxy buffer
-                    // an unbounded amount of them.
-                    self.mux_inflight + self.mux_batch_count as usize >= MUX_WINDOW
-                };
-                if hold {
+            if !self.streaming_request {
+                // Where this command goes (`dest.rs`: the one decision).
+                let own = self.pinned || self.needs_own_connection(&req);
+                if self.dest(own) == Dest::Wait {
                     self.flush_mux_batch();
                     self.held = Some(req);
                     return;
@@ -216,9 +222,11 @@ impl Session {
                     // The tail of a command whose head was already forwarded.
                     self.streaming_request = false;
                     if !std::mem::take(&mut self.discard_request) {
-                        if let Some(up) = &mut self.up {
-                            up.out.extend_from_slice(&self.client_in[..len]);
+                        let buf = std::mem::take(&mut self.client_in);
+                        if let Some(out) = self.backend_out() {
+                            out.extend_from_slice(&buf[..len]);
                         }
+                        self.client_in = buf;
                     }
                     self.client_in.advance(len);
                     return;
@@ -285,7 +293,9 @@ impl Session {
                      to the primary without a shadow"
                 ));
             }
-            if !self.pinned && !self.pin() {
+            // The head of a streamed write goes where any command goes (`dest.rs`); the rest
+            // of it follows on the same connection (the gate lets no move in between).
+            if self.dest(true) != Dest::Own {
                 return;
             }
             let name = self.req.pending_args().get(&self.client_in, 0);
@@ -293,18 +303,20 @@ impl Session {
             telemetry::commands().received(cmd, 1);
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
-            self.streaming_request = true;
-            self.discard_request = !self
+            // (Marked as streaming only once sent: the connection is chosen first.)
+            let sent = self
                 .forward(cmd, &head, Expect::Replies(1), Effect::None)
                 .await;
+            self.streaming_request = true;
+            self.discard_request = !sent;
             return;
         }
         let chunk = self.client_in.split_to(scanned);
         self.req.forwarded(scanned);
-        if !self.discard_request {
-            if let Some(up) = &mut self.up {
-                up.out.extend_from_slice(&chunk);
-            }
+        if !self.discard_request
+            && let Some(out) = self.backend_out()
+        {
+            out.extend_from_slice(&chunk);
         }
     }
 

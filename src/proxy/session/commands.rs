@@ -159,7 +159,8 @@ impl Session {
                 };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
-            Kind::Auth | Kind::Plain | Kind::OwnConnection => {
+            Kind::Auth => self.forward_stateful(cmd, wire, Effect::Login).await,
+            Kind::Plain | Kind::OwnConnection => {
                 if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
                     && name.eq_ignore_ascii_case(b"client")
                     && sub.eq_ignore_ascii_case(b"tracking")
@@ -347,8 +348,10 @@ impl Session {
                     args: args.iter().map(|a| a.to_vec()).collect(),
                 })
             });
-        let Some(up) = &mut self.up else { return false };
-        up.out.extend_from_slice(wire);
+        let Some(out) = self.backend_out() else {
+            return false;
+        };
+        out.extend_from_slice(wire);
         if !matches!(expect, Expect::Replies(0)) {
             self.pending.push_back(Pending {
                 cmd,

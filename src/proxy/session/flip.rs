@@ -10,6 +10,11 @@ impl Session {
         if self.conn.in_multi || self.streaming_request || self.mux_batch_count > 0 {
             return true;
         }
+        if self.up.as_ref().is_some_and(|u| !u.out.is_empty()) {
+            // Bytes not yet taken by the socket (a command sent with `CLIENT REPLY OFF` has
+            // no reply to wait for): they belong to this epoch's primary.
+            return true;
+        }
         match self.pending.len() {
             0 => false,
             1 => !self.parked(),
@@ -28,31 +33,49 @@ impl Session {
 
     /// Must this session act on a route flip while it has nothing to send?
     pub(super) fn flip_sensitive(&self) -> bool {
-        self.up.is_some() && (self.conn.subscribed() || self.conn.watching || self.parked())
+        self.up.is_some()
+            && (self.conn.subscribed()
+                || self.conn.watching
+                || self.conn.tracking
+                || self.conn.own_login
+                || self.conn.monitoring
+                || self.parked())
     }
 
     /// The gate resumed or the route flipped: subscribers follow the new primary at once
     /// (messages published meanwhile on the new side would otherwise be missed); a `WATCH`
-    /// is marked broken; held commands are retried by the main loop.
+    /// is marked broken; a client-side cache or a monitor is disconnected; held commands are
+    /// retried by the main loop. Acting writes to a backend, so it passes the gate first
+    /// like any batch (a move cannot slip in between).
     pub(super) async fn on_gate_change(&mut self) {
         self.gate_rx.borrow_and_update();
-        let epoch = self.shared.route.load().epoch;
-        if epoch == self.epoch || self.up.is_none() || !self.pending.is_empty() {
+        let moved = self
+            .up
+            .as_ref()
+            .is_some_and(|u| u.epoch != self.shared.route.load().epoch);
+        if !moved || !self.pending.is_empty() {
             return;
         }
-        if self.conn.watching {
-            self.watch_broken = true;
-            self.conn.watching = false;
-            self.drop_upstream();
+        let gate = &self.shared.gate;
+        if !gate.enter(&mut self.busy, false) {
+            let in_flight = self.in_flight_for_gate();
+            gate.set_busy(&mut self.busy, in_flight);
+            gate.set_held(&mut self.gated, true);
+            return;
         }
-        if self.conn.subscribed() {
-            tracing::debug!(peer = %self.peer, "route flipped: subscriptions move to the new primary");
+        gate.set_held(&mut self.gated, false);
+        self.read_route();
+        if !self.conn.subscribed() {
+            // WATCH, tracking, MONITOR: settled now; the next command opens the connection.
             self.drop_upstream();
-            if let Err(e) = self.ensure_upstream().await {
-                tracing::warn!(peer = %self.peer, error = %e, "cannot move the subscriptions to the new primary; closing the client");
-                self.stop_reading = true;
-                self.close_after_flush = true;
-            }
+            let _ = self.leave_old_connection();
+            return;
+        }
+        tracing::debug!(peer = %self.peer, "route flipped: subscriptions move to the new primary");
+        if let Err(e) = self.ensure_upstream().await {
+            tracing::warn!(peer = %self.peer, error = %e, "cannot move the subscriptions to the new primary; closing the client");
+            self.stop_reading = true;
+            self.close_after_flush = true;
         }
     }
 
@@ -68,7 +91,11 @@ impl Session {
             return false;
         };
         let nil = matches!(bytes, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
-        if !nil || self.shared.route.load().epoch == self.epoch {
+        let moved = self
+            .up
+            .as_ref()
+            .is_some_and(|u| u.epoch != self.shared.route.load().epoch);
+        if !nil || !moved {
             return false;
         }
         let args: Vec<&[u8]> = blocking.args.iter().map(|a| &a[..]).collect();

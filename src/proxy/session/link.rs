@@ -203,10 +203,16 @@ impl Session {
                 tx
             }
         };
+        // The primary of the epoch read at the gate for this batch (`dest.rs`); the route
+        // cannot have moved since (this session is busy).
+        debug_assert_eq!(
+            self.shared.route.load().epoch,
+            self.epoch,
+            "a batch for the shared connection outlived its route epoch"
+        );
         let settings = &self.shared.settings;
-        let route = self.shared.route.load();
         let mux = self.shared.links.get(
-            route.primary_backend(),
+            &self.primary,
             settings.connect_timeout,
             settings.buffer_limit,
         );

@@ -21,12 +21,14 @@
 mod capture;
 mod client;
 mod commands;
+mod dest;
 mod flip;
 mod heap;
 mod link;
 mod own;
 
 use capture::ShadowPlan;
+use dest::Dest;
 use link::LastName;
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
@@ -79,6 +81,10 @@ pub struct ConnState {
     pub watching: bool,
     /// `CLIENT TRACKING ON` was sent (client-side caching).
     pub tracking: bool,
+    /// The client logged in as a user of its own on the backend connection (`AUTH` or
+    /// `HELLO … AUTH` forwarded, the proxy having no password of its own): a new connection
+    /// would run as the proxy's configured user instead, so it cannot follow a move.
+    pub own_login: bool,
     /// `MONITOR` succeeded: from now on the session is a plain byte pipe in both directions.
     pub monitoring: bool,
     /// Channels, patterns and shard channels, by [`SubKind::index`].
@@ -99,6 +105,7 @@ impl ConnState {
             in_multi: false,
             watching: false,
             tracking: false,
+            own_login: false,
             monitoring: false,
             subs: Default::default(),
             reply_off: false,
@@ -132,7 +139,10 @@ enum Effect {
     None,
     Select(u32),
     SetName(Option<Box<Bytes>>),
-    Hello(u8),
+    /// `HELLO` with this protocol version; `true`: with an `AUTH` option.
+    Hello(u8, bool),
+    /// A successful `AUTH` forwarded to the backend.
+    Login,
     Multi,
     Exec,
     Discard,
@@ -193,6 +203,9 @@ struct Blocking {
 /// The backend side of a session.
 struct Upstream {
     stream: Conn,
+    /// The route epoch this connection was opened for (see `dest.rs`: nothing is written to
+    /// a connection of an older epoch).
+    epoch: u64,
     _guard: ConnGuard,
     backend: Arc<Backend>,
     inbuf: BytesMut,
@@ -221,8 +234,11 @@ pub struct Session {
     client: Conn,
     peer: SocketAddr,
     up: Option<Upstream>,
-    /// Route epoch the upstream belongs to.
+    /// The route epoch read at the gate for the batch being handled (`dest.rs`:
+    /// [`Session::read_route`], the one read of the route on the data path).
     epoch: u64,
+    /// The primary of that epoch.
+    primary: Arc<Backend>,
     client_in: BytesMut,
     client_out: BytesMut,
     req: RequestParser,
@@ -315,6 +331,7 @@ impl Session {
         Session {
             req: RequestParser::default(),
             epoch: route.epoch,
+            primary: Arc::clone(route.primary_backend()),
             shared,
             client,
             peer,
@@ -512,7 +529,10 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
         .get(1)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok())
     {
-        Some(v @ (2 | 3)) => Effect::Hello(v),
+        Some(v @ (2 | 3)) => Effect::Hello(
+            v,
+            argv.iter().skip(2).any(|a| a.eq_ignore_ascii_case(b"AUTH")),
+        ),
         _ => Effect::None,
     }
 }

@@ -7,10 +7,15 @@ use super::*;
 impl Session {
     /// Queues an internal command whose reply is not the client's.
     pub(super) fn send_internal(&mut self, args: &[&[u8]], replies: u32) {
-        let Some(up) = &mut self.up else { return };
         let mut wire = Vec::new();
         encode_command(args, &mut wire);
-        up.out.extend_from_slice(&wire);
+        let Some(out) = self.backend_out() else {
+            return;
+        };
+        out.extend_from_slice(&wire);
+        if replies == 0 {
+            return;
+        }
         self.pending.push_back(Pending {
             cmd: command::command_id(args[0]),
             started: self.batch_started,
@@ -25,21 +30,28 @@ impl Session {
         });
     }
 
-    /// Makes sure there is a backend connection to the route's primary, re-creating the
-    /// session's state on a new one. Moves to a new primary when the route changed and the
-    /// session is between commands.
+    /// Makes sure the session's own connection is one to the primary of the epoch read at
+    /// the gate (`dest.rs`), re-creating the session's state on a new one. A connection of an
+    /// older epoch is left here: [`Session::dest`] let the command through only once that
+    /// connection owed nothing more.
     pub(super) async fn ensure_upstream(&mut self) -> Result<(), String> {
-        let route = self.shared.route.load();
-        if self.up.is_some() {
-            let idle = self.pending.is_empty() && !self.conn.in_multi && !self.streaming_request;
-            if route.epoch == self.epoch || !idle {
+        if let Some(up) = &self.up {
+            if up.epoch == self.epoch {
                 return Ok(());
             }
+            let idle = self.pending.is_empty() && !self.conn.in_multi && !self.streaming_request;
+            debug_assert!(idle, "moving a session that still waits on the old primary");
+            if !idle {
+                // Unreachable by construction; never leave a client waiting for replies that
+                // can no longer come.
+                self.upstream_lost("the primary moved while commands were in flight");
+            }
+            tracing::debug!(peer = %self.peer, "route moved: the session's connection follows the new primary");
             self.drop_upstream();
+            self.leave_old_connection()?;
         }
-        let backend = route.primary_backend().clone();
-        let epoch = route.epoch;
-        drop(route);
+        let backend = Arc::clone(&self.primary);
+        let epoch = self.epoch;
         let stream = upstream::open(&backend, self.shared.settings.connect_timeout)
             .await
             .map_err(|e| {
@@ -48,9 +60,9 @@ impl Session {
             })?;
         let guard = ConnGuard::new(backend.clone(), stream.local_addr().ok());
         let url_db = backend.url.db;
-        self.epoch = epoch;
         self.up = Some(Upstream {
             stream,
+            epoch,
             _guard: guard,
             backend,
             inbuf: BytesMut::new(),
@@ -80,6 +92,10 @@ impl Session {
                 args.extend(set.iter().map(|c| &c[..]));
                 self.send_internal(&args, set.len() as u32);
             }
+        }
+        if conn.reply_off {
+            // (Last: the restore commands above are answered, and this one is not.)
+            self.send_internal(&[b"CLIENT", b"REPLY", b"OFF"], 0);
         }
     }
 
@@ -285,7 +301,11 @@ impl Session {
                 self.info.set_name(name.as_deref().map(|n| &n[..]));
                 self.conn.name = name.map(|n| *n);
             }
-            Effect::Hello(v) => self.conn.resp = v,
+            Effect::Hello(v, login) => {
+                self.conn.resp = v;
+                self.conn.own_login |= login;
+            }
+            Effect::Login => self.conn.own_login = true,
             Effect::Multi => {}
             Effect::Exec => {
                 self.conn.watching = false;
@@ -374,7 +394,8 @@ impl Session {
             || self.conn.monitoring
             || self.conn.watching
             || self.conn.in_multi
-            || self.conn.tracking;
+            || self.conn.tracking
+            || self.conn.own_login;
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
             match p.expect {
