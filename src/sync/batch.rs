@@ -205,12 +205,24 @@ impl Applier<'_> {
                     self.close_txn(w, stats)?;
                     self.in_source_txn = false;
                 }
+                // A command that writes nothing (the master's `PING`, the `REPLCONF GETACK`
+                // of a client's `WAIT`, a `PUBLISH`) between batches: its bytes are applied
+                // without a transaction, confirmed with whatever is in flight (the stored
+                // position stays at the last batch; a restart reads such bytes again and
+                // skips them again).
+                "PING" | "REPLCONF" | "PUBLISH" | "SPUBLISH" if !self.txn_open => {
+                    self.report.commands_skipped += 1;
+                    w.mark_offset(cmd.end_offset);
+                }
                 "EXEC" | "DISCARD" => {
                     tracing::warn!(
                         offset = cmd.end_offset,
                         "{name} outside a transaction in the replication stream: ignored"
                     );
                     self.report.commands_skipped += 1;
+                    if !self.txn_open {
+                        w.mark_offset(cmd.end_offset);
+                    }
                 }
                 _ => {
                     if !self.txn_open {
