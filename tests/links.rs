@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,10 +63,16 @@ impl Waiter {
                 }
                 if counted && before == after && before != 0 && wait[0] == "WAIT" {
                     // The replica acknowledged: the old side holds the write now.
-                    let other = &sides.iter().find(|(port, _)| *port as u64 != before).unwrap().1;
+                    let other = &sides
+                        .iter()
+                        .find(|(port, _)| *port as u64 != before)
+                        .unwrap()
+                        .1;
                     let got: Option<u64> = redis::cmd("GET")
                         .arg("w:key")
-                        .query(&mut common::connect(&redis::Client::open(other.as_str()).unwrap()))
+                        .query(&mut common::connect(
+                            &redis::Client::open(other.as_str()).unwrap(),
+                        ))
                         .unwrap();
                     if got != Some(i) {
                         // (A later write may have landed already only if this one did.)
@@ -159,5 +166,173 @@ fn a_client_that_waits_for_the_aof_does_not_block_the_moves_valkey_9_1() {
         Version::Valkey91,
         &["--appendonly", "yes", "--appendfsync", "everysec"],
         &["WAITAOF", "1", "0", "100"],
+    );
+}
+
+// ----- part 2: a resumed stream keeps its database ----------------------------------------
+
+fn cutover_sync(source: &Server, target: &Server, log: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["sync", "--source", &source.url(), "--target", &target.url()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn read_log(log: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
+}
+
+fn master_offset(server: &Server) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The position stored on `target`: (offset, the stream's database).
+fn stored(target: &Server) -> Option<(u64, Option<u64>)> {
+    let v: Option<String> = redis::cmd("GET")
+        .arg("cutover:position")
+        .query(&mut target.conn())
+        .unwrap();
+    let v = v?;
+    let mut parts = v.split(' ').skip(1);
+    let off = parts.next()?.parse().ok()?;
+    Some((off, parts.next().and_then(|d| d.parse().ok())))
+}
+
+/// Waits until the target has applied (and stored) everything the source wrote so far.
+fn caught_up(source: &Server, target: &Server, what: &str, log: &std::path::Path) {
+    let want = master_offset(source);
+    common::wait_for(what, Duration::from_secs(20), || {
+        stored(target)
+            .filter(|(off, _)| *off >= want)
+            .map(|_| ())
+            .or_else(|| {
+                assert!(
+                    !read_log(log).contains("Error"),
+                    "the sync failed: {}",
+                    read_log(log)
+                );
+                None
+            })
+    });
+}
+
+/// A connection to database `db` of `server`.
+fn db_conn(server: &Server, db: u64) -> redis::Connection {
+    common::connect(&redis::Client::open(format!("{}/{db}", server.url())).unwrap())
+}
+
+/// Writes `n` keys `<label>:<db>:<i>` (and a list push each) in database `db` on one
+/// connection, so the source's stream has one `SELECT` before them and none between.
+fn write_in(conn: &mut redis::Connection, db: u64, label: &str, n: u64) {
+    for i in 0..n {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{label}:{db}:{i}"))
+            .arg(i)
+            .query(conn)
+            .unwrap();
+        let _: () = redis::cmd("RPUSH")
+            .arg(format!("list:{db}"))
+            .arg(format!("{label}{i}"))
+            .query(conn)
+            .unwrap();
+    }
+}
+
+/// SIGKILL of `cutover sync` while the stream is in database 3, 5 (mapped to 7), 4 (not
+/// copied) and 9, writes while it is down, a restart (`+CONTINUE`, no snapshot), writes after:
+/// every key lands in its own (mapped) database, none in db 0, none of db 4 anywhere.
+#[test]
+fn a_killed_sync_resumes_in_the_stream_database() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let map: &[&str] = &["--db-map", "0=0,3=3,5=7,9=9", "--only-mapped-dbs"];
+    for db in [0, 3, 5, 4, 9] {
+        write_in(&mut db_conn(&source, db), db, "before", 5);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = dir.path().join("sync-0.log");
+    let mut sync = cutover_sync(&source, &target, &log, map);
+    caught_up(&source, &target, "the first sync", &log);
+    for (round, db) in [3u64, 5, 4, 9].into_iter().enumerate() {
+        let mut c = db_conn(&source, db);
+        write_in(&mut c, db, "streamed", 20);
+        caught_up(&source, &target, "the stream", &log);
+        let at = stored(&target).unwrap();
+        assert_eq!(at.1, Some(db), "the position records the stream's database");
+        sync.kill().unwrap(); // SIGKILL
+        sync.wait().unwrap();
+        // Same connection: no SELECT in the stream before these.
+        write_in(&mut c, db, "down", 20);
+        log = dir.path().join(format!("sync-{}.log", round + 1));
+        sync = cutover_sync(&source, &target, &log, map);
+        common::wait_for("+CONTINUE", Duration::from_secs(10), || {
+            read_log(&log).contains("+CONTINUE").then_some(())
+        });
+        write_in(&mut c, db, "after", 20);
+        caught_up(&source, &target, "the resumed stream", &log);
+        assert!(
+            !read_log(&log).contains("FLUSHALL"),
+            "no snapshot: {}",
+            read_log(&log)
+        );
+    }
+    let _ = sync.kill();
+    let _ = sync.wait();
+    assert_same_dbs(
+        &source,
+        &target,
+        &[(0, 0), (3, 3), (5, 7), (9, 9)],
+        "after the restarts",
+    );
+    for db in [4u64, 5] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut db_conn(&target, db))
+            .unwrap();
+        assert!(keys.is_empty(), "target db {db} holds {keys:?}");
+    }
+}
+
+/// The same for `cutover run`: SIGKILLed while its sync streams database 3, restarted (the
+/// forward link resumes with `+CONTINUE`), the stream's database is kept.
+#[test]
+fn a_killed_cutover_run_resumes_in_the_stream_database() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let mut c = db_conn(&source, 3);
+    write_in(&mut c, 3, "before", 5);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    write_in(&mut c, 3, "streamed", 20);
+    wait_streaming(&proxy);
+    common::wait_for("the stream applied", Duration::from_secs(10), || {
+        (stored(&target)?.0 >= master_offset(&source)).then_some(())
+    });
+    assert_eq!(stored(&target).unwrap().1, Some(3));
+    drop(proxy); // SIGKILL
+    write_in(&mut c, 3, "down", 20);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    common::wait_for("+CONTINUE", Duration::from_secs(20), || {
+        proxy.log().contains("+CONTINUE").then_some(())
+    });
+    write_in(&mut c, 3, "after", 20);
+    wait_streaming(&proxy);
+    assert_same_dbs(&source, &target, &[(0, 0), (3, 3)], "after the restart");
+    assert!(
+        !proxy.log().contains("FLUSHALL"),
+        "{}",
+        tail(&proxy.log(), 3000)
     );
 }

@@ -50,9 +50,9 @@ pub struct Handoff {
     apply_replid: Mutex<String>,
     /// Why the follower could not start applying where it was asked to.
     refused: Mutex<Option<String>>,
-    /// Where a follower stands (replication id, offset of the last byte read): a new run of
-    /// its engine continues from there.
-    position: Mutex<Option<(String, u64)>>,
+    /// Where a follower stands (replication id, offset of the last byte read, the stream's
+    /// database there): a new run of its engine continues from there.
+    position: Mutex<Option<(String, u64, u64)>>,
 }
 
 impl Handoff {
@@ -161,17 +161,21 @@ impl Handoff {
         self.apply_from.store(0, Ordering::Release);
     }
 
-    pub(crate) fn set_position(&self, replid: &str, offset: u64) {
+    pub(crate) fn set_position(&self, replid: &str, offset: u64, db: u64) {
         if let Ok(mut p) = self.position.lock() {
             match p.as_mut() {
-                Some((id, off)) if id == replid => *off = offset,
-                _ => *p = Some((replid.to_string(), offset)),
+                Some((id, off, d)) if id == replid => {
+                    *off = offset;
+                    *d = db;
+                }
+                _ => *p = Some((replid.to_string(), offset, db)),
             }
         }
     }
 
-    /// Where a follower stands, for a new run of its engine.
-    pub(crate) fn position(&self) -> Option<(String, u64)> {
+    /// Where a follower stands (replication id, offset, the stream's database), for a new run
+    /// of its engine.
+    pub(crate) fn position(&self) -> Option<(String, u64, u64)> {
         self.position.lock().ok().and_then(|p| p.clone())
     }
 }

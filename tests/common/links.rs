@@ -30,7 +30,10 @@ pub fn assert_same_dbs(a: &Server, b: &Server, dbs: &[(u64, u64)], label: &str) 
         if all.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "{label}: the sides differ: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{label}: the sides differ: {all:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -61,7 +64,9 @@ impl MixedLoad {
             let url = proxy_url.to_string();
             let shared = shared.clone();
             let dbs = dbs.to_vec();
-            threads.push(std::thread::spawn(move || mixed_worker(w, &url, &dbs, &shared)));
+            threads.push(std::thread::spawn(move || {
+                mixed_worker(w, &url, &dbs, &shared)
+            }));
         }
         MixedLoad {
             shared,
@@ -131,7 +136,11 @@ fn mixed_worker(w: usize, url: &str, dbs: &[u64], shared: &LoadShared) {
         if want != db {
             // (SELECT pins the session to its own backend connection.)
             if let Err(e) = redis::cmd("SELECT").arg(want).query::<()>(&mut c) {
-                shared.errors.lock().unwrap().push(format!("worker {w} SELECT: {e}"));
+                shared
+                    .errors
+                    .lock()
+                    .unwrap()
+                    .push(format!("worker {w} SELECT: {e}"));
                 continue;
             }
             db = want;
@@ -154,7 +163,11 @@ fn mixed_worker(w: usize, url: &str, dbs: &[u64], shared: &LoadShared) {
                 .clone(),
         };
         if let Err(e) = cmd.query::<redis::Value>(&mut c) {
-            shared.errors.lock().unwrap().push(format!("worker {w}: {e}"));
+            shared
+                .errors
+                .lock()
+                .unwrap()
+                .push(format!("worker {w}: {e}"));
         }
         shared.ops.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_micros(300));

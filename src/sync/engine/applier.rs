@@ -52,13 +52,19 @@ pub(in crate::sync) struct Applier<'a> {
     pub(in crate::sync) txn_commands: usize,
     /// Replication offset after the last stream command queued.
     pub(in crate::sync) last_offset: u64,
+    /// The offset of the last position written to the target (batches, starts, idle).
+    pub(in crate::sync) stored_offset: u64,
     /// A message taken from `rx` to see whether more were waiting, handled next.
     pub(in crate::sync) peeked: Option<Msg>,
     /// Stream commands after the barrier's offset, kept (before `peeked`) for whatever the
     /// link does next: apply them (the move was aborted) or skip them (it follows now).
     pub(in crate::sync) held_back: Option<Msg>,
-    /// The stream's current database while following (the applier uses the writer's).
-    pub(in crate::sync) follow_db: u64,
+    /// The stream's current database (the source's number, before `db_map`), applying or
+    /// following: stored with every position, selected again on every resume and hand-over.
+    pub(in crate::sync) stream_db: u64,
+    /// The stream's database at the position this run resumes from: `Some(None)` for a
+    /// position stored without one (an older cutover), `None` when not resuming.
+    pub(in crate::sync) resume_db: Option<Option<u64>>,
     /// The last step ran as the follower.
     pub(in crate::sync) following_now: bool,
     /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
@@ -224,6 +230,8 @@ impl Applier<'_> {
                     self.last_offset = offset;
                     self.replid = replid;
                     self.flush_on_full = true;
+                    self.restore_stream_db(w)?;
+                    self.stored_offset = offset;
                     w.mark_offset(offset);
                     phase = phase.move_to(SyncPhase::Streaming);
                     self.progress.mark_established();
@@ -261,7 +269,9 @@ impl Applier<'_> {
                     conv.finish(w)?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
                     w.drain()?;
-                    batch::queue_set(w, &batch::format(&self.replid, start_offset))?;
+                    self.stream_db = 0;
+                    batch::queue_set(w, &batch::format(&self.replid, start_offset, 0))?;
+                    self.stored_offset = start_offset;
                     w.drain()?;
                     w.mark_offset(start_offset);
                     phase = phase.move_to(SyncPhase::Streaming);
@@ -318,6 +328,7 @@ impl Applier<'_> {
                     // Nothing new: let the target answer what is in flight.
                     if phase == SyncPhase::Streaming {
                         w.drain()?;
+                        self.store_idle_position(w)?;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
@@ -431,7 +442,6 @@ impl Applier<'_> {
             self.txn_commands = 0;
         }
         w.drain()?;
-        self.follow_db = w.db();
         self.pending_since.clear();
         self.following_now = true;
         Ok(())
@@ -473,7 +483,7 @@ impl Applier<'_> {
                 }
                 self.replid = replid;
                 self.last_offset = offset;
-                self.follow_db = 0;
+                self.stream_db = 0;
                 self.report.snapshot_bytes = 0;
                 p.snapshot_bytes_total.store(0, Ordering::Relaxed);
                 p.mark_established();
@@ -488,6 +498,9 @@ impl Applier<'_> {
             Ok(Msg::Resumed { replid, offset }) => {
                 self.replid = replid;
                 self.last_offset = offset;
+                if let Some(db) = self.resume_db.take() {
+                    self.stream_db = db.unwrap_or(0);
+                }
                 p.mark_established();
                 *phase = (*phase).move_to(SyncPhase::Streaming);
             }
@@ -516,7 +529,7 @@ impl Applier<'_> {
                         break;
                     }
                     if let Some(db) = select_db(&cmd.wire) {
-                        self.follow_db = db;
+                        self.stream_db = db;
                     }
                     self.last_offset = cmd.end_offset;
                 }
@@ -529,7 +542,7 @@ impl Applier<'_> {
         }
         if *phase == SyncPhase::Streaming {
             self.applied.store(self.last_offset, Ordering::Release);
-            h.set_position(&self.replid, self.last_offset);
+            h.set_position(&self.replid, self.last_offset, self.stream_db);
         }
         self.progress.set_oldest_pending(None);
         let offset = if *phase == SyncPhase::Streaming {
@@ -551,7 +564,8 @@ impl Applier<'_> {
         replid: &str,
         from: u64,
     ) -> anyhow::Result<()> {
-        let h = &self.progress.handoff;
+        let p = Arc::clone(&self.progress);
+        let h = &p.handoff;
         if replid != self.replid {
             h.refuse(format!(
                 "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
@@ -566,18 +580,14 @@ impl Applier<'_> {
             ));
             return Ok(());
         }
-        let db = self
-            .opts
-            .tuning
-            .filter
-            .map_db(self.follow_db)
-            .unwrap_or(self.follow_db);
-        w.select(db)?;
+        // The stream goes on in its database: selected before the first command applied (a
+        // database that is not copied skips everything up to the next SELECT).
+        self.select_stream_db(w)?;
         w.mark_offset(from);
-        batch::queue_set(w, &batch::format(&self.replid, from))?;
+        batch::queue_set(w, &batch::format(&self.replid, from, self.stream_db))?;
+        self.stored_offset = from;
         w.drain()?;
         self.flush_on_full = true;
-        self.skip_db = false;
         self.pending_since.clear();
         self.applied.store(from, Ordering::Release);
         self.progress.applied_offset.store(from, Ordering::Release);
@@ -588,6 +598,67 @@ impl Applier<'_> {
             offset = from,
             "the link applies from here on"
         );
+        Ok(())
+    }
+
+    /// An idle stream whose last bytes wrote nothing (a `PING`, a `GETACK`: confirmed
+    /// without a transaction) stores its position once, so the position on the target reaches
+    /// the source's offset when nothing is being written. (Storing it is exactly-once safe:
+    /// nothing was applied after the last batch.)
+    fn store_idle_position(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        if !self.txn_open
+            && self.stored_offset < self.last_offset
+            && w.confirmed_offset() == Some(self.last_offset)
+        {
+            batch::queue_set(
+                w,
+                &batch::format(&self.replid, self.last_offset, self.stream_db),
+            )?;
+            self.stored_offset = self.last_offset;
+        }
+        Ok(())
+    }
+
+    /// A resumed stream (`+CONTINUE` at the start of a run) goes on in the database it was
+    /// in at the stored position: Redis does not send `SELECT` again after a partial resync.
+    fn restore_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        match self.resume_db.take() {
+            Some(Some(db)) => {
+                self.stream_db = db;
+                self.select_stream_db(w)?;
+                tracing::info!(
+                    direction = self.progress.direction(),
+                    db,
+                    target_db = w.db(),
+                    skipped = self.skip_db,
+                    "the resumed stream continues in its database"
+                );
+            }
+            Some(None) => {
+                self.stream_db = w.db();
+                let line = format!(
+                    "cutover sync: WARNING: the stored position does not say the stream's database (it was written by an older cutover): the stream continues in the target's database {} until the source sends SELECT",
+                    w.db()
+                );
+                tracing::warn!("{line}");
+                self.bar.say(&line);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Selects, on the target, the database the stream is in ([`Self::stream_db`] mapped
+    /// through `db_map`); a database that is not copied skips the stream up to the next
+    /// `SELECT` instead (never into another database).
+    fn select_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        match self.opts.tuning.filter.map_db(self.stream_db) {
+            Some(to) => {
+                w.select(to)?;
+                self.skip_db = false;
+            }
+            None => self.skip_db = true,
+        }
         Ok(())
     }
 
