@@ -338,5 +338,9 @@ fn a_killed_cutover_run_resumes_in_the_stream_database() {
         "{}",
         tail(&proxy.log(), 3000)
     );
-    assert_eq!(recorded, Some(3), "the position records the stream's database");
+    assert_eq!(
+        recorded,
+        Some(3),
+        "the position records the stream's database"
+    );
 }

@@ -25,6 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::sync::batch::{self, POSITION_KEY};
 use crate::sync::convert::{Converter, KINDS, Stats};
+use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
 use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
 
@@ -114,16 +115,18 @@ impl Applier<'_> {
         let mut stop_at: Option<u64> = None;
         let mut started = Instant::now();
         loop {
-            if self.stop.load(Ordering::Acquire) {
+            // (The role first: `finish` sets the stop flag before it stops the role.)
+            let role = self.progress.handoff.role();
+            if role == Role::Stopped || self.stop.load(Ordering::Acquire) {
                 self.bar.finish();
-                if self.progress.handoff.is_following() {
+                if self.following_now || self.progress.handoff.is_following() {
                     // A follower wrote nothing: nothing to store.
                     self.report.offset = self.last_offset;
                     return Ok(self.report.clone());
                 }
                 return self.stop_cleanly(w, &phase, &mut conv.stats);
             }
-            if self.progress.handoff.is_following() {
+            if self.progress.handoff.is_overlap() && role.follows() {
                 if !self.following_now {
                     self.enter_following(w)?;
                 }
@@ -407,26 +410,39 @@ impl Applier<'_> {
         let confirmed = w.confirmed_offset().unwrap_or(limit);
         self.applied.store(confirmed, Ordering::Release);
         p.applied_offset.store(confirmed, Ordering::Release);
+        if !p.handoff.park() {
+            // Stopped meanwhile (`finish`): the loop's next step ends the run.
+            return Ok(());
+        }
         p.stopped.store(true, Ordering::Release);
         // (The controller decides within its pause limit; the bound here only keeps a lost
         // controller from parking the link for good.)
         let deadline = Instant::now() + Duration::from_secs(60);
-        while p.stop_requested().is_some()
-            && !p.handoff.is_following()
-            && !self.stop.load(Ordering::Acquire)
-            && Instant::now() < deadline
-        {
+        loop {
+            if p.handoff.role() != Role::Parked || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if p.stop_requested().is_none() {
+                // The stop was withdrawn (an aborted move): apply on, unless the
+                // controller decided otherwise first.
+                let _ = p.handoff.unpark();
+                continue;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_micros(100));
         }
         p.stopped.store(false, Ordering::Release);
+        if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
+            bail!("the cutover controller never decided what this link does after the barrier");
+        }
         if p.handoff.is_following() {
             tracing::info!(
                 direction = p.direction(),
                 offset = confirmed,
                 "the link applied up to the barrier and follows now (reads without applying)"
             );
-        } else if p.stop_requested().is_some() {
-            bail!("the cutover controller never decided what this link does after the barrier");
         }
         Ok(())
     }
@@ -460,12 +476,11 @@ impl Applier<'_> {
         {
             return self.start_applying(w, replid, *from);
         }
-        if h.hold_requested() {
-            h.set_held(true);
+        if matches!(h.role(), Role::Holding | Role::Held) {
+            h.ack_hold();
             std::thread::sleep(Duration::from_micros(100));
             return Ok(());
         }
-        h.set_held(false);
         let wait = if request.is_some() {
             Duration::from_micros(200)
         } else {
@@ -591,7 +606,16 @@ impl Applier<'_> {
         self.pending_since.clear();
         self.applied.store(from, Ordering::Release);
         self.progress.applied_offset.store(from, Ordering::Release);
-        h.started_applying();
+        if let Err(role) = h.started_applying() {
+            // The controller withdrew the request first (its deadline passed): this link
+            // follows on; what it wrote is its own position key, which nothing copies.
+            tracing::warn!(
+                direction = self.progress.direction(),
+                role = role.as_str(),
+                "the move was withdrawn while this link took over; it follows on"
+            );
+            return Ok(());
+        }
         tracing::info!(
             direction = self.progress.direction(),
             replid,
