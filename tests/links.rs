@@ -133,10 +133,10 @@ fn moves_with_a_waiting_client(version: Version, args: &[&str], wait: &'static [
         std::thread::sleep(Duration::from_millis(1200));
     }
     waiter.primary.store(0, Ordering::Release);
+    let (waits, counted, bad) = waiter.finish();
     load.hold();
     let report = step(&proxy, "finish");
     assert_eq!(report["action"], "finish", "{report}");
-    let (waits, counted, bad) = waiter.finish();
     assert_same_dbs(&source, &target, &[(0, 0), (3, 3)], "after finish");
     let errors = load.errors();
     load.finish();
@@ -343,4 +343,65 @@ fn a_killed_cutover_run_resumes_in_the_stream_database() {
         Some(3),
         "the position records the stream's database"
     );
+}
+
+// ----- part 3: the hand-over of the applying role is atomic --------------------------------
+
+/// The old side answers the follower's first write slowly (`CLIENT PAUSE … WRITE` just
+/// before the switch): the move's pause limit passes while the reverse link is inside its
+/// take-over. The move is undone, and exactly one link applies afterwards — before, both
+/// did, and every write echoed between the sides for ever. Then the moves go through.
+#[test]
+fn a_take_over_that_outlasts_the_pause_limit_leaves_one_applier() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let mut c = proxy.conn();
+    for _ in 0..50 {
+        let _: i64 = redis::cmd("INCR").arg("ctr").query(&mut c).unwrap();
+    }
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("WRITE")
+        .query(&mut source.conn())
+        .unwrap();
+    let (code, _, err) = common::cli(&proxy, &["switch", "--json"]);
+    assert_ne!(code, 0, "the switch had to wait for the paused source");
+    assert!(err.contains("pause limit"), "{err}");
+    std::thread::sleep(Duration::from_millis(600));
+    for _ in 0..50 {
+        let _: i64 = redis::cmd("INCR").arg("ctr").query(&mut c).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let links_now = |proxy: &Proxy| proxy.status_json()["cutover"]["links"].clone();
+    let links = links_now(&proxy);
+    let applying: Vec<_> = links
+        .as_array()
+        .map(|l| l.iter().filter(|l| l["role"] == "applying").collect())
+        .unwrap_or_default();
+    assert_eq!(applying.len(), 1, "exactly one link applies: {links}");
+    assert_eq!(applying[0]["direction"], "source_to_target", "{links}");
+    for server in [&source, &target] {
+        let n: i64 = redis::cmd("GET")
+            .arg("ctr")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(n, 100, "no write echoes between the sides ({})", server.port());
+    }
+    for verb in ["switch", "rollback", "switch"] {
+        step(&proxy, verb);
+        for _ in 0..20 {
+            let _: i64 = redis::cmd("INCR").arg("ctr").query(&mut c).unwrap();
+        }
+    }
+    let report = step(&proxy, "finish");
+    assert_eq!(report["action"], "finish", "{report}");
+    assert_same_dbs(&source, &target, &[(0, 0)], "after finish");
+    let n: i64 = redis::cmd("GET")
+        .arg("ctr")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(n, 160);
 }
