@@ -388,7 +388,12 @@ fn a_take_over_that_outlasts_the_pause_limit_leaves_one_applier() {
             .arg("ctr")
             .query(&mut server.conn())
             .unwrap();
-        assert_eq!(n, 100, "no write echoes between the sides ({})", server.port());
+        assert_eq!(
+            n,
+            100,
+            "no write echoes between the sides ({})",
+            server.port()
+        );
     }
     for verb in ["switch", "rollback", "switch"] {
         step(&proxy, verb);
@@ -404,4 +409,95 @@ fn a_take_over_that_outlasts_the_pause_limit_leaves_one_applier() {
         .query(&mut target.conn())
         .unwrap();
     assert_eq!(n, 160);
+}
+
+// ----- issue 18: the follower sees foreign writes ------------------------------------------
+
+/// During the overlap, `redis-cli` writes straight to the old side, and a client that stays
+/// connected (`cron-job`) does too: the following link detects both (counted, the keys and
+/// the connected client named), the rollback becomes unsafe with the reason and is refused
+/// without --force, and the metric the alert rule reads counts them.
+#[test]
+fn a_direct_write_to_the_old_side_is_detected_and_makes_the_rollback_unsafe() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let load = MixedLoad::start(&proxy.url(), 4, &[0, 3]);
+    std::thread::sleep(Duration::from_millis(500));
+    step(&proxy, "switch");
+    std::thread::sleep(Duration::from_millis(700));
+    let status = proxy.status_json();
+    assert_eq!(status["rollback_safe"], true, "{status}");
+    let links = &status["cutover"]["links"];
+    assert_eq!(links[0]["foreign_writes"], 0, "{links}");
+    // An operator's redis-cli, straight to the old side.
+    let port = source.port().to_string();
+    let (ok, out, err) = common::redis_cli(&["-p", &port, "SET", "typed:by:hand", "oops"], None);
+    assert!(ok, "{out}{err}");
+    // An application that was never repointed (it stays connected).
+    let mut cron = source.conn();
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("cron-job")
+        .query(&mut cron)
+        .unwrap();
+    let _: i64 = redis::cmd("INCR")
+        .arg("cron:runs")
+        .query(&mut cron)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = proxy.status_json();
+        let link = &s["cutover"]["links"][0];
+        if link["foreign_writes"] == 2 && link["foreign_clients"].to_string().contains("cron-job") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the foreign writes: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let link = &status["cutover"]["links"][0];
+    assert_eq!(link["direction"], "source_to_target", "{link}");
+    let keys = link["foreign_keys"].to_string();
+    assert!(keys.contains("SET typed:by:hand (db 0)"), "{keys}");
+    assert!(keys.contains("INCR cron:runs (db 0)"), "{keys}");
+    let clients = link["foreign_clients"].to_string();
+    assert!(clients.contains("name=cron-job"), "{clients}");
+    assert_eq!(status["rollback_safe"], false, "{status}");
+    let reason = status["cutover"]["rollback_unsafe_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("foreign") && reason.contains("typed:by:hand"),
+        "{status}"
+    );
+    let (code, _, err) = common::cli(&proxy, &["rollback", "--json"]);
+    assert_ne!(code, 0, "the rollback is refused");
+    assert!(err.contains("foreign"), "{err}");
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("cutover_foreign_writes_total{direction=\"forward\"")
+            && l.ends_with(" 2")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("foreign"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The load's own writes were never counted as foreign.
+    load.hold();
+    let status = proxy.status_json();
+    assert_eq!(
+        status["cutover"]["links"][0]["foreign_writes"], 2,
+        "{status}"
+    );
+    assert_eq!(
+        status["cutover"]["links"][1]["foreign_writes"], 0,
+        "{status}"
+    );
+    assert!(load.errors().is_empty(), "{:?}", load.errors());
+    load.finish();
 }

@@ -180,13 +180,49 @@ impl Links {
             "link_up": !p.link_down.load(Ordering::Relaxed),
             "full_resyncs": n(&p.full_resyncs),
             "commands_applied": n(&p.commands_applied),
+            // Writes on the side this link follows that the applying link did not make.
+            "foreign_writes": p.foreign.count(),
+            "foreign_keys": p.foreign.keys(),
+            "foreign_clients": p.foreign.clients(),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    /// Why the old side is no longer a copy of the primary because something else wrote
+    /// to it during the overlap (the following links' foreign writes), if it is not.
+    pub fn foreign_reason(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for p in [&self.forward, &self.reverse] {
+            let n = p.foreign.count();
+            if n == 0 {
+                continue;
+            }
+            let clients = p.foreign.clients();
+            let by = if clients.is_empty() {
+                String::new()
+            } else {
+                format!(", by {}", clients.join(", "))
+            };
+            parts.push(format!(
+                "{n} foreign write(s) on the side the {} link follows ({}{by})",
+                p.direction(),
+                p.foreign.keys().join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "{}: something writes to the old side directly, so it is no longer a copy of the primary; stop that writer (see `cutover status`), then either finish or copy to the old side again",
+                parts.join("; ")
+            )
         })
     }
 
     /// Publishes the role gauges of both links.
     pub fn publish_metrics(&self) {
         for p in [&self.forward, &self.reverse] {
+            // (Registered at 0, so that its alert rule has a series before the first one.)
+            metrics::counter!("cutover_foreign_writes_total", "direction" => p.direction())
+                .increment(0);
             metrics::gauge!("cutover_link_applying", "direction" => p.direction())
                 .set(if p.handoff.is_following() { 0.0 } else { 1.0 });
         }
@@ -288,6 +324,11 @@ impl Controller {
                 "the {} link is {applying_phase}{}; even --force cannot move before it applies the stream",
                 applying.direction(),
                 last_error_suffix(applying)
+            )));
+        }
+        if !force && let Some(why) = links.foreign_reason() {
+            return Err(CutoverError::Refused(format!(
+                "not moving: {why} (use --force to move anyway)"
             )));
         }
         if !force {

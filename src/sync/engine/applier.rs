@@ -86,6 +86,12 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) bar: Bar,
     /// When headless `cutover sync` last read the source's offset (for the lag).
     pub(in crate::sync) offset_polled: Option<Instant>,
+    /// The classifier of the followed stream ([`super::foreign`]).
+    pub(super) foreign: super::foreign::ForeignWatch,
+    /// When the followed side's clients were last listed (after a foreign write).
+    pub(super) foreign_listed: Option<Instant>,
+    /// A foreign write was seen since: list the clients again.
+    pub(super) foreign_list_due: bool,
 }
 
 impl Applier<'_> {
@@ -438,6 +444,9 @@ impl Applier<'_> {
             bail!("the cutover controller never decided what this link does after the barrier");
         }
         if p.handoff.is_following() {
+            // From here on the link reads the old side, where only the other link writes.
+            p.foreign.watching.store(true, Ordering::Relaxed);
+            self.foreign = Default::default();
             tracing::info!(
                 direction = p.direction(),
                 offset = confirmed,
@@ -546,6 +555,12 @@ impl Applier<'_> {
                     if let Some(db) = select_db(&cmd.wire) {
                         self.stream_db = db;
                     }
+                    if p.foreign.watching.load(Ordering::Relaxed)
+                        && let Ok(args) = split_args(&cmd.wire)
+                        && let Some((n, what)) = self.foreign.see(&args, self.stream_db)
+                    {
+                        self.record_foreign(n, what);
+                    }
                     self.last_offset = cmd.end_offset;
                 }
             }
@@ -559,6 +574,7 @@ impl Applier<'_> {
             self.applied.store(self.last_offset, Ordering::Release);
             h.set_position(&self.replid, self.last_offset, self.stream_db);
         }
+        self.list_foreign_clients();
         self.progress.set_oldest_pending(None);
         let offset = if *phase == SyncPhase::Streaming {
             self.last_offset
@@ -568,6 +584,53 @@ impl Applier<'_> {
         // (The counts of what this link applied before stay as they are.)
         self.progress.update_following(phase, offset);
         Ok(())
+    }
+
+    /// Foreign writes on the followed side ([`super::foreign`]): counted, named, logged, and
+    /// the side's writing clients listed (at most once a second).
+    fn record_foreign(&mut self, n: u64, what: Vec<String>) {
+        let p = Arc::clone(&self.progress);
+        let before = p.foreign.count();
+        p.foreign.record(n, what.clone());
+        metrics::counter!("cutover_foreign_writes_total", "direction" => p.direction())
+            .increment(n);
+        if before == 0 || (before + n) / 1000 > before / 1000 {
+            tracing::warn!(
+                direction = p.direction(),
+                count = before + n,
+                writes = ?what,
+                "a write on the side this link follows was not made by the applying link (a foreign write: a client writing to the old side directly, or a misrouted command); the old side is no longer a copy of the primary and a rollback is unsafe"
+            );
+        }
+        self.foreign_list_due = true;
+        self.list_foreign_clients();
+    }
+
+    /// Lists the followed side's clients that write (`CLIENT LIST`) after a foreign write,
+    /// at most every 250 ms (a later step does it when it is too soon now).
+    fn list_foreign_clients(&mut self) {
+        let p = Arc::clone(&self.progress);
+        if self.foreign_list_due
+            && self
+                .foreign_listed
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
+        {
+            self.foreign_listed = Some(Instant::now());
+            self.foreign_list_due = false;
+            // (The raw reply: `query` shortens its text.)
+            match crate::sync::target::query_raw(
+                &self.opts.source,
+                &[b"CLIENT", b"LIST"],
+                Duration::from_secs(1),
+            ) {
+                Ok(raw) => p.foreign.set_clients(super::foreign::writing_clients(
+                    &String::from_utf8_lossy(&raw),
+                )),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the followed side's clients")
+                }
+            }
+        }
     }
 
     /// The follower reached the offset it was asked to apply from: from here on it applies.

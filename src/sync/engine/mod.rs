@@ -43,10 +43,12 @@
 //! * `rewrite.rs`: the stream commands filtered, mapped and rewritten for the target;
 //! * `progress.rs`: [`SyncProgress`], the live state for status, metrics and the bar;
 //! * `bar.rs`: the progress bar of headless `cutover sync`;
+//! * `foreign.rs`: writes on the followed side that the applying link did not make;
 //! * `from_rdb.rs`: `--from-rdb FILE`.
 
 mod applier;
 mod bar;
+mod foreign;
 mod from_rdb;
 mod link;
 mod progress;
@@ -377,6 +379,9 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         progress,
         bar: Bar::new(opts.progress),
         offset_polled: None,
+        foreign: Default::default(),
+        foreign_listed: None,
+        foreign_list_due: false,
     }
     .run(&mut writer)
 }

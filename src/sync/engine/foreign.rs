@@ -1,0 +1,254 @@
+//! Foreign writes: during a replica overlap the following link reads every write made on the
+//! side it follows (the old side). Everything there should come from the applying link,
+//! whose batches are recognisable: each is one `MULTI … EXEC` that also sets
+//! `cutover:position` (a batch whose data commands all turned out to be no-ops reaches the
+//! stream as the position write alone, and a link that starts applying, or stores its
+//! position while idle, writes it alone too). Anything else is **foreign**: a command the
+//! proxy sent to the wrong side, an application, cron job or operator writing to the old side
+//! directly. It is not on the primary, so the old side is no longer a copy of it and a
+//! rollback would hand the clients different data.
+//!
+//! [`ForeignWatch`] classifies the followed stream command by command (only once the link
+//! follows because a move made it the follower: before the first switch the reverse link
+//! follows a target that the snapshot load writes into outside batches), and
+//! [`ForeignSeen`] keeps what was seen for status (a count, a bounded list of keys, the
+//! clients of the old side that `CLIENT LIST` shows writing), `rollback_safe` and the metric
+//! `cutover_foreign_writes_total{direction}`.
+//!
+//! Not counted: a lone `DEL`/`UNLINK` of one key outside a transaction, which is how the old
+//! side propagates its own expirations and evictions (a foreign `DEL` of one key is missed).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sync::batch::is_own_key;
+use crate::sync::filter::command_keys;
+use crate::sync::target::show_key;
+
+/// How many foreign writes (and clients) status names.
+pub const NAMED: usize = 10;
+
+/// What a following link saw (shared with status and the controller).
+#[derive(Debug, Default)]
+pub struct ForeignSeen {
+    /// The link follows because a move made it the follower: its stream is checked.
+    pub watching: std::sync::atomic::AtomicBool,
+    /// Foreign writes counted.
+    pub count: AtomicU64,
+    /// The first [`NAMED`] foreign writes (`SET key (db 0)`).
+    pub keys: Mutex<Vec<String>>,
+    /// The old side's clients that wrote last, not ours (bounded; `CLIENT LIST`).
+    pub clients: Mutex<Vec<String>>,
+}
+
+impl ForeignSeen {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    pub fn clients(&self) -> Vec<String> {
+        self.clients.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Records `n` foreign writes, naming the first ones.
+    pub(super) fn record(&self, n: u64, what: Vec<String>) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut keys) = self.keys.lock() {
+            for w in what {
+                if keys.len() >= NAMED {
+                    break;
+                }
+                if !keys.contains(&w) {
+                    keys.push(w);
+                }
+            }
+        }
+    }
+
+    pub(super) fn set_clients(&self, clients: Vec<String>) {
+        if clients.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = self.clients.lock() {
+            for cl in clients {
+                if c.len() >= NAMED {
+                    break;
+                }
+                if !c.contains(&cl) {
+                    c.push(cl);
+                }
+            }
+        }
+    }
+}
+
+/// The classifier of one followed stream (the applier's, across its steps).
+#[derive(Debug, Default)]
+pub(super) struct ForeignWatch {
+    /// Inside a `MULTI` of the stream.
+    in_multi: bool,
+    /// The open transaction wrote `cutover:position`: it is a batch of ours.
+    ours: bool,
+    /// The writes of the open transaction, named (bounded) and counted.
+    pending: Vec<String>,
+    pending_count: u64,
+}
+
+impl ForeignWatch {
+    /// Looks at one command of the followed stream (in database `db`); returns the foreign
+    /// writes it completes: their number and the first of them named.
+    pub(super) fn see(&mut self, args: &[&[u8]], db: u64) -> Option<(u64, Vec<String>)> {
+        let name = *args.first()?;
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("MULTI") {
+            self.in_multi = true;
+            self.ours = false;
+            self.pending.clear();
+            self.pending_count = 0;
+            return None;
+        }
+        if is("EXEC") {
+            if !std::mem::take(&mut self.in_multi) || self.ours || self.pending_count == 0 {
+                return None;
+            }
+            return Some((
+                std::mem::take(&mut self.pending_count),
+                std::mem::take(&mut self.pending),
+            ));
+        }
+        if ["SELECT", "PING", "REPLCONF", "PUBLISH", "SPUBLISH"]
+            .iter()
+            .any(|n| is(n))
+        {
+            return None;
+        }
+        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+        let keys = command_keys(&upper, args);
+        let key = keys.first().and_then(|i| args.get(*i).copied());
+        if keys
+            .iter()
+            .any(|i| args.get(*i).is_some_and(|k| is_own_key(db, k)))
+        {
+            // cutover's own position (and marker): a batch of ours, or its position alone.
+            self.ours |= self.in_multi;
+            return None;
+        }
+        if !self.in_multi && (is("DEL") || is("UNLINK")) && args.len() == 2 {
+            // The old side's own expiration or eviction.
+            return None;
+        }
+        let what = match key {
+            Some(k) => format!("{upper} {} (db {db})", show_key(k)),
+            None => format!("{upper} (db {db})"),
+        };
+        if self.in_multi {
+            self.pending_count += 1;
+            if self.pending.len() < NAMED {
+                self.pending.push(what);
+            }
+            None
+        } else {
+            Some((1, vec![what]))
+        }
+    }
+}
+
+/// The clients in a `CLIENT LIST` reply that may have written foreign writes: not replicas
+/// or masters, not cutover's own writers, whose last command was a write, active within the
+/// last few seconds (the proxy's connections to the old side are idle since the move).
+pub(super) fn writing_clients(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in list.lines() {
+        let (mut addr, mut flags, mut cmd, mut name, mut idle) = ("", "", "", "", u64::MAX);
+        for field in line.split(' ') {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            match k {
+                "addr" => addr = v,
+                "flags" => flags = v,
+                "cmd" => cmd = v,
+                "name" => name = v,
+                "idle" => idle = v.parse().unwrap_or(u64::MAX),
+                _ => {}
+            }
+        }
+        if flags.contains('S') || flags.contains('M') || name == crate::sync::target::CLIENT_NAME {
+            continue;
+        }
+        let base = cmd.split('|').next().unwrap_or("");
+        let writes = crate::command::lookup(base.as_bytes())
+            .is_some_and(|c| c.flags & crate::command::F_WRITE != 0);
+        if writes && idle <= 5 {
+            let named = if name.is_empty() {
+                String::new()
+            } else {
+                format!(" name={name}")
+            };
+            out.push(format!("{addr}{named} (last command {cmd}, idle {idle} s)"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn see(w: &mut ForeignWatch, cmd: &[&str]) -> Option<(u64, Vec<String>)> {
+        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
+        w.see(&args, 0)
+    }
+
+    #[test]
+    fn batches_of_the_applying_link_are_not_foreign() {
+        let mut w = ForeignWatch::default();
+        assert_eq!(see(&mut w, &["MULTI"]), None);
+        assert_eq!(see(&mut w, &["SET", "a", "1"]), None);
+        assert_eq!(see(&mut w, &["SELECT", "0"]), None);
+        assert_eq!(see(&mut w, &["SET", "cutover:position", "x 1 0"]), None);
+        assert_eq!(see(&mut w, &["EXEC"]), None);
+        // The position alone (a start, an idle store).
+        assert_eq!(see(&mut w, &["SET", "cutover:position", "x 2 0"]), None);
+        // Expirations.
+        assert_eq!(see(&mut w, &["DEL", "gone"]), None);
+        assert_eq!(see(&mut w, &["PING"]), None);
+    }
+
+    #[test]
+    fn anything_else_is_foreign() {
+        let mut w = ForeignWatch::default();
+        assert_eq!(
+            see(&mut w, &["SET", "k", "v"]),
+            Some((1, vec!["SET k (db 0)".to_string()]))
+        );
+        assert_eq!(see(&mut w, &["MULTI"]), None);
+        assert_eq!(see(&mut w, &["INCR", "a"]), None);
+        assert_eq!(see(&mut w, &["RPUSH", "l", "x"]), None);
+        assert_eq!(
+            see(&mut w, &["EXEC"]),
+            Some((
+                2,
+                vec!["INCR a (db 0)".to_string(), "RPUSH l (db 0)".to_string()]
+            ))
+        );
+        assert!(see(&mut w, &["DEL", "a", "b"]).is_some());
+    }
+
+    #[test]
+    fn client_list() {
+        let list = "id=3 addr=127.0.0.1:5000 laddr=x fd=8 name= age=1 idle=0 flags=N db=0 cmd=set user=default\n\
+                    id=4 addr=127.0.0.1:5001 fd=9 name=cutover-sync age=9 idle=0 flags=N db=0 cmd=exec\n\
+                    id=5 addr=127.0.0.1:5002 fd=9 name= age=9 idle=0 flags=S db=0 cmd=psync\n\
+                    id=6 addr=127.0.0.1:5003 fd=9 name=app age=9 idle=0 flags=N db=0 cmd=get\n\
+                    id=7 addr=127.0.0.1:5004 fd=9 name=old age=99 idle=90 flags=N db=0 cmd=set\n";
+        assert_eq!(
+            writing_clients(list),
+            vec!["127.0.0.1:5000 (last command set, idle 0 s)".to_string()]
+        );
+    }
+}
