@@ -206,6 +206,9 @@ impl Applier<'_> {
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
                             w.addr()
                         ));
+                        // (The position says `snapshot-loading` before the flush too: a
+                        // link following this side sees the load start there.)
+                        batch::queue_set(w, batch::LOADING)?;
                         w.send(&[&b"FLUSHALL"[..]], Tag::key("FLUSHALL", b""))?;
                     }
                     // From now on the target holds (part of) this sync's data.

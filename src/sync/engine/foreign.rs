@@ -15,13 +15,18 @@
 //! clients of the old side that `CLIENT LIST` shows writing), `rollback_safe` and the metric
 //! `cutover_foreign_writes_total{direction}`.
 //!
+//! A full resync of the applying link (it lost its place in the primary's stream) loads a
+//! new snapshot into the old side, outside batches: between its position set to
+//! `snapshot-loading` (before its `FLUSHALL` and after) and its next position, nothing is
+//! foreign.
+//!
 //! Not counted: a lone `DEL`/`UNLINK` of one key outside a transaction, which is how the old
 //! side propagates its own expirations and evictions (a foreign `DEL` of one key is missed).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sync::batch::is_own_key;
+use crate::sync::batch::{LOADING, POSITION_KEY, is_own_key};
 use crate::sync::filter::command_keys;
 use crate::sync::target::show_key;
 
@@ -96,6 +101,10 @@ pub(super) struct ForeignWatch {
     /// The writes of the open transaction, named (bounded) and counted.
     pending: Vec<String>,
     pending_count: u64,
+    /// The applying link is loading a snapshot into the followed side (its position reads
+    /// `snapshot-loading`, set before its `FLUSHALL` and after): everything is its own until
+    /// the position is set again.
+    loading: bool,
 }
 
 impl ForeignWatch {
@@ -133,8 +142,15 @@ impl ForeignWatch {
             .iter()
             .any(|i| args.get(*i).is_some_and(|k| is_own_key(db, k)))
         {
-            // cutover's own position (and marker): a batch of ours, or its position alone.
+            // cutover's own position (and marker): a batch of ours, or its position alone
+            // (which also says whether a snapshot load starts or ended).
             self.ours |= self.in_multi;
+            if !self.in_multi && is("SET") && args.get(1).is_some_and(|k| *k == POSITION_KEY) {
+                self.loading = args.get(2).is_some_and(|v| *v == LOADING.as_bytes());
+            }
+            return None;
+        }
+        if self.loading {
             return None;
         }
         if !self.in_multi && (is("DEL") || is("UNLINK")) && args.len() == 2 {
@@ -237,6 +253,17 @@ mod tests {
             ))
         );
         assert!(see(&mut w, &["DEL", "a", "b"]).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_load_of_the_applying_link_is_not_foreign() {
+        let mut w = ForeignWatch::default();
+        assert_eq!(see(&mut w, &["SET", "cutover:position", LOADING]), None);
+        assert_eq!(see(&mut w, &["FLUSHALL"]), None);
+        assert_eq!(see(&mut w, &["SET", "cutover:position", LOADING]), None);
+        assert_eq!(see(&mut w, &["MSET", "a", "1", "b", "2"]), None);
+        assert_eq!(see(&mut w, &["SET", "cutover:position", "x 10 0"]), None);
+        assert!(see(&mut w, &["MSET", "a", "1"]).is_some());
     }
 
     #[test]
