@@ -501,3 +501,57 @@ fn a_direct_write_to_the_old_side_is_detected_and_makes_the_rollback_unsafe() {
     assert!(load.errors().is_empty(), "{:?}", load.errors());
     load.finish();
 }
+
+/// The old side restarts during the overlap (SIGKILL, its AOF kept) while the clients write
+/// in database 3: the reverse link, whose writes failed, runs again from the position stored
+/// on the old side and continues in database 3 (before, its writes went to db 0 of the copy
+/// a rollback returns to).
+#[test]
+fn a_restarted_old_side_gets_the_stream_in_its_database() {
+    let mut source = Server::start_with(
+        Version::Redis70,
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    );
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let client = redis::Client::open(format!("{}/3", proxy.url())).unwrap();
+    let mut c = common::connect(&client);
+    let mut write = |label: &str, n: u64| {
+        for i in 0..n {
+            let _: () = redis::cmd("SET")
+                .arg(format!("{label}:{i}"))
+                .arg(i)
+                .query(&mut c)
+                .unwrap();
+        }
+    };
+    write("before", 50);
+    assert_same_dbs(&source, &target, &[(0, 0), (3, 3)], "before the restart");
+    source.restart();
+    write("after", 50);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = proxy.status_json();
+        let reverse = &s["cutover"]["links"][1];
+        if reverse["phase"] == "streaming"
+            && reverse["lag_bytes"] == 0
+            && reverse["link_up"] == true
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reverse link did not recover: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write("later", 50);
+    assert_same_dbs(
+        &source,
+        &target,
+        &[(0, 0), (3, 3)],
+        "after the old side restarted",
+    );
+}
