@@ -559,8 +559,7 @@ impl Applier<'_> {
                         self.stream_db = db;
                     }
                     if p.foreign.watching.load(Ordering::Relaxed)
-                        && let Ok(args) = split_args(&cmd.wire)
-                        && let Some((n, what)) = self.foreign.see(&args, self.stream_db)
+                        && let Some((n, what)) = self.foreign.see(&cmd.wire, self.stream_db)
                     {
                         self.record_foreign(n, what);
                     }

@@ -26,7 +26,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::sync::batch::{LOADING, POSITION_KEY, is_own_key};
+use bytes::Bytes;
+
+use super::split_args;
+use crate::sync::batch::{LOADING, is_own_key};
 use crate::sync::filter::command_keys;
 use crate::sync::target::show_key;
 
@@ -98,8 +101,9 @@ pub(super) struct ForeignWatch {
     in_multi: bool,
     /// The open transaction wrote `cutover:position`: it is a batch of ours.
     ours: bool,
-    /// The writes of the open transaction, named (bounded) and counted.
-    pending: Vec<String>,
+    /// The first writes of the open transaction (as received: named only if it turns out
+    /// foreign), and how many it has.
+    pending: Vec<(Bytes, u64)>,
     pending_count: u64,
     /// The applying link is loading a snapshot into the followed side (its position reads
     /// `snapshot-loading`, set before its `FLUSHALL` and after): everything is its own until
@@ -107,69 +111,115 @@ pub(super) struct ForeignWatch {
     loading: bool,
 }
 
+/// How the applying link's position write reaches the stream (`SET cutover:position …`, as
+/// `batch::queue_set` sends it): one comparison per command inside a transaction.
+const POSITION_SET: &[u8] = b"*3\r\n$3\r\nSET\r\n$16\r\ncutover:position\r\n";
+
+/// `wire` is the one-argument command `name` (`MULTI`, `EXEC`).
+fn is_bare(wire: &[u8], name: &[u8]) -> bool {
+    wire.len() == 8 + name.len() + 2
+        && wire.starts_with(b"*1\r\n$")
+        && wire
+            .get(8..8 + name.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// A `SELECT` (which writes nothing).
+fn is_select(wire: &[u8]) -> bool {
+    wire.starts_with(b"*2\r\n$6\r\n")
+        && wire
+            .get(8..14)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"SELECT"))
+}
+
+/// `NAME key (db N)` of a command.
+fn describe(args: &[&[u8]], db: u64) -> String {
+    let upper = args
+        .first()
+        .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+        .unwrap_or_default();
+    let key = command_keys(&upper, args)
+        .first()
+        .and_then(|i| args.get(*i).copied());
+    match key {
+        Some(k) => format!("{upper} {} (db {db})", show_key(k)),
+        None => format!("{upper} (db {db})"),
+    }
+}
+
 impl ForeignWatch {
     /// Looks at one command of the followed stream (in database `db`); returns the foreign
-    /// writes it completes: their number and the first of them named.
-    pub(super) fn see(&mut self, args: &[&[u8]], db: u64) -> Option<(u64, Vec<String>)> {
-        let name = *args.first()?;
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("MULTI") {
+    /// writes it completes: their number and the first of them named. Inside a transaction
+    /// this costs one comparison per command; the commands are parsed only outside one, or
+    /// when a transaction turns out foreign.
+    pub(super) fn see(&mut self, wire: &Bytes, db: u64) -> Option<(u64, Vec<String>)> {
+        if self.in_multi {
+            if is_bare(wire, b"EXEC") {
+                self.in_multi = false;
+                if self.ours || self.pending_count == 0 {
+                    return None;
+                }
+                let named = std::mem::take(&mut self.pending)
+                    .iter()
+                    .filter_map(|(w, db)| Some(describe(&split_args(w).ok()?, *db)))
+                    .collect();
+                return Some((std::mem::take(&mut self.pending_count), named));
+            }
+            if self.ours || is_select(wire) {
+                return None;
+            }
+            if db == 0 && wire.starts_with(POSITION_SET) {
+                self.ours = true;
+                self.pending.clear();
+                return None;
+            }
+            self.pending_count += 1;
+            if self.pending.len() < NAMED {
+                self.pending.push((wire.clone(), db));
+            }
+            return None;
+        }
+        if is_bare(wire, b"MULTI") {
             self.in_multi = true;
             self.ours = false;
             self.pending.clear();
             self.pending_count = 0;
             return None;
         }
-        if is("EXEC") {
-            if !std::mem::take(&mut self.in_multi) || self.ours || self.pending_count == 0 {
-                return None;
-            }
-            return Some((
-                std::mem::take(&mut self.pending_count),
-                std::mem::take(&mut self.pending),
-            ));
-        }
-        if ["SELECT", "PING", "REPLCONF", "PUBLISH", "SPUBLISH"]
-            .iter()
-            .any(|n| is(n))
-        {
+        if is_select(wire) {
             return None;
         }
-        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
-        let keys = command_keys(&upper, args);
-        let key = keys.first().and_then(|i| args.get(*i).copied());
-        if keys
-            .iter()
-            .any(|i| args.get(*i).is_some_and(|k| is_own_key(db, k)))
-        {
-            // cutover's own position (and marker): a batch of ours, or its position alone
-            // (which also says whether a snapshot load starts or ended).
-            self.ours |= self.in_multi;
-            if !self.in_multi && is("SET") && args.get(1).is_some_and(|k| *k == POSITION_KEY) {
-                self.loading = args.get(2).is_some_and(|v| *v == LOADING.as_bytes());
-            }
+        if db == 0 && wire.starts_with(POSITION_SET) {
+            // The position alone (a start, an idle store, a snapshot load's start or end).
+            let args = split_args(wire).ok()?;
+            self.loading = args.get(2).is_some_and(|v| *v == LOADING.as_bytes());
             return None;
         }
         if self.loading {
             return None;
         }
-        if !self.in_multi && (is("DEL") || is("UNLINK")) && args.len() == 2 {
+        let args = split_args(wire).ok()?;
+        let name = *args.first()?;
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if ["PING", "REPLCONF", "PUBLISH", "SPUBLISH", "EXEC", "DISCARD"]
+            .iter()
+            .any(|n| is(n))
+        {
+            return None;
+        }
+        if (is("DEL") || is("UNLINK")) && args.len() == 2 {
             // The old side's own expiration or eviction.
             return None;
         }
-        let what = match key {
-            Some(k) => format!("{upper} {} (db {db})", show_key(k)),
-            None => format!("{upper} (db {db})"),
-        };
-        if self.in_multi {
-            self.pending_count += 1;
-            if self.pending.len() < NAMED {
-                self.pending.push(what);
-            }
-            None
-        } else {
-            Some((1, vec![what]))
+        let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+        if command_keys(&upper, &args)
+            .iter()
+            .any(|i| args.get(*i).is_some_and(|k| is_own_key(db, k)))
+        {
+            // cutover's own marker (`cutover:switched`).
+            return None;
         }
+        Some((1, vec![describe(&args, db)]))
     }
 }
 
@@ -216,8 +266,11 @@ mod tests {
     use super::*;
 
     fn see(w: &mut ForeignWatch, cmd: &[&str]) -> Option<(u64, Vec<String>)> {
-        let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
-        w.see(&args, 0)
+        let mut wire = format!("*{}\r\n", cmd.len());
+        for a in cmd {
+            wire.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        w.see(&Bytes::from(wire), 0)
     }
 
     #[test]
