@@ -663,10 +663,18 @@ fn every_panel_and_rule_returns_data_and_alerts_fire() {
     // proxy cannot connect to it, and the reverse link's server is gone.
     let before = ok.load(Ordering::Relaxed);
     assert!(before > 0, "no traffic went through the proxy");
+    // Something writes to the old side (the source) directly: the forward link, which
+    // follows it, sees a write the reverse link did not make.
+    let _: () = redis::cmd("SET")
+        .arg("written:around:the:proxy")
+        .arg(1)
+        .query(&mut source.conn())
+        .expect("a direct write to the old side");
     target.kill();
     let expected = [
         ("CutoverBackendUnreachable", "side", "target"),
         ("CutoverSyncServerDown", "direction", "reverse"),
+        ("CutoverForeignWrites", "direction", "forward"),
     ];
     let deadline = Instant::now() + Duration::from_secs(25);
     let states = loop {

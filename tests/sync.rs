@@ -1025,7 +1025,9 @@ fn stored_position(conn: &mut Connection) -> Option<(String, u64)> {
     let _: () = q(conn, &[b"SELECT", b"0"]);
     let v: Option<String> = q(conn, &[b"GET", POSITION_KEY]);
     let v = v?;
-    let (id, off) = v.split_once(' ')?;
+    // "<replid> <offset> <db>" (or the older "<replid> <offset>")
+    let mut parts = v.split(' ');
+    let (id, off) = (parts.next()?, parts.next()?);
     Some((id.to_string(), off.parse().ok()?))
 }
 

@@ -322,7 +322,7 @@ impl Controller {
         };
         let replica = self.replica_overlap();
         let written = if replica {
-            self.finish_replica(primary).await
+            self.finish_replica(primary).await?
         } else {
             let sink = self.proxy.shadow().swap(None);
             // Let the writer finish what is queued (bounded), so the old side is left as

@@ -37,6 +37,7 @@ use super::{
 };
 use crate::route::{Backend, Side};
 use crate::sync::engine::SyncProgress;
+use crate::sync::handoff::{Abort, Role};
 use crate::sync::phase::SyncPhase;
 use crate::sync::replica::{info_field, master_repl_offset};
 
@@ -125,10 +126,15 @@ impl Links {
         self.reverse.wake();
     }
 
-    /// Stops both engines for good (`finish`).
+    /// Stops both engines for good (`finish`): the stop flags first, then the roles (an
+    /// engine that sees [`Role::Stopped`] sees its flag too), so neither link writes again
+    /// whatever it was doing (a link that was about to take over loses its CAS).
     pub fn stop_all(&self) {
-        self.stop_reverse();
+        self.reverse_stop.store(true, Ordering::Release);
         self.forward_stop.store(true, Ordering::Release);
+        self.reverse.handoff.stop();
+        self.forward.handoff.stop();
+        self.reverse.wake();
         self.forward.wake();
     }
 
@@ -156,11 +162,15 @@ impl Links {
 
     /// The status of one link.
     pub fn link_json(p: &SyncProgress) -> serde_json::Value {
-        let applying = !p.handoff.is_following();
+        let role = p.handoff.role();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
             "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
-            "role": if applying { "applying" } else { "following" },
+            // (`applying` / `following` outside a move; `parked`, `held`… inside one.)
+            "role": match role {
+                Role::Holding | Role::Held | Role::Requested => "following",
+                r => r.as_str(),
+            },
             "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
             "received_offset": n(&p.received_offset),
             "applied_offset": n(&p.applied_offset),
@@ -170,13 +180,49 @@ impl Links {
             "link_up": !p.link_down.load(Ordering::Relaxed),
             "full_resyncs": n(&p.full_resyncs),
             "commands_applied": n(&p.commands_applied),
+            // Writes on the side this link follows that the applying link did not make.
+            "foreign_writes": p.foreign.count(),
+            "foreign_keys": p.foreign.keys(),
+            "foreign_clients": p.foreign.clients(),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+
+    /// Why the old side is no longer a copy of the primary because something else wrote
+    /// to it during the overlap (the following links' foreign writes), if it is not.
+    pub fn foreign_reason(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for p in [&self.forward, &self.reverse] {
+            let n = p.foreign.count();
+            if n == 0 {
+                continue;
+            }
+            let clients = p.foreign.clients();
+            let by = if clients.is_empty() {
+                String::new()
+            } else {
+                format!(", by {}", clients.join(", "))
+            };
+            parts.push(format!(
+                "{n} foreign write(s) on the side the {} link follows ({}{by})",
+                p.direction(),
+                p.foreign.keys().join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "{}: something writes to the old side directly, so it is no longer a copy of the primary; stop that writer (see `cutover status`), then either finish or copy to the old side again",
+                parts.join("; ")
+            )
         })
     }
 
     /// Publishes the role gauges of both links.
     pub fn publish_metrics(&self) {
         for p in [&self.forward, &self.reverse] {
+            // (Registered at 0, so that its alert rule has a series before the first one.)
+            metrics::counter!("cutover_foreign_writes_total", "direction" => p.direction())
+                .increment(0);
             metrics::gauge!("cutover_link_applying", "direction" => p.direction())
                 .set(if p.handoff.is_following() { 0.0 } else { 1.0 });
         }
@@ -280,6 +326,11 @@ impl Controller {
                 last_error_suffix(applying)
             )));
         }
+        if !force && let Some(why) = links.foreign_reason() {
+            return Err(CutoverError::Refused(format!(
+                "not moving: {why} (use --force to move anyway)"
+            )));
+        }
         if !force {
             let lag = applying.lag_bytes();
             if lag > self.settings.max_lag_bytes {
@@ -334,21 +385,48 @@ impl Controller {
         old_conn.set_deadline(Some(deadline));
         new_conn.set_deadline(Some(deadline));
         gate.pause();
-        let abort = |waiting: String| {
-            following.handoff.abort_apply();
+        // Undoes the move, unless the following link had already taken over (its CAS won
+        // the race against ours): then `None`, and the move is committed instead.
+        let try_abort = |waiting: String| {
+            if following.handoff.abort_apply() == Abort::TookOver {
+                tracing::warn!(
+                    direction = following.direction(),
+                    "the pause limit passed just as the {} link took over: the move is committed",
+                    following.direction()
+                );
+                return None;
+            }
             following.wake();
+            // (The stop is withdrawn first: a link that parks late unparks itself.)
             applying.cancel_stop();
+            let _ = applying.handoff.unpark();
             gate.resume();
             metrics::counter!("cutover_barrier_aborts_total").increment(1);
-            CutoverError::Timeout {
+            Some(CutoverError::Timeout {
                 elapsed_ms: started.elapsed().as_millis() as u64,
                 waiting,
                 side: from.as_str(),
-            }
+            })
+        };
+        // Before the follower was asked to apply, it cannot have taken over.
+        let abort = |waiting: String| {
+            try_abort(waiting).unwrap_or_else(|| {
+                CutoverError::Refused(
+                    "the following link took over before it was asked to (a bug: report it)".into(),
+                )
+            })
         };
         let in_time = |d: Instant| tokio::time::Instant::from_std(d);
         if let Err(why) = self.wait_for_sessions(started, deadline, force).await {
             return Err(abort(why));
+        }
+        // The scripts learned since `scripts_before_pause` (no session runs now), before the
+        // follower is asked to apply, so that a failure here can still undo the move.
+        if let Err(e) = self
+            .scripts_in_pause(&mut new_conn, scripts, deadline)
+            .await
+        {
+            return Err(abort(e));
         }
         // 2. The applying link applies up to the old primary's offset and parks.
         let old_pos =
@@ -377,7 +455,13 @@ impl Controller {
             )));
         }
         // 3. The following link takes nothing more, so it cannot skip what it must apply.
-        following.handoff.hold();
+        if let Err(role) = following.handoff.hold() {
+            return Err(abort(format!(
+                "the {} link is {}, not following",
+                following.direction(),
+                role.as_str()
+            )));
+        }
         following.wake();
         if !wait_until(deadline, || following.handoff.is_held()).await {
             return Err(abort(format!(
@@ -398,10 +482,16 @@ impl Controller {
             }
             Err(_) => return Err(abort(format!("the {} did not say its offset", to.as_str()))),
         };
-        following.handoff.apply_from(&replid, new_offset);
+        if let Err(role) = following.handoff.apply_from(&replid, new_offset) {
+            return Err(abort(format!(
+                "the {} link is {}, not held",
+                following.direction(),
+                role.as_str()
+            )));
+        }
         following.wake();
         let took_over = wait_until(deadline, || {
-            !following.handoff.is_following() || following.handoff.refused().is_some()
+            following.handoff.role() == Role::Applying || following.handoff.refused().is_some()
         })
         .await;
         if let Some(why) = following.handoff.refused() {
@@ -410,21 +500,24 @@ impl Controller {
                 following.direction()
             )));
         }
-        if !took_over {
-            return Err(abort(format!(
+        if !took_over
+            && let Some(e) = try_abort(format!(
                 "the {} link had read up to offset {} of {new_offset}",
                 following.direction(),
                 following.received_offset.load(Ordering::Relaxed)
-            )));
-        }
-        if let Err(e) = self
-            .scripts_in_pause(&mut new_conn, scripts, deadline)
-            .await
+            ))
         {
-            return Err(abort(e));
+            return Err(e);
         }
-        // 5. Commit: the parked link follows; the route flips.
-        applying.handoff.follow();
+        // 5. Commit: the parked link follows (first: it unparks itself once the stop is
+        // withdrawn); the route flips.
+        if let Err(role) = applying.handoff.follow() {
+            tracing::error!(
+                direction = applying.direction(),
+                role = role.as_str(),
+                "the link that applied was not parked at the commit"
+            );
+        }
         applying.cancel_stop();
         links.publish_metrics();
         let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
@@ -469,11 +562,13 @@ impl Controller {
     }
 
     /// `finish` in replica overlap: both links stop (the applying one after what it
-    /// received is applied, bounded); the commands it applied. (The caller then removes
-    /// cutover's own keys from both sides.)
-    pub(super) async fn finish_replica(&self, primary: Side) -> u64 {
+    /// received is applied, bounded); the commands it applied. Returns only once both
+    /// engines have ended (nothing of ours is written after the caller removes cutover's
+    /// keys): an engine still inside a write to a frozen server past the deadline is an
+    /// error, and the keys stay.
+    pub(super) async fn finish_replica(&self, primary: Side) -> Result<u64, CutoverError> {
         let Some(links) = &self.links else {
-            return 0;
+            return Ok(0);
         };
         let (applying, _) = links.roles(primary);
         let deadline = Instant::now() + self.settings.timeout;
@@ -482,14 +577,27 @@ impl Controller {
         }
         let applied = applying.commands_applied.load(Ordering::Relaxed);
         links.stop_all();
-        // Wait (bounded) until both engines noticed, so nothing of ours is written after the
-        // keys are removed.
+        // An engine blocked in a write waits for its server's answer up to the sync's
+        // timeout (60 s by default): wait as long, plus a margin.
+        let limit = self.settings.timeout.max(Duration::from_secs(60)) + Duration::from_secs(5);
         let stopped = |p: &SyncProgress| p.ended.load(Ordering::Acquire);
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + limit;
         while !(stopped(&links.forward) && stopped(&links.reverse)) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        applied
+        let still: Vec<&str> = [&links.forward, &links.reverse]
+            .into_iter()
+            .filter(|p| !stopped(p))
+            .map(|p| p.direction())
+            .collect();
+        if !still.is_empty() {
+            return Err(CutoverError::Refused(format!(
+                "the {} link(s) did not stop within {} s (a write to a server that does not answer); cutover's keys were left in place and the migration is not finished: check the servers, then run `cutover finish` again",
+                still.join(" and "),
+                limit.as_secs()
+            )));
+        }
+        Ok(applied)
     }
 }
 

@@ -103,6 +103,9 @@ impl Controller {
         if !self.replica_overlap() || self.phase() == Some(Phase::Finished) {
             return None;
         }
+        if let Some(why) = links.foreign_reason() {
+            return Some(why);
+        }
         let (applying, _) = links.roles(primary);
         let phase = applying.phase();
         if applying.handoff.is_following() {

@@ -2,9 +2,15 @@
 //! `MULTI … EXEC` together with the replication position it reaches.
 //!
 //! **The position.** The key [`POSITION_KEY`] (`cutover:position`, in database 0 of the
-//! target) holds `"<replid> <offset>"`: the source's replication id and the replication offset
-//! up to which the target holds the source's writes (the offset `INFO replication` calls
-//! `master_repl_offset`, i.e. the number of stream bytes applied). Every batch of stream
+//! target) holds `"<replid> <offset> <db>"`: the source's replication id, the replication
+//! offset up to which the target holds the source's writes (the offset `INFO replication`
+//! calls `master_repl_offset`, i.e. the number of stream bytes applied) and the stream's
+//! database at that offset (the source's number, before any `db_map`). The database is part
+//! of the position because Redis writes `SELECT` only when the stream's database changes, and
+//! not again after a partial resync (Redis' own replicas save `repl-stream-db` with their
+//! position for the same reason): a resumed stream starts in the middle of a database. An
+//! older two-field position (`"<replid> <offset>"`) is still read: its database is unknown,
+//! the writer stays in the target URL's database (as before) and says so. Every batch of stream
 //! commands is applied inside one `MULTI … EXEC` that also sets the key (with `SELECT 0`
 //! before and `SELECT <current db>` after it), so the key and the data always agree: after a
 //! crash, `PSYNC <replid> <offset + 1>` continues exactly after the last applied batch.
@@ -58,8 +64,13 @@ pub const LOADING: &str = "snapshot-loading";
 pub enum Stored {
     /// No position: the target was never synced into (by this tool).
     None,
-    /// An earlier sync stopped here.
-    At { replid: String, offset: u64 },
+    /// An earlier sync stopped here; `db` is the stream's database there (`None`: a
+    /// position written before the database was recorded).
+    At {
+        replid: String,
+        offset: u64,
+        db: Option<u64>,
+    },
     /// An earlier sync left something that cannot be resumed (a snapshot that did not finish).
     Unusable(String),
 }
@@ -67,22 +78,30 @@ pub enum Stored {
 impl Stored {
     pub fn parse(value: &str) -> Stored {
         let mut parts = value.split_whitespace();
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(id), Some(off), None) if id.len() == 40 => match off.parse() {
-                Ok(offset) => Stored::At {
-                    replid: id.to_string(),
-                    offset,
-                },
-                Err(_) => Stored::Unusable(value.to_string()),
+        let (id, off, db, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
+        let (Some(id), Some(off), None) = (id, off, rest) else {
+            return Stored::Unusable(value.to_string());
+        };
+        let db = match db.map(str::parse::<u64>) {
+            None => None,
+            Some(Ok(db)) => Some(db),
+            Some(Err(_)) => return Stored::Unusable(value.to_string()),
+        };
+        match off.parse() {
+            Ok(offset) if id.len() == 40 => Stored::At {
+                replid: id.to_string(),
+                offset,
+                db,
             },
             _ => Stored::Unusable(value.to_string()),
         }
     }
 }
 
-/// The value stored for a position.
-pub fn format(replid: &str, offset: u64) -> String {
-    format!("{replid} {offset}")
+/// The value stored for a position: the stream `replid` applied up to `offset`, where the
+/// stream's database is `db` (the source's number).
+pub fn format(replid: &str, offset: u64, db: u64) -> String {
+    format!("{replid} {offset} {db}")
 }
 
 /// Reads the stored position (the writer's database is kept).
@@ -205,14 +224,34 @@ impl Applier<'_> {
                     self.close_txn(w, stats)?;
                     self.in_source_txn = false;
                 }
+                // A command that writes nothing (the master's `PING`, the `REPLCONF GETACK`
+                // of a client's `WAIT`, a `PUBLISH`) between batches: its bytes are applied
+                // without a transaction, confirmed with whatever is in flight (the stored
+                // position stays at the last batch; a restart reads such bytes again and
+                // skips them again).
+                "PING" | "REPLCONF" | "PUBLISH" | "SPUBLISH" if !self.txn_open => {
+                    self.report.commands_skipped += 1;
+                    w.mark_offset(cmd.end_offset);
+                }
                 "EXEC" | "DISCARD" => {
                     tracing::warn!(
                         offset = cmd.end_offset,
                         "{name} outside a transaction in the replication stream: ignored"
                     );
                     self.report.commands_skipped += 1;
+                    if !self.txn_open {
+                        w.mark_offset(cmd.end_offset);
+                    }
                 }
                 _ => {
+                    if name == "SELECT"
+                        && let Some(db) = args
+                            .get(1)
+                            .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                    {
+                        // The stream's database (the source's number), stored with the position.
+                        self.stream_db = db;
+                    }
                     if !self.txn_open {
                         w.begin_txn()?;
                         self.txn_open = true;
@@ -244,7 +283,8 @@ impl Applier<'_> {
     /// together with the position: the rest applies exactly once, in order (nothing behind
     /// the transaction is sent before its `EXEC`).
     fn close_txn(&mut self, w: &mut TargetWriter, stats: &mut Stats) -> anyhow::Result<()> {
-        queue_set(w, &format(&self.replid, self.last_offset))?;
+        queue_set(w, &format(&self.replid, self.last_offset, self.stream_db))?;
+        self.stored_offset = self.last_offset;
         // Only a command the target does not know, or one with an argument count outside
         // its arity, is refused while queueing (target-wide refusals such as OOM or READONLY
         // hit the position write of every batch alike). Without such a command the `EXEC`
@@ -341,12 +381,30 @@ mod tests {
     fn parse() {
         let id = "a".repeat(40);
         assert_eq!(
-            Stored::parse(&format(&id, 77)),
+            Stored::parse(&format(&id, 77, 9)),
             Stored::At {
                 replid: id.clone(),
-                offset: 77
+                offset: 77,
+                db: Some(9)
             }
         );
+        // A position stored before the database was recorded.
+        assert_eq!(
+            Stored::parse(&format!("{id} 77")),
+            Stored::At {
+                replid: id.clone(),
+                offset: 77,
+                db: None
+            }
+        );
+        assert!(matches!(
+            Stored::parse(&format!("{id} 77 x")),
+            Stored::Unusable(_)
+        ));
+        assert!(matches!(
+            Stored::parse(&format!("{id} 77 1 2")),
+            Stored::Unusable(_)
+        ));
         assert!(matches!(Stored::parse(LOADING), Stored::Unusable(_)));
         assert!(matches!(
             Stored::parse(&format!("{id} x")),

@@ -109,7 +109,17 @@ pub struct ReplicaLink {
     /// master starts the stream only on an ACK sent after *it* considers the transfer done
     /// (its child process has exited), which can be well after our last snapshot byte.
     fast_ack_until: Option<tokio::time::Instant>,
+    /// The end offset of the last `REPLCONF GETACK` not yet acknowledged with an offset that
+    /// reaches it: a client of the master is in `WAIT`/`WAITAOF` (or a `FAILOVER` runs), so
+    /// the link acknowledges again as soon as the caller has applied up to here, as a real
+    /// replica does right after processing the `GETACK`.
+    ack_due: Option<u64>,
+    /// When the last `REPLCONF ACK` was sent.
+    last_ack: tokio::time::Instant,
 }
+
+/// How often the link looks at the caller's applied offset while a `GETACK` waits for it.
+const ACK_DUE_POLL: Duration = Duration::from_millis(1);
 
 /// ACK interval while waiting for a diskless master to start the stream.
 const FAST_ACK_INTERVAL: Duration = Duration::from_millis(10);
@@ -163,6 +173,8 @@ impl ReplicaLink {
             offset: 0,
             timeout,
             fast_ack_until: None,
+            ack_due: None,
+            last_ack: tokio::time::Instant::now(),
         };
         // AUTH was sent by the connection layer; PING as Redis' replicas do (-NOPERM is
         // fine: a user with only the replication rights).
@@ -209,9 +221,9 @@ impl ReplicaLink {
     }
 
     /// Replication offset of the next byte of the command stream: everything before it was
-    /// received (and returned by [`ReplicaLink::next_commands`], except `REPLCONF GETACK` and
-    /// keep-alives, which need no applying). A caller that has applied every command it got
-    /// may acknowledge this offset.
+    /// received (and returned by [`ReplicaLink::next_commands`], except the inline newlines
+    /// of keep-alives, which are counted but need no applying). A caller that has applied every
+    /// command it got may acknowledge this offset.
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -306,8 +318,11 @@ impl ReplicaLink {
     }
 
     /// Waits for the next commands of the stream (at least one) and returns every complete one
-    /// that has arrived. `REPLCONF GETACK` is answered with `applied` (the offset the caller
-    /// has made durable) and not returned.
+    /// that has arrived. `REPLCONF GETACK` is returned too (every byte of the stream advances
+    /// the offset the caller applies up to; it applies nothing for it), and answered with
+    /// `applied` (the offset the caller has made durable) at once and again as soon as
+    /// `applied` reaches the `GETACK`'s own end (so a client's `WAIT` on the master returns as
+    /// soon as its write is on the target).
     pub async fn next_commands(
         &mut self,
         applied: u64,
@@ -342,12 +357,12 @@ impl ReplicaLink {
                         self.offset += len as u64;
                         if is_getack {
                             getack = true;
-                        } else {
-                            out.push(StreamCommand {
-                                wire,
-                                end_offset: self.offset,
-                            });
+                            self.ack_due = Some(self.offset);
                         }
+                        out.push(StreamCommand {
+                            wire,
+                            end_offset: self.offset,
+                        });
                     }
                     Ok(Some(Request::Inline { len, .. } | Request::Empty { len })) => {
                         self.buf.advance(len);
@@ -359,6 +374,8 @@ impl ReplicaLink {
             }
             if getack {
                 self.ack(applied()).await?;
+            } else {
+                self.ack_if_due(applied()).await?;
             }
             if !out.is_empty() {
                 return Ok(out);
@@ -377,7 +394,9 @@ impl ReplicaLink {
             let fast = self
                 .fast_ack_until
                 .is_some_and(|t| tokio::time::Instant::now() < t);
-            let tick = tokio::time::sleep(if fast {
+            let tick = tokio::time::sleep(if self.ack_due.is_some() {
+                ACK_DUE_POLL
+            } else if fast {
                 FAST_ACK_INTERVAL
             } else {
                 ACK_INTERVAL
@@ -400,9 +419,22 @@ impl ReplicaLink {
                             secs: self.timeout.as_secs(),
                         });
                     }
-                    self.ack(applied()).await?;
+                    if self.last_ack.elapsed() >= ACK_INTERVAL || fast {
+                        self.ack(applied()).await?;
+                    } else {
+                        // A GETACK waits: acknowledge once the caller applied up to it.
+                        self.ack_if_due(applied()).await?;
+                    }
                 }
             }
+        }
+    }
+
+    /// Acknowledges `applied` if it reached the last `GETACK` waiting for it.
+    async fn ack_if_due(&mut self, applied: u64) -> Result<(), ReplicaError> {
+        match self.ack_due {
+            Some(due) if applied >= due => self.ack(applied).await,
+            _ => Ok(()),
         }
     }
 
@@ -411,6 +443,10 @@ impl ReplicaLink {
         let mut wire = Vec::new();
         let off = offset.to_string();
         encode_command(&[&b"REPLCONF"[..], b"ACK", off.as_bytes()], &mut wire);
+        self.last_ack = tokio::time::Instant::now();
+        if self.ack_due.is_some_and(|due| offset >= due) {
+            self.ack_due = None;
+        }
         self.stream.write_all(&wire).await.map_err(|e| self.io(e))
     }
 

@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod links;
 pub mod moves;
 pub mod sides;
 

@@ -25,6 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::sync::batch::{self, POSITION_KEY};
 use crate::sync::convert::{Converter, KINDS, Stats};
+use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
 use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
 
@@ -52,13 +53,19 @@ pub(in crate::sync) struct Applier<'a> {
     pub(in crate::sync) txn_commands: usize,
     /// Replication offset after the last stream command queued.
     pub(in crate::sync) last_offset: u64,
+    /// The offset of the last position written to the target (batches, starts, idle).
+    pub(in crate::sync) stored_offset: u64,
     /// A message taken from `rx` to see whether more were waiting, handled next.
     pub(in crate::sync) peeked: Option<Msg>,
     /// Stream commands after the barrier's offset, kept (before `peeked`) for whatever the
     /// link does next: apply them (the move was aborted) or skip them (it follows now).
     pub(in crate::sync) held_back: Option<Msg>,
-    /// The stream's current database while following (the applier uses the writer's).
-    pub(in crate::sync) follow_db: u64,
+    /// The stream's current database (the source's number, before `db_map`), applying or
+    /// following: stored with every position, selected again on every resume and hand-over.
+    pub(in crate::sync) stream_db: u64,
+    /// The stream's database at the position this run resumes from: `Some(None)` for a
+    /// position stored without one (an older cutover), `None` when not resuming.
+    pub(in crate::sync) resume_db: Option<Option<u64>>,
     /// The last step ran as the follower.
     pub(in crate::sync) following_now: bool,
     /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
@@ -79,6 +86,12 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) bar: Bar,
     /// When headless `cutover sync` last read the source's offset (for the lag).
     pub(in crate::sync) offset_polled: Option<Instant>,
+    /// The classifier of the followed stream ([`super::foreign`]).
+    pub(super) foreign: super::foreign::ForeignWatch,
+    /// When the followed side's clients were last listed (after a foreign write).
+    pub(super) foreign_listed: Option<Instant>,
+    /// A foreign write was seen since: list the clients again.
+    pub(super) foreign_list_due: bool,
 }
 
 impl Applier<'_> {
@@ -108,16 +121,18 @@ impl Applier<'_> {
         let mut stop_at: Option<u64> = None;
         let mut started = Instant::now();
         loop {
-            if self.stop.load(Ordering::Acquire) {
+            // (The role first: `finish` sets the stop flag before it stops the role.)
+            let role = self.progress.handoff.role();
+            if role == Role::Stopped || self.stop.load(Ordering::Acquire) {
                 self.bar.finish();
-                if self.progress.handoff.is_following() {
+                if self.following_now || self.progress.handoff.is_following() {
                     // A follower wrote nothing: nothing to store.
                     self.report.offset = self.last_offset;
                     return Ok(self.report.clone());
                 }
                 return self.stop_cleanly(w, &phase, &mut conv.stats);
             }
-            if self.progress.handoff.is_following() {
+            if self.progress.handoff.is_overlap() && role.follows() {
                 if !self.following_now {
                     self.enter_following(w)?;
                 }
@@ -191,6 +206,9 @@ impl Applier<'_> {
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
                             w.addr()
                         ));
+                        // (The position says `snapshot-loading` before the flush too: a
+                        // link following this side sees the load start there.)
+                        batch::queue_set(w, batch::LOADING)?;
                         w.send(&[&b"FLUSHALL"[..]], Tag::key("FLUSHALL", b""))?;
                     }
                     // From now on the target holds (part of) this sync's data.
@@ -224,6 +242,8 @@ impl Applier<'_> {
                     self.last_offset = offset;
                     self.replid = replid;
                     self.flush_on_full = true;
+                    self.restore_stream_db(w)?;
+                    self.stored_offset = offset;
                     w.mark_offset(offset);
                     phase = phase.move_to(SyncPhase::Streaming);
                     self.progress.mark_established();
@@ -261,7 +281,9 @@ impl Applier<'_> {
                     conv.finish(w)?;
                     debug_assert_eq!(bytes, self.report.snapshot_bytes);
                     w.drain()?;
-                    batch::queue_set(w, &batch::format(&self.replid, start_offset))?;
+                    self.stream_db = 0;
+                    batch::queue_set(w, &batch::format(&self.replid, start_offset, 0))?;
+                    self.stored_offset = start_offset;
                     w.drain()?;
                     w.mark_offset(start_offset);
                     phase = phase.move_to(SyncPhase::Streaming);
@@ -318,6 +340,7 @@ impl Applier<'_> {
                     // Nothing new: let the target answer what is in flight.
                     if phase == SyncPhase::Streaming {
                         w.drain()?;
+                        self.store_idle_position(w)?;
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
@@ -396,26 +419,42 @@ impl Applier<'_> {
         let confirmed = w.confirmed_offset().unwrap_or(limit);
         self.applied.store(confirmed, Ordering::Release);
         p.applied_offset.store(confirmed, Ordering::Release);
+        if !p.handoff.park() {
+            // Stopped meanwhile (`finish`): the loop's next step ends the run.
+            return Ok(());
+        }
         p.stopped.store(true, Ordering::Release);
         // (The controller decides within its pause limit; the bound here only keeps a lost
         // controller from parking the link for good.)
         let deadline = Instant::now() + Duration::from_secs(60);
-        while p.stop_requested().is_some()
-            && !p.handoff.is_following()
-            && !self.stop.load(Ordering::Acquire)
-            && Instant::now() < deadline
-        {
+        loop {
+            if p.handoff.role() != Role::Parked || self.stop.load(Ordering::Acquire) {
+                break;
+            }
+            if p.stop_requested().is_none() {
+                // The stop was withdrawn (an aborted move): apply on, unless the
+                // controller decided otherwise first.
+                let _ = p.handoff.unpark();
+                continue;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
             std::thread::sleep(Duration::from_micros(100));
         }
         p.stopped.store(false, Ordering::Release);
+        if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
+            bail!("the cutover controller never decided what this link does after the barrier");
+        }
         if p.handoff.is_following() {
+            // From here on the link reads the old side, where only the other link writes.
+            p.foreign.watching.store(true, Ordering::Relaxed);
+            self.foreign = Default::default();
             tracing::info!(
                 direction = p.direction(),
                 offset = confirmed,
                 "the link applied up to the barrier and follows now (reads without applying)"
             );
-        } else if p.stop_requested().is_some() {
-            bail!("the cutover controller never decided what this link does after the barrier");
         }
         Ok(())
     }
@@ -431,7 +470,6 @@ impl Applier<'_> {
             self.txn_commands = 0;
         }
         w.drain()?;
-        self.follow_db = w.db();
         self.pending_since.clear();
         self.following_now = true;
         Ok(())
@@ -450,12 +488,11 @@ impl Applier<'_> {
         {
             return self.start_applying(w, replid, *from);
         }
-        if h.hold_requested() {
-            h.set_held(true);
+        if matches!(h.role(), Role::Holding | Role::Held) {
+            h.ack_hold();
             std::thread::sleep(Duration::from_micros(100));
             return Ok(());
         }
-        h.set_held(false);
         let wait = if request.is_some() {
             Duration::from_micros(200)
         } else {
@@ -473,7 +510,7 @@ impl Applier<'_> {
                 }
                 self.replid = replid;
                 self.last_offset = offset;
-                self.follow_db = 0;
+                self.stream_db = 0;
                 self.report.snapshot_bytes = 0;
                 p.snapshot_bytes_total.store(0, Ordering::Relaxed);
                 p.mark_established();
@@ -488,6 +525,9 @@ impl Applier<'_> {
             Ok(Msg::Resumed { replid, offset }) => {
                 self.replid = replid;
                 self.last_offset = offset;
+                if let Some(db) = self.resume_db.take() {
+                    self.stream_db = db.unwrap_or(0);
+                }
                 p.mark_established();
                 *phase = (*phase).move_to(SyncPhase::Streaming);
             }
@@ -516,7 +556,12 @@ impl Applier<'_> {
                         break;
                     }
                     if let Some(db) = select_db(&cmd.wire) {
-                        self.follow_db = db;
+                        self.stream_db = db;
+                    }
+                    if p.foreign.watching.load(Ordering::Relaxed)
+                        && let Some((n, what)) = self.foreign.see(&cmd.wire, self.stream_db)
+                    {
+                        self.record_foreign(n, what);
                     }
                     self.last_offset = cmd.end_offset;
                 }
@@ -529,8 +574,9 @@ impl Applier<'_> {
         }
         if *phase == SyncPhase::Streaming {
             self.applied.store(self.last_offset, Ordering::Release);
-            h.set_position(&self.replid, self.last_offset);
+            h.set_position(&self.replid, self.last_offset, self.stream_db);
         }
+        self.list_foreign_clients();
         self.progress.set_oldest_pending(None);
         let offset = if *phase == SyncPhase::Streaming {
             self.last_offset
@@ -542,6 +588,53 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Foreign writes on the followed side ([`super::foreign`]): counted, named, logged, and
+    /// the side's writing clients listed (at most once a second).
+    fn record_foreign(&mut self, n: u64, what: Vec<String>) {
+        let p = Arc::clone(&self.progress);
+        let before = p.foreign.count();
+        p.foreign.record(n, what.clone());
+        metrics::counter!("cutover_foreign_writes_total", "direction" => p.direction())
+            .increment(n);
+        if before == 0 || (before + n) / 1000 > before / 1000 {
+            tracing::warn!(
+                direction = p.direction(),
+                count = before + n,
+                writes = ?what,
+                "a write on the side this link follows was not made by the applying link (a foreign write: a client writing to the old side directly, or a misrouted command); the old side is no longer a copy of the primary and a rollback is unsafe"
+            );
+        }
+        self.foreign_list_due = true;
+        self.list_foreign_clients();
+    }
+
+    /// Lists the followed side's clients that write (`CLIENT LIST`) after a foreign write,
+    /// at most every 250 ms (a later step does it when it is too soon now).
+    fn list_foreign_clients(&mut self) {
+        let p = Arc::clone(&self.progress);
+        if self.foreign_list_due
+            && self
+                .foreign_listed
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
+        {
+            self.foreign_listed = Some(Instant::now());
+            self.foreign_list_due = false;
+            // (The raw reply: `query` shortens its text.)
+            match crate::sync::target::query_raw(
+                &self.opts.source,
+                &[b"CLIENT", b"LIST"],
+                Duration::from_secs(1),
+            ) {
+                Ok(raw) => p.foreign.set_clients(super::foreign::writing_clients(
+                    &String::from_utf8_lossy(&raw),
+                )),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the followed side's clients")
+                }
+            }
+        }
+    }
+
     /// The follower reached the offset it was asked to apply from: from here on it applies.
     /// The position is stored on its side at once, so a restart of this engine continues
     /// from exactly here.
@@ -551,7 +644,8 @@ impl Applier<'_> {
         replid: &str,
         from: u64,
     ) -> anyhow::Result<()> {
-        let h = &self.progress.handoff;
+        let p = Arc::clone(&self.progress);
+        let h = &p.handoff;
         if replid != self.replid {
             h.refuse(format!(
                 "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
@@ -566,28 +660,94 @@ impl Applier<'_> {
             ));
             return Ok(());
         }
-        let db = self
-            .opts
-            .tuning
-            .filter
-            .map_db(self.follow_db)
-            .unwrap_or(self.follow_db);
-        w.select(db)?;
+        // The stream goes on in its database: selected before the first command applied (a
+        // database that is not copied skips everything up to the next SELECT).
+        self.select_stream_db(w)?;
         w.mark_offset(from);
-        batch::queue_set(w, &batch::format(&self.replid, from))?;
+        batch::queue_set(w, &batch::format(&self.replid, from, self.stream_db))?;
+        self.stored_offset = from;
         w.drain()?;
         self.flush_on_full = true;
-        self.skip_db = false;
         self.pending_since.clear();
         self.applied.store(from, Ordering::Release);
         self.progress.applied_offset.store(from, Ordering::Release);
-        h.started_applying();
+        if let Err(role) = h.started_applying() {
+            // The controller withdrew the request first (its deadline passed): this link
+            // follows on; what it wrote is its own position key, which nothing copies.
+            tracing::warn!(
+                direction = self.progress.direction(),
+                role = role.as_str(),
+                "the move was withdrawn while this link took over; it follows on"
+            );
+            return Ok(());
+        }
         tracing::info!(
             direction = self.progress.direction(),
             replid,
             offset = from,
             "the link applies from here on"
         );
+        Ok(())
+    }
+
+    /// An idle stream whose last bytes wrote nothing (a `PING`, a `GETACK`: confirmed
+    /// without a transaction) stores its position once, so the position on the target reaches
+    /// the source's offset when nothing is being written. (Storing it is exactly-once safe:
+    /// nothing was applied after the last batch.)
+    fn store_idle_position(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        if !self.txn_open
+            && self.stored_offset < self.last_offset
+            && w.confirmed_offset() == Some(self.last_offset)
+        {
+            batch::queue_set(
+                w,
+                &batch::format(&self.replid, self.last_offset, self.stream_db),
+            )?;
+            self.stored_offset = self.last_offset;
+        }
+        Ok(())
+    }
+
+    /// A resumed stream (`+CONTINUE` at the start of a run) goes on in the database it was
+    /// in at the stored position: Redis does not send `SELECT` again after a partial resync.
+    fn restore_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        match self.resume_db.take() {
+            Some(Some(db)) => {
+                self.stream_db = db;
+                self.select_stream_db(w)?;
+                tracing::info!(
+                    direction = self.progress.direction(),
+                    db,
+                    target_db = w.db(),
+                    skipped = self.skip_db,
+                    "the resumed stream continues in its database"
+                );
+            }
+            Some(None) => {
+                self.stream_db = w.db();
+                let line = format!(
+                    "cutover sync: WARNING: the stored position does not say the stream's database (it was written by an older cutover): the stream continues in the target's database {} until the source sends SELECT",
+                    w.db()
+                );
+                tracing::warn!("{line}");
+                self.bar.say(&line);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Selects, on the target, the database the stream is in ([`Self::stream_db`] mapped
+    /// through `db_map`); a database that is not copied skips the stream up to the next
+    /// `SELECT` instead (never into another database).
+    fn select_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        match self.opts.tuning.filter.map_db(self.stream_db) {
+            Some(to) => {
+                w.select(to)?;
+                self.skip_db = false;
+            }
+            None => self.skip_db = true,
+        }
         Ok(())
     }
 

@@ -43,10 +43,12 @@
 //! * `rewrite.rs`: the stream commands filtered, mapped and rewritten for the target;
 //! * `progress.rs`: [`SyncProgress`], the live state for status, metrics and the bar;
 //! * `bar.rs`: the progress bar of headless `cutover sync`;
+//! * `foreign.rs`: writes on the followed side that the applying link did not make;
 //! * `from_rdb.rs`: `--from-rdb FILE`.
 
 mod applier;
 mod bar;
+mod foreign;
 mod from_rdb;
 mod link;
 mod progress;
@@ -289,17 +291,22 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         );
     }
     let stored = batch::read(&mut writer)?;
-    let resume = match &stored {
+    // (replication id, offset, the stream's database there when known)
+    let resume: Option<(String, u64, Option<u64>)> = match &stored {
         // A following link continues where it stopped reading (what it skipped is on its
         // side already); without such a place, it reads a new snapshot, which it skips too.
-        _ if handoff.is_following() => handoff.position(),
-        Stored::At { replid, offset } if !opts.fresh => {
+        _ if handoff.is_following() => handoff.position().map(|(id, off, db)| (id, off, Some(db))),
+        Stored::At { replid, offset, db } if !opts.fresh => {
+            let in_db = match db {
+                Some(db) => format!(" (stream database {db})"),
+                None => String::new(),
+            };
             say(&format!(
-                "cutover sync: the target holds the position {replid} {offset}; asking the source to continue from there"
+                "cutover sync: the target holds the position {replid} {offset}{in_db}; asking the source to continue from there"
             ));
-            Some((replid.clone(), *offset))
+            Some((replid.clone(), *offset, *db))
         }
-        Stored::At { replid, offset } => {
+        Stored::At { replid, offset, .. } => {
             say(&format!(
                 "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
             ));
@@ -334,6 +341,8 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         }));
     }
     let applied = Arc::new(AtomicU64::new(0));
+    let resume_db = resume.as_ref().map(|r| r.2);
+    let resume = resume.map(|(id, off, _)| (id, off));
     {
         let source = opts.source.clone();
         let applied = Arc::clone(&applied);
@@ -357,9 +366,11 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         in_source_txn: false,
         txn_commands: 0,
         last_offset: 0,
+        stored_offset: 0,
         peeked: None,
         held_back: None,
-        follow_db: 0,
+        stream_db: 0,
+        resume_db,
         following_now: false,
         skip_db: false,
         known_commands: std::collections::HashMap::new(),
@@ -368,6 +379,9 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         progress,
         bar: Bar::new(opts.progress),
         offset_polled: None,
+        foreign: Default::default(),
+        foreign_listed: None,
+        foreign_list_due: false,
     }
     .run(&mut writer)
 }

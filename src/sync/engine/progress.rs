@@ -99,6 +99,9 @@ pub struct SyncProgress {
     pub link_down: AtomicBool,
     /// The engine's runner (`cutover run`) has ended for good (`finish`).
     pub ended: AtomicBool,
+    /// Writes on the side this link follows that the applying link did not make
+    /// ([`super::foreign`]): what was seen, for status and `rollback_safe`.
+    pub foreign: super::foreign::ForeignSeen,
 }
 
 /// The counters of a run, carried into the next one when it continues the same stream (so
