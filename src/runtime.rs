@@ -381,7 +381,21 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>)
                 }
                 progress.stopped.store(false, Ordering::Release);
             }
-            // (Not reached: every failure is retried.)
+            // A stream command the side it writes to refused for good: the link stays
+            // stopped (status and the moves say why) until `finish` or the process ends.
+            Err(e) if progress.refusals.halted() => {
+                tracing::error!(
+                    direction = progress.direction(),
+                    error = %format!("{e:#}"),
+                    "link stopped: a stream command was not applied"
+                );
+                while !ctx.stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                progress.ended.store(true, Ordering::Release);
+                return;
+            }
+            // (Not reached otherwise: every other failure is retried.)
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "sync failed");
                 std::thread::sleep(MAX_BACKOFF);

@@ -174,6 +174,21 @@ fn sync_line(sync: &Value) -> String {
     if let Some(s) = sync["retry_in_s"].as_u64() {
         line.push_str(&format!("; retrying in {s} s"));
     }
+    if let Some(w) = sync["waiting_on_refusal"].as_str() {
+        line.push_str(&format!(
+            "; the target refuses its writes for now, retried in order: {w}"
+        ));
+    }
+    let unapplied = n("unapplied_commands");
+    if unapplied > 0 {
+        let first = &sync["unapplied"][0];
+        line.push_str(&format!(
+            "; {unapplied} stream command(s) NOT APPLIED, the link stopped (first: {} on key '{}': {})",
+            first["command"].as_str().unwrap_or("-"),
+            first["key"].as_str().unwrap_or(""),
+            first["reason"].as_str().unwrap_or("")
+        ));
+    }
     line
 }
 

@@ -171,6 +171,9 @@ impl Links {
             "full_resyncs": n(&p.full_resyncs),
             "commands_applied": n(&p.commands_applied),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
+            "unapplied_commands": p.refusals.count(),
+            "unapplied": p.refusals.to_json(),
+            "waiting_on_refusal": p.refusals.waiting(),
         })
     }
 

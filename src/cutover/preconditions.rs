@@ -3,7 +3,8 @@
 //! the snapshot is applied) and lags less than `max_lag_bytes`; and no other client writes to
 //! the source directly — `CLIENT LIST` on the source, the proxy's own connections and
 //! replicas excepted, and only clients whose last command was a write — because their writes
-//! would be lost after the flip.
+//! would be lost after the flip. A stream command the target did not apply
+//! (`sync::refusals`) or refuses for now refuses the switch, naming it.
 
 use super::*;
 
@@ -23,6 +24,18 @@ impl Controller {
                     "the target does not answer PING: {other:?}"
                 )));
             }
+        }
+        // A stream command the target did not apply: the clients would lose that write
+        // (never overridden by --force: the link stopped, see `sync::refusals`).
+        if let Some(why) = self.sync.refusals.describe() {
+            return Err(CutoverError::Refused(format!(
+                "the target lacks a write: {why}; not switching. Fix the cause and copy again from scratch (see `unapplied` in `cutover status`)"
+            )));
+        }
+        if let Some(why) = self.sync.refusals.waiting() {
+            return Err(CutoverError::Refused(format!(
+                "the target refuses the sync's writes for now ({why}); they are retried in order until it takes them; not switching"
+            )));
         }
         let phase = self.sync.phase();
         let streaming = phase == SyncPhase::Streaming;

@@ -97,6 +97,19 @@ impl Controller {
             return None;
         }
         let (applying, _) = links.roles(primary);
+        // The old side lacks a write the link could not apply there (`sync::refusals`).
+        if let Some(why) = applying.refusals.describe() {
+            return Some(format!(
+                "the {} link: {why}; the old side lacks it",
+                applying.direction()
+            ));
+        }
+        if let Some(why) = applying.refusals.waiting() {
+            return Some(format!(
+                "the old side refuses the {} link's writes for now ({why}); retried in order",
+                applying.direction()
+            ));
+        }
         let phase = applying.phase();
         if applying.handoff.is_following() {
             return Some(format!("the {} link is not applying", applying.direction()));

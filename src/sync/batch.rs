@@ -268,15 +268,13 @@ impl Applier<'_> {
                             reply: r.error,
                         });
                     }
-                    self.unsupported(
-                        stats,
-                        format!(
-                            "{}: {} refused it ({}); left out, the rest of the stream is applied",
-                            describe_tag(&r.tag),
-                            self.info.describe(),
-                            r.error
-                        ),
-                    )?;
+                    let text = format!(
+                        "{}: {} refused it ({}); left out, the rest of the stream is applied",
+                        describe_tag(&r.tag),
+                        self.info.describe(),
+                        r.error
+                    );
+                    self.not_applied(stats, unapplied(&r), text)?;
                     self.report.commands = self.report.commands.saturating_sub(1);
                     self.report.commands_skipped += 1;
                     drop.push(i);
@@ -311,17 +309,24 @@ impl Applier<'_> {
                     reply: r.error,
                 });
             }
-            self.unsupported(
-                stats,
-                format!(
-                    "{}: failed on {} ({}); not applied, the rest of the stream is",
-                    describe_tag(&r.tag),
-                    self.info.describe(),
-                    r.error
-                ),
-            )?;
+            let text = format!(
+                "{}: failed on {} ({}); not applied, the rest of the stream is",
+                describe_tag(&r.tag),
+                self.info.describe(),
+                r.error
+            );
+            self.not_applied(stats, unapplied(&r), text)?;
         }
         Ok(())
+    }
+}
+
+/// The record of a refused stream command ([`super::refusals`]).
+fn unapplied(r: &super::target::Refusal) -> super::refusals::Unapplied {
+    super::refusals::Unapplied {
+        command: r.tag.what.to_string(),
+        key: show_key(&r.tag.key),
+        reason: r.error.clone(),
     }
 }
 

@@ -99,6 +99,8 @@ pub struct SyncProgress {
     pub link_down: AtomicBool,
     /// The engine's runner (`cutover run`) has ended for good (`finish`).
     pub ended: AtomicBool,
+    /// Stream commands the side it writes to did not apply ([`crate::sync::refusals`]).
+    pub refusals: crate::sync::refusals::Refusals,
 }
 
 /// The counters of a run, carried into the next one when it continues the same stream (so
@@ -325,6 +327,10 @@ impl SyncProgress {
             "full_resyncs": n(&self.full_resyncs),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
+            "unapplied_commands": self.refusals.count(),
+            "unapplied": self.refusals.to_json(),
+            "halted": self.refusals.halted(),
+            "waiting_on_refusal": self.refusals.waiting(),
         })
     }
 
@@ -349,7 +355,10 @@ impl SyncProgress {
         set(&self.commands_converted, s.converted);
         set(&self.commands_mixed_keys, s.mixed);
         set(&self.received_offset, s.received);
-        set(&self.applied_offset, s.applied);
+        if s.applied > self.applied_offset.swap(s.applied, Ordering::Relaxed) {
+            // The target took a batch again: a transient refusal is over.
+            self.refusals.set_waiting(None);
+        }
         let now = self.now_ms();
         if s.applied >= s.received.max(self.server_offset.load(Ordering::Relaxed)) {
             self.caught_up_at_ms.store(now, Ordering::Relaxed);
@@ -412,6 +421,15 @@ impl SyncProgress {
             .set(n(&self.keys_not_copied) as f64);
         metrics::gauge!("cutover_sync_commands_applied", "direction" => d)
             .set(n(&self.commands_applied) as f64);
+        metrics::gauge!("cutover_sync_unapplied_commands", "direction" => d)
+            .set(self.refusals.count() as f64);
+        metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
+            if self.refusals.waiting().is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
         metrics::gauge!("cutover_sync_commands_skipped", "direction" => d)
             .set(n(&self.commands_skipped) as f64);
         metrics::gauge!("cutover_sync_commands_converted", "direction" => d)

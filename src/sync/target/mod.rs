@@ -73,6 +73,12 @@ pub enum TargetError {
         "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
     )]
     CannotHold { what: String },
+    /// A stream command the target did not apply, under `cutover run`: the link stops for
+    /// good rather than go on without it ([`crate::sync::refusals`]).
+    #[error(
+        "{what}; this link stops here rather than go on without the write (switch and rollback are refused while it is missing; copy again from scratch once the cause is fixed)"
+    )]
+    Unapplied { what: String },
     #[error(
         "database {db} cannot be written to the target {addr}: it has {databases} databases (0-{last}); nothing was written to another database. Map it to one the target has with [sync] db_map (--db-map \"{db}=N\"), or leave it out with only_mapped_dbs",
         last = databases.saturating_sub(1)
@@ -523,9 +529,24 @@ impl TargetWriter {
                     "BUSY",
                     "MASTERDOWN",
                     "READONLY",
+                    "NOREPLICAS",
                 ]
                 .iter()
                 .any(|p| text.starts_with(p));
+                // The condition may have ended while the batches behind this one were
+                // processed (a script finished, memory was freed, a replica came): one of
+                // them applied — with its position — after this one was refused, and a run
+                // started again would never apply this one. Read every reply to know.
+                if target_wide && let Some(applied) = self.applied_behind()? {
+                    return Err(TargetError::Unapplied {
+                        what: format!(
+                            "the target {} refused a batch of stream commands ({} of key '{}': {text}) and then applied a later batch ({applied}) before cutover could stop sending: the refused batch's writes are missing",
+                            self.addr,
+                            tag.what,
+                            show_key(&tag.key)
+                        ),
+                    });
+                }
                 return Err(TargetError::Refused {
                     addr: self.addr.clone(),
                     step: tag.what.to_string(),
@@ -593,6 +614,36 @@ impl TargetWriter {
             self.confirmed = Some(off);
         }
         Ok(true)
+    }
+
+    /// After a target-wide refusal of a pipelined batch: reads the replies of everything
+    /// still in flight, and says which later transaction the target applied anyway (its
+    /// `EXEC` answered with an array), if one did.
+    fn applied_behind(&mut self) -> Result<Option<String>, TargetError> {
+        self.flush()?;
+        let mut applied = None;
+        while let Some(tag) = self.inflight.front().cloned() {
+            let Some(info) = self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? else {
+                self.fill()?;
+                continue;
+            };
+            let reply: Vec<u8> = self.inbuf.drain(..info.len).collect();
+            if info.is_push() {
+                continue;
+            }
+            self.inflight.pop_front();
+            self.answered += 1;
+            if tag.txn_exec {
+                self.execs.pop_front();
+                if applied.is_none() && reply.first() == Some(&b'*') && !reply.starts_with(b"*-1") {
+                    applied = Some(match tag.offset {
+                        Some(off) => format!("up to stream offset {off}"),
+                        None => tag.what.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(applied)
     }
 
     fn fill(&mut self) -> Result<(), TargetError> {

@@ -1,0 +1,153 @@
+//! Stream commands a link could not apply: the record that keeps such a loss from being
+//! silent.
+//!
+//! A link writes into a primary as an ordinary client, so the side it writes to may refuse a
+//! command its master's replica would have obeyed (`crate::command::obey`). What the rewrite
+//! table cannot turn into an accepted form ends here:
+//!
+//! - **transient** refusals (`OOM`, `NOREPLICAS`, `BUSY`, `LOADING`…): the batch is not
+//!   applied (the target refuses its position write too), the run fails and is started again
+//!   from the stored position with back-off (`sync::retry`), in order, until the target takes
+//!   it; [`Refusals::waiting`] says what the link waits for (shown in `status`);
+//! - **permanent** ones (a syntax the target refuses, `WRONGTYPE`, an unknown command, a
+//!   limit): the command is recorded here ([`Refusals::record`]). Under `cutover run` the
+//!   link then stops for good ([`Refusals::halted`]): the first switch is refused and the
+//!   rollback is unsafe, both naming the command, its key and the reason, and
+//!   `cutover_sync_unapplied_commands{direction}` feeds an alert. Headless `cutover sync`
+//!   keeps its `unsupported` policy (reported, exit code 3, or `fail`).
+//!
+//! The record lives as long as the process: a `cutover run` started again does not know it
+//! (the position stored on the target is past the batch that held the command).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Commands kept for `status` (the count goes on).
+const SHOWN: usize = 20;
+
+/// One stream command that was not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unapplied {
+    /// The command and where it was in the stream (`XADD (stream offset 1234)`).
+    pub command: String,
+    /// Its key (printable; empty when it has none).
+    pub key: String,
+    /// Why: the target's error reply, or what the target lacks.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unapplied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.command)?;
+        if !self.key.is_empty() {
+            write!(f, " on key '{}'", self.key)?;
+        }
+        if !self.reason.is_empty() {
+            write!(f, ": {}", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// The commands a link could not apply, and the transient refusal it waits on.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    count: AtomicU64,
+    shown: Mutex<Vec<Unapplied>>,
+    /// The link stopped for good because of them (`cutover run`).
+    halted: AtomicBool,
+    /// A transient refusal the link is retrying (cleared once a batch is applied again).
+    waiting: Mutex<Option<String>>,
+}
+
+impl Refusals {
+    /// Records a command that was not applied.
+    pub fn record(&self, u: Unapplied) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut shown) = self.shown.lock()
+            && shown.len() < SHOWN
+        {
+            shown.push(u);
+        }
+    }
+
+    /// Commands not applied so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The first of them (at most 20).
+    pub fn list(&self) -> Vec<Unapplied> {
+        self.shown.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The commands kept, for `status`: `[{"command", "key", "reason"}…]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.list()
+            .iter()
+            .map(|u| serde_json::json!({"command": u.command, "key": u.key, "reason": u.reason}))
+            .collect()
+    }
+
+    /// One line for a refusal of a move: how many, and the first.
+    pub fn describe(&self) -> Option<String> {
+        let n = self.count();
+        let first = self.list().into_iter().next()?;
+        Some(if n == 1 {
+            format!("a stream command was not applied: {first}")
+        } else {
+            format!("{n} stream commands were not applied, the first: {first}")
+        })
+    }
+
+    /// Stops the link for good.
+    pub fn halt(&self) {
+        self.halted.store(true, Ordering::Release);
+    }
+
+    /// The link stopped for good because of a refused command.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    /// The link waits for the target to take a batch it refused for now (`None`: it does not).
+    pub fn set_waiting(&self, what: Option<String>) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = what;
+        }
+    }
+
+    /// What the link waits for, if anything.
+    pub fn waiting(&self) -> Option<String> {
+        self.waiting.lock().ok().and_then(|w| w.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_and_describe() {
+        let r = Refusals::default();
+        assert_eq!(r.describe(), None);
+        for i in 0..30 {
+            r.record(Unapplied {
+                command: format!("XADD (stream offset {i})"),
+                key: "s".into(),
+                reason: "ERR syntax error".into(),
+            });
+        }
+        assert_eq!(r.count(), 30);
+        assert_eq!(r.list().len(), SHOWN);
+        assert_eq!(
+            r.describe().unwrap(),
+            "30 stream commands were not applied, the first: XADD (stream offset 0) on key 's': ERR syntax error"
+        );
+        assert!(!r.halted());
+        r.halt();
+        assert!(r.halted());
+        r.set_waiting(Some("OOM".into()));
+        assert_eq!(r.waiting().as_deref(), Some("OOM"));
+    }
+}
