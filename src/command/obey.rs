@@ -69,6 +69,11 @@ pub struct Rule {
     pub why: &'static str,
     /// The rewritten argv, or `None` when this argv needs no rewrite.
     pub apply: fn(&[&[u8]]) -> Option<Vec<Vec<u8>>>,
+    /// A propagated form, as a primary sends it, applied to the stream `s` holding the
+    /// entries `1-1` … `10-1` (`tests/command_table.rs` runs it on each server).
+    pub example: &'static str,
+    /// `XLEN s` after the example, as a replica applies it.
+    pub example_len: i64,
 }
 
 /// Every rewrite (see the module doc).
@@ -78,12 +83,16 @@ pub static RULES: &[Rule] = &[
         refused_with: "ERR syntax error, LIMIT cannot be used without the special ~ option",
         why: "a replica ignores LIMIT; an exact trim without LIMIT is not limited either",
         apply: xadd_without_limit,
+        example: "XADD s MAXLEN = 3 LIMIT 2 11-1 f v",
+        example_len: 3,
     },
     Rule {
         command: "XTRIM",
         refused_with: "ERR syntax error, LIMIT cannot be used without the special ~ option",
         why: "a replica ignores LIMIT; an exact trim without LIMIT is not limited either",
         apply: xtrim_without_limit,
+        example: "XTRIM s MINID = 8-0 LIMIT 2",
+        example_len: 3,
     },
 ];
 
