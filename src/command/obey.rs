@@ -59,6 +59,9 @@ pub fn refusal_kind(error: &str) -> RefusalKind {
     }
 }
 
+/// A rewrite: the new argv, or `None` when the argv needs none.
+pub type RewriteFn = fn(&[&[u8]]) -> Option<Vec<Vec<u8>>>;
+
 /// One rewrite: a command a master's client may send and a normal one may not.
 pub struct Rule {
     /// The command (upper case).
@@ -68,7 +71,7 @@ pub struct Rule {
     /// Why the rewritten form has the same effect.
     pub why: &'static str,
     /// The rewritten argv, or `None` when this argv needs no rewrite.
-    pub apply: fn(&[&[u8]]) -> Option<Vec<Vec<u8>>>,
+    pub apply: RewriteFn,
     /// A propagated form, as a primary sends it, applied to the stream `s` holding the
     /// entries `1-1` … `10-1` (`tests/command_table.rs` runs it on each server).
     pub example: &'static str,
