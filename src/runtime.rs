@@ -200,10 +200,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("cannot start the sync thread")?;
         let route = shared.route.load_full();
         tokio::spawn(poll_offsets(route.source.clone(), sync.clone()));
+        if let Some(t) = &route.target {
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                t.clone(),
+                sync.clone(),
+            ));
+        }
         if let (Some(links), Some(t)) = (&links, &route.target)
             && links.unavailable().is_none()
         {
             tokio::spawn(poll_offsets(t.clone(), links.reverse.clone()));
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                route.source.clone(),
+                links.reverse.clone(),
+            ));
         }
         tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }

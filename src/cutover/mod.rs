@@ -38,6 +38,7 @@
 
 mod flip;
 pub mod gate;
+pub mod memory;
 pub mod order;
 pub mod overlap;
 pub mod phase;
@@ -243,6 +244,9 @@ impl Controller {
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
         let from = self.phase();
         Phase::after(from, Move::Switch).map_err(|why| CutoverError::Refused(why.into()))?;
+        if from.is_none() {
+            self.first_switch_target_checks(force).await?;
+        }
         match from {
             None => match self.choose_overlap()? {
                 OverlapMode::Replica => self.replica_move(Side::Target, max_pause, force).await,

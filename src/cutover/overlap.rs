@@ -158,7 +158,7 @@ impl Links {
     pub fn link_json(p: &SyncProgress) -> serde_json::Value {
         let applying = !p.handoff.is_following();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
             "role": if applying { "applying" } else { "following" },
             "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
@@ -171,10 +171,11 @@ impl Links {
             "full_resyncs": n(&p.full_resyncs),
             "commands_applied": n(&p.commands_applied),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
-            "unapplied_commands": p.refusals.count(),
-            "unapplied": p.refusals.to_json(),
-            "waiting_on_refusal": p.refusals.waiting(),
-        })
+        });
+        if let Some(m) = doc.as_object_mut() {
+            m.extend(p.refusals.status_fields());
+        }
+        doc
     }
 
     /// Publishes the role gauges of both links.
@@ -284,6 +285,15 @@ impl Controller {
             )));
         }
         if !force {
+            // The side moved to lacks writes its link could not apply or it evicted
+            // (`sync::refusals`).
+            if let Some(why) = applying.refusals.describe() {
+                return Err(CutoverError::Refused(format!(
+                    "the {} lacks writes (the {} link: {why}); not moving (use --force to move anyway)",
+                    to.as_str(),
+                    applying.direction()
+                )));
+            }
             let lag = applying.lag_bytes();
             if lag > self.settings.max_lag_bytes {
                 return Err(CutoverError::Refused(format!(

@@ -7,6 +7,7 @@
 //! (`sync::refusals`) or refuses for now refuses the switch, naming it.
 
 use super::*;
+use crate::sync::target::memory::{Memory, full_problem, room_problem};
 
 impl Controller {
     /// Refuses the first switch, with the reason, unless its preconditions hold.
@@ -24,18 +25,6 @@ impl Controller {
                     "the target does not answer PING: {other:?}"
                 )));
             }
-        }
-        // A stream command the target did not apply: the clients would lose that write
-        // (never overridden by --force: the link stopped, see `sync::refusals`).
-        if let Some(why) = self.sync.refusals.describe() {
-            return Err(CutoverError::Refused(format!(
-                "the target lacks a write: {why}; not switching. Fix the cause and copy again from scratch (see `unapplied` in `cutover status`)"
-            )));
-        }
-        if let Some(why) = self.sync.refusals.waiting() {
-            return Err(CutoverError::Refused(format!(
-                "the target refuses the sync's writes for now ({why}); they are retried in order until it takes them; not switching"
-            )));
         }
         let phase = self.sync.phase();
         let streaming = phase == SyncPhase::Streaming;
@@ -63,6 +52,52 @@ impl Controller {
             return Err(CutoverError::Refused(format!(
                 "the sync is {phase}; even --force cannot switch before the snapshot is applied"
             )));
+        }
+        Ok(())
+    }
+}
+
+impl Controller {
+    /// What every first switch checks, in either overlap, before anything is held: the
+    /// target applied every stream command and evicted nothing (never overridden: the link
+    /// stopped, see `sync::refusals`), it does not refuse the sync's writes for now, and
+    /// (unless forced) it has room for what the source uses and is not nearly full.
+    pub(super) async fn first_switch_target_checks(&self, force: bool) -> Result<(), CutoverError> {
+        if let Some(why) = self.sync.refusals.describe() {
+            return Err(CutoverError::Refused(format!(
+                "the target lacks writes: {why}; not switching. Fix the cause and copy again from scratch (see `unapplied` and `evicted_keys` in `cutover status`)"
+            )));
+        }
+        if let Some(why) = self.sync.refusals.waiting() {
+            return Err(CutoverError::Refused(format!(
+                "the target refuses the sync's writes for now ({why}); they are retried in order until it takes them; not switching"
+            )));
+        }
+        if force {
+            return Ok(());
+        }
+        let (source, target) = self.backends()?;
+        let timeout = self.settings.timeout;
+        let (Ok(mut src), Ok(mut tgt)) = (
+            Conn::open(&source, timeout).await,
+            Conn::open(&target, timeout).await,
+        ) else {
+            // (Unreachable sides are refused by the move's own checks, with their reason.)
+            return Ok(());
+        };
+        // Room on the target for what the source uses, and not nearly full (issue 20): a
+        // full target evicts in silence or refuses writes.
+        if let (Ok(Value::Bytes(s)), Ok(Value::Bytes(t))) = (
+            src.query(&[b"INFO", b"memory"]).await,
+            tgt.query(&[b"INFO", b"memory"]).await,
+        ) {
+            let used = Memory::from_info(&String::from_utf8_lossy(&s)).used;
+            let target = Memory::from_info(&String::from_utf8_lossy(&t));
+            if let Some(why) = room_problem(used, &target).or_else(|| full_problem(&target)) {
+                return Err(CutoverError::Refused(format!(
+                    "the target has no room for the data: {why}; not switching (--force to switch anyway)"
+                )));
+            }
         }
         Ok(())
     }

@@ -58,6 +58,10 @@ pub struct Refusals {
     halted: AtomicBool,
     /// A transient refusal the link is retrying (cleared once a batch is applied again).
     waiting: Mutex<Option<String>>,
+    /// Keys the side it writes to evicted while the link applied (`cutover::memory`).
+    evicted: AtomicU64,
+    /// Batches refused with `OOM` (each retried).
+    oom: AtomicU64,
 }
 
 impl Refusals {
@@ -89,15 +93,63 @@ impl Refusals {
             .collect()
     }
 
-    /// One line for a refusal of a move: how many, and the first.
+    /// One line for a refusal of a move: how many commands were not applied, and the first;
+    /// the keys evicted on the side written to.
     pub fn describe(&self) -> Option<String> {
         let n = self.count();
-        let first = self.list().into_iter().next()?;
-        Some(if n == 1 {
-            format!("a stream command was not applied: {first}")
-        } else {
-            format!("{n} stream commands were not applied, the first: {first}")
-        })
+        let commands = self.list().into_iter().next().map(|first| {
+            if n == 1 {
+                format!("a stream command was not applied: {first}")
+            } else {
+                format!("{n} stream commands were not applied, the first: {first}")
+            }
+        });
+        let evicted = self.evictions();
+        let evictions = (evicted > 0).then(|| {
+            format!(
+                "the side it writes to evicted {evicted} key(s) since the link started (maxmemory): they are missing there"
+            )
+        });
+        match (commands, evictions) {
+            (Some(c), Some(e)) => Some(format!("{c}; {e}")),
+            (c, e) => c.or(e),
+        }
+    }
+
+    /// Counts keys the side written to evicted while the link applied.
+    pub fn add_evictions(&self, n: u64) {
+        self.evicted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Keys evicted on the side written to while the link applied.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Counts a batch refused with `OOM`.
+    pub fn count_oom(&self) {
+        self.oom.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Batches refused with `OOM` so far.
+    pub fn ooms(&self) -> u64 {
+        self.oom.load(Ordering::Relaxed)
+    }
+
+    /// The status fields: `unapplied_commands`, `unapplied`, `halted`, `waiting_on_refusal`,
+    /// `evicted_keys`, `oom_refusals`.
+    pub fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(m) = serde_json::json!({
+            "unapplied_commands": self.count(),
+            "unapplied": self.to_json(),
+            "halted": self.halted(),
+            "waiting_on_refusal": self.waiting(),
+            "evicted_keys": self.evictions(),
+            "oom_refusals": self.ooms(),
+        }) else {
+            return serde_json::Map::new();
+        };
+        m
     }
 
     /// Stops the link for good.
@@ -147,6 +199,10 @@ mod tests {
         assert!(!r.halted());
         r.halt();
         assert!(r.halted());
+        r.add_evictions(3);
+        assert!(r.describe().unwrap().ends_with(
+            "evicted 3 key(s) since the link started (maxmemory): they are missing there"
+        ));
         r.set_waiting(Some("OOM".into()));
         assert_eq!(r.waiting().as_deref(), Some("OOM"));
     }

@@ -63,7 +63,8 @@ pub fn classify(e: &anyhow::Error) -> Class {
                 | TargetError::Protocol { .. }
                 | TargetError::Unsupported { .. }
                 | TargetError::CannotHold { .. }
-                | TargetError::NoSuchDb { .. } => Class::Permanent,
+                | TargetError::NoSuchDb { .. }
+                | TargetError::NoRoom { .. } => Class::Permanent,
             };
         }
         if let Some(EngineError::SourceLink { transient, .. }) = cause.downcast_ref() {
@@ -164,6 +165,9 @@ pub fn run_retrying(
         }
         // A batch the target refuses for now (out of memory, a script running, too few
         // replicas): the next run applies it again, in order, from the stored position.
+        if class == Class::Retry && msg.contains("OOM") {
+            progress.refusals.count_oom();
+        }
         progress.refusals.set_waiting(match &class {
             Class::Retry => Some(msg.clone()),
             _ => None,

@@ -299,7 +299,7 @@ impl SyncProgress {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "phase": self.phase_name(),
             "snapshot_bytes": n(&self.snapshot_bytes),
             "snapshot_bytes_total": (total > 0).then_some(total),
@@ -327,11 +327,11 @@ impl SyncProgress {
             "full_resyncs": n(&self.full_resyncs),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
-            "unapplied_commands": self.refusals.count(),
-            "unapplied": self.refusals.to_json(),
-            "halted": self.refusals.halted(),
-            "waiting_on_refusal": self.refusals.waiting(),
-        })
+        });
+        if let Some(m) = doc.as_object_mut() {
+            m.extend(self.refusals.status_fields());
+        }
+        doc
     }
 
     pub(super) fn update(&self, s: &Snapshot<'_>) {
@@ -423,6 +423,8 @@ impl SyncProgress {
             .set(n(&self.commands_applied) as f64);
         metrics::gauge!("cutover_sync_unapplied_commands", "direction" => d)
             .set(self.refusals.count() as f64);
+        metrics::gauge!("cutover_sync_evicted_keys", "direction" => d)
+            .set(self.refusals.evictions() as f64);
         metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
             if self.refusals.waiting().is_some() {
                 1.0

@@ -29,6 +29,7 @@ use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 
 mod info;
+pub mod memory;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
@@ -73,6 +74,10 @@ pub enum TargetError {
         "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
     )]
     CannotHold { what: String },
+    /// The side a link writes to cannot hold what the side it copies uses
+    /// ([`memory::check_room`]).
+    #[error("the target {addr} has no room for the copy: {detail}")]
+    NoRoom { addr: String, detail: String },
     /// A stream command the target did not apply, under `cutover run`: the link stops for
     /// good rather than go on without it ([`crate::sync::refusals`]).
     #[error(
