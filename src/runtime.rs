@@ -110,6 +110,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             links.clone(),
         ))
     });
+    if let Some(c) = &controller {
+        // The two sides' clocks, once at start (`cutover::clock`).
+        let c = c.clone();
+        tokio::spawn(async move { c.measure_clocks().await });
+    }
     let listener = TcpListener::bind(settings.proxy.listen)
         .await
         .with_context(|| {

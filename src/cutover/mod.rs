@@ -36,6 +36,7 @@
 //! it was, the held commands are released to it, the sync continues, and the caller gets the
 //! reason. Client connections never drop.
 
+pub mod clock;
 mod flip;
 pub mod gate;
 pub mod memory;
@@ -99,6 +100,8 @@ pub struct CutoverSettings {
     pub timeout: Duration,
     /// How the old side is kept in step during the overlap ([`overlap`]).
     pub overlap: OverlapMode,
+    /// The bound between the two sides' clocks (`[sync] max_clock_skew_ms`, [`clock`]).
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for CutoverSettings {
@@ -109,6 +112,7 @@ impl Default for CutoverSettings {
             shadow_queue: 1_000_000,
             timeout: Duration::from_secs(5),
             overlap: OverlapMode::Auto,
+            max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
         }
     }
 }
@@ -160,6 +164,8 @@ pub struct Controller {
     links: Option<Arc<Links>>,
     /// The overlap the first switch chose.
     overlap_chosen: Mutex<Option<OverlapMode>>,
+    /// The two sides' clocks, measured at start ([`clock`]).
+    clock: Mutex<Option<clock::ClockReport>>,
 }
 
 impl Controller {
@@ -180,7 +186,42 @@ impl Controller {
             history: Mutex::new(Vec::new()),
             links,
             overlap_chosen: Mutex::new(None),
+            clock: Mutex::new(None),
         }
+    }
+
+    /// Measures the two sides' clocks (at start): logged, kept for `status`, and published as
+    /// `cutover_clock_skew_ms` / `cutover_clock_skew_exceeded`.
+    pub async fn measure_clocks(&self) {
+        let Ok((source, target)) = self.backends() else {
+            return;
+        };
+        let r = clock::measure_both(
+            &source,
+            &target,
+            self.settings.max_clock_skew_ms,
+            self.settings.timeout,
+        )
+        .await;
+        if let Some(w) = r.warning() {
+            tracing::warn!("{w}");
+        } else {
+            tracing::info!(between_ms = r.between_ms(), errors = ?r.errors, "clock skew between the sides measured");
+        }
+        metrics::gauge!("cutover_clock_skew_ms").set(r.between_ms().unwrap_or(0.0));
+        metrics::gauge!("cutover_clock_skew_exceeded").set(if r.exceeded() { 1.0 } else { 0.0 });
+        if let Ok(mut c) = self.clock.lock() {
+            *c = Some(r);
+        }
+    }
+
+    /// The `clock_skew` object of `status` (`null` before it is measured).
+    pub fn clock_json(&self) -> Json {
+        self.clock
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(clock::ClockReport::to_json))
+            .unwrap_or(Json::Null)
     }
 
     /// The overlap the first switch chose (`None` before it).

@@ -83,6 +83,7 @@ impl Controller {
             "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
             "held_sessions": self.proxy.gate().held(),
+            "clock_skew": self.clock_json(),
             "last": history.last(),
             "history": history,
         })
