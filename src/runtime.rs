@@ -111,6 +111,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ))
     });
     if let Some(c) = &controller {
+        // Before any link writes: the target in import mode where it has one
+        // (`cutover::import`).
+        c.enter_import_mode().await;
         // The two sides' clocks, once at start (`cutover::clock`).
         let c = c.clone();
         tokio::spawn(async move { c.measure_clocks().await });

@@ -62,3 +62,179 @@ fn one_clock_is_within_the_bound() {
     assert!(c["warning"].is_null(), "{c}");
     assert!(c["source"]["rtt_ms"].as_f64().unwrap() < 50.0, "{c}");
 }
+
+/// The sliding-TTL workload of issue 20 through the proxy: `KEYS` sessions with `PX 100`,
+/// four clients refreshing random ones (`PEXPIRE k 100`, `GETEX k PX 100`, `SET k v KEEPTTL
+/// XX`, each followed by `SET k v PX 100` when the key had expired) for `secs` seconds; then
+/// every key still alive is given a long TTL through the proxy. Returns the keys alive on the
+/// primary that the other side lacks or holds differently, once the link caught up.
+fn sliding_ttl(
+    proxy: &Proxy,
+    primary: &mut redis::Connection,
+    other: &mut redis::Connection,
+    secs: u64,
+) -> (usize, Vec<String>) {
+    const KEYS: usize = 300;
+    let mut c = proxy.conn();
+    for i in 0..KEYS {
+        let _: () = redis::cmd("SET")
+            .arg(format!("sess:{i}"))
+            .arg("v0")
+            .arg("PX")
+            .arg(100)
+            .query(&mut c)
+            .unwrap();
+    }
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let url = proxy.url();
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let started = Instant::now();
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ t;
+                let mut n = 0u64;
+                while started.elapsed() < Duration::from_secs(secs) && n < 2_000_000 {
+                    n += 1;
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let k = format!("sess:{}", x % KEYS as u64);
+                    let v = format!("v{t}-{n}");
+                    let alive = match n % 3 {
+                        0 => {
+                            redis::cmd("PEXPIRE")
+                                .arg(&k)
+                                .arg(100)
+                                .query::<i64>(&mut c)
+                                .unwrap()
+                                == 1
+                        }
+                        1 => redis::cmd("GETEX")
+                            .arg(&k)
+                            .arg("PX")
+                            .arg(100)
+                            .query::<Option<String>>(&mut c)
+                            .unwrap()
+                            .is_some(),
+                        _ => redis::cmd("SET")
+                            .arg(&k)
+                            .arg(&v)
+                            .arg("KEEPTTL")
+                            .arg("XX")
+                            .query::<Option<String>>(&mut c)
+                            .unwrap()
+                            .is_some(),
+                    };
+                    if !alive {
+                        let _: () = redis::cmd("SET")
+                            .arg(&k)
+                            .arg(&v)
+                            .arg("PX")
+                            .arg(100)
+                            .query(&mut c)
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut live = Vec::new();
+    for i in 0..KEYS {
+        let k = format!("sess:{i}");
+        if redis::cmd("PEXPIRE")
+            .arg(&k)
+            .arg(600_000)
+            .query::<i64>(&mut c)
+            .unwrap()
+            == 1
+        {
+            live.push(k);
+        }
+    }
+    // Caught up: before a switch the sync streams without lag; after it the link keeping
+    // the old side in step makes the rollback safe.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = proxy.status_json();
+        let caught_up = if s["primary"] == "source" {
+            s["phase"] == "streaming" && s["lag_bytes"] == 0
+        } else {
+            s["rollback_safe"] == true
+        };
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut missing = Vec::new();
+        for k in &live {
+            let a: Option<String> = redis::cmd("GET").arg(k).query(primary).unwrap();
+            let b: Option<String> = redis::cmd("GET").arg(k).query(other).unwrap();
+            if a != b {
+                missing.push(format!("{k}: {a:?} / {b:?}"));
+            }
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            return (live.len(), missing);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Valkey 9.1 → Valkey 9.1 with the target's clock 50 ms ahead: import mode on the side the
+/// applying link writes to keeps every refreshed session, before the switch (the target in
+/// import mode) and after it (the source in it, the target out of it); `finish` restores
+/// both sides' own setting.
+#[test]
+fn sliding_ttls_survive_on_a_valkey_side_in_import_mode_with_its_clock_ahead() {
+    let source = Server::start(Version::Valkey91);
+    let target = SkewedServer::start("valkey-9.1-server", "+0.05", &[]);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    common::wait_streaming(&proxy);
+    let s = proxy.status_json();
+    assert_eq!(s["cutover"]["import_mode"]["on"], "target", "{s}");
+    let (live, missing) = sliding_ttl(&proxy, &mut source.conn(), &mut target.conn(), 3);
+    eprintln!("before the switch: {live} live, {} missing", missing.len());
+    assert!(live > 100, "the workload kept sessions alive: {live}");
+    assert!(
+        missing.is_empty(),
+        "{} of {live} missing on the target: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    common::step(&proxy, "switch");
+    let s = proxy.status_json();
+    assert_eq!(s["cutover"]["import_mode"]["on"], "source", "{s}");
+    let mode: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("import-mode")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(mode[1], "no", "the new primary left import mode");
+    let (live, missing) = sliding_ttl(&proxy, &mut target.conn(), &mut source.conn(), 3);
+    eprintln!("after the switch: {live} live, {} missing", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{} of {live} missing on the source: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    common::step(&proxy, "finish");
+    for (name, c) in [
+        ("source", &mut source.conn()),
+        ("target", &mut target.conn()),
+    ] {
+        let mode: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("import-mode")
+            .query(c)
+            .unwrap();
+        assert_eq!(mode[1], "no", "{name}: its own setting back");
+    }
+}

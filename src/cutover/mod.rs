@@ -39,6 +39,7 @@
 pub mod clock;
 mod flip;
 pub mod gate;
+pub mod import;
 pub mod memory;
 pub mod order;
 pub mod overlap;
@@ -166,6 +167,8 @@ pub struct Controller {
     overlap_chosen: Mutex<Option<OverlapMode>>,
     /// The two sides' clocks, measured at start ([`clock`]).
     clock: Mutex<Option<clock::ClockReport>>,
+    /// Each side's own `import-mode` and which side is in it now ([`import`]).
+    import: Mutex<import::ImportModes>,
 }
 
 impl Controller {
@@ -187,6 +190,7 @@ impl Controller {
             links,
             overlap_chosen: Mutex::new(None),
             clock: Mutex::new(None),
+            import: Mutex::new(import::ImportModes::default()),
         }
     }
 
@@ -364,6 +368,8 @@ impl Controller {
             }
             sink.as_ref().map_or(0, |s| s.enqueued())
         };
+        // Each side's own import-mode back (Valkey 8.1+, `import`).
+        self.restore_import_mode().await;
         // Nothing of cutover's stays on the data.
         if let Ok((source, target)) = self.backends() {
             for b in [&source, &target] {

@@ -397,6 +397,15 @@ impl Controller {
                 following.direction()
             )));
         }
+        // 3b. Import mode moves with the role (Valkey 8.1+, `import`): the new primary
+        // expires keys again before any client command is released, the new follower keeps
+        // them for the primary's DEL.
+        if let Err(e) = self
+            .move_import_mode(to, &mut new_conn, &mut old_conn, true)
+            .await
+        {
+            return Err(abort(e));
+        }
         // 4. From the new primary's offset on, the following link applies.
         let new_pos =
             tokio::time::timeout_at(in_time(deadline), replication_position(&mut new_conn)).await;

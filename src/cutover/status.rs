@@ -84,6 +84,7 @@ impl Controller {
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
             "held_sessions": self.proxy.gate().held(),
             "clock_skew": self.clock_json(),
+            "import_mode": self.import_json(),
             "last": history.last(),
             "history": history,
         })

@@ -222,8 +222,20 @@ pub struct TargetWriter {
     execs: VecDeque<(u64, Vec<Tag>)>,
     /// Transactions begun so far.
     txn_seq: u64,
+    /// The [`IMPORT_EPOCH`] for which `CLIENT IMPORT-SOURCE ON` was last sent (Valkey 8.1+).
+    import_epoch: u64,
     /// Commands that failed inside an `EXEC`, for the caller to report.
     exec_errors: Vec<Refusal>,
+}
+
+/// Bumped whenever cutover changes `import-mode` on a side (`cutover::import`): each writer
+/// sends `CLIENT IMPORT-SOURCE ON` again before its next transaction, so that a side that
+/// entered import mode shows our writer the keys it keeps past their TTL.
+static IMPORT_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`IMPORT_EPOCH`].
+pub fn import_mode_changed() {
+    IMPORT_EPOCH.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The client name of the sync's connections to the side it writes into.
@@ -254,6 +266,7 @@ impl TargetWriter {
             addr: w.addr.clone(),
             detail,
         })?;
+        w.import_source()?;
         Ok(w)
     }
 
@@ -290,8 +303,31 @@ impl TargetWriter {
             txn: None,
             execs: VecDeque::new(),
             txn_seq: 0,
+            import_epoch: u64::MAX,
             exec_errors: Vec::new(),
         })
+    }
+
+    /// On Valkey 8.1+, after `import-mode` changed (or on a new connection): `CLIENT
+    /// IMPORT-SOURCE ON`, so that keys the side keeps past their TTL in import mode are
+    /// visible to this writer (refused outside import mode: that is fine).
+    fn import_source(&mut self) -> Result<(), TargetError> {
+        if !(self.info.valkey && self.info.version >= (8, 1, 0)) {
+            return Ok(());
+        }
+        let epoch = IMPORT_EPOCH.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != self.import_epoch {
+            self.import_epoch = epoch;
+            self.send(
+                &[&b"CLIENT"[..], b"IMPORT-SOURCE", b"ON"],
+                Tag {
+                    what: Cow::Borrowed("CLIENT IMPORT-SOURCE ON"),
+                    tolerate_error: true,
+                    ..Tag::default()
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// What the target is.

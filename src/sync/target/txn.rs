@@ -35,6 +35,7 @@ impl TargetWriter {
                 detail: "MULTI inside MULTI (a bug in cutover)".into(),
             });
         }
+        self.import_source()?;
         self.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
         self.txn_seq += 1;
         self.txn = Some(Txn {
