@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faketime::SkewedServer;
-use common::{Proxy, Server, Version};
+use common::{Proxy, Server, Version, cli};
 
 fn clock(proxy: &Proxy) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -237,4 +237,89 @@ fn sliding_ttls_survive_on_a_valkey_side_in_import_mode_with_its_clock_ahead() {
             .unwrap();
         assert_eq!(mode[1], "no", "{name}: its own setting back");
     }
+}
+
+/// A target without import mode (Redis): a key the primary refreshed that the target had
+/// already expired is lost there, and never in silence: every key the independent client
+/// finds missing is named in status (`sync.expired_early`), counted, and the switch is
+/// refused while any is.
+fn no_silent_loss(target_binary: &str, offset: Option<&str>) {
+    let source = Server::start(Version::Valkey91);
+    let (skewed, plain);
+    let target_url = match offset {
+        Some(o) => {
+            skewed = SkewedServer::start(target_binary, o, &[]);
+            skewed.url()
+        }
+        None => {
+            plain = Server::start(match target_binary {
+                "redis-7.0-server" => Version::Redis70,
+                _ => Version::Redis62,
+            });
+            plain.url()
+        }
+    };
+    let mut target = redis::Client::open(target_url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let proxy = Proxy::start(&source.url(), &["--target", &target_url]);
+    common::wait_streaming(&proxy);
+    let (live, missing) = sliding_ttl(&proxy, &mut source.conn(), &mut target, 3);
+    let s = proxy.status_json();
+    let named: Vec<String> = s["sync"]["expired_early"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let count = s["sync"]["expired_early_keys"].as_u64().unwrap();
+    assert_eq!(count as usize, named.len().max(count as usize), "{s}");
+    eprintln!(
+        "{target_binary} {offset:?}: {live} live, {} missing, {count} reported",
+        missing.len()
+    );
+    assert!(
+        count as usize >= missing.len(),
+        "{count} reported, {} missing",
+        missing.len()
+    );
+    let missing_keys: Vec<String> = missing
+        .iter()
+        .map(|m| m.split(':').take(2).collect::<Vec<_>>().join(":"))
+        .collect();
+    for key in &missing_keys {
+        assert!(
+            named.len() == 100 || named.contains(key),
+            "{key} missing but not named: {s}"
+        );
+    }
+    // (A key the primary later wrote whole is repaired, and no longer named.)
+    for key in &named {
+        assert!(
+            missing_keys.contains(key),
+            "{key} named but equal on both sides: {s}"
+        );
+    }
+    if count > 0 {
+        let (code, _, err) = cli(&proxy, &["switch"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("expired early"), "{err}");
+    }
+    if offset.is_some() {
+        assert!(
+            count > 0,
+            "with the target 50 ms ahead keys are lost (and reported)"
+        );
+    }
+}
+
+#[test]
+fn a_redis_6_2_target_50_ms_ahead_reports_every_lost_key() {
+    no_silent_loss("redis-6.2-server", Some("+0.05"));
+}
+
+#[test]
+fn a_redis_7_0_target_reports_every_lost_key() {
+    no_silent_loss("redis-7.0-server", None);
 }

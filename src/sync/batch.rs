@@ -301,6 +301,11 @@ impl Applier<'_> {
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
+        for t in w.take_unchanged() {
+            self.progress
+                .refusals
+                .record_lost(show_key(&t.key), t.what.to_string());
+        }
         for r in w.take_exec_errors() {
             if !r.tag.replicated {
                 bail!(TargetError::Refused {

@@ -62,7 +62,17 @@ pub struct Refusals {
     evicted: AtomicU64,
     /// Batches refused with `OOM` (each retried).
     oom: AtomicU64,
+    /// Keys the primary refreshed or updated that this side no longer had (expired or
+    /// evicted early there): not repaired, see [`Refusals::record_lost`].
+    lost: AtomicU64,
+    /// The keys, each once, in the order found (the first 1,000).
+    lost_keys: Mutex<(Vec<String>, std::collections::HashSet<String>)>,
 }
+
+/// Lost keys kept by name (the count goes on).
+const LOST_KEPT: usize = 1000;
+/// Of those, shown in `status`.
+const LOST_SHOWN: usize = 100;
 
 impl Refusals {
     /// Records a command that was not applied.
@@ -110,10 +120,66 @@ impl Refusals {
                 "the side it writes to evicted {evicted} key(s) since the link started (maxmemory): they are missing there"
             )
         });
-        match (commands, evictions) {
-            (Some(c), Some(e)) => Some(format!("{c}; {e}")),
-            (c, e) => c.or(e),
+        let lost = self.lost_key_count();
+        let lost = (lost > 0).then(|| {
+            let keys = self.lost_keys();
+            format!(
+                "{lost} key(s) the primary refreshed or updated were missing on the side it writes to (expired early there), e.g. '{}'",
+                keys.iter().take(3).cloned().collect::<Vec<_>>().join("', '")
+            )
+        });
+        let parts: Vec<String> = [commands, evictions, lost].into_iter().flatten().collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// A key the primary refreshed or updated (`command`) was missing on the side written
+    /// to: it expired (or was evicted) there before the primary's write arrived. The key
+    /// stays missing: no move is allowed while any is recorded.
+    pub fn record_lost(&self, key: String, command: String) {
+        let n = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!(key = %key, command = %command, lost = n, "a key the primary refreshed is missing on the side this link writes to (it expired early there)");
         }
+        if let Ok(mut g) = self.lost_keys.lock() {
+            let (order, seen) = &mut *g;
+            if order.len() < LOST_KEPT && seen.insert(key.clone()) {
+                order.push(key);
+            }
+        }
+    }
+
+    /// A stream command that sets `key` whole (`SET` without `XX`/`KEEPTTL`, `DEL`,
+    /// `UNLINK`, `RESTORE`…) is applied: a key recorded by [`Self::record_lost`] is equal
+    /// on both sides again. One atomic load while nothing is recorded.
+    pub fn repaired(&self, key: &str) {
+        if self.lost.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        if let Ok(mut g) = self.lost_keys.lock() {
+            let (order, seen) = &mut *g;
+            if seen.remove(key) {
+                order.retain(|k| k != key);
+            }
+        }
+    }
+
+    /// Writes of the primary that found their key missing on the side written to (see
+    /// [`Self::record_lost`]).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// The keys, each once (the first 1,000).
+    pub fn lost_keys(&self) -> Vec<String> {
+        self.lost_keys
+            .lock()
+            .map(|k| k.0.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many distinct keys (exact up to 1,000).
+    fn lost_key_count(&self) -> usize {
+        self.lost_keys.lock().map(|k| k.0.len()).unwrap_or(0)
     }
 
     /// Counts keys the side written to evicted while the link applied.
@@ -146,6 +212,9 @@ impl Refusals {
             "waiting_on_refusal": self.waiting(),
             "evicted_keys": self.evictions(),
             "oom_refusals": self.ooms(),
+            "expired_early_keys": self.lost_key_count(),
+            "expired_early_writes": self.lost(),
+            "expired_early": self.lost_keys().into_iter().take(LOST_SHOWN).collect::<Vec<_>>(),
         }) else {
             return serde_json::Map::new();
         };

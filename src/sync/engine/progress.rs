@@ -425,6 +425,8 @@ impl SyncProgress {
             .set(self.refusals.count() as f64);
         metrics::gauge!("cutover_sync_evicted_keys", "direction" => d)
             .set(self.refusals.evictions() as f64);
+        metrics::gauge!("cutover_sync_expired_early_writes", "direction" => d)
+            .set(self.refusals.lost() as f64);
         metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
             if self.refusals.waiting().is_some() {
                 1.0

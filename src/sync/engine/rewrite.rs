@@ -39,10 +39,34 @@ impl Applier<'_> {
     ) -> anyhow::Result<()> {
         let keys = command_keys(name, args);
         let first_key = keys.first().copied().unwrap_or(1);
+        // A refresh or conditional update the primary applied to an existing key: answered
+        // 0 or nil here, the key was missing on this side (expired early, issue 20).
+        let must_change = matches!(
+            name,
+            "PEXPIREAT" | "PEXPIRE" | "EXPIREAT" | "EXPIRE" | "PERSIST"
+        ) || (name == "SET"
+            && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"XX")));
+        // A write that sets the key whole repairs a key that expired early here (issue 20).
+        if self.progress.refusals.lost() > 0 {
+            let whole = match name {
+                "DEL" | "UNLINK" | "RESTORE" => true,
+                "SET" => !args
+                    .iter()
+                    .skip(3)
+                    .any(|a| a.eq_ignore_ascii_case(b"XX") || a.eq_ignore_ascii_case(b"KEEPTTL")),
+                _ => false,
+            };
+            if whole {
+                for i in &keys {
+                    self.progress.refusals.repaired(&show_key(args[*i]));
+                }
+            }
+        }
         let tag = |what: &str| Tag {
             key: args.get(first_key).map(|k| k.to_vec()).unwrap_or_default(),
             what: format!("{what} (stream offset {})", cmd.end_offset).into(),
             replicated: true,
+            must_change,
             ..Tag::default()
         };
         let filter = &self.opts.tuning.filter;

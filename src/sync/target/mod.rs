@@ -118,6 +118,10 @@ pub struct Tag {
     /// A command of the replication stream (a refusal of it is reported and the command left
     /// out, see [`TargetWriter::txn_refused`]; our own commands must never be refused).
     pub replicated: bool,
+    /// A stream command that changed the primary's data and must change this side's too
+    /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
+    /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
+    pub must_change: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
@@ -226,6 +230,8 @@ pub struct TargetWriter {
     import_epoch: u64,
     /// Commands that failed inside an `EXEC`, for the caller to report.
     exec_errors: Vec<Refusal>,
+    /// [`Tag::must_change`] commands answered `0` or nil inside an `EXEC`.
+    unchanged: Vec<Tag>,
 }
 
 /// Bumped whenever cutover changes `import-mode` on a side (`cutover::import`): each writer
@@ -305,6 +311,7 @@ impl TargetWriter {
             txn_seq: 0,
             import_epoch: u64::MAX,
             exec_errors: Vec::new(),
+            unchanged: Vec::new(),
         })
     }
 
@@ -614,6 +621,13 @@ impl TargetWriter {
                         error,
                     });
                 }
+                if tags.iter().any(|t| t.must_change) {
+                    for i in array_unchanged(&reply) {
+                        if let Some(t) = tags.get(i).filter(|t| t.must_change) {
+                            self.unchanged.push(t.clone());
+                        }
+                    }
+                }
                 if let Some(off) = tag.offset {
                     self.confirmed = Some(off);
                 }
@@ -750,6 +764,47 @@ pub fn reply_text(reply: &[u8]) -> String {
 /// The first error among the elements of an array reply (`EXEC`'s), as text.
 pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
     array_errors(reply).into_iter().next().map(|(_, e)| e)
+}
+
+/// The elements of an array reply (`EXEC`'s) that are `:0` or nil: their indexes.
+pub fn array_unchanged(reply: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for_each_element(reply, |i, element| {
+        if matches!(element, b":0\r\n" | b"$-1\r\n" | b"*-1\r\n" | b"_\r\n") {
+            out.push(i);
+        }
+    });
+    out
+}
+
+/// Calls `f(index, bytes)` for each element of an array reply.
+fn for_each_element(reply: &[u8], mut f: impl FnMut(usize, &[u8])) {
+    if reply.first() != Some(&b'*') {
+        return;
+    }
+    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return;
+    };
+    let Some(n) = std::str::from_utf8(&reply[1..end])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+    else {
+        return;
+    };
+    let mut at = end + 2;
+    for i in 0..n.max(0) as usize {
+        let Some(info) = reply
+            .get(at..)
+            .and_then(|rest| ReplyParser::default().parse(rest).ok().flatten())
+        else {
+            break;
+        };
+        let Some(element) = reply.get(at..at + info.len) else {
+            break;
+        };
+        f(i, element);
+        at += info.len;
+    }
 }
 
 /// The errors among the elements of an array reply (`EXEC`'s): (index, text).

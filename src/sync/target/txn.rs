@@ -136,4 +136,10 @@ impl TargetWriter {
     pub fn take_exec_errors(&mut self) -> Vec<Refusal> {
         std::mem::take(&mut self.exec_errors)
     }
+
+    /// [`Tag::must_change`] commands that changed nothing here (the key was missing) since
+    /// the last call.
+    pub fn take_unchanged(&mut self) -> Vec<Tag> {
+        std::mem::take(&mut self.unchanged)
+    }
 }
