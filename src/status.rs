@@ -179,6 +179,19 @@ fn sync_line(sync: &Value) -> String {
             "; the target refuses its writes for now, retried in order: {w}"
         ));
     }
+    let evicted = n("evicted_keys");
+    if evicted > 0 {
+        line.push_str(&format!(
+            "; the target EVICTED {evicted} key(s) (maxmemory): they are missing there"
+        ));
+    }
+    let early = n("expired_early_keys");
+    if early > 0 {
+        line.push_str(&format!(
+            "; {early} key(s) EXPIRED EARLY on the target (missing there), e.g. '{}'",
+            sync["expired_early"][0].as_str().unwrap_or("")
+        ));
+    }
     let unapplied = n("unapplied_commands");
     if unapplied > 0 {
         let first = &sync["unapplied"][0];
