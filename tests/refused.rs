@@ -488,3 +488,41 @@ fn a_long_script_on_the_target_is_waited_out() {
         "BUSY",
     );
 }
+
+/// A `CLIENT PAUSE WRITE` on the target does not refuse: it holds the link's writes until it
+/// ends. A switch meanwhile does not go through (the target cannot reach the source's
+/// offset); afterwards every write is there exactly once and the switch goes through.
+#[test]
+fn a_client_pause_on_the_target_holds_the_link_and_loses_nothing() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let mut c = proxy.conn();
+    let _: () = q(&mut target.conn(), &["CLIENT", "PAUSE", "2000", "WRITE"]);
+    let paused = Instant::now();
+    const N: i64 = 100;
+    for i in 0..N {
+        let _: i64 = q(&mut c, &["INCR", "ctr"]);
+        let _: i64 = q(&mut c, &["RPUSH", "l", &i.to_string()]);
+    }
+    let (code, _, err) = cli(&proxy, &["switch"]);
+    assert!(
+        paused.elapsed() < Duration::from_millis(1800),
+        "the pause ended too early for the test"
+    );
+    assert_eq!(
+        code, 1,
+        "a switch while the target holds the link's writes: {err}"
+    );
+    assert_eq!(proxy.status_json()["primary"], "source");
+    assert_equal(&source, &target, "after the pause");
+    let mut t = target.conn();
+    assert_eq!(q::<i64>(&mut t, &["GET", "ctr"]), N);
+    let l: Vec<i64> = q(&mut t, &["LRANGE", "l", "0", "-1"]);
+    assert_eq!(l, (0..N).collect::<Vec<_>>());
+    assert_eq!(unapplied(&proxy), 0);
+    wait_streaming(&proxy);
+    let report = step(&proxy, "switch");
+    assert_eq!(report["primary"], "target", "{report}");
+}
