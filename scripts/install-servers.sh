@@ -30,6 +30,7 @@ command -v redis-benchmark >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v nutcracker >/dev/null 2>&1 || need_apt+=(nutcracker)
 command -v tclsh8.6 >/dev/null 2>&1 || need_apt+=(tcl8.6)   # Redis' test suite (runtest)
 command -v patch >/dev/null 2>&1 || need_apt+=(patch)       # Debian's patches to that suite
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime) # libfaketime: a server whose clock is off (tests/ttl.rs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-servers: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

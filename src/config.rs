@@ -90,6 +90,9 @@ pub struct SyncSection {
     pub big_key_bytes: Option<usize>,
     /// `skip` (default) or `fail`: what to do with what the target cannot hold.
     pub unsupported: Option<String>,
+    /// The bound between the two sides' clocks beyond which `cutover run` warns and alerts
+    /// (default 20, see `cutover::clock`).
+    pub max_clock_skew_ms: Option<u64>,
 }
 
 /// `[cutover]`: the switch barrier and the shadow writes.

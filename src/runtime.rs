@@ -114,6 +114,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             links.clone(),
         ))
     });
+    if let Some(c) = &controller {
+        // Before any link writes: the target in import mode where it has one
+        // (`cutover::import`).
+        c.enter_import_mode().await;
+        // The two sides' clocks, once at start (`cutover::clock`).
+        let c = c.clone();
+        tokio::spawn(async move { c.measure_clocks().await });
+    }
     let listener = TcpListener::bind(settings.proxy.listen)
         .await
         .with_context(|| {
@@ -204,10 +212,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("cannot start the sync thread")?;
         let route = shared.route.load_full();
         tokio::spawn(poll_offsets(route.source.clone(), sync.clone()));
+        if let Some(t) = &route.target {
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                t.clone(),
+                sync.clone(),
+            ));
+        }
         if let (Some(links), Some(t)) = (&links, &route.target)
             && links.unavailable().is_none()
         {
             tokio::spawn(poll_offsets(t.clone(), links.reverse.clone()));
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                route.source.clone(),
+                links.reverse.clone(),
+            ));
         }
         tracing::info!(target = %target, "sync started in the background (snapshot, then the live stream)");
     }
@@ -385,7 +403,21 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>)
                 }
                 progress.stopped.store(false, Ordering::Release);
             }
-            // (Not reached: every failure is retried.)
+            // A stream command the side it writes to refused for good: the link stays
+            // stopped (status and the moves say why) until `finish` or the process ends.
+            Err(e) if progress.refusals.halted() => {
+                tracing::error!(
+                    direction = progress.direction(),
+                    error = %format!("{e:#}"),
+                    "link stopped: a stream command was not applied"
+                );
+                while !ctx.stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                progress.ended.store(true, Ordering::Release);
+                return;
+            }
+            // (Not reached otherwise: every other failure is retried.)
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "sync failed");
                 std::thread::sleep(MAX_BACKOFF);

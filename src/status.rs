@@ -219,6 +219,34 @@ fn sync_line(sync: &Value) -> String {
     if let Some(s) = sync["retry_in_s"].as_u64() {
         line.push_str(&format!("; retrying in {s} s"));
     }
+    if let Some(w) = sync["waiting_on_refusal"].as_str() {
+        line.push_str(&format!(
+            "; the target refuses its writes for now, retried in order: {w}"
+        ));
+    }
+    let evicted = n("evicted_keys");
+    if evicted > 0 {
+        line.push_str(&format!(
+            "; the target EVICTED {evicted} key(s) (maxmemory): they are missing there"
+        ));
+    }
+    let early = n("expired_early_keys");
+    if early > 0 {
+        line.push_str(&format!(
+            "; {early} key(s) EXPIRED EARLY on the target (missing there), e.g. '{}'",
+            sync["expired_early"][0].as_str().unwrap_or("")
+        ));
+    }
+    let unapplied = n("unapplied_commands");
+    if unapplied > 0 {
+        let first = &sync["unapplied"][0];
+        line.push_str(&format!(
+            "; {unapplied} stream command(s) NOT APPLIED, the link stopped (first: {} on key '{}': {})",
+            first["command"].as_str().unwrap_or("-"),
+            first["key"].as_str().unwrap_or(""),
+            first["reason"].as_str().unwrap_or("")
+        ));
+    }
     line
 }
 

@@ -613,3 +613,69 @@ fn key_extraction_matches_command_getkeys() {
         );
     }
 }
+
+/// The rewrite table of what a replica obeys (`command::obey`) on every server: the
+/// propagated form of each rule is refused from a normal client with the error the rule
+/// names, its rewrite is accepted and has the effect a replica gives the original.
+#[test]
+fn the_obey_rewrites_are_accepted_by_every_server() {
+    let mut errors = Vec::new();
+    for server in SERVERS {
+        let srv = Srv::start(&binary(server));
+        let mut con = srv.conn();
+        for rule in command::obey::RULES {
+            let setup = |con: &mut redis::Connection| {
+                let _: () = redis::cmd("DEL").arg("s").query(con).unwrap();
+                for i in 1..=10 {
+                    let _: String = redis::cmd("XADD")
+                        .arg("s")
+                        .arg(format!("{i}-1"))
+                        .arg("f")
+                        .arg("v")
+                        .query(con)
+                        .unwrap();
+                }
+            };
+            let example: Vec<&[u8]> = rule.example.split(' ').map(str::as_bytes).collect();
+            assert!(example[0].eq_ignore_ascii_case(rule.command.as_bytes()));
+            setup(&mut con);
+            let mut cmd = redis::cmd(rule.command);
+            for a in &example[1..] {
+                cmd.arg(*a);
+            }
+            match cmd.query::<Value>(&mut con) {
+                Err(e)
+                    if e.to_string()
+                        .contains(rule.refused_with.trim_start_matches("ERR ")) => {}
+                other => errors.push(format!(
+                    "{server}: {} from a normal client: {other:?}, not {}",
+                    rule.example, rule.refused_with
+                )),
+            }
+            let Some(new) = command::obey::rewrite(&example) else {
+                errors.push(format!("{server}: {} is not rewritten", rule.example));
+                continue;
+            };
+            setup(&mut con);
+            let mut cmd = redis::cmd(std::str::from_utf8(&new[0]).unwrap());
+            for a in &new[1..] {
+                cmd.arg(a.as_slice());
+            }
+            if let Err(e) = cmd.query::<Value>(&mut con) {
+                errors.push(format!(
+                    "{server}: the rewrite of {} is refused: {e}",
+                    rule.example
+                ));
+                continue;
+            }
+            let len: i64 = redis::cmd("XLEN").arg("s").query(&mut con).unwrap();
+            if len != rule.example_len {
+                errors.push(format!(
+                    "{server}: the rewrite of {} leaves {len} entries, a replica {}",
+                    rule.example, rule.example_len
+                ));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}

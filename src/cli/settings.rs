@@ -62,6 +62,9 @@ pub fn resolve_settings(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(b) = file.cutover.max_lag_bytes {
         cutover.max_lag_bytes = b;
     }
+    if let Some(ms) = file.sync.max_clock_skew_ms {
+        cutover.max_clock_skew_ms = ms;
+    }
     if let Some(n) = file.cutover.shadow_queue {
         if n == 0 {
             return Err(ConfigError::Invalid {

@@ -35,6 +35,7 @@
 //! open-addressing table: no allocation, no lock, no initialisation at run time.
 
 pub mod keys;
+pub mod obey;
 #[rustfmt::skip]
 #[allow(clippy::all)]
 pub mod table;

@@ -69,6 +69,14 @@ impl Controller {
         if let Err(e) = self.scripts_in_pause(&mut tgt, scripts, deadline).await {
             return Err(abort(e));
         }
+        // The target expires keys again before any client command is released
+        // (`import`; the source stays out of it: shadow writes are an ordinary client's).
+        if let Err(e) = self
+            .move_import_mode(Side::Target, &mut tgt, &mut src, false)
+            .await
+        {
+            return Err(abort(e));
+        }
         self.sync_detached.store(true, Ordering::Release);
         let unblocked = self
             .flip(Side::Target, &mut src, &source, &target, true)

@@ -36,9 +36,12 @@
 //! it was, the held commands are released to it, the sync continues, and the caller gets the
 //! reason. Client connections never drop.
 
+pub mod clock;
 mod flip;
 pub mod gate;
 pub mod holders;
+pub mod import;
+pub mod memory;
 pub mod order;
 pub mod overlap;
 pub mod phase;
@@ -111,6 +114,8 @@ pub struct CutoverSettings {
     /// Bounds of the script registry ([`scripts`]).
     pub script_cache_scripts: usize,
     pub script_cache_bytes: usize,
+    /// The bound between the two sides' clocks (`[sync] max_clock_skew_ms`, [`clock`]).
+    pub max_clock_skew_ms: u64,
 }
 
 impl Default for CutoverSettings {
@@ -124,6 +129,7 @@ impl Default for CutoverSettings {
             stalled_disconnect: Some(Duration::from_secs(10)),
             script_cache_scripts: scripts::DEFAULT_MAX_SCRIPTS,
             script_cache_bytes: scripts::DEFAULT_MAX_BYTES,
+            max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
         }
     }
 }
@@ -175,6 +181,10 @@ pub struct Controller {
     links: Option<Arc<Links>>,
     /// The overlap the first switch chose.
     overlap_chosen: Mutex<Option<OverlapMode>>,
+    /// The two sides' clocks, measured at start ([`clock`]).
+    clock: Mutex<Option<clock::ClockReport>>,
+    /// Each side's own `import-mode` and which side is in it now ([`import`]).
+    import: Mutex<import::ImportModes>,
 }
 
 impl Controller {
@@ -195,7 +205,43 @@ impl Controller {
             history: Mutex::new(Vec::new()),
             links,
             overlap_chosen: Mutex::new(None),
+            clock: Mutex::new(None),
+            import: Mutex::new(import::ImportModes::default()),
         }
+    }
+
+    /// Measures the two sides' clocks (at start): logged, kept for `status`, and published as
+    /// `cutover_clock_skew_ms` / `cutover_clock_skew_exceeded`.
+    pub async fn measure_clocks(&self) {
+        let Ok((source, target)) = self.backends() else {
+            return;
+        };
+        let r = clock::measure_both(
+            &source,
+            &target,
+            self.settings.max_clock_skew_ms,
+            self.settings.timeout,
+        )
+        .await;
+        if let Some(w) = r.warning() {
+            tracing::warn!("{w}");
+        } else {
+            tracing::info!(between_ms = r.between_ms(), errors = ?r.errors, "clock skew between the sides measured");
+        }
+        metrics::gauge!("cutover_clock_skew_ms").set(r.between_ms().unwrap_or(0.0));
+        metrics::gauge!("cutover_clock_skew_exceeded").set(if r.exceeded() { 1.0 } else { 0.0 });
+        if let Ok(mut c) = self.clock.lock() {
+            *c = Some(r);
+        }
+    }
+
+    /// The `clock_skew` object of `status` (`null` before it is measured).
+    pub fn clock_json(&self) -> Json {
+        self.clock
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(clock::ClockReport::to_json))
+            .unwrap_or(Json::Null)
     }
 
     /// The overlap the first switch chose (`None` before it).
@@ -259,6 +305,9 @@ impl Controller {
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
         let from = self.phase();
         Phase::after(from, Move::Switch).map_err(|why| CutoverError::Refused(why.into()))?;
+        if from.is_none() {
+            self.first_switch_target_checks(force).await?;
+        }
         match from {
             None => match self.choose_overlap()? {
                 OverlapMode::Replica => self.replica_move(Side::Target, max_pause, force).await,
@@ -335,6 +384,8 @@ impl Controller {
             }
             sink.as_ref().map_or(0, |s| s.enqueued())
         };
+        // Each side's own import-mode back (Valkey 8.1+, `import`).
+        self.restore_import_mode().await;
         // Nothing of cutover's stays on the data.
         if let Ok((source, target)) = self.backends() {
             for b in [&source, &target] {

@@ -164,7 +164,7 @@ impl Links {
     pub fn link_json(p: &SyncProgress) -> serde_json::Value {
         let role = p.handoff.role();
         let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
             // (`applying` / `following` outside a move; `parked`, `held`… inside one.)
             "role": match role {
@@ -185,7 +185,11 @@ impl Links {
             "foreign_keys": p.foreign.keys(),
             "foreign_clients": p.foreign.clients(),
             "last_error": p.last_error.lock().ok().and_then(|e| e.clone()),
-        })
+        });
+        if let Some(m) = doc.as_object_mut() {
+            m.extend(p.refusals.status_fields());
+        }
+        doc
     }
 
     /// Why the old side is no longer a copy of the primary because something else wrote
@@ -332,6 +336,15 @@ impl Controller {
             )));
         }
         if !force {
+            // The side moved to lacks writes its link could not apply or it evicted
+            // (`sync::refusals`).
+            if let Some(why) = applying.refusals.describe() {
+                return Err(CutoverError::Refused(format!(
+                    "the {} lacks writes (the {} link: {why}); not moving (use --force to move anyway)",
+                    to.as_str(),
+                    applying.direction()
+                )));
+            }
             let lag = applying.lag_bytes();
             if lag > self.settings.max_lag_bytes {
                 return Err(CutoverError::Refused(format!(
@@ -468,6 +481,15 @@ impl Controller {
                 "the {} link did not pause",
                 following.direction()
             )));
+        }
+        // 3b. Import mode moves with the role (Valkey 8.1+, `import`): the new primary
+        // expires keys again before any client command is released, the new follower keeps
+        // them for the primary's DEL.
+        if let Err(e) = self
+            .move_import_mode(to, &mut new_conn, &mut old_conn, true)
+            .await
+        {
+            return Err(abort(e));
         }
         // 4. From the new primary's offset on, the following link applies.
         let new_pos =

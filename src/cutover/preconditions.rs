@@ -3,9 +3,11 @@
 //! the snapshot is applied) and lags less than `max_lag_bytes`; and no other client writes to
 //! the source directly — `CLIENT LIST` on the source, the proxy's own connections and
 //! replicas excepted, and only clients whose last command was a write — because their writes
-//! would be lost after the flip.
+//! would be lost after the flip. A stream command the target did not apply
+//! (`sync::refusals`) or refuses for now refuses the switch, naming it.
 
 use super::*;
+use crate::sync::target::memory::{Memory, full_problem, room_problem};
 
 impl Controller {
     /// Refuses the first switch, with the reason, unless its preconditions hold.
@@ -50,6 +52,52 @@ impl Controller {
             return Err(CutoverError::Refused(format!(
                 "the sync is {phase}; even --force cannot switch before the snapshot is applied"
             )));
+        }
+        Ok(())
+    }
+}
+
+impl Controller {
+    /// What every first switch checks, in either overlap, before anything is held: the
+    /// target applied every stream command and evicted nothing (never overridden: the link
+    /// stopped, see `sync::refusals`), it does not refuse the sync's writes for now, and
+    /// (unless forced) it has room for what the source uses and is not nearly full.
+    pub(super) async fn first_switch_target_checks(&self, force: bool) -> Result<(), CutoverError> {
+        if let Some(why) = self.sync.refusals.describe() {
+            return Err(CutoverError::Refused(format!(
+                "the target lacks writes: {why}; not switching. Fix the cause and copy again from scratch (see `unapplied` and `evicted_keys` in `cutover status`)"
+            )));
+        }
+        if let Some(why) = self.sync.refusals.waiting() {
+            return Err(CutoverError::Refused(format!(
+                "the target refuses the sync's writes for now ({why}); they are retried in order until it takes them; not switching"
+            )));
+        }
+        if force {
+            return Ok(());
+        }
+        let (source, target) = self.backends()?;
+        let timeout = self.settings.timeout;
+        let (Ok(mut src), Ok(mut tgt)) = (
+            Conn::open(&source, timeout).await,
+            Conn::open(&target, timeout).await,
+        ) else {
+            // (Unreachable sides are refused by the move's own checks, with their reason.)
+            return Ok(());
+        };
+        // Room on the target for what the source uses, and not nearly full (issue 20): a
+        // full target evicts in silence or refuses writes.
+        if let (Ok(Value::Bytes(s)), Ok(Value::Bytes(t))) = (
+            src.query(&[b"INFO", b"memory"]).await,
+            tgt.query(&[b"INFO", b"memory"]).await,
+        ) {
+            let used = Memory::from_info(&String::from_utf8_lossy(&s)).used;
+            let target = Memory::from_info(&String::from_utf8_lossy(&t));
+            if let Some(why) = room_problem(used, &target).or_else(|| full_problem(&target)) {
+                return Err(CutoverError::Refused(format!(
+                    "the target has no room for the data: {why}; not switching (--force to switch anyway)"
+                )));
+            }
         }
         Ok(())
     }

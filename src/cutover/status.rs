@@ -90,6 +90,8 @@ impl Controller {
                 self.settings.stalled_disconnect,
             ),
             "stalled_client_disconnect_ms": self.settings.stalled_disconnect.map(|d| d.as_millis() as u64),
+            "clock_skew": self.clock_json(),
+            "import_mode": self.import_json(),
             "last": history.last(),
             "history": history,
         })
@@ -107,6 +109,19 @@ impl Controller {
             return Some(why);
         }
         let (applying, _) = links.roles(primary);
+        // The old side lacks a write the link could not apply there (`sync::refusals`).
+        if let Some(why) = applying.refusals.describe() {
+            return Some(format!(
+                "the {} link: {why}; the old side lacks it",
+                applying.direction()
+            ));
+        }
+        if let Some(why) = applying.refusals.waiting() {
+            return Some(format!(
+                "the old side refuses the {} link's writes for now ({why}); retried in order",
+                applying.direction()
+            ));
+        }
         let phase = applying.phase();
         if applying.handoff.is_following() {
             return Some(format!("the {} link is not applying", applying.direction()));

@@ -308,15 +308,13 @@ impl Applier<'_> {
                             reply: r.error,
                         });
                     }
-                    self.unsupported(
-                        stats,
-                        format!(
-                            "{}: {} refused it ({}); left out, the rest of the stream is applied",
-                            describe_tag(&r.tag),
-                            self.info.describe(),
-                            r.error
-                        ),
-                    )?;
+                    let text = format!(
+                        "{}: {} refused it ({}); left out, the rest of the stream is applied",
+                        describe_tag(&r.tag),
+                        self.info.describe(),
+                        r.error
+                    );
+                    self.not_applied(stats, unapplied(&r), text)?;
                     self.report.commands = self.report.commands.saturating_sub(1);
                     self.report.commands_skipped += 1;
                     drop.push(i);
@@ -343,6 +341,11 @@ impl Applier<'_> {
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
+        for t in w.take_unchanged() {
+            self.progress
+                .refusals
+                .record_lost(show_key(&t.key), t.what.to_string());
+        }
         for r in w.take_exec_errors() {
             if !r.tag.replicated {
                 bail!(TargetError::Refused {
@@ -351,17 +354,24 @@ impl Applier<'_> {
                     reply: r.error,
                 });
             }
-            self.unsupported(
-                stats,
-                format!(
-                    "{}: failed on {} ({}); not applied, the rest of the stream is",
-                    describe_tag(&r.tag),
-                    self.info.describe(),
-                    r.error
-                ),
-            )?;
+            let text = format!(
+                "{}: failed on {} ({}); not applied, the rest of the stream is",
+                describe_tag(&r.tag),
+                self.info.describe(),
+                r.error
+            );
+            self.not_applied(stats, unapplied(&r), text)?;
         }
         Ok(())
+    }
+}
+
+/// The record of a refused stream command ([`super::refusals`]).
+fn unapplied(r: &super::target::Refusal) -> super::refusals::Unapplied {
+    super::refusals::Unapplied {
+        command: r.tag.what.to_string(),
+        key: show_key(&r.tag.key),
+        reason: r.error.clone(),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod filter;
 pub mod handoff;
 pub mod phase;
+pub mod refusals;
 pub mod replica;
 pub mod retry;
 pub mod target;

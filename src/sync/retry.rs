@@ -38,6 +38,9 @@ pub enum Class {
     Connect,
     /// Waiting does not help (configuration, refused data, `unsupported = fail`…).
     Permanent,
+    /// A stream command was not applied under `cutover run`: the link stops for good, even
+    /// where permanent failures are retried ([`super::refusals`]).
+    Stop,
 }
 
 /// Classifies the error of a failed run.
@@ -55,11 +58,13 @@ pub fn classify(e: &anyhow::Error) -> Class {
                 },
                 TargetError::Io { .. } => Class::Retry,
                 TargetError::Refused { reply, .. } if transient_reply(reply) => Class::Retry,
+                TargetError::Unapplied { .. } => Class::Stop,
                 TargetError::Refused { .. }
                 | TargetError::Protocol { .. }
                 | TargetError::Unsupported { .. }
                 | TargetError::CannotHold { .. }
-                | TargetError::NoSuchDb { .. } => Class::Permanent,
+                | TargetError::NoSuchDb { .. }
+                | TargetError::NoRoom { .. } => Class::Permanent,
             };
         }
         if let Some(EngineError::SourceLink { transient, .. }) = cause.downcast_ref() {
@@ -89,18 +94,10 @@ pub fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
-/// Error replies (without the `-`) that say "not now" rather than "no".
+/// Error replies (without the `-`) that say "not now" rather than "no" (out of memory, not
+/// enough replicas, a running script, loading…: [`crate::command::obey::refusal_kind`]).
 fn transient_reply(reply: &str) -> bool {
-    [
-        "LOADING",
-        "BUSY ",
-        "TRYAGAIN",
-        "MASTERDOWN",
-        "ERR max number of clients",
-    ]
-    .iter()
-    .any(|p| reply.starts_with(p))
-        || reply == "BUSY"
+    crate::command::obey::refusal_kind(reply) == crate::command::obey::RefusalKind::Transient
 }
 
 /// What [`run_retrying`] does with failures.
@@ -147,16 +144,34 @@ pub fn run_retrying(
             Class::Retry => true,
             // (`cutover run` keeps trying: the servers may come up after the proxy.)
             Class::Connect => established > 0 || policy.retry_permanent,
-            Class::Permanent => false,
+            Class::Permanent | Class::Stop => false,
         };
         let msg = error_text(&e);
         if let Ok(mut last) = progress.last_error.lock() {
             *last = Some(msg.clone());
         }
         progress.set_phase(super::phase::SyncPhase::Error);
-        if !retry && !policy.retry_permanent {
+        if class == Class::Stop && !progress.refusals.halted() {
+            // (Found by the target writer, which does not see the record.)
+            progress.refusals.record(super::refusals::Unapplied {
+                command: msg.clone(),
+                key: String::new(),
+                reason: String::new(),
+            });
+            progress.refusals.halt();
+        }
+        if !retry && (!policy.retry_permanent || class == Class::Stop) {
             return Err(e);
         }
+        // A batch the target refuses for now (out of memory, a script running, too few
+        // replicas): the next run applies it again, in order, from the stored position.
+        if class == Class::Retry && msg.contains("OOM") {
+            progress.refusals.count_oom();
+        }
+        progress.refusals.set_waiting(match &class {
+            Class::Retry => Some(msg.clone()),
+            _ => None,
+        });
         let since = *failing_since.get_or_insert_with(Instant::now);
         if let Some(limit) = policy.give_up_after
             && since.elapsed() >= limit
@@ -249,8 +264,14 @@ mod tests {
             classify(&refused(
                 "OOM command not allowed when used memory > 'maxmemory'."
             )),
-            Class::Permanent
+            Class::Retry
         );
+        assert_eq!(
+            classify(&refused("NOREPLICAS Not enough good replicas to write.")),
+            Class::Retry
+        );
+        let unapplied = anyhow::Error::from(TargetError::Unapplied { what: "x".into() });
+        assert_eq!(classify(&unapplied), Class::Stop);
         let hold = anyhow::Error::from(TargetError::CannotHold { what: "x".into() });
         assert_eq!(classify(&hold), Class::Permanent);
         assert_eq!(classify(&anyhow::anyhow!("switched")), Class::Permanent);

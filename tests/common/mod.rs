@@ -14,6 +14,7 @@
 pub mod links;
 pub mod moves;
 pub mod sides;
+pub mod faketime;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};

@@ -332,6 +332,17 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
     }
+    // Before a link's first write: the side it writes to can hold what the other side uses
+    // (a full side evicts in silence or refuses with OOM; issue 20).
+    if ctx
+        .progress
+        .starts
+        .load(std::sync::atomic::Ordering::Relaxed)
+        <= 1
+        && !handoff.is_following()
+    {
+        crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
+    }
 
     let (tx, rx) = sync_channel::<Msg>(32);
     if let Some(shared) = &opts.shared {

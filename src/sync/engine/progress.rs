@@ -102,6 +102,8 @@ pub struct SyncProgress {
     /// Writes on the side this link follows that the applying link did not make
     /// ([`super::foreign`]): what was seen, for status and `rollback_safe`.
     pub foreign: super::foreign::ForeignSeen,
+    /// Stream commands the side it writes to did not apply ([`crate::sync::refusals`]).
+    pub refusals: crate::sync::refusals::Refusals,
 }
 
 /// The counters of a run, carried into the next one when it continues the same stream (so
@@ -300,7 +302,7 @@ impl SyncProgress {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.into()))
             .collect();
-        serde_json::json!({
+        let mut doc = serde_json::json!({
             "phase": self.phase_name(),
             "snapshot_bytes": n(&self.snapshot_bytes),
             "snapshot_bytes_total": (total > 0).then_some(total),
@@ -328,7 +330,11 @@ impl SyncProgress {
             "full_resyncs": n(&self.full_resyncs),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
-        })
+        });
+        if let Some(m) = doc.as_object_mut() {
+            m.extend(self.refusals.status_fields());
+        }
+        doc
     }
 
     pub(super) fn update(&self, s: &Snapshot<'_>) {
@@ -352,7 +358,10 @@ impl SyncProgress {
         set(&self.commands_converted, s.converted);
         set(&self.commands_mixed_keys, s.mixed);
         set(&self.received_offset, s.received);
-        set(&self.applied_offset, s.applied);
+        if s.applied > self.applied_offset.swap(s.applied, Ordering::Relaxed) {
+            // The target took a batch again: a transient refusal is over.
+            self.refusals.set_waiting(None);
+        }
         let now = self.now_ms();
         if s.applied >= s.received.max(self.server_offset.load(Ordering::Relaxed)) {
             self.caught_up_at_ms.store(now, Ordering::Relaxed);
@@ -415,6 +424,19 @@ impl SyncProgress {
             .set(n(&self.keys_not_copied) as f64);
         metrics::gauge!("cutover_sync_commands_applied", "direction" => d)
             .set(n(&self.commands_applied) as f64);
+        metrics::gauge!("cutover_sync_unapplied_commands", "direction" => d)
+            .set(self.refusals.count() as f64);
+        metrics::gauge!("cutover_sync_evicted_keys", "direction" => d)
+            .set(self.refusals.evictions() as f64);
+        metrics::gauge!("cutover_sync_expired_early_writes", "direction" => d)
+            .set(self.refusals.lost() as f64);
+        metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
+            if self.refusals.waiting().is_some() {
+                1.0
+            } else {
+                0.0
+            },
+        );
         metrics::gauge!("cutover_sync_commands_skipped", "direction" => d)
             .set(n(&self.commands_skipped) as f64);
         metrics::gauge!("cutover_sync_commands_converted", "direction" => d)

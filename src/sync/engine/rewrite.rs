@@ -18,6 +18,7 @@ use anyhow::Context;
 use crate::sync::batch;
 use crate::sync::convert::{Stats, UnsupportedPolicy};
 use crate::sync::filter::command_keys;
+use crate::sync::refusals::Unapplied;
 use crate::sync::replica::StreamCommand;
 use crate::sync::target::{Tag, TargetError, TargetWriter, query_raw, show_key};
 
@@ -38,10 +39,34 @@ impl Applier<'_> {
     ) -> anyhow::Result<()> {
         let keys = command_keys(name, args);
         let first_key = keys.first().copied().unwrap_or(1);
+        // A refresh or conditional update the primary applied to an existing key: answered
+        // 0 or nil here, the key was missing on this side (expired early, issue 20).
+        let must_change = matches!(
+            name,
+            "PEXPIREAT" | "PEXPIRE" | "EXPIREAT" | "EXPIRE" | "PERSIST"
+        ) || (name == "SET"
+            && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"XX")));
+        // A write that sets the key whole repairs a key that expired early here (issue 20).
+        if self.progress.refusals.lost() > 0 {
+            let whole = match name {
+                "DEL" | "UNLINK" | "RESTORE" => true,
+                "SET" => !args
+                    .iter()
+                    .skip(3)
+                    .any(|a| a.eq_ignore_ascii_case(b"XX") || a.eq_ignore_ascii_case(b"KEEPTTL")),
+                _ => false,
+            };
+            if whole {
+                for i in &keys {
+                    self.progress.refusals.repaired(&show_key(args[*i]));
+                }
+            }
+        }
         let tag = |what: &str| Tag {
             key: args.get(first_key).map(|k| k.to_vec()).unwrap_or_default(),
             what: format!("{what} (stream offset {})", cmd.end_offset).into(),
             replicated: true,
+            must_change,
             ..Tag::default()
         };
         let filter = &self.opts.tuning.filter;
@@ -147,6 +172,11 @@ impl Applier<'_> {
         args: &[&[u8]],
         stats: &mut Stats,
     ) -> anyhow::Result<Rewrite> {
+        // What a replica obeys from its master and a normal client may not send, in a form
+        // a normal client may (`command::obey`: an exact XADD/XTRIM trim loses its LIMIT).
+        if let Some(obeyed) = crate::command::obey::rewrite(args) {
+            return Ok(Rewrite::Args(obeyed));
+        }
         let filter = &self.opts.tuning.filter;
         let old_streams = !(self.info.valkey || self.info.version >= (7, 0, 0));
         Ok(match name {
@@ -356,6 +386,38 @@ impl Applier<'_> {
         stats: &mut Stats,
         what: String,
     ) -> anyhow::Result<()> {
+        self.not_applied(
+            stats,
+            Unapplied {
+                command: what.clone(),
+                key: String::new(),
+                reason: String::new(),
+            },
+            what,
+        )
+    }
+
+    /// A stream command the side this link writes to does not apply (`u`; `text` says it
+    /// whole): recorded in [`crate::sync::refusals`] so that no move goes through in
+    /// silence. Under `cutover run` the link then stops for good (an error no retry takes
+    /// up); headless `cutover sync` keeps its `unsupported` policy.
+    pub(in crate::sync) fn not_applied(
+        &self,
+        stats: &mut Stats,
+        u: Unapplied,
+        text: String,
+    ) -> anyhow::Result<()> {
+        self.progress.refusals.record(u);
+        if self.opts.shared.is_some() {
+            self.progress.refusals.halt();
+            tracing::error!(direction = self.progress.direction(), "{text}");
+            return Err(TargetError::Unapplied { what: text }.into());
+        }
+        self.plain_unsupported(stats, text)
+    }
+
+    /// The `unsupported` policy: an error under `fail`, else reported.
+    fn plain_unsupported(&self, stats: &mut Stats, what: String) -> anyhow::Result<()> {
         if self.opts.tuning.unsupported == UnsupportedPolicy::Fail {
             return Err(TargetError::CannotHold { what }.into());
         }

@@ -29,9 +29,12 @@ use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 
 mod info;
+pub mod memory;
+mod reply;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
+pub use reply::{array_errors, array_unchanged, first_error_in_array, reply_text};
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
@@ -73,6 +76,16 @@ pub enum TargetError {
         "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
     )]
     CannotHold { what: String },
+    /// The side a link writes to cannot hold what the side it copies uses
+    /// ([`memory::check_room`]).
+    #[error("the target {addr} has no room for the copy: {detail}")]
+    NoRoom { addr: String, detail: String },
+    /// A stream command the target did not apply, under `cutover run`: the link stops for
+    /// good rather than go on without it ([`crate::sync::refusals`]).
+    #[error(
+        "{what}; this link stops here rather than go on without the write (switch and rollback are refused while it is missing; copy again from scratch once the cause is fixed)"
+    )]
+    Unapplied { what: String },
     #[error(
         "database {db} cannot be written to the target {addr}: it has {databases} databases (0-{last}); nothing was written to another database. Map it to one the target has with [sync] db_map (--db-map \"{db}=N\"), or leave it out with only_mapped_dbs",
         last = databases.saturating_sub(1)
@@ -107,6 +120,10 @@ pub struct Tag {
     /// A command of the replication stream (a refusal of it is reported and the command left
     /// out, see [`TargetWriter::txn_refused`]; our own commands must never be refused).
     pub replicated: bool,
+    /// A stream command that changed the primary's data and must change this side's too
+    /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
+    /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
+    pub must_change: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
@@ -211,8 +228,22 @@ pub struct TargetWriter {
     execs: VecDeque<(u64, Vec<Tag>)>,
     /// Transactions begun so far.
     txn_seq: u64,
+    /// The [`IMPORT_EPOCH`] for which `CLIENT IMPORT-SOURCE ON` was last sent (Valkey 8.1+).
+    import_epoch: u64,
     /// Commands that failed inside an `EXEC`, for the caller to report.
     exec_errors: Vec<Refusal>,
+    /// [`Tag::must_change`] commands answered `0` or nil inside an `EXEC`.
+    unchanged: Vec<Tag>,
+}
+
+/// Bumped whenever cutover changes `import-mode` on a side (`cutover::import`): each writer
+/// sends `CLIENT IMPORT-SOURCE ON` again before its next transaction, so that a side that
+/// entered import mode shows our writer the keys it keeps past their TTL.
+static IMPORT_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`IMPORT_EPOCH`].
+pub fn import_mode_changed() {
+    IMPORT_EPOCH.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The client name of the sync's connections to the side it writes into.
@@ -243,6 +274,7 @@ impl TargetWriter {
             addr: w.addr.clone(),
             detail,
         })?;
+        w.import_source()?;
         Ok(w)
     }
 
@@ -279,8 +311,32 @@ impl TargetWriter {
             txn: None,
             execs: VecDeque::new(),
             txn_seq: 0,
+            import_epoch: u64::MAX,
             exec_errors: Vec::new(),
+            unchanged: Vec::new(),
         })
+    }
+
+    /// On Valkey 8.1+, after `import-mode` changed (or on a new connection): `CLIENT
+    /// IMPORT-SOURCE ON`, so that keys the side keeps past their TTL in import mode are
+    /// visible to this writer (refused outside import mode: that is fine).
+    fn import_source(&mut self) -> Result<(), TargetError> {
+        if !(self.info.valkey && self.info.version >= (8, 1, 0)) {
+            return Ok(());
+        }
+        let epoch = IMPORT_EPOCH.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != self.import_epoch {
+            self.import_epoch = epoch;
+            self.send(
+                &[&b"CLIENT"[..], b"IMPORT-SOURCE", b"ON"],
+                Tag {
+                    what: Cow::Borrowed("CLIENT IMPORT-SOURCE ON"),
+                    tolerate_error: true,
+                    ..Tag::default()
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// What the target is.
@@ -523,9 +579,24 @@ impl TargetWriter {
                     "BUSY",
                     "MASTERDOWN",
                     "READONLY",
+                    "NOREPLICAS",
                 ]
                 .iter()
                 .any(|p| text.starts_with(p));
+                // The condition may have ended while the batches behind this one were
+                // processed (a script finished, memory was freed, a replica came): one of
+                // them applied — with its position — after this one was refused, and a run
+                // started again would never apply this one. Read every reply to know.
+                if target_wide && let Some(applied) = self.applied_behind()? {
+                    return Err(TargetError::Unapplied {
+                        what: format!(
+                            "the target {} refused a batch of stream commands ({} of key '{}': {text}) and then applied a later batch ({applied}) before cutover could stop sending: the refused batch's writes are missing",
+                            self.addr,
+                            tag.what,
+                            show_key(&tag.key)
+                        ),
+                    });
+                }
                 return Err(TargetError::Refused {
                     addr: self.addr.clone(),
                     step: tag.what.to_string(),
@@ -551,6 +622,13 @@ impl TargetWriter {
                         tag: tags.get(i).cloned().unwrap_or_default(),
                         error,
                     });
+                }
+                if tags.iter().any(|t| t.must_change) {
+                    for i in array_unchanged(&reply) {
+                        if let Some(t) = tags.get(i).filter(|t| t.must_change) {
+                            self.unchanged.push(t.clone());
+                        }
+                    }
                 }
                 if let Some(off) = tag.offset {
                     self.confirmed = Some(off);
@@ -595,6 +673,36 @@ impl TargetWriter {
         Ok(true)
     }
 
+    /// After a target-wide refusal of a pipelined batch: reads the replies of everything
+    /// still in flight, and says which later transaction the target applied anyway (its
+    /// `EXEC` answered with an array), if one did.
+    fn applied_behind(&mut self) -> Result<Option<String>, TargetError> {
+        self.flush()?;
+        let mut applied = None;
+        while let Some(tag) = self.inflight.front().cloned() {
+            let Some(info) = self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? else {
+                self.fill()?;
+                continue;
+            };
+            let reply: Vec<u8> = self.inbuf.drain(..info.len).collect();
+            if info.is_push() {
+                continue;
+            }
+            self.inflight.pop_front();
+            self.answered += 1;
+            if tag.txn_exec {
+                self.execs.pop_front();
+                if applied.is_none() && reply.first() == Some(&b'*') && !reply.starts_with(b"*-1") {
+                    applied = Some(match tag.offset {
+                        Some(off) => format!("up to stream offset {off}"),
+                        None => tag.what.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(applied)
+    }
+
     fn fill(&mut self) -> Result<(), TargetError> {
         // A buffer kept across reads: a fresh 64 KiB array each time costs a memset per read,
         // and the stream makes many small ones.
@@ -630,70 +738,6 @@ impl TargetWriter {
     }
 }
 
-/// The text of a simple reply: the line without its type byte, or a bulk string's body.
-pub fn reply_text(reply: &[u8]) -> String {
-    let body = match reply.first() {
-        Some(b'$') | Some(b'=') | Some(b'!') => {
-            let start = reply
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .map_or(reply.len(), |p| p + 2);
-            &reply[start..reply.len().saturating_sub(2).max(start)]
-        }
-        Some(_) => reply[1..].strip_suffix(b"\r\n").unwrap_or(&reply[1..]),
-        None => reply,
-    };
-    let mut text = String::from_utf8_lossy(body).into_owned();
-    if text.len() > 300 {
-        let mut cut = 300;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
-}
-
-/// The first error among the elements of an array reply (`EXEC`'s), as text.
-pub fn first_error_in_array(reply: &[u8]) -> Option<String> {
-    array_errors(reply).into_iter().next().map(|(_, e)| e)
-}
-
-/// The errors among the elements of an array reply (`EXEC`'s): (index, text).
-pub fn array_errors(reply: &[u8]) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    if reply.first() != Some(&b'*') {
-        return out;
-    }
-    let Some(end) = reply.windows(2).position(|w| w == b"\r\n") else {
-        return out;
-    };
-    let Some(n) = std::str::from_utf8(&reply[1..end])
-        .ok()
-        .and_then(|n| n.parse::<i64>().ok())
-    else {
-        return out;
-    };
-    let mut at = end + 2;
-    for i in 0..n.max(0) as usize {
-        let Some(info) = reply
-            .get(at..)
-            .and_then(|rest| ReplyParser::default().parse(rest).ok().flatten())
-        else {
-            break;
-        };
-        let Some(element) = reply.get(at..at + info.len) else {
-            break;
-        };
-        if info.is_error() {
-            out.push((i, reply_text(element)));
-        }
-        at += info.len;
-    }
-    out
-}
-
 /// One request on a fresh connection to `url` (AUTH from the URL first), for small control
 /// queries such as the source's `INFO replication`. Returns the reply's text.
 /// One command on a connection of its own; the reply as RESP bytes (errors included).
@@ -710,34 +754,4 @@ pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String
     let reply = conn.call(args)?;
     let step = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
     conn.check(&step, reply)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn texts() {
-        assert_eq!(reply_text(b"-ERR bad\r\n"), "ERR bad");
-        assert_eq!(reply_text(b"$3\r\nabc\r\n"), "abc");
-        assert_eq!(show_key(b"a\xffb\n"), "a\\xffb\\n");
-        assert_eq!(first_error_in_array(b"*2\r\n+OK\r\n:1\r\n"), None);
-        assert_eq!(
-            first_error_in_array(b"*3\r\n$1\r\nx\r\n*1\r\n:2\r\n-WRONGTYPE no\r\n").as_deref(),
-            Some("WRONGTYPE no")
-        );
-        assert_eq!(
-            array_errors(b"*4\r\n-ERR a\r\n+OK\r\n*-1\r\n-WRONGTYPE b\r\n"),
-            vec![(0, "ERR a".to_string()), (3, "WRONGTYPE b".to_string())]
-        );
-        assert!(array_errors(b"*3\r\n+OK\r\n").is_empty());
-        let r = |e: &str| Refusal {
-            tag: Tag::default(),
-            error: e.into(),
-        };
-        assert!(r("ERR unknown command `MSETEX`").is_command_error());
-        assert!(r("WRONGTYPE Operation against a key").is_command_error());
-        assert!(!r("OOM command not allowed").is_command_error());
-        assert!(!r("NOPERM this user has no permissions").is_command_error());
-    }
 }

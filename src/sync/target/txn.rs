@@ -35,6 +35,7 @@ impl TargetWriter {
                 detail: "MULTI inside MULTI (a bug in cutover)".into(),
             });
         }
+        self.import_source()?;
         self.send(&[&b"MULTI"[..]], Tag::key("MULTI", b""))?;
         self.txn_seq += 1;
         self.txn = Some(Txn {
@@ -134,5 +135,11 @@ impl TargetWriter {
     /// Commands that failed inside an `EXEC` since the last call.
     pub fn take_exec_errors(&mut self) -> Vec<Refusal> {
         std::mem::take(&mut self.exec_errors)
+    }
+
+    /// [`Tag::must_change`] commands that changed nothing here (the key was missing) since
+    /// the last call.
+    pub fn take_unchanged(&mut self) -> Vec<Tag> {
+        std::mem::take(&mut self.unchanged)
     }
 }
