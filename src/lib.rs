@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod client;
 pub mod command;
 pub mod config;

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
