@@ -55,7 +55,7 @@ fn check_map(version: Version, masters: usize) {
     assert_eq!(shards.is_err(), version == Version::Redis62, "{shards:?}");
 
     // slot() == CLUSTER KEYSLOT, for random keys with and without hash tags.
-    let mut conn = c.nodes[0].conn();
+    let conn = std::cell::RefCell::new(c.nodes[0].conn());
     let mut runner = TestRunner::new(Config {
         cases: 40,
         failure_persistence: None,
@@ -75,7 +75,7 @@ fn check_map(version: Version, masters: usize) {
             for k in &keys {
                 p.cmd("CLUSTER").arg("KEYSLOT").arg(k.as_slice());
             }
-            let server: Vec<u16> = p.query(&mut conn).expect("KEYSLOT");
+            let server: Vec<u16> = p.query(&mut *conn.borrow_mut()).expect("KEYSLOT");
             for (k, s) in keys.iter().zip(server) {
                 prop_assert_eq!(slot(k), s, "key {:?}", String::from_utf8_lossy(k));
             }
@@ -93,7 +93,7 @@ fn check_map(version: Version, masters: usize) {
         let s: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(k)
-            .query(&mut conn)
+            .query(&mut *conn.borrow_mut())
             .unwrap();
         assert_eq!(slot(k), s);
     }

@@ -215,12 +215,18 @@ fn resolve(candidates: &[Option<&str>], port: u16, ctx: &Context) -> (NodeAddr, 
 }
 
 impl SlotMap {
-    /// The map of `shards`; a slot claimed twice is an error.
+    /// The map of `shards`; a slot claimed twice is an error. Shards are put in the order of
+    /// their first slot (masters without slots last, by address), so two nodes' replies,
+    /// which list shards in their own orders, give equal maps.
     pub fn new(mut shards: Vec<Shard>) -> Result<SlotMap, MapError> {
         let mut owner = vec![NONE; SLOTS];
         for s in &mut shards {
             s.ranges.sort_unstable();
         }
+        shards.sort_by(|a, b| {
+            let first = |s: &Shard| s.ranges.first().map_or(u32::MAX, |r| u32::from(r.0));
+            (first(a), &a.master.addr).cmp(&(first(b), &b.master.addr))
+        });
         for (i, s) in shards.iter().enumerate() {
             for &(a, b) in &s.ranges {
                 if a > b || b as usize >= SLOTS {

@@ -79,6 +79,13 @@ fn cluster_shards_of_three_masters() {
     assert_eq!(m.master_of(16383).unwrap().addr.port, 7002);
     assert_eq!(m.shards()[0].replicas[0].addr.to_string(), "10.0.0.4:7003");
     assert_eq!(m.shards()[0].slot_count(), 5461);
+    // Another node lists the shards in another order: the same map.
+    let Value::Array(mut entries) = reply else {
+        unreachable!()
+    };
+    entries.reverse();
+    let again = SlotMap::from_shards(&Value::Array(entries), &ctx(&AddressMap::default()));
+    assert_eq!(again.unwrap(), m);
 }
 
 #[test]
