@@ -335,19 +335,29 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<RedisUrl> {
+    // A side may list several nodes of a cluster (`redis://a:7000,b:7001`).
+    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<Vec<RedisUrl>> {
         let text = v
             .as_deref()
             .with_context(|| format!("{flag} is required"))?;
-        let url = RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?;
-        check_tls(&url, "tls")?;
-        Ok(url)
+        let seeds = RedisUrl::parse_seeds(text, &tls).with_context(|| flag.to_string())?;
+        for url in &seeds {
+            check_tls(url, "tls")?;
+        }
+        Ok(seeds)
     };
     let none = config::TlsOptions::default();
-    let mut opts = VerifyOptions::new(
-        url(&args.source, "--source", args.source_tls.over(&none))?,
-        url(&args.target, "--target", args.target_tls.over(&none))?,
-    );
+    let source = url(&args.source, "--source", args.source_tls.over(&none))?;
+    let target = url(&args.target, "--target", args.target_tls.over(&none))?;
+    let mut opts = VerifyOptions::new(source[0].clone(), target[0].clone());
+    let side = |seeds: Vec<RedisUrl>| {
+        (seeds.len() > 1).then(|| crate::cluster::SideSpec {
+            seeds,
+            address_map: Default::default(),
+        })
+    };
+    opts.source_side = side(source);
+    opts.target_side = side(target);
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
         &args.include_prefix,

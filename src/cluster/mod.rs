@@ -29,5 +29,5 @@ pub mod value;
 pub use map::{AddressMap, MapError, Node, NodeAddr, Shard, SlotMap};
 pub use redirect::Redirect;
 pub use side::{Side, SideError, SideSpec};
-pub use slot::{SLOTS, Slot, slot};
+pub use slot::{SLOTS, Slot, SlotSet, slot};
 pub use topology::{Topology, TopologyError};

@@ -60,6 +60,60 @@ pub fn tag_for(slot: Slot) -> u32 {
     tags[slot as usize % SLOTS]
 }
 
+/// A set of slots (a 16384-bit bitmap): the slots a node serves, or a pair of nodes shares.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SlotSet(Box<[u64; SLOTS / 64]>);
+
+impl std::fmt::Debug for SlotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotSet({} slots)", self.len())
+    }
+}
+
+impl SlotSet {
+    /// No slot.
+    pub fn empty() -> SlotSet {
+        SlotSet(Box::new([0; SLOTS / 64]))
+    }
+
+    /// Every slot in the inclusive `ranges`.
+    pub fn from_ranges(ranges: &[(Slot, Slot)]) -> SlotSet {
+        let mut s = SlotSet::empty();
+        for &(a, b) in ranges {
+            for x in a..=b.min(SLOTS as Slot - 1) {
+                s.0[x as usize / 64] |= 1 << (x % 64);
+            }
+        }
+        s
+    }
+
+    pub fn contains(&self, slot: Slot) -> bool {
+        (slot as usize) < SLOTS && self.0[slot as usize / 64] & (1 << (slot % 64)) != 0
+    }
+
+    /// True when `key`'s slot is in the set.
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.contains(self::slot(key))
+    }
+
+    /// The slots in both sets.
+    pub fn intersection(&self, other: &SlotSet) -> SlotSet {
+        let mut s = SlotSet::empty();
+        for (i, w) in s.0.iter_mut().enumerate() {
+            *w = self.0[i] & other.0[i];
+        }
+        s
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +134,18 @@ mod tests {
         assert_eq!(hash_part(b"{"), b"{");
         assert_eq!(hash_part(b"}{"), b"}{");
         assert_eq!(hash_part(b"a{b"), b"a{b");
+    }
+
+    #[test]
+    fn slot_sets() {
+        let a = SlotSet::from_ranges(&[(0, 99), (16000, 16383)]);
+        let b = SlotSet::from_ranges(&[(50, 16100)]);
+        assert_eq!(a.len(), 484);
+        assert!(a.contains(0) && a.contains(16383) && !a.contains(100));
+        let both = a.intersection(&b);
+        assert_eq!(both.len(), 50 + 101);
+        assert!(SlotSet::from_ranges(&[(1, 0)]).is_empty());
+        assert!(a.contains_key(b"foo") == a.contains(12182));
     }
 
     #[test]
