@@ -347,7 +347,9 @@ impl RedisUrl {
         let mut seeds = Vec::new();
         for host in hosts.split(',') {
             if host.trim().is_empty() {
-                return Err(err("an empty node in the list of nodes (host:port,host:port)"));
+                return Err(err(
+                    "an empty node in the list of nodes (host:port,host:port)",
+                ));
             }
             let mut one = format!("{scheme}://");
             if let Some(u) = userinfo {
@@ -614,9 +616,11 @@ mod tests {
     #[test]
     fn parses_a_list_of_seed_nodes() {
         let none = TlsOptions::default();
-        let seeds =
-            RedisUrl::parse_seeds("rediss://app:p%2Cw@n1:7000,n2:7001,[::1]:7002#insecure", &none)
-                .unwrap();
+        let seeds = RedisUrl::parse_seeds(
+            "rediss://app:p%2Cw@n1:7000,n2:7001,[::1]:7002#insecure",
+            &none,
+        )
+        .unwrap();
         assert_eq!(seeds.len(), 3);
         assert_eq!(seeds[0].addr(), "n1:7000");
         assert_eq!(seeds[1].addr(), "n2:7001");
@@ -645,8 +649,17 @@ mod tests {
             ..TlsOptions::default()
         };
         let seeds = RedisUrl::parse_seeds("redis://a:1,b:2/0", &tls).unwrap();
-        assert!(seeds.iter().all(|s| s.tls.as_ref().unwrap().server_name.as_deref() == Some("x")));
-        for bad in ["redis://a:1,,b:2", "redis://a:1,a:1", "redis://a:1,b:x", "redis://a:1,"] {
+        assert!(
+            seeds
+                .iter()
+                .all(|s| s.tls.as_ref().unwrap().server_name.as_deref() == Some("x"))
+        );
+        for bad in [
+            "redis://a:1,,b:2",
+            "redis://a:1,a:1",
+            "redis://a:1,b:x",
+            "redis://a:1,",
+        ] {
             assert!(RedisUrl::parse_seeds(bad, &none).is_err(), "{bad}");
         }
         // A password never shows in the error of a bad list.

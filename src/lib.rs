@@ -4,8 +4,8 @@
 
 pub mod admin;
 pub mod cli;
-pub mod cluster;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod cutover;

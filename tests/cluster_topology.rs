@@ -50,8 +50,9 @@ fn check_map(version: Version, masters: usize) {
     }
     assert_eq!(side.masters().len(), masters);
     // 6.2 has no CLUSTER SHARDS: the map came from CLUSTER SLOTS.
-    let shards: redis::RedisResult<redis::Value> =
-        redis::cmd("CLUSTER").arg("SHARDS").query(&mut c.nodes[0].conn());
+    let shards: redis::RedisResult<redis::Value> = redis::cmd("CLUSTER")
+        .arg("SHARDS")
+        .query(&mut c.nodes[0].conn());
     assert_eq!(shards.is_err(), version == Version::Redis62, "{shards:?}");
 
     // slot() == CLUSTER KEYSLOT, for random keys with and without hash tags.

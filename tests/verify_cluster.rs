@@ -117,7 +117,11 @@ fn check(src: Side, tgt: Side, one_seed: (bool, bool)) {
     fill(&src);
     fill(&tgt);
     let r = verify(&src, &tgt, one_seed);
-    assert!(r.is_equal(), "identical data reported different: {:?}", kinds(&r));
+    assert!(
+        r.is_equal(),
+        "identical data reported different: {:?}",
+        kinds(&r)
+    );
     let checked: u64 = r.checked.values().sum();
     assert_eq!(checked, 640 + 60 + 10, "{:?}", r.checked);
     assert_eq!(r.source_keys, 710);
@@ -142,7 +146,11 @@ fn check(src: Side, tgt: Side, one_seed: (bool, bool)) {
     // The other direction finds the mirror image: the extra key is missing there.
     let r = verify(&tgt, &src, (one_seed.1, one_seed.0));
     let k = kinds(&r);
-    assert_eq!(k.get("extra:1").map(String::as_str), Some("missing"), "{k:?}");
+    assert_eq!(
+        k.get("extra:1").map(String::as_str),
+        Some("missing"),
+        "{k:?}"
+    );
     assert_eq!(k.get("k:5").map(String::as_str), Some("extra"), "{k:?}");
     assert_eq!(k.len(), 5, "{k:?}");
 }
@@ -179,7 +187,11 @@ fn a_source_db_other_than_0_into_a_cluster_is_refused() {
     let src = Server::start(Version::Redis70);
     let mut c = src.conn();
     let _: () = redis::cmd("SELECT").arg(2).query(&mut c).unwrap();
-    let _: () = redis::cmd("SET").arg("in-db2").arg("x").query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("in-db2")
+        .arg("x")
+        .query(&mut c)
+        .unwrap();
     let tgt = Side::Many(Cluster::start(Version::Redis70, 3, 0));
     let src = Side::One(src);
     let (su, _) = src.spec(true);

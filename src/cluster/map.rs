@@ -279,7 +279,11 @@ impl SlotMap {
                 let s = |k: &str| n.field(k).and_then(Value::as_str);
                 let plain = port_of(n.field("port"));
                 let tls = port_of(n.field("tls-port"));
-                let port = if ctx.tls { tls.or(plain) } else { plain.or(tls) };
+                let port = if ctx.tls {
+                    tls.or(plain)
+                } else {
+                    plain.or(tls)
+                };
                 let Some(port) = port else {
                     return Err(malformed("a node without a port"));
                 };
@@ -341,10 +345,9 @@ impl SlotMap {
         };
         let mut shards: Vec<Shard> = Vec::new();
         for e in entries {
-            let a = e
-                .as_array()
-                .filter(|a| a.len() >= 3)
-                .ok_or_else(|| malformed("a CLUSTER SLOTS entry shorter than [start, end, master]"))?;
+            let a = e.as_array().filter(|a| a.len() >= 3).ok_or_else(|| {
+                malformed("a CLUSTER SLOTS entry shorter than [start, end, master]")
+            })?;
             let range = (slot_of(&a[0])?, slot_of(&a[1])?);
             let master = node_of(&a[2])?;
             let same = |s: &Shard| {

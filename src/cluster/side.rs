@@ -131,14 +131,12 @@ impl SideSpec {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.map_or_else(
-            || TopologyError::NoNode {
+        Err(last
+            .unwrap_or_else(|| TopologyError::NoNode {
                 tried: String::new(),
                 last: "no node".into(),
-            },
-            |e| e,
-        )
-        .into())
+            })
+            .into())
     }
 }
 

@@ -54,15 +54,21 @@ impl TopologyError {
 }
 
 /// Sends `args` and decodes the reply (an error reply is `Value::Error`).
-pub fn call_value(client: &mut BlockingClient, args: &[&[u8]], node: &str) -> Result<Value, TopologyError> {
+pub fn call_value(
+    client: &mut BlockingClient,
+    args: &[&[u8]],
+    node: &str,
+) -> Result<Value, TopologyError> {
     let mut wire = Vec::new();
     crate::resp::request::encode_command(args, &mut wire);
     client.write(&wire)?;
     let raw = client.read_reply()?;
-    decode(&raw).map(|(v, _)| v).map_err(|e| TopologyError::Reply {
-        node: node.to_string(),
-        detail: e.to_string(),
-    })
+    decode(&raw)
+        .map(|(v, _)| v)
+        .map_err(|e| TopologyError::Reply {
+            node: node.to_string(),
+            detail: e.to_string(),
+        })
 }
 
 /// True when the server says `cluster_enabled:1` in `INFO cluster`.
@@ -166,7 +172,13 @@ impl Topology {
             let attempt = || -> Result<SlotMap, TopologyError> {
                 let endpoint = Endpoint::new(url)?;
                 let mut client = connect_blocking(&endpoint, timeout)?;
-                fetch_map(&mut client, &node, &url.host, url.tls.is_some(), address_map)
+                fetch_map(
+                    &mut client,
+                    &node,
+                    &url.host,
+                    url.tls.is_some(),
+                    address_map,
+                )
             };
             match attempt() {
                 Ok(map) if map.is_complete() => return Ok((map, node)),
@@ -278,8 +290,14 @@ mod tests {
     fn info_fields() {
         let info = b"# Cluster\r\ncluster_enabled:1\r\n";
         assert_eq!(info_field(info, "cluster_enabled"), Some("1"));
-        assert_eq!(info_field(b"# Cluster\r\ncluster_enabled:0\r\n", "cluster_enabled"), Some("0"));
+        assert_eq!(
+            info_field(b"# Cluster\r\ncluster_enabled:0\r\n", "cluster_enabled"),
+            Some("0")
+        );
         assert_eq!(info_field(b"", "cluster_enabled"), None);
-        assert_eq!(info_field(b"cluster_enabled_x:1\r\n", "cluster_enabled"), None);
+        assert_eq!(
+            info_field(b"cluster_enabled_x:1\r\n", "cluster_enabled"),
+            None
+        );
     }
 }

@@ -72,7 +72,11 @@ fn meet(a: &NodeOf, b: &NodeOf) -> bool {
     }
 }
 
-fn resolve(spec: &SideSpec, which: &'static str, opts: &VerifyOptions) -> Result<Side, VerifyError> {
+fn resolve(
+    spec: &SideSpec,
+    which: &'static str,
+    opts: &VerifyOptions,
+) -> Result<Side, VerifyError> {
     spec.resolve(opts.timeout)
         .map_err(|e| VerifyError::Invalid(format!("{which} {}: {e}", spec.describe())))
 }
@@ -105,7 +109,11 @@ pub(super) fn sides(opts: &VerifyOptions) -> Result<Option<(Side, Side)>, Verify
 
 /// The keyspace of a side: per db, keys (summed over the nodes) and whether any node has keys
 /// with a TTL there.
-fn keyspace(nodes: &[NodeOf], which: &'static str, opts: &VerifyOptions) -> Result<BTreeMap<u32, (u64, bool)>, VerifyError> {
+fn keyspace(
+    nodes: &[NodeOf],
+    which: &'static str,
+    opts: &VerifyOptions,
+) -> Result<BTreeMap<u32, (u64, bool)>, VerifyError> {
     let mut space: BTreeMap<u32, (u64, bool)> = BTreeMap::new();
     for n in nodes {
         let mut c = Conn::connect(&n.url, which, opts.timeout)?;
@@ -159,7 +167,8 @@ pub(super) fn run(
         slots: None,
         per_key: true,
     };
-    let has_ttls = |space: &BTreeMap<u32, (u64, bool)>, db: u32| space.get(&db).is_some_and(|e| e.1);
+    let has_ttls =
+        |space: &BTreeMap<u32, (u64, bool)>, db: u32| space.get(&db).is_some_and(|e| e.1);
     let done = AtomicBool::new(false);
     let (a, b) = std::thread::scope(|s| {
         let (base, pairs) = (&base, &pairs);
@@ -180,7 +189,14 @@ pub(super) fn run(
                         let Some(sdb) = sdb else { continue };
                         let ttls = (has_ttls(src_space, *sdb), has_ttls(tgt_space, *tdb));
                         let r = scan::source_pass(
-                            &mut sc, &mut tc, &mut scanner, *sdb, *tdb, ttls, &pass, progress,
+                            &mut sc,
+                            &mut tc,
+                            &mut scanner,
+                            *sdb,
+                            *tdb,
+                            ttls,
+                            &pass,
+                            progress,
                             &mut out,
                         );
                         if r.is_err() {
@@ -231,7 +247,12 @@ pub(super) fn run(
         if target == on_both || progress.stop.load(Ordering::Relaxed) {
             continue;
         }
-        tracing::debug!(tdb, ?on_both, ?target, "key sets differ: looking for extra keys");
+        tracing::debug!(
+            tdb,
+            ?on_both,
+            ?target,
+            "key sets differ: looking for extra keys"
+        );
         for tn in &tgt_nodes {
             let mut tc = Conn::connect(&tn.url, "target", opts.timeout)?;
             // No source db maps here: every key is extra, one walk per target node.
@@ -241,7 +262,11 @@ pub(super) fn run(
             };
             for sn in sources {
                 let pass = PassOpts {
-                    slots: if sdb.is_some() { sn.slots.clone() } else { None },
+                    slots: if sdb.is_some() {
+                        sn.slots.clone()
+                    } else {
+                        None
+                    },
                     ..base.clone()
                 };
                 let mut sc = Conn::connect(&sn.url, "source", opts.timeout)?;
@@ -310,8 +335,16 @@ impl Router<'_> {
         }
     }
 
-    fn conn(&mut self, which: &'static str, key: &[u8]) -> Result<(&'static str, String), VerifyError> {
-        let side = if which == "source" { &self.src } else { &self.tgt };
+    fn conn(
+        &mut self,
+        which: &'static str,
+        key: &[u8],
+    ) -> Result<(&'static str, String), VerifyError> {
+        let side = if which == "source" {
+            &self.src
+        } else {
+            &self.tgt
+        };
         let url = side.node_for_key(key).ok_or_else(|| {
             VerifyError::Invalid(format!(
                 "no {which} node serves the slot of {}",

@@ -20,7 +20,7 @@ use super::{Server, Version, free_port, tail, tool, wait_for};
 pub fn cluster_port() -> u16 {
     for _ in 0..2000 {
         let p = free_port();
-        if p < 1024 || p >= 55000 {
+        if !(1024..55000).contains(&p) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
@@ -48,7 +48,10 @@ pub struct Cluster {
 impl Cluster {
     /// `masters` masters with `replicas` replicas each, of `version`, joined and `ok`.
     pub fn start(version: Version, masters: usize, replicas: usize) -> Cluster {
-        assert!(masters >= 3, "redis-cli --cluster create needs 3 masters at least");
+        assert!(
+            masters >= 3,
+            "redis-cli --cluster create needs 3 masters at least"
+        );
         let total = masters * (1 + replicas);
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {

@@ -43,7 +43,6 @@ fn shard(ranges: &[(i64, i64)], nodes: Vec<Value>) -> Value {
     ])
 }
 
-
 fn ctx(map: &AddressMap) -> Context<'_> {
     Context {
         seed_host: "seed.example",
@@ -105,14 +104,20 @@ fn hostnames_tls_ports_and_the_address_map() {
         )],
     )]);
     let m = SlotMap::from_shards(&reply, &ctx(&AddressMap::default())).unwrap();
-    assert_eq!(m.master_of(7).unwrap().addr.to_string(), "node-a.internal:7000");
+    assert_eq!(
+        m.master_of(7).unwrap().addr.to_string(),
+        "node-a.internal:7000"
+    );
     let none = AddressMap::default();
     let tls = Context {
         tls: true,
         ..ctx(&none)
     };
     let m = SlotMap::from_shards(&reply, &tls).unwrap();
-    assert_eq!(m.master_of(7).unwrap().addr.to_string(), "node-a.internal:8000");
+    assert_eq!(
+        m.master_of(7).unwrap().addr.to_string(),
+        "node-a.internal:8000"
+    );
     // An entry for the announced ip (not the preferred endpoint) still applies.
     let map = AddressMap::parse(&BTreeMap::from([(
         "127.0.0.1:7000".to_string(),
@@ -129,16 +134,13 @@ fn hostnames_tls_ports_and_the_address_map() {
 fn unknown_endpoint_is_the_seed_host() {
     let reply = Value::Array(vec![shard(
         &[(0, 16383)],
-        vec![shard_node(
-            "a",
-            "",
-            7000,
-            "master",
-            &[("endpoint", s("?"))],
-        )],
+        vec![shard_node("a", "", 7000, "master", &[("endpoint", s("?"))])],
     )]);
     let m = SlotMap::from_shards(&reply, &ctx(&AddressMap::default())).unwrap();
-    assert_eq!(m.master_of(0).unwrap().addr.to_string(), "seed.example:7000");
+    assert_eq!(
+        m.master_of(0).unwrap().addr.to_string(),
+        "seed.example:7000"
+    );
 }
 
 #[test]
