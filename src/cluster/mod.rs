@@ -16,6 +16,8 @@
 //!   Pure.
 //! * `topology.rs`: detection (`INFO cluster`), reading and refreshing the map over `client::`.
 //! * `side.rs`: what a side is (one server or a cluster), built from its URL(s).
+//! * `writer.rs`: single-slot transactions into a cluster, following `MOVED`/`ASK`/`TRYAGAIN`
+//!   (the target writer's primitive for a cluster target).
 //!
 //! The pure parts are property-tested: they never panic on any input.
 
@@ -25,9 +27,11 @@ pub mod side;
 pub mod slot;
 pub mod topology;
 pub mod value;
+pub mod writer;
 
 pub use map::{AddressMap, MapError, Node, NodeAddr, Shard, SlotMap};
 pub use redirect::Redirect;
 pub use side::{Side, SideError, SideSpec};
 pub use slot::{SLOTS, Slot, SlotSet, slot};
 pub use topology::{Topology, TopologyError};
+pub use writer::{ClusterWriter, SlotTxn, WriterError};
