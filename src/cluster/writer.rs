@@ -14,9 +14,17 @@
 //!   then hands the slot over, so this ends; past the deadline it is an error with the reason.
 //! * `CLUSTERDOWN` → pause, fresh map, again.
 //!
+//! * A node that cannot be reached (failover, restart) → pause, fresh map, again: nothing
+//!   was sent.
+//! * A connection lost after a transaction was written leaves its outcome unknown. A
+//!   transaction that names its **check** (`SlotTxn::check`: a key it sets and the value it
+//!   sets it to — the slot's position key and this batch's position) is resolved by reading
+//!   that key on the slot's master once reachable again: equal → it applied
+//!   ([`TxnResult::AppliedUnseen`]), otherwise it is sent again. Without a check the outcome
+//!   is an error naming the slots.
+//!
 //! Any other refusal (at queue time or inside `EXEC`) is the caller's business: the reply is
-//! handed back. A connection lost after `EXEC` was written leaves the outcome unknown: the
-//! error names the slots, and the caller reads their position keys to learn what applied.
+//! handed back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -33,11 +41,20 @@ use crate::resp::request::encode_command;
 pub struct SlotTxn {
     pub slot: Slot,
     pub cmds: Vec<Vec<Vec<u8>>>,
+    /// `(key, value)`: the transaction applied iff `GET key` is `value` afterwards (the slot's
+    /// position key and this batch's position, unique per batch). Resolves a lost connection.
+    pub check: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// What became of a transaction: `EXEC`'s reply (raw bytes: an array, or an error reply for a
-/// refusal that is not a redirect).
-pub type TxnReply = Vec<u8>;
+/// What became of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnResult {
+    /// `EXEC`'s reply (raw bytes: an array, or an error reply for a refusal that is not a
+    /// redirect).
+    Exec(Vec<u8>),
+    /// Applied, but its reply was lost with the connection (found by its check).
+    AppliedUnseen,
+}
 
 /// Why transactions could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +67,10 @@ pub enum WriterError {
     Unknown {
         node: String,
         slots: Vec<Slot>,
-        cause: ClientError,
+        cause: String,
     },
     #[error(transparent)]
-    Connect(ClientError),
+    Connect(Box<ClientError>),
     #[error(
         "slot {slot} did not settle on one node within {waited:?} (last answer: {last}): a migration of the target cluster is stuck? check with redis-cli --cluster check"
     )]
@@ -69,19 +86,29 @@ pub enum WriterError {
 /// Writes single-slot transactions into a cluster, following its redirects.
 pub struct ClusterWriter {
     topo: Topology,
-    conns: HashMap<NodeAddr, BlockingClient>,
+    /// A connection per node, with its `CLIENT ID`.
+    conns: HashMap<NodeAddr, (BlockingClient, i64)>,
+    /// Connections lost with transactions written: killed on their node (`CLIENT KILL ID`)
+    /// before any check is read, so a transaction still in the server's input buffer cannot
+    /// apply after its check said it did not.
+    orphans: Vec<(NodeAddr, i64)>,
     timeout: Duration,
     /// How long a slot may stay unsettled (migrating, cluster down) before `apply` fails.
     pub settle_limit: Duration,
     /// Redirects followed so far (`MOVED`, `ASK`/`TRYAGAIN`), for metrics and tests.
     pub moved: u64,
     pub waited: u64,
+    /// Transactions whose connection was lost after they were written, and resolved by their
+    /// check.
+    pub resolved: u64,
 }
 
 enum Outcome {
-    Done(TxnReply),
+    Done(TxnResult),
     Moved,
     Wait(String),
+    /// Written, then the connection was lost before its reply.
+    Lost(ClientError),
 }
 
 impl ClusterWriter {
@@ -89,10 +116,12 @@ impl ClusterWriter {
         ClusterWriter {
             topo,
             conns: HashMap::new(),
+            orphans: Vec::new(),
             timeout,
             settle_limit: Duration::from_secs(30),
             moved: 0,
             waited: 0,
+            resolved: 0,
         }
     }
 
@@ -104,17 +133,56 @@ impl ClusterWriter {
     fn conn(&mut self, addr: &NodeAddr) -> Result<&mut BlockingClient, WriterError> {
         if !self.conns.contains_key(addr) {
             let url = self.topo.url_at(addr);
-            let endpoint = Endpoint::new(&url).map_err(WriterError::Connect)?;
-            let c = connect_blocking(&endpoint, self.timeout).map_err(WriterError::Connect)?;
-            self.conns.insert(addr.clone(), c);
+            let endpoint = Endpoint::new(&url).map_err(|e| WriterError::Connect(Box::new(e)))?;
+            let mut c = connect_blocking(&endpoint, self.timeout).map_err(|e| WriterError::Connect(Box::new(e)))?;
+            let id = c.call(&[b"CLIENT", b"ID"]).map_err(|e| WriterError::Connect(Box::new(e)))?;
+            let id = std::str::from_utf8(id.get(1..id.len().saturating_sub(2)).unwrap_or(b""))
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1);
+            self.conns.insert(addr.clone(), (c, id));
         }
-        Ok(self.conns.get_mut(addr).expect("inserted"))
+        Ok(&mut self.conns.get_mut(addr).expect("inserted").0)
+    }
+
+    /// Kills the lost connections still known to their nodes (a node that cannot be reached
+    /// is not serving the slots any more, or will be asked again next round).
+    fn kill_orphans(&mut self) -> bool {
+        let mut left = Vec::new();
+        for (addr, id) in std::mem::take(&mut self.orphans) {
+            let id_text = id.to_string();
+            let killed = self.conn(&addr).and_then(|c| {
+                c.call(&[b"CLIENT", b"KILL", b"ID", id_text.as_bytes()])
+                    .map(|_| ())
+                    .or_else(|e| match e {
+                        // Gone already: what it had sent was applied or dropped.
+                        ClientError::Refused { .. } => Ok(()),
+                        e => Err(WriterError::Connect(Box::new(e))),
+                    })
+            });
+            if killed.is_err() {
+                self.conns.remove(&addr);
+                if self
+                    .topo
+                    .map()
+                    .shards()
+                    .iter()
+                    .any(|s| s.master.addr == addr)
+                {
+                    left.push((addr, id));
+                }
+            }
+        }
+        self.orphans = left;
+        self.orphans.is_empty()
     }
 
     /// Applies every transaction, each atomically on the master of its slot; returns `EXEC`'s
     /// reply per transaction, in order. Transactions of one slot keep their order.
-    pub fn apply(&mut self, txns: &[SlotTxn]) -> Result<Vec<TxnReply>, WriterError> {
-        let mut results: Vec<Option<TxnReply>> = vec![None; txns.len()];
+    pub fn apply(&mut self, txns: &[SlotTxn]) -> Result<Vec<TxnResult>, WriterError> {
+        let mut results: Vec<Option<TxnResult>> = vec![None; txns.len()];
+        // Transactions written on a connection that was lost before their reply.
+        let mut unsure: Vec<usize> = Vec::new();
         let started = Instant::now();
         let mut pause = Duration::from_millis(5);
         loop {
@@ -125,7 +193,7 @@ impl ClusterWriter {
             let mut per_node: BTreeMap<NodeAddr, Vec<usize>> = BTreeMap::new();
             let mut taken: HashSet<Slot> = HashSet::new();
             for (i, t) in txns.iter().enumerate() {
-                if results[i].is_some() || !taken.insert(t.slot) {
+                if results[i].is_some() || unsure.contains(&i) || !taken.insert(t.slot) {
                     continue;
                 }
                 let node = self
@@ -135,7 +203,7 @@ impl ClusterWriter {
                     .ok_or(WriterError::Unserved(t.slot))?;
                 per_node.entry(node.addr.clone()).or_default().push(i);
             }
-            if per_node.is_empty() {
+            if per_node.is_empty() && unsure.is_empty() {
                 return Ok(results.into_iter().map(|r| r.expect("done")).collect());
             }
             let (mut refresh, mut wait) = (false, None::<(Slot, String)>);
@@ -156,9 +224,48 @@ impl ClusterWriter {
                             self.waited += 1;
                             wait.get_or_insert((txns[*i].slot, why));
                         }
+                        Outcome::Lost(cause) => {
+                            if txns[*i].check.is_none() {
+                                return Err(WriterError::Unknown {
+                                    node: addr.to_string(),
+                                    slots: vec![txns[*i].slot],
+                                    cause: cause.to_string(),
+                                });
+                            }
+                            unsure.push(*i);
+                            refresh = true;
+                        }
                     }
                 }
             }
+            // Resolve the lost ones by their checks, on the slot's master now, once their
+            // connections are dead on the server too.
+            let mut still = Vec::new();
+            let orphans_gone = self.kill_orphans();
+            for i in std::mem::take(&mut unsure) {
+                if !orphans_gone {
+                    wait.get_or_insert((
+                        txns[i].slot,
+                        "a lost connection is still open on its node".into(),
+                    ));
+                    still.push(i);
+                    continue;
+                }
+                match self.check(&txns[i]) {
+                    Ok(true) => {
+                        self.resolved += 1;
+                        results[i] = Some(TxnResult::AppliedUnseen);
+                        progressed = true;
+                    }
+                    // Not applied: sent again in the next round.
+                    Ok(false) => self.resolved += 1,
+                    Err(why) => {
+                        wait.get_or_insert((txns[i].slot, why));
+                        still.push(i);
+                    }
+                }
+            }
+            unsure = still;
             if progressed {
                 pause = Duration::from_millis(5);
                 if wait.is_none() && !refresh {
@@ -189,7 +296,41 @@ impl ClusterWriter {
         }
     }
 
-    /// Writes the transactions `idx` to `addr` in one pipeline and reads their outcomes.
+    /// Reads a transaction's check on its slot's master: `Ok(true)` applied, `Ok(false)` not,
+    /// `Err` the master cannot be asked now.
+    fn check(&mut self, txn: &SlotTxn) -> Result<bool, String> {
+        let (key, value) = txn.check.as_ref().expect("only checked transactions");
+        let Some(node) = self.topo.map().master_of(txn.slot) else {
+            return Err(format!("slot {} unserved", txn.slot));
+        };
+        let addr = node.addr.clone();
+        let conn = self.conn(&addr).map_err(|e| e.to_string())?;
+        let mut wire = Vec::new();
+        encode_command(&[&b"GET"[..], key], &mut wire);
+        let reply = conn.write(&wire).and_then(|_| conn.read_reply());
+        match reply {
+            Ok(r) if r.first() == Some(&b'-') => {
+                // MOVED/ASK: the map is old; the next round refreshes it.
+                Err(String::from_utf8_lossy(&r).trim_end().to_string())
+            }
+            Ok(r) => {
+                let mut want = format!("${}\r\n", value.len()).into_bytes();
+                want.extend_from_slice(value);
+                want.extend_from_slice(b"\r\n");
+                Ok(r == want)
+            }
+            Err(e) => {
+                if let Some((_, id)) = self.conns.remove(&addr) {
+                    self.orphans.push((addr, id));
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Writes the transactions `idx` to `addr` in one pipeline and reads their outcomes. A
+    /// node that cannot be reached makes every one `Wait` (nothing was sent); a connection
+    /// lost midway makes the unread ones `Lost`.
     fn send_node(
         &mut self,
         addr: &NodeAddr,
@@ -205,17 +346,17 @@ impl ClusterWriter {
             }
             encode_command(&[b"EXEC"], &mut wire);
         }
-        let slots: Vec<Slot> = idx.iter().map(|&i| txns[i].slot).collect();
-        let node = addr.to_string();
-        let lost = |cause| WriterError::Unknown {
-            node: node.clone(),
-            slots: slots.clone(),
-            cause,
+        let conn = match self.conn(addr) {
+            Ok(c) => c,
+            Err(WriterError::Connect(e)) if e.retryable() => {
+                let why = format!("{addr} unreachable: {e}");
+                return Ok(idx.iter().map(|_| Outcome::Wait(why.clone())).collect());
+            }
+            Err(e) => return Err(e),
         };
-        let conn = self.conn(addr)?;
-        let r = (|| -> Result<Vec<Outcome>, ClientError> {
+        let mut out = Vec::with_capacity(idx.len());
+        let r = (|| -> Result<(), ClientError> {
             conn.write(&wire)?;
-            let mut out = Vec::with_capacity(idx.len());
             for &i in idx {
                 let _multi = conn.read_reply()?;
                 let mut redirect: Option<Redirect> = None;
@@ -231,19 +372,30 @@ impl ClusterWriter {
                     redirect = Redirect::parse(&exec);
                 }
                 out.push(match redirect {
-                    None => Outcome::Done(exec),
+                    None => Outcome::Done(TxnResult::Exec(exec)),
                     Some(Redirect::Moved { .. }) => Outcome::Moved,
                     Some(r) => Outcome::Wait(format!("{r:?}")),
                 });
             }
-            Ok(out)
+            Ok(())
         })();
-        match r {
-            Ok(out) => Ok(out),
-            Err(e) => {
-                self.conns.remove(addr);
-                Err(lost(e))
+        if let Err(e) = r {
+            if let Some((_, id)) = self.conns.remove(addr) {
+                self.orphans.push((addr.clone(), id));
+            }
+            tracing::debug!(node = %addr, error = %e, "connection to a cluster node lost");
+            while out.len() < idx.len() {
+                out.push(Outcome::Lost(clone_error(&e)));
             }
         }
+        Ok(out)
+    }
+}
+
+/// `ClientError` is not `Clone` (it holds `io::Error`s): the same message, as a protocol error.
+fn clone_error(e: &ClientError) -> ClientError {
+    ClientError::Protocol {
+        endpoint: String::new(),
+        detail: e.to_string(),
     }
 }
