@@ -134,8 +134,11 @@ impl ClusterWriter {
         if !self.conns.contains_key(addr) {
             let url = self.topo.url_at(addr);
             let endpoint = Endpoint::new(&url).map_err(|e| WriterError::Connect(Box::new(e)))?;
-            let mut c = connect_blocking(&endpoint, self.timeout).map_err(|e| WriterError::Connect(Box::new(e)))?;
-            let id = c.call(&[b"CLIENT", b"ID"]).map_err(|e| WriterError::Connect(Box::new(e)))?;
+            let mut c = connect_blocking(&endpoint, self.timeout)
+                .map_err(|e| WriterError::Connect(Box::new(e)))?;
+            let id = c
+                .call(&[b"CLIENT", b"ID"])
+                .map_err(|e| WriterError::Connect(Box::new(e)))?;
             let id = std::str::from_utf8(id.get(1..id.len().saturating_sub(2)).unwrap_or(b""))
                 .ok()
                 .and_then(|s| s.parse().ok())
