@@ -201,3 +201,68 @@ fn a_source_db_other_than_0_into_a_cluster_is_refused() {
     let e = verify::run(&o, &Arc::new(Progress::default())).unwrap_err();
     assert!(e.to_string().contains("--db-map 2:0"), "{e}");
 }
+
+/// The CLI with a list of seed nodes: exit 0 when equal, 1 with a JSON line per difference,
+/// and a list of nodes that are not a cluster refused (exit 2) with the reason.
+#[test]
+fn cli_with_seed_lists() {
+    let src = Side::Many(Cluster::start(Version::Redis70, 3, 0));
+    let tgt = Server::start(Version::Redis70);
+    fill(&src);
+    let tgt = Side::One(tgt);
+    fill(&tgt);
+    let Side::Many(c) = &src else { unreachable!() };
+    let Side::One(t) = &tgt else { unreachable!() };
+    let (su, tu) = (c.seeds_url(), t.url());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--source",
+            &su,
+            "--target",
+            &tu,
+            "--rounds",
+            "1",
+            "--interval",
+            "50ms",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run cutover")
+    };
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tgt.cmd(&["DEL", "{user1}:name:1"]);
+    let out = run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("{user1}:name:1") && stdout.contains("missing"),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+
+    let other = Server::start(Version::Redis70);
+    let two = format!("redis://{},{}", t.addr(), other.addr());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["verify", "--source", &su, "--target", &two])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cutover");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a cluster node"), "{err}");
+}
