@@ -48,6 +48,17 @@ pub struct Cluster {
 impl Cluster {
     /// `masters` masters with `replicas` replicas each, of `version`, joined and `ok`.
     pub fn start(version: Version, masters: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(version, masters, replicas, &mut Vec::new)
+    }
+
+    /// [`Cluster::start`] with extra server arguments for each node (`extra` is called once
+    /// per node: a TLS port each, say). Nodes are joined through their plain ports.
+    pub fn start_with(
+        version: Version,
+        masters: usize,
+        replicas: usize,
+        extra: &mut dyn FnMut() -> Vec<String>,
+    ) -> Cluster {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs 3 masters at least"
@@ -56,21 +67,20 @@ impl Cluster {
         let mut nodes = Vec::with_capacity(total);
         for _ in 0..total {
             let port = cluster_port();
-            nodes.push(Server::start_on_port(
-                version,
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "3000",
-                    // A test cluster with a node down still answers for the other slots.
-                    "--cluster-require-full-coverage",
-                    "no",
-                ],
-            ));
+            let more = extra();
+            let mut args: Vec<&str> = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "3000",
+                // A test cluster with a node down still answers for the other slots.
+                "--cluster-require-full-coverage",
+                "no",
+            ];
+            args.extend(more.iter().map(String::as_str));
+            nodes.push(Server::start_on_port(version, port, &args));
         }
         let addrs: Vec<String> = nodes.iter().map(Server::addr).collect();
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
