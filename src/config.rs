@@ -292,7 +292,7 @@ impl RedisUrl {
         }
         if host.contains(',') || port.contains(',') {
             return Err(err(
-                "lists several nodes: only a side (--source, --target, [source] url) takes a list of cluster nodes",
+                "lists several nodes (a cluster's seed nodes): `cutover verify` takes such a list; here give one node",
             ));
         }
         let port: u16 = port.parse().map_err(|_| err("port is not a number"))?;

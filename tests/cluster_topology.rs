@@ -176,3 +176,35 @@ fn detection_seeds_and_refusals() {
     topo.refresh().unwrap();
     assert_eq!(&before, topo.map());
 }
+
+/// `cutover sync` refuses a cluster on either side (it would copy one node's slots), with
+/// the reason, before writing anything (exit 2); a standalone pair is not refused.
+#[test]
+fn sync_refuses_a_cluster_until_it_knows_clusters() {
+    let c = Cluster::start(Version::Redis70, 3, 0);
+    c.set_many(&[("k".into(), "v".into())]);
+    let plain = Server::start(Version::Redis70);
+    let run = |source: &str, target: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args([
+                "sync", "--source", source, "--target", target, "--once", "--quiet",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run cutover")
+    };
+    for (source, target, which) in [
+        (c.url(), plain.url(), "source"),
+        (plain.url(), c.url(), "target"),
+    ] {
+        let out = run(&source, &target);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("the {which}")) && err.contains("Redis Cluster"),
+            "{err}"
+        );
+    }
+    let n: i64 = redis::cmd("DBSIZE").query(&mut plain.conn()).unwrap();
+    assert_eq!(n, 0, "nothing was written");
+}

@@ -279,6 +279,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .context("--target")?;
     check_tls(&target, "target.tls")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    // A cluster on either side would be half copied (one node's slots): refused until the
+    // engine knows clusters.
+    crate::cluster::side::refuse_cluster("target", &target, "cutover sync", timeout)?;
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
         let opts = crate::sync::engine::RdbLoadOptions {
@@ -300,6 +303,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
         .context("--source")?;
     check_tls(&source, "source.tls")?;
+    crate::cluster::side::refuse_cluster("source", &source, "cutover sync", timeout)?;
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,

@@ -33,6 +33,14 @@ pub enum SideError {
     )]
     NotACluster { url: String, node: String },
     #[error(
+        "the {which} {url} is a Redis Cluster node (INFO cluster: cluster_enabled:1): {what} reaches one server per side for now, so only this node's slots would be copied; cluster sync is not built yet (`cutover verify` compares clusters)"
+    )]
+    ClusterNotSupported {
+        which: &'static str,
+        url: String,
+        what: &'static str,
+    },
+    #[error(
         "{url} names database {db}, but {node} is a cluster node and a cluster has only database 0: remove /{db} from the URL (map databases with [sync] db_map)"
     )]
     ClusterDb { url: String, node: String, db: u32 },
@@ -137,6 +145,32 @@ impl SideSpec {
                 last: "no node".into(),
             })
             .into())
+    }
+}
+
+/// Refuses a side that is a cluster node, for the commands that do not handle clusters yet
+/// (`what`: the command). A server that cannot be asked now passes (the command's own
+/// connection reports it, with its retries).
+pub fn refuse_cluster(
+    which: &'static str,
+    url: &RedisUrl,
+    what: &'static str,
+    timeout: Duration,
+) -> Result<(), SideError> {
+    let mut probe = url.clone();
+    probe.db = 0;
+    let node = url.to_string();
+    let cluster = Endpoint::new(&probe)
+        .map_err(TopologyError::from)
+        .and_then(|e| connect_blocking(&e, timeout).map_err(TopologyError::from))
+        .and_then(|mut c| is_cluster(&mut c, &node));
+    match cluster {
+        Ok(true) => Err(SideError::ClusterNotSupported {
+            which,
+            url: node,
+            what,
+        }),
+        _ => Ok(()),
     }
 }
 
