@@ -255,6 +255,35 @@ fn cli_with_seed_lists() {
     );
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
 
+    // The address map is applied: every node reached as localhost works; a node mapped to a
+    // dead port makes the verify fail to connect (exit 2).
+    tgt.cmd(&["SET", "{user1}:name:1", "u1"]);
+    let mut maps: Vec<String> = Vec::new();
+    for n in &c.nodes {
+        maps.push("--source-address-map".into());
+        maps.push(format!("{}=localhost:{}", n.addr(), n.port()));
+    }
+    let maps: Vec<&str> = maps.iter().map(String::as_str).collect();
+    let out = run(&maps);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dead = common::free_port();
+    let masters = c.master_ports();
+    let bad = format!("127.0.0.1:{}=127.0.0.1:{dead}", masters[0]);
+    let out = run(&["--source-address-map", &bad]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["--source-address-map", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2));
+
     let other = Server::start(Version::Redis70);
     let two = format!("redis://{},{}", t.addr(), other.addr());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))

@@ -354,14 +354,22 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let source = url(&args.source, "--source", args.source_tls.over(&none))?;
     let target = url(&args.target, "--target", args.target_tls.over(&none))?;
     let mut opts = VerifyOptions::new(source[0].clone(), target[0].clone());
-    let side = |seeds: Vec<RedisUrl>| {
-        (seeds.len() > 1).then(|| crate::cluster::SideSpec {
-            seeds,
-            address_map: Default::default(),
-        })
+    let side = |seeds: Vec<RedisUrl>, map: &[String], flag: &str| {
+        let mut pairs = std::collections::BTreeMap::new();
+        for m in map {
+            let (from, to) = m.split_once('=').with_context(|| {
+                format!("{flag} {m:?}: write ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT")
+            })?;
+            pairs.insert(from.to_string(), to.to_string());
+        }
+        let address_map = crate::cluster::AddressMap::parse(&pairs).context(flag.to_string())?;
+        anyhow::Ok(
+            (seeds.len() > 1 || !address_map.is_empty())
+                .then_some(crate::cluster::SideSpec { seeds, address_map }),
+        )
     };
-    opts.source_side = side(source);
-    opts.target_side = side(target);
+    opts.source_side = side(source, &args.source_address_map, "--source-address-map")?;
+    opts.target_side = side(target, &args.target_address_map, "--target-address-map")?;
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
         &args.include_prefix,
