@@ -199,7 +199,7 @@ fn a_source_db_other_than_0_into_a_cluster_is_refused() {
     let mut o = VerifyOptions::new(su, tu);
     o.target_side = ts;
     let e = verify::run(&o, &Arc::new(Progress::default())).unwrap_err();
-    assert!(e.to_string().contains("--db-map 2:0"), "{e}");
+    assert!(e.to_string().contains("--db-map 2=0"), "{e}");
 }
 
 /// The CLI with a list of seed nodes: exit 0 when equal, 1 with a JSON line per difference,

@@ -24,7 +24,7 @@
 //! The cost: a source node is scanned once per target node its slots meet (a 3 → 4 master
 //! verify scans each source master about twice); comparing, which dominates, is done once
 //! per key. A cluster has only database 0: a source db `n > 0` must be mapped to 0 for a
-//! cluster target (`--db-map n:0`), refused before anything is compared.
+//! cluster target (`--db-map n=0`), refused before anything is compared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -146,7 +146,7 @@ pub(super) fn run(
     if tgt.is_cluster() {
         if let Some((Some(s), t)) = pairs.iter().find(|(_, t)| *t != 0) {
             return Err(VerifyError::Invalid(format!(
-                "source db {s} holds keys but the target is a cluster, which has only db 0 (it would be compared with db {t}): map it with --db-map {s}:0, or filter it out"
+                "source db {s} holds keys but the target is a cluster, which has only db 0 (it would be compared with db {t}): map it with --db-map {s}=0, or filter it out"
             )));
         }
     }
