@@ -147,6 +147,11 @@ pub struct EndpointSection {
     /// `rediss://` does).
     #[serde(default)]
     pub tls: TlsOptions,
+    /// `[source.address_map]` / `[target.address_map]`: for a cluster side, the address each
+    /// node announces (`"host:port"`) → the address `cutover` reaches it at (NAT, containers,
+    /// clouds announcing private or `127.0.0.1` addresses). Read by `cluster::AddressMap`.
+    #[serde(default)]
+    pub address_map: std::collections::BTreeMap<String, String>,
 }
 
 /// TLS to one side (`[source.tls]`, `[target.tls]`, the `--source-tls-*` flags). Plain data:
@@ -295,6 +300,11 @@ impl RedisUrl {
         if host.is_empty() {
             return Err(err("missing host"));
         }
+        if host.contains(',') || port.contains(',') {
+            return Err(err(
+                "lists several nodes (a cluster's seed nodes): `cutover verify` takes such a list; here give one node",
+            ));
+        }
         let port: u16 = port.parse().map_err(|_| err("port is not a number"))?;
         let db_str = path.trim_end_matches('/');
         let db = if db_str.is_empty() {
@@ -315,6 +325,66 @@ impl RedisUrl {
                 ..TlsOptions::default()
             }),
         })
+    }
+
+    /// Parses a side's URL, which may list several nodes of a cluster (seeds):
+    /// `redis[s]://[user:pass@]host:port,host:port[/db][#insecure]`. Every node gets the same
+    /// credentials, database and TLS settings; one node gives a one-element list. A host may
+    /// be `[v6]:port`; an empty entry (`a:1,,b:2`) is an error.
+    pub fn parse_seeds(url: &str, options: &TlsOptions) -> Result<Vec<Self>, ConfigError> {
+        let err = |reason: &str| ConfigError::Url {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(vec![Self::parse_with_tls(url, options)?]);
+        };
+        let (body, fragment) = match rest.split_once('#') {
+            Some((b, f)) => (b, Some(f)),
+            None => (rest, None),
+        };
+        let (authority, path) = match body.find('/') {
+            Some(i) => (&body[..i], Some(&body[i + 1..])),
+            None => (body, None),
+        };
+        let (userinfo, hosts) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        if !hosts.contains(',') {
+            return Ok(vec![Self::parse_with_tls(url, options)?]);
+        }
+        let mut seeds = Vec::new();
+        for host in hosts.split(',') {
+            if host.trim().is_empty() {
+                return Err(err(
+                    "an empty node in the list of nodes (host:port,host:port)",
+                ));
+            }
+            let mut one = format!("{scheme}://");
+            if let Some(u) = userinfo {
+                one.push_str(u);
+                one.push('@');
+            }
+            one.push_str(host.trim());
+            if let Some(p) = path {
+                one.push('/');
+                one.push_str(p);
+            }
+            if let Some(f) = fragment {
+                one.push('#');
+                one.push_str(f);
+            }
+            let u = Self::parse_with_tls(&one, options).map_err(|e| match e {
+                ConfigError::Url { reason, .. } => err(&reason),
+                e => e,
+            })?;
+            if seeds.iter().any(|s: &RedisUrl| s.addr() == u.addr()) {
+                return Err(err(&format!("node {} is listed twice", u.addr())));
+            }
+            seeds.push(u);
+        }
+        Ok(seeds)
     }
 
     /// Parses `url` and applies the side's TLS options (`[side.tls]` overlaid by flags): any
@@ -552,6 +622,74 @@ pub fn check_admin_addr(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_a_list_of_seed_nodes() {
+        let none = TlsOptions::default();
+        let seeds = RedisUrl::parse_seeds(
+            "rediss://app:p%2Cw@n1:7000,n2:7001,[::1]:7002#insecure",
+            &none,
+        )
+        .unwrap();
+        assert_eq!(seeds.len(), 3);
+        assert_eq!(seeds[0].addr(), "n1:7000");
+        assert_eq!(seeds[1].addr(), "n2:7001");
+        assert_eq!(seeds[2].addr(), "[::1]:7002");
+        for s in &seeds {
+            assert_eq!(s.password.as_deref(), Some("p,w"));
+            assert_eq!(s.username.as_deref(), Some("app"));
+            assert!(s.tls_insecure());
+        }
+        // One node: exactly what `parse_with_tls` gives, every existing form included.
+        for one in [
+            "redis://h:1",
+            "redis://h",
+            "redis://:pw@h:1/3",
+            "rediss://u:p@[::1]:6380/0#insecure",
+            "redis://a,b@h:1",
+        ] {
+            assert_eq!(
+                RedisUrl::parse_seeds(one, &none).unwrap(),
+                vec![RedisUrl::parse_with_tls(one, &none).unwrap()],
+                "{one}"
+            );
+        }
+        let tls = TlsOptions {
+            server_name: Some("x".into()),
+            ..TlsOptions::default()
+        };
+        let seeds = RedisUrl::parse_seeds("redis://a:1,b:2/0", &tls).unwrap();
+        assert!(
+            seeds
+                .iter()
+                .all(|s| s.tls.as_ref().unwrap().server_name.as_deref() == Some("x"))
+        );
+        for bad in [
+            "redis://a:1,,b:2",
+            "redis://a:1,a:1",
+            "redis://a:1,b:x",
+            "redis://a:1,",
+        ] {
+            assert!(RedisUrl::parse_seeds(bad, &none).is_err(), "{bad}");
+        }
+        // A password never shows in the error of a bad list.
+        let e = RedisUrl::parse_seeds("redis://u:secret@a:1,b:x", &none).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        // A list where one node is expected says so.
+        let e = RedisUrl::parse("redis://a:1,b:2").unwrap_err();
+        assert!(e.to_string().contains("several nodes"), "{e}");
+    }
+
+    #[test]
+    fn address_map_in_the_file() {
+        let f = FileConfig::parse(
+            "[source]\nurl = \"redis://a:1,b:2\"\n[source.address_map]\n\"10.0.0.1:7000\" = \"127.0.0.1:17000\"\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(f.source.address_map["10.0.0.1:7000"], "127.0.0.1:17000");
+        assert!(f.target.address_map.is_empty());
+    }
 
     #[test]
     fn parses_full_url() {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod cutover;

@@ -194,6 +194,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     if let Some(target) = &settings.target {
+        // A cluster on either side would be half copied (one node's slots): refused until
+        // the engine knows clusters.
+        for (which, url) in [("source", &settings.source), ("target", target)] {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::cluster::side::refuse_cluster(
+                    which,
+                    &url,
+                    "the background sync of `cutover run`",
+                    Duration::from_secs(5),
+                )
+            })
+            .await
+            .context("cluster check")??;
+        }
         let forward_stop = links.as_ref().map_or_else(
             || Arc::new(AtomicBool::new(false)),
             |l| l.forward_stop.clone(),

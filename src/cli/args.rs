@@ -5,7 +5,8 @@ use super::*;
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// Source: redis://[user:pass@]host:port (every database with keys is compared; a /db in
-    /// the URL is ignored, see --db-map).
+    /// the URL is ignored, see --db-map). A cluster is found from any node; several nodes may
+    /// be listed: redis://host:port,host:port.
     #[arg(
         long = "source",
         env = "CUTOVER_SOURCE_URL",
@@ -24,6 +25,13 @@ pub struct VerifyArgs {
     /// Source db to target db, e.g. 0=1,2=2; unlisted dbs compare to the same number.
     #[arg(long = "db-map", default_value = "")]
     pub db_map: String,
+    /// A cluster source's nodes announce unreachable addresses: announced=reachable pairs,
+    /// e.g. 10.0.0.1:7000=127.0.0.1:17000 (repeatable).
+    #[arg(long = "source-address-map", value_name = "HOST:PORT=HOST:PORT")]
+    pub source_address_map: Vec<String>,
+    /// The same for a cluster target.
+    #[arg(long = "target-address-map", value_name = "HOST:PORT=HOST:PORT")]
+    pub target_address_map: Vec<String>,
     /// TTLs further apart than this differ (2s, 500ms, 1m).
     #[arg(long = "ttl-tolerance", default_value = "2s", value_parser = parse_duration_arg)]
     pub ttl_tolerance: Duration,

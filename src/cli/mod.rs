@@ -279,6 +279,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .context("--target")?;
     check_tls(&target, "target.tls")?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
+    // A cluster on either side would be half copied (one node's slots): refused until the
+    // engine knows clusters.
+    crate::cluster::side::refuse_cluster("target", &target, "cutover sync", timeout)?;
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
         let opts = crate::sync::engine::RdbLoadOptions {
@@ -300,6 +303,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
         .context("--source")?;
     check_tls(&source, "source.tls")?;
+    crate::cluster::side::refuse_cluster("source", &source, "cutover sync", timeout)?;
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,
@@ -335,19 +339,37 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<RedisUrl> {
+    // A side may list several nodes of a cluster (`redis://a:7000,b:7001`).
+    let url = |v: &Option<String>, flag: &str, tls| -> anyhow::Result<Vec<RedisUrl>> {
         let text = v
             .as_deref()
             .with_context(|| format!("{flag} is required"))?;
-        let url = RedisUrl::parse_with_tls(text, &tls).with_context(|| flag.to_string())?;
-        check_tls(&url, "tls")?;
-        Ok(url)
+        let seeds = RedisUrl::parse_seeds(text, &tls).with_context(|| flag.to_string())?;
+        for url in &seeds {
+            check_tls(url, "tls")?;
+        }
+        Ok(seeds)
     };
     let none = config::TlsOptions::default();
-    let mut opts = VerifyOptions::new(
-        url(&args.source, "--source", args.source_tls.over(&none))?,
-        url(&args.target, "--target", args.target_tls.over(&none))?,
-    );
+    let source = url(&args.source, "--source", args.source_tls.over(&none))?;
+    let target = url(&args.target, "--target", args.target_tls.over(&none))?;
+    let mut opts = VerifyOptions::new(source[0].clone(), target[0].clone());
+    let side = |seeds: Vec<RedisUrl>, map: &[String], flag: &str| {
+        let mut pairs = std::collections::BTreeMap::new();
+        for m in map {
+            let (from, to) = m.split_once('=').with_context(|| {
+                format!("{flag} {m:?}: write ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT")
+            })?;
+            pairs.insert(from.to_string(), to.to_string());
+        }
+        let address_map = crate::cluster::AddressMap::parse(&pairs).context(flag.to_string())?;
+        anyhow::Ok(
+            (seeds.len() > 1 || !address_map.is_empty())
+                .then_some(crate::cluster::SideSpec { seeds, address_map }),
+        )
+    };
+    opts.source_side = side(source, &args.source_address_map, "--source-address-map")?;
+    opts.target_side = side(target, &args.target_address_map, "--target-address-map")?;
     opts.db_map = filter::DbMap::parse(&args.db_map)?;
     opts.filter = filter::KeyFilter::new(
         &args.include_prefix,

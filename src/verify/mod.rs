@@ -51,6 +51,7 @@ pub mod compare;
 pub mod dump;
 pub mod filter;
 pub mod scan;
+mod topology;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -84,6 +85,11 @@ pub struct VerifyOptions {
     pub timeout: Duration,
     /// Print a progress line on stderr.
     pub progress: bool,
+    /// The sides as configured, when they may be clusters (several seed nodes, an address
+    /// map); `None`: the one server of `source` / `target`. Either way a side that turns out
+    /// to be a cluster node is verified across topologies (`topology.rs`).
+    pub source_side: Option<crate::cluster::SideSpec>,
+    pub target_side: Option<crate::cluster::SideSpec>,
 }
 
 impl VerifyOptions {
@@ -102,6 +108,8 @@ impl VerifyOptions {
             scan_count: 1000,
             timeout: Duration::from_secs(10),
             progress: false,
+            source_side: None,
+            target_side: None,
         }
     }
 }
@@ -310,6 +318,9 @@ fn has_field_ttls(conn: &mut Conn) -> Result<bool, VerifyError> {
 
 /// Runs a verify. `progress` is shared so a caller can watch (or stop) it.
 pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, VerifyError> {
+    if let Some((src, tgt)) = topology::sides(opts)? {
+        return topology::run(opts, src, tgt, progress);
+    }
     let started = Instant::now();
     let connect = |url: &RedisUrl, side| Conn::connect(url, side, opts.timeout);
     let mut src = connect(&opts.source, "source")?;
@@ -332,6 +343,8 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
         },
         filter: opts.filter.clone(),
         scan_count: opts.scan_count.max(10),
+        slots: None,
+        per_key: false,
     };
     let done = AtomicBool::new(false);
     let (a, b) = std::thread::scope(|s| {

@@ -15,6 +15,7 @@ pub mod links;
 pub mod moves;
 pub mod sides;
 pub mod faketime;
+pub mod cluster;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};

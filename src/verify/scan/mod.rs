@@ -129,6 +129,19 @@ pub struct PassOpts {
     pub filter: KeyFilter,
     /// `SCAN … COUNT`.
     pub scan_count: usize,
+    /// A cluster side: only the keys whose slot is in this set (the slots a pair of nodes
+    /// shares, see `verify::topology`); `None`: every key.
+    pub slots: Option<Arc<crate::cluster::SlotSet>>,
+    /// One key per multi-key command (`MGET k`, `EXISTS k`): a cluster refuses the keys of
+    /// several slots in one command (`CROSSSLOT`).
+    pub per_key: bool,
+}
+
+impl PassOpts {
+    /// True when `key` belongs to this pass's slots.
+    pub fn wants_slot(&self, key: &[u8]) -> bool {
+        self.slots.as_ref().is_none_or(|s| s.contains_key(key))
+    }
 }
 
 /// One page of `SCAN`: next cursor and keys.

@@ -32,7 +32,13 @@ pub fn source_pass(
 fn wanted(page: Vec<Reply>, opts: &PassOpts, sdb: u32, tdb: u32) -> Vec<Vec<u8>> {
     page.into_iter()
         .filter_map(|k| match k {
-            Reply::Bulk(k) if opts.filter.wants(sdb, &k) && opts.filter.wants(tdb, &k) => Some(k),
+            Reply::Bulk(k)
+                if opts.filter.wants(sdb, &k)
+                    && opts.filter.wants(tdb, &k)
+                    && opts.wants_slot(&k) =>
+            {
+                Some(k)
+            }
             _ => None,
         })
         .collect()
@@ -209,6 +215,16 @@ fn send_item(
 ) -> Result<(), VerifyError> {
     for (conn, ttl) in [(&mut *src, ctx.ttls.0), (&mut *tgt, ctx.ttls.1)] {
         match item {
+            Item::Strings(keys) if ctx.opts.per_key => {
+                for k in keys {
+                    conn.send(&[b"MGET", k])?;
+                }
+                if ttl {
+                    for k in keys {
+                        conn.send(&[b"PTTL", k])?;
+                    }
+                }
+            }
             Item::Strings(keys) => {
                 let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
                 args.push(b"MGET");
@@ -261,6 +277,19 @@ fn read_item(
     match item {
         Item::Strings(keys) => {
             let values = |conn: &mut Conn| -> Result<Vec<Reply>, VerifyError> {
+                if opts.per_key {
+                    let mut v = Vec::with_capacity(keys.len());
+                    for _ in &keys {
+                        match conn.recv()? {
+                            Reply::Array(mut a) if a.len() == 1 => v.push(a.remove(0)),
+                            Reply::Error(e) => return Err(conn.refused(&[b"MGET"], e)),
+                            other => {
+                                return Err(conn.proto(format!("MGET answered {}", other.show())));
+                            }
+                        }
+                    }
+                    return Ok(v);
+                }
                 match conn.recv()? {
                     Reply::Array(a) if a.len() == keys.len() => Ok(a),
                     Reply::Error(e) => Err(conn.refused(&[b"MGET"], e)),

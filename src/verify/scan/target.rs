@@ -28,7 +28,10 @@ pub fn target_digest(
         let mut n = 0u64;
         for k in page {
             if let Reply::Bulk(k) = k {
-                if opts.filter.wants(tdb, &k) && sdb.is_none_or(|s| opts.filter.wants(s, &k)) {
+                if opts.filter.wants(tdb, &k)
+                    && sdb.is_none_or(|s| opts.filter.wants(s, &k))
+                    && opts.wants_slot(&k)
+                {
                     digest.add(&k);
                     n += 1;
                 }
@@ -72,7 +75,8 @@ pub fn target_pass(
             .filter_map(|k| match k {
                 Reply::Bulk(k)
                     if opts.filter.wants(tdb, &k)
-                        && sdb.is_none_or(|s| opts.filter.wants(s, &k)) =>
+                        && sdb.is_none_or(|s| opts.filter.wants(s, &k))
+                        && opts.wants_slot(&k) =>
                 {
                     Some(k)
                 }
@@ -89,7 +93,12 @@ pub fn target_pass(
             Some(_) => {
                 let mut args: Vec<&[u8]> = vec![b"EXISTS"];
                 args.extend(keys.iter().map(Vec::as_slice));
-                let n = src.call(&args)?.as_int().unwrap_or(-1);
+                // One EXISTS per key on a cluster (keys of several slots: CROSSSLOT).
+                let n = if opts.per_key {
+                    -1
+                } else {
+                    src.call(&args)?.as_int().unwrap_or(-1)
+                };
                 if n == keys.len() as i64 {
                     Vec::new()
                 } else {

@@ -1,0 +1,314 @@
+//! `cluster::ClusterWriter` against a real cluster being resharded: single-slot transactions
+//! (`INCR` of a counter + the slot's position key, hash-tagged into the slot) applied in
+//! rounds while `redis-cli --cluster reshard` moves 1,000 slots (with their keys) from one
+//! master to another. Every counter ends equal to the number of rounds and every position key
+//! to the last round: no transaction lost, none applied twice, none split across two nodes,
+//! positions never behind their data. Then connections killed mid-pipeline (`CLIENT KILL`)
+//! and a `CLUSTER FAILOVER` of a master under the same load: each lost transaction is resolved
+//! by its check (the position key), never applied twice.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::Version;
+use common::cluster::{Cluster, run_cli};
+use cutover::cluster::slot::tag_for;
+use cutover::cluster::writer::TxnResult;
+use cutover::cluster::{ClusterWriter, SideSpec, SlotTxn, Topology};
+use cutover::config::TlsOptions;
+
+fn node_id(c: &Cluster, port: u16) -> String {
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query(&mut c.node(port).conn())
+        .expect("CLUSTER MYID")
+}
+
+fn reshard_under_load(version: Version) {
+    let c = Cluster::start(version, 3, 0);
+    let spec =
+        SideSpec::parse(&c.seeds_url(), &TlsOptions::default(), &Default::default()).unwrap();
+    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
+    let mut writer = ClusterWriter::new(topo, Duration::from_secs(5));
+    // 100 slots among the first 1,000 (the ones the reshard moves) and 50 spread everywhere.
+    let mut slots: Vec<u16> = (0..100).map(|i| i * 10).collect();
+    slots.extend((0..50u32).map(|i| ((i * 327 + 1500) % 16384) as u16));
+    slots.sort_unstable();
+    slots.dedup();
+    let keys: Vec<(u16, String, String)> = slots
+        .iter()
+        .map(|&s| {
+            let tag = tag_for(s);
+            (
+                s,
+                format!("{{{tag}}}:counter"),
+                format!("cutover:position:{{{tag}}}"),
+            )
+        })
+        .collect();
+
+    let ranges = c.slot_ranges();
+    let owner = |slot: i64| {
+        ranges
+            .iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .unwrap()
+            .2
+    };
+    let (from, to) = (node_id(&c, owner(0)), node_id(&c, owner(16383)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let seed = c.nodes[0].addr();
+    let resharder = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // Let a few rounds apply first.
+            std::thread::sleep(Duration::from_millis(300));
+            let args: Vec<String> = [
+                "--cluster",
+                "reshard",
+                &seed,
+                "--cluster-from",
+                &from,
+                "--cluster-to",
+                &to,
+                "--cluster-slots",
+                "1000",
+                "--cluster-yes",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let out = run_cli(&args, Duration::from_secs(180));
+            stop.store(true, Ordering::SeqCst);
+            out
+        })
+    };
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    let mut after_stop = 0;
+    while after_stop < 20 && rounds < 20_000 && started.elapsed() < Duration::from_secs(200) {
+        rounds += 1;
+        let txns: Vec<SlotTxn> = keys
+            .iter()
+            .map(|(s, counter, pos)| SlotTxn {
+                slot: *s,
+                cmds: vec![
+                    vec![b"INCR".to_vec(), counter.clone().into_bytes()],
+                    vec![
+                        b"SET".to_vec(),
+                        pos.clone().into_bytes(),
+                        rounds.to_string().into_bytes(),
+                    ],
+                ],
+                check: None,
+            })
+            .collect();
+        let replies = writer
+            .apply(&txns)
+            .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+        for (r, (_, counter, _)) in replies.iter().zip(&keys) {
+            let expect = format!("*2\r\n:{rounds}\r\n+OK\r\n");
+            assert_eq!(
+                r,
+                &TxnResult::Exec(expect.into_bytes()),
+                "{counter} in round {rounds}"
+            );
+        }
+        if stop.load(Ordering::SeqCst) {
+            after_stop += 1;
+        }
+    }
+    let (ok, out, err) = resharder.join().unwrap();
+    assert!(
+        ok,
+        "reshard failed:\n{}\n{}",
+        common::tail(&out, 3000),
+        common::tail(&err, 3000)
+    );
+    assert!(
+        after_stop >= 20,
+        "the writer stopped early: {rounds} rounds"
+    );
+    c.wait_ok(Duration::from_secs(30));
+    // The reshard happened while the writer ran, and it was redirected.
+    assert_eq!(
+        c.slot_ranges()
+            .iter()
+            .find(|r| r.0 <= 500 && 500 <= r.1)
+            .unwrap()
+            .2,
+        owner(16383)
+    );
+    assert!(
+        writer.moved > 0,
+        "no MOVED seen: the test did not exercise a reshard"
+    );
+    eprintln!(
+        "{rounds} rounds of {} transactions; MOVED {} times, waited {} times",
+        keys.len(),
+        writer.moved,
+        writer.waited
+    );
+    // Independent check, each key read from the master the servers name.
+    for (_, counter, pos) in &keys {
+        let n: u64 = redis::cmd("GET")
+            .arg(counter)
+            .query(&mut c.conn_for(counter.as_bytes()))
+            .unwrap();
+        assert_eq!(n, rounds, "{counter}");
+        let p: u64 = redis::cmd("GET")
+            .arg(pos)
+            .query(&mut c.conn_for(pos.as_bytes()))
+            .unwrap();
+        assert_eq!(p, rounds, "{pos}");
+    }
+}
+
+#[test]
+fn single_slot_transactions_survive_a_target_reshard_7_0() {
+    reshard_under_load(Version::Redis70);
+}
+
+#[test]
+fn single_slot_transactions_survive_a_target_reshard_valkey_9_1() {
+    reshard_under_load(Version::Valkey91);
+}
+
+/// The load of one round: `INCR` + position, with the position as the check.
+fn round(keys: &[(u16, String, String)], n: u64) -> Vec<SlotTxn> {
+    keys.iter()
+        .map(|(s, counter, pos)| SlotTxn {
+            slot: *s,
+            cmds: vec![
+                vec![b"INCR".to_vec(), counter.clone().into_bytes()],
+                vec![
+                    b"SET".to_vec(),
+                    pos.clone().into_bytes(),
+                    n.to_string().into_bytes(),
+                ],
+            ],
+            check: Some((pos.clone().into_bytes(), n.to_string().into_bytes())),
+        })
+        .collect()
+}
+
+#[test]
+fn lost_connections_and_a_failover_apply_exactly_once() {
+    let c = Cluster::start(Version::Redis70, 3, 1);
+    let spec = SideSpec::parse(&c.url(), &TlsOptions::default(), &Default::default()).unwrap();
+    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
+    let mut writer = ClusterWriter::new(topo, Duration::from_secs(5));
+    let keys: Vec<(u16, String, String)> = (0..120u32)
+        .map(|i| {
+            let s = ((i * 137) % 16384) as u16;
+            let tag = tag_for(s);
+            (
+                s,
+                format!("{{{tag}}}:counter"),
+                format!("cutover:position:{{{tag}}}"),
+            )
+        })
+        .collect();
+    let masters = c.master_ports();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Kill every normal connection of the masters (the writer's), every 30 ms, for 2 s.
+    let killer = {
+        let stop = Arc::clone(&stop);
+        let addrs: Vec<String> = masters.iter().map(|p| c.node(*p).url()).collect();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut kills = 0;
+            while started.elapsed() < Duration::from_secs(2) && !stop.load(Ordering::SeqCst) {
+                for a in &addrs {
+                    let mut k = common::connect(&redis::Client::open(a.as_str()).unwrap());
+                    let n: i64 = redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("TYPE")
+                        .arg("normal")
+                        .arg("SKIPME")
+                        .arg("yes")
+                        .query(&mut k)
+                        .unwrap();
+                    kills += n;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            kills
+        })
+    };
+    let mut rounds = 0u64;
+    let started = Instant::now();
+    while !killer.is_finished() && started.elapsed() < Duration::from_secs(30) {
+        rounds += 1;
+        writer
+            .apply(&round(&keys, rounds))
+            .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+    }
+    let kills = killer.join().unwrap();
+    assert!(kills > 0, "no connection was killed");
+    let resolved_by_kill = writer.resolved;
+
+    // A graceful failover of the master of the first key's slot, under the same load.
+    let ranges = c.slot_ranges();
+    let slot = keys[0].0 as i64;
+    let old = ranges
+        .iter()
+        .find(|r| r.0 <= slot && slot <= r.1)
+        .unwrap()
+        .2;
+    let replica = c
+        .nodes
+        .iter()
+        .find(|n| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut n.conn())
+                .unwrap();
+            info.contains(&format!("master_port:{old}\r"))
+        })
+        .expect("a replica of the master")
+        .port();
+    let failover = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let url = format!("redis://127.0.0.1:{replica}");
+        let mut r = common::connect(&redis::Client::open(url).unwrap());
+        let _: () = redis::cmd("CLUSTER").arg("FAILOVER").query(&mut r).unwrap();
+    });
+    let mut after = 0;
+    let started = Instant::now();
+    while after < 30 && started.elapsed() < Duration::from_secs(60) {
+        rounds += 1;
+        writer
+            .apply(&round(&keys, rounds))
+            .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+        if failover.is_finished() && c.master_ports().contains(&replica) {
+            after += 1;
+        }
+    }
+    failover.join().unwrap();
+    assert!(
+        c.master_ports().contains(&replica),
+        "the failover did not happen"
+    );
+    eprintln!(
+        "{rounds} rounds; {kills} connections killed; resolved by check {} ({} during the kills); MOVED {}, waited {}",
+        writer.resolved, resolved_by_kill, writer.moved, writer.waited
+    );
+    assert!(writer.moved > 0, "the failover did not redirect the writer");
+    c.wait_ok(Duration::from_secs(30));
+    for (_, counter, pos) in &keys {
+        let n: u64 = redis::cmd("GET")
+            .arg(counter)
+            .query(&mut c.conn_for(counter.as_bytes()))
+            .unwrap();
+        assert_eq!(n, rounds, "{counter}");
+        let p: u64 = redis::cmd("GET")
+            .arg(pos)
+            .query(&mut c.conn_for(pos.as_bytes()))
+            .unwrap();
+        assert_eq!(p, rounds, "{pos}");
+    }
+}
