@@ -11,11 +11,11 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod faketime;
 pub mod links;
 pub mod moves;
 pub mod sides;
-pub mod faketime;
-pub mod cluster;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
