@@ -295,3 +295,86 @@ fn cli_with_seed_lists() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a cluster node"), "{err}");
 }
+
+/// A verify while the target is resharded (`redis-cli --cluster reshard`, 1,000 slots) never
+/// reports a difference that is not there: each run is either equal or refused because slots
+/// kept moving; after the reshard it is equal.
+#[test]
+fn verify_during_a_target_reshard_is_equal_or_refused() {
+    let src = Side::One(Server::start(Version::Redis70));
+    let tgt = Cluster::start(Version::Redis70, 3, 0);
+    let pairs: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("r:{i}"), i.to_string()))
+        .collect();
+    src.set_many(&pairs);
+    tgt.set_many(&pairs);
+    let tgt = Side::Many(tgt);
+    let Side::Many(c) = &tgt else { unreachable!() };
+    let ranges = c.slot_ranges();
+    let owner = |slot: i64| {
+        ranges
+            .iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .unwrap()
+            .2
+    };
+    let id = |port: u16| -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut c.node(port).conn())
+            .unwrap()
+    };
+    let args: Vec<String> = [
+        "--cluster".to_string(),
+        "reshard".into(),
+        c.nodes[0].addr(),
+        "--cluster-from".into(),
+        id(owner(0)),
+        "--cluster-to".into(),
+        id(owner(16383)),
+        "--cluster-slots".into(),
+        "1000".into(),
+        "--cluster-yes".into(),
+    ]
+    .into();
+    let resharder =
+        std::thread::spawn(move || common::cluster::run_cli(&args, Duration::from_secs(180)));
+    let mut outcomes = (0, 0);
+    while !resharder.is_finished() {
+        let (su, ss) = src.spec(true);
+        let (tu, ts) = tgt.spec(false);
+        let mut o = VerifyOptions::new(su, tu);
+        o.source_side = ss;
+        o.target_side = ts;
+        o.rounds = 1;
+        o.interval = Duration::from_millis(50);
+        match verify::run(&o, &Arc::new(Progress::default())) {
+            Ok(r) => {
+                assert!(
+                    r.is_equal(),
+                    "a difference reported during the reshard: {:?}",
+                    kinds(&r)
+                );
+                outcomes.0 += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("kept moving"), "{e}");
+                outcomes.1 += 1;
+            }
+        }
+    }
+    let (ok, out, err) = resharder.join().unwrap();
+    assert!(ok, "reshard: {out}{err}");
+    eprintln!(
+        "during the reshard: {} equal, {} refused",
+        outcomes.0, outcomes.1
+    );
+    assert!(
+        outcomes.0 + outcomes.1 > 0,
+        "no verify ran during the reshard"
+    );
+    c.wait_ok(Duration::from_secs(30));
+    let r = verify(&src, &tgt, (true, false));
+    assert!(r.is_equal(), "{:?}", kinds(&r));
+    assert_eq!(r.source_keys, 3000);
+}

@@ -81,6 +81,16 @@ pub fn is_cluster(client: &mut BlockingClient, node: &str) -> Result<bool, Topol
     })
 }
 
+/// True when a `CLUSTER NODES` text shows a slot being migrated (`[slot->-node]` on the
+/// exporting node, `[slot-<-node]` on the importing one). `CLUSTER SHARDS` does not say it.
+pub fn nodes_show_migration(text: &[u8]) -> bool {
+    String::from_utf8_lossy(text).lines().any(|l| {
+        l.split(' ')
+            .skip(8)
+            .any(|f| f.starts_with('[') && (f.contains("->-") || f.contains("-<-")))
+    })
+}
+
 /// The value of `field:` in an `INFO` text.
 pub fn info_field<'a>(info: &'a [u8], field: &str) -> Option<&'a str> {
     std::str::from_utf8(info).ok()?.lines().find_map(|l| {
@@ -245,6 +255,23 @@ impl Topology {
         self.refresh().map(|_| true)
     }
 
+    /// True when a master says a slot is being migrated (`CLUSTER NODES` of every master);
+    /// an unreachable master counts as "yes" (the caller cannot rely on a stable map).
+    pub fn migrating(&self) -> bool {
+        self.map.shards().iter().any(|s| {
+            let url = self.node_url(&s.master);
+            let node = url.to_string();
+            let ask = || -> Result<bool, TopologyError> {
+                let mut c = connect_blocking(&Endpoint::new(&url)?, self.timeout)?;
+                match call_value(&mut c, &[b"CLUSTER", b"NODES"], &node)? {
+                    Value::Str(text) => Ok(nodes_show_migration(&text)),
+                    _ => Ok(true),
+                }
+            };
+            ask().unwrap_or(true)
+        })
+    }
+
     /// The current map.
     pub fn map(&self) -> &SlotMap {
         &self.map
@@ -285,6 +312,20 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn migration_markers() {
+        let stable = b"07c3 127.0.0.1:30004@31004 myself,master - 0 0 4 connected 0-5460\n\
+e7d1 127.0.0.1:30005@31005 master - 0 0 5 connected 5461-10922\n";
+        assert!(!nodes_show_migration(stable));
+        let exporting =
+            b"07c3 127.0.0.1:30004@31004 myself,master - 0 0 4 connected 0-5460 [93->-e7d1]\n";
+        assert!(nodes_show_migration(exporting));
+        let importing =
+            b"e7d1 127.0.0.1:30005@31005 myself,master - 0 0 5 connected 5461-10922 [93-<-07c3]\n";
+        assert!(nodes_show_migration(importing));
+        assert!(!nodes_show_migration(b"garbage [1->-x]"));
+    }
 
     #[test]
     fn info_fields() {

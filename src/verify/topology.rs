@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::client::{Conn, Reply, VerifyError};
 use super::compare::{self, CompareOpts, DiffKind, Outcome};
@@ -126,8 +126,80 @@ fn keyspace(
     Ok(space)
 }
 
-/// Runs a verify between `src` and `tgt`, at least one a cluster.
+/// Attempts before a verify that keeps meeting moving slots gives up.
+const ATTEMPTS: usize = 3;
+
+/// True when a side's slots are moving now (a slot being migrated on a master).
+fn moving(side: &Side) -> bool {
+    matches!(side, Side::Cluster(t) if t.migrating())
+}
+
+/// True for a refusal that means "this key is on another node now" (a reshard under way).
+fn redirected(e: &VerifyError) -> bool {
+    matches!(e, VerifyError::Refused { reply, .. }
+        if ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"].iter().any(|p| reply.trim_start_matches('-').starts_with(p)))
+}
+
+/// Runs a verify between `src` and `tgt`, at least one a cluster. A verify is only trusted
+/// when no slot moved while it ran: it is refused while a slot is being migrated, and run
+/// again (up to [`ATTEMPTS`] times) when a key answered `MOVED`/`ASK` or a map changed
+/// between its start and its end (a key moving between two masters' scans could otherwise be
+/// missed silently).
 pub(super) fn run(
+    opts: &VerifyOptions,
+    mut src: Side,
+    mut tgt: Side,
+    progress: &Arc<Progress>,
+) -> Result<Report, VerifyError> {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            tracing::warn!(attempt, reason = %last, "slots moved during the verify: running it again");
+            std::thread::sleep(opts.interval.max(Duration::from_millis(500)));
+            (src, tgt) = match sides(opts)? {
+                Some(s) => s,
+                None => {
+                    return Err(VerifyError::Invalid(
+                        "the sides are no longer clusters".into(),
+                    ));
+                }
+            };
+            progress.source_keys.store(0, Ordering::Relaxed);
+            progress.target_keys.store(0, Ordering::Relaxed);
+        }
+        if moving(&src) || moving(&tgt) {
+            last = "a slot is being migrated".into();
+            continue;
+        }
+        let maps = |s: &Side| match s {
+            Side::Cluster(t) => Some(t.map().clone()),
+            Side::Standalone(_) => None,
+        };
+        let before = (maps(&src), maps(&tgt));
+        match run_once(opts, src.clone(), tgt.clone(), progress) {
+            Err(e) if redirected(&e) => last = e.to_string(),
+            Err(e) => return Err(e),
+            Ok(report) => {
+                let (mut s2, mut t2) = (src.clone(), tgt.clone());
+                for side in [&mut s2, &mut t2] {
+                    if let Side::Cluster(t) = side {
+                        let _ = t.refresh();
+                    }
+                }
+                if (maps(&s2), maps(&t2)) == before && !moving(&s2) && !moving(&t2) {
+                    return Ok(report);
+                }
+                last = "a cluster's slot map changed during the verify".into();
+            }
+        }
+    }
+    Err(VerifyError::Invalid(format!(
+        "slots of a cluster kept moving during {ATTEMPTS} attempts ({last}): run the verify again once the reshard is over (redis-cli --cluster check shows it)"
+    )))
+}
+
+/// One verify between `src` and `tgt`, at least one a cluster.
+fn run_once(
     opts: &VerifyOptions,
     src: Side,
     tgt: Side,
