@@ -468,6 +468,9 @@ fn connection_state_follows_a_move() {
             .query(&mut server.conn())
             .unwrap();
     }
+    // One that logged in as the user the proxy logs in as (`default`) follows the move.
+    let mut same_user = Raw::connect(&proxy.addr());
+    assert_eq!(same_user.cmd_str(&["AUTH", "default", "x"]), "+OK\r\n");
     let mut alice = Raw::connect(&proxy.addr());
     assert_eq!(alice.cmd_str(&["AUTH", "alice", "pw"]), "+OK\r\n");
     assert_eq!(alice.cmd_str(&["ACL", "WHOAMI"]), "$5\r\nalice\r\n");
@@ -556,6 +559,10 @@ fn connection_state_follows_a_move() {
     check(
         closed && !String::from_utf8_lossy(&seen).contains("default"),
         "a client logged in as its own user is disconnected at the move (not run as the proxy's user)",
+    );
+    check(
+        same_user.cmd_str(&["ACL", "WHOAMI"]) == "$7\r\ndefault\r\n",
+        "a client logged in as the proxy's own user follows the move",
     );
     let (_, closed) = monitor.read_until_closed(Duration::from_secs(3));
     check(
