@@ -11,178 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::moves::{sides, value, wait_equal, warm_client};
-use common::{Proxy, Raw, Server, Version, cli, encode, show, step, wait_streaming};
-
-const KB: usize = 1000;
-
-/// The proxy (a debug build in tests) asserts that no write reaches a connection of an older
-/// route epoch; a session that broke it panicked, and its panic is in the log.
-fn no_assertion_failed(proxy: &Proxy) {
-    let log = proxy.log();
-    assert!(
-        !log.contains("panicked"),
-        "a session panicked:\n{}",
-        common::tail(&log, 3000)
-    );
-}
-const MB: usize = 1000 * 1000;
-
-#[derive(Clone, Copy, Debug)]
-enum Form {
-    Alone,
-    PipelineHead,
-    InMulti,
-}
-
-/// One write of the matrix: the command, the reply it gets, and how the primary is probed.
-struct Write {
-    key: String,
-    args: Vec<Vec<u8>>,
-    reply: Vec<u8>,
-    probe: Probe,
-    /// The value's size (over the buffer limit: not shadowed in the shadow overlap).
-    size: usize,
-}
-
-enum Probe {
-    /// `GET key` returns this.
-    String(Vec<u8>),
-    /// `LINDEX key 0` returns this.
-    ListHead(Vec<u8>),
-    /// `HKEYS key` is this one field.
-    HashField(Vec<u8>),
-}
-
-const SET_SCRIPT: &str = "redis.call('SET', KEYS[1], ARGV[1]) return 1";
-
-fn b(s: &str) -> Vec<u8> {
-    s.as_bytes().to_vec()
-}
-
-/// The write `kind` of `size` bytes to `key`. `restore_payload` makes a `RESTORE` payload of
-/// a value (a `DUMP` taken on a server of the same version).
-fn write(kind: &str, key: &str, size: usize, dump: &mut impl FnMut(&[u8]) -> Vec<u8>) -> Write {
-    let v = value(key, size);
-    let (args, reply, probe) = match kind {
-        "SET" => (
-            vec![b("SET"), b(key), v.clone()],
-            b("+OK\r\n"),
-            Probe::String(v),
-        ),
-        "APPEND" => (
-            vec![b("APPEND"), b(key), v.clone()],
-            format!(":{size}\r\n").into_bytes(),
-            Probe::String(v),
-        ),
-        "RPUSH" => (
-            vec![b("RPUSH"), b(key), v.clone()],
-            b(":1\r\n"),
-            Probe::ListHead(v),
-        ),
-        "HSET" => (
-            vec![b("HSET"), b(key), v.clone(), b("1")],
-            b(":1\r\n"),
-            Probe::HashField(v),
-        ),
-        "EVAL" => (
-            vec![b("EVAL"), b(SET_SCRIPT), b("1"), b(key), v.clone()],
-            b(":1\r\n"),
-            Probe::String(v),
-        ),
-        "RESTORE" => (
-            vec![b("RESTORE"), b(key), b("0"), dump(&v)],
-            b("+OK\r\n"),
-            Probe::String(v),
-        ),
-        other => panic!("no write {other}"),
-    };
-    Write {
-        key: key.to_string(),
-        args,
-        reply,
-        probe,
-        size,
-    }
-}
-
-/// Sends `w` as its client's first command after the move, in `form`, and checks the
-/// replies.
-fn send_first(c: &mut Raw, w: &Write, form: Form) -> Result<(), String> {
-    let mut wire = Vec::new();
-    let mut want: Vec<Vec<u8>> = Vec::new();
-    let count = format!("{}:n", w.key);
-    match form {
-        Form::Alone => {
-            wire.extend(encode(&w.args));
-            want.push(w.reply.clone());
-        }
-        Form::PipelineHead => {
-            wire.extend(encode(&w.args));
-            wire.extend(encode(&[b("INCR"), b(&count)]));
-            wire.extend(encode(&[b("GET"), b(&count)]));
-            want.push(w.reply.clone());
-            want.push(b(":1\r\n"));
-            want.push(b("$1\r\n1\r\n"));
-        }
-        Form::InMulti => {
-            wire.extend(encode(&["MULTI"]));
-            wire.extend(encode(&w.args));
-            wire.extend(encode(&["EXEC"]));
-            want.push(b("+OK\r\n"));
-            want.push(b("+QUEUED\r\n"));
-            let mut exec = b("*1\r\n");
-            exec.extend_from_slice(&w.reply);
-            want.push(exec);
-        }
-    }
-    c.send(&wire);
-    for (i, want) in want.iter().enumerate() {
-        let got = c.read_reply_within(Duration::from_secs(20))?;
-        if &got != want {
-            return Err(format!(
-                "reply {i} to {} ({form:?}): {} (wanted {})",
-                w.key,
-                show(&got),
-                show(want)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Is `w` on `server`, with its value? (And its pipeline's counter, for that form.)
-fn holds(server: &Server, w: &Write, form: Form) -> bool {
-    let mut c = server.conn();
-    let ok = match &w.probe {
-        Probe::String(v) => redis::cmd("GET")
-            .arg(&w.key)
-            .query::<Option<Vec<u8>>>(&mut c)
-            .unwrap()
-            .is_some_and(|got| got == *v),
-        Probe::ListHead(v) => redis::cmd("LINDEX")
-            .arg(&w.key)
-            .arg(0)
-            .query::<Option<Vec<u8>>>(&mut c)
-            .unwrap()
-            .is_some_and(|got| got == *v),
-        Probe::HashField(f) => {
-            redis::cmd("HKEYS")
-                .arg(&w.key)
-                .query::<Vec<Vec<u8>>>(&mut c)
-                .unwrap()
-                == vec![f.clone()]
-        }
-    };
-    let counter_ok = !matches!(form, Form::PipelineHead)
-        || redis::cmd("GET")
-            .arg(format!("{}:n", w.key))
-            .query::<Option<String>>(&mut c)
-            .unwrap()
-            .as_deref()
-            == Some("1");
-    ok && counter_ok
-}
+use common::moves::*;
+use common::{Proxy, Raw, Server, Version, encode, show, step, wait_streaming};
 
 /// One case of the matrix: a client used before the move, and its first write after it.
 struct Case {
@@ -226,24 +56,6 @@ fn cases(proxy: &Proxy, tag: &str, dump: &mut impl FnMut(&[u8]) -> Vec<u8>) -> V
         }
     }
     out
-}
-
-/// A `DUMP` of `v` taken on `server` (a scratch key, removed again).
-fn dumper(server: &Server) -> impl FnMut(&[u8]) -> Vec<u8> + '_ {
-    move |v: &[u8]| {
-        let mut c = server.conn();
-        let _: () = redis::cmd("SET")
-            .arg("scratch:dump")
-            .arg(v)
-            .query(&mut c)
-            .unwrap();
-        let payload: Vec<u8> = redis::cmd("DUMP")
-            .arg("scratch:dump")
-            .query(&mut c)
-            .unwrap();
-        let _: i64 = redis::cmd("DEL").arg("scratch:dump").query(&mut c).unwrap();
-        payload
-    }
 }
 
 /// The matrix through `switch` then `rollback` in one overlap. `shadow`: the shadow overlap,
@@ -380,41 +192,6 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         1 => Just(Op::BlockedAcrossMove),
         4 => Just(Op::Move),
     ]
-}
-
-/// The next move from the proxy's phase (`switch` while the source is primary, else
-/// `rollback`).
-fn next_move(proxy: &Proxy) {
-    let verb = if proxy.status_json()["primary"] == "target" {
-        "rollback"
-    } else {
-        "switch"
-    };
-    move_retrying(proxy, verb, false);
-}
-
-/// `cutover <verb> --json` (with `--force`), tried again for a few seconds: with other tests'
-/// big writes on this small machine, a link may lag or a server answer `INFO` late for a
-/// moment, and the move is refused (changing nothing). The report.
-fn move_retrying(proxy: &Proxy, verb: &str, force: bool) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut args = vec![verb, "--json"];
-    if force {
-        args.push("--force");
-    }
-    loop {
-        let (code, out, err) = cli(proxy, &args);
-        if code == 0 {
-            return serde_json::from_str(out.trim())
-                .unwrap_or_else(|e| panic!("{verb} printed no JSON ({e}): {out}"));
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{verb} kept failing: {err}\nproxy log:\n{}",
-            common::tail(&proxy.log(), 2000)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -555,131 +332,6 @@ fn a_session_through_random_commands_and_moves_always_writes_to_the_primary() {
 
 // ----- continuous mixed load -------------------------------------------------------------------
 
-const LOAD_CLIENTS: usize = 6;
-
-/// What one load client saw acknowledged.
-#[derive(Default, Debug)]
-struct Acked {
-    incr: u64,
-    pushed: u64,
-    errors: Vec<String>,
-}
-
-/// One client of the mixed load: its own counter, list and values (10 B to 300 KB), sent
-/// plain, pipelined or in `MULTI`, in random order. An `INCR` reply is checked against the
-/// count acknowledged so far: a write that went to the wrong side answers another number.
-fn load_client(w: usize, addr: String, stop: &std::sync::atomic::AtomicBool) -> Acked {
-    use std::sync::atomic::Ordering;
-    let mut c = Raw::connect(&addr);
-    if w % 2 == 0 {
-        assert_eq!(
-            c.cmd_str(&["CLIENT", "SETNAME", &format!("load-{w}")]),
-            "+OK\r\n"
-        );
-    }
-    let (ctr, list) = (format!("ml:{w}:ctr"), format!("ml:{w}:list"));
-    let mut acked = Acked::default();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ (w as u64 + 1);
-    let mut rnd = |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
-    let started = Instant::now();
-    let mut i = 0u64;
-    while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(120) {
-        i += 1;
-        let size = [10, 1000, 100 * KB, 200 * KB, 300 * KB, 300 * KB, 300 * KB][rnd(7) as usize];
-        let vkey = format!("ml:{w}:v{}", rnd(8));
-        let v = value(&format!("{w}:{i}"), size);
-        let set = encode(&[b"SET".to_vec(), vkey.clone().into_bytes(), v]);
-        let incr = encode(&["INCR", ctr.as_str()]);
-        let item = format!("{i}");
-        let push = encode(&["RPUSH", list.as_str(), item.as_str()]);
-        let form = rnd(3);
-        let mut wire = Vec::new();
-        match form {
-            0 => match rnd(3) {
-                0 => wire.extend(&set),
-                1 => wire.extend(&incr),
-                _ => wire.extend(&push),
-            },
-            1 => {
-                wire.extend(&set);
-                wire.extend(&incr);
-                wire.extend(&push);
-            }
-            _ => {
-                wire.extend(encode(&["MULTI"]));
-                wire.extend(&incr);
-                wire.extend(&set);
-                wire.extend(&push);
-                wire.extend(encode(&["EXEC"]));
-            }
-        }
-        c.send(&wire);
-        let replies = match form {
-            0 => 1,
-            1 => 3,
-            _ => 5,
-        };
-        let mut got = Vec::new();
-        for _ in 0..replies {
-            match c.read_reply_within(Duration::from_secs(20)) {
-                Ok(r) => got.push(r),
-                Err(e) => {
-                    acked.errors.push(format!("client {w} op {i}: {e}"));
-                    return acked;
-                }
-            }
-        }
-        let text: Vec<String> = got
-            .iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect();
-        let incr_want = format!(":{}\r\n", acked.incr + 1);
-        let push_want = format!(":{}\r\n", acked.pushed + 1);
-        let ok = match (form, wire.len()) {
-            (0, _) if wire == set => text[0] == "+OK\r\n",
-            (0, _) if wire == incr => text[0] == incr_want,
-            (0, _) => text[0] == push_want,
-            (1, _) => text[0] == "+OK\r\n" && text[1] == incr_want && text[2] == push_want,
-            _ => {
-                text[0] == "+OK\r\n"
-                    && text[1..4].iter().all(|t| t == "+QUEUED\r\n")
-                    && text[4] == format!("*3\r\n{incr_want}+OK\r\n{push_want}")
-            }
-        };
-        if !ok {
-            acked.errors.push(format!(
-                "client {w} op {i} (form {form}): replies {text:?} (acknowledged so far: {} INCR, {} RPUSH)",
-                acked.incr, acked.pushed
-            ));
-            return acked;
-        }
-        if form != 0 || wire == incr {
-            acked.incr += 1;
-        }
-        if form != 0 || wire == push {
-            acked.pushed += 1;
-        }
-    }
-    acked
-}
-
-/// Tries a move a few times (under load the pause limit or the lag check may refuse one).
-fn move_under_load(proxy: &Proxy, verb: &str) -> bool {
-    for _ in 0..5 {
-        let (code, _, _) = cli(proxy, &[verb, "--json", "--max-pause-ms", "500"]);
-        if code == 0 {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn continuous_mixed_load_through_moves_keeps_every_acknowledged_write_once() {
     mixed_load(false);
@@ -816,6 +468,9 @@ fn connection_state_follows_a_move() {
             .query(&mut server.conn())
             .unwrap();
     }
+    // One that logged in as the user the proxy logs in as (`default`) follows the move.
+    let mut same_user = Raw::connect(&proxy.addr());
+    assert_eq!(same_user.cmd_str(&["AUTH", "default", "x"]), "+OK\r\n");
     let mut alice = Raw::connect(&proxy.addr());
     assert_eq!(alice.cmd_str(&["AUTH", "alice", "pw"]), "+OK\r\n");
     assert_eq!(alice.cmd_str(&["ACL", "WHOAMI"]), "$5\r\nalice\r\n");
@@ -904,6 +559,10 @@ fn connection_state_follows_a_move() {
     check(
         closed && !String::from_utf8_lossy(&seen).contains("default"),
         "a client logged in as its own user is disconnected at the move (not run as the proxy's user)",
+    );
+    check(
+        same_user.cmd_str(&["ACL", "WHOAMI"]) == "$7\r\ndefault\r\n",
+        "a client logged in as the proxy's own user follows the move",
     );
     let (_, closed) = monitor.read_until_closed(Duration::from_secs(3));
     check(

@@ -159,7 +159,12 @@ impl Session {
                 };
                 self.forward(cmd, wire, expect, Effect::None).await;
             }
-            Kind::Auth => self.forward_stateful(cmd, wire, Effect::Login).await,
+            Kind::Auth => {
+                // `AUTH pass` logs in as `default`.
+                let user = if argv.len() >= 3 { argv[1] } else { b"default" };
+                let effect = Effect::Login(Box::new(Bytes::copy_from_slice(user)));
+                self.forward_stateful(cmd, wire, effect).await
+            }
             Kind::Plain | Kind::OwnConnection => {
                 if let (Some(sub), Some(mode)) = (argv.get(1), argv.get(2))
                     && name.eq_ignore_ascii_case(b"client")

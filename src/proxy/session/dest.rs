@@ -92,11 +92,12 @@ impl Session {
             self.watch_broken = true;
             self.conn.watching = false;
         }
-        if self.conn.tracking || self.conn.monitoring || self.conn.own_login {
+        if self.conn.tracking || self.conn.monitoring || self.login_differs(&self.primary) {
             // Client-side caching: the invalidations the client relies on come from the old
             // server's tracking table, which the new primary does not have (and a REDIRECT
             // names a client of the old server). MONITOR watches the old server. A client
-            // logged in as its own user would run as the proxy's user on a new connection.
+            // logged in as another user than the new side's configured one would run as that
+            // user on a new connection.
             // Closing is what the client understands: it drops its cache (or monitor), and
             // reconnects and logs in again.
             self.stop_reading = true;
@@ -107,5 +108,14 @@ impl Session {
             );
         }
         Ok(())
+    }
+
+    /// Did the client log in (`AUTH`) as another user than the one a new connection to
+    /// `backend` logs in as?
+    pub(super) fn login_differs(&self, backend: &Backend) -> bool {
+        self.conn.own_login.as_ref().is_some_and(|user| {
+            let configured = backend.url.username.as_deref().unwrap_or("default");
+            user[..] != *configured.as_bytes()
+        })
     }
 }

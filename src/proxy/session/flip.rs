@@ -37,7 +37,7 @@ impl Session {
             && (self.conn.subscribed()
                 || self.conn.watching
                 || self.conn.tracking
-                || self.conn.own_login
+                || self.conn.own_login.is_some()
                 || self.conn.monitoring
                 || self.parked())
     }

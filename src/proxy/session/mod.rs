@@ -81,10 +81,10 @@ pub struct ConnState {
     pub watching: bool,
     /// `CLIENT TRACKING ON` was sent (client-side caching).
     pub tracking: bool,
-    /// The client logged in as a user of its own on the backend connection (`AUTH` or
-    /// `HELLO … AUTH` forwarded, the proxy having no password of its own): a new connection
-    /// would run as the proxy's configured user instead, so it cannot follow a move.
-    pub own_login: bool,
+    /// The user the client logged in as on the backend connection (`AUTH` or `HELLO … AUTH`
+    /// forwarded, the proxy having no password of its own). A new connection logs in as the
+    /// side's configured user: one of another user cannot follow a move or a reconnect.
+    pub own_login: Option<Bytes>,
     /// `MONITOR` succeeded: from now on the session is a plain byte pipe in both directions.
     pub monitoring: bool,
     /// Channels, patterns and shard channels, by [`SubKind::index`].
@@ -105,7 +105,7 @@ impl ConnState {
             in_multi: false,
             watching: false,
             tracking: false,
-            own_login: false,
+            own_login: None,
             monitoring: false,
             subs: Default::default(),
             reply_off: false,
@@ -139,10 +139,10 @@ enum Effect {
     None,
     Select(u32),
     SetName(Option<Box<Bytes>>),
-    /// `HELLO` with this protocol version; `true`: with an `AUTH` option.
-    Hello(u8, bool),
-    /// A successful `AUTH` forwarded to the backend.
-    Login,
+    /// `HELLO` with this protocol version, and the user of its `AUTH` option.
+    Hello(u8, Option<Box<Bytes>>),
+    /// A successful `AUTH` forwarded to the backend, as this user.
+    Login(Box<Bytes>),
     Multi,
     Exec,
     Discard,
@@ -529,10 +529,15 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
         .get(1)
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok())
     {
-        Some(v @ (2 | 3)) => Effect::Hello(
-            v,
-            argv.iter().skip(2).any(|a| a.eq_ignore_ascii_case(b"AUTH")),
-        ),
+        Some(v @ (2 | 3)) => {
+            let user = argv
+                .iter()
+                .skip(2)
+                .position(|a| a.eq_ignore_ascii_case(b"AUTH"))
+                .and_then(|i| argv.get(i + 3))
+                .map(|u| Box::new(Bytes::copy_from_slice(u)));
+            Effect::Hello(v, user)
+        }
         _ => Effect::None,
     }
 }

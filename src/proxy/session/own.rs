@@ -303,9 +303,11 @@ impl Session {
             }
             Effect::Hello(v, login) => {
                 self.conn.resp = v;
-                self.conn.own_login |= login;
+                if let Some(user) = login {
+                    self.conn.own_login = Some(*user);
+                }
             }
-            Effect::Login => self.conn.own_login = true,
+            Effect::Login(user) => self.conn.own_login = Some(*user),
             Effect::Multi => {}
             Effect::Exec => {
                 self.conn.watching = false;
@@ -380,6 +382,7 @@ impl Session {
         let Some(up) = &self.up else { return };
         let name = up.backend.describe();
         tracing::warn!(peer = %self.peer, backend = %name, reason = why, in_flight = self.pending.len(), "backend connection lost");
+        let login_lost = self.login_differs(&up.backend);
         telemetry::error("backend_lost");
         metrics::counter!("cutover_backend_lost_total", "side" => up.backend.side.as_str())
             .increment(1);
@@ -395,7 +398,7 @@ impl Session {
             || self.conn.watching
             || self.conn.in_multi
             || self.conn.tracking
-            || self.conn.own_login;
+            || login_lost;
         let pending = std::mem::take(&mut self.pending);
         for p in pending {
             match p.expect {
