@@ -269,7 +269,7 @@ impl Controller {
         let unblocked = if parked == 0 {
             0
         } else {
-            cancel_blocked(parked, old_conn, old).await
+            cancel_blocked(parked, old_conn, old, self.settings.max_pause).await
         };
         if let Some((sink, rx)) = shadowing {
             tokio::spawn(writer::run(
@@ -323,16 +323,24 @@ pub(super) async fn source_offset(c: &mut Conn) -> Result<u64, String> {
 }
 
 /// Cancels the `parked` blocking calls of the proxy's connections on `old`; a call sent just
-/// before the pause may not have reached the server yet, so look again (for 10 ms at most).
-pub(super) async fn cancel_blocked(parked: usize, c: &mut Conn, old: &Backend) -> usize {
+/// before the pause may not have reached the server yet (on a loaded machine, tens of
+/// milliseconds), so look again, every millisecond, for up to `within` (the pause limit: a
+/// call left blocked there would be woken by the following link's copy of a push and pop on
+/// the old side what the primary still holds).
+pub(super) async fn cancel_blocked(
+    parked: usize,
+    c: &mut Conn,
+    old: &Backend,
+    within: Duration,
+) -> usize {
     let mut unblocked = 0;
-    let deadline = Instant::now() + Duration::from_millis(10);
+    let deadline = Instant::now() + within;
     loop {
         unblocked += unblock_own(c, old).await;
         if unblocked >= parked || Instant::now() >= deadline {
             break;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     if unblocked < parked {
         tracing::warn!(
