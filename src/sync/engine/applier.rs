@@ -14,7 +14,7 @@
 //! controller either makes it the follower or withdraws the stop; while *following* it reads
 //! and acknowledges its stream, tracks offset and database, and writes nothing, until it is
 //! told the offset to apply from — then it stores that position on its side at once and
-//! applies from there.
+//! applies from there. Those steps live in `role.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -403,291 +403,11 @@ impl Applier<'_> {
 
     /// The next message: commands held back at the barrier first, then one peeked at, then
     /// the link's channel (waiting up to `wait`).
-    fn next_msg(&mut self, wait: Duration) -> Result<Msg, RecvTimeoutError> {
+    pub(super) fn next_msg(&mut self, wait: Duration) -> Result<Msg, RecvTimeoutError> {
         match self.held_back.take().or_else(|| self.peeked.take()) {
             Some(m) => Ok(m),
             None => self.rx.recv_timeout(wait),
         }
-    }
-
-    /// The applying link of a replica overlap reached the barrier's offset `limit` (and the
-    /// target confirmed it): it waits there, taking nothing more from its stream, until the
-    /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
-    /// (the move was aborted: it applies on).
-    fn park(&mut self, w: &mut TargetWriter, limit: u64) -> anyhow::Result<()> {
-        let p = Arc::clone(&self.progress);
-        let confirmed = w.confirmed_offset().unwrap_or(limit);
-        self.applied.store(confirmed, Ordering::Release);
-        p.applied_offset.store(confirmed, Ordering::Release);
-        if !p.handoff.park() {
-            // Stopped meanwhile (`finish`): the loop's next step ends the run.
-            return Ok(());
-        }
-        p.stopped.store(true, Ordering::Release);
-        // (The controller decides within its pause limit; the bound here only keeps a lost
-        // controller from parking the link for good.)
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if p.handoff.role() != Role::Parked || self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            if p.stop_requested().is_none() {
-                // The stop was withdrawn (an aborted move): apply on, unless the
-                // controller decided otherwise first.
-                let _ = p.handoff.unpark();
-                continue;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        p.stopped.store(false, Ordering::Release);
-        if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
-            bail!("the cutover controller never decided what this link does after the barrier");
-        }
-        if p.handoff.is_following() {
-            // From here on the link reads the old side, where only the other link writes.
-            p.foreign.watching.store(true, Ordering::Relaxed);
-            self.foreign = Default::default();
-            tracing::info!(
-                direction = p.direction(),
-                offset = confirmed,
-                "the link applied up to the barrier and follows now (reads without applying)"
-            );
-        }
-        Ok(())
-    }
-
-    /// The link follows from now on (a move made it the follower, or undid its taking
-    /// over): a transaction it had open is discarded, and the stream's database is the
-    /// writer's.
-    fn enter_following(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
-        if self.txn_open {
-            w.discard()?;
-            self.txn_open = false;
-            self.in_source_txn = false;
-            self.txn_commands = 0;
-        }
-        w.drain()?;
-        self.pending_since.clear();
-        self.following_now = true;
-        Ok(())
-    }
-
-    /// One step of a following link ([`crate::sync::handoff`]): it reads its stream and skips it
-    /// (the other side has it already), keeping track of the offset and the stream's
-    /// database, and acknowledges what it read. Asked to apply from an offset, it skips up to
-    /// there and starts applying exactly there; asked to hold, it takes nothing.
-    fn follow_step(&mut self, w: &mut TargetWriter, phase: &mut SyncPhase) -> anyhow::Result<()> {
-        let p = Arc::clone(&self.progress);
-        let h = &p.handoff;
-        let request = h.apply_request().filter(|_| *phase == SyncPhase::Streaming);
-        if let Some((replid, from)) = &request
-            && self.last_offset >= *from
-        {
-            return self.start_applying(w, replid, *from);
-        }
-        if matches!(h.role(), Role::Holding | Role::Held) {
-            h.ack_hold();
-            std::thread::sleep(Duration::from_micros(100));
-            return Ok(());
-        }
-        let wait = if request.is_some() {
-            Duration::from_micros(200)
-        } else {
-            Duration::from_millis(100)
-        };
-        match self.next_msg(wait) {
-            Ok(Msg::Start { replid, offset }) => {
-                if *phase != SyncPhase::Connecting {
-                    p.reconnects.fetch_add(1, Ordering::Relaxed);
-                    p.full_resyncs.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        direction = p.direction(),
-                        "the following link could not continue its stream (+FULLRESYNC): it reads a new snapshot and skips it (the other side has that data); a move to its side waits until it is streaming again"
-                    );
-                }
-                self.replid = replid;
-                self.last_offset = offset;
-                self.stream_db = 0;
-                self.report.snapshot_bytes = 0;
-                p.snapshot_bytes_total.store(0, Ordering::Relaxed);
-                p.mark_established();
-                *phase = (*phase).move_to(SyncPhase::Snapshot);
-            }
-            Ok(Msg::SnapshotSize(size)) => {
-                p.snapshot_bytes_total
-                    .store(size.unwrap_or(0), Ordering::Relaxed);
-            }
-            Ok(Msg::Snapshot(bytes)) => self.report.snapshot_bytes += bytes.len() as u64,
-            Ok(Msg::SnapshotDone { .. }) => *phase = phase.move_to(SyncPhase::Streaming),
-            Ok(Msg::Resumed { replid, offset }) => {
-                self.replid = replid;
-                self.last_offset = offset;
-                if let Some(db) = self.resume_db.take() {
-                    self.stream_db = db.unwrap_or(0);
-                }
-                p.mark_established();
-                *phase = (*phase).move_to(SyncPhase::Streaming);
-            }
-            Ok(Msg::Continued { replid, .. }) => {
-                p.link_down.store(false, Ordering::Relaxed);
-                p.reconnects.fetch_add(1, Ordering::Relaxed);
-                self.replid = replid;
-            }
-            Ok(Msg::LinkDown(why)) => {
-                p.link_down.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    direction = p.direction(),
-                    "the following link dropped ({why}); connecting again"
-                );
-            }
-            Ok(Msg::Commands(cmds, read_at)) => {
-                let mut cmds = cmds.into_iter();
-                while let Some(cmd) = cmds.next() {
-                    if let Some((_, from)) = &request
-                        && self.last_offset >= *from
-                    {
-                        // The rest is applied, from the next step on.
-                        let mut rest = vec![cmd];
-                        rest.extend(cmds);
-                        self.held_back = Some(Msg::Commands(rest, read_at));
-                        break;
-                    }
-                    if let Some(db) = select_db(&cmd.wire) {
-                        self.stream_db = db;
-                    }
-                    if p.foreign.watching.load(Ordering::Relaxed)
-                        && let Some((n, what)) = self.foreign.see(&cmd.wire, self.stream_db)
-                    {
-                        self.record_foreign(n, what);
-                    }
-                    self.last_offset = cmd.end_offset;
-                }
-            }
-            Ok(Msg::Failed(message, transient)) => {
-                return Err(EngineError::SourceLink { message, transient }.into());
-            }
-            Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
-        }
-        if *phase == SyncPhase::Streaming {
-            self.applied.store(self.last_offset, Ordering::Release);
-            h.set_position(&self.replid, self.last_offset, self.stream_db);
-        }
-        self.list_foreign_clients();
-        self.progress.set_oldest_pending(None);
-        let offset = if *phase == SyncPhase::Streaming {
-            self.last_offset
-        } else {
-            0
-        };
-        // (The counts of what this link applied before stay as they are.)
-        self.progress.update_following(phase, offset);
-        Ok(())
-    }
-
-    /// Foreign writes on the followed side ([`super::foreign`]): counted, named, logged, and
-    /// the side's writing clients listed (at most once a second).
-    fn record_foreign(&mut self, n: u64, what: Vec<String>) {
-        let p = Arc::clone(&self.progress);
-        let before = p.foreign.count();
-        p.foreign.record(n, what.clone());
-        metrics::counter!("cutover_foreign_writes_total", "direction" => p.direction())
-            .increment(n);
-        if before == 0 || (before + n) / 1000 > before / 1000 {
-            tracing::warn!(
-                direction = p.direction(),
-                count = before + n,
-                writes = ?what,
-                "a write on the side this link follows was not made by the applying link (a foreign write: a client writing to the old side directly, or a misrouted command); the old side is no longer a copy of the primary and a rollback is unsafe"
-            );
-        }
-        self.foreign_list_due = true;
-        self.list_foreign_clients();
-    }
-
-    /// Lists the followed side's clients that write (`CLIENT LIST`) after a foreign write,
-    /// at most every 250 ms (a later step does it when it is too soon now).
-    fn list_foreign_clients(&mut self) {
-        let p = Arc::clone(&self.progress);
-        if self.foreign_list_due
-            && self
-                .foreign_listed
-                .is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
-        {
-            self.foreign_listed = Some(Instant::now());
-            self.foreign_list_due = false;
-            // (The raw reply: `query` shortens its text.)
-            match crate::sync::target::query_raw(
-                &self.opts.source,
-                &[b"CLIENT", b"LIST"],
-                Duration::from_secs(1),
-            ) {
-                Ok(raw) => p.foreign.set_clients(super::foreign::writing_clients(
-                    &String::from_utf8_lossy(&raw),
-                )),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot list the followed side's clients")
-                }
-            }
-        }
-    }
-
-    /// The follower reached the offset it was asked to apply from: from here on it applies.
-    /// The position is stored on its side at once, so a restart of this engine continues
-    /// from exactly here.
-    fn start_applying(
-        &mut self,
-        w: &mut TargetWriter,
-        replid: &str,
-        from: u64,
-    ) -> anyhow::Result<()> {
-        let p = Arc::clone(&self.progress);
-        let h = &p.handoff;
-        if replid != self.replid {
-            h.refuse(format!(
-                "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
-                self.replid
-            ));
-            return Ok(());
-        }
-        if self.last_offset != from {
-            h.refuse(format!(
-                "it had read up to offset {} already, past {from}",
-                self.last_offset
-            ));
-            return Ok(());
-        }
-        // The stream goes on in its database: selected before the first command applied (a
-        // database that is not copied skips everything up to the next SELECT).
-        self.select_stream_db(w)?;
-        w.mark_offset(from);
-        batch::queue_set(w, &batch::format(&self.replid, from, self.stream_db))?;
-        self.stored_offset = from;
-        w.drain()?;
-        self.flush_on_full = true;
-        self.pending_since.clear();
-        self.applied.store(from, Ordering::Release);
-        self.progress.applied_offset.store(from, Ordering::Release);
-        if let Err(role) = h.started_applying() {
-            // The controller withdrew the request first (its deadline passed): this link
-            // follows on; what it wrote is its own position key, which nothing copies.
-            tracing::warn!(
-                direction = self.progress.direction(),
-                role = role.as_str(),
-                "the move was withdrawn while this link took over; it follows on"
-            );
-            return Ok(());
-        }
-        tracing::info!(
-            direction = self.progress.direction(),
-            replid,
-            offset = from,
-            "the link applies from here on"
-        );
-        Ok(())
     }
 
     /// An idle stream whose last bytes wrote nothing (a `PING`, a `GETACK`: confirmed
@@ -740,7 +460,7 @@ impl Applier<'_> {
     /// Selects, on the target, the database the stream is in ([`Self::stream_db`] mapped
     /// through `db_map`); a database that is not copied skips the stream up to the next
     /// `SELECT` instead (never into another database).
-    fn select_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    pub(super) fn select_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
         match self.opts.tuning.filter.map_db(self.stream_db) {
             Some(to) => {
                 w.select(to)?;
@@ -854,7 +574,7 @@ impl Applier<'_> {
 
 /// The database of a `SELECT` in the replication stream (as Redis writes it: `*2`, `$6`),
 /// `None` for any other command.
-fn select_db(wire: &[u8]) -> Option<u64> {
+pub(super) fn select_db(wire: &[u8]) -> Option<u64> {
     let rest = wire.strip_prefix(b"*2\r\n$6\r\n")?;
     if !rest.get(..6)?.eq_ignore_ascii_case(b"SELECT") {
         return None;

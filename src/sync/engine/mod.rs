@@ -41,6 +41,7 @@
 //! * [`super::batch`]: the exactly-once batch protocol (a batch and its position in one
 //!   `MULTI … EXEC`);
 //! * `rewrite.rs`: the stream commands filtered, mapped and rewritten for the target;
+//! * `role.rs`: the handoff role (park, follow, take over);
 //! * `progress.rs`: [`SyncProgress`], the live state for status, metrics and the bar;
 //! * `bar.rs`: the progress bar of headless `cutover sync`;
 //! * `foreign.rs`: writes on the followed side that the applying link did not make;
@@ -53,6 +54,7 @@ mod from_rdb;
 mod link;
 mod progress;
 mod rewrite;
+mod role;
 
 pub use bar::say;
 pub use from_rdb::load_rdb;
