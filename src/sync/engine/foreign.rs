@@ -21,7 +21,9 @@
 //! foreign.
 //!
 //! Not counted: a lone `DEL`/`UNLINK` of one key outside a transaction, which is how the old
-//! side propagates its own expirations and evictions (a foreign `DEL` of one key is missed).
+//! side propagates its own expirations and evictions (a foreign `DEL` of one key is missed),
+//! and `SCRIPT LOAD`/`FLUSH`, which change no key (Redis < 7.0 propagates them, so the
+//! proxy's own loading of its scripts into a 6.2 primary at a move reaches the stream).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,7 +203,9 @@ impl ForeignWatch {
         let args = split_args(wire).ok()?;
         let name = *args.first()?;
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if ["PING", "REPLCONF", "PUBLISH", "SPUBLISH", "EXEC", "DISCARD"]
+        // `SCRIPT` (`LOAD`, `FLUSH`: Redis < 7.0 propagates them) changes no key: the proxy's
+        // own script loading into a new primary (`cutover::scripts`) reaches its stream so.
+        if ["PING", "REPLCONF", "PUBLISH", "SPUBLISH", "EXEC", "DISCARD", "SCRIPT"]
             .iter()
             .any(|n| is(n))
         {
@@ -285,6 +289,8 @@ mod tests {
         assert_eq!(see(&mut w, &["SET", "cutover:position", "x 2 0"]), None);
         // Expirations.
         assert_eq!(see(&mut w, &["DEL", "gone"]), None);
+        // The proxy's script loading into a Redis 6.2 primary reaches its stream.
+        assert_eq!(see(&mut w, &["SCRIPT", "LOAD", "return 1"]), None);
         assert_eq!(see(&mut w, &["PING"]), None);
     }
 
