@@ -30,8 +30,13 @@ pub async fn watch_evictions(written: Arc<Backend>, link: Arc<SyncProgress>) {
     let timeout = Duration::from_secs(2);
     let mut conn = None;
     let mut last: Option<u64> = None;
+    // The first reading is taken at once: it is the baseline, and evictions before it
+    // would go unseen.
+    let mut first = true;
     while !link.ended.load(Ordering::Acquire) {
-        tokio::time::sleep(EVERY).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(EVERY).await;
+        }
         if conn.is_none() {
             conn = tokio::time::timeout(timeout, Conn::open(&written, timeout))
                 .await

@@ -205,9 +205,11 @@ impl ForeignWatch {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         // `SCRIPT` (`LOAD`, `FLUSH`: Redis < 7.0 propagates them) changes no key: the proxy's
         // own script loading into a new primary (`cutover::scripts`) reaches its stream so.
-        if ["PING", "REPLCONF", "PUBLISH", "SPUBLISH", "EXEC", "DISCARD", "SCRIPT"]
-            .iter()
-            .any(|n| is(n))
+        if [
+            "PING", "REPLCONF", "PUBLISH", "SPUBLISH", "EXEC", "DISCARD", "SCRIPT",
+        ]
+        .iter()
+        .any(|n| is(n))
         {
             return None;
         }
