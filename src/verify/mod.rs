@@ -417,25 +417,7 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
             scan::target_pass(&mut src, &mut tgt, *sdb, *tdb, &pass, progress, &mut b)?;
         }
     }
-    let mut report = Report {
-        checked: a.checked,
-        source_keys: progress.source_keys.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    for (t, n) in b.checked {
-        *report.checked.entry(t).or_default() += n;
-    }
-    for (k, n) in a.overflow.into_iter().chain(b.overflow) {
-        *report.unlisted.entry(k).or_default() += n;
-    }
-    // A key both passes flagged (deleted from the source during the scan) is listed once.
-    let mut seen = HashSet::new();
-    let mut candidates: Vec<Candidate> = a
-        .candidates
-        .into_iter()
-        .chain(b.candidates)
-        .filter(|c| seen.insert((c.target_db, c.key.clone())))
-        .collect();
+    let (mut report, mut candidates) = merge_passes(a, b, progress);
     let seen_first = candidates.len() as u64;
     for _ in 0..opts.rounds {
         if candidates.is_empty() || progress.stop.load(Ordering::Relaxed) {
@@ -615,4 +597,33 @@ mod tests {
         assert_eq!(lines[0]["key_hex"], "ff6b");
         assert_eq!(r.counts_json()["differences"]["value"], 1);
     }
+}
+
+/// The two passes' results as one report (keys checked, differences beyond the list) and the
+/// candidates to re-check; a key both passes flagged (deleted from the source during the scan)
+/// is listed once.
+pub(crate) fn merge_passes(
+    a: PassResult,
+    b: PassResult,
+    progress: &Progress,
+) -> (Report, Vec<Candidate>) {
+    let mut report = Report {
+        checked: a.checked,
+        source_keys: progress.source_keys.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    for (t, n) in b.checked {
+        *report.checked.entry(t).or_default() += n;
+    }
+    for (k, n) in a.overflow.into_iter().chain(b.overflow) {
+        *report.unlisted.entry(k).or_default() += n;
+    }
+    let mut seen = HashSet::new();
+    let candidates = a
+        .candidates
+        .into_iter()
+        .chain(b.candidates)
+        .filter(|c| seen.insert((c.target_db, c.key.clone())))
+        .collect();
+    (report, candidates)
 }

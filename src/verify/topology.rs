@@ -26,7 +26,7 @@
 //! per key. A cluster has only database 0: a source db `n > 0` must be mapped to 0 for a
 //! cluster target (`--db-map n=0`), refused before anything is compared.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -346,24 +346,7 @@ fn run_once(
             }
         }
     }
-    let mut report = Report {
-        checked: a.checked,
-        source_keys: progress.source_keys.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    for (t, n) in b.checked {
-        *report.checked.entry(t).or_default() += n;
-    }
-    for (k, n) in a.overflow.into_iter().chain(b.overflow) {
-        *report.unlisted.entry(k).or_default() += n;
-    }
-    let mut seen = HashSet::new();
-    let mut candidates: Vec<Candidate> = a
-        .candidates
-        .into_iter()
-        .chain(b.candidates)
-        .filter(|c| seen.insert((c.target_db, c.key.clone())))
-        .collect();
+    let (mut report, mut candidates) = super::merge_passes(a, b, progress);
     let seen_first = candidates.len() as u64;
     let mut router = Router {
         src,
