@@ -568,6 +568,35 @@ impl VerifyTracker {
     }
 }
 
+/// The two passes' results as one report (keys checked, differences beyond the list) and the
+/// candidates to re-check; a key both passes flagged (deleted from the source during the scan)
+/// is listed once.
+pub(crate) fn merge_passes(
+    a: PassResult,
+    b: PassResult,
+    progress: &Progress,
+) -> (Report, Vec<Candidate>) {
+    let mut report = Report {
+        checked: a.checked,
+        source_keys: progress.source_keys.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    for (t, n) in b.checked {
+        *report.checked.entry(t).or_default() += n;
+    }
+    for (k, n) in a.overflow.into_iter().chain(b.overflow) {
+        *report.unlisted.entry(k).or_default() += n;
+    }
+    let mut seen = HashSet::new();
+    let candidates = a
+        .candidates
+        .into_iter()
+        .chain(b.candidates)
+        .filter(|c| seen.insert((c.target_db, c.key.clone())))
+        .collect();
+    (report, candidates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,33 +626,4 @@ mod tests {
         assert_eq!(lines[0]["key_hex"], "ff6b");
         assert_eq!(r.counts_json()["differences"]["value"], 1);
     }
-}
-
-/// The two passes' results as one report (keys checked, differences beyond the list) and the
-/// candidates to re-check; a key both passes flagged (deleted from the source during the scan)
-/// is listed once.
-pub(crate) fn merge_passes(
-    a: PassResult,
-    b: PassResult,
-    progress: &Progress,
-) -> (Report, Vec<Candidate>) {
-    let mut report = Report {
-        checked: a.checked,
-        source_keys: progress.source_keys.load(Ordering::Relaxed),
-        ..Report::default()
-    };
-    for (t, n) in b.checked {
-        *report.checked.entry(t).or_default() += n;
-    }
-    for (k, n) in a.overflow.into_iter().chain(b.overflow) {
-        *report.unlisted.entry(k).or_default() += n;
-    }
-    let mut seen = HashSet::new();
-    let candidates = a
-        .candidates
-        .into_iter()
-        .chain(b.candidates)
-        .filter(|c| seen.insert((c.target_db, c.key.clone())))
-        .collect();
-    (report, candidates)
 }
