@@ -245,6 +245,18 @@ fn first_unapplied(proxy: &Proxy, direction: Option<&str>) -> Option<serde_json:
     link["unapplied"].as_array()?.first().cloned()
 }
 
+/// Waits (up to 10 s) for the link's first `unapplied` entry.
+fn wait_unapplied(proxy: &Proxy, direction: Option<&str>) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(u) = first_unapplied(proxy, direction) {
+            return u;
+        }
+        assert!(Instant::now() < deadline, "{}", proxy.status_json());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_permanent_refusal_stops_the_link_and_refuses_the_moves() {
     let source = Server::start(Version::Redis70);
@@ -254,14 +266,7 @@ fn a_permanent_refusal_stops_the_link_and_refuses_the_moves() {
     let mut c = proxy.conn();
     let _: i64 = q(&mut c, &["SETRANGE", "big", "1500000", "x"]);
     let _: () = q(&mut c, &["SET", "after", "1"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let u = loop {
-        if let Some(u) = first_unapplied(&proxy, None) {
-            break u;
-        }
-        assert!(Instant::now() < deadline, "{}", proxy.status_json());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let u = wait_unapplied(&proxy, None);
     assert!(
         u["command"].as_str().unwrap().starts_with("SETRANGE"),
         "{u}"
@@ -310,14 +315,7 @@ fn a_permanent_refusal_on_the_old_side_makes_the_rollback_unsafe() {
         &["CONFIG", "SET", "proto-max-bulk-len", "1mb"],
     );
     let _: i64 = q(&mut c, &["SETRANGE", "big", "1500000", "x"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let u = loop {
-        if let Some(u) = first_unapplied(&proxy, Some("target_to_source")) {
-            break u;
-        }
-        assert!(Instant::now() < deadline, "{}", proxy.status_json());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let u = wait_unapplied(&proxy, Some("target_to_source"));
     assert_eq!(u["key"], "big", "{u}");
     let status = proxy.status_json();
     assert_eq!(status["rollback_safe"], false, "{status}");

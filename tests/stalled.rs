@@ -223,12 +223,13 @@ fn move_past(proxy: &Proxy, verb: &str, how: Stall, name: &str) {
     );
 }
 
-#[test]
-fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
+/// Two Redis 7.0 servers, a proxy with the given stalled-client policy (0: never disconnect)
+/// and a 1 MB value whose replies a stalled reader leaves unread, once the link streams.
+fn setup(disconnect_ms: u64) -> (Server, Server, tempfile::TempDir, Proxy) {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let (_dir, config) = config_file(&format!(
-        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\nmax_pause_ms = {MAX_PAUSE_MS}\n"
+    let (dir, config) = config_file(&format!(
+        "[cutover]\nstalled_client_disconnect_ms = {disconnect_ms}\nmax_pause_ms = {MAX_PAUSE_MS}\n"
     ));
     let proxy = Proxy::start(
         &source.url(),
@@ -241,6 +242,12 @@ fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
         .query(&mut proxy.conn())
         .unwrap();
     wait_streaming(&proxy);
+    (source, target, dir, proxy)
+}
+
+#[test]
+fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
+    let (source, target, _dir, proxy) = setup(LIMIT_MS);
     let load = Load::start(&proxy);
     move_past(&proxy, "switch", Stall::NotReading, "stuck-reader-1");
     move_past(&proxy, "rollback", Stall::OpenMulti, "open-multi-1");
@@ -264,22 +271,7 @@ fn stalled_clients_are_named_then_disconnected_at_switch_and_rollback() {
 /// disconnects it explicitly and the move goes on.
 #[test]
 fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
-    let source = Server::start(Version::Redis70);
-    let target = Server::start(Version::Redis70);
-    let (_dir, config) = config_file(&format!(
-        "[cutover]\nstalled_client_disconnect_ms = 0\nmax_pause_ms = {MAX_PAUSE_MS}\n"
-    ));
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--config", &config],
-    );
-    let big = "v".repeat(1024 * 1024);
-    let _: () = redis::cmd("SET")
-        .arg("{w}:big")
-        .arg(&big)
-        .query(&mut proxy.conn())
-        .unwrap();
-    wait_streaming(&proxy);
+    let (source, target, _dir, proxy) = setup(0);
     let load = Load::start(&proxy);
     let (mut raw, addr) = stalled_client(&proxy, Stall::NotReading, "stuck");
     let entry = listed(&proxy, &addr, MAX_PAUSE_MS + 100);
@@ -318,22 +310,7 @@ fn force_disconnects_a_stalled_client_when_the_policy_is_off() {
 /// the server run them after the offset was read, the old side would differ.)
 #[test]
 fn a_disconnected_client_s_writes_in_flight_reach_the_new_primary() {
-    let source = Server::start(Version::Redis70);
-    let target = Server::start(Version::Redis70);
-    let (_dir, config) = config_file(&format!(
-        "[cutover]\nstalled_client_disconnect_ms = {LIMIT_MS}\nmax_pause_ms = {MAX_PAUSE_MS}\n"
-    ));
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--config", &config],
-    );
-    let big = "v".repeat(1024 * 1024);
-    let _: () = redis::cmd("SET")
-        .arg("{w}:big")
-        .arg(&big)
-        .query(&mut proxy.conn())
-        .unwrap();
-    wait_streaming(&proxy);
+    let (source, target, _dir, proxy) = setup(LIMIT_MS);
     let (mut raw, addr) = stalled_client(&proxy, Stall::NotReading, "stuck-writer");
     listed(&proxy, &addr, LIMIT_MS + 100);
     // Its next writes are held by the old primary for a while (CLIENT PAUSE … WRITE): when
