@@ -101,12 +101,7 @@ fn waiter(url: &str, wait_ms: u64, shared: &LoadShared, counts: &Counts) {
             .arg("w:key")
             .arg(i)
             .query::<()>(&mut c)
-            .and_then(|()| {
-                redis::cmd("WAIT")
-                    .arg(1)
-                    .arg(wait_ms)
-                    .query::<i64>(&mut c)
-            });
+            .and_then(|()| redis::cmd("WAIT").arg(1).arg(wait_ms).query::<i64>(&mut c));
         match r {
             Ok(n) => {
                 counts.waits.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +285,8 @@ fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, labe
         source
     };
     for (slot, db) in DBS.iter().enumerate() {
-        let mut p = common::connect(
-            &redis::Client::open(format!("{}/{db}", primary.url())).unwrap(),
-        );
+        let mut p =
+            common::connect(&redis::Client::open(format!("{}/{db}", primary.url())).unwrap());
         assert_eq!(
             int(&mut p, "s:ctr"),
             load.counts.incr_acked[slot].load(Ordering::Acquire),

@@ -232,7 +232,10 @@ fn move_until_done(proxy: &Proxy, verb: &str, label: &str) -> Vec<String> {
         if code == 0 {
             return refusals;
         }
-        assert!(!err.trim().is_empty(), "{label}: {verb} refused without a reason");
+        assert!(
+            !err.trim().is_empty(),
+            "{label}: {verb} refused without a reason"
+        );
         refusals.push(err.trim().to_string());
         assert!(
             Instant::now() < deadline,
@@ -318,12 +321,12 @@ fn case(kill: Kill, when: When, mv: Move) {
             std::thread::sleep(Duration::from_millis(8));
             refusal = do_kill(&mut proxy, &mut source, &mut target);
             let (code, err) = mover.join().unwrap();
-            eprintln!("{label}: the {verb} during the kill: exit {code:?} {}", err.trim());
+            eprintln!(
+                "{label}: the {verb} during the kill: exit {code:?} {}",
+                err.trim()
+            );
             if code != Some(0) {
-                assert!(
-                    !err.trim().is_empty(),
-                    "{label}: a failed {verb} says why"
-                );
+                assert!(!err.trim().is_empty(), "{label}: a failed {verb} says why");
             }
             moved = code == Some(0);
         }

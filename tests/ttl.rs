@@ -401,7 +401,11 @@ fn a_restarted_valkey_side_is_put_back_in_import_mode() {
     common::wait_streaming(&proxy);
     assert_eq!(import_mode(&target), "yes");
     target.restart();
-    assert_eq!(import_mode(&target), "no", "a restarted Valkey leaves import mode");
+    assert_eq!(
+        import_mode(&target),
+        "no",
+        "a restarted Valkey leaves import mode"
+    );
     until_import_mode_again(&proxy, &target, "the target, before the switch");
     assert!(
         proxy.log().contains("in import mode again"),
