@@ -306,9 +306,20 @@ fn case(kill: Kill, when: When, mv: Move) {
         When::During => {
             let p = proxy.as_ref().unwrap();
             let admin = p.admin_addr();
+            // The window is widened: the old primary takes no writes for 400 ms (`CLIENT
+            // PAUSE … WRITE`), so the move, allowed a 2 s pause, holds every client command
+            // for that long (commands in flight on the old side, then the follower's first
+            // write): the kill 200 ms after the move was asked for lands inside the barrier.
+            let old = if mv == Move::Switch { &source } else { &target };
+            let _: () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(400)
+                .arg("WRITE")
+                .query(&mut old.conn())
+                .unwrap();
             let mover = std::thread::spawn(move || {
                 let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-                    .args([verb, "--json", "--admin", &admin])
+                    .args([verb, "--json", "--max-pause-ms", "2000", "--admin", &admin])
                     .output()
                     .unwrap();
                 (
@@ -316,9 +327,12 @@ fn case(kill: Kill, when: When, mv: Move) {
                     String::from_utf8_lossy(&out.stderr).into_owned(),
                 )
             });
-            // (The CLI starts, connects, and the controller opens its control connections:
-            // a few ms into the move.)
-            std::thread::sleep(Duration::from_millis(8));
+            std::thread::sleep(Duration::from_millis(200));
+            if let Some(p) = proxy.as_ref() {
+                // (Evidence that the kill falls inside the barrier.)
+                let held = p.status_json()["cutover"]["held_sessions"].clone();
+                eprintln!("{label}: held sessions at the kill: {held}");
+            }
             refusal = do_kill(&mut proxy, &mut source, &mut target);
             let (code, err) = mover.join().unwrap();
             eprintln!(
