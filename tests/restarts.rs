@@ -268,18 +268,20 @@ fn case(kill: Kill, when: When, mv: Move) {
     let refusal: Option<String>;
     // The primary just before the kill (what a refused restart must name, unless the kill
     // fell inside the move).
-    let primary_before = std::cell::RefCell::new(String::new());
+    let primary_before = |proxy: &Option<Proxy>| {
+        proxy.as_ref().map_or_else(String::new, |p| {
+            p.status_json()["primary"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    let mut primary_at_kill = String::new();
     let do_kill = |proxy: &mut Option<Proxy>, source: &mut Server, target: &mut Server| {
         match kill {
             Kill::Source => source.restart(),
             Kill::Target => target.restart(),
             Kill::Run => {
-                if let Some(p) = proxy.as_ref() {
-                    *primary_before.borrow_mut() = p.status_json()["primary"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                }
                 drop(proxy.take()); // SIGKILL
                 match restart_run(source, target) {
                     Restarted::Serving(p) => {
@@ -295,6 +297,7 @@ fn case(kill: Kill, when: When, mv: Move) {
     let moved;
     match when {
         When::Before => {
+            primary_at_kill = primary_before(&proxy);
             refusal = do_kill(&mut proxy, &mut source, &mut target);
             moved = proxy.is_some();
             if let Some(p) = &proxy {
@@ -306,14 +309,14 @@ fn case(kill: Kill, when: When, mv: Move) {
         When::During => {
             let p = proxy.as_ref().unwrap();
             let admin = p.admin_addr();
-            // The window is widened: the old primary takes no writes for 400 ms (`CLIENT
+            // The window is widened: the old primary takes no writes for 600 ms (`CLIENT
             // PAUSE … WRITE`), so the move, allowed a 2 s pause, holds every client command
             // for that long (commands in flight on the old side, then the follower's first
-            // write): the kill 200 ms after the move was asked for lands inside the barrier.
+            // write): the kill 250 ms after the move was asked for lands inside the barrier.
             let old = if mv == Move::Switch { &source } else { &target };
             let _: () = redis::cmd("CLIENT")
                 .arg("PAUSE")
-                .arg(400)
+                .arg(600)
                 .arg("WRITE")
                 .query(&mut old.conn())
                 .unwrap();
@@ -327,12 +330,7 @@ fn case(kill: Kill, when: When, mv: Move) {
                     String::from_utf8_lossy(&out.stderr).into_owned(),
                 )
             });
-            std::thread::sleep(Duration::from_millis(200));
-            if let Some(p) = proxy.as_ref() {
-                // (Evidence that the kill falls inside the barrier.)
-                let held = p.status_json()["cutover"]["held_sessions"].clone();
-                eprintln!("{label}: held sessions at the kill: {held}");
-            }
+            std::thread::sleep(Duration::from_millis(250));
             refusal = do_kill(&mut proxy, &mut source, &mut target);
             let (code, err) = mover.join().unwrap();
             eprintln!(
@@ -348,6 +346,7 @@ fn case(kill: Kill, when: When, mv: Move) {
             move_until_done(proxy.as_ref().unwrap(), verb, &label);
             moved = true;
             std::thread::sleep(Duration::from_millis(300));
+            primary_at_kill = primary_before(&proxy);
             refusal = do_kill(&mut proxy, &mut source, &mut target);
         }
     }
@@ -370,8 +369,7 @@ fn case(kill: Kill, when: When, mv: Move) {
         };
         if when != When::During {
             assert_eq!(
-                named,
-                primary_before.borrow().as_str(),
+                named, primary_at_kill,
                 "{label}: the refusal names the primary: {why}"
             );
         }
