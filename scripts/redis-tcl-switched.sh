@@ -27,6 +27,8 @@
 #   UNIT_TIMEOUT   time limit of one unit, in seconds (default 600)
 #   RUNTEST_ARGS   extra runtest arguments
 #   CUTOVER_BIN    the cutover binary to test (default: target/release/cutover, built here)
+#   SELFTEST=1     writes a key straight to the old side after each unit: every unit must
+#                  then be reported as differing (checks the comparison itself)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -173,6 +175,10 @@ for unit in "${units[@]}"; do
   # 1. both sides equal, compared by an independent reader once the old side caught up.
   if ! wait_status 's["rollback_safe"]==True' 60; then
     problems+=("the old side never caught up: $(status_field 's["cutover"]["rollback_unsafe_reason"]')")
+  fi
+  if [ "${SELFTEST:-0}" = 1 ]; then
+    # The comparison's own check: a write straight to the old side must be found.
+    "$bin/redis-cli" -p "$p_src" SET cutover-selftest "only on the source" >/dev/null
   fi
   vrc=0
   "$cutover" verify --source "redis://127.0.0.1:$p_src" --target "redis://127.0.0.1:$p_tgt" \
