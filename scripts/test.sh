@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs the real servers, checks formatting and lints,
 # runs unit, property and integration tests against real servers, then redis-py's own test
-# suite directly and through the proxy.
+# suite directly and through the proxy, and Redis' own (also through a switched proxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -19,3 +19,5 @@ echo "== redis-py conformance"
 bash scripts/redis-py-conformance.sh
 echo "== Redis' own test suite (CI subset)"
 bash scripts/redis-tcl-suite.sh
+echo "== Redis' own test suite through a switched proxy (5 units, about 70 s)"
+CUTOVER_BIN=target/release/cutover bash scripts/redis-tcl-switched.sh

@@ -66,8 +66,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("cannot check the target")?;
         match marker {
+            // (`cutover::flip::mark_primary`: "<unix ms> <offset> <primary>"; two fields from
+            // an older version mean the target.)
+            Ok(Some(value)) if value.split(' ').nth(2) == Some("source") => anyhow::bail!(
+                "the source is the primary: an earlier `cutover run` switched to the target {target} and rolled the clients back to the source (key cutover:switched = {value:?} in db 0 of the target). The target was kept a copy only while that run lived; starting again would sync into it from a stale position and apply writes twice. Point the applications at the source (or at a proxy without [target]); to migrate again, delete that key and the target's data first (a new `cutover run` then copies from scratch)"
+            ),
             Ok(Some(value)) => anyhow::bail!(
-                "the target {target} was switched to by an earlier `cutover run` (key cutover:switched = {value:?} in db 0): it is the primary, and starting again would send the clients back to the source and apply the shadowed writes a second time. Point the applications at the target (or at a proxy without [target]); to migrate into it from scratch, delete that key and its data first"
+                "the target is the primary: the target {target} was switched to by an earlier `cutover run` (key cutover:switched = {value:?} in db 0), and starting again would send the clients back to the source and apply the shadowed writes a second time. Point the applications at the target (or at a proxy without [target]); to migrate into it from scratch, delete that key and its data first"
             ),
             Ok(None) => {}
             Err(e) => {

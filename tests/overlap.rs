@@ -4,94 +4,120 @@
 //! transactions, blocking pops and keys that expire during the run, plus one client that
 //! writes to the primary directly; through `switch` → `rollback` → `switch` → `finish`, the
 //! old side must equal the primary key by key after every move (compared with an
-//! independent client), and every acknowledged `INCR` must be on the primary exactly once.
+//! independent client, in databases 0 and 3), and every acknowledged `INCR` must be on the
+//! primary exactly once. Workers 6 and 7 write database 3; a client there writes and `WAIT`s
+//! for a replica (our links); the workers' `XADD … MAXLEN ~ 20 LIMIT 10` is propagated as an
+//! exact trim with `LIMIT`, which the links must rewrite (issue 19).
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::links::snapshot_db;
+use common::paced::{LoadShared, Paced, pause_point};
 use common::{Proxy, Server, Version, cli, differences, snapshot, step, wait_streaming};
 
 const WORKERS: usize = 8;
+/// The databases the workers write (workers 6 and 7 write database 3).
+const DBS: [u64; 2] = [0, 3];
 
-/// What the workers share with the test.
+fn db_of(w: usize) -> u64 {
+    if w >= 6 { 3 } else { 0 }
+}
+
+/// What the test counts besides the paced harness' own state.
 #[derive(Default)]
-struct Shared {
-    stop: AtomicBool,
-    pause: AtomicBool,
-    paused: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    ops: AtomicU64,
-    /// `INCR s:ctr` (alone or in a transaction) acknowledged.
-    incr_acked: AtomicU64,
+struct Counts {
+    /// `INCR s:ctr` (alone or in a transaction) acknowledged, per database of [`DBS`].
+    incr_acked: [AtomicU64; 2],
     /// Where the direct writer writes (`None`: it waits, its connection closed).
     direct_to: Mutex<Option<String>>,
     direct_acked: AtomicU64,
+    /// `WAIT 1 100` calls, and those that counted a replica.
+    waits: AtomicU64,
+    waits_counted: AtomicU64,
 }
 
 struct Load {
-    shared: Arc<Shared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    paced: Paced,
+    counts: Arc<Counts>,
 }
 
 impl Load {
-    fn start(proxy: &Proxy, primary: &Server) -> Load {
-        let shared = Arc::new(Shared::default());
-        *shared.direct_to.lock().unwrap() = Some(primary.url());
-        let mut threads = Vec::new();
+    /// `wait_ms`: the waiting client's `WAIT` timeout.
+    fn start(proxy: &Proxy, primary: &Server, wait_ms: u64) -> Load {
+        let counts = Arc::new(Counts::default());
+        *counts.direct_to.lock().unwrap() = Some(primary.url());
+        let mut paced = Paced::new();
         for w in 0..WORKERS {
-            let url = proxy.url();
-            let shared = shared.clone();
-            threads.push(std::thread::spawn(move || worker(w, &url, &shared)));
+            let url = format!("{}/{}", proxy.url(), db_of(w));
+            let counts = counts.clone();
+            paced.spawn(move |shared| worker(w, &url, shared, &counts));
         }
-        let s = shared.clone();
-        threads.push(std::thread::spawn(move || direct_writer(&s)));
-        Load { shared, threads }
+        let c = counts.clone();
+        paced.spawn(move |shared| direct_writer(shared, &c));
+        let c = counts.clone();
+        let url = format!("{}/3", proxy.url());
+        paced.spawn(move |shared| waiter(&url, wait_ms, shared, &c));
+        Load { paced, counts }
     }
 
     /// Holds every client between two commands (everything sent is answered).
     fn hold(&self) {
-        self.shared.pause.store(true, Ordering::Release);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.shared.paused.load(Ordering::Acquire) < WORKERS as u64 + 1 {
-            assert!(Instant::now() < deadline, "the load did not pause");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.paced.hold()
     }
 
     fn release(&self) {
-        self.shared.pause.store(false, Ordering::Release);
+        self.paced.release()
     }
 
     /// Points the direct writer at `url` (`None`: it stops writing and disconnects).
     fn direct_to(&self, url: Option<String>) {
-        *self.shared.direct_to.lock().unwrap() = url;
+        *self.counts.direct_to.lock().unwrap() = url;
     }
 
-    fn finish(mut self) -> Arc<Shared> {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.pause.store(false, Ordering::Release);
-        for t in self.threads.drain(..) {
-            t.join().expect("load thread");
-        }
-        self.shared.clone()
+    fn ops(&self) -> u64 {
+        self.paced.ops()
     }
-}
 
-/// Waits here while the test holds the load.
-fn pause_point(shared: &Shared) {
-    if shared.pause.load(Ordering::Acquire) {
-        shared.paused.fetch_add(1, Ordering::AcqRel);
-        while shared.pause.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        shared.paused.fetch_sub(1, Ordering::AcqRel);
+    fn finish(self) -> (Arc<LoadShared>, Arc<Counts>) {
+        (self.paced.finish(), self.counts)
     }
 }
 
-fn worker(w: usize, url: &str, shared: &Shared) {
+/// A client that writes, then `WAIT 1 100`s (database 3, its own backend connection): before
+/// the switch the forward link is the replica it waits for, after it the reverse link. A
+/// link that does not acknowledge what it skipped or applied holds every move up.
+fn waiter(url: &str, wait_ms: u64, shared: &LoadShared, counts: &Counts) {
+    let mut c = common::connect(&redis::Client::open(url).unwrap());
+    let started = Instant::now();
+    let mut i = 0u64;
+    while shared.running(started, i) {
+        pause_point(shared);
+        i += 1;
+        let r = redis::cmd("SET")
+            .arg("w:key")
+            .arg(i)
+            .query::<()>(&mut c)
+            .and_then(|()| redis::cmd("WAIT").arg(1).arg(wait_ms).query::<i64>(&mut c));
+        match r {
+            Ok(n) => {
+                counts.waits.fetch_add(1, Ordering::Relaxed);
+                if n >= 1 {
+                    counts.waits_counted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => shared.error(format!("waiter: {e}")),
+        }
+        shared.ops.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn worker(w: usize, url: &str, shared: &LoadShared, counts: &Counts) {
+    let db_slot = usize::from(db_of(w) == 3);
     let client = redis::Client::open(url).unwrap();
     let mut c = common::connect(&client);
     let pinned = w % 2 == 0;
@@ -106,10 +132,7 @@ fn worker(w: usize, url: &str, shared: &Shared) {
     let script = "redis.call('INCR', KEYS[1]); redis.call('RPUSH', KEYS[2], ARGV[1]); return 1";
     let started = Instant::now();
     let mut i: u64 = 0;
-    while !shared.stop.load(Ordering::Acquire)
-        && i < 200_000
-        && started.elapsed() < Duration::from_secs(180)
-    {
+    while shared.running(started, i) {
         pause_point(shared);
         i += 1;
         let tag = format!("{w}:{i}");
@@ -143,8 +166,21 @@ fn worker(w: usize, url: &str, shared: &Shared) {
             9 => redis::cmd("INCRBYFLOAT").arg("s:flt").arg("0.5").clone(),
             10 => redis::cmd("EXPIRE").arg("s:hash").arg(1000).clone(),
             11 => redis::cmd("SPOP").arg("s:set").clone(),
-            12 => redis::cmd("XADD")
+            12 if i % 32 == 12 => redis::cmd("XADD")
                 .arg("s:stream")
+                .arg("*")
+                .arg("f")
+                .arg(&tag)
+                .clone(),
+            // Propagated as an exact trim with `LIMIT`, which a normal client may not send
+            // (issue 19 part 4): the link must rewrite it.
+            12 => redis::cmd("XADD")
+                .arg("s:capped")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(20)
+                .arg("LIMIT")
+                .arg(10)
                 .arg("*")
                 .arg("f")
                 .arg(&tag)
@@ -174,13 +210,9 @@ fn worker(w: usize, url: &str, shared: &Shared) {
                     .query(&mut c);
                 match r {
                     Ok(_) => {
-                        shared.incr_acked.fetch_add(1, Ordering::AcqRel);
+                        counts.incr_acked[db_slot].fetch_add(1, Ordering::AcqRel);
                     }
-                    Err(e) => shared
-                        .errors
-                        .lock()
-                        .unwrap()
-                        .push(format!("worker {w} MULTI: {e}")),
+                    Err(e) => shared.error(format!("worker {w} MULTI: {e}")),
                 }
                 shared.ops.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -191,14 +223,10 @@ fn worker(w: usize, url: &str, shared: &Shared) {
         match cmd.query::<redis::Value>(&mut c) {
             Ok(_) => {
                 if i % 16 == 8 {
-                    shared.incr_acked.fetch_add(1, Ordering::AcqRel);
+                    counts.incr_acked[db_slot].fetch_add(1, Ordering::AcqRel);
                 }
             }
-            Err(e) => shared
-                .errors
-                .lock()
-                .unwrap()
-                .push(format!("worker {w} op {}: {e}", i % 16)),
+            Err(e) => shared.error(format!("worker {w} op {}: {e}", i % 16)),
         }
         shared.ops.fetch_add(1, Ordering::Relaxed);
         let _ = &mut cmd;
@@ -207,12 +235,12 @@ fn worker(w: usize, url: &str, shared: &Shared) {
 
 /// A client of the application that was never repointed to the proxy: it writes to the
 /// primary directly (the test moves it along with each move).
-fn direct_writer(shared: &Shared) {
+fn direct_writer(shared: &LoadShared, counts: &Counts) {
     let mut conn: Option<(String, redis::Connection)> = None;
     let started = Instant::now();
-    while !shared.stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(180) {
+    while shared.running(started, 0) {
         pause_point(shared);
-        let want = shared.direct_to.lock().unwrap().clone();
+        let want = counts.direct_to.lock().unwrap().clone();
         let Some(url) = want else {
             conn = None;
             std::thread::sleep(Duration::from_millis(2));
@@ -227,13 +255,9 @@ fn direct_writer(shared: &Shared) {
         let (_, c) = conn.as_mut().unwrap();
         match redis::cmd("INCR").arg("d:ctr").query::<i64>(c) {
             Ok(_) => {
-                shared.direct_acked.fetch_add(1, Ordering::AcqRel);
+                counts.direct_acked.fetch_add(1, Ordering::AcqRel);
             }
-            Err(e) => shared
-                .errors
-                .lock()
-                .unwrap()
-                .push(format!("direct writer: {e}")),
+            Err(e) => shared.error(format!("direct writer: {e}")),
         }
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -247,11 +271,12 @@ fn int(conn: &mut redis::Connection, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// With the load held: the primary has every acknowledged `INCR` exactly once, and the old
-/// side (while overlapping) converges to a key-by-key copy of it.
+/// With the load held: the primary has every acknowledged `INCR` exactly once (in each
+/// database), and the old side (while overlapping) converges to a key-by-key copy of it in
+/// every database (compared with an independent client).
 fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, label: &str) {
     load.hold();
-    let errors = load.shared.errors.lock().unwrap().clone();
+    let errors = load.paced.errors();
     assert!(errors.is_empty(), "{label}: clients saw errors: {errors:?}");
     let status = proxy.status_json();
     let primary = if status["primary"] == "target" {
@@ -259,27 +284,43 @@ fn checkpoint(proxy: &Proxy, load: &Load, source: &Server, target: &Server, labe
     } else {
         source
     };
+    for (slot, db) in DBS.iter().enumerate() {
+        let mut p =
+            common::connect(&redis::Client::open(format!("{}/{db}", primary.url())).unwrap());
+        assert_eq!(
+            int(&mut p, "s:ctr"),
+            load.counts.incr_acked[slot].load(Ordering::Acquire),
+            "{label}: s:ctr of db {db} holds every acknowledged INCR once"
+        );
+    }
     let mut p = primary.conn();
     assert_eq!(
-        int(&mut p, "s:ctr"),
-        load.shared.incr_acked.load(Ordering::Acquire),
-        "{label}: s:ctr holds every acknowledged INCR once"
-    );
-    assert_eq!(
         int(&mut p, "d:ctr"),
-        load.shared.direct_acked.load(Ordering::Acquire),
+        load.counts.direct_acked.load(Ordering::Acquire),
         "{label}: d:ctr (the direct writer's) holds every acknowledged INCR once"
     );
     // Keys written with a short expiry are gone on both sides by now.
     std::thread::sleep(Duration::from_millis(400));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let a = snapshot(&mut source.conn());
-        let b = snapshot(&mut target.conn());
-        let differ = differences(&a, &b, 5);
+        let mut differ = Vec::new();
+        let mut sizes = Vec::new();
+        for db in DBS {
+            let a = snapshot_db(source, db);
+            let b = snapshot_db(target, db);
+            sizes.push(a.len());
+            differ.extend(
+                differences(&a, &b, 5)
+                    .into_iter()
+                    .map(|d| format!("db {db}: {d}")),
+            );
+        }
         if differ.is_empty() {
             // (Lists and sets may be empty at any moment: pops take what pushes add.)
-            assert!(a.len() >= 6, "{label}: the shared keys exist: {a:?}");
+            assert!(
+                sizes.iter().all(|n| *n >= 6),
+                "{label}: the shared keys exist in every database: {sizes:?}"
+            );
             break;
         }
         assert!(
@@ -324,13 +365,16 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
     } else {
         assert_eq!(overlap, "replica (at the first switch)", "{status}");
     }
-    let load = Load::start(&proxy, &source);
+    // (In the shadow overlap the primary has no replica after the switch: each `WAIT`
+    // lasts its whole timeout, and one in flight holds a move up for as long — a timeout
+    // under the pause limit keeps the moves possible.)
+    let load = Load::start(&proxy, &source, if shadow { 5 } else { 100 });
     if shadow {
         load.direct_to(None);
     }
     // Every worker has been through all its kinds of writes (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while load.shared.ops.load(Ordering::Relaxed) < 40 * WORKERS as u64 {
+    while load.ops() < 40 * WORKERS as u64 {
         assert!(Instant::now() < deadline, "the load does not run");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -380,6 +424,17 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
         }
     }
     load.hold();
+    let waits = load.counts.waits.load(Ordering::Relaxed);
+    let counted = load.counts.waits_counted.load(Ordering::Relaxed);
+    assert!(waits >= 20, "the waiting client ran: {waits}");
+    if !shadow {
+        // Before the switch the forward link, after it the reverse one, acknowledges the
+        // write it applied (a few waits may miss their 100 ms around a move).
+        assert!(
+            counted * 10 >= waits * 8,
+            "WAIT counted a replica {counted} times of {waits}"
+        );
+    }
     load.direct_to(None);
     let report = step(&proxy, "finish");
     assert_eq!(report["action"], "finish", "{report}");
@@ -389,10 +444,12 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
     // sides: the two snapshots are taken one after the other), and no key of cutover's left
     // on either side.
     std::thread::sleep(Duration::from_millis(400));
-    let a = snapshot(&mut source.conn());
-    let b = snapshot(&mut target.conn());
-    let differ = differences(&a, &b, 5);
-    assert!(differ.is_empty(), "after finish: {differ:?}");
+    for db in DBS {
+        let a = snapshot_db(&source, db);
+        let b = snapshot_db(&target, db);
+        let differ = differences(&a, &b, 5);
+        assert!(differ.is_empty(), "after finish, db {db}: {differ:?}");
+    }
     for server in [&source, &target] {
         let n: i64 = redis::cmd("EXISTS")
             .arg("cutover:position")
@@ -401,13 +458,13 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
             .unwrap();
         assert_eq!(n, 0, "cutover's keys are removed from {}", server.port());
     }
-    let shared = load.finish();
+    let (shared, _) = load.finish();
     assert!(shared.errors.lock().unwrap().is_empty());
     assert!(shared.ops.load(Ordering::Relaxed) > 1000, "the load ran");
     let status = proxy.status_json();
     assert_eq!(status["phase"], "finished", "{status}");
     eprintln!(
-        "pauses (ms): {pauses:?}; {} operations",
+        "pauses (ms): {pauses:?}; {} operations; {counted}/{waits} waits counted a replica",
         shared.ops.load(Ordering::Relaxed)
     );
 }

@@ -351,3 +351,90 @@ fn a_redis_6_2_target_50_ms_ahead_reports_every_lost_key() {
 fn a_redis_7_0_target_reports_every_lost_key() {
     no_silent_loss("redis-7.0-server", None);
 }
+
+/// `CONFIG GET import-mode` of `server`.
+fn import_mode(server: &Server) -> String {
+    let mode: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("import-mode")
+        .query(&mut server.conn())
+        .unwrap();
+    mode[1].clone()
+}
+
+/// Writes through the proxy (retrying while the primary restarts) until `server`, the side
+/// the applying link writes to, is in import mode again (bounded).
+fn until_import_mode_again(proxy: &Proxy, server: &Server, label: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0u64;
+    loop {
+        i += 1;
+        if let Ok(mut c) = proxy.client().get_connection() {
+            let _ = redis::cmd("SET")
+                .arg(format!("poke:{i}"))
+                .arg(i)
+                .query::<()>(&mut c);
+        }
+        if import_mode(server) == "yes" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label}: the restarted side never re-entered import mode; status {}\nproxy log:\n{}",
+            proxy.status_json(),
+            common::tail(&proxy.log(), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Valkey that restarts comes back with `import-mode no` (its config): the link's writer,
+/// reconnecting to it while it is the side the applying link writes to, puts it back in
+/// import mode — the target before the switch, the source (the old side) after it — and the
+/// sliding TTLs survive on it again. The new primary stays out of import mode.
+#[test]
+fn a_restarted_valkey_side_is_put_back_in_import_mode() {
+    // (`everysec`: an fsync per write slows the refreshes so much that few sessions stay
+    // alive; a restart loses at most the last second, and the position stored with it.)
+    let aof: &[&str] = &["--appendonly", "yes", "--appendfsync", "everysec"];
+    let mut source = Server::start_with(Version::Valkey91, aof);
+    let mut target = Server::start_with(Version::Valkey91, aof);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    common::wait_streaming(&proxy);
+    assert_eq!(import_mode(&target), "yes");
+    target.restart();
+    assert_eq!(
+        import_mode(&target),
+        "no",
+        "a restarted Valkey leaves import mode"
+    );
+    until_import_mode_again(&proxy, &target, "the target, before the switch");
+    assert!(
+        proxy.log().contains("in import mode again"),
+        "{}",
+        common::tail(&proxy.log(), 3000)
+    );
+    common::wait_streaming(&proxy);
+    let (live, missing) = sliding_ttl(&proxy, &mut source.conn(), &mut target.conn(), 2);
+    assert!(live > 5, "{live}");
+    assert!(missing.is_empty(), "{missing:?}");
+
+    common::step(&proxy, "switch");
+    assert_eq!(import_mode(&source), "yes");
+    assert_eq!(import_mode(&target), "no");
+    source.restart();
+    assert_eq!(import_mode(&source), "no");
+    until_import_mode_again(&proxy, &source, "the old side, after the switch");
+    assert_eq!(import_mode(&target), "no", "the primary stays out of it");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.status_json()["rollback_safe"] != true {
+        assert!(Instant::now() < deadline, "{}", proxy.status_json());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (live, missing) = sliding_ttl(&proxy, &mut target.conn(), &mut source.conn(), 2);
+    assert!(live > 5, "{live}");
+    assert!(missing.is_empty(), "{missing:?}");
+    common::step(&proxy, "finish");
+    assert_eq!(import_mode(&source), "no");
+    assert_eq!(import_mode(&target), "no");
+}

@@ -3,8 +3,9 @@
 //!
 //! * [`Controller::first_switch`]: the sync engine brings the target to the source's
 //!   `master_repl_offset` (read while every client command is held) and stops there; the
-//!   target is then marked as switched (`cutover:switched`), so a later `cutover run` refuses
-//!   to sync into it again.
+//!   target is then marked as switched (`cutover:switched`, written after the flip and before
+//!   the release; every later move rewrites it with the side that is the primary), so a later
+//!   `cutover run` refuses to sync into it again and says which side the clients are on.
 //! * [`Controller::flip_with_shadow`]: a rollback, or a switch after it, in a shadow overlap:
 //!   the shadow queue into the new primary must be empty before the flip.
 //! * [`Controller::flip`]: the route swap (a new epoch), the `CLIENT UNBLOCK` of the proxy's
@@ -81,16 +82,15 @@ impl Controller {
         let unblocked = self
             .flip(Side::Target, &mut src, &source, &target, true)
             .await;
+        // Remember on the target that it is the primary now, before any client command is
+        // released to it: a `cutover run` killed after the release and started again would
+        // otherwise not know, and send the clients back to the source.
+        mark_primary(&mut tgt, offset, Side::Target).await;
         let held = gate.held();
         gate.resume();
         src.set_deadline(None);
         let pause = started.elapsed();
         self.set_phase(Phase::Switched);
-        // Remember on the target that it is the primary now (after the pause): a later
-        // `cutover run` refuses to sync into it again.
-        if let Err(e) = mark_switched(&mut tgt, offset).await {
-            tracing::error!(error = %e, "cannot mark the target as switched ({}); do not restart `cutover run` with this config", String::from_utf8_lossy(SWITCHED_KEY));
-        }
         let report = StepReport {
             action: "switch",
             primary: "target",
@@ -197,6 +197,14 @@ impl Controller {
         }
         let written = sink.as_ref().map_or(0, |s| s.enqueued());
         let unblocked = self.flip(to, &mut old_conn, old, new, true).await;
+        // (Which side is the primary now, on the target, before the release: see
+        // `mark_primary`.)
+        let target_conn = if to == Side::Target {
+            &mut new_conn
+        } else {
+            &mut old_conn
+        };
+        mark_primary(target_conn, 0, to).await;
         let held = gate.held();
         gate.resume();
         let pause = started.elapsed();
@@ -285,13 +293,28 @@ impl Controller {
     }
 }
 
-/// `SET cutover:switched "<unix ms> <offset>"` in database 0 of the target.
-pub(super) async fn mark_switched(c: &mut Conn, offset: u64) -> Result<(), String> {
+/// Records on the target which side is the primary after a move (inside the barrier, after
+/// the flip, before any client command is released), logging a failure: a later `cutover
+/// run` refuses to start while the key is there, and says which side to point the
+/// applications at (`runtime`).
+pub(super) async fn mark_primary(c: &mut Conn, offset: u64, primary: Side) {
+    // The move is committed (the route flipped): the record is worth a round trip past the
+    // pause limit, so the connection's deadline no longer applies (its own timeout does).
+    c.set_deadline(None);
+    if let Err(e) = mark_switched(c, offset, primary).await {
+        tracing::error!(error = %e, "cannot record on the target that the {} is the primary ({}); do not restart `cutover run` with this config", primary.as_str(), String::from_utf8_lossy(SWITCHED_KEY));
+    }
+}
+
+/// `SET cutover:switched "<unix ms> <offset> <primary>"` in database 0 of the target (the
+/// primary is `target` after a switch, `source` after a rollback; a value of two fields, from
+/// an older version, means `target`).
+async fn mark_switched(c: &mut Conn, offset: u64, primary: Side) -> Result<(), String> {
     if c.db != 0 {
         c.query(&[b"SELECT", b"0"]).await?;
         c.db = 0;
     }
-    let value = format!("{} {offset}", unix_ms());
+    let value = format!("{} {offset} {}", unix_ms(), primary.as_str());
     match c.query(&[b"SET", SWITCHED_KEY, value.as_bytes()]).await? {
         Value::Error(e) => Err(e),
         _ => Ok(()),

@@ -18,7 +18,10 @@
 //! - `finish` ([`Controller::restore_import_mode`]) puts each side's own setting back.
 //!
 //! Each change bumps `sync::target::IMPORT_EPOCH`, so every link writer sends `CLIENT
-//! IMPORT-SOURCE ON` again before its next transaction.
+//! IMPORT-SOURCE ON` again before its next transaction. The side in import mode is also
+//! recorded for the writers (`sync::target::IMPORT_SIDE`, changed before the sides' modes
+//! are): a Valkey that restarts comes back with `import-mode no` from its config, and the
+//! link's writer, reconnecting to it, puts it back in import mode before it writes.
 //!
 //! Eviction: Valkey's import mode does not change eviction (keys of an import source are
 //! evicted like any other under an eviction policy); `cutover::memory` counts evictions.
@@ -80,6 +83,7 @@ impl Controller {
         if let Ok(mut c) = open(&target, timeout).await {
             modes.target = get(&mut c).await;
             if modes.target.is_some() {
+                self.record_import_side(Some(Side::Target)).await;
                 match set(&mut c, "yes").await {
                     Ok(()) => {
                         modes.on = Some(Side::Target);
@@ -89,6 +93,7 @@ impl Controller {
                         );
                     }
                     Err(e) => {
+                        self.record_import_side(None).await;
                         tracing::warn!(error = %e, "cannot put the target in import mode; keys whose TTL is refreshed late may be lost there")
                     }
                 }
@@ -115,21 +120,27 @@ impl Controller {
             Side::Target => (modes.target.clone(), modes.source.is_some()),
             Side::Source => (modes.source.clone(), modes.target.is_some()),
         };
+        let follower = match to {
+            Side::Target => Side::Source,
+            Side::Source => Side::Target,
+        };
+        let enters = has_old && follower_enters;
+        // The side a reconnecting writer puts back in import mode is changed first: a writer
+        // that reconnected just before saw the old value and is done (its mode is overwritten
+        // below); one after sees the new one (`sync::target::IMPORT_SIDE`).
+        self.record_import_side(enters.then_some(follower)).await;
         if let Some(own) = &own_new {
-            set(new_conn, own)
-                .await
-                .map_err(|e| format!("the new primary did not leave import mode: {e}"))?;
+            if let Err(e) = set(new_conn, own).await {
+                self.record_import_side(modes.on).await;
+                return Err(format!("the new primary did not leave import mode: {e}"));
+            }
         }
         let mut on = None;
-        if has_old && follower_enters {
+        if enters {
             match set(old_conn, "yes").await {
-                Ok(()) => {
-                    on = Some(match to {
-                        Side::Target => Side::Source,
-                        Side::Source => Side::Target,
-                    })
-                }
+                Ok(()) => on = Some(follower),
                 Err(e) => {
+                    self.record_import_side(None).await;
                     tracing::warn!(error = %e, "the old side did not enter import mode; keys whose TTL is refreshed late may be lost there")
                 }
             }
@@ -144,6 +155,7 @@ impl Controller {
     /// `finish`: each side's own setting back.
     pub(super) async fn restore_import_mode(&self) {
         let modes = self.import.lock().map(|m| m.clone()).unwrap_or_default();
+        self.record_import_side(None).await;
         let Ok((source, target)) = self.backends() else {
             return;
         };
@@ -162,6 +174,30 @@ impl Controller {
         }
         if let Ok(mut m) = self.import.lock() {
             m.on = None;
+        }
+    }
+
+    /// Tells the link writers which side (its address) is in import mode because of us, so
+    /// that one reconnecting to a restarted Valkey puts it back in import mode
+    /// (`sync::target::IMPORT_SIDE`). A writer holds that lock only for its two round trips
+    /// at connect; past the control timeout the change is given up, with a warning.
+    async fn record_import_side(&self, side: Option<Side>) {
+        let addr = side.and_then(|side| {
+            let (source, target) = self.backends().ok()?;
+            Some(match side {
+                Side::Source => source.url.addr(),
+                Side::Target => target.url.addr(),
+            })
+        });
+        let deadline = std::time::Instant::now() + self.settings.timeout;
+        while !crate::sync::target::try_set_import_side(addr.clone()) {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "a link writer held the import-mode record past the timeout; a restarted side may not re-enter import mode"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 

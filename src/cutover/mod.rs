@@ -63,7 +63,7 @@ use crate::route::{Backend, Route, RouteTable, Side};
 use crate::sync::batch::SWITCHED_KEY;
 use crate::sync::engine::SyncProgress;
 use crate::sync::phase::SyncPhase;
-use flip::{mark_switched, wait_until};
+use flip::{mark_primary, wait_until};
 use overlap::{Links, OverlapMode};
 pub use phase::{Move, Phase};
 use preconditions::{client_fields, client_list, foreign_writers};

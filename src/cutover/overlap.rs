@@ -543,6 +543,15 @@ impl Controller {
         applying.cancel_stop();
         links.publish_metrics();
         let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
+        // Which side is the primary now, recorded on the target before any client command is
+        // released (`flip::mark_primary`): a `cutover run` killed from here on and started
+        // again refuses, naming the side the clients are on.
+        let target_conn = if to == Side::Target {
+            &mut new_conn
+        } else {
+            &mut old_conn
+        };
+        super::mark_primary(target_conn, old_offset, to).await;
         let held = gate.held();
         gate.resume();
         new_conn.set_deadline(None);
@@ -551,12 +560,8 @@ impl Controller {
             Side::Source => ("rollback", Phase::RolledBack),
             Side::Target => ("switch", Phase::Switched),
         };
-        let first = self.phase().is_none();
         self.set_phase(phase);
         self.set_overlap_chosen(OverlapMode::Replica);
-        if first && let Err(e) = super::mark_switched(&mut new_conn, old_offset).await {
-            tracing::error!(error = %e, "cannot mark the target as switched; do not restart `cutover run` with this config");
-        }
         let report = StepReport {
             action,
             primary: to.as_str(),

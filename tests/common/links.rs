@@ -1,11 +1,13 @@
 //! Helpers of the replication-link tests (`tests/links.rs`): a keyspace per database, and a
-//! small mixed load through the proxy that can be held between two commands.
+//! small mixed load through the proxy that can be held between two commands (on the paced
+//! harness of `paced.rs`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::paced::{LoadShared, Paced, pause_point};
 use super::{Server, connect, differences, snapshot};
 
 /// Every key of database `db` of `server` (cutover's own keys excepted), as [`snapshot`].
@@ -38,78 +40,39 @@ pub fn assert_same_dbs(a: &Server, b: &Server, dbs: &[(u64, u64)], label: &str) 
     }
 }
 
-/// What the load's threads share with the test.
-#[derive(Default)]
-pub struct LoadShared {
-    pub stop: AtomicBool,
-    pub pause: AtomicBool,
-    pub paused: AtomicU64,
-    pub errors: Mutex<Vec<String>>,
-    pub ops: AtomicU64,
-}
-
 /// Writer threads through the proxy: each writes its own counter and the shared keys of
-/// each of `dbs` (even workers on their own backend connection, odd ones on the shared one).
+/// each of `dbs` (even workers on their own backend connection, odd ones on the shared one),
+/// on the one paced harness ([`Paced`]).
 pub struct MixedLoad {
-    pub shared: Arc<LoadShared>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    workers: u64,
+    pub paced: Paced,
 }
 
 impl MixedLoad {
     pub fn start(proxy_url: &str, workers: usize, dbs: &[u64]) -> MixedLoad {
-        let shared = Arc::new(LoadShared::default());
-        let mut threads = Vec::new();
+        let mut paced = Paced::new();
         for w in 0..workers {
             let url = proxy_url.to_string();
-            let shared = shared.clone();
             let dbs = dbs.to_vec();
-            threads.push(std::thread::spawn(move || {
-                mixed_worker(w, &url, &dbs, &shared)
-            }));
+            paced.spawn(move |shared| mixed_worker(w, &url, &dbs, shared));
         }
-        MixedLoad {
-            shared,
-            threads,
-            workers: workers as u64,
-        }
+        MixedLoad { paced }
     }
 
     /// Holds every worker between two commands (everything sent is answered).
     pub fn hold(&self) {
-        self.shared.pause.store(true, Ordering::Release);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.shared.paused.load(Ordering::Acquire) < self.workers {
-            assert!(Instant::now() < deadline, "the load did not pause");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.paced.hold()
     }
 
     pub fn release(&self) {
-        self.shared.pause.store(false, Ordering::Release);
+        self.paced.release()
     }
 
     pub fn errors(&self) -> Vec<String> {
-        self.shared.errors.lock().unwrap().clone()
+        self.paced.errors()
     }
 
-    pub fn finish(mut self) -> Arc<LoadShared> {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.pause.store(false, Ordering::Release);
-        for t in self.threads.drain(..) {
-            t.join().expect("load thread");
-        }
-        self.shared.clone()
-    }
-}
-
-fn pause_point(shared: &LoadShared) {
-    if shared.pause.load(Ordering::Acquire) {
-        shared.paused.fetch_add(1, Ordering::AcqRel);
-        while shared.pause.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        shared.paused.fetch_sub(1, Ordering::AcqRel);
+    pub fn finish(self) -> Arc<LoadShared> {
+        self.paced.finish()
     }
 }
 
@@ -126,10 +89,7 @@ fn mixed_worker(w: usize, url: &str, dbs: &[u64], shared: &LoadShared) {
     let mut db = 0;
     let started = Instant::now();
     let mut i: u64 = 0;
-    while !shared.stop.load(Ordering::Acquire)
-        && i < 200_000
-        && started.elapsed() < Duration::from_secs(180)
-    {
+    while shared.running(started, i) {
         pause_point(shared);
         i += 1;
         let want = dbs[(i as usize / 7) % dbs.len()];

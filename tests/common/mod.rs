@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod faketime;
 pub mod links;
 pub mod moves;
+pub mod paced;
 pub mod sides;
 
 use std::collections::{BTreeMap, HashSet};

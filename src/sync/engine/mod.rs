@@ -287,9 +287,15 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         && let Some(value) = batch::switched_marker(&opts.target, opts.timeout)?
     {
         bail!(
-            "the target {} was switched to by `cutover switch` (key {} = {value:?} in db 0): it is a primary now, and syncing into it again would apply writes a second time; delete that key only if its data may be replaced",
+            "the target {} was switched to by `cutover switch` (key {} = {value:?} in db 0): {}, and syncing into it again would apply writes a second time; delete that key only if its data may be replaced",
             opts.target,
-            show_key(batch::SWITCHED_KEY)
+            show_key(batch::SWITCHED_KEY),
+            // (The third field names the primary after the last move: `cutover::flip`.)
+            if value.split(' ').nth(2) == Some("source") {
+                "the clients were rolled back to the source since, and it was kept a copy only while that `cutover run` lived"
+            } else {
+                "it is a primary now"
+            }
         );
     }
     let stored = batch::read(&mut writer)?;

@@ -246,6 +246,32 @@ pub fn import_mode_changed() {
     IMPORT_EPOCH.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
+/// The address (`host:port`) of the side cutover keeps in import mode now (`cutover::import`:
+/// the side the applying link writes to), `None` when none is.
+///
+/// A Valkey that restarts comes back with its configured `import-mode` (`no`), so a writer
+/// that connects to that side enters import mode again ([`TargetWriter::connect`]) — while
+/// holding this lock, so that a move, which changes the value here (under the lock) *before*
+/// it changes the sides' modes, either is seen by the writer or overwrites what the writer
+/// set. One value, changed under one lock.
+static IMPORT_SIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Records the side in import mode (see [`IMPORT_SIDE`]) unless a writer holds the lock
+/// right now (`false`: try again; the caller must not block an async task on it).
+pub fn try_set_import_side(addr: Option<String>) -> bool {
+    match IMPORT_SIDE.try_lock() {
+        Ok(mut side) => {
+            *side = addr;
+            true
+        }
+        Err(std::sync::TryLockError::Poisoned(p)) => {
+            *p.into_inner() = addr;
+            true
+        }
+        Err(std::sync::TryLockError::WouldBlock) => false,
+    }
+}
+
 /// The client name of the sync's connections to the side it writes into.
 pub const CLIENT_NAME: &str = "cutover-sync";
 
@@ -274,8 +300,42 @@ impl TargetWriter {
             addr: w.addr.clone(),
             detail,
         })?;
+        w.reenter_import_mode()?;
         w.import_source()?;
         Ok(w)
+    }
+
+    /// On Valkey 8.1+: a new connection to the side cutover keeps in import mode
+    /// ([`IMPORT_SIDE`]) finds it in import mode, or puts it back (a restarted Valkey comes
+    /// back with its configured `import-mode no`, and then expires the keys whose refresh
+    /// is still on its way). A side that refuses is a warning, as at start.
+    fn reenter_import_mode(&mut self) -> Result<(), TargetError> {
+        if !(self.info.valkey && self.info.version >= (8, 1, 0)) {
+            return Ok(());
+        }
+        let side = IMPORT_SIDE.lock().unwrap_or_else(|p| p.into_inner());
+        if side.as_deref() != Some(self.addr.as_str()) {
+            return Ok(());
+        }
+        let reply = self.call(&[b"CONFIG", b"GET", b"import-mode"])?;
+        if array_bulks(&reply).get(1).copied() == Some(&b"yes"[..]) {
+            return Ok(());
+        }
+        let reply = self.call(&[b"CONFIG", b"SET", b"import-mode", b"yes"])?;
+        if reply.starts_with(b"-") {
+            tracing::warn!(
+                addr = %self.addr,
+                reply = %String::from_utf8_lossy(&reply).trim_end(),
+                "the side the link writes to left import mode (restarted?) and refuses to enter it again; keys whose TTL is refreshed late may be lost there"
+            );
+        } else {
+            tracing::info!(
+                addr = %self.addr,
+                "the side the link writes to had left import mode (restarted?): it is in import mode again"
+            );
+        }
+        drop(side);
+        Ok(())
     }
 
     /// A connection through [`client::connect_blocking`] (TCP or TLS, `AUTH`, `SELECT` of the
