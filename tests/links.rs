@@ -169,6 +169,60 @@ fn a_client_that_waits_for_the_aof_does_not_block_the_moves_valkey_9_1() {
     );
 }
 
+/// A `WAIT` with no timeout in flight when a move starts, in the shadow overlap (where the
+/// primary has no replica after the switch, so the wait never ends on its own): the move
+/// cancels it on the old side as it does a blocking call, the client gets the replicas
+/// counted so far (0), and the move goes through. (Before, it held every rollback up to the
+/// pause limit: the session had a reply in flight.)
+#[test]
+fn a_wait_in_flight_is_answered_at_the_move_in_the_shadow_overlap() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let mut c = proxy.conn();
+    let waiter = std::thread::spawn(move || {
+        let _: () = redis::cmd("SET").arg("w").arg(1).query(&mut c).unwrap();
+        let started = Instant::now();
+        let n = redis::cmd("WAIT").arg(1).arg(0).query::<i64>(&mut c);
+        (n, started.elapsed())
+    });
+    // The WAIT is blocked on the primary (the target) before the rollback starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut target.conn())
+            .unwrap();
+        if list.lines().any(|l| l.contains("cmd=wait")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the WAIT never reached the target"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = step(&proxy, "rollback");
+    assert_eq!(report["action"], "rollback", "{report}");
+    let (n, took) = waiter.join().unwrap();
+    assert_eq!(n.unwrap(), 0, "WAIT answers the replicas counted so far");
+    assert!(took < Duration::from_secs(5), "WAIT lasted {took:?}");
+    let w: Option<i64> = redis::cmd("GET")
+        .arg("w")
+        .query(&mut source.conn())
+        .unwrap();
+    assert_eq!(
+        w,
+        Some(1),
+        "the waited-for write is on the primary after the rollback"
+    );
+}
+
 // ----- part 2: a resumed stream keeps its database ----------------------------------------
 
 fn cutover_sync(source: &Server, target: &Server, log: &std::path::Path, extra: &[&str]) -> Child {

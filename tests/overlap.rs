@@ -366,9 +366,9 @@ fn overlap_story(from: Version, to: Version, target_args: &[&str]) {
         assert_eq!(overlap, "replica (at the first switch)", "{status}");
     }
     // (In the shadow overlap the primary has no replica after the switch: each `WAIT`
-    // lasts its whole timeout, and one in flight holds a move up for as long — a timeout
-    // under the pause limit keeps the moves possible.)
-    let load = Load::start(&proxy, &source, if shadow { 5 } else { 100 });
+    // lasts its whole timeout, 100 ms, the pause limit. A move cancels one in flight on the
+    // old side, as it does a blocking call, so it never holds the move up.)
+    let load = Load::start(&proxy, &source, 100);
     if shadow {
         load.direct_to(None);
     }

@@ -352,6 +352,15 @@ mod tests {
     }
 }
 
+/// `WAIT` or `WAITAOF`: blocks until replicas acknowledge. A move cancels it on the old side
+/// like a blocking call (`CLIENT UNBLOCK`), and the server then answers what was acknowledged
+/// so far, which is the reply the client gets (it is not sent again: the new primary's
+/// replicas never saw the client's writes as theirs to acknowledge).
+pub fn is_replica_wait(args: &[&[u8]]) -> bool {
+    args.first()
+        .is_some_and(|n| n.eq_ignore_ascii_case(b"wait") || n.eq_ignore_ascii_case(b"waitaof"))
+}
+
 /// A blocking call, cancelled on the old side by a route flip, sent again with what is left
 /// of its timeout. `None`: the command does not block (no timeout argument, `WAIT`) and must
 /// not be re-sent; `Some(None)`: its time is up (the client gets the nil it was given);
@@ -432,5 +441,8 @@ mod reissue_tests {
         );
         let wait: Vec<&[u8]> = vec![b"WAIT", b"1", b"100"];
         assert_eq!(reissue_blocking(&wait, Duration::ZERO), None);
+        assert!(super::is_replica_wait(&wait));
+        assert!(super::is_replica_wait(&[b"waitaof", b"0", b"1", b"0"]));
+        assert!(!super::is_replica_wait(&plain));
     }
 }

@@ -347,7 +347,10 @@ impl Session {
         let reissue = (command::may_block(cmd) && !self.conn.in_multi)
             .then(|| crate::sync::engine::split_args(wire).ok())
             .flatten()
-            .filter(|args| command::reissue_blocking(args, Duration::ZERO).is_some())
+            .filter(|args| {
+                command::reissue_blocking(args, Duration::ZERO).is_some()
+                    || command::is_replica_wait(args)
+            })
             .map(|args| {
                 Box::new(Blocking {
                     args: args.iter().map(|a| a.to_vec()).collect(),

@@ -164,7 +164,9 @@ struct Pending {
     /// Sent on the backend's shared connection.
     via_mux: bool,
     /// A blocking call: its arguments, to send it again on the new primary when a flip
-    /// cancels it on the old one.
+    /// cancels it on the old one. A `WAIT`/`WAITAOF` is one too, but is not sent again: the
+    /// cancel (`CLIENT UNBLOCK`) answers it with the replicas counted so far, as its timeout
+    /// would, so a client waiting for replicas never holds a move up.
     reissue: Option<Box<Blocking>>,
     /// Answer the client with a nil instead of the server's reply (`EXEC` after a flip broke
     /// the client's `WATCH`: the transaction was discarded).
