@@ -28,6 +28,14 @@ pub enum AdminError {
     Timeout { addr: String, secs: u64 },
     #[error("admin protocol error: {0}")]
     Protocol(String),
+    #[error(
+        "the connection to `cutover run` at {addr} was lost during `{command}` ({detail}): its outcome is unknown. Run `cutover status` (restart `cutover run` first if it stopped) to see which side is the primary before trying again"
+    )]
+    Lost {
+        addr: String,
+        command: String,
+        detail: String,
+    },
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -65,6 +73,7 @@ pub async fn request_tls(
             None => {
                 exchange(
                     Framed::new(socket, BoundedResp2::new(REPLIES)),
+                    addr,
                     token,
                     command,
                 )
@@ -78,6 +87,7 @@ pub async fn request_tls(
                 })?;
                 exchange(
                     Framed::new(stream, BoundedResp2::new(REPLIES)),
+                    addr,
                     token,
                     command,
                 )
@@ -117,6 +127,7 @@ fn connector(addr: &str, ca: &Path) -> Result<(TlsConnector, ServerName<'static>
 
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Framed<S, BoundedResp2>,
+    addr: &str,
     token: Option<&str>,
     command: &[&str],
 ) -> Result<BytesFrame, AdminError> {
@@ -127,7 +138,21 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(AdminError::Refused(e.to_string()));
             }
         }
-        match roundtrip(&mut conn, command).await? {
+        // Once the command is sent, a lost connection leaves its outcome unknown (a move may
+        // have happened): say so, and where to look.
+        let reply = roundtrip(&mut conn, command).await.map_err(|e| match e {
+            AdminError::Protocol(detail) => AdminError::Lost {
+                addr: addr.to_string(),
+                command: command
+                    .first()
+                    .copied()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase(),
+                detail,
+            },
+            other => other,
+        })?;
+        match reply {
             BytesFrame::Error(e) => Err(AdminError::Refused(e.to_string())),
             other => Ok(other),
         }
