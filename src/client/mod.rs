@@ -26,11 +26,15 @@ mod call;
 mod connect;
 mod endpoint;
 mod error;
+mod info;
 mod stream;
 mod tls;
+mod value;
 
 pub use call::{BlockingClient, Client, MAX_REPLY};
 pub use connect::{connect, connect_blocking};
 pub use endpoint::Endpoint;
 pub use error::ClientError;
+pub use info::{DbKeys, Info, InfoRole, RoleReply};
 pub use stream::{BlockingStream, Stream};
+pub use value::Value;
