@@ -396,6 +396,14 @@ impl BlockingClient {
         super::connect_blocking(endpoint, timeout)
     }
 
+    /// [`BlockingClient::open`] for the server of `url`.
+    pub fn open_url(
+        url: &crate::config::RedisUrl,
+        timeout: Duration,
+    ) -> Result<BlockingClient, ClientError> {
+        BlockingClient::open(&super::Endpoint::new(url)?, timeout)
+    }
+
     /// The server this client talks to.
     pub fn endpoint(&self) -> &super::Endpoint {
         &self.endpoint

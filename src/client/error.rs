@@ -56,6 +56,14 @@ pub enum ClientError {
     Unusable { endpoint: String },
 }
 
+/// The controller's steps report their failures as text (shown in `STATUS` and in refused
+/// moves); this lets them use `?` on a client call.
+impl From<ClientError> for String {
+    fn from(e: ClientError) -> String {
+        e.to_string()
+    }
+}
+
 impl ClientError {
     /// Worth trying again later (with back-off): the network, a server restarting, a server
     /// busy loading. Wrong certificates, wrong settings, refused credentials and protocol
