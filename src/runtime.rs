@@ -283,11 +283,8 @@ async fn start_reverse_link(
 ) -> anyhow::Result<()> {
     let probe_url = target.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        crate::sync::target::query_raw(
-            &probe_url,
-            &[b"COMMAND", b"INFO", b"PSYNC"],
-            Duration::from_secs(5),
-        )
+        crate::client::BlockingClient::open_url(&probe_url, Duration::from_secs(5))
+            .and_then(|mut c| c.call_raw(&[b"COMMAND", b"INFO", b"PSYNC"]))
     })
     .await
     .context("cannot probe the target")?;
