@@ -1,4 +1,5 @@
-//! One command, one reply: [`Client`] (async) and [`BlockingClient`] (threads).
+//! One command, one reply: [`Client`] (async; the blocking flavour is
+//! [`super::BlockingClient`]).
 //!
 //! A command is encoded as a RESP array; its reply is framed by
 //! [`crate::resp::ReplyParser`] (RESP2 and RESP3, any nesting the parser's own bound
@@ -9,7 +10,6 @@
 //! Both keep the bytes read past a reply in their buffer; [`Client::into_parts`] hands the
 //! stream and those bytes to a layer that takes over (the replica link, a pipeline).
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::ClientError;
 use super::info::Info;
-use super::stream::{BlockingStream, Stream};
+use super::stream::Stream;
 use super::tls;
 use super::value::Value;
 use crate::resp::ReplyParser;
@@ -27,7 +27,7 @@ use crate::resp::request::encode_command;
 pub const MAX_REPLY: usize = 64 * 1024 * 1024;
 
 /// The command's name, upper-cased, for messages.
-fn command_name(args: &[&[u8]]) -> String {
+pub(super) fn command_name(args: &[&[u8]]) -> String {
     args.first()
         .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
         .unwrap_or_default()
@@ -76,7 +76,7 @@ pub(super) fn io_error(
 }
 
 /// `reply` unless it is an error reply to `args` (shared by both flavours).
-fn check_reply(
+pub(super) fn check_reply(
     endpoint: &super::Endpoint,
     args: &[&[u8]],
     reply: Vec<u8>,
@@ -91,7 +91,7 @@ fn check_reply(
     Ok(reply)
 }
 
-fn protocol_error(endpoint: &super::Endpoint, detail: String) -> ClientError {
+pub(super) fn protocol_error(endpoint: &super::Endpoint, detail: String) -> ClientError {
     ClientError::Protocol {
         endpoint: endpoint.to_string(),
         detail,
@@ -350,192 +350,10 @@ impl Client {
 }
 
 /// The text of an `INFO` reply (a bulk or verbatim string).
-fn info_of(endpoint: &super::Endpoint, reply: &[u8]) -> Result<Info, ClientError> {
+pub(super) fn info_of(endpoint: &super::Endpoint, reply: &[u8]) -> Result<Info, ClientError> {
     match Value::decode(reply, 2) {
         Some(v) => Info::from_value(&v),
         None => None,
     }
     .ok_or_else(|| protocol_error(endpoint, format!("INFO answered {}", reply_text(reply))))
-}
-
-/// The blocking control client, for threads: the same exchanges as [`Client`]. Every read
-/// and write is bounded by the socket's time limits (set by [`super::connect_blocking`]:
-/// the connection's timeout, at least 5 s; [`BlockingClient::set_time_limit`] changes them);
-/// one that runs out is [`ClientError::Deadline`], and the connection is not used again.
-pub struct BlockingClient {
-    stream: BlockingStream,
-    endpoint: super::Endpoint,
-    buf: Vec<u8>,
-    parser: ReplyParser,
-    max_reply: usize,
-    login: bool,
-    /// A read or write ran out of time: the connection is not used again.
-    broken: bool,
-}
-
-impl BlockingClient {
-    /// Wraps a connected stream.
-    pub fn new(stream: BlockingStream, endpoint: &super::Endpoint) -> BlockingClient {
-        BlockingClient {
-            stream,
-            endpoint: endpoint.clone(),
-            buf: Vec::with_capacity(4096),
-            parser: ReplyParser::default(),
-            max_reply: MAX_REPLY,
-            login: false,
-            broken: false,
-        }
-    }
-
-    /// Connects and logs in ([`super::connect_blocking`]) within `timeout` per step; later
-    /// reads and writes are bounded by `timeout` too (at least 5 s).
-    pub fn open(
-        endpoint: &super::Endpoint,
-        timeout: Duration,
-    ) -> Result<BlockingClient, ClientError> {
-        super::connect_blocking(endpoint, timeout)
-    }
-
-    /// [`BlockingClient::open`] for the server of `url`.
-    pub fn open_url(
-        url: &crate::config::RedisUrl,
-        timeout: Duration,
-    ) -> Result<BlockingClient, ClientError> {
-        BlockingClient::open(&super::Endpoint::new(url)?, timeout)
-    }
-
-    /// The server this client talks to.
-    pub fn endpoint(&self) -> &super::Endpoint {
-        &self.endpoint
-    }
-
-    /// Bounds every later read and write by `limit`.
-    pub fn set_time_limit(&mut self, limit: Duration) {
-        let _ = self.stream.set_read_timeout(Some(limit));
-        let _ = self.stream.set_write_timeout(Some(limit));
-    }
-
-    /// An I/O error, a time limit that ran out made [`ClientError::Deadline`] (and the
-    /// connection unusable).
-    fn failed(&mut self, e: std::io::Error, what: &str) -> ClientError {
-        if !self.login
-            && matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            )
-        {
-            self.broken = true;
-            let ms = self
-                .stream
-                .read_timeout()
-                .ok()
-                .flatten()
-                .map_or(0, |d| d.as_millis() as u64);
-            return ClientError::Deadline {
-                endpoint: self.endpoint.to_string(),
-                what: what.to_string(),
-                ms,
-            };
-        }
-        io_error(&self.endpoint, e, self.login)
-    }
-
-    fn usable(&self) -> Result<(), ClientError> {
-        if self.broken {
-            return Err(ClientError::Unusable {
-                endpoint: self.endpoint.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    pub(super) fn set_login(&mut self, on: bool) {
-        self.login = on;
-    }
-
-    /// Bounds the size of one reply.
-    pub fn set_max_reply(&mut self, bytes: usize) {
-        self.max_reply = bytes;
-    }
-
-    /// Sends the commands already encoded in `wire`.
-    pub fn write(&mut self, wire: &[u8]) -> Result<(), ClientError> {
-        self.usable()?;
-        let r = self
-            .stream
-            .write_all(wire)
-            .and_then(|_| self.stream.flush());
-        r.map_err(|e| self.failed(e, "a write"))
-    }
-
-    /// Reads one complete reply (its raw bytes, error replies included).
-    pub fn read_reply(&mut self) -> Result<Vec<u8>, ClientError> {
-        self.usable()?;
-        let mut chunk = [0u8; 16 * 1024];
-        loop {
-            match self.parser.parse(&self.buf) {
-                Ok(Some(info)) => return Ok(self.buf.drain(..info.len).collect()),
-                Ok(None) => {}
-                Err(e) => return Err(self.protocol(e.to_string())),
-            }
-            if self.buf.len() > self.max_reply {
-                return Err(self.protocol(format!("a reply longer than {} bytes", self.max_reply)));
-            }
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    let eof = std::io::ErrorKind::UnexpectedEof.into();
-                    return Err(io_error(&self.endpoint, eof, self.login));
-                }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.failed(e, "a reply")),
-            }
-        }
-    }
-
-    /// One command and its raw reply, error replies included.
-    pub fn call_raw(&mut self, args: &[&[u8]]) -> Result<Vec<u8>, ClientError> {
-        let mut wire = Vec::new();
-        encode_command(args, &mut wire);
-        self.write(&wire)?;
-        self.read_reply()
-    }
-
-    /// One command and its reply; an error reply is [`ClientError::Refused`].
-    pub fn call(&mut self, args: &[&[u8]]) -> Result<Vec<u8>, ClientError> {
-        let reply = self.call_raw(args)?;
-        self.check(args, reply)
-    }
-
-    /// One command and its decoded reply (RESP2); an error reply is `Ok(Value::Error)`.
-    pub fn query(&mut self, args: &[&[u8]]) -> Result<Value, ClientError> {
-        let raw = self.call_raw(args)?;
-        Value::decode(&raw, 2).ok_or_else(|| self.protocol("an unreadable reply".to_string()))
-    }
-
-    /// `INFO section`, read by [`Info`].
-    pub fn info(&mut self, section: &str) -> Result<Info, ClientError> {
-        let args: [&[u8]; 2] = [b"INFO", section.as_bytes()];
-        let reply = self.call(&args)?;
-        info_of(&self.endpoint, &reply)
-    }
-
-    /// `reply` unless it is an error reply to `args`.
-    pub fn check(&self, args: &[&[u8]], reply: Vec<u8>) -> Result<Vec<u8>, ClientError> {
-        check_reply(&self.endpoint, args, reply)
-    }
-
-    fn protocol(&self, detail: String) -> ClientError {
-        protocol_error(&self.endpoint, detail)
-    }
-
-    /// The stream (to set its time limits).
-    pub fn stream(&self) -> &BlockingStream {
-        &self.stream
-    }
-
-    /// The stream and the bytes read past the last reply.
-    pub fn into_parts(self) -> (BlockingStream, Vec<u8>) {
-        (self.stream, self.buf)
-    }
 }

@@ -22,6 +22,7 @@
 //! Pipelines, the target writer's transactions, verify's digesting reader and the replica
 //! protocol stay as layers on top of the stream.
 
+mod blocking;
 mod call;
 mod connect;
 mod endpoint;
@@ -32,7 +33,8 @@ mod stream;
 mod tls;
 mod value;
 
-pub use call::{BlockingClient, Client, MAX_REPLY};
+pub use blocking::BlockingClient;
+pub use call::{Client, MAX_REPLY};
 pub use connect::{connect, connect_blocking};
 pub use endpoint::Endpoint;
 pub use error::ClientError;
