@@ -31,7 +31,9 @@ fn pause_clients(server: &Server, ms: u64) {
 async fn async_calls_end_within_their_time_limit() {
     let server = Server::start(Version::Redis70);
     let endpoint = Endpoint::new(&url(&server)).unwrap();
-    let mut c = Client::open(&endpoint, Duration::from_secs(2)).await.unwrap();
+    let mut c = Client::open(&endpoint, Duration::from_secs(2))
+        .await
+        .unwrap();
     let info = c.info("replication").await.unwrap();
     assert_eq!(info.role(), Some(InfoRole::Primary));
     assert!(info.master_repl_offset().is_some());
@@ -54,7 +56,9 @@ async fn async_calls_end_within_their_time_limit() {
     assert!(after.retryable());
 
     // A deadline bounds an exchange below the time limit.
-    let mut c = Client::open(&endpoint, Duration::from_secs(5)).await.unwrap();
+    let mut c = Client::open(&endpoint, Duration::from_secs(5))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     pause_clients(&server, 1000);
     c.set_deadline(Some(Instant::now() + Duration::from_millis(150)));
