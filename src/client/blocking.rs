@@ -259,3 +259,83 @@ impl BlockingClient {
         (self.stream, rest)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedisUrl;
+
+    /// A client reading what a thread writes on a loopback socket, in pieces of `pieces`
+    /// bytes (cycled).
+    fn fed(bytes: Vec<u8>, pieces: Vec<usize>) -> BlockingClient {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut at = 0;
+            for n in pieces.iter().cycle() {
+                if at >= bytes.len() {
+                    break;
+                }
+                let end = (at + n.max(&1)).min(bytes.len());
+                if s.write_all(&bytes[at..end]).is_err() {
+                    return;
+                }
+                at = end;
+            }
+        });
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        let url = RedisUrl::parse(&format!("redis://{addr}")).unwrap();
+        let mut c = BlockingClient::new(BlockingStream::Plain(tcp), &Endpoint::new(&url).unwrap());
+        c.set_time_limit(Duration::from_secs(5));
+        c
+    }
+
+    fn replies() -> Vec<Vec<u8>> {
+        let big = |n: usize| {
+            let mut r = format!("${n}\r\n").into_bytes();
+            r.extend((0..n).map(|i| b'a' + (i % 26) as u8));
+            r.extend_from_slice(b"\r\n");
+            r
+        };
+        vec![
+            b"+OK\r\n".to_vec(),
+            big(40_000),
+            b"*2\r\n$1\r\na\r\n:7\r\n".to_vec(),
+            b"-ERR no\r\n".to_vec(),
+            big(15_000),
+            big(3),
+            big(70_000),
+            b":1\r\n".to_vec(),
+        ]
+    }
+
+    #[test]
+    fn replies_across_reads_compaction_and_growth() {
+        for pieces in [vec![1, 7, 4096], vec![16 * 1024], vec![3, 50_000, 11]] {
+            let want = replies();
+            let mut c = fed(want.concat(), pieces.clone());
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(&c.read_reply().unwrap(), w, "reply {i}, pieces {pieces:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fill_buf_and_consume_see_every_byte_once() {
+        let bytes = replies().concat();
+        let mut c = fed(bytes.clone(), vec![5, 9000, 1]);
+        c.set_read_buffer(4096);
+        let mut got = Vec::new();
+        while got.len() < bytes.len() {
+            let avail = c.fill_buf().unwrap();
+            assert!(!avail.is_empty());
+            let take = avail.len().min(1 + got.len() % 777);
+            got.extend_from_slice(&avail[..take]);
+            c.consume(take);
+        }
+        assert_eq!(got, bytes);
+        // Then the server closes: an error, not an empty buffer.
+        assert!(c.fill_buf().is_err());
+    }
+}
