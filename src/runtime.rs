@@ -11,9 +11,8 @@ use tokio::net::TcpListener;
 use crate::admin::AdminServer;
 use crate::config::{AdminSettings, ProxySettings, RedisUrl};
 use crate::cutover::Controller;
+use crate::cutover::control;
 use crate::cutover::overlap::{Links, OverlapMode};
-use crate::cutover::shadow::Value;
-use crate::cutover::writer::Conn;
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
@@ -289,11 +288,8 @@ async fn start_reverse_link(
 ) -> anyhow::Result<()> {
     let probe_url = target.clone();
     let probe = tokio::task::spawn_blocking(move || {
-        crate::sync::target::query_raw(
-            &probe_url,
-            &[b"COMMAND", b"INFO", b"PSYNC"],
-            Duration::from_secs(5),
-        )
+        crate::client::BlockingClient::open_url(&probe_url, Duration::from_secs(5))
+            .and_then(|mut c| c.call_raw(&[b"COMMAND", b"INFO", b"PSYNC"]))
     })
     .await
     .context("cannot probe the target")?;
@@ -354,7 +350,7 @@ async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
     while !link.ended.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if conn.is_none() {
-            conn = tokio::time::timeout(timeout, Conn::open(&server, timeout))
+            conn = tokio::time::timeout(timeout, control::connect(&server, timeout))
                 .await
                 .ok()
                 .and_then(Result::ok);
@@ -363,12 +359,10 @@ async fn poll_offsets(server: Arc<Backend>, link: Arc<SyncProgress>) {
             up.set(0.0);
             continue;
         };
-        match tokio::time::timeout(timeout, c.query(&[b"INFO", b"replication"])).await {
-            Ok(Ok(Value::Bytes(text))) => {
+        match tokio::time::timeout(timeout, c.info("replication")).await {
+            Ok(Ok(info)) => {
                 up.set(1.0);
-                if let Some(off) =
-                    crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
-                {
+                if let Some(off) = info.master_repl_offset() {
                     link.set_server_offset(off);
                 }
             }

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::call::{BlockingClient, Client};
+use super::blocking::BlockingClient;
+use super::call::Client;
 use super::endpoint::Endpoint;
 use super::error::ClientError;
 use super::stream::{BlockingStream, Stream};

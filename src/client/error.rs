@@ -41,6 +41,27 @@ pub enum ClientError {
     },
     #[error("{endpoint} sent an invalid reply: {detail}")]
     Protocol { endpoint: String, detail: String },
+    /// An exchange on an established connection ran out of time (the connection's time
+    /// limit, or the caller's deadline); the connection is not used again.
+    #[error("{endpoint} did not answer {what} in time ({ms} ms)")]
+    Deadline {
+        endpoint: String,
+        /// The command's name, or "a reply" / "a write" inside a pipeline.
+        what: String,
+        ms: u64,
+    },
+    /// An earlier exchange on this connection ran out of time: a late reply could be taken
+    /// for the next command's, so the connection is not used again.
+    #[error("an earlier command to {endpoint} was not answered in time; open a new connection")]
+    Unusable { endpoint: String },
+}
+
+/// The controller's steps report their failures as text (shown in `STATUS` and in refused
+/// moves); this lets them use `?` on a client call.
+impl From<ClientError> for String {
+    fn from(e: ClientError) -> String {
+        e.to_string()
+    }
 }
 
 impl ClientError {
@@ -52,6 +73,8 @@ impl ClientError {
             ClientError::Resolve { .. }
             | ClientError::Connect { .. }
             | ClientError::Timeout { .. }
+            | ClientError::Deadline { .. }
+            | ClientError::Unusable { .. }
             | ClientError::Io { .. } => true,
             ClientError::Refused { reply, .. } => ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"]
                 .iter()

@@ -111,6 +111,10 @@ impl BlockingStream {
         self.tcp().set_read_timeout(t)
     }
 
+    pub fn read_timeout(&self) -> io::Result<Option<std::time::Duration>> {
+        self.tcp().read_timeout()
+    }
+
     pub fn set_write_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
         self.tcp().set_write_timeout(t)
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::map::{AddressMap, Context, MapError, Node, NodeAddr, SlotMap};
 use super::value::{Value, decode};
-use crate::client::{BlockingClient, ClientError, Endpoint, connect_blocking};
+use crate::client::{BlockingClient, ClientError, Endpoint, Info, connect_blocking};
 use crate::config::RedisUrl;
 
 /// Why the topology could not be read.
@@ -75,7 +75,7 @@ pub fn call_value(
 pub fn is_cluster(client: &mut BlockingClient, node: &str) -> Result<bool, TopologyError> {
     let v = call_value(client, &[b"INFO", b"cluster"], node)?;
     Ok(match v {
-        Value::Str(text) => info_field(&text, "cluster_enabled") == Some("1"),
+        Value::Str(text) => Info::from_bytes(&text).cluster_enabled(),
         // A server without cluster support (or a proxy refusing INFO sections).
         _ => false,
     })
@@ -88,15 +88,6 @@ pub fn nodes_show_migration(text: &[u8]) -> bool {
         l.split(' ')
             .skip(8)
             .any(|f| f.starts_with('[') && (f.contains("->-") || f.contains("-<-")))
-    })
-}
-
-/// The value of `field:` in an `INFO` text.
-pub fn info_field<'a>(info: &'a [u8], field: &str) -> Option<&'a str> {
-    std::str::from_utf8(info).ok()?.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(str::trim)
     })
 }
 
@@ -325,20 +316,5 @@ e7d1 127.0.0.1:30005@31005 master - 0 0 5 connected 5461-10922\n";
             b"e7d1 127.0.0.1:30005@31005 myself,master - 0 0 5 connected 5461-10922 [93-<-07c3]\n";
         assert!(nodes_show_migration(importing));
         assert!(!nodes_show_migration(b"garbage [1->-x]"));
-    }
-
-    #[test]
-    fn info_fields() {
-        let info = b"# Cluster\r\ncluster_enabled:1\r\n";
-        assert_eq!(info_field(info, "cluster_enabled"), Some("1"));
-        assert_eq!(
-            info_field(b"# Cluster\r\ncluster_enabled:0\r\n", "cluster_enabled"),
-            Some("0")
-        );
-        assert_eq!(info_field(b"", "cluster_enabled"), None);
-        assert_eq!(
-            info_field(b"cluster_enabled_x:1\r\n", "cluster_enabled"),
-            None
-        );
     }
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use super::control;
 use super::shadow::Value;
-use super::writer::Conn;
 use crate::route::Backend;
 
 /// Default bound between the two sides' clocks: NTP or chrony keep hosts of one network
@@ -112,7 +112,7 @@ fn time_ms(v: &Value) -> Option<f64> {
 
 /// Measures `b`'s clock against ours: the best of five `TIME` round trips.
 pub async fn measure(b: &Backend, timeout: Duration) -> Result<Skew, String> {
-    let mut conn = tokio::time::timeout(timeout, Conn::open(b, timeout))
+    let mut conn = tokio::time::timeout(timeout, control::connect(b, timeout))
         .await
         .map_err(|_| "connect timed out".to_string())??;
     let mut best: Option<Skew> = None;

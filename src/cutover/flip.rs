@@ -26,10 +26,10 @@ impl Controller {
         let (source, target) = self.backends()?;
         let timeout = self.settings.timeout;
         // Control connections opened before the pause.
-        let mut src = Conn::open(&source, timeout)
+        let mut src = control::connect(&source, timeout)
             .await
             .map_err(|e| CutoverError::Refused(format!("the source is not reachable: {e}")))?;
-        let mut tgt = Conn::open(&target, timeout)
+        let mut tgt = control::connect(&target, timeout)
             .await
             .map_err(|e| CutoverError::Refused(format!("the target is not reachable: {e}")))?;
         self.first_switch_preconditions(&mut src, &mut tgt, &source, force)
@@ -144,12 +144,16 @@ impl Controller {
             Side::Source => (&target, &source),
             Side::Target => (&source, &target),
         };
-        let mut old_conn = Conn::open(old, self.settings.timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
-        })?;
-        let mut new_conn = Conn::open(new, self.settings.timeout).await.map_err(|e| {
-            CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
-        })?;
+        let mut old_conn = control::connect(old, self.settings.timeout)
+            .await
+            .map_err(|e| {
+                CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
+            })?;
+        let mut new_conn = control::connect(new, self.settings.timeout)
+            .await
+            .map_err(|e| {
+                CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
+            })?;
         if !matches!(new_conn.query(&[b"PING"]).await, Ok(Value::Bytes(_))) {
             return Err(CutoverError::Refused(format!(
                 "the {} does not answer PING",
@@ -241,7 +245,7 @@ impl Controller {
     pub(super) async fn flip(
         &self,
         to: Side,
-        old_conn: &mut Conn,
+        old_conn: &mut Client,
         old: &Arc<Backend>,
         new: &Arc<Backend>,
         shadow: bool,
@@ -297,7 +301,7 @@ impl Controller {
 /// the flip, before any client command is released), logging a failure: a later `cutover
 /// run` refuses to start while the key is there, and says which side to point the
 /// applications at (`runtime`).
-pub(super) async fn mark_primary(c: &mut Conn, offset: u64, primary: Side) {
+pub(super) async fn mark_primary(c: &mut Client, offset: u64, primary: Side) {
     // The move is committed (the route flipped): the record is worth a round trip past the
     // pause limit, so the connection's deadline no longer applies (its own timeout does).
     c.set_deadline(None);
@@ -309,11 +313,8 @@ pub(super) async fn mark_primary(c: &mut Conn, offset: u64, primary: Side) {
 /// `SET cutover:switched "<unix ms> <offset> <primary>"` in database 0 of the target (the
 /// primary is `target` after a switch, `source` after a rollback; a value of two fields, from
 /// an older version, means `target`).
-async fn mark_switched(c: &mut Conn, offset: u64, primary: Side) -> Result<(), String> {
-    if c.db != 0 {
-        c.query(&[b"SELECT", b"0"]).await?;
-        c.db = 0;
-    }
+async fn mark_switched(c: &mut Client, offset: u64, primary: Side) -> Result<(), String> {
+    c.select(0).await?;
     let value = format!("{} {offset} {}", unix_ms(), primary.as_str());
     match c.query(&[b"SET", SWITCHED_KEY, value.as_bytes()]).await? {
         Value::Error(e) => Err(e),
@@ -335,14 +336,11 @@ pub(super) async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool
     }
 }
 
-pub(super) async fn source_offset(c: &mut Conn) -> Result<u64, String> {
-    match c.query(&[b"INFO", b"replication"]).await? {
-        Value::Bytes(text) => {
-            crate::sync::replica::master_repl_offset(&String::from_utf8_lossy(&text))
-                .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
-        }
-        other => Err(format!("INFO answered {other:?}")),
-    }
+pub(super) async fn source_offset(c: &mut Client) -> Result<u64, String> {
+    c.info("replication")
+        .await?
+        .master_repl_offset()
+        .ok_or_else(|| "INFO replication has no master_repl_offset".to_string())
 }
 
 /// Cancels the `parked` blocking calls of the proxy's connections on `old`; a call sent just
@@ -352,7 +350,7 @@ pub(super) async fn source_offset(c: &mut Conn) -> Result<u64, String> {
 /// the old side what the primary still holds).
 pub(super) async fn cancel_blocked(
     parked: usize,
-    c: &mut Conn,
+    c: &mut Client,
     old: &Backend,
     within: Duration,
 ) -> usize {
@@ -376,7 +374,7 @@ pub(super) async fn cancel_blocked(
 }
 
 /// `CLIENT UNBLOCK` for every blocked connection of the proxy on `old`.
-pub(super) async fn unblock_own(c: &mut Conn, old: &Backend) -> usize {
+pub(super) async fn unblock_own(c: &mut Client, old: &Backend) -> usize {
     let list = match client_list(c).await {
         Ok(l) => l,
         Err(e) => {

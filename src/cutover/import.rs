@@ -28,9 +28,10 @@
 
 use std::time::Duration;
 
+use super::control;
 use super::shadow::Value;
-use super::writer::Conn;
 use super::*;
+use crate::client::Client;
 
 /// Each side's own `import-mode` (`None`: the side has no such setting).
 #[derive(Debug, Clone, Default)]
@@ -42,7 +43,7 @@ pub struct ImportModes {
 }
 
 /// `CONFIG GET import-mode` (`None`: no such setting, or the side would not say).
-async fn get(c: &mut Conn) -> Option<String> {
+async fn get(c: &mut Client) -> Option<String> {
     match c.query(&[b"CONFIG", b"GET", b"import-mode"]).await {
         Ok(Value::Array(v)) => match v.get(1) {
             Some(Value::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -52,7 +53,7 @@ async fn get(c: &mut Conn) -> Option<String> {
     }
 }
 
-async fn set(c: &mut Conn, value: &str) -> Result<(), String> {
+async fn set(c: &mut Client, value: &str) -> Result<(), String> {
     match c
         .query(&[b"CONFIG", b"SET", b"import-mode", value.as_bytes()])
         .await?
@@ -62,8 +63,8 @@ async fn set(c: &mut Conn, value: &str) -> Result<(), String> {
     }
 }
 
-async fn open(b: &Backend, timeout: Duration) -> Result<Conn, String> {
-    tokio::time::timeout(timeout, Conn::open(b, timeout))
+async fn open(b: &Backend, timeout: Duration) -> Result<Client, String> {
+    tokio::time::timeout(timeout, control::connect(b, timeout))
         .await
         .map_err(|_| format!("{}: connect timed out", b.describe()))?
 }
@@ -111,8 +112,8 @@ impl Controller {
     pub(super) async fn move_import_mode(
         &self,
         to: Side,
-        new_conn: &mut Conn,
-        old_conn: &mut Conn,
+        new_conn: &mut Client,
+        old_conn: &mut Client,
         follower_enters: bool,
     ) -> Result<(), String> {
         let modes = self.import.lock().map(|m| m.clone()).unwrap_or_default();

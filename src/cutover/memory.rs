@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::shadow::Value;
-use super::writer::Conn;
+use super::control;
 use crate::route::Backend;
 use crate::sync::engine::SyncProgress;
 use crate::sync::phase::SyncPhase;
-use crate::sync::target::memory::Memory;
 
 /// How often the side written to is asked.
 const EVERY: Duration = Duration::from_millis(500);
@@ -38,7 +36,7 @@ pub async fn watch_evictions(written: Arc<Backend>, link: Arc<SyncProgress>) {
             tokio::time::sleep(EVERY).await;
         }
         if conn.is_none() {
-            conn = tokio::time::timeout(timeout, Conn::open(&written, timeout))
+            conn = tokio::time::timeout(timeout, control::connect(&written, timeout))
                 .await
                 .ok()
                 .and_then(Result::ok);
@@ -46,14 +44,14 @@ pub async fn watch_evictions(written: Arc<Backend>, link: Arc<SyncProgress>) {
         let Some(c) = conn.as_mut() else {
             continue;
         };
-        let text = match tokio::time::timeout(timeout, c.query(&[b"INFO", b"stats"])).await {
-            Ok(Ok(Value::Bytes(text))) => String::from_utf8_lossy(&text).into_owned(),
+        let info = match tokio::time::timeout(timeout, c.info("stats")).await {
+            Ok(Ok(info)) => info,
             _ => {
                 conn = None;
                 continue;
             }
         };
-        let Some(now) = Memory::from_info(&text).evicted_keys else {
+        let Some(now) = info.evicted_keys() else {
             continue;
         };
         let applying = !link.handoff.is_following()

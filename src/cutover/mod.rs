@@ -37,6 +37,7 @@
 //! reason. Client connections never drop.
 
 pub mod clock;
+pub mod control;
 mod flip;
 pub mod gate;
 pub mod holders;
@@ -58,6 +59,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value as Json, json};
 
+use crate::client::Client;
 use crate::command::id as command_id;
 use crate::route::{Backend, Route, RouteTable, Side};
 use crate::sync::batch::SWITCHED_KEY;
@@ -68,7 +70,6 @@ use overlap::{Links, OverlapMode};
 pub use phase::{Move, Phase};
 use preconditions::{client_fields, client_list, foreign_writers};
 use shadow::{ShadowSink, Value};
-use writer::Conn;
 
 /// What the controller needs from the proxy it switches, and nothing more: the route table
 /// it flips, the gate that holds the sessions (and lists their parked blocking calls), and
@@ -428,11 +429,9 @@ impl Controller {
 
 /// Removes cutover's own keys (`cutover:position`, `cutover:switched`, db 0) from a side.
 async fn remove_own_keys(b: &Backend, timeout: Duration) -> Result<(), String> {
-    let mut c = Conn::open(b, timeout).await?;
+    let mut c = control::connect(b, timeout).await?;
     let work = async {
-        if c.db != 0 {
-            c.query(&[b"SELECT", b"0"]).await?;
-        }
+        c.select(0).await?;
         match c
             .query(&[b"DEL", crate::sync::batch::POSITION_KEY, SWITCHED_KEY])
             .await?

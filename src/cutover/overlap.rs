@@ -31,15 +31,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::writer::Conn;
+use super::control;
 use super::{
     Controller, CutoverError, Phase, StepReport, foreign_writers, human_bytes, wait_until,
 };
+use crate::client::Client;
 use crate::route::{Backend, Side};
 use crate::sync::engine::SyncProgress;
 use crate::sync::handoff::{Abort, Role};
 use crate::sync::phase::SyncPhase;
-use crate::sync::replica::{info_field, master_repl_offset};
 
 /// `[cutover] overlap`: how the old side is kept in step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -240,18 +240,15 @@ impl Default for Links {
 }
 
 /// `(master_replid, master_repl_offset)` of a server, from `INFO replication`.
-async fn replication_position(c: &mut Conn) -> Result<(String, u64), String> {
-    match c.query(&[b"INFO", b"replication"]).await? {
-        super::shadow::Value::Bytes(text) => {
-            let text = String::from_utf8_lossy(&text);
-            let replid = info_field(&text, "master_replid")
-                .ok_or("INFO replication has no master_replid")?;
-            let offset =
-                master_repl_offset(&text).ok_or("INFO replication has no master_repl_offset")?;
-            Ok((replid.to_string(), offset))
-        }
-        other => Err(format!("INFO answered {other:?}")),
-    }
+async fn replication_position(c: &mut Client) -> Result<(String, u64), String> {
+    let info = c.info("replication").await?;
+    let replid = info
+        .master_replid()
+        .ok_or("INFO replication has no master_replid")?;
+    let offset = info
+        .master_repl_offset()
+        .ok_or("INFO replication has no master_repl_offset")?;
+    Ok((replid.to_string(), offset))
 }
 
 impl Controller {
@@ -356,10 +353,10 @@ impl Controller {
             }
         }
         let timeout = self.settings.timeout;
-        let mut old_conn = Conn::open(old, timeout).await.map_err(|e| {
+        let mut old_conn = control::connect(old, timeout).await.map_err(|e| {
             CutoverError::Refused(format!("the {} is not reachable: {e}", old.describe()))
         })?;
-        let mut new_conn = Conn::open(new, timeout).await.map_err(|e| {
+        let mut new_conn = control::connect(new, timeout).await.map_err(|e| {
             CutoverError::Refused(format!("the {} is not reachable: {e}", new.describe()))
         })?;
         let ping = tokio::time::timeout(timeout, new_conn.query(&[b"PING"])).await;

@@ -13,8 +13,8 @@ impl Controller {
     /// Refuses the first switch, with the reason, unless its preconditions hold.
     pub(super) async fn first_switch_preconditions(
         &self,
-        src: &mut Conn,
-        tgt: &mut Conn,
+        src: &mut Client,
+        tgt: &mut Client,
         source: &Backend,
         force: bool,
     ) -> Result<(), CutoverError> {
@@ -79,20 +79,17 @@ impl Controller {
         let (source, target) = self.backends()?;
         let timeout = self.settings.timeout;
         let (Ok(mut src), Ok(mut tgt)) = (
-            Conn::open(&source, timeout).await,
-            Conn::open(&target, timeout).await,
+            control::connect(&source, timeout).await,
+            control::connect(&target, timeout).await,
         ) else {
             // (Unreachable sides are refused by the move's own checks, with their reason.)
             return Ok(());
         };
         // Room on the target for what the source uses, and not nearly full (issue 20): a
         // full target evicts in silence or refuses writes.
-        if let (Ok(Value::Bytes(s)), Ok(Value::Bytes(t))) = (
-            src.query(&[b"INFO", b"memory"]).await,
-            tgt.query(&[b"INFO", b"memory"]).await,
-        ) {
-            let used = Memory::from_info(&String::from_utf8_lossy(&s)).used;
-            let target = Memory::from_info(&String::from_utf8_lossy(&t));
+        if let (Ok(s), Ok(t)) = (src.info("memory").await, tgt.info("memory").await) {
+            let used = Memory::from_info(&s).used;
+            let target = Memory::from_info(&t);
             if let Some(why) = room_problem(used, &target).or_else(|| full_problem(&target)) {
                 return Err(CutoverError::Refused(format!(
                     "the target has no room for the data: {why}; not switching (--force to switch anyway)"
@@ -108,7 +105,7 @@ pub(super) fn client_fields(line: &str) -> impl Iterator<Item = (&str, &str)> {
     line.split(' ').filter_map(|kv| kv.split_once('='))
 }
 
-pub(super) async fn client_list(c: &mut Conn) -> Result<String, String> {
+pub(super) async fn client_list(c: &mut Client) -> Result<String, String> {
     match c.query(&[b"CLIENT", b"LIST"]).await? {
         Value::Bytes(text) => Ok(String::from_utf8_lossy(&text).into_owned()),
         other => Err(format!("CLIENT LIST answered {other:?}")),
@@ -118,7 +115,7 @@ pub(super) async fn client_list(c: &mut Conn) -> Result<String, String> {
 /// Clients of the source that are not the proxy's, not replicas, and whose last command was
 /// a write.
 pub(super) async fn foreign_writers(
-    c: &mut Conn,
+    c: &mut Client,
     source: &Backend,
 ) -> Result<Vec<String>, CutoverError> {
     let me = match c.query(&[b"CLIENT", b"ID"]).await {

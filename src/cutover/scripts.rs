@@ -37,7 +37,7 @@ use std::time::Instant;
 use serde_json::{Value as Json, json};
 
 use super::shadow::Value;
-use super::writer::Conn;
+use crate::client::Client;
 use crate::resp::request::encode_command;
 
 /// Default bound on the number of scripts kept.
@@ -266,7 +266,7 @@ impl Scripts {
 /// did not answer them all in time, or the connection failed.
 pub async fn load_into(
     registry: &Scripts,
-    c: &mut Conn,
+    c: &mut Client,
     scripts: &[Script],
     until: Instant,
 ) -> Result<usize, String> {
@@ -284,7 +284,7 @@ pub async fn load_into(
             }
             c.write(&wire).await?;
             for (sha, _) in chunk {
-                let raw = c.read().await?;
+                let raw = c.read_reply().await?;
                 match Value::decode(&raw, 2) {
                     Some(Value::Bytes(got)) if got.eq_ignore_ascii_case(sha) => loaded += 1,
                     Some(Value::Error(e)) => {
@@ -312,17 +312,8 @@ pub async fn load_into(
 }
 
 /// `number_of_cached_scripts` from a server's `INFO memory` (absent on very old servers).
-pub async fn cached_scripts(c: &mut Conn) -> Option<u64> {
-    match c.query(&[b"INFO", b"memory"]).await.ok()? {
-        Value::Bytes(text) => {
-            let text = String::from_utf8_lossy(&text);
-            crate::sync::replica::info_field(&text, "number_of_cached_scripts")?
-                .trim()
-                .parse()
-                .ok()
-        }
-        _ => None,
-    }
+pub async fn cached_scripts(c: &mut Client) -> Option<u64> {
+    c.info("memory").await.ok()?.cached_scripts()
 }
 
 impl super::Controller {
@@ -333,8 +324,8 @@ impl super::Controller {
     /// the source cannot be listed, so they cannot be copied: reported instead).
     pub(super) async fn scripts_before_pause(
         &self,
-        old: &mut Conn,
-        new: &mut Conn,
+        old: &mut Client,
+        new: &mut Client,
     ) -> Result<u64, super::CutoverError> {
         let registry = self.proxy.scripts();
         if self.phase().is_none()
@@ -364,7 +355,7 @@ impl super::Controller {
     /// since [`Self::scripts_before_pause`], by `deadline`. `Err`: the move must be aborted.
     pub(super) async fn scripts_in_pause(
         &self,
-        new: &mut Conn,
+        new: &mut Client,
         since: u64,
         deadline: Instant,
     ) -> Result<(), String> {

@@ -50,8 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::route::Side;
 
-mod value;
-pub use value::Value;
+pub use crate::client::Value;
 
 use crate::command::flags_where;
 

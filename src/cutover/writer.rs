@@ -11,13 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::control;
 use super::shadow::{Action, Args, ShadowItem, ShadowSink, Value};
-use crate::client::{self, Endpoint, Stream};
-use crate::resp::ReplyParser;
+use crate::client::Client;
 use crate::resp::request::encode_command;
 use crate::route::Backend;
 
@@ -71,142 +69,6 @@ struct Deferred {
     since: std::time::Instant,
 }
 
-/// A connection with a reply reader, for control work (shadow writes, barrier queries);
-/// plain or TLS as the backend's URL says ([`client::connect`]).
-pub struct Conn {
-    stream: Stream,
-    buf: BytesMut,
-    parser: ReplyParser,
-    /// Database selected on this connection.
-    pub db: u32,
-    /// Every [`Conn::query`] is answered within this time (the connection's time limit)…
-    limit: Duration,
-    /// … and before this instant, when set (a move's pause deadline).
-    deadline: Option<tokio::time::Instant>,
-    /// A query timed out: a late reply could be taken for the next one's, so the connection
-    /// is not used again.
-    broken: bool,
-}
-
-impl Conn {
-    /// Connects and logs in (AUTH and SELECT from the backend's URL), within `timeout`; each
-    /// [`Conn::query`] is bounded by `timeout` too.
-    ///
-    /// A backend in back-off (its last connection failed moments ago) is not tried again
-    /// before the back-off ends; a failure here starts or lengthens it, as the proxy's own
-    /// connections do.
-    pub async fn open(backend: &Backend, timeout: Duration) -> Result<Conn, String> {
-        if let Some(wait) = backend.backoff_remaining() {
-            return Err(format!(
-                "{} is down ({}); next connection attempt in {} ms",
-                backend.describe(),
-                backend
-                    .last_error()
-                    .unwrap_or_else(|| "connection failed".into()),
-                wait.as_millis()
-            ));
-        }
-        let connect = async {
-            let endpoint = Endpoint::new(&backend.url)?;
-            client::connect(&endpoint, timeout).await
-        };
-        let stream = match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(s)) => {
-                backend.connect_succeeded();
-                s
-            }
-            Ok(Err(e)) => {
-                backend.connect_failed(&e.to_string());
-                return Err(e.to_string());
-            }
-            Err(_) => {
-                let e = format!(
-                    "{} did not answer within {} ms",
-                    backend.describe(),
-                    timeout.as_millis()
-                );
-                backend.connect_failed(&e);
-                return Err(e);
-            }
-        };
-        Ok(Conn {
-            stream,
-            buf: BytesMut::with_capacity(16 * 1024),
-            parser: ReplyParser::default(),
-            db: backend.url.db,
-            limit: timeout,
-            deadline: None,
-            broken: false,
-        })
-    }
-
-    /// Bounds every later [`Conn::query`] by `deadline` as well (`None`: the time limit only).
-    pub fn set_deadline(&mut self, deadline: Option<std::time::Instant>) {
-        self.deadline = deadline.map(tokio::time::Instant::from_std);
-    }
-
-    pub async fn write(&mut self, wire: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(wire)
-            .await
-            .map_err(|e| format!("write failed: {e}"))
-    }
-
-    /// Reads one complete reply (its raw bytes).
-    pub async fn read(&mut self) -> Result<Vec<u8>, String> {
-        Ok(self.read_if(true).await?.unwrap_or_default())
-    }
-
-    /// Reads one reply; returns its bytes when `want` or when it is an error, else skips it
-    /// without copying.
-    pub async fn read_if(&mut self, want: bool) -> Result<Option<Vec<u8>>, String> {
-        loop {
-            match self.parser.parse(&self.buf) {
-                Ok(Some(info)) => {
-                    let reply = self.buf.split_to(info.len);
-                    return Ok((want || info.is_error()).then(|| reply.to_vec()));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) => return Err("connection closed by the server".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read failed: {e}")),
-            }
-        }
-    }
-
-    /// One command, its decoded reply, within the connection's time limit (and deadline).
-    pub async fn query(&mut self, args: &[&[u8]]) -> Result<Value, String> {
-        if self.broken {
-            return Err("an earlier command on this connection timed out".into());
-        }
-        let mut wire = Vec::new();
-        encode_command(args, &mut wire);
-        let mut until = tokio::time::Instant::now() + self.limit;
-        if let Some(d) = self.deadline {
-            until = until.min(d);
-        }
-        let exchange = async {
-            self.write(&wire).await?;
-            self.read().await
-        };
-        let raw = match tokio::time::timeout_at(until, exchange).await {
-            Ok(r) => r?,
-            Err(_) => {
-                self.broken = true;
-                let name = args
-                    .first()
-                    .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
-                    .unwrap_or_default();
-                return Err(format!("{name} was not answered in time"));
-            }
-        };
-        Value::decode(&raw, 2).ok_or_else(|| "unreadable reply".to_string())
-    }
-}
-
 /// Drains `rx` into `old` until the queue is closed (every sender dropped).
 pub async fn run(
     sink: Arc<ShadowSink>,
@@ -215,8 +77,8 @@ pub async fn run(
     primary: Arc<Backend>,
     timeout: Duration,
 ) {
-    let mut conn: Option<Conn> = None;
-    let mut source_conn: Option<Conn> = None;
+    let mut conn: Option<Client> = None;
+    let mut source_conn: Option<Client> = None;
     let mut items = Vec::with_capacity(BATCH);
     let mut deferred: Vec<Deferred> = Vec::new();
     loop {
@@ -244,7 +106,7 @@ pub async fn run(
         }
         let n = items.len() as u64;
         if conn.is_none() {
-            match Conn::open(&old, timeout).await {
+            match control::connect(&old, timeout).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     sink.mark_unsafe(&format!("cannot reach the {}: {e}", old.describe()));
@@ -308,14 +170,14 @@ fn show(cmd: &Args) -> String {
 }
 
 /// Sends every waiting take again; removes (and counts) those that succeeded.
-async fn retry_takes(c: &mut Conn, deferred: &mut Vec<Deferred>) -> Result<u64, String> {
+async fn retry_takes(c: &mut Client, deferred: &mut Vec<Deferred>) -> Result<u64, String> {
     let mut wire = Vec::new();
     let mut selects = Vec::with_capacity(deferred.len());
     for d in deferred.iter() {
-        let select = c.db != d.db;
+        let select = c.db() != d.db;
         if select {
             encode_command(&[&b"SELECT"[..], d.db.to_string().as_bytes()], &mut wire);
-            c.db = d.db;
+            c.set_db(d.db);
         }
         selects.push(select);
         let refs: Vec<&[u8]> = d.cmd.iter().map(|a| &a[..]).collect();
@@ -325,9 +187,9 @@ async fn retry_takes(c: &mut Conn, deferred: &mut Vec<Deferred>) -> Result<u64, 
     let mut done = Vec::with_capacity(deferred.len());
     for select in selects {
         if select {
-            c.read().await?;
+            c.read_reply().await?;
         }
-        let reply = Value::decode(&c.read().await?, 2);
+        let reply = Value::decode(&c.read_reply().await?, 2);
         done.push(matches!(reply, Some(Value::Int(n)) if n >= 1));
     }
     let before = deferred.len();
@@ -339,8 +201,8 @@ async fn retry_takes(c: &mut Conn, deferred: &mut Vec<Deferred>) -> Result<u64, 
 /// Writes one batch, pipelined, and checks every reply; returns the takes that found
 /// nothing to take yet.
 async fn write_batch(
-    c: &mut Conn,
-    primary_conn: &mut Option<Conn>,
+    c: &mut Client,
+    primary_conn: &mut Option<Client>,
     items: &[ShadowItem],
     sink: &ShadowSink,
     primary: &Backend,
@@ -357,16 +219,12 @@ async fn write_batch(
             Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
-                    *primary_conn = Some(Conn::open(primary, timeout).await?);
+                    *primary_conn = Some(control::connect(primary, timeout).await?);
                 }
                 let Some(p) = primary_conn.as_mut() else {
                     continue;
                 };
-                if p.db != item.db {
-                    p.query(&[b"SELECT", item.db.to_string().as_bytes()])
-                        .await?;
-                    p.db = item.db;
-                }
+                p.select(item.db).await?;
                 copied.clear();
                 for key in keys {
                     copied.extend(copy_key(p, key).await?);
@@ -378,10 +236,10 @@ async fn write_batch(
         if commands.is_empty() && !matches!(item.action, Action::Raw(_)) {
             continue;
         }
-        if c.db != item.db {
+        if c.db() != item.db {
             encode_command(&[&b"SELECT"[..], item.db.to_string().as_bytes()], &mut wire);
             expect.push((Answer::Control("SELECT"), false));
-            c.db = item.db;
+            c.set_db(item.db);
         }
         if let Action::Raw(raw) = &item.action {
             wire.extend_from_slice(raw);
@@ -489,7 +347,7 @@ fn same_reply(primary: &Value, old: &Value) -> bool {
 }
 
 /// The commands that make `key` on the old side what it is on the primary now.
-async fn copy_key(p: &mut Conn, key: &[u8]) -> Result<Vec<Args>, String> {
+async fn copy_key(p: &mut Client, key: &[u8]) -> Result<Vec<Args>, String> {
     let ty = match p.query(&[b"TYPE", key]).await? {
         Value::Bytes(t) => t,
         other => return Err(format!("TYPE answered {other:?}")),

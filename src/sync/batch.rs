@@ -152,7 +152,8 @@ pub fn switched_marker(
 ) -> Result<Option<String>, TargetError> {
     let mut db0 = target.clone();
     db0.db = 0;
-    let raw = super::target::query_raw(&db0, &[b"GET", SWITCHED_KEY], timeout)?;
+    let raw = crate::client::BlockingClient::open_url(&db0, timeout)
+        .and_then(|mut c| c.call_raw(&[b"GET", SWITCHED_KEY]))?;
     Ok(raw
         .strip_prefix(b"$")
         .filter(|r| !r.starts_with(b"-"))

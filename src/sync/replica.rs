@@ -133,17 +133,6 @@ pub struct StreamCommand {
     pub end_offset: u64,
 }
 
-/// The value of `name` in the text of `INFO` (`master_replid`, `master_repl_offset`…).
-pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
-}
-
-/// A server's own replication offset, from the text of `INFO replication`.
-pub fn master_repl_offset(info: &str) -> Option<u64> {
-    info_field(info, "master_repl_offset")?.parse().ok()
-}
-
 /// The longest handshake reply line accepted from a source.
 const MAX_HANDSHAKE_LINE: usize = 64 * 1024;
 
@@ -517,15 +506,6 @@ impl ReplicaLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn info_fields() {
-        let info = "# Replication\r\nrole:master\r\nmaster_replid:abc\r\nmaster_replid2:000\r\nmaster_repl_offset:1234\r\n";
-        assert_eq!(info_field(info, "master_replid"), Some("abc"));
-        assert_eq!(info_field(info, "master_replid2"), Some("000"));
-        assert_eq!(master_repl_offset(info), Some(1234));
-        assert_eq!(master_repl_offset("role:master\r\n"), None);
-    }
 
     #[test]
     fn transient_errors() {

@@ -1,11 +1,10 @@
-//! A small blocking RESP2 client for the verifier: one connection, pipelines of commands,
-//! replies decoded into [`Reply`] trees.
+//! The verifier's view of a connection: a [`BlockingClient`] (connection, time limits,
+//! pipelining, errors) whose replies are decoded here into [`Reply`] trees.
 //!
-//! Why not `sync::target::TargetWriter`? The writer checks replies and throws them away; the
-//! verifier needs the values. Why not the `redis-protocol` decoder? It hands back `Bytes`
-//! frames after a full copy into its own buffer; this decoder reads straight from a 256 KiB
-//! buffer into the few `Vec<u8>` the comparison looks at, which matters at hundreds of
-//! thousands of keys a second.
+//! Why not the client's own framing? It frames a reply whole before handing it on; the
+//! verifier decodes straight from the client's 256 KiB read buffer
+//! ([`BlockingClient::fill_buf`]) into the few `Vec<u8>` the comparison looks at, which
+//! matters at hundreds of thousands of keys a second, and never holds a big value whole.
 //!
 //! **Bounded memory.** A bulk string longer than [`BIG_BULK`] (16 KiB) is not kept: it is read
 //! through the fixed buffer into a [`Reply::Digest`] (first byte, length, a 64-bit FNV-1a hash
@@ -18,10 +17,9 @@
 //! Every reply is checked against what is expected by the caller; nothing here panics on what a
 //! server sends: malformed input is a [`VerifyError::Protocol`].
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::client::{self, BlockingStream, ClientError, Endpoint};
+use crate::client::{BlockingClient, ClientError};
 use crate::config::RedisUrl;
 use crate::resp::request::encode_command;
 
@@ -39,11 +37,12 @@ pub enum VerifyError {
         side: &'static str,
         cause: ClientError,
     },
-    #[error("connection to {side} {addr} failed: {source}")]
-    Io {
+    /// The connection failed, or a reply did not come in time (the client's error names
+    /// the endpoint).
+    #[error("{side}: {cause}")]
+    Client {
         side: &'static str,
-        addr: String,
-        source: std::io::Error,
+        cause: ClientError,
     },
     #[error("{side} {addr} refused {command}: {reply}")]
     Refused {
@@ -140,18 +139,13 @@ pub fn show_bytes(b: &[u8], max: usize) -> String {
     s
 }
 
-/// A blocking connection to one server (plain or TLS, opened by
-/// [`client::connect_blocking`]).
+/// A blocking connection to one server (plain or TLS, a [`BlockingClient`]).
 pub struct Conn {
-    stream: BlockingStream,
+    client: BlockingClient,
     /// "source" or "target", for messages.
     side: &'static str,
     addr: String,
     out: Vec<u8>,
-    buf: Vec<u8>,
-    /// Unread bytes are `buf[pos..end]`.
-    pos: usize,
-    end: usize,
     /// Commands written whose replies were not read yet.
     pending: usize,
     db: u32,
@@ -171,20 +165,14 @@ impl Conn {
             db: 0,
             ..url.clone()
         };
-        let endpoint = Endpoint::new(&db0).map_err(connect_err)?;
-        let (stream, _) = client::connect_blocking(&endpoint, timeout)
-            .map_err(connect_err)?
-            .into_parts();
-        let _ = stream.set_read_timeout(Some(timeout.max(Duration::from_secs(5))));
-        let _ = stream.set_write_timeout(Some(timeout.max(Duration::from_secs(5))));
+        let mut client = BlockingClient::open_url(&db0, timeout).map_err(connect_err)?;
+        client.set_time_limit(timeout.max(Duration::from_secs(5)));
+        client.set_read_buffer(256 * 1024);
         Ok(Conn {
-            stream,
+            client,
             side,
             addr,
             out: Vec::with_capacity(64 * 1024),
-            buf: vec![0; 256 * 1024],
-            pos: 0,
-            end: 0,
             pending: 0,
             db: 0,
         })
@@ -226,9 +214,8 @@ impl Conn {
     /// Writes the queued commands.
     pub fn flush(&mut self) -> Result<(), VerifyError> {
         if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .map_err(|e| self.io_err(e))?;
+            let r = self.client.write(&self.out);
+            r.map_err(|e| self.client_err(e))?;
             self.out.clear();
         }
         Ok(())
@@ -290,47 +277,44 @@ impl Conn {
         }
     }
 
-    fn io_err(&self, source: std::io::Error) -> VerifyError {
-        VerifyError::Io {
+    fn client_err(&self, cause: ClientError) -> VerifyError {
+        VerifyError::Client {
             side: self.side,
-            addr: self.addr.clone(),
-            source,
+            cause,
         }
     }
 
-    /// Makes sure at least one unread byte is buffered.
-    fn fill(&mut self) -> Result<(), VerifyError> {
-        if self.pos < self.end {
-            return Ok(());
-        }
-        self.pos = 0;
-        self.end = 0;
-        match self.stream.read(&mut self.buf) {
-            Ok(0) => Err(self.io_err(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => {
-                self.end = n;
-                Ok(())
-            }
-            Err(e) => Err(self.io_err(e)),
-        }
+    /// The unread bytes received (at least one, waiting for it if needed).
+    fn fill(&mut self) -> Result<&[u8], VerifyError> {
+        let side = self.side;
+        self.client
+            .fill_buf()
+            .map_err(|cause| VerifyError::Client { side, cause })
+    }
+
+    /// Takes the next byte.
+    fn byte(&mut self) -> Result<u8, VerifyError> {
+        let b = self.fill()?[0];
+        self.client.consume(1);
+        Ok(b)
     }
 
     /// One CRLF-terminated line (without the CRLF).
     fn line(&mut self) -> Result<Vec<u8>, VerifyError> {
         let mut line = Vec::new();
         loop {
-            self.fill()?;
-            let avail = &self.buf[self.pos..self.end];
+            let avail = self.fill()?;
             if let Some(i) = avail.iter().position(|&b| b == b'\n') {
                 line.extend_from_slice(&avail[..i]);
-                self.pos += i + 1;
+                self.client.consume(i + 1);
                 if line.pop() != Some(b'\r') {
                     return Err(self.proto("line not ended by CRLF".into()));
                 }
                 return Ok(line);
             }
+            let n = avail.len();
             line.extend_from_slice(avail);
-            self.pos = self.end;
+            self.client.consume(n);
             if line.len() > 64 * 1024 {
                 return Err(self.proto("header line longer than 64 KiB".into()));
             }
@@ -346,9 +330,7 @@ impl Conn {
         if depth > MAX_DEPTH {
             return Err(self.proto("reply nested too deeply".into()));
         }
-        self.fill()?;
-        let kind = self.buf[self.pos];
-        self.pos += 1;
+        let kind = self.byte()?;
         match kind {
             b'+' => Ok(Reply::Bulk(self.line()?)),
             b'-' => Ok(Reply::Error(
@@ -366,10 +348,10 @@ impl Conn {
                 }
                 let mut v = Vec::with_capacity(n);
                 while v.len() < n {
-                    self.fill()?;
-                    let take = (n - v.len()).min(self.end - self.pos);
-                    v.extend_from_slice(&self.buf[self.pos..self.pos + take]);
-                    self.pos += take;
+                    let avail = self.fill()?;
+                    let take = (n - v.len()).min(avail.len());
+                    v.extend_from_slice(&avail[..take]);
+                    self.client.consume(take);
                 }
                 self.crlf()?;
                 Ok(Reply::Bulk(v))
@@ -395,16 +377,16 @@ impl Conn {
         let mut tail = Vec::with_capacity(16);
         let mut left = n;
         while left > 0 {
-            self.fill()?;
-            let take = left.min(self.end - self.pos);
-            let chunk = &self.buf[self.pos..self.pos + take];
+            let avail = self.fill()?;
+            let take = left.min(avail.len());
+            let chunk = &avail[..take];
             first = first.or(chunk.first().copied());
             hash = fnv1a(hash, chunk);
             tail.extend_from_slice(chunk);
             if tail.len() > 16 {
                 tail.drain(..tail.len() - 16);
             }
-            self.pos += take;
+            self.client.consume(take);
             left -= take;
         }
         self.crlf()?;
@@ -418,11 +400,9 @@ impl Conn {
 
     fn crlf(&mut self) -> Result<(), VerifyError> {
         for want in [b'\r', b'\n'] {
-            self.fill()?;
-            if self.buf[self.pos] != want {
+            if self.byte()? != want {
                 return Err(self.proto("bulk string not followed by CRLF".into()));
             }
-            self.pos += 1;
         }
         Ok(())
     }

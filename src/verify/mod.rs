@@ -254,22 +254,11 @@ impl Report {
 
 /// The databases that hold keys, from `INFO keyspace` (`db3:keys=10,expires=0,…`), with their
 /// key counts and the number of keys with a TTL.
-pub fn keyspace(info: &str) -> Vec<(u32, u64, u64)> {
-    info.lines()
-        .filter_map(|l| {
-            let (db, rest) = l.trim().strip_prefix("db")?.split_once(':')?;
-            let field = |name: &str| -> Option<u64> {
-                rest.split(',')
-                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
-                    .parse()
-                    .ok()
-            };
-            Some((
-                db.parse().ok()?,
-                field("keys")?,
-                field("expires").unwrap_or(u64::MAX),
-            ))
-        })
+/// An unknown number of keys with a TTL is `u64::MAX` (every key's TTL is asked for).
+pub fn keyspace(info: &crate::client::Info) -> Vec<(u32, u64, u64)> {
+    info.keyspace()
+        .into_iter()
+        .map(|d| (d.db, d.keys, d.expires.unwrap_or(u64::MAX)))
         .collect()
 }
 
@@ -279,7 +268,7 @@ pub fn keyspace(info: &str) -> Vec<(u32, u64, u64)> {
 fn info_keyspace(conn: &mut Conn) -> Result<Vec<(u32, u64, u64)>, VerifyError> {
     match conn.call(&[b"INFO", b"keyspace"]) {
         Ok(Reply::Bulk(b)) => {
-            let space = keyspace(&String::from_utf8_lossy(&b));
+            let space = keyspace(&crate::client::Info::from_bytes(&b));
             if !space.is_empty() {
                 return Ok(space);
             }
@@ -604,6 +593,7 @@ mod tests {
     #[test]
     fn parses_keyspace() {
         let info = "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=0\r\ndb3:keys=4,expires=0,avg_ttl=0,subexpiry=0\r\n";
+        let keyspace = |text: &str| keyspace(&crate::client::Info::new(text));
         assert_eq!(keyspace(info), vec![(0, 12, 1), (3, 4, 0)]);
         assert_eq!(keyspace("# Keyspace\r\n"), vec![]);
     }

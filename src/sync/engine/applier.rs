@@ -27,7 +27,7 @@ use crate::sync::batch::{self, POSITION_KEY};
 use crate::sync::convert::{Converter, KINDS, Stats};
 use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
-use crate::sync::target::{Tag, TargetInfo, TargetWriter, query, show_key};
+use crate::sync::target::{Tag, TargetError, TargetInfo, TargetWriter, show_key};
 
 use super::bar::human_bytes;
 use super::progress::{Carried, Snapshot};
@@ -92,6 +92,11 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) foreign_listed: Option<Instant>,
     /// A foreign write was seen since: list the clients again.
     pub(super) foreign_list_due: bool,
+    /// The control connection to the side the link reads from (`INFO replication`, `CLIENT
+    /// LIST`), kept between calls.
+    pub(super) source_ctl: crate::client::Kept,
+    /// The control connection to the side written to (`COMMAND INFO`), kept between calls.
+    pub(super) target_ctl: crate::client::Kept,
 }
 
 impl Applier<'_> {
@@ -560,14 +565,18 @@ impl Applier<'_> {
     }
 
     /// The source's `master_repl_offset` now.
-    fn source_offset(&self) -> anyhow::Result<u64> {
+    fn source_offset(&mut self) -> anyhow::Result<u64> {
         self.source_offset_within(self.opts.timeout)
     }
 
-    /// The source's `master_repl_offset`, asked on a connection of its own within `timeout`.
-    fn source_offset_within(&self, timeout: Duration) -> anyhow::Result<u64> {
-        let text = query(&self.opts.source, &[b"INFO", b"replication"], timeout)?;
-        crate::sync::replica::master_repl_offset(&text)
+    /// The source's `master_repl_offset`, asked within `timeout` (on the kept control
+    /// connection).
+    fn source_offset_within(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let info = self
+            .source_ctl
+            .with(&self.opts.source, timeout, |c| c.info("replication"))
+            .map_err(TargetError::from)?;
+        info.master_repl_offset()
             .context("INFO replication has no master_repl_offset")
     }
 }

@@ -73,13 +73,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::client::{BlockingClient, Info};
 use crate::config::RedisUrl;
 use crate::rdb::{ParserOptions, RdbParser};
 use crate::sync::batch::{self, Stored};
 use crate::sync::convert::{ConvertOptions, HOLD_BYTES, Stats, UnsupportedPolicy};
 use crate::sync::filter::Filter;
 use crate::sync::replica::StreamCommand;
-use crate::sync::target::{DEFAULT_WINDOW, TargetWriter, query, show_key};
+use crate::sync::target::{DEFAULT_WINDOW, TargetError, TargetWriter, show_key};
 
 /// Failures of the engine itself (the target writer has [`TargetError`](crate::sync::target::TargetError)).
 #[derive(Debug, thiserror::Error)]
@@ -398,6 +399,8 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         progress,
         bar: Bar::new(opts.progress),
         offset_polled: None,
+        source_ctl: Default::default(),
+        target_ctl: Default::default(),
         foreign: Default::default(),
         foreign_listed: None,
         foreign_list_due: false,
@@ -449,22 +452,17 @@ fn check_databases(w: &TargetWriter, filter: &Filter, source_dbs: &[u64]) -> any
 
 /// The source's databases and their key counts (`INFO keyspace`).
 fn source_keyspace(opts: &SyncOptions) -> anyhow::Result<Vec<(u64, u64)>> {
-    let text = query(&opts.source, &[b"INFO", b"keyspace"], opts.timeout)?;
-    Ok(parse_keyspace(&text))
+    let info = BlockingClient::open_url(&opts.source, opts.timeout)
+        .and_then(|mut c| c.info("keyspace"))
+        .map_err(TargetError::from)?;
+    Ok(parse_keyspace(&info))
 }
 
 /// `db0:keys=5,expires=0,avg_ttl=0` lines → (0, 5).
-fn parse_keyspace(text: &str) -> Vec<(u64, u64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (db, rest) = l.trim().strip_prefix("db")?.split_once(':')?;
-            let keys = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("keys="))?
-                .parse()
-                .ok()?;
-            Some((db.parse().ok()?, keys))
-        })
+fn parse_keyspace(info: &Info) -> Vec<(u64, u64)> {
+    info.keyspace()
+        .into_iter()
+        .map(|d| (u64::from(d.db), d.keys))
         .collect()
 }
 
@@ -541,7 +539,7 @@ mod tests {
     fn keyspace() {
         let info =
             "# Keyspace\r\ndb0:keys=5,expires=1,avg_ttl=0\r\ndb12:keys=7,expires=0,avg_ttl=0\r\n";
-        assert_eq!(parse_keyspace(info), vec![(0, 5), (12, 7)]);
-        assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+        assert_eq!(parse_keyspace(&Info::new(info)), vec![(0, 5), (12, 7)]);
+        assert!(parse_keyspace(&Info::new("# Keyspace\r\n")).is_empty());
     }
 }

@@ -20,7 +20,7 @@ use crate::sync::convert::{Stats, UnsupportedPolicy};
 use crate::sync::filter::command_keys;
 use crate::sync::refusals::Unapplied;
 use crate::sync::replica::StreamCommand;
-use crate::sync::target::{Tag, TargetError, TargetWriter, query_raw, show_key};
+use crate::sync::target::{Tag, TargetError, TargetWriter, show_key};
 
 use super::*;
 
@@ -465,11 +465,12 @@ impl Applier<'_> {
         if let Some(shape) = self.known_commands.get(name) {
             return *shape;
         }
-        let shape = match query_raw(
-            &self.opts.target,
-            &[b"COMMAND", b"INFO", name.as_bytes()],
-            self.opts.timeout,
-        ) {
+        let asked = self
+            .target_ctl
+            .with(&self.opts.target, self.opts.timeout, |c| {
+                c.call_raw(&[b"COMMAND", b"INFO", name.as_bytes()])
+            });
+        let shape = match asked {
             // An unknown command gives a nil entry; an error (COMMAND not allowed) says
             // nothing, so the command is tried.
             Ok(reply) => CommandShape {

@@ -232,12 +232,12 @@ impl Applier<'_> {
         {
             self.foreign_listed = Some(Instant::now());
             self.foreign_list_due = false;
-            // (The raw reply: `query` shortens its text.)
-            match crate::sync::target::query_raw(
-                &self.opts.source,
-                &[b"CLIENT", b"LIST"],
-                Duration::from_secs(1),
-            ) {
+            let listed = self
+                .source_ctl
+                .with(&self.opts.source, Duration::from_secs(1), |c| {
+                    c.call_raw(&[b"CLIENT", b"LIST"])
+                });
+            match listed {
                 Ok(raw) => p.foreign.set_clients(super::foreign::writing_clients(
                     &String::from_utf8_lossy(&raw),
                 )),

@@ -1,6 +1,7 @@
 //! What the target is: its server and version from `INFO server`, and the newest RDB version
 //! its `RESTORE` accepts.
 
+use crate::client::Info;
 use crate::rdb::RdbVersion;
 
 /// What the target is.
@@ -15,21 +16,12 @@ pub struct TargetInfo {
 }
 
 impl TargetInfo {
-    /// Parses the text of `INFO server`.
-    pub fn from_info(info: &str) -> Result<TargetInfo, String> {
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        };
-        let (valkey, text) = match field("valkey_version") {
-            Some(v) => (true, v),
-            None => (
-                false,
-                field("redis_version").ok_or("INFO server has no redis_version")?,
-            ),
-        };
-        let version = parse_version(&text).ok_or_else(|| format!("unreadable version {text:?}"))?;
+    /// Reads `INFO server`.
+    pub fn from_info(info: &Info) -> Result<TargetInfo, String> {
+        let (valkey, text) = info
+            .server_version()
+            .ok_or("INFO server has no redis_version")?;
+        let version = parse_version(text).ok_or_else(|| format!("unreadable version {text:?}"))?;
         let max_rdb = max_rdb_version(valkey, version)
             .ok_or_else(|| format!("version {text} is older than Redis 2.6"))?;
         Ok(TargetInfo {
@@ -99,7 +91,9 @@ mod tests {
 
     #[test]
     fn versions() {
-        let redis = |s: &str| TargetInfo::from_info(&format!("# Server\r\nredis_version:{s}\r\n"));
+        let redis = |s: &str| {
+            TargetInfo::from_info(&Info::new(format!("# Server\r\nredis_version:{s}\r\n")))
+        };
         assert_eq!(redis("6.2.14").unwrap().max_rdb, RdbVersion(9));
         assert_eq!(redis("7.0.15").unwrap().max_rdb, RdbVersion(10));
         assert_eq!(redis("7.2.4").unwrap().max_rdb, RdbVersion(11));
@@ -110,14 +104,17 @@ mod tests {
         assert_eq!(redis("3.0.7").unwrap().max_rdb, RdbVersion(6));
         assert_eq!(redis("4.0.14").unwrap().max_rdb, RdbVersion(8));
         assert!(redis("2.4.0").is_err());
-        let valkey = TargetInfo::from_info(
+        let valkey = TargetInfo::from_info(&Info::new(
             "redis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:9.1.0\r\n",
-        )
+        ))
         .unwrap();
         assert!(valkey.valkey);
         assert_eq!(valkey.max_rdb, RdbVersion(80));
         assert_eq!(valkey.describe(), "Valkey 9.1.0");
-        let v8 = TargetInfo::from_info("redis_version:7.2.4\r\nvalkey_version:8.1.1\r\n").unwrap();
+        let v8 = TargetInfo::from_info(&Info::new(
+            "redis_version:7.2.4\r\nvalkey_version:8.1.1\r\n",
+        ))
+        .unwrap();
         assert_eq!(v8.max_rdb, RdbVersion(11));
         assert!(!redis("6.2.0").unwrap().has_expire_flags());
     }

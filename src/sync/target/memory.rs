@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use super::{TargetError, query_raw};
+use super::TargetError;
+use crate::client::{BlockingClient, Info};
 use crate::config::RedisUrl;
 
 /// The side written to must have room for this share of what the other side uses: memory per
@@ -30,26 +31,14 @@ pub struct Memory {
     pub evicted_keys: Option<u64>,
 }
 
-/// The value of `field` in an `INFO` text.
-pub fn info_field<'a>(text: &'a str, field: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(str::trim)
-    })
-}
-
 impl Memory {
-    /// From an `INFO` text holding the `memory` (and, optionally, `stats`) sections.
-    pub fn from_info(text: &str) -> Memory {
-        let n = |f: &str| info_field(text, f).and_then(|v| v.parse().ok());
+    /// From an `INFO` reply holding the `memory` (and, optionally, `stats`) sections.
+    pub fn from_info(info: &Info) -> Memory {
         Memory {
-            used: n("used_memory").unwrap_or(0),
-            maxmemory: n("maxmemory").unwrap_or(0),
-            policy: info_field(text, "maxmemory_policy")
-                .unwrap_or("")
-                .to_string(),
-            evicted_keys: n("evicted_keys"),
+            used: info.used_memory().unwrap_or(0),
+            maxmemory: info.maxmemory().unwrap_or(0),
+            policy: info.maxmemory_policy().unwrap_or("").to_string(),
+            evicted_keys: info.evicted_keys(),
         }
     }
 
@@ -117,12 +106,10 @@ pub fn check_room(
     written: &RedisUrl,
     timeout: Duration,
 ) -> Result<(), TargetError> {
-    // (The whole text: `query` shortens replies for messages.)
     let info = |url: &RedisUrl| {
-        query_raw(url, &[b"INFO", b"memory"], timeout)
+        BlockingClient::open_url(url, timeout)
+            .and_then(|mut c| c.info("memory"))
             .ok()
-            .filter(|r| r.first() == Some(&b'$'))
-            .map(|r| String::from_utf8_lossy(&r).into_owned())
     };
     let (Some(src), Some(dst)) = (info(source), info(written)) else {
         return Ok(());
@@ -144,7 +131,7 @@ mod tests {
     #[test]
     fn room() {
         let info = "# Memory\r\nused_memory:1000\r\nused_memory_human:1K\r\nmaxmemory:8388608\r\nmaxmemory_policy:allkeys-lru\r\n# Stats\r\nevicted_keys:42\r\n";
-        let m = Memory::from_info(info);
+        let m = Memory::from_info(&Info::new(info));
         assert_eq!(
             m,
             Memory {

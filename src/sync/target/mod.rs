@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::client::{self, BlockingStream, ClientError, Endpoint};
+use crate::client::{self, BlockingStream, ClientError, Endpoint, Info, Value};
 use crate::config::RedisUrl;
 use crate::rdb::RdbVersion;
 use crate::resp::ReplyParser;
@@ -295,8 +295,12 @@ impl TargetWriter {
             .get(1)
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
         let reply = w.call(&[b"INFO", b"server"])?;
-        let text = w.check("INFO server", reply)?;
-        w.info = TargetInfo::from_info(&text).map_err(|detail| TargetError::Protocol {
+        let info = match Value::decode(&reply, 2).as_ref().and_then(Info::from_value) {
+            Some(info) => info,
+            // An error reply is refused; anything else has no version.
+            None => Info::new(w.check("INFO server", reply)?),
+        };
+        w.info = TargetInfo::from_info(&info).map_err(|detail| TargetError::Protocol {
             addr: w.addr.clone(),
             detail,
         })?;
@@ -796,22 +800,4 @@ impl TargetWriter {
             detail: e.to_string(),
         }
     }
-}
-
-/// One request on a fresh connection to `url` (AUTH from the URL first), for small control
-/// queries such as the source's `INFO replication`. Returns the reply's text.
-/// One command on a connection of its own; the reply as RESP bytes (errors included).
-pub fn query_raw(
-    url: &RedisUrl,
-    args: &[&[u8]],
-    timeout: Duration,
-) -> Result<Vec<u8>, TargetError> {
-    TargetWriter::open(url, timeout, timeout, 1)?.call(args)
-}
-
-pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
-    let mut conn = TargetWriter::open(url, timeout, timeout, 1)?;
-    let reply = conn.call(args)?;
-    let step = String::from_utf8_lossy(args.first().copied().unwrap_or_default()).into_owned();
-    conn.check(&step, reply)
 }

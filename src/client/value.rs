@@ -1,4 +1,5 @@
-//! Replies decoded enough to derive a shadow command from them.
+//! [`Value`]: a reply decoded into a small tree (the control client's [`super::Client::query`],
+//! the shadow writes' derivation from a client's reply, `ROLE`).
 
 /// A reply, decoded enough to derive a shadow command from it (RESP2 and RESP3 alike).
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +71,8 @@ impl Value {
         }
     }
 
-    pub(super) fn text(&self) -> Option<Vec<u8>> {
+    /// The text of a string or an integer.
+    pub fn text(&self) -> Option<Vec<u8>> {
         match self {
             Value::Int(i) => Some(i.to_string().into_bytes()),
             Value::Bytes(b) => Some(b.clone()),
