@@ -34,7 +34,9 @@ mod reply;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
-pub use reply::{array_errors, array_unchanged, first_error_in_array, reply_text};
+pub use reply::{
+    array_elements, array_errors, array_unchanged, first_error_in_array, reply_text,
+};
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
@@ -124,6 +126,15 @@ pub struct Tag {
     /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
     /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
     pub must_change: bool,
+    /// A stream command whose reply here says the key was missing before it (`INCR` answered
+    /// `:1`: the primary may have had a counter this side expired early): these exact reply
+    /// bytes put the command among [`TargetWriter::take_unchanged`] too, as a suspect.
+    pub suspect_reply: Option<Box<[u8]>>,
+    /// The stream's database (the source's number) the command was in.
+    pub stream_db: u64,
+    /// A copy of a key from the primary (`sync::engine::repair`): refused, the key stays
+    /// unrepaired (the link goes on).
+    pub repair: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
@@ -626,6 +637,16 @@ impl TargetWriter {
                 if tags.iter().any(|t| t.must_change) {
                     for i in array_unchanged(&reply) {
                         if let Some(t) = tags.get(i).filter(|t| t.must_change) {
+                            self.unchanged.push(t.clone());
+                        }
+                    }
+                }
+                if tags.iter().any(|t| t.suspect_reply.is_some()) {
+                    for (i, element) in array_elements(&reply) {
+                        if let Some(t) = tags
+                            .get(i)
+                            .filter(|t| t.suspect_reply.as_deref() == Some(element))
+                        {
                             self.unchanged.push(t.clone());
                         }
                     }
