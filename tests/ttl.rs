@@ -155,19 +155,18 @@ fn freeze_and_compare(
     other: &mut redis::Connection,
 ) -> (usize, Vec<String>) {
     let mut c = proxy.conn();
-    let mut live = Vec::new();
+    // (One pipeline: the short TTLs run out while a loop of round trips goes on.)
+    let mut pipe = redis::pipe();
     for k in keys {
-        let k = k.clone();
-        if redis::cmd("PEXPIRE")
-            .arg(&k)
-            .arg(600_000)
-            .query::<i64>(&mut c)
-            .unwrap()
-            == 1
-        {
-            live.push(k);
-        }
+        pipe.cmd("PEXPIRE").arg(k).arg(600_000);
     }
+    let answers: Vec<i64> = pipe.query(&mut c).unwrap();
+    let live: Vec<String> = keys
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| *a == 1)
+        .map(|(k, _)| k.clone())
+        .collect();
     // Caught up: before a switch the sync streams without lag; after it the link keeping
     // the old side in step makes the rollback safe.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -490,23 +489,25 @@ fn repair_counts(s: &serde_json::Value) -> (u64, u64, u64, u64, u64) {
     )
 }
 
-/// Switch → rollback → switch → finish between a Redis 6.2 source and a Redis 8.2 target
-/// (neither has import mode), with [`sliding_mix`] before the first switch and after every
-/// move, each side on its own clock (`offset` of the target's clock; the source on the
-/// machine's): every key alive on the primary is equal on the other side once the link
-/// caught up (compared with independent clients), no key stays unrepaired, and every move
-/// goes through.
-fn repair_story(target_offset: Option<&str>, source_offset: Option<&str>) {
-    let source = SkewedServer::start_clock("redis-6.2-server", source_offset, &[]);
-    let target = SkewedServer::start_clock("redis-8.2-server", target_offset, &[]);
+/// Switch → rollback → switch → finish between two Redis sides without import mode, with
+/// [`sliding_mix`] before the first switch and after every move, each side on its own clock
+/// (`None`: the machine's): every key alive on the primary is equal on the other side once
+/// the link caught up (compared with independent clients), no key stays unrepaired, and
+/// every move goes through. (Redis 6.2 as a primary propagates relative TTLs, which a clock
+/// ahead does not shorten; Redis 8.2 propagates `PEXPIREAT`/`PXAT`, which it does: the
+/// stressed direction is from an 8.2 primary into a side ahead of it.)
+fn repair_story(source: (&str, Option<&str>), target: (&str, Option<&str>)) {
+    let skewed = source.1.is_some() || target.1.is_some();
+    let source = SkewedServer::start_clock(source.0, source.1, &[]);
+    let target = SkewedServer::start_clock(target.0, target.1, &[]);
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     common::wait_streaming(&proxy);
     let (mut copies, mut lost_writes) = (0, 0);
     for (round, verb, primary_is_source, secs) in [
-        (0, None, true, 3),
-        (1, Some("switch"), false, 3),
-        (2, Some("rollback"), true, 2),
-        (3, Some("switch"), false, 2),
+        (0, None, true, 2),
+        (1, Some("switch"), false, 2),
+        (2, Some("rollback"), true, 1),
+        (3, Some("switch"), false, 1),
     ] {
         if let Some(verb) = verb {
             common::step(&proxy, verb);
@@ -534,7 +535,7 @@ fn repair_story(target_offset: Option<&str>, source_offset: Option<&str>) {
             "round {round} ({verb:?}): {live} live, {} missing; so far {lost_writes} writes found their key missing, {copies} copies",
             missing.len()
         );
-        assert!(live > 50, "round {round}: the workload kept keys alive: {live}");
+        assert!(live > 20, "round {round}: the workload kept keys alive: {live}");
         assert!(
             missing.is_empty(),
             "round {round}: {} of {live} keys differ on the side the link writes to (primary / other): {:?}\nstatus: {s}",
@@ -543,7 +544,7 @@ fn repair_story(target_offset: Option<&str>, source_offset: Option<&str>) {
         );
     }
     common::step(&proxy, "finish");
-    if target_offset.is_some() || source_offset.is_some() {
+    if skewed {
         assert!(
             lost_writes > 0,
             "with the clocks 50 ms apart keys expire early on one side (and are repaired)"
@@ -551,17 +552,34 @@ fn repair_story(target_offset: Option<&str>, source_offset: Option<&str>) {
     }
 }
 
+const R62: &str = "redis-6.2-server";
+const R82: &str = "redis-8.2-server";
+
 #[test]
 fn sliding_ttls_are_repaired_between_redis_6_2_and_8_2_on_one_clock() {
-    repair_story(None, None);
+    repair_story((R62, None), (R82, None));
 }
 
+/// Forward into Redis 6.2 (50 ms ahead of the 8.2 primary).
 #[test]
-fn sliding_ttls_are_repaired_with_the_redis_8_2_target_50_ms_ahead() {
-    repair_story(Some("+0.05"), None);
+fn sliding_ttls_are_repaired_into_a_redis_6_2_target_50_ms_ahead() {
+    repair_story((R82, None), (R62, Some("+0.05")));
 }
 
+/// Reverse into Redis 6.2 (the old side, 50 ms ahead of the 8.2 primary after the switch).
 #[test]
-fn sliding_ttls_are_repaired_with_the_redis_6_2_source_50_ms_ahead() {
-    repair_story(None, Some("+0.05"));
+fn sliding_ttls_are_repaired_into_a_redis_6_2_source_50_ms_ahead_after_the_switch() {
+    repair_story((R62, Some("+0.05")), (R82, None));
+}
+
+/// Forward into Redis 8.2, 50 ms ahead.
+#[test]
+fn sliding_ttls_are_repaired_into_a_redis_8_2_target_50_ms_ahead() {
+    repair_story((R82, None), (R82, Some("+0.05")));
+}
+
+/// Reverse into Redis 8.2: the target 50 ms behind, so the old side is ahead of it.
+#[test]
+fn sliding_ttls_are_repaired_into_a_redis_8_2_source_ahead_after_the_switch() {
+    repair_story((R82, None), (R82, Some("-0.05")));
 }
