@@ -303,7 +303,10 @@ fn repaired_not_lost(target_binary: &str, offset: Option<&str>) {
         &missing[..missing.len().min(5)]
     );
     assert_eq!(unrepaired, 0, "{s}");
-    assert!(s["sync"]["expired_early"].as_array().unwrap().is_empty(), "{s}");
+    assert!(
+        s["sync"]["expired_early"].as_array().unwrap().is_empty(),
+        "{s}"
+    );
     let named = s["sync"]["expired_early_repaired_keys"].as_array().unwrap();
     assert_eq!(named.is_empty(), repaired == 0, "{s}");
     if offset.is_some() {
@@ -346,7 +349,11 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
                 while started.elapsed() < Duration::from_secs(2) && n < 500_000 {
                     n += 1;
                     let k = format!("hs:{}", (n * 7 + t * 13) % KEYS);
-                    let alive: i64 = redis::cmd("PEXPIRE").arg(&k).arg(100).query(&mut c).unwrap();
+                    let alive: i64 = redis::cmd("PEXPIRE")
+                        .arg(&k)
+                        .arg(100)
+                        .query(&mut c)
+                        .unwrap();
                     if alive == 0 {
                         let _: () = redis::pipe()
                             .cmd("HSET")
@@ -392,7 +399,10 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
     assert!(err.contains("expired early"), "{err}");
     let mut c = proxy.conn();
     for i in 0..KEYS {
-        let _: i64 = redis::cmd("DEL").arg(format!("hs:{i}")).query(&mut c).unwrap();
+        let _: i64 = redis::cmd("DEL")
+            .arg(format!("hs:{i}"))
+            .query(&mut c)
+            .unwrap();
     }
     common::wait_streaming(&proxy);
     let s = proxy.status_json();
@@ -440,12 +450,14 @@ fn sliding_mix(
                             let k = format!("sess:{}", x % SESSIONS);
                             let v = format!("v{t}-{n}");
                             let alive = match n % 3 {
-                                0 => redis::cmd("PEXPIRE")
-                                    .arg(&k)
-                                    .arg(100)
-                                    .query::<i64>(&mut c)
-                                    .unwrap()
-                                    == 1,
+                                0 => {
+                                    redis::cmd("PEXPIRE")
+                                        .arg(&k)
+                                        .arg(100)
+                                        .query::<i64>(&mut c)
+                                        .unwrap()
+                                        == 1
+                                }
                                 1 => redis::cmd("GETEX")
                                     .arg(&k)
                                     .arg("PX")
@@ -570,7 +582,10 @@ fn repair_story(source: (&str, Option<&str>), target: (&str, Option<&str>)) {
             "round {round} ({verb:?}): {live} live, {} missing; so far {lost_writes} writes found their key missing, {copies} copies",
             missing.len()
         );
-        assert!(live > 20, "round {round}: the workload kept keys alive: {live}");
+        assert!(
+            live > 20,
+            "round {round}: the workload kept keys alive: {live}"
+        );
         assert!(
             missing.is_empty(),
             "round {round}: {} of {live} keys differ on the side the link writes to (primary / other): {:?}\nstatus: {s}",

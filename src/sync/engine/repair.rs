@@ -378,8 +378,11 @@ impl Applier<'_> {
             w.select(to)?;
             let tag = |what: &'static str| Tag {
                 key: c.key.clone(),
-                what: format!("{what} (a copy from the primary at stream offset {})", c.offset)
-                    .into(),
+                what: format!(
+                    "{what} (a copy from the primary at stream offset {})",
+                    c.offset
+                )
+                .into(),
                 stream_db: c.db,
                 repair: true,
                 ..Tag::default()
@@ -389,7 +392,13 @@ impl Applier<'_> {
                 Some((payload, ttl)) => {
                     let ttl = ttl.to_string();
                     w.send(
-                        &[&b"RESTORE"[..], &c.key, ttl.as_bytes(), &payload, b"REPLACE"],
+                        &[
+                            &b"RESTORE"[..],
+                            &c.key,
+                            ttl.as_bytes(),
+                            &payload,
+                            b"REPLACE",
+                        ],
                         tag("RESTORE"),
                     )?
                 }
@@ -436,7 +445,10 @@ mod tests {
     fn exec_elements() {
         assert!(matches!(element(b"$-1\r\n"), Element::Bulk(None)));
         assert!(matches!(element(b"_\r\n"), Element::Bulk(None)));
-        assert!(matches!(element(b"$3\r\nabc\r\n"), Element::Bulk(Some(b"abc"))));
+        assert!(matches!(
+            element(b"$3\r\nabc\r\n"),
+            Element::Bulk(Some(b"abc"))
+        ));
         assert!(matches!(element(b":-2\r\n"), Element::Int(-2)));
         assert!(matches!(element(b"-ERR x\r\n"), Element::Other(_)));
     }

@@ -52,12 +52,17 @@ impl Applier<'_> {
         let suspect_reply = match name {
             "INCR" => Some(b":1\r\n".to_vec().into_boxed_slice()),
             "DECR" => Some(b":-1\r\n".to_vec().into_boxed_slice()),
-            "INCRBY" | "DECRBY" if args.len() == 3 => {
-                std::str::from_utf8(args[2]).ok().and_then(|n| n.parse::<i64>().ok()).map(|n| {
-                    let n = if name == "DECRBY" { n.checked_neg().unwrap_or(n) } else { n };
+            "INCRBY" | "DECRBY" if args.len() == 3 => std::str::from_utf8(args[2])
+                .ok()
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(|n| {
+                    let n = if name == "DECRBY" {
+                        n.checked_neg().unwrap_or(n)
+                    } else {
+                        n
+                    };
                     format!(":{n}\r\n").into_bytes().into_boxed_slice()
-                })
-            }
+                }),
             _ => None,
         };
         // A write that sets the key whole repairs a key that expired early here (issue 20).

@@ -34,9 +34,7 @@ mod reply;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
-pub use reply::{
-    array_elements, array_errors, array_unchanged, first_error_in_array, reply_text,
-};
+pub use reply::{array_elements, array_errors, array_unchanged, first_error_in_array, reply_text};
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
