@@ -375,6 +375,14 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
     for t in threads {
         t.join().unwrap();
     }
+    // The live hashes kept (a long TTL, one pipeline): one the target lost is then missing
+    // there for good, and its copy is refused.
+    let mut c = proxy.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..KEYS {
+        pipe.cmd("PEXPIRE").arg(format!("hs:{i}")).arg(600_000);
+    }
+    let _: Vec<i64> = pipe.query(&mut c).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {
         let s = proxy.status_json();
@@ -394,10 +402,19 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
         .map(|k| k.as_str().unwrap())
         .collect();
     assert!(named.iter().all(|k| k.starts_with("hs:")), "{s}");
+    // Every key alive on the source and missing on the target is named.
+    let (mut src, mut tgt) = (source.conn(), target.conn());
+    for i in 0..KEYS {
+        let k = format!("hs:{i}");
+        let on_source: i64 = redis::cmd("EXISTS").arg(&k).query(&mut src).unwrap();
+        let on_target: i64 = redis::cmd("EXISTS").arg(&k).query(&mut tgt).unwrap();
+        if on_source == 1 && on_target == 0 {
+            assert!(named.contains(&k.as_str()), "{k} missing but not named: {s}");
+        }
+    }
     let (code, _, err) = cli(&proxy, &["switch"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("expired early"), "{err}");
-    let mut c = proxy.conn();
     for i in 0..KEYS {
         let _: i64 = redis::cmd("DEL")
             .arg(format!("hs:{i}"))
