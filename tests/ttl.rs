@@ -409,7 +409,10 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
         let on_source: i64 = redis::cmd("EXISTS").arg(&k).query(&mut src).unwrap();
         let on_target: i64 = redis::cmd("EXISTS").arg(&k).query(&mut tgt).unwrap();
         if on_source == 1 && on_target == 0 {
-            assert!(named.contains(&k.as_str()), "{k} missing but not named: {s}");
+            assert!(
+                named.contains(&k.as_str()),
+                "{k} missing but not named: {s}"
+            );
         }
     }
     let (code, _, err) = cli(&proxy, &["switch"]);

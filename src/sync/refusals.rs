@@ -16,6 +16,10 @@
 //!   `cutover_sync_unapplied_commands{direction}` feeds an alert. Headless `cutover sync`
 //!   keeps its `unsupported` policy (reported, exit code 3, or `fail`).
 //!
+//! - keys the side written to **expired early** (issue 20): queued here for a copy from
+//!   the primary (`sync::engine::repair`), counted when copied; only a key whose copy failed
+//!   is *unrepaired*, named, and refuses the moves.
+//!
 //! The record lives as long as the process: a `cutover run` started again does not know it
 //! (the position stored on the target is past the batch that held the command).
 
@@ -271,6 +275,10 @@ impl Refusals {
     }
 
     /// How many distinct unrepaired keys (exact up to 1,000).
+    pub fn unrepaired_count(&self) -> usize {
+        self.lost_key_count()
+    }
+
     fn lost_key_count(&self) -> usize {
         self.lost_keys.lock().map(|k| k.0.len()).unwrap_or(0)
     }
