@@ -204,7 +204,7 @@ impl Applier<'_> {
             self.report_exec_errors(w, stats)?;
             self.note_lost(w);
             self.read_wanted();
-            if self.repairs.ready.is_empty() {
+            if self.repairs.ready.is_empty() && self.progress.refusals.repairing() == 0 {
                 return Ok(());
             }
             let open = self.txn_open;
@@ -214,7 +214,16 @@ impl Applier<'_> {
             }
         }
         w.drain()?;
-        self.report_exec_errors(w, stats)
+        self.report_exec_errors(w, stats)?;
+        // What could not be read in three tries is handed over missing: named, not silent.
+        for (db, key) in self.progress.refusals.pending_repairs() {
+            self.progress.refusals.unrepaired(
+                db,
+                &key,
+                "the primary did not give the key before the move",
+            );
+        }
+        Ok(())
     }
 
     /// Reads from the primary the keys waiting that are not read yet.
