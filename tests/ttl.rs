@@ -439,12 +439,14 @@ fn keys_that_cannot_be_copied_stay_named_and_refuse_the_switch() {
 /// - rate windows `rate:<client>:<100 ms slot>`: `INCR`, and `PEXPIRE … 300` when it
 ///   answered 1.
 ///
-/// Then [`freeze_and_compare`] over every key the workload touched.
+/// `during` runs while the clients do (a move under load). Then [`freeze_and_compare`] over
+/// every key the workload touched.
 fn sliding_mix(
     proxy: &Proxy,
     primary: &mut redis::Connection,
     other: &mut redis::Connection,
     secs: u64,
+    during: &dyn Fn(),
 ) -> (usize, Vec<String>) {
     const SESSIONS: u64 = 200;
     const COUNTERS: u64 = 40;
@@ -531,6 +533,7 @@ fn sliding_mix(
             })
         })
         .collect();
+    during();
     let mut keys: std::collections::BTreeSet<String> = (0..SESSIONS)
         .map(|i| format!("sess:{i}"))
         .chain((0..COUNTERS).map(|i| format!("cnt:{i}")))
@@ -557,7 +560,9 @@ fn repair_counts(s: &serde_json::Value) -> (u64, u64, u64, u64, u64) {
 }
 
 /// Switch → rollback → switch → finish between two Redis sides without import mode, with
-/// [`sliding_mix`] before the first switch and after every move, each side on its own clock
+/// [`sliding_mix`] before the first switch and around every move (the first switch and the
+/// rollback made while the clients run: keys still being copied then are placed before the
+/// applying link parks), each side on its own clock
 /// (`None`: the machine's): every key alive on the primary is equal on the other side once
 /// the link caught up (compared with independent clients), no key stays unrepaired, and
 /// every move goes through. (Redis 6.2 as a primary propagates relative TTLs, which a clock
@@ -570,19 +575,43 @@ fn repair_story(source: (&str, Option<&str>), target: (&str, Option<&str>)) {
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     common::wait_streaming(&proxy);
     let (mut copies, mut lost_writes) = (0, 0);
-    for (round, verb, primary_is_source, secs) in [
-        (0, None, true, 2),
-        (1, Some("switch"), false, 2),
-        (2, Some("rollback"), true, 1),
-        (3, Some("switch"), false, 1),
+    // (round, move, made while the clients run, primary after it, seconds of load)
+    for (round, verb, under_load, primary_is_source, secs) in [
+        (0, None, false, true, 2),
+        (1, Some("switch"), true, false, 2),
+        (2, Some("rollback"), true, true, 2),
+        (3, Some("switch"), false, false, 1),
     ] {
-        if let Some(verb) = verb {
-            common::step(&proxy, verb);
+        let mv = || {
+            if let Some(verb) = verb {
+                common::step(&proxy, verb);
+            }
+        };
+        let during = || {
+            if under_load {
+                std::thread::sleep(Duration::from_millis(secs * 400));
+                mv();
+            }
+        };
+        if !under_load {
+            mv();
         }
         let (live, missing) = if primary_is_source {
-            sliding_mix(&proxy, &mut source.conn(), &mut target.conn(), secs)
+            sliding_mix(
+                &proxy,
+                &mut source.conn(),
+                &mut target.conn(),
+                secs,
+                &during,
+            )
         } else {
-            sliding_mix(&proxy, &mut target.conn(), &mut source.conn(), secs)
+            sliding_mix(
+                &proxy,
+                &mut target.conn(),
+                &mut source.conn(),
+                secs,
+                &during,
+            )
         };
         let s = proxy.status_json();
         // Each link's counts (both links in the overlap; the one sync before it).
