@@ -385,4 +385,35 @@ mod tests {
         r.set_waiting(Some("OOM".into()));
         assert_eq!(r.waiting().as_deref(), Some("OOM"));
     }
+
+    /// A key found missing waits for its copy without refusing a move; copied, it is
+    /// counted and named as repaired; only a failed copy refuses, until the primary writes
+    /// the key whole.
+    #[test]
+    fn expired_early_keys_are_repaired_or_named() {
+        let r = Refusals::default();
+        r.record_lost(0, b"s:1", "PEXPIREAT".into());
+        r.record_lost(0, b"s:1", "PEXPIREAT".into());
+        r.want_repair(2, b"c", false);
+        assert_eq!((r.lost(), r.repairing()), (2, 2));
+        assert_eq!(r.describe(), None, "copies on their way refuse nothing");
+        r.copied(0, b"s:1");
+        r.copied(2, b"c");
+        assert_eq!((r.repaired_count(), r.repairing()), (1, 0));
+        let f = r.status_fields();
+        assert_eq!(f["expired_early_repaired_keys"], serde_json::json!(["s:1"]));
+        assert_eq!(f["repair_copies"], 2);
+        r.want_repair(0, b"h", true);
+        r.unrepaired(0, b"h", "cannot load");
+        assert_eq!(r.repairing(), 0);
+        assert!(r.any_unrepaired());
+        assert!(r.describe().unwrap().contains("could not be copied"));
+        assert_eq!(r.status_fields()["expired_early"], serde_json::json!(["h"]));
+        r.repaired("h");
+        assert!(!r.any_unrepaired());
+        assert_eq!(r.describe(), None);
+        r.want_repair(0, b"x", true);
+        r.clear_pending();
+        assert_eq!(r.repairing(), 0);
+    }
 }
