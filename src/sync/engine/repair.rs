@@ -43,8 +43,12 @@
 //! most its own expiries past `L`, already in the values read), so the side handed to the
 //! clients, or kept for a rollback, has every repaired key.
 //!
-//! **What stays unrepaired** — the primary does not answer, or this side refuses the value (an
-//! encoding it does not know, a refusal inside `EXEC`) — is named in status
+//! A value in an encoding this side cannot load (a listpack hash from Redis 7+ into 6.2) is
+//! written by the snapshot converter instead (`sync::convert`: re-encoded, or plain
+//! commands), then given its TTL with `PEXPIRE`.
+//!
+//! **What stays unrepaired** — the primary does not answer (or refuses `DUMP`), the value
+//! cannot be expressed here (hash-field TTLs, module values), this side refuses the copy — is named in status
 //! (`expired_early`) and refuses the moves, until the primary writes the key whole. Not
 //! found: a write that reads a key lost here and writes *another* key (`LMOVE lost dst`)
 //! before the loss is seen; `cutover verify` finds it.
@@ -55,8 +59,9 @@ use anyhow::Context;
 
 use crate::client::{self, BlockingClient, Endpoint};
 use crate::rdb::reencode::target_knows;
-use crate::rdb::{DumpPayload, RdbType, RdbVersion};
+use crate::rdb::{DumpPayload, RdbType, RdbVersion, Writer};
 use crate::resp::request::encode_command;
+use crate::sync::convert::Converter;
 use crate::sync::convert::Stats;
 use crate::sync::target::{Tag, TargetWriter, array_elements, reply_text, show_key};
 
@@ -369,21 +374,39 @@ impl Applier<'_> {
                 self.progress.refusals.copied(c.db, &c.key);
                 continue;
             };
-            let value = match &c.value {
-                None => None,
-                Some((payload, ttl)) => match payload_for(payload, self.info.max_rdb) {
-                    Ok(p) => Some((p, *ttl)),
-                    Err(why) => {
-                        self.progress.refusals.unrepaired(c.db, &c.key, &why);
-                        continue;
-                    }
-                },
-            };
             if !self.txn_open {
                 w.begin_txn()?;
                 self.txn_open = true;
                 self.txn_commands = 0;
             }
+            let value = match &c.value {
+                None => None,
+                Some((payload, ttl)) => match payload_for(payload, self.info.max_rdb) {
+                    Ok(p) => Some((p, *ttl)),
+                    Err(why) => {
+                        // An encoding this side does not know: the snapshot converter writes
+                        // it re-encoded (or with plain commands), then the TTL.
+                        w.set_repair_tags(Some(c.db));
+                        let res = self.write_converted(w, c.db, &c.key, payload, *ttl);
+                        w.set_repair_tags(None);
+                        match res {
+                            Ok(()) => {
+                                self.txn_commands += 1;
+                                self.progress.refusals.copied(c.db, &c.key);
+                                placed = true;
+                            }
+                            Err(e) => {
+                                self.progress.refusals.unrepaired(
+                                    c.db,
+                                    &c.key,
+                                    &format!("{why}; written another way: {e:#}"),
+                                );
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
             w.select(to)?;
             let tag = |what: &'static str| Tag {
                 key: c.key.clone(),
@@ -419,6 +442,53 @@ impl Applier<'_> {
         }
         if placed {
             self.select_stream_db(w)?;
+        }
+        Ok(())
+    }
+}
+
+impl Applier<'_> {
+    /// Writes a value whose encoding this side cannot `RESTORE` through the snapshot
+    /// converter (`sync::convert`: a re-encoded payload, or plain commands after a `DEL`),
+    /// from a one-key RDB built from the `DUMP` payload, without expiry; then `PEXPIRE` with
+    /// the remaining TTL (relative, as for `RESTORE`). Anything the converter reports as not
+    /// expressible here is an error: the key stays unrepaired.
+    fn write_converted(
+        &mut self,
+        w: &mut TargetWriter,
+        db: u64,
+        key: &[u8],
+        payload: &[u8],
+        ttl: u64,
+    ) -> anyhow::Result<()> {
+        let dump = DumpPayload::parse(payload)?;
+        let (ty, body) = dump.value.split_first().context("an empty DUMP payload")?;
+        let mut rdb = Writer::new();
+        rdb.write_bytes(&dump.version.header()?);
+        rdb.write_u8(0xFE); // SELECTDB
+        rdb.write_len(db);
+        rdb.write_u8(*ty);
+        rdb.write_string(key);
+        rdb.write_bytes(body);
+        rdb.write_u8(0xFF); // EOF, then a checksum of 0: not checked
+        rdb.write_u64_le(0);
+        let mut parser = self.opts.parser();
+        let mut conv = Converter::with_options(w, self.opts.convert_options());
+        parser.feed(rdb.as_slice());
+        while let Some(ev) = parser.next_event()? {
+            conv.apply(ev, w)?;
+        }
+        parser.finish()?;
+        conv.finish(w)?;
+        if conv.stats.unsupported > 0 || conv.stats.keys_done() != 1 {
+            anyhow::bail!("not expressible here: {}", conv.stats.problems.join("; "));
+        }
+        if ttl > 0 {
+            let ttl = ttl.to_string();
+            w.send(
+                &[&b"PEXPIRE"[..], key, ttl.as_bytes()],
+                Tag::key("PEXPIRE", key),
+            )?;
         }
         Ok(())
     }

@@ -243,6 +243,9 @@ pub struct TargetWriter {
     exec_errors: Vec<Refusal>,
     /// [`Tag::must_change`] commands answered `0` or nil inside an `EXEC`.
     unchanged: Vec<Tag>,
+    /// While set, every command queued is part of the copy of a key in this stream
+    /// database ([`Tag::repair`]; see [`Self::set_repair_tags`]).
+    repair_db: Option<u64>,
 }
 
 /// Bumped whenever cutover changes `import-mode` on a side (`cutover::import`): each writer
@@ -323,6 +326,7 @@ impl TargetWriter {
             import_epoch: u64::MAX,
             exec_errors: Vec::new(),
             unchanged: Vec::new(),
+            repair_db: None,
         })
     }
 
@@ -422,7 +426,19 @@ impl TargetWriter {
         self.queued(tag, start)
     }
 
+    /// Marks the commands queued from now on (`Some(db)`) as the copy of a key of stream
+    /// database `db` ([`Tag::repair`]: a refusal leaves the key unrepaired instead of
+    /// stopping the link), until `None`. For commands written by another layer (the snapshot
+    /// converter).
+    pub fn set_repair_tags(&mut self, db: Option<u64>) {
+        self.repair_db = db;
+    }
+
     fn queued(&mut self, mut tag: Tag, start: usize) -> Result<(), TargetError> {
+        if let Some(db) = self.repair_db {
+            tag.repair = true;
+            tag.stream_db = db;
+        }
         if let Some(txn) = &mut self.txn {
             txn.wire.extend_from_slice(&self.out[start..]);
             txn.ends.push(txn.wire.len());
