@@ -233,7 +233,7 @@ fn sync_line(sync: &Value) -> String {
     let early = n("expired_early_keys");
     if early > 0 {
         line.push_str(&format!(
-            "; {early} key(s) EXPIRED EARLY on the target (missing there), e.g. '{}'",
+            "; {early} key(s) EXPIRED EARLY on the target and could not be copied from the source (missing there), e.g. '{}'",
             sync["expired_early"][0].as_str().unwrap_or("")
         ));
     }

@@ -194,6 +194,16 @@ impl Applier<'_> {
                 }
                 break;
             }
+            // A key copied from the primary at an offset the stream has now reached goes
+            // here, before the first command past that offset (`engine::repair`).
+            if self
+                .repairs
+                .next_offset()
+                .is_some_and(|o| o <= self.last_offset)
+                && !self.in_source_txn
+            {
+                self.place_ready(w, false)?;
+            }
             let args = split_args(&cmd.wire).with_context(|| {
                 format!(
                     "unreadable command in the replication stream before offset {}",
@@ -283,7 +293,11 @@ impl Applier<'_> {
     /// apply nothing) is reported and left out, and the transaction is sent again without it,
     /// together with the position: the rest applies exactly once, in order (nothing behind
     /// the transaction is sent before its `EXEC`).
-    fn close_txn(&mut self, w: &mut TargetWriter, stats: &mut Stats) -> anyhow::Result<()> {
+    pub(in crate::sync) fn close_txn(
+        &mut self,
+        w: &mut TargetWriter,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
         queue_set(w, &format(&self.replid, self.last_offset, self.stream_db))?;
         self.stored_offset = self.last_offset;
         // Only a command the target does not know, or one with an argument count outside
@@ -342,12 +356,17 @@ impl Applier<'_> {
         w: &mut TargetWriter,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
-        for t in w.take_unchanged() {
-            self.progress
-                .refusals
-                .record_lost(show_key(&t.key), t.what.to_string());
-        }
+        self.note_lost(w);
         for r in w.take_exec_errors() {
+            if r.tag.repair {
+                // A copy from the primary this side refused: the key stays different.
+                self.progress.refusals.unrepaired(
+                    r.tag.stream_db,
+                    &r.tag.key,
+                    &format!("{} refused the copy: {}", self.info.describe(), r.error),
+                );
+                continue;
+            }
             if !r.tag.replicated {
                 bail!(TargetError::Refused {
                     addr: w.addr().to_string(),

@@ -16,6 +16,10 @@
 //!   `cutover_sync_unapplied_commands{direction}` feeds an alert. Headless `cutover sync`
 //!   keeps its `unsupported` policy (reported, exit code 3, or `fail`).
 //!
+//! - keys the side written to **expired early** (issue 20): queued here for a copy from
+//!   the primary (`sync::engine::repair`), counted when copied; only a key whose copy failed
+//!   is *unrepaired*, named, and refuses the moves.
+//!
 //! The record lives as long as the process: a `cutover run` started again does not know it
 //! (the position stored on the target is past the batch that held the command).
 
@@ -62,11 +66,25 @@ pub struct Refusals {
     evicted: AtomicU64,
     /// Batches refused with `OOM` (each retried).
     oom: AtomicU64,
-    /// Keys the primary refreshed or updated that this side no longer had (expired or
-    /// evicted early there): not repaired, see [`Refusals::record_lost`].
+    /// Writes of the primary that found their key missing on this side (expired or evicted
+    /// early there), see [`Refusals::record_lost`].
     lost: AtomicU64,
-    /// The keys, each once, in the order found (the first 1,000).
+    /// The keys whose repair failed, each once, in the order found (the first 1,000): they
+    /// stay different until the primary writes them whole; moves are refused meanwhile.
     lost_keys: Mutex<(Vec<String>, std::collections::HashSet<String>)>,
+    /// Keys waiting for their copy from the primary (`sync::engine::repair`): (the stream's
+    /// database, the key) → found by a `must_change` write (true) or only suspected (an
+    /// `INCR` answered with its increment: false). Kept here, not in the applier, so that a
+    /// restarted engine repairs them too.
+    pending: Mutex<std::collections::HashMap<(u64, Vec<u8>), bool>>,
+    /// Keys copied from the primary after a write found them missing (found, not suspected).
+    repaired: AtomicU64,
+    /// Every copy placed in the stream (suspected keys included).
+    copies: AtomicU64,
+    /// The keys repaired, each once (the first 100), for `status`.
+    repaired_keys: Mutex<Vec<String>>,
+    /// Some key is unrepaired (`lost_keys` not empty): one atomic load on the hot path.
+    any_unrepaired: AtomicBool,
 }
 
 /// Lost keys kept by name (the count goes on).
@@ -124,7 +142,7 @@ impl Refusals {
         let lost = (lost > 0).then(|| {
             let keys = self.lost_keys();
             format!(
-                "{lost} key(s) the primary refreshed or updated were missing on the side it writes to (expired early there), e.g. '{}'",
+                "{lost} key(s) the primary refreshed or updated were missing on the side it writes to (expired early there) and could not be copied from the primary, e.g. '{}'",
                 keys.iter().take(3).cloned().collect::<Vec<_>>().join("', '")
             )
         });
@@ -133,26 +151,93 @@ impl Refusals {
     }
 
     /// A key the primary refreshed or updated (`command`) was missing on the side written
-    /// to: it expired (or was evicted) there before the primary's write arrived. The key
-    /// stays missing: no move is allowed while any is recorded.
-    pub fn record_lost(&self, key: String, command: String) {
+    /// to: it expired (or was evicted) there before the primary's write arrived. It is
+    /// queued for a copy from the primary ([`Self::want_repair`]); only a failed copy makes
+    /// it *unrepaired* ([`Self::unrepaired`]), which refuses the moves.
+    pub fn record_lost(&self, db: u64, key: &[u8], command: String) {
         let n = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= 10 || n.is_power_of_two() {
-            tracing::warn!(key = %key, command = %command, lost = n, "a key the primary refreshed is missing on the side this link writes to (it expired early there)");
+            tracing::info!(key = %crate::sync::target::show_key(key), command = %command, lost = n, "a key the primary refreshed is missing on the side this link writes to (it expired early there): copying it from the primary");
         }
+        self.want_repair(db, key, true);
+    }
+
+    /// Queues `key` (in the stream's database `db`) for a copy from the primary; `found`:
+    /// a write found it missing (else it is only suspected).
+    pub fn want_repair(&self, db: u64, key: &[u8], found: bool) {
+        if let Ok(mut p) = self.pending.lock() {
+            let e = p.entry((db, key.to_vec())).or_insert(found);
+            *e |= found;
+        }
+    }
+
+    /// The keys waiting for a copy (a restarted applier asks for all of them again).
+    pub fn pending_repairs(&self) -> Vec<(u64, Vec<u8>)> {
+        self.pending
+            .lock()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many keys wait for a copy.
+    pub fn repairing(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// The copy of `key` was placed in the stream (its batch sent): equal on both sides
+    /// from there. A key that was unrepaired is no longer.
+    pub fn copied(&self, db: u64, key: &[u8]) {
+        self.copies.fetch_add(1, Ordering::Relaxed);
+        let found = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&(db, key.to_vec())))
+            .unwrap_or(false);
+        let name = crate::sync::target::show_key(key);
+        if found {
+            self.repaired.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut r) = self.repaired_keys.lock()
+                && r.len() < LOST_SHOWN
+                && !r.contains(&name)
+            {
+                r.push(name.clone());
+            }
+        }
+        self.repaired(&name);
+    }
+
+    /// A full resync copies everything again: nothing waits for a copy any more.
+    pub fn clear_pending(&self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+
+    /// The copy of `key` could not be made (the primary did not answer, this side refused
+    /// the value): the key stays different here, named, and the moves are refused until the
+    /// primary writes it whole.
+    pub fn unrepaired(&self, db: u64, key: &[u8], why: &str) {
+        let _ = self
+            .pending
+            .lock()
+            .map(|mut p| p.remove(&(db, key.to_vec())));
+        let name = crate::sync::target::show_key(key);
+        tracing::warn!(key = %name, reason = %why, "a key that expired early on the side this link writes to could not be copied from the primary: it stays missing there");
         if let Ok(mut g) = self.lost_keys.lock() {
             let (order, seen) = &mut *g;
-            if order.len() < LOST_KEPT && seen.insert(key.clone()) {
-                order.push(key);
+            if order.len() < LOST_KEPT && seen.insert(name.clone()) {
+                order.push(name);
             }
+            self.any_unrepaired.store(true, Ordering::Release);
         }
     }
 
     /// A stream command that sets `key` whole (`SET` without `XX`/`KEEPTTL`, `DEL`,
-    /// `UNLINK`, `RESTORE`…) is applied: a key recorded by [`Self::record_lost`] is equal
-    /// on both sides again. One atomic load while nothing is recorded.
+    /// `UNLINK`, `RESTORE`…) is applied: an unrepaired key ([`Self::unrepaired`]) is equal
+    /// on both sides again. One lock while nothing is unrepaired.
     pub fn repaired(&self, key: &str) {
-        if self.lost.load(Ordering::Relaxed) == 0 {
+        if !self.any_unrepaired() {
             return;
         }
         if let Ok(mut g) = self.lost_keys.lock() {
@@ -160,7 +245,14 @@ impl Refusals {
             if seen.remove(key) {
                 order.retain(|k| k != key);
             }
+            self.any_unrepaired
+                .store(!order.is_empty(), Ordering::Release);
         }
+    }
+
+    /// True while some key is unrepaired (one atomic load).
+    pub fn any_unrepaired(&self) -> bool {
+        self.any_unrepaired.load(Ordering::Acquire)
     }
 
     /// Writes of the primary that found their key missing on the side written to (see
@@ -169,7 +261,12 @@ impl Refusals {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// The keys, each once (the first 1,000).
+    /// Keys copied from the primary after a write found them missing.
+    pub fn repaired_count(&self) -> u64 {
+        self.repaired.load(Ordering::Relaxed)
+    }
+
+    /// The unrepaired keys, each once (the first 1,000).
     pub fn lost_keys(&self) -> Vec<String> {
         self.lost_keys
             .lock()
@@ -177,7 +274,11 @@ impl Refusals {
             .unwrap_or_default()
     }
 
-    /// How many distinct keys (exact up to 1,000).
+    /// How many distinct unrepaired keys (exact up to 1,000).
+    pub fn unrepaired_count(&self) -> usize {
+        self.lost_key_count()
+    }
+
     fn lost_key_count(&self) -> usize {
         self.lost_keys.lock().map(|k| k.0.len()).unwrap_or(0)
     }
@@ -203,7 +304,12 @@ impl Refusals {
     }
 
     /// The status fields: `unapplied_commands`, `unapplied`, `halted`, `waiting_on_refusal`,
-    /// `evicted_keys`, `oom_refusals`.
+    /// `evicted_keys`, `oom_refusals`, and the keys that expired early on the side written
+    /// to: `expired_early_writes` (writes that found their key missing),
+    /// `expired_early_keys`/`expired_early` (unrepaired: refuse the moves),
+    /// `expired_early_repairing` (copies on their way), `expired_early_repaired` and
+    /// `expired_early_repaired_keys` (copied from the primary), `repair_copies` (every copy,
+    /// suspected keys included).
     pub fn status_fields(&self) -> serde_json::Map<String, serde_json::Value> {
         let serde_json::Value::Object(m) = serde_json::json!({
             "unapplied_commands": self.count(),
@@ -215,6 +321,10 @@ impl Refusals {
             "expired_early_keys": self.lost_key_count(),
             "expired_early_writes": self.lost(),
             "expired_early": self.lost_keys().into_iter().take(LOST_SHOWN).collect::<Vec<_>>(),
+            "expired_early_repairing": self.repairing(),
+            "expired_early_repaired": self.repaired_count(),
+            "expired_early_repaired_keys": self.repaired_keys.lock().map(|r| r.clone()).unwrap_or_default(),
+            "repair_copies": self.copies.load(Ordering::Relaxed),
         }) else {
             return serde_json::Map::new();
         };
@@ -274,5 +384,36 @@ mod tests {
         ));
         r.set_waiting(Some("OOM".into()));
         assert_eq!(r.waiting().as_deref(), Some("OOM"));
+    }
+
+    /// A key found missing waits for its copy without refusing a move; copied, it is
+    /// counted and named as repaired; only a failed copy refuses, until the primary writes
+    /// the key whole.
+    #[test]
+    fn expired_early_keys_are_repaired_or_named() {
+        let r = Refusals::default();
+        r.record_lost(0, b"s:1", "PEXPIREAT".into());
+        r.record_lost(0, b"s:1", "PEXPIREAT".into());
+        r.want_repair(2, b"c", false);
+        assert_eq!((r.lost(), r.repairing()), (2, 2));
+        assert_eq!(r.describe(), None, "copies on their way refuse nothing");
+        r.copied(0, b"s:1");
+        r.copied(2, b"c");
+        assert_eq!((r.repaired_count(), r.repairing()), (1, 0));
+        let f = r.status_fields();
+        assert_eq!(f["expired_early_repaired_keys"], serde_json::json!(["s:1"]));
+        assert_eq!(f["repair_copies"], 2);
+        r.want_repair(0, b"h", true);
+        r.unrepaired(0, b"h", "cannot load");
+        assert_eq!(r.repairing(), 0);
+        assert!(r.any_unrepaired());
+        assert!(r.describe().unwrap().contains("could not be copied"));
+        assert_eq!(r.status_fields()["expired_early"], serde_json::json!(["h"]));
+        r.repaired("h");
+        assert!(!r.any_unrepaired());
+        assert_eq!(r.describe(), None);
+        r.want_repair(0, b"x", true);
+        r.clear_pending();
+        assert_eq!(r.repairing(), 0);
     }
 }

@@ -32,9 +32,20 @@ pub struct SkewedServer {
 
 impl SkewedServer {
     pub fn start(binary: &str, offset: &str, extra: &[&str]) -> SkewedServer {
+        Self::start_clock(binary, Some(offset), extra)
+    }
+
+    /// `offset` `None`: the same server on the machine's own clock (no libfaketime).
+    pub fn start_clock(binary: &str, offset: Option<&str>, extra: &[&str]) -> SkewedServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = super::free_port();
-        let child = Command::new(super::tool(binary))
+        let mut cmd = Command::new(super::tool(binary));
+        if let Some(offset) = offset {
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_RESET", "1");
+        }
+        let child = cmd
             .args([
                 "--port",
                 &port.to_string(),
@@ -52,9 +63,6 @@ impl SkewedServer {
             ])
             .arg(dir.path())
             .args(extra)
-            .env("LD_PRELOAD", libfaketime())
-            .env("FAKETIME", offset)
-            .env("FAKETIME_DONT_RESET", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

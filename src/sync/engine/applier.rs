@@ -97,6 +97,8 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) source_ctl: crate::client::Kept,
     /// The control connection to the side written to (`COMMAND INFO`), kept between calls.
     pub(super) target_ctl: crate::client::Kept,
+    /// Keys that expired early here, being copied from the primary ([`super::repair`]).
+    pub(in crate::sync) repairs: super::repair::Repairs,
 }
 
 impl Applier<'_> {
@@ -153,6 +155,8 @@ impl Applier<'_> {
                     w.drain()?;
                 }
                 if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
+                    // Keys that expired early here get their copy before the move.
+                    self.repair_at_barrier(w, &mut conv.stats)?;
                     if self.progress.handoff.is_overlap() {
                         self.park(w, limit)?;
                         continue;
@@ -188,6 +192,9 @@ impl Applier<'_> {
                     start_offset = offset;
                     self.last_offset = offset;
                     self.replid = replid;
+                    // A new copy of everything: no key waits for a repair any more.
+                    self.repairs.clear();
+                    self.progress.refusals.clear_pending();
                     phase = phase.move_to(SyncPhase::Snapshot);
                     self.progress.mark_established();
                     // A new copy: the counts of an earlier run do not apply to it.
@@ -351,6 +358,9 @@ impl Applier<'_> {
                 Err(RecvTimeoutError::Disconnected) => bail!("the replica link stopped"),
             }
             self.report_exec_errors(w, &mut conv.stats)?;
+            if phase == SyncPhase::Streaming {
+                self.repair_step(w, &mut conv.stats)?;
+            }
             if phase == SyncPhase::Streaming
                 && let Some(off) = w.confirmed_offset()
             {

@@ -53,6 +53,7 @@ mod foreign;
 mod from_rdb;
 mod link;
 mod progress;
+mod repair;
 mod rewrite;
 mod role;
 
@@ -404,6 +405,7 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         foreign: Default::default(),
         foreign_listed: None,
         foreign_list_due: false,
+        repairs: Default::default(),
     }
     .run(&mut writer)
 }

@@ -430,6 +430,10 @@ impl SyncProgress {
             .set(self.refusals.evictions() as f64);
         metrics::gauge!("cutover_sync_expired_early_writes", "direction" => d)
             .set(self.refusals.lost() as f64);
+        metrics::gauge!("cutover_sync_expired_early_unrepaired", "direction" => d)
+            .set(self.refusals.unrepaired_count() as f64);
+        metrics::gauge!("cutover_sync_expired_early_repaired", "direction" => d)
+            .set(self.refusals.repaired_count() as f64);
         metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
             if self.refusals.waiting().is_some() {
                 1.0

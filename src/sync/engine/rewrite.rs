@@ -46,8 +46,27 @@ impl Applier<'_> {
             "PEXPIREAT" | "PEXPIRE" | "EXPIREAT" | "EXPIRE" | "PERSIST"
         ) || (name == "SET"
             && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"XX")));
+        // A counter this side answers with the bare increment was missing here before it:
+        // maybe a new counter, maybe one this side expired early while the primary still
+        // counts (issue 20): a suspect, checked by a copy from the primary.
+        let suspect_reply = match name {
+            "INCR" => Some(b":1\r\n".to_vec().into_boxed_slice()),
+            "DECR" => Some(b":-1\r\n".to_vec().into_boxed_slice()),
+            "INCRBY" | "DECRBY" if args.len() == 3 => std::str::from_utf8(args[2])
+                .ok()
+                .and_then(|n| n.parse::<i64>().ok())
+                .map(|n| {
+                    let n = if name == "DECRBY" {
+                        n.checked_neg().unwrap_or(n)
+                    } else {
+                        n
+                    };
+                    format!(":{n}\r\n").into_bytes().into_boxed_slice()
+                }),
+            _ => None,
+        };
         // A write that sets the key whole repairs a key that expired early here (issue 20).
-        if self.progress.refusals.lost() > 0 {
+        if self.progress.refusals.any_unrepaired() {
             let whole = match name {
                 "DEL" | "UNLINK" | "RESTORE" => true,
                 "SET" => !args
@@ -62,11 +81,14 @@ impl Applier<'_> {
                 }
             }
         }
+        let stream_db = self.stream_db;
         let tag = |what: &str| Tag {
             key: args.get(first_key).map(|k| k.to_vec()).unwrap_or_default(),
             what: format!("{what} (stream offset {})", cmd.end_offset).into(),
             replicated: true,
             must_change,
+            suspect_reply: suspect_reply.clone(),
+            stream_db,
             ..Tag::default()
         };
         let filter = &self.opts.tuning.filter;

@@ -80,6 +80,9 @@ impl Applier<'_> {
         }
         w.drain()?;
         self.pending_since.clear();
+        // (Copies read for the stream this link no longer applies are dropped; the keys
+        // stay queued in `Refusals` and are read again if it applies again.)
+        self.repairs.clear();
         self.following_now = true;
         Ok(())
     }

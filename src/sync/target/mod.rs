@@ -34,7 +34,7 @@ mod reply;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
-pub use reply::{array_errors, array_unchanged, first_error_in_array, reply_text};
+pub use reply::{array_elements, array_errors, array_unchanged, first_error_in_array, reply_text};
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
@@ -124,6 +124,15 @@ pub struct Tag {
     /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
     /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
     pub must_change: bool,
+    /// A stream command whose reply here says the key was missing before it (`INCR` answered
+    /// `:1`: the primary may have had a counter this side expired early): these exact reply
+    /// bytes put the command among [`TargetWriter::take_unchanged`] too, as a suspect.
+    pub suspect_reply: Option<Box<[u8]>>,
+    /// The stream's database (the source's number) the command was in.
+    pub stream_db: u64,
+    /// A copy of a key from the primary (`sync::engine::repair`): refused, the key stays
+    /// unrepaired (the link goes on).
+    pub repair: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
@@ -234,6 +243,9 @@ pub struct TargetWriter {
     exec_errors: Vec<Refusal>,
     /// [`Tag::must_change`] commands answered `0` or nil inside an `EXEC`.
     unchanged: Vec<Tag>,
+    /// While set, every command queued is part of the copy of a key in this stream
+    /// database ([`Tag::repair`]; see [`Self::set_repair_tags`]).
+    repair_db: Option<u64>,
 }
 
 /// Bumped whenever cutover changes `import-mode` on a side (`cutover::import`): each writer
@@ -378,6 +390,7 @@ impl TargetWriter {
             import_epoch: u64::MAX,
             exec_errors: Vec::new(),
             unchanged: Vec::new(),
+            repair_db: None,
         })
     }
 
@@ -477,7 +490,19 @@ impl TargetWriter {
         self.queued(tag, start)
     }
 
+    /// Marks the commands queued from now on (`Some(db)`) as the copy of a key of stream
+    /// database `db` ([`Tag::repair`]: a refusal leaves the key unrepaired instead of
+    /// stopping the link), until `None`. For commands written by another layer (the snapshot
+    /// converter).
+    pub fn set_repair_tags(&mut self, db: Option<u64>) {
+        self.repair_db = db;
+    }
+
     fn queued(&mut self, mut tag: Tag, start: usize) -> Result<(), TargetError> {
+        if let Some(db) = self.repair_db {
+            tag.repair = true;
+            tag.stream_db = db;
+        }
         if let Some(txn) = &mut self.txn {
             txn.wire.extend_from_slice(&self.out[start..]);
             txn.ends.push(txn.wire.len());
@@ -690,6 +715,16 @@ impl TargetWriter {
                 if tags.iter().any(|t| t.must_change) {
                     for i in array_unchanged(&reply) {
                         if let Some(t) = tags.get(i).filter(|t| t.must_change) {
+                            self.unchanged.push(t.clone());
+                        }
+                    }
+                }
+                if tags.iter().any(|t| t.suspect_reply.is_some()) {
+                    for (i, element) in array_elements(&reply) {
+                        if let Some(t) = tags
+                            .get(i)
+                            .filter(|t| t.suspect_reply.as_deref() == Some(element))
+                        {
                             self.unchanged.push(t.clone());
                         }
                     }

@@ -43,8 +43,15 @@ pub fn array_unchanged(reply: &[u8]) -> Vec<usize> {
     out
 }
 
+/// The elements of an array reply, with their indexes (each as its RESP bytes).
+pub fn array_elements(reply: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut out = Vec::new();
+    for_each_element(reply, |i, element| out.push((i, element)));
+    out
+}
+
 /// Calls `f(index, bytes)` for each element of an array reply.
-fn for_each_element(reply: &[u8], mut f: impl FnMut(usize, &[u8])) {
+fn for_each_element<'a>(reply: &'a [u8], mut f: impl FnMut(usize, &'a [u8])) {
     if reply.first() != Some(&b'*') {
         return;
     }
