@@ -172,8 +172,13 @@ impl Session {
                 {
                     self.conn.tracking = mode.eq_ignore_ascii_case(b"on");
                 }
-                self.forward(cmd, wire, Expect::Replies(1), Effect::None)
-                    .await;
+                match ClientOpt::of(argv) {
+                    Some(opt) => self.forward_stateful(cmd, wire, Effect::Client(opt)).await,
+                    None => {
+                        self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                            .await;
+                    }
+                }
             }
         }
     }

@@ -91,6 +91,13 @@ pub struct ConnState {
     pub subs: [BTreeSet<Bytes>; 3],
     reply_off: bool,
     skip_next: bool,
+    /// `CLIENT NO-EVICT on` (Redis 7.0+) and `CLIENT NO-TOUCH on` (7.2+) answered `+OK`.
+    pub no_evict: bool,
+    pub no_touch: bool,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER` (7.2+): the client library behind the
+    /// connection. Kept across `RESET`, as Redis keeps them.
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
     /// State changes queued inside `MULTI`, applied when `EXEC` succeeds.
     multi_effects: Vec<Effect>,
 }
@@ -110,6 +117,10 @@ impl ConnState {
             subs: Default::default(),
             reply_off: false,
             skip_next: false,
+            no_evict: false,
+            no_touch: false,
+            lib_name: None,
+            lib_ver: None,
             multi_effects: Vec::new(),
         }
     }
@@ -150,6 +161,54 @@ enum Effect {
     Unwatch,
     Reset,
     Monitor,
+    /// `CLIENT NO-EVICT|NO-TOUCH|SETINFO`: re-created on a new connection.
+    Client(ClientOpt),
+}
+
+/// A per-connection setting made with `CLIENT`, re-created after a move or a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ClientOpt {
+    NoEvict(bool),
+    NoTouch(bool),
+    /// `None`: cleared (an empty value).
+    LibName(Option<Box<Bytes>>),
+    LibVer(Option<Box<Bytes>>),
+}
+
+impl ClientOpt {
+    /// The setting a `CLIENT …` command makes, if it is one the proxy re-creates.
+    fn of(argv: &[&[u8]]) -> Option<ClientOpt> {
+        let [name, sub, rest @ ..] = argv else {
+            return None;
+        };
+        if !name.eq_ignore_ascii_case(b"client") {
+            return None;
+        }
+        let on_off = |a: &[u8]| {
+            if a.eq_ignore_ascii_case(b"on") {
+                Some(true)
+            } else if a.eq_ignore_ascii_case(b"off") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let value = |v: &[u8]| (!v.is_empty()).then(|| Box::new(Bytes::copy_from_slice(v)));
+        match rest {
+            [mode] if sub.eq_ignore_ascii_case(b"no-evict") => on_off(mode).map(ClientOpt::NoEvict),
+            [mode] if sub.eq_ignore_ascii_case(b"no-touch") => on_off(mode).map(ClientOpt::NoTouch),
+            [attr, v] if sub.eq_ignore_ascii_case(b"setinfo") => {
+                if attr.eq_ignore_ascii_case(b"lib-name") {
+                    Some(ClientOpt::LibName(value(v)))
+                } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+                    Some(ClientOpt::LibVer(value(v)))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
