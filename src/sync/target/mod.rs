@@ -515,6 +515,24 @@ impl TargetWriter {
         }
     }
 
+    /// Several commands pipelined, waiting for all their replies (after everything in
+    /// flight). Returns each reply's bytes (RESP), in order.
+    pub fn call_all(&mut self, cmds: &[Vec<&[u8]>]) -> Result<Vec<Vec<u8>>, TargetError> {
+        self.drain()?;
+        for args in cmds {
+            encode_command(args, &mut self.out);
+        }
+        self.flush()?;
+        let mut replies = Vec::with_capacity(cmds.len());
+        while replies.len() < cmds.len() {
+            match self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? {
+                Some(info) => replies.push(self.inbuf.drain(..info.len).collect()),
+                None => self.fill()?,
+            }
+        }
+        Ok(replies)
+    }
+
     /// Turns a `call` reply into text, or an error naming `step`.
     fn check(&self, step: &str, reply: Vec<u8>) -> Result<String, TargetError> {
         let text = reply_text(&reply);
@@ -747,6 +765,11 @@ pub fn query_raw(
     timeout: Duration,
 ) -> Result<Vec<u8>, TargetError> {
     TargetWriter::open(url, timeout, timeout, 1)?.call(args)
+}
+
+/// A connection of its own for a few control queries ([`TargetWriter::call`]).
+pub fn control(url: &RedisUrl, timeout: Duration) -> Result<TargetWriter, TargetError> {
+    TargetWriter::open(url, timeout, timeout, 1)
 }
 
 pub fn query(url: &RedisUrl, args: &[&[u8]], timeout: Duration) -> Result<String, TargetError> {
