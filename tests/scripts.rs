@@ -259,23 +259,103 @@ fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
 
 /// A script loaded directly on the source (not through the proxy) cannot be copied (no
 /// command lists the script cache): the first switch reports it (status: the source's count
-/// of cached scripts beyond what the proxy knows).
+/// of cached scripts beyond what the proxy knows). The ones clients call by SHA through the
+/// proxy are named: status lists their SHAs (JSON and text, with a WARN) before any move,
+/// both from a session of the shared connection and a pinned one (`EVALSHA_RO`); a SHA that
+/// got `NOSCRIPT` and one the proxy knows are not listed; the move warns naming them and
+/// goes on.
 #[test]
 fn a_script_loaded_directly_on_the_source_is_reported() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
     wait_streaming(&proxy);
-    App::Shared(Raw::connect(&proxy.addr())).load(SCRIPTS[0]);
-    App::Pinned(source.conn()).load(SCRIPTS[1]);
-    step(&proxy, "switch");
-    let status = proxy.status_json();
-    assert_eq!(status["scripts"]["source_cached_at_switch"], 2, "{status}");
-    assert_eq!(status["scripts"]["unknown_on_source"], 1, "{status}");
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    let known = shared.load(SCRIPTS[0]);
+    let direct = App::Pinned(source.conn()).load(SCRIPTS[1]);
+    let direct_ro = App::Pinned(source.conn()).load("return redis.call('GET', KEYS[1])");
+    let run = |c: &mut App, cmd: &str, sha: &str| {
+        c.run(&[cmd.into(), sha.into(), "1".into(), "{s}:k".into()])
+    };
+    run(&mut shared, "EVALSHA", &known).expect("a known script");
+    run(&mut shared, "EVALSHA", &direct).expect("a script loaded on the source");
+    run(&mut shared, "EVALSHA", &direct).expect("again");
+    let mut pinned = App::Pinned(proxy.conn());
+    run(&mut pinned, "EVALSHA_RO", &direct_ro).expect("read-only, pinned");
+    let missing = common::sides::sha1_of("return 'nowhere'");
+    let err = run(&mut shared, "EVALSHA", &missing).expect_err("NOSCRIPT");
+    assert!(err.contains("NOSCRIPT"), "{err}");
+    let status = common::wait_for("the SHAs listed", std::time::Duration::from_secs(5), || {
+        let s = proxy.status_json();
+        (s["scripts"]["unknown_called"].as_array()?.len() == 2).then_some(s)
+    });
+    let listed = status["scripts"]["unknown_called"].to_string();
+    for sha in [&direct, &direct_ro] {
+        assert!(listed.contains(sha.as_str()), "{sha}: {listed}");
+    }
     let (code, text, _) = common::cli(&proxy, &["status"]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("1 scripts cached on the source were not loaded through the proxy"),
+        text.contains("WARN: clients call scripts by SHA that were not loaded through the proxy")
+            && text.contains(&direct),
         "{text}"
     );
+    step(&proxy, "switch");
+    let status = proxy.status_json();
+    assert_eq!(status["scripts"]["source_cached_at_switch"], 3, "{status}");
+    assert_eq!(status["scripts"]["unknown_on_source"], 2, "{status}");
+    let (code, text, _) = common::cli(&proxy, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("2 scripts cached on the source were not loaded through the proxy"),
+        "{text}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("moving although clients call scripts by SHA")
+                && l.contains(&direct)
+                && l.contains(&direct_ro)
+        ),
+        "{log}"
+    );
+}
+
+/// An `EVAL` whose argument is above the proxy's streaming size (256 KiB) is streamed to the
+/// server; its body, whole in the head, is still learned: `EVALSHA` of it works on the new
+/// primary after the switch.
+#[test]
+fn a_script_first_seen_in_a_streamed_eval_crosses_the_switch() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let body = "return redis.call('SET', KEYS[1], ARGV[1])";
+    let big = "v".repeat(300_000);
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    shared
+        .run(&[
+            "EVAL".into(),
+            body.into(),
+            "1".into(),
+            "{s}:big".into(),
+            big,
+        ])
+        .expect("the big EVAL");
+    step(&proxy, "switch");
+    let sha = common::sides::sha1_of(body);
+    let reply = shared.run(&[
+        "EVALSHA".into(),
+        sha.clone(),
+        "1".into(),
+        "{s}:small".into(),
+        "x".into(),
+    ]);
+    assert!(reply.is_ok(), "EVALSHA after the switch: {reply:?}");
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(exists, vec![1]);
 }

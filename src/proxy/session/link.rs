@@ -62,6 +62,9 @@ impl Session {
             if !last.plain || (shadowing && shadow::is_write(cmd)) {
                 break;
             }
+            if command::calls_script(cmd) {
+                note_evalsha(&mut self.last_sha, &self.shared.scripts, &buf[at..at + len]);
+            }
             match &mut run {
                 Some((c, n)) if *c == cmd => *n += 1,
                 _ => {
@@ -110,6 +113,13 @@ impl Session {
         self.classified = None;
         telemetry::commands().received(cmd, 1);
         self.next_shadow = None;
+        if command::calls_script(cmd) {
+            note_evalsha(
+                &mut self.last_sha,
+                &self.shared.scripts,
+                &self.client_in[..len],
+            );
+        }
         self.mux_batch.extend_from_slice(&self.client_in[..len]);
         self.client_in.advance(len);
         self.mux_pending(cmd);

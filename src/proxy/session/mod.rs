@@ -370,6 +370,9 @@ pub struct Session {
     mux_frame_parser: ReplyParser,
     /// The command name [`Session::take_plain_run`] looked up last.
     last_name: LastName,
+    /// The last `EVALSHA` SHA noted for the script registry (a loop calling one script
+    /// costs a comparison per call, [`crate::cutover::unknown_scripts`]).
+    last_sha: [u8; 40],
     /// What this session would hold a move up with ([`crate::cutover::holders`]).
     info: Arc<ClientInfo>,
     /// `info` says busy / inside `MULTI`.
@@ -432,6 +435,7 @@ impl Session {
             mux_frames: BytesMut::new(),
             mux_frame_parser: ReplyParser::default(),
             last_name: LastName::default(),
+            last_sha: [0; 40],
             info,
             info_busy: false,
             info_multi: false,
@@ -599,4 +603,17 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
         }
         _ => Effect::None,
     }
+}
+
+/// An `EVALSHA` in `wire` goes to the primary: its SHA is noted for the script registry
+/// unless it is the one this session noted last ([`crate::cutover::unknown_scripts`]).
+fn note_evalsha(last: &mut [u8; 40], scripts: &crate::cutover::scripts::Scripts, wire: &[u8]) {
+    let Some(sha) = command::evalsha_sha(wire) else {
+        return;
+    };
+    if sha == &last[..] {
+        return;
+    }
+    last.copy_from_slice(sha);
+    scripts.called.note(sha, |s| scripts.knows(s));
 }
