@@ -359,3 +359,65 @@ fn a_script_first_seen_in_a_streamed_eval_crosses_the_switch() {
         .unwrap();
     assert_eq!(exists, vec![1]);
 }
+
+/// The new primary loses its script cache after a move (a `SCRIPT FLUSH` straight to it, as a
+/// restart would): an `EVALSHA` of a script the proxy knows, the only command of its session
+/// in flight, is answered `NOSCRIPT` by the server and sent again as `EVAL` by the proxy: the
+/// client sees its result, on a session of the shared connection and on a pinned one
+/// (`EVALSHA_RO`), and the script runs exactly once. Two `EVALSHA`s pipelined are not retried
+/// (the second was already sent: a retry of the first would run after it); they get the
+/// server's `NOSCRIPT`.
+#[test]
+fn an_evalsha_the_new_primary_lost_is_sent_again_as_eval() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    wait_streaming(&proxy);
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    let mut pinned = App::Pinned(proxy.conn());
+    let incr = shared.load(SCRIPTS[0]);
+    let get = pinned.load("return redis.call('GET', KEYS[1])");
+    step(&proxy, "switch");
+    let flush = || {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut target.conn())
+            .unwrap();
+    };
+    flush();
+    let call = |c: &mut App, cmd: &str, sha: &str| {
+        c.run(&[cmd.into(), sha.into(), "1".into(), "{s}:ctr:0".into()])
+    };
+    assert_eq!(
+        call(&mut shared, "EVALSHA", &incr).as_deref(),
+        Ok(":1\r\n"),
+        "shared, after the primary's cache was flushed"
+    );
+    flush();
+    let got = call(&mut pinned, "EVALSHA_RO", &get);
+    assert!(
+        got.as_deref().is_ok_and(|v| v.contains("\"1\"")),
+        "pinned EVALSHA_RO after the flush: {got:?}"
+    );
+    let got = call(&mut pinned, "EVALSHA", &incr);
+    assert!(
+        got.as_deref().is_ok_and(|v| v.contains('2')),
+        "pinned EVALSHA (its script was flushed too): {got:?}"
+    );
+    let n: i64 = redis::cmd("GET")
+        .arg("{s}:ctr:0")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(n, 2, "each script ran once");
+    // Pipelined: not retried.
+    flush();
+    let mut raw = Raw::connect(&proxy.addr());
+    let one = common::encode(&["EVALSHA", incr.as_str(), "1", "{s}:ctr:0"]);
+    raw.send(&[one.clone(), one].concat());
+    let replies = raw.read_replies(2);
+    assert!(
+        replies.iter().all(|r| r.starts_with(b"-NOSCRIPT")),
+        "{:?}",
+        replies.iter().map(|r| show(r)).collect::<Vec<_>>()
+    );
+}

@@ -224,6 +224,17 @@ impl Scripts {
         self.inner.lock().is_ok_and(|g| g.map.contains_key(&sha))
     }
 
+    /// The body of `sha`, if kept.
+    pub fn body(&self, sha: &[u8]) -> Option<Arc<[u8]>> {
+        let sha = <Sha>::try_from(sha.to_ascii_lowercase().as_slice()).ok()?;
+        self.inner
+            .lock()
+            .ok()?
+            .map
+            .get(&sha)
+            .map(|e| e.body.clone())
+    }
+
     /// (scripts, bytes) kept now.
     pub fn usage(&self) -> (usize, usize) {
         self.inner

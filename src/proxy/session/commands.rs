@@ -17,6 +17,7 @@ impl Session {
         }
         if command::calls_script(cmd) && self.conn.authenticated {
             note_evalsha(&mut self.last_sha, &self.shared.scripts, wire);
+            self.keep_evalsha(wire);
         }
         if shadow::is_write(cmd) && self.conn.authenticated {
             self.capture_shadow(cmd, wire);

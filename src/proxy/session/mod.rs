@@ -373,6 +373,10 @@ pub struct Session {
     /// The last `EVALSHA` SHA noted for the script registry (a loop calling one script
     /// costs a comparison per call, [`crate::cutover::unknown_scripts`]).
     last_sha: [u8; 40],
+    /// The last `EVALSHA` sent while nothing else of this session was in flight, as sent:
+    /// answered `NOSCRIPT` for a script the registry knows, it is sent again as `EVAL`
+    /// ([`Session::evalsha_retry`]).
+    evalsha_sent: Option<Bytes>,
     /// What this session would hold a move up with ([`crate::cutover::holders`]).
     info: Arc<ClientInfo>,
     /// `info` says busy / inside `MULTI`.
@@ -436,6 +440,7 @@ impl Session {
             mux_frame_parser: ReplyParser::default(),
             last_name: LastName::default(),
             last_sha: [0; 40],
+            evalsha_sent: None,
             info,
             info_busy: false,
             info_multi: false,
@@ -616,4 +621,42 @@ fn note_evalsha(last: &mut [u8; 40], scripts: &crate::cutover::scripts::Scripts,
     }
     last.copy_from_slice(sha);
     scripts.called.note(sha, |s| scripts.knows(s));
+}
+
+impl Session {
+    /// Remembers an `EVALSHA` about to be sent, if it is the only command of this session
+    /// in flight (outside `MULTI`): only then can it be sent again without reordering.
+    fn keep_evalsha(&mut self, wire: &[u8]) {
+        self.evalsha_sent =
+            (self.pending.is_empty() && !self.conn.in_multi).then(|| Bytes::copy_from_slice(wire));
+    }
+
+    /// The reply `bytes` answered the session's only command in flight: if it is `NOSCRIPT`
+    /// for the `EVALSHA` kept by [`Session::keep_evalsha`] and the script registry has the
+    /// body (the new primary lost its script cache after a move: a restart, a `SCRIPT FLUSH`
+    /// on it), the command to send instead: the same call as `EVAL`/`EVAL_RO` with the body
+    /// (which also caches the script there again). Once per `EVALSHA`.
+    fn evalsha_retry(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        if !bytes.starts_with(b"-NOSCRIPT") || self.pending.len() != 1 {
+            return None;
+        }
+        let sent = self.evalsha_sent.take()?;
+        if !command::calls_script(self.pending.front()?.cmd) {
+            return None;
+        }
+        let args = crate::sync::engine::split_args(&sent).ok()?;
+        let body = self.shared.scripts.body(args.get(1)?)?;
+        let name: &[u8] = if args[0].eq_ignore_ascii_case(b"evalsha_ro") {
+            b"EVAL_RO"
+        } else {
+            b"EVAL"
+        };
+        let mut argv: Vec<&[u8]> = vec![name, &body];
+        argv.extend(args[2..].iter().copied());
+        let mut wire = Vec::new();
+        encode_command(&argv, &mut wire);
+        tracing::debug!(peer = %self.peer, "EVALSHA answered NOSCRIPT by the primary for a script the proxy knows: sent again as EVAL");
+        metrics::counter!("cutover_scripts_evalsha_retried_total").increment(1);
+        Some(wire)
+    }
 }

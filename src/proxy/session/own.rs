@@ -231,6 +231,15 @@ impl Session {
         if self.cancelled_by_flip(bytes) {
             return;
         }
+        if info.is_error()
+            && self.evalsha_sent.is_some()
+            && let Some(wire) = self.evalsha_retry(bytes)
+            && let Some(out) = self.backend_out()
+        {
+            // The same pending entry waits for the EVAL's reply instead.
+            out.extend_from_slice(&wire);
+            return;
+        }
         let Some(head) = self.pending.front_mut() else {
             tracing::warn!(peer = %self.peer, "reply from the server without a command; passing it on");
             self.client_out.extend_from_slice(bytes);
