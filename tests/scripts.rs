@@ -268,7 +268,7 @@ fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
 fn a_script_loaded_directly_on_the_source_is_reported() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
     wait_streaming(&proxy);
     let mut shared = App::Shared(Raw::connect(&proxy.addr()));
     let known = shared.load(SCRIPTS[0]);
@@ -328,7 +328,7 @@ fn a_script_loaded_directly_on_the_source_is_reported() {
 fn a_script_first_seen_in_a_streamed_eval_crosses_the_switch() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
     wait_streaming(&proxy);
     let body = "return redis.call('SET', KEYS[1], ARGV[1])";
     let big = "v".repeat(300_000);
@@ -371,7 +371,7 @@ fn a_script_first_seen_in_a_streamed_eval_crosses_the_switch() {
 fn an_evalsha_the_new_primary_lost_is_sent_again_as_eval() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
     wait_streaming(&proxy);
     let mut shared = App::Shared(Raw::connect(&proxy.addr()));
     let mut pinned = App::Pinned(proxy.conn());
@@ -420,4 +420,15 @@ fn an_evalsha_the_new_primary_lost_is_sent_again_as_eval() {
         "{:?}",
         replies.iter().map(|r| show(r)).collect::<Vec<_>>()
     );
+}
+
+/// A proxy in front of `source` with `target`, whose pause limit leaves a loaded test
+/// machine room (these tests are about scripts, not the pause).
+fn proxy_with_room(source: &Server, target: &Server) -> (tempfile::TempDir, Proxy) {
+    let (dir, config) = config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    (dir, proxy)
 }
