@@ -30,6 +30,11 @@
 //! link writes to are counted by the eviction watcher (`cutover::memory`), which makes the
 //! moves refused as well, and the old side's copy was already not a copy.
 //!
+//! Clocks further apart than the bound: the old side, ahead, expires keys the primary still
+//! holds for longer than the bound, and those deletes read as foreign (the clock-skew
+//! warning and alert of `cutover::clock` fire as well; the old side is then indeed missing
+//! keys the primary has).
+//!
 //! Known limits: a foreign `DEL` of a key the primary writes again before the check (an
 //! `INCR`, an `RPUSH`) is missed, since the old side holds the key again (with another value:
 //! `cutover verify` finds it); a key the primary deletes between the check and the
