@@ -309,6 +309,10 @@ impl Session {
                 let argv: Vec<&[u8]> = (0..3).map_while(|i| args.get(&self.client_in, i)).collect();
                 self.learn_script(&argv);
             }
+            if command::calls_script(cmd) {
+                // A streamed `EVALSHA` is not kept for a retry: what was kept before is not it.
+                self.evalsha_sent = None;
+            }
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
             // (Marked as streaming only once sent: the connection is chosen first.)
