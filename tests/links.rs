@@ -657,3 +657,61 @@ fn a_direct_del_on_the_old_side_is_foreign_an_expiry_is_not() {
         .unwrap();
     assert_eq!(n, 2);
 }
+
+/// The cache-refill race: a key expires on the old side while the primary (whose active
+/// expiry is off, as with a key no client read) still holds it; before the old side's stream
+/// reaches the follower, a client writes the key again (no TTL) through the proxy. The
+/// follower then finds the key on the primary with no TTL, but the old side, caught up, has
+/// it again: not a foreign delete. (The old side is held with `DEBUG SLEEP` so that its own
+/// expiry and the re-write reach its stream together.)
+#[test]
+fn a_key_written_again_right_after_its_expiry_is_not_a_foreign_delete() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, config) = common::sides::config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let _: () = redis::cmd("DEBUG")
+        .arg(&["SET-ACTIVE-EXPIRE", "0"])
+        .query(&mut target.conn())
+        .unwrap();
+    let mut c = proxy.conn();
+    let mut expired = 0;
+    for round in 0..5 {
+        let key = format!("refill:{round}");
+        let _: () = redis::cmd("SET")
+            .arg(&[key.as_str(), "old", "PX", "200"])
+            .query(&mut c)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut old = source.conn();
+        let sleeper = std::thread::spawn(move || {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEBUG").arg(&["SLEEP", "0.5"]).query(&mut old);
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Expired on the primary (lazily, by this write), written again without a TTL.
+        let _: () = redis::cmd("SET")
+            .arg(&[key.as_str(), "new"])
+            .query(&mut c)
+            .unwrap();
+        sleeper.join().unwrap();
+        let got: Option<String> = common::wait_for("the old side", Duration::from_secs(5), || {
+            let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut source.conn()).ok()?;
+            (v.as_deref() == Some("new")).then_some(v)
+        });
+        assert_eq!(got.as_deref(), Some("new"));
+        expired += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = proxy.status_json();
+    assert_eq!(
+        status["cutover"]["links"][0]["foreign_writes"], 0,
+        "{expired} refills: {status}"
+    );
+    assert_eq!(status["rollback_safe"], true, "{status}");
+}
