@@ -136,6 +136,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         })?;
     tracing::info!(listen = %settings.proxy.listen, source = %settings.source, "proxy ready; forwarding to the source");
     tokio::spawn(proxy::listen(listener, shared.clone()));
+    // The scripts called by SHA that the proxy never saw loaded, asked of the primary.
+    tokio::spawn(crate::cutover::unknown_scripts::watch(shared.clone()));
     if let Some(tls) = &settings.proxy.tls {
         let acceptor = proxy::tls::acceptor(&tls.files).context("[proxy] TLS listener")?;
         let listener = TcpListener::bind(tls.listen)

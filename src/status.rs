@@ -169,6 +169,19 @@ fn scripts_line(s: &Value) -> String {
         n("dropped"),
         n("loaded_by_moves"),
     );
+    if let Some(called) = s["unknown_called"].as_array().filter(|l| !l.is_empty()) {
+        let shas: Vec<&str> = called.iter().filter_map(|v| v.as_str()).collect();
+        let more = n("unknown_called_more");
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        line.push_str(&format!(
+            "\nWARN: clients call scripts by SHA that were not loaded through the proxy (loaded directly on the server; a move cannot copy them, their EVALSHA fails with NOSCRIPT on the new primary): {}{more}",
+            shas.join(", ")
+        ));
+    }
     if let Some(u) = s["unknown_on_source"].as_u64().filter(|u| *u > 0) {
         line.push_str(&format!(
             "; {u} scripts cached on the source were not loaded through the proxy (their EVALSHA may fail with NOSCRIPT after the switch)"

@@ -609,3 +609,163 @@ fn a_restarted_old_side_gets_the_stream_in_its_database() {
         "after the old side restarted",
     );
 }
+
+/// A lone `DEL`/`UNLINK` of one key is how the old side propagates its own expiries, and
+/// also what `redis-cli DEL key` straight to it sends. The follower asks the primary: keys
+/// that expire by their TTL on the old side (the primary's active expiry is off, so the old
+/// side deletes them first and its stream carries its own `DEL`s) are not foreign; a direct
+/// `DEL` of a key the primary keeps (no TTL, in db 0 and db 3) and an `UNLINK` of one with an
+/// hour to live are: counted, named, the rollback unsafe.
+#[test]
+fn a_direct_del_on_the_old_side_is_foreign_an_expiry_is_not() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, config) = common::sides::config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    wait_streaming(&proxy);
+    let mut c = proxy.conn();
+    let mut c3 = redis::Client::open(format!("{}/3", proxy.url()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("keep")
+        .arg("1")
+        .query(&mut c)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("keep3")
+        .arg("1")
+        .query(&mut c3)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&["hour", "v", "EX", "3600"])
+        .query(&mut c)
+        .unwrap();
+    step(&proxy, "switch");
+    // The new primary (the target) expires nothing actively: the old side deletes first.
+    let _: () = redis::cmd("DEBUG")
+        .arg(&["SET-ACTIVE-EXPIRE", "0"])
+        .query(&mut target.conn())
+        .unwrap();
+    for i in 0..50 {
+        let con = if i % 2 == 0 { &mut c } else { &mut c3 };
+        let _: () = redis::cmd("SET")
+            .arg(&[format!("ttl:{i}"), "v".into(), "PX".into(), "300".into()])
+            .query(con)
+            .unwrap();
+    }
+    let foreign = |s: &serde_json::Value| s["cutover"]["links"][0]["foreign_writes"].clone();
+    common::wait_for(
+        "the old side expires the keys",
+        Duration::from_secs(10),
+        || {
+            let left = (0..50).any(|i| {
+                let db = if i % 2 == 0 { 0 } else { 3 };
+                let mut old = redis::Client::open(format!("{}/{db}", source.url()))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                redis::cmd("EXISTS")
+                    .arg(format!("ttl:{i}"))
+                    .query::<i64>(&mut old)
+                    .unwrap()
+                    == 1
+            });
+            (!left).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = proxy.status_json();
+    assert_eq!(foreign(&status), 0, "expiries are not foreign: {status}");
+    assert_eq!(status["rollback_safe"], true, "{status}");
+
+    let port = source.port().to_string();
+    for args in [
+        ["-p", &port, "DEL", "keep"].as_slice(),
+        &["-p", &port, "-n", "3", "DEL", "keep3"],
+        &["-p", &port, "UNLINK", "hour"],
+    ] {
+        let (ok, out, err) = common::redis_cli(args, None);
+        assert!(ok && out.trim() == "1", "{args:?}: {out}{err}");
+    }
+    let status = common::wait_for("the foreign deletes", Duration::from_secs(10), || {
+        let s = proxy.status_json();
+        (foreign(&s) == 3).then_some(s)
+    });
+    let link = &status["cutover"]["links"][0];
+    let keys = link["foreign_keys"].to_string();
+    for named in ["DEL keep (db 0)", "DEL keep3 (db 3)", "UNLINK hour (db 0)"] {
+        assert!(keys.contains(named), "{named}: {keys}");
+    }
+    assert_eq!(status["rollback_safe"], false, "{status}");
+    let reason = status["cutover"]["rollback_unsafe_reason"].to_string();
+    assert!(reason.contains("foreign"), "{status}");
+    // The keys stayed on the primary.
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(&["keep", "hour"])
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+/// The cache-refill race: a key expires on the old side while the primary (whose active
+/// expiry is off, as with a key no client read) still holds it; before the old side's stream
+/// reaches the follower, a client writes the key again (no TTL) through the proxy. The
+/// follower then finds the key on the primary with no TTL, but the old side, caught up, has
+/// it again: not a foreign delete. (The old side is held with `DEBUG SLEEP` so that its own
+/// expiry and the re-write reach its stream together.)
+#[test]
+fn a_key_written_again_right_after_its_expiry_is_not_a_foreign_delete() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, config) = common::sides::config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    wait_streaming(&proxy);
+    step(&proxy, "switch");
+    let _: () = redis::cmd("DEBUG")
+        .arg(&["SET-ACTIVE-EXPIRE", "0"])
+        .query(&mut target.conn())
+        .unwrap();
+    let mut c = proxy.conn();
+    let mut expired = 0;
+    for round in 0..5 {
+        let key = format!("refill:{round}");
+        let _: () = redis::cmd("SET")
+            .arg(&[key.as_str(), "old", "PX", "200"])
+            .query(&mut c)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut old = source.conn();
+        let sleeper = std::thread::spawn(move || {
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEBUG").arg(&["SLEEP", "0.5"]).query(&mut old);
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Expired on the primary (lazily, by this write), written again without a TTL.
+        let _: () = redis::cmd("SET")
+            .arg(&[key.as_str(), "new"])
+            .query(&mut c)
+            .unwrap();
+        sleeper.join().unwrap();
+        let got: Option<String> = common::wait_for("the old side", Duration::from_secs(5), || {
+            let v: Option<String> = redis::cmd("GET").arg(&key).query(&mut source.conn()).ok()?;
+            (v.as_deref() == Some("new")).then_some(v)
+        });
+        assert_eq!(got.as_deref(), Some("new"));
+        expired += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let status = proxy.status_json();
+    assert_eq!(
+        status["cutover"]["links"][0]["foreign_writes"], 0,
+        "{expired} refills: {status}"
+    );
+    assert_eq!(status["rollback_safe"], true, "{status}");
+}

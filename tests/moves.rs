@@ -448,6 +448,7 @@ fn connection_state_follows_a_move() {
     assert_eq!(state.cmd_str(&["SELECT", "3"]), "+OK\r\n");
     assert!(state.cmd_str(&["HELLO", "3"]).starts_with('%'));
     assert_eq!(state.cmd_str(&["CLIENT", "SETNAME", "keeper"]), "+OK\r\n");
+    assert_eq!(state.cmd_str(&["CLIENT", "NO-EVICT", "on"]), "+OK\r\n");
     // CLIENT REPLY OFF: nothing answered until ON.
     let mut quiet = Raw::connect(&proxy.addr());
     quiet.send(&encode(&["CLIENT", "REPLY", "OFF"]));
@@ -510,6 +511,10 @@ fn connection_state_follows_a_move() {
     check(
         state.cmd_str(&["CLIENT", "GETNAME"]) == "$6\r\nkeeper\r\n",
         "the name after the move",
+    );
+    check(
+        client_line(&target, "keeper").is_some_and(|l| flags_of(&l).contains('e')),
+        "CLIENT NO-EVICT on after the move (CLIENT LIST on the new primary)",
     );
 
     quiet.send(&big_set("quiet:2"));
@@ -574,4 +579,110 @@ fn connection_state_follows_a_move() {
     assert_eq!(pong, "PONG");
     assert!(fails.is_empty(), "after the move: {fails:#?}");
     no_assertion_failed(&proxy);
+}
+
+/// The `CLIENT LIST` line of the connection named `name` on `server` (asked directly).
+fn client_line(server: &Server, name: &str) -> Option<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut server.conn())
+        .unwrap();
+    let field = format!(" name={name} ");
+    list.lines()
+        .find(|l| l.contains(&field))
+        .map(str::to_string)
+}
+
+/// The `flags=` field of a `CLIENT LIST` line.
+fn flags_of(line: &str) -> String {
+    field_of(line, "flags").unwrap_or_default()
+}
+
+/// A `key=value` field of a `CLIENT LIST` line.
+fn field_of(line: &str, key: &str) -> Option<String> {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_string)
+}
+
+/// `CLIENT NO-EVICT on`, `CLIENT NO-TOUCH on` and `CLIENT SETINFO LIB-NAME|LIB-VER`, sent by
+/// a client before a move, hold on its connection to the new primary after it (checked with
+/// `CLIENT LIST` there, directly), also when its first command after the move is a big write;
+/// a new primary that lacks a setting (Redis 7.0 has no `NO-TOUCH` nor `SETINFO`) skips it
+/// and the session goes on.
+fn client_settings_follow_a_move(from: Version, to: Version) {
+    let source = Server::start(from);
+    let target = Server::start(to);
+    // (A pause limit above the default: a loaded test machine must not refuse the move for
+    // its own steps' time; this test is about the connection's settings.)
+    let (_dir, config) = common::sides::config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    wait_streaming(&proxy);
+    let big = value("settings", 300 * KB);
+    let mut c = Raw::connect(&proxy.addr());
+    for cmd in [
+        ["CLIENT", "SETNAME", "settings"].as_slice(),
+        &["CLIENT", "NO-EVICT", "on"],
+        &["CLIENT", "NO-TOUCH", "on"],
+        &["CLIENT", "SETINFO", "LIB-NAME", "mylib"],
+        &["CLIENT", "SETINFO", "lib-ver", "1.2.3"],
+    ] {
+        assert_eq!(c.cmd_str(cmd), "+OK\r\n", "{cmd:?} before the move");
+    }
+    let before = client_line(&source, "settings").expect("the session on the source");
+    assert!(
+        flags_of(&before).contains('e') && flags_of(&before).contains('T'),
+        "{before}"
+    );
+
+    step(&proxy, "switch");
+    c.send(&encode(&[b"SET".to_vec(), b("settings:big"), big.clone()]));
+    assert_eq!(
+        show(&c.read_reply()),
+        show(b"+OK\r\n"),
+        "the big write after the move"
+    );
+    let line = client_line(&target, "settings").expect("the session on the new primary");
+    let mut fails = Vec::new();
+    if !flags_of(&line).contains('e') {
+        fails.push("CLIENT NO-EVICT on after the move");
+    }
+    if to.has_client_setinfo() {
+        if !flags_of(&line).contains('T') {
+            fails.push("CLIENT NO-TOUCH on after the move");
+        }
+        if field_of(&line, "lib-name").as_deref() != Some("mylib") {
+            fails.push("CLIENT SETINFO LIB-NAME after the move");
+        }
+        if field_of(&line, "lib-ver").as_deref() != Some("1.2.3") {
+            fails.push("CLIENT SETINFO LIB-VER after the move");
+        }
+    }
+    assert!(fails.is_empty(), "{fails:?}: {line}");
+    assert_eq!(c.cmd_str(&["GET", "settings:none"]), "$-1\r\n");
+    let got: Option<Vec<u8>> = redis::cmd("GET")
+        .arg("settings:big")
+        .query(&mut target.conn())
+        .unwrap();
+    assert!(got == Some(big), "the big write is on the new primary");
+    // A setting the new primary lacks is skipped quietly (a debug line, not a warning).
+    assert!(
+        !proxy.log().contains("restoring connection state failed"),
+        "{}",
+        proxy.log()
+    );
+    no_assertion_failed(&proxy);
+}
+
+#[test]
+fn client_settings_follow_a_move_valkey() {
+    client_settings_follow_a_move(Version::Valkey91, Version::Valkey91);
+}
+
+#[test]
+fn client_settings_a_new_primary_lacks_are_skipped() {
+    client_settings_follow_a_move(Version::Valkey91, Version::Redis70);
 }

@@ -259,23 +259,176 @@ fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
 
 /// A script loaded directly on the source (not through the proxy) cannot be copied (no
 /// command lists the script cache): the first switch reports it (status: the source's count
-/// of cached scripts beyond what the proxy knows).
+/// of cached scripts beyond what the proxy knows). The ones clients call by SHA through the
+/// proxy are named: status lists their SHAs (JSON and text, with a WARN) before any move,
+/// both from a session of the shared connection and a pinned one (`EVALSHA_RO`); a SHA that
+/// got `NOSCRIPT` and one the proxy knows are not listed; the move warns naming them and
+/// goes on.
 #[test]
 fn a_script_loaded_directly_on_the_source_is_reported() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
     wait_streaming(&proxy);
-    App::Shared(Raw::connect(&proxy.addr())).load(SCRIPTS[0]);
-    App::Pinned(source.conn()).load(SCRIPTS[1]);
-    step(&proxy, "switch");
-    let status = proxy.status_json();
-    assert_eq!(status["scripts"]["source_cached_at_switch"], 2, "{status}");
-    assert_eq!(status["scripts"]["unknown_on_source"], 1, "{status}");
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    let known = shared.load(SCRIPTS[0]);
+    let direct = App::Pinned(source.conn()).load(SCRIPTS[1]);
+    let direct_ro = App::Pinned(source.conn()).load("return redis.call('GET', KEYS[1])");
+    let run = |c: &mut App, cmd: &str, sha: &str| {
+        c.run(&[cmd.into(), sha.into(), "1".into(), "{s}:k".into()])
+    };
+    run(&mut shared, "EVALSHA", &known).expect("a known script");
+    run(&mut shared, "EVALSHA", &direct).expect("a script loaded on the source");
+    run(&mut shared, "EVALSHA", &direct).expect("again");
+    let mut pinned = App::Pinned(proxy.conn());
+    run(&mut pinned, "EVALSHA_RO", &direct_ro).expect("read-only, pinned");
+    let missing = common::sides::sha1_of("return 'nowhere'");
+    let err = run(&mut shared, "EVALSHA", &missing).expect_err("NOSCRIPT");
+    assert!(err.contains("NOSCRIPT"), "{err}");
+    let status = common::wait_for("the SHAs listed", std::time::Duration::from_secs(5), || {
+        let s = proxy.status_json();
+        (s["scripts"]["unknown_called"].as_array()?.len() == 2).then_some(s)
+    });
+    let listed = status["scripts"]["unknown_called"].to_string();
+    for sha in [&direct, &direct_ro] {
+        assert!(listed.contains(sha.as_str()), "{sha}: {listed}");
+    }
     let (code, text, _) = common::cli(&proxy, &["status"]);
     assert_eq!(code, 0);
     assert!(
-        text.contains("1 scripts cached on the source were not loaded through the proxy"),
+        text.contains("WARN: clients call scripts by SHA that were not loaded through the proxy")
+            && text.contains(&direct),
         "{text}"
     );
+    step(&proxy, "switch");
+    let status = proxy.status_json();
+    assert_eq!(status["scripts"]["source_cached_at_switch"], 3, "{status}");
+    assert_eq!(status["scripts"]["unknown_on_source"], 2, "{status}");
+    let (code, text, _) = common::cli(&proxy, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("2 scripts cached on the source were not loaded through the proxy"),
+        "{text}"
+    );
+    let log = proxy.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("moving although clients call scripts by SHA")
+                && l.contains(&direct)
+                && l.contains(&direct_ro)
+        ),
+        "{log}"
+    );
+}
+
+/// An `EVAL` whose argument is above the proxy's streaming size (256 KiB) is streamed to the
+/// server; its body, whole in the head, is still learned: `EVALSHA` of it works on the new
+/// primary after the switch.
+#[test]
+fn a_script_first_seen_in_a_streamed_eval_crosses_the_switch() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
+    wait_streaming(&proxy);
+    let body = "return redis.call('SET', KEYS[1], ARGV[1])";
+    let big = "v".repeat(300_000);
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    shared
+        .run(&[
+            "EVAL".into(),
+            body.into(),
+            "1".into(),
+            "{s}:big".into(),
+            big,
+        ])
+        .expect("the big EVAL");
+    step(&proxy, "switch");
+    let sha = common::sides::sha1_of(body);
+    let reply = shared.run(&[
+        "EVALSHA".into(),
+        sha.clone(),
+        "1".into(),
+        "{s}:small".into(),
+        "x".into(),
+    ]);
+    assert!(reply.is_ok(), "EVALSHA after the switch: {reply:?}");
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&sha)
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(exists, vec![1]);
+}
+
+/// The new primary loses its script cache after a move (a `SCRIPT FLUSH` straight to it, as a
+/// restart would): an `EVALSHA` of a script the proxy knows, the only command of its session
+/// in flight, is answered `NOSCRIPT` by the server and sent again as `EVAL` by the proxy: the
+/// client sees its result, on a session of the shared connection and on a pinned one
+/// (`EVALSHA_RO`), and the script runs exactly once. Two `EVALSHA`s pipelined are not retried
+/// (the second was already sent: a retry of the first would run after it); they get the
+/// server's `NOSCRIPT`.
+#[test]
+fn an_evalsha_the_new_primary_lost_is_sent_again_as_eval() {
+    let source = Server::start(Version::Redis70);
+    let target = Server::start(Version::Redis70);
+    let (_dir, proxy) = proxy_with_room(&source, &target);
+    wait_streaming(&proxy);
+    let mut shared = App::Shared(Raw::connect(&proxy.addr()));
+    let mut pinned = App::Pinned(proxy.conn());
+    let incr = shared.load(SCRIPTS[0]);
+    let get = pinned.load("return redis.call('GET', KEYS[1])");
+    step(&proxy, "switch");
+    let flush = || {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut target.conn())
+            .unwrap();
+    };
+    flush();
+    let call = |c: &mut App, cmd: &str, sha: &str| {
+        c.run(&[cmd.into(), sha.into(), "1".into(), "{s}:ctr:0".into()])
+    };
+    assert_eq!(
+        call(&mut shared, "EVALSHA", &incr).as_deref(),
+        Ok(":1\r\n"),
+        "shared, after the primary's cache was flushed"
+    );
+    flush();
+    let got = call(&mut pinned, "EVALSHA_RO", &get);
+    assert!(
+        got.as_deref().is_ok_and(|v| v.contains("\"1\"")),
+        "pinned EVALSHA_RO after the flush: {got:?}"
+    );
+    let got = call(&mut pinned, "EVALSHA", &incr);
+    assert!(
+        got.as_deref().is_ok_and(|v| v.contains('2')),
+        "pinned EVALSHA (its script was flushed too): {got:?}"
+    );
+    let n: i64 = redis::cmd("GET")
+        .arg("{s}:ctr:0")
+        .query(&mut target.conn())
+        .unwrap();
+    assert_eq!(n, 2, "each script ran once");
+    // Pipelined: not retried.
+    flush();
+    let mut raw = Raw::connect(&proxy.addr());
+    let one = common::encode(&["EVALSHA", incr.as_str(), "1", "{s}:ctr:0"]);
+    raw.send(&[one.clone(), one].concat());
+    let replies = raw.read_replies(2);
+    assert!(
+        replies.iter().all(|r| r.starts_with(b"-NOSCRIPT")),
+        "{:?}",
+        replies.iter().map(|r| show(r)).collect::<Vec<_>>()
+    );
+}
+
+/// A proxy in front of `source` with `target`, whose pause limit leaves a loaded test
+/// machine room (these tests are about scripts, not the pause).
+fn proxy_with_room(source: &Server, target: &Server) -> (tempfile::TempDir, Proxy) {
+    let (dir, config) = config_file("[cutover]\nmax_pause_ms = 1000\n");
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--config", &config],
+    );
+    (dir, proxy)
 }

@@ -50,6 +50,7 @@ mod preconditions;
 pub mod scripts;
 pub mod shadow;
 mod status;
+pub mod unknown_scripts;
 pub mod writer;
 
 use std::sync::Arc;

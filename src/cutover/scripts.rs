@@ -20,7 +20,9 @@
 //! No Redis command lists the script cache (`SCRIPT EXISTS` only answers for a given SHA),
 //! so such scripts cannot be copied; the first switch compares the source's
 //! `number_of_cached_scripts` (`INFO memory`) with what the proxy knows and reports the
-//! difference (status and a WARN line).
+//! difference (status and a WARN line); and the SHAs clients call with `EVALSHA` that the
+//! registry does not know, but the server has, are listed by SHA
+//! ([`super::unknown_scripts`]).
 //!
 //! Bounds: when a new script would pass `max_scripts` or `max_bytes`, scripts first seen as
 //! an `EVAL` body are given up, oldest first (an application generating a new script per
@@ -88,6 +90,8 @@ pub struct Scripts {
     /// What the source's `INFO memory` said at the first switch (`number_of_cached_scripts`).
     source_cached: AtomicU64,
     source_checked: std::sync::atomic::AtomicBool,
+    /// `EVALSHA`s of scripts not in the registry ([`super::unknown_scripts`]).
+    pub called: super::unknown_scripts::CalledUnknown,
 }
 
 impl Default for Scripts {
@@ -119,6 +123,7 @@ impl Scripts {
             refused: AtomicU64::new(0),
             source_cached: AtomicU64::new(0),
             source_checked: std::sync::atomic::AtomicBool::new(false),
+            called: Default::default(),
         }
     }
 
@@ -219,6 +224,17 @@ impl Scripts {
         self.inner.lock().is_ok_and(|g| g.map.contains_key(&sha))
     }
 
+    /// The body of `sha`, if kept.
+    pub fn body(&self, sha: &[u8]) -> Option<Arc<[u8]>> {
+        let sha = <Sha>::try_from(sha.to_ascii_lowercase().as_slice()).ok()?;
+        self.inner
+            .lock()
+            .ok()?
+            .map
+            .get(&sha)
+            .map(|e| e.body.clone())
+    }
+
     /// (scripts, bytes) kept now.
     pub fn usage(&self) -> (usize, usize) {
         self.inner
@@ -246,6 +262,7 @@ impl Scripts {
     /// The `scripts` part of the status document.
     pub fn status(&self) -> Json {
         let (n, bytes) = self.usage();
+        let (called, more) = self.called.confirmed(|s| self.knows(s));
         json!({
             "scripts": n,
             "bytes": bytes,
@@ -256,6 +273,8 @@ impl Scripts {
             "refused_by_new_primary": self.refused.load(Ordering::Relaxed),
             "source_cached_at_switch": self.source_checked.load(Ordering::Relaxed).then(|| self.source_cached.load(Ordering::Relaxed)),
             "unknown_on_source": self.unknown_on_source(),
+            "unknown_called": called,
+            "unknown_called_more": more,
         })
     }
 }
@@ -339,6 +358,24 @@ impl super::Controller {
                     "the source has scripts cached that were not loaded through the proxy; they cannot be copied (no command lists the script cache): an EVALSHA of one of them fails with NOSCRIPT after the switch until its client loads it again (clients that fall back to EVAL recover by themselves)"
                 );
             }
+        }
+        // Scripts the clients call by SHA that the proxy never saw loaded: asked of the old
+        // primary now, named (the move goes on: they cannot be copied).
+        let asked = tokio::time::timeout(
+            self.settings.timeout,
+            super::unknown_scripts::resolve(registry, old),
+        )
+        .await;
+        if !matches!(asked, Ok(Ok(()))) {
+            tracing::debug!("cannot ask the old primary about the scripts called by SHA");
+        }
+        let (unknown, more) = registry.called.confirmed(|s| registry.knows(s));
+        if !unknown.is_empty() {
+            tracing::warn!(
+                shas = ?unknown,
+                more,
+                "moving although clients call scripts by SHA that were not loaded through the proxy: the new primary will not have them, and their EVALSHA fails with NOSCRIPT until the client loads them again"
+            );
         }
         let (all, seq) = registry.since(0);
         let until = Instant::now() + self.settings.timeout;

@@ -156,6 +156,40 @@ const MAY_BLOCK: u8 = 1;
 const OWN_CONNECTION: u8 = 2;
 const OWN_KIND: u8 = 4;
 const LEARNS_SCRIPT: u8 = 8;
+const CALLS_SCRIPT: u8 = 16;
+
+/// `EVALSHA` and `EVALSHA_RO`: a SHA the script registry does not know is noted
+/// ([`crate::cutover::unknown_scripts`]); they stay on the hot path.
+pub fn calls_script(cmd_id: usize) -> bool {
+    flags(cmd_id) & CALLS_SCRIPT != 0
+}
+
+/// The SHA argument of an `EVALSHA` in RESP form (`*N`, `$len name`, `$40 sha`): a cheap
+/// look at the bytes of a whole frame; `None` for anything else (an inline command).
+pub fn evalsha_sha(wire: &[u8]) -> Option<&[u8]> {
+    let line_end = |from: usize| -> Option<usize> {
+        wire.get(from..)?
+            .windows(2)
+            .take(24)
+            .position(|w| w == b"\r\n")
+            .map(|p| from + p)
+    };
+    if wire.first() != Some(&b'*') {
+        return None;
+    }
+    let after_count = line_end(0)? + 2;
+    if wire.get(after_count) != Some(&b'$') {
+        return None;
+    }
+    let len_end = line_end(after_count)?;
+    let name_len: usize = std::str::from_utf8(&wire[after_count + 1..len_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let sha_head = len_end + 2 + name_len + 2;
+    let sha = wire.get(sha_head..)?.strip_prefix(b"$40\r\n")?;
+    sha.get(..40)
+}
 
 /// `EVAL`, `EVAL_RO` and `SCRIPT`: the proxy keeps the script bodies they carry
 /// ([`crate::cutover::scripts`]), so they leave the hot path for [`Session`]'s `command`.
@@ -183,6 +217,9 @@ fn flags(cmd_id: usize) -> u8 {
                 }
                 if matches!(c.name, "eval" | "eval_ro" | "script") {
                     f |= LEARNS_SCRIPT;
+                }
+                if matches!(c.name, "evalsha" | "evalsha_ro") {
+                    f |= CALLS_SCRIPT;
                 }
                 // CLIENT's and SCRIPT's kinds depend on their subcommands.
                 if matches!(c.name, "client" | "script" | "config")
@@ -216,6 +253,28 @@ pub fn command_id(name: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sha_of_an_evalsha() {
+        let sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+        let wire = format!("*4\r\n$7\r\nEVALSHA\r\n$40\r\n{sha}\r\n$1\r\n0\r\n$1\r\nx\r\n");
+        assert_eq!(evalsha_sha(wire.as_bytes()), Some(sha.as_bytes()));
+        let ro = format!("*3\r\n$10\r\nevalsha_ro\r\n$40\r\n{sha}\r\n$1\r\n0\r\n");
+        assert_eq!(evalsha_sha(ro.as_bytes()), Some(sha.as_bytes()));
+        for bad in [
+            &b"EVALSHA abc 0\r\n"[..],
+            b"*3\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n0\r\n",
+            b"*3\r\n$7\r\nEVALSHA\r\n$40\r\nshort",
+            b"*3\r\n$x\r\n",
+            b"*",
+            b"",
+        ] {
+            assert_eq!(evalsha_sha(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(calls_script(command_id(b"evalsha")));
+        assert!(calls_script(command_id(b"EVALSHA_RO")));
+        assert!(!calls_script(command_id(b"eval")));
+    }
 
     #[test]
     fn every_command_with_a_kind_of_its_own_is_flagged() {

@@ -298,9 +298,21 @@ impl Session {
             if self.dest(true) != Dest::Own {
                 return;
             }
-            let name = self.req.pending_args().get(&self.client_in, 0);
+            let args = self.req.pending_args();
+            let name = args.get(&self.client_in, 0);
             let cmd = command::command_id(name.unwrap_or_default());
             telemetry::commands().received(cmd, 1);
+            if command::learns_script(cmd) {
+                // An `EVAL` with big arguments: its body, when whole in the head, is learned
+                // like any other (a body itself above the streaming size is not: see
+                // ARCHITECTURE.md, *The proxy keeps the scripts*).
+                let argv: Vec<&[u8]> = (0..3).map_while(|i| args.get(&self.client_in, i)).collect();
+                self.learn_script(&argv);
+            }
+            if command::calls_script(cmd) {
+                // A streamed `EVALSHA` is not kept for a retry: what was kept before is not it.
+                self.evalsha_sent = None;
+            }
             let head = self.client_in.split_to(scanned);
             self.req.forwarded(scanned);
             // (Marked as streaming only once sent: the connection is chosen first.)

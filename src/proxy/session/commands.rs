@@ -15,6 +15,10 @@ impl Session {
         if command::learns_script(cmd) && self.conn.authenticated {
             self.learn_script(argv);
         }
+        if command::calls_script(cmd) && self.conn.authenticated {
+            note_evalsha(&mut self.last_sha, &self.shared.scripts, wire);
+            self.keep_evalsha(wire);
+        }
         if shadow::is_write(cmd) && self.conn.authenticated {
             self.capture_shadow(cmd, wire);
         }
@@ -172,8 +176,13 @@ impl Session {
                 {
                     self.conn.tracking = mode.eq_ignore_ascii_case(b"on");
                 }
-                self.forward(cmd, wire, Expect::Replies(1), Effect::None)
-                    .await;
+                match ClientOpt::of(argv) {
+                    Some(opt) => self.forward_stateful(cmd, wire, Effect::Client(opt)).await,
+                    None => {
+                        self.forward(cmd, wire, Expect::Replies(1), Effect::None)
+                            .await;
+                    }
+                }
             }
         }
     }
@@ -379,7 +388,7 @@ impl Session {
 
     /// Keeps the script body of an `EVAL`/`EVAL_RO` or a `SCRIPT LOAD` for the next move
     /// (`cutover::scripts`); a `SCRIPT FLUSH` empties the registry.
-    fn learn_script(&self, argv: &[&[u8]]) {
+    pub(super) fn learn_script(&self, argv: &[&[u8]]) {
         use crate::cutover::scripts::Origin;
         let scripts = &self.shared.scripts;
         match argv {

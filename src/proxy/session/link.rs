@@ -62,6 +62,12 @@ impl Session {
             if !last.plain || (shadowing && shadow::is_write(cmd)) {
                 break;
             }
+            if command::calls_script(cmd) {
+                let wire = &buf[at..at + len];
+                note_evalsha(&mut self.last_sha, &self.shared.scripts, wire);
+                self.evalsha_sent = (self.pending.is_empty() && !self.conn.in_multi)
+                    .then(|| Bytes::copy_from_slice(wire));
+            }
             match &mut run {
                 Some((c, n)) if *c == cmd => *n += 1,
                 _ => {
@@ -110,6 +116,15 @@ impl Session {
         self.classified = None;
         telemetry::commands().received(cmd, 1);
         self.next_shadow = None;
+        if command::calls_script(cmd) {
+            note_evalsha(
+                &mut self.last_sha,
+                &self.shared.scripts,
+                &self.client_in[..len],
+            );
+            let wire = Bytes::copy_from_slice(&self.client_in[..len]);
+            self.keep_evalsha(&wire);
+        }
         self.mux_batch.extend_from_slice(&self.client_in[..len]);
         self.client_in.advance(len);
         self.mux_pending(cmd);
@@ -235,6 +250,17 @@ impl Session {
     pub(super) fn on_mux_reply(&mut self, reply: MuxReply) {
         let (completed, failure) = match reply {
             MuxReply::Data { bytes, completed } => {
+                if completed == 1
+                    && self.evalsha_sent.is_some()
+                    && let Some(wire) = self.evalsha_retry(&bytes)
+                {
+                    // The same pending entry waits for the EVAL's reply instead.
+                    self.mux_inflight = self.mux_inflight.saturating_sub(1);
+                    self.mux_batch.extend_from_slice(&wire);
+                    self.mux_batch_count += 1;
+                    self.flush_mux_batch();
+                    return;
+                }
                 if bytes.len() >= BIG_REPLY {
                     self.prefer_own_connection = true;
                 }

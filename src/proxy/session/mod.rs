@@ -91,6 +91,13 @@ pub struct ConnState {
     pub subs: [BTreeSet<Bytes>; 3],
     reply_off: bool,
     skip_next: bool,
+    /// `CLIENT NO-EVICT on` (Redis 7.0+) and `CLIENT NO-TOUCH on` (7.2+) answered `+OK`.
+    pub no_evict: bool,
+    pub no_touch: bool,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER` (7.2+): the client library behind the
+    /// connection. Kept across `RESET`, as Redis keeps them.
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
     /// State changes queued inside `MULTI`, applied when `EXEC` succeeds.
     multi_effects: Vec<Effect>,
 }
@@ -110,6 +117,10 @@ impl ConnState {
             subs: Default::default(),
             reply_off: false,
             skip_next: false,
+            no_evict: false,
+            no_touch: false,
+            lib_name: None,
+            lib_ver: None,
             multi_effects: Vec::new(),
         }
     }
@@ -150,6 +161,54 @@ enum Effect {
     Unwatch,
     Reset,
     Monitor,
+    /// `CLIENT NO-EVICT|NO-TOUCH|SETINFO`: re-created on a new connection.
+    Client(ClientOpt),
+}
+
+/// A per-connection setting made with `CLIENT`, re-created after a move or a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ClientOpt {
+    NoEvict(bool),
+    NoTouch(bool),
+    /// `None`: cleared (an empty value).
+    LibName(Option<Box<Bytes>>),
+    LibVer(Option<Box<Bytes>>),
+}
+
+impl ClientOpt {
+    /// The setting a `CLIENT …` command makes, if it is one the proxy re-creates.
+    fn of(argv: &[&[u8]]) -> Option<ClientOpt> {
+        let [name, sub, rest @ ..] = argv else {
+            return None;
+        };
+        if !name.eq_ignore_ascii_case(b"client") {
+            return None;
+        }
+        let on_off = |a: &[u8]| {
+            if a.eq_ignore_ascii_case(b"on") {
+                Some(true)
+            } else if a.eq_ignore_ascii_case(b"off") {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        let value = |v: &[u8]| (!v.is_empty()).then(|| Box::new(Bytes::copy_from_slice(v)));
+        match rest {
+            [mode] if sub.eq_ignore_ascii_case(b"no-evict") => on_off(mode).map(ClientOpt::NoEvict),
+            [mode] if sub.eq_ignore_ascii_case(b"no-touch") => on_off(mode).map(ClientOpt::NoTouch),
+            [attr, v] if sub.eq_ignore_ascii_case(b"setinfo") => {
+                if attr.eq_ignore_ascii_case(b"lib-name") {
+                    Some(ClientOpt::LibName(value(v)))
+                } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+                    Some(ClientOpt::LibVer(value(v)))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -313,6 +372,13 @@ pub struct Session {
     mux_frame_parser: ReplyParser,
     /// The command name [`Session::take_plain_run`] looked up last.
     last_name: LastName,
+    /// The last `EVALSHA` SHA noted for the script registry (a loop calling one script
+    /// costs a comparison per call, [`crate::cutover::unknown_scripts`]).
+    last_sha: [u8; 40],
+    /// The last `EVALSHA` sent while nothing else of this session was in flight, as sent:
+    /// answered `NOSCRIPT` for a script the registry knows, it is sent again as `EVAL`
+    /// ([`Session::evalsha_retry`]).
+    evalsha_sent: Option<Bytes>,
     /// What this session would hold a move up with ([`crate::cutover::holders`]).
     info: Arc<ClientInfo>,
     /// `info` says busy / inside `MULTI`.
@@ -375,6 +441,8 @@ impl Session {
             mux_frames: BytesMut::new(),
             mux_frame_parser: ReplyParser::default(),
             last_name: LastName::default(),
+            last_sha: [0; 40],
+            evalsha_sent: None,
             info,
             info_busy: false,
             info_multi: false,
@@ -541,5 +609,56 @@ fn hello_effect(argv: &[&[u8]]) -> Effect {
             Effect::Hello(v, user)
         }
         _ => Effect::None,
+    }
+}
+
+/// An `EVALSHA` in `wire` goes to the primary: its SHA is noted for the script registry
+/// unless it is the one this session noted last ([`crate::cutover::unknown_scripts`]).
+fn note_evalsha(last: &mut [u8; 40], scripts: &crate::cutover::scripts::Scripts, wire: &[u8]) {
+    let Some(sha) = command::evalsha_sha(wire) else {
+        return;
+    };
+    if sha == &last[..] {
+        return;
+    }
+    last.copy_from_slice(sha);
+    scripts.called.note(sha, |s| scripts.knows(s));
+}
+
+impl Session {
+    /// Remembers an `EVALSHA` about to be sent, if it is the only command of this session
+    /// in flight (outside `MULTI`): only then can it be sent again without reordering.
+    fn keep_evalsha(&mut self, wire: &[u8]) {
+        self.evalsha_sent =
+            (self.pending.is_empty() && !self.conn.in_multi).then(|| Bytes::copy_from_slice(wire));
+    }
+
+    /// The reply `bytes` answered the session's only command in flight: if it is `NOSCRIPT`
+    /// for the `EVALSHA` kept by [`Session::keep_evalsha`] and the script registry has the
+    /// body (the new primary lost its script cache after a move: a restart, a `SCRIPT FLUSH`
+    /// on it), the command to send instead: the same call as `EVAL`/`EVAL_RO` with the body
+    /// (which also caches the script there again). Once per `EVALSHA`.
+    fn evalsha_retry(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        if !bytes.starts_with(b"-NOSCRIPT") || self.pending.len() != 1 {
+            return None;
+        }
+        let sent = self.evalsha_sent.take()?;
+        if !command::calls_script(self.pending.front()?.cmd) {
+            return None;
+        }
+        let args = crate::sync::engine::split_args(&sent).ok()?;
+        let body = self.shared.scripts.body(args.get(1)?)?;
+        let name: &[u8] = if args[0].eq_ignore_ascii_case(b"evalsha_ro") {
+            b"EVAL_RO"
+        } else {
+            b"EVAL"
+        };
+        let mut argv: Vec<&[u8]> = vec![name, &body];
+        argv.extend(args[2..].iter().copied());
+        let mut wire = Vec::new();
+        encode_command(&argv, &mut wire);
+        tracing::debug!(peer = %self.peer, "EVALSHA answered NOSCRIPT by the primary for a script the proxy knows: sent again as EVAL");
+        metrics::counter!("cutover_scripts_evalsha_retried_total").increment(1);
+        Some(wire)
     }
 }

@@ -85,6 +85,21 @@ impl Session {
         if let Some(name) = &conn.name {
             self.send_internal(&[b"CLIENT", b"SETNAME", name], 1);
         }
+        // Not every server has these (NO-EVICT is 7.0+, NO-TOUCH and SETINFO 7.2+): a new
+        // primary that lacks one answers "unknown subcommand", which `on_reply` logs at debug
+        // level and skips; the move goes on.
+        if conn.no_evict {
+            self.send_internal(&[b"CLIENT", b"NO-EVICT", b"on"], 1);
+        }
+        if conn.no_touch {
+            self.send_internal(&[b"CLIENT", b"NO-TOUCH", b"on"], 1);
+        }
+        if let Some(v) = &conn.lib_name {
+            self.send_internal(&[b"CLIENT", b"SETINFO", b"LIB-NAME", v], 1);
+        }
+        if let Some(v) = &conn.lib_ver {
+            self.send_internal(&[b"CLIENT", b"SETINFO", b"LIB-VER", v], 1);
+        }
         for kind in SubKind::ALL {
             let set = &conn.subs[kind.index()];
             if !set.is_empty() {
@@ -216,6 +231,15 @@ impl Session {
         if self.cancelled_by_flip(bytes) {
             return;
         }
+        if info.is_error()
+            && self.evalsha_sent.is_some()
+            && let Some(wire) = self.evalsha_retry(bytes)
+            && let Some(out) = self.backend_out()
+        {
+            // The same pending entry waits for the EVAL's reply instead.
+            out.extend_from_slice(&wire);
+            return;
+        }
         let Some(head) = self.pending.front_mut() else {
             tracing::warn!(peer = %self.peer, "reply from the server without a command; passing it on");
             self.client_out.extend_from_slice(bytes);
@@ -263,6 +287,9 @@ impl Session {
             if info.is_error() {
                 if !head.swallow {
                     telemetry::error("reply_error");
+                } else if is_unknown_subcommand(bytes) {
+                    // A setting the new server does not have (`CLIENT NO-TOUCH` on 7.0…).
+                    tracing::debug!(peer = %self.peer, "the server lacks a setting the connection had; skipped: {}", String::from_utf8_lossy(bytes).trim_end());
                 } else {
                     tracing::warn!(peer = %self.peer, "restoring connection state failed: {}", String::from_utf8_lossy(bytes).trim_end());
                 }
@@ -343,9 +370,20 @@ impl Session {
             Effect::Reset => {
                 let db = self.up.as_ref().map_or(0, |u| u.backend.url.db);
                 let authenticated = self.shared.settings.auth.password.is_none();
+                // `RESET` keeps the client library's name and version (Redis does).
+                let lib_name = self.conn.lib_name.take();
+                let lib_ver = self.conn.lib_ver.take();
                 self.conn = ConnState::fresh(db, authenticated);
+                self.conn.lib_name = lib_name;
+                self.conn.lib_ver = lib_ver;
                 self.info.set_name(None);
             }
+            Effect::Client(opt) => match opt {
+                ClientOpt::NoEvict(on) => self.conn.no_evict = on,
+                ClientOpt::NoTouch(on) => self.conn.no_touch = on,
+                ClientOpt::LibName(v) => self.conn.lib_name = v.map(|v| *v),
+                ClientOpt::LibVer(v) => self.conn.lib_ver = v.map(|v| *v),
+            },
         }
     }
 
@@ -429,4 +467,13 @@ impl Session {
             self.close_after_flush = true;
         }
     }
+}
+
+/// An error reply saying the server does not know a subcommand (`CLIENT NO-TOUCH` on Redis
+/// 7.0: "unknown subcommand"; 6.2: "Unknown subcommand or wrong number of arguments").
+fn is_unknown_subcommand(reply: &[u8]) -> bool {
+    reply.starts_with(b"-ERR ")
+        && reply
+            .windows(b"unknown subcommand".len())
+            .any(|w| w.eq_ignore_ascii_case(b"unknown subcommand"))
 }

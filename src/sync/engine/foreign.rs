@@ -20,9 +20,10 @@
 //! `snapshot-loading` (before its `FLUSHALL` and after) and its next position, nothing is
 //! foreign.
 //!
-//! Not counted: a lone `DEL`/`UNLINK` of one key outside a transaction, which is how the old
-//! side propagates its own expirations and evictions (a foreign `DEL` of one key is missed),
-//! and `SCRIPT LOAD`/`FLUSH`, which change no key (Redis < 7.0 propagates them, so the
+//! A lone `DEL`/`UNLINK` of one key outside a transaction is how the old side propagates its
+//! own expirations and evictions, and also what `redis-cli DEL key` sends: it is not decided
+//! here but kept ([`ForeignWatch::take_lone_deletes`]) for `expiry.rs`, which asks the
+//! primary. Not counted: `SCRIPT LOAD`/`FLUSH`, which change no key (Redis < 7.0 propagates them, so the
 //! proxy's own loading of its scripts into a 6.2 primary at a move reaches the stream).
 
 use std::sync::Mutex;
@@ -111,7 +112,24 @@ pub(super) struct ForeignWatch {
     /// `snapshot-loading`, set before its `FLUSHALL` and after): everything is its own until
     /// the position is set again.
     loading: bool,
+    /// Lone `DEL`/`UNLINK`s of one key seen since the last check (`expiry.rs`): the old
+    /// side's expiries, or foreign deletes.
+    lone_deletes: Vec<LoneDelete>,
 }
+
+/// A lone `DEL`/`UNLINK` of one key in the followed stream, to be decided by asking the
+/// primary whether the key was expiring (`expiry.rs`).
+#[derive(Debug, Clone)]
+pub(super) struct LoneDelete {
+    /// The followed side's database (the stream's).
+    pub db: u64,
+    pub key: Bytes,
+    /// `DEL key (db N)`, for status.
+    pub named: String,
+}
+
+/// Lone deletes kept before the caller must decide them (bounds the memory of a burst).
+pub(super) const LONE_DELETES: usize = 1024;
 
 /// How the applying link's position write reaches the stream (`SET cutover:position …`, as
 /// `batch::queue_set` sends it): one comparison per command inside a transaction.
@@ -214,7 +232,15 @@ impl ForeignWatch {
             return None;
         }
         if (is("DEL") || is("UNLINK")) && args.len() == 2 {
-            // The old side's own expiration or eviction.
+            // The old side's own expiration or eviction, or a foreign delete: the primary
+            // tells (`expiry.rs`).
+            if !is_own_key(db, args[1]) {
+                self.lone_deletes.push(LoneDelete {
+                    db,
+                    key: Bytes::copy_from_slice(args[1]),
+                    named: describe(&args, db),
+                });
+            }
             return None;
         }
         let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
@@ -226,6 +252,18 @@ impl ForeignWatch {
             return None;
         }
         Some((1, vec![describe(&args, db)]))
+    }
+}
+
+impl ForeignWatch {
+    /// The lone deletes seen since the last call, to decide now.
+    pub(super) fn take_lone_deletes(&mut self) -> Vec<LoneDelete> {
+        std::mem::take(&mut self.lone_deletes)
+    }
+
+    /// So many lone deletes wait that they must be decided before reading on.
+    pub(super) fn lone_deletes_full(&self) -> bool {
+        self.lone_deletes.len() >= LONE_DELETES
     }
 }
 
@@ -289,8 +327,12 @@ mod tests {
         assert_eq!(see(&mut w, &["EXEC"]), None);
         // The position alone (a start, an idle store).
         assert_eq!(see(&mut w, &["SET", "cutover:position", "x 2 0"]), None);
-        // Expirations.
+        // Expirations (or foreign deletes: kept for the primary to tell).
         assert_eq!(see(&mut w, &["DEL", "gone"]), None);
+        let lone = w.take_lone_deletes();
+        assert_eq!(lone.len(), 1);
+        assert_eq!(lone[0].named, "DEL gone (db 0)");
+        assert!(w.take_lone_deletes().is_empty());
         // The proxy's script loading into a Redis 6.2 primary reaches its stream.
         assert_eq!(see(&mut w, &["SCRIPT", "LOAD", "return 1"]), None);
         assert_eq!(see(&mut w, &["PING"]), None);

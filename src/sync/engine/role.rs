@@ -174,13 +174,18 @@ impl Applier<'_> {
                     if let Some(db) = select_db(&cmd.wire) {
                         self.stream_db = db;
                     }
-                    if p.foreign.watching.load(Ordering::Relaxed)
-                        && let Some((n, what)) = self.foreign.see(&cmd.wire, self.stream_db)
-                    {
-                        self.record_foreign(n, what);
+                    if p.foreign.watching.load(Ordering::Relaxed) {
+                        if let Some((n, what)) = self.foreign.see(&cmd.wire, self.stream_db) {
+                            self.record_foreign(n, what);
+                        }
+                        if self.foreign.lone_deletes_full() {
+                            self.check_lone_deletes(w)?;
+                        }
                     }
                     self.last_offset = cmd.end_offset;
                 }
+                // Lone DELs: the old side's expiries, or foreign deletes (`expiry.rs`).
+                self.check_lone_deletes(w)?;
             }
             Ok(Msg::Failed(message, transient)) => {
                 return Err(EngineError::SourceLink { message, transient }.into());

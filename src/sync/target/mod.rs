@@ -604,6 +604,24 @@ impl TargetWriter {
         }
     }
 
+    /// Several commands pipelined, waiting for all their replies (after everything in
+    /// flight). Returns each reply's bytes (RESP), in order.
+    pub fn call_all(&mut self, cmds: &[Vec<&[u8]>]) -> Result<Vec<Vec<u8>>, TargetError> {
+        self.drain()?;
+        for args in cmds {
+            encode_command(args, &mut self.out);
+        }
+        self.flush()?;
+        let mut replies = Vec::with_capacity(cmds.len());
+        while replies.len() < cmds.len() {
+            match self.parser.parse(&self.inbuf).map_err(|e| self.proto(e))? {
+                Some(info) => replies.push(self.inbuf.drain(..info.len).collect()),
+                None => self.fill()?,
+            }
+        }
+        Ok(replies)
+    }
+
     /// Turns a `call` reply into text, or an error naming `step`.
     fn check(&self, step: &str, reply: Vec<u8>) -> Result<String, TargetError> {
         let text = reply_text(&reply);

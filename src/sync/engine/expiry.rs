@@ -1,0 +1,190 @@
+//! Is a lone `DEL` on the followed side its own expiry, or a foreign delete?
+//!
+//! A server propagates the expiry of a key (and its eviction) to its replicas as a `DEL` (or
+//! `UNLINK`, with `lazyfree-lazy-expire`) of that one key, outside any transaction. The old
+//! side is a primary written by the applying link, so it expires keys on its own and its
+//! stream carries such deletes. But `redis-cli DEL key` straight to the old side reaches the
+//! stream in exactly the same form. The stream cannot tell them apart; the primary can: an
+//! expiry deletes a key whose TTL ran out, and the applying link gave the old side the
+//! primary's absolute expiry times, so at that moment the primary either no longer holds
+//! the key or holds it with a TTL within the clocks' skew.
+//!
+//! So after each batch of the followed stream the follower asks the primary (the side it
+//! would apply to, on its writer connection, pipelined: one round trip per batch that has
+//! lone deletes, nothing otherwise) `PTTL key` in the mapped database:
+//!
+//! * `-2` (absent), or a TTL up to `[sync] max_clock_skew_ms` + [`MARGIN_MS`] — an expiry (or
+//!   a key the primary dropped too): not foreign;
+//! * `-1` (no TTL) or a longer TTL — the old side did not expire it: a **suspect**.
+//!
+//! A suspect is confirmed on the old side before it is counted: the primary may have written
+//! the key again after its own expiry (a cache refilled at once), and that new key is what
+//! `PTTL` saw. The follower reads the primary's `master_repl_offset`, waits (briefly, bounded)
+//! until the applying link's position on the old side reached it, and asks the old side
+//! `EXISTS key`: a key the link has written back there is the primary's re-creation (the sides
+//! agree), a key still missing is a foreign delete (counted, named, rollback unsafe, like any
+//! foreign write). If the old side cannot be asked, the primary's word stands.
+//!
+//! Evictions are the other source of lone deletes: an evicted key is still on the primary
+//! (no TTL, or a long one), so it would read as foreign here; evictions on the side an applying
+//! link writes to are counted by the eviction watcher (`cutover::memory`), which makes the
+//! moves refused as well, and the old side's copy was already not a copy.
+//!
+//! Clocks further apart than the bound: the old side, ahead, expires keys the primary still
+//! holds for longer than the bound, and those deletes read as foreign (the clock-skew
+//! warning and alert of `cutover::clock` fire as well; the old side is then indeed missing
+//! keys the primary has).
+//!
+//! Known limits: a foreign `DEL` of a key the primary writes again before the check (an
+//! `INCR`, an `RPUSH`) is missed, since the old side holds the key again (with another value:
+//! `cutover verify` finds it); a key the primary deletes between the check and the
+//! confirmation reads as a foreign delete.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::client::{BlockingClient, Info};
+use crate::sync::batch::{POSITION_KEY, Stored};
+use crate::sync::handoff::Role;
+use crate::sync::target::{TargetWriter, reply_text};
+
+use super::applier::Applier;
+use super::foreign::LoneDelete;
+
+/// Added to the clock-skew bound: the time between the old side's expiry and the check (the
+/// follower's lag, the round trip), during which the primary's TTL only shrinks, and the
+/// clocks' measurement error.
+pub const MARGIN_MS: u64 = 25;
+
+/// How long the confirmation waits for the old side to catch up with the primary.
+const CATCH_UP: Duration = Duration::from_millis(200);
+
+/// `PTTL`'s reply says the primary still holds the key for longer than `bound_ms` (or for
+/// good): the delete on the old side was not its expiry. An error or an unexpected reply
+/// says nothing (not a suspect).
+pub(super) fn outlives(pttl_reply: &[u8], bound_ms: u64) -> bool {
+    let Some(rest) = pttl_reply.strip_prefix(b":") else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match text.trim_end().parse::<i64>() {
+        Ok(-1) => true,
+        Ok(ms) => ms > 0 && ms as u64 > bound_ms,
+        Err(_) => false,
+    }
+}
+
+/// `master_repl_offset` in an `INFO replication` reply.
+impl Applier<'_> {
+    /// Decides the lone deletes the followed stream carried since the last call (see the
+    /// module doc); the foreign ones are recorded like any foreign write.
+    pub(super) fn check_lone_deletes(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+        let dels = self.foreign.take_lone_deletes();
+        if dels.is_empty() {
+            return Ok(());
+        }
+        let bound = self.opts.tuning.max_clock_skew_ms + MARGIN_MS;
+        // 1. The primary: which keys does it still hold for longer than the bound?
+        let mut by_db: BTreeMap<u64, Vec<LoneDelete>> = BTreeMap::new();
+        for d in dels {
+            if let Some(to) = self.opts.tuning.filter.map_db(d.db) {
+                by_db.entry(to).or_default().push(d);
+            }
+        }
+        let keep_db = w.db();
+        let mut suspects = Vec::new();
+        for (to, dels) in by_db {
+            w.select(to)?;
+            let cmds: Vec<Vec<&[u8]>> = dels.iter().map(|d| vec![&b"PTTL"[..], &d.key]).collect();
+            let replies = w.call_all(&cmds)?;
+            suspects.extend(
+                dels.into_iter()
+                    .zip(replies)
+                    .filter(|(_, r)| outlives(r, bound))
+                    .map(|(d, _)| d),
+            );
+        }
+        w.select(keep_db)?;
+        if suspects.is_empty() {
+            return Ok(());
+        }
+        // 2. The old side, once the applying link brought it up to the primary's offset now:
+        // a key it holds again is the primary's re-creation, not a foreign delete.
+        let offset =
+            Info::new(reply_text(&w.call(&[b"INFO", b"replication"])?)).master_repl_offset();
+        let foreign = match self.still_missing(&suspects, offset) {
+            Ok(missing) => missing,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot ask the followed side about deleted keys; the primary's word stands");
+                suspects
+            }
+        };
+        if !foreign.is_empty() {
+            let n = foreign.len() as u64;
+            self.record_foreign(n, foreign.into_iter().map(|d| d.named).collect());
+        }
+        Ok(())
+    }
+
+    /// The suspects the followed side still lacks, once its applying link's position
+    /// reached `offset` on the primary (or after [`CATCH_UP`], or a move began).
+    fn still_missing(
+        &self,
+        suspects: &[LoneDelete],
+        offset: Option<u64>,
+    ) -> anyhow::Result<Vec<LoneDelete>> {
+        let mut old = BlockingClient::open_url(&self.opts.source, Duration::from_secs(1))?;
+        old.call(&[b"SELECT", b"0"])?;
+        let deadline = Instant::now() + CATCH_UP;
+        let handoff = &Arc::clone(&self.progress).handoff;
+        if let Some(want) = offset {
+            loop {
+                let reply = old.call(&[b"GET", POSITION_KEY])?;
+                let reached = matches!(
+                    Stored::parse(&reply_text(&reply)),
+                    Stored::At { offset: at, .. } if at >= want
+                );
+                if reached
+                    || Instant::now() >= deadline
+                    || handoff.role() != Role::Following
+                    || self.stop.load(Ordering::Acquire)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let mut missing = Vec::new();
+        let mut db = None;
+        for d in suspects {
+            if db != Some(d.db) {
+                old.call(&[b"SELECT", d.db.to_string().as_bytes()])?;
+                db = Some(d.db);
+            }
+            if old.call(&[b"EXISTS", &d.key])?.starts_with(b":0") {
+                missing.push(d.clone());
+            }
+        }
+        Ok(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_the_primary_keeps_outlives_the_bound() {
+        assert!(outlives(b":-1\r\n", 45));
+        assert!(outlives(b":3600000\r\n", 45));
+        assert!(outlives(b":46\r\n", 45));
+        assert!(!outlives(b":45\r\n", 45));
+        assert!(!outlives(b":3\r\n", 45));
+        assert!(!outlives(b":0\r\n", 45));
+        assert!(!outlives(b":-2\r\n", 45));
+        assert!(!outlives(b"-ERR wrong\r\n", 45));
+        assert!(!outlives(b"$-1\r\n", 45));
+    }
+}
