@@ -22,172 +22,29 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::client::{self, BlockingStream, ClientError, Endpoint, Info, Value};
+use crate::client::{self, BlockingStream, Endpoint, Info, Value};
 use crate::config::RedisUrl;
 use crate::rdb::RdbVersion;
 use crate::resp::ReplyParser;
 use crate::resp::request::encode_command;
 
+mod error;
 mod info;
 pub mod memory;
 mod reply;
+mod tag;
 mod txn;
 
+pub use error::TargetError;
 pub use info::{TargetInfo, max_rdb_version};
 pub use reply::{array_elements, array_errors, array_unchanged, first_error_in_array, reply_text};
+pub use tag::{Refusal, Tag, show_key};
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
 pub const DEFAULT_WINDOW: usize = 1024;
 /// Unsent bytes gathered before a write.
 const FLUSH_BYTES: usize = 256 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TargetError {
-    /// Connecting or logging in failed (the connection layer's error names the endpoint).
-    #[error("the target: {0}")]
-    Client(ClientError),
-    #[error("cannot connect to the target {addr}: {source}")]
-    Connect {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("connection to the target {addr} failed: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("the target {addr} refused {step}: {reply}")]
-    Refused {
-        addr: String,
-        step: String,
-        reply: String,
-    },
-    #[error("the target {addr} sent an invalid reply: {detail}")]
-    Protocol { addr: String, detail: String },
-    #[error("the target {addr} runs {server} {version}, which cutover cannot write to: {reason}")]
-    Unsupported {
-        addr: String,
-        server: String,
-        version: String,
-        reason: String,
-    },
-    #[error(
-        "{what} (unsupported = fail stops the sync here; with unsupported = skip, such items are reported and the rest is copied)"
-    )]
-    CannotHold { what: String },
-    /// The side a link writes to cannot hold what the side it copies uses
-    /// ([`memory::check_room`]).
-    #[error("the target {addr} has no room for the copy: {detail}")]
-    NoRoom { addr: String, detail: String },
-    /// A stream command the target did not apply, under `cutover run`: the link stops for
-    /// good rather than go on without it ([`crate::sync::refusals`]).
-    #[error(
-        "{what}; this link stops here rather than go on without the write (switch and rollback are refused while it is missing; copy again from scratch once the cause is fixed)"
-    )]
-    Unapplied { what: String },
-    #[error(
-        "database {db} cannot be written to the target {addr}: it has {databases} databases (0-{last}); nothing was written to another database. Map it to one the target has with [sync] db_map (--db-map \"{db}=N\"), or leave it out with only_mapped_dbs",
-        last = databases.saturating_sub(1)
-    )]
-    NoSuchDb {
-        addr: String,
-        db: u64,
-        databases: u64,
-    },
-}
-
-/// (Not `#[from]`: that would chain the error as a source, printed twice by `{:#}`.)
-impl From<ClientError> for TargetError {
-    fn from(e: ClientError) -> Self {
-        TargetError::Client(e)
-    }
-}
-
-/// What a command in flight was for.
-#[derive(Debug, Clone, Default)]
-pub struct Tag {
-    /// The key it writes, for error messages (empty if none).
-    pub key: Vec<u8>,
-    /// The command name, for error messages.
-    pub what: Cow<'static, str>,
-    /// Replication offset reached once this command is applied.
-    pub offset: Option<u64>,
-    /// An error reply is expected and fine (e.g. a command the target may not know).
-    pub tolerate_error: bool,
-    /// The `EXEC` of a transaction: an error among the replies of its commands is an error.
-    pub exec: bool,
-    /// A command of the replication stream (a refusal of it is reported and the command left
-    /// out, see [`TargetWriter::txn_refused`]; our own commands must never be refused).
-    pub replicated: bool,
-    /// A stream command that changed the primary's data and must change this side's too
-    /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
-    /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
-    pub must_change: bool,
-    /// A stream command whose reply here says the key was missing before it (`INCR` answered
-    /// `:1`: the primary may have had a counter this side expired early): these exact reply
-    /// bytes put the command among [`TargetWriter::take_unchanged`] too, as a suspect.
-    pub suspect_reply: Option<Box<[u8]>>,
-    /// The stream's database (the source's number) the command was in.
-    pub stream_db: u64,
-    /// A copy of a key from the primary (`sync::engine::repair`): refused, the key stays
-    /// unrepaired (the link goes on).
-    pub repair: bool,
-    /// Queued inside the writer's transaction (set by the writer).
-    pub(crate) in_txn: bool,
-    /// The `EXEC` of the writer's transaction (set by the writer).
-    pub(crate) txn_exec: bool,
-    /// Which of the writer's transactions it was queued in (set by the writer).
-    pub(crate) txn_seq: u64,
-}
-
-impl Tag {
-    pub fn key(what: &'static str, key: &[u8]) -> Tag {
-        Tag {
-            key: key.to_vec(),
-            what: Cow::Borrowed(what),
-            ..Tag::default()
-        }
-    }
-}
-
-/// Printable form of a (binary) key.
-pub fn show_key(key: &[u8]) -> String {
-    let mut s = String::new();
-    for chunk in key.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() {
-                s.extend(c.escape_default());
-            } else {
-                s.push(c);
-            }
-        }
-        for b in chunk.invalid() {
-            s.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    s
-}
-
-/// A command the target did not take: inside `MULTI` when it was queued, or inside `EXEC`.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// The command's tag (what it was, its key).
-    pub tag: Tag,
-    /// The target's error reply, as text.
-    pub error: String,
-}
-
-impl Refusal {
-    /// An error of this command in particular (`ERR unknown command`, `ERR wrong number of
-    /// arguments`, `ERR syntax error`, `WRONGTYPE`…): leaving the command out lets the rest
-    /// apply. Other errors (`OOM`, `NOPERM`, `READONLY`, `MISCONF`, `LOADING`…) are about the
-    /// target as a whole, and stop the run.
-    pub fn is_command_error(&self) -> bool {
-        let code = self.error.split(' ').next().unwrap_or("");
-        matches!(code, "ERR" | "WRONGTYPE")
-    }
-}
 
 /// The bulk strings of a flat array reply (`*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n`), or
 /// of a RESP3 map; anything else gives none.
