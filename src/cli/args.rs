@@ -293,9 +293,6 @@ pub fn sync_tuning(
             crate::sync::target::DEFAULT_WINDOW,
         )?,
         big_key_bytes,
-        max_clock_skew_ms: file
-            .max_clock_skew_ms
-            .unwrap_or(crate::sync::engine::DEFAULT_MAX_CLOCK_SKEW_MS),
     })
 }
 

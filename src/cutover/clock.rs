@@ -23,7 +23,7 @@ use crate::route::Backend;
 /// within a few milliseconds (and the measurement's own error, half a LAN round trip, is
 /// well below 1 ms), while at 50 ms most short sliding TTLs were lost (see the module doc).
 /// 20 ms is far above what a synchronised clock shows and well below where losses dominate.
-pub const DEFAULT_MAX_SKEW_MS: u64 = crate::sync::engine::DEFAULT_MAX_CLOCK_SKEW_MS;
+pub const DEFAULT_MAX_SKEW_MS: u64 = 20;
 
 /// One server's clock against ours.
 #[derive(Debug, Clone, Copy, PartialEq)]

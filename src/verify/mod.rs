@@ -335,62 +335,47 @@ pub fn run(opts: &VerifyOptions, progress: &Arc<Progress>) -> Result<Report, Ver
         slots: None,
         per_key: false,
     };
-    let done = AtomicBool::new(false);
-    let (a, b) = std::thread::scope(|s| {
-        let pass = &pass;
-        let pairs = &pairs;
-        let source = s.spawn(move || -> Result<PassResult, VerifyError> {
-            let mut out = PassResult::default();
-            let mut src = connect(&opts.source, "source")?;
-            let mut tgt = connect(&opts.target, "target")?;
-            let mut scanner = connect(&opts.source, "source")?;
-            for (sdb, tdb) in pairs {
-                if let Some(sdb) = sdb {
-                    let ttls = (has_ttls(&src_space, *sdb), has_ttls(&tgt_space, *tdb));
-                    let r = scan::source_pass(
-                        &mut src,
-                        &mut tgt,
-                        &mut scanner,
-                        *sdb,
-                        *tdb,
-                        ttls,
-                        pass,
-                        progress,
-                        &mut out,
-                    );
-                    if r.is_err() {
-                        progress.stop.store(true, Ordering::Relaxed);
+    let (a, mut b) = {
+        let (pass, pairs) = (&pass, &pairs);
+        let (src_space, tgt_space) = (&src_space, &tgt_space);
+        run_passes(
+            opts,
+            progress,
+            total,
+            started,
+            || {
+                let mut out = PassResult::default();
+                let mut src = connect(&opts.source, "source")?;
+                let mut tgt = connect(&opts.target, "target")?;
+                let mut scanner = connect(&opts.source, "source")?;
+                for (sdb, tdb) in pairs {
+                    if let Some(sdb) = sdb {
+                        let ttls = (has_ttls(src_space, *sdb), has_ttls(tgt_space, *tdb));
+                        scan::source_pass(
+                            &mut src,
+                            &mut tgt,
+                            &mut scanner,
+                            *sdb,
+                            *tdb,
+                            ttls,
+                            pass,
+                            progress,
+                            &mut out,
+                        )?;
                     }
-                    r?;
                 }
-            }
-            Ok(out)
-        });
-        let target = s.spawn(move || -> Result<PassResult, VerifyError> {
-            let mut out = PassResult::default();
-            let mut tgt = connect(&opts.target, "target")?;
-            for (sdb, tdb) in pairs {
-                let r = scan::target_digest(&mut tgt, *sdb, *tdb, pass, progress, &mut out);
-                if r.is_err() {
-                    progress.stop.store(true, Ordering::Relaxed);
+                Ok(out)
+            },
+            || {
+                let mut out = PassResult::default();
+                let mut tgt = connect(&opts.target, "target")?;
+                for (sdb, tdb) in pairs {
+                    scan::target_digest(&mut tgt, *sdb, *tdb, pass, progress, &mut out)?;
                 }
-                r?;
-            }
-            Ok(out)
-        });
-        if opts.progress {
-            let done = &done;
-            s.spawn(move || progress_line(progress, total, started, done));
-        }
-        let a = source.join();
-        let b = target.join();
-        done.store(true, Ordering::Relaxed);
-        (a, b)
-    });
-    let join = |r: std::thread::Result<Result<PassResult, VerifyError>>| {
-        r.unwrap_or_else(|_| Err(VerifyError::Invalid("a verify thread panicked".into())))
+                Ok(out)
+            },
+        )?
     };
-    let (a, mut b) = (join(a)?, join(b)?);
     // Extra keys: where the target's key set is not the set of keys found on both sides, the
     // exact check runs (see `scan::KeySetDigest`).
     for (sdb, tdb) in &pairs {
@@ -451,6 +436,42 @@ fn recheck(
         }
     }
     Ok(still)
+}
+
+/// Runs the source pass and the target pass on two threads, with the progress line on a
+/// third when asked; an error in either stops the other (`progress.stop`). Shared by the
+/// standalone verify and the one across topologies.
+pub(super) fn run_passes(
+    opts: &VerifyOptions,
+    progress: &Progress,
+    total: u64,
+    started: Instant,
+    source: impl FnOnce() -> Result<PassResult, VerifyError> + Send,
+    target: impl FnOnce() -> Result<PassResult, VerifyError> + Send,
+) -> Result<(PassResult, PassResult), VerifyError> {
+    let done = AtomicBool::new(false);
+    let (a, b) = std::thread::scope(|s| {
+        let stop_on_error = |r: Result<PassResult, VerifyError>| {
+            if r.is_err() {
+                progress.stop.store(true, Ordering::Relaxed);
+            }
+            r
+        };
+        let source = s.spawn(move || stop_on_error(source()));
+        let target = s.spawn(move || stop_on_error(target()));
+        if opts.progress {
+            let done = &done;
+            s.spawn(move || progress_line(progress, total, started, done));
+        }
+        let a = source.join();
+        let b = target.join();
+        done.store(true, Ordering::Relaxed);
+        (a, b)
+    });
+    let join = |r: std::thread::Result<Result<PassResult, VerifyError>>| {
+        r.unwrap_or_else(|_| Err(VerifyError::Invalid("a verify thread panicked".into())))
+    };
+    Ok((join(a)?, join(b)?))
 }
 
 fn progress_line(progress: &Progress, total: u64, started: Instant, done: &AtomicBool) {

@@ -28,13 +28,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::client::{Conn, Reply, VerifyError};
 use super::compare::{self, CompareOpts, DiffKind, Outcome};
 use super::scan::{self, Candidate, KeySetDigest, PassOpts, PassResult, Progress};
-use super::{Report, VerifyOptions, has_field_ttls, info_keyspace, progress_line};
+use super::{Report, VerifyOptions, has_field_ttls, info_keyspace};
 use crate::cluster::{Side, SideSpec, SlotSet};
 use crate::config::RedisUrl;
 
@@ -241,78 +241,63 @@ fn run_once(
     };
     let has_ttls =
         |space: &BTreeMap<u32, (u64, bool)>, db: u32| space.get(&db).is_some_and(|e| e.1);
-    let done = AtomicBool::new(false);
-    let (a, b) = std::thread::scope(|s| {
+    let (a, mut b) = {
         let (base, pairs) = (&base, &pairs);
         let (src_nodes, tgt_nodes) = (&src_nodes, &tgt_nodes);
         let (src_space, tgt_space) = (&src_space, &tgt_space);
-        let source = s.spawn(move || -> Result<PassResult, VerifyError> {
-            let mut out = PassResult::default();
-            for sn in src_nodes {
-                for tn in tgt_nodes.iter().filter(|tn| meet(sn, tn)) {
-                    let pass = PassOpts {
-                        slots: tn.slots.clone(),
-                        ..base.clone()
-                    };
-                    let mut sc = Conn::connect(&sn.url, "source", opts.timeout)?;
-                    let mut tc = Conn::connect(&tn.url, "target", opts.timeout)?;
-                    let mut scanner = Conn::connect(&sn.url, "source", opts.timeout)?;
-                    for (sdb, tdb) in pairs {
-                        let Some(sdb) = sdb else { continue };
-                        let ttls = (has_ttls(src_space, *sdb), has_ttls(tgt_space, *tdb));
-                        let r = scan::source_pass(
-                            &mut sc,
-                            &mut tc,
-                            &mut scanner,
-                            *sdb,
-                            *tdb,
-                            ttls,
-                            &pass,
-                            progress,
-                            &mut out,
-                        );
-                        if r.is_err() {
-                            progress.stop.store(true, Ordering::Relaxed);
+        super::run_passes(
+            opts,
+            progress,
+            total,
+            started,
+            || {
+                let mut out = PassResult::default();
+                for sn in src_nodes {
+                    for tn in tgt_nodes.iter().filter(|tn| meet(sn, tn)) {
+                        let pass = PassOpts {
+                            slots: tn.slots.clone(),
+                            ..base.clone()
+                        };
+                        let mut sc = Conn::connect(&sn.url, "source", opts.timeout)?;
+                        let mut tc = Conn::connect(&tn.url, "target", opts.timeout)?;
+                        let mut scanner = Conn::connect(&sn.url, "source", opts.timeout)?;
+                        for (sdb, tdb) in pairs {
+                            let Some(sdb) = sdb else { continue };
+                            let ttls = (has_ttls(src_space, *sdb), has_ttls(tgt_space, *tdb));
+                            scan::source_pass(
+                                &mut sc,
+                                &mut tc,
+                                &mut scanner,
+                                *sdb,
+                                *tdb,
+                                ttls,
+                                &pass,
+                                progress,
+                                &mut out,
+                            )?;
                         }
-                        r?;
                     }
                 }
-            }
-            Ok(out)
-        });
-        let target = s.spawn(move || -> Result<PassResult, VerifyError> {
-            let mut out = PassResult::default();
-            for tn in tgt_nodes {
-                let mut tc = Conn::connect(&tn.url, "target", opts.timeout)?;
-                for (sdb, tdb) in pairs {
-                    let mut one = PassResult::default();
-                    let r = scan::target_digest(&mut tc, *sdb, *tdb, base, progress, &mut one);
-                    if r.is_err() {
-                        progress.stop.store(true, Ordering::Relaxed);
-                    }
-                    r?;
-                    for (db, d) in one.key_sets {
-                        let e = out.key_sets.entry(db).or_default();
-                        e.count += d.count;
-                        e.sum = e.sum.wrapping_add(d.sum);
+                Ok(out)
+            },
+            || {
+                let mut out = PassResult::default();
+                for tn in tgt_nodes {
+                    let mut tc = Conn::connect(&tn.url, "target", opts.timeout)?;
+                    for (sdb, tdb) in pairs {
+                        let mut one = PassResult::default();
+                        scan::target_digest(&mut tc, *sdb, *tdb, base, progress, &mut one)?;
+                        for (db, d) in one.key_sets {
+                            let e = out.key_sets.entry(db).or_default();
+                            e.count += d.count;
+                            e.sum = e.sum.wrapping_add(d.sum);
+                        }
                     }
                 }
-            }
-            Ok(out)
-        });
-        if opts.progress {
-            let done = &done;
-            s.spawn(move || progress_line(progress, total, started, done));
-        }
-        let a = source.join();
-        let b = target.join();
-        done.store(true, Ordering::Relaxed);
-        (a, b)
-    });
-    let join = |r: std::thread::Result<Result<PassResult, VerifyError>>| {
-        r.unwrap_or_else(|_| Err(VerifyError::Invalid("a verify thread panicked".into())))
+                Ok(out)
+            },
+        )?
     };
-    let (a, mut b) = (join(a)?, join(b)?);
     for (sdb, tdb) in &pairs {
         let on_both = a.key_sets.get(tdb).copied().unwrap_or_default();
         let target: KeySetDigest = b.key_sets.get(tdb).copied().unwrap_or_default();

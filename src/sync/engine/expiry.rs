@@ -13,9 +13,14 @@
 //! would apply to, on its writer connection, pipelined: one round trip per batch that has
 //! lone deletes, nothing otherwise) `PTTL key` in the mapped database:
 //!
-//! * `-2` (absent), or a TTL up to `[sync] max_clock_skew_ms` + [`MARGIN_MS`] — an expiry (or
-//!   a key the primary dropped too): not foreign;
-//! * `-1` (no TTL) or a longer TTL — the old side did not expire it: a **suspect**.
+//! * `-1` (no TTL): the old side's copy had no TTL either (the applying link copies TTLs, and
+//!   a `PERSIST` that lost the race is the early-expiry repair's case), so it cannot have
+//!   expired there: a **suspect**;
+//! * `-2` (absent) or any TTL: possibly its expiry, not counted. A TTL can't tell: a sliding
+//!   TTL the primary refreshed after the old side had expired the key (the refresh still on
+//!   its way) shows the full new TTL. Such a key, if the primary writes it again, is put back
+//!   by the early-expiry repair (`repair.rs`); a foreign delete of a key with a TTL that the
+//!   primary never touches again is left to `cutover verify` (a known limit).
 //!
 //! A suspect is confirmed on the old side before it is counted: the primary may have written
 //! the key again after its own expiry (a cache refilled at once), and that new key is what
@@ -29,11 +34,6 @@
 //! (no TTL, or a long one), so it would read as foreign here; evictions on the side an applying
 //! link writes to are counted by the eviction watcher (`cutover::memory`), which makes the
 //! moves refused as well, and the old side's copy was already not a copy.
-//!
-//! Clocks further apart than the bound: the old side, ahead, expires keys the primary still
-//! holds for longer than the bound, and those deletes read as foreign (the clock-skew
-//! warning and alert of `cutover::clock` fire as well; the old side is then indeed missing
-//! keys the primary has).
 //!
 //! Known limits: a foreign `DEL` of a key the primary writes again before the check (an
 //! `INCR`, an `RPUSH`) is missed, since the old side holds the key again (with another value:
@@ -53,30 +53,19 @@ use crate::sync::target::{TargetWriter, reply_text};
 use super::applier::Applier;
 use super::foreign::LoneDelete;
 
-/// Added to the clock-skew bound: the time between the old side's expiry and the check (the
-/// follower's lag, the round trip), during which the primary's TTL only shrinks, and the
-/// clocks' measurement error.
-pub const MARGIN_MS: u64 = 25;
+/// How long the confirmation waits for the old side to catch up with the primary; a side
+/// that did not catch up in that time is not asked (nothing is counted: a miss rather than
+/// a false alarm that would make the rollback unsafe).
+const CATCH_UP: Duration = Duration::from_millis(500);
 
-/// How long the confirmation waits for the old side to catch up with the primary.
-const CATCH_UP: Duration = Duration::from_millis(200);
-
-/// `PTTL`'s reply says the primary still holds the key for longer than `bound_ms` (or for
-/// good): the delete on the old side was not its expiry. An error or an unexpected reply
-/// says nothing (not a suspect).
-pub(super) fn outlives(pttl_reply: &[u8], bound_ms: u64) -> bool {
-    let Some(rest) = pttl_reply.strip_prefix(b":") else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(rest);
-    match text.trim_end().parse::<i64>() {
-        Ok(-1) => true,
-        Ok(ms) => ms > 0 && ms as u64 > bound_ms,
-        Err(_) => false,
-    }
+/// `PTTL`'s reply says the primary holds the key with no TTL (see the module doc). An error
+/// or an unexpected reply says nothing (not a suspect).
+pub(super) fn persistent(pttl_reply: &[u8]) -> bool {
+    pttl_reply
+        .strip_prefix(b":")
+        .is_some_and(|rest| String::from_utf8_lossy(rest).trim_end() == "-1")
 }
 
-/// `master_repl_offset` in an `INFO replication` reply.
 impl Applier<'_> {
     /// Decides the lone deletes the followed stream carried since the last call (see the
     /// module doc); the foreign ones are recorded like any foreign write.
@@ -85,8 +74,7 @@ impl Applier<'_> {
         if dels.is_empty() {
             return Ok(());
         }
-        let bound = self.opts.tuning.max_clock_skew_ms + MARGIN_MS;
-        // 1. The primary: which keys does it still hold for longer than the bound?
+        // 1. The primary: which keys does it hold with no TTL?
         let mut by_db: BTreeMap<u64, Vec<LoneDelete>> = BTreeMap::new();
         for d in dels {
             if let Some(to) = self.opts.tuning.filter.map_db(d.db) {
@@ -102,7 +90,7 @@ impl Applier<'_> {
             suspects.extend(
                 dels.into_iter()
                     .zip(replies)
-                    .filter(|(_, r)| outlives(r, bound))
+                    .filter(|(_, r)| persistent(r))
                     .map(|(d, _)| d),
             );
         }
@@ -129,7 +117,8 @@ impl Applier<'_> {
     }
 
     /// The suspects the followed side still lacks, once its applying link's position
-    /// reached `offset` on the primary (or after [`CATCH_UP`], or a move began).
+    /// reached `offset` on the primary; none when it did not within [`CATCH_UP`], or a move
+    /// began meanwhile.
     fn still_missing(
         &self,
         suspects: &[LoneDelete],
@@ -146,12 +135,19 @@ impl Applier<'_> {
                     Stored::parse(&reply_text(&reply)),
                     Stored::At { offset: at, .. } if at >= want
                 );
-                if reached
-                    || Instant::now() >= deadline
-                    || handoff.role() != Role::Following
-                    || self.stop.load(Ordering::Acquire)
-                {
+                if reached {
                     break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::debug!(
+                        want,
+                        "the followed side did not catch up with the primary in time; its lone deletes are not counted"
+                    );
+                    return Ok(Vec::new());
+                }
+                if handoff.role() != Role::Following || self.stop.load(Ordering::Acquire) {
+                    // A move began (or the link stops): undecided, not counted.
+                    return Ok(Vec::new());
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -176,15 +172,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_the_primary_keeps_outlives_the_bound() {
-        assert!(outlives(b":-1\r\n", 45));
-        assert!(outlives(b":3600000\r\n", 45));
-        assert!(outlives(b":46\r\n", 45));
-        assert!(!outlives(b":45\r\n", 45));
-        assert!(!outlives(b":3\r\n", 45));
-        assert!(!outlives(b":0\r\n", 45));
-        assert!(!outlives(b":-2\r\n", 45));
-        assert!(!outlives(b"-ERR wrong\r\n", 45));
-        assert!(!outlives(b"$-1\r\n", 45));
+    fn only_a_key_the_primary_keeps_for_good_is_a_suspect() {
+        assert!(persistent(b":-1\r\n"));
+        assert!(!persistent(b":3600000\r\n"));
+        assert!(!persistent(b":46\r\n"));
+        assert!(!persistent(b":0\r\n"));
+        assert!(!persistent(b":-2\r\n"));
+        assert!(!persistent(b"-ERR wrong\r\n"));
+        assert!(!persistent(b"$-1\r\n"));
     }
 }

@@ -131,10 +131,6 @@ pub struct SyncTuning {
     /// Keys whose encoded value is bigger than this are written as chunked plain commands
     /// (`RPUSH`, `HSET`… 512 elements each) instead of one `RESTORE`.
     pub big_key_bytes: usize,
-    /// The bound between the two sides' clocks (`[sync] max_clock_skew_ms`): a following
-    /// link takes a lone `DEL` of a key the primary still holds for longer than this (plus
-    /// a margin) as not the old side's own expiry, so foreign (`expiry.rs`).
-    pub max_clock_skew_ms: u64,
 }
 
 impl Default for SyncTuning {
@@ -145,14 +141,9 @@ impl Default for SyncTuning {
             batch_size: DEFAULT_BATCH_SIZE,
             pipeline: DEFAULT_WINDOW,
             big_key_bytes: DEFAULT_BIG_KEY_BYTES,
-            max_clock_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
         }
     }
 }
-
-/// Default of [`SyncTuning::max_clock_skew_ms`] (and of `cutover::clock`'s bound): hosts
-/// synchronised on one network are within a few ms.
-pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 20;
 
 /// Default of [`SyncTuning::batch_size`].
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
