@@ -54,7 +54,9 @@ pub async fn watch_evictions(written: Arc<Backend>, link: Arc<SyncProgress>) {
         let Some(now) = info.evicted_keys() else {
             continue;
         };
-        let applying = !link.handoff.is_following()
+        // (The role says whether an overlap link writes; `stopped` is a plain sync's end at the
+        // shadow overlap's barrier.)
+        let applying = link.handoff.applies()
             && !link.stopped.load(Ordering::Acquire)
             && matches!(
                 link.phase(),

@@ -457,7 +457,7 @@ impl Controller {
             }
         };
         applying.request_stop_at(old_offset);
-        if !wait_until(deadline, || applying.stopped.load(Ordering::Acquire)).await {
+        if !wait_until(deadline, || applying.handoff.is_parked()).await {
             return Err(abort(format!(
                 "the {} had applied offset {} of {old_offset}",
                 to.as_str(),

@@ -185,6 +185,19 @@ impl Handoff {
         self.is_overlap() && self.role().follows()
     }
 
+    /// The link writes to its side now: a plain sync always does (its own stop is the shadow
+    /// overlap's `SyncProgress::stopped`, not a role); a link of a replica overlap only while
+    /// [`Role::Applying`] (not parked, following, holding, asked to take over, or stopped).
+    pub fn applies(&self) -> bool {
+        !self.is_overlap() || self.role() == Role::Applying
+    }
+
+    /// The applying link of a replica overlap waits at the barrier's offset (what the
+    /// controller waits for in step 2 of a move).
+    pub fn is_parked(&self) -> bool {
+        self.is_overlap() && self.role() == Role::Parked
+    }
+
     /// Step 5 of a move (commit): the applying link parked at the barrier becomes the
     /// follower. `Err` with the role found if it is not parked.
     pub fn follow(&self) -> Result<(), Role> {

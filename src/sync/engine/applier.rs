@@ -66,7 +66,10 @@ pub(in crate::sync) struct Applier<'a> {
     /// The stream's database at the position this run resumes from: `Some(None)` for a
     /// position stored without one (an older cutover), `None` when not resuming.
     pub(in crate::sync) resume_db: Option<Option<u64>>,
-    /// The last step ran as the follower.
+    /// The last step ran as the follower: an edge detector local to the loop (its first
+    /// following step runs `enter_following`), not a role — the link's role is only
+    /// `progress.handoff` ([`crate::sync::handoff`]). It outlives the role in one case: a
+    /// follower stopped by `finish` ([`Role::Stopped`]) wrote nothing and stores nothing.
     pub(in crate::sync) following_now: bool,
     /// The stream's current database is not copied (`--only-mapped-dbs`): its commands are
     /// skipped until the next `SELECT`.
@@ -125,7 +128,8 @@ impl Applier<'_> {
         let mut parser = self.opts.parser();
         let mut phase = SyncPhase::Connecting;
         let mut start_offset = 0;
-        let mut stop_at: Option<u64> = None;
+        // `--once`: the source's offset to stop at (headless `cutover sync`; not a role).
+        let mut once_until: Option<u64> = None;
         let mut started = Instant::now();
         loop {
             // (The role first: `finish` sets the stop flag before it stops the role.)
@@ -186,7 +190,7 @@ impl Applier<'_> {
                         parser = self.opts.parser();
                         *conv = Converter::with_options(w, self.opts.convert_options());
                         self.report.snapshot_bytes = 0;
-                        stop_at = None;
+                        once_until = None;
                         started = Instant::now();
                     }
                     start_offset = offset;
@@ -270,7 +274,7 @@ impl Applier<'_> {
                         self.report.snapshot_bytes = c.report.snapshot_bytes;
                     }
                     if self.opts.once {
-                        stop_at = Some(self.source_offset().unwrap_or_else(|e| {
+                        once_until = Some(self.source_offset().unwrap_or_else(|e| {
                             tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the resumed offset");
                             start_offset
                         }));
@@ -300,7 +304,7 @@ impl Applier<'_> {
                     w.mark_offset(start_offset);
                     phase = phase.move_to(SyncPhase::Streaming);
                     if self.opts.once {
-                        stop_at = Some(self.source_offset().unwrap_or_else(|e| {
+                        once_until = Some(self.source_offset().unwrap_or_else(|e| {
                             tracing::warn!(error = %e, "cannot read the source's offset; --once stops at the snapshot's offset");
                             start_offset
                         }));
@@ -379,7 +383,7 @@ impl Applier<'_> {
             }
             let oldest = self.pending_since.front().map(|(_, at)| *at);
             self.progress.set_oldest_pending(oldest);
-            if let Some(stop) = stop_at {
+            if let Some(stop) = once_until {
                 if w.confirmed_offset().unwrap_or(0) < stop && w.in_flight() > 0 {
                     w.drain()?;
                 }

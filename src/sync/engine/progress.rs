@@ -85,7 +85,10 @@ pub struct SyncProgress {
     /// confirmed) this replication offset — never apply a byte past it. Holds offset + 1;
     /// 0: not set. See [`SyncProgress::request_stop_at`].
     pub(super) stop_at: AtomicU64,
-    /// The engine stopped because of `stop_at`; `applied_offset` is where it stopped.
+    /// A plain sync (no replica overlap) returned because of `stop_at`: the shadow
+    /// overlap's stop-and-end protocol (`cutover/flip.rs`, `runtime.rs`); `applied_offset`
+    /// is where it stopped. A link of a replica overlap never sets it: it parks
+    /// ([`crate::sync::handoff::Role::Parked`]), and its role alone says whether it applies.
     pub stopped: AtomicBool,
     /// Wakes the applier when it waits for the replica link (so a stop request is seen at
     /// once, not at the next poll).

@@ -32,7 +32,8 @@ impl Applier<'_> {
             // Stopped meanwhile (`finish`): the loop's next step ends the run.
             return Ok(());
         }
-        p.stopped.store(true, Ordering::Release);
+        // (Parked is the role alone: the controller waits for [`Role::Parked`]; the shadow
+        // overlap's `SyncProgress::stopped` is not a link's state.)
         // (The controller decides within its pause limit; the bound here only keeps a lost
         // controller from parking the link for good.)
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -51,7 +52,6 @@ impl Applier<'_> {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        p.stopped.store(false, Ordering::Release);
         if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
             bail!("the cutover controller never decided what this link does after the barrier");
         }
