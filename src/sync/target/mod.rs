@@ -31,10 +31,12 @@ use crate::resp::request::encode_command;
 mod info;
 pub mod memory;
 mod reply;
+mod sink;
 mod txn;
 
 pub use info::{TargetInfo, max_rdb_version};
 pub use reply::{array_errors, array_unchanged, first_error_in_array, reply_text};
+pub use sink::Sink;
 use txn::Txn;
 
 /// Commands in flight before the writer waits for replies.
@@ -124,6 +126,12 @@ pub struct Tag {
     /// (`PEXPIREAT`, `PERSIST`, `SET … XX`): answered `0` or nil here, the key was missing
     /// on this side (it expired or was evicted early), see [`TargetWriter::take_unchanged`].
     pub must_change: bool,
+    /// For a stream command: the replication offset right after it (0: not a stream
+    /// command). A cluster target skips, per slot, what that slot's position already holds.
+    pub stream_end: u64,
+    /// The `EXEC` of a transaction of the source (a cluster target whose slots it spans
+    /// applies it as several, reported as non-atomic).
+    pub source_txn: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).

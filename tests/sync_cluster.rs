@@ -1,0 +1,402 @@
+//! `cutover sync` into and out of Redis Clusters (issue 21), against real servers: clusters
+//! started by the tests (`tests/common/cluster.rs`), writes during the sync, the result
+//! compared key by key with an independent client (the servers route the keys:
+//! `CLUSTER KEYSLOT`, never the crate's own slot function).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{Server, Version, differences, snapshot};
+
+fn cutover() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+}
+
+fn read_log(log: &std::path::Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned()
+}
+
+fn start_sync(source: &str, target: &str, log: &std::path::Path, extra: &[&str]) -> Child {
+    cutover()
+        .args(["sync", "--source", source, "--target", target])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// A cluster's keys without cutover's own (`cutover:position:{…}:<link>`).
+fn data_of(c: &Cluster) -> BTreeMap<String, (String, String, bool)> {
+    let mut all = c.snapshot();
+    all.retain(|k, _| !k.starts_with("cutover:"));
+    all
+}
+
+/// The cluster's per-slot positions of link `link`: how many, and the smallest offset.
+fn positions(c: &Cluster, link: &str) -> (usize, Option<u64>) {
+    let mut n = 0;
+    let mut min: Option<u64> = None;
+    for port in c.master_ports() {
+        let mut conn = c.node(port).conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("cutover:position:*:{link}"))
+            .query(&mut conn)
+            .unwrap();
+        for k in keys {
+            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
+            n += 1;
+            if let Some(off) = v.split(' ').nth(1).and_then(|o| o.parse::<u64>().ok()) {
+                min = Some(min.map_or(off, |m| m.min(off)));
+            }
+        }
+    }
+    (n, min)
+}
+
+/// Writes of an application on the source until `stop`: counters and lists in several
+/// slots, `MULTI` across slots, `MSET`/`DEL`/`MSETNX` across slots. Returns how many rounds.
+fn app_load(mut conn: redis::Connection, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed)
+            && i < 200_000
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let c = format!("c:{}", i % 8);
+            let l = format!("l:{}", i % 4);
+            let _: i64 = redis::cmd("INCR").arg(&c).query(&mut conn).unwrap();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg(&l)
+                .arg(format!("v{i}"))
+                .query(&mut conn)
+                .unwrap();
+            if i % 10 == 0 {
+                // A transaction across slots.
+                let _: (i64, i64, ()) = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg("c:0")
+                    .cmd("RPUSH")
+                    .arg("l:1")
+                    .arg(format!("m{i}"))
+                    .cmd("SET")
+                    .arg(format!("s:{i}"))
+                    .arg(i)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            if i % 7 == 0 {
+                let _: () = redis::cmd("MSET")
+                    .arg("m:a")
+                    .arg(i)
+                    .arg("m:b")
+                    .arg(i)
+                    .arg("m:c")
+                    .arg(i)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            if i % 13 == 0 && i >= 26 {
+                let _: i64 = redis::cmd("DEL")
+                    .arg(format!("s:{}", i - 10))
+                    .arg(format!("s:{}", i - 20))
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            if i % 17 == 0 {
+                let _: i64 = redis::cmd("MSETNX")
+                    .arg(format!("nx:{i}:a"))
+                    .arg(1)
+                    .arg(format!("nx:{i}:b"))
+                    .arg(2)
+                    .query(&mut conn)
+                    .unwrap();
+            }
+            i += 1;
+        }
+        i
+    })
+}
+
+/// Waits until the cluster holds exactly the source's data.
+fn wait_equal(source: &Server, target: &Cluster, limit: Duration, log: &std::path::Path) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let want = snapshot(&mut source.conn());
+        let got = data_of(target);
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.join("\n"),
+            common::tail(&read_log(log), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Standalone 7.0 → 3-master 7.0 under writes, `cutover sync` SIGKILLed mid-stream and
+/// started again: it continues (`+CONTINUE`) from the smallest of the per-slot positions,
+/// each slot skips what it holds, and the cluster ends equal to the source key by key (the
+/// counters are the source's: no doubled INCR; the lists too: no doubled RPUSH).
+#[test]
+fn standalone_into_cluster_killed_and_resumed_is_exact() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let source = Server::start_with(
+        Version::Redis70,
+        &[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    );
+    let mut src = source.conn();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(20000)
+        .arg("pop")
+        .arg(50)
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg("set")
+        .arg("a")
+        .arg("b")
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg("z")
+        .arg(1)
+        .arg("a")
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("ttl")
+        .arg("x")
+        .arg("EX")
+        .arg(1000)
+        .query(&mut src)
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = app_load(source.conn(), Arc::clone(&stop));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let seeds = cluster.seeds_url();
+    let mut first = start_sync(&source.url(), &seeds, &log1, &[]);
+    // Mid-stream: the snapshot is in and stream batches have been applied since.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0i64;
+    loop {
+        let c0 = match cluster.cmd(&[b"GET", b"c:0"]) {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(0),
+            _ => 0,
+        };
+        let done = positions(&cluster, "0").0 == 16384;
+        if done && c0 > seen + 300 {
+            if seen > 0 {
+                break;
+            }
+            seen = c0;
+        }
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "no stream progress (c:0 = {c0}); log:\n{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let (n, killed_at) = positions(&cluster, "0");
+    assert_eq!(n, 16384, "a position per slot");
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&source.url(), &seeds, &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log(&log2).contains("+CONTINUE") {
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "no partial resync; log:\n{}",
+            read_log(&log2)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    wait_equal(&source, &cluster, Duration::from_secs(60), &log2);
+    let (_, end_at) = positions(&cluster, "0");
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    assert!(!log.contains("FLUSHALL"), "{log}");
+    assert!(
+        killed_at < end_at,
+        "the restart resumed nothing: {killed_at:?} {end_at:?}"
+    );
+    eprintln!("{rounds} rounds of writes; killed at {killed_at:?}, ended at {end_at:?}\n{log}");
+    // Counters and lists, read directly from the masters holding them.
+    for k in ["c:0", "c:3", "l:1", "l:2"] {
+        let mut s = source.conn();
+        let ty: String = redis::cmd("TYPE").arg(k).query(&mut s).unwrap();
+        let cmd: &[&[u8]] = if ty == "list" {
+            &[b"LLEN", k.as_bytes()]
+        } else {
+            &[b"GET", k.as_bytes()]
+        };
+        let mut c = redis::cmd(std::str::from_utf8(cmd[0]).unwrap());
+        c.arg(cmd[1]);
+        let want: redis::Value = c.query(&mut s).unwrap();
+        assert_eq!(cluster.cmd(cmd), want, "{k}");
+    }
+}
+
+/// A source with keys in database 3 into a cluster (only database 0): refused before
+/// anything is written, with the reason and the `db_map` that fixes it; with
+/// `--db-map 3=0` it is copied.
+#[test]
+fn source_db_above_zero_into_cluster_needs_a_db_map() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let source = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let mut src = source.conn();
+    let _: () = redis::cmd("SET")
+        .arg("zero")
+        .arg("0")
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut src).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("three")
+        .arg("3")
+        .query(&mut src)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("refused.log");
+    let child = start_sync(&source.url(), &cluster.seeds_url(), &log, &["--once"]);
+    let out = wait_exit(child, Duration::from_secs(60));
+    let text = read_log(&log);
+    assert!(!out.success(), "{text}");
+    assert!(
+        text.contains("database(s) 3") && text.contains("only database 0") && text.contains("3=0"),
+        "{text}"
+    );
+    assert!(data_of(&cluster).is_empty(), "nothing written");
+    let log = dir.path().join("mapped.log");
+    let child = start_sync(
+        &source.url(),
+        &cluster.seeds_url(),
+        &log,
+        &["--once", "--db-map", "3=0"],
+    );
+    let out = wait_exit(child, Duration::from_secs(60));
+    assert!(out.success(), "{}", read_log(&log));
+    let got = data_of(&cluster);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec!["three", "zero"]
+    );
+}
+
+/// `cutover sync --from-rdb` into a cluster: the file's keys, routed by slot, equal to the
+/// server that wrote the file.
+#[test]
+fn from_rdb_into_cluster() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let source = Server::start(Version::Redis70);
+    let mut src = source.conn();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(5000)
+        .arg("k")
+        .arg(20)
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg("list")
+        .arg("a")
+        .arg("b")
+        .query(&mut src)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query(&mut src)
+        .unwrap();
+    let dir: String = {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("dir")
+            .query(&mut src)
+            .unwrap();
+        v[1].clone()
+    };
+    let file: String = {
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("dbfilename")
+            .query(&mut src)
+            .unwrap();
+        v[1].clone()
+    };
+    let _: () = redis::cmd("SAVE").query(&mut src).unwrap();
+    let path = format!("{dir}/{file}");
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("rdb.log");
+    let child = cutover()
+        .args([
+            "sync",
+            "--from-rdb",
+            &path,
+            "--target",
+            &cluster.seeds_url(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = wait_exit(child, Duration::from_secs(60));
+    assert!(out.success(), "{}", read_log(&log));
+    let want = snapshot(&mut src);
+    let got = data_of(&cluster);
+    assert!(
+        differences(&want, &got, 10).is_empty(),
+        "{:?}",
+        differences(&want, &got, 10)
+    );
+}
+
+fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cutover sync did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
