@@ -400,3 +400,201 @@ fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The port of the master serving `key`, asked of the cluster.
+fn port_of(c: &Cluster, key: &str) -> u16 {
+    let mut conn = c.nodes[0].conn();
+    let slot = c.keyslot(&mut conn, key.as_bytes());
+    c.slot_ranges()
+        .iter()
+        .find(|r| r.0 <= slot && slot <= r.1)
+        .map(|r| r.2)
+        .expect("slot served")
+}
+
+/// Writes of an application on a cluster until `stop`: counters and lists on every master,
+/// a `MULTI` and an `MSET` on hash-tagged keys. Returns how many rounds.
+fn cluster_load(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let mut conns: BTreeMap<u16, redis::Connection> = BTreeMap::new();
+    for p in c.master_ports() {
+        conns.insert(p, c.node(p).conn());
+    }
+    let keys: Vec<String> = (0..8)
+        .map(|i| format!("c:{i}"))
+        .chain((0..4).map(|i| format!("l:{i}")))
+        .chain(["{t}a".to_string(), "{m}x".to_string()])
+        .collect();
+    let ports: BTreeMap<String, u16> = keys.iter().map(|k| (k.clone(), port_of(c, k))).collect();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed)
+            && i < 200_000
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let ck = format!("c:{}", i % 8);
+            let lk = format!("l:{}", i % 4);
+            let conn = conns.get_mut(&ports[&ck]).unwrap();
+            let _: i64 = redis::cmd("INCR").arg(&ck).query(conn).unwrap();
+            let conn = conns.get_mut(&ports[&lk]).unwrap();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg(&lk)
+                .arg(format!("v{i}"))
+                .query(conn)
+                .unwrap();
+            if i % 10 == 0 {
+                let conn = conns.get_mut(&ports["{t}a"]).unwrap();
+                let _: (i64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg("{t}a")
+                    .cmd("RPUSH")
+                    .arg("{t}b")
+                    .arg(i)
+                    .query(conn)
+                    .unwrap();
+            }
+            if i % 7 == 0 {
+                let conn = conns.get_mut(&ports["{m}x"]).unwrap();
+                let _: () = redis::cmd("MSET")
+                    .arg("{m}x")
+                    .arg(i)
+                    .arg("{m}y")
+                    .arg(i)
+                    .query(conn)
+                    .unwrap();
+            }
+            i += 1;
+        }
+        i
+    })
+}
+
+/// The positions of a cluster source's links on a standalone target: link → offset.
+fn link_positions(target: &Server) -> BTreeMap<String, u64> {
+    let mut c = target.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("cutover:position:*")
+        .query(&mut c)
+        .unwrap();
+    keys.into_iter()
+        .filter_map(|k| {
+            let v: String = redis::cmd("GET").arg(&k).query(&mut c).ok()?;
+            Some((k, v.split(' ').nth(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// 3-master Valkey 9.1 → standalone Redis 6.2 (a downgrade) under writes on every master:
+/// one link per master in parallel, each with its own position `cutover:position:<node id>`;
+/// `cutover sync` SIGKILLed mid-stream and started again continues every link
+/// (`+CONTINUE`), and the target ends equal to the cluster key by key.
+#[test]
+fn cluster_into_standalone_killed_and_resumed_is_exact() {
+    let cluster = Cluster::start(Version::Valkey91, 3, 0);
+    for n in &cluster.nodes {
+        let mut c = n.conn();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg(0)
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-backlog-size")
+            .arg("64mb")
+            .query(&mut c)
+            .unwrap();
+    }
+    let pairs: Vec<(String, String)> = (0..6000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    cluster.set_many(&pairs);
+    cluster.cmd(&[b"HSET", b"h", b"f", b"v"]);
+    cluster.cmd(&[b"SADD", b"set", b"a", b"b"]);
+    cluster.cmd(&[b"ZADD", b"z", b"1", b"a"]);
+    let target = Server::start(Version::Redis62);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = cluster_load(&cluster, Arc::clone(&stop));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let seeds = cluster.seeds_url();
+    let mut first = start_sync(&seeds, &target.url(), &log1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Option<BTreeMap<String, u64>> = None;
+    loop {
+        let pos = link_positions(&target);
+        if pos.len() == 3 {
+            match &seen {
+                // Every link has applied stream batches since it was first seen.
+                Some(before)
+                    if pos
+                        .iter()
+                        .all(|(k, o)| before.get(k).is_some_and(|b| o > b)) =>
+                {
+                    break;
+                }
+                Some(_) => {}
+                None => seen = Some(pos),
+            }
+        }
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "no stream progress on every link; log:\n{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let killed_at = link_positions(&target);
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&seeds, &target.url(), &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_log(&log2).matches("continued (+CONTINUE)").count() < 3 {
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "not every link continued; log:\n{}",
+            read_log(&log2)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = cluster.snapshot();
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target differs from the cluster ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.iter()
+                .map(|d| common::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            common::tail(&read_log(&log2), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let end_at = link_positions(&target);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    assert!(!log.contains("full resync"), "{log}");
+    assert_eq!(killed_at.len(), 3);
+    for (k, o) in &killed_at {
+        assert!(end_at[k] >= *o, "{k}: {o} -> {}", end_at[k]);
+    }
+    eprintln!("{rounds} rounds; positions {killed_at:?} -> {end_at:?}\n{log}");
+}

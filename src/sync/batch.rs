@@ -115,9 +115,14 @@ pub fn read<W: Sink>(w: &mut W) -> Result<Stored, TargetError> {
 
 /// [`read`] on one server.
 pub(in crate::sync) fn read_standalone(w: &mut TargetWriter) -> Result<Stored, TargetError> {
+    read_key(w, POSITION_KEY)
+}
+
+/// The position stored in `key` (database 0).
+pub(in crate::sync) fn read_key(w: &mut TargetWriter, key: &[u8]) -> Result<Stored, TargetError> {
     let db = w.db().to_string();
     w.call(&[b"SELECT", b"0"])?;
-    let reply = w.call(&[b"GET", POSITION_KEY])?;
+    let reply = w.call(&[b"GET", key])?;
     w.call(&[b"SELECT", db.as_bytes()])?;
     if reply.starts_with(b"$-1") || reply.starts_with(b"_") {
         return Ok(Stored::None);
@@ -139,11 +144,20 @@ pub(in crate::sync) fn queue_set_standalone(
     w: &mut TargetWriter,
     value: &str,
 ) -> Result<(), TargetError> {
+    queue_set_key(w, POSITION_KEY, value)
+}
+
+/// Queues `SET key value` in database 0 (the writer's database is restored after it).
+pub(in crate::sync) fn queue_set_key(
+    w: &mut TargetWriter,
+    key: &[u8],
+    value: &str,
+) -> Result<(), TargetError> {
     let db = w.db();
     w.select(0)?;
     w.send(
-        &[&b"SET"[..], POSITION_KEY, value.as_bytes()],
-        super::target::Tag::key("SET", POSITION_KEY),
+        &[&b"SET"[..], key, value.as_bytes()],
+        super::target::Tag::key("SET", key),
     )?;
     w.select(db)
 }
@@ -155,12 +169,14 @@ pub fn queue_del<W: Sink>(w: &mut W) -> Result<(), TargetError> {
 
 /// [`queue_del`] on one server.
 pub(in crate::sync) fn queue_del_standalone(w: &mut TargetWriter) -> Result<(), TargetError> {
+    queue_del_key(w, POSITION_KEY)
+}
+
+/// Queues `DEL key` in database 0.
+pub(in crate::sync) fn queue_del_key(w: &mut TargetWriter, key: &[u8]) -> Result<(), TargetError> {
     let db = w.db();
     w.select(0)?;
-    w.send(
-        &[&b"DEL"[..], POSITION_KEY],
-        super::target::Tag::key("DEL", POSITION_KEY),
-    )?;
+    w.send(&[&b"DEL"[..], key], super::target::Tag::key("DEL", key))?;
     w.select(db)
 }
 

@@ -197,7 +197,20 @@ impl Applier<'_> {
                             tracing::warn!(error = %e, "cannot read the source's INFO keyspace (no key total)")
                         }
                     }
-                    if self.flush_on_full {
+                    if self.flush_on_full
+                        && let Some(scope) = &self.opts.shard
+                    {
+                        // One link of a cluster source: the target holds the other shards'
+                        // keys too; only this shard's slots are cleared.
+                        self.bar.say(&format!(
+                            "cutover sync: WARNING: full resync of {}: removing the keys of its slots from the target {} (the data of an earlier sync, replaced entirely)",
+                            scope.label,
+                            w.addr()
+                        ));
+                        batch::queue_set(w, batch::LOADING)?;
+                        w.drain()?;
+                        crate::sync::cluster::source::clear_slots(self.opts, &scope.slots)?;
+                    } else if self.flush_on_full {
                         self.bar.say(&format!(
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
                             w.addr()

@@ -114,6 +114,8 @@ pub struct SyncOptions {
     /// addresses (a cluster); `None`: `target` alone. Headless `cutover sync` asks the target
     /// what it is either way ([`target_cluster`]).
     pub target_side: Option<crate::cluster::SideSpec>,
+    /// One link of a cluster source: the shard it copies (its position key, its slots).
+    pub shard: Option<crate::sync::cluster::source::ShardScope>,
 }
 
 /// The `[sync]` settings: what to copy and how.
@@ -162,6 +164,7 @@ impl SyncOptions {
             shared: None,
             tuning: SyncTuning::default(),
             target_side: None,
+            shard: None,
         }
     }
 
@@ -288,9 +291,13 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
     if opts.shared.is_none()
         && let Some(topo) = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?
     {
+        let link = match &opts.shard {
+            Some(scope) => scope.link.as_str(),
+            None => crate::sync::cluster::STANDALONE_LINK,
+        };
         let sink = crate::sync::cluster::ClusterSink::connect(
             topo,
-            crate::sync::cluster::STANDALONE_LINK,
+            link,
             opts.timeout,
             opts.tuning.pipeline,
         )?;
@@ -298,6 +305,10 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
     }
     let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
     writer.set_window(opts.tuning.pipeline);
+    if let Some(scope) = &opts.shard {
+        let sink = crate::sync::cluster::source::LinkSink::new(writer, &scope.link);
+        return run_into(opts, ctx, sink, false);
+    }
     run_into(opts, ctx, writer, false)
 }
 
