@@ -598,3 +598,127 @@ fn cluster_into_standalone_killed_and_resumed_is_exact() {
     }
     eprintln!("{rounds} rounds; positions {killed_at:?} -> {end_at:?}\n{log}");
 }
+
+/// The link names of the per-slot positions on a cluster target, with how many slots each
+/// has a position for and the smallest offset.
+fn cluster_links(c: &Cluster) -> BTreeMap<String, (usize, u64)> {
+    let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for port in c.master_ports() {
+        let mut conn = c.node(port).conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("cutover:position:*")
+            .query(&mut conn)
+            .unwrap();
+        for k in keys {
+            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
+            let link = k.rsplit(':').next().unwrap().to_string();
+            let off: u64 = v
+                .split(' ')
+                .nth(1)
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0);
+            let e = out.entry(link).or_insert((0, u64::MAX));
+            e.0 += 1;
+            e.1 = e.1.min(off);
+        }
+    }
+    out
+}
+
+/// 3-master Redis 7.0 → 4-master Valkey 9.1 under writes on every source master: a link per
+/// source master, each writing per-slot transactions and positions
+/// (`cutover:position:{tag}:<node id>`) into the target cluster; SIGKILL mid-stream and a
+/// restart continue every link, and the target ends equal to the source key by key.
+#[test]
+fn cluster_into_cluster_killed_and_resumed_is_exact() {
+    let source = Cluster::start(Version::Redis70, 3, 0);
+    for n in &source.nodes {
+        let mut c = n.conn();
+        for (k, v) in [
+            ("repl-diskless-sync-delay", "0"),
+            ("repl-backlog-size", "64mb"),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query(&mut c)
+                .unwrap();
+        }
+    }
+    let pairs: Vec<(String, String)> = (0..6000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    source.set_many(&pairs);
+    source.cmd(&[b"HSET", b"h", b"f", b"v"]);
+    source.cmd(&[b"RPUSH", b"list", b"a", b"b"]);
+    let target = Cluster::start(Version::Valkey91, 4, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = cluster_load(&source, Arc::clone(&stop));
+
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let mut first = start_sync(&source.seeds_url(), &target.seeds_url(), &log1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let links = cluster_links(&target);
+        let c0 = match target.cmd(&[b"GET", b"c:0"]) {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(0),
+            _ => 0,
+        };
+        if links.len() == 3 && links.values().all(|(n, _)| *n == 16384) && c0 > 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "no stream progress on every link ({links:?}); log:\n{}",
+            common::tail(&read_log(&log1), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let killed_at = cluster_links(&target);
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_log(&log2).matches("continued (+CONTINUE)").count() < 3 {
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "not every link continued; log:\n{}",
+            common::tail(&read_log(&log2), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let want = source.snapshot();
+        let got = data_of(&target);
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.iter()
+                .map(|d| common::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            common::tail(&read_log(&log2), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    assert!(!log.contains("full resync"), "{log}");
+    eprintln!("{rounds} rounds; positions at the kill {killed_at:?}");
+}
