@@ -306,14 +306,15 @@ pub fn shard_line(label: &str, p: &SyncProgress) -> String {
     let j = p.to_json();
     let n = |k: &str| j.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     format!(
-        "cutover sync: {label}: {}, {} keys, offset {} applied / {} received, lag {} bytes / {} ms, {} commands",
+        "cutover sync: {label}: {}, {} keys, offset {} applied / {} received, lag {} bytes / {} ms, {} commands, {} not atomic",
         p.phase_name(),
         n("keys_done"),
         n("applied_offset"),
         n("received_offset"),
         p.lag_bytes(),
         p.lag_ms(),
-        n("commands"),
+        n("commands_applied"),
+        n("non_atomic_txns"),
     )
 }
 

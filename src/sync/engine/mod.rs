@@ -385,6 +385,12 @@ fn run_into<W: Sink>(
         );
     }
     let stored = batch::read(&mut writer)?;
+    // (One link of a cluster source says which.)
+    let who = opts
+        .shard
+        .as_ref()
+        .map(|s| format!("{}: ", s.label))
+        .unwrap_or_default();
     // (replication id, offset, the stream's database there when known)
     let resume: Option<(String, u64, Option<u64>)> = match &stored {
         // A following link continues where it stopped reading (what it skipped is on its
@@ -396,19 +402,19 @@ fn run_into<W: Sink>(
                 None => String::new(),
             };
             say(&format!(
-                "cutover sync: the target holds the position {replid} {offset}{in_db}; asking the source to continue from there"
+                "cutover sync: {who}the target holds the position {replid} {offset}{in_db}; asking the source to continue from there"
             ));
             Some((replid.clone(), *offset, *db))
         }
         Stored::At { replid, offset, .. } => {
             say(&format!(
-                "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
+                "cutover sync: {who}--fresh: ignoring the position {replid} {offset} stored on the target"
             ));
             None
         }
         Stored::Unusable(v) => {
             say(&format!(
-                "cutover sync: the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
+                "cutover sync: {who}the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
             ));
             None
         }
