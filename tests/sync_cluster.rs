@@ -78,6 +78,11 @@ fn app_load(mut conn: redis::Connection, stop: Arc<AtomicBool>) -> std::thread::
                 .arg(format!("v{i}"))
                 .query(&mut conn)
                 .unwrap();
+            // Keys in every part of the slot space (some in the slots a reshard moves).
+            let _: i64 = redis::cmd("INCR")
+                .arg(format!("r:{}", i % 300))
+                .query(&mut conn)
+                .unwrap();
             if i % 10 == 0 {
                 // A transaction across slots.
                 let _: (i64, i64, ()) = redis::pipe()
@@ -141,7 +146,10 @@ fn wait_equal(source: &Server, target: &Cluster, limit: Duration, log: &std::pat
             "the cluster differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
             want.len(),
             got.len(),
-            diff.join("\n"),
+            diff.iter()
+                .map(|d| common::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
             common::tail(&read_log(log), 4000)
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -721,4 +729,113 @@ fn cluster_into_cluster_killed_and_resumed_is_exact() {
     let log = read_log(&log2);
     assert!(!log.contains("full resync"), "{log}");
     eprintln!("{rounds} rounds; positions at the kill {killed_at:?}");
+}
+
+/// Standalone 7.0 → 3-master 7.0 while `redis-cli --cluster reshard` moves 1,000 slots (with
+/// their keys, and the per-slot positions stored in them) between target masters, started
+/// with the sync (during the snapshot and the stream), under writes; then `cutover sync` is
+/// SIGKILLed and started again, resuming from the positions where the reshard left them:
+/// the cluster ends equal to the source key by key.
+#[test]
+fn standalone_into_cluster_during_a_target_reshard_is_exact() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let source = Server::start_with(
+        Version::Redis70,
+        &[
+            "--repl-diskless-sync-delay",
+            "0",
+            "--repl-backlog-size",
+            "64mb",
+        ],
+    );
+    let mut src = source.conn();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(30000)
+        .arg("pop")
+        .arg(50)
+        .query(&mut src)
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = app_load(source.conn(), Arc::clone(&stop));
+    let ranges = cluster.slot_ranges();
+    let owner = |slot: i64| {
+        ranges
+            .iter()
+            .find(|r| r.0 <= slot && slot <= r.1)
+            .unwrap()
+            .2
+    };
+    let id = |port: u16| -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut cluster.node(port).conn())
+            .unwrap()
+    };
+    let (from, to) = (id(owner(0)), id(owner(16383)));
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let seeds = cluster.seeds_url();
+    let mut first = start_sync(&source.url(), &seeds, &log1, &[]);
+    let seed = cluster.nodes[0].addr();
+    let resharder = std::thread::spawn(move || {
+        let args: Vec<String> = [
+            "--cluster",
+            "reshard",
+            &seed,
+            "--cluster-from",
+            &from,
+            "--cluster-to",
+            &to,
+            "--cluster-slots",
+            "1000",
+            "--cluster-yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        common::cluster::run_cli(&args, Duration::from_secs(180))
+    });
+    let (ok, out, err) = resharder.join().unwrap();
+    assert!(
+        ok,
+        "reshard failed:\n{}\n{}",
+        common::tail(&out, 2000),
+        common::tail(&err, 2000)
+    );
+    assert_ne!(cluster.slot_ranges(), ranges, "the slots moved");
+    assert!(first.try_wait().unwrap().is_none(), "{}", read_log(&log1));
+    // Stream batches applied after the reshard too.
+    std::thread::sleep(Duration::from_millis(1000));
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    assert_eq!(
+        positions(&cluster, "0").0,
+        16384,
+        "every slot's position, moved with its slot"
+    );
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&source.url(), &seeds, &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log(&log2).contains("+CONTINUE") {
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "no partial resync; log:\n{}\nfirst log:\n{}",
+            read_log(&log2),
+            common::tail(&read_log(&log1), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    wait_equal(&source, &cluster, Duration::from_secs(60), &log2);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    assert!(!log.contains("FLUSHALL"), "{log}");
+    eprintln!(
+        "{rounds} rounds of writes\n{}",
+        common::tail(&read_log(&log1), 3000)
+    );
 }
