@@ -1027,3 +1027,97 @@ fn cluster_source_failover_mid_stream_is_exact() {
         "the failover did not reach the link: {log}"
     );
 }
+
+/// A source master dies mid-stream (SIGKILL; 3 masters with a replica each): the cluster
+/// promotes its replica, the link finds the shard's new master in the topology and continues
+/// there (`PSYNC` continue through `replid2`, or — when the dead master had sent the link
+/// writes its replica never got — a full resync of that shard only, reported), and the
+/// target ends equal to the source.
+#[test]
+fn cluster_source_master_killed_mid_stream_is_followed() {
+    let mut cluster = Cluster::start(Version::Redis70, 3, 1);
+    for n in &cluster.nodes {
+        let mut c = n.conn();
+        for (k, v) in [
+            ("repl-diskless-sync-delay", "0"),
+            ("repl-backlog-size", "64mb"),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query(&mut c)
+                .unwrap();
+        }
+    }
+    let pairs: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    cluster.set_many(&pairs);
+    let target = Server::start(Version::Redis70);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = following_load(&cluster, Arc::clone(&stop));
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("sync.log");
+    let mut sync = start_sync(&cluster.seeds_url(), &target.url(), &log1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while link_positions(&target).len() < 3 {
+        assert!(
+            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
+            "{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // A master other than the first node (the rig reads the cluster through it).
+    let first = cluster.nodes[0].port();
+    let victim = *cluster
+        .master_ports()
+        .iter()
+        .find(|p| **p != first)
+        .unwrap();
+    let idx = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port() == victim)
+        .unwrap();
+    cluster.nodes[idx].kill();
+    common::wait_for("the failover", Duration::from_secs(60), || {
+        let ports = cluster.master_ports();
+        (ports.len() == 3 && !ports.contains(&victim)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let want = cluster.snapshot();
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
+            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.iter()
+                .map(|d| common::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            common::tail(&read_log(&log1), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+    let log = read_log(&log1);
+    eprintln!("{rounds} INCRs\n{}", common::tail(&log, 4000));
+    assert!(
+        log.contains("the shard's master changed; the link follows it"),
+        "the link did not follow the new master: {log}"
+    );
+}

@@ -10,10 +10,12 @@
 //!   `cutover:position:<link>` (database 0, the value as `cutover:position`'s), through
 //!   [`LinkSink`]; on a cluster target it is the per-slot `cutover:position:{<tag>}:<link>`
 //!   of [`super::ClusterSink`]. `<link>` is the source master's node id (40 hex digits) when
-//!   the link was started: stable across restarts of `cutover` and of the master. (A
-//!   failover gives the shard a new master id: following it with `PSYNC` through `replid2`
-//!   is not built yet; the new master then starts a link of its own with a full sync of
-//!   its slots.)
+//!   the link was started: stable across restarts of `cutover` and of the master.
+//! * **A failover** is followed within the run: after a failed reconnection the link asks
+//!   the topology for its shard's master now ([`ShardScope::relocate`]) and continues there
+//!   with `PSYNC` (a promoted replica accepts it through `replid2`). A new `cutover sync`
+//!   started after a failover names the new master's link by its new id: a new link, with a
+//!   full sync of its slots.
 //! * **Its full resync** clears only its shard's slots on the target ([`clear_slots`]:
 //!   `SCAN` + `UNLINK` of the keys whose slot the shard serves), never `FLUSHALL`: the target
 //!   holds the other shards' keys too.
@@ -22,7 +24,7 @@
 //! one line per shard by headless `cutover sync` every few seconds (phase, keys, offsets,
 //! lag). A link that fails for good stops the others (cleanly: their positions stay) and
 //! the sync ends with its error. Not built: slots moving on the source during the sync
-//! (`cluster::transit` holds the rule), a source failover.
+//! (`cluster::transit` holds the rule).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -49,6 +51,25 @@ pub struct ShardScope {
     pub slots: SlotSet,
     /// `shard 0-5460 127.0.0.1:7000`, for messages.
     pub label: String,
+    /// Every node of the source cluster when the link started (and the address map): asked
+    /// for the shard's master after the link could not reconnect (a failover).
+    pub nodes: Option<crate::cluster::SideSpec>,
+}
+
+impl ShardScope {
+    /// What the link thread asks after a failed reconnection: the master serving the shard's
+    /// first slot now.
+    pub fn relocate(&self, timeout: Duration) -> Option<crate::sync::engine::Relocate> {
+        let spec = self.nodes.clone()?;
+        let slot =
+            (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| self.slots.contains(*s))?;
+        let timeout = timeout.min(Duration::from_secs(2));
+        Some(Box::new(move || {
+            let topo = Topology::discover(&spec.seeds, &spec.address_map, timeout).ok()?;
+            let node = topo.map().master_of(slot)?;
+            Some(topo.node_url(node))
+        }))
+    }
 }
 
 /// The position key of `link` on a standalone target.
@@ -212,6 +233,17 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
     let stop = Arc::clone(&base.stop);
     let (tx, rx) = mpsc::channel::<(usize, anyhow::Result<SyncReport>)>();
     let mut links: Vec<(String, Arc<SyncProgress>)> = Vec::new();
+    // Every node (masters and replicas) is a seed for finding a shard's master later.
+    let nodes = crate::cluster::SideSpec {
+        seeds: topo
+            .map()
+            .shards()
+            .iter()
+            .flat_map(|s| std::iter::once(&s.master).chain(&s.replicas))
+            .map(|n| topo.node_url(n))
+            .collect(),
+        address_map: topo.address_map().clone(),
+    };
     for (i, shard) in topo.map().shards().iter().enumerate() {
         if shard.ranges.is_empty() {
             continue;
@@ -243,6 +275,7 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
                 link,
                 slots: SlotSet::from_ranges(&shard.ranges),
                 label: label.clone(),
+                nodes: Some(nodes.clone()),
             }),
             ..opts.clone()
         };

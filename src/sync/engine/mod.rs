@@ -63,6 +63,7 @@ pub use progress::SyncProgress;
 
 pub(in crate::sync) use applier::Applier;
 use bar::Bar;
+pub(in crate::sync) use link::Relocate;
 use link::link_thread;
 
 use std::path::PathBuf;
@@ -461,11 +462,12 @@ fn run_into<W: Sink>(
     let resume = resume.map(|(id, off, _)| (id, off));
     {
         let source = opts.source.clone();
+        let relocate = opts.shard.as_ref().and_then(|s| s.relocate(opts.timeout));
         let applied = Arc::clone(&applied);
         let timeout = opts.timeout;
         std::thread::Builder::new()
             .name("cutover-replica".into())
-            .spawn(move || link_thread(source, resume, tx, applied, timeout))
+            .spawn(move || link_thread(source, resume, tx, applied, timeout, relocate))
             .context("cannot start the replica link thread")?;
     }
     let progress = Arc::clone(&ctx.progress);
