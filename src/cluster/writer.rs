@@ -367,7 +367,9 @@ impl ClusterWriter {
             Ok(c) => c,
             Err(WriterError::Connect(e)) if e.retryable() => {
                 let why = format!("{addr} unreachable: {e}");
-                return Ok(Some(idx.iter().map(|_| Outcome::Wait(why.clone())).collect()));
+                return Ok(Some(
+                    idx.iter().map(|_| Outcome::Wait(why.clone())).collect(),
+                ));
             }
             Err(e) => return Err(e),
         };
