@@ -16,6 +16,7 @@ pub mod faketime;
 pub mod links;
 pub mod moves;
 pub mod sides;
+pub mod sync_cluster;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
