@@ -230,6 +230,9 @@ impl ClusterSink {
             };
             unit.push(s, cmd, Tag::key("SET cutover:position", &key));
         }
+        if let Some(v) = value {
+            set_checks(&mut unit, v);
+        }
         unit
     }
 
@@ -455,6 +458,7 @@ impl ClusterSink {
                     );
                 }
             }
+            set_checks(last, p);
         }
         for u in after {
             self.push_barrier(u);
@@ -482,6 +486,20 @@ impl ClusterSink {
         }
         unit.offset = offset;
         out.push(unit);
+    }
+}
+
+/// Gives every transaction of `unit` without a check its slot's position as check (each
+/// ends with the `SET` of it to `value`): a lost connection is then settled by reading it.
+fn set_checks(unit: &mut Unit, value: &str) {
+    for txn in unit.txns.iter_mut().filter(|t| t.check.is_none()) {
+        let key = txn
+            .cmds
+            .last()
+            .and_then(|c| c.get(1))
+            .cloned()
+            .unwrap_or_default();
+        txn.check = Some((key, value.as_bytes().to_vec()));
     }
 }
 
@@ -702,6 +720,11 @@ impl Sink for ClusterSink {
         if let Some(txn) = &mut self.txn {
             txn.position = Some(value.to_string());
             return Ok(());
+        }
+        if value == LOADING {
+            // A new snapshot: the stream that follows has nothing to skip (its offsets may
+            // even start lower, under a new replication id).
+            self.skip.clear();
         }
         let unit = self.all_slots_unit(Some(value));
         self.all_slots_at = Some(Instant::now());
