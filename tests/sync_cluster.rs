@@ -366,3 +366,62 @@ fn standalone_into_cluster_during_a_target_reshard_is_exact() {
         common::tail(&read_log(&log1), 3000)
     );
 }
+
+/// A cluster that holds the positions of an earlier sync from another source (far ahead in
+/// its stream), synced again with `--fresh` from a new source under writes: the old
+/// per-slot positions are not used to skip the new source's stream (its offsets start low),
+/// and the cluster ends equal to the new source.
+#[test]
+fn fresh_sync_from_another_source_skips_nothing() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let old = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let mut o = old.conn();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(2000)
+        .arg("old")
+        .arg(10)
+        .query(&mut o)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("old.log");
+    let first = start_sync(&old.url(), &cluster.seeds_url(), &log, &[]);
+    common::wait_for("the snapshot applied", Duration::from_secs(60), || {
+        (positions(&cluster, "0").0 == 16384).then_some(())
+    });
+    // Stream far ahead: ~4 MB of writes on the old source, applied.
+    for i in 0..400 {
+        let big = "x".repeat(10_000);
+        let _: () = redis::cmd("SET")
+            .arg(format!("big:{}", i % 20))
+            .arg(&big)
+            .query(&mut o)
+            .unwrap();
+    }
+    wait_equal(&old, &cluster, Duration::from_secs(60), &log);
+    // One more write more than 2 s later: its batch writes every slot's position.
+    std::thread::sleep(Duration::from_millis(2100));
+    let _: () = redis::cmd("SET").arg("last").arg(1).query(&mut o).unwrap();
+    common::wait_for(
+        "every slot's position past 1 MB",
+        Duration::from_secs(30),
+        || positions(&cluster, "0").1.filter(|m| *m > 1_000_000),
+    );
+    let mut first = first;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (_, old_min) = positions(&cluster, "0");
+    assert!(old_min.is_some_and(|m| m > 1_000_000), "{old_min:?}");
+
+    let new = Server::start_with(Version::Redis70, &["--repl-diskless-sync-delay", "0"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = app_load(new.conn(), Arc::clone(&stop));
+    let log2 = dir.path().join("new.log");
+    let mut second = start_sync(&new.url(), &cluster.seeds_url(), &log2, &["--fresh"]);
+    std::thread::sleep(Duration::from_millis(2000));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    wait_equal(&new, &cluster, Duration::from_secs(60), &log2);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
