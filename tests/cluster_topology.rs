@@ -177,21 +177,50 @@ fn detection_seeds_and_refusals() {
     assert_eq!(&before, topo.map());
 }
 
-/// `cutover sync` refuses a cluster on either side (it would copy one node's slots), with
-/// the reason, before writing anything (exit 2); a standalone pair is not refused.
+/// `cutover run` (proxy + cutover) refuses a cluster on either side (it would serve and copy
+/// one node's slots), with the reason and the way to copy a cluster (`cutover sync`), before
+/// writing anything (exit 2). (`cutover sync` takes clusters: tests/sync_cluster.rs.)
 #[test]
-fn sync_refuses_a_cluster_until_it_knows_clusters() {
+fn run_refuses_a_cluster_until_the_proxy_knows_clusters() {
     let c = Cluster::start(Version::Redis70, 3, 0);
     c.set_many(&[("k".into(), "v".into())]);
     let plain = Server::start(Version::Redis70);
     let run = |source: &str, target: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        let port = |_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args([
-                "sync", "--source", source, "--target", target, "--once", "--quiet",
+                "run",
+                "--source",
+                source,
+                "--target",
+                target,
+                "--proxy-listen",
+                &port(0),
+                "--admin-listen",
+                &port(1),
+                "--metrics-listen",
+                &port(2),
             ])
             .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run cutover")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run cutover");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cutover run did not refuse the cluster within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
     };
     for (source, target, which) in [
         (c.url(), plain.url(), "source"),
@@ -201,7 +230,9 @@ fn sync_refuses_a_cluster_until_it_knows_clusters() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
-            err.contains(&format!("the {which}")) && err.contains("Redis Cluster"),
+            err.contains(&format!("the {which}"))
+                && err.contains("Redis Cluster")
+                && err.contains("cutover sync"),
             "{err}"
         );
     }

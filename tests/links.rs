@@ -642,7 +642,10 @@ fn a_direct_del_on_the_old_side_is_foreign_an_expiry_is_not() {
         .arg("1")
         .query(&mut c3)
         .unwrap();
-    let _: () = redis::cmd("SET").arg(&["plain", "v"]).query(&mut c).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&["plain", "v"])
+        .query(&mut c)
+        .unwrap();
     step(&proxy, "switch");
     // The new primary (the target) expires nothing actively: the old side deletes first.
     let _: () = redis::cmd("DEBUG")

@@ -137,14 +137,19 @@ pub struct SyncArgs {
     /// TOML config file: [source] url, [target] url and the [sync] section (flags win).
     #[arg(long, env = "CUTOVER_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Source: redis://[user:pass@]host:port (all databases are copied unless filtered).
+    /// Source: redis://[user:pass@]host:port (all databases are copied unless filtered), or
+    /// a Redis Cluster: any node, or several (redis://host:port,host:port) — one replication
+    /// link per master then ([source.address_map] in the config file maps announced
+    /// addresses).
     #[arg(long = "source", env = "CUTOVER_SOURCE_URL", hide_env_values = true)]
     pub source: Option<String>,
     /// Load this RDB file into the target instead of syncing from a live source (--source is
     /// not used).
     #[arg(long = "from-rdb", value_name = "FILE")]
     pub from_rdb: Option<PathBuf>,
-    /// Target: redis://[user:pass@]host:port (databases keep their numbers unless --db-map).
+    /// Target: redis://[user:pass@]host:port (databases keep their numbers unless --db-map),
+    /// or a Redis Cluster: any node, or several (redis://host:port,host:port); a cluster has
+    /// only database 0 ([target.address_map] maps announced addresses).
     #[arg(long = "target", env = "CUTOVER_TARGET_URL", hide_env_values = true)]
     pub target: Option<String>,
     /// Exit once the snapshot and the writes made while it was transferred are applied.

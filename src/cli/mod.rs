@@ -275,13 +275,21 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(file.target.url.clone())
         .ok_or(ConfigError::Missing("[target] url (--target)"))?;
-    let target = RedisUrl::parse_with_tls(&target, &args.target_tls.over(&file.target.tls))
-        .context("--target")?;
-    check_tls(&target, "target.tls")?;
+    // The target may be a cluster, given by several seed nodes (`redis://a:7000,b:7001`):
+    // the engine asks it what it is.
+    let target_spec = crate::cluster::SideSpec::parse(
+        &target,
+        &args.target_tls.over(&file.target.tls),
+        &file.target.address_map,
+    )
+    .context("--target")?;
+    for seed in &target_spec.seeds {
+        check_tls(seed, "target.tls")?;
+    }
+    let target = target_spec.first().clone();
+    let target_side =
+        (target_spec.seeds.len() > 1 || !target_spec.address_map.is_empty()).then_some(target_spec);
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
-    // A cluster on either side would be half copied (one node's slots): refused until the
-    // engine knows clusters.
-    crate::cluster::side::refuse_cluster("target", &target, "cutover sync", timeout)?;
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
     if let Some(path) = args.from_rdb {
         let opts = crate::sync::engine::RdbLoadOptions {
@@ -290,6 +298,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
             timeout,
             progress: !args.quiet,
             tuning,
+            target_side,
         };
         return Ok(sync_summary(&crate::sync::engine::load_rdb(&opts)?));
     }
@@ -300,26 +309,45 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         .ok_or(ConfigError::Missing(
             "[source] url (--source), or --from-rdb FILE",
         ))?;
-    let source = RedisUrl::parse_with_tls(&source, &args.source_tls.over(&file.source.tls))
-        .context("--source")?;
-    check_tls(&source, "source.tls")?;
-    crate::cluster::side::refuse_cluster("source", &source, "cutover sync", timeout)?;
+    // The source may be a cluster too: then one link per source master.
+    let source_spec = crate::cluster::SideSpec::parse(
+        &source,
+        &args.source_tls.over(&file.source.tls),
+        &file.source.address_map,
+    )
+    .context("--source")?;
+    for seed in &source_spec.seeds {
+        check_tls(seed, "source.tls")?;
+    }
+    let source = source_spec.first().clone();
+    let source_cluster = match source_spec.resolve(timeout) {
+        Ok(crate::cluster::Side::Cluster(topo)) => Some(topo),
+        Ok(crate::cluster::Side::Standalone(_)) => None,
+        // (One server that cannot be asked now: the sync's own retries report it.)
+        Err(crate::cluster::SideError::Topology(_)) if source_spec.seeds.len() == 1 => None,
+        Err(e) => return Err(anyhow::Error::new(e).context("--source")),
+    };
     let opts = crate::sync::engine::SyncOptions {
         once: args.once,
         timeout,
         progress: !args.quiet,
         fresh: args.fresh,
         tuning,
+        target_side,
         ..crate::sync::engine::SyncOptions::new(source, target)
     };
     // A target (or source) that goes away is waited for: the sync runs again with back-off
     // and resumes from the position stored on the target; what waiting cannot cure, or an
     // outage longer than five times --timeout-secs, ends it (exit code 2).
-    let ctx = crate::sync::engine::RunContext::new(&opts, true)?;
     let policy = crate::sync::retry::RetryPolicy {
         give_up_after: Some(timeout * crate::sync::engine::RECONNECT_TIMEOUTS),
         retry_permanent: false,
     };
+    if let Some(topo) = source_cluster {
+        let report = crate::sync::cluster::source::run(&opts, &topo, policy)?;
+        return Ok(sync_summary(&report));
+    }
+    let ctx = crate::sync::engine::RunContext::new(&opts, true)?;
     let report = crate::sync::retry::run_retrying(&opts, policy, &ctx)?;
     Ok(sync_summary(&report))
 }

@@ -33,7 +33,7 @@ pub enum SideError {
     )]
     NotACluster { url: String, node: String },
     #[error(
-        "the {which} {url} is a Redis Cluster node (INFO cluster: cluster_enabled:1): {what} reaches one server per side for now, so only this node's slots would be copied; cluster sync is not built yet (`cutover verify` compares clusters)"
+        "the {which} {url} is a Redis Cluster node (INFO cluster: cluster_enabled:1): {what} reaches one server per side for now (the proxy and the cutover do not route by slot yet), so only this node's slots would be served and copied. Copy a cluster with `cutover sync` (any topology on either side) and compare with `cutover verify`"
     )]
     ClusterNotSupported {
         which: &'static str,

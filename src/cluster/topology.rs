@@ -263,6 +263,11 @@ impl Topology {
         })
     }
 
+    /// The address map the topology applies.
+    pub fn address_map(&self) -> &AddressMap {
+        &self.address_map
+    }
+
     /// The current map.
     pub fn map(&self) -> &SlotMap {
         &self.map

@@ -211,8 +211,22 @@ impl ClusterWriter {
             }
             let (mut refresh, mut wait) = (false, None::<(Slot, String)>);
             let mut progressed = false;
+            // Every node's pipeline is written first, then each node's replies are read: the
+            // nodes work in parallel (a server reads its input and buffers its replies, so
+            // writing before reading cannot deadlock).
+            let mut done: Vec<(NodeAddr, Vec<usize>, Vec<Outcome>)> = Vec::new();
+            let mut reading: Vec<(NodeAddr, Vec<usize>)> = Vec::new();
             for (addr, idx) in per_node {
-                let outcomes = self.send_node(&addr, txns, &idx)?;
+                match self.write_node(&addr, txns, &idx)? {
+                    Some(outcomes) => done.push((addr, idx, outcomes)),
+                    None => reading.push((addr, idx)),
+                }
+            }
+            for (addr, idx) in reading {
+                let outcomes = self.read_node(&addr, txns, &idx);
+                done.push((addr, idx, outcomes));
+            }
+            for (addr, idx, outcomes) in done {
                 for (i, o) in idx.iter().zip(outcomes) {
                     match o {
                         Outcome::Done(r) => {
@@ -331,15 +345,15 @@ impl ClusterWriter {
         }
     }
 
-    /// Writes the transactions `idx` to `addr` in one pipeline and reads their outcomes. A
-    /// node that cannot be reached makes every one `Wait` (nothing was sent); a connection
-    /// lost midway makes the unread ones `Lost`.
-    fn send_node(
+    /// Writes the transactions `idx` to `addr` in one pipeline. `Some(outcomes)` when nothing
+    /// is to be read: a node that cannot be reached makes every one `Wait` (nothing was
+    /// sent), a write that failed makes every one `Lost`.
+    fn write_node(
         &mut self,
         addr: &NodeAddr,
         txns: &[SlotTxn],
         idx: &[usize],
-    ) -> Result<Vec<Outcome>, WriterError> {
+    ) -> Result<Option<Vec<Outcome>>, WriterError> {
         let mut wire = Vec::new();
         for &i in idx {
             encode_command(&[b"MULTI"], &mut wire);
@@ -353,13 +367,30 @@ impl ClusterWriter {
             Ok(c) => c,
             Err(WriterError::Connect(e)) if e.retryable() => {
                 let why = format!("{addr} unreachable: {e}");
-                return Ok(idx.iter().map(|_| Outcome::Wait(why.clone())).collect());
+                return Ok(Some(
+                    idx.iter().map(|_| Outcome::Wait(why.clone())).collect(),
+                ));
             }
             Err(e) => return Err(e),
         };
+        match conn.write(&wire) {
+            Ok(()) => Ok(None),
+            Err(e) => Ok(Some(self.lost(addr, &e, idx.len(), Vec::new()))),
+        }
+    }
+
+    /// Reads the outcomes of the transactions `idx` written to `addr`; a connection lost
+    /// midway makes the unread ones `Lost`.
+    fn read_node(&mut self, addr: &NodeAddr, txns: &[SlotTxn], idx: &[usize]) -> Vec<Outcome> {
+        let Some((conn, _)) = self.conns.get_mut(addr) else {
+            let e = ClientError::Protocol {
+                endpoint: addr.to_string(),
+                detail: "connection gone".into(),
+            };
+            return self.lost(addr, &e, idx.len(), Vec::new());
+        };
         let mut out = Vec::with_capacity(idx.len());
         let r = (|| -> Result<(), ClientError> {
-            conn.write(&wire)?;
             for &i in idx {
                 let _multi = conn.read_reply()?;
                 let mut redirect: Option<Redirect> = None;
@@ -382,16 +413,29 @@ impl ClusterWriter {
             }
             Ok(())
         })();
-        if let Err(e) = r {
-            if let Some((_, id)) = self.conns.remove(addr) {
-                self.orphans.push((addr.clone(), id));
-            }
-            tracing::debug!(node = %addr, error = %e, "connection to a cluster node lost");
-            while out.len() < idx.len() {
-                out.push(Outcome::Lost(clone_error(&e)));
-            }
+        match r {
+            Ok(()) => out,
+            Err(e) => self.lost(addr, &e, idx.len(), out),
         }
-        Ok(out)
+    }
+
+    /// The connection to `addr` was lost with transactions written: it becomes an orphan
+    /// (killed on its node before any check is read); the unanswered ones are `Lost`.
+    fn lost(
+        &mut self,
+        addr: &NodeAddr,
+        e: &ClientError,
+        total: usize,
+        mut out: Vec<Outcome>,
+    ) -> Vec<Outcome> {
+        if let Some((_, id)) = self.conns.remove(addr) {
+            self.orphans.push((addr.clone(), id));
+        }
+        tracing::debug!(node = %addr, error = %e, "connection to a cluster node lost");
+        while out.len() < total {
+            out.push(Outcome::Lost(clone_error(e)));
+        }
+        out
     }
 }
 

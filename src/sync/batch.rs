@@ -41,7 +41,7 @@ use anyhow::{Context, bail};
 use super::convert::Stats;
 use super::engine::{Applier, Msg, split_args};
 use super::replica::StreamCommand;
-use super::target::{Tag, TargetError, TargetWriter, reply_text, show_key};
+use super::target::{Sink, Tag, TargetError, TargetWriter, reply_text, show_key};
 use crate::config::RedisUrl;
 
 /// The key that holds the position (database 0 of the target).
@@ -54,8 +54,12 @@ pub const SWITCHED_KEY: &[u8] = b"cutover:switched";
 
 /// cutover's own bookkeeping keys (database 0): never copied from a source, never compared.
 pub fn is_own_key(db: u64, key: &[u8]) -> bool {
-    db == 0 && (key == POSITION_KEY || key == SWITCHED_KEY)
+    db == 0 && (key == POSITION_KEY || key == SWITCHED_KEY || key.starts_with(POSITION_PREFIX))
 }
+
+/// The prefix of the positions of a cluster target or of a cluster source's links
+/// (`cutover:position:{<tag>}:<link>`, `cutover:position:<link>`, see [`crate::sync::cluster`]).
+pub const POSITION_PREFIX: &[u8] = b"cutover:position:";
 /// The key's value while a snapshot is loading.
 pub const LOADING: &str = "snapshot-loading";
 
@@ -105,10 +109,20 @@ pub fn format(replid: &str, offset: u64, db: u64) -> String {
 }
 
 /// Reads the stored position (the writer's database is kept).
-pub fn read(w: &mut TargetWriter) -> Result<Stored, TargetError> {
+pub fn read<W: Sink>(w: &mut W) -> Result<Stored, TargetError> {
+    w.read_position()
+}
+
+/// [`read`] on one server.
+pub(in crate::sync) fn read_standalone(w: &mut TargetWriter) -> Result<Stored, TargetError> {
+    read_key(w, POSITION_KEY)
+}
+
+/// The position stored in `key` (database 0).
+pub(in crate::sync) fn read_key(w: &mut TargetWriter, key: &[u8]) -> Result<Stored, TargetError> {
     let db = w.db().to_string();
     w.call(&[b"SELECT", b"0"])?;
-    let reply = w.call(&[b"GET", POSITION_KEY])?;
+    let reply = w.call(&[b"GET", key])?;
     w.call(&[b"SELECT", db.as_bytes()])?;
     if reply.starts_with(b"$-1") || reply.starts_with(b"_") {
         return Ok(Stored::None);
@@ -121,24 +135,48 @@ pub fn read(w: &mut TargetWriter) -> Result<Stored, TargetError> {
 
 /// Queues `SET <position key> <value>` in database 0 (the writer's database is restored after
 /// it): inside a `MULTI` these are part of the transaction.
-pub fn queue_set(w: &mut TargetWriter, value: &str) -> Result<(), TargetError> {
+pub fn queue_set<W: Sink>(w: &mut W, value: &str) -> Result<(), TargetError> {
+    w.store_position(value)
+}
+
+/// [`queue_set`] on one server.
+pub(in crate::sync) fn queue_set_standalone(
+    w: &mut TargetWriter,
+    value: &str,
+) -> Result<(), TargetError> {
+    queue_set_key(w, POSITION_KEY, value)
+}
+
+/// Queues `SET key value` in database 0 (the writer's database is restored after it).
+pub(in crate::sync) fn queue_set_key(
+    w: &mut TargetWriter,
+    key: &[u8],
+    value: &str,
+) -> Result<(), TargetError> {
     let db = w.db();
     w.select(0)?;
     w.send(
-        &[&b"SET"[..], POSITION_KEY, value.as_bytes()],
-        super::target::Tag::key("SET", POSITION_KEY),
+        &[&b"SET"[..], key, value.as_bytes()],
+        super::target::Tag::key("SET", key),
     )?;
     w.select(db)
 }
 
 /// Queues `DEL <position key>` in database 0.
-pub fn queue_del(w: &mut TargetWriter) -> Result<(), TargetError> {
+pub fn queue_del<W: Sink>(w: &mut W) -> Result<(), TargetError> {
+    w.del_position()
+}
+
+/// [`queue_del`] on one server.
+pub(in crate::sync) fn queue_del_standalone(w: &mut TargetWriter) -> Result<(), TargetError> {
+    queue_del_key(w, POSITION_KEY)
+}
+
+/// Queues `DEL key` in database 0.
+pub(in crate::sync) fn queue_del_key(w: &mut TargetWriter, key: &[u8]) -> Result<(), TargetError> {
     let db = w.db();
     w.select(0)?;
-    w.send(
-        &[&b"DEL"[..], POSITION_KEY],
-        super::target::Tag::key("DEL", POSITION_KEY),
-    )?;
+    w.send(&[&b"DEL"[..], key], super::target::Tag::key("DEL", key))?;
     w.select(db)
 }
 
@@ -170,10 +208,10 @@ pub fn switched_marker(
 impl Applier<'_> {
     /// Applies the commands of one read from the link: in transactions that also store the
     /// position (a source transaction becomes one of them; ours are closed before it).
-    pub(in crate::sync) fn apply_batch(
+    pub(in crate::sync) fn apply_batch<W: Sink>(
         &mut self,
         cmds: Vec<StreamCommand>,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
@@ -293,9 +331,9 @@ impl Applier<'_> {
     /// apply nothing) is reported and left out, and the transaction is sent again without it,
     /// together with the position: the rest applies exactly once, in order (nothing behind
     /// the transaction is sent before its `EXEC`).
-    pub(in crate::sync) fn close_txn(
+    pub(in crate::sync) fn close_txn<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         queue_set(w, &format(&self.replid, self.last_offset, self.stream_db))?;
@@ -340,6 +378,7 @@ impl Applier<'_> {
         w.exec_txn(Tag {
             what: "EXEC".into(),
             offset: Some(self.last_offset),
+            source_txn: self.in_source_txn,
             ..Tag::default()
         })?;
         self.txn_open = false;
@@ -351,11 +390,17 @@ impl Applier<'_> {
     /// data differs from the source's, or a `RESTORE` payload it cannot read). A replica of
     /// Redis ignores such errors too; the rest of the transaction was applied, so the sync
     /// goes on (under `unsupported = fail` it stops).
-    pub(in crate::sync) fn report_exec_errors(
+    pub(in crate::sync) fn report_exec_errors<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
+        let split = w.take_non_atomic();
+        if split > 0 {
+            self.progress
+                .non_atomic_txns
+                .fetch_add(split, std::sync::atomic::Ordering::Relaxed);
+        }
         self.note_lost(w);
         for r in w.take_exec_errors() {
             if r.tag.repair {

@@ -10,12 +10,15 @@
 //! * [`phase`]: the sync's phases (status names, gauge numbers, the moves between them).
 //! * [`handoff`]: the applying or following role of a link, and how the cutover hands it
 //!   from one link to the other during a replica overlap.
+//! * [`cluster`]: the sync's writes into a Redis Cluster target (per-slot transactions and
+//!   positions).
 //! * [`retry`]: runs the engine again after a failure (target restarted…), from the stored
 //!   position.
 //!
 //! The RDB codec lives in [`crate::rdb`].
 
 pub mod batch;
+pub mod cluster;
 pub mod convert;
 pub mod engine;
 pub mod filter;

@@ -32,7 +32,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::target::{Tag, TargetError, TargetWriter, show_key};
+use super::target::{Sink, Tag, TargetError, show_key};
 use crate::rdb::event::{HashField, PendingEntry, StreamId, StreamMeta};
 use crate::rdb::reencode::{reencode, target_knows};
 use crate::rdb::{Event, KeyInfo, RdbVersion, ValueKind, build_dump};
@@ -191,13 +191,13 @@ const MSET_KEYS: usize = 256;
 const MSET_BYTES: usize = 256 * 1024;
 
 impl Converter {
-    pub fn new(target: &TargetWriter) -> Converter {
+    pub fn new<W: Sink>(target: &W) -> Converter {
         Converter::with_options(target, ConvertOptions::default())
     }
 
     /// A converter with filters, a policy for what the target cannot hold, and a big-key
     /// threshold.
-    pub fn with_options(target: &TargetWriter, mut opts: ConvertOptions) -> Converter {
+    pub fn with_options<W: Sink>(target: &W, mut opts: ConvertOptions) -> Converter {
         if opts.hold_bytes == 0 {
             opts.hold_bytes = HOLD_BYTES;
         }
@@ -215,7 +215,7 @@ impl Converter {
     }
 
     /// Applies one event.
-    pub fn apply(&mut self, ev: Event, w: &mut TargetWriter) -> Result<(), TargetError> {
+    pub fn apply<W: Sink>(&mut self, ev: Event, w: &mut W) -> Result<(), TargetError> {
         match ev {
             Event::KeyStart(mut info) => {
                 self.stats.keys_seen += 1;
@@ -389,12 +389,12 @@ impl Converter {
 
     /// Queues a string without TTL for the next `MSET` (one command for many keys costs the
     /// target far less than one `RESTORE` each); sent when full or the database changes.
-    fn batch_string(
+    fn batch_string<W: Sink>(
         &mut self,
         db: u64,
         key: Vec<u8>,
         value: Vec<u8>,
-        w: &mut TargetWriter,
+        w: &mut W,
     ) -> Result<(), TargetError> {
         if self.mset.db != db {
             self.flush_strings(w)?;
@@ -411,7 +411,7 @@ impl Converter {
     }
 
     /// Sends the queued `MSET`, if any.
-    fn flush_strings(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+    fn flush_strings<W: Sink>(&mut self, w: &mut W) -> Result<(), TargetError> {
         if self.mset.args.is_empty() {
             return Ok(());
         }
@@ -426,7 +426,7 @@ impl Converter {
     }
 
     /// Sends what is still queued: call at the end of a snapshot, before draining the writer.
-    pub fn finish(&mut self, w: &mut TargetWriter) -> Result<(), TargetError> {
+    pub fn finish<W: Sink>(&mut self, w: &mut W) -> Result<(), TargetError> {
         self.flush_strings(w)
     }
 
@@ -439,11 +439,11 @@ impl Converter {
         Ok(())
     }
 
-    fn restore(
+    fn restore<W: Sink>(
         &mut self,
         info: &KeyInfo,
         raw: &[u8],
-        w: &mut TargetWriter,
+        w: &mut W,
     ) -> Result<(), TargetError> {
         w.select(info.db)?;
         let payload = build_dump(raw, self.max_rdb);
@@ -463,11 +463,7 @@ impl Converter {
         Ok(())
     }
 
-    fn start_plain(
-        &mut self,
-        cur: &mut Current,
-        w: &mut TargetWriter,
-    ) -> Result<Mode, TargetError> {
+    fn start_plain<W: Sink>(&mut self, cur: &mut Current, w: &mut W) -> Result<Mode, TargetError> {
         let info = &cur.info;
         w.select(info.db)?;
         if info.rdb_type.kind() != ValueKind::String {
@@ -492,11 +488,11 @@ impl Converter {
         })
     }
 
-    fn plain_chunk(
+    fn plain_chunk<W: Sink>(
         &mut self,
         cur: &mut Current,
         ev: Event,
-        w: &mut TargetWriter,
+        w: &mut W,
     ) -> Result<(), TargetError> {
         let key = &cur.info.key;
         match ev {
@@ -555,7 +551,7 @@ impl Converter {
         Ok(())
     }
 
-    fn finish_plain(&mut self, cur: &mut Current, w: &mut TargetWriter) -> Result<(), TargetError> {
+    fn finish_plain<W: Sink>(&mut self, cur: &mut Current, w: &mut W) -> Result<(), TargetError> {
         let key = &cur.info.key;
         if cur.info.rdb_type.kind() == ValueKind::String
             && matches!(

@@ -46,12 +46,12 @@ pub(super) struct StreamPlain {
 }
 
 impl Converter {
-    pub(super) fn stream_event(
+    pub(super) fn stream_event<W: Sink>(
         &self,
         key: &[u8],
         st: &mut StreamPlain,
         ev: Event,
-        w: &mut TargetWriter,
+        w: &mut W,
     ) -> Result<(), TargetError> {
         match ev {
             Event::StreamEntries(entries) => {
@@ -143,11 +143,11 @@ impl Converter {
 
     /// The end of a plain stream: placeholders deleted, the last id (and on 7.0+ targets the
     /// counters) set.
-    pub(super) fn finish_stream(
+    pub(super) fn finish_stream<W: Sink>(
         &self,
         key: &[u8],
         st: &mut StreamPlain,
-        w: &mut TargetWriter,
+        w: &mut W,
     ) -> Result<(), TargetError> {
         for part in st.added.chunks(PLAIN_BATCH) {
             let ids: Vec<String> = part.iter().map(ToString::to_string).collect();
@@ -177,11 +177,11 @@ impl Converter {
 }
 
 /// Adds the placeholders below `before` (all of them if `None`).
-fn add_placeholders(
+fn add_placeholders<W: Sink>(
     key: &[u8],
     st: &mut StreamPlain,
     before: Option<StreamId>,
-    w: &mut TargetWriter,
+    w: &mut W,
 ) -> Result<(), TargetError> {
     while let Some(&id) = st.placeholders.first() {
         if before.is_some_and(|b| id >= b) {

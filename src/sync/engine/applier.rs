@@ -27,7 +27,7 @@ use crate::sync::batch::{self, POSITION_KEY};
 use crate::sync::convert::{Converter, KINDS, Stats};
 use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
-use crate::sync::target::{Tag, TargetError, TargetInfo, TargetWriter, show_key};
+use crate::sync::target::{Sink, Tag, TargetError, TargetInfo, show_key};
 
 use super::bar::human_bytes;
 use super::progress::{Carried, Snapshot};
@@ -105,7 +105,7 @@ pub(in crate::sync) struct Applier<'a> {
 }
 
 impl Applier<'_> {
-    pub(super) fn run(mut self, w: &mut TargetWriter) -> anyhow::Result<SyncReport> {
+    pub(super) fn run<W: Sink>(mut self, w: &mut W) -> anyhow::Result<SyncReport> {
         self.report.target = self.info.describe();
         let mut conv = Converter::with_options(w, self.opts.convert_options());
         let res = self.run_loop(w, &mut conv);
@@ -120,11 +120,7 @@ impl Applier<'_> {
         res
     }
 
-    fn run_loop(
-        &mut self,
-        w: &mut TargetWriter,
-        conv: &mut Converter,
-    ) -> anyhow::Result<SyncReport> {
+    fn run_loop<W: Sink>(&mut self, w: &mut W, conv: &mut Converter) -> anyhow::Result<SyncReport> {
         let mut parser = self.opts.parser();
         let mut phase = SyncPhase::Connecting;
         let mut start_offset = 0;
@@ -217,7 +213,20 @@ impl Applier<'_> {
                             tracing::warn!(error = %e, "cannot read the source's INFO keyspace (no key total)")
                         }
                     }
-                    if self.flush_on_full {
+                    if self.flush_on_full
+                        && let Some(scope) = &self.opts.shard
+                    {
+                        // One link of a cluster source: the target holds the other shards'
+                        // keys too; only this shard's slots are cleared.
+                        self.bar.say(&format!(
+                            "cutover sync: WARNING: full resync of {}: removing the keys of its slots from the target {} (the data of an earlier sync, replaced entirely)",
+                            scope.label,
+                            w.addr()
+                        ));
+                        batch::queue_set(w, batch::LOADING)?;
+                        w.drain()?;
+                        crate::sync::cluster::source::clear_slots(self.opts, &scope.slots)?;
+                    } else if self.flush_on_full {
                         self.bar.say(&format!(
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
                             w.addr()
@@ -433,7 +442,7 @@ impl Applier<'_> {
     /// without a transaction) stores its position once, so the position on the target reaches
     /// the source's offset when nothing is being written. (Storing it is exactly-once safe:
     /// nothing was applied after the last batch.)
-    fn store_idle_position(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    fn store_idle_position<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
         if !self.txn_open
             && self.stored_offset < self.last_offset
             && w.confirmed_offset() == Some(self.last_offset)
@@ -449,7 +458,7 @@ impl Applier<'_> {
 
     /// A resumed stream (`+CONTINUE` at the start of a run) goes on in the database it was
     /// in at the stored position: Redis does not send `SELECT` again after a partial resync.
-    fn restore_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    fn restore_stream_db<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
         match self.resume_db.take() {
             Some(Some(db)) => {
                 self.stream_db = db;
@@ -479,7 +488,7 @@ impl Applier<'_> {
     /// Selects, on the target, the database the stream is in ([`Self::stream_db`] mapped
     /// through `db_map`); a database that is not copied skips the stream up to the next
     /// `SELECT` instead (never into another database).
-    pub(super) fn select_stream_db(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    pub(super) fn select_stream_db<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
         match self.opts.tuning.filter.map_db(self.stream_db) {
             Some(to) => {
                 w.select(to)?;
@@ -493,7 +502,7 @@ impl Applier<'_> {
     /// A full resync within the run (the link dropped and the source could not continue, or
     /// dropped during the snapshot): what the target holds is an earlier or partial copy, so
     /// it is flushed and loaded anew — no stale key, no doubled list element.
-    fn restart_full(&mut self, w: &mut TargetWriter, phase: &SyncPhase) -> anyhow::Result<()> {
+    fn restart_full<W: Sink>(&mut self, w: &mut W, phase: &SyncPhase) -> anyhow::Result<()> {
         if self.txn_open {
             w.discard()?;
             self.txn_open = false;
@@ -519,9 +528,9 @@ impl Applier<'_> {
 
     /// Ctrl-C / SIGTERM: the position of everything applied stays stored; a transaction of the
     /// source that is still incomplete is discarded (it comes again on the next start).
-    fn stop_cleanly(
+    fn stop_cleanly<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         phase: &SyncPhase,
         stats: &mut Stats,
     ) -> anyhow::Result<SyncReport> {

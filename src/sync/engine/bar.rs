@@ -172,6 +172,9 @@ pub(super) fn render_line(p: &SyncProgress, keys_rate: f64, bytes_rate: f64, bar
             match n(&p.starts) {
                 0 | 1 => String::new(),
                 s => format!(", {} restarts", s - 1),
+            } + &match n(&p.non_atomic_txns) {
+                0 => String::new(),
+                t => format!(", {t} transactions applied per slot (not atomic on the cluster)"),
             },
         ),
         SyncPhase::Error => format!(

@@ -14,7 +14,7 @@ use anyhow::Context;
 
 use crate::sync::batch::{self, Stored};
 use crate::sync::convert::Converter;
-use crate::sync::target::TargetWriter;
+use crate::sync::target::{Sink, TargetWriter};
 
 use super::bar::human_bytes;
 use super::*;
@@ -23,10 +23,30 @@ use super::*;
 /// through the same parser → converter → writer path as a source's snapshot.
 pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     let path = opts.path.display().to_string();
-    let mut file = std::fs::File::open(&opts.path)
+    let file = std::fs::File::open(&opts.path)
         .with_context(|| format!("cannot open the RDB file {path}"))?;
+    if let Some(topo) = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)? {
+        let sink = crate::sync::cluster::ClusterSink::connect(
+            topo,
+            crate::sync::cluster::STANDALONE_LINK,
+            opts.timeout,
+            opts.tuning.pipeline,
+        )?;
+        return load_into(opts, file, sink, true);
+    }
     let mut w = TargetWriter::connect(&opts.target, opts.timeout)?;
     w.set_window(opts.tuning.pipeline);
+    load_into(opts, file, w, false)
+}
+
+/// [`load_rdb`] into one server, or a cluster (`cluster`).
+fn load_into<W: Sink>(
+    opts: &RdbLoadOptions,
+    mut file: std::fs::File,
+    mut w: W,
+    cluster: bool,
+) -> anyhow::Result<SyncReport> {
+    let path = opts.path.display().to_string();
     let mut report = SyncReport {
         target: w.info().describe(),
         ..SyncReport::default()
@@ -45,6 +65,9 @@ pub fn load_rdb(opts: &RdbLoadOptions) -> anyhow::Result<SyncReport> {
     // file (its checksum is at the end) and a database the target lacks are refused before
     // the target is touched, instead of leaving a partial copy there.
     let dbs = prescan_rdb(&mut file, &sync, &path)?;
+    if cluster {
+        check_cluster_databases(&opts.tuning.filter, w.addr(), &dbs)?;
+    }
     check_databases(&w, &opts.tuning.filter, &dbs)?;
     file.seek(std::io::SeekFrom::Start(0))
         .with_context(|| format!("cannot read the RDB file {path} again"))?;

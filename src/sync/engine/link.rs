@@ -24,12 +24,17 @@ use crate::sync::replica::{ReplicaError, ReplicaLink, SyncStart};
 
 use super::*;
 
+/// Where the source is now, asked after a reconnection failed (one link of a cluster source:
+/// the master serving the shard's slots, which a failover changes); `None`: no answer.
+pub(in crate::sync) type Relocate = Box<dyn Fn() -> Option<RedisUrl> + Send>;
+
 pub(super) fn link_thread(
     source: RedisUrl,
     resume: Option<(String, u64)>,
     tx: SyncSender<Msg>,
     applied: Arc<AtomicU64>,
     timeout: Duration,
+    relocate: Option<Relocate>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -44,6 +49,7 @@ pub(super) fn link_thread(
     let mut link = LinkState {
         want: resume,
         sessions: 0,
+        relocate,
     };
     if let Err((e, transient)) = rt.block_on(link.run(&source, &tx, &applied, timeout)) {
         let _ = tx.send(Msg::Failed(e, transient));
@@ -62,6 +68,8 @@ struct LinkState {
     want: Option<(String, u64)>,
     /// Connections that completed the handshake.
     sessions: u64,
+    /// Asked where the source is after a reconnection failed ([`Relocate`]).
+    relocate: Option<Relocate>,
 }
 
 /// Why a link session ended.
@@ -92,9 +100,10 @@ impl LinkState {
     ) -> Result<(), (String, bool)> {
         let mut down_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(100);
+        let mut source = source.clone();
         loop {
             let before = self.sessions;
-            let err = match self.session(source, tx, applied, timeout).await {
+            let err = match self.session(&source, tx, applied, timeout).await {
                 Ended::ApplierGone => return Ok(()),
                 Ended::Link(e) => e,
             };
@@ -129,6 +138,16 @@ impl LinkState {
             }
             tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "replication link down; connecting again");
             tokio::time::sleep(backoff).await;
+            // A cluster source's shard may have a new master (a failover): continue there
+            // (`PSYNC <replid> <offset + 1>`: a promoted replica accepts it through its
+            // `replid2`; otherwise it answers with a full resync of the shard).
+            if let Some(relocate) = &self.relocate
+                && let Some(now) = relocate()
+                && now != source
+            {
+                tracing::warn!(from = %source, to = %now, "the shard's master changed; the link follows it");
+                source = now;
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }

@@ -67,6 +67,7 @@ pub use progress::SyncProgress;
 
 pub(in crate::sync) use applier::Applier;
 use bar::Bar;
+pub(in crate::sync) use link::Relocate;
 use link::link_thread;
 
 use std::path::PathBuf;
@@ -84,7 +85,7 @@ use crate::sync::batch::{self, Stored};
 use crate::sync::convert::{ConvertOptions, HOLD_BYTES, Stats, UnsupportedPolicy};
 use crate::sync::filter::Filter;
 use crate::sync::replica::StreamCommand;
-use crate::sync::target::{DEFAULT_WINDOW, TargetError, TargetWriter, show_key};
+use crate::sync::target::{DEFAULT_WINDOW, Sink, TargetError, TargetWriter, show_key};
 
 /// Failures of the engine itself (the target writer has [`TargetError`](crate::sync::target::TargetError)).
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,12 @@ pub struct SyncOptions {
     pub shared: Option<Arc<SyncProgress>>,
     /// Filters, policy and sizes (`[sync]` in the config file, `cutover sync` flags).
     pub tuning: SyncTuning,
+    /// The target's seed nodes and address map when it lists several nodes or maps
+    /// addresses (a cluster); `None`: `target` alone. Headless `cutover sync` asks the target
+    /// what it is either way ([`target_cluster`]).
+    pub target_side: Option<crate::cluster::SideSpec>,
+    /// One link of a cluster source: the shard it copies (its position key, its slots).
+    pub shard: Option<crate::sync::cluster::source::ShardScope>,
 }
 
 /// The `[sync]` settings: what to copy and how.
@@ -162,6 +169,8 @@ impl SyncOptions {
             fresh: false,
             shared: None,
             tuning: SyncTuning::default(),
+            target_side: None,
+            shard: None,
         }
     }
 
@@ -192,6 +201,8 @@ pub struct RdbLoadOptions {
     pub progress: bool,
     /// Filters, policy and sizes, as for a live source (stream settings unused).
     pub tuning: SyncTuning,
+    /// As [`SyncOptions::target_side`].
+    pub target_side: Option<crate::cluster::SideSpec>,
 }
 
 /// What a finished (`once`) sync did.
@@ -282,8 +293,90 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
 
 /// One run of the sync with the caller's [`RunContext`].
 pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncReport> {
+    // (`cutover run` refuses a cluster before it starts the engine: no probe there.)
+    if opts.shared.is_none()
+        && let Some(topo) = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?
+    {
+        let link = match &opts.shard {
+            Some(scope) => scope.link.as_str(),
+            None => crate::sync::cluster::STANDALONE_LINK,
+        };
+        let sink = crate::sync::cluster::ClusterSink::connect(
+            topo,
+            link,
+            opts.timeout,
+            opts.tuning.pipeline,
+        )?;
+        return run_into(opts, ctx, sink, true);
+    }
     let mut writer = TargetWriter::connect(&opts.target, opts.timeout)?;
     writer.set_window(opts.tuning.pipeline);
+    if let Some(scope) = &opts.shard {
+        let sink = crate::sync::cluster::source::LinkSink::new(writer, &scope.link);
+        return run_into(opts, ctx, sink, false);
+    }
+    run_into(opts, ctx, writer, false)
+}
+
+/// The target's topology when it is a Redis Cluster (`None`: one server). A single URL that
+/// cannot be asked now is taken for one server (its connection reports the failure, with
+/// the usual retries).
+pub(in crate::sync) fn target_cluster(
+    side: Option<&crate::cluster::SideSpec>,
+    target: &RedisUrl,
+    timeout: Duration,
+) -> anyhow::Result<Option<crate::cluster::Topology>> {
+    let spec = side
+        .cloned()
+        .unwrap_or_else(|| crate::cluster::SideSpec::single(target.clone()));
+    let single = spec.seeds.len() == 1 && spec.address_map.is_empty();
+    match spec.resolve(timeout) {
+        Ok(crate::cluster::Side::Cluster(topo)) => Ok(Some(topo)),
+        Ok(crate::cluster::Side::Standalone(_)) => Ok(None),
+        Err(crate::cluster::SideError::Topology(_)) if single => Ok(None),
+        Err(e) if e.retryable() => Err(crate::sync::target::TargetError::Io {
+            addr: spec.describe(),
+            source: std::io::Error::other(e.to_string()),
+        }
+        .into()),
+        Err(e) => Err(anyhow::Error::new(e).context("the target")),
+    }
+}
+
+/// Refuses (before anything is written) a source with keys in a database other than 0 into
+/// a cluster target (which has only database 0), unless `db_map` maps it to 0 or leaves it out.
+fn check_cluster_databases(
+    filter: &Filter,
+    target: &str,
+    source_dbs: &[u64],
+) -> anyhow::Result<()> {
+    let unmapped: Vec<u64> = source_dbs
+        .iter()
+        .copied()
+        .filter(|db| filter.map_db(*db).is_some_and(|to| to != 0))
+        .collect();
+    if unmapped.is_empty() {
+        return Ok(());
+    }
+    let fix: Vec<String> = unmapped.iter().map(|db| format!("{db}=0")).collect();
+    bail!(
+        "the source has keys in database(s) {} but the target {target} is a Redis Cluster, which has only database 0; nothing was written. Map them to 0 with [sync] db_map = \"{}\" (--db-map; keys of databases mapped together must not collide), or leave them out with only_mapped_dbs",
+        unmapped
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        fix.join(",")
+    )
+}
+
+/// One run of the sync into `writer` (one server, or a cluster: `cluster`).
+fn run_into<W: Sink>(
+    opts: &SyncOptions,
+    ctx: &RunContext,
+    mut writer: W,
+    cluster: bool,
+) -> anyhow::Result<SyncReport> {
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
     let handoff = &ctx.progress.handoff;
@@ -304,6 +397,12 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         );
     }
     let stored = batch::read(&mut writer)?;
+    // (One link of a cluster source says which.)
+    let who = opts
+        .shard
+        .as_ref()
+        .map(|s| format!("{}: ", s.label))
+        .unwrap_or_default();
     // (replication id, offset, the stream's database there when known)
     let resume: Option<(String, u64, Option<u64>)> = match &stored {
         // A following link continues where it stopped reading (what it skipped is on its
@@ -315,19 +414,19 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
                 None => String::new(),
             };
             say(&format!(
-                "cutover sync: the target holds the position {replid} {offset}{in_db}; asking the source to continue from there"
+                "cutover sync: {who}the target holds the position {replid} {offset}{in_db}; asking the source to continue from there"
             ));
             Some((replid.clone(), *offset, *db))
         }
         Stored::At { replid, offset, .. } => {
             say(&format!(
-                "cutover sync: --fresh: ignoring the position {replid} {offset} stored on the target"
+                "cutover sync: {who}--fresh: ignoring the position {replid} {offset} stored on the target"
             ));
             None
         }
         Stored::Unusable(v) => {
             say(&format!(
-                "cutover sync: the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
+                "cutover sync: {who}the target holds an unusable position {v:?} (an earlier snapshot did not finish)"
             ));
             None
         }
@@ -341,6 +440,9 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
                 tracing::warn!("{warning}");
             }
             // Before anything is written: every database with keys must exist on the target.
+            if cluster {
+                check_cluster_databases(&opts.tuning.filter, writer.addr(), &numbers)?;
+            }
             check_databases(&writer, &opts.tuning.filter, &numbers)?;
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the source's INFO keyspace"),
@@ -353,7 +455,9 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
         .load(std::sync::atomic::Ordering::Relaxed)
         <= 1
         && !handoff.is_following()
+        && !cluster
     {
+        // (Not for a cluster target yet: its room is the sum of its masters'.)
         crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
     }
 
@@ -369,11 +473,12 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
     let resume = resume.map(|(id, off, _)| (id, off));
     {
         let source = opts.source.clone();
+        let relocate = opts.shard.as_ref().and_then(|s| s.relocate(opts.timeout));
         let applied = Arc::clone(&applied);
         let timeout = opts.timeout;
         std::thread::Builder::new()
             .name("cutover-replica".into())
-            .spawn(move || link_thread(source, resume, tx, applied, timeout))
+            .spawn(move || link_thread(source, resume, tx, applied, timeout, relocate))
             .context("cannot start the replica link thread")?;
     }
     let progress = Arc::clone(&ctx.progress);
@@ -416,7 +521,7 @@ pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncRepo
 /// Refuses (before anything is written) source databases that the target does not have
 /// once mapped: names them and a `db_map` that would fix it (the target's lowest databases
 /// that nothing else is mapped to).
-fn check_databases(w: &TargetWriter, filter: &Filter, source_dbs: &[u64]) -> anyhow::Result<()> {
+fn check_databases<W: Sink>(w: &W, filter: &Filter, source_dbs: &[u64]) -> anyhow::Result<()> {
     let Some(n) = w.databases() else {
         return Ok(());
     };

@@ -72,6 +72,9 @@ pub struct SyncProgress {
     pub reconnects: AtomicU64,
     /// Of those, full resyncs (the target flushed and loaded again).
     pub full_resyncs: AtomicU64,
+    /// Source transactions (and unsplittable multi-key commands) a cluster target applied
+    /// as several single-slot transactions: not atomic there ([`crate::sync::cluster`]).
+    pub non_atomic_txns: AtomicU64,
     pub last_error: std::sync::Mutex<Option<String>>,
     /// Runs that got going (the target answered and the source started a sync or continued
     /// one): a failure after that is a new outage, worth retrying ([`crate::sync::retry`]).
@@ -331,6 +334,7 @@ impl SyncProgress {
             "reconnects": n(&self.reconnects),
             "link_up": !self.link_down.load(Ordering::Relaxed),
             "full_resyncs": n(&self.full_resyncs),
+            "non_atomic_txns": n(&self.non_atomic_txns),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "retry_in_s": (n(&self.retry_in_s) > 0).then(|| n(&self.retry_in_s)),
         });

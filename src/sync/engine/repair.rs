@@ -63,7 +63,7 @@ use crate::rdb::{DumpPayload, RdbType, RdbVersion, Writer};
 use crate::resp::request::encode_command;
 use crate::sync::convert::Converter;
 use crate::sync::convert::Stats;
-use crate::sync::target::{Tag, TargetWriter, array_elements, reply_text, show_key};
+use crate::sync::target::{Sink, Tag, array_elements, reply_text, show_key};
 
 use super::*;
 
@@ -159,7 +159,7 @@ fn payload_for(payload: &[u8], max: RdbVersion) -> Result<Vec<u8>, String> {
 
 impl Applier<'_> {
     /// The keys the last replies found missing here (or suspect): queued for a copy.
-    pub(in crate::sync) fn note_lost(&mut self, w: &mut TargetWriter) {
+    pub(in crate::sync) fn note_lost<W: Sink>(&mut self, w: &mut W) {
         for t in w.take_unchanged() {
             if t.must_change {
                 self.progress
@@ -175,9 +175,9 @@ impl Applier<'_> {
 
     /// Between reads of the stream: reads the keys waiting for a copy from the primary, and
     /// places the copies whose offset the stream has reached.
-    pub(in crate::sync) fn repair_step(
+    pub(in crate::sync) fn repair_step<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         self.note_lost(w);
@@ -199,9 +199,9 @@ impl Applier<'_> {
 
     /// At the barrier (the clients are held, the link is at the primary's offset): every
     /// key waiting is read and placed now, then everything is answered.
-    pub(in crate::sync) fn repair_at_barrier(
+    pub(in crate::sync) fn repair_at_barrier<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         for _ in 0..3 {
@@ -357,9 +357,9 @@ impl Applier<'_> {
     /// Queues the copies whose offset the stream reached (all of them at the barrier) into
     /// the open batch, opening one if needed; the writer's database is the stream's again
     /// afterwards.
-    pub(in crate::sync) fn place_ready(
+    pub(in crate::sync) fn place_ready<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         all: bool,
     ) -> anyhow::Result<()> {
         let mut placed = false;
@@ -454,9 +454,9 @@ impl Applier<'_> {
     /// from a one-key RDB built from the `DUMP` payload, without expiry; then `PEXPIRE` with
     /// the remaining TTL (relative, as for `RESTORE`). Anything the converter reports as not
     /// expressible here is an error: the key stays unrepaired.
-    fn write_converted(
+    fn write_converted<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         db: u64,
         key: &[u8],
         payload: &[u8],

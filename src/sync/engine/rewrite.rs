@@ -20,7 +20,7 @@ use crate::sync::convert::{Stats, UnsupportedPolicy};
 use crate::sync::filter::command_keys;
 use crate::sync::refusals::Unapplied;
 use crate::sync::replica::StreamCommand;
-use crate::sync::target::{Tag, TargetError, TargetWriter, show_key};
+use crate::sync::target::{Sink, Tag, TargetError, show_key};
 
 use super::*;
 
@@ -29,12 +29,12 @@ impl Applier<'_> {
     /// (excluded commands, keys, databases), databases mapped, and rewritten where the target
     /// does not know an argument but has an equivalent; what it cannot express is reported
     /// (and stops the sync under `unsupported = fail`).
-    pub(in crate::sync) fn forward(
+    pub(in crate::sync) fn forward<W: Sink>(
         &mut self,
         cmd: &StreamCommand,
         args: &[&[u8]],
         name: &str,
-        w: &mut TargetWriter,
+        w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let keys = command_keys(name, args);
@@ -89,6 +89,7 @@ impl Applier<'_> {
             must_change,
             suspect_reply: suspect_reply.clone(),
             stream_db,
+            stream_end: cmd.end_offset,
             ..Tag::default()
         };
         let filter = &self.opts.tuning.filter;

@@ -13,7 +13,7 @@ use anyhow::bail;
 use crate::sync::batch;
 use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
-use crate::sync::target::TargetWriter;
+use crate::sync::target::Sink;
 
 use super::applier::select_db;
 use super::*;
@@ -23,7 +23,7 @@ impl Applier<'_> {
     /// target confirmed it): it waits there, taking nothing more from its stream, until the
     /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
     /// (the move was aborted: it applies on).
-    pub(super) fn park(&mut self, w: &mut TargetWriter, limit: u64) -> anyhow::Result<()> {
+    pub(super) fn park<W: Sink>(&mut self, w: &mut W, limit: u64) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let confirmed = w.confirmed_offset().unwrap_or(limit);
         self.applied.store(confirmed, Ordering::Release);
@@ -71,7 +71,7 @@ impl Applier<'_> {
     /// The link follows from now on (a move made it the follower, or undid its taking
     /// over): a transaction it had open is discarded, and the stream's database is the
     /// writer's.
-    pub(super) fn enter_following(&mut self, w: &mut TargetWriter) -> anyhow::Result<()> {
+    pub(super) fn enter_following<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
         if self.txn_open {
             w.discard()?;
             self.txn_open = false;
@@ -91,9 +91,9 @@ impl Applier<'_> {
     /// (the other side has it already), keeping track of the offset and the stream's
     /// database, and acknowledges what it read. Asked to apply from an offset, it skips up to
     /// there and starts applying exactly there; asked to hold, it takes nothing.
-    pub(super) fn follow_step(
+    pub(super) fn follow_step<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         phase: &mut SyncPhase,
     ) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
@@ -179,13 +179,17 @@ impl Applier<'_> {
                             self.record_foreign(n, what);
                         }
                         if self.foreign.lone_deletes_full() {
-                            self.check_lone_deletes(w)?;
+                            if let Some(w) = w.standalone() {
+                                self.check_lone_deletes(w)?;
+                            }
                         }
                     }
                     self.last_offset = cmd.end_offset;
                 }
                 // Lone DELs: the old side's expiries, or foreign deletes (`expiry.rs`).
-                self.check_lone_deletes(w)?;
+                if let Some(w) = w.standalone() {
+                    self.check_lone_deletes(w)?;
+                }
             }
             Ok(Msg::Failed(message, transient)) => {
                 return Err(EngineError::SourceLink { message, transient }.into());
@@ -259,9 +263,9 @@ impl Applier<'_> {
     /// The follower reached the offset it was asked to apply from: from here on it applies.
     /// The position is stored on its side at once, so a restart of this engine continues
     /// from exactly here.
-    pub(super) fn start_applying(
+    pub(super) fn start_applying<W: Sink>(
         &mut self,
-        w: &mut TargetWriter,
+        w: &mut W,
         replid: &str,
         from: u64,
     ) -> anyhow::Result<()> {

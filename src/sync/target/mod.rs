@@ -32,12 +32,14 @@ mod error;
 mod info;
 pub mod memory;
 mod reply;
+mod sink;
 mod tag;
 mod txn;
 
 pub use error::TargetError;
 pub use info::{TargetInfo, max_rdb_version};
 pub use reply::{array_elements, array_errors, array_unchanged, first_error_in_array, reply_text};
+pub use sink::Sink;
 pub use tag::{Refusal, Tag, show_key};
 use txn::Txn;
 

@@ -32,6 +32,12 @@ pub struct Tag {
     /// A copy of a key from the primary (`sync::engine::repair`): refused, the key stays
     /// unrepaired (the link goes on).
     pub repair: bool,
+    /// For a stream command: the replication offset right after it (0: not a stream
+    /// command). A cluster target skips, per slot, what that slot's position already holds.
+    pub stream_end: u64,
+    /// The `EXEC` of a transaction of the source (a cluster target whose slots it spans
+    /// applies it as several, reported as non-atomic).
+    pub source_txn: bool,
     /// Queued inside the writer's transaction (set by the writer).
     pub(crate) in_txn: bool,
     /// The `EXEC` of the writer's transaction (set by the writer).
