@@ -130,6 +130,23 @@ fn check_primary(primary: &Server, shas: &[String], known: usize, counts: &[i64]
     }
 }
 
+/// `server` is the version asked for (`INFO server`, asked directly): a pair is the pair
+/// it says.
+fn assert_runs(server: &Server, version: Version) {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut server.conn())
+        .unwrap();
+    let want = match version {
+        Version::Redis62 => "redis_version:6.2.",
+        Version::Redis70 => "redis_version:7.0.",
+        Version::Redis82 => "redis_version:8.2.",
+        Version::Valkey81 => "valkey_version:8.1.",
+        Version::Valkey91 => "valkey_version:9.1.",
+    };
+    assert!(info.contains(want), "{version:?}: {info}");
+}
+
 fn scripts_survive_every_move(from: Version, to: Version) {
     scripts_survive_every_move_in(from, to, "auto");
 }
@@ -137,6 +154,8 @@ fn scripts_survive_every_move(from: Version, to: Version) {
 fn scripts_survive_every_move_in(from: Version, to: Version, overlap: &str) {
     let source = Server::start(from);
     let target = Server::start(to);
+    assert_runs(&source, from);
+    assert_runs(&target, to);
     // (A pause limit above the default: a loaded test machine must not refuse a move for
     // its own steps' time; this test is about scripts.)
     let (_dir, config) = config_file("[cutover]\nmax_pause_ms = 1000\n");
