@@ -511,8 +511,7 @@ fn checkpoint(
         // In the replica overlap the shadow queue is always empty: the old side follows by
         // the link, asynchronously. With the load held, the link catches up: wait for that
         // (bounded) rather than compare at once.
-        if let Err(differ) =
-            common::moves::wait_equal(source, target, &[], Duration::from_secs(10))
+        if let Err(differ) = common::moves::wait_equal(source, target, &[], Duration::from_secs(10))
         {
             panic!("{label}: source and target differ while shadowing: {differ:?}");
         }
