@@ -6,6 +6,8 @@
 //! an `EVAL` body and scripts loaded between moves; after each move every `EVALSHA` works
 //! on the first try, the new primary has every script (`SCRIPT EXISTS`, asked directly),
 //! both sides are equal, and every `EVALSHA`'s increment is on the primary exactly once.
+//! One story (`scripts_survive_every_move_in`) for every pair of servers here: a subset in
+//! every `cargo test`, all 25 ordered pairs with `CUTOVER_SCRIPTS_ALL_PAIRS=1`.
 
 mod common;
 
@@ -128,6 +130,23 @@ fn check_primary(primary: &Server, shas: &[String], known: usize, counts: &[i64]
     }
 }
 
+/// `server` is the version asked for (`INFO server`, asked directly): a pair is the pair
+/// it says.
+fn assert_runs(server: &Server, version: Version) {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut server.conn())
+        .unwrap();
+    let want = match version {
+        Version::Redis62 => "redis_version:6.2.",
+        Version::Redis70 => "redis_version:7.0.",
+        Version::Redis82 => "redis_version:8.2.",
+        Version::Valkey81 => "valkey_version:8.1.",
+        Version::Valkey91 => "valkey_version:9.1.",
+    };
+    assert!(info.contains(want), "{version:?}: {info}");
+}
+
 fn scripts_survive_every_move(from: Version, to: Version) {
     scripts_survive_every_move_in(from, to, "auto");
 }
@@ -135,6 +154,8 @@ fn scripts_survive_every_move(from: Version, to: Version) {
 fn scripts_survive_every_move_in(from: Version, to: Version, overlap: &str) {
     let source = Server::start(from);
     let target = Server::start(to);
+    assert_runs(&source, from);
+    assert_runs(&target, to);
     // (A pause limit above the default: a loaded test machine must not refuse a move for
     // its own steps' time; this test is about scripts.)
     let (_dir, config) = config_file("[cutover]\nmax_pause_ms = 1000\n");
@@ -230,6 +251,11 @@ fn scripts_survive_every_move_in(from: Version, to: Version, overlap: &str) {
     );
 }
 
+// Every pair of servers here (`Version::EVERY`, 25 ordered pairs) runs the same story. In
+// `cargo test` a subset: the pairs below make every version a source once and a target
+// once at least (a rotation of `EVERY`: 6.2→7.0→8.2→Valkey 8.1→Valkey 9.1→6.2, plus 7.0→7.0,
+// 7.0→Valkey 9.1 and the shadow overlap); all 25 with `CUTOVER_SCRIPTS_ALL_PAIRS=1`.
+
 #[test]
 fn scripts_cross_moves_redis_7_0_to_redis_7_0() {
     scripts_survive_every_move(Version::Redis70, Version::Redis70);
@@ -245,6 +271,26 @@ fn scripts_cross_moves_redis_6_2_to_redis_7_0() {
     scripts_survive_every_move(Version::Redis62, Version::Redis70);
 }
 
+#[test]
+fn scripts_cross_moves_redis_7_0_to_redis_8_2() {
+    scripts_survive_every_move(Version::Redis70, Version::Redis82);
+}
+
+#[test]
+fn scripts_cross_moves_redis_8_2_to_valkey_8_1() {
+    scripts_survive_every_move(Version::Redis82, Version::Valkey81);
+}
+
+#[test]
+fn scripts_cross_moves_valkey_8_1_to_valkey_9_1() {
+    scripts_survive_every_move(Version::Valkey81, Version::Valkey91);
+}
+
+#[test]
+fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
+    scripts_survive_every_move(Version::Valkey91, Version::Redis62);
+}
+
 /// The same in the shadow overlap (the proxy copies each write, scripts run again on the old
 /// side): the moves there (first switch, later flips) load the scripts too.
 #[test]
@@ -252,9 +298,38 @@ fn scripts_cross_moves_in_shadow_overlap_redis_7_0_to_redis_7_0() {
     scripts_survive_every_move_in(Version::Redis70, Version::Redis70, "shadow");
 }
 
+/// All 25 ordered pairs of `Version::EVERY`, one after the other (each pair's proxy and
+/// servers are stopped before the next starts), when `CUTOVER_SCRIPTS_ALL_PAIRS=1`: about
+/// 25 times the cost of one pair, so not in every `cargo test`. Every pair runs even when
+/// one fails; the failures are listed together at the end.
 #[test]
-fn scripts_cross_moves_valkey_9_1_to_redis_6_2() {
-    scripts_survive_every_move(Version::Valkey91, Version::Redis62);
+fn scripts_cross_moves_every_version_pair() {
+    if std::env::var("CUTOVER_SCRIPTS_ALL_PAIRS").as_deref() != Ok("1") {
+        eprintln!("all 25 pairs run with CUTOVER_SCRIPTS_ALL_PAIRS=1; skipped");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut failed = Vec::new();
+    for from in Version::EVERY {
+        for to in Version::EVERY {
+            let t = std::time::Instant::now();
+            let run = std::panic::catch_unwind(|| scripts_survive_every_move(from, to));
+            eprintln!(
+                "{from:?} -> {to:?}: {} in {:.1} s",
+                if run.is_ok() { "ok" } else { "FAILED" },
+                t.elapsed().as_secs_f64()
+            );
+            if run.is_err() {
+                failed.push(format!("{from:?} -> {to:?}"));
+            }
+        }
+    }
+    eprintln!(
+        "25 pairs in {:.1} s, {} failed",
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "pairs that failed: {failed:?}");
 }
 
 /// A script loaded directly on the source (not through the proxy) cannot be copied (no

@@ -59,16 +59,30 @@ pub enum Version {
     Redis70,
     Redis62,
     Valkey91,
+    /// Redis 8.2 and Valkey 8.1: in `EVERY` (the script moves run every pair), not in `ALL`.
+    Redis82,
+    Valkey81,
 }
 
 impl Version {
     pub const ALL: [Version; 3] = [Version::Redis70, Version::Redis62, Version::Valkey91];
+
+    /// Every server installed in `.servers/bin`.
+    pub const EVERY: [Version; 5] = [
+        Version::Redis62,
+        Version::Redis70,
+        Version::Redis82,
+        Version::Valkey81,
+        Version::Valkey91,
+    ];
 
     pub fn binary(self) -> &'static str {
         match self {
             Version::Redis70 => "redis-7.0-server",
             Version::Redis62 => "redis-6.2-server",
             Version::Valkey91 => "valkey-9.1-server",
+            Version::Redis82 => "redis-8.2-server",
+            Version::Valkey81 => "valkey-8.1-server",
         }
     }
 
@@ -79,7 +93,7 @@ impl Version {
 
     /// `CLIENT SETINFO` (Redis 7.2+, Valkey).
     pub fn has_client_setinfo(self) -> bool {
-        self == Version::Valkey91
+        !matches!(self, Version::Redis62 | Version::Redis70)
     }
 
     /// `--enable-debug-command` exists from 7.0 on; 6.2 always allows `DEBUG`.
