@@ -51,7 +51,11 @@ fn a_key_the_old_side_expired_first_makes_the_rollback_unsafe_and_is_named() {
             .query(&mut c)
             .unwrap();
     }
-    let n: i64 = redis::cmd("INCRBY").arg("ctr").arg(5).query(&mut c).unwrap();
+    let n: i64 = redis::cmd("INCRBY")
+        .arg("ctr")
+        .arg(5)
+        .query(&mut c)
+        .unwrap();
     assert_eq!(n, 5);
     let c0 = drained(&proxy);
     assert_eq!(c0["shadow_keys_lost"], 0, "{c0}");
