@@ -301,7 +301,21 @@ fn rollback_line(doc: &Value) -> String {
         doc["cutover"]["rollback_unsafe_reason"].as_str(),
     ) {
         (Some(true), _) => format!("safe ({queue} shadow writes queued)"),
-        (_, Some(why)) => format!("NOT safe: {why}"),
+        (_, Some(why)) => {
+            let mut line = format!("NOT safe: {why}");
+            // Keys the old side of a shadow overlap expired on its own (issue 20).
+            if let Some(names) = doc["cutover"]["shadow_keys_lost_names"].as_array()
+                && !names.is_empty()
+            {
+                let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+                line.push_str(&format!(
+                    "; keys lost on the {}: {}",
+                    doc["cutover"]["shadow_side"].as_str().unwrap_or("old side"),
+                    names.join(", ")
+                ));
+            }
+            line
+        }
         _ => "-".into(),
     }
 }

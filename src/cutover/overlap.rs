@@ -302,6 +302,17 @@ impl Controller {
         // its place reads a new snapshot first (reported in status), and even --force
         // cannot move before that.
         let follower_phase = following.phase();
+        if matches!(follower_phase, SyncPhase::Error | SyncPhase::Connecting) {
+            // (Typically right after a side's server restarted: its connections broke.)
+            return Err(CutoverError::Refused(format!(
+                "the {} link, which would keep the {} in step after the move, is reconnecting ({follower_phase}{}); not moving: retry when `cutover status` shows it streaming",
+                following.direction(),
+                from.as_str(),
+                last_error(following)
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )));
+        }
         if follower_phase != SyncPhase::Streaming || !following.handoff.is_following() {
             return Err(CutoverError::Refused(format!(
                 "the {} link, which would keep the {} in step after the move, is {follower_phase}{}; not moving (it must be streaming; see `cutover status`)",
@@ -313,12 +324,16 @@ impl Controller {
         for link in [following, applying] {
             if link.link_down.load(Ordering::Relaxed) {
                 return Err(CutoverError::Refused(format!(
-                    "the {} link lost its connection and is connecting again{}; not moving",
+                    "the {} link lost its connection and is reconnecting{}; not moving: retry when `cutover status` shows it streaming",
                     link.direction(),
                     last_error_suffix(link)
                 )));
             }
         }
+        // The following link's last error now: one that changes during the move means its
+        // connection broke in the barrier (a side restarted and the link had not written to
+        // it since), which the refusal names instead of the pause limit.
+        let follower_error_before = last_error(following);
         let applying_phase = applying.phase();
         if applying_phase != SyncPhase::Streaming {
             return Err(CutoverError::Refused(format!(
@@ -519,14 +534,21 @@ impl Controller {
                 following.direction()
             )));
         }
-        if !took_over
-            && let Some(e) = try_abort(format!(
+        if !took_over {
+            let trouble = link_trouble(following, &follower_error_before);
+            if let Some(e) = try_abort(format!(
                 "the {} link had read up to offset {} of {new_offset}",
                 following.direction(),
                 following.received_offset.load(Ordering::Relaxed)
-            ))
-        {
-            return Err(e);
+            )) {
+                return Err(match trouble {
+                    Some(why) => CutoverError::Refused(format!(
+                        "{why}; not moved, the route stays on the {} and held commands went there: retry when `cutover status` shows it streaming",
+                        from.as_str()
+                    )),
+                    None => e,
+                });
+            }
         }
         // 5. Commit: the parked link follows (first: it unparks itself once the stop is
         // withdrawn); the route flips.
@@ -623,6 +645,29 @@ impl Controller {
         }
         Ok(applied)
     }
+}
+
+fn last_error(p: &SyncProgress) -> Option<String> {
+    p.last_error.lock().ok().and_then(|e| e.clone())
+}
+
+/// Why a link that did not take over in the barrier could not: it is not streaming, its
+/// replication link dropped, or its last error changed since `error_before` (its connection
+/// to a side broke during the move). `None`: none of these (then the pause limit is the
+/// reason).
+fn link_trouble(p: &SyncProgress, error_before: &Option<String>) -> Option<String> {
+    let phase = p.phase();
+    let down = p.link_down.load(Ordering::Relaxed);
+    let error = last_error(p);
+    let new_error = error.is_some() && error != *error_before;
+    if phase == SyncPhase::Streaming && !down && !new_error {
+        return None;
+    }
+    Some(format!(
+        "the {} link lost its connection and is reconnecting ({phase}{})",
+        p.direction(),
+        error.map(|e| format!("; {e}")).unwrap_or_default()
+    ))
 }
 
 pub(super) fn last_error_suffix(p: &SyncProgress) -> String {

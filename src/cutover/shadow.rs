@@ -87,6 +87,13 @@ pub enum Action {
     /// state there; the writer compares the replies, and a difference (a script that is not
     /// deterministic, or that writes keys it did not declare) makes the rollback unsafe.
     Replay(Args, Option<Value>),
+    /// A write whose primary reply says the key was there (an `EXPIRE` answered 1, a `GETEX`
+    /// that returned a value, an `INCR` that did not start from nothing): the old side
+    /// answering `.1` instead means it no longer had the key — it expired it first (its
+    /// clock ahead, or the refresh reached it a little late). The writer counts and names
+    /// the key and marks the rollback unsafe ([`ShadowSink::lost_key`]): see `lost_key` for
+    /// why the key is not copied back.
+    Expect(Args, Value),
 }
 
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
@@ -207,6 +214,12 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 (_, n) => n.and_then(i64::checked_neg),
             };
             match (by, reply.text()) {
+                // The primary's result differs from the delta: the key was there. The old
+                // side answering the delta itself means it started from nothing.
+                (Some(by), _) if *reply != Value::Int(by) => Action::Expect(
+                    cmd(&[b"INCRBY", &key, by.to_string().as_bytes()]),
+                    Value::Int(by),
+                ),
                 (Some(by), _) => {
                     Action::Apply(vec![cmd(&[b"INCRBY", &key, by.to_string().as_bytes()])])
                 }
@@ -239,11 +252,14 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 "expireat" => n * 1000.0,
                 _ => n,
             };
-            Action::Apply(vec![cmd(&[
-                b"PEXPIREAT",
-                &key,
-                (at.max(0.0) as u64).to_string().as_bytes(),
-            ])])
+            Action::Expect(
+                cmd(&[
+                    b"PEXPIREAT",
+                    &key,
+                    (at.max(0.0) as u64).to_string().as_bytes(),
+                ]),
+                Value::Int(0),
+            )
         }
         "setex" | "psetex" => {
             let (Some(t), Some(v)) = (args.get(2).and_then(|a| num(a)), args.get(3)) else {
@@ -274,11 +290,10 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 Some(b"PERSIST") => return Action::Apply(vec![cmd(&[b"PERSIST", &key])]),
                 _ => return Action::Skip,
             };
-            Action::Apply(vec![cmd(&[
-                b"PEXPIREAT",
-                &key,
-                (at as u64).to_string().as_bytes(),
-            ])])
+            Action::Expect(
+                cmd(&[b"PEXPIREAT", &key, (at as u64).to_string().as_bytes()]),
+                Value::Int(0),
+            )
         }
         "getdel" => match reply {
             Value::Nil => Action::Skip,
@@ -501,7 +516,14 @@ pub struct ShadowSink {
     applied: AtomicU64,
     safe: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// Writes the old side answered as if their key were missing ([`Action::Expect`]).
+    lost: AtomicU64,
+    /// The first [`LOST_NAMED`] of those keys, `db:key`, for status.
+    lost_keys: Mutex<Vec<String>>,
 }
+
+/// How many keys lost on the old side status names (the count is exact).
+pub const LOST_NAMED: usize = 20;
 
 impl ShadowSink {
     /// A sink with room for `capacity` writes, and the receiver the writer task drains.
@@ -515,6 +537,8 @@ impl ShadowSink {
                 applied: AtomicU64::new(0),
                 safe: AtomicBool::new(true),
                 reason: Mutex::new(None),
+                lost: AtomicU64::new(0),
+                lost_keys: Mutex::new(Vec::new()),
             },
             rx,
         )
@@ -558,6 +582,44 @@ impl ShadowSink {
             }
         }
         metrics::gauge!("cutover_rollback_safe").set(0.0);
+    }
+
+    /// Writer: the old side answered `write` (on `key`, database `db`) as if it no longer
+    /// had the key, while the primary had it: the old side expired (or evicted) it on its own.
+    /// Counted, named in status, and the rollback is marked unsafe.
+    ///
+    /// Why no copy from the primary (as the links' repair does): the shadow writer replays
+    /// the primary's writes in the order the primary answered them, but the primary may
+    /// already have answered later writes for the same key that are still queued here. A copy
+    /// taken now includes them, and replaying them after it applies them twice (an `INCR`
+    /// counted twice, an element pushed twice). A correct copy needs a fence (no later
+    /// write of the key answered yet) that the proxy does not track; so the loss is
+    /// detected and reported, never repaired blindly.
+    pub fn lost_key(&self, db: u32, key: &[u8], write: &str) {
+        let n = self.lost.fetch_add(1, Ordering::AcqRel) + 1;
+        metrics::counter!("cutover_shadow_keys_lost_total").increment(1);
+        let name = format!("{db}:{}", String::from_utf8_lossy(key));
+        if let Ok(mut keys) = self.lost_keys.lock()
+            && keys.len() < LOST_NAMED
+            && !keys.contains(&name)
+        {
+            keys.push(name.clone());
+        }
+        tracing::warn!(key = %name, write, "the old side had lost a key the primary holds");
+        self.mark_unsafe(&format!(
+            "the {} no longer had key {name} when the shadow writer sent {write} (the primary had it): it expired or evicted the key on its own ({n} such writes so far, see shadow_keys_lost)",
+            self.side.as_str()
+        ));
+    }
+
+    /// Writes the old side answered as if their key were missing.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// The keys of [`Self::lost`] (the first [`LOST_NAMED`]), `db:key`.
+    pub fn lost_keys(&self) -> Vec<String> {
+        self.lost_keys.lock().map(|k| k.clone()).unwrap_or_default()
     }
 
     pub fn is_safe(&self) -> bool {

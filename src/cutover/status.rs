@@ -82,6 +82,10 @@ impl Controller {
             "shadow_queue": sink.as_ref().map_or(0, |s| s.pending()),
             "shadow_side": sink.as_ref().map(|s| s.side.as_str()),
             "shadow_writes": sink.as_ref().map_or(0, |s| s.enqueued()),
+            // Writes the old side answered as if their key were gone (it expired or evicted
+            // it on its own), and the first of those keys (`db:key`).
+            "shadow_keys_lost": sink.as_ref().map_or(0, |s| s.lost()),
+            "shadow_keys_lost_names": sink.as_ref().map(|s| s.lost_keys()).unwrap_or_default(),
             "held_sessions": self.proxy.gate().held(),
             // Sessions that would hold a move now (stalled longer than the pause limit), and
             // what the move would do with each ([`holders`]).

@@ -53,7 +53,7 @@ impl Answer {
                     .get(*n)
                     .map(|c| name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()))
                     .unwrap_or_default(),
-                Some(Action::Take(c) | Action::Replay(c, _)) => {
+                Some(Action::Take(c) | Action::Replay(c, _) | Action::Expect(c, _)) => {
                     name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>())
                 }
                 _ => String::new(),
@@ -215,7 +215,9 @@ async fn write_batch(
     for (index, item) in items.iter().enumerate() {
         let commands: &[Args] = match &item.action {
             Action::Apply(cmds) => cmds,
-            Action::Take(cmd) | Action::Replay(cmd, _) => std::slice::from_ref(cmd),
+            Action::Take(cmd) | Action::Replay(cmd, _) | Action::Expect(cmd, _) => {
+                std::slice::from_ref(cmd)
+            }
             Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
@@ -281,11 +283,28 @@ async fn write_batch(
             },
             _ => None,
         };
-        let wanted = take || replay.is_some() || matches!(answer, Answer::Control("EXEC"));
+        let lost_if = match &answer {
+            Answer::Item(i, _) => match &items[*i].action {
+                Action::Expect(_, lost) => Some(lost),
+                _ => None,
+            },
+            _ => None,
+        };
+        let wanted = take
+            || replay.is_some()
+            || lost_if.is_some()
+            || matches!(answer, Answer::Control("EXEC"));
         let Some(raw) = c.read_if(wanted).await? else {
             continue;
         };
         let value = Value::decode(&raw, 2);
+        if let (Some(lost), Some(got), Answer::Item(i, _)) = (lost_if, &value, &answer)
+            && got == lost
+            && let Action::Expect(cmd, _) = &items[*i].action
+        {
+            let key = cmd.get(1).map(Vec::as_slice).unwrap_or_default();
+            sink.lost_key(items[*i].db, key, &show(cmd));
+        }
         if let (true, Answer::Item(i, _), Some(Value::Int(0))) = (take, &answer, &value)
             && let Action::Take(cmd) = &items[*i].action
         {
