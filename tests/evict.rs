@@ -132,7 +132,11 @@ fn an_old_side_that_fills_up_during_the_overlap_makes_the_rollback_unsafe() {
     let why = s["cutover"]["rollback_unsafe_reason"]
         .as_str()
         .unwrap_or_default();
-    assert!(why.contains("evicted"), "{s}");
+    assert!(
+        why.contains("evicted"),
+        "{s}\n{}",
+        common::tail(&proxy.log(), 30000)
+    );
     let (code, _, err) = cli(&proxy, &["rollback"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("evicted"), "{err}");

@@ -30,10 +30,10 @@
 //! agree), a key still missing is a foreign delete (counted, named, rollback unsafe, like any
 //! foreign write). If the old side cannot be asked, the primary's word stands.
 //!
-//! Evictions are the other source of lone deletes: an evicted key is still on the primary
-//! (no TTL, or a long one), so it would read as foreign here; evictions on the side an applying
-//! link writes to are counted by the eviction watcher (`cutover::memory`), which makes the
-//! moves refused as well, and the old side's copy was already not a copy.
+//! Evictions are the other source of lone deletes: an evicted key is still on the primary, so
+//! it would read as foreign here. When the old side's `evicted_keys` grew at this check or
+//! within 10 s of one that saw it grow, its missing keys are taken as evictions: the eviction watcher (`cutover::memory`)
+//! counts and reports those, names the cause, and refuses the moves as well.
 //!
 //! Known limits: a foreign `DEL` of a key the primary writes again before the check (an
 //! `INCR`, an `RPUSH`) is missed, since the old side holds the key again (with another value:
@@ -120,7 +120,7 @@ impl Applier<'_> {
     /// reached `offset` on the primary; none when it did not within [`CATCH_UP`], or a move
     /// began meanwhile.
     fn still_missing(
-        &self,
+        &mut self,
         suspects: &[LoneDelete],
         offset: Option<u64>,
     ) -> anyhow::Result<Vec<LoneDelete>> {
@@ -151,6 +151,14 @@ impl Applier<'_> {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
+        }
+        let evicted = old.info("stats")?.evicted_keys().unwrap_or(0);
+        if self.foreign.evicting(evicted) {
+            tracing::debug!(
+                evicted,
+                "the followed side evicts keys: its lone deletes are taken as evictions (reported by the eviction watcher)"
+            );
+            return Ok(Vec::new());
         }
         let mut missing = Vec::new();
         let mut db = None;

@@ -115,6 +115,28 @@ pub(super) struct ForeignWatch {
     /// Lone `DEL`/`UNLINK`s of one key seen since the last check (`expiry.rs`): the old
     /// side's expiries, or foreign deletes.
     lone_deletes: Vec<LoneDelete>,
+    /// The followed side's `evicted_keys` at the last check of lone deletes (`expiry.rs`),
+    /// and when it was last seen growing.
+    evicted_seen: Option<u64>,
+    evicted_grew: Option<std::time::Instant>,
+    /// The open transaction (not ours) holds only one-key `DEL`/`UNLINK`s so far, kept here
+    /// (up to [`MULTI_DELETES`]): Redis 7+ wraps the deletes of several keys that expire or
+    /// are evicted during one command in `MULTI … EXEC`, so they are lone deletes too.
+    multi_dels: Vec<(Bytes, u64)>,
+    multi_only_dels: bool,
+}
+
+/// How long after the followed side was last seen evicting its lone deletes are taken as
+/// evictions.
+const EVICTING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One-key deletes of a transaction kept to be decided as lone deletes; a transaction with
+/// more is counted as foreign as a whole.
+const MULTI_DELETES: usize = 16 * 1024;
+
+/// A one-key `DEL`/`UNLINK` as a server propagates it (its expiries and evictions).
+fn is_one_key_delete(wire: &[u8]) -> bool {
+    wire.starts_with(b"*2\r\n$3\r\nDEL\r\n") || wire.starts_with(b"*2\r\n$6\r\nUNLINK\r\n")
 }
 
 /// A lone `DEL`/`UNLINK` of one key in the followed stream, to be decided by asking the
@@ -168,6 +190,23 @@ fn describe(args: &[&[u8]], db: u64) -> String {
 }
 
 impl ForeignWatch {
+    /// Records the followed side's `evicted_keys`; whether it evicted lately: since the last
+    /// call (at the first: ever), or within [`EVICTING`] of a call that saw it grow (the
+    /// deletes checked now were read from a stream that lags the counter). Its lone deletes
+    /// are then evictions, which the eviction watcher (`cutover::memory`) reports, not
+    /// foreign deletes.
+    pub(super) fn evicting(&mut self, evicted_keys: u64) -> bool {
+        let now = std::time::Instant::now();
+        let grew = match self.evicted_seen.replace(evicted_keys) {
+            None => evicted_keys > 0,
+            Some(b) => evicted_keys > b,
+        };
+        if grew {
+            self.evicted_grew = Some(now);
+        }
+        self.evicted_grew
+            .is_some_and(|t| now.duration_since(t) < EVICTING)
+    }
     /// Looks at one command of the followed stream (in database `db`); returns the foreign
     /// writes it completes: their number and the first of them named. Inside a transaction
     /// this costs one comparison per command; the commands are parsed only outside one, or
@@ -177,6 +216,16 @@ impl ForeignWatch {
             if is_bare(wire, b"EXEC") {
                 self.in_multi = false;
                 if self.ours || self.pending_count == 0 {
+                    return None;
+                }
+                if self.multi_only_dels && self.multi_dels.len() as u64 == self.pending_count {
+                    // Expiries or evictions of several keys at once (or a foreign
+                    // transaction of deletes): decided one by one, as lone deletes.
+                    self.pending.clear();
+                    self.pending_count = 0;
+                    for (w, db) in std::mem::take(&mut self.multi_dels) {
+                        self.lone_delete(&w, db);
+                    }
                     return None;
                 }
                 let named = std::mem::take(&mut self.pending)
@@ -197,6 +246,14 @@ impl ForeignWatch {
             if self.pending.len() < NAMED {
                 self.pending.push((wire.clone(), db));
             }
+            if self.multi_only_dels {
+                if is_one_key_delete(wire) && self.multi_dels.len() < MULTI_DELETES {
+                    self.multi_dels.push((wire.clone(), db));
+                } else {
+                    self.multi_only_dels = false;
+                    self.multi_dels = Vec::new();
+                }
+            }
             return None;
         }
         if is_bare(wire, b"MULTI") {
@@ -204,6 +261,8 @@ impl ForeignWatch {
             self.ours = false;
             self.pending.clear();
             self.pending_count = 0;
+            self.multi_dels.clear();
+            self.multi_only_dels = true;
             return None;
         }
         if is_select(wire) {
@@ -234,13 +293,7 @@ impl ForeignWatch {
         if (is("DEL") || is("UNLINK")) && args.len() == 2 {
             // The old side's own expiration or eviction, or a foreign delete: the primary
             // tells (`expiry.rs`).
-            if !is_own_key(db, args[1]) {
-                self.lone_deletes.push(LoneDelete {
-                    db,
-                    key: Bytes::copy_from_slice(args[1]),
-                    named: describe(&args, db),
-                });
-            }
+            self.lone_delete(wire, db);
             return None;
         }
         let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
@@ -256,6 +309,20 @@ impl ForeignWatch {
 }
 
 impl ForeignWatch {
+    /// Keeps a one-key delete to be decided by `expiry.rs` (cutover's own keys aside).
+    fn lone_delete(&mut self, wire: &[u8], db: u64) {
+        let Ok(args) = split_args(wire) else {
+            return;
+        };
+        if args.len() == 2 && !is_own_key(db, args[1]) {
+            self.lone_deletes.push(LoneDelete {
+                db,
+                key: Bytes::copy_from_slice(args[1]),
+                named: describe(&args, db),
+            });
+        }
+    }
+
     /// The lone deletes seen since the last call, to decide now.
     pub(super) fn take_lone_deletes(&mut self) -> Vec<LoneDelete> {
         std::mem::take(&mut self.lone_deletes)
@@ -356,6 +423,30 @@ mod tests {
             ))
         );
         assert!(see(&mut w, &["DEL", "a", "b"]).is_some());
+    }
+
+    /// Redis 7+ wraps the deletes of several keys expired or evicted during one command in a
+    /// transaction: they are lone deletes too (decided by `expiry.rs`), unless anything else
+    /// is in the transaction.
+    #[test]
+    fn a_transaction_of_one_key_deletes_is_lone_deletes() {
+        let mut w = ForeignWatch::default();
+        assert_eq!(see(&mut w, &["MULTI"]), None);
+        assert_eq!(see(&mut w, &["DEL", "a"]), None);
+        assert_eq!(see(&mut w, &["UNLINK", "b"]), None);
+        assert_eq!(see(&mut w, &["EXEC"]), None);
+        let lone = w.take_lone_deletes();
+        let named: Vec<&str> = lone.iter().map(|d| d.named.as_str()).collect();
+        assert_eq!(named, ["DEL a (db 0)", "UNLINK b (db 0)"]);
+        assert_eq!(see(&mut w, &["MULTI"]), None);
+        assert_eq!(see(&mut w, &["DEL", "a"]), None);
+        assert_eq!(see(&mut w, &["SET", "c", "1"]), None);
+        assert_eq!(see(&mut w, &["EXEC"]).map(|(n, _)| n), Some(2));
+        assert!(w.take_lone_deletes().is_empty());
+        // A delete of several keys is not a server's own.
+        assert_eq!(see(&mut w, &["MULTI"]), None);
+        assert_eq!(see(&mut w, &["DEL", "a", "b"]), None);
+        assert_eq!(see(&mut w, &["EXEC"]).map(|(n, _)| n), Some(1));
     }
 
     #[test]
