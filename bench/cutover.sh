@@ -212,6 +212,7 @@ for round in $(seq 1 "$ROUNDS"); do
         bench_tput "$pair" "$round" direct2 "$p_ref"; bench_tput "$pair" "$round" overlap "$p_proxy"
       fi
       rec "$pair" "$round" "rollback_safe_after" "$(status_field "$p_admin" 'd["rollback_safe"]')"
+      rec "$pair" "$round" "rollback_unsafe_reason" "$(status_field "$p_admin" 'd["cutover"]["rollback_unsafe_reason"]')"
       wait_status "$p_admin" "$caught_up" "the old side caught up after the throughput run"
       if [ "$LAG_SECS" != 0 ]; then
         lag_rc=0
@@ -308,6 +309,9 @@ for pair in pairs:
     om = sorted({r[3] for r in R if r[2] == "overlap_mode"})
     rs = [r[3] for r in R if r[2] == "rollback_safe_after"]
     print("overlap: %s; rollback_safe after the overlap throughput runs: %s" % (", ".join(om) or "?", " ".join(rs)))
+    for r in R:
+        if r[2] == "rollback_unsafe_reason" and r[3] not in ("", "None", "null"):
+            print("  round %s: rollback unsafe because %s" % (r[1], r[3]))
     lags = [r[3:] for r in R if r[2] == "lagrun" and r[3] == "lag"]
     lag_p99 = med([float(l[3]) for l in lags]) if lags else float("nan")
     if lags:

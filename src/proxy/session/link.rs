@@ -13,6 +13,8 @@ pub(super) struct LastName {
     len: usize,
     cmd: usize,
     plain: bool,
+    /// `EVALSHA`/`EVALSHA_RO`: its SHA is noted (`note_evalsha`).
+    calls_script: bool,
 }
 
 impl Session {
@@ -57,12 +59,13 @@ impl Session {
                 last.plain = !command::has_own_kind(cmd)
                     && !command::needs_own_connection(cmd)
                     && !command::learns_script(cmd);
+                last.calls_script = command::calls_script(cmd);
             }
-            let cmd = last.cmd;
+            let (cmd, calls_script) = (last.cmd, last.calls_script);
             if !last.plain || (shadowing && shadow::is_write(cmd)) {
                 break;
             }
-            if command::calls_script(cmd) {
+            if calls_script {
                 let wire = &buf[at..at + len];
                 note_evalsha(&mut self.last_sha, &self.shared.scripts, wire);
                 self.evalsha_sent = (self.pending.is_empty() && !self.conn.in_multi)
