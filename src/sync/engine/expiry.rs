@@ -41,11 +41,10 @@
 //! confirmation reads as a foreign delete.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::client::{BlockingClient, Info};
+use crate::client::Info;
 use crate::sync::batch::{POSITION_KEY, Stored};
 use crate::sync::handoff::Role;
 use crate::sync::target::{TargetWriter, reply_text};
@@ -124,53 +123,60 @@ impl Applier<'_> {
         suspects: &[LoneDelete],
         offset: Option<u64>,
     ) -> anyhow::Result<Vec<LoneDelete>> {
-        let mut old = BlockingClient::open_url(&self.opts.source, Duration::from_secs(1))?;
-        old.call(&[b"SELECT", b"0"])?;
         let deadline = Instant::now() + CATCH_UP;
-        let handoff = &Arc::clone(&self.progress).handoff;
-        if let Some(want) = offset {
-            loop {
-                let reply = old.call(&[b"GET", POSITION_KEY])?;
-                let reached = matches!(
-                    Stored::parse(&reply_text(&reply)),
-                    Stored::At { offset: at, .. } if at >= want
-                );
-                if reached {
-                    break;
+        let handoff = &self.progress.handoff;
+        let (stop, foreign) = (&self.stop, &mut self.foreign);
+        // On the link's kept control connection to the followed side (`CLIENT LIST` uses it
+        // too).
+        let missing = self
+            .source_ctl
+            .with(&self.opts.source, Duration::from_secs(1), |old| {
+                old.call(&[b"SELECT", b"0"])?;
+                if let Some(want) = offset {
+                    loop {
+                        let reply = old.call(&[b"GET", POSITION_KEY])?;
+                        let reached = matches!(
+                            Stored::parse(&reply_text(&reply)),
+                            Stored::At { offset: at, .. } if at >= want
+                        );
+                        if reached {
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            tracing::debug!(
+                                want,
+                                "the followed side did not catch up with the primary in time; its lone deletes are not counted"
+                            );
+                            return Ok(Vec::new());
+                        }
+                        if handoff.role() != Role::Following || stop.load(Ordering::Acquire) {
+                            // A move began (or the link stops): undecided, not counted.
+                            return Ok(Vec::new());
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                 }
-                if Instant::now() >= deadline {
+                let evicted = old.info("stats")?.evicted_keys().unwrap_or(0);
+                if foreign.evicting(evicted) {
                     tracing::debug!(
-                        want,
-                        "the followed side did not catch up with the primary in time; its lone deletes are not counted"
+                        evicted,
+                        "the followed side evicts keys: its lone deletes are taken as evictions (reported by the eviction watcher)"
                     );
                     return Ok(Vec::new());
                 }
-                if handoff.role() != Role::Following || self.stop.load(Ordering::Acquire) {
-                    // A move began (or the link stops): undecided, not counted.
-                    return Ok(Vec::new());
+                let mut missing = Vec::new();
+                let mut db = None;
+                for d in suspects {
+                    if db != Some(d.db) {
+                        old.call(&[b"SELECT", d.db.to_string().as_bytes()])?;
+                        db = Some(d.db);
+                    }
+                    if old.call(&[b"EXISTS", &d.key])?.starts_with(b":0") {
+                        missing.push(d.clone());
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let evicted = old.info("stats")?.evicted_keys().unwrap_or(0);
-        if self.foreign.evicting(evicted) {
-            tracing::debug!(
-                evicted,
-                "the followed side evicts keys: its lone deletes are taken as evictions (reported by the eviction watcher)"
-            );
-            return Ok(Vec::new());
-        }
-        let mut missing = Vec::new();
-        let mut db = None;
-        for d in suspects {
-            if db != Some(d.db) {
-                old.call(&[b"SELECT", d.db.to_string().as_bytes()])?;
-                db = Some(d.db);
-            }
-            if old.call(&[b"EXISTS", &d.key])?.starts_with(b":0") {
-                missing.push(d.clone());
-            }
-        }
+                Ok(missing)
+            })?;
         Ok(missing)
     }
 }
