@@ -9,7 +9,7 @@
 //! a counter answered with its bare increment — maybe a new counter, maybe a lost one) and
 //! queues them in `Refusals` (shared: a restarted engine repairs them too).
 //!
-//! **The copy.** On a connection of its own to the primary (the server whose stream the link
+//! **The copy.** On the link's kept control connection to the primary (the server whose stream the link
 //! applies), in one transaction:
 //!
 //! ```text
@@ -57,7 +57,6 @@ use std::collections::{HashSet, VecDeque};
 
 use anyhow::Context;
 
-use crate::client::{self, BlockingClient, Endpoint};
 use crate::rdb::reencode::target_knows;
 use crate::rdb::{DumpPayload, RdbType, RdbVersion, Writer};
 use crate::resp::request::encode_command;
@@ -90,7 +89,6 @@ pub(in crate::sync) struct Repairs {
     reading: HashSet<(u64, Vec<u8>)>,
     /// Copies in the order read (offsets never decrease).
     ready: VecDeque<Copy>,
-    conn: Option<BlockingClient>,
     failures: u32,
 }
 
@@ -265,7 +263,6 @@ impl Applier<'_> {
                         }
                     }
                     Err(e) => {
-                        self.repairs.conn = None;
                         self.repairs.failures += 1;
                         tracing::warn!(error = %format!("{e:#}"), failures = self.repairs.failures, "cannot read keys that expired early here from the primary");
                         if self.repairs.failures >= MAX_FAILURES {
@@ -290,15 +287,6 @@ impl Applier<'_> {
         db: u64,
         keys: &[&[u8]],
     ) -> anyhow::Result<(u64, Vec<Option<(Vec<u8>, u64)>>)> {
-        if self.repairs.conn.is_none() {
-            let endpoint = Endpoint::new(&self.opts.source)?;
-            let conn = client::connect_blocking(&endpoint, self.opts.timeout)
-                .context("connecting to the primary to copy keys")?;
-            self.repairs.conn = Some(conn);
-        }
-        let Some(conn) = self.repairs.conn.as_mut() else {
-            anyhow::bail!("no connection to the primary");
-        };
         let mut wire = Vec::new();
         let n = db.to_string();
         encode_command(&[&b"SELECT"[..], n.as_bytes()], &mut wire);
@@ -309,15 +297,22 @@ impl Applier<'_> {
             encode_command(&[&b"PTTL"[..], k], &mut wire);
         }
         encode_command(&[&b"EXEC"[..]], &mut wire);
-        conn.write(&wire)?;
-        // SELECT, MULTI, the QUEUEDs.
-        for _ in 0..(3 + 2 * keys.len()) {
-            let r = conn.read_reply()?;
-            if r.first() == Some(&b'-') {
-                anyhow::bail!("the primary refused the read: {}", reply_text(&r));
-            }
+        // On the link's kept control connection to the primary (the side it reads from),
+        // opened when first needed and dropped after a failure.
+        let (queued, exec) = self
+            .source_ctl
+            .with(&self.opts.source, self.opts.timeout, |conn| {
+                conn.write(&wire)?;
+                // SELECT, MULTI, the QUEUEDs.
+                let queued = (0..(3 + 2 * keys.len()))
+                    .map(|_| conn.read_reply())
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((queued, conn.read_reply()?))
+            })
+            .context("reading from the primary to copy keys")?;
+        if let Some(r) = queued.iter().find(|r| r.first() == Some(&b'-')) {
+            anyhow::bail!("the primary refused the read: {}", reply_text(r));
         }
-        let exec = conn.read_reply()?;
         let elements = array_elements(&exec);
         if elements.len() != 1 + 2 * keys.len() {
             anyhow::bail!("unexpected EXEC reply: {}", reply_text(&exec));
