@@ -9,8 +9,8 @@
 //! a counter answered with its bare increment — maybe a new counter, maybe a lost one) and
 //! queues them in `Refusals` (shared: a restarted engine repairs them too).
 //!
-//! **The copy.** On the link's kept control connection to the primary (the server whose stream the link
-//! applies), in one transaction:
+//! **The copy.** On the link's kept control connection to the primary (the server whose
+//! stream the link applies), in one transaction:
 //!
 //! ```text
 //! SELECT <db>      (before MULTI)
