@@ -64,11 +64,6 @@ die() { echo "redis-py-conformance: $*" >&2; exit 2; }
 # ---- processes: every one started here is killed on exit ------------------------------------
 # shellcheck source=lib/processes.sh
 source "$root/scripts/lib/processes.sh"
-stop() { # <pid>: stops one process started here
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true
-}
 
 tmp=$(mktemp -d /tmp/redis-py-conformance.XXXXXX)
 rm -rf "$out"; mkdir -p "$out"

@@ -59,11 +59,6 @@ read -r -a units <<<"$(echo "${UNITS:-$UNITS_DEFAULT}")"
 source "$root/scripts/lib/processes.sh"
 # shellcheck source=lib/ports.sh
 source "$root/scripts/lib/ports.sh"
-stop() { # <pid>: stops one process started here
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true
-}
 
 tmp=$(mktemp -d /tmp/redis-tcl-switched.XXXXXX)
 rm -rf "$out"; mkdir -p "$out"

@@ -4,6 +4,11 @@
 
 pids=()
 tmp=""
+stop() { # <pid>: stops one process started here (TERM, then KILL after 5 s)
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
