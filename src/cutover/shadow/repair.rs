@@ -35,9 +35,13 @@
 //! write of group 1 (a second refresh answered 0) is superseded by the copy already queued
 //! and not copied again.
 //!
-//! The TTL is written relative (`PTTL`): the time the copy spends in the queue lengthens it
-//! by that much, and an old side whose clock is ahead does not shorten it. The next refresh
-//! (absolute `PEXPIREAT`) aligns it again.
+//! The TTL is written absolute (`RESTORE … ABSTTL` at the proxy's clock + `PTTL`), like
+//! every shadowed expiry (`PEXPIREAT`, `SET … PXAT`): a relative one would be lengthened by
+//! the time the copy spends in the queue, and a key the old side keeps *longer* than the
+//! primary is worse than one it loses early — the primary's next write starts the key anew
+//! (`INCR` from 1) while the old side adds it to the old value, and no reply shows it. An
+//! old side whose clock is ahead expires the copy that much early; the next write that finds
+//! it gone has it copied again.
 //!
 //! A payload of a newer RDB version than the old side loads has its version rewritten when
 //! the value's encoding is known there; otherwise (a listpack hash from Redis 7 into 6.2) the
@@ -248,14 +252,40 @@ impl Repairer {
                 MAX_COPY >> 20
             ));
         }
-        let restore = |p: Vec<u8>| {
-            vec![vec![
+        // The TTL absolute, on the proxy's clock like every shadowed expiry.
+        let at = (ttl > 0).then(|| crate::cutover::unix_ms() + ttl);
+        let abs_ttl = self.old_rdb.is_none_or(|v| v >= RdbVersion::REDIS_5_0);
+        let restore = |p: Vec<u8>| match at {
+            None => vec![vec![
                 b"RESTORE".to_vec(),
                 key.to_vec(),
-                ttl.to_string().into_bytes(),
+                b"0".to_vec(),
                 p,
                 b"REPLACE".to_vec(),
-            ]]
+            ]],
+            Some(at) if abs_ttl => vec![vec![
+                b"RESTORE".to_vec(),
+                key.to_vec(),
+                at.to_string().into_bytes(),
+                p,
+                b"REPLACE".to_vec(),
+                b"ABSTTL".to_vec(),
+            ]],
+            // (Before Redis 5.0: no ABSTTL.)
+            Some(at) => vec![
+                vec![
+                    b"RESTORE".to_vec(),
+                    key.to_vec(),
+                    b"0".to_vec(),
+                    p,
+                    b"REPLACE".to_vec(),
+                ],
+                vec![
+                    b"PEXPIREAT".to_vec(),
+                    key.to_vec(),
+                    at.to_string().into_bytes(),
+                ],
+            ],
         };
         let Some(max) = self.old_rdb else {
             // The old side's version is unknown: its own RESTORE decides.
