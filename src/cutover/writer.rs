@@ -128,14 +128,18 @@ pub async fn run(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        // Copies in this batch are on the old side (or refused, or failed with the
+        // connection): a later loss of their keys is a new one.
+        for item in &items {
+            if let Action::Repair { key, .. } = &item.action {
+                repairer.applied(item.db, key);
+            }
+        }
         let mut waiting = 0;
         match write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
             Ok(done) => {
                 waiting = done.deferred.len() as u64;
                 deferred.extend(done.deferred);
-                for (db, key) in &done.copies {
-                    repairer.applied(*db, key);
-                }
                 if !done.lost.is_empty() {
                     // Before the batch counts as applied: a move back waits for the copies.
                     repairer.repair(&sink, c, done.lost).await;
@@ -224,8 +228,6 @@ struct Done {
     deferred: Vec<Deferred>,
     /// Keys the old side answered as lost, to copy.
     lost: Vec<(u32, Vec<u8>)>,
-    /// Copies of lost keys this batch applied (or the old side refused).
-    copies: Vec<(u32, Vec<u8>)>,
 }
 
 /// Writes one batch, pipelined, and checks every reply.
@@ -380,7 +382,6 @@ async fn write_batch(
             _ => None,
         };
         if let Some((db, key)) = repair {
-            done.copies.push((db, key.clone()));
             match &failed {
                 Some(e) => sink.unrepaired(db, key, &format!("the old side refused the copy: {e}")),
                 None => sink.repaired(db, key),
