@@ -45,7 +45,9 @@
 //! one whose reply on the old side shows that ([`Action::Expect`]): `PEXPIREAT`/`PERSIST`
 //! answering 0 where the primary answered 1, a counter answering its bare increment where
 //! the primary's result was larger, `HSET`/`ZADD` answering "new field/member" where the
-//! primary incremented an existing one. A key found so is copied from the primary, fenced
+//! primary incremented an existing one; and the other way round, a counter the primary
+//! started from nothing answered with more than its increment ([`Action::Exact`]: the old
+//! side still held a key the primary had expired, its clock behind). A key found so is copied from the primary, fenced
 //! in the per-key order ([`repair`]). The forms marked ² would silently *create* a key
 //! without its TTL where the old side lost one that has a TTL on the primary (`SET … KEEPTTL`
 //! keeps a TTL only if the key is there): they are sent with `XX`, and a nil (the key is not
@@ -111,6 +113,10 @@ pub enum Action {
     /// clock ahead, or the refresh reached it a little late). The writer counts it
     /// ([`ShadowSink::lost_key`]) and copies the key from the primary ([`repair`]).
     Expect(Args, Value),
+    /// A counter the primary started from nothing (`INCR` answered its bare increment): the
+    /// old side must answer exactly `.1`; anything else means it still held a key the primary
+    /// no longer had (its clock behind: it expires later). Copied like [`Self::Expect`].
+    Exact(Args, Value),
     /// The copy of a key the old side lost, read from the primary while no write to it was
     /// in flight ([`repair`]): `RESTORE … REPLACE`, `DEL`, or plain commands in one
     /// `MULTI`. Applied: the key is repaired; refused: it stays lost.
@@ -243,9 +249,10 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                     cmd(&[b"INCRBY", &key, by.to_string().as_bytes()]),
                     Value::Int(by),
                 ),
-                (Some(by), _) => {
-                    Action::Apply(vec![cmd(&[b"INCRBY", &key, by.to_string().as_bytes()])])
-                }
+                (Some(by), _) => Action::Exact(
+                    cmd(&[b"INCRBY", &key, by.to_string().as_bytes()]),
+                    Value::Int(by),
+                ),
                 (None, Some(v)) => Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])]),
                 (None, None) => Action::Unsupported(format!("{name} answered {reply:?}")),
             }
@@ -268,7 +275,8 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 Some(by) if *reply != Value::Int(by) => {
                     Action::Expect(args.to_vec(), Value::Int(by))
                 }
-                _ => same(),
+                Some(by) => Action::Exact(args.to_vec(), Value::Int(by)),
+                None => same(),
             }
         }
         // `HSET`/`ZADD` answer 1 for a new field or member: where the primary's result is

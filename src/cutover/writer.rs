@@ -63,9 +63,12 @@ impl Answer {
                     .get(*n)
                     .map(|c| name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()))
                     .unwrap_or_default(),
-                Some(Action::Take(c) | Action::Replay(c, _) | Action::Expect(c, _)) => {
-                    name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>())
-                }
+                Some(
+                    Action::Take(c)
+                    | Action::Replay(c, _)
+                    | Action::Expect(c, _)
+                    | Action::Exact(c, _),
+                ) => name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()),
                 _ => String::new(),
             },
         }
@@ -246,9 +249,10 @@ async fn write_batch(
     for (index, item) in items.iter().enumerate() {
         let commands: &[Args] = match &item.action {
             Action::Apply(cmds) | Action::Repair { commands: cmds, .. } => cmds,
-            Action::Take(cmd) | Action::Replay(cmd, _) | Action::Expect(cmd, _) => {
-                std::slice::from_ref(cmd)
-            }
+            Action::Take(cmd)
+            | Action::Replay(cmd, _)
+            | Action::Expect(cmd, _)
+            | Action::Exact(cmd, _) => std::slice::from_ref(cmd),
             Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
@@ -316,7 +320,9 @@ async fn write_batch(
         };
         let lost_if = match &answer {
             Answer::Item(i, _) => match &items[*i].action {
-                Action::Expect(_, lost) => Some(lost),
+                // (The reply that shows the loss; `false`: any reply but this one.)
+                Action::Expect(_, lost) => Some((lost, true)),
+                Action::Exact(_, wanted) => Some((wanted, false)),
                 _ => None,
             },
             _ => None,
@@ -343,9 +349,10 @@ async fn write_batch(
             continue;
         };
         let value = Value::decode(&raw, 2);
-        if let (Some(lost), Some(got), Answer::Item(i, _)) = (lost_if, &value, &answer)
-            && got == lost
-            && let Action::Expect(cmd, _) = &items[*i].action
+        if let (Some((lost, equal)), Some(got), Answer::Item(i, _)) = (lost_if, &value, &answer)
+            && !matches!(got, Value::Error(_))
+            && (got == lost) == equal
+            && let Action::Expect(cmd, _) | Action::Exact(cmd, _) = &items[*i].action
         {
             let key = cmd.get(1).map(Vec::as_slice).unwrap_or_default();
             sink.lost_key(items[*i].db, key, &show(cmd));
