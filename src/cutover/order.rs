@@ -338,7 +338,7 @@ mod tests {
         let o2 = Arc::clone(&o);
         let hold = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            o2.hold(vec![k], deadline).await.map(|g| drop(g)).is_some()
+            o2.hold(vec![k], deadline).await.is_some()
         });
         // While the hold waits, a new increment of the key waits too.
         let reserved = crate::cutover::order::tests::wait(|| {
