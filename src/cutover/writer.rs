@@ -131,21 +131,15 @@ pub async fn run(
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        // Copies in this batch are on the old side (or refused, or failed with the
-        // connection): a later loss of their keys is a new one.
-        for item in &items {
-            if let Action::Repair { key, .. } = &item.action {
-                repairer.applied(item.db, key);
-            }
-        }
         let mut waiting = 0;
         match write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
             Ok(done) => {
                 waiting = done.deferred.len() as u64;
                 deferred.extend(done.deferred);
-                if !done.lost.is_empty() {
+                let lost = repairer.after_batch(&items, done.lost);
+                if !lost.is_empty() {
                     // Before the batch counts as applied: a move back waits for the copies.
-                    repairer.repair(&sink, c, done.lost).await;
+                    repairer.repair(&sink, c, lost).await;
                 }
             }
             Err(e) => {
@@ -154,6 +148,7 @@ pub async fn run(
                     old.describe()
                 ));
                 conn = None;
+                repairer.after_batch(&items, Vec::new());
             }
         }
         sink.applied(n - waiting);
@@ -229,8 +224,9 @@ async fn retry_takes(c: &mut Client, deferred: &mut Vec<Deferred>) -> Result<u64
 struct Done {
     /// Takes that found nothing to take yet.
     deferred: Vec<Deferred>,
-    /// Keys the old side answered as lost, to copy.
-    lost: Vec<(u32, Vec<u8>)>,
+    /// Keys the old side answered as lost, to copy (with the index of the item that
+    /// found it).
+    lost: Vec<(usize, u32, Vec<u8>)>,
 }
 
 /// Writes one batch, pipelined, and checks every reply.
@@ -356,7 +352,7 @@ async fn write_batch(
         {
             let key = cmd.get(1).map(Vec::as_slice).unwrap_or_default();
             sink.lost_key(items[*i].db, key, &show(cmd));
-            done.lost.push((items[*i].db, key.to_vec()));
+            done.lost.push((*i, items[*i].db, key.to_vec()));
         }
         if let (true, Answer::Item(i, _), Some(Value::Int(0))) = (take, &answer, &value)
             && let Action::Take(cmd) = &items[*i].action

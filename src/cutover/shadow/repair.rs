@@ -110,18 +110,40 @@ impl Repairer {
         }
     }
 
-    /// The writer applied the copy of `key` (or it was refused): a later loss is new.
-    pub fn applied(&mut self, db: u32, key: &[u8]) {
-        self.queued.remove(&(db, key.to_vec()));
+    /// The writer sent `items` (the copies among them are on the old side, or refused, or
+    /// failed with the connection) and found `lost` keys (with the index of the item that
+    /// found each): the keys still to copy — not those a copy queued *after* the finding
+    /// item supersedes (one later in this batch, or one still in the queue).
+    pub fn after_batch(
+        &mut self,
+        items: &[ShadowItem],
+        lost: Vec<(usize, u32, Vec<u8>)>,
+    ) -> Vec<(u32, Vec<u8>)> {
+        let mut copied: std::collections::HashMap<(u32, &[u8]), usize> = Default::default();
+        for (i, item) in items.iter().enumerate() {
+            if let Action::Repair { key, .. } = &item.action {
+                copied.insert((item.db, key.as_slice()), i);
+            }
+        }
+        let wanted = lost
+            .into_iter()
+            .filter(|(i, db, key)| match copied.get(&(*db, key.as_slice())) {
+                Some(at) => i > at,
+                None => !self.queued.contains(&(*db, key.clone())),
+            })
+            .map(|(_, db, key)| (db, key))
+            .collect();
+        for (db, key) in copied.keys() {
+            self.queued.remove(&(*db, key.to_vec()));
+        }
+        wanted
     }
 
-    /// Copies `lost` keys from the primary into the shadow queue (see the module doc). Every
-    /// key ends either queued for the old side or named by [`ShadowSink::unrepaired`].
+    /// Copies `lost` keys ([`Self::after_batch`]) from the primary into the shadow queue (see
+    /// the module doc). Every key ends either queued for the old side or named by
+    /// [`ShadowSink::unrepaired`].
     pub async fn repair(&mut self, sink: &ShadowSink, old: &mut Client, lost: Vec<(u32, Vec<u8>)>) {
-        let mut wanted: Vec<(u32, Vec<u8>)> = lost
-            .into_iter()
-            .filter(|k| !self.queued.contains(k))
-            .collect();
+        let mut wanted = lost;
         wanted.sort();
         wanted.dedup();
         if wanted.is_empty() {
