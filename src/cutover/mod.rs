@@ -87,6 +87,9 @@ pub trait ProxyHandle: Send + Sync {
     fn scripts(&self) -> &scripts::Scripts;
     /// What each client session would hold a move up with ([`holders`]).
     fn clients(&self) -> &holders::Clients;
+    /// The per-key order of shadowed writes ([`order`]), which the shadow writer's repairs
+    /// hold keys in.
+    fn key_order(&self) -> &Arc<order::KeyOrder>;
 }
 
 /// Milliseconds since the Unix epoch (for absolute expiry times).
