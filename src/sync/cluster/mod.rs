@@ -35,6 +35,7 @@
 //! `check_db` (the sync refuses a source with data in db n > 0 before it starts, unless
 //! `[sync] db_map` maps it to 0).
 
+pub mod names;
 pub mod source;
 pub mod split;
 

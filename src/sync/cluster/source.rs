@@ -10,12 +10,13 @@
 //!   `cutover:position:<link>` (database 0, the value as `cutover:position`'s), through
 //!   [`LinkSink`]; on a cluster target it is the per-slot `cutover:position:{<tag>}:<link>`
 //!   of [`super::ClusterSink`]. `<link>` is the source master's node id (40 hex digits) when
-//!   the link was started: stable across restarts of `cutover` and of the master.
+//!   the link was first started: stable across restarts of `cutover` and of the master.
 //! * **A failover** is followed within the run: after a failed reconnection the link asks
 //!   the topology for its shard's master now ([`ShardScope::relocate`]) and continues there
 //!   with `PSYNC` (a promoted replica accepts it through `replid2`). A new `cutover sync`
-//!   started after a failover names the new master's link by its new id: a new link, with a
-//!   full sync of its slots.
+//!   started after a failover finds the shard's stored position by replication id
+//!   ([`super::names`]: the new master's `master_replid2` is the stored one) and continues
+//!   under the old link name; a stored position no master continues is reported (orphaned).
 //! * **Its full resync** clears only its shard's slots on the target ([`clear_slots`]:
 //!   `SCAN` + `UNLINK` of the keys whose slot the shard serves), never `FLUSHALL`: the target
 //!   holds the other shards' keys too.
@@ -244,14 +245,28 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             .collect(),
         address_map: topo.address_map().clone(),
     };
+    // Each link continues the stored position of its master's replication history (a
+    // failover while cutover was stopped included): `names`.
+    let own: Vec<String> = topo
+        .map()
+        .shards()
+        .iter()
+        .filter(|s| !s.ranges.is_empty())
+        .map(|s| {
+            if s.master.id.is_empty() {
+                s.master.addr.to_string().replace([':', '.'], "_")
+            } else {
+                s.master.id.clone()
+            }
+        })
+        .collect();
+    let mut names = super::names::name_links(opts, topo, &own)?.into_iter();
     for (i, shard) in topo.map().shards().iter().enumerate() {
         if shard.ranges.is_empty() {
             continue;
         }
-        let link = if shard.master.id.is_empty() {
-            shard.master.addr.to_string().replace([':', '.'], "_")
-        } else {
-            shard.master.id.clone()
+        let Some((link, _)) = names.next() else {
+            break;
         };
         let ranges: Vec<String> = shard
             .ranges

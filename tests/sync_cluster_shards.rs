@@ -1,0 +1,130 @@
+//! A cluster source's shards (issue 21): a link's position found by replication id after a
+//! failover while cutover was stopped, per-shard status and metrics, and the room check of
+//! a cluster side; real clusters, checked with an independent client.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::shards::*;
+use common::sync_cluster::*;
+use common::{Server, Version, differences, snapshot};
+
+/// Waits until the target equals the source cluster key by key (cutover's keys aside).
+fn wait_exact(
+    cluster: &Cluster,
+    target: &Server,
+    child: &mut std::process::Child,
+    log: &std::path::Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = cluster.snapshot();
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.iter()
+                .map(|d| common::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            common::tail(&read_log(log), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `cutover sync` from a 3-master cluster (a replica each) into a standalone target, killed
+/// (SIGKILL) mid-stream; while it is stopped, `CLUSTER FAILOVER` promotes one shard's replica
+/// (a new node id) under writes. A new `cutover sync` finds that shard's position by the new
+/// master's `master_replid2` and continues all three links with `PSYNC` (no full resync, no
+/// new position key), and the target ends equal to the source: every counter `INCR`ed
+/// exactly once (the source's counters are the ledger). Without the replication-id match the
+/// promoted master is a new link: only 2 links continue.
+#[test]
+fn failover_while_stopped_continues_by_replid2() {
+    let cluster = Cluster::start(Version::Redis70, 3, 1);
+    configure_for_psync(&cluster);
+    let pairs: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    cluster.set_many(&pairs);
+    let target = Server::start(Version::Redis70);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = following_load(&cluster, Arc::clone(&stop));
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let mut first = start_sync(&cluster.seeds_url(), &target.url(), &log1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Option<std::collections::BTreeMap<String, u64>> = None;
+    loop {
+        let pos = link_positions(&target);
+        if pos.len() == 3 {
+            match &seen {
+                Some(before)
+                    if pos
+                        .iter()
+                        .all(|(k, o)| before.get(k).is_some_and(|b| o > b)) =>
+                {
+                    break;
+                }
+                Some(_) => {}
+                None => seen = Some(pos),
+            }
+        }
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "no stream progress on every link; log:\n{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let killed_at = link_positions(&target);
+
+    let master = port_of(&cluster, "f:0");
+    let promoted = fail_over(&cluster, master);
+    std::thread::sleep(Duration::from_millis(500)); // writes on the new master
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&cluster.seeds_url(), &target.url(), &log2, &[]);
+    wait_log(
+        &mut second,
+        &log2,
+        "continued (+CONTINUE)",
+        3,
+        Duration::from_secs(30),
+    );
+    let log = read_log(&log2);
+    assert!(log.contains("through its master_replid2"), "{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    wait_exact(&cluster, &target, &mut second, &log2);
+    let end_at = link_positions(&target);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    eprintln!("{rounds} INCRs; promoted {promoted}; {killed_at:?} -> {end_at:?}\n{log}");
+    assert!(!log.contains("full resync"), "{log}");
+    assert!(!log.contains("matches no source master"), "{log}");
+    // The same three links, each further on.
+    assert_eq!(
+        killed_at.keys().collect::<Vec<_>>(),
+        end_at.keys().collect::<Vec<_>>()
+    );
+    for (k, o) in &killed_at {
+        assert!(end_at[k] > *o, "{k}: {o} -> {}", end_at[k]);
+    }
+}
