@@ -128,3 +128,118 @@ fn failover_while_stopped_continues_by_replid2() {
         assert!(end_at[k] > *o, "{k}: {o} -> {}", end_at[k]);
     }
 }
+
+/// Per-shard status of a 3-master source into a standalone target: `cutover sync
+/// --metrics-listen` serves every `cutover_sync_*` series once per source shard (label
+/// `shard` = the shard's slots, 3 values); each shard's keys are its master's keys, each
+/// shard streams with its own offsets (applied = received, > 0 after writes), its lag is
+/// small, and the headless log prints a line per shard.
+#[test]
+fn three_shards_have_their_own_status_and_metrics() {
+    let cluster = Cluster::start(Version::Redis70, 3, 0);
+    let pairs: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    cluster.set_many(&pairs);
+    let mut want_keys: std::collections::BTreeMap<String, f64> = Default::default();
+    for (a, b, port) in cluster.slot_ranges() {
+        let n: i64 = redis::cmd("DBSIZE")
+            .query(&mut cluster.node(port).conn())
+            .unwrap();
+        want_keys.insert(format!("{a}-{b}"), n as f64);
+    }
+    assert_eq!(want_keys.len(), 3);
+    let target = Server::start(Version::Redis70);
+    let metrics = format!("127.0.0.1:{}", common::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sync.log");
+    let mut sync = start_sync(
+        &cluster.seeds_url(),
+        &target.url(),
+        &log,
+        &["--metrics-listen", &metrics],
+    );
+    let gauge = |m: &std::collections::BTreeMap<(String, String), f64>, name: &str, shard: &str| {
+        m.get(&(format!("cutover_sync_{name}"), shard.to_string()))
+            .copied()
+    };
+    // Every shard streaming, with all its keys.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = if sync.try_wait().unwrap().is_none()
+            && std::net::TcpStream::connect(&metrics).is_ok()
+        {
+            shard_series(&common::http_get(&metrics, "/metrics"))
+        } else {
+            Default::default()
+        };
+        let ok = want_keys.iter().all(|(shard, n)| {
+            gauge(&m, "phase", shard) == Some(2.0) && gauge(&m, "keys_done", shard) == Some(*n)
+        });
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
+            "not every shard streams with its keys: {m:?}\nlog:\n{}",
+            read_log(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writes on every master (bounded): each shard's offsets move on its own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = cluster_load(&cluster, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    wait_exact(&cluster, &target, &mut sync, &log);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = shard_series(&common::http_get(&metrics, "/metrics"));
+        let settled = want_keys.keys().all(|shard| {
+            let applied = gauge(&m, "applied_offset", shard).unwrap_or(0.0);
+            applied > 0.0
+                && gauge(&m, "received_offset", shard) == Some(applied)
+                && gauge(&m, "lag_bytes", shard) == Some(0.0)
+                && gauge(&m, "commands_applied", shard).unwrap_or(0.0) > 0.0
+        });
+        if settled {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "shards not caught up: {m:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Three shards, no other shard series; offsets are each master's own.
+    let shards: std::collections::BTreeSet<&String> = m.keys().map(|(_, s)| s).collect();
+    assert_eq!(shards.len(), 3, "{m:?}");
+    for (a, b, port) in cluster.slot_ranges() {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut cluster.node(port).conn())
+            .unwrap();
+        let master_offset: f64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let applied = gauge(&m, "applied_offset", &format!("{a}-{b}")).unwrap();
+        assert!(
+            applied <= master_offset && applied > 0.0,
+            "shard {a}-{b}: applied {applied}, master at {master_offset}"
+        );
+    }
+    // The headless log's line per shard.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while want_keys
+        .keys()
+        .any(|s| !read_log(&log).contains(&format!("cutover sync: shard {s} ")))
+    {
+        assert!(Instant::now() < deadline, "{}", read_log(&log));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+    eprintln!("{rounds} rounds; {m:?}");
+}

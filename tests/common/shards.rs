@@ -86,3 +86,33 @@ pub fn wait_log(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The `cutover_sync_*` series of a Prometheus page that carry a `shard` label:
+/// (metric name, shard) → value.
+pub fn shard_series(page: &str) -> std::collections::BTreeMap<(String, String), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in page.lines() {
+        if line.starts_with('#') || !line.starts_with("cutover_sync_") {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let Some(shard) = labels
+            .split(',')
+            .find_map(|l| l.trim_end_matches('}').strip_prefix("shard="))
+        else {
+            continue;
+        };
+        if labels.contains("how=") || labels.contains("type=") {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            out.insert((name.to_string(), shard.trim_matches('"').to_string()), v);
+        }
+    }
+    out
+}

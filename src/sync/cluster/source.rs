@@ -21,9 +21,10 @@
 //!   `SCAN` + `UNLINK` of the keys whose slot the shard serves), never `FLUSHALL`: the target
 //!   holds the other shards' keys too.
 //!
-//! Status: one [`SyncProgress`] per link (direction label `shard <slots> <addr>`), printed as
-//! one line per shard by headless `cutover sync` every few seconds (phase, keys, offsets,
-//! lag). A link that fails for good stops the others (cleanly: their positions stay) and
+//! Status: one [`SyncProgress`] per link (its `shard` is the slots, [`shard_label`]: the
+//! `shard` label of its `cutover_sync_*` series with `cutover sync --metrics-listen`),
+//! printed as one line per shard by headless `cutover sync` every few seconds (phase, keys,
+//! offsets, lag). A link that fails for good stops the others (cleanly: their positions stay) and
 //! the sync ends with its error. Not built: slots moving on the source during the sync
 //! (`cluster::transit` holds the rule).
 
@@ -280,8 +281,8 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             })
             .collect();
         let label = format!("shard {} {}", ranges.join(","), shard.master.addr);
-        let progress = Arc::new(SyncProgress::with_direction(Box::leak(
-            label.clone().into_boxed_str(),
+        let progress = Arc::new(SyncProgress::for_shard(Box::leak(
+            shard_label(&ranges).into_boxed_str(),
         )));
         let link_opts = SyncOptions {
             source: topo.node_url(&shard.master),
@@ -347,6 +348,16 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
         return Err(e);
     }
     Ok(total)
+}
+
+/// A shard's `shard` label: its slot ranges, at most three then `+N` (bounded, and stable
+/// across a failover, unlike the master's address).
+pub fn shard_label(ranges: &[String]) -> String {
+    let mut l = ranges.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    if ranges.len() > 3 {
+        l.push_str(&format!(",+{}", ranges.len() - 3));
+    }
+    l
 }
 
 /// One shard's status line: phase, keys, offsets, lag.
