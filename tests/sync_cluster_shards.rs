@@ -243,3 +243,100 @@ fn three_shards_have_their_own_status_and_metrics() {
     sync.wait().unwrap();
     eprintln!("{rounds} rounds; {m:?}");
 }
+
+/// Total keys of every master of a cluster.
+fn dbsize(c: &Cluster) -> i64 {
+    c.master_ports()
+        .iter()
+        .map(|p| {
+            redis::cmd("DBSIZE")
+                .query::<i64>(&mut c.node(*p).conn())
+                .unwrap()
+        })
+        .sum()
+}
+
+fn refused(source: &str, target: &Cluster, full: u16, dir: &std::path::Path, name: &str) -> String {
+    let log = dir.join(name);
+    let child = start_sync(source, &target.seeds_url(), &log, &[]);
+    let status = wait_exit(child, Duration::from_secs(60));
+    let text = read_log(&log);
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("has no room for the copy")
+            && text.contains(&format!("127.0.0.1:{full}"))
+            && text.contains("of 16384 slots")
+            && text.contains("maxmemory is 4.0 MiB"),
+        "{text}"
+    );
+    assert_eq!(dbsize(target), 0, "written before the refusal: {text}");
+    text
+}
+
+/// The room check with a cluster on either side: a 3-master source (~20 MB) into a 3-master
+/// target whose one master has `maxmemory 4mb` (`allkeys-lru`: it would evict in silence)
+/// is refused before anything is written, naming that master, its limit, its share of the
+/// source (its slots' part of each source master's `used_memory`) and the total; a
+/// standalone source of the same size too (the target's share check runs in the engine).
+/// With the limit raised, the same sync copies everything.
+#[test]
+fn a_full_target_master_is_refused_with_the_numbers() {
+    let source = Cluster::start(Version::Redis70, 3, 0);
+    let value = "x".repeat(1000);
+    let pairs: Vec<(String, String)> = (0..20_000)
+        .map(|i| (format!("k:{i}"), value.clone()))
+        .collect();
+    source.set_many(&pairs);
+    let single = Server::start(Version::Redis70);
+    {
+        let mut c = single.conn();
+        for chunk in pairs.chunks(2000) {
+            let mut p = redis::pipe();
+            for (k, v) in chunk {
+                p.cmd("SET").arg(k).arg(v).ignore();
+            }
+            let _: () = p.query(&mut c).unwrap();
+        }
+    }
+    let target = Cluster::start(Version::Redis70, 3, 0);
+    let full = target.master_ports()[1];
+    for (k, v) in [("maxmemory-policy", "allkeys-lru"), ("maxmemory", "4mb")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut target.node(full).conn())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let from_cluster = refused(
+        &source.seeds_url(),
+        &target,
+        full,
+        dir.path(),
+        "cluster.log",
+    );
+    let from_single = refused(&single.url(), &target, full, dir.path(), "single.log");
+    eprintln!("{from_cluster}\n{from_single}");
+    // Room enough: the copy is made.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut target.node(full).conn())
+        .unwrap();
+    let log = dir.path().join("ok.log");
+    let mut sync = start_sync(&source.seeds_url(), &target.seeds_url(), &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dbsize(&target) < 20_000 + 3 * 16384 {
+        assert!(
+            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
+            "{} keys; log:\n{}",
+            dbsize(&target),
+            read_log(&log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+}

@@ -36,6 +36,7 @@
 //! `[sync] db_map` maps it to 0).
 
 pub mod names;
+pub mod room;
 pub mod source;
 pub mod split;
 

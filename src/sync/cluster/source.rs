@@ -246,6 +246,15 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             .collect(),
         address_map: topo.address_map().clone(),
     };
+    // Before any link writes: each target node has room for its share of the source's
+    // masters (`super::room`).
+    let target =
+        crate::sync::engine::target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?;
+    super::room::check(
+        &super::room::nodes(Some(topo), &opts.source),
+        &super::room::nodes(target.as_ref(), &opts.target),
+        opts.timeout,
+    )?;
     // Each link continues the stored position of its master's replication history (a
     // failover while cutover was stopped included): `names`.
     let own: Vec<String> = topo

@@ -455,10 +455,20 @@ fn run_into<W: Sink>(
         .load(std::sync::atomic::Ordering::Relaxed)
         <= 1
         && !handoff.is_following()
-        && !cluster
+        && opts.shard.is_none()
     {
-        // (Not for a cluster target yet: its room is the sum of its masters'.)
-        crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
+        // (A cluster source's links: checked once for all of them, `cluster::source::run`.)
+        if cluster {
+            // Each target master against its share of the source (`sync::cluster::room`).
+            let topo = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?;
+            crate::sync::cluster::room::check(
+                &crate::sync::cluster::room::nodes(None, &opts.source),
+                &crate::sync::cluster::room::nodes(topo.as_ref(), &opts.target),
+                opts.timeout,
+            )?;
+        } else {
+            crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
+        }
     }
 
     let (tx, rx) = sync_channel::<Msg>(32);
