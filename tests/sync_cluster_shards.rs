@@ -340,3 +340,89 @@ fn a_full_target_master_is_refused_with_the_numbers() {
     sync.kill().unwrap();
     sync.wait().unwrap();
 }
+
+/// `cutover run` with a standalone source and a 3-master cluster target: the proxy serves the
+/// source as always, the background sync fills the cluster by slot (per-slot positions of
+/// the standalone link `0`) under writes through the proxy on the same keys (counters,
+/// lists, `MULTI`), the cluster ends equal to the source key by key, and `cutover switch` is
+/// refused with the reason (the proxy cannot front a cluster yet) while the sync goes on.
+#[test]
+fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
+    let source = Server::start(Version::Redis70);
+    {
+        let mut c = source.conn();
+        let mut p = redis::pipe();
+        for i in 0..2000 {
+            p.cmd("SET").arg(format!("k:{i}")).arg(i).ignore();
+        }
+        let _: () = p.query(&mut c).unwrap();
+    }
+    let target = Cluster::start(Version::Redis70, 3, 0);
+    let proxy = common::Proxy::start(&source.url(), &["--target", &target.url()]);
+    let writes = |rounds: u64| {
+        let mut a = proxy.conn();
+        let mut b = proxy.conn();
+        for i in 0..rounds {
+            let _: i64 = redis::cmd("INCR")
+                .arg(format!("c:{}", i % 8))
+                .query(&mut a)
+                .unwrap();
+            let _: i64 = redis::cmd("RPUSH")
+                .arg(format!("l:{}", i % 4))
+                .arg(i)
+                .query(&mut b)
+                .unwrap();
+            if i % 10 == 0 {
+                let _: (i64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("INCR")
+                    .arg("c:0")
+                    .cmd("RPUSH")
+                    .arg("l:1")
+                    .arg("m")
+                    .query(&mut b)
+                    .unwrap();
+            }
+        }
+    };
+    let equal = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let want = snapshot(&mut source.conn());
+            let got = data_of(&target);
+            let diff = differences(&want, &got, 10);
+            if diff.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the cluster differs ({} vs {} keys):\n{}\nlog:\n{}",
+                want.len(),
+                got.len(),
+                diff.join("\n"),
+                common::tail(&proxy.log(), 4000)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    writes(500);
+    common::wait_streaming(&proxy);
+    writes(500);
+    equal("after the snapshot and stream");
+    let (n, _) = positions(&target, "0");
+    assert_eq!(n, 16384, "one position per slot");
+    let (code, _, err) = common::cli(&proxy, &["switch", "--json"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("Redis Cluster") && err.contains("no switch is possible"),
+        "{err}"
+    );
+    // Nothing moved: the proxy still serves the source, and the sync goes on.
+    writes(300);
+    equal("after the refused switch");
+    let status = proxy.status_json();
+    assert_eq!(status["phase"], "streaming", "{status}");
+    let log = proxy.log();
+    eprintln!("{}", common::tail(&log, 6000));
+    assert!(!log.contains(" ERROR "), "{log}");
+}

@@ -293,8 +293,9 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
 
 /// One run of the sync with the caller's [`RunContext`].
 pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncReport> {
-    // (`cutover run` refuses a cluster before it starts the engine: no probe there.)
-    if opts.shared.is_none()
+    // (`cutover run` says when its target is a cluster, with `target_side`: no probe
+    // otherwise.)
+    if (opts.shared.is_none() || opts.target_side.is_some())
         && let Some(topo) = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?
     {
         let link = match &opts.shard {
