@@ -422,6 +422,12 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
     equal("after the refused switch");
     let status = proxy.status_json();
     assert_eq!(status["phase"], "streaming", "{status}");
+    assert!(
+        status["cutover"]["switch_refused"]
+            .as_str()
+            .is_some_and(|w| w.contains("Redis Cluster")),
+        "{status}"
+    );
     let log = proxy.log();
     eprintln!("{}", common::tail(&log, 6000));
     assert!(!log.contains(" ERROR "), "{log}");
