@@ -432,3 +432,99 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
     eprintln!("{}", common::tail(&log, 6000));
     assert!(!log.contains(" ERROR "), "{log}");
 }
+
+/// A source failover mid-stream into a cluster target, then cutover stopped (SIGKILL) before
+/// every slot's position carried the promoted master's new replication id (the time when
+/// they differ widened by the test-only `CUTOVER_TEST_ALL_SLOTS_EVERY_MS`): the per-slot
+/// positions of that link name two ids of one history (older id: smaller offsets). A new
+/// `cutover sync` continues every link with `PSYNC` (no full resync) and the target ends
+/// equal to the source, every counter exact. Without taking ordered ids as one history,
+/// the shard is copied again in full.
+#[test]
+fn positions_under_two_ids_of_one_history_continue() {
+    let source = Cluster::start(Version::Redis70, 3, 1);
+    configure_for_psync(&source);
+    let pairs: Vec<(String, String)> = (0..2000)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    source.set_many(&pairs);
+    let target = Cluster::start(Version::Redis70, 3, 0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = following_load(&source, Arc::clone(&stop));
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("first.log");
+    let mut first = cutover()
+        .args([
+            "sync",
+            "--source",
+            &source.seeds_url(),
+            "--target",
+            &target.seeds_url(),
+        ])
+        .env("CUTOVER_TEST_ALL_SLOTS_EVERY_MS", "120000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log1).unwrap())
+        .spawn()
+        .unwrap();
+    wait_log(&mut first, &log1, "streaming", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1000));
+    let master = port_of(&source, "f:0");
+    fail_over(&source, master);
+    wait_log(
+        &mut first,
+        &log1,
+        "reconnected; the source continued (+CONTINUE)",
+        1,
+        Duration::from_secs(30),
+    );
+    // Batches under the new id reach some slots of that shard.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !link_replids(&target).values().any(|ids| ids.len() > 1) {
+        assert!(
+            Instant::now() < deadline,
+            "no link's positions under two ids: {:?}\n{}",
+            link_replids(&target),
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let mixed = link_replids(&target);
+
+    let log2 = dir.path().join("second.log");
+    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
+    wait_log(
+        &mut second,
+        &log2,
+        "continued (+CONTINUE)",
+        3,
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = data_of(&source);
+        let got = data_of(&target);
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.join("\n"),
+            common::tail(&read_log(&log2), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    eprintln!("{rounds} INCRs; positions' ids {mixed:?}\n{log}");
+    assert!(!log.contains("full resync"), "{log}");
+}

@@ -116,3 +116,26 @@ pub fn shard_series(page: &str) -> std::collections::BTreeMap<(String, String), 
     }
     out
 }
+
+/// The replication ids in the per-slot positions of each link on a cluster target.
+pub fn link_replids(
+    c: &Cluster,
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for port in c.master_ports() {
+        let mut conn = c.node(port).conn();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("cutover:position:*")
+            .query(&mut conn)
+            .unwrap();
+        for k in keys {
+            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
+            let link = k.rsplit(':').next().unwrap().to_string();
+            if let Some(id) = v.split(' ').next() {
+                out.entry(link).or_default().insert(id.to_string());
+            }
+        }
+    }
+    out
+}

@@ -289,7 +289,7 @@ pub fn name_links(
     for ((name, how), (own, _)) in naming.names.iter().zip(&masters) {
         if *how == How::Failover {
             let line = format!(
-                "cutover sync: the source master {own} continues the position of link {name} through its master_replid2 (a failover since the last sync)"
+                "cutover sync: the source master {own} continues the position of link {name} through its master_replid2 (a failover since that position was stored)"
             );
             tracing::info!(link = %name, master = %own, "a link's position found by the new master's replid2");
             if opts.progress {
