@@ -528,3 +528,85 @@ fn positions_under_two_ids_of_one_history_continue() {
     eprintln!("{rounds} INCRs; positions' ids {mixed:?}\n{log}");
     assert!(!log.contains("full resync"), "{log}");
 }
+
+/// Positions no source master continues (orphans): a target synced from cluster A (3
+/// masters), then `cutover sync` from another cluster B into it. A's three positions are
+/// reported as orphaned and left; B's links, without positions of their own on a target
+/// holding an earlier sync's keys, clear their slots before their snapshots, so the target
+/// ends equal to B key by key — A's keys that B lacks are gone (they stayed without the
+/// clearing).
+#[test]
+fn orphaned_positions_are_reported_and_their_slots_copied_again() {
+    let a = Cluster::start(Version::Redis70, 3, 0);
+    let a_pairs: Vec<(String, String)> = (0..1500)
+        .map(|i| (format!("k:{i}"), format!("a{i}")))
+        .collect();
+    a.set_many(&a_pairs);
+    let target = Server::start(Version::Redis70);
+    let dir = tempfile::tempdir().unwrap();
+    let log1 = dir.path().join("a.log");
+    let mut first = start_sync(&a.seeds_url(), &target.url(), &log1, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while link_positions(&target).len() < 3 || dbsize_of(&target) < 1500 + 3 {
+        assert!(
+            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
+            "{}",
+            read_log(&log1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_log(&mut first, &log1, "streaming", 1, Duration::from_secs(30));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let a_links = link_positions(&target);
+
+    // B: half of A's keys (other values), and keys of its own.
+    let b = Cluster::start(Version::Redis70, 3, 0);
+    let b_pairs: Vec<(String, String)> = (750..2250)
+        .map(|i| (format!("k:{i}"), format!("b{i}")))
+        .collect();
+    b.set_many(&b_pairs);
+    let log2 = dir.path().join("b.log");
+    let mut second = start_sync(&b.seeds_url(), &target.url(), &log2, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = data_of(&b);
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
+            "the target differs from B ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.join("\n"),
+            common::tail(&read_log(&log2), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let log = read_log(&log2);
+    eprintln!("{log}");
+    for link in a_links.keys() {
+        let name = link.trim_start_matches("cutover:position:");
+        assert!(
+            log.contains(&format!("the stored position of link {name} ")),
+            "orphan {name} not reported: {log}"
+        );
+    }
+    assert_eq!(
+        log.matches("matches no source master now").count(),
+        3,
+        "{log}"
+    );
+    // A's positions stay; B's three are new.
+    assert_eq!(link_positions(&target).len(), 6);
+}
+
+fn dbsize_of(s: &Server) -> i64 {
+    redis::cmd("DBSIZE").query(&mut s.conn()).unwrap()
+}

@@ -17,7 +17,9 @@
 //! **Orphans.** A stored position that no current master continues (its shard's history is
 //! gone: a master restarted without persistence, a shard removed, a full resync of the
 //! source) is reported and left on the target as it is: its slots are copied again in full
-//! by the links of the masters that serve them now (each clears its own slots first). It is
+//! by the links of the masters that serve them now, each clearing its own slots first (a
+//! link without a position of its own on a target holding any link position: the target
+//! holds an earlier sync's keys, some maybe deleted on the source since). It is
 //! not deleted: a sync started by mistake against another source must not destroy the
 //! positions of the right one.
 
@@ -262,11 +264,15 @@ fn read_values(
 /// Names the links of `topo`'s masters with slots, in [`Topology`]'s shard order (`own`:
 /// each master's name without a stored match), and reports on stderr (with `progress`) and
 /// in the log what was matched and what is orphaned.
+///
+/// Also says whether the target holds any link position (the data of an earlier sync): a
+/// link named [`How::Own`] then clears its slots before its snapshot, like a full resync
+/// (an orphan's keys deleted on the source since would stay otherwise).
 pub fn name_links(
     opts: &SyncOptions,
     topo: &Topology,
     own: &[String],
-) -> anyhow::Result<Vec<(String, How)>> {
+) -> anyhow::Result<(Vec<(String, How)>, bool)> {
     let stored = read_stored(opts).context("cannot read the links' positions on the target")?;
     let masters: Vec<(String, Option<History>)> = topo
         .map()
@@ -310,7 +316,7 @@ pub fn name_links(
             crate::sync::engine::say(&line);
         }
     }
-    Ok(naming.names)
+    Ok((naming.names, !stored.is_empty()))
 }
 
 #[cfg(test)]

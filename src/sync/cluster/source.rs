@@ -53,6 +53,9 @@ pub struct ShardScope {
     pub slots: SlotSet,
     /// `shard 0-5460 127.0.0.1:7000`, for messages.
     pub label: String,
+    /// The target holds an earlier sync's data but no position of this link (an orphan's
+    /// slots, [`super::names`]): its first snapshot clears its slots, as a full resync does.
+    pub clear_first: bool,
     /// Every node of the source cluster when the link started (and the address map): asked
     /// for the shard's master after the link could not reconnect (a failover).
     pub nodes: Option<crate::cluster::SideSpec>,
@@ -270,12 +273,13 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             }
         })
         .collect();
-    let mut names = super::names::name_links(opts, topo, &own)?.into_iter();
+    let (names, earlier) = super::names::name_links(opts, topo, &own)?;
+    let mut names = names.into_iter();
     for (i, shard) in topo.map().shards().iter().enumerate() {
         if shard.ranges.is_empty() {
             continue;
         }
-        let Some((link, _)) = names.next() else {
+        let Some((link, how)) = names.next() else {
             break;
         };
         let ranges: Vec<String> = shard
@@ -300,6 +304,7 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
                 link,
                 slots: SlotSet::from_ranges(&shard.ranges),
                 label: label.clone(),
+                clear_first: earlier && how == super::names::How::Own,
                 nodes: Some(nodes.clone()),
             }),
             ..opts.clone()

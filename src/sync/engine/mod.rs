@@ -499,7 +499,8 @@ fn run_into<W: Sink>(
         rx,
         applied,
         report: SyncReport::default(),
-        flush_on_full: stored != Stored::None,
+        // (A cluster source's link on a target holding an earlier sync's keys: cleared too.)
+        flush_on_full: stored != Stored::None || opts.shard.as_ref().is_some_and(|s| s.clear_first),
         stop: Arc::clone(&ctx.stop),
         replid: String::new(),
         txn_open: false,
