@@ -428,6 +428,15 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
             .is_some_and(|w| w.contains("Redis Cluster")),
         "{status}"
     );
+    // The run's own verify compares the source with the cluster (by slot, per master).
+    let (code, out, err) = common::cli(&proxy, &["verify"]);
+    assert_eq!(code, 0, "cutover verify --admin: {out}{err}");
+    let verify = common::wait_for("the run's verify", Duration::from_secs(60), || {
+        let v = proxy.status_json()["verify"].clone();
+        (v["state"] == "done" || v["state"] == "error").then_some(v)
+    });
+    assert_eq!(verify["equal"], true, "{verify}");
+    assert_eq!(verify["source_keys"], 2000 + 8 + 4, "{verify}");
     let log = proxy.log();
     eprintln!("{}", common::tail(&log, 6000));
     assert!(!log.contains(" ERROR "), "{log}");
