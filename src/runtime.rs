@@ -42,10 +42,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     // A cluster source is refused (the proxy would serve one node's slots); a cluster target
     // is synced into, with no switch in this run (`cluster_target`).
-    let target_cluster = match &settings.target {
+    let target_masters = match &settings.target {
         Some(t) => cluster_sides(&settings.source, t).await?,
-        None => false,
+        None => None,
     };
+    let target_cluster = target_masters.is_some();
     let route = Route {
         epoch: 0,
         primary: Side::Source,
@@ -240,9 +241,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(t) = &route.target
             && !target_cluster
         {
-            // (One server: a cluster target's evictions are per node, not watched yet.)
             tokio::spawn(crate::cutover::memory::watch_evictions(
                 t.clone(),
+                sync.clone(),
+            ));
+        }
+        // A cluster target: each master's evictions (the masters at start).
+        for url in target_masters.iter().flatten() {
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                Arc::new(Backend::new(Side::Target, url.clone())),
                 sync.clone(),
             ));
         }
@@ -267,10 +274,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 pub const CLUSTER_TARGET_NO_SWITCH: &str = "the target is a Redis Cluster: this run syncs into it (the proxy still serves the source), but the proxy cannot front a cluster yet (it reaches one server per side and does not route by slot), so no switch is possible; keep the sync running and compare with `cutover verify`, or move the applications to the cluster yourself once it is caught up";
 
 /// Refuses a cluster source (the proxy and the cutover reach one server: only one node's
-/// slots would be served and copied; `cutover sync` copies a cluster), and says whether the
-/// target is a cluster. A server that cannot be asked now passes as one server (its
-/// connection reports the failure, with its retries).
-async fn cluster_sides(source: &RedisUrl, target: &RedisUrl) -> anyhow::Result<bool> {
+/// slots would be served and copied; `cutover sync` copies a cluster), and gives the
+/// target's masters when it is a cluster (`None`: one server). A server that cannot be
+/// asked now passes as one server (its connection reports the failure, with its retries).
+async fn cluster_sides(
+    source: &RedisUrl,
+    target: &RedisUrl,
+) -> anyhow::Result<Option<Vec<RedisUrl>>> {
     let (source, target) = (source.clone(), target.clone());
     tokio::task::spawn_blocking(move || {
         let timeout = Duration::from_secs(5);
@@ -280,14 +290,14 @@ async fn cluster_sides(source: &RedisUrl, target: &RedisUrl) -> anyhow::Result<b
             "`cutover run` (its proxy and its cutover)",
             timeout,
         )?;
-        let cluster = matches!(
-            crate::cluster::SideSpec::single(target.clone()).resolve(timeout),
-            Ok(crate::cluster::Side::Cluster(_))
-        );
-        if cluster {
+        let masters = match crate::cluster::SideSpec::single(target.clone()).resolve(timeout) {
+            Ok(crate::cluster::Side::Cluster(topo)) => Some(topo.master_urls()),
+            _ => None,
+        };
+        if masters.is_some() {
             tracing::warn!(%target, "the target is a Redis Cluster: the background sync writes into it by slot; `cutover switch` is refused in this run (the proxy cannot front a cluster yet)");
         }
-        anyhow::Ok(cluster)
+        anyhow::Ok(masters)
     })
     .await
     .context("cluster check")?

@@ -440,6 +440,51 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
     let log = proxy.log();
     eprintln!("{}", common::tail(&log, 6000));
     assert!(!log.contains(" ERROR "), "{log}");
+
+    // A target master that evicts (a small maxmemory set after the start): counted.
+    let full = target.master_ports()[2];
+    let used: u64 = {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(&mut target.node(full).conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    for (k, v) in [
+        ("maxmemory-policy", "allkeys-random".to_string()),
+        ("maxmemory", (used + (512 << 10)).to_string()),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut target.node(full).conn())
+            .unwrap();
+    }
+    let big = "x".repeat(1000);
+    let mut c = proxy.conn();
+    for chunk in 0..30 {
+        let mut p = redis::pipe();
+        for i in 0..200 {
+            p.cmd("SET")
+                .arg(format!("big:{chunk}:{i}"))
+                .arg(&big)
+                .ignore();
+        }
+        let _: () = p.query(&mut c).unwrap();
+    }
+    common::wait_for("the evictions counted", Duration::from_secs(30), || {
+        (proxy.status_json()["sync"]["evicted_keys"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0)
+        .then_some(())
+    });
 }
 
 /// A source failover mid-stream into a cluster target, then cutover stopped (SIGKILL) before
