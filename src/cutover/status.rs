@@ -74,6 +74,8 @@ impl Controller {
         };
         json!({
             "phase": self.phase().map(Phase::as_str),
+            // Why no switch is possible in this run (a cluster target), else null.
+            "switch_refused": self.settings.switch_refused,
             "overlap": overlap,
             "overlap_cost": overlap_cost,
             "links": links,
