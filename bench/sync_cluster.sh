@@ -33,7 +33,8 @@
 #
 # Environment: KEYS_PER_SHARD (2000000), VALUE (100), ROUNDS (3), TARGETS, PARTS, SOURCE
 # (redis-7.0), NATIVE (the replica binary, default the source's), TARGET_MASTERS (4),
-# SOURCE_MASTERS (3), SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is),
+# SOURCE_MASTERS (3), CUTOVER_ARGS (more `cutover sync` arguments, e.g. "--pipeline 8192"),
+# SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is),
 # KEEP_TMP=1 (keep logs). Ports are below 55000 (a cluster node's bus is port + 10000).
 set -euo pipefail
 
@@ -48,6 +49,7 @@ SOURCE=${SOURCE:-redis-7.0}
 NATIVE=${NATIVE:-$SOURCE}
 TARGET_MASTERS=${TARGET_MASTERS:-4}
 SOURCE_MASTERS=${SOURCE_MASTERS:-3}
+CUTOVER_ARGS=${CUTOVER_ARGS:-}
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 
 die() { echo "bench/sync_cluster.sh: $*" >&2; exit 2; }
@@ -60,7 +62,7 @@ for t in bc python3 /usr/bin/time; do command -v "$t" >/dev/null || die "$t is n
 [[ "$KEYS_PER_SHARD" =~ ^[1-9][0-9]*$ ]] || die "KEYS_PER_SHARD must be a positive number"
 
 echo "# cutover cluster sync benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(cd "$root" && git rev-parse --short HEAD)"
-echo "# command: KEYS_PER_SHARD=$KEYS_PER_SHARD VALUE=$VALUE ROUNDS=$ROUNDS TARGETS=\"$TARGETS\" PARTS=\"$PARTS\" SOURCE=$SOURCE NATIVE=$NATIVE SOURCE_MASTERS=$SOURCE_MASTERS TARGET_MASTERS=$TARGET_MASTERS bash bench/sync_cluster.sh"
+echo "# command: KEYS_PER_SHARD=$KEYS_PER_SHARD VALUE=$VALUE ROUNDS=$ROUNDS TARGETS=\"$TARGETS\" PARTS=\"$PARTS\" SOURCE=$SOURCE NATIVE=$NATIVE SOURCE_MASTERS=$SOURCE_MASTERS TARGET_MASTERS=$TARGET_MASTERS CUTOVER_ARGS=\"$CUTOVER_ARGS\" bash bench/sync_cluster.sh"
 echo "# $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # shellcheck source=../scripts/lib/processes.sh
@@ -80,6 +82,12 @@ now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 info_field() { # <port> <section> <field>
   cli "$1" INFO "$2" | awk -F: -v f="$3" '$1 == f {sub(/\r$/, "", $2); print $2}'
+}
+
+cpu_of() { # <port>…: CPU seconds the servers used so far (their forks included)
+  local p
+  for p in "$@"; do cli "$p" INFO cpu; done | tr -d '\r' |
+    awk -F: '/^used_cpu_(user|sys)(_children)?:/ {s += $2} END {printf "%.2f", s}'
 }
 
 # A free port p < 55000 whose cluster bus port p + 10000 is free too.
@@ -232,6 +240,7 @@ fill_source() {
 # native_floor <master port>…: sets `native` (s, the slowest replica) and `native_fast`.
 native=0
 native_fast=0
+native_cpu=""
 native_floor() {
   local masters=("$@") reps=() port m t0 i left
   for m in "${masters[@]}"; do
@@ -240,6 +249,8 @@ native_floor() {
     reps+=("$port")
   done
   local -A done_at=()
+  local m0
+  m0=$(cpu_of "${masters[@]}")
   t0=$(now)
   for i in "${!masters[@]}"; do
     cli "${reps[$i]}" REPLICAOF 127.0.0.1 "${masters[$i]}" >/dev/null
@@ -260,27 +271,33 @@ native_floor() {
   done
   native=$(for port in "${reps[@]}"; do echo "${done_at[$port]} - $t0" | bc; done | sort -g | tail -1)
   native_fast=$(for port in "${reps[@]}"; do echo "${done_at[$port]} - $t0" | bc; done | sort -g | head -1)
+  native_cpu="replicas $(cpu_of "${reps[@]}") s, masters $(echo "$(cpu_of "${masters[@]}") - $m0" | bc) s"
   stop_servers "${reps[@]}"
 }
 
 # cutover_run <target name> <master port>…: sets `cut` (s) and `rss_kb`.
 cut=0
 rss_kb=0
+cut_cpu=""
 cutover_run() {
   local tb=$1 t0 t1 p got=0 pid
   shift
   local masters=("$@")
   start_cluster "$tb" "$TARGET_MASTERS"
-  local targets=("${cluster[@]}")
+  local targets=("${cluster[@]}") m0
+  m0=$(cpu_of "${masters[@]}")
   t0=$(now)
-  /usr/bin/time -f '%M' -o "$tmp/rss" "$cutover" sync --once --quiet \
+  # shellcheck disable=SC2086
+  /usr/bin/time -f '%M %U %S' -o "$tmp/rss" "$cutover" sync --once --quiet $CUTOVER_ARGS \
     --source "$(seeds "${masters[@]}")" --target "$(seeds "${targets[@]}")" 2>"$tmp/sync.err" &
   pid=$!
   pids+=($pid)
   wait "$pid" || die "cutover sync into $tb failed: $(tail -5 "$tmp/sync.err")"
   t1=$(now)
   cut=$(echo "$t1 - $t0" | bc)
-  rss_kb=$(tail -1 "$tmp/rss")
+  local user sys
+  read -r rss_kb user sys <<<"$(tail -1 "$tmp/rss")"
+  cut_cpu="cutover $(echo "$user + $sys" | bc) s, targets $(cpu_of "${targets[@]}") s, masters $(echo "$(cpu_of "${masters[@]}") - $m0" | bc) s"
   for p in "${targets[@]}"; do got=$((got + $(cli "$p" DBSIZE))); done
   # Every key, plus cutover's position keys (one per slot and source master).
   [ "$got" -ge "$((${#masters[@]} * KEYS_PER_SHARD))" ] ||
@@ -309,6 +326,7 @@ measure() {
     echo "$native" >>"$tmp/n"; echo "$cut" >>"$tmp/c"; echo "$rss_kb" >>"$tmp/r"
     printf 'round %d: native slowest %.2f s (fastest %.2f s), cutover %.2f s (%.2fx), peak RSS %d MB\n' \
       "$r" "$native" "$native_fast" "$cut" "$(ratio "$cut" "$native")" $((rss_kb / 1024))
+    echo "  CPU: native: $native_cpu; cutover run: $cut_cpu"
   done
   local mn mc mr x mbs kps
   mn=$(median <"$tmp/n"); mc=$(median <"$tmp/c"); mr=$(sort -g "$tmp/r" | tail -1)
