@@ -33,8 +33,10 @@
 #
 # Environment: KEYS_PER_SHARD (2000000), VALUE (100), ROUNDS (3), TARGETS, PARTS, SOURCE
 # (redis-7.0), NATIVE (the replica binary, default the source's), TARGET_MASTERS (4),
-# SOURCE_MASTERS (3), CUTOVER_ARGS (more `cutover sync` arguments, e.g. "--pipeline 8192"),
-# SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is),
+# SOURCE_MASTERS (3), SCALING (the source master counts of the scaling part, "1 2 3"), CUTOVER_ARGS (more `cutover sync` arguments, e.g. "--pipeline 8192"),
+# CUTOVER_WRAP (a command prefix for profiling, e.g. "perf record -g -o /tmp/p.data --": the
+# RSS and CPU figures are then the wrapper's), CUTOVER_BIN (a cutover binary to run instead of
+# the release build: an A/B of two builds), SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is),
 # KEEP_TMP=1 (keep logs). Ports are below 55000 (a cluster node's bus is port + 10000).
 set -euo pipefail
 
@@ -50,6 +52,8 @@ NATIVE=${NATIVE:-$SOURCE}
 TARGET_MASTERS=${TARGET_MASTERS:-4}
 SOURCE_MASTERS=${SOURCE_MASTERS:-3}
 CUTOVER_ARGS=${CUTOVER_ARGS:-}
+CUTOVER_WRAP=${CUTOVER_WRAP:-}
+SCALING=${SCALING:-1 2 3}
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 
 die() { echo "bench/sync_cluster.sh: $*" >&2; exit 2; }
@@ -72,9 +76,10 @@ tmp=$(mktemp -d /tmp/cutover-sync-cluster-bench.XXXXXX)
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   (cd "$root" && cargo build --release -j 2 --quiet --bin cutover) || die "cargo build --release failed"
 fi
-[ -x "$target_dir/release/cutover" ] || die "$target_dir/release/cutover missing"
+CUTOVER_BIN=${CUTOVER_BIN:-$target_dir/release/cutover}
+[ -x "$CUTOVER_BIN" ] || die "$CUTOVER_BIN missing"
 # A copy: a concurrent `cargo build` must not swap the binary under the run.
-cp "$target_dir/release/cutover" "$tmp/cutover"
+cp "$CUTOVER_BIN" "$tmp/cutover"
 cutover="$tmp/cutover"
 
 cli() { "$bin/redis-cli" -p "$@"; }
@@ -288,7 +293,7 @@ cutover_run() {
   m0=$(cpu_of "${masters[@]}")
   t0=$(now)
   # shellcheck disable=SC2086
-  /usr/bin/time -f '%M %U %S' -o "$tmp/rss" "$cutover" sync --once --quiet $CUTOVER_ARGS \
+  /usr/bin/time -f '%M %U %S' -o "$tmp/rss" $CUTOVER_WRAP "$cutover" sync --once --quiet $CUTOVER_ARGS \
     --source "$(seeds "${masters[@]}")" --target "$(seeds "${targets[@]}")" 2>"$tmp/sync.err" &
   pid=$!
   pids+=($pid)
@@ -355,7 +360,7 @@ for part in $PARTS; do
       stop_servers "${src3[@]}"
       ;;
     scaling)
-      for k in 1 2 3; do
+      for k in $SCALING; do
         if [ "$k" = "$SOURCE_MASTERS" ] && [ -n "$scaled3" ]; then
           echo "## scaling: $k source masters: the pairs' $SOURCE -> redis-7.0 run above"
           rows+=("scaling $k: $(cut -f2- <<<"$scaled3")")
