@@ -25,6 +25,12 @@
 #            target (the 3-master case is the pairs' 7.0 -> 7.0 when that ran): native floor,
 #            cutover time, MB/s of RDB, keys/s, per-shard MB/s.
 #
+# CPU: every round also reads the CPU seconds each side used (`INFO cpu` of the servers, forks
+# included; cutover's user + sys from /usr/bin/time): cutover's, the targets', the masters'
+# (their RDB), the native replicas'. The "CPU ratio" (cutover run / native run) measures the
+# work, which the machine's load does not change much; on a 2-core machine the wall times are
+# mostly that work shared by two cores (so a loaded machine shows in them, not in the CPU).
+#
 # RDB size: each source master's `SAVE` file, once after the fill (the bytes a replica
 # receives). Throughput = total RDB bytes (or keys) of the source / cutover's time.
 # The source is filled through `redis-cli --pipe` with `SET {tag}:<i> <VALUE random bytes>`,
@@ -33,11 +39,13 @@
 #
 # Environment: KEYS_PER_SHARD (2000000), VALUE (100), ROUNDS (3), TARGETS, PARTS, SOURCE
 # (redis-7.0), NATIVE (the replica binary, default the source's), TARGET_MASTERS (4),
-# SOURCE_MASTERS (3), SCALING (the source master counts of the scaling part, "1 2 3"), CUTOVER_ARGS (more `cutover sync` arguments, e.g. "--pipeline 8192"),
-# CUTOVER_WRAP (a command prefix for profiling, e.g. "perf record -g -o /tmp/p.data --": the
-# RSS and CPU figures are then the wrapper's), CUTOVER_BIN (a cutover binary to run instead of
-# the release build: an A/B of two builds), SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is),
-# KEEP_TMP=1 (keep logs). Ports are below 55000 (a cluster node's bus is port + 10000).
+# SOURCE_MASTERS (3), SCALING (the source master counts of the scaling part, "1 2 3"),
+# CUTOVER_ARGS (more `cutover sync` arguments, e.g. "--pipeline 8192"), CUTOVER_WRAP (a
+# command prefix for profiling, e.g. "perf record -g -o /tmp/p.data --": RSS and CPU are then
+# the wrapper's), CUTOVER_BIN (a cutover binary to run instead of the release build: an A/B of
+# two builds), SKIP_BUILD=1 (use $CARGO_TARGET_DIR/release/cutover as it is), KEEP_TMP=1 (keep
+# the logs). Ports are below 55000 (a cluster node's bus is port + 10000). Needs bc, python3,
+# /usr/bin/time. Edit a copy, not this file, while it runs (bash reads it as it goes).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -246,6 +254,8 @@ fill_source() {
 native=0
 native_fast=0
 native_cpu=""
+n_rep=0
+n_mst=0
 native_floor() {
   local masters=("$@") reps=() port m t0 i left
   for m in "${masters[@]}"; do
@@ -276,7 +286,9 @@ native_floor() {
   done
   native=$(for port in "${reps[@]}"; do echo "${done_at[$port]} - $t0" | bc; done | sort -g | tail -1)
   native_fast=$(for port in "${reps[@]}"; do echo "${done_at[$port]} - $t0" | bc; done | sort -g | head -1)
-  native_cpu="replicas $(cpu_of "${reps[@]}") s, masters $(echo "$(cpu_of "${masters[@]}") - $m0" | bc) s"
+  n_rep=$(cpu_of "${reps[@]}")
+  n_mst=$(echo "$(cpu_of "${masters[@]}") - $m0" | bc)
+  native_cpu="replicas $n_rep s, masters $n_mst s"
   stop_servers "${reps[@]}"
 }
 
@@ -284,6 +296,9 @@ native_floor() {
 cut=0
 rss_kb=0
 cut_cpu=""
+c_cut=0
+c_tgt=0
+c_mst=0
 cutover_run() {
   local tb=$1 t0 t1 p got=0 pid
   shift
@@ -302,7 +317,10 @@ cutover_run() {
   cut=$(echo "$t1 - $t0" | bc)
   local user sys
   read -r rss_kb user sys <<<"$(tail -1 "$tmp/rss")"
-  cut_cpu="cutover $(echo "$user + $sys" | bc) s, targets $(cpu_of "${targets[@]}") s, masters $(echo "$(cpu_of "${masters[@]}") - $m0" | bc) s"
+  c_cut=$(echo "$user + $sys" | bc)
+  c_tgt=$(cpu_of "${targets[@]}")
+  c_mst=$(echo "$(cpu_of "${masters[@]}") - $m0" | bc)
+  cut_cpu="cutover $c_cut s, targets $c_tgt s, masters $c_mst s"
   for p in "${targets[@]}"; do got=$((got + $(cli "$p" DBSIZE))); done
   # Every key, plus cutover's position keys (one per slot and source master).
   [ "$got" -ge "$((${#masters[@]} * KEYS_PER_SHARD))" ] ||
@@ -320,7 +338,7 @@ measure() {
   local label=$1 tb=$2 r
   shift 2
   local masters=("$@")
-  : >"$tmp/n"; : >"$tmp/c"; : >"$tmp/r"
+  : >"$tmp/n"; : >"$tmp/c"; : >"$tmp/r"; : >"$tmp/cc"; : >"$tmp/ct"; : >"$tmp/cx"
   echo "## $label"
   for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then
@@ -329,19 +347,27 @@ measure() {
       cutover_run "$tb" "${masters[@]}"; native_floor "${masters[@]}"
     fi
     echo "$native" >>"$tmp/n"; echo "$cut" >>"$tmp/c"; echo "$rss_kb" >>"$tmp/r"
+    echo "$c_cut" >>"$tmp/cc"; echo "$c_tgt" >>"$tmp/ct"
+    # The work of each copy in CPU seconds, whatever the machine's load: cutover's run
+    # (cutover, targets, masters) over the native one (replicas, masters).
+    echo "($c_cut + $c_tgt + $c_mst) / ($n_rep + $n_mst)" | bc -l >>"$tmp/cx"
     printf 'round %d: native slowest %.2f s (fastest %.2f s), cutover %.2f s (%.2fx), peak RSS %d MB\n' \
       "$r" "$native" "$native_fast" "$cut" "$(ratio "$cut" "$native")" $((rss_kb / 1024))
     echo "  CPU: native: $native_cpu; cutover run: $cut_cpu"
   done
-  local mn mc mr x mbs kps
+  local mn mc mr x mbs kps mcc mct mcx
   mn=$(median <"$tmp/n"); mc=$(median <"$tmp/c"); mr=$(sort -g "$tmp/r" | tail -1)
+  mcc=$(median <"$tmp/cc"); mct=$(median <"$tmp/ct"); mcx=$(median <"$tmp/cx")
   x=$(ratio "$mc" "$mn")
   mbs=$(echo "$rdb_bytes / 1048576 / $mc" | bc -l)
   kps=$(echo "$total_keys / $mc" | bc -l)
-  printf 'median: native %.2f s, cutover %.2f s, ratio %.2fx; %.1f MB/s of RDB, %.0f keys/s, %.1f MB/s per source shard; peak RSS max %d MB\n\n' \
+  printf 'median: native %.2f s, cutover %.2f s, ratio %.2fx; %.1f MB/s of RDB, %.0f keys/s, %.1f MB/s per source shard; peak RSS max %d MB\n' \
     "$mn" "$mc" "$x" "$mbs" "$kps" "$(echo "$mbs / ${#masters[@]}" | bc -l)" $((mr / 1024))
-  rows+=("$(printf '%s\t%.2f\t%.2f\t%.2f\t%.1f\t%.0f\t%.1f\t%d' "$label" "$mn" "$mc" "$x" "$mbs" "$kps" \
-    "$(echo "$mbs / ${#masters[@]}" | bc -l)" $((mr / 1024)))")
+  printf 'median CPU: cutover %.2f s (%.1f ms per MB of RDB), targets %.2f s (%.1f ms per MB); CPU ratio %.2fx\n\n' \
+    "$mcc" "$(echo "$mcc * 1000 / ($rdb_bytes / 1048576)" | bc -l)" "$mct" \
+    "$(echo "$mct * 1000 / ($rdb_bytes / 1048576)" | bc -l)" "$mcx"
+  rows+=("$(printf '%s\t%.2f\t%.2f\t%.2f\t%.1f\t%.0f\t%.1f\t%d\t%.2f / %.2f\t%.2f' "$label" "$mn" "$mc" "$x" "$mbs" "$kps" \
+    "$(echo "$mbs / ${#masters[@]}" | bc -l)" $((mr / 1024)) "$mcc" "$mct" "$mcx")")
 }
 
 src3=()
@@ -363,7 +389,7 @@ for part in $PARTS; do
       for k in $SCALING; do
         if [ "$k" = "$SOURCE_MASTERS" ] && [ -n "$scaled3" ]; then
           echo "## scaling: $k source masters: the pairs' $SOURCE -> redis-7.0 run above"
-          rows+=("scaling $k: $(cut -f2- <<<"$scaled3")")
+          rows+=("scaling $k: the pairs' $SOURCE -> redis-7.0"$'\t'"$(cut -f2- <<<"$scaled3")")
           continue
         fi
         start_cluster "$SOURCE" "$k" --repl-diskless-sync yes --repl-diskless-sync-delay 0 \
@@ -381,9 +407,12 @@ done
 echo "# summary (paste into bench/RESULTS.md); ratio = cutover / slowest native replica;"
 echo "# targets: <= 1.5x same version, <= 2x cross-version, peak RSS <= 256 MB"
 echo
-echo "| run | native floor (s) | cutover (s) | ratio | MB/s of RDB | keys/s | MB/s per source shard | peak RSS (MB) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "# CPU: cutover's and the targets' CPU seconds (medians); CPU ratio = CPU seconds of the"
+echo "# cutover run (cutover + targets + masters) / of the native one (replicas + masters)"
+echo
+echo "| run | native floor (s) | cutover (s) | ratio | MB/s of RDB | keys/s | MB/s per source shard | peak RSS (MB) | CPU s cutover / targets | CPU ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do
-  IFS=$'\t' read -r a b c d e f g h <<<"$row"
-  echo "| $a | $b | $c | ${d}x | $e | $f | $g | $h |"
+  IFS=$'\t' read -r a b c d e f g h i j <<<"$row"
+  echo "| $a | $b | $c | ${d}x | $e | $f | $g | $h | $i | ${j}x |"
 done
