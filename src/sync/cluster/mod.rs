@@ -17,9 +17,11 @@
 //! transaction per slot it touches, each ending with `SET` of that slot's position to the
 //! batch's offset: a slot's data and its position change together. Transactions of one slot
 //! apply in order; different slots may apply in any order, which is fine: each slot's
-//! position describes that slot only. Every two seconds a batch also carries the position of
-//! every other slot (nothing of theirs is pending), so that quiet slots do not hold the resume
-//! point back. After a snapshot, all 16384 positions are written.
+//! position describes that slot only. Every 125 ms a batch also carries the position of
+//! the next 1,024 slots in turn (nothing of theirs is pending), so that quiet slots do not
+//! hold the resume point back: every slot every two seconds when batches come that often.
+//! After a snapshot, all 16384 positions are written, 1,024 slots at a time (16,384
+//! transactions built at once cost a link ~20 MB at its peak).
 //!
 //! **Resume.** [`ClusterSink::read_position`] reads all 16384 positions: none → no earlier
 //! sync; any `snapshot-loading`, a missing one among others, or two replication ids whose
@@ -66,7 +68,8 @@ pub fn position_key(slot: Slot, link: &str) -> Vec<u8> {
 /// The link name of a standalone source's one link.
 pub const STANDALONE_LINK: &str = "0";
 
-/// How often a stream batch also stores the position of every slot.
+/// How often the stream batches store the position of every slot (a chunk of
+/// [`ALL_SLOTS_CHUNK`] slots per batch, in turn, at most every `ALL_SLOTS_EVERY / 16`).
 const ALL_SLOTS_EVERY: Duration = Duration::from_secs(2);
 
 /// [`ALL_SLOTS_EVERY`], or the test-only `CUTOVER_TEST_ALL_SLOTS_EVERY_MS` (a test widens
@@ -80,6 +83,11 @@ fn all_slots_every() -> Duration {
             .map_or(ALL_SLOTS_EVERY, Duration::from_millis)
     })
 }
+
+/// Slots per round when every slot's position is read or written (at start, at a snapshot's
+/// start and end): 16,384 transactions built at once cost each link ~20 MB at its peak (keys,
+/// values, tags, checks, the wire, the replies), and a cluster source runs a link per master.
+const ALL_SLOTS_CHUNK: usize = 1024;
 
 /// Transactions queued for one apply, with the tags of their commands.
 struct Unit {
@@ -151,6 +159,8 @@ pub struct ClusterSink {
     skip: Vec<u64>,
     /// When the position of every slot was last written.
     all_slots_at: Option<Instant>,
+    /// The first slot of the next chunk of positions a stream batch writes (see `close`).
+    all_slots_next: usize,
     exec_errors: Vec<Refusal>,
     unchanged: Vec<Tag>,
     non_atomic: u64,
@@ -192,6 +202,7 @@ impl ClusterSink {
             confirmed: None,
             skip: Vec::new(),
             all_slots_at: None,
+            all_slots_next: 0,
             exec_errors: Vec::new(),
             unchanged: Vec::new(),
             non_atomic: 0,
@@ -235,10 +246,30 @@ impl ClusterSink {
         unit
     }
 
-    /// `SET` of every slot's position to `value` (or `DEL` with `None`).
-    fn all_slots_unit(&self, value: Option<&str>) -> Unit {
+    /// `SET` of every slot's position to `value` (or `DEL` with `None`), as barrier units of
+    /// [`ALL_SLOTS_CHUNK`] slots each, in slot order.
+    fn all_slots_units(&self, value: Option<&str>) -> Vec<Unit> {
+        (0..SLOTS)
+            .step_by(ALL_SLOTS_CHUNK)
+            .map(|lo| self.slots_unit(value, lo..(lo + ALL_SLOTS_CHUNK).min(SLOTS)))
+            .collect()
+    }
+
+    /// Writes (`Some`) or removes (`None`) every slot's position now, [`ALL_SLOTS_CHUNK`]
+    /// slots at a time, after everything queued.
+    fn write_all_slots(&mut self, value: Option<&str>) -> Result<(), TargetError> {
+        for lo in (0..SLOTS).step_by(ALL_SLOTS_CHUNK) {
+            let unit = self.slots_unit(value, lo..(lo + ALL_SLOTS_CHUNK).min(SLOTS));
+            self.push_barrier(unit);
+            self.apply_queued()?;
+        }
+        Ok(())
+    }
+
+    /// `SET` of the position of each slot of `slots` to `value` (or `DEL` with `None`).
+    fn slots_unit(&self, value: Option<&str>, slots: std::ops::Range<usize>) -> Unit {
         let mut unit = Unit::new(true, false);
-        for s in 0..SLOTS as Slot {
+        for s in slots.map(|s| s as Slot) {
             let key = position_key(s, &self.link);
             let cmd = match value {
                 Some(v) => vec![b"SET".to_vec(), key.clone(), v.as_bytes().to_vec()],
@@ -414,7 +445,7 @@ impl ClusterSink {
                     self.finish_unit(before, position.as_deref(), None, &mut after);
                     after.push(self.keyless_unit(&args, &ctag));
                     if let Some(p) = &position {
-                        after.push(self.all_slots_unit(Some(p)));
+                        after.extend(self.all_slots_units(Some(p)));
                     }
                 }
                 Route::Slots {
@@ -454,17 +485,19 @@ impl ClusterSink {
         if tag.source_txn && slots_touched.len() > 1 {
             self.non_atomic += 1;
         }
-        let all = position.is_some()
-            && self
-                .all_slots_at
-                .is_none_or(|t| t.elapsed() >= all_slots_every());
+        // The next chunk of every slot's position, in turn: all 16,384 every
+        // `all_slots_every()` when batches come often enough, a chunk at a time (memory).
+        let every = all_slots_every() / (SLOTS / ALL_SLOTS_CHUNK) as u32;
+        let all = position.is_some() && self.all_slots_at.is_none_or(|t| t.elapsed() >= every);
         if all {
             self.all_slots_at = Some(Instant::now());
         }
         self.finish_unit(unit, position.as_deref(), tag.offset, &mut after);
         if all && let (Some(p), Some(last)) = (&position, after.last_mut()) {
-            // Every other slot's position too (nothing of theirs is pending).
-            for s in 0..SLOTS as Slot {
+            // Those slots' positions too (nothing of theirs is pending).
+            let lo = self.all_slots_next;
+            self.all_slots_next = (lo + ALL_SLOTS_CHUNK) % SLOTS;
+            for s in (lo..lo + ALL_SLOTS_CHUNK).map(|s| s as Slot) {
                 if !last.by_slot.contains_key(&s) {
                     let key = position_key(s, &self.link);
                     last.push(
@@ -721,27 +754,29 @@ impl Sink for ClusterSink {
     }
     fn read_position(&mut self) -> Result<Stored, TargetError> {
         self.apply_queued()?;
-        let txns: Vec<SlotTxn> = (0..SLOTS as Slot)
-            .map(|s| SlotTxn {
-                slot: s,
-                cmds: vec![vec![b"GET".to_vec(), position_key(s, &self.link)]],
-                check: None,
-            })
-            .collect();
-        let results = self.writer.apply(&txns).map_err(|e| self.writer_error(e))?;
         let mut values = Vec::with_capacity(SLOTS);
-        for (t, r) in txns.iter().zip(results) {
-            let TxnResult::Exec(reply) = r else {
-                return Err(TargetError::Protocol {
+        for lo in (0..SLOTS).step_by(ALL_SLOTS_CHUNK) {
+            let txns: Vec<SlotTxn> = (lo..(lo + ALL_SLOTS_CHUNK).min(SLOTS))
+                .map(|s| SlotTxn {
+                    slot: s as Slot,
+                    cmds: vec![vec![b"GET".to_vec(), position_key(s as Slot, &self.link)]],
+                    check: None,
+                })
+                .collect();
+            let results = self.writer.apply(&txns).map_err(|e| self.writer_error(e))?;
+            for (t, r) in txns.iter().zip(results) {
+                let TxnResult::Exec(reply) = r else {
+                    return Err(TargetError::Protocol {
+                        addr: self.addr.clone(),
+                        detail: format!("the position of slot {} could not be read", t.slot),
+                    });
+                };
+                values.push(exec_get_value(&reply).map_err(|e| TargetError::Refused {
                     addr: self.addr.clone(),
-                    detail: format!("the position of slot {} could not be read", t.slot),
-                });
-            };
-            values.push(exec_get_value(&reply).map_err(|e| TargetError::Refused {
-                addr: self.addr.clone(),
-                step: format!("GET of the position of slot {}", t.slot),
-                reply: e,
-            })?);
+                    step: format!("GET of the position of slot {}", t.slot),
+                    reply: e,
+                })?);
+            }
         }
         let (stored, skip) = combine(&values);
         self.skip = skip;
@@ -757,15 +792,11 @@ impl Sink for ClusterSink {
             // even start lower, under a new replication id).
             self.skip.clear();
         }
-        let unit = self.all_slots_unit(Some(value));
         self.all_slots_at = Some(Instant::now());
-        self.push_barrier(unit);
-        Ok(())
+        self.write_all_slots(Some(value))
     }
     fn del_position(&mut self) -> Result<(), TargetError> {
-        let unit = self.all_slots_unit(None);
-        self.push_barrier(unit);
-        Ok(())
+        self.write_all_slots(None)
     }
 }
 
