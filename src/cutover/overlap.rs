@@ -168,7 +168,9 @@ impl Links {
             "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
             // (`applying` / `following` outside a move; `parked`, `held`… inside one.)
             "role": match role {
-                Role::Holding | Role::Held | Role::Requested => "following",
+                r if r.follows() => "following",
+                Role::Solo | Role::SoloStopRequested(_) | Role::ParkRequested(_) => "applying",
+                Role::SoloStopped(_) => "stopped",
                 r => r.as_str(),
             },
             "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
@@ -422,9 +424,9 @@ impl Controller {
                 return None;
             }
             following.wake();
-            // (The stop is withdrawn first: a link that parks late unparks itself.)
+            // Parked or not yet, the old link applies on (`ParkRequested`/`Parked →
+            // Applying`: one CAS, whichever the engine reached).
             applying.cancel_stop();
-            let _ = applying.handoff.unpark();
             gate.resume();
             metrics::counter!("cutover_barrier_aborts_total").increment(1);
             Some(CutoverError::Timeout {
@@ -471,7 +473,12 @@ impl Controller {
                 )));
             }
         };
-        applying.request_stop_at(old_offset);
+        if let Err(role) = applying.request_stop_at(old_offset) {
+            return Err(abort(format!(
+                "the {} link is {role}, not applying",
+                applying.direction()
+            )));
+        }
         if !wait_until(deadline, || applying.handoff.is_parked()).await {
             return Err(abort(format!(
                 "the {} had applied offset {} of {old_offset}",
@@ -550,8 +557,8 @@ impl Controller {
                 });
             }
         }
-        // 5. Commit: the parked link follows (first: it unparks itself once the stop is
-        // withdrawn); the route flips.
+        // 5. Commit: the parked link follows (`Parked → Following`: nothing else moves a
+        // parked link); the route flips.
         if let Err(role) = applying.handoff.follow() {
             tracing::error!(
                 direction = applying.direction(),
@@ -559,7 +566,6 @@ impl Controller {
                 "the link that applied was not parked at the commit"
             );
         }
-        applying.cancel_stop();
         links.publish_metrics();
         let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
         // Which side is the primary now, recorded on the target before any client command is

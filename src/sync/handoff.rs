@@ -15,97 +15,227 @@
 //! A move hands the role over at exact offsets, while the proxy holds every client command
 //! (the cutover barrier, [`crate::cutover`]):
 //!
-//! 1. the applying link applies up to its primary's `master_repl_offset` and parks there
-//!    ([`super::engine::SyncProgress::request_stop_at`]);
+//! 1. the applying link is asked to park at its primary's `master_repl_offset` O
+//!    ([`Handoff::request_stop`]: `Applying → ParkRequested(O)`); it applies up to O and
+//!    parks there (`ParkRequested(O) → Parked(O)`);
 //! 2. the following link is held ([`Handoff::hold`]): it takes nothing more from its stream
 //!    until told where to start, so it cannot skip a byte that it will have to apply;
-//! 3. the new primary's `master_repl_offset` is read, and the following link is told to apply
-//!    everything after it ([`Handoff::apply_from`]); it skips what comes before and switches
-//!    to applying exactly there, storing that position on its side at once;
-//! 4. the parked link becomes the follower ([`Handoff::follow`]).
+//! 3. the new primary's `master_repl_offset` N is read, and the following link is told to
+//!    apply everything after it ([`Handoff::apply_from`]: `Requested(N)`); it skips what
+//!    comes before and switches to applying exactly there, storing that position on its side
+//!    at once;
+//! 4. the parked link becomes the follower ([`Handoff::follow`]: `Parked(O) → Following`).
 //!
 //! Past the move's deadline every step is undone ([`Handoff::abort_apply`],
-//! [`super::engine::SyncProgress::cancel_stop`]); nothing has been applied by then that the
-//! old primary does not have.
+//! [`Handoff::cancel_stop`]); nothing has been applied by then that the old primary does not
+//! have.
 //!
-//! **The role is one value** ([`Role`], one atomic), changed only by compare-and-swap, so
-//! that when the controller and the engine race, exactly one wins and the loser sees it:
+//! **The role is one value** ([`Role`], one `AtomicU64`), changed only by compare-and-swap,
+//! so that when the controller and the engine race, exactly one wins and the loser sees it.
+//! The offsets a role carries (the barrier's O, the follower's N) are packed into the same
+//! word (`offset << 4 | tag`): "asked to park at O" is a state, not a flag beside the role
+//! and an offset beside the flag, and a CAS that expects `ParkRequested(O)` fails on
+//! `ParkRequested(O')`. The engine reads the whole role with one atomic load per step.
 //!
 //! ```text
-//!              hold (C)          engine sees it (E)       apply_from (C)
-//!  Following ───────────► Holding ───────────────► Held ─────────────────► Requested
-//!      ▲  ▲                  │                       │                        │ │
-//!      │  └──── abort (C) ───┴───────────────────────┴──── abort (C) ─────────┘ │ refuse (E)
-//!      │                                                                        │ ─► Following
-//!      │ follow (C: commit)                   started_applying (E) ◄────────────┘
-//!  Parked ◄──── park at the barrier (E) ──── Applying ◄──────────────────────────
-//!      └──────── unpark (C: abort, or E: the stop was withdrawn) ───► Applying
+//!  a link of a replica overlap:
+//!
+//!              hold (C)          engine sees it (E)       apply_from N (C)
+//!  Following ───────────► Holding ───────────────► Held ─────────────────► Requested(N)
+//!      ▲  ▲                  │                       │                       │   │
+//!      │  └──── abort (C) ───┴───────────────────────┴──── abort (C) ────────┤   │ cannot (E)
+//!      │                                                                     │   ▼
+//!      │                         abort (C) ◄──────────────────────── Refused(N)  │
+//!      │ follow (C: commit)              started_applying (E) ◄──────────────────┘
+//!  Parked(O) ◄── at O (E) ── ParkRequested(O) ◄── request_stop O (C) ── Applying ◄──┘
+//!      │                          │                                        ▲
+//!      └──── cancel (C) ──────────┴──── cancel (C) ────────────────────────┘
+//!
+//!  a plain sync (headless `cutover sync`, or the shadow overlap's forward link):
+//!
+//!  Solo ── request_stop O (C) ──► SoloStopRequested(O) ── at O, run ended (E) ──► SoloStopped(O)
+//!    ▲                                   │                                            │
+//!    └────────────── cancel (C) ─────────┴──────────────── cancel (C) ────────────────┘
+//!
 //!  any ──── stop (C: finish) ───► Stopped (final)
 //! ```
 //!
-//! (C: the controller, E: the engine.) The race the flags of old lost: the controller's
-//! deadline passes while the follower is inside [`Handoff::started_applying`]'s round trip.
-//! Now the controller's abort is a CAS from `Holding`/`Held`/`Requested` to `Following`, the
-//! engine's take-over a CAS from `Requested` to `Applying`: if the engine won, the abort sees
-//! `Applying` ([`Abort::TookOver`]) and the controller commits the move instead; if the
-//! controller won, the engine's CAS fails and it follows on (what it wrote meanwhile is its
-//! own position key, never copied). A parked link is released only by the controller's
-//! decision (commit: `Following`, abort: `Applying`), so two links never apply at once.
+//! (C: the controller, E: the engine.) The races this settles:
+//!
+//! * the controller's deadline passes while the follower is inside
+//!   [`Handoff::started_applying`]'s round trip: the controller's abort is a CAS from
+//!   `Holding`/`Held`/`Requested`/`Refused` to `Following`, the engine's take-over a CAS from
+//!   `Requested(N)` to `Applying`. If the engine won, the abort sees `Applying`
+//!   ([`Abort::TookOver`]) and the controller commits the move instead; if the controller
+//!   won, the engine's CAS fails and it follows on (what it wrote meanwhile is its own
+//!   position key, never copied);
+//! * the controller withdraws the park request just as the applying link reaches O: the
+//!   cancel is a CAS from `ParkRequested(O)` to `Applying`, the engine's park a CAS from
+//!   `ParkRequested(O)` to `Parked(O)`. If the engine parked first, the cancel unparks it
+//!   (`Parked(O) → Applying`); either way the link applies on, and the engine never leaves
+//!   `Parked` by itself: a parked link is released only by the controller's decision
+//!   (commit: `Following`, cancel: `Applying`), so two links never apply at once.
+//!
+//! A plain sync has its own states (`Solo…`): at the barrier's offset it ends its run
+//! (`cutover run` starts it again after a cancel, from the stored position) instead of
+//! parking, it never follows, and nothing can hand it the role of a link.
+//!
+//! The replication id that goes with `Requested(N)` does not fit the word: the controller
+//! writes it (under a mutex) before its CAS to `Requested(N)` publishes it, and the engine
+//! reads it after loading `Requested(N)`; the only other writer is the controller's next
+//! [`Handoff::apply_from`], which needs the role at `Holding`/`Held`, i.e. after this request
+//! was withdrawn — and then the engine's CAS from `Requested(N)` fails unless the new request
+//! has the same offset (of the same follower's stream: the same id, unless the new primary
+//! restarted in between, which the engine's own replid check refuses). The refusal's reason
+//! is written likewise, by the engine, before its CAS to `Refused(N)`.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The largest offset a role can carry (60 bits: an exbibyte of replication stream).
+pub const MAX_ROLE_OFFSET: u64 = (1 << 60) - 1;
 
 /// The role of one link (see the module doc for who moves it where).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Role {
+    /// A plain sync (no overlap): applies what it reads.
+    Solo,
+    /// A plain sync asked to end its run once it has applied this offset.
+    SoloStopRequested(u64),
+    /// A plain sync that ended its run at the barrier's offset (it writes nothing; `cutover
+    /// run` waits for the controller: detached for good, or started again after a cancel).
+    SoloStopped(u64),
     /// Reads its stream without applying.
-    Following = 0,
+    Following,
     /// The controller asked the follower to take nothing more from its stream.
-    Holding = 1,
+    Holding,
     /// The follower saw [`Role::Holding`] and takes nothing more.
-    Held = 2,
-    /// The controller asked the follower to apply from an offset ([`Handoff::apply_request`]).
-    Requested = 3,
+    Held,
+    /// The controller asked the follower to apply from this offset on.
+    Requested(u64),
+    /// The follower cannot apply from this offset ([`Handoff::refused`] says why); it reads
+    /// without applying until the controller withdraws the request.
+    Refused(u64),
     /// Writes what it reads.
-    Applying = 4,
-    /// The applying link stopped at the barrier's offset and waits for the controller.
-    Parked = 5,
+    Applying,
+    /// The controller asked the applying link to park once it has applied this offset; it
+    /// applies up to there.
+    ParkRequested(u64),
+    /// The applying link stopped at this offset (the barrier's) and waits for the controller.
+    Parked(u64),
     /// `finish`: the link writes nothing more, whatever it was.
-    Stopped = 6,
+    Stopped,
 }
 
 impl Role {
-    fn from_u8(v: u8) -> Role {
-        match v {
-            0 => Role::Following,
-            1 => Role::Holding,
-            2 => Role::Held,
-            3 => Role::Requested,
-            4 => Role::Applying,
-            5 => Role::Parked,
+    fn tag(self) -> u64 {
+        match self {
+            Role::Solo => 0,
+            Role::SoloStopRequested(_) => 1,
+            Role::SoloStopped(_) => 2,
+            Role::Following => 3,
+            Role::Holding => 4,
+            Role::Held => 5,
+            Role::Requested(_) => 6,
+            Role::Refused(_) => 7,
+            Role::Applying => 8,
+            Role::ParkRequested(_) => 9,
+            Role::Parked(_) => 10,
+            Role::Stopped => 11,
+        }
+    }
+
+    /// The offset this role carries (0 for the others).
+    pub fn offset(self) -> u64 {
+        match self {
+            Role::SoloStopRequested(o)
+            | Role::SoloStopped(o)
+            | Role::Requested(o)
+            | Role::Refused(o)
+            | Role::ParkRequested(o)
+            | Role::Parked(o) => o,
+            _ => 0,
+        }
+    }
+
+    /// The one word: `offset << 4 | tag` (offsets are checked ≤ [`MAX_ROLE_OFFSET`] where
+    /// they enter).
+    fn encode(self) -> u64 {
+        (self.offset().min(MAX_ROLE_OFFSET) << 4) | self.tag()
+    }
+
+    fn decode(w: u64) -> Role {
+        let o = w >> 4;
+        match w & 0xf {
+            0 => Role::Solo,
+            1 => Role::SoloStopRequested(o),
+            2 => Role::SoloStopped(o),
+            3 => Role::Following,
+            4 => Role::Holding,
+            5 => Role::Held,
+            6 => Role::Requested(o),
+            7 => Role::Refused(o),
+            8 => Role::Applying,
+            9 => Role::ParkRequested(o),
+            10 => Role::Parked(o),
             _ => Role::Stopped,
         }
     }
 
-    /// The link reads without writing (also while held or asked to take over).
+    /// The link reads without writing (also while held, asked to take over, or refusing).
     pub fn follows(self) -> bool {
         matches!(
             self,
-            Role::Following | Role::Holding | Role::Held | Role::Requested
+            Role::Following | Role::Holding | Role::Held | Role::Requested(_) | Role::Refused(_)
         )
+    }
+
+    /// The link writes to its side in this role (parked, stopped and following ones do not).
+    pub fn applies(self) -> bool {
+        matches!(
+            self,
+            Role::Solo | Role::SoloStopRequested(_) | Role::Applying | Role::ParkRequested(_)
+        )
+    }
+
+    /// A plain sync's role (not a link of a replica overlap).
+    pub fn is_solo(self) -> bool {
+        matches!(
+            self,
+            Role::Solo | Role::SoloStopRequested(_) | Role::SoloStopped(_)
+        )
+    }
+
+    /// The barrier's offset, while the controller asks the link to apply up to it and stop
+    /// there (park, or end a plain sync's run).
+    pub fn stop_at(self) -> Option<u64> {
+        match self {
+            Role::ParkRequested(o) | Role::SoloStopRequested(o) => Some(o),
+            _ => None,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Solo => "solo",
+            Role::SoloStopRequested(_) => "stop-requested",
+            Role::SoloStopped(_) => "stopped-at-barrier",
             Role::Following => "following",
             Role::Holding => "holding",
             Role::Held => "held",
-            Role::Requested => "requested",
+            Role::Requested(_) => "requested",
+            Role::Refused(_) => "refused",
             Role::Applying => "applying",
-            Role::Parked => "parked",
+            Role::ParkRequested(_) => "park-requested",
+            Role::Parked(_) => "parked",
             Role::Stopped => "stopped",
         }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -124,18 +254,12 @@ pub enum Abort {
 /// the controller and the engine's applier thread).
 #[derive(Debug, Default)]
 pub struct Handoff {
-    /// This engine is one of the two links of a replica overlap: at the barrier's offset it
-    /// parks (and may become the follower) instead of returning. (Set when the links are
-    /// set up, before either side races on [`Self::role`].)
-    overlap: AtomicBool,
-    /// The [`Role`], changed only by compare-and-swap.
-    role: AtomicU8,
-    /// The follower applies every command from this offset on (written before the CAS to
-    /// [`Role::Requested`], read after seeing it).
-    apply_from: AtomicU64,
-    /// The replication id [`Self::apply_from`]'s offset belongs to.
+    /// The [`Role`] with its offset (`Role::encode`), changed only by compare-and-swap
+    /// (setup before any race aside: [`Self::init_overlap`]). 0 is [`Role::Solo`].
+    role: AtomicU64,
+    /// The replication id of [`Role::Requested`]'s offset (see the module doc).
     apply_replid: Mutex<String>,
-    /// Why the follower could not start applying where it was asked to.
+    /// Why the follower could not start applying ([`Role::Refused`]).
     refused: Mutex<Option<String>>,
     /// Where a follower stands (replication id, offset of the last byte read, the stream's
     /// database there): a new run of its engine continues from there.
@@ -143,71 +267,108 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// The current role.
+    /// The current role: one atomic load.
     pub fn role(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::Acquire))
+        Role::decode(self.role.load(Ordering::Acquire))
     }
 
-    /// One transition: `from` → `to`, only if the role is still `from`. `Err` with the role
-    /// found otherwise.
+    /// One transition: `from` → `to` (offsets included), only if the role is still `from`.
+    /// `Err` with the role found otherwise.
     fn cas(&self, from: Role, to: Role) -> Result<(), Role> {
         self.role
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                from.encode(),
+                to.encode(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .map(|_| ())
-            .map_err(Role::from_u8)
+            .map_err(Role::decode)
     }
 
-    /// Marks the engine as a link of a replica overlap, applying or following.
+    /// Marks the engine as a link of a replica overlap, applying or following (set up before
+    /// either engine runs, so a plain store).
     pub fn init_overlap(&self, following: bool) {
-        self.overlap.store(true, Ordering::Release);
         let role = if following {
             Role::Following
         } else {
             Role::Applying
         };
-        self.role.store(role as u8, Ordering::Release);
+        self.role.store(role.encode(), Ordering::Release);
     }
 
     /// The engine is a plain sync again (a shadow overlap was chosen, before anything was
-    /// handed over): at the barrier's offset it returns, and it applies whatever it reads.
-    pub fn end_overlap(&self) {
-        self.overlap.store(false, Ordering::Release);
-        self.role.store(Role::Applying as u8, Ordering::Release);
+    /// handed over): at the barrier's offset it ends its run, and it applies whatever it
+    /// reads (already a plain sync: nothing to do). `Err` with the role found when it was
+    /// neither applying nor following (inside a move, or stopped).
+    pub fn end_overlap(&self) -> Result<(), Role> {
+        if self.role().is_solo() {
+            return Ok(());
+        }
+        self.cas(Role::Applying, Role::Solo)
+            .or_else(|_| self.cas(Role::Following, Role::Solo))
     }
 
-    pub fn is_overlap(&self) -> bool {
-        self.overlap.load(Ordering::Acquire)
-    }
-
-    /// The link writes nothing now (following, held, asked to take over, or stopped after
-    /// following). A plain sync (no overlap) always applies.
+    /// The link writes nothing now (following, held, asked to take over, refusing).
     pub fn is_following(&self) -> bool {
-        self.is_overlap() && self.role().follows()
+        self.role().follows()
     }
 
-    /// The link writes to its side now: a plain sync always does (its own stop is the shadow
-    /// overlap's `SyncProgress::stopped`, not a role); a link of a replica overlap only while
-    /// [`Role::Applying`] (not parked, following, holding, asked to take over, or stopped).
+    /// The link writes to its side now ([`Role::applies`]).
     pub fn applies(&self) -> bool {
-        !self.is_overlap() || self.role() == Role::Applying
+        self.role().applies()
     }
 
     /// The applying link of a replica overlap waits at the barrier's offset (what the
-    /// controller waits for in step 2 of a move).
+    /// controller waits for in step 1 of a move).
     pub fn is_parked(&self) -> bool {
-        self.is_overlap() && self.role() == Role::Parked
+        matches!(self.role(), Role::Parked(_))
     }
 
-    /// Step 5 of a move (commit): the applying link parked at the barrier becomes the
+    /// A plain sync ended its run at the barrier's offset (the shadow overlap's first switch
+    /// waits for it).
+    pub fn is_solo_stopped(&self) -> bool {
+        matches!(self.role(), Role::SoloStopped(_))
+    }
+
+    /// Step 1 of a move (the controller): the applying link applies up to `offset` and parks
+    /// there (`Applying → ParkRequested`), or a plain sync ends its run there (`Solo →
+    /// SoloStopRequested`). `Err` with the role found otherwise (or for an offset past
+    /// [`MAX_ROLE_OFFSET`]: the role is unchanged).
+    pub fn request_stop(&self, offset: u64) -> Result<(), Role> {
+        if offset > MAX_ROLE_OFFSET {
+            return Err(self.role());
+        }
+        self.cas(Role::Applying, Role::ParkRequested(offset))
+            .or_else(|_| self.cas(Role::Solo, Role::SoloStopRequested(offset)))
+    }
+
+    /// Withdraws [`Self::request_stop`] (the controller: the move was aborted). Whether the
+    /// engine had reached the offset or not, the link applies on (`ParkRequested`/`Parked →
+    /// Applying`, `SoloStopRequested`/`SoloStopped → Solo`: `cutover run` starts a stopped
+    /// plain sync again). Returns the role it leaves (unchanged when there was nothing to
+    /// withdraw, e.g. the link was stopped by `finish`).
+    pub fn cancel_stop(&self) -> Role {
+        loop {
+            let now = self.role();
+            let to = match now {
+                Role::ParkRequested(_) | Role::Parked(_) => Role::Applying,
+                Role::SoloStopRequested(_) | Role::SoloStopped(_) => Role::Solo,
+                other => return other,
+            };
+            if self.cas(now, to).is_ok() {
+                return to;
+            }
+        }
+    }
+
+    /// Step 4 of a move (commit): the applying link parked at the barrier becomes the
     /// follower. `Err` with the role found if it is not parked.
     pub fn follow(&self) -> Result<(), Role> {
-        self.cas(Role::Parked, Role::Following)
-    }
-
-    /// The move was aborted: the parked link applies on (`Err`: it was not parked — it never
-    /// reached the barrier, or already unparked itself).
-    pub fn unpark(&self) -> Result<(), Role> {
-        self.cas(Role::Parked, Role::Applying)
+        match self.role() {
+            now @ Role::Parked(_) => self.cas(now, Role::Following),
+            other => Err(other),
+        }
     }
 
     /// Step 2 of a move: the follower stops taking commands from its stream.
@@ -222,43 +383,48 @@ impl Handoff {
 
     /// Step 3: apply from `offset` of the stream `replid` on (the follower must be held).
     pub fn apply_from(&self, replid: &str, offset: u64) -> Result<(), Role> {
-        if let Ok(mut r) = self.refused.lock() {
-            *r = None;
+        if offset > MAX_ROLE_OFFSET {
+            return Err(self.role());
         }
         if let Ok(mut id) = self.apply_replid.lock() {
             *id = replid.to_string();
         }
-        self.apply_from.store(offset, Ordering::Release);
-        self.cas(Role::Held, Role::Requested)
-            .or_else(|_| self.cas(Role::Holding, Role::Requested))
+        self.cas(Role::Held, Role::Requested(offset))
+            .or_else(|_| self.cas(Role::Holding, Role::Requested(offset)))
     }
 
-    /// Undoes [`Self::hold`] and [`Self::apply_from`] (the move's deadline passed), unless
-    /// the engine won the race and applies already: then the move must be committed
-    /// ([`Abort::TookOver`]).
+    /// Undoes [`Self::hold`] and [`Self::apply_from`] (the move's deadline passed, or the
+    /// follower refused), unless the engine won the race and applies already: then the move
+    /// must be committed ([`Abort::TookOver`]).
     pub fn abort_apply(&self) -> Abort {
         loop {
             let now = self.role();
             match now {
-                Role::Holding | Role::Held | Role::Requested => {
+                Role::Holding | Role::Held | Role::Requested(_) | Role::Refused(_) => {
                     if self.cas(now, Role::Following).is_ok() {
                         return Abort::Undone;
                     }
                 }
                 Role::Following => return Abort::Undone,
-                Role::Applying | Role::Parked => return Abort::TookOver,
                 Role::Stopped => return Abort::Stopped,
+                // (Applying, or parked/asked to park by a later move: never the case for
+                // this controller, which holds its move lock.)
+                _ => return Abort::TookOver,
             }
         }
     }
 
-    /// `finish`: the link writes nothing more (the engine stops at its next step).
-    pub fn stop(&self) {
-        self.role.store(Role::Stopped as u8, Ordering::Release);
+    /// `finish`: the link writes nothing more (the engine stops at its next step). The one
+    /// transition that does not depend on the role found, so a swap.
+    pub fn stop(&self) -> Role {
+        Role::decode(self.role.swap(Role::Stopped.encode(), Ordering::AcqRel))
     }
 
-    /// Why the last [`Self::apply_from`] could not be honoured, if it could not.
+    /// Why the follower could not apply from the offset it was asked ([`Role::Refused`]).
     pub fn refused(&self) -> Option<String> {
+        if !matches!(self.role(), Role::Refused(_)) {
+            return None;
+        }
         self.refused.lock().ok().and_then(|r| r.clone())
     }
 
@@ -271,38 +437,45 @@ impl Handoff {
 
     /// The pending [`Self::apply_from`] request: (replication id, offset).
     pub(crate) fn apply_request(&self) -> Option<(String, u64)> {
-        if self.role() != Role::Requested {
+        let Role::Requested(from) = self.role() else {
             return None;
-        }
+        };
         Some((
             self.apply_replid
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default(),
-            self.apply_from.load(Ordering::Acquire),
+            from,
         ))
     }
 
-    /// The follower took over at the offset it was asked for. `Err` with the role found
-    /// when the controller withdrew the request first (the link follows on).
-    pub(crate) fn started_applying(&self) -> Result<(), Role> {
-        self.cas(Role::Requested, Role::Applying)
+    /// The follower took over at `from`, the offset it was asked for. `Err` with the role
+    /// found when the controller withdrew the request first (the link follows on).
+    pub(crate) fn started_applying(&self, from: u64) -> Result<(), Role> {
+        self.cas(Role::Requested(from), Role::Applying)
     }
 
-    /// The follower cannot start applying where it was asked to (the move is aborted by the
-    /// controller, which sees this).
-    pub(crate) fn refuse(&self, why: String) {
+    /// The follower cannot start applying at `from` (the controller sees [`Role::Refused`]
+    /// and aborts the move). `false`: the request was withdrawn meanwhile.
+    pub(crate) fn refuse(&self, from: u64, why: String) -> bool {
         tracing::error!("the link cannot take over applying: {why}");
         if let Ok(mut r) = self.refused.lock() {
             *r = Some(why);
         }
-        let _ = self.cas(Role::Requested, Role::Following);
+        self.cas(Role::Requested(from), Role::Refused(from)).is_ok()
     }
 
-    /// The applying link reached the barrier's offset: it parks (`false`: it does not apply
-    /// any more — stopped).
-    pub(crate) fn park(&self) -> bool {
-        self.cas(Role::Applying, Role::Parked).is_ok()
+    /// The applying link reached the barrier's offset `at` (and the target confirmed it): it
+    /// parks (`false`: the request was withdrawn, or the link stopped, meanwhile).
+    pub(crate) fn park(&self, at: u64) -> bool {
+        self.cas(Role::ParkRequested(at), Role::Parked(at)).is_ok()
+    }
+
+    /// A plain sync reached the barrier's offset `at` and ends its run (`false`: the request
+    /// was withdrawn meanwhile).
+    pub(crate) fn solo_stopped(&self, at: u64) -> bool {
+        self.cas(Role::SoloStopRequested(at), Role::SoloStopped(at))
+            .is_ok()
     }
 
     pub(crate) fn set_position(&self, replid: &str, offset: u64, db: u64) {
@@ -345,7 +518,7 @@ mod tests {
             "an aborted move leaves the link following"
         );
         assert_eq!(
-            h.started_applying(),
+            h.started_applying(10),
             Err(Role::Following),
             "the engine loses the race it came late to"
         );
@@ -359,9 +532,24 @@ mod tests {
         h.hold().unwrap();
         h.apply_from("r", 0).unwrap();
         assert_eq!(h.apply_request(), Some(("r".to_string(), 0)));
-        h.started_applying().unwrap();
+        h.started_applying(0).unwrap();
         assert_eq!(h.abort_apply(), Abort::TookOver);
         assert!(!h.is_following());
+    }
+
+    #[test]
+    fn a_take_over_of_an_older_request_fails() {
+        let h = Handoff::default();
+        h.init_overlap(true);
+        h.hold().unwrap();
+        h.apply_from("r", 5).unwrap();
+        assert_eq!(h.abort_apply(), Abort::Undone);
+        h.hold().unwrap();
+        h.apply_from("r", 9).unwrap();
+        assert_eq!(h.started_applying(5), Err(Role::Requested(9)));
+        assert!(!h.refuse(5, "late".into()), "a late refusal changes nothing");
+        assert_eq!(h.refused(), None);
+        h.started_applying(9).unwrap();
     }
 
     #[test]
@@ -370,10 +558,110 @@ mod tests {
         h.init_overlap(true);
         h.hold().unwrap();
         h.apply_from("r", 0).unwrap();
-        h.refuse("x".into());
+        assert!(h.refuse(0, "x".into()));
         assert_eq!(h.apply_request(), None);
         assert_eq!(h.refused().as_deref(), Some("x"));
+        assert_eq!(h.role(), Role::Refused(0));
+        assert!(h.is_following(), "a refusing link writes nothing");
+        assert_eq!(h.abort_apply(), Abort::Undone);
         assert_eq!(h.role(), Role::Following);
+        assert_eq!(h.refused(), None);
+    }
+
+    #[test]
+    fn park_and_cancel_race_exactly_one_wins() {
+        // The engine parks first: the cancel unparks.
+        let h = Handoff::default();
+        h.init_overlap(false);
+        h.request_stop(42).unwrap();
+        assert_eq!(h.role().stop_at(), Some(42));
+        assert!(h.park(42));
+        assert_eq!(h.role(), Role::Parked(42));
+        assert!(!h.applies());
+        assert_eq!(h.cancel_stop(), Role::Applying);
+        assert!(h.applies());
+        // The cancel comes first: the engine's park fails, it applies on.
+        h.request_stop(50).unwrap();
+        assert_eq!(h.cancel_stop(), Role::Applying);
+        assert!(!h.park(50));
+        assert_eq!(h.role(), Role::Applying);
+        // A park of an older request fails too.
+        h.request_stop(60).unwrap();
+        assert!(!h.park(50));
+        assert!(h.park(60));
+        h.follow().unwrap();
+        assert_eq!(h.role(), Role::Following);
+        assert_eq!(h.cancel_stop(), Role::Following, "nothing to withdraw");
+    }
+
+    #[test]
+    fn a_plain_sync_stops_at_the_barrier_and_never_follows() {
+        let h = Handoff::default();
+        assert_eq!(h.role(), Role::Solo, "the default is a plain sync");
+        assert!(h.applies() && !h.is_following());
+        assert!(h.hold().is_err(), "a plain sync cannot be handed the role");
+        assert!(h.apply_from("r", 1).is_err());
+        h.request_stop(7).unwrap();
+        assert_eq!(h.role(), Role::SoloStopRequested(7));
+        assert!(!h.park(7), "a plain sync does not park");
+        assert!(h.solo_stopped(7));
+        assert!(h.is_solo_stopped() && !h.applies());
+        assert!(h.follow().is_err());
+        assert_eq!(h.cancel_stop(), Role::Solo);
+        assert!(h.request_stop(MAX_ROLE_OFFSET + 1).is_err());
+        assert_eq!(h.role(), Role::Solo);
+    }
+
+    #[test]
+    fn the_overlap_ends_only_outside_a_move() {
+        let h = Handoff::default();
+        h.init_overlap(false);
+        h.request_stop(3).unwrap();
+        assert_eq!(h.end_overlap(), Err(Role::ParkRequested(3)));
+        h.cancel_stop();
+        h.end_overlap().unwrap();
+        assert_eq!(h.role(), Role::Solo);
+        h.end_overlap().unwrap();
+    }
+
+    #[test]
+    fn a_stopped_link_cannot_be_revived() {
+        let h = Handoff::default();
+        h.init_overlap(false);
+        h.request_stop(3).unwrap();
+        assert_eq!(h.stop(), Role::ParkRequested(3));
+        assert!(!h.park(3));
+        assert_eq!(h.cancel_stop(), Role::Stopped);
+        assert!(h.follow().is_err() && h.hold().is_err() && h.apply_from("r", 1).is_err());
+        assert_eq!(h.abort_apply(), Abort::Stopped);
+        assert!(h.started_applying(1).is_err() && !h.ack_hold());
+        assert!(!h.applies() && !h.is_following());
+    }
+
+    fn any_role() -> impl Strategy<Value = Role> {
+        let o = 0..=MAX_ROLE_OFFSET;
+        prop_oneof![
+            Just(Role::Solo),
+            o.clone().prop_map(Role::SoloStopRequested),
+            o.clone().prop_map(Role::SoloStopped),
+            Just(Role::Following),
+            Just(Role::Holding),
+            Just(Role::Held),
+            o.clone().prop_map(Role::Requested),
+            o.clone().prop_map(Role::Refused),
+            Just(Role::Applying),
+            o.clone().prop_map(Role::ParkRequested),
+            o.prop_map(Role::Parked),
+            Just(Role::Stopped),
+        ]
+    }
+
+    proptest! {
+        /// The one word holds every role with its offset.
+        #[test]
+        fn a_role_survives_its_word(r in any_role()) {
+            prop_assert_eq!(Role::decode(r.encode()), r);
+        }
     }
 
     /// One step of the model: what the controller or one of the two engines does next.
@@ -382,8 +670,12 @@ mod tests {
         /// The controller does its next step of the move (or, with `give_up`, its deadline
         /// passes now and it aborts).
         Controller { give_up: bool },
-        /// The engine of link 0 (the old applier) or 1 (the follower) takes one step.
-        Engine(usize),
+        /// The engine of link 0 (the old applier) or 1 (the follower) loads the role.
+        Load(usize),
+        /// That engine acts on the role it loaded last (which may be stale by now: the
+        /// time between is the engine's round trip); `refuse`: the follower cannot apply
+        /// from the offset asked.
+        Act { link: usize, refuse: bool },
     }
 
     /// Where the controller is in [`crate::cutover::overlap`]'s replica move.
@@ -402,27 +694,25 @@ mod tests {
     /// The two links and the controller, moved by the real [`Handoff`] transitions.
     struct Model {
         links: [Handoff; 2],
-        /// `request_stop_at` of the old applier (the engine parks when it sees it).
-        stop_requested: bool,
         ctl: Ctl,
-        /// The follower's engine took the request and is inside its round trip.
-        starting: bool,
-        /// The follower's stream has not reached the offset yet (it refuses only if asked
-        /// to start at an offset it already passed: modelled as never).
-        _reached: bool,
+        /// The role each engine loaded last (what it acts on).
+        seen: [Option<Role>; 2],
+        /// The barrier's offset (old primary) and the new primary's.
+        old: u64,
+        new: u64,
     }
 
     impl Model {
-        fn new() -> Model {
+        fn new(old: u64, new: u64) -> Model {
             let links = [Handoff::default(), Handoff::default()];
             links[0].init_overlap(false);
             links[1].init_overlap(true);
             Model {
                 links,
-                stop_requested: false,
                 ctl: Ctl::RequestStop,
-                starting: false,
-                _reached: true,
+                seen: [None, None],
+                old,
+                new,
             }
         }
 
@@ -432,8 +722,8 @@ mod tests {
             match self.links[1].abort_apply() {
                 Abort::TookOver => self.commit(),
                 Abort::Undone | Abort::Stopped => {
-                    self.stop_requested = false;
-                    let _ = self.links[0].unpark();
+                    let left = self.links[0].cancel_stop();
+                    assert_eq!(left, Role::Applying, "the cancel leaves the old link applying");
                     self.ctl = Ctl::Done { moved: false };
                 }
             }
@@ -443,7 +733,6 @@ mod tests {
             self.links[0]
                 .follow()
                 .expect("the old applier is parked at commit");
-            self.stop_requested = false;
             self.ctl = Ctl::Done { moved: true };
         }
 
@@ -457,17 +746,17 @@ mod tests {
             }
             self.ctl = match self.ctl {
                 Ctl::RequestStop => {
-                    self.stop_requested = true;
+                    self.links[0].request_stop(self.old).expect("the old link applies");
                     Ctl::WaitParked
                 }
-                Ctl::WaitParked if self.links[0].role() == Role::Parked => Ctl::Hold,
+                Ctl::WaitParked if self.links[0].is_parked() => Ctl::Hold,
                 Ctl::Hold => {
                     self.links[1].hold().expect("the follower follows");
                     Ctl::WaitHeld
                 }
                 Ctl::WaitHeld if self.links[1].is_held() => Ctl::ApplyFrom,
                 Ctl::ApplyFrom => {
-                    self.links[1].apply_from("r", 7).expect("held");
+                    self.links[1].apply_from("r", self.new).expect("held");
                     Ctl::WaitTakeOver
                 }
                 Ctl::WaitTakeOver if self.links[1].role() == Role::Applying => Ctl::Commit,
@@ -483,38 +772,32 @@ mod tests {
             };
         }
 
-        fn engine(&mut self, i: usize) {
+        /// What the engine does with the role it loaded (as `applier.rs`/`role.rs` do).
+        fn act(&mut self, i: usize, refuse: bool) {
+            let Some(seen) = self.seen[i].take() else {
+                return;
+            };
             let h = &self.links[i];
-            match h.role() {
-                Role::Applying if self.stop_requested && i == 0 => {
-                    h.park();
-                }
-                Role::Parked if !self.stop_requested => {
-                    // The stop was withdrawn: the engine unparks itself (the controller
-                    // may have done it already).
-                    let _ = h.unpark();
+            match seen {
+                Role::ParkRequested(at) => {
+                    h.park(at);
                 }
                 Role::Holding => {
                     h.ack_hold();
                 }
-                Role::Requested if !self.starting => {
-                    // Takes the request; the round trip (SELECT, position) follows.
-                    assert!(h.apply_request().is_some());
-                    self.starting = true;
+                Role::Requested(from) if refuse => {
+                    h.refuse(from, "cannot".into());
                 }
-                Role::Requested | Role::Following | Role::Held if self.starting => {
-                    self.starting = false;
-                    let _ = h.started_applying();
+                Role::Requested(from) => {
+                    let _ = h.started_applying(from);
                 }
+                // Parked: it waits for the controller; the rest: applies or reads on.
                 _ => {}
             }
         }
 
         fn appliers(&self) -> usize {
-            self.links
-                .iter()
-                .filter(|h| h.role() == Role::Applying)
-                .count()
+            self.links.iter().filter(|h| h.applies()).count()
         }
     }
 
@@ -522,30 +805,49 @@ mod tests {
         prop_oneof![
             3 => Just(Step::Controller { give_up: false }),
             1 => Just(Step::Controller { give_up: true }),
-            3 => (0usize..2).prop_map(Step::Engine),
+            3 => (0usize..2).prop_map(Step::Load),
+            3 => ((0usize..2), proptest::bool::weighted(0.1))
+                .prop_map(|(link, refuse)| Step::Act { link, refuse }),
         ]
     }
 
     proptest! {
         /// Random interleavings of the controller's move (with its deadline passing at any
-        /// point) and both engines: never two appliers; and once the controller is done and
-        /// the engines have caught up, exactly one link applies — the new one if the move
-        /// was committed, the old one if it was undone (no hand-over is lost).
+        /// point) and both engines, each engine acting on a role it loaded earlier (stale by
+        /// its round trip): never two appliers; a parked link leaves `Parked` only by a
+        /// controller step; and once the controller is done and the engines have caught up,
+        /// exactly one link applies — the new one if the move was committed, the old one if
+        /// it was undone (no hand-over is lost).
         #[test]
-        fn the_role_hand_over_never_makes_two_appliers(steps in proptest::collection::vec(step(), 0..60)) {
-            let mut m = Model::new();
+        fn the_role_hand_over_never_makes_two_appliers(
+            steps in proptest::collection::vec(step(), 0..80),
+            old in prop_oneof![Just(0u64), Just(MAX_ROLE_OFFSET), 0..1000u64],
+            new in prop_oneof![Just(0u64), Just(MAX_ROLE_OFFSET), 0..1000u64],
+        ) {
+            let mut m = Model::new(old, new);
             for s in steps {
+                let parked_before = m.links[0].role();
                 match s {
                     Step::Controller { give_up } => m.controller(give_up),
-                    Step::Engine(i) => m.engine(i),
+                    Step::Load(i) => m.seen[i] = Some(m.links[i].role()),
+                    Step::Act { link, refuse } => m.act(link, refuse),
                 }
                 prop_assert!(m.appliers() <= 1, "two appliers: {:?} {:?}", m.links[0].role(), m.links[1].role());
+                if let Role::Parked(at) = parked_before {
+                    prop_assert_eq!(at, old);
+                    if !matches!(s, Step::Controller { .. }) {
+                        prop_assert_eq!(m.links[0].role(), parked_before, "an engine released a parked link");
+                    }
+                }
             }
             // The controller runs to its end (giving up at once), the engines settle.
             for _ in 0..20 {
                 m.controller(true);
-                m.engine(0);
-                m.engine(1);
+                for i in 0..2 {
+                    m.act(i, false);
+                    m.seen[i] = Some(m.links[i].role());
+                    m.act(i, false);
+                }
                 prop_assert!(m.appliers() <= 1);
             }
             let Ctl::Done { moved } = m.ctl else {
@@ -553,7 +855,41 @@ mod tests {
             };
             let (applier, follower) = if moved { (1, 0) } else { (0, 1) };
             prop_assert_eq!(m.links[applier].role(), Role::Applying);
-            prop_assert!(m.links[follower].role().follows(), "{:?}", m.links[follower].role());
+            prop_assert_eq!(m.links[follower].role(), Role::Following);
+        }
+
+        /// Any sequence of transitions, from either party, with any offsets, keeps a link's
+        /// role one of its kind: a plain sync never becomes a link of an overlap (nor the
+        /// reverse), and `Stopped` is final.
+        #[test]
+        fn a_role_keeps_its_kind(solo in any::<bool>(), ops in proptest::collection::vec((0u8..12, 0u64..4), 0..40)) {
+            let h = Handoff::default();
+            if !solo {
+                h.init_overlap(false);
+            }
+            for (op, o) in ops {
+                let before = h.role();
+                match op {
+                    0 => { let _ = h.request_stop(o); }
+                    1 => { h.cancel_stop(); }
+                    2 => { let _ = h.follow(); }
+                    3 => { let _ = h.hold(); }
+                    4 => { let _ = h.apply_from("r", o); }
+                    5 => { h.abort_apply(); }
+                    6 => { h.ack_hold(); }
+                    7 => { let _ = h.started_applying(o); }
+                    8 => { h.refuse(o, "x".into()); }
+                    9 => { h.park(o); }
+                    10 => { h.solo_stopped(o); }
+                    _ => { h.stop(); }
+                }
+                let after = h.role();
+                if before == Role::Stopped {
+                    prop_assert_eq!(after, Role::Stopped);
+                } else if after != Role::Stopped {
+                    prop_assert_eq!(after.is_solo(), solo, "{:?} → {:?}", before, after);
+                }
+            }
         }
     }
 }

@@ -381,7 +381,7 @@ fn run_into<W: Sink>(
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
     let handoff = &ctx.progress.handoff;
     // (A link of a replica overlap writes into a side that was switched to by design.)
-    if !handoff.is_overlap()
+    if handoff.role().is_solo()
         && let Some(value) = batch::switched_marker(&opts.target, opts.timeout)?
     {
         bail!(

@@ -20,40 +20,37 @@ use super::*;
 
 impl Applier<'_> {
     /// The applying link of a replica overlap reached the barrier's offset `limit` (and the
-    /// target confirmed it): it waits there, taking nothing more from its stream, until the
-    /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
-    /// (the move was aborted: it applies on).
+    /// target confirmed it): it parks (`ParkRequested(limit) → Parked(limit)`) and waits
+    /// there, taking nothing more from its stream, until the controller either makes it the
+    /// follower ([`Handoff::follow`]) or withdraws the stop (the move was aborted: it applies
+    /// on). A withdrawal that came first makes the park fail: it applies on at once.
     pub(super) fn park<W: Sink>(&mut self, w: &mut W, limit: u64) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let confirmed = w.confirmed_offset().unwrap_or(limit);
         self.applied.store(confirmed, Ordering::Release);
         p.applied_offset.store(confirmed, Ordering::Release);
-        if !p.handoff.park() {
-            // Stopped meanwhile (`finish`): the loop's next step ends the run.
+        if !p.handoff.park(limit) {
+            // Withdrawn or stopped meanwhile: the loop's next step sees which.
             return Ok(());
         }
-        // (Parked is the role alone: the controller waits for [`Role::Parked`]; the shadow
-        // overlap's `SyncProgress::stopped` is not a link's state.)
+        self.wait_parked(limit)
+    }
+
+    /// Parked at `at`: waits until the controller decides (only its CAS leaves
+    /// [`Role::Parked`]; the engine never unparks itself), or the run is stopped.
+    pub(super) fn wait_parked(&mut self, at: u64) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
         // (The controller decides within its pause limit; the bound here only keeps a lost
-        // controller from parking the link for good.)
+        // controller from holding this thread for good: the run fails and the next one
+        // waits again, still parked.)
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if p.handoff.role() != Role::Parked || self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            if p.stop_requested().is_none() {
-                // The stop was withdrawn (an aborted move): apply on, unless the
-                // controller decided otherwise first.
-                let _ = p.handoff.unpark();
-                continue;
-            }
+        while p.handoff.role() == Role::Parked(at) && !self.stop.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
-                break;
+                bail!(
+                    "the cutover controller never decided what this link does after the barrier"
+                );
             }
             std::thread::sleep(Duration::from_micros(100));
-        }
-        if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
-            bail!("the cutover controller never decided what this link does after the barrier");
         }
         if p.handoff.is_following() {
             // From here on the link reads the old side, where only the other link writes.
@@ -61,7 +58,7 @@ impl Applier<'_> {
             self.foreign = Default::default();
             tracing::info!(
                 direction = p.direction(),
-                offset = confirmed,
+                offset = at,
                 "the link applied up to the barrier and follows now (reads without applying)"
             );
         }
@@ -95,16 +92,20 @@ impl Applier<'_> {
         &mut self,
         w: &mut W,
         phase: &mut SyncPhase,
+        role: Role,
     ) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let h = &p.handoff;
-        let request = h.apply_request().filter(|_| *phase == SyncPhase::Streaming);
+        let request = match role {
+            Role::Requested(_) if *phase == SyncPhase::Streaming => h.apply_request(),
+            _ => None,
+        };
         if let Some((replid, from)) = &request
             && self.last_offset >= *from
         {
             return self.start_applying(w, replid, *from);
         }
-        if matches!(h.role(), Role::Holding | Role::Held) {
+        if matches!(role, Role::Holding | Role::Held) {
             h.ack_hold();
             std::thread::sleep(Duration::from_micros(100));
             return Ok(());
@@ -272,14 +273,14 @@ impl Applier<'_> {
         let p = Arc::clone(&self.progress);
         let h = &p.handoff;
         if replid != self.replid {
-            h.refuse(format!(
+            h.refuse(from, format!(
                 "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
                 self.replid
             ));
             return Ok(());
         }
         if self.last_offset != from {
-            h.refuse(format!(
+            h.refuse(from, format!(
                 "it had read up to offset {} already, past {from}",
                 self.last_offset
             ));
@@ -296,7 +297,7 @@ impl Applier<'_> {
         self.pending_since.clear();
         self.applied.store(from, Ordering::Release);
         self.progress.applied_offset.store(from, Ordering::Release);
-        if let Err(role) = h.started_applying() {
+        if let Err(role) = h.started_applying(from) {
             // The controller withdrew the request first (its deadline passed): this link
             // follows on; what it wrote is its own position key, which nothing copies.
             tracing::warn!(
