@@ -1,13 +1,23 @@
 //! A move asked right after a side's server restarted (issue 19): the links' connections to
 //! that side are broken and being made again, so the move is refused — and the refusal names
 //! the link that is reconnecting and to which side, not a pause limit; asked again once the
-//! links stream again, the move goes through.
+//! links stream again, the move goes through. A refused move is refused before it holds any
+//! client: at once, not at the pause limit (a link whose connection to the restarted side is
+//! dead is noticed before the pause), and a client pinging through the proxy meanwhile sees
+//! no stall.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::stall::longest_ping_during;
 use common::{Proxy, Server, Version, cli, step, wait_streaming};
+
+/// The pause limit of the moves here: long, so that a move that holds the clients up to it
+/// shows (a refusal must come well before it, and no ping may wait near it).
+const PAUSE_MS: u64 = 3000;
+/// A refusal, or a ping during a move, must take less than this.
+const QUICK: Duration = Duration::from_millis(1200);
 
 const AOF: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
@@ -40,12 +50,30 @@ fn move_after_restart(restart_target: bool, verb: &str) -> Vec<String> {
     }
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut refusals = Vec::new();
+    let pause = PAUSE_MS.to_string();
     loop {
-        let (code, _, err) = cli(&proxy, &[verb, "--json"]);
+        let asked = Instant::now();
+        let ((code, _, err), longest_ping) = longest_ping_during(&proxy, || {
+            cli(&proxy, &[verb, "--json", "--max-pause-ms", &pause])
+        });
+        let took = asked.elapsed();
+        eprintln!(
+            "{verb}: exit {code} after {took:?}, longest ping {longest_ping:?}: {}",
+            err.trim()
+        );
+        assert!(
+            longest_ping < QUICK,
+            "a client through the proxy waited {longest_ping:?} during the {verb} (pause limit {PAUSE_MS} ms): {}",
+            err.trim()
+        );
         if code == 0 {
             break;
         }
-        eprintln!("{verb} refused: {}", err.trim());
+        assert!(
+            took < QUICK,
+            "the {verb} was refused only after {took:?} (pause limit {PAUSE_MS} ms): it held the clients first: {}",
+            err.trim()
+        );
         refusals.push(err.trim().to_string());
         assert!(
             Instant::now() < deadline,

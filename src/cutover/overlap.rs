@@ -337,6 +337,16 @@ impl Controller {
         // it since), which the refusal names instead of the pause limit.
         let follower_error_before = last_error(following);
         let applying_phase = applying.phase();
+        if matches!(applying_phase, SyncPhase::Error | SyncPhase::Connecting) {
+            // (Its connection to a side broke, e.g. that side's server restarted.)
+            return Err(CutoverError::Refused(format!(
+                "the {} link, which applies now, is reconnecting ({applying_phase}{}); not moving: retry when `cutover status` shows it streaming",
+                applying.direction(),
+                last_error(applying)
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )));
+        }
         if applying_phase != SyncPhase::Streaming {
             return Err(CutoverError::Refused(format!(
                 "the {} link is {applying_phase}{}; even --force cannot move before it applies the stream",
@@ -382,6 +392,15 @@ impl Controller {
                 "the {} does not answer PING",
                 new.describe()
             )));
+        }
+        // Each link's writer must still be connected to the server running on its side: a
+        // link that writes nothing for a while (the follower) would find its connection to a
+        // restarted server dead only at its first write — inside the pause, holding every
+        // client up to the pause limit. Refused now instead, before anything is held.
+        for (link, conn, side) in [(applying, &mut new_conn, to), (following, &mut old_conn, from)] {
+            if let Some(why) = writer_gone(link, conn, side, timeout).await {
+                return Err(CutoverError::Refused(why));
+            }
         }
         if !force {
             let writers = tokio::time::timeout(timeout, foreign_writers(&mut old_conn, old))
@@ -651,6 +670,38 @@ impl Controller {
         }
         Ok(applied)
     }
+}
+
+/// Why `link`'s writer connection to `side` (reached by `conn`) is dead, if it is: the
+/// server there now has another `run_id` than the one the link's connection was made to (it
+/// restarted since; the link connects again on its own, at its next check). `None` also
+/// when either is unknown (a server that does not say, a link that has not connected).
+async fn writer_gone(
+    link: &SyncProgress,
+    conn: &mut Client,
+    side: Side,
+    timeout: Duration,
+) -> Option<String> {
+    let linked = link.writes_to()?;
+    let info = tokio::time::timeout(timeout, conn.info("server"))
+        .await
+        .ok()?
+        .ok()?;
+    let now = info.field("run_id")?;
+    (now != linked).then(|| {
+        format!(
+            "the {} link's connection to the {side} was made before the {side} restarted (run_id {} then, {} now) and is reconnecting; not moving, no client was held: retry when `cutover status` shows it streaming (in a moment)",
+            link.direction(),
+            short(&linked),
+            short(now),
+            side = side.as_str(),
+        )
+    })
+}
+
+/// The first 8 characters of a `run_id`, for messages.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 fn last_error(p: &SyncProgress) -> Option<String> {

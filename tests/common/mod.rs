@@ -17,6 +17,7 @@ pub mod links;
 pub mod moves;
 pub mod paced;
 pub mod sides;
+pub mod stall;
 pub mod sync_cluster;
 
 use std::collections::{BTreeMap, HashSet};

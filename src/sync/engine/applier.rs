@@ -102,6 +102,9 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) target_ctl: crate::client::Kept,
     /// Keys that expired early here, being copied from the primary ([`super::repair`]).
     pub(in crate::sync) repairs: super::repair::Repairs,
+    /// When the writer's connection was last checked for a close by the server (idle
+    /// moments only: [`Applier::check_writer`]).
+    pub(in crate::sync) writer_checked: Instant,
 }
 
 impl Applier<'_> {
@@ -372,6 +375,7 @@ impl Applier<'_> {
                     // Nothing new: let the target answer what is in flight.
                     if phase == SyncPhase::Streaming {
                         w.drain()?;
+                        self.check_writer(w)?;
                         self.store_idle_position(w)?;
                     }
                 }

@@ -94,6 +94,11 @@ pub struct SyncProgress {
     pub handoff: Handoff,
     /// The replication link dropped and is being connected again (within the run).
     pub link_down: AtomicBool,
+    /// The `run_id` of the server this link's writer is connected to (set by each run of the
+    /// engine when it connects; `None`: unknown, or a cluster): a side whose server says
+    /// another one now restarted since, and that connection is dead (the move checks it
+    /// before it holds any client: `cutover::overlap`).
+    pub writes_to: std::sync::Mutex<Option<String>>,
     /// The engine's runner (`cutover run`) has ended for good (`finish`).
     pub ended: AtomicBool,
     /// Writes on the side this link follows that the applying link did not make
@@ -182,6 +187,17 @@ impl SyncProgress {
     pub fn cancel_stop(&self) {
         self.handoff.cancel_stop();
         self.waker.wake();
+    }
+
+    /// The `run_id` of the server this link's writer is connected to ([`Self::writes_to`]).
+    pub fn writes_to(&self) -> Option<String> {
+        self.writes_to.lock().ok().and_then(|r| r.clone())
+    }
+
+    pub(super) fn set_writes_to(&self, run_id: Option<String>) {
+        if let Ok(mut r) = self.writes_to.lock() {
+            *r = run_id;
+        }
     }
 
     /// A run got going (the source started or continued a sync): an error of an earlier

@@ -203,6 +203,7 @@ impl Applier<'_> {
             h.set_position(&self.replid, self.last_offset, self.stream_db);
         }
         self.list_foreign_clients();
+        self.check_writer(w)?;
         self.progress.set_oldest_pending(None);
         let offset = if *phase == SyncPhase::Streaming {
             self.last_offset
@@ -211,6 +212,35 @@ impl Applier<'_> {
         };
         // (The counts of what this link applied before stay as they are.)
         self.progress.update_following(phase, offset);
+        Ok(())
+    }
+
+    /// A link that writes nothing for a while (a follower, an idle stream) would find its
+    /// writer's connection dead only at its next write — for a follower, inside a move's
+    /// pause, when it takes over. So, at most every 100 ms while idle, it looks whether the
+    /// server closed it (a restart, the server's idle `timeout`): then the run fails as a
+    /// lost connection does, and the retry connects again (the move refuses meanwhile,
+    /// before holding any client: the link is not streaming).
+    pub(super) fn check_writer<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
+        if self.writer_checked.elapsed() < Duration::from_millis(100) {
+            return Ok(());
+        }
+        self.writer_checked = Instant::now();
+        let Some(t) = w.standalone() else {
+            return Ok(());
+        };
+        if let Some(why) = t.closed_by_server() {
+            tracing::warn!(
+                direction = self.progress.direction(),
+                target = t.addr(),
+                "{why}; connecting again"
+            );
+            return Err(crate::sync::target::TargetError::Io {
+                addr: t.addr().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why),
+            }
+            .into());
+        }
         Ok(())
     }
 
