@@ -12,12 +12,12 @@ use crate::admin::AdminServer;
 use crate::config::{AdminSettings, ProxySettings, RedisUrl};
 use crate::cutover::Controller;
 use crate::cutover::control;
-use crate::sync::handoff::Role;
 use crate::cutover::overlap::{Links, OverlapMode};
 use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
 use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
+use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
 use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
 

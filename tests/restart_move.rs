@@ -17,16 +17,16 @@ use common::{Proxy, Server, Version, cli, step, wait_streaming};
 /// shows (a refusal must come well before it, and no ping may wait near it).
 const PAUSE_MS: u64 = 3000;
 /// A refusal, or a ping during a move, must take less than this.
-const QUICK: Duration = Duration::from_millis(1200);
+const QUICK: Duration = Duration::from_millis(600);
 
 const AOF: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
 /// Restarts `restart` (after a switch), asks `verb` at once and again until it goes through
 /// (bounded); returns the refusals seen on the way.
-fn move_after_restart(restart_target: bool, verb: &str) -> Vec<String> {
+fn move_after_restart(restart_target: bool, verb: &str, env: &[(&str, &str)]) -> Vec<String> {
     let mut source = Server::start_with(Version::Redis70, AOF);
     let mut target = Server::start_with(Version::Redis70, AOF);
-    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    let proxy = Proxy::start_with_env(&source.url(), &["--target", &target.url()], env);
     wait_streaming(&proxy);
     let mut c = proxy.conn();
     for i in 0..50 {
@@ -100,14 +100,36 @@ fn check(refusals: &[String]) {
 
 #[test]
 fn a_rollback_right_after_the_target_restarted_names_the_reconnecting_link() {
-    let refusals = move_after_restart(true, "rollback");
+    let refusals = move_after_restart(true, "rollback", &[]);
     eprintln!("{} refusals: {refusals:?}", refusals.len());
     check(&refusals);
 }
 
 #[test]
 fn a_rollback_right_after_the_source_restarted_names_the_reconnecting_link() {
-    let refusals = move_after_restart(false, "rollback");
+    let refusals = move_after_restart(false, "rollback", &[]);
     eprintln!("{} refusals: {refusals:?}", refusals.len());
     check(&refusals);
+}
+
+/// The links' own check of an idle writer is slowed down (every 8 s, a test-only knob), so
+/// that right after the target restarted only the move's check sees that the following
+/// link's connection to it is dead (the target's `run_id` changed since the link
+/// connected): refused at once, naming the link and the restart, no client held; once the
+/// link noticed and connected again, the move goes through.
+#[test]
+fn a_rollback_before_the_link_noticed_the_restart_is_refused_before_the_pause() {
+    let refusals = move_after_restart(
+        true,
+        "rollback",
+        &[("CUTOVER_TEST_WRITER_CHECK_MS", "8000")],
+    );
+    eprintln!("{} refusals: {refusals:?}", refusals.len());
+    check(&refusals);
+    assert!(
+        refusals.iter().any(|r| r.contains(
+            "the forward link's connection to the target was made before the target restarted"
+        )),
+        "no refusal came from the move's own check of the link's connection: {refusals:?}"
+    );
 }

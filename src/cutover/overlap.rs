@@ -397,7 +397,10 @@ impl Controller {
         // link that writes nothing for a while (the follower) would find its connection to a
         // restarted server dead only at its first write — inside the pause, holding every
         // client up to the pause limit. Refused now instead, before anything is held.
-        for (link, conn, side) in [(applying, &mut new_conn, to), (following, &mut old_conn, from)] {
+        for (link, conn, side) in [
+            (applying, &mut new_conn, to),
+            (following, &mut old_conn, from),
+        ] {
             if let Some(why) = writer_gone(link, conn, side, timeout).await {
                 return Err(CutoverError::Refused(why));
             }

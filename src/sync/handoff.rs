@@ -547,7 +547,10 @@ mod tests {
         h.hold().unwrap();
         h.apply_from("r", 9).unwrap();
         assert_eq!(h.started_applying(5), Err(Role::Requested(9)));
-        assert!(!h.refuse(5, "late".into()), "a late refusal changes nothing");
+        assert!(
+            !h.refuse(5, "late".into()),
+            "a late refusal changes nothing"
+        );
         assert_eq!(h.refused(), None);
         h.started_applying(9).unwrap();
     }
@@ -723,7 +726,11 @@ mod tests {
                 Abort::TookOver => self.commit(),
                 Abort::Undone | Abort::Stopped => {
                     let left = self.links[0].cancel_stop();
-                    assert_eq!(left, Role::Applying, "the cancel leaves the old link applying");
+                    assert_eq!(
+                        left,
+                        Role::Applying,
+                        "the cancel leaves the old link applying"
+                    );
                     self.ctl = Ctl::Done { moved: false };
                 }
             }
@@ -746,7 +753,9 @@ mod tests {
             }
             self.ctl = match self.ctl {
                 Ctl::RequestStop => {
-                    self.links[0].request_stop(self.old).expect("the old link applies");
+                    self.links[0]
+                        .request_stop(self.old)
+                        .expect("the old link applies");
                     Ctl::WaitParked
                 }
                 Ctl::WaitParked if self.links[0].is_parked() => Ctl::Hold,

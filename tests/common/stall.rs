@@ -18,7 +18,9 @@ pub fn longest_ping_during<T>(proxy: &Proxy, f: impl FnOnce() -> T) -> (T, Durat
         let started = Arc::clone(&started);
         std::thread::spawn(move || {
             let mut longest = Duration::ZERO;
-            let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).ok();
+            let mut conn = client
+                .get_connection_with_timeout(Duration::from_secs(5))
+                .ok();
             let deadline = Instant::now() + Duration::from_secs(60);
             started.store(true, Ordering::Release);
             while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
@@ -32,7 +34,9 @@ pub fn longest_ping_during<T>(proxy: &Proxy, f: impl FnOnce() -> T) -> (T, Durat
                 };
                 longest = longest.max(t.elapsed());
                 if !ok {
-                    conn = client.get_connection_with_timeout(Duration::from_secs(5)).ok();
+                    conn = client
+                        .get_connection_with_timeout(Duration::from_secs(5))
+                        .ok();
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }

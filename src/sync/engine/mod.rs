@@ -380,8 +380,11 @@ fn run_into<W: Sink>(
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
     // Which server this run's writer reaches (a move checks it is still the one running).
-    ctx.progress
-        .set_writes_to(writer.standalone().and_then(|t| t.run_id().map(str::to_string)));
+    ctx.progress.set_writes_to(
+        writer
+            .standalone()
+            .and_then(|t| t.run_id().map(str::to_string)),
+    );
     let handoff = &ctx.progress.handoff;
     // (A link of a replica overlap writes into a side that was switched to by design.)
     if handoff.role().is_solo()

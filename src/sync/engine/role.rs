@@ -46,9 +46,7 @@ impl Applier<'_> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while p.handoff.role() == Role::Parked(at) && !self.stop.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
-                bail!(
-                    "the cutover controller never decided what this link does after the barrier"
-                );
+                bail!("the cutover controller never decided what this link does after the barrier");
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -222,7 +220,7 @@ impl Applier<'_> {
     /// lost connection does, and the retry connects again (the move refuses meanwhile,
     /// before holding any client: the link is not streaming).
     pub(super) fn check_writer<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
-        if self.writer_checked.elapsed() < Duration::from_millis(100) {
+        if self.writer_checked.elapsed() < writer_check_every() {
             return Ok(());
         }
         self.writer_checked = Instant::now();
@@ -310,10 +308,13 @@ impl Applier<'_> {
             return Ok(());
         }
         if self.last_offset != from {
-            h.refuse(from, format!(
-                "it had read up to offset {} already, past {from}",
-                self.last_offset
-            ));
+            h.refuse(
+                from,
+                format!(
+                    "it had read up to offset {} already, past {from}",
+                    self.last_offset
+                ),
+            );
             return Ok(());
         }
         // The stream goes on in its database: selected before the first command applied (a
@@ -345,4 +346,17 @@ impl Applier<'_> {
         );
         Ok(())
     }
+}
+
+/// How often an idle link looks at its writer's connection ([`Applier::check_writer`]):
+/// every 100 ms. `CUTOVER_TEST_WRITER_CHECK_MS` changes it, for tests only (to widen the
+/// window in which only the move's own check sees a dead connection).
+fn writer_check_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("CUTOVER_TEST_WRITER_CHECK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_millis(100), Duration::from_millis)
+    })
 }

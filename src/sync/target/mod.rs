@@ -309,7 +309,9 @@ impl TargetWriter {
         let _ = tcp.set_nonblocking(false);
         match seen {
             Ok(0) => Some("the server closed the connection".into()),
-            Ok(_) => Some("the server sent something unasked (it is closing the connection)".into()),
+            Ok(_) => {
+                Some("the server sent something unasked (it is closing the connection)".into())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
             Err(e) => Some(e.to_string()),
