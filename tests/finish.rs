@@ -95,5 +95,8 @@ fn finish_returns_only_once_both_links_stopped_writing() {
     // The clients go on writing to the target alone.
     let _: i64 = redis::cmd("INCR").arg("after").query(&mut c).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!exists(&source, "after"), "the source got a write after finish");
+    assert!(
+        !exists(&source, "after"),
+        "the source got a write after finish"
+    );
 }

@@ -291,11 +291,11 @@ impl TargetWriter {
     }
 
     /// Whether the server closed this connection, seen without a round trip (`Some` with
-    /// what was seen). With nothing in flight the server has nothing to say, so a socket
-    /// that is readable now ended (a restart, or the server's idle `timeout`) or carries
-    /// something unasked (an error before a close); with commands in flight their replies
-    /// would show the same, so nothing is checked then (`None`). Two `fcntl` and one
-    /// `recv(MSG_PEEK)`: for idle moments, not per command.
+    /// what was seen). With nothing in flight the server has nothing to say, so a socket that
+    /// reads end-of-stream (or an error) now was closed: a restart, or the server's idle
+    /// `timeout`. Bytes waiting are left to the next read (over TLS they may be a session
+    /// ticket, not a reply). With commands in flight nothing is checked (`None`). Two `fcntl`
+    /// and one `recv(MSG_PEEK)`: for idle moments, not per command.
     pub fn closed_by_server(&self) -> Option<String> {
         if self.in_flight() > 0 || !self.out.is_empty() {
             return None;
@@ -309,9 +309,7 @@ impl TargetWriter {
         let _ = tcp.set_nonblocking(false);
         match seen {
             Ok(0) => Some("the server closed the connection".into()),
-            Ok(_) => {
-                Some("the server sent something unasked (it is closing the connection)".into())
-            }
+            Ok(_) => None,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
             Err(e) => Some(e.to_string()),
