@@ -18,6 +18,10 @@
 //! A move in replica overlap ([`super::Controller`]'s barrier, steps in order; past the pause
 //! limit every step is undone and nothing changed):
 //!
+//! 0. before anything is held: both links streaming, their replication links up, and each
+//!    link's writer still connected to the server running on its side (its `run_id` then
+//!    and now: a side that restarted since closed that connection, which the link would
+//!    find only at its first write, inside the pause) — else refused at once;
 //! 1. hold new client commands, wait until every command sent is answered;
 //! 2. read the primary's `master_repl_offset`; the applying link applies up to it and parks;
 //! 3. hold the following link (it takes nothing more from its stream);
