@@ -157,6 +157,12 @@ impl Applier<'_> {
                 self.wait_parked(at)?;
                 continue;
             }
+            if let Role::SoloStopped(_) = role {
+                // (A plain sync that ended its run at the barrier writes nothing until the
+                // controller cancels the stop: `cutover run` waits for that between runs.)
+                self.bar.finish();
+                return Ok(self.report.clone());
+            }
             let barrier = role.stop_at();
             if let (Some(limit), SyncPhase::Streaming) = (barrier, &phase) {
                 if w.in_flight() > 0 {
