@@ -41,6 +41,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         crate::telemetry::install_exporter(addr).await?;
         tracing::info!(%addr, "metrics listener ready (Prometheus text at /metrics)");
     }
+    // A cluster source is refused (the proxy would serve one node's slots); a cluster target
+    // is synced into, with no switch in this run (`cluster_target`).
+    let target_masters = match &settings.target {
+        Some(t) => cluster_sides(&settings.source, t).await?,
+        None => None,
+    };
+    let target_cluster = target_masters.is_some();
     let route = Route {
         epoch: 0,
         primary: Side::Source,
@@ -58,7 +65,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings.cutover.script_cache_scripts,
         settings.cutover.script_cache_bytes,
     );
-    if let Some(target) = &settings.target {
+    if let Some(target) = &settings.target
+        && !target_cluster
+    {
+        // (A cluster target is never switched to in a run: no marker to look for.)
         let check = target.clone();
         let marker = tokio::task::spawn_blocking(move || {
             crate::sync::batch::switched_marker(&check, Duration::from_secs(5))
@@ -82,6 +92,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let links = match (&settings.target, settings.cutover.overlap) {
         (None, _) | (_, OverlapMode::Shadow) => None,
+        // (No switch with a cluster target: no overlap to prepare.)
+        (Some(_), _) if target_cluster => None,
         (Some(_), mode) if !settings.sync.filter.is_identity() => {
             if mode == OverlapMode::Replica {
                 anyhow::bail!(
@@ -110,19 +122,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     let sync_detached = Arc::new(AtomicBool::new(false));
+    let mut cutover_settings = settings.cutover.clone();
+    if target_cluster {
+        cutover_settings.switch_refused = Some(CLUSTER_TARGET_NO_SWITCH.to_string());
+    }
     let controller = settings.target.as_ref().map(|_| {
         Arc::new(Controller::new(
             shared.clone(),
             sync.clone(),
             sync_detached.clone(),
-            settings.cutover.clone(),
+            cutover_settings,
             links.clone(),
         ))
     });
     if let Some(c) = &controller {
         // Before any link writes: the target in import mode where it has one
-        // (`cutover::import`).
-        c.enter_import_mode().await;
+        // (`cutover::import`; not one node of a cluster target).
+        if !target_cluster {
+            c.enter_import_mode().await;
+        }
         // The two sides' clocks, once at start (`cutover::clock`).
         let c = c.clone();
         tokio::spawn(async move { c.measure_clocks().await });
@@ -201,21 +219,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 
     if let Some(target) = &settings.target {
-        // A cluster on either side would be half copied (one node's slots): refused until
-        // the engine knows clusters.
-        for (which, url) in [("source", &settings.source), ("target", target)] {
-            let url = url.clone();
-            tokio::task::spawn_blocking(move || {
-                crate::cluster::side::refuse_cluster(
-                    which,
-                    &url,
-                    "the background sync of `cutover run`",
-                    Duration::from_secs(5),
-                )
-            })
-            .await
-            .context("cluster check")??;
-        }
         let forward_stop = links.as_ref().map_or_else(
             || Arc::new(AtomicBool::new(false)),
             |l| l.forward_stop.clone(),
@@ -226,6 +229,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let opts = SyncOptions {
             shared: Some(sync.clone()),
             tuning: settings.sync.clone(),
+            // A cluster target: the engine writes through its `ClusterSink`.
+            target_side: target_cluster.then(|| crate::cluster::SideSpec::single(target.clone())),
             ..SyncOptions::new(settings.source.clone(), target.clone())
         };
         std::thread::Builder::new()
@@ -234,9 +239,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .context("cannot start the sync thread")?;
         let route = shared.route.load_full();
         tokio::spawn(poll_offsets(route.source.clone(), sync.clone()));
-        if let Some(t) = &route.target {
+        if let Some(t) = &route.target
+            && !target_cluster
+        {
             tokio::spawn(crate::cutover::memory::watch_evictions(
                 t.clone(),
+                sync.clone(),
+            ));
+        }
+        // A cluster target: each master's evictions (the masters at start).
+        for url in target_masters.iter().flatten() {
+            tokio::spawn(crate::cutover::memory::watch_evictions(
+                Arc::new(Backend::new(Side::Target, url.clone())),
                 sync.clone(),
             ));
         }
@@ -255,6 +269,39 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Why `cutover switch` is refused in a run whose target is a cluster.
+pub const CLUSTER_TARGET_NO_SWITCH: &str = "the target is a Redis Cluster: this run syncs into it (the proxy still serves the source), but the proxy cannot front a cluster yet (it reaches one server per side and does not route by slot), so no switch is possible; keep the sync running and compare with `cutover verify`, or move the applications to the cluster yourself once it is caught up";
+
+/// Refuses a cluster source (the proxy and the cutover reach one server: only one node's
+/// slots would be served and copied; `cutover sync` copies a cluster), and gives the
+/// target's masters when it is a cluster (`None`: one server). A server that cannot be
+/// asked now passes as one server (its connection reports the failure, with its retries).
+async fn cluster_sides(
+    source: &RedisUrl,
+    target: &RedisUrl,
+) -> anyhow::Result<Option<Vec<RedisUrl>>> {
+    let (source, target) = (source.clone(), target.clone());
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        crate::cluster::side::refuse_cluster(
+            "source",
+            &source,
+            "`cutover run` (its proxy and its cutover)",
+            timeout,
+        )?;
+        let masters = match crate::cluster::SideSpec::single(target.clone()).resolve(timeout) {
+            Ok(crate::cluster::Side::Cluster(topo)) => Some(topo.master_urls()),
+            _ => None,
+        };
+        if masters.is_some() {
+            tracing::warn!(%target, "the target is a Redis Cluster: the background sync writes into it by slot; `cutover switch` is refused in this run (the proxy cannot front a cluster yet)");
+        }
+        anyhow::Ok(masters)
+    })
+    .await
+    .context("cluster check")?
 }
 
 async fn shutdown_signal() {

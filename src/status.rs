@@ -152,6 +152,10 @@ pub fn render_text(doc: &Value) -> String {
         s(&doc["uptime_secs"]),
     ) + &scripts_line(&doc["scripts"])
         + &holders_lines(&doc["cutover"])
+        + &doc["cutover"]["switch_refused"]
+            .as_str()
+            .map(|why| format!("switch:    refused in this run: {why}\n"))
+            .unwrap_or_default()
 }
 
 /// `scripts:   3 kept (1.2 KB) of 10000 / 64.0 MB, 0 dropped …`.

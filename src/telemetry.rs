@@ -182,6 +182,9 @@ pub fn preregister(has_target: bool, max_clients: usize) {
         for name in [
             "cutover_barrier_aborts_total",
             "cutover_shadow_writes_total",
+            "cutover_shadow_keys_lost_total",
+            "cutover_shadow_keys_repaired_total",
+            "cutover_shadow_keys_unrepaired_total",
             "cutover_sync_restarts_total",
         ] {
             metrics::counter!(name).increment(0);

@@ -164,6 +164,10 @@ pub struct SyncArgs {
     pub quiet: bool,
     /// Connection and silence time limit, in seconds: a replication link silent for longer is
     /// connected again; a source or target unreachable for five times longer fails the sync
+    /// [metrics] listen: Prometheus text at http://ADDR/metrics while the sync runs (a
+    /// cluster source's series carry a `shard` label per source shard).
+    #[arg(long = "metrics-listen", env = "CUTOVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// (until then it is retried with back-off, resuming from the stored position).
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,

@@ -291,6 +291,9 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
         (target_spec.seeds.len() > 1 || !target_spec.address_map.is_empty()).then_some(target_spec);
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let tuning = sync_tuning(&file.sync, &args.tuning)?;
+    if let Some(m) = args.metrics_listen.clone().or(file.metrics.listen.clone()) {
+        serve_metrics(crate::config::parse_addr("metrics.listen", &m)?)?;
+    }
     if let Some(path) = args.from_rdb {
         let opts = crate::sync::engine::RdbLoadOptions {
             path,
@@ -433,6 +436,39 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints what a finished sync did; exit code 3 if something was not copied.
+/// Serves the Prometheus page on `addr` from a thread of its own while a headless sync runs
+/// (the engine publishes its `cutover_sync_*` series through the `metrics` facade).
+fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("cutover-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let r = crate::telemetry::install_exporter(addr).await;
+                let ok = r.is_ok();
+                let _ = tx.send(r);
+                if ok {
+                    std::future::pending::<()>().await;
+                }
+            });
+        })
+        .context("cannot start the metrics thread")?;
+    rx.recv_timeout(Duration::from_secs(10))
+        .context("the metrics listener did not start")??;
+    eprintln!("cutover sync: metrics at http://{addr}/metrics");
+    Ok(())
+}
+
 fn sync_summary(report: &crate::sync::engine::SyncReport) -> ExitCode {
     let s = &report.stats;
     eprintln!(

@@ -195,6 +195,15 @@ impl Controller {
                 to.as_str()
             )));
         }
+        // A key the old side lost and whose copy failed while the queue drained.
+        if !force && let Some(s) = sink.as_ref().filter(|s| !s.is_safe()) {
+            gate.resume();
+            return Err(CutoverError::Refused(format!(
+                "the {} missed writes ({}); not moving there (use --force to move anyway)",
+                to.as_str(),
+                s.reason().unwrap_or_default()
+            )));
+        }
         if let Err(e) = self
             .scripts_in_pause(&mut new_conn, scripts, deadline)
             .await
@@ -291,6 +300,7 @@ impl Controller {
                 rx,
                 old.clone(),
                 new.clone(),
+                self.proxy.key_order().clone(),
                 self.settings.timeout,
             ));
         }

@@ -87,6 +87,9 @@ pub trait ProxyHandle: Send + Sync {
     fn scripts(&self) -> &scripts::Scripts;
     /// What each client session would hold a move up with ([`holders`]).
     fn clients(&self) -> &holders::Clients;
+    /// The per-key order of shadowed writes ([`order`]), which the shadow writer's repairs
+    /// hold keys in.
+    fn key_order(&self) -> &Arc<order::KeyOrder>;
 }
 
 /// Milliseconds since the Unix epoch (for absolute expiry times).
@@ -118,6 +121,9 @@ pub struct CutoverSettings {
     pub script_cache_bytes: usize,
     /// The bound between the two sides' clocks (`[sync] max_clock_skew_ms`, [`clock`]).
     pub max_clock_skew_ms: u64,
+    /// Why no switch is possible in this run (`None`: switches are possible): a cluster
+    /// target, which the proxy cannot front yet.
+    pub switch_refused: Option<String>,
 }
 
 impl Default for CutoverSettings {
@@ -132,6 +138,7 @@ impl Default for CutoverSettings {
             script_cache_scripts: scripts::DEFAULT_MAX_SCRIPTS,
             script_cache_bytes: scripts::DEFAULT_MAX_BYTES,
             max_clock_skew_ms: clock::DEFAULT_MAX_SKEW_MS,
+            switch_refused: None,
         }
     }
 }
@@ -304,6 +311,9 @@ impl Controller {
         force: bool,
     ) -> Result<StepReport, CutoverError> {
         let _one = self.busy.lock().await;
+        if let Some(why) = &self.settings.switch_refused {
+            return Err(CutoverError::Refused(why.clone()));
+        }
         let max_pause = max_pause.unwrap_or(self.settings.max_pause);
         let from = self.phase();
         Phase::after(from, Move::Switch).map_err(|why| CutoverError::Refused(why.into()))?;

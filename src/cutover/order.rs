@@ -49,6 +49,8 @@ struct State {
     all: u32,
     /// Writes in flight.
     writes: u32,
+    /// Keys a repair ([`KeyOrder::hold`]) waits for: no new write takes them meanwhile.
+    reserved: HashMap<u64, u32>,
 }
 
 /// The keys with a shadowed write in flight to the primary (one per proxy).
@@ -77,9 +79,10 @@ impl KeyOrder {
         let free = s.all == 0
             && match &keys {
                 OrderKeys::All => s.writes == 0,
-                OrderKeys::Keys(k) => k
-                    .iter()
-                    .all(|h| s.keys.get(h).is_none_or(|w| class != 0 && w.class == class)),
+                OrderKeys::Keys(k) => k.iter().all(|h| {
+                    !s.reserved.contains_key(h)
+                        && s.keys.get(h).is_none_or(|w| class != 0 && w.class == class)
+                }),
             };
         if !free {
             return None;
@@ -99,6 +102,46 @@ impl KeyOrder {
         Some(KeyGuard {
             order: Arc::clone(self),
             keys,
+        })
+    }
+
+    /// Takes `keys` alone (no other write to them in flight, of any class) for a repair of
+    /// the shadow writer, waiting at most until `deadline`: from the first try on, new writes
+    /// to these keys wait (they are *reserved*), so a hot key's stream of writes cannot
+    /// starve the repair; the writes already in flight finish (one round trip to the
+    /// primary). `None` when they did not finish in time (the reservation is dropped).
+    pub async fn hold(
+        self: &Arc<Self>,
+        keys: Vec<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Option<KeyGuard> {
+        let _reserved = Reservation::new(self, &keys)?;
+        loop {
+            let released = self.released();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(g) = self.try_take_reserved(&keys) {
+                return Some(g);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// [`Self::try_acquire`] for keys this caller reserved.
+    fn try_take_reserved(self: &Arc<Self>, keys: &[u64]) -> Option<KeyGuard> {
+        let mut s = self.state.lock().ok()?;
+        if s.all != 0 || keys.iter().any(|h| s.keys.contains_key(h)) {
+            return None;
+        }
+        for h in keys {
+            s.keys.insert(*h, Holders { count: 1, class: 0 });
+        }
+        s.writes += 1;
+        Some(KeyGuard {
+            order: Arc::clone(self),
+            keys: OrderKeys::Keys(keys.to_vec()),
         })
     }
 
@@ -131,6 +174,39 @@ impl KeyOrder {
             s.writes = s.writes.saturating_sub(1);
         }
         self.released.notify_waiters();
+    }
+}
+
+/// Keys reserved by [`KeyOrder::hold`] while it waits (released when dropped, and the
+/// writes waiting for them woken).
+struct Reservation<'a> {
+    order: &'a KeyOrder,
+    keys: &'a [u64],
+}
+
+impl<'a> Reservation<'a> {
+    fn new(order: &'a KeyOrder, keys: &'a [u64]) -> Option<Self> {
+        let mut s = order.state.lock().ok()?;
+        for h in keys {
+            *s.reserved.entry(*h).or_insert(0) += 1;
+        }
+        Some(Reservation { order, keys })
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.order.state.lock() {
+            for h in self.keys {
+                if let Some(n) = s.reserved.get_mut(h) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.reserved.remove(h);
+                    }
+                }
+            }
+        }
+        self.order.released.notify_waiters();
     }
 }
 
@@ -246,6 +322,53 @@ mod tests {
         assert!(o.try_acquire(keys(&o, &["n"]), 0).is_some());
         assert_eq!(commuting_class(&[b"incrby", b"n", b"2"]), 1);
         assert_eq!(commuting_class(&[b"SET", b"n", b"2"]), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_waits_for_the_writes_in_flight_and_stops_new_ones() {
+        let o = Arc::new(KeyOrder::default());
+        let k = o.key(0, b"n");
+        // Two increments in flight (they share the key).
+        let i1 = o.try_acquire(OrderKeys::Keys(vec![k]), 1).unwrap();
+        let i2 = o.try_acquire(OrderKeys::Keys(vec![k]), 1).unwrap();
+        let soon = || tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        // Not given back in time: no hold, and the reservation is gone.
+        assert!(o.hold(vec![k], soon()).await.is_none());
+        assert!(o.try_acquire(OrderKeys::Keys(vec![k]), 1).is_some());
+        let o2 = Arc::clone(&o);
+        let hold = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            o2.hold(vec![k], deadline).await.is_some()
+        });
+        // While the hold waits, a new increment of the key waits too.
+        let reserved = crate::cutover::order::tests::wait(|| {
+            o.try_acquire(OrderKeys::Keys(vec![k]), 1).is_none()
+        })
+        .await;
+        assert!(reserved, "the key was not reserved");
+        assert!(
+            o.try_acquire(OrderKeys::Keys(vec![o.key(0, b"other")]), 1)
+                .is_some()
+        );
+        drop(i1);
+        drop(i2);
+        assert!(
+            hold.await.unwrap(),
+            "the hold got the key once both were given back"
+        );
+        assert!(o.try_acquire(OrderKeys::Keys(vec![k]), 0).is_some());
+        assert_eq!(o.in_flight(), 0);
+    }
+
+    /// Polls `f` for up to 2 s.
+    async fn wait(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
     }
 
     #[test]

@@ -9,15 +9,17 @@
 //!
 //! | client command                                  | shadow command                        |
 //! |-------------------------------------------------|---------------------------------------|
-//! | `INCR`/`DECR`/`INCRBY`/`DECRBY`                  | `INCRBY key <delta>` (see below)      |
-//! | `INCRBYFLOAT`                                    | `SET key <reply> KEEPTTL`             |
-//! | `HINCRBY key field n`                            | itself (see below)                    |
-//! | `HINCRBYFLOAT key field`                         | `HSET key field <reply>`              |
-//! | `ZINCRBY key n member`                           | `ZADD key <reply> member`             |
-//! | `EXPIRE`/`PEXPIRE` (reply 1)                     | `PEXPIREAT key <now + ttl>`           |
+//! | `INCR`/`DECR`/`INCRBY`/`DECRBY`                  | `INCRBY key <delta>` (see below) ¹    |
+//! | `INCRBYFLOAT`                                    | `SET key <reply> KEEPTTL [XX]` ¹ ²    |
+//! | `HINCRBY key field n`                            | itself (see below) ¹                  |
+//! | `HINCRBYFLOAT key field`                         | `HSET key field <reply>` ¹            |
+//! | `ZINCRBY key n member`                           | `ZADD key <reply> member` ¹           |
+//! | `EXPIRE`/`PEXPIRE` (reply 1)                     | `PEXPIREAT key <now + ttl>` ¹         |
+//! | `PERSIST` (reply 1)                              | itself ¹                              |
 //! | `SETEX`/`PSETEX`/`SET … EX/PX/EXAT`              | `SET key value PXAT <absolute>`       |
 //! | `SET … NX/XX/GET`                                | plain `SET` if it was applied, else — |
-//! | `GETEX … EX/PX/…`, `GETEX … PERSIST`, `GETDEL`   | `PEXPIREAT`, `PERSIST`, `DEL`         |
+//! | `SET … KEEPTTL` (applied)                        | `SET key value KEEPTTL XX` ² (`NX`: plain `SET`) |
+//! | `GETEX … EX/PX/…`, `GETEX … PERSIST`, `GETDEL`   | `PEXPIREAT` ¹, `SET key <reply>`, `DEL` |
 //! | `SPOP`                                           | `SREM key <members it returned>`      |
 //! | `XADD key … *`                                   | `XADD key … <id it returned>`         |
 //! | `BLPOP`/`BRPOP`/`BRPOPLPUSH`/`BLMOVE`/`BZPOP*`   | `LPOP`/`RPOP`/`RPOPLPUSH`/`LMOVE`/`ZREM` |
@@ -36,6 +38,24 @@
 //!
 //! Writes the primary refused (error replies) and conditional writes that did nothing (`SET
 //! NX` answered nil, `EXPIRE` answered 0) are not shadowed. Reads are never shadowed.
+//!
+//! **Keys the old side lost on its own** (issue 20). The old side is a primary with its own
+//! clock: it expires (or evicts) a key by itself, and a refresh shadowed a few milliseconds
+//! late, or a clock a little ahead, finds the key already gone there. Every form marked ¹ is
+//! one whose reply on the old side shows that ([`Action::Expect`]): `PEXPIREAT`/`PERSIST`
+//! answering 0 where the primary answered 1, a counter answering its bare increment where
+//! the primary's result was larger, `HSET`/`ZADD` answering "new field/member" where the
+//! primary incremented an existing one; and the other way round, a counter the primary
+//! started from nothing answered with more than its increment ([`Action::Exact`]: the old
+//! side still held a key the primary had expired, its clock behind). A key found so is copied from the primary, fenced
+//! in the per-key order ([`repair`]). The forms marked ² would silently *create* a key
+//! without its TTL where the old side lost one that has a TTL on the primary (`SET … KEEPTTL`
+//! keeps a TTL only if the key is there): they are sent with `XX`, and a nil (the key is not
+//! there) is copied the same way: a lost key, or a new key on the primary (then the copy
+//! creates it). `GETEX … PERSIST` is sent as `SET key <the value it returned>`, which gives
+//! the primary's result whether the old side still had the key or not. Other writes to a
+//! lost key (`APPEND`, `RPUSH`…) still land on nothing silently until a refresh finds it
+//! (`cutover verify` compares both sides).
 //!
 //! The queue between the sessions and the shadow writer is bounded: a session never waits for
 //! the old side. If the queue overflows, or the old side refuses a shadow write or cannot be
@@ -90,10 +110,17 @@ pub enum Action {
     /// A write whose primary reply says the key was there (an `EXPIRE` answered 1, a `GETEX`
     /// that returned a value, an `INCR` that did not start from nothing): the old side
     /// answering `.1` instead means it no longer had the key — it expired it first (its
-    /// clock ahead, or the refresh reached it a little late). The writer counts and names
-    /// the key and marks the rollback unsafe ([`ShadowSink::lost_key`]): see `lost_key` for
-    /// why the key is not copied back.
+    /// clock ahead, or the refresh reached it a little late). The writer counts it
+    /// ([`ShadowSink::lost_key`]) and copies the key from the primary ([`repair`]).
     Expect(Args, Value),
+    /// A counter the primary started from nothing (`INCR` answered its bare increment): the
+    /// old side must answer exactly `.1`; anything else means it still held a key the primary
+    /// no longer had (its clock behind: it expires later). Copied like [`Self::Expect`].
+    Exact(Args, Value),
+    /// The copy of a key the old side lost, read from the primary while no write to it was
+    /// in flight ([`repair`]): `RESTORE … REPLACE`, `DEL`, or plain commands in one
+    /// `MULTI`. Applied: the key is repaired; refused: it stays lost.
+    Repair { key: Vec<u8>, commands: Vec<Args> },
 }
 
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
@@ -143,10 +170,12 @@ const NEEDS_REPLY: &[&str] = &[
     "incrby",
     "decrby",
     "incrbyfloat",
+    "hincrby",
     "hincrbyfloat",
     "zincrby",
     "expire",
     "pexpire",
+    "persist",
     "expireat",
     "pexpireat",
     "setex",
@@ -220,24 +249,63 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                     cmd(&[b"INCRBY", &key, by.to_string().as_bytes()]),
                     Value::Int(by),
                 ),
-                (Some(by), _) => {
-                    Action::Apply(vec![cmd(&[b"INCRBY", &key, by.to_string().as_bytes()])])
-                }
+                (Some(by), _) => Action::Exact(
+                    cmd(&[b"INCRBY", &key, by.to_string().as_bytes()]),
+                    Value::Int(by),
+                ),
                 (None, Some(v)) => Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])]),
                 (None, None) => Action::Unsupported(format!("{name} answered {reply:?}")),
             }
         }
+        // The primary's result is the increment itself: most likely a new key (a lost one
+        // that held exactly 0 goes unnoticed); otherwise the key was there, and `XX` finds
+        // whether it still is on the old side.
         "incrbyfloat" => match reply.text() {
-            Some(v) => Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])]),
+            Some(v) if same_number(&v, args.get(2)) => {
+                Action::Apply(vec![cmd(&[b"SET", &key, &v, b"KEEPTTL"])])
+            }
+            Some(v) => Action::Expect(cmd(&[b"SET", &key, &v, b"KEEPTTL", b"XX"]), Value::Nil),
             None => Action::Unsupported(format!("{name} answered {reply:?}")),
         },
+        "hincrby" => {
+            let by = args
+                .get(3)
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse::<i64>().ok());
+            match by {
+                Some(by) if *reply != Value::Int(by) => {
+                    Action::Expect(args.to_vec(), Value::Int(by))
+                }
+                Some(by) => Action::Exact(args.to_vec(), Value::Int(by)),
+                None => same(),
+            }
+        }
+        // `HSET`/`ZADD` answer 1 for a new field or member: where the primary's result is
+        // not the bare increment, the field was there, and 1 means the old side lost it.
         "hincrbyfloat" => match (args.get(2), reply.text()) {
-            (Some(field), Some(v)) => Action::Apply(vec![cmd(&[b"HSET", &key, field, &v])]),
+            (Some(field), Some(v)) => {
+                let c = cmd(&[b"HSET", &key, field, &v]);
+                if same_number(&v, args.get(3)) {
+                    Action::Apply(vec![c])
+                } else {
+                    Action::Expect(c, Value::Int(1))
+                }
+            }
             _ => Action::Unsupported(format!("{name} answered {reply:?}")),
         },
         "zincrby" => match (args.get(3), reply.text()) {
-            (Some(member), Some(v)) => Action::Apply(vec![cmd(&[b"ZADD", &key, &v, member])]),
+            (Some(member), Some(v)) => {
+                let c = cmd(&[b"ZADD", &key, &v, member]);
+                if same_number(&v, args.get(2)) {
+                    Action::Apply(vec![c])
+                } else {
+                    Action::Expect(c, Value::Int(1))
+                }
+            }
             _ => Action::Unsupported(format!("{name} answered {reply:?}")),
+        },
+        "persist" => match reply {
+            Value::Int(1) => Action::Expect(cmd(&[b"PERSIST", &key]), Value::Int(0)),
+            _ => Action::Skip,
         },
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
             if *reply != Value::Int(1) {
@@ -287,7 +355,14 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 Some(b"PX") => now_ms as f64 + n,
                 Some(b"EXAT") => n * 1000.0,
                 Some(b"PXAT") => n,
-                Some(b"PERSIST") => return Action::Apply(vec![cmd(&[b"PERSIST", &key])]),
+                // The value it returned, without TTL: the primary's result even where the
+                // old side lost the key.
+                Some(b"PERSIST") => {
+                    return match reply {
+                        Value::Bytes(v) => Action::Apply(vec![cmd(&[b"SET", &key, v])]),
+                        _ => Action::Unsupported(format!("GETEX answered {reply:?}")),
+                    };
+                }
                 _ => return Action::Skip,
             };
             Action::Expect(
@@ -495,8 +570,29 @@ fn shadow_set(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
         return Action::Skip;
     }
     let mut c = vec![b"SET".to_vec(), key.clone(), value.clone()];
+    let keep = expiry.as_ref().is_some_and(|e| e[0] == b"KEEPTTL");
+    if keep {
+        // `NX` applied, or `GET` answered nil: the key was new on the primary, so it has no
+        // TTL to keep.
+        if nx || (get && *reply == Value::Nil) {
+            return Action::Apply(vec![c]);
+        }
+        // `KEEPTTL` on the old side keeps a TTL only if the key is there: `XX` says whether
+        // it is, and a nil is copied from the primary (a key the old side lost, or a key
+        // new on the primary).
+        c.extend([b"KEEPTTL".to_vec(), b"XX".to_vec()]);
+        return Action::Expect(c, Value::Nil);
+    }
     c.extend(expiry.unwrap_or_default());
     Action::Apply(vec![c])
+}
+
+/// Whether a float reply is the increment itself (the key started from nothing, or 0).
+fn same_number(reply: &[u8], increment: Option<&Vec<u8>>) -> bool {
+    match (num(reply), increment.and_then(|a| num(a))) {
+        (Some(r), Some(i)) => r == i,
+        _ => false,
+    }
 }
 
 /// One acknowledged write for the old side.
@@ -518,7 +614,9 @@ pub struct ShadowSink {
     reason: Mutex<Option<String>>,
     /// Writes the old side answered as if their key were missing ([`Action::Expect`]).
     lost: AtomicU64,
-    /// The first [`LOST_NAMED`] of those keys, `db:key`, for status.
+    /// Keys copied back from the primary ([`Action::Repair`] applied).
+    repaired: AtomicU64,
+    /// The first [`LOST_NAMED`] keys that stayed lost (their copy failed), `db:key`.
     lost_keys: Mutex<Vec<String>>,
 }
 
@@ -538,36 +636,43 @@ impl ShadowSink {
                 safe: AtomicBool::new(true),
                 reason: Mutex::new(None),
                 lost: AtomicU64::new(0),
+                repaired: AtomicU64::new(0),
                 lost_keys: Mutex::new(Vec::new()),
             },
             rx,
         )
     }
 
-    /// Queues a write; never waits. A full queue makes the rollback unsafe.
-    pub fn push(&self, item: ShadowItem) {
+    /// Queues a write; never waits. A full queue makes the rollback unsafe. `true` when
+    /// the item is queued.
+    pub fn push(&self, item: ShadowItem) -> bool {
         if let Action::Unsupported(why) = &item.action {
             self.mark_unsafe(&format!(
                 "a write cannot be copied to the {}: {why}",
                 self.side.as_str()
             ));
-            return;
+            return false;
         }
         if item.action == Action::Skip {
-            return;
+            return false;
         }
         match self.tx.try_send(item) {
             Ok(()) => {
                 self.enqueued.fetch_add(1, Ordering::AcqRel);
                 metrics::counter!("cutover_shadow_writes_total").increment(1);
+                true
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.mark_unsafe(&format!(
-                "the shadow queue is full ({} writes not yet on the {}); raise [cutover] shadow_queue",
-                self.pending(),
-                self.side.as_str()
-            )),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.mark_unsafe(&format!(
+                    "the shadow queue is full ({} writes not yet on the {}); raise [cutover] shadow_queue",
+                    self.pending(),
+                    self.side.as_str()
+                ));
+                false
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.mark_unsafe("the shadow writer stopped")
+                self.mark_unsafe("the shadow writer stopped");
+                false
             }
         }
     }
@@ -586,18 +691,25 @@ impl ShadowSink {
 
     /// Writer: the old side answered `write` (on `key`, database `db`) as if it no longer
     /// had the key, while the primary had it: the old side expired (or evicted) it on its own.
-    /// Counted, named in status, and the rollback is marked unsafe.
-    ///
-    /// Why no copy from the primary (as the links' repair does): the shadow writer replays
-    /// the primary's writes in the order the primary answered them, but the primary may
-    /// already have answered later writes for the same key that are still queued here. A copy
-    /// taken now includes them, and replaying them after it applies them twice (an `INCR`
-    /// counted twice, an element pushed twice). A correct copy needs a fence (no later
-    /// write of the key answered yet) that the proxy does not track; so the loss is
-    /// detected and reported, never repaired blindly.
+    /// Counted; the writer then copies the key ([`repair`]), and the rollback is unsafe only
+    /// if that fails ([`Self::unrepaired`]).
     pub fn lost_key(&self, db: u32, key: &[u8], write: &str) {
-        let n = self.lost.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lost.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("cutover_shadow_keys_lost_total").increment(1);
+        tracing::debug!(key = %format!("{db}:{}", String::from_utf8_lossy(key)), write, "the old side had lost a key the primary holds; copying it");
+    }
+
+    /// Writer: the copy of a lost key is on the old side.
+    pub fn repaired(&self, db: u32, key: &[u8]) {
+        self.repaired.fetch_add(1, Ordering::AcqRel);
+        metrics::counter!("cutover_shadow_keys_repaired_total").increment(1);
+        tracing::debug!(key = %format!("{db}:{}", String::from_utf8_lossy(key)), "a key the old side lost is copied from the primary");
+    }
+
+    /// Writer: a key the old side lost could not be copied back (`why`): named in status,
+    /// and the rollback is marked unsafe.
+    pub fn unrepaired(&self, db: u32, key: &[u8], why: &str) {
+        metrics::counter!("cutover_shadow_keys_unrepaired_total").increment(1);
         let name = format!("{db}:{}", String::from_utf8_lossy(key));
         if let Ok(mut keys) = self.lost_keys.lock()
             && keys.len() < LOST_NAMED
@@ -605,11 +717,16 @@ impl ShadowSink {
         {
             keys.push(name.clone());
         }
-        tracing::warn!(key = %name, write, "the old side had lost a key the primary holds");
+        tracing::warn!(key = %name, why, "the old side lost a key the primary holds, and it cannot be copied back");
         self.mark_unsafe(&format!(
-            "the {} no longer had key {name} when the shadow writer sent {write} (the primary had it): it expired or evicted the key on its own ({n} such writes so far, see shadow_keys_lost)",
+            "the {} no longer had key {name} (it expired or evicted the key on its own) and the copy from the primary failed: {why} (see shadow_keys_lost_names)",
             self.side.as_str()
         ));
+    }
+
+    /// Keys copied back from the primary.
+    pub fn repaired_count(&self) -> u64 {
+        self.repaired.load(Ordering::Acquire)
     }
 
     /// Writes the old side answered as if their key were missing.
@@ -617,7 +734,7 @@ impl ShadowSink {
         self.lost.load(Ordering::Acquire)
     }
 
-    /// The keys of [`Self::lost`] (the first [`LOST_NAMED`]), `db:key`.
+    /// The keys that stayed lost (the first [`LOST_NAMED`]), `db:key`.
     pub fn lost_keys(&self) -> Vec<String> {
         self.lost_keys.lock().map(|k| k.clone()).unwrap_or_default()
     }
@@ -647,6 +764,8 @@ impl ShadowSink {
         metrics::gauge!("cutover_shadow_queue").set(self.pending() as f64);
     }
 }
+
+pub mod repair;
 
 #[cfg(test)]
 mod tests;

@@ -74,6 +74,8 @@ impl Controller {
         };
         json!({
             "phase": self.phase().map(Phase::as_str),
+            // Why no switch is possible in this run (a cluster target), else null.
+            "switch_refused": self.settings.switch_refused,
             "overlap": overlap,
             "overlap_cost": overlap_cost,
             "links": links,
@@ -85,6 +87,9 @@ impl Controller {
             // Writes the old side answered as if their key were gone (it expired or evicted
             // it on its own), and the first of those keys (`db:key`).
             "shadow_keys_lost": sink.as_ref().map_or(0, |s| s.lost()),
+            // Of those keys, the ones copied back from the primary (issue 20); the names
+            // are the keys whose copy failed (they make the rollback unsafe).
+            "shadow_keys_repaired": sink.as_ref().map_or(0, |s| s.repaired_count()),
             "shadow_keys_lost_names": sink.as_ref().map(|s| s.lost_keys()).unwrap_or_default(),
             "held_sessions": self.proxy.gate().held(),
             // Sessions that would hold a move now (stalled longer than the pause limit), and

@@ -7,6 +7,11 @@
 //! the error). `CopyKeys` items read the keys' current state from the primary (type, value,
 //! TTL, with plain commands that every version understands) and rewrite them on the old side
 //! in one `MULTI … EXEC`.
+//!
+//! A reply showing that the old side lost a key on its own ([`Action::Expect`]) has the key
+//! copied from the primary ([`super::shadow::repair`]) before the batch counts as applied
+//! (so a move back waits for the copy), and the copy ([`Action::Repair`]) counts the key as
+//! repaired once the old side took it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::control;
+use super::order::KeyOrder;
+use super::shadow::repair::Repairer;
 use super::shadow::{Action, Args, ShadowItem, ShadowSink, Value};
 use crate::client::Client;
 use crate::resp::request::encode_command;
@@ -26,8 +33,10 @@ const TAKE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What a reply in a shadow batch answers.
 enum Answer {
-    /// SELECT, MULTI, EXEC.
+    /// SELECT, MULTI.
     Control(&'static str),
+    /// The EXEC of item `i`.
+    Exec(usize),
     /// Command `n` of item `i` of the batch.
     Item(usize, usize),
     /// A command rebuilding a copied key.
@@ -44,18 +53,22 @@ impl Answer {
         };
         match self {
             Answer::Control(c) => (*c).to_string(),
+            Answer::Exec(_) => "EXEC".to_string(),
             Answer::Copy(c) => format!("{c} of a copied key"),
             Answer::Item(i, n) => match items.get(*i).map(|it| &it.action) {
                 Some(Action::Raw(raw)) => crate::sync::engine::split_args(raw)
                     .map(|a| name(&a))
                     .unwrap_or_default(),
-                Some(Action::Apply(cmds)) => cmds
+                Some(Action::Apply(cmds) | Action::Repair { commands: cmds, .. }) => cmds
                     .get(*n)
                     .map(|c| name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()))
                     .unwrap_or_default(),
-                Some(Action::Take(c) | Action::Replay(c, _) | Action::Expect(c, _)) => {
-                    name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>())
-                }
+                Some(
+                    Action::Take(c)
+                    | Action::Replay(c, _)
+                    | Action::Expect(c, _)
+                    | Action::Exact(c, _),
+                ) => name(&c.iter().map(|a| &a[..]).collect::<Vec<_>>()),
                 _ => String::new(),
             },
         }
@@ -75,8 +88,10 @@ pub async fn run(
     mut rx: mpsc::Receiver<ShadowItem>,
     old: Arc<Backend>,
     primary: Arc<Backend>,
+    order: Arc<KeyOrder>,
     timeout: Duration,
 ) {
+    let mut repairer = Repairer::new(order, primary.clone(), timeout);
     let mut conn: Option<Client> = None;
     let mut source_conn: Option<Client> = None;
     let mut items = Vec::with_capacity(BATCH);
@@ -118,9 +133,14 @@ pub async fn run(
         let Some(c) = conn.as_mut() else { continue };
         let mut waiting = 0;
         match write_batch(c, &mut source_conn, &items, &sink, &primary, timeout).await {
-            Ok(new) => {
-                waiting = new.len() as u64;
-                deferred.extend(new);
+            Ok(done) => {
+                waiting = done.deferred.len() as u64;
+                deferred.extend(done.deferred);
+                let lost = repairer.after_batch(&items, done.lost);
+                if !lost.is_empty() {
+                    // Before the batch counts as applied: a move back waits for the copies.
+                    repairer.repair(&sink, c, lost).await;
+                }
             }
             Err(e) => {
                 sink.mark_unsafe(&format!(
@@ -128,6 +148,7 @@ pub async fn run(
                     old.describe()
                 ));
                 conn = None;
+                repairer.after_batch(&items, Vec::new());
             }
         }
         sink.applied(n - waiting);
@@ -198,8 +219,17 @@ async fn retry_takes(c: &mut Client, deferred: &mut Vec<Deferred>) -> Result<u64
     Ok((before - deferred.len()) as u64)
 }
 
-/// Writes one batch, pipelined, and checks every reply; returns the takes that found
-/// nothing to take yet.
+/// What a batch left to do.
+#[derive(Default)]
+struct Done {
+    /// Takes that found nothing to take yet.
+    deferred: Vec<Deferred>,
+    /// Keys the old side answered as lost, to copy (with the index of the item that
+    /// found it).
+    lost: Vec<(usize, u32, Vec<u8>)>,
+}
+
+/// Writes one batch, pipelined, and checks every reply.
 async fn write_batch(
     c: &mut Client,
     primary_conn: &mut Option<Client>,
@@ -207,17 +237,18 @@ async fn write_batch(
     sink: &ShadowSink,
     primary: &Backend,
     timeout: Duration,
-) -> Result<Vec<Deferred>, String> {
+) -> Result<Done, String> {
     let mut wire = Vec::with_capacity(items.len() * 64);
     // What each reply answers (to name it when it is an error), and whether it is a take's.
     let mut expect: Vec<(Answer, bool)> = Vec::with_capacity(items.len());
     let mut copied: Vec<Args> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let commands: &[Args] = match &item.action {
-            Action::Apply(cmds) => cmds,
-            Action::Take(cmd) | Action::Replay(cmd, _) | Action::Expect(cmd, _) => {
-                std::slice::from_ref(cmd)
-            }
+            Action::Apply(cmds) | Action::Repair { commands: cmds, .. } => cmds,
+            Action::Take(cmd)
+            | Action::Replay(cmd, _)
+            | Action::Expect(cmd, _)
+            | Action::Exact(cmd, _) => std::slice::from_ref(cmd),
             Action::Raw(_) => &[],
             Action::CopyKeys(keys) => {
                 if primary_conn.is_none() {
@@ -265,12 +296,12 @@ async fn write_batch(
         }
         if atomic {
             encode_command(&[&b"EXEC"[..]], &mut wire);
-            expect.push((Answer::Control("EXEC"), false));
+            expect.push((Answer::Exec(index), false));
         }
     }
-    let mut deferred = Vec::new();
+    let mut done = Done::default();
     if wire.is_empty() {
-        return Ok(deferred);
+        return Ok(done);
     }
     c.write(&wire).await?;
     for (answer, take) in expect {
@@ -285,7 +316,22 @@ async fn write_batch(
         };
         let lost_if = match &answer {
             Answer::Item(i, _) => match &items[*i].action {
-                Action::Expect(_, lost) => Some(lost),
+                // (The reply that shows the loss; `false`: any reply but this one.)
+                Action::Expect(_, lost) => Some((lost, true)),
+                Action::Exact(_, wanted) => Some((wanted, false)),
+                _ => None,
+            },
+            _ => None,
+        };
+        // The copy of a lost key: its reply says whether it is repaired.
+        // (Several commands: the EXEC's; one: its own.)
+        let repair = match &answer {
+            Answer::Item(i, _) | Answer::Exec(i) => match &items[*i].action {
+                Action::Repair { key, commands }
+                    if (commands.len() > 1) == matches!(answer, Answer::Exec(_)) =>
+                {
+                    Some((items[*i].db, key))
+                }
                 _ => None,
             },
             _ => None,
@@ -293,22 +339,25 @@ async fn write_batch(
         let wanted = take
             || replay.is_some()
             || lost_if.is_some()
-            || matches!(answer, Answer::Control("EXEC"));
+            || repair.is_some()
+            || matches!(answer, Answer::Exec(_));
         let Some(raw) = c.read_if(wanted).await? else {
             continue;
         };
         let value = Value::decode(&raw, 2);
-        if let (Some(lost), Some(got), Answer::Item(i, _)) = (lost_if, &value, &answer)
-            && got == lost
-            && let Action::Expect(cmd, _) = &items[*i].action
+        if let (Some((lost, equal)), Some(got), Answer::Item(i, _)) = (lost_if, &value, &answer)
+            && !matches!(got, Value::Error(_))
+            && (got == lost) == equal
+            && let Action::Expect(cmd, _) | Action::Exact(cmd, _) = &items[*i].action
         {
             let key = cmd.get(1).map(Vec::as_slice).unwrap_or_default();
             sink.lost_key(items[*i].db, key, &show(cmd));
+            done.lost.push((*i, items[*i].db, key.to_vec()));
         }
         if let (true, Answer::Item(i, _), Some(Value::Int(0))) = (take, &answer, &value)
             && let Action::Take(cmd) = &items[*i].action
         {
-            deferred.push(Deferred {
+            done.deferred.push(Deferred {
                 db: items[*i].db,
                 cmd: cmd.clone(),
                 since: std::time::Instant::now(),
@@ -327,7 +376,7 @@ async fn write_batch(
         }
         let failed = match value {
             Some(Value::Error(e)) => Some(e),
-            Some(Value::Array(items)) if matches!(answer, Answer::Control("EXEC")) => {
+            Some(Value::Array(items)) if matches!(answer, Answer::Exec(_)) => {
                 items.into_iter().find_map(|v| match v {
                     Value::Error(e) => Some(e),
                     _ => None,
@@ -335,6 +384,13 @@ async fn write_batch(
             }
             _ => None,
         };
+        if let Some((db, key)) = repair {
+            match &failed {
+                Some(e) => sink.unrepaired(db, key, &format!("the old side refused the copy: {e}")),
+                None => sink.repaired(db, key),
+            }
+            continue;
+        }
         if let Some(e) = failed {
             sink.mark_unsafe(&format!(
                 "the {} refused a shadow write ({}): {e}",
@@ -343,7 +399,7 @@ async fn write_batch(
             ));
         }
     }
-    Ok(deferred)
+    Ok(done)
 }
 
 /// Whether a replayed script answered the old side as it answered the primary (the
@@ -366,7 +422,7 @@ fn same_reply(primary: &Value, old: &Value) -> bool {
 }
 
 /// The commands that make `key` on the old side what it is on the primary now.
-async fn copy_key(p: &mut Client, key: &[u8]) -> Result<Vec<Args>, String> {
+pub(super) async fn copy_key(p: &mut Client, key: &[u8]) -> Result<Vec<Args>, String> {
     let ty = match p.query(&[b"TYPE", key]).await? {
         Value::Bytes(t) => t,
         other => return Err(format!("TYPE answered {other:?}")),

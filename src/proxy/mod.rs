@@ -86,6 +86,9 @@ impl crate::cutover::ProxyHandle for ProxyShared {
     fn clients(&self) -> &crate::cutover::holders::Clients {
         &self.clients
     }
+    fn key_order(&self) -> &Arc<crate::cutover::order::KeyOrder> {
+        &self.key_order
+    }
 }
 
 /// Accepts clients forever, one task per connection.

@@ -81,10 +81,10 @@ fn counters_become_their_result() {
         shadow_form(&a(&["DECRBY", "c", "5"]), &Value::Int(2), 0),
         expect(&["INCRBY", "c", "-5"], Value::Int(-5))
     );
-    // Started from nothing on the primary too: nothing to check on the old side.
+    // Started from nothing on the primary: the old side must start from nothing too.
     assert_eq!(
         shadow_form(&a(&["INCR", "c"]), &Value::Int(1), 0),
-        apply(&["INCRBY", "c", "1"])
+        Action::Exact(a(&["INCRBY", "c", "1"]), Value::Int(1))
     );
     assert_eq!(
         shadow_form(
@@ -92,11 +92,24 @@ fn counters_become_their_result() {
             &Value::Bytes(b"1.5".to_vec()),
             0
         ),
-        apply(&["SET", "c", "1.5", "KEEPTTL"])
+        expect(&["SET", "c", "1.5", "KEEPTTL", "XX"], Value::Nil)
+    );
+    // A float counter started from nothing: nothing to check.
+    assert_eq!(
+        shadow_form(
+            &a(&["incrbyfloat", "c", "0.5"]),
+            &Value::Bytes(b"0.5".to_vec()),
+            0
+        ),
+        apply(&["SET", "c", "0.5", "KEEPTTL"])
     );
     assert_eq!(
         shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(4), 0),
-        apply(&["HINCRBY", "h", "f", "2"])
+        expect(&["HINCRBY", "h", "f", "2"], Value::Int(2))
+    );
+    assert_eq!(
+        shadow_form(&a(&["HINCRBY", "h", "f", "2"]), &Value::Int(2), 0),
+        Action::Exact(a(&["HINCRBY", "h", "f", "2"]), Value::Int(2))
     );
     assert_eq!(
         shadow_form(
@@ -104,7 +117,7 @@ fn counters_become_their_result() {
             &Value::Bytes(b"4.5".to_vec()),
             0
         ),
-        apply(&["HSET", "h", "f", "4.5"])
+        expect(&["HSET", "h", "f", "4.5"], Value::Int(1))
     );
     assert_eq!(
         shadow_form(
@@ -112,7 +125,15 @@ fn counters_become_their_result() {
             &Value::Bytes(b"3".to_vec()),
             0
         ),
-        apply(&["ZADD", "z", "3", "m"])
+        expect(&["ZADD", "z", "3", "m"], Value::Int(1))
+    );
+    assert_eq!(
+        shadow_form(
+            &a(&["ZINCRBY", "z", "2", "m"]),
+            &Value::Bytes(b"2".to_vec()),
+            0
+        ),
+        apply(&["ZADD", "z", "2", "m"])
     );
 }
 
@@ -285,4 +306,53 @@ proptest::proptest! {
         let _ = shadow_form(&full, &value, 1_700_000_000_000);
         assert_eq!(shadow_form(&full, &Value::Error("ERR x".into()), 0), Action::Skip);
     }
+}
+
+/// Forms that would silently create a key without its TTL, or do nothing, where the old side
+/// lost the key (issue 20): sent so that the old side's reply shows it, or so that they give
+/// the primary's result anyway.
+#[test]
+fn forms_that_show_a_key_lost_on_the_old_side() {
+    let ok = Value::Bytes(b"OK".to_vec());
+    assert_eq!(
+        shadow_form(&a(&["SET", "k", "v", "KEEPTTL"]), &ok, 0),
+        expect(&["SET", "k", "v", "KEEPTTL", "XX"], Value::Nil)
+    );
+    assert_eq!(
+        shadow_form(&a(&["SET", "k", "v", "XX", "KEEPTTL"]), &ok, 0),
+        expect(&["SET", "k", "v", "KEEPTTL", "XX"], Value::Nil)
+    );
+    // New on the primary: no TTL to keep.
+    assert_eq!(
+        shadow_form(&a(&["SET", "k", "v", "NX", "KEEPTTL"]), &ok, 0),
+        apply(&["SET", "k", "v"])
+    );
+    assert_eq!(
+        shadow_form(&a(&["SET", "k", "v", "KEEPTTL", "GET"]), &Value::Nil, 0),
+        apply(&["SET", "k", "v"])
+    );
+    assert_eq!(
+        shadow_form(
+            &a(&["SET", "k", "v", "KEEPTTL", "GET"]),
+            &Value::Bytes(b"old".to_vec()),
+            0
+        ),
+        expect(&["SET", "k", "v", "KEEPTTL", "XX"], Value::Nil)
+    );
+    assert_eq!(
+        shadow_form(&a(&["PERSIST", "k"]), &Value::Int(1), 0),
+        expect(&["PERSIST", "k"], Value::Int(0))
+    );
+    assert_eq!(
+        shadow_form(&a(&["PERSIST", "k"]), &Value::Int(0), 0),
+        Action::Skip
+    );
+    assert_eq!(
+        shadow_form(
+            &a(&["GETEX", "k", "PERSIST"]),
+            &Value::Bytes(b"v".to_vec()),
+            0
+        ),
+        apply(&["SET", "k", "v"])
+    );
 }

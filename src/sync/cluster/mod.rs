@@ -22,8 +22,10 @@
 //! point back. After a snapshot, all 16384 positions are written.
 //!
 //! **Resume.** [`ClusterSink::read_position`] reads all 16384 positions: none → no earlier
-//! sync; any `snapshot-loading`, a missing one among others, or two replication ids → an
-//! unusable position (a full sync, the target flushed); else the **smallest** offset is where
+//! sync; any `snapshot-loading`, a missing one among others, or two replication ids whose
+//! offsets overlap → an unusable position (a full sync, the target flushed); else the
+//! **smallest** offset (under its id: after a continue under a promoted replica's new id the
+//! older id holds the smaller offsets, and `replid2` accepts it) is where
 //! `PSYNC` resumes, and each slot skips the stream commands at or below its own stored offset
 //! (`Tag::stream_end`), so nothing is applied twice.
 //!
@@ -35,6 +37,8 @@
 //! `check_db` (the sync refuses a source with data in db n > 0 before it starts, unless
 //! `[sync] db_map` maps it to 0).
 
+pub mod names;
+pub mod room;
 pub mod source;
 pub mod split;
 
@@ -64,6 +68,18 @@ pub const STANDALONE_LINK: &str = "0";
 
 /// How often a stream batch also stores the position of every slot.
 const ALL_SLOTS_EVERY: Duration = Duration::from_secs(2);
+
+/// [`ALL_SLOTS_EVERY`], or the test-only `CUTOVER_TEST_ALL_SLOTS_EVERY_MS` (a test widens
+/// the time when slots' positions differ, to stop cutover inside it).
+fn all_slots_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("CUTOVER_TEST_ALL_SLOTS_EVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(ALL_SLOTS_EVERY, Duration::from_millis)
+    })
+}
 
 /// Transactions queued for one apply, with the tags of their commands.
 struct Unit {
@@ -441,7 +457,7 @@ impl ClusterSink {
         let all = position.is_some()
             && self
                 .all_slots_at
-                .is_none_or(|t| t.elapsed() >= ALL_SLOTS_EVERY);
+                .is_none_or(|t| t.elapsed() >= all_slots_every());
         if all {
             self.all_slots_at = Some(Instant::now());
         }
@@ -552,21 +568,20 @@ pub fn combine(values: &[Option<String>]) -> (Stored, Vec<u64>) {
     }
     let mut skip = Vec::with_capacity(values.len());
     let mut best: Option<(String, u64, Option<u64>)> = None;
+    // Per replication id, the smallest and largest offset stored under it.
+    let mut ids: Vec<(String, u64, u64)> = Vec::new();
     for v in values.iter().flatten() {
         if v == LOADING {
             return (Stored::Unusable(LOADING.to_string()), Vec::new());
         }
         match Stored::parse(v) {
             Stored::At { replid, offset, db } => {
-                if let Some((id, _, _)) = &best
-                    && *id != replid
-                {
-                    return (
-                        Stored::Unusable(format!(
-                            "the slots' positions name two replication ids ({id}, {replid})"
-                        )),
-                        Vec::new(),
-                    );
+                match ids.iter_mut().find(|(id, _, _)| *id == replid) {
+                    Some((_, lo, hi)) => {
+                        *lo = (*lo).min(offset);
+                        *hi = (*hi).max(offset);
+                    }
+                    None => ids.push((replid.clone(), offset, offset)),
                 }
                 skip.push(offset);
                 if best.as_ref().is_none_or(|(_, o, _)| offset < *o) {
@@ -575,6 +590,22 @@ pub fn combine(values: &[Option<String>]) -> (Stored, Vec<u64>) {
             }
             _ => return (Stored::Unusable(v.clone()), Vec::new()),
         }
+    }
+    // Several ids: the link continued under a new id (a promoted replica's `+CONTINUE
+    // <new id>`) and was stopped before every slot's position carried it. That is one
+    // history, so the offsets are ordered: every offset of the older id at or below every
+    // offset of the newer. Then `PSYNC` goes from the smallest, under its (older) id,
+    // which the new master accepts through `replid2` (else a full sync). Overlapping ranges
+    // are not one history: unusable.
+    ids.sort_by_key(|(_, lo, hi)| (*lo, *hi));
+    if let Some(w) = ids.windows(2).find(|w| w[0].2 > w[1].1) {
+        return (
+            Stored::Unusable(format!(
+                "the slots' positions name two replication ids whose offsets overlap ({} {}-{}, {} {}-{})",
+                w[0].0, w[0].1, w[0].2, w[1].0, w[1].1, w[1].2
+            )),
+            Vec::new(),
+        );
     }
     let (replid, offset, db) = best.expect("present > 0");
     (Stored::At { replid, offset, db }, skip)
@@ -762,8 +793,27 @@ mod tests {
             }
         );
         assert_eq!(skip, vec![9, 5, 7]);
-        let other = Some(crate::sync::batch::format(&"b".repeat(40), 9, 0));
-        assert!(matches!(combine(&[at(5), other]).0, Stored::Unusable(_)));
+        // Two ids of one history (a continue under a promoted replica's new id): ordered
+        // offsets, PSYNC from the smallest under its id; overlapping: unusable.
+        let b = |o: u64| Some(crate::sync::batch::format(&"b".repeat(40), o, 0));
+        let (s, skip) = combine(&[at(5), b(9), at(7), b(7)]);
+        assert_eq!(
+            s,
+            Stored::At {
+                replid: id.clone(),
+                offset: 5,
+                db: Some(0)
+            }
+        );
+        assert_eq!(skip, vec![5, 9, 7, 7]);
+        assert!(matches!(
+            combine(&[at(5), b(6), at(7)]).0,
+            Stored::Unusable(_)
+        ));
+        assert!(matches!(
+            combine(&[b(5), at(6), b(7)]).0,
+            Stored::Unusable(_)
+        ));
         assert_eq!(exec_get_value(b"*1\r\n$-1\r\n"), Ok(None));
         assert_eq!(
             exec_get_value(b"*1\r\n$3\r\nabc\r\n"),

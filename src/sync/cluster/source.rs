@@ -10,19 +10,21 @@
 //!   `cutover:position:<link>` (database 0, the value as `cutover:position`'s), through
 //!   [`LinkSink`]; on a cluster target it is the per-slot `cutover:position:{<tag>}:<link>`
 //!   of [`super::ClusterSink`]. `<link>` is the source master's node id (40 hex digits) when
-//!   the link was started: stable across restarts of `cutover` and of the master.
+//!   the link was first started: stable across restarts of `cutover` and of the master.
 //! * **A failover** is followed within the run: after a failed reconnection the link asks
 //!   the topology for its shard's master now ([`ShardScope::relocate`]) and continues there
 //!   with `PSYNC` (a promoted replica accepts it through `replid2`). A new `cutover sync`
-//!   started after a failover names the new master's link by its new id: a new link, with a
-//!   full sync of its slots.
+//!   started after a failover finds the shard's stored position by replication id
+//!   ([`super::names`]: the new master's `master_replid2` is the stored one) and continues
+//!   under the old link name; a stored position no master continues is reported (orphaned).
 //! * **Its full resync** clears only its shard's slots on the target ([`clear_slots`]:
 //!   `SCAN` + `UNLINK` of the keys whose slot the shard serves), never `FLUSHALL`: the target
 //!   holds the other shards' keys too.
 //!
-//! Status: one [`SyncProgress`] per link (direction label `shard <slots> <addr>`), printed as
-//! one line per shard by headless `cutover sync` every few seconds (phase, keys, offsets,
-//! lag). A link that fails for good stops the others (cleanly: their positions stay) and
+//! Status: one [`SyncProgress`] per link (its `shard` is the slots, [`shard_label`]: the
+//! `shard` label of its `cutover_sync_*` series with `cutover sync --metrics-listen`),
+//! printed as one line per shard by headless `cutover sync` every few seconds (phase, keys,
+//! offsets, lag). A link that fails for good stops the others (cleanly: their positions stay) and
 //! the sync ends with its error. Not built: slots moving on the source during the sync
 //! (`cluster::transit` holds the rule).
 
@@ -51,6 +53,9 @@ pub struct ShardScope {
     pub slots: SlotSet,
     /// `shard 0-5460 127.0.0.1:7000`, for messages.
     pub label: String,
+    /// The target holds an earlier sync's data but no position of this link (an orphan's
+    /// slots, [`super::names`]): its first snapshot clears its slots, as a full resync does.
+    pub clear_first: bool,
     /// Every node of the source cluster when the link started (and the address map): asked
     /// for the shard's master after the link could not reconnect (a failover).
     pub nodes: Option<crate::cluster::SideSpec>,
@@ -244,14 +249,38 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             .collect(),
         address_map: topo.address_map().clone(),
     };
+    // Before any link writes: each target node has room for its share of the source's
+    // masters (`super::room`).
+    let target =
+        crate::sync::engine::target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?;
+    super::room::check(
+        &super::room::nodes(Some(topo), &opts.source),
+        &super::room::nodes(target.as_ref(), &opts.target),
+        opts.timeout,
+    )?;
+    // Each link continues the stored position of its master's replication history (a
+    // failover while cutover was stopped included): `names`.
+    let own: Vec<String> = topo
+        .map()
+        .shards()
+        .iter()
+        .filter(|s| !s.ranges.is_empty())
+        .map(|s| {
+            if s.master.id.is_empty() {
+                s.master.addr.to_string().replace([':', '.'], "_")
+            } else {
+                s.master.id.clone()
+            }
+        })
+        .collect();
+    let (names, earlier) = super::names::name_links(opts, topo, &own)?;
+    let mut names = names.into_iter();
     for (i, shard) in topo.map().shards().iter().enumerate() {
         if shard.ranges.is_empty() {
             continue;
         }
-        let link = if shard.master.id.is_empty() {
-            shard.master.addr.to_string().replace([':', '.'], "_")
-        } else {
-            shard.master.id.clone()
+        let Some((link, how)) = names.next() else {
+            break;
         };
         let ranges: Vec<String> = shard
             .ranges
@@ -265,8 +294,8 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             })
             .collect();
         let label = format!("shard {} {}", ranges.join(","), shard.master.addr);
-        let progress = Arc::new(SyncProgress::with_direction(Box::leak(
-            label.clone().into_boxed_str(),
+        let progress = Arc::new(SyncProgress::for_shard(Box::leak(
+            shard_label(&ranges).into_boxed_str(),
         )));
         let link_opts = SyncOptions {
             source: topo.node_url(&shard.master),
@@ -275,6 +304,7 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
                 link,
                 slots: SlotSet::from_ranges(&shard.ranges),
                 label: label.clone(),
+                clear_first: earlier && how == super::names::How::Own,
                 nodes: Some(nodes.clone()),
             }),
             ..opts.clone()
@@ -332,6 +362,16 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
         return Err(e);
     }
     Ok(total)
+}
+
+/// A shard's `shard` label: its slot ranges, at most three then `+N` (bounded, and stable
+/// across a failover, unlike the master's address).
+pub fn shard_label(ranges: &[String]) -> String {
+    let mut l = ranges.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    if ranges.len() > 3 {
+        l.push_str(&format!(",+{}", ranges.len() - 3));
+    }
+    l
 }
 
 /// One shard's status line: phase, keys, offsets, lag.

@@ -293,8 +293,9 @@ pub fn run(opts: &SyncOptions) -> anyhow::Result<SyncReport> {
 
 /// One run of the sync with the caller's [`RunContext`].
 pub fn run_with(opts: &SyncOptions, ctx: &RunContext) -> anyhow::Result<SyncReport> {
-    // (`cutover run` refuses a cluster before it starts the engine: no probe there.)
-    if opts.shared.is_none()
+    // (`cutover run` says when its target is a cluster, with `target_side`: no probe
+    // otherwise.)
+    if (opts.shared.is_none() || opts.target_side.is_some())
         && let Some(topo) = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?
     {
         let link = match &opts.shard {
@@ -461,10 +462,20 @@ fn run_into<W: Sink>(
         .load(std::sync::atomic::Ordering::Relaxed)
         <= 1
         && !handoff.is_following()
-        && !cluster
+        && opts.shard.is_none()
     {
-        // (Not for a cluster target yet: its room is the sum of its masters'.)
-        crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
+        // (A cluster source's links: checked once for all of them, `cluster::source::run`.)
+        if cluster {
+            // Each target master against its share of the source (`sync::cluster::room`).
+            let topo = target_cluster(opts.target_side.as_ref(), &opts.target, opts.timeout)?;
+            crate::sync::cluster::room::check(
+                &crate::sync::cluster::room::nodes(None, &opts.source),
+                &crate::sync::cluster::room::nodes(topo.as_ref(), &opts.target),
+                opts.timeout,
+            )?;
+        } else {
+            crate::sync::target::memory::check_room(&opts.source, &opts.target, opts.timeout)?;
+        }
     }
 
     let (tx, rx) = sync_channel::<Msg>(32);
@@ -494,7 +505,8 @@ fn run_into<W: Sink>(
         rx,
         applied,
         report: SyncReport::default(),
-        flush_on_full: stored != Stored::None,
+        // (A cluster source's link on a target holding an earlier sync's keys: cleared too.)
+        flush_on_full: stored != Stored::None || opts.shard.as_ref().is_some_and(|s| s.clear_first),
         stop: Arc::clone(&ctx.stop),
         replid: String::new(),
         txn_open: false,

@@ -90,6 +90,10 @@ pub struct SyncProgress {
     /// Which way this engine copies (`""` or `"forward"`: source → target; `"reverse"`:
     /// target → source, the old side's link of a replica overlap). A metrics label.
     pub direction: &'static str,
+    /// The shard a link of a cluster source copies: its slots (`0-5460`; at most three
+    /// ranges, then `+N`), a metrics label and the status's `shard` (`""`: not a shard).
+    /// Slots, not the master's address: a failover keeps the series.
+    pub shard: &'static str,
     /// Applying or following, and the cutover's handoff requests ([`crate::sync::handoff`]).
     pub handoff: Handoff,
     /// The replication link dropped and is being connected again (within the run).
@@ -165,6 +169,14 @@ impl SyncProgress {
         }
     }
 
+    /// A fresh state for the link of one shard of a cluster source (`shard`: its slots).
+    pub fn for_shard(shard: &'static str) -> SyncProgress {
+        SyncProgress {
+            shard,
+            ..SyncProgress::default()
+        }
+    }
+
     /// Asks the running engine to stop once the target has applied `offset`: the cutover
     /// barrier's step before the route flips (the source gets no client writes then, and
     /// nothing written to the source later may reach the target through the replication
@@ -213,6 +225,16 @@ impl SyncProgress {
     /// Wakes the applier (it looks at the handoff requests at once).
     pub fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// The labels of every `cutover_sync_*` series: `direction`, and `shard` for a link of
+    /// a cluster source.
+    pub fn labels(&self) -> Vec<metrics::Label> {
+        let mut l = vec![metrics::Label::new("direction", self.direction())];
+        if !self.shard.is_empty() {
+            l.push(metrics::Label::new("shard", self.shard));
+        }
+        l
     }
 
     /// The direction label (`forward` or `reverse`).
@@ -345,6 +367,9 @@ impl SyncProgress {
         });
         if let Some(m) = doc.as_object_mut() {
             m.extend(self.refusals.status_fields());
+            if !self.shard.is_empty() {
+                m.insert("shard".into(), self.shard.into());
+            }
         }
         doc
     }
@@ -406,20 +431,23 @@ impl SyncProgress {
     /// Sets the `cutover_sync_*{direction}` gauges and counters from the current state.
     pub fn publish_metrics(&self) {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        // Every series carries the link's direction (`forward`, `reverse`); a later shard
-        // label joins it.
-        let d = self.direction();
-        metrics::gauge!("cutover_sync_phase", "direction" => d).set(self.phase().gauge());
-        metrics::gauge!("cutover_sync_snapshot_bytes", "direction" => d)
+        // Every series carries the link's direction (`forward`, `reverse`), and a cluster
+        // source's link its `shard` (bounded: one value per source shard).
+        let l = self.labels();
+        let with = |k: &'static str, v: &'static str| {
+            let mut l = l.clone();
+            l.push(metrics::Label::new(k, v));
+            l
+        };
+        metrics::gauge!("cutover_sync_phase", l.clone()).set(self.phase().gauge());
+        metrics::gauge!("cutover_sync_snapshot_bytes", l.clone())
             .set(n(&self.snapshot_bytes) as f64);
-        metrics::gauge!("cutover_sync_snapshot_bytes_total", "direction" => d)
+        metrics::gauge!("cutover_sync_snapshot_bytes_total", l.clone())
             .set(n(&self.snapshot_bytes_total) as f64);
-        metrics::gauge!("cutover_sync_keys_done", "direction" => d).set(n(&self.keys_done) as f64);
-        metrics::gauge!("cutover_sync_keys_total", "direction" => d)
-            .set(n(&self.keys_total) as f64);
+        metrics::gauge!("cutover_sync_keys_done", l.clone()).set(n(&self.keys_done) as f64);
+        metrics::gauge!("cutover_sync_keys_total", l.clone()).set(n(&self.keys_total) as f64);
         for (kind, v) in self.keys_by_type() {
-            metrics::gauge!("cutover_sync_keys_by_type", "direction" => d, "type" => kind)
-                .set(v as f64);
+            metrics::gauge!("cutover_sync_keys_by_type", with("type", kind)).set(v as f64);
         }
         for (how, a) in [
             ("restored", &self.keys_restored),
@@ -429,53 +457,50 @@ impl SyncProgress {
             ("filtered", &self.keys_filtered),
             ("not_copied", &self.keys_not_copied),
         ] {
-            metrics::gauge!("cutover_sync_keys_written", "direction" => d, "how" => how)
-                .set(n(a) as f64);
+            metrics::gauge!("cutover_sync_keys_written", with("how", how)).set(n(a) as f64);
         }
-        metrics::gauge!("cutover_sync_keys_not_copied", "direction" => d)
+        metrics::gauge!("cutover_sync_keys_not_copied", l.clone())
             .set(n(&self.keys_not_copied) as f64);
-        metrics::gauge!("cutover_sync_commands_applied", "direction" => d)
+        metrics::gauge!("cutover_sync_commands_applied", l.clone())
             .set(n(&self.commands_applied) as f64);
-        metrics::gauge!("cutover_sync_unapplied_commands", "direction" => d)
+        metrics::gauge!("cutover_sync_unapplied_commands", l.clone())
             .set(self.refusals.count() as f64);
-        metrics::gauge!("cutover_sync_evicted_keys", "direction" => d)
+        metrics::gauge!("cutover_sync_evicted_keys", l.clone())
             .set(self.refusals.evictions() as f64);
-        metrics::gauge!("cutover_sync_expired_early_writes", "direction" => d)
+        metrics::gauge!("cutover_sync_expired_early_writes", l.clone())
             .set(self.refusals.lost() as f64);
-        metrics::gauge!("cutover_sync_expired_early_unrepaired", "direction" => d)
+        metrics::gauge!("cutover_sync_expired_early_unrepaired", l.clone())
             .set(self.refusals.unrepaired_count() as f64);
-        metrics::gauge!("cutover_sync_expired_early_repaired", "direction" => d)
+        metrics::gauge!("cutover_sync_expired_early_repaired", l.clone())
             .set(self.refusals.repaired_count() as f64);
-        metrics::gauge!("cutover_sync_waiting_on_refusal", "direction" => d).set(
+        metrics::gauge!("cutover_sync_waiting_on_refusal", l.clone()).set(
             if self.refusals.waiting().is_some() {
                 1.0
             } else {
                 0.0
             },
         );
-        metrics::gauge!("cutover_sync_commands_skipped", "direction" => d)
+        metrics::gauge!("cutover_sync_commands_skipped", l.clone())
             .set(n(&self.commands_skipped) as f64);
-        metrics::gauge!("cutover_sync_commands_converted", "direction" => d)
+        metrics::gauge!("cutover_sync_commands_converted", l.clone())
             .set(n(&self.commands_converted) as f64);
-        metrics::gauge!("cutover_sync_commands_mixed_keys", "direction" => d)
+        metrics::gauge!("cutover_sync_commands_mixed_keys", l.clone())
             .set(n(&self.commands_mixed_keys) as f64);
-        metrics::gauge!("cutover_sync_applied_offset", "direction" => d)
+        metrics::gauge!("cutover_sync_applied_offset", l.clone())
             .set(n(&self.applied_offset) as f64);
-        metrics::gauge!("cutover_sync_received_offset", "direction" => d)
+        metrics::gauge!("cutover_sync_received_offset", l.clone())
             .set(n(&self.received_offset) as f64);
-        metrics::gauge!("cutover_sync_lag_bytes", "direction" => d).set(self.lag_bytes() as f64);
-        metrics::gauge!("cutover_sync_lag_seconds", "direction" => d)
-            .set(self.lag_ms() as f64 / 1000.0);
-        metrics::gauge!("cutover_sync_link_up", "direction" => d).set(
+        metrics::gauge!("cutover_sync_lag_bytes", l.clone()).set(self.lag_bytes() as f64);
+        metrics::gauge!("cutover_sync_lag_seconds", l.clone()).set(self.lag_ms() as f64 / 1000.0);
+        metrics::gauge!("cutover_sync_link_up", l.clone()).set(
             if self.link_down.load(Ordering::Relaxed) {
                 0.0
             } else {
                 1.0
             },
         );
-        metrics::counter!("cutover_sync_reconnects_total", "direction" => d)
-            .absolute(n(&self.reconnects));
-        metrics::counter!("cutover_sync_full_resyncs_total", "direction" => d)
+        metrics::counter!("cutover_sync_reconnects_total", l.clone()).absolute(n(&self.reconnects));
+        metrics::counter!("cutover_sync_full_resyncs_total", l.clone())
             .absolute(n(&self.full_resyncs));
     }
 }

@@ -90,7 +90,7 @@ pub fn full_problem(written: &Memory) -> Option<String> {
     ))
 }
 
-fn human(b: u64) -> String {
+pub fn human(b: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     if b >= 1 << 20 {
         format!("{:.1} MiB ({b} bytes)", b as f64 / MIB)
