@@ -17,6 +17,7 @@ use crate::proxy::{self, ProxyShared};
 use crate::route::{Backend, Route, Side};
 use crate::status::RunStatus;
 use crate::sync::engine::{RunContext, SyncOptions, SyncProgress};
+use crate::sync::handoff::Role;
 use crate::sync::phase::SyncPhase;
 use crate::sync::retry::{MAX_BACKOFF, RetryPolicy, run_retrying};
 
@@ -352,7 +353,7 @@ async fn start_reverse_link(
                 settings.cutover.overlap.as_str()
             );
             links.set_unavailable(why);
-            links.reverse.handoff.end_overlap();
+            let _ = links.reverse.handoff.end_overlap();
             return Ok(());
         }
         Ok(_) => {}
@@ -456,7 +457,13 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>)
             // the switch went through (the sync is over for good) or it was aborted (go on
             // streaming from the stored position).
             Ok(_) => {
-                while progress.stop_requested().is_some() && !detached.load(Ordering::Acquire) {
+                // (Its role says: asked to stop or stopped at the barrier, until the switch
+                // detaches it or cancels the stop, `Solo` again.)
+                while matches!(
+                    progress.handoff.role(),
+                    Role::SoloStopRequested(_) | Role::SoloStopped(_)
+                ) && !detached.load(Ordering::Acquire)
+                {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 if detached.load(Ordering::Acquire) {
@@ -464,7 +471,6 @@ fn run_sync(opts: SyncOptions, detached: Arc<AtomicBool>, stop: Arc<AtomicBool>)
                     progress.ended.store(true, Ordering::Release);
                     return;
                 }
-                progress.stopped.store(false, Ordering::Release);
             }
             // A stream command the side it writes to refused for good: the link stays
             // stopped (status and the moves say why) until `finish` or the process ends.

@@ -59,8 +59,10 @@ impl Controller {
             Ok(o) => o,
             Err(e) => return Err(abort(format!("cannot read the source's offset: {e}"))),
         };
-        self.sync.request_stop_at(offset);
-        let stopped = wait_until(deadline, || self.sync.stopped.load(Ordering::Acquire)).await;
+        if let Err(role) = self.sync.request_stop_at(offset) {
+            return Err(abort(format!("the sync is {role}, not applying")));
+        }
+        let stopped = wait_until(deadline, || self.sync.handoff.is_solo_stopped()).await;
         if !stopped {
             return Err(abort(format!(
                 "the target had applied offset {} of {offset}",

@@ -54,10 +54,9 @@ pub async fn watch_evictions(written: Arc<Backend>, link: Arc<SyncProgress>) {
         let Some(now) = info.evicted_keys() else {
             continue;
         };
-        // (The role says whether an overlap link writes; `stopped` is a plain sync's end at the
-        // shadow overlap's barrier.)
+        // (The role says whether the link writes: applying, or a plain sync that has not
+        // stopped at the shadow overlap's barrier.)
         let applying = link.handoff.applies()
-            && !link.stopped.load(Ordering::Acquire)
             && matches!(
                 link.phase(),
                 SyncPhase::Snapshot | SyncPhase::Streaming | SyncPhase::Error

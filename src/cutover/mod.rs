@@ -330,7 +330,11 @@ impl Controller {
                         if let Some(why) = links.reverse_ready().err() {
                             tracing::warn!("shadow overlap: {why}");
                         }
-                        links.forward.handoff.end_overlap();
+                        if let Err(role) = links.forward.handoff.end_overlap() {
+                            return Err(CutoverError::Refused(format!(
+                                "the forward link is {role}; not switching (retry in a moment)"
+                            )));
+                        }
                         links.stop_reverse();
                     }
                     if self.links.is_some() {

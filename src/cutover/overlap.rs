@@ -18,6 +18,10 @@
 //! A move in replica overlap ([`super::Controller`]'s barrier, steps in order; past the pause
 //! limit every step is undone and nothing changed):
 //!
+//! 0. before anything is held: both links streaming, their replication links up, and each
+//!    link's writer still connected to the server running on its side (its `run_id` then
+//!    and now: a side that restarted since closed that connection, which the link would
+//!    find only at its first write, inside the pause) — else refused at once;
 //! 1. hold new client commands, wait until every command sent is answered;
 //! 2. read the primary's `master_repl_offset`; the applying link applies up to it and parks;
 //! 3. hold the following link (it takes nothing more from its stream);
@@ -168,7 +172,9 @@ impl Links {
             "direction": if p.direction() == "reverse" { "target_to_source" } else { "source_to_target" },
             // (`applying` / `following` outside a move; `parked`, `held`… inside one.)
             "role": match role {
-                Role::Holding | Role::Held | Role::Requested => "following",
+                r if r.follows() => "following",
+                Role::Solo | Role::SoloStopRequested(_) | Role::ParkRequested(_) => "applying",
+                Role::SoloStopped(_) => "stopped",
                 r => r.as_str(),
             },
             "phase": if p.ended.load(Ordering::Acquire) { "stopped" } else { p.phase_name() },
@@ -335,6 +341,16 @@ impl Controller {
         // it since), which the refusal names instead of the pause limit.
         let follower_error_before = last_error(following);
         let applying_phase = applying.phase();
+        if matches!(applying_phase, SyncPhase::Error | SyncPhase::Connecting) {
+            // (Its connection to a side broke, e.g. that side's server restarted.)
+            return Err(CutoverError::Refused(format!(
+                "the {} link, which applies now, is reconnecting ({applying_phase}{}); not moving: retry when `cutover status` shows it streaming",
+                applying.direction(),
+                last_error(applying)
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            )));
+        }
         if applying_phase != SyncPhase::Streaming {
             return Err(CutoverError::Refused(format!(
                 "the {} link is {applying_phase}{}; even --force cannot move before it applies the stream",
@@ -381,6 +397,18 @@ impl Controller {
                 new.describe()
             )));
         }
+        // Each link's writer must still be connected to the server running on its side: a
+        // link that writes nothing for a while (the follower) would find its connection to a
+        // restarted server dead only at its first write — inside the pause, holding every
+        // client up to the pause limit. Refused now instead, before anything is held.
+        for (link, conn, side) in [
+            (applying, &mut new_conn, to),
+            (following, &mut old_conn, from),
+        ] {
+            if let Some(why) = writer_gone(link, conn, side, timeout).await {
+                return Err(CutoverError::Refused(why));
+            }
+        }
         if !force {
             let writers = tokio::time::timeout(timeout, foreign_writers(&mut old_conn, old))
                 .await
@@ -422,9 +450,9 @@ impl Controller {
                 return None;
             }
             following.wake();
-            // (The stop is withdrawn first: a link that parks late unparks itself.)
+            // Parked or not yet, the old link applies on (`ParkRequested`/`Parked →
+            // Applying`: one CAS, whichever the engine reached).
             applying.cancel_stop();
-            let _ = applying.handoff.unpark();
             gate.resume();
             metrics::counter!("cutover_barrier_aborts_total").increment(1);
             Some(CutoverError::Timeout {
@@ -471,7 +499,12 @@ impl Controller {
                 )));
             }
         };
-        applying.request_stop_at(old_offset);
+        if let Err(role) = applying.request_stop_at(old_offset) {
+            return Err(abort(format!(
+                "the {} link is {role}, not applying",
+                applying.direction()
+            )));
+        }
         if !wait_until(deadline, || applying.handoff.is_parked()).await {
             return Err(abort(format!(
                 "the {} had applied offset {} of {old_offset}",
@@ -550,8 +583,8 @@ impl Controller {
                 });
             }
         }
-        // 5. Commit: the parked link follows (first: it unparks itself once the stop is
-        // withdrawn); the route flips.
+        // 5. Commit: the parked link follows (`Parked → Following`: nothing else moves a
+        // parked link); the route flips.
         if let Err(role) = applying.handoff.follow() {
             tracing::error!(
                 direction = applying.direction(),
@@ -559,7 +592,6 @@ impl Controller {
                 "the link that applied was not parked at the commit"
             );
         }
-        applying.cancel_stop();
         links.publish_metrics();
         let unblocked = self.flip(to, &mut old_conn, old, new, false).await;
         // Which side is the primary now, recorded on the target before any client command is
@@ -645,6 +677,38 @@ impl Controller {
         }
         Ok(applied)
     }
+}
+
+/// Why `link`'s writer connection to `side` (reached by `conn`) is dead, if it is: the
+/// server there now has another `run_id` than the one the link's connection was made to (it
+/// restarted since; the link connects again on its own, at its next check). `None` also
+/// when either is unknown (a server that does not say, a link that has not connected).
+async fn writer_gone(
+    link: &SyncProgress,
+    conn: &mut Client,
+    side: Side,
+    timeout: Duration,
+) -> Option<String> {
+    let linked = link.writes_to()?;
+    let info = tokio::time::timeout(timeout, conn.info("server"))
+        .await
+        .ok()?
+        .ok()?;
+    let now = info.field("run_id")?;
+    (now != linked).then(|| {
+        format!(
+            "the {} link's connection to the {side} was made before the {side} restarted (run_id {} then, {} now) and is reconnecting; not moving, no client was held: retry when `cutover status` shows it streaming (in a moment)",
+            link.direction(),
+            short(&linked),
+            short(now),
+            side = side.as_str(),
+        )
+    })
+}
+
+/// The first 8 characters of a `run_id`, for messages.
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 fn last_error(p: &SyncProgress) -> Option<String> {

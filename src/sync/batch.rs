@@ -214,7 +214,9 @@ impl Applier<'_> {
         w: &mut W,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
-        let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
+        // (The role's one load of this batch: the barrier's offset, if one is asked.)
+        let role = self.progress.handoff.role();
+        let limit = role.stop_at();
         let mut cmds = cmds.into_iter();
         while let Some(cmd) = cmds.next() {
             if let Some(limit) = limit
@@ -225,7 +227,7 @@ impl Applier<'_> {
                 // the proxy, after the flip) must never reach the target. A link of a replica
                 // overlap keeps it for what it does next (apply it after an aborted move, or
                 // skip it as the follower).
-                if self.progress.handoff.is_overlap() {
+                if !role.is_solo() {
                     let mut rest = vec![cmd];
                     rest.extend(cmds);
                     self.held_back = Some(Msg::Commands(rest, Instant::now()));

@@ -18,6 +18,7 @@ pub mod moves;
 pub mod paced;
 pub mod shards;
 pub mod sides;
+pub mod stall;
 pub mod sync_cluster;
 
 use std::collections::{BTreeMap, HashSet};
@@ -458,9 +459,15 @@ impl Proxy {
     /// until it serves: a `PING` answered (when it has no password), the admin and metrics
     /// ports accepting.
     pub fn start(source_url: &str, extra: &[&str]) -> Proxy {
+        Proxy::start_with_env(source_url, extra, &[])
+    }
+
+    /// [`Proxy::start`] with environment variables for `cutover run` (test-only knobs such
+    /// as `CUTOVER_TEST_WRITER_CHECK_MS`).
+    pub fn start_with_env(source_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proxy {
         let mut last = String::new();
         for _ in 0..8 {
-            match Proxy::spawn(source_url, extra) {
+            match Proxy::spawn(source_url, extra, env) {
                 Ok(p) => return p,
                 Err(e) => last = e,
             }
@@ -468,7 +475,7 @@ impl Proxy {
         panic!("cannot start cutover: {last}");
     }
 
-    fn spawn(source_url: &str, extra: &[&str]) -> Result<Proxy, String> {
+    fn spawn(source_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Proxy, String> {
         let dir = tempfile::Builder::new()
             .prefix("cutover-it-proxy-")
             .tempdir()
@@ -502,6 +509,7 @@ impl Proxy {
         }
         let level =
             std::env::var("CUTOVER_TEST_LOG").unwrap_or_else(|_| "info,cutover=debug".into());
+        cmd.envs(env.iter().copied());
         let child = cmd
             .args(&args)
             .env("CUTOVER_LOG", level)

@@ -102,6 +102,9 @@ pub(in crate::sync) struct Applier<'a> {
     pub(super) target_ctl: crate::client::Kept,
     /// Keys that expired early here, being copied from the primary ([`super::repair`]).
     pub(in crate::sync) repairs: super::repair::Repairs,
+    /// When the writer's connection was last checked for a close by the server (idle
+    /// moments only: [`Applier::check_writer`]).
+    pub(in crate::sync) writer_checked: Instant,
 }
 
 impl Applier<'_> {
@@ -128,44 +131,57 @@ impl Applier<'_> {
         let mut once_until: Option<u64> = None;
         let mut started = Instant::now();
         loop {
-            // (The role first: `finish` sets the stop flag before it stops the role.)
+            // The role, with the barrier's offset it may carry: the one atomic load of a
+            // step (`finish` sets the stop flag before it stops the role).
             let role = self.progress.handoff.role();
             if role == Role::Stopped || self.stop.load(Ordering::Acquire) {
                 self.bar.finish();
-                if self.following_now || self.progress.handoff.is_following() {
+                if self.following_now || role.follows() {
                     // A follower wrote nothing: nothing to store.
                     self.report.offset = self.last_offset;
                     return Ok(self.report.clone());
                 }
                 return self.stop_cleanly(w, &phase, &mut conv.stats);
             }
-            if self.progress.handoff.is_overlap() && role.follows() {
+            if role.follows() {
                 if !self.following_now {
                     self.enter_following(w)?;
                 }
-                self.follow_step(w, &mut phase)?;
+                self.follow_step(w, &mut phase, role)?;
                 continue;
             }
             self.following_now = false;
-            let barrier = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
-            if let (Some(limit), SyncPhase::Streaming, Some(shared)) =
-                (barrier, &phase, &self.opts.shared)
-            {
+            if let Role::Parked(at) = role {
+                // (A new run of a parked link: it waits for the controller as the run that
+                // parked did.)
+                self.wait_parked(at)?;
+                continue;
+            }
+            if let Role::SoloStopped(_) = role {
+                // (A plain sync that ended its run at the barrier writes nothing until the
+                // controller cancels the stop: `cutover run` waits for that between runs.)
+                self.bar.finish();
+                return Ok(self.report.clone());
+            }
+            let barrier = role.stop_at();
+            if let (Some(limit), SyncPhase::Streaming) = (barrier, &phase) {
                 if w.in_flight() > 0 {
                     w.drain()?;
                 }
                 if w.confirmed_offset().unwrap_or(0) >= limit && !self.in_source_txn {
                     // Keys that expired early here get their copy before the move.
                     self.repair_at_barrier(w, &mut conv.stats)?;
-                    if self.progress.handoff.is_overlap() {
+                    if !role.is_solo() {
                         self.park(w, limit)?;
                         continue;
                     }
                     let report = self.stop_cleanly(w, &phase, &mut conv.stats)?;
-                    shared
+                    self.progress
                         .applied_offset
                         .store(report.offset, Ordering::Release);
-                    shared.stopped.store(true, Ordering::Release);
+                    // (A cancel that came first leaves `Solo`: `cutover run` starts the
+                    // engine again from the position just stored.)
+                    self.progress.handoff.solo_stopped(limit);
                     return Ok(report);
                 }
             }
@@ -365,6 +381,7 @@ impl Applier<'_> {
                     // Nothing new: let the target answer what is in flight.
                     if phase == SyncPhase::Streaming {
                         w.drain()?;
+                        self.check_writer(w)?;
                         self.store_idle_position(w)?;
                     }
                 }

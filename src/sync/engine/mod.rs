@@ -380,9 +380,15 @@ fn run_into<W: Sink>(
 ) -> anyhow::Result<SyncReport> {
     let info = writer.info().clone();
     tracing::info!(target = %info.describe(), max_rdb = info.max_rdb.get(), "target connected");
+    // Which server this run's writer reaches (a move checks it is still the one running).
+    ctx.progress.set_writes_to(
+        writer
+            .standalone()
+            .and_then(|t| t.run_id().map(str::to_string)),
+    );
     let handoff = &ctx.progress.handoff;
     // (A link of a replica overlap writes into a side that was switched to by design.)
-    if !handoff.is_overlap()
+    if handoff.role().is_solo()
         && let Some(value) = batch::switched_marker(&opts.target, opts.timeout)?
     {
         bail!(
@@ -526,6 +532,7 @@ fn run_into<W: Sink>(
         foreign_listed: None,
         foreign_list_due: false,
         repairs: Default::default(),
+        writer_checked: Instant::now(),
     }
     .run(&mut writer)
 }

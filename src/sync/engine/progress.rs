@@ -84,15 +84,6 @@ pub struct SyncProgress {
     /// What the last run counted, for a next run that continues its stream.
     pub(super) carried: std::sync::Mutex<Option<Carried>>,
     pub epoch: std::sync::OnceLock<Instant>,
-    /// Set by the cutover barrier: stop streaming as soon as the target has applied (and
-    /// confirmed) this replication offset — never apply a byte past it. Holds offset + 1;
-    /// 0: not set. See [`SyncProgress::request_stop_at`].
-    pub(super) stop_at: AtomicU64,
-    /// A plain sync (no replica overlap) returned because of `stop_at`: the shadow
-    /// overlap's stop-and-end protocol (`cutover/flip.rs`, `runtime.rs`); `applied_offset`
-    /// is where it stopped. A link of a replica overlap never sets it: it parks
-    /// ([`crate::sync::handoff::Role::Parked`]), and its role alone says whether it applies.
-    pub stopped: AtomicBool,
     /// Wakes the applier when it waits for the replica link (so a stop request is seen at
     /// once, not at the next poll).
     pub(super) waker: Waker,
@@ -107,6 +98,11 @@ pub struct SyncProgress {
     pub handoff: Handoff,
     /// The replication link dropped and is being connected again (within the run).
     pub link_down: AtomicBool,
+    /// The `run_id` of the server this link's writer is connected to (set by each run of the
+    /// engine when it connects; `None`: unknown, or a cluster): a side whose server says
+    /// another one now restarted since, and that connection is dead (the move checks it
+    /// before it holds any client: `cutover::overlap`).
+    pub writes_to: std::sync::Mutex<Option<String>>,
     /// The engine's runner (`cutover run`) has ended for good (`finish`).
     pub ended: AtomicBool,
     /// Writes on the side this link follows that the applying link did not make
@@ -182,29 +178,38 @@ impl SyncProgress {
     }
 
     /// Asks the running engine to stop once the target has applied `offset`: the cutover
-    /// barrier's last step before the route flips (the source gets no client writes then, and
-    /// nothing written to the source later — shadow writes — may reach the target through the
-    /// replication stream).
-    pub fn request_stop_at(&self, offset: u64) {
-        self.stopped.store(false, Ordering::Release);
-        self.stop_at
-            .store(offset.saturating_add(1), Ordering::Release);
+    /// barrier's step before the route flips (the source gets no client writes then, and
+    /// nothing written to the source later may reach the target through the replication
+    /// stream). A link of a replica overlap parks there, a plain sync ends its run there: one
+    /// transition of its role ([`Handoff::request_stop`]); `Err` with the role found when it
+    /// was not applying.
+    pub fn request_stop_at(&self, offset: u64) -> Result<(), crate::sync::handoff::Role> {
+        self.handoff.request_stop(offset)?;
         self.waker.wake();
+        Ok(())
     }
 
-    /// The offset of a pending [`Self::request_stop_at`].
+    /// The offset of a pending [`Self::request_stop_at`] (not yet reached).
     pub fn stop_requested(&self) -> Option<u64> {
-        match self.stop_at.load(Ordering::Acquire) {
-            0 => None,
-            n => Some(n - 1),
-        }
+        self.handoff.role().stop_at()
     }
 
-    /// Withdraws [`Self::request_stop_at`] (the barrier was aborted, or the parked link of a
-    /// replica overlap now follows).
+    /// Withdraws [`Self::request_stop_at`] (the barrier was aborted): the link applies on,
+    /// whether it had reached the offset or not ([`Handoff::cancel_stop`]).
     pub fn cancel_stop(&self) {
-        self.stop_at.store(0, Ordering::Release);
+        self.handoff.cancel_stop();
         self.waker.wake();
+    }
+
+    /// The `run_id` of the server this link's writer is connected to ([`Self::writes_to`]).
+    pub fn writes_to(&self) -> Option<String> {
+        self.writes_to.lock().ok().and_then(|r| r.clone())
+    }
+
+    pub(super) fn set_writes_to(&self, run_id: Option<String>) {
+        if let Ok(mut r) = self.writes_to.lock() {
+            *r = run_id;
+        }
     }
 
     /// A run got going (the source started or continued a sync): an error of an earlier

@@ -145,7 +145,7 @@ impl Applier<'_> {
             }
         }
         if let Some(i) = keys.iter().find(|i| batch::is_own_key(w.db(), args[**i])) {
-            if self.progress.handoff.is_overlap() {
+            if !self.progress.handoff.role().is_solo() {
                 // (The other side's own bookkeeping, e.g. the switch marker: expected.)
                 tracing::debug!(
                     "a write to {} in the replication stream is not applied (the key is cutover's own)",

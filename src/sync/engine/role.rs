@@ -20,40 +20,35 @@ use super::*;
 
 impl Applier<'_> {
     /// The applying link of a replica overlap reached the barrier's offset `limit` (and the
-    /// target confirmed it): it waits there, taking nothing more from its stream, until the
-    /// controller either makes it the follower ([`Handoff::follow`]) or withdraws the stop
-    /// (the move was aborted: it applies on).
+    /// target confirmed it): it parks (`ParkRequested(limit) → Parked(limit)`) and waits
+    /// there, taking nothing more from its stream, until the controller either makes it the
+    /// follower ([`Handoff::follow`]) or withdraws the stop (the move was aborted: it applies
+    /// on). A withdrawal that came first makes the park fail: it applies on at once.
     pub(super) fn park<W: Sink>(&mut self, w: &mut W, limit: u64) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let confirmed = w.confirmed_offset().unwrap_or(limit);
         self.applied.store(confirmed, Ordering::Release);
         p.applied_offset.store(confirmed, Ordering::Release);
-        if !p.handoff.park() {
-            // Stopped meanwhile (`finish`): the loop's next step ends the run.
+        if !p.handoff.park(limit) {
+            // Withdrawn or stopped meanwhile: the loop's next step sees which.
             return Ok(());
         }
-        // (Parked is the role alone: the controller waits for [`Role::Parked`]; the shadow
-        // overlap's `SyncProgress::stopped` is not a link's state.)
+        self.wait_parked(limit)
+    }
+
+    /// Parked at `at`: waits until the controller decides (only its CAS leaves
+    /// [`Role::Parked`]; the engine never unparks itself), or the run is stopped.
+    pub(super) fn wait_parked(&mut self, at: u64) -> anyhow::Result<()> {
+        let p = Arc::clone(&self.progress);
         // (The controller decides within its pause limit; the bound here only keeps a lost
-        // controller from parking the link for good.)
+        // controller from holding this thread for good: the run fails and the next one
+        // waits again, still parked.)
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if p.handoff.role() != Role::Parked || self.stop.load(Ordering::Acquire) {
-                break;
-            }
-            if p.stop_requested().is_none() {
-                // The stop was withdrawn (an aborted move): apply on, unless the
-                // controller decided otherwise first.
-                let _ = p.handoff.unpark();
-                continue;
-            }
+        while p.handoff.role() == Role::Parked(at) && !self.stop.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
-                break;
+                bail!("the cutover controller never decided what this link does after the barrier");
             }
             std::thread::sleep(Duration::from_micros(100));
-        }
-        if p.handoff.role() == Role::Parked && !self.stop.load(Ordering::Acquire) {
-            bail!("the cutover controller never decided what this link does after the barrier");
         }
         if p.handoff.is_following() {
             // From here on the link reads the old side, where only the other link writes.
@@ -61,7 +56,7 @@ impl Applier<'_> {
             self.foreign = Default::default();
             tracing::info!(
                 direction = p.direction(),
-                offset = confirmed,
+                offset = at,
                 "the link applied up to the barrier and follows now (reads without applying)"
             );
         }
@@ -95,16 +90,20 @@ impl Applier<'_> {
         &mut self,
         w: &mut W,
         phase: &mut SyncPhase,
+        role: Role,
     ) -> anyhow::Result<()> {
         let p = Arc::clone(&self.progress);
         let h = &p.handoff;
-        let request = h.apply_request().filter(|_| *phase == SyncPhase::Streaming);
+        let request = match role {
+            Role::Requested(_) if *phase == SyncPhase::Streaming => h.apply_request(),
+            _ => None,
+        };
         if let Some((replid, from)) = &request
             && self.last_offset >= *from
         {
             return self.start_applying(w, replid, *from);
         }
-        if matches!(h.role(), Role::Holding | Role::Held) {
+        if matches!(role, Role::Holding | Role::Held) {
             h.ack_hold();
             std::thread::sleep(Duration::from_micros(100));
             return Ok(());
@@ -202,6 +201,7 @@ impl Applier<'_> {
             h.set_position(&self.replid, self.last_offset, self.stream_db);
         }
         self.list_foreign_clients();
+        self.check_writer(w)?;
         self.progress.set_oldest_pending(None);
         let offset = if *phase == SyncPhase::Streaming {
             self.last_offset
@@ -210,6 +210,35 @@ impl Applier<'_> {
         };
         // (The counts of what this link applied before stay as they are.)
         self.progress.update_following(phase, offset);
+        Ok(())
+    }
+
+    /// A link that writes nothing for a while (a follower, an idle stream) would find its
+    /// writer's connection dead only at its next write — for a follower, inside a move's
+    /// pause, when it takes over. So, at most every 100 ms while idle, it looks whether the
+    /// server closed it (a restart, the server's idle `timeout`): then the run fails as a
+    /// lost connection does, and the retry connects again (the move refuses meanwhile,
+    /// before holding any client: the link is not streaming).
+    pub(super) fn check_writer<W: Sink>(&mut self, w: &mut W) -> anyhow::Result<()> {
+        if self.writer_checked.elapsed() < writer_check_every() {
+            return Ok(());
+        }
+        self.writer_checked = Instant::now();
+        let Some(t) = w.standalone() else {
+            return Ok(());
+        };
+        if let Some(why) = t.closed_by_server() {
+            tracing::warn!(
+                direction = self.progress.direction(),
+                target = t.addr(),
+                "{why}; connecting again"
+            );
+            return Err(crate::sync::target::TargetError::Io {
+                addr: t.addr().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why),
+            }
+            .into());
+        }
         Ok(())
     }
 
@@ -272,17 +301,20 @@ impl Applier<'_> {
         let p = Arc::clone(&self.progress);
         let h = &p.handoff;
         if replid != self.replid {
-            h.refuse(format!(
+            h.refuse(from, format!(
                 "its stream is {} but the offset to apply from belongs to {replid} (the link resynced)",
                 self.replid
             ));
             return Ok(());
         }
         if self.last_offset != from {
-            h.refuse(format!(
-                "it had read up to offset {} already, past {from}",
-                self.last_offset
-            ));
+            h.refuse(
+                from,
+                format!(
+                    "it had read up to offset {} already, past {from}",
+                    self.last_offset
+                ),
+            );
             return Ok(());
         }
         // The stream goes on in its database: selected before the first command applied (a
@@ -296,7 +328,7 @@ impl Applier<'_> {
         self.pending_since.clear();
         self.applied.store(from, Ordering::Release);
         self.progress.applied_offset.store(from, Ordering::Release);
-        if let Err(role) = h.started_applying() {
+        if let Err(role) = h.started_applying(from) {
             // The controller withdrew the request first (its deadline passed): this link
             // follows on; what it wrote is its own position key, which nothing copies.
             tracing::warn!(
@@ -314,4 +346,17 @@ impl Applier<'_> {
         );
         Ok(())
     }
+}
+
+/// How often an idle link looks at its writer's connection ([`Applier::check_writer`]):
+/// every 100 ms. `CUTOVER_TEST_WRITER_CHECK_MS` changes it, for tests only (to widen the
+/// window in which only the move's own check sees a dead connection).
+fn writer_check_every() -> Duration {
+    static EVERY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| {
+        std::env::var("CUTOVER_TEST_WRITER_CHECK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_millis(100), Duration::from_millis)
+    })
 }

@@ -76,6 +76,9 @@ pub struct TargetWriter {
     stream: BlockingStream,
     addr: String,
     info: TargetInfo,
+    /// The server's `run_id` when this connection was made (`INFO server`): a server that
+    /// restarted has another one, and this connection is dead.
+    run_id: Option<String>,
     out: Vec<u8>,
     inbuf: Vec<u8>,
     parser: ReplyParser,
@@ -171,6 +174,7 @@ impl TargetWriter {
             // An error reply is refused; anything else has no version.
             None => Info::new(w.check("INFO server", reply)?),
         };
+        w.run_id = info.field("run_id").map(str::to_string);
         w.info = TargetInfo::from_info(&info).map_err(|detail| TargetError::Protocol {
             addr: w.addr.clone(),
             detail,
@@ -227,6 +231,7 @@ impl TargetWriter {
         Ok(TargetWriter {
             stream,
             addr: url.addr(),
+            run_id: None,
             info: TargetInfo {
                 valkey: false,
                 version: (0, 0, 0),
@@ -278,6 +283,37 @@ impl TargetWriter {
     /// What the target is.
     pub fn info(&self) -> &TargetInfo {
         &self.info
+    }
+
+    /// The server's `run_id` when this connection was made (`None`: it did not say).
+    pub fn run_id(&self) -> Option<&str> {
+        self.run_id.as_deref()
+    }
+
+    /// Whether the server closed this connection, seen without a round trip (`Some` with
+    /// what was seen). With nothing in flight the server has nothing to say, so a socket that
+    /// reads end-of-stream (or an error) now was closed: a restart, or the server's idle
+    /// `timeout`. Bytes waiting are left to the next read (over TLS they may be a session
+    /// ticket, not a reply). With commands in flight nothing is checked (`None`). Two `fcntl`
+    /// and one `recv(MSG_PEEK)`: for idle moments, not per command.
+    pub fn closed_by_server(&self) -> Option<String> {
+        if self.in_flight() > 0 || !self.out.is_empty() {
+            return None;
+        }
+        let tcp = self.stream.tcp();
+        if tcp.set_nonblocking(true).is_err() {
+            return None;
+        }
+        let mut byte = [0u8; 1];
+        let seen = tcp.peek(&mut byte);
+        let _ = tcp.set_nonblocking(false);
+        match seen {
+            Ok(0) => Some("the server closed the connection".into()),
+            Ok(_) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// The target's address.
