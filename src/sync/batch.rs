@@ -301,6 +301,14 @@ impl Applier<'_> {
                         // The stream's database (the source's number), stored with the position.
                         self.stream_db = db;
                     }
+                    if self.transit.is_some() {
+                        if matches!(name.as_str(), "FLUSHALL" | "FLUSHDB") {
+                            self.flush_shard(&cmd, w, stats)?;
+                            self.last_offset = cmd.end_offset;
+                            continue;
+                        }
+                        self.settle_keys(&args, &name, w, stats)?;
+                    }
                     if !self.txn_open {
                         w.begin_txn()?;
                         self.txn_open = true;

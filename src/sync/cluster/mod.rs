@@ -37,6 +37,7 @@
 
 pub mod source;
 pub mod split;
+pub mod transit_run;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -54,6 +54,9 @@ pub struct ShardScope {
     /// Every node of the source cluster when the link started (and the address map): asked
     /// for the shard's master after the link could not reconnect (a failover).
     pub nodes: Option<crate::cluster::SideSpec>,
+    /// This link's number and the links' shared table of key owners: slots moving on the
+    /// source during the sync ([`super::transit_run`]). `None`: no other link to order with.
+    pub transit: Option<(usize, Arc<super::transit_run::Owners>)>,
 }
 
 impl ShardScope {
@@ -174,6 +177,12 @@ impl Sink for LinkSink {
 /// full resync of one link of a cluster source. `SCAN` + `UNLINK` on the target (each master
 /// of a cluster target), in the database the source's database 0 maps to.
 pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
+    clear_keys(opts, &|k| slots.contains_key(k)).map(|_| ())
+}
+
+/// Removes from the target every key `mine` says is the shard's (cutover's own keys stay):
+/// [`clear_slots`], or the keys a link owns now while slots move ([`super::transit_run`]).
+pub fn clear_keys(opts: &SyncOptions, mine: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<u64> {
     let nodes: Vec<RedisUrl> = match crate::sync::engine::target_cluster(
         opts.target_side.as_ref(),
         &opts.target,
@@ -204,7 +213,7 @@ pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
             let mut args: Vec<&[u8]> = vec![b"UNLINK"];
             for k in keys {
                 if let Some(k) = k.as_bytes()
-                    && slots.contains_key(k)
+                    && mine(k)
                     && !batch::is_own_key(0, k)
                 {
                     args.push(k);
@@ -224,7 +233,7 @@ pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
         removed,
         "the keys of a shard's slots were removed from the target"
     );
-    Ok(())
+    Ok(removed)
 }
 
 /// `cutover sync` from a cluster: a link per source master, in parallel (see the module doc).
@@ -244,7 +253,9 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
             .collect(),
         address_map: topo.address_map().clone(),
     };
-    for (i, shard) in topo.map().shards().iter().enumerate() {
+    // The links first (their table of key owners is shared), then their threads.
+    let mut planned = Vec::new();
+    for shard in topo.map().shards().iter() {
         if shard.ranges.is_empty() {
             continue;
         }
@@ -268,6 +279,25 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
         let progress = Arc::new(SyncProgress::with_direction(Box::leak(
             label.clone().into_boxed_str(),
         )));
+        planned.push((link, label, progress, shard));
+    }
+    let owners = Arc::new(super::transit_run::Owners::new(
+        planned
+            .iter()
+            .map(|(_, label, progress, shard)| super::transit_run::LinkState {
+                url: topo.node_url(&shard.master),
+                label: label.clone(),
+                progress: Arc::clone(progress),
+            })
+            .collect(),
+        |slot| {
+            planned
+                .iter()
+                .position(|(_, _, _, shard)| shard.ranges.iter().any(|(a, b)| *a <= slot && slot <= *b))
+                .unwrap_or(usize::MAX)
+        },
+    ));
+    for (i, (link, label, progress, shard)) in planned.into_iter().enumerate() {
         let link_opts = SyncOptions {
             source: topo.node_url(&shard.master),
             progress: false,
@@ -276,6 +306,7 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
                 slots: SlotSet::from_ranges(&shard.ranges),
                 label: label.clone(),
                 nodes: Some(nodes.clone()),
+                transit: Some((i, Arc::clone(&owners))),
             }),
             ..opts.clone()
         };

@@ -59,6 +59,7 @@ mod progress;
 mod repair;
 mod rewrite;
 mod role;
+mod transit;
 
 pub use bar::say;
 pub use from_rdb::load_rdb;
@@ -514,6 +515,13 @@ fn run_into<W: Sink>(
         foreign_listed: None,
         foreign_list_due: false,
         repairs: Default::default(),
+        transit: opts
+            .shard
+            .as_ref()
+            .and_then(|s| s.transit.as_ref())
+            .map(|(me, owners)| {
+                crate::sync::cluster::transit_run::Settler::new(*me, Arc::clone(owners))
+            }),
     }
     .run(&mut writer)
 }
