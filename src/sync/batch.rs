@@ -215,6 +215,9 @@ impl Applier<'_> {
         stats: &mut Stats,
     ) -> anyhow::Result<()> {
         let limit = self.opts.shared.as_ref().and_then(|s| s.stop_requested());
+        if let Some(d) = self.transit.as_ref().and_then(|t| t.test_delay) {
+            std::thread::sleep(d);
+        }
         let mut cmds = cmds.into_iter();
         while let Some(cmd) = cmds.next() {
             if let Some(limit) = limit

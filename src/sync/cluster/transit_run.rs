@@ -176,16 +176,33 @@ pub struct Settler {
     conns: Vec<Kept>,
     /// Ops that waited for another link (for the log and tests).
     pub waits: u64,
+    /// Test only (`CUTOVER_TEST_LINK_DELAY=<link>:<ms>,…`): this link sleeps so long before
+    /// each read of stream commands, to make it lag behind the others (the tests of
+    /// `tests/sync_cluster_reshard.rs` widen the window where keys moving between shards
+    /// are read out of order).
+    pub test_delay: Option<Duration>,
 }
 
 impl Settler {
     pub fn new(me: usize, owners: Arc<Owners>) -> Settler {
         let conns = owners.links.iter().map(|_| Kept::default()).collect();
+        let test_delay = std::env::var("CUTOVER_TEST_LINK_DELAY")
+            .ok()
+            .and_then(|v| {
+                v.split(',').find_map(|e| {
+                    let (l, ms) = e.split_once(':')?;
+                    (l.trim().parse::<usize>().ok()? == me)
+                        .then(|| ms.trim().parse::<u64>().ok())
+                        .flatten()
+                })
+            })
+            .map(Duration::from_millis);
         Settler {
             me,
             owners,
             conns,
             waits: 0,
+            test_delay,
         }
     }
 
