@@ -170,3 +170,77 @@ fn source_reshard_into_cluster_is_exact() {
     };
     reshard_during_sync(&source, &target.seeds_url(), &data, &streaming);
 }
+
+/// A `FLUSHALL` sent to one source master (as `redis-cli --cluster call … FLUSHALL` does on
+/// each master in turn, or a client of that master) under writes on every master: on the
+/// target only that shard's keys go, the other shards' stay (applied as is, it emptied the
+/// whole target).
+fn flush_one_shard(target_url: &str, target_data: &dyn Fn() -> Data, streaming: &dyn Fn() -> bool) {
+    let source = source_cluster(Version::Redis70);
+    let pairs: Vec<(String, String)> = (0..6_000)
+        .map(|i| (format!("p:{i}"), format!("v{i}")))
+        .collect();
+    source.set_many(&pairs);
+    let ports = source.master_ports();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = shared_load(&source, 2, Arc::clone(&stop));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("sync.log");
+    let mut sync = start(&source.seeds_url(), target_url, &log, "");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !streaming() {
+        assert!(
+            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
+            "the links did not all stream; log:\n{}",
+            common::tail(&read_log(&log), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = data_of(&source).len();
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut source.node(ports[1]).conn())
+        .unwrap();
+    let after = data_of(&source).len();
+    assert!(after < before * 3 / 4, "{before} -> {after} keys");
+    // Writes after the flush, on the flushed shard too.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for h in load {
+        h.join().unwrap();
+    }
+    wait_same(&source, target_data, &log, Duration::from_secs(60));
+    sync.kill().unwrap();
+    sync.wait().unwrap();
+    let text = read_log(&log);
+    let flushed = format!("127.0.0.1:{} (offset", ports[1]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("FLUSHALL/FLUSHDB in the stream of shard") && l.contains(&flushed)),
+        "{}",
+        common::tail(&text, 3000)
+    );
+}
+
+#[test]
+fn flushall_on_one_source_master_into_standalone_clears_only_its_shard() {
+    let target = Server::start(Version::Redis70);
+    let data = || {
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        got
+    };
+    let streaming = || link_positions(&target).len() == 3;
+    flush_one_shard(&target.url(), &data, &streaming);
+}
+
+#[test]
+fn flushall_on_one_source_master_into_cluster_clears_only_its_shard() {
+    let target = Cluster::start(Version::Redis70, 3, 0);
+    let data = || data_of(&target);
+    let streaming = || {
+        let links = cluster_links(&target);
+        links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
+    };
+    flush_one_shard(&target.seeds_url(), &data, &streaming);
+}

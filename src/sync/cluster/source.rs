@@ -183,12 +183,16 @@ pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
 /// Removes from the target every key `mine` says is the shard's (cutover's own keys stay):
 /// [`clear_slots`], or the keys a link owns now while slots move ([`super::transit_run`]).
 pub fn clear_keys(opts: &SyncOptions, mine: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<u64> {
+    let mut cluster = false;
     let nodes: Vec<RedisUrl> = match crate::sync::engine::target_cluster(
         opts.target_side.as_ref(),
         &opts.target,
         opts.timeout,
     )? {
-        Some(topo) => topo.master_urls(),
+        Some(topo) => {
+            cluster = true;
+            topo.master_urls()
+        }
         None => {
             let mut url = opts.target.clone();
             if let Some(db) = opts.tuning.filter.map_db(0) {
@@ -210,17 +214,23 @@ pub fn clear_keys(opts: &SyncOptions, mine: &dyn Fn(&[u8]) -> bool) -> anyhow::R
             let Some([next, Value::Array(keys)]) = v.as_array() else {
                 bail!("unexpected SCAN reply from {}: {v:?}", url.addr());
             };
-            let mut args: Vec<&[u8]> = vec![b"UNLINK"];
+            // One `UNLINK` per slot: a cluster node refuses keys of two slots (CROSSSLOT).
+            let mut per_slot: std::collections::BTreeMap<crate::cluster::Slot, Vec<&[u8]>> =
+                std::collections::BTreeMap::new();
             for k in keys {
                 if let Some(k) = k.as_bytes()
                     && mine(k)
                     && !batch::is_own_key(0, k)
                 {
-                    args.push(k);
+                    let s = if cluster { crate::cluster::slot(k) } else { 0 };
+                    per_slot.entry(s).or_default().push(k);
                 }
             }
-            if args.len() > 1 {
-                removed += (args.len() - 1) as u64;
+            for ks in per_slot.values() {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(ks.len() + 1);
+                args.push(b"UNLINK");
+                args.extend(ks.iter().copied());
+                removed += ks.len() as u64;
                 c.call(&args).map_err(TargetError::from)?;
             }
             cursor = next.as_bytes().unwrap_or(b"0").to_vec();
