@@ -83,6 +83,7 @@ fn wait_same(source: &Cluster, got: &dyn Fn() -> Data, log: &Path, limit: Durati
 
 /// The whole scenario; `streaming()` says every link streams (its position is stored).
 fn reshard_during_sync(
+    mover: &dyn Fn(&Cluster, u16, u16),
     source: &Cluster,
     target_url: &str,
     target_data: &dyn Fn() -> Data,
@@ -105,8 +106,7 @@ fn reshard_during_sync(
     let mut sync = start(&source.seeds_url(), target_url, &log, "0:60,1:20");
     // Reshard 1, during the snapshot: 1,000 slots (0-999) from the first master to the second.
     let t0 = Instant::now();
-    let (ok, out, err) = reshard(source, ports[0], ports[1], 1000).join().unwrap();
-    assert!(ok, "reshard 1 failed:\n{}\n{}", common::tail(&out, 2000), err);
+    mover(source, ports[0], ports[1]);
     eprintln!(
         "reshard 1 done in {:.1} s; log so far:\n{}",
         t0.elapsed().as_secs_f64(),
@@ -124,8 +124,7 @@ fn reshard_during_sync(
     std::thread::sleep(Duration::from_millis(500));
     // Reshard 2, during the stream: 1,000 slots from the second master (0-999 first: the
     // slots just received) to the third.
-    let (ok, out, err) = reshard(source, ports[1], ports[2], 1000).join().unwrap();
-    assert!(ok, "reshard 2 failed:\n{}\n{}", common::tail(&out, 2000), err);
+    mover(source, ports[1], ports[2]);
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let ledgers: Vec<Ledger> = load.into_iter().map(|h| h.join().unwrap()).collect();
@@ -155,7 +154,45 @@ fn source_reshard_into_standalone_is_exact() {
         got
     };
     let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(&source, &target.url(), &data, &streaming);
+    reshard_during_sync(&cli_reshard, &source, &target.url(), &data, &streaming);
+}
+
+/// `redis-cli --cluster reshard` of 1,000 slots (`MIGRATE`).
+fn cli_reshard(source: &Cluster, from: u16, to: u16) {
+    let (ok, out, err) = reshard(source, from, to, 1000).join().unwrap();
+    assert!(ok, "reshard failed:\n{}\n{}", common::tail(&out, 2000), err);
+}
+
+/// Valkey 9 atomic slot migration of slots 0-999 (`CLUSTER MIGRATESLOTS`).
+fn atomic_reshard(source: &Cluster, from: u16, to: u16) {
+    atomic_migrate(source, from, to, 0, 999);
+}
+
+/// 3-master Valkey 9.1 → standalone Valkey 9.1, slots moved by atomic slot migration.
+#[test]
+fn source_atomic_slot_migration_into_standalone_is_exact() {
+    let source = source_cluster(Version::Valkey91);
+    let target = Server::start(Version::Valkey91);
+    let data = || {
+        let mut got = snapshot(&mut target.conn());
+        got.retain(|k, _| !k.starts_with("cutover:"));
+        got
+    };
+    let streaming = || link_positions(&target).len() == 3;
+    reshard_during_sync(&atomic_reshard, &source, &target.url(), &data, &streaming);
+}
+
+/// 3-master Valkey 9.1 → 3-master Redis 7.0, slots moved by atomic slot migration.
+#[test]
+fn source_atomic_slot_migration_into_cluster_is_exact() {
+    let source = source_cluster(Version::Valkey91);
+    let target = Cluster::start(Version::Redis70, 3, 0);
+    let data = || data_of(&target);
+    let streaming = || {
+        let links = cluster_links(&target);
+        links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
+    };
+    reshard_during_sync(&atomic_reshard, &source, &target.seeds_url(), &data, &streaming);
 }
 
 /// 3-master Redis 7.0 → 3-master Redis 7.0.
@@ -168,7 +205,7 @@ fn source_reshard_into_cluster_is_exact() {
         let links = cluster_links(&target);
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
-    reshard_during_sync(&source, &target.seeds_url(), &data, &streaming);
+    reshard_during_sync(&cli_reshard, &source, &target.seeds_url(), &data, &streaming);
 }
 
 /// A `FLUSHALL` sent to one source master (as `redis-cli --cluster call … FLUSHALL` does on

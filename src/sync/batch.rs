@@ -304,13 +304,14 @@ impl Applier<'_> {
                         // The stream's database (the source's number), stored with the position.
                         self.stream_db = db;
                     }
-                    if self.transit.is_some() {
-                        if matches!(name.as_str(), "FLUSHALL" | "FLUSHDB") {
-                            self.flush_shard(&cmd, w, stats)?;
-                            self.last_offset = cmd.end_offset;
-                            continue;
+                    // A link of a cluster source: keys moving between the source's shards
+                    // (`engine::transit`).
+                    if self.transit.is_some() && self.transit_route(&cmd, &args, &name, w, stats)? {
+                        self.last_offset = cmd.end_offset;
+                        if !self.txn_open {
+                            w.mark_offset(cmd.end_offset);
                         }
-                        self.settle_keys(&args, &name, w, stats)?;
+                        continue;
                     }
                     if !self.txn_open {
                         w.begin_txn()?;

@@ -245,3 +245,24 @@ pub fn reshard(
     .collect();
     std::thread::spawn(move || run_cli(&args, Duration::from_secs(180)))
 }
+
+/// Valkey 9 atomic slot migration: `CLUSTER MIGRATESLOTS SLOTSRANGE a b NODE <id>` sent to
+/// the master on `from`, then waits (60 s at most) until every node says `to` serves `a`
+/// and `b`.
+pub fn atomic_migrate(c: &Cluster, from: u16, to: u16, a: u16, b: u16) {
+    let id = node_id(c, to);
+    let _: () = redis::cmd("CLUSTER")
+        .arg("MIGRATESLOTS")
+        .arg("SLOTSRANGE")
+        .arg(a)
+        .arg(b)
+        .arg("NODE")
+        .arg(&id)
+        .query(&mut c.node(from).conn())
+        .unwrap();
+    super::wait_for("the atomic slot migration", Duration::from_secs(60), || {
+        let r = c.slot_ranges();
+        let owner = |s: u16| r.iter().find(|x| x.0 <= s as i64 && s as i64 <= x.1).map(|x| x.2);
+        (owner(a) == Some(to) && owner(b) == Some(to)).then_some(())
+    });
+}

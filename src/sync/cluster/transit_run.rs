@@ -94,6 +94,10 @@ pub struct Owners {
     slot_keys: Box<[AtomicU32]>,
     keys: Mutex<HashMap<Vec<u8>, u8>>,
     links: Vec<LinkState>,
+    /// Slots handed over by a Valkey 9 atomic slot migration: slot → (exporting link, its
+    /// master's offset after the handover). The exporter's ops on the slot past that offset
+    /// are its clean-up `UNLINK`s: not applied.
+    exported: Mutex<HashMap<Slot, (usize, u64)>>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -114,6 +118,7 @@ impl Owners {
             slot_keys: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
             keys: Mutex::new(HashMap::new()),
             links,
+            exported: Mutex::new(HashMap::new()),
         }
     }
 
@@ -146,6 +151,16 @@ impl Owners {
         m.retain(|k, o| slot(k) != s || *o as usize != to);
         let dropped = (before - m.len()) as u32;
         self.slot_keys[s as usize].fetch_sub(dropped, Ordering::AcqRel);
+    }
+
+    /// When `link` handed `key`'s slot over by an atomic slot migration: its master's offset
+    /// after the handover.
+    pub fn exported_after(&self, link: usize, key: &[u8]) -> Option<u64> {
+        let m = self.exported.lock().ok()?;
+        match m.get(&slot(key)) {
+            Some((from, after)) if *from == link => Some(*after),
+            _ => None,
+        }
     }
 
     /// The links (index = link number).
@@ -181,7 +196,23 @@ pub struct Settler {
     /// `tests/sync_cluster_reshard.rs` widen the window where keys moving between shards
     /// are read out of order).
     pub test_delay: Option<Duration>,
+    /// Valkey 9 atomic slot migrations into this link's master, by job name: the slots and
+    /// the copy the stream carries of them (held until the handover).
+    imports: HashMap<String, Import>,
 }
+
+/// A Valkey 9 atomic slot migration seen in an importing master's stream
+/// (`CLUSTER SYNCSLOTS ESTABLISH … SLOTSRANGE a b …` until `CLUSTER SYNCSLOTS FINISH`).
+pub struct Import {
+    pub slots: crate::cluster::SlotSet,
+    /// The stream commands on those slots since `ESTABLISH`: the exporter's data (`SET`,
+    /// `RESTORE`… per key) and the writes it forwarded. Its own stream has them too.
+    pub held: Vec<crate::sync::replica::StreamCommand>,
+    pub bytes: usize,
+}
+
+/// The most a link holds of atomic slot migrations' copies (bytes of stream commands).
+pub const MAX_HELD_BYTES: usize = 1 << 30;
 
 impl Settler {
     pub fn new(me: usize, owners: Arc<Owners>) -> Settler {
@@ -203,6 +234,7 @@ impl Settler {
             conns,
             waits: 0,
             test_delay,
+            imports: HashMap::new(),
         }
     }
 
@@ -213,6 +245,139 @@ impl Settler {
 
     pub fn owners(&self) -> &Arc<Owners> {
         &self.owners
+    }
+
+    /// `CLUSTER SYNCSLOTS ESTABLISH SOURCE <id> NAME <job> SLOTSRANGE a b [a b …]` in this
+    /// link's stream: its master starts importing those slots.
+    pub fn start_import(&mut self, args: &[&[u8]]) {
+        let text = |a: &[u8]| String::from_utf8_lossy(a).to_ascii_uppercase();
+        let mut job = String::new();
+        let mut ranges = Vec::new();
+        let mut i = 3;
+        while i < args.len() {
+            match text(args[i]).as_str() {
+                "NAME" => {
+                    job = String::from_utf8_lossy(args.get(i + 1).copied().unwrap_or(b"")).into();
+                    i += 2;
+                }
+                "SLOTSRANGE" => {
+                    i += 1;
+                    while i + 1 < args.len() {
+                        let n = |a: &[u8]| std::str::from_utf8(a).ok()?.parse::<Slot>().ok();
+                        match (n(args[i]), n(args[i + 1])) {
+                            (Some(a), Some(b)) => ranges.push((a, b)),
+                            _ => break,
+                        }
+                        i += 2;
+                    }
+                }
+                _ => i += 2,
+            }
+        }
+        tracing::info!(job = %job, ?ranges, "an atomic slot migration into this link's master starts: its copy of the slots is held until the handover");
+        self.imports.insert(
+            job,
+            Import {
+                slots: crate::cluster::SlotSet::from_ranges(&ranges),
+                held: Vec::new(),
+                bytes: 0,
+            },
+        );
+    }
+
+    /// True when `key` is in a slot this link's master is importing (its ops are held).
+    pub fn importing(&self, key: &[u8]) -> bool {
+        !self.imports.is_empty() && self.imports.values().any(|i| i.slots.contains_key(key))
+    }
+
+    /// Holds a stream command on importing slots until the handover; false past the bound.
+    pub fn hold(&mut self, key: &[u8], cmd: &crate::sync::replica::StreamCommand) -> bool {
+        let Some(i) = self.imports.values_mut().find(|i| i.slots.contains_key(key)) else {
+            return false;
+        };
+        i.bytes += cmd.wire.len();
+        i.held.push(cmd.clone());
+        i.bytes <= MAX_HELD_BYTES
+    }
+
+    /// `CLUSTER SYNCSLOTS FINISH STATE <state> NAME <job> …`: on `SUCCESS` the slots are
+    /// this link's master's from the handover. Records the exporter's offset after it (its
+    /// later ops on the slots are its clean-up), makes the slots this link's, waits until
+    /// the exporter applied up to that offset, and returns the slots and the held copy (the
+    /// caller clears the slots on the target and applies the copy). `None`: a failed or
+    /// cancelled migration (the exporter keeps the slots; its stream has everything), or an
+    /// unknown job (its `ESTABLISH` was before this run: see ARCHITECTURE.md).
+    pub fn finish_import(
+        &mut self,
+        args: &[&[u8]],
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<Option<Import>, TransitError> {
+        let text = |a: &[u8]| String::from_utf8_lossy(a).to_string();
+        let mut job = String::new();
+        let mut state = String::new();
+        let mut i = 3;
+        while i + 1 < args.len() {
+            match text(args[i]).to_ascii_uppercase().as_str() {
+                "NAME" => job = text(args[i + 1]),
+                "STATE" => state = text(args[i + 1]).to_ascii_uppercase(),
+                _ => {}
+            }
+            i += 2;
+        }
+        let Some(import) = self.imports.remove(&job) else {
+            tracing::warn!(job = %job, "an atomic slot migration ends in the stream without its start: the slots' copy was not seen by this run");
+            return Ok(None);
+        };
+        if state != "SUCCESS" {
+            tracing::info!(job = %job, state = %state, "an atomic slot migration did not hand the slots over: its copy is dropped");
+            return Ok(None);
+        }
+        let Some(first) = (0..SLOTS as Slot).find(|s| import.slots.contains(*s)) else {
+            return Ok(None);
+        };
+        let from = self.owners.slot_owner[first as usize].load(Ordering::Acquire) as usize;
+        if from == self.me {
+            return Ok(Some(import));
+        }
+        let Some(link) = self.owners.links.get(from) else {
+            return Ok(Some(import));
+        };
+        let asked = Instant::now();
+        let after = loop {
+            let r = self.conns[from].with(&link.url, timeout, |c| c.query(&[b"INFO", b"replication"]));
+            let why = match r {
+                Ok(v) => match Info::from_value(&v).and_then(|i| i.master_repl_offset()) {
+                    Some(o) => break o,
+                    None => "INFO replication has no master_repl_offset".to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if asked.elapsed() > timeout.max(Duration::from_secs(10)) {
+                return Err(TransitError::Unreachable {
+                    key: format!("(slots of migration {job})"),
+                    from: link.label.clone(),
+                    why,
+                });
+            }
+            if stop.load(Ordering::Acquire) {
+                return Err(TransitError::Stopped {
+                    from: link.label.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Ok(mut m) = self.owners.exported.lock() {
+            for s in 0..SLOTS as Slot {
+                if import.slots.contains(s) {
+                    m.insert(s, (from, after));
+                    self.owners.give_slot(s, self.me);
+                }
+            }
+        }
+        self.wait_applied(from, after, "(the migrated slots)", stop)?;
+        tracing::info!(job = %job, from = %link.label, after, "an atomic slot migration handed its slots over: the exporter applied up to the handover");
+        Ok(Some(import))
     }
 
     /// Makes `key` this link's: once the link owning it has applied every op it had on it
@@ -272,6 +437,31 @@ impl Settler {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        let waited = self.wait_applied(from, need, &show, stop)?;
+        if waited {
+            self.waits += 1;
+        }
+        if left {
+            self.owners.give_slot(slot(key), self.me);
+        } else {
+            self.owners.give_key(key, self.me);
+        }
+        tracing::debug!(key = %show, from = %link.label, need, left, "key handed over between source links");
+        Ok(())
+    }
+
+    /// Waits until link `from` streams and has applied its stream up to `need`; true if it
+    /// had to wait.
+    fn wait_applied(
+        &self,
+        from: usize,
+        need: u64,
+        what: &str,
+        stop: &AtomicBool,
+    ) -> Result<bool, TransitError> {
+        let Some(link) = self.owners.links.get(from) else {
+            return Ok(false);
+        };
         let applied = |p: &SyncProgress| {
             if p.phase() == SyncPhase::Streaming {
                 Some(p.applied_offset.load(Ordering::Acquire))
@@ -296,7 +486,7 @@ impl Settler {
                 moved_at = Instant::now();
             } else if moved_at.elapsed() > STALL_LIMIT {
                 return Err(TransitError::Stalled {
-                    key: show,
+                    key: what.to_string(),
                     from: link.label.clone(),
                     secs: STALL_LIMIT.as_secs(),
                     at: now.unwrap_or(0),
@@ -306,16 +496,7 @@ impl Settler {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
-        if waited {
-            self.waits += 1;
-        }
-        if left {
-            self.owners.give_slot(slot(key), self.me);
-        } else {
-            self.owners.give_key(key, self.me);
-        }
-        tracing::debug!(key = %show, from = %link.label, need, left, "key handed over between source links");
-        Ok(())
+        Ok(waited)
     }
 }
 

@@ -15,6 +15,141 @@ use crate::sync::target::Sink;
 use super::applier::Applier;
 
 impl Applier<'_> {
+    /// What a link of a cluster source does with a stream command before applying it; true
+    /// when it is done with it (applied here, held or skipped), false to apply it as usual.
+    pub(in crate::sync) fn transit_route<W: Sink>(
+        &mut self,
+        cmd: &StreamCommand,
+        args: &[&[u8]],
+        name: &str,
+        w: &mut W,
+        stats: &mut Stats,
+    ) -> anyhow::Result<bool> {
+        if matches!(name, "FLUSHALL" | "FLUSHDB") {
+            self.flush_shard(cmd, w, stats)?;
+            return Ok(true);
+        }
+        if name == "CLUSTER" {
+            // Valkey 9 atomic slot migration markers (`CLUSTER SYNCSLOTS …`): not data.
+            let sub = args
+                .get(1)
+                .map(|a| a.to_ascii_uppercase())
+                .unwrap_or_default();
+            let step = args
+                .get(2)
+                .map(|a| a.to_ascii_uppercase())
+                .unwrap_or_default();
+            if sub == b"SYNCSLOTS" {
+                self.report.commands_skipped += 1;
+                match step.as_slice() {
+                    b"ESTABLISH" => {
+                        if let Some(t) = self.transit.as_mut() {
+                            t.start_import(args);
+                        }
+                    }
+                    b"FINISH" => self.finish_import(cmd, args, w, stats)?,
+                    _ => {}
+                }
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        let Some(t) = &self.transit else {
+            return Ok(false);
+        };
+        let keys = crate::sync::filter::command_keys(name, args);
+        let mut foreign = false;
+        for i in &keys {
+            let Some(k) = args.get(*i) else { continue };
+            if t.importing(k) {
+                // The copy of slots being imported (the exporter's stream has the same).
+                let k = k.to_vec();
+                let fits = self.transit.as_mut().is_some_and(|t| t.hold(&k, cmd));
+                if !fits {
+                    anyhow::bail!(
+                        "an atomic slot migration into {} holds more than {} MB of its copy: cutover cannot order it; run the sync again after the migration",
+                        self.opts.source.addr(),
+                        crate::sync::cluster::transit_run::MAX_HELD_BYTES >> 20
+                    );
+                }
+                return Ok(true);
+            }
+            if !t.is_mine(k) {
+                match t.owners().exported_after(t.me, k) {
+                    // This link's master handed the slot over: ops past the handover are
+                    // its clean-up of the slot (the importer's copy holds the data).
+                    Some(after) if cmd.end_offset > after => {
+                        self.report.commands_skipped += 1;
+                        return Ok(true);
+                    }
+                    // Its own history of the slot, before the handover.
+                    Some(_) => {}
+                    None => foreign = true,
+                }
+            }
+        }
+        if foreign {
+            self.settle_keys(args, name, w, stats)?;
+        }
+        Ok(false)
+    }
+
+    /// `CLUSTER SYNCSLOTS FINISH`: once the exporter applied up to the handover, the
+    /// migrated slots are cleared on the target and the held copy applied in their place
+    /// (as of this command's offset, so a cluster target's per-slot positions do not skip
+    /// it).
+    fn finish_import<W: Sink>(
+        &mut self,
+        cmd: &StreamCommand,
+        args: &[&[u8]],
+        w: &mut W,
+        stats: &mut Stats,
+    ) -> anyhow::Result<()> {
+        let Some(mut t) = self.transit.take() else {
+            return Ok(());
+        };
+        let r = t.finish_import(args, &self.stop, self.opts.timeout);
+        self.transit = Some(t);
+        let Some(import) = r? else {
+            return Ok(());
+        };
+        if self.txn_open && !self.in_source_txn {
+            self.close_txn(w, stats)?;
+        }
+        w.drain()?;
+        let slots = import.slots.clone();
+        let removed =
+            crate::sync::cluster::source::clear_keys(self.opts, &|k| slots.contains_key(k))?;
+        let n = import.held.len();
+        for held in import.held {
+            let held = StreamCommand {
+                wire: held.wire,
+                end_offset: cmd.end_offset,
+            };
+            let args = super::split_args(&held.wire)?;
+            let name = args
+                .first()
+                .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+                .unwrap_or_default();
+            if !self.txn_open {
+                w.begin_txn()?;
+                self.txn_open = true;
+                self.txn_commands = 0;
+            }
+            self.forward(&held, &args, &name, w, stats)?;
+            self.txn_commands += 1;
+            if !self.in_source_txn && self.txn_commands >= self.opts.tuning.batch_size.max(1) {
+                self.close_txn(w, stats)?;
+            }
+        }
+        self.bar.say(&format!(
+            "cutover sync: an atomic slot migration handed {} slots to {}: {removed} keys of them replaced on the target by the {n} commands of its copy",
+            import.slots.len(),
+            self.opts.source.addr()
+        ));
+        Ok(())
+    }
+
     /// Orders a stream command after the ops another link had on its keys, for each key
     /// another link owns (a key or slot moving to this link's master). Before waiting, this
     /// link's own batches are applied and its offset published (another link may wait for
