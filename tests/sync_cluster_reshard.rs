@@ -36,6 +36,16 @@ fn start(source: &str, target: &str, log: &Path, delay: &str) -> Child {
         .unwrap()
 }
 
+/// The log without the periodic status lines, its last 6,000 characters.
+fn excerpt(log: &Path) -> String {
+    let text: Vec<String> = read_log(log)
+        .lines()
+        .filter(|l| !l.starts_with("cutover sync: shard "))
+        .map(String::from)
+        .collect();
+    common::tail(&text.join("\n"), 6000).to_string()
+}
+
 fn source_cluster(version: Version) -> Cluster {
     let cluster = Cluster::start(version, 3, 0);
     for n in &cluster.nodes {
@@ -75,7 +85,7 @@ fn wait_same(source: &Cluster, got: &dyn Fn() -> Data, log: &Path, limit: Durati
                 .map(|d| common::tail(d, 300))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            common::tail(&read_log(log), 4000)
+            excerpt(log)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -84,6 +94,7 @@ fn wait_same(source: &Cluster, got: &dyn Fn() -> Data, log: &Path, limit: Durati
 /// The whole scenario; `streaming()` says every link streams (its position is stored).
 fn reshard_during_sync(
     mover: &dyn Fn(&Cluster, u16, u16),
+    resync_allowed: bool,
     source: &Cluster,
     target_url: &str,
     target_data: &dyn Fn() -> Data,
@@ -94,7 +105,7 @@ fn reshard_during_sync(
         .map(|i| (format!("p:{i}"), format!("{i:0>100}")))
         .collect();
     source.set_many(&pairs);
-    let ports = source.master_ports();
+    let ports = masters_by_slot(source);
     let stop = Arc::new(AtomicBool::new(false));
     let load = shared_load(source, 4, Arc::clone(&stop));
     std::thread::sleep(Duration::from_millis(300));
@@ -104,7 +115,8 @@ fn reshard_during_sync(
     // Link 0 (slots from 0: the first reshard's exporter) lags most, link 1 (the second's
     // exporter) a little.
     let mut sync = start(&source.seeds_url(), target_url, &log, "0:60,1:20");
-    // Reshard 1, during the snapshot: 1,000 slots (0-999) from the first master to the second.
+    // Reshard 1, during the snapshot: 1,000 slots (0-999) from the first master (link 0) to
+    // the second.
     let t0 = Instant::now();
     mover(source, ports[0], ports[1]);
     eprintln!(
@@ -117,7 +129,7 @@ fn reshard_during_sync(
         assert!(
             Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
             "the links did not all stream; log:\n{}",
-            common::tail(&read_log(&log), 4000)
+            excerpt(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -139,7 +151,13 @@ fn reshard_during_sync(
     sync.kill().unwrap();
     sync.wait().unwrap();
     let text = read_log(&log);
-    assert!(!text.contains("full resync"), "{}", common::tail(&text, 4000));
+    // (Valkey 9.1 drops a replica's link that is loading a snapshot while its master
+    // imports slots: that shard's snapshot is sent again.)
+    assert!(
+        resync_allowed || !text.contains("full resync"),
+        "{}",
+        common::tail(&text, 4000)
+    );
     eprintln!("{ops} client commands; log:\n{}", common::tail(&text, 3000));
 }
 
@@ -154,7 +172,7 @@ fn source_reshard_into_standalone_is_exact() {
         got
     };
     let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(&cli_reshard, &source, &target.url(), &data, &streaming);
+    reshard_during_sync(&cli_reshard, false, &source, &target.url(), &data, &streaming);
 }
 
 /// `redis-cli --cluster reshard` of 1,000 slots (`MIGRATE`).
@@ -165,7 +183,7 @@ fn cli_reshard(source: &Cluster, from: u16, to: u16) {
 
 /// Valkey 9 atomic slot migration of slots 0-999 (`CLUSTER MIGRATESLOTS`).
 fn atomic_reshard(source: &Cluster, from: u16, to: u16) {
-    atomic_migrate(source, from, to, 0, 999);
+    atomic_migrate(source, from, to, 1000);
 }
 
 /// 3-master Valkey 9.1 → standalone Valkey 9.1, slots moved by atomic slot migration.
@@ -179,7 +197,7 @@ fn source_atomic_slot_migration_into_standalone_is_exact() {
         got
     };
     let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(&atomic_reshard, &source, &target.url(), &data, &streaming);
+    reshard_during_sync(&atomic_reshard, true, &source, &target.url(), &data, &streaming);
 }
 
 /// 3-master Valkey 9.1 → 3-master Redis 7.0, slots moved by atomic slot migration.
@@ -192,7 +210,7 @@ fn source_atomic_slot_migration_into_cluster_is_exact() {
         let links = cluster_links(&target);
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
-    reshard_during_sync(&atomic_reshard, &source, &target.seeds_url(), &data, &streaming);
+    reshard_during_sync(&atomic_reshard, true, &source, &target.seeds_url(), &data, &streaming);
 }
 
 /// 3-master Redis 7.0 → 3-master Redis 7.0.
@@ -205,7 +223,7 @@ fn source_reshard_into_cluster_is_exact() {
         let links = cluster_links(&target);
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
-    reshard_during_sync(&cli_reshard, &source, &target.seeds_url(), &data, &streaming);
+    reshard_during_sync(&cli_reshard, false, &source, &target.seeds_url(), &data, &streaming);
 }
 
 /// A `FLUSHALL` sent to one source master (as `redis-cli --cluster call … FLUSHALL` does on
@@ -229,7 +247,7 @@ fn flush_one_shard(target_url: &str, target_data: &dyn Fn() -> Data, streaming: 
         assert!(
             Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
             "the links did not all stream; log:\n{}",
-            common::tail(&read_log(&log), 4000)
+            excerpt(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -246,23 +246,49 @@ pub fn reshard(
     std::thread::spawn(move || run_cli(&args, Duration::from_secs(180)))
 }
 
-/// Valkey 9 atomic slot migration: `CLUSTER MIGRATESLOTS SLOTSRANGE a b NODE <id>` sent to
-/// the master on `from`, then waits (60 s at most) until every node says `to` serves `a`
-/// and `b`.
-pub fn atomic_migrate(c: &Cluster, from: u16, to: u16, a: u16, b: u16) {
+/// The masters' ports in the order of their first slot (the order of `cutover`'s links).
+pub fn masters_by_slot(c: &Cluster) -> Vec<u16> {
+    let mut out: Vec<u16> = Vec::new();
+    for (_, _, port) in c.slot_ranges() {
+        if !out.contains(&port) {
+            out.push(port);
+        }
+    }
+    out
+}
+
+/// Valkey 9 atomic slot migration of the first `n` slots of the master on `from` to the
+/// master on `to`: `CLUSTER MIGRATESLOTS SLOTSRANGE a b … NODE <id>` sent to `from`, then
+/// waits (60 s at most) until the first node says `to` serves them all.
+pub fn atomic_migrate(c: &Cluster, from: u16, to: u16, n: usize) {
     let id = node_id(c, to);
-    let _: () = redis::cmd("CLUSTER")
-        .arg("MIGRATESLOTS")
-        .arg("SLOTSRANGE")
-        .arg(a)
-        .arg(b)
-        .arg("NODE")
-        .arg(&id)
-        .query(&mut c.node(from).conn())
-        .unwrap();
+    let mut slots: Vec<i64> = c
+        .slot_ranges()
+        .iter()
+        .filter(|r| r.2 == from)
+        .flat_map(|r| r.0..=r.1)
+        .collect();
+    slots.sort_unstable();
+    slots.truncate(n);
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for s in &slots {
+        match ranges.last_mut() {
+            Some((_, b)) if *b + 1 == *s => *b = *s,
+            _ => ranges.push((*s, *s)),
+        }
+    }
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("MIGRATESLOTS");
+    for (a, b) in &ranges {
+        cmd.arg("SLOTSRANGE").arg(a).arg(b);
+    }
+    cmd.arg("NODE").arg(&id);
+    let _: () = cmd.query(&mut c.node(from).conn()).unwrap();
     super::wait_for("the atomic slot migration", Duration::from_secs(60), || {
         let r = c.slot_ranges();
-        let owner = |s: u16| r.iter().find(|x| x.0 <= s as i64 && s as i64 <= x.1).map(|x| x.2);
-        (owner(a) == Some(to) && owner(b) == Some(to)).then_some(())
+        slots
+            .iter()
+            .all(|s| r.iter().any(|x| x.0 <= *s && *s <= x.1 && x.2 == to))
+            .then_some(())
     });
 }

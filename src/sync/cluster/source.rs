@@ -23,8 +23,14 @@
 //! Status: one [`SyncProgress`] per link (direction label `shard <slots> <addr>`), printed as
 //! one line per shard by headless `cutover sync` every few seconds (phase, keys, offsets,
 //! lag). A link that fails for good stops the others (cleanly: their positions stay) and
-//! the sync ends with its error. Not built: slots moving on the source during the sync
-//! (`cluster::transit` holds the rule).
+//! the sync ends with its error.
+//!
+//! **Slots moving on the source** during the sync (`redis-cli --cluster reshard`, Valkey 9
+//! atomic slot migration): the links share one table of key owners
+//! ([`super::transit_run::Owners`], `ShardScope::transit`); a link meeting a key another link
+//! owns waits until that link applied past its master's offset ([`super::transit_run`]).
+//! A `FLUSHALL`/`FLUSHDB` in one link's stream clears only the keys that link owns
+//! ([`clear_keys`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,16 +66,33 @@ pub struct ShardScope {
 }
 
 impl ShardScope {
-    /// What the link thread asks after a failed reconnection: the master serving the shard's
-    /// first slot now.
+    /// What the link thread asks after a failed reconnection: the master of the shard that
+    /// holds the link's node now (its master, or the replica promoted in its place; slots may
+    /// have moved to other shards since), else the master serving a slot the link owns now.
     pub fn relocate(&self, timeout: Duration) -> Option<crate::sync::engine::Relocate> {
         let spec = self.nodes.clone()?;
-        let slot =
-            (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| self.slots.contains(*s))?;
+        let slot = match &self.transit {
+            Some((me, owners)) => {
+                let now = owners.slots_of(*me);
+                (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| now.contains(*s))
+            }
+            None => None,
+        }
+        .or_else(|| {
+            (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| self.slots.contains(*s))
+        })?;
+        let id = self.link.clone();
         let timeout = timeout.min(Duration::from_secs(2));
         Some(Box::new(move || {
             let topo = Topology::discover(&spec.seeds, &spec.address_map, timeout).ok()?;
-            let node = topo.map().master_of(slot)?;
+            let by_id = topo.map().shards().iter().find(|sh| {
+                !sh.ranges.is_empty()
+                    && (sh.master.id == id || sh.replicas.iter().any(|r| r.id == id))
+            });
+            let node = match by_id {
+                Some(sh) => &sh.master,
+                None => topo.map().master_of(slot)?,
+            };
             Some(topo.node_url(node))
         }))
     }

@@ -97,7 +97,7 @@ pub struct Owners {
     /// Slots handed over by a Valkey 9 atomic slot migration: slot → (exporting link, its
     /// master's offset after the handover). The exporter's ops on the slot past that offset
     /// are its clean-up `UNLINK`s: not applied.
-    exported: Mutex<HashMap<Slot, (usize, u64)>>,
+    exported: Mutex<HashMap<(Slot, usize), u64>>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -157,9 +157,18 @@ impl Owners {
     /// after the handover.
     pub fn exported_after(&self, link: usize, key: &[u8]) -> Option<u64> {
         let m = self.exported.lock().ok()?;
-        match m.get(&slot(key)) {
-            Some((from, after)) if *from == link => Some(*after),
-            _ => None,
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(slot(key), link)).copied()
+    }
+
+    /// `link` owns `s` again (a slot that came back): its ops there are its own again.
+    fn unexport(&self, s: Slot, link: usize) {
+        if let Ok(mut m) = self.exported.lock()
+            && !m.is_empty()
+        {
+            m.remove(&(s, link));
         }
     }
 
@@ -370,7 +379,8 @@ impl Settler {
         if let Ok(mut m) = self.owners.exported.lock() {
             for s in 0..SLOTS as Slot {
                 if import.slots.contains(s) {
-                    m.insert(s, (from, after));
+                    m.insert((s, from), after);
+                    m.remove(&(s, self.me));
                     self.owners.give_slot(s, self.me);
                 }
             }
@@ -442,10 +452,17 @@ impl Settler {
             self.waits += 1;
         }
         if left {
+            // The slot left A's master for good: A's ops on it past `need` can only be its
+            // clean-up of the slot (a Valkey 9 atomic slot migration deletes the slot's keys
+            // after the handover): not applied.
+            if let Ok(mut m) = self.owners.exported.lock() {
+                m.insert((slot(key), from), need);
+            }
             self.owners.give_slot(slot(key), self.me);
         } else {
             self.owners.give_key(key, self.me);
         }
+        self.owners.unexport(slot(key), self.me);
         tracing::debug!(key = %show, from = %link.label, need, left, "key handed over between source links");
         Ok(())
     }

@@ -78,12 +78,14 @@ impl Applier<'_> {
                 match t.owners().exported_after(t.me, k) {
                     // This link's master handed the slot over: ops past the handover are
                     // its clean-up of the slot (the importer's copy holds the data).
-                    Some(after) if cmd.end_offset > after => {
+                    Some(after) if cmd.end_offset > after && matches!(name, "DEL" | "UNLINK") => {
                         self.report.commands_skipped += 1;
                         return Ok(true);
                     }
                     // Its own history of the slot, before the handover.
-                    Some(_) => {}
+                    Some(after) if cmd.end_offset <= after => {}
+                    // Anything else on a slot that left: it came back (settled as usual).
+                    Some(_) => foreign = true,
                     None => foreign = true,
                 }
             }
