@@ -172,7 +172,14 @@ fn source_reshard_into_standalone_is_exact() {
         got
     };
     let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(&cli_reshard, false, &source, &target.url(), &data, &streaming);
+    reshard_during_sync(
+        &cli_reshard,
+        false,
+        &source,
+        &target.url(),
+        &data,
+        &streaming,
+    );
 }
 
 /// `redis-cli --cluster reshard` of 1,000 slots (`MIGRATE`).
@@ -197,7 +204,14 @@ fn source_atomic_slot_migration_into_standalone_is_exact() {
         got
     };
     let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(&atomic_reshard, true, &source, &target.url(), &data, &streaming);
+    reshard_during_sync(
+        &atomic_reshard,
+        true,
+        &source,
+        &target.url(),
+        &data,
+        &streaming,
+    );
 }
 
 /// 3-master Valkey 9.1 → 3-master Redis 7.0, slots moved by atomic slot migration.
@@ -210,7 +224,14 @@ fn source_atomic_slot_migration_into_cluster_is_exact() {
         let links = cluster_links(&target);
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
-    reshard_during_sync(&atomic_reshard, true, &source, &target.seeds_url(), &data, &streaming);
+    reshard_during_sync(
+        &atomic_reshard,
+        true,
+        &source,
+        &target.seeds_url(),
+        &data,
+        &streaming,
+    );
 }
 
 /// 3-master Redis 7.0 → 3-master Redis 7.0.
@@ -223,7 +244,14 @@ fn source_reshard_into_cluster_is_exact() {
         let links = cluster_links(&target);
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
-    reshard_during_sync(&cli_reshard, false, &source, &target.seeds_url(), &data, &streaming);
+    reshard_during_sync(
+        &cli_reshard,
+        false,
+        &source,
+        &target.seeds_url(),
+        &data,
+        &streaming,
+    );
 }
 
 /// A `FLUSHALL` sent to one source master (as `redis-cli --cluster call … FLUSHALL` does on

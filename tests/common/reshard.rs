@@ -190,7 +190,10 @@ pub fn check_ledgers(c: &Cluster, ledgers: &[Ledger]) {
             *incrs.entry(k.clone()).or_default() += n;
         }
         for (k, v) in &l.pushed {
-            pushed.entry(k.clone()).or_default().extend(v.iter().cloned());
+            pushed
+                .entry(k.clone())
+                .or_default()
+                .extend(v.iter().cloned());
         }
     }
     let mut r = Router::new(c);

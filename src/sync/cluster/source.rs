@@ -317,16 +317,20 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
     let owners = Arc::new(super::transit_run::Owners::new(
         planned
             .iter()
-            .map(|(_, label, progress, shard)| super::transit_run::LinkState {
-                url: topo.node_url(&shard.master),
-                label: label.clone(),
-                progress: Arc::clone(progress),
-            })
+            .map(
+                |(_, label, progress, shard)| super::transit_run::LinkState {
+                    url: topo.node_url(&shard.master),
+                    label: label.clone(),
+                    progress: Arc::clone(progress),
+                },
+            )
             .collect(),
         |slot| {
             planned
                 .iter()
-                .position(|(_, _, _, shard)| shard.ranges.iter().any(|(a, b)| *a <= slot && slot <= *b))
+                .position(|(_, _, _, shard)| {
+                    shard.ranges.iter().any(|(a, b)| *a <= slot && slot <= *b)
+                })
                 .unwrap_or(usize::MAX)
         },
     ));

@@ -301,7 +301,11 @@ impl Settler {
 
     /// Holds a stream command on importing slots until the handover; false past the bound.
     pub fn hold(&mut self, key: &[u8], cmd: &crate::sync::replica::StreamCommand) -> bool {
-        let Some(i) = self.imports.values_mut().find(|i| i.slots.contains_key(key)) else {
+        let Some(i) = self
+            .imports
+            .values_mut()
+            .find(|i| i.slots.contains_key(key))
+        else {
             return false;
         };
         i.bytes += cmd.wire.len();
@@ -354,7 +358,8 @@ impl Settler {
         };
         let asked = Instant::now();
         let after = loop {
-            let r = self.conns[from].with(&link.url, timeout, |c| c.query(&[b"INFO", b"replication"]));
+            let r =
+                self.conns[from].with(&link.url, timeout, |c| c.query(&[b"INFO", b"replication"]));
             let why = match r {
                 Ok(v) => match Info::from_value(&v).and_then(|i| i.master_repl_offset()) {
                     Some(o) => break o,
@@ -490,7 +495,7 @@ impl Settler {
         let mut moved_at = Instant::now();
         let mut pause = Duration::from_micros(200);
         let mut waited = false;
-        while !applied(&link.progress).is_some_and(|a| a >= need) {
+        while applied(&link.progress).is_none_or(|a| a < need) {
             waited = true;
             if stop.load(Ordering::Acquire) {
                 return Err(TransitError::Stopped {
@@ -531,7 +536,10 @@ mod tests {
         assert_eq!(owners.owner(b"{foo}x"), 1);
         owners.give_slot(slot(k), 0);
         assert_eq!(owners.owner(b"{foo}x"), 0);
-        assert_eq!(owners.slot_keys[slot(k) as usize].load(Ordering::Relaxed), 0);
+        assert_eq!(
+            owners.slot_keys[slot(k) as usize].load(Ordering::Relaxed),
+            0
+        );
         owners.give_slot(slot(k), 1);
         assert_eq!(owners.owner(k), 1);
         assert!(owners.slots_of(0).contains(0));
