@@ -35,6 +35,21 @@
 //! covers a snapshot: a key of B's RDB in A's slot (moved before B's RDB was made) is
 //! loaded once A has applied past its delete.
 //!
+//! **A slot that left a master for good** (A answered `-MOVED`): A's `DEL`/`UNLINK`s on it
+//! past O can only be its clean-up of the slot (below): recorded in [`Owners`], not applied;
+//! a slot coming back to A clears the record.
+//!
+//! **Valkey 9 atomic slot migration** (`CLUSTER MIGRATESLOTS`): the importer B's stream
+//! carries `CLUSTER SYNCSLOTS ESTABLISH … NAME <job> SLOTSRANGE a b`, then a copy of the
+//! slots (the exporter's data as `SET`/`RESTORE`… and the writes it forwarded, which A's own
+//! stream carries too), then `CLUSTER SYNCSLOTS … FINISH STATE SUCCESS NAME <job>` at the
+//! handover; A's stream carries, after the handover and without a marker, one `UNLINK` per
+//! key of the slots. B's link holds the copy ([`Settler::start_import`], [`Settler::hold`]);
+//! at `FINISH` ([`Settler::finish_import`]) it reads A's offset O (past the handover),
+//! records that A's later ops on the slots are clean-up, makes the slots its own, waits
+//! until A's link applied up to O, and the applier then replaces the slots' keys on the
+//! target by the copy. A's clean-up before O is undone by the copy; after O it is skipped.
+//!
 //! A standalone source has no [`Settler`]: its path is untouched.
 
 use std::collections::HashMap;
