@@ -94,6 +94,7 @@ fn wait_same(source: &Cluster, got: &dyn Fn() -> Data, log: &Path, limit: Durati
 /// The whole scenario; `streaming()` says every link streams (its position is stored).
 fn reshard_during_sync(
     mover: &dyn Fn(&Cluster, u16, u16),
+    delay: &str,
     resync_allowed: bool,
     source: &Cluster,
     target_url: &str,
@@ -112,9 +113,9 @@ fn reshard_during_sync(
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("sync.log");
-    // Link 0 (slots from 0: the first reshard's exporter) lags most, link 1 (the second's
-    // exporter) a little.
-    let mut sync = start(&source.seeds_url(), target_url, &log, "0:60,1:20");
+    // The exporters' links lag (`delay`): link 0 exports in the first reshard, link 1 in the
+    // second.
+    let mut sync = start(&source.seeds_url(), target_url, &log, delay);
     // Reshard 1, during the snapshot: 1,000 slots (0-999) from the first master (link 0) to
     // the second.
     let t0 = Instant::now();
@@ -174,6 +175,7 @@ fn source_reshard_into_standalone_is_exact() {
     let streaming = || link_positions(&target).len() == 3;
     reshard_during_sync(
         &cli_reshard,
+        "0:60,1:20",
         false,
         &source,
         &target.url(),
@@ -206,6 +208,7 @@ fn source_atomic_slot_migration_into_standalone_is_exact() {
     let streaming = || link_positions(&target).len() == 3;
     reshard_during_sync(
         &atomic_reshard,
+        "0:60,1:150",
         true,
         &source,
         &target.url(),
@@ -226,6 +229,7 @@ fn source_atomic_slot_migration_into_cluster_is_exact() {
     };
     reshard_during_sync(
         &atomic_reshard,
+        "0:60,1:150",
         true,
         &source,
         &target.seeds_url(),
@@ -246,6 +250,7 @@ fn source_reshard_into_cluster_is_exact() {
     };
     reshard_during_sync(
         &cli_reshard,
+        "0:60,1:20",
         false,
         &source,
         &target.seeds_url(),
