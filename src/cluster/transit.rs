@@ -1,6 +1,11 @@
 //! Keys moving between source shards during a sync: the pairing of the exporting link's
 //! `DEL` with the importing link's `RESTORE` (see ARCHITECTURE.md, *Clusters*).
 //!
+//! A pure model, property-tested. The engine does not use it: it applies a simpler rule
+//! that needs no held ops for `MIGRATE` (the importer waits until the exporter applied past
+//! its master's offset, the migration's `DEL` applied as any delete, before the `RESTORE`):
+//! [`crate::sync::cluster::transit_run`].
+//!
 //! `redis-cli --cluster reshard` moves a key with `MIGRATE` on the exporting master A: A sends
 //! `RESTORE k` to the importing master B, and once B said OK, A deletes `k`. A's replication
 //! stream carries `DEL k`, B's carries `RESTORE k …`; the two streams reach `cutover` through

@@ -217,6 +217,9 @@ impl Applier<'_> {
         // (The role's one load of this batch: the barrier's offset, if one is asked.)
         let role = self.progress.handoff.role();
         let limit = role.stop_at();
+        if let Some(d) = self.transit.as_ref().and_then(|t| t.test_delay) {
+            std::thread::sleep(d);
+        }
         let mut cmds = cmds.into_iter();
         while let Some(cmd) = cmds.next() {
             if let Some(limit) = limit
@@ -302,6 +305,15 @@ impl Applier<'_> {
                     {
                         // The stream's database (the source's number), stored with the position.
                         self.stream_db = db;
+                    }
+                    // A link of a cluster source: keys moving between the source's shards
+                    // (`engine::transit`).
+                    if self.transit.is_some() && self.transit_route(&cmd, &args, &name, w, stats)? {
+                        self.last_offset = cmd.end_offset;
+                        if !self.txn_open {
+                            w.mark_offset(cmd.end_offset);
+                        }
+                        continue;
                     }
                     if !self.txn_open {
                         w.begin_txn()?;

@@ -16,6 +16,7 @@ pub mod faketime;
 pub mod links;
 pub mod moves;
 pub mod paced;
+pub mod reshard;
 pub mod shards;
 pub mod sides;
 pub mod stall;

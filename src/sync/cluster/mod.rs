@@ -43,6 +43,7 @@ pub mod names;
 pub mod room;
 pub mod source;
 pub mod split;
+pub mod transit_run;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -24,9 +24,15 @@
 //! Status: one [`SyncProgress`] per link (its `shard` is the slots, [`shard_label`]: the
 //! `shard` label of its `cutover_sync_*` series with `cutover sync --metrics-listen`),
 //! printed as one line per shard by headless `cutover sync` every few seconds (phase, keys,
-//! offsets, lag). A link that fails for good stops the others (cleanly: their positions stay) and
-//! the sync ends with its error. Not built: slots moving on the source during the sync
-//! (`cluster::transit` holds the rule).
+//! offsets, lag). A link that fails for good stops the others (cleanly: their positions stay)
+//! and the sync ends with its error.
+//!
+//! **Slots moving on the source** during the sync (`redis-cli --cluster reshard`, Valkey 9
+//! atomic slot migration): the links share one table of key owners
+//! ([`super::transit_run::Owners`], `ShardScope::transit`); a link meeting a key another link
+//! owns waits until that link applied past its master's offset ([`super::transit_run`]).
+//! A `FLUSHALL`/`FLUSHDB` in one link's stream clears only the keys that link owns
+//! ([`clear_keys`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -59,19 +65,39 @@ pub struct ShardScope {
     /// Every node of the source cluster when the link started (and the address map): asked
     /// for the shard's master after the link could not reconnect (a failover).
     pub nodes: Option<crate::cluster::SideSpec>,
+    /// This link's number and the links' shared table of key owners: slots moving on the
+    /// source during the sync ([`super::transit_run`]). `None`: no other link to order with.
+    pub transit: Option<(usize, Arc<super::transit_run::Owners>)>,
 }
 
 impl ShardScope {
-    /// What the link thread asks after a failed reconnection: the master serving the shard's
-    /// first slot now.
+    /// What the link thread asks after a failed reconnection: the master of the shard that
+    /// holds the link's node now (its master, or the replica promoted in its place; slots may
+    /// have moved to other shards since), else the master serving a slot the link owns now.
     pub fn relocate(&self, timeout: Duration) -> Option<crate::sync::engine::Relocate> {
         let spec = self.nodes.clone()?;
-        let slot =
-            (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| self.slots.contains(*s))?;
+        let slot = match &self.transit {
+            Some((me, owners)) => {
+                let now = owners.slots_of(*me);
+                (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| now.contains(*s))
+            }
+            None => None,
+        }
+        .or_else(|| {
+            (0..crate::cluster::SLOTS as crate::cluster::Slot).find(|s| self.slots.contains(*s))
+        })?;
+        let id = self.link.clone();
         let timeout = timeout.min(Duration::from_secs(2));
         Some(Box::new(move || {
             let topo = Topology::discover(&spec.seeds, &spec.address_map, timeout).ok()?;
-            let node = topo.map().master_of(slot)?;
+            let by_id = topo.map().shards().iter().find(|sh| {
+                !sh.ranges.is_empty()
+                    && (sh.master.id == id || sh.replicas.iter().any(|r| r.id == id))
+            });
+            let node = match by_id {
+                Some(sh) => &sh.master,
+                None => topo.map().master_of(slot)?,
+            };
             Some(topo.node_url(node))
         }))
     }
@@ -179,12 +205,22 @@ impl Sink for LinkSink {
 /// full resync of one link of a cluster source. `SCAN` + `UNLINK` on the target (each master
 /// of a cluster target), in the database the source's database 0 maps to.
 pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
+    clear_keys(opts, &|k| slots.contains_key(k)).map(|_| ())
+}
+
+/// Removes from the target every key `mine` says is the shard's (cutover's own keys stay):
+/// [`clear_slots`], or the keys a link owns now while slots move ([`super::transit_run`]).
+pub fn clear_keys(opts: &SyncOptions, mine: &dyn Fn(&[u8]) -> bool) -> anyhow::Result<u64> {
+    let mut cluster = false;
     let nodes: Vec<RedisUrl> = match crate::sync::engine::target_cluster(
         opts.target_side.as_ref(),
         &opts.target,
         opts.timeout,
     )? {
-        Some(topo) => topo.master_urls(),
+        Some(topo) => {
+            cluster = true;
+            topo.master_urls()
+        }
         None => {
             let mut url = opts.target.clone();
             if let Some(db) = opts.tuning.filter.map_db(0) {
@@ -206,17 +242,23 @@ pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
             let Some([next, Value::Array(keys)]) = v.as_array() else {
                 bail!("unexpected SCAN reply from {}: {v:?}", url.addr());
             };
-            let mut args: Vec<&[u8]> = vec![b"UNLINK"];
+            // One `UNLINK` per slot: a cluster node refuses keys of two slots (CROSSSLOT).
+            let mut per_slot: std::collections::BTreeMap<crate::cluster::Slot, Vec<&[u8]>> =
+                std::collections::BTreeMap::new();
             for k in keys {
                 if let Some(k) = k.as_bytes()
-                    && slots.contains_key(k)
+                    && mine(k)
                     && !batch::is_own_key(0, k)
                 {
-                    args.push(k);
+                    let s = if cluster { crate::cluster::slot(k) } else { 0 };
+                    per_slot.entry(s).or_default().push(k);
                 }
             }
-            if args.len() > 1 {
-                removed += (args.len() - 1) as u64;
+            for ks in per_slot.values() {
+                let mut args: Vec<&[u8]> = Vec::with_capacity(ks.len() + 1);
+                args.push(b"UNLINK");
+                args.extend(ks.iter().copied());
+                removed += ks.len() as u64;
                 c.call(&args).map_err(TargetError::from)?;
             }
             cursor = next.as_bytes().unwrap_or(b"0").to_vec();
@@ -229,7 +271,7 @@ pub fn clear_slots(opts: &SyncOptions, slots: &SlotSet) -> anyhow::Result<()> {
         removed,
         "the keys of a shard's slots were removed from the target"
     );
-    Ok(())
+    Ok(removed)
 }
 
 /// `cutover sync` from a cluster: a link per source master, in parallel (see the module doc).
@@ -275,7 +317,9 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
         .collect();
     let (names, earlier) = super::names::name_links(opts, topo, &own)?;
     let mut names = names.into_iter();
-    for (i, shard) in topo.map().shards().iter().enumerate() {
+    // The links first (their table of key owners is shared), then their threads.
+    let mut planned = Vec::new();
+    for shard in topo.map().shards().iter() {
         if shard.ranges.is_empty() {
             continue;
         }
@@ -297,6 +341,29 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
         let progress = Arc::new(SyncProgress::for_shard(Box::leak(
             shard_label(&ranges).into_boxed_str(),
         )));
+        planned.push((link, how, label, progress, shard));
+    }
+    let owners = Arc::new(super::transit_run::Owners::new(
+        planned
+            .iter()
+            .map(
+                |(_, _, label, progress, shard)| super::transit_run::LinkState {
+                    url: topo.node_url(&shard.master),
+                    label: label.clone(),
+                    progress: Arc::clone(progress),
+                },
+            )
+            .collect(),
+        |slot| {
+            planned
+                .iter()
+                .position(|(_, _, _, _, shard)| {
+                    shard.ranges.iter().any(|(a, b)| *a <= slot && slot <= *b)
+                })
+                .unwrap_or(usize::MAX)
+        },
+    ));
+    for (i, (link, how, label, progress, shard)) in planned.into_iter().enumerate() {
         let link_opts = SyncOptions {
             source: topo.node_url(&shard.master),
             progress: false,
@@ -306,6 +373,7 @@ pub fn run(opts: &SyncOptions, topo: &Topology, policy: RetryPolicy) -> anyhow::
                 label: label.clone(),
                 clear_first: earlier && how == super::names::How::Own,
                 nodes: Some(nodes.clone()),
+                transit: Some((i, Arc::clone(&owners))),
             }),
             ..opts.clone()
         };

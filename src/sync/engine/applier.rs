@@ -105,6 +105,9 @@ pub(in crate::sync) struct Applier<'a> {
     /// When the writer's connection was last checked for a close by the server (idle
     /// moments only: [`Applier::check_writer`]).
     pub(in crate::sync) writer_checked: Instant,
+    /// A link of a cluster source: the links' table of key owners, for slots moving on the
+    /// source ([`crate::sync::cluster::transit_run`]). `None` for a standalone source.
+    pub(in crate::sync) transit: Option<crate::sync::cluster::transit_run::Settler>,
 }
 
 impl Applier<'_> {
@@ -241,7 +244,18 @@ impl Applier<'_> {
                         ));
                         batch::queue_set(w, batch::LOADING)?;
                         w.drain()?;
-                        crate::sync::cluster::source::clear_slots(self.opts, &scope.slots)?;
+                        match &self.transit {
+                            // The keys this link owns now (slots may have moved since start).
+                            Some(t) => {
+                                let (owners, me) = (t.owners(), t.me);
+                                crate::sync::cluster::source::clear_keys(self.opts, &|k| {
+                                    owners.owner(k) == me
+                                })?;
+                            }
+                            None => {
+                                crate::sync::cluster::source::clear_slots(self.opts, &scope.slots)?
+                            }
+                        }
                     } else if self.flush_on_full {
                         self.bar.say(&format!(
                             "cutover sync: WARNING: full resync: FLUSHALL on the target {} (it holds the data of an earlier sync, which is replaced entirely)",
@@ -312,6 +326,13 @@ impl Applier<'_> {
                         .next_event()
                         .context("the source's snapshot cannot be read; the target holds a partial copy (cutover:position = snapshot-loading): the next run flushes it and copies again")?
                     {
+                        if let (Some(t), crate::rdb::Event::KeyStart(k)) = (&mut self.transit, &ev)
+                            && !t.is_mine(&k.key)
+                        {
+                            // A key of another link's slot (moved before this RDB was made):
+                            // loaded once that link applied its delete.
+                            t.settle(&k.key, &self.stop, self.opts.timeout)?;
+                        }
                         conv.apply(ev, w)?;
                     }
                 }

@@ -59,6 +59,7 @@ mod progress;
 mod repair;
 mod rewrite;
 mod role;
+mod transit;
 
 pub use bar::say;
 pub use from_rdb::load_rdb;
@@ -533,6 +534,13 @@ fn run_into<W: Sink>(
         foreign_list_due: false,
         repairs: Default::default(),
         writer_checked: Instant::now(),
+        transit: opts
+            .shard
+            .as_ref()
+            .and_then(|s| s.transit.as_ref())
+            .map(|(me, owners)| {
+                crate::sync::cluster::transit_run::Settler::new(*me, Arc::clone(owners))
+            }),
     }
     .run(&mut writer)
 }
