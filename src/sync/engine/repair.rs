@@ -244,8 +244,21 @@ impl Applier<'_> {
         if wanted.is_empty() {
             return;
         }
-        wanted.sort();
-        for group in wanted.chunk_by(|a, b| a.0 == b.0) {
+        // One transaction reads keys of one database; from a cluster source master, of one
+        // slot too (a transaction across slots is refused there with `CROSSSLOT`).
+        let cluster_source = self.opts.shard.is_some();
+        let group_of = |(db, key): &(u64, Vec<u8>)| {
+            (
+                *db,
+                if cluster_source {
+                    crate::cluster::slot(key)
+                } else {
+                    0
+                },
+            )
+        };
+        wanted.sort_by_cached_key(|k| (group_of(k), k.1.clone()));
+        for group in wanted.chunk_by(|a, b| group_of(a) == group_of(b)) {
             for part in group.chunks(READ_AT_ONCE) {
                 let db = part[0].0;
                 let keys: Vec<&[u8]> = part.iter().map(|(_, k)| k.as_slice()).collect();
