@@ -16,8 +16,6 @@
 //!   Pure.
 //! * `topology.rs`: detection (`INFO cluster`), reading and refreshing the map over `client::`.
 //! * `side.rs`: what a side is (one server or a cluster), built from its URL(s).
-//! * `transit.rs`: keys moving between source shards (the exporting link's `DEL` paired with
-//!   the importing link's `RESTORE`). Pure, proved on random histories.
 //! * `writer.rs`: single-slot transactions into a cluster, following `MOVED`/`ASK`/`TRYAGAIN`
 //!   (the target writer's primitive for a cluster target).
 //!
@@ -28,7 +26,6 @@ pub mod redirect;
 pub mod side;
 pub mod slot;
 pub mod topology;
-pub mod transit;
 pub mod value;
 pub mod writer;
 
