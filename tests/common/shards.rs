@@ -1,10 +1,169 @@
-//! Helpers of the per-shard tests (`tests/sync_cluster_shards.rs`): a cluster configured for
-//! partial resyncs, a manual failover of one master's replica, and a wait on a log.
+//! Helpers of the cluster-source tests (`tests/sync_cluster_shards.rs`,
+//! `tests/sync_cluster_source.rs`): a cluster configured for partial resyncs and filled with
+//! numbered keys, a manual failover of one master's replica, waits on a running `cutover
+//! sync` (a log line, a condition, a target equal to its source key by key).
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
-use super::sync_cluster::read_log;
+use super::sync_cluster::{following_load, link_positions, position_entries, read_log, start_sync};
+use super::{Server, differences, snapshot};
+
+/// A keyspace as [`super::snapshot`] reads it.
+pub type Data = BTreeMap<String, (String, String, bool)>;
+
+/// `k:<i>` = `v<i>` for `i` in `0..n`, set through the cluster.
+pub fn set_numbered(c: &Cluster, n: usize) {
+    let pairs: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("k:{i}"), format!("v{i}")))
+        .collect();
+    c.set_many(&pairs);
+}
+
+/// A standalone server's keys without cutover's own (`cutover:position:…`).
+pub fn server_data(s: &Server) -> Data {
+    let mut got = snapshot(&mut s.conn());
+    got.retain(|k, _| !k.starts_with("cutover:"));
+    got
+}
+
+/// Waits until `done()` holds while `child` runs; fails past `limit` (or when the child
+/// exits) saying `what`, with the tail of `log`.
+pub fn wait_running(
+    child: &mut Child,
+    log: &Path,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{what}; log:\n{}",
+            super::tail(&read_log(log), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A 3-master Redis 7.0 cluster with a replica each (configured for partial resyncs, 3,000
+/// numbered keys) under a [`following_load`] (INCRs on `f:*` that follow failovers), and a
+/// `cutover sync` from it into a standalone Redis 7.0 (log `<dir>/<log name>`) that has a
+/// position for each of the 3 links.
+pub struct FollowedSync {
+    pub cluster: Cluster,
+    pub target: Server,
+    pub stop: Arc<AtomicBool>,
+    pub load: JoinHandle<u64>,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    pub sync: Child,
+}
+
+impl FollowedSync {
+    pub fn start(log_name: &str) -> FollowedSync {
+        let cluster = Cluster::start(super::Version::Redis70, 3, 1);
+        configure_for_psync(&cluster);
+        set_numbered(&cluster, 3000);
+        let target = Server::start(super::Version::Redis70);
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = following_load(&cluster, Arc::clone(&stop));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(log_name);
+        let mut sync = start_sync(&cluster.seeds_url(), &target.url(), &log, &[]);
+        wait_running(
+            &mut sync,
+            &log,
+            Duration::from_secs(60),
+            "not every link has a position",
+            || link_positions(&target).len() >= 3,
+        );
+        FollowedSync {
+            cluster,
+            target,
+            stop,
+            load,
+            dir,
+            log,
+            sync,
+        }
+    }
+}
+
+/// Waits until every one of `links` links of a cluster source has a position on the
+/// standalone `target` and has applied stream batches since (each offset moved on).
+pub fn wait_stream_progress(
+    target: &Server,
+    links: usize,
+    child: &mut Child,
+    log: &Path,
+    limit: Duration,
+) {
+    let mut seen: Option<BTreeMap<String, u64>> = None;
+    wait_running(
+        child,
+        log,
+        limit,
+        "no stream progress on every link",
+        || {
+            let pos = link_positions(target);
+            if pos.len() != links {
+                return false;
+            }
+            match &seen {
+                Some(before) => pos
+                    .iter()
+                    .all(|(k, o)| before.get(k).is_some_and(|b| o > b)),
+                None => {
+                    seen = Some(pos);
+                    false
+                }
+            }
+        },
+    );
+}
+
+/// Waits until `got()` equals `want()` key by key; fails past `limit` (or when `child`, if
+/// given, exits) with the differences and the tail of `log`.
+pub fn wait_same(
+    want: impl Fn() -> Data,
+    got: impl Fn() -> Data,
+    mut child: Option<&mut Child>,
+    log: &Path,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (want, got) = (want(), got());
+        let diff = differences(&want, &got, 10);
+        if diff.is_empty() {
+            return;
+        }
+        let running = child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_none());
+        assert!(
+            Instant::now() < deadline && running,
+            "the target differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
+            want.len(),
+            got.len(),
+            diff.iter()
+                .map(|d| super::tail(d, 300))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            super::tail(&read_log(log), 4000)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// Every node: no diskless delay, a backlog of 64 MB (a restart of cutover continues).
 pub fn configure_for_psync(c: &Cluster) {
@@ -123,18 +282,10 @@ pub fn link_replids(
 ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
     let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
         Default::default();
-    for port in c.master_ports() {
-        let mut conn = c.node(port).conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("cutover:position:*")
-            .query(&mut conn)
-            .unwrap();
-        for k in keys {
-            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
-            let link = k.rsplit(':').next().unwrap().to_string();
-            if let Some(id) = v.split(' ').next() {
-                out.entry(link).or_default().insert(id.to_string());
-            }
+    for (k, v) in position_entries(c, "cutover:position:*") {
+        let link = k.rsplit(':').next().unwrap().to_string();
+        if let Some(id) = v.split(' ').next() {
+            out.entry(link).or_default().insert(id.to_string());
         }
     }
     out

@@ -37,25 +37,28 @@ pub fn data_of(c: &Cluster) -> BTreeMap<String, (String, String, bool)> {
     all
 }
 
-/// The cluster's per-slot positions of link `link`: how many, and the smallest offset.
-pub fn positions(c: &Cluster, link: &str) -> (usize, Option<u64>) {
-    let mut n = 0;
-    let mut min: Option<u64> = None;
+/// The keys matching `pattern` on every master of a cluster, with their string values.
+pub fn position_entries(c: &Cluster, pattern: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     for port in c.master_ports() {
         let mut conn = c.node(port).conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("cutover:position:*:{link}"))
-            .query(&mut conn)
-            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
         for k in keys {
             let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
-            n += 1;
-            if let Some(off) = v.split(' ').nth(1).and_then(|o| o.parse::<u64>().ok()) {
-                min = Some(min.map_or(off, |m| m.min(off)));
-            }
+            out.push((k, v));
         }
     }
-    (n, min)
+    out
+}
+
+/// The cluster's per-slot positions of link `link`: how many, and the smallest offset.
+pub fn positions(c: &Cluster, link: &str) -> (usize, Option<u64>) {
+    let entries = position_entries(c, &format!("cutover:position:*:{link}"));
+    let min = entries
+        .iter()
+        .filter_map(|(_, v)| v.split(' ').nth(1).and_then(|o| o.parse::<u64>().ok()))
+        .min();
+    (entries.len(), min)
 }
 
 /// Writes of an application on the source until `stop`: counters and lists in several
@@ -259,24 +262,16 @@ pub fn link_positions(target: &Server) -> BTreeMap<String, u64> {
 /// has a position for and the smallest offset.
 pub fn cluster_links(c: &Cluster) -> BTreeMap<String, (usize, u64)> {
     let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for port in c.master_ports() {
-        let mut conn = c.node(port).conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("cutover:position:*")
-            .query(&mut conn)
-            .unwrap();
-        for k in keys {
-            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
-            let link = k.rsplit(':').next().unwrap().to_string();
-            let off: u64 = v
-                .split(' ')
-                .nth(1)
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(0);
-            let e = out.entry(link).or_insert((0, u64::MAX));
-            e.0 += 1;
-            e.1 = e.1.min(off);
-        }
+    for (k, v) in position_entries(c, "cutover:position:*") {
+        let link = k.rsplit(':').next().unwrap().to_string();
+        let off: u64 = v
+            .split(' ')
+            .nth(1)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let e = out.entry(link).or_insert((0, u64::MAX));
+        e.0 += 1;
+        e.1 = e.1.min(off);
     }
     out
 }
