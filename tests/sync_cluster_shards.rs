@@ -24,39 +24,21 @@ use common::{Server, Version, differences, snapshot};
 fn failover_while_stopped_continues_by_replid2() {
     let mut f = FollowedSync::start("first.log");
     wait_stream_progress(&f.target, 3, &mut f.sync, &f.log, Duration::from_secs(60));
-    f.sync.kill().unwrap(); // SIGKILL
-    f.sync.wait().unwrap();
+    f.kill();
     let killed_at = link_positions(&f.target);
 
     let master = port_of(&f.cluster, "f:0");
     let promoted = fail_over(&f.cluster, master);
     std::thread::sleep(Duration::from_millis(500)); // writes on the new master
 
-    let log2 = f.dir.path().join("second.log");
-    let mut second = start_sync(&f.cluster.seeds_url(), &f.target.url(), &log2, &[]);
-    wait_log(
-        &mut second,
-        &log2,
-        "continued (+CONTINUE)",
-        3,
-        Duration::from_secs(30),
-    );
-    let log = read_log(&log2);
+    f.log = f.dir.path().join("second.log");
+    let seeds = f.cluster.seeds_url();
+    f.sync = start_continued(&seeds, &f.target.url(), &f.log, 3, Duration::from_secs(30));
+    let log = read_log(&f.log);
     assert!(log.contains("through its master_replid2"), "{log}");
     std::thread::sleep(Duration::from_millis(500));
-    f.stop.store(true, Ordering::Relaxed);
-    let rounds = f.load.join().unwrap();
-    wait_same(
-        || f.cluster.snapshot(),
-        || server_data(&f.target),
-        Some(&mut second),
-        &log2,
-        Duration::from_secs(60),
-    );
+    let (rounds, log) = f.finish(Duration::from_secs(60));
     let end_at = link_positions(&f.target);
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
     eprintln!("{rounds} INCRs; promoted {promoted}; {killed_at:?} -> {end_at:?}\n{log}");
     assert!(!log.contains("full resync"), "{log}");
     assert!(!log.contains("matches no source master"), "{log}");
@@ -485,11 +467,10 @@ fn positions_under_two_ids_of_one_history_continue() {
     let mixed = link_replids(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
-    wait_log(
-        &mut second,
+    let mut second = start_continued(
+        &source.seeds_url(),
+        &target.seeds_url(),
         &log2,
-        "continued (+CONTINUE)",
         3,
         Duration::from_secs(30),
     );

@@ -40,14 +40,7 @@ fn cluster_into_standalone_killed_and_resumed_is_exact() {
     let killed_at = link_positions(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&seeds, &target.url(), &log2, &[]);
-    wait_log(
-        &mut second,
-        &log2,
-        "continued (+CONTINUE)",
-        3,
-        Duration::from_secs(30),
-    );
+    let mut second = start_continued(&seeds, &target.url(), &log2, 3, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
@@ -122,11 +115,10 @@ fn cluster_into_cluster(from: (Version, usize), to: (Version, usize)) {
     let killed_at = cluster_links(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
-    wait_log(
-        &mut second,
+    let mut second = start_continued(
+        &source.seeds_url(),
+        &target.seeds_url(),
         &log2,
-        "continued (+CONTINUE)",
         links,
         Duration::from_secs(60),
     );
@@ -161,18 +153,7 @@ fn cluster_source_failover_mid_stream_is_exact() {
     let master = port_of(&f.cluster, "f:0");
     fail_over(&f.cluster, master);
     std::thread::sleep(Duration::from_millis(1500));
-    f.stop.store(true, Ordering::Relaxed);
-    let rounds = f.load.join().unwrap();
-    wait_same(
-        || f.cluster.snapshot(),
-        || server_data(&f.target),
-        Some(&mut f.sync),
-        &f.log,
-        Duration::from_secs(60),
-    );
-    f.sync.kill().unwrap();
-    f.sync.wait().unwrap();
-    let log = read_log(&f.log);
+    let (rounds, log) = f.finish(Duration::from_secs(60));
     eprintln!("{rounds} INCRs\n{}", common::tail(&log, 3000));
     assert!(!log.contains("full resync"), "{log}");
     // The demoted master dropped the link and served it again (as a replica of the new master).
@@ -211,18 +192,7 @@ fn cluster_source_master_killed_mid_stream_is_followed() {
         (ports.len() == 3 && !ports.contains(&victim)).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1500));
-    f.stop.store(true, Ordering::Relaxed);
-    let rounds = f.load.join().unwrap();
-    wait_same(
-        || f.cluster.snapshot(),
-        || server_data(&f.target),
-        Some(&mut f.sync),
-        &f.log,
-        Duration::from_secs(90),
-    );
-    f.sync.kill().unwrap();
-    f.sync.wait().unwrap();
-    let log = read_log(&f.log);
+    let (rounds, log) = f.finish(Duration::from_secs(90));
     eprintln!("{rounds} INCRs\n{}", common::tail(&log, 4000));
     assert!(
         log.contains("the shard's master changed; the link follows it"),

@@ -62,7 +62,8 @@ pub struct FollowedSync {
     pub cluster: Cluster,
     pub target: Server,
     pub stop: Arc<AtomicBool>,
-    pub load: JoinHandle<u64>,
+    /// `None` once [`FollowedSync::finish`] stopped it.
+    pub load: Option<JoinHandle<u64>>,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
     pub sync: Child,
@@ -90,12 +91,48 @@ impl FollowedSync {
             cluster,
             target,
             stop,
-            load,
+            load: Some(load),
             dir,
             log,
             sync,
         }
     }
+
+    /// SIGKILLs the running `cutover sync`.
+    pub fn kill(&mut self) {
+        self.sync.kill().unwrap();
+        self.sync.wait().unwrap();
+    }
+
+    /// Stops the load, waits (up to `limit`, the sync running) until the target equals the
+    /// cluster key by key, and stops the sync; returns the INCRs made and the sync's log.
+    pub fn finish(&mut self, limit: Duration) -> (u64, String) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = self.load.take().map_or(0, |l| l.join().unwrap());
+        wait_same(
+            || self.cluster.snapshot(),
+            || server_data(&self.target),
+            Some(&mut self.sync),
+            &self.log,
+            limit,
+        );
+        self.kill();
+        (rounds, read_log(&self.log))
+    }
+}
+
+/// Starts `cutover sync` from `source` into `target` again (log `log`) and waits until its
+/// `links` links continued with `PSYNC` (`+CONTINUE`).
+pub fn start_continued(
+    source: &str,
+    target: &str,
+    log: &Path,
+    links: usize,
+    limit: Duration,
+) -> Child {
+    let mut child = start_sync(source, target, log, &[]);
+    wait_log(&mut child, log, "continued (+CONTINUE)", links, limit);
+    child
 }
 
 /// Waits until every one of `links` links of a cluster source has a position on the

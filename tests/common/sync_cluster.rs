@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
-use super::{Server, differences, snapshot};
+use super::{Server, snapshot};
 
 pub fn cutover() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -137,27 +137,13 @@ pub fn app_load(
 
 /// Waits until the cluster holds exactly the source's data.
 pub fn wait_equal(source: &Server, target: &Cluster, limit: Duration, log: &std::path::Path) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let want = snapshot(&mut source.conn());
-        let got = data_of(target);
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| super::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            super::tail(&read_log(log), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    super::shards::wait_same(
+        || snapshot(&mut source.conn()),
+        || data_of(target),
+        None,
+        log,
+        limit,
+    );
 }
 
 pub fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
