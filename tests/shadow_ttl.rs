@@ -13,9 +13,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::faketime::SkewedServer;
+use common::sliding::sliding_workload;
 use common::{Proxy, Server, Version};
 
 fn cutover(proxy: &Proxy) -> serde_json::Value {
@@ -218,70 +219,6 @@ fn a_key_that_cannot_be_copied_back_makes_the_rollback_unsafe_and_is_named() {
     assert_ne!(code, 0, "rollback went through: {err}");
 }
 
-/// One client of the sliding-TTL workload: sessions refreshed with `PEXPIRE`, `GETEX … PX`
-/// and `SET … KEEPTTL` (set again with `PX` once gone), counters with `INCR` + `PEXPIRE …
-/// NX` (rate-limit windows); `seed` picks the keys, every client on the same ones.
-fn sliding_client(url: String, seed: u64, keys: u64, counters: u64, run: Duration) -> u64 {
-    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let started = Instant::now();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    let mut n = 0u64;
-    while started.elapsed() < run && n < 1_000_000 {
-        n += 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if n % 4 == 3 {
-            let k = format!("ctr:{}", x % counters);
-            let _: i64 = redis::cmd("INCR").arg(&k).query(&mut c).unwrap();
-            let _: i64 = redis::cmd("PEXPIRE")
-                .arg(&k)
-                .arg(150)
-                .arg("NX")
-                .query(&mut c)
-                .unwrap();
-            continue;
-        }
-        let k = format!("sess:{}", x % keys);
-        let alive = match n % 4 {
-            0 => {
-                redis::cmd("PEXPIRE")
-                    .arg(&k)
-                    .arg(100)
-                    .query::<i64>(&mut c)
-                    .unwrap()
-                    == 1
-            }
-            1 => redis::cmd("GETEX")
-                .arg(&k)
-                .arg("PX")
-                .arg(100)
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-            // A new value, the TTL kept (`XX`: only a session still alive).
-            _ => redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("XX")
-                .arg("KEEPTTL")
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-        };
-        if !alive {
-            let _: () = redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("PX")
-                .arg(100)
-                .query(&mut c)
-                .unwrap();
-        }
-    }
-    n
-}
-
 /// The sliding-TTL workload of issue 20 after a switch, the old side (Redis 6.2) 50 ms
 /// ahead, four clients on the same keys: the keys the old side expires first are copied
 /// back, so after the workload (every live key then given a long TTL through the proxy) both
@@ -311,25 +248,8 @@ fn sliding_ttls_after_a_switch(offset: &str) {
     common::step(&proxy, "switch");
     const KEYS: u64 = 200;
     const COUNTERS: u64 = 20;
+    let ops = sliding_workload(&proxy, KEYS, COUNTERS, Duration::from_secs(3));
     let mut c = proxy.conn();
-    for i in 0..KEYS {
-        let _: () = redis::cmd("SET")
-            .arg(format!("sess:{i}"))
-            .arg("v0")
-            .arg("PX")
-            .arg(100)
-            .query(&mut c)
-            .unwrap();
-    }
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let url = proxy.url();
-            std::thread::spawn(move || {
-                sliding_client(url, t, KEYS, COUNTERS, Duration::from_secs(3))
-            })
-        })
-        .collect();
-    let ops: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     // Every live key frozen with a long TTL (one pipeline), then compared.
     let mut pipe = redis::pipe();
     for i in 0..KEYS {

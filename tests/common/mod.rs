@@ -18,6 +18,7 @@ pub mod moves;
 pub mod paced;
 pub mod shards;
 pub mod sides;
+pub mod sliding;
 pub mod stall;
 pub mod sync_cluster;
 
