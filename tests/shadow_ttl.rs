@@ -23,6 +23,30 @@ fn cutover(proxy: &Proxy) -> serde_json::Value {
     proxy.status_json()["cutover"].clone()
 }
 
+/// `cutover run` from `source` to `target` with `--overlap shadow`, streaming, then switched.
+fn switched(source: &str, target: &str) -> Proxy {
+    let proxy = Proxy::start(source, &["--target", target, "--overlap", "shadow"]);
+    common::wait_streaming(&proxy);
+    common::step(&proxy, "switch");
+    proxy
+}
+
+/// `PEXPIRE key ms` on `c`: 1 when the key was there.
+fn pexpire(c: &mut redis::Connection, key: &str, ms: i64) -> i64 {
+    redis::cmd("PEXPIRE").arg(key).arg(ms).query(c).unwrap()
+}
+
+/// `SET key value PX ms` on `c`.
+fn set_px(c: &mut redis::Connection, key: &str, value: &str, ms: i64) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ms)
+        .query(c)
+        .unwrap();
+}
+
 /// Waits (bounded) until the shadow queue is empty; returns the status' `cutover` part.
 fn drained(proxy: &Proxy) -> serde_json::Value {
     common::wait_for("the shadow queue drained", Duration::from_secs(30), || {
@@ -38,22 +62,11 @@ fn drained(proxy: &Proxy) -> serde_json::Value {
 fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
     let source = Server::start(Version::Redis62);
     let target = Server::start(Version::Valkey91);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     let mut c = proxy.conn();
     let mut old = source.conn();
     for k in ["sess", "sess2", "sess3"] {
-        let _: () = redis::cmd("SET")
-            .arg(k)
-            .arg("v")
-            .arg("PX")
-            .arg(600_000)
-            .query(&mut c)
-            .unwrap();
+        set_px(&mut c, k, "v", 600_000);
     }
     let n: i64 = redis::cmd("INCRBY")
         .arg("ctr")
@@ -70,24 +83,16 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
         .arg("3")
         .query(&mut c)
         .unwrap();
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg("hs")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let _: i64 = pexpire(&mut c, "hs", 600_000);
     let c0 = drained(&proxy);
     assert_eq!(c0["shadow_keys_lost"], 0, "{c0}");
     assert_eq!(proxy.status_json()["rollback_safe"], true);
     // The old side expires them on its own (as with its clock ahead).
     for k in ["sess", "sess2", "sess3", "ctr", "hs"] {
-        let _: i64 = redis::cmd("PEXPIRE").arg(k).arg(1).query(&mut old).unwrap();
+        let _: i64 = pexpire(&mut old, k, 1);
     }
     std::thread::sleep(Duration::from_millis(20));
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "sess", 600_000);
     assert_eq!(refreshed, 1);
     let got: Option<String> = redis::cmd("GETEX")
         .arg("sess2")
@@ -113,11 +118,7 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
         .arg("+")
         .query(&mut c)
         .unwrap();
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("hs")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "hs", 600_000);
     assert_eq!(refreshed, 1);
     let _: i64 = redis::cmd("HINCRBY")
         .arg("hs")
@@ -171,33 +172,14 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
 fn a_key_that_cannot_be_copied_back_makes_the_rollback_unsafe_and_is_named() {
     let source = Server::start(Version::Redis62);
     let target = Server::start_with(Version::Valkey91, &["--rename-command", "DUMP", ""]);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     let mut c = proxy.conn();
     let mut old = source.conn();
-    let _: () = redis::cmd("SET")
-        .arg("sess")
-        .arg("v")
-        .arg("PX")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    set_px(&mut c, "sess", "v", 600_000);
     drained(&proxy);
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(1)
-        .query(&mut old)
-        .unwrap();
+    let _: i64 = pexpire(&mut old, "sess", 1);
     std::thread::sleep(Duration::from_millis(20));
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "sess", 600_000);
     assert_eq!(refreshed, 1);
     let c1 = drained(&proxy);
     let s = proxy.status_json();
@@ -240,12 +222,7 @@ fn sliding_ttls_on_an_old_side_50_ms_behind_are_repaired() {
 fn sliding_ttls_after_a_switch(offset: &str) {
     let source = SkewedServer::start("redis-6.2-server", offset, &[]);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     const KEYS: u64 = 200;
     const COUNTERS: u64 = 20;
     let ops = sliding_workload(&proxy, KEYS, COUNTERS, Duration::from_secs(3));

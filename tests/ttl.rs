@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faketime::SkewedServer;
-use common::sliding::sliding_workload;
+use common::sliding::{sliding_workload, touch_session};
 use common::{Proxy, Server, Version, cli};
 
 fn clock(proxy: &Proxy) -> serde_json::Value {
@@ -478,41 +478,7 @@ fn sliding_mix(
                     match n % 5 {
                         0..=2 => {
                             let k = format!("sess:{}", x % SESSIONS);
-                            let v = format!("v{t}-{n}");
-                            let alive = match n % 3 {
-                                0 => {
-                                    redis::cmd("PEXPIRE")
-                                        .arg(&k)
-                                        .arg(100)
-                                        .query::<i64>(&mut c)
-                                        .unwrap()
-                                        == 1
-                                }
-                                1 => redis::cmd("GETEX")
-                                    .arg(&k)
-                                    .arg("PX")
-                                    .arg(100)
-                                    .query::<Option<String>>(&mut c)
-                                    .unwrap()
-                                    .is_some(),
-                                _ => redis::cmd("SET")
-                                    .arg(&k)
-                                    .arg(&v)
-                                    .arg("KEEPTTL")
-                                    .arg("XX")
-                                    .query::<Option<String>>(&mut c)
-                                    .unwrap()
-                                    .is_some(),
-                            };
-                            if !alive {
-                                let _: () = redis::cmd("SET")
-                                    .arg(&k)
-                                    .arg(&v)
-                                    .arg("PX")
-                                    .arg(100)
-                                    .query(&mut c)
-                                    .unwrap();
-                            }
+                            touch_session(&mut c, &k, &format!("v{t}-{n}"), n % 3);
                         }
                         3 => {
                             let _: i64 = redis::cmd("EVAL")

@@ -34,43 +34,49 @@ pub fn sliding_client(url: String, seed: u64, keys: u64, counters: u64, run: Dur
             continue;
         }
         let k = format!("sess:{}", x % keys);
-        let alive = match n % cycle {
-            0 => {
-                redis::cmd("PEXPIRE")
-                    .arg(&k)
-                    .arg(100)
-                    .query::<i64>(&mut c)
-                    .unwrap()
-                    == 1
-            }
-            1 => redis::cmd("GETEX")
-                .arg(&k)
-                .arg("PX")
-                .arg(100)
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-            // A new value, the TTL kept (`XX`: only a session still alive).
-            _ => redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("XX")
-                .arg("KEEPTTL")
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-        };
-        if !alive {
-            let _: () = redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("PX")
-                .arg(100)
-                .query(&mut c)
-                .unwrap();
-        }
+        touch_session(&mut c, &k, &format!("v{seed}-{n}"), n % cycle);
     }
     n
+}
+
+/// One session step on `k`: refreshed by `op % 3` (`PEXPIRE k 100`, `GETEX k PX 100`, `SET k
+/// v XX KEEPTTL`), and set again with `PX 100` when it had expired.
+pub fn touch_session(c: &mut redis::Connection, k: &str, v: &str, op: u64) {
+    let alive = match op % 3 {
+        0 => {
+            redis::cmd("PEXPIRE")
+                .arg(k)
+                .arg(100)
+                .query::<i64>(c)
+                .unwrap()
+                == 1
+        }
+        1 => redis::cmd("GETEX")
+            .arg(k)
+            .arg("PX")
+            .arg(100)
+            .query::<Option<String>>(c)
+            .unwrap()
+            .is_some(),
+        // A new value, the TTL kept (`XX`: only a session still alive).
+        _ => redis::cmd("SET")
+            .arg(k)
+            .arg(v)
+            .arg("XX")
+            .arg("KEEPTTL")
+            .query::<Option<String>>(c)
+            .unwrap()
+            .is_some(),
+    };
+    if !alive {
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg(v)
+            .arg("PX")
+            .arg(100)
+            .query(c)
+            .unwrap();
+    }
 }
 
 /// The workload through `proxy`: the `keys` sessions set with `PX 100`, then four
