@@ -467,7 +467,7 @@ fn positions_under_two_ids_of_one_history_continue() {
     let mixed = link_replids(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_continued(
+    let second = start_continued(
         &source.seeds_url(),
         &target.seeds_url(),
         &log2,
@@ -477,16 +477,13 @@ fn positions_under_two_ids_of_one_history_continue() {
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
-    wait_same(
+    let log = stop_when_same(
         || data_of(&source),
         || data_of(&target),
-        Some(&mut second),
+        second,
         &log2,
         Duration::from_secs(60),
     );
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
     eprintln!("{rounds} INCRs; positions' ids {mixed:?}\n{log}");
     assert!(!log.contains("full resync"), "{log}");
 }
@@ -500,10 +497,7 @@ fn positions_under_two_ids_of_one_history_continue() {
 #[test]
 fn orphaned_positions_are_reported_and_their_slots_copied_again() {
     let a = Cluster::start(Version::Redis70, 3, 0);
-    let a_pairs: Vec<(String, String)> = (0..1500)
-        .map(|i| (format!("k:{i}"), format!("a{i}")))
-        .collect();
-    a.set_many(&a_pairs);
+    set_range(&a, 0..1500, "a");
     let target = Server::start(Version::Redis70);
     let dir = tempfile::tempdir().unwrap();
     let log1 = dir.path().join("a.log");
@@ -522,22 +516,16 @@ fn orphaned_positions_are_reported_and_their_slots_copied_again() {
 
     // B: half of A's keys (other values), and keys of its own.
     let b = Cluster::start(Version::Redis70, 3, 0);
-    let b_pairs: Vec<(String, String)> = (750..2250)
-        .map(|i| (format!("k:{i}"), format!("b{i}")))
-        .collect();
-    b.set_many(&b_pairs);
+    set_range(&b, 750..2250, "b");
     let log2 = dir.path().join("b.log");
-    let mut second = start_sync(&b.seeds_url(), &target.url(), &log2, &[]);
-    wait_same(
+    let second = start_sync(&b.seeds_url(), &target.url(), &log2, &[]);
+    let log = stop_when_same(
         || data_of(&b),
         || server_data(&target),
-        Some(&mut second),
+        second,
         &log2,
         Duration::from_secs(60),
     );
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
     eprintln!("{log}");
     for link in a_links.keys() {
         let name = link.trim_start_matches("cutover:position:");

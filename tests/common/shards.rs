@@ -21,8 +21,13 @@ pub type Data = BTreeMap<String, (String, String, bool)>;
 
 /// `k:<i>` = `v<i>` for `i` in `0..n`, set through the cluster.
 pub fn set_numbered(c: &Cluster, n: usize) {
-    let pairs: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
+    set_range(c, 0..n, "v");
+}
+
+/// `k:<i>` = `<prefix><i>` for `i` in `keys`, set through the cluster.
+pub fn set_range(c: &Cluster, keys: std::ops::Range<usize>, prefix: &str) {
+    let pairs: Vec<(String, String)> = keys
+        .map(|i| (format!("k:{i}"), format!("{prefix}{i}")))
         .collect();
     c.set_many(&pairs);
 }
@@ -166,6 +171,20 @@ pub fn wait_stream_progress(
             }
         },
     );
+}
+
+/// [`wait_same`] with `child` running, then `child` stopped (SIGKILL); returns its log.
+pub fn stop_when_same(
+    want: impl Fn() -> Data,
+    got: impl Fn() -> Data,
+    mut child: Child,
+    log: &Path,
+    limit: Duration,
+) -> String {
+    wait_same(want, got, Some(&mut child), log, limit);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    read_log(log)
 }
 
 /// Waits until `got()` equals `want()` key by key; fails past `limit` (or when `child`, if
