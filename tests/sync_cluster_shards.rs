@@ -139,17 +139,8 @@ fn three_shards_have_their_own_status_and_metrics() {
     let shards: std::collections::BTreeSet<&String> = m.keys().map(|(_, s)| s).collect();
     assert_eq!(shards.len(), 3, "{m:?}");
     for (a, b, port) in cluster.slot_ranges() {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut cluster.node(port).conn())
-            .unwrap();
-        let master_offset: f64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let master_offset =
+            info_number(cluster.node(port), "replication", "master_repl_offset") as f64;
         let applied = gauge(&m, "applied_offset", &format!("{a}-{b}")).unwrap();
         assert!(
             applied <= master_offset && applied > 0.0,
@@ -226,14 +217,10 @@ fn a_full_target_master_is_refused_with_the_numbers() {
     }
     let target = Cluster::start(Version::Redis70, 3, 0);
     let full = target.master_ports()[1];
-    for (k, v) in [("maxmemory-policy", "allkeys-lru"), ("maxmemory", "4mb")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query(&mut target.node(full).conn())
-            .unwrap();
-    }
+    config_set(
+        target.node(full),
+        &[("maxmemory-policy", "allkeys-lru"), ("maxmemory", "4mb")],
+    );
     let dir = tempfile::tempdir().unwrap();
     let from_cluster = refused(
         &source.seeds_url(),
@@ -245,12 +232,7 @@ fn a_full_target_master_is_refused_with_the_numbers() {
     let from_single = refused(&single.url(), &target, full, dir.path(), "single.log");
     eprintln!("{from_cluster}\n{from_single}");
     // Room enough: the copy is made.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query(&mut target.node(full).conn())
-        .unwrap();
+    config_set(target.node(full), &[("maxmemory", "0")]);
     let log = dir.path().join("ok.log");
     let mut sync = start_sync(&source.seeds_url(), &target.seeds_url(), &log, &[]);
     wait_running(
@@ -366,29 +348,14 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
 
     // A target master that evicts (a small maxmemory set after the start): counted.
     let full = target.master_ports()[2];
-    let used: u64 = {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query(&mut target.node(full).conn())
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    for (k, v) in [
-        ("maxmemory-policy", "allkeys-random".to_string()),
-        ("maxmemory", (used + (512 << 10)).to_string()),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query(&mut target.node(full).conn())
-            .unwrap();
-    }
+    let used = info_number(target.node(full), "memory", "used_memory");
+    config_set(
+        target.node(full),
+        &[
+            ("maxmemory-policy", "allkeys-random"),
+            ("maxmemory", &(used + (512 << 10)).to_string()),
+        ],
+    );
     let big = "x".repeat(1000);
     let mut c = proxy.conn();
     for chunk in 0..30 {

@@ -224,19 +224,41 @@ pub fn wait_same(
 /// Every node: no diskless delay, a backlog of 64 MB (a restart of cutover continues).
 pub fn configure_for_psync(c: &Cluster) {
     for n in &c.nodes {
-        let mut conn = n.conn();
-        for (k, v) in [
-            ("repl-diskless-sync-delay", "0"),
-            ("repl-backlog-size", "64mb"),
-        ] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut conn)
-                .unwrap();
-        }
+        config_set(
+            n,
+            &[
+                ("repl-diskless-sync-delay", "0"),
+                ("repl-backlog-size", "64mb"),
+            ],
+        );
     }
+}
+
+/// `CONFIG SET` of each `(name, value)` on `n`.
+pub fn config_set(n: &Server, settings: &[(&str, &str)]) {
+    let mut conn = n.conn();
+    for (k, v) in settings {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query(&mut conn)
+            .unwrap();
+    }
+}
+
+/// The number `field` of `INFO <section>` on `n`.
+pub fn info_number(n: &Server, section: &str, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query(&mut n.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn info(n: &super::Server) -> String {
