@@ -28,12 +28,16 @@ fn node_id(c: &Cluster, port: u16) -> String {
         .expect("CLUSTER MYID")
 }
 
+/// A writer to the cluster at `url` (its slot map read through it).
+fn writer_for(url: &str) -> ClusterWriter {
+    let spec = SideSpec::parse(url, &TlsOptions::default(), &Default::default()).unwrap();
+    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
+    ClusterWriter::new(topo, Duration::from_secs(5))
+}
+
 fn reshard_under_load(version: Version) {
     let c = Cluster::start(version, 3, 0);
-    let spec =
-        SideSpec::parse(&c.seeds_url(), &TlsOptions::default(), &Default::default()).unwrap();
-    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
-    let mut writer = ClusterWriter::new(topo, Duration::from_secs(5));
+    let mut writer = writer_for(&c.seeds_url());
     // 100 slots among the first 1,000 (the ones the reshard moves) and 50 spread everywhere.
     let mut slots: Vec<u16> = (0..100).map(|i| i * 10).collect();
     slots.extend((0..50u32).map(|i| ((i * 327 + 1500) % 16384) as u16));
@@ -199,9 +203,7 @@ fn round(keys: &[(u16, String, String)], n: u64) -> Vec<SlotTxn> {
 #[test]
 fn lost_connections_and_a_failover_apply_exactly_once() {
     let c = Cluster::start(Version::Redis70, 3, 1);
-    let spec = SideSpec::parse(&c.url(), &TlsOptions::default(), &Default::default()).unwrap();
-    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
-    let mut writer = ClusterWriter::new(topo, Duration::from_secs(5));
+    let mut writer = writer_for(&c.url());
     let keys: Vec<(u16, String, String)> = (0..120u32)
         .map(|i| {
             let s = ((i * 137) % 16384) as u16;
@@ -338,9 +340,7 @@ fn calls(c: &Cluster, cmd: &str) -> u64 {
 #[test]
 fn single_command_transactions_are_sent_without_multi() {
     let c = Cluster::start(Version::Redis70, 3, 0);
-    let spec = SideSpec::parse(&c.url(), &TlsOptions::default(), &Default::default()).unwrap();
-    let topo = Topology::discover(&spec.seeds, &spec.address_map, Duration::from_secs(5)).unwrap();
-    let mut writer = ClusterWriter::new(topo, Duration::from_secs(5));
+    let mut writer = writer_for(&c.url());
     let one = |s: u16, cmd: &[&[u8]]| SlotTxn {
         slot: s,
         cmds: vec![cmd.iter().map(|a| a.to_vec()).collect()],

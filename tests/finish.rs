@@ -6,7 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Proxy, Server, Version, step, wait_streaming};
+use common::sides::{counters_then_switch, incr_counters};
+use common::{Proxy, Server, Version, step};
 
 /// How long the old side holds the applying link's writes (`CLIENT PAUSE … WRITE`): longer
 /// than `finish`'s own wait for the link to catch up (the controller's 5 s timeout), so that
@@ -37,15 +38,7 @@ fn finish_returns_only_once_both_links_stopped_writing() {
     let source = Server::start(Version::Redis70);
     let target = Server::start(Version::Redis70);
     let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
-    wait_streaming(&proxy);
-    let mut c = proxy.conn();
-    for i in 0..50 {
-        let _: i64 = redis::cmd("INCR")
-            .arg(format!("n{i}"))
-            .query(&mut c)
-            .unwrap();
-    }
-    step(&proxy, "switch");
+    let mut c = counters_then_switch(&proxy);
     // The reverse link now applies into the source (the old side): hold its writes there.
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -54,12 +47,7 @@ fn finish_returns_only_once_both_links_stopped_writing() {
         .query(&mut source.conn())
         .unwrap();
     let paused_at = Instant::now();
-    for i in 0..50 {
-        let _: i64 = redis::cmd("INCR")
-            .arg(format!("n{i}"))
-            .query(&mut c)
-            .unwrap();
-    }
+    incr_counters(&mut c, 50);
     // (The link has a batch in flight to the paused source now.)
     std::thread::sleep(Duration::from_millis(200));
     let report = step(&proxy, "finish");

@@ -10,8 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::sides::{counters_then_switch, incr_counters};
 use common::stall::longest_ping_during;
-use common::{Proxy, Server, Version, cli, step, wait_streaming};
+use common::{Proxy, Server, Version, cli};
 
 /// The pause limit of the moves here: long, so that a move that holds the clients up to it
 /// shows (a refusal must come well before it, and no ping may wait near it).
@@ -27,21 +28,8 @@ fn move_after_restart(restart_target: bool, verb: &str, env: &[(&str, &str)]) ->
     let mut source = Server::start_with(Version::Redis70, AOF);
     let mut target = Server::start_with(Version::Redis70, AOF);
     let proxy = Proxy::start_with_env(&source.url(), &["--target", &target.url()], env);
-    wait_streaming(&proxy);
-    let mut c = proxy.conn();
-    for i in 0..50 {
-        let _: i64 = redis::cmd("INCR")
-            .arg(format!("n{i}"))
-            .query(&mut c)
-            .unwrap();
-    }
-    step(&proxy, "switch");
-    for i in 0..50 {
-        let _: i64 = redis::cmd("INCR")
-            .arg(format!("n{i}"))
-            .query(&mut c)
-            .unwrap();
-    }
+    let mut c = counters_then_switch(&proxy);
+    incr_counters(&mut c, 50);
     std::thread::sleep(Duration::from_millis(300));
     if restart_target {
         target.restart();

@@ -13,13 +13,38 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::faketime::SkewedServer;
+use common::sliding::sliding_workload;
 use common::{Proxy, Server, Version};
 
 fn cutover(proxy: &Proxy) -> serde_json::Value {
     proxy.status_json()["cutover"].clone()
+}
+
+/// `cutover run` from `source` to `target` with `--overlap shadow`, streaming, then switched.
+fn switched(source: &str, target: &str) -> Proxy {
+    let proxy = Proxy::start(source, &["--target", target, "--overlap", "shadow"]);
+    common::wait_streaming(&proxy);
+    common::step(&proxy, "switch");
+    proxy
+}
+
+/// `PEXPIRE key ms` on `c`: 1 when the key was there.
+fn pexpire(c: &mut redis::Connection, key: &str, ms: i64) -> i64 {
+    redis::cmd("PEXPIRE").arg(key).arg(ms).query(c).unwrap()
+}
+
+/// `SET key value PX ms` on `c`.
+fn set_px(c: &mut redis::Connection, key: &str, value: &str, ms: i64) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(ms)
+        .query(c)
+        .unwrap();
 }
 
 /// Waits (bounded) until the shadow queue is empty; returns the status' `cutover` part.
@@ -37,22 +62,11 @@ fn drained(proxy: &Proxy) -> serde_json::Value {
 fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
     let source = Server::start(Version::Redis62);
     let target = Server::start(Version::Valkey91);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     let mut c = proxy.conn();
     let mut old = source.conn();
     for k in ["sess", "sess2", "sess3"] {
-        let _: () = redis::cmd("SET")
-            .arg(k)
-            .arg("v")
-            .arg("PX")
-            .arg(600_000)
-            .query(&mut c)
-            .unwrap();
+        set_px(&mut c, k, "v", 600_000);
     }
     let n: i64 = redis::cmd("INCRBY")
         .arg("ctr")
@@ -69,24 +83,16 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
         .arg("3")
         .query(&mut c)
         .unwrap();
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg("hs")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let _: i64 = pexpire(&mut c, "hs", 600_000);
     let c0 = drained(&proxy);
     assert_eq!(c0["shadow_keys_lost"], 0, "{c0}");
     assert_eq!(proxy.status_json()["rollback_safe"], true);
     // The old side expires them on its own (as with its clock ahead).
     for k in ["sess", "sess2", "sess3", "ctr", "hs"] {
-        let _: i64 = redis::cmd("PEXPIRE").arg(k).arg(1).query(&mut old).unwrap();
+        let _: i64 = pexpire(&mut old, k, 1);
     }
     std::thread::sleep(Duration::from_millis(20));
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "sess", 600_000);
     assert_eq!(refreshed, 1);
     let got: Option<String> = redis::cmd("GETEX")
         .arg("sess2")
@@ -112,11 +118,7 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
         .arg("+")
         .query(&mut c)
         .unwrap();
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("hs")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "hs", 600_000);
     assert_eq!(refreshed, 1);
     let _: i64 = redis::cmd("HINCRBY")
         .arg("hs")
@@ -170,33 +172,14 @@ fn a_key_the_old_side_expired_first_is_copied_back_from_the_primary() {
 fn a_key_that_cannot_be_copied_back_makes_the_rollback_unsafe_and_is_named() {
     let source = Server::start(Version::Redis62);
     let target = Server::start_with(Version::Valkey91, &["--rename-command", "DUMP", ""]);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     let mut c = proxy.conn();
     let mut old = source.conn();
-    let _: () = redis::cmd("SET")
-        .arg("sess")
-        .arg("v")
-        .arg("PX")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    set_px(&mut c, "sess", "v", 600_000);
     drained(&proxy);
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(1)
-        .query(&mut old)
-        .unwrap();
+    let _: i64 = pexpire(&mut old, "sess", 1);
     std::thread::sleep(Duration::from_millis(20));
-    let refreshed: i64 = redis::cmd("PEXPIRE")
-        .arg("sess")
-        .arg(600_000)
-        .query(&mut c)
-        .unwrap();
+    let refreshed: i64 = pexpire(&mut c, "sess", 600_000);
     assert_eq!(refreshed, 1);
     let c1 = drained(&proxy);
     let s = proxy.status_json();
@@ -216,70 +199,6 @@ fn a_key_that_cannot_be_copied_back_makes_the_rollback_unsafe_and_is_named() {
     // A move back is refused.
     let (code, _, err) = common::cli(&proxy, &["rollback", "--json"]);
     assert_ne!(code, 0, "rollback went through: {err}");
-}
-
-/// One client of the sliding-TTL workload: sessions refreshed with `PEXPIRE`, `GETEX … PX`
-/// and `SET … KEEPTTL` (set again with `PX` once gone), counters with `INCR` + `PEXPIRE …
-/// NX` (rate-limit windows); `seed` picks the keys, every client on the same ones.
-fn sliding_client(url: String, seed: u64, keys: u64, counters: u64, run: Duration) -> u64 {
-    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let started = Instant::now();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
-    let mut n = 0u64;
-    while started.elapsed() < run && n < 1_000_000 {
-        n += 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if n % 4 == 3 {
-            let k = format!("ctr:{}", x % counters);
-            let _: i64 = redis::cmd("INCR").arg(&k).query(&mut c).unwrap();
-            let _: i64 = redis::cmd("PEXPIRE")
-                .arg(&k)
-                .arg(150)
-                .arg("NX")
-                .query(&mut c)
-                .unwrap();
-            continue;
-        }
-        let k = format!("sess:{}", x % keys);
-        let alive = match n % 4 {
-            0 => {
-                redis::cmd("PEXPIRE")
-                    .arg(&k)
-                    .arg(100)
-                    .query::<i64>(&mut c)
-                    .unwrap()
-                    == 1
-            }
-            1 => redis::cmd("GETEX")
-                .arg(&k)
-                .arg("PX")
-                .arg(100)
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-            // A new value, the TTL kept (`XX`: only a session still alive).
-            _ => redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("XX")
-                .arg("KEEPTTL")
-                .query::<Option<String>>(&mut c)
-                .unwrap()
-                .is_some(),
-        };
-        if !alive {
-            let _: () = redis::cmd("SET")
-                .arg(&k)
-                .arg(format!("v{seed}-{n}"))
-                .arg("PX")
-                .arg(100)
-                .query(&mut c)
-                .unwrap();
-        }
-    }
-    n
 }
 
 /// The sliding-TTL workload of issue 20 after a switch, the old side (Redis 6.2) 50 ms
@@ -303,33 +222,11 @@ fn sliding_ttls_on_an_old_side_50_ms_behind_are_repaired() {
 fn sliding_ttls_after_a_switch(offset: &str) {
     let source = SkewedServer::start("redis-6.2-server", offset, &[]);
     let target = Server::start(Version::Redis70);
-    let proxy = Proxy::start(
-        &source.url(),
-        &["--target", &target.url(), "--overlap", "shadow"],
-    );
-    common::wait_streaming(&proxy);
-    common::step(&proxy, "switch");
+    let proxy = switched(&source.url(), &target.url());
     const KEYS: u64 = 200;
     const COUNTERS: u64 = 20;
+    let ops = sliding_workload(&proxy, KEYS, COUNTERS, Duration::from_secs(3));
     let mut c = proxy.conn();
-    for i in 0..KEYS {
-        let _: () = redis::cmd("SET")
-            .arg(format!("sess:{i}"))
-            .arg("v0")
-            .arg("PX")
-            .arg(100)
-            .query(&mut c)
-            .unwrap();
-    }
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let url = proxy.url();
-            std::thread::spawn(move || {
-                sliding_client(url, t, KEYS, COUNTERS, Duration::from_secs(3))
-            })
-        })
-        .collect();
-    let ops: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     // Every live key frozen with a long TTL (one pipeline), then compared.
     let mut pipe = redis::pipe();
     for i in 0..KEYS {

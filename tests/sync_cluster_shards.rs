@@ -13,37 +13,6 @@ use common::shards::*;
 use common::sync_cluster::*;
 use common::{Server, Version, differences, snapshot};
 
-/// Waits until the target equals the source cluster key by key (cutover's keys aside).
-fn wait_exact(
-    cluster: &Cluster,
-    target: &Server,
-    child: &mut std::process::Child,
-    log: &std::path::Path,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let want = cluster.snapshot();
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| common::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            common::tail(&read_log(log), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `cutover sync` from a 3-master cluster (a replica each) into a standalone target, killed
 /// (SIGKILL) mid-stream; while it is stopped, `CLUSTER FAILOVER` promotes one shard's replica
 /// (a new node id) under writes. A new `cutover sync` finds that shard's position by the new
@@ -53,69 +22,23 @@ fn wait_exact(
 /// promoted master is a new link: only 2 links continue.
 #[test]
 fn failover_while_stopped_continues_by_replid2() {
-    let cluster = Cluster::start(Version::Redis70, 3, 1);
-    configure_for_psync(&cluster);
-    let pairs: Vec<(String, String)> = (0..3000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    cluster.set_many(&pairs);
-    let target = Server::start(Version::Redis70);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = following_load(&cluster, Arc::clone(&stop));
-    let dir = tempfile::tempdir().unwrap();
-    let log1 = dir.path().join("first.log");
-    let mut first = start_sync(&cluster.seeds_url(), &target.url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen: Option<std::collections::BTreeMap<String, u64>> = None;
-    loop {
-        let pos = link_positions(&target);
-        if pos.len() == 3 {
-            match &seen {
-                Some(before)
-                    if pos
-                        .iter()
-                        .all(|(k, o)| before.get(k).is_some_and(|b| o > b)) =>
-                {
-                    break;
-                }
-                Some(_) => {}
-                None => seen = Some(pos),
-            }
-        }
-        assert!(
-            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
-            "no stream progress on every link; log:\n{}",
-            read_log(&log1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let killed_at = link_positions(&target);
+    let mut f = FollowedSync::start("first.log");
+    wait_stream_progress(&f.target, 3, &mut f.sync, &f.log, Duration::from_secs(60));
+    f.kill();
+    let killed_at = link_positions(&f.target);
 
-    let master = port_of(&cluster, "f:0");
-    let promoted = fail_over(&cluster, master);
+    let master = port_of(&f.cluster, "f:0");
+    let promoted = fail_over(&f.cluster, master);
     std::thread::sleep(Duration::from_millis(500)); // writes on the new master
 
-    let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&cluster.seeds_url(), &target.url(), &log2, &[]);
-    wait_log(
-        &mut second,
-        &log2,
-        "continued (+CONTINUE)",
-        3,
-        Duration::from_secs(30),
-    );
-    let log = read_log(&log2);
+    f.log = f.dir.path().join("second.log");
+    let seeds = f.cluster.seeds_url();
+    f.sync = start_continued(&seeds, &f.target.url(), &f.log, 3, Duration::from_secs(30));
+    let log = read_log(&f.log);
     assert!(log.contains("through its master_replid2"), "{log}");
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let rounds = load.join().unwrap();
-    wait_exact(&cluster, &target, &mut second, &log2);
-    let end_at = link_positions(&target);
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
+    let (rounds, log) = f.finish(Duration::from_secs(60));
+    let end_at = link_positions(&f.target);
     eprintln!("{rounds} INCRs; promoted {promoted}; {killed_at:?} -> {end_at:?}\n{log}");
     assert!(!log.contains("full resync"), "{log}");
     assert!(!log.contains("matches no source master"), "{log}");
@@ -137,10 +60,7 @@ fn failover_while_stopped_continues_by_replid2() {
 #[test]
 fn three_shards_have_their_own_status_and_metrics() {
     let cluster = Cluster::start(Version::Redis70, 3, 0);
-    let pairs: Vec<(String, String)> = (0..3000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    cluster.set_many(&pairs);
+    set_numbered(&cluster, 3000);
     let mut want_keys: std::collections::BTreeMap<String, f64> = Default::default();
     for (a, b, port) in cluster.slot_ranges() {
         let n: i64 = redis::cmd("DBSIZE")
@@ -192,7 +112,13 @@ fn three_shards_have_their_own_status_and_metrics() {
     std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
-    wait_exact(&cluster, &target, &mut sync, &log);
+    wait_same(
+        || cluster.snapshot(),
+        || server_data(&target),
+        Some(&mut sync),
+        &log,
+        Duration::from_secs(60),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let m = loop {
         let m = shard_series(&common::http_get(&metrics, "/metrics"));
@@ -213,17 +139,8 @@ fn three_shards_have_their_own_status_and_metrics() {
     let shards: std::collections::BTreeSet<&String> = m.keys().map(|(_, s)| s).collect();
     assert_eq!(shards.len(), 3, "{m:?}");
     for (a, b, port) in cluster.slot_ranges() {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut cluster.node(port).conn())
-            .unwrap();
-        let master_offset: f64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let master_offset =
+            info_number(cluster.node(port), "replication", "master_repl_offset") as f64;
         let applied = gauge(&m, "applied_offset", &format!("{a}-{b}")).unwrap();
         assert!(
             applied <= master_offset && applied > 0.0,
@@ -300,14 +217,10 @@ fn a_full_target_master_is_refused_with_the_numbers() {
     }
     let target = Cluster::start(Version::Redis70, 3, 0);
     let full = target.master_ports()[1];
-    for (k, v) in [("maxmemory-policy", "allkeys-lru"), ("maxmemory", "4mb")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query(&mut target.node(full).conn())
-            .unwrap();
-    }
+    config_set(
+        target.node(full),
+        &[("maxmemory-policy", "allkeys-lru"), ("maxmemory", "4mb")],
+    );
     let dir = tempfile::tempdir().unwrap();
     let from_cluster = refused(
         &source.seeds_url(),
@@ -319,24 +232,16 @@ fn a_full_target_master_is_refused_with_the_numbers() {
     let from_single = refused(&single.url(), &target, full, dir.path(), "single.log");
     eprintln!("{from_cluster}\n{from_single}");
     // Room enough: the copy is made.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query(&mut target.node(full).conn())
-        .unwrap();
+    config_set(target.node(full), &[("maxmemory", "0")]);
     let log = dir.path().join("ok.log");
     let mut sync = start_sync(&source.seeds_url(), &target.seeds_url(), &log, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while dbsize(&target) < 20_000 + 3 * 16384 {
-        assert!(
-            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
-            "{} keys; log:\n{}",
-            dbsize(&target),
-            read_log(&log)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_running(
+        &mut sync,
+        &log,
+        Duration::from_secs(60),
+        "not every key copied",
+        || dbsize(&target) >= 20_000 + 3 * 16384,
+    );
     sync.kill().unwrap();
     sync.wait().unwrap();
 }
@@ -443,29 +348,14 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
 
     // A target master that evicts (a small maxmemory set after the start): counted.
     let full = target.master_ports()[2];
-    let used: u64 = {
-        let info: String = redis::cmd("INFO")
-            .arg("memory")
-            .query(&mut target.node(full).conn())
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    for (k, v) in [
-        ("maxmemory-policy", "allkeys-random".to_string()),
-        ("maxmemory", (used + (512 << 10)).to_string()),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(k)
-            .arg(v)
-            .query(&mut target.node(full).conn())
-            .unwrap();
-    }
+    let used = info_number(target.node(full), "memory", "used_memory");
+    config_set(
+        target.node(full),
+        &[
+            ("maxmemory-policy", "allkeys-random"),
+            ("maxmemory", &(used + (512 << 10)).to_string()),
+        ],
+    );
     let big = "x".repeat(1000);
     let mut c = proxy.conn();
     for chunk in 0..30 {
@@ -498,10 +388,7 @@ fn run_syncs_into_a_cluster_target_and_refuses_the_switch() {
 fn positions_under_two_ids_of_one_history_continue() {
     let source = Cluster::start(Version::Redis70, 3, 1);
     configure_for_psync(&source);
-    let pairs: Vec<(String, String)> = (0..2000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    source.set_many(&pairs);
+    set_numbered(&source, 2000);
     let target = Cluster::start(Version::Redis70, 3, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let load = following_load(&source, Arc::clone(&stop));
@@ -547,38 +434,23 @@ fn positions_under_two_ids_of_one_history_continue() {
     let mixed = link_replids(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
-    wait_log(
-        &mut second,
+    let second = start_continued(
+        &source.seeds_url(),
+        &target.seeds_url(),
         &log2,
-        "continued (+CONTINUE)",
         3,
         Duration::from_secs(30),
     );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let want = data_of(&source);
-        let got = data_of(&target);
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
-            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.join("\n"),
-            common::tail(&read_log(&log2), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
+    let log = stop_when_same(
+        || data_of(&source),
+        || data_of(&target),
+        second,
+        &log2,
+        Duration::from_secs(60),
+    );
     eprintln!("{rounds} INCRs; positions' ids {mixed:?}\n{log}");
     assert!(!log.contains("full resync"), "{log}");
 }
@@ -592,23 +464,18 @@ fn positions_under_two_ids_of_one_history_continue() {
 #[test]
 fn orphaned_positions_are_reported_and_their_slots_copied_again() {
     let a = Cluster::start(Version::Redis70, 3, 0);
-    let a_pairs: Vec<(String, String)> = (0..1500)
-        .map(|i| (format!("k:{i}"), format!("a{i}")))
-        .collect();
-    a.set_many(&a_pairs);
+    set_range(&a, 0..1500, "a");
     let target = Server::start(Version::Redis70);
     let dir = tempfile::tempdir().unwrap();
     let log1 = dir.path().join("a.log");
     let mut first = start_sync(&a.seeds_url(), &target.url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while link_positions(&target).len() < 3 || dbsize_of(&target) < 1500 + 3 {
-        assert!(
-            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
-            "{}",
-            read_log(&log1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_running(
+        &mut first,
+        &log1,
+        Duration::from_secs(60),
+        "A not copied",
+        || link_positions(&target).len() >= 3 && dbsize_of(&target) >= 1500 + 3,
+    );
     wait_log(&mut first, &log1, "streaming", 1, Duration::from_secs(30));
     first.kill().unwrap();
     first.wait().unwrap();
@@ -616,34 +483,16 @@ fn orphaned_positions_are_reported_and_their_slots_copied_again() {
 
     // B: half of A's keys (other values), and keys of its own.
     let b = Cluster::start(Version::Redis70, 3, 0);
-    let b_pairs: Vec<(String, String)> = (750..2250)
-        .map(|i| (format!("k:{i}"), format!("b{i}")))
-        .collect();
-    b.set_many(&b_pairs);
+    set_range(&b, 750..2250, "b");
     let log2 = dir.path().join("b.log");
-    let mut second = start_sync(&b.seeds_url(), &target.url(), &log2, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let want = data_of(&b);
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
-            "the target differs from B ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.join("\n"),
-            common::tail(&read_log(&log2), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let log = read_log(&log2);
+    let second = start_sync(&b.seeds_url(), &target.url(), &log2, &[]);
+    let log = stop_when_same(
+        || data_of(&b),
+        || server_data(&target),
+        second,
+        &log2,
+        Duration::from_secs(60),
+    );
     eprintln!("{log}");
     for link in a_links.keys() {
         let name = link.trim_start_matches("cutover:position:");

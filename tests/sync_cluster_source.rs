@@ -5,14 +5,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
+use common::shards::*;
 use common::sync_cluster::*;
-use common::{Server, Version, differences, snapshot};
+use common::{Server, Version};
 
 /// 3-master Valkey 9.1 → standalone Redis 6.2 (a downgrade) under writes on every master:
 /// one link per master in parallel, each with its own position `cutover:position:<node id>`;
@@ -21,25 +21,8 @@ use common::{Server, Version, differences, snapshot};
 #[test]
 fn cluster_into_standalone_killed_and_resumed_is_exact() {
     let cluster = Cluster::start(Version::Valkey91, 3, 0);
-    for n in &cluster.nodes {
-        let mut c = n.conn();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("repl-diskless-sync-delay")
-            .arg(0)
-            .query(&mut c)
-            .unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("repl-backlog-size")
-            .arg("64mb")
-            .query(&mut c)
-            .unwrap();
-    }
-    let pairs: Vec<(String, String)> = (0..6000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    cluster.set_many(&pairs);
+    configure_for_psync(&cluster);
+    set_numbered(&cluster, 6000);
     cluster.cmd(&[b"HSET", b"h", b"f", b"v"]);
     cluster.cmd(&[b"SADD", b"set", b"a", b"b"]);
     cluster.cmd(&[b"ZADD", b"z", b"1", b"a"]);
@@ -51,71 +34,23 @@ fn cluster_into_standalone_killed_and_resumed_is_exact() {
     let log1 = dir.path().join("first.log");
     let seeds = cluster.seeds_url();
     let mut first = start_sync(&seeds, &target.url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen: Option<BTreeMap<String, u64>> = None;
-    loop {
-        let pos = link_positions(&target);
-        if pos.len() == 3 {
-            match &seen {
-                // Every link has applied stream batches since it was first seen.
-                Some(before)
-                    if pos
-                        .iter()
-                        .all(|(k, o)| before.get(k).is_some_and(|b| o > b)) =>
-                {
-                    break;
-                }
-                Some(_) => {}
-                None => seen = Some(pos),
-            }
-        }
-        assert!(
-            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
-            "no stream progress on every link; log:\n{}",
-            read_log(&log1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stream_progress(&target, 3, &mut first, &log1, Duration::from_secs(60));
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let killed_at = link_positions(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&seeds, &target.url(), &log2, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while read_log(&log2).matches("continued (+CONTINUE)").count() < 3 {
-        assert!(
-            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
-            "not every link continued; log:\n{}",
-            read_log(&log2)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut second = start_continued(&seeds, &target.url(), &log2, 3, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let want = cluster.snapshot();
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the target differs from the cluster ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| common::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            common::tail(&read_log(&log2), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_same(
+        || cluster.snapshot(),
+        || server_data(&target),
+        None,
+        &log2,
+        Duration::from_secs(60),
+    );
     let end_at = link_positions(&target);
     second.kill().unwrap();
     second.wait().unwrap();
@@ -147,24 +82,8 @@ fn cluster_into_older_smaller_cluster_killed_and_resumed_is_exact() {
 fn cluster_into_cluster(from: (Version, usize), to: (Version, usize)) {
     let links = from.1;
     let source = Cluster::start(from.0, from.1, 0);
-    for n in &source.nodes {
-        let mut c = n.conn();
-        for (k, v) in [
-            ("repl-diskless-sync-delay", "0"),
-            ("repl-backlog-size", "64mb"),
-        ] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut c)
-                .unwrap();
-        }
-    }
-    let pairs: Vec<(String, String)> = (0..6000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    source.set_many(&pairs);
+    configure_for_psync(&source);
+    set_numbered(&source, 6000);
     source.cmd(&[b"HSET", b"h", b"f", b"v"]);
     source.cmd(&[b"RPUSH", b"list", b"a", b"b"]);
     let target = Cluster::start(to.0, to.1, 0);
@@ -174,63 +93,45 @@ fn cluster_into_cluster(from: (Version, usize), to: (Version, usize)) {
     let dir = tempfile::tempdir().unwrap();
     let log1 = dir.path().join("first.log");
     let mut first = start_sync(&source.seeds_url(), &target.seeds_url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let links_now = cluster_links(&target);
-        let c0 = match target.cmd(&[b"GET", b"c:0"]) {
-            redis::Value::BulkString(b) => String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(0),
-            _ => 0,
-        };
-        if links_now.len() == links && links_now.values().all(|(n, _)| *n == 16384) && c0 > 300 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && first.try_wait().unwrap().is_none(),
-            "no stream progress on every link ({links_now:?}); log:\n{}",
-            common::tail(&read_log(&log1), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_running(
+        &mut first,
+        &log1,
+        Duration::from_secs(90),
+        "no stream progress on every link",
+        || {
+            let links_now = cluster_links(&target);
+            let c0 = match target.cmd(&[b"GET", b"c:0"]) {
+                redis::Value::BulkString(b) => {
+                    String::from_utf8_lossy(&b).parse::<i64>().unwrap_or(0)
+                }
+                _ => 0,
+            };
+            links_now.len() == links && links_now.values().all(|(n, _)| *n == 16384) && c0 > 300
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let killed_at = cluster_links(&target);
 
     let log2 = dir.path().join("second.log");
-    let mut second = start_sync(&source.seeds_url(), &target.seeds_url(), &log2, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while read_log(&log2).matches("continued (+CONTINUE)").count() < links {
-        assert!(
-            Instant::now() < deadline && second.try_wait().unwrap().is_none(),
-            "not every link continued; log:\n{}",
-            common::tail(&read_log(&log2), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut second = start_continued(
+        &source.seeds_url(),
+        &target.seeds_url(),
+        &log2,
+        links,
+        Duration::from_secs(60),
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     let rounds = load.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let want = source.snapshot();
-        let got = data_of(&target);
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the target differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| common::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            common::tail(&read_log(&log2), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_same(
+        || source.snapshot(),
+        || data_of(&target),
+        None,
+        &log2,
+        Duration::from_secs(90),
+    );
     second.kill().unwrap();
     second.wait().unwrap();
     let log = read_log(&log2);
@@ -245,114 +146,14 @@ fn cluster_into_cluster(from: (Version, usize), to: (Version, usize)) {
 /// shard. (A master that dies: `cluster_source_master_killed_mid_stream_is_followed`.)
 #[test]
 fn cluster_source_failover_mid_stream_is_exact() {
-    let cluster = Cluster::start(Version::Redis70, 3, 1);
-    for n in &cluster.nodes {
-        let mut c = n.conn();
-        for (k, v) in [
-            ("repl-diskless-sync-delay", "0"),
-            ("repl-backlog-size", "64mb"),
-        ] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut c)
-                .unwrap();
-        }
-    }
-    let pairs: Vec<(String, String)> = (0..3000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    cluster.set_many(&pairs);
-    let target = Server::start(Version::Redis70);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = following_load(&cluster, Arc::clone(&stop));
-    let dir = tempfile::tempdir().unwrap();
-    let log1 = dir.path().join("sync.log");
-    let mut sync = start_sync(&cluster.seeds_url(), &target.url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while link_positions(&target).len() < 3 {
-        assert!(
-            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
-            "{}",
-            read_log(&log1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut f = FollowedSync::start("sync.log");
     std::thread::sleep(Duration::from_millis(500));
-    // The replica of the master serving slot 0 takes over.
-    let master = port_of(&cluster, "f:0");
-    let replica = cluster
-        .nodes
-        .iter()
-        .find(|n| {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut n.conn())
-                .unwrap();
-            info.contains(&format!("master_port:{master}\r"))
-        })
-        .expect("a replica of that master");
-    // A manual failover needs the replica caught up; on a loaded machine one can time out
-    // (`Manual failover timed out`): asked again, up to 3 times.
-    common::wait_for("the replica's link up", Duration::from_secs(30), || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut replica.conn())
-            .ok()?;
-        info.contains("master_link_status:up").then_some(())
-    });
-    let mut promoted = false;
-    for _ in 0..3 {
-        let _: () = redis::cmd("CLUSTER")
-            .arg("FAILOVER")
-            .query(&mut replica.conn())
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut replica.conn())
-                .unwrap_or_default();
-            if info.contains("role:master") {
-                promoted = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if promoted {
-            break;
-        }
-    }
-    assert!(promoted, "CLUSTER FAILOVER did not promote the replica");
+    // The replica of the master serving slot 0 takes over (a manual failover needs the
+    // replica caught up; on a loaded machine one can time out: asked again, up to 3 times).
+    let master = port_of(&f.cluster, "f:0");
+    fail_over(&f.cluster, master);
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    let rounds = load.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let want = cluster.snapshot();
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
-            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| common::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            common::tail(&read_log(&log1), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    sync.kill().unwrap();
-    sync.wait().unwrap();
-    let log = read_log(&log1);
+    let (rounds, log) = f.finish(Duration::from_secs(60));
     eprintln!("{rounds} INCRs\n{}", common::tail(&log, 3000));
     assert!(!log.contains("full resync"), "{log}");
     // The demoted master dropped the link and served it again (as a replica of the new master).
@@ -369,86 +170,29 @@ fn cluster_source_failover_mid_stream_is_exact() {
 /// target ends equal to the source.
 #[test]
 fn cluster_source_master_killed_mid_stream_is_followed() {
-    let mut cluster = Cluster::start(Version::Redis70, 3, 1);
-    for n in &cluster.nodes {
-        let mut c = n.conn();
-        for (k, v) in [
-            ("repl-diskless-sync-delay", "0"),
-            ("repl-backlog-size", "64mb"),
-        ] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut c)
-                .unwrap();
-        }
-    }
-    let pairs: Vec<(String, String)> = (0..3000)
-        .map(|i| (format!("k:{i}"), format!("v{i}")))
-        .collect();
-    cluster.set_many(&pairs);
-    let target = Server::start(Version::Redis70);
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = following_load(&cluster, Arc::clone(&stop));
-    let dir = tempfile::tempdir().unwrap();
-    let log1 = dir.path().join("sync.log");
-    let mut sync = start_sync(&cluster.seeds_url(), &target.url(), &log1, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while link_positions(&target).len() < 3 {
-        assert!(
-            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
-            "{}",
-            read_log(&log1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut f = FollowedSync::start("sync.log");
     std::thread::sleep(Duration::from_millis(500));
     // A master other than the first node (the rig reads the cluster through it).
-    let first = cluster.nodes[0].port();
-    let victim = *cluster
+    let first = f.cluster.nodes[0].port();
+    let victim = *f
+        .cluster
         .master_ports()
         .iter()
         .find(|p| **p != first)
         .unwrap();
-    let idx = cluster
+    let idx = f
+        .cluster
         .nodes
         .iter()
         .position(|n| n.port() == victim)
         .unwrap();
-    cluster.nodes[idx].kill();
+    f.cluster.nodes[idx].kill();
     common::wait_for("the failover", Duration::from_secs(60), || {
-        let ports = cluster.master_ports();
+        let ports = f.cluster.master_ports();
         (ports.len() == 3 && !ports.contains(&victim)).then_some(())
     });
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    let rounds = load.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let want = cluster.snapshot();
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && sync.try_wait().unwrap().is_none(),
-            "the target differs ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| common::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            common::tail(&read_log(&log1), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    sync.kill().unwrap();
-    sync.wait().unwrap();
-    let log = read_log(&log1);
+    let (rounds, log) = f.finish(Duration::from_secs(90));
     eprintln!("{rounds} INCRs\n{}", common::tail(&log, 4000));
     assert!(
         log.contains("the shard's master changed; the link follows it"),

@@ -11,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faketime::SkewedServer;
+use common::sliding::{sliding_workload, touch_session};
 use common::{Proxy, Server, Version, cli};
 
 fn clock(proxy: &Proxy) -> serde_json::Value {
@@ -74,73 +75,8 @@ fn sliding_ttl(
     other: &mut redis::Connection,
     secs: u64,
 ) -> (usize, Vec<String>) {
-    const KEYS: usize = 300;
-    let mut c = proxy.conn();
-    for i in 0..KEYS {
-        let _: () = redis::cmd("SET")
-            .arg(format!("sess:{i}"))
-            .arg("v0")
-            .arg("PX")
-            .arg(100)
-            .query(&mut c)
-            .unwrap();
-    }
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let url = proxy.url();
-            std::thread::spawn(move || {
-                let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
-                let started = Instant::now();
-                let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ t;
-                let mut n = 0u64;
-                while started.elapsed() < Duration::from_secs(secs) && n < 2_000_000 {
-                    n += 1;
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let k = format!("sess:{}", x % KEYS as u64);
-                    let v = format!("v{t}-{n}");
-                    let alive = match n % 3 {
-                        0 => {
-                            redis::cmd("PEXPIRE")
-                                .arg(&k)
-                                .arg(100)
-                                .query::<i64>(&mut c)
-                                .unwrap()
-                                == 1
-                        }
-                        1 => redis::cmd("GETEX")
-                            .arg(&k)
-                            .arg("PX")
-                            .arg(100)
-                            .query::<Option<String>>(&mut c)
-                            .unwrap()
-                            .is_some(),
-                        _ => redis::cmd("SET")
-                            .arg(&k)
-                            .arg(&v)
-                            .arg("KEEPTTL")
-                            .arg("XX")
-                            .query::<Option<String>>(&mut c)
-                            .unwrap()
-                            .is_some(),
-                    };
-                    if !alive {
-                        let _: () = redis::cmd("SET")
-                            .arg(&k)
-                            .arg(&v)
-                            .arg("PX")
-                            .arg(100)
-                            .query(&mut c)
-                            .unwrap();
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    const KEYS: u64 = 300;
+    sliding_workload(proxy, KEYS, 0, Duration::from_secs(secs));
     let keys: Vec<String> = (0..KEYS).map(|i| format!("sess:{i}")).collect();
     freeze_and_compare(proxy, &keys, primary, other)
 }
@@ -542,41 +478,7 @@ fn sliding_mix(
                     match n % 5 {
                         0..=2 => {
                             let k = format!("sess:{}", x % SESSIONS);
-                            let v = format!("v{t}-{n}");
-                            let alive = match n % 3 {
-                                0 => {
-                                    redis::cmd("PEXPIRE")
-                                        .arg(&k)
-                                        .arg(100)
-                                        .query::<i64>(&mut c)
-                                        .unwrap()
-                                        == 1
-                                }
-                                1 => redis::cmd("GETEX")
-                                    .arg(&k)
-                                    .arg("PX")
-                                    .arg(100)
-                                    .query::<Option<String>>(&mut c)
-                                    .unwrap()
-                                    .is_some(),
-                                _ => redis::cmd("SET")
-                                    .arg(&k)
-                                    .arg(&v)
-                                    .arg("KEEPTTL")
-                                    .arg("XX")
-                                    .query::<Option<String>>(&mut c)
-                                    .unwrap()
-                                    .is_some(),
-                            };
-                            if !alive {
-                                let _: () = redis::cmd("SET")
-                                    .arg(&k)
-                                    .arg(&v)
-                                    .arg("PX")
-                                    .arg(100)
-                                    .query(&mut c)
-                                    .unwrap();
-                            }
+                            touch_session(&mut c, &k, &format!("v{t}-{n}"), n % 3);
                         }
                         3 => {
                             let _: i64 = redis::cmd("EVAL")

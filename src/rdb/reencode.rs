@@ -51,6 +51,28 @@ pub fn target_knows(t: RdbType, max: RdbVersion) -> bool {
     needs <= max && dialect.is_none_or(|d| d == max.dialect())
 }
 
+/// A `DUMP` payload as the `RESTORE` of a server loading RDB versions up to `max` takes it:
+/// unchanged when it reads the payload's version, the version rewritten when only the
+/// footer is newer (the value's encoding is known there), else `Err` with the reason, naming
+/// that server as `side` ("this side", "the old side"). One rule for the links' repair
+/// (`sync::engine::repair`) and the shadow writer's (`cutover::shadow::repair`).
+pub fn restore_payload(payload: &[u8], max: RdbVersion, side: &str) -> Result<Vec<u8>, String> {
+    let dump =
+        super::DumpPayload::parse(payload).map_err(|e| format!("unreadable DUMP payload: {e}"))?;
+    if dump.version <= max && dump.version.dialect() == max.dialect() {
+        return Ok(payload.to_vec());
+    }
+    match RdbType::from_id(dump.type_byte(), dump.version.dialect()) {
+        Some(t) if target_knows(t, max) => Ok(dump.retarget(max)),
+        _ => Err(format!(
+            "the primary's value (RDB type {}, version {}) has an encoding {side} (RDB {}) cannot load",
+            dump.type_byte(),
+            dump.version.0,
+            max.0
+        )),
+    }
+}
+
 /// Compact encodings are used up to Redis 6.2's default limits (`hash-max-ziplist-entries`,
 /// `-value`, `zset-…`, `set-max-intset-entries`, `list-max-ziplist-size -2`), so the value
 /// is stored as the target would have stored it.

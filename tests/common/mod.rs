@@ -19,6 +19,7 @@ pub mod paced;
 pub mod reshard;
 pub mod shards;
 pub mod sides;
+pub mod sliding;
 pub mod stall;
 pub mod sync_cluster;
 

@@ -63,3 +63,20 @@ pub fn metric_value(page: &str, series: &str) -> f64 {
         .next()
         .unwrap_or(0.0)
 }
+
+/// `INCR n<i>` for `i` in `0..count` on `c` (a client's counters).
+pub fn incr_counters(c: &mut redis::Connection, count: usize) {
+    for i in 0..count {
+        let _: i64 = redis::cmd("INCR").arg(format!("n{i}")).query(c).unwrap();
+    }
+}
+
+/// Waits until `proxy` streams, writes 50 counters through it, and switches; returns the
+/// client's connection.
+pub fn counters_then_switch(proxy: &super::Proxy) -> redis::Connection {
+    super::wait_streaming(proxy);
+    let mut c = proxy.conn();
+    incr_counters(&mut c, 50);
+    super::step(proxy, "switch");
+    c
+}

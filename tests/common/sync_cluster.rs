@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::Cluster;
-use super::{Server, differences, snapshot};
+use super::{Server, snapshot};
 
 pub fn cutover() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
@@ -37,25 +37,28 @@ pub fn data_of(c: &Cluster) -> BTreeMap<String, (String, String, bool)> {
     all
 }
 
-/// The cluster's per-slot positions of link `link`: how many, and the smallest offset.
-pub fn positions(c: &Cluster, link: &str) -> (usize, Option<u64>) {
-    let mut n = 0;
-    let mut min: Option<u64> = None;
+/// The keys matching `pattern` on every master of a cluster, with their string values.
+pub fn position_entries(c: &Cluster, pattern: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     for port in c.master_ports() {
         let mut conn = c.node(port).conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("cutover:position:*:{link}"))
-            .query(&mut conn)
-            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
         for k in keys {
             let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
-            n += 1;
-            if let Some(off) = v.split(' ').nth(1).and_then(|o| o.parse::<u64>().ok()) {
-                min = Some(min.map_or(off, |m| m.min(off)));
-            }
+            out.push((k, v));
         }
     }
-    (n, min)
+    out
+}
+
+/// The cluster's per-slot positions of link `link`: how many, and the smallest offset.
+pub fn positions(c: &Cluster, link: &str) -> (usize, Option<u64>) {
+    let entries = position_entries(c, &format!("cutover:position:*:{link}"));
+    let min = entries
+        .iter()
+        .filter_map(|(_, v)| v.split(' ').nth(1).and_then(|o| o.parse::<u64>().ok()))
+        .min();
+    (entries.len(), min)
 }
 
 /// Writes of an application on the source until `stop`: counters and lists in several
@@ -134,27 +137,13 @@ pub fn app_load(
 
 /// Waits until the cluster holds exactly the source's data.
 pub fn wait_equal(source: &Server, target: &Cluster, limit: Duration, log: &std::path::Path) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let want = snapshot(&mut source.conn());
-        let got = data_of(target);
-        let diff = differences(&want, &got, 10);
-        if diff.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cluster differs from the source ({} vs {} keys):\n{}\nlog:\n{}",
-            want.len(),
-            got.len(),
-            diff.iter()
-                .map(|d| super::tail(d, 300))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            super::tail(&read_log(log), 4000)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    super::shards::wait_same(
+        || snapshot(&mut source.conn()),
+        || data_of(target),
+        None,
+        log,
+        limit,
+    );
 }
 
 pub fn wait_exit(mut child: Child, limit: Duration) -> std::process::ExitStatus {
@@ -259,24 +248,16 @@ pub fn link_positions(target: &Server) -> BTreeMap<String, u64> {
 /// has a position for and the smallest offset.
 pub fn cluster_links(c: &Cluster) -> BTreeMap<String, (usize, u64)> {
     let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for port in c.master_ports() {
-        let mut conn = c.node(port).conn();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("cutover:position:*")
-            .query(&mut conn)
-            .unwrap();
-        for k in keys {
-            let v: String = redis::cmd("GET").arg(&k).query(&mut conn).unwrap();
-            let link = k.rsplit(':').next().unwrap().to_string();
-            let off: u64 = v
-                .split(' ')
-                .nth(1)
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(0);
-            let e = out.entry(link).or_insert((0, u64::MAX));
-            e.0 += 1;
-            e.1 = e.1.min(off);
-        }
+    for (k, v) in position_entries(c, "cutover:position:*") {
+        let link = k.rsplit(':').next().unwrap().to_string();
+        let off: u64 = v
+            .split(' ')
+            .nth(1)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let e = out.entry(link).or_insert((0, u64::MAX));
+        e.0 += 1;
+        e.1 = e.1.min(off);
     }
     out
 }

@@ -68,8 +68,8 @@ use super::{Action, Args, ShadowItem, ShadowSink, Value};
 use crate::client::Client;
 use crate::cutover::control;
 use crate::cutover::order::KeyOrder;
-use crate::rdb::reencode::target_knows;
-use crate::rdb::{DumpPayload, RdbType, RdbVersion};
+use crate::rdb::RdbVersion;
+use crate::rdb::reencode::restore_payload;
 use crate::resp::request::encode_command;
 use crate::route::Backend;
 
@@ -313,7 +313,7 @@ impl Repairer {
             // The old side's version is unknown: its own RESTORE decides.
             return Ok(restore(payload));
         };
-        match payload_for(&payload, max) {
+        match restore_payload(&payload, max, "the old side") {
             Ok(p) => Ok(restore(p)),
             Err(why) => {
                 // Plain commands, read again (the key is still held).
@@ -333,23 +333,4 @@ async fn old_rdb(old: &mut Client) -> Option<RdbVersion> {
     crate::sync::target::TargetInfo::from_info(&info)
         .ok()
         .map(|i| i.max_rdb)
-}
-
-/// The payload as the old side's `RESTORE` takes it: unchanged when it reads its version,
-/// the version rewritten when only the footer is newer, else `Err` with the reason (the same
-/// rule as the links' repair, `sync::engine::repair`).
-fn payload_for(payload: &[u8], max: RdbVersion) -> Result<Vec<u8>, String> {
-    let dump = DumpPayload::parse(payload).map_err(|e| format!("unreadable DUMP payload: {e}"))?;
-    if dump.version <= max && dump.version.dialect() == max.dialect() {
-        return Ok(payload.to_vec());
-    }
-    match RdbType::from_id(dump.type_byte(), dump.version.dialect()) {
-        Some(t) if target_knows(t, max) => Ok(dump.retarget(max)),
-        _ => Err(format!(
-            "the primary's value (RDB type {}, version {}) has an encoding the old side (RDB {}) cannot load",
-            dump.type_byte(),
-            dump.version.0,
-            max.0
-        )),
-    }
 }

@@ -7,8 +7,9 @@
 //! hash tags can skew that, and the margin does not cover a heavy skew). So each target node
 //! `t` needs [`share`]: `Σ over source nodes s of used(s) × |slots(s) ∩ slots(t)| /
 //! |slots(s)|` (a standalone side serves all 16,384 slots), times the margin
-//! ([`MARGIN_PERCENT`]), and the sync refuses to start when one target node's `maxmemory`
-//! is below it, naming that node, its limit, its share and the total. Per node, not the
+//! ([`MARGIN_PERCENT`](crate::sync::target::memory::MARGIN_PERCENT)), and the sync refuses to
+//! start when one target node's `maxmemory` is below it, naming that node, its limit, its
+//! share and the total (the message of [`short_of_room`], as for one server). Per node, not the
 //! sum: a cluster with room in total still evicts (or answers `OOM`) on the one node that is
 //! full. A node that does not answer `INFO memory` is not refused (as on one server).
 
@@ -18,7 +19,7 @@ use crate::client::BlockingClient;
 use crate::cluster::{SLOTS, SlotSet, Topology};
 use crate::config::RedisUrl;
 use crate::sync::target::TargetError;
-use crate::sync::target::memory::{MARGIN_PERCENT, Memory, human};
+use crate::sync::target::memory::{Memory, human, short_of_room};
 
 /// One node of a side: its URL, and its slots (`None`: a standalone server, every slot).
 pub type Node = (RedisUrl, Option<SlotSet>);
@@ -65,31 +66,16 @@ pub fn share(sources: &[(u64, Option<SlotSet>)], target: &Option<SlotSet>) -> u6
 /// Why a target node with `written` memory cannot take `share` bytes of a source using
 /// `total` (`None`: it can).
 pub fn problem(share: u64, total: u64, slots: u64, written: &Memory) -> Option<String> {
-    if written.maxmemory == 0 {
-        return None;
-    }
-    let need = share.saturating_mul(MARGIN_PERCENT) / 100;
-    if written.maxmemory >= need {
-        return None;
-    }
-    let what = if written.evicts() {
-        "it would evict keys on its own, and the copy would lose them in silence"
-    } else {
-        "it would refuse writes with OOM"
-    };
-    Some(format!(
-        "its maxmemory is {} ({}) but its share of the copy ({slots} of 16384 slots) is {} of the source's {} in all (with the {MARGIN_PERCENT}% margin for other versions' encodings, backlog and buffers: {}): {what}. Raise its maxmemory (CONFIG SET maxmemory) to at least {}, or give it fewer slots",
-        human(written.maxmemory),
-        if written.policy.is_empty() {
-            "policy unknown"
-        } else {
-            &written.policy
-        },
-        human(share),
-        human(total),
-        human(need),
-        human(need),
-    ))
+    short_of_room(
+        share,
+        written,
+        &format!(
+            "its share of the copy ({slots} of 16384 slots) is {} of the source's {} in all",
+            human(share),
+            human(total)
+        ),
+        ", or give it fewer slots",
+    )
 }
 
 fn memory(url: &RedisUrl, timeout: Duration) -> Option<Memory> {

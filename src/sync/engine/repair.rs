@@ -57,8 +57,8 @@ use std::collections::{HashSet, VecDeque};
 
 use anyhow::Context;
 
-use crate::rdb::reencode::target_knows;
-use crate::rdb::{DumpPayload, RdbType, RdbVersion, Writer};
+use crate::rdb::reencode::restore_payload;
+use crate::rdb::{DumpPayload, RdbVersion, Writer};
 use crate::resp::request::encode_command;
 use crate::sync::convert::Converter;
 use crate::sync::convert::Stats;
@@ -135,24 +135,9 @@ fn element(e: &[u8]) -> Element<'_> {
     }
 }
 
-/// The payload as this side's `RESTORE` takes it: unchanged when its RDB version is one
-/// this side reads, the version rewritten when only the footer is newer (the value's
-/// encoding is known here), else `Err` with the reason.
+/// The payload as this side's `RESTORE` takes it ([`restore_payload`]).
 fn payload_for(payload: &[u8], max: RdbVersion) -> Result<Vec<u8>, String> {
-    let dump = DumpPayload::parse(payload).map_err(|e| format!("unreadable DUMP payload: {e}"))?;
-    if dump.version <= max && dump.version.dialect() == max.dialect() {
-        return Ok(payload.to_vec());
-    }
-    let ty = RdbType::from_id(dump.type_byte(), dump.version.dialect());
-    match ty {
-        Some(t) if target_knows(t, max) => Ok(dump.retarget(max)),
-        _ => Err(format!(
-            "the primary's value (RDB type {}, version {}) has an encoding this side (RDB {}) cannot load",
-            dump.type_byte(),
-            dump.version.0,
-            max.0
-        )),
-    }
+    restore_payload(payload, max, "this side")
 }
 
 impl Applier<'_> {

@@ -4,6 +4,16 @@
 use super::*;
 use proptest::prelude::*;
 
+/// A handoff in the replica overlap, held, asked to apply from replication id `r` at offset
+/// `at`.
+fn requested(at: u64) -> Handoff {
+    let h = Handoff::default();
+    h.init_overlap(true);
+    h.hold().unwrap();
+    h.apply_from("r", at).unwrap();
+    h
+}
+
 #[test]
 fn a_handoff_request_is_undone_by_an_abort() {
     let h = Handoff::default();
@@ -29,10 +39,7 @@ fn a_handoff_request_is_undone_by_an_abort() {
 
 #[test]
 fn an_abort_that_comes_after_the_take_over_commits() {
-    let h = Handoff::default();
-    h.init_overlap(true);
-    h.hold().unwrap();
-    h.apply_from("r", 0).unwrap();
+    let h = requested(0);
     assert_eq!(h.apply_request(), Some(("r".to_string(), 0)));
     h.started_applying(0).unwrap();
     assert_eq!(h.abort_apply(), Abort::TookOver);
@@ -41,10 +48,7 @@ fn an_abort_that_comes_after_the_take_over_commits() {
 
 #[test]
 fn a_take_over_of_an_older_request_fails() {
-    let h = Handoff::default();
-    h.init_overlap(true);
-    h.hold().unwrap();
-    h.apply_from("r", 5).unwrap();
+    let h = requested(5);
     assert_eq!(h.abort_apply(), Abort::Undone);
     h.hold().unwrap();
     h.apply_from("r", 9).unwrap();
@@ -59,10 +63,7 @@ fn a_take_over_of_an_older_request_fails() {
 
 #[test]
 fn a_refusal_ends_the_request() {
-    let h = Handoff::default();
-    h.init_overlap(true);
-    h.hold().unwrap();
-    h.apply_from("r", 0).unwrap();
+    let h = requested(0);
     assert!(h.refuse(0, "x".into()));
     assert_eq!(h.apply_request(), None);
     assert_eq!(h.refused().as_deref(), Some("x"));

@@ -50,28 +50,40 @@ impl Memory {
 
 /// Why `written` cannot hold what a side using `source_used` bytes holds (`None`: it can).
 pub fn room_problem(source_used: u64, written: &Memory) -> Option<String> {
+    short_of_room(
+        source_used,
+        written,
+        &format!("the side it copies uses {}", human(source_used)),
+        "",
+    )
+}
+
+/// Why `written` cannot take `bytes` (with the [`MARGIN_PERCENT`] margin), `None` when it
+/// can or has no limit: its limit and policy, `what` (what the bytes are, said after
+/// "but"), what would happen, and how much room to give it (then `advice`, e.g. `", or give
+/// it fewer slots"`). One message for a side and for a cluster node
+/// ([`crate::sync::cluster::room`]).
+pub fn short_of_room(bytes: u64, written: &Memory, what: &str, advice: &str) -> Option<String> {
     if written.maxmemory == 0 {
         return None;
     }
-    let need = source_used.saturating_mul(MARGIN_PERCENT) / 100;
+    let need = bytes.saturating_mul(MARGIN_PERCENT) / 100;
     if written.maxmemory >= need {
         return None;
     }
-    let what = if written.evicts() {
+    let outcome = if written.evicts() {
         "it would evict keys on its own, and the copy would lose them in silence"
     } else {
         "it would refuse writes with OOM"
     };
     Some(format!(
-        "its maxmemory is {} ({}) but the side it copies uses {} (with the {}% margin for other versions' encodings, backlog and buffers: {}): {what}. Raise its maxmemory (CONFIG SET maxmemory) to at least {}",
+        "its maxmemory is {} ({}) but {what} (with the {MARGIN_PERCENT}% margin for other versions' encodings, backlog and buffers: {}): {outcome}. Raise its maxmemory (CONFIG SET maxmemory) to at least {}{advice}",
         human(written.maxmemory),
         if written.policy.is_empty() {
             "policy unknown"
         } else {
             &written.policy
         },
-        human(source_used),
-        MARGIN_PERCENT,
         human(need),
         human(need)
     ))
