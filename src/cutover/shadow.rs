@@ -23,6 +23,7 @@
 //! | `SPOP`                                           | `SREM key <members it returned>`      |
 //! | `XADD key … *`                                   | `XADD key … <id it returned>`         |
 //! | `BLPOP`/`BRPOP`/`BRPOPLPUSH`/`BLMOVE`/`BZPOP*`   | `LPOP`/`RPOP`/`RPOPLPUSH`/`LMOVE`/`ZREM` |
+//! | `RPUSH`/`LPUSH`/`RPUSHX`/`LPUSHX`/`LINSERT`/`APPEND`/`SETRANGE` (reply > 0) | itself ³ |
 //! | `EVAL`/`EVALSHA`/`FCALL`, `SORT … STORE`, `RESTORE`, `*MPOP` | copy of the keys' state after it |
 //! | any other write                                  | itself                                 |
 //!
@@ -53,8 +54,17 @@
 //! keeps a TTL only if the key is there): they are sent with `XX`, and a nil (the key is not
 //! there) is copied the same way: a lost key, or a new key on the primary (then the copy
 //! creates it). `GETEX … PERSIST` is sent as `SET key <the value it returned>`, which gives
-//! the primary's result whether the old side still had the key or not. Other writes to a
-//! lost key (`APPEND`, `RPUSH`…) still land on nothing silently until a refresh finds it
+//! the primary's result whether the old side still had the key or not. The forms marked ³
+//! answer the key's resulting size: writes to one key reach the old side in the primary's
+//! order, so its reply must equal the primary's exactly ([`Action::Exact`]); a list or
+//! string shorter there (the typical `RPUSH log:x …` + sliding `EXPIRE log:x 60`: the
+//! `EXPIRE` finds the key the `RPUSH` just created, so only the size shows the loss), or an
+//! `RPUSHX` answered 0 there, is copied. (A pop the old side has not taken yet, see
+//! [`Action::Take`], can make a push answer one more there: a needless copy, still exact.)
+//! The cost on every other write is nil (they stay raw: the one table lookup by command id
+//! that already chose raw or rewritten); these writes have their reply decoded (an integer)
+//! and compared once in the writer. Writes to a lost key that answer neither a size nor a
+//! size (`SADD`, `HSET`…: they count new members) still land on nothing silently until a refresh finds it
 //! (`cutover verify` compares both sides).
 //!
 //! The queue between the sessions and the shadow writer is bounded: a session never waits for
@@ -185,6 +195,13 @@ const NEEDS_REPLY: &[&str] = &[
     "getdel",
     "spop",
     "xadd",
+    "rpush",
+    "lpush",
+    "rpushx",
+    "lpushx",
+    "linsert",
+    "append",
+    "setrange",
     "lpop",
     "rpop",
     "rpoplpush",
@@ -328,6 +345,17 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 ]),
                 Value::Int(0),
             )
+        }
+        // Answered with the key's resulting size: the old side, in the same per-key order,
+        // must answer the same size; a shorter list or string there (it lost the key, or
+        // expired it while the primary refreshed it) is copied. `*X`/`LINSERT` answered 0
+        // or -1 changed nothing.
+        "rpush" | "lpush" | "rpushx" | "lpushx" | "linsert" | "append" | "setrange" => {
+            match reply {
+                Value::Int(n) if *n > 0 => Action::Exact(args.to_vec(), Value::Int(*n)),
+                _ if matches!(name.as_str(), "rpushx" | "lpushx" | "linsert") => Action::Skip,
+                _ => same(),
+            }
         }
         "setex" | "psetex" => {
             let (Some(t), Some(v)) = (args.get(2).and_then(|a| num(a)), args.get(3)) else {
