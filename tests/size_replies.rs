@@ -1,0 +1,225 @@
+//! Writes answered with their key's resulting size landing on a key the written side lost
+//! on its own (issue 20).
+//!
+//! The typical application appends to a log with a sliding TTL: `RPUSH log:x …` then
+//! `EXPIRE log:x 60`. When the side a link (or the shadow writer) writes to expires such a
+//! key early, the next `RPUSH` creates a new, shorter list there and the `EXPIRE` finds it:
+//! no refresh shows the loss. Only the size the push answers does:
+//! - in the shadow overlap the old side must answer exactly what the primary answered
+//!   (`cutover::shadow`, `Action::Exact`), and a shorter list or string is copied back from
+//!   the primary;
+//! - on a sync link a push answered with exactly its own element count (an `APPEND` with its
+//!   own length) is a suspect, copied from the primary fenced at its offset
+//!   (`sync::engine::repair`).
+//!
+//! The early expiry is imitated deterministically: the keys are deleted directly on the
+//! written side between two rounds of the workload (what its own clock would do).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proxy, Server, Version};
+
+const LISTS: usize = 4;
+
+/// The keys the workload writes.
+fn keys() -> Vec<String> {
+    (0..LISTS)
+        .flat_map(|i| [format!("log:{i}"), format!("str:{i}")])
+        .collect()
+}
+
+/// Four clients on the same keys through the proxy, `rounds` each (bounded): a plain one
+/// (`RPUSH` + `EXPIRE`), a pipelined one (`RPUSH`, `APPEND`, `EXPIRE`s), one in `MULTI`
+/// (`LPUSH`, `APPEND`, `EXPIRE`s), and one with `RPUSHX` and `SETRANGE` at the end of the
+/// string (the same size as an `APPEND`). Every client starts each round with a push, so
+/// the first write to a key lost on the written side is a push, never a refresh.
+fn workload(proxy: &Proxy, round: usize, rounds: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|s| {
+        for client in 0..4usize {
+            let mut c = proxy.conn();
+            s.spawn(move || {
+                for r in 0..rounds {
+                    assert!(Instant::now() < deadline, "the workload took too long");
+                    let i = (r + client) % LISTS;
+                    let (log, st) = (format!("log:{i}"), format!("str:{i}"));
+                    let item = format!("{round}.{client}.{r}");
+                    match client {
+                        0 => {
+                            let _: i64 = redis::cmd("RPUSH")
+                                .arg(&log)
+                                .arg(&item)
+                                .query(&mut c)
+                                .unwrap();
+                            let _: i64 = redis::cmd("EXPIRE")
+                                .arg(&log)
+                                .arg(600)
+                                .query(&mut c)
+                                .unwrap();
+                        }
+                        1 => {
+                            let _: (i64, i64, i64, i64) = redis::pipe()
+                                .cmd("RPUSH")
+                                .arg(&log)
+                                .arg(&item)
+                                .arg("x")
+                                .cmd("APPEND")
+                                .arg(&st)
+                                .arg(&item)
+                                .cmd("EXPIRE")
+                                .arg(&log)
+                                .arg(600)
+                                .cmd("EXPIRE")
+                                .arg(&st)
+                                .arg(600)
+                                .query(&mut c)
+                                .unwrap();
+                        }
+                        2 => {
+                            let _: (i64, i64, i64, i64) = redis::pipe()
+                                .atomic()
+                                .cmd("LPUSH")
+                                .arg(&log)
+                                .arg(&item)
+                                .cmd("APPEND")
+                                .arg(&st)
+                                .arg("+")
+                                .cmd("EXPIRE")
+                                .arg(&log)
+                                .arg(600)
+                                .cmd("EXPIRE")
+                                .arg(&st)
+                                .arg(600)
+                                .query(&mut c)
+                                .unwrap();
+                        }
+                        _ => {
+                            let _: i64 = redis::cmd("RPUSHX")
+                                .arg(&log)
+                                .arg(&item)
+                                .query(&mut c)
+                                .unwrap();
+                            let len: i64 = redis::cmd("STRLEN").arg(&st).query(&mut c).unwrap();
+                            let _: i64 = redis::cmd("SETRANGE")
+                                .arg(&st)
+                                .arg(len)
+                                .arg("#")
+                                .query(&mut c)
+                                .unwrap();
+                            let _: i64 = redis::cmd("EXPIRE")
+                                .arg(&st)
+                                .arg(600)
+                                .query(&mut c)
+                                .unwrap();
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// The written side loses every key of the workload at once (as its own clock would
+/// expire them).
+fn lose_all(written: &mut redis::Connection) {
+    for k in keys() {
+        let _: i64 = redis::cmd("DEL").arg(&k).query(written).unwrap();
+    }
+}
+
+/// Waits (bounded) until both sides hold the same keys; panics with the differences.
+fn equal_sides(what: &str, primary: &Server, other: &Server, status: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = common::snapshot(&mut primary.conn());
+        let b = common::snapshot(&mut other.conn());
+        let diff = common::differences(&a, &b, 8);
+        if diff.is_empty() {
+            assert_eq!(a.len(), 2 * LISTS, "{a:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the sides differ (primary / other): {diff:?}\nstatus: {}",
+            status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Shadow overlap (Valkey 9.1 primary after the switch, Redis 6.2 old side): the old side
+/// loses the lists and strings, several clients push and refresh the same keys again; every
+/// push answered with a smaller size there has its key copied from the primary: both sides
+/// equal, the rollback safe, and a rollback then goes through.
+#[test]
+fn lists_and_strings_the_old_side_lost_are_copied_back_in_the_shadow_overlap() {
+    let source = Server::start(Version::Redis62);
+    let target = Server::start(Version::Valkey91);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
+    common::wait_streaming(&proxy);
+    common::step(&proxy, "switch");
+    workload(&proxy, 0, 60);
+    let drained = || {
+        common::wait_for("the shadow queue drained", Duration::from_secs(30), || {
+            let c = proxy.status_json()["cutover"].clone();
+            (c["shadow_queue"] == 0).then_some(c)
+        })
+    };
+    let c0 = drained();
+    assert_eq!(c0["shadow_keys_lost"], 0, "{c0}");
+    equal_sides("before the loss", &target, &source, || {
+        proxy.status_json().to_string()
+    });
+    lose_all(&mut source.conn());
+    workload(&proxy, 1, 60);
+    let c1 = drained();
+    equal_sides("after the loss", &target, &source, || {
+        proxy.status_json().to_string()
+    });
+    let lost = c1["shadow_keys_lost"].as_u64().unwrap_or(0);
+    let repaired = c1["shadow_keys_repaired"].as_u64().unwrap_or(0);
+    assert!(lost >= 2 * LISTS as u64, "{c1}");
+    assert!(repaired >= 2 * LISTS as u64, "{c1}");
+    assert_eq!(c1["shadow_keys_lost_names"], serde_json::json!([]), "{c1}");
+    let s = proxy.status_json();
+    assert_eq!(s["rollback_safe"], true, "{s}");
+    eprintln!("{lost} pushes found their key lost on the old side, {repaired} copies");
+    common::step(&proxy, "rollback");
+}
+
+/// Sync link (Redis 6.2 source, Redis 7.0 target): the target loses the lists and strings,
+/// several clients push and refresh the same keys again; every push the target answers with
+/// exactly its own size is a suspect, copied from the source fenced at its offset: both
+/// sides equal, nothing unrepaired, and the switch goes through.
+#[test]
+fn lists_and_strings_the_target_lost_are_copied_back_through_the_sync_link() {
+    let source = Server::start(Version::Redis62);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    common::wait_streaming(&proxy);
+    workload(&proxy, 0, 60);
+    common::wait_streaming(&proxy);
+    equal_sides("before the loss", &source, &target, || {
+        proxy.status_json().to_string()
+    });
+    let copies_before = proxy.status_json()["sync"]["repair_copies"]
+        .as_u64()
+        .unwrap_or(0);
+    lose_all(&mut target.conn());
+    workload(&proxy, 1, 60);
+    common::wait_streaming(&proxy);
+    equal_sides("after the loss", &source, &target, || {
+        proxy.status_json().to_string()
+    });
+    let s = proxy.status_json();
+    assert_eq!(s["sync"]["expired_early_keys"], 0, "{s}");
+    let copies = s["sync"]["repair_copies"].as_u64().unwrap_or(0);
+    assert!(copies > copies_before, "{s}");
+    eprintln!("copies: {copies_before} for the new keys, {copies} in all");
+    common::step(&proxy, "switch");
+}
