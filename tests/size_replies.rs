@@ -223,3 +223,65 @@ fn lists_and_strings_the_target_lost_are_copied_back_through_the_sync_link() {
     eprintln!("copies: {copies_before} for the new keys, {copies} in all");
     common::step(&proxy, "switch");
 }
+
+/// The cost of the suspect rule on a sync link (`cargo test --test size_replies
+/// cost_of_new_lists -- --ignored --nocapture`): 20,000 new strings (`SET`: no suspect),
+/// 20,000 new lists (`RPUSH`: each a suspect, one copy each), and a queue emptied after
+/// every push 20,000 times (`LPUSH` + `RPOP`: each push a suspect of the same key), written
+/// on the source in pipelines; the time until the link has applied them and placed every
+/// copy, and the copies made.
+#[test]
+#[ignore]
+fn cost_of_new_lists() {
+    let source = Server::start(Version::Redis62);
+    let target = Server::start(Version::Redis70);
+    let proxy = Proxy::start(&source.url(), &["--target", &target.url()]);
+    common::wait_streaming(&proxy);
+    let mut c = source.conn();
+    let n = 20_000;
+    let copies = || {
+        proxy.status_json()["sync"]["repair_copies"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    for (what, cmds) in [
+        ("new strings (SET)", vec![vec!["SET", "s:{i}", "x"]]),
+        ("new lists (RPUSH)", vec![vec!["RPUSH", "l:{i}", "x"]]),
+        (
+            "a queue emptied after every push (LPUSH + RPOP)",
+            vec![vec!["LPUSH", "q", "x"], vec!["RPOP", "q"]],
+        ),
+    ] {
+        let before = copies();
+        let start = Instant::now();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let mut pipe = redis::pipe();
+            for i in chunk {
+                for cmd in &cmds {
+                    let mut r = redis::cmd(cmd[0]);
+                    for a in &cmd[1..] {
+                        r.arg(a.replace("{i}", &i.to_string()));
+                    }
+                    pipe.add_command(r).ignore();
+                }
+            }
+            let _: () = pipe.query(&mut c).unwrap();
+        }
+        let wrote = start.elapsed();
+        common::wait_for(
+            "the link applied everything",
+            Duration::from_secs(120),
+            || {
+                let s = proxy.status_json();
+                (s["lag_bytes"] == 0
+                    && s["sync"]["expired_early_repairing"].as_u64().unwrap_or(0) == 0)
+                    .then_some(())
+            },
+        );
+        eprintln!(
+            "{what}: {n} written in {wrote:?}, applied (with its copies) after {:?}; {} copies",
+            start.elapsed(),
+            copies() - before
+        );
+    }
+}

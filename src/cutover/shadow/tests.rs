@@ -378,7 +378,11 @@ fn size_replies_must_be_equal_on_the_old_side() {
         Action::Skip
     );
     assert_eq!(
-        shadow_form(&a(&["LINSERT", "l", "BEFORE", "p", "x"]), &Value::Int(-1), 0),
+        shadow_form(
+            &a(&["LINSERT", "l", "BEFORE", "p", "x"]),
+            &Value::Int(-1),
+            0
+        ),
         Action::Skip
     );
     assert_eq!(

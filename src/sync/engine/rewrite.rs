@@ -45,7 +45,13 @@ impl Applier<'_> {
         // there on the primary.)
         let must_change = matches!(
             name,
-            "PEXPIREAT" | "PEXPIRE" | "EXPIREAT" | "EXPIRE" | "PERSIST" | "RPUSHX" | "LPUSHX"
+            "PEXPIREAT"
+                | "PEXPIRE"
+                | "EXPIREAT"
+                | "EXPIRE"
+                | "PERSIST"
+                | "RPUSHX"
+                | "LPUSHX"
                 | "LINSERT"
         ) || (name == "SET"
             && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"XX")));
@@ -630,7 +636,10 @@ mod tests {
         assert_eq!(s(&["SETRANGE", "k", "5", "ab"]).as_deref(), Some(":7\r\n"));
         assert_eq!(s(&["SETRANGE", "k", "5", ""]), None);
         assert_eq!(s(&["SETRANGE", "k", "x", "ab"]), None);
-        assert_eq!(s(&["LINSERT", "k", "BEFORE", "p", "e"]).as_deref(), Some(":-1\r\n"));
+        assert_eq!(
+            s(&["LINSERT", "k", "BEFORE", "p", "e"]).as_deref(),
+            Some(":-1\r\n")
+        );
         assert_eq!(s(&["SADD", "k", "a"]), None);
     }
 
@@ -680,4 +689,3 @@ mod tests {
         }
     }
 }
-
