@@ -123,9 +123,12 @@ pub enum Action {
     /// clock ahead, or the refresh reached it a little late). The writer counts it
     /// ([`ShadowSink::lost_key`]) and copies the key from the primary ([`repair`]).
     Expect(Args, Value),
-    /// A counter the primary started from nothing (`INCR` answered its bare increment): the
-    /// old side must answer exactly `.1`; anything else means it still held a key the primary
-    /// no longer had (its clock behind: it expires later). Copied like [`Self::Expect`].
+    /// A reply the old side must give exactly (`.1`); anything else means its key differs
+    /// from the primary's. A counter the primary started from nothing (`INCR` answered its
+    /// bare increment): a larger result there means it still held a key the primary no
+    /// longer had (its clock behind: it expires later). A write answered with its key's
+    /// size (`RPUSH`, `APPEND`…): another size there means it lost the key (or kept it
+    /// longer). Copied like [`Self::Expect`].
     Exact(Args, Value),
     /// The copy of a key the old side lost, read from the primary while no write to it was
     /// in flight ([`repair`]): `RESTORE … REPLACE`, `DEL`, or plain commands in one
