@@ -73,7 +73,6 @@
 //! metric, log) and the primary keeps going at full speed.
 
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
@@ -81,8 +80,6 @@ use tokio::sync::mpsc;
 use crate::route::Side;
 
 pub use crate::client::Value;
-
-use crate::command::flags_where;
 
 /// One command as argument vectors.
 pub type Args = Vec<Vec<u8>>;
@@ -138,97 +135,6 @@ pub enum Action {
 
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
 const MOVE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call(ARGV[3], KEYS[2], ARGV[1]) return 1 end return 0";
-
-/// Writes (and the few commands the old side needs to stay in step), by command id, from the
-/// command table ([`crate::command`]): every command a server flags `write` (a container
-/// such as `XGROUP` when one of its subcommands is), and the scripting commands that are not
-/// read-only (`EVAL`, `EVALSHA`, `FCALL`, `SCRIPT`, `FUNCTION`: the old side needs the same
-/// scripts, and their writes are not flagged on the command). Never `CLUSTER` (Valkey 9.1's
-/// `CLUSTER FLUSHSLOT` is a write, but the container is mostly reads about the cluster the
-/// proxy talks to, not data for the old side).
-fn write_table() -> &'static [bool] {
-    static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    TABLE.get_or_init(|| flags_where(is_write_command))
-}
-
-fn is_write_command(c: &crate::command::Command) -> bool {
-    use crate::command::{F_READONLY, F_WRITE};
-    if c.name == "cluster" {
-        return false;
-    }
-    let scripting =
-        c.in_category("scripting") || c.subcommands.iter().any(|s| s.in_category("scripting"));
-    c.has_flag(F_WRITE) || (scripting && !c.has_flag(F_READONLY))
-}
-
-/// Must the proxy capture this command to shadow it? (By the id of `command::command_id`.)
-pub fn is_write(cmd: usize) -> bool {
-    write_table().get(cmd).copied().unwrap_or(false)
-}
-
-/// Does this write's shadow form depend on its reply (or differ from the command)? The others
-/// are sent to the old side as the client sent them when they succeeded, without decoding
-/// anything.
-pub fn needs_reply(cmd: usize) -> bool {
-    static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| flags_where(|c| NEEDS_REPLY.contains(&c.name)));
-    // Unknown commands are never captured; be safe anyway.
-    table.get(cmd).copied().unwrap_or(true)
-}
-
-/// The writes [`shadow_form`] rewrites (everything else there is "itself").
-const NEEDS_REPLY: &[&str] = &[
-    "incr",
-    "decr",
-    "incrby",
-    "decrby",
-    "incrbyfloat",
-    "hincrby",
-    "hincrbyfloat",
-    "zincrby",
-    "expire",
-    "pexpire",
-    "persist",
-    "expireat",
-    "pexpireat",
-    "setex",
-    "psetex",
-    "set",
-    "getex",
-    "getdel",
-    "spop",
-    "xadd",
-    "rpush",
-    "lpush",
-    "rpushx",
-    "lpushx",
-    "linsert",
-    "append",
-    "setrange",
-    "lpop",
-    "rpop",
-    "rpoplpush",
-    "lmove",
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "blmove",
-    "bzpopmin",
-    "bzpopmax",
-    "blmpop",
-    "bzmpop",
-    "lmpop",
-    "zmpop",
-    "xreadgroup",
-    "eval",
-    "evalsha",
-    "fcall",
-    "sort",
-    "georadius",
-    "georadiusbymember",
-    "restore",
-    "migrate",
-];
 
 fn upper(a: &[u8]) -> Vec<u8> {
     a.to_ascii_uppercase()
@@ -797,6 +703,11 @@ impl ShadowSink {
 }
 
 pub mod repair;
+mod table;
+
+#[cfg(test)]
+use table::NEEDS_REPLY;
+pub use table::{is_write, needs_reply};
 
 #[cfg(test)]
 mod tests;
