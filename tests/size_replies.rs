@@ -285,3 +285,119 @@ fn cost_of_new_lists() {
         );
     }
 }
+
+/// One client of [`sliding_logs_on_an_old_side_50_ms_ahead_are_repaired`]: `RPUSH` onto a
+/// random log, then `PEXPIRE … 100` (a sliding window), until `run` is over (bounded in
+/// count too).
+fn sliding_log_client(url: String, seed: u64, logs: u64, run: Duration) -> u64 {
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let started = Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let mut n = 0u64;
+    while started.elapsed() < run && n < 1_000_000 {
+        n += 1;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let k = format!("slog:{}", x % logs);
+        let _: i64 = redis::cmd("RPUSH")
+            .arg(&k)
+            .arg(format!("{seed}.{n}"))
+            .query(&mut c)
+            .unwrap();
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(&k)
+            .arg(100)
+            .query(&mut c)
+            .unwrap();
+    }
+    n
+}
+
+/// The same loss from a real clock: after a switch the old side (Redis 6.2) runs 50 ms ahead
+/// (libfaketime) and expires the logs first; four clients push onto and refresh the same 200
+/// logs for 2 s. Afterwards every live log is given a long TTL through the proxy, and both
+/// sides hold the same lists (compared with independent clients); the rollback is safe.
+#[test]
+fn sliding_logs_on_an_old_side_50_ms_ahead_are_repaired() {
+    let source =
+        common::faketime::SkewedServer::start_clock("redis-6.2-server", Some("+0.05"), &[]);
+    let target = Server::start(Version::Valkey91);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
+    common::wait_streaming(&proxy);
+    common::step(&proxy, "switch");
+    let logs = 200;
+    let pushes: u64 = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..4)
+            .map(|seed| {
+                let url = proxy.url();
+                s.spawn(move || sliding_log_client(url, seed, logs, Duration::from_secs(2)))
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).sum()
+    });
+    // Freeze: every live log kept (one pipeline: the 100 ms windows run out meanwhile).
+    let mut pipe = redis::pipe();
+    for i in 0..logs {
+        pipe.cmd("PEXPIRE").arg(format!("slog:{i}")).arg(600_000);
+    }
+    let alive: Vec<i64> = pipe.query(&mut proxy.conn()).unwrap();
+    let live: Vec<String> = (0..logs)
+        .filter(|i| alive[*i as usize] == 1)
+        .map(|i| format!("slog:{i}"))
+        .collect();
+    let c = common::wait_for("the shadow queue drained", Duration::from_secs(30), || {
+        let c = proxy.status_json()["cutover"].clone();
+        (c["shadow_queue"] == 0).then_some(c)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut primary, mut old) = (target.conn(), source.conn());
+    loop {
+        let mut differ = Vec::new();
+        for k in &live {
+            let a: Vec<String> = redis::cmd("LRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .query(&mut primary)
+                .unwrap();
+            let b: Vec<String> = redis::cmd("LRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .query(&mut old)
+                .unwrap();
+            if a != b {
+                differ.push(format!("{k}: {} / {} elements", a.len(), b.len()));
+            }
+        }
+        if differ.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} live logs differ on the old side (primary / old): {:?}\n{c}",
+            differ.len(),
+            live.len(),
+            &differ[..differ.len().min(8)]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "{pushes} pushes, {} live logs, {} writes found their key lost on the old side, {} copies",
+        live.len(),
+        c["shadow_keys_lost"],
+        c["shadow_keys_repaired"]
+    );
+    assert!(
+        live.len() > 5,
+        "the workload kept logs alive: {}",
+        live.len()
+    );
+    let s = proxy.status_json();
+    assert_eq!(s["rollback_safe"], true, "{s}");
+    common::step(&proxy, "rollback");
+}
