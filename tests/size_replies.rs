@@ -417,7 +417,7 @@ fn sliding_logs_on_an_old_side_50_ms_ahead_are_repaired() {
 
 /// The same through a sync link: a Redis 8.2 source (it propagates absolute `PEXPIREAT`s)
 /// into a Redis 6.2 target 50 ms ahead. Both sides end with the same lists, nothing stays
-/// unrepaired, and the switch goes through.
+/// unrepaired, and the switch goes through. (On `main`: 56 of 154 live logs shorter there.)
 #[test]
 fn sliding_logs_into_a_target_50_ms_ahead_are_repaired() {
     let source = SkewedServer::start_clock("redis-8.2-server", None, &[]);
