@@ -23,6 +23,7 @@
 //! | `SPOP`                                           | `SREM key <members it returned>`      |
 //! | `XADD key … *`                                   | `XADD key … <id it returned>`         |
 //! | `BLPOP`/`BRPOP`/`BRPOPLPUSH`/`BLMOVE`/`BZPOP*`   | `LPOP`/`RPOP`/`RPOPLPUSH`/`LMOVE`/`ZREM` |
+//! | `RPUSH`/`LPUSH`/`RPUSHX`/`LPUSHX`/`LINSERT`/`APPEND`/`SETRANGE` (reply > 0) | itself ³ |
 //! | `EVAL`/`EVALSHA`/`FCALL`, `SORT … STORE`, `RESTORE`, `*MPOP` | copy of the keys' state after it |
 //! | any other write                                  | itself                                 |
 //!
@@ -53,8 +54,17 @@
 //! keeps a TTL only if the key is there): they are sent with `XX`, and a nil (the key is not
 //! there) is copied the same way: a lost key, or a new key on the primary (then the copy
 //! creates it). `GETEX … PERSIST` is sent as `SET key <the value it returned>`, which gives
-//! the primary's result whether the old side still had the key or not. Other writes to a
-//! lost key (`APPEND`, `RPUSH`…) still land on nothing silently until a refresh finds it
+//! the primary's result whether the old side still had the key or not. The forms marked ³
+//! answer the key's resulting size: writes to one key reach the old side in the primary's
+//! order, so its reply must equal the primary's exactly ([`Action::Exact`]); a list or
+//! string shorter there (the typical `RPUSH log:x …` + sliding `EXPIRE log:x 60`: the
+//! `EXPIRE` finds the key the `RPUSH` just created, so only the size shows the loss), or an
+//! `RPUSHX` answered 0 there, is copied. (A pop the old side has not taken yet, see
+//! [`Action::Take`], can make a push answer one more there: a needless copy, still exact.)
+//! The cost on every other write is nil (they stay raw: the one table lookup by command id
+//! that already chose raw or rewritten); these writes have their reply decoded (an integer)
+//! and compared once in the writer. Writes to a lost key that answer neither a size nor a
+//! size (`SADD`, `HSET`…: they count new members) still land on nothing silently until a refresh finds it
 //! (`cutover verify` compares both sides).
 //!
 //! The queue between the sessions and the shadow writer is bounded: a session never waits for
@@ -63,7 +73,6 @@
 //! metric, log) and the primary keeps going at full speed.
 
 use std::sync::Mutex;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
@@ -71,8 +80,6 @@ use tokio::sync::mpsc;
 use crate::route::Side;
 
 pub use crate::client::Value;
-
-use crate::command::flags_where;
 
 /// One command as argument vectors.
 pub type Args = Vec<Vec<u8>>;
@@ -113,9 +120,12 @@ pub enum Action {
     /// clock ahead, or the refresh reached it a little late). The writer counts it
     /// ([`ShadowSink::lost_key`]) and copies the key from the primary ([`repair`]).
     Expect(Args, Value),
-    /// A counter the primary started from nothing (`INCR` answered its bare increment): the
-    /// old side must answer exactly `.1`; anything else means it still held a key the primary
-    /// no longer had (its clock behind: it expires later). Copied like [`Self::Expect`].
+    /// A reply the old side must give exactly (`.1`); anything else means its key differs
+    /// from the primary's. A counter the primary started from nothing (`INCR` answered its
+    /// bare increment): a larger result there means it still held a key the primary no
+    /// longer had (its clock behind: it expires later). A write answered with its key's
+    /// size (`RPUSH`, `APPEND`…): another size there means it lost the key (or kept it
+    /// longer). Copied like [`Self::Expect`].
     Exact(Args, Value),
     /// The copy of a key the old side lost, read from the primary while no write to it was
     /// in flight ([`repair`]): `RESTORE … REPLACE`, `DEL`, or plain commands in one
@@ -125,90 +135,6 @@ pub enum Action {
 
 /// `BRPOPLPUSH`/`BLMOVE` on the old side: move that element once it is there.
 const MOVE_SCRIPT: &str = "if redis.call('LREM', KEYS[1], ARGV[2], ARGV[1]) == 1 then redis.call(ARGV[3], KEYS[2], ARGV[1]) return 1 end return 0";
-
-/// Writes (and the few commands the old side needs to stay in step), by command id, from the
-/// command table ([`crate::command`]): every command a server flags `write` (a container
-/// such as `XGROUP` when one of its subcommands is), and the scripting commands that are not
-/// read-only (`EVAL`, `EVALSHA`, `FCALL`, `SCRIPT`, `FUNCTION`: the old side needs the same
-/// scripts, and their writes are not flagged on the command). Never `CLUSTER` (Valkey 9.1's
-/// `CLUSTER FLUSHSLOT` is a write, but the container is mostly reads about the cluster the
-/// proxy talks to, not data for the old side).
-fn write_table() -> &'static [bool] {
-    static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    TABLE.get_or_init(|| flags_where(is_write_command))
-}
-
-fn is_write_command(c: &crate::command::Command) -> bool {
-    use crate::command::{F_READONLY, F_WRITE};
-    if c.name == "cluster" {
-        return false;
-    }
-    let scripting =
-        c.in_category("scripting") || c.subcommands.iter().any(|s| s.in_category("scripting"));
-    c.has_flag(F_WRITE) || (scripting && !c.has_flag(F_READONLY))
-}
-
-/// Must the proxy capture this command to shadow it? (By the id of `command::command_id`.)
-pub fn is_write(cmd: usize) -> bool {
-    write_table().get(cmd).copied().unwrap_or(false)
-}
-
-/// Does this write's shadow form depend on its reply (or differ from the command)? The others
-/// are sent to the old side as the client sent them when they succeeded, without decoding
-/// anything.
-pub fn needs_reply(cmd: usize) -> bool {
-    static TABLE: OnceLock<Vec<bool>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| flags_where(|c| NEEDS_REPLY.contains(&c.name)));
-    // Unknown commands are never captured; be safe anyway.
-    table.get(cmd).copied().unwrap_or(true)
-}
-
-/// The writes [`shadow_form`] rewrites (everything else there is "itself").
-const NEEDS_REPLY: &[&str] = &[
-    "incr",
-    "decr",
-    "incrby",
-    "decrby",
-    "incrbyfloat",
-    "hincrby",
-    "hincrbyfloat",
-    "zincrby",
-    "expire",
-    "pexpire",
-    "persist",
-    "expireat",
-    "pexpireat",
-    "setex",
-    "psetex",
-    "set",
-    "getex",
-    "getdel",
-    "spop",
-    "xadd",
-    "lpop",
-    "rpop",
-    "rpoplpush",
-    "lmove",
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "blmove",
-    "bzpopmin",
-    "bzpopmax",
-    "blmpop",
-    "bzmpop",
-    "lmpop",
-    "zmpop",
-    "xreadgroup",
-    "eval",
-    "evalsha",
-    "fcall",
-    "sort",
-    "georadius",
-    "georadiusbymember",
-    "restore",
-    "migrate",
-];
 
 fn upper(a: &[u8]) -> Vec<u8> {
     a.to_ascii_uppercase()
@@ -328,6 +254,17 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 ]),
                 Value::Int(0),
             )
+        }
+        // Answered with the key's resulting size: the old side, in the same per-key order,
+        // must answer the same size; a shorter list or string there (it lost the key, or
+        // expired it while the primary refreshed it) is copied. `*X`/`LINSERT` answered 0
+        // or -1 changed nothing.
+        "rpush" | "lpush" | "rpushx" | "lpushx" | "linsert" | "append" | "setrange" => {
+            match reply {
+                Value::Int(n) if *n > 0 => Action::Exact(args.to_vec(), Value::Int(*n)),
+                _ if matches!(name.as_str(), "rpushx" | "lpushx" | "linsert") => Action::Skip,
+                _ => same(),
+            }
         }
         "setex" | "psetex" => {
             let (Some(t), Some(v)) = (args.get(2).and_then(|a| num(a)), args.get(3)) else {
@@ -766,6 +703,11 @@ impl ShadowSink {
 }
 
 pub mod repair;
+mod table;
+
+#[cfg(test)]
+use table::NEEDS_REPLY;
+pub use table::{is_write, needs_reply};
 
 #[cfg(test)]
 mod tests;

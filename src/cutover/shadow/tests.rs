@@ -238,7 +238,7 @@ fn random_choices_become_what_was_chosen() {
     );
     assert_eq!(
         shadow_form(&a(&["RPUSH", "l", "x"]), &Value::Int(1), 0),
-        apply(&["RPUSH", "l", "x"])
+        Action::Exact(a(&["RPUSH", "l", "x"]), Value::Int(1))
     );
     assert_eq!(
         shadow_form(
@@ -355,4 +355,40 @@ fn forms_that_show_a_key_lost_on_the_old_side() {
         ),
         apply(&["SET", "k", "v"])
     );
+}
+
+#[test]
+fn size_replies_must_be_equal_on_the_old_side() {
+    // The old side must answer the primary's size exactly (a shorter list there is lost).
+    assert_eq!(
+        shadow_form(&a(&["RPUSH", "l", "x", "y"]), &Value::Int(7), 0),
+        Action::Exact(a(&["RPUSH", "l", "x", "y"]), Value::Int(7))
+    );
+    assert_eq!(
+        shadow_form(&a(&["APPEND", "s", "abc"]), &Value::Int(3), 0),
+        Action::Exact(a(&["APPEND", "s", "abc"]), Value::Int(3))
+    );
+    assert_eq!(
+        shadow_form(&a(&["LPUSHX", "l", "x"]), &Value::Int(2), 0),
+        Action::Exact(a(&["LPUSHX", "l", "x"]), Value::Int(2))
+    );
+    // Nothing changed on the primary.
+    assert_eq!(
+        shadow_form(&a(&["RPUSHX", "l", "x"]), &Value::Int(0), 0),
+        Action::Skip
+    );
+    assert_eq!(
+        shadow_form(
+            &a(&["LINSERT", "l", "BEFORE", "p", "x"]),
+            &Value::Int(-1),
+            0
+        ),
+        Action::Skip
+    );
+    assert_eq!(
+        shadow_form(&a(&["SETRANGE", "s", "0", ""]), &Value::Int(0), 0),
+        Action::Apply(vec![a(&["SETRANGE", "s", "0", ""])])
+    );
+    assert!(needs_reply(command_id(b"rpush")));
+    assert!(!needs_reply(command_id(b"sadd")));
 }

@@ -384,6 +384,16 @@ impl ClusterSink {
                     }
                 }
             }
+            if tags.iter().any(|t| t.suspect_reply.is_some()) {
+                for (i, element) in crate::sync::target::array_elements(&reply) {
+                    if let Some(t) = tags
+                        .get(i)
+                        .filter(|t| t.suspect_reply.as_deref() == Some(element))
+                    {
+                        self.unchanged.push(t.clone());
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -41,9 +41,18 @@ impl Applier<'_> {
         let first_key = keys.first().copied().unwrap_or(1);
         // A refresh or conditional update the primary applied to an existing key: answered
         // 0 or nil here, the key was missing on this side (expired early, issue 20).
+        // (`RPUSHX`/`LPUSHX`/`LINSERT` reach the stream only when they pushed: the key was
+        // there on the primary.)
         let must_change = matches!(
             name,
-            "PEXPIREAT" | "PEXPIRE" | "EXPIREAT" | "EXPIRE" | "PERSIST"
+            "PEXPIREAT"
+                | "PEXPIRE"
+                | "EXPIREAT"
+                | "EXPIRE"
+                | "PERSIST"
+                | "RPUSHX"
+                | "LPUSHX"
+                | "LINSERT"
         ) || (name == "SET"
             && args.iter().skip(3).any(|a| a.eq_ignore_ascii_case(b"XX")));
         // A counter this side answers with the bare increment was missing here before it:
@@ -63,7 +72,10 @@ impl Applier<'_> {
                     };
                     format!(":{n}\r\n").into_bytes().into_boxed_slice()
                 }),
-            _ => None,
+            // A write answered with the key's resulting size, equal to exactly what it
+            // added: the key was missing here before it — a new list or string, or one this
+            // side expired early while the primary's is longer (issue 20): a suspect too.
+            _ => size_suspect(name, args),
         };
         // A write that sets the key whole repairs a key that expired early here (issue 20).
         if self.progress.refusals.any_unrepaired() {
@@ -588,9 +600,48 @@ fn msetex_as_sets(args: &[&[u8]]) -> Option<Vec<Vec<Vec<u8>>>> {
     Some(out)
 }
 
+/// The reply of a write answered with its key's resulting size when the key was missing
+/// before it (`RPUSH k a b` → `:2`, `APPEND k abc` → `:3`, `SETRANGE k 5 ab` → `:7`), and
+/// `LINSERT`'s `:-1` (its pivot is missing here, though the primary found it): these reply
+/// bytes make the command a suspect ([`Tag::suspect_reply`]).
+fn size_suspect(name: &str, args: &[&[u8]]) -> Option<Box<[u8]>> {
+    let size = match name {
+        "RPUSH" | "LPUSH" if args.len() > 2 => (args.len() - 2) as u64,
+        "APPEND" if args.len() == 3 => args[2].len() as u64,
+        // An empty value changes nothing (and creates no key).
+        "SETRANGE" if args.len() == 4 && !args[3].is_empty() => std::str::from_utf8(args[2])
+            .ok()?
+            .parse::<u64>()
+            .ok()?
+            .checked_add(args[3].len() as u64)?,
+        "LINSERT" => return Some(b":-1\r\n".to_vec().into_boxed_slice()),
+        _ => return None,
+    };
+    Some(format!(":{size}\r\n").into_bytes().into_boxed_slice())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_replies_of_a_key_missing_before() {
+        let s = |a: &[&str]| {
+            let args: Vec<&[u8]> = a.iter().map(|x| x.as_bytes()).collect();
+            size_suspect(a[0], &args).map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        assert_eq!(s(&["RPUSH", "k", "a", "b"]).as_deref(), Some(":2\r\n"));
+        assert_eq!(s(&["LPUSH", "k", "a"]).as_deref(), Some(":1\r\n"));
+        assert_eq!(s(&["APPEND", "k", "abc"]).as_deref(), Some(":3\r\n"));
+        assert_eq!(s(&["SETRANGE", "k", "5", "ab"]).as_deref(), Some(":7\r\n"));
+        assert_eq!(s(&["SETRANGE", "k", "5", ""]), None);
+        assert_eq!(s(&["SETRANGE", "k", "x", "ab"]), None);
+        assert_eq!(
+            s(&["LINSERT", "k", "BEFORE", "p", "e"]).as_deref(),
+            Some(":-1\r\n")
+        );
+        assert_eq!(s(&["SADD", "k", "a"]), None);
+    }
 
     #[test]
     fn arity_from_command_info() {
