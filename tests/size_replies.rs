@@ -132,13 +132,24 @@ fn lose_all(written: &mut redis::Connection) {
 
 /// Waits (bounded) until both sides hold the same keys; panics with the differences.
 fn equal_sides(what: &str, primary: &Server, other: &Server, status: impl Fn() -> String) {
+    equal_sides_of(what, primary, other, 2 * LISTS, status)
+}
+
+/// [`equal_sides`], with `keys` keys on each side.
+fn equal_sides_of(
+    what: &str,
+    primary: &Server,
+    other: &Server,
+    keys: usize,
+    status: impl Fn() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let a = common::snapshot(&mut primary.conn());
         let b = common::snapshot(&mut other.conn());
         let diff = common::differences(&a, &b, 8);
         if diff.is_empty() {
-            assert_eq!(a.len(), 2 * LISTS, "{a:?}");
+            assert_eq!(a.len(), keys, "{a:?}");
             return;
         }
         assert!(
@@ -440,4 +451,103 @@ fn sliding_logs_into_a_target_50_ms_ahead_are_repaired() {
     );
     assert_eq!(s["sync"]["expired_early_keys"], 0, "{s}");
     common::step(&proxy, "switch");
+}
+
+/// Sets, hashes and sorted sets with a sliding TTL, written by three clients on the same keys
+/// through the proxy, `rounds` each (bounded): `SADD` + `EXPIRE`; pipelined `HSET`, `HDEL`,
+/// `EXPIRE`; `ZADD`, `SREM`, `EXPIRE` in `MULTI`. Each write answers how many members it
+/// added or removed, and each names a member the key already holds (`common`): a write that
+/// only adds new members answers the same count on a key the old side lost, so only such a
+/// write shows the loss (the limit of the count check, see `cutover::shadow`).
+fn member_workload(proxy: &Proxy, round: usize, rounds: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|s| {
+        for client in 0..3usize {
+            let mut c = proxy.conn();
+            s.spawn(move || {
+                for r in 0..rounds {
+                    assert!(Instant::now() < deadline, "the workload took too long");
+                    let i = (r + client) % LISTS;
+                    let (set, hash, zset) =
+                        (format!("set:{i}"), format!("hash:{i}"), format!("zset:{i}"));
+                    let member = format!("{round}.{client}.{r}");
+                    let mut p = redis::pipe();
+                    match client {
+                        0 => p.cmd("SADD").arg(&set).arg(&member).arg("common"),
+                        1 => p
+                            .cmd("HSET")
+                            .arg(&hash)
+                            .arg(&member)
+                            .arg(r)
+                            .arg("common")
+                            .arg(round)
+                            .cmd("HDEL")
+                            .arg(&hash)
+                            .arg(format!("{round}.{client}.{}", r.saturating_sub(2))),
+                        _ => p
+                            .atomic()
+                            .cmd("ZADD")
+                            .arg(&zset)
+                            .arg(r)
+                            .arg(&member)
+                            .arg(round)
+                            .arg("common")
+                            .cmd("SREM")
+                            .arg(&set)
+                            .arg(format!("{round}.0.{}", r.saturating_sub(3))),
+                    };
+                    for k in [&set, &hash, &zset] {
+                        p.cmd("EXPIRE").arg(k).arg(600);
+                    }
+                    let _: redis::Value = p.query(&mut c).unwrap();
+                }
+            });
+        }
+    });
+}
+
+/// Shadow overlap (Valkey 9.1 primary after the switch, Redis 6.2 old side): the old side
+/// loses the sets, hashes and sorted sets; writes answered with another member count there
+/// have their key copied from the primary: both sides equal, the rollback safe.
+#[test]
+fn sets_and_hashes_the_old_side_lost_are_copied_back_in_the_shadow_overlap() {
+    let source = Server::start(Version::Redis62);
+    let target = Server::start(Version::Valkey91);
+    let proxy = Proxy::start(
+        &source.url(),
+        &["--target", &target.url(), "--overlap", "shadow"],
+    );
+    common::wait_streaming(&proxy);
+    common::step(&proxy, "switch");
+    member_workload(&proxy, 0, 40);
+    let drained = || {
+        common::wait_for("the shadow queue drained", Duration::from_secs(30), || {
+            let c = proxy.status_json()["cutover"].clone();
+            (c["shadow_queue"] == 0).then_some(c)
+        })
+    };
+    let c0 = drained();
+    assert_eq!(c0["shadow_keys_lost"], 0, "{c0}");
+    equal_sides_of("before the loss", &target, &source, 3 * LISTS, || {
+        proxy.status_json().to_string()
+    });
+    {
+        let mut old = source.conn();
+        for i in 0..LISTS {
+            for k in [format!("set:{i}"), format!("hash:{i}"), format!("zset:{i}")] {
+                let _: i64 = redis::cmd("DEL").arg(&k).query(&mut old).unwrap();
+            }
+        }
+    }
+    member_workload(&proxy, 1, 40);
+    let c1 = drained();
+    equal_sides_of("after the loss", &target, &source, 3 * LISTS, || {
+        proxy.status_json().to_string()
+    });
+    let repaired = c1["shadow_keys_repaired"].as_u64().unwrap_or(0);
+    assert!(repaired >= 3 * LISTS as u64, "{c1}");
+    assert_eq!(c1["shadow_keys_lost_names"], serde_json::json!([]), "{c1}");
+    let s = proxy.status_json();
+    assert_eq!(s["rollback_safe"], true, "{s}");
+    common::step(&proxy, "rollback");
 }

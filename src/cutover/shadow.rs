@@ -24,6 +24,7 @@
 //! | `XADD key … *`                                   | `XADD key … <id it returned>`         |
 //! | `BLPOP`/`BRPOP`/`BRPOPLPUSH`/`BLMOVE`/`BZPOP*`   | `LPOP`/`RPOP`/`RPOPLPUSH`/`LMOVE`/`ZREM` |
 //! | `RPUSH`/`LPUSH`/`RPUSHX`/`LPUSHX`/`LINSERT`/`APPEND`/`SETRANGE` (reply > 0) | itself ³ |
+//! | `SADD`/`SREM`/`HSET`/`HSETNX`/`HDEL`/`ZADD`/`ZREM`/`LREM` (an integer reply) | itself ⁴ |
 //! | `EVAL`/`EVALSHA`/`FCALL`, `SORT … STORE`, `RESTORE`, `*MPOP` | copy of the keys' state after it |
 //! | any other write                                  | itself                                 |
 //!
@@ -63,9 +64,11 @@
 //! [`Action::Take`], can make a push answer one more there: a needless copy, still exact.)
 //! The cost on every other write is nil (they stay raw: the one table lookup by command id
 //! that already chose raw or rewritten); these writes have their reply decoded (an integer)
-//! and compared once in the writer. Writes to a lost key that answer neither a size nor a
-//! size (`SADD`, `HSET`…: they count new members) still land on nothing silently until a refresh finds it
-//! (`cutover verify` compares both sides).
+//! and compared once in the writer. The writes marked ⁴ answer how many members they added
+//! or removed: the same holds, the old side must answer the same count (a set or hash the old
+//! side lost answers every member new). A write that adds only new members answers the same
+//! count on a lost key: such a key is found by the next write that names a member it held
+//! (or by `cutover verify`).
 //!
 //! The queue between the sessions and the shadow writer is bounded: a session never waits for
 //! the old side. If the queue overflows, or the old side refuses a shadow write or cannot be
@@ -266,6 +269,15 @@ pub fn shadow_form(args: &[Vec<u8>], reply: &Value, now_ms: u64) -> Action {
                 _ => same(),
             }
         }
+        // Answered with how many members it added or removed: in the same per-key order
+        // the old side must answer the same count; another count there means it lost the key
+        // (a set, hash or sorted set refreshed by a sliding `EXPIRE` after each `SADD`/`HSET`:
+        // the refresh finds the key the write just created, only the count shows the loss),
+        // and the key is copied.
+        "sadd" | "srem" | "hset" | "hsetnx" | "hdel" | "zadd" | "zrem" | "lrem" => match reply {
+            Value::Int(n) => Action::Exact(args.to_vec(), Value::Int(*n)),
+            _ => same(),
+        },
         "setex" | "psetex" => {
             let (Some(t), Some(v)) = (args.get(2).and_then(|a| num(a)), args.get(3)) else {
                 return Action::Skip;

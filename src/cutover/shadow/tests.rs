@@ -390,5 +390,32 @@ fn size_replies_must_be_equal_on_the_old_side() {
         Action::Apply(vec![a(&["SETRANGE", "s", "0", ""])])
     );
     assert!(needs_reply(command_id(b"rpush")));
-    assert!(!needs_reply(command_id(b"sadd")));
+    assert!(!needs_reply(command_id(b"mset")));
+}
+
+#[test]
+fn member_counts_must_be_equal_on_the_old_side() {
+    // A set or hash the old side lost answers every member new (or none removed).
+    for (cmd, n) in [
+        (&["SADD", "s", "a", "b"][..], 1),
+        (&["HSET", "h", "f", "v"][..], 0),
+        (&["SREM", "s", "a"][..], 1),
+        (&["ZADD", "z", "1", "m"][..], 0),
+    ] {
+        assert_eq!(
+            shadow_form(&a(cmd), &Value::Int(n), 0),
+            Action::Exact(a(cmd), Value::Int(n))
+        );
+    }
+    // `ZADD … INCR` answers a score: sent as it is.
+    assert_eq!(
+        shadow_form(
+            &a(&["ZADD", "z", "INCR", "1", "m"]),
+            &Value::Bytes(b"2".to_vec()),
+            0
+        ),
+        Action::Apply(vec![a(&["ZADD", "z", "INCR", "1", "m"])])
+    );
+    assert!(needs_reply(command_id(b"sadd")));
+    assert!(needs_reply(command_id(b"hset")));
 }
