@@ -220,7 +220,18 @@ fn source_atomic_slot_migration_into_standalone_is_exact() {
 /// 3-master Valkey 9.1 → 3-master Redis 7.0, slots moved by atomic slot migration.
 #[test]
 fn source_atomic_slot_migration_into_cluster_is_exact() {
-    let source = source_cluster(Version::Valkey91);
+    reshard_into_cluster(Version::Valkey91, &atomic_reshard, "0:60,1:150", true);
+}
+
+/// A 3-master source of `version` into a 3-master Redis 7.0 target, slots moved by `mover`
+/// during the sync ([`reshard_during_sync`]).
+fn reshard_into_cluster(
+    version: Version,
+    mover: &dyn Fn(&Cluster, u16, u16),
+    delay: &str,
+    resync_allowed: bool,
+) {
+    let source = source_cluster(version);
     let target = Cluster::start(Version::Redis70, 3, 0);
     let data = || data_of(&target);
     let streaming = || {
@@ -228,9 +239,9 @@ fn source_atomic_slot_migration_into_cluster_is_exact() {
         links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
     };
     reshard_during_sync(
-        &atomic_reshard,
-        "0:60,1:150",
-        true,
+        mover,
+        delay,
+        resync_allowed,
         &source,
         &target.seeds_url(),
         &data,
@@ -241,22 +252,7 @@ fn source_atomic_slot_migration_into_cluster_is_exact() {
 /// 3-master Redis 7.0 → 3-master Redis 7.0.
 #[test]
 fn source_reshard_into_cluster_is_exact() {
-    let source = source_cluster(Version::Redis70);
-    let target = Cluster::start(Version::Redis70, 3, 0);
-    let data = || data_of(&target);
-    let streaming = || {
-        let links = cluster_links(&target);
-        links.len() == 3 && links.values().all(|(n, off)| *n == 16384 && *off > 0)
-    };
-    reshard_during_sync(
-        &cli_reshard,
-        "0:60,1:20",
-        false,
-        &source,
-        &target.seeds_url(),
-        &data,
-        &streaming,
-    );
+    reshard_into_cluster(Version::Redis70, &cli_reshard, "0:60,1:20", false);
 }
 
 /// A `FLUSHALL` sent to one source master (as `redis-cli --cluster call … FLUSHALL` does on
