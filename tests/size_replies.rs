@@ -31,93 +31,90 @@ fn keys() -> Vec<String> {
         .collect()
 }
 
+/// `clients` connections through the proxy at once, each running `step(conn, client, r)` for
+/// `r` in `0..rounds` (bounded in time).
+fn clients_on_the_same_keys(
+    proxy: &Proxy,
+    clients: usize,
+    rounds: usize,
+    step: &(dyn Fn(&mut redis::Connection, usize, usize) + Sync),
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|s| {
+        for client in 0..clients {
+            let mut c = proxy.conn();
+            s.spawn(move || {
+                for r in 0..rounds {
+                    assert!(Instant::now() < deadline, "the workload took too long");
+                    step(&mut c, client, r);
+                }
+            });
+        }
+    });
+}
+
 /// Four clients on the same keys through the proxy, `rounds` each (bounded): a plain one
 /// (`RPUSH` + `EXPIRE`), a pipelined one (`RPUSH`, `APPEND`, `EXPIRE`s), one in `MULTI`
 /// (`LPUSH`, `APPEND`, `EXPIRE`s), and one with `RPUSHX` and `SETRANGE` at the end of the
 /// string (the same size as an `APPEND`). Every client starts each round with a push, so
 /// the first write to a key lost on the written side is a push, never a refresh.
 fn workload(proxy: &Proxy, round: usize, rounds: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    std::thread::scope(|s| {
-        for client in 0..4usize {
-            let mut c = proxy.conn();
-            s.spawn(move || {
-                for r in 0..rounds {
-                    assert!(Instant::now() < deadline, "the workload took too long");
-                    let i = (r + client) % LISTS;
-                    let (log, st) = (format!("log:{i}"), format!("str:{i}"));
-                    let item = format!("{round}.{client}.{r}");
-                    match client {
-                        0 => {
-                            let _: i64 = redis::cmd("RPUSH")
-                                .arg(&log)
-                                .arg(&item)
-                                .query(&mut c)
-                                .unwrap();
-                            let _: i64 = redis::cmd("EXPIRE")
-                                .arg(&log)
-                                .arg(600)
-                                .query(&mut c)
-                                .unwrap();
-                        }
-                        1 => {
-                            let _: (i64, i64, i64, i64) = redis::pipe()
-                                .cmd("RPUSH")
-                                .arg(&log)
-                                .arg(&item)
-                                .arg("x")
-                                .cmd("APPEND")
-                                .arg(&st)
-                                .arg(&item)
-                                .cmd("EXPIRE")
-                                .arg(&log)
-                                .arg(600)
-                                .cmd("EXPIRE")
-                                .arg(&st)
-                                .arg(600)
-                                .query(&mut c)
-                                .unwrap();
-                        }
-                        2 => {
-                            let _: (i64, i64, i64, i64) = redis::pipe()
-                                .atomic()
-                                .cmd("LPUSH")
-                                .arg(&log)
-                                .arg(&item)
-                                .cmd("APPEND")
-                                .arg(&st)
-                                .arg("+")
-                                .cmd("EXPIRE")
-                                .arg(&log)
-                                .arg(600)
-                                .cmd("EXPIRE")
-                                .arg(&st)
-                                .arg(600)
-                                .query(&mut c)
-                                .unwrap();
-                        }
-                        _ => {
-                            let _: i64 = redis::cmd("RPUSHX")
-                                .arg(&log)
-                                .arg(&item)
-                                .query(&mut c)
-                                .unwrap();
-                            let len: i64 = redis::cmd("STRLEN").arg(&st).query(&mut c).unwrap();
-                            let _: i64 = redis::cmd("SETRANGE")
-                                .arg(&st)
-                                .arg(len)
-                                .arg("#")
-                                .query(&mut c)
-                                .unwrap();
-                            let _: i64 = redis::cmd("EXPIRE")
-                                .arg(&st)
-                                .arg(600)
-                                .query(&mut c)
-                                .unwrap();
-                        }
-                    }
-                }
-            });
+    clients_on_the_same_keys(proxy, 4, rounds, &|c, client, r| {
+        let i = (r + client) % LISTS;
+        let (log, st) = (format!("log:{i}"), format!("str:{i}"));
+        let item = format!("{round}.{client}.{r}");
+        match client {
+            0 => {
+                let _: i64 = redis::cmd("RPUSH").arg(&log).arg(&item).query(c).unwrap();
+                let _: i64 = redis::cmd("EXPIRE").arg(&log).arg(600).query(c).unwrap();
+            }
+            1 => {
+                let _: (i64, i64, i64, i64) = redis::pipe()
+                    .cmd("RPUSH")
+                    .arg(&log)
+                    .arg(&item)
+                    .arg("x")
+                    .cmd("APPEND")
+                    .arg(&st)
+                    .arg(&item)
+                    .cmd("EXPIRE")
+                    .arg(&log)
+                    .arg(600)
+                    .cmd("EXPIRE")
+                    .arg(&st)
+                    .arg(600)
+                    .query(c)
+                    .unwrap();
+            }
+            2 => {
+                let _: (i64, i64, i64, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("LPUSH")
+                    .arg(&log)
+                    .arg(&item)
+                    .cmd("APPEND")
+                    .arg(&st)
+                    .arg("+")
+                    .cmd("EXPIRE")
+                    .arg(&log)
+                    .arg(600)
+                    .cmd("EXPIRE")
+                    .arg(&st)
+                    .arg(600)
+                    .query(c)
+                    .unwrap();
+            }
+            _ => {
+                let _: i64 = redis::cmd("RPUSHX").arg(&log).arg(&item).query(c).unwrap();
+                let len: i64 = redis::cmd("STRLEN").arg(&st).query(c).unwrap();
+                let _: i64 = redis::cmd("SETRANGE")
+                    .arg(&st)
+                    .arg(len)
+                    .arg("#")
+                    .query(c)
+                    .unwrap();
+                let _: i64 = redis::cmd("EXPIRE").arg(&st).arg(600).query(c).unwrap();
+            }
         }
     });
 }
@@ -472,49 +469,39 @@ fn sliding_logs_into_a_target_50_ms_ahead_are_repaired() {
 /// only adds new members answers the same count on a key the old side lost, so only such a
 /// write shows the loss (the limit of the count check, see `cutover::shadow`).
 fn member_workload(proxy: &Proxy, round: usize, rounds: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    std::thread::scope(|s| {
-        for client in 0..3usize {
-            let mut c = proxy.conn();
-            s.spawn(move || {
-                for r in 0..rounds {
-                    assert!(Instant::now() < deadline, "the workload took too long");
-                    let i = (r + client) % LISTS;
-                    let (set, hash, zset) =
-                        (format!("set:{i}"), format!("hash:{i}"), format!("zset:{i}"));
-                    let member = format!("{round}.{client}.{r}");
-                    let mut p = redis::pipe();
-                    match client {
-                        0 => p.cmd("SADD").arg(&set).arg(&member).arg("common"),
-                        1 => p
-                            .cmd("HSET")
-                            .arg(&hash)
-                            .arg(&member)
-                            .arg(r)
-                            .arg("common")
-                            .arg(round)
-                            .cmd("HDEL")
-                            .arg(&hash)
-                            .arg(format!("{round}.{client}.{}", r.saturating_sub(2))),
-                        _ => p
-                            .atomic()
-                            .cmd("ZADD")
-                            .arg(&zset)
-                            .arg(r)
-                            .arg(&member)
-                            .arg(round)
-                            .arg("common")
-                            .cmd("SREM")
-                            .arg(&set)
-                            .arg(format!("{round}.0.{}", r.saturating_sub(3))),
-                    };
-                    for k in [&set, &hash, &zset] {
-                        p.cmd("EXPIRE").arg(k).arg(600);
-                    }
-                    let _: redis::Value = p.query(&mut c).unwrap();
-                }
-            });
+    clients_on_the_same_keys(proxy, 3, rounds, &|c, client, r| {
+        let i = (r + client) % LISTS;
+        let (set, hash, zset) = (format!("set:{i}"), format!("hash:{i}"), format!("zset:{i}"));
+        let member = format!("{round}.{client}.{r}");
+        let mut p = redis::pipe();
+        match client {
+            0 => p.cmd("SADD").arg(&set).arg(&member).arg("common"),
+            1 => p
+                .cmd("HSET")
+                .arg(&hash)
+                .arg(&member)
+                .arg(r)
+                .arg("common")
+                .arg(round)
+                .cmd("HDEL")
+                .arg(&hash)
+                .arg(format!("{round}.{client}.{}", r.saturating_sub(2))),
+            _ => p
+                .atomic()
+                .cmd("ZADD")
+                .arg(&zset)
+                .arg(r)
+                .arg(&member)
+                .arg(round)
+                .arg("common")
+                .cmd("SREM")
+                .arg(&set)
+                .arg(format!("{round}.0.{}", r.saturating_sub(3))),
+        };
+        for k in [&set, &hash, &zset] {
+            p.cmd("EXPIRE").arg(k).arg(600);
         }
+        let _: redis::Value = p.query(c).unwrap();
     });
 }
 

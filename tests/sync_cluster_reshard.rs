@@ -165,8 +165,19 @@ fn reshard_during_sync(
 /// 3-master Redis 7.0 → standalone Redis 7.0.
 #[test]
 fn source_reshard_into_standalone_is_exact() {
-    let source = source_cluster(Version::Redis70);
-    let target = Server::start(Version::Redis70);
+    reshard_into_standalone(Version::Redis70, &cli_reshard, "0:60,1:20", false);
+}
+
+/// A 3-master source of `version` into a standalone server of the same version, slots moved
+/// by `mover` during the sync ([`reshard_during_sync`]).
+fn reshard_into_standalone(
+    version: Version,
+    mover: &dyn Fn(&Cluster, u16, u16),
+    delay: &str,
+    resync_allowed: bool,
+) {
+    let source = source_cluster(version);
+    let target = Server::start(version);
     let data = || {
         let mut got = snapshot(&mut target.conn());
         got.retain(|k, _| !k.starts_with("cutover:"));
@@ -174,9 +185,9 @@ fn source_reshard_into_standalone_is_exact() {
     };
     let streaming = || link_positions(&target).len() == 3;
     reshard_during_sync(
-        &cli_reshard,
-        "0:60,1:20",
-        false,
+        mover,
+        delay,
+        resync_allowed,
         &source,
         &target.url(),
         &data,
@@ -198,23 +209,7 @@ fn atomic_reshard(source: &Cluster, from: u16, to: u16) {
 /// 3-master Valkey 9.1 → standalone Valkey 9.1, slots moved by atomic slot migration.
 #[test]
 fn source_atomic_slot_migration_into_standalone_is_exact() {
-    let source = source_cluster(Version::Valkey91);
-    let target = Server::start(Version::Valkey91);
-    let data = || {
-        let mut got = snapshot(&mut target.conn());
-        got.retain(|k, _| !k.starts_with("cutover:"));
-        got
-    };
-    let streaming = || link_positions(&target).len() == 3;
-    reshard_during_sync(
-        &atomic_reshard,
-        "0:60,1:150",
-        true,
-        &source,
-        &target.url(),
-        &data,
-        &streaming,
-    );
+    reshard_into_standalone(Version::Valkey91, &atomic_reshard, "0:60,1:150", true);
 }
 
 /// 3-master Valkey 9.1 → 3-master Redis 7.0, slots moved by atomic slot migration.
